@@ -1,0 +1,1 @@
+"""Integration shims, one self-contained folder per code base; installed as ``spt_adapter.integrations``."""

@@ -1,0 +1,121 @@
+"""SPTConfig: the validated, JSON-serialisable description of one adapter."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+from .version import __version__
+
+#: Version of the config/adapter-file schema. Bump when a saved field changes meaning.
+SCHEMA_VERSION = 1
+
+FUSIONS = ("concat", "sft", "pool")
+PRIOR_RESIZE = ("nearest", "bilinear", "area")
+
+
+def _as_pattern_list(value: Any, name: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{name} must be a pattern string or a list of pattern strings, got {value!r}")
+    if any(not v.strip() for v in value):
+        raise ConfigError(f"{name} contains an empty pattern: {list(value)!r}")
+    return list(value)
+
+
+@dataclass
+class SPTConfig:
+    """Hyper-parameters of the SPT units of one adapter.
+
+    targets / exclude: pattern(s) over full dotted module names (see :mod:`spt_adapter.inject`).
+    fusion: ``concat`` (features ++ encoded prior -> conv -> residual), ``sft`` (per-pixel scale and
+        shift from the prior) or ``pool`` (features averaged inside each prior region, then a
+        residual conv; needs a label-map prior).
+    hidden: width of the prior encoder; depth: number of conv layers in it.
+    prior_channels: C_p of the prior tensor the units read.
+    prior_resize: how a prior is resized to each feature map (``nearest`` for label maps).
+    prior: free-form description of how priors are made (provider, encoding, settings); recorded
+        in adapter files so that users can rebuild the same prior.
+    integration / preset: which plugin and preset proposed the targets (recorded for messages).
+    """
+
+    targets: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    fusion: str = "sft"
+    hidden: int = 16
+    depth: int = 2
+    prior_channels: int = 1
+    prior_resize: str = "nearest"
+    prior: dict[str, Any] = field(default_factory=dict)
+    integration: str | None = None
+    preset: str | None = None
+    schema_version: int = SCHEMA_VERSION
+    library_version: str = __version__
+
+    def __post_init__(self) -> None:
+        self.targets = _as_pattern_list(self.targets, "targets")
+        self.exclude = _as_pattern_list(self.exclude, "exclude")
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.prior_resize not in PRIOR_RESIZE:
+            raise ConfigError(f"prior_resize must be one of {PRIOR_RESIZE}, got {self.prior_resize!r}")
+        for name in ("hidden", "depth", "prior_channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.fusion == "pool" and self.prior_resize != "nearest":
+            raise ConfigError("fusion='pool' reads region ids from a label map: prior_resize must be 'nearest'")
+        if self.fusion == "pool" and self.prior_channels != 1:
+            raise ConfigError("fusion='pool' reads regions from a one-channel label map: prior_channels must be 1")
+        if not isinstance(self.prior, dict):
+            raise ConfigError(f"prior must be a dict describing the prior, got {type(self.prior).__name__}")
+        try:
+            json.dumps(self.prior, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"prior must be JSON-serialisable: {exc}") from None
+        if not isinstance(self.schema_version, int) or self.schema_version < 1:
+            raise ConfigError(f"schema_version must be a positive integer, got {self.schema_version!r}")
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """Deterministic JSON (sorted keys, no whitespace variation)."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SPTConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"an SPTConfig must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown SPTConfig field(s) {unknown}; known fields: {sorted(known)}. "
+                "The adapter may come from a newer spt-adapter: upgrade it."
+            )
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if isinstance(version, int) and version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"config schema version {version} is newer than this spt-adapter "
+                f"({__version__}) reads (up to {SCHEMA_VERSION}); upgrade spt-adapter"
+            )
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SPTConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"SPTConfig JSON is malformed: {exc}") from None
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> "SPTConfig":
+        return dataclasses.replace(self, **changes)

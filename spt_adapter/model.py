@@ -1,0 +1,324 @@
+"""SPTModel: a backbone with SPT units, the prior plumbing, and named adapters."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+
+from .config import SPTConfig
+from .errors import PriorError, TargetError
+from .hookspecs import LayoutSpec, ModelClaim
+from .inject import (
+    Injection,
+    PriorState,
+    SPTLayer,
+    default_example_input,
+    get_logical_module,
+    iter_layers,
+    logical_named_modules,
+    make_unit,
+    match_targets,
+    probe_channels,
+    unwrap,
+    wrap,
+)
+
+_NORMS_WITH_STATS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def claim_model(model: nn.Module) -> ModelClaim | None:
+    """Ask the plugins whether they know ``model`` (first claim wins)."""
+    from .plugins import call_hook
+
+    return call_hook("spt_adapter_claim_model", model=model)
+
+
+def describe_layout(model: nn.Module, name: str, module: nn.Module) -> LayoutSpec | None:
+    from .plugins import call_hook
+
+    return call_hook("spt_adapter_describe_layout", model=model, name=name, module=module)
+
+
+def _resolve_config(model: nn.Module, targets, exclude, config: SPTConfig | None) -> tuple[SPTConfig, ModelClaim | None]:
+    config = config if config is not None else SPTConfig()
+    changes: dict[str, Any] = {}
+    if targets is not None:
+        changes["targets"] = targets
+    if exclude is not None:
+        changes["exclude"] = exclude
+    if changes:
+        config = config.replace(**changes)
+        config.__post_init__()
+    claim = None
+    if not config.targets:
+        claim = claim_model(model)
+        if claim is None:
+            raise TargetError(
+                f"no targets given and no plugin claims a {type(model).__name__}; pass targets= "
+                "(see `spt-adapter plugins` for the architectures with presets)"
+            )
+        config = config.replace(targets=list(claim.targets), integration=claim.integration, preset=claim.preset)
+    return config, claim
+
+
+def plan_injection(model: nn.Module, config: SPTConfig, claim: ModelClaim | None = None, example_input=None,
+                   channels: dict[str, int] | None = None, names: list[str] | None = None) -> Injection:
+    """Resolve targets, layouts and unit widths without changing ``model``."""
+    names = list(names) if names is not None else match_targets(model, config.targets, config.exclude)
+    layouts = {n: describe_layout(model, n, get_logical_module(model, n)) for n in names}
+    known = dict(channels or {})
+    if claim is not None:
+        known.update({n: c for n, c in claim.channels.items() if n in names})
+    if any(n not in known for n in names):
+        if example_input is None and claim is not None and claim.example_input is not None:
+            example_input = claim.example_input
+        if example_input is None:
+            example_input = default_example_input(model)
+        probed = probe_channels(model, [n for n in names if n not in known], layouts, example_input)
+        known.update(probed)
+    return Injection(names=names, channels={n: known[n] for n in names}, layouts=layouts)
+
+
+class SPTModel(nn.Module):
+    """A frozen backbone with SPT units on its target modules.
+
+    Use :func:`spt_adapter.inject` to make one. ``model(x, prior=p)`` runs the backbone with the
+    active adapter's units reading ``p``; attribute access falls through to the backbone.
+    """
+
+    def __init__(self, base_model: nn.Module) -> None:
+        super().__init__()
+        self.base_model = base_model
+        self.spt_config: dict[str, SPTConfig] = {}
+        self.spt_targets: dict[str, list[str]] = {}
+        self._spt_state = PriorState()
+        self._requires_grad = {n: p.requires_grad for n, p in base_model.named_parameters()}
+        for p in base_model.parameters():
+            p.requires_grad_(False)
+        self.train(base_model.training)
+
+    # -- attribute fall-through ---------------------------------------------------------------
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    # -- adapters ----------------------------------------------------------------------------
+    @property
+    def active_adapter(self) -> str | None:
+        return self._spt_state.active
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self.spt_config)
+
+    def add_adapter(self, adapter_name: str, config: SPTConfig | None = None, *, targets=None, exclude=None,
+                    example_input=None, _channels: dict[str, int] | None = None,
+                    _names: list[str] | None = None) -> "SPTModel":
+        """Add a named adapter (units on its own targets) and make it active."""
+        if not isinstance(adapter_name, str) or not adapter_name.isidentifier():
+            raise TargetError(f"adapter_name must be an identifier, got {adapter_name!r}")
+        if adapter_name in self.spt_config:
+            raise TargetError(f"adapter {adapter_name!r} exists already; delete_adapter() it first or pick another name")
+        config, claim = _resolve_config(self.base_model, targets, exclude, config)
+        plan = plan_injection(self.base_model, config, claim, example_input, _channels, _names)
+        units = {n: make_unit(plan.channels[n], config, get_logical_module(self.base_model, n)) for n in plan.names}
+        # everything is validated: now change the model
+        for name in plan.names:
+            layer = wrap(self.base_model, name, self._spt_state, plan.layouts[name])
+            layer.spt_units[adapter_name] = units[name]
+        self.spt_config[adapter_name] = config
+        self.spt_targets[adapter_name] = plan.names
+        self.set_adapter(adapter_name)
+        return self
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make ``adapter_name`` the active adapter: its units run and train, the others are frozen."""
+        self._check_adapter(adapter_name)
+        self._spt_state.active = adapter_name
+        for _, layer in iter_layers(self.base_model):
+            for name, unit in layer.spt_units.items():
+                unit.requires_grad_(name == adapter_name)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter's units; modules left without units get their original back."""
+        self._check_adapter(adapter_name)
+        for name, layer in list(iter_layers(self.base_model)):
+            if adapter_name in layer.spt_units:
+                del layer.spt_units[adapter_name]
+            if len(layer.spt_units) == 0:
+                unwrap(self.base_model, name)
+        del self.spt_config[adapter_name]
+        del self.spt_targets[adapter_name]
+        if self._spt_state.active == adapter_name:
+            self._spt_state.active = next(iter(self.spt_config), None)
+            if self._spt_state.active is not None:
+                self.set_adapter(self._spt_state.active)
+
+    def _check_adapter(self, adapter_name: str) -> None:
+        if adapter_name not in self.spt_config:
+            raise TargetError(f"no adapter named {adapter_name!r}; adapters: {self.adapters}")
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Inside this block the model gives the exact backbone output (no prior needed)."""
+        previous = self._spt_state.disabled
+        self._spt_state.disabled = True
+        try:
+            yield
+        finally:
+            self._spt_state.disabled = previous
+
+    def eject(self) -> nn.Module:
+        """Remove every unit and return the original backbone: same module tree, same state_dict,
+        same ``requires_grad`` flags as before injection."""
+        for name, _ in list(iter_layers(self.base_model)):
+            unwrap(self.base_model, name)
+        for n, p in self.base_model.named_parameters():
+            p.requires_grad_(self._requires_grad.get(n, p.requires_grad))
+        self.spt_config.clear()
+        self.spt_targets.clear()
+        self._spt_state.active = None
+        return self.base_model
+
+    # -- the prior ---------------------------------------------------------------------------
+    def _config(self) -> SPTConfig | None:
+        active = self._spt_state.active
+        return self.spt_config.get(active) if active else None
+
+    def check_prior(self, prior: Any, batch: int | None = None) -> torch.Tensor:
+        """Validate a prior for the active adapter; raise :class:`PriorError` naming the problem."""
+        config = self._config()
+        if prior is None:
+            raise PriorError("the prior is missing: call model(x, prior=p) or use `with model.use_prior(p):`")
+        if not torch.is_tensor(prior):
+            raise PriorError(f"the prior must be a torch.Tensor of shape (B, C_p, H, W), got {type(prior).__name__}")
+        if prior.dim() != 4:
+            raise PriorError(f"the prior must have shape (B, C_p, H, W), got shape {tuple(prior.shape)}")
+        if batch is not None and prior.shape[0] != batch:
+            raise PriorError(f"the prior has batch size {prior.shape[0]} but the input has batch size {batch}")
+        if config is not None and prior.shape[1] != config.prior_channels:
+            raise PriorError(
+                f"the prior has {prior.shape[1]} channel(s) but adapter {self.active_adapter!r} was built for "
+                f"prior_channels={config.prior_channels}"
+            )
+        if prior.shape[2] < 1 or prior.shape[3] < 1:
+            raise PriorError(f"the prior is empty: shape {tuple(prior.shape)}")
+        if prior.is_floating_point() or prior.is_complex():
+            if not bool(torch.isfinite(prior).all()):
+                raise PriorError("the prior contains NaN or Inf values")
+        elif prior.dtype == torch.bool:
+            prior = prior.to(torch.float32)
+        return prior
+
+    @contextlib.contextmanager
+    def use_prior(self, prior: torch.Tensor) -> Iterator["SPTModel"]:
+        """Set the prior for every forward call inside the block (for trainers that call ``net(lq)``)."""
+        checked = self.check_prior(prior)
+        previous = self._spt_state.prior
+        self._spt_state.set_prior(checked)
+        try:
+            yield self
+        finally:
+            self._spt_state.set_prior(previous)
+
+    def forward(self, *args, prior: torch.Tensor | None = None, **kwargs):
+        state = self._spt_state
+        if state.disabled or state.active is None:
+            return self.base_model(*args, **kwargs)
+        batch = _batch_size(args, kwargs)
+        given = prior if prior is not None else state.prior
+        checked = self.check_prior(given, batch)
+        previous = state.prior
+        state.set_prior(checked)
+        try:
+            return self.base_model(*args, **kwargs)
+        finally:
+            state.set_prior(previous)
+
+    # -- training helpers --------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "SPTModel":
+        """Like ``nn.Module.train``, but the frozen backbone's normalisation statistics stay fixed."""
+        super().train(mode)
+        for module in _backbone_modules(self.base_model):
+            if isinstance(module, _NORMS_WITH_STATS) and getattr(module, "track_running_stats", False):
+                module.eval()
+        return self
+
+    def unit_parameters(self, adapter_name: str | None = None) -> Iterator[tuple[str, nn.Parameter]]:
+        """(logical target name, parameter name inside the unit, parameter) of one adapter."""
+        adapter_name = adapter_name or self.active_adapter
+        self._check_adapter(adapter_name)
+        for target, layer in iter_layers(self.base_model):
+            unit = layer.spt_units[adapter_name] if adapter_name in layer.spt_units else None
+            if unit is not None:
+                for pname, p in unit.named_parameters():
+                    yield f"{target}.spt_unit.{pname}", p
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return trainable, total
+
+    def print_trainable_parameters(self) -> str:
+        trainable, total = self.get_nb_trainable_parameters()
+        backbone = total - sum(p.numel() for n, p in self.named_parameters() if ".spt_units." in n)
+        line = (f"trainable params: {trainable:,} || all params: {total:,} || trainable%: "
+                f"{100 * trainable / max(total, 1):.4f} || units/backbone: {100 * trainable / max(backbone, 1):.3f}%")
+        print(line)
+        return line
+
+    def unit_names(self, adapter_name: str | None = None) -> list[str]:
+        adapter_name = adapter_name or self.active_adapter
+        return list(self.spt_targets.get(adapter_name, []))
+
+    # -- files --------------------------------------------------------------------------------
+    def save_adapter(self, path, adapter_name: str | None = None, **kwargs):
+        from .delta import save_adapter
+
+        return save_adapter(self, path, adapter_name=adapter_name, **kwargs)
+
+    def load_adapter(self, path, adapter_name: str = "default", **kwargs) -> "SPTModel":
+        from .delta import load_adapter
+
+        return load_adapter(self, path, adapter_name=adapter_name, **kwargs)
+
+
+def _batch_size(args: tuple, kwargs: dict) -> int | None:
+    for value in list(args) + list(kwargs.values()):
+        if torch.is_tensor(value) and value.dim() >= 1:
+            return int(value.shape[0])
+    return None
+
+
+def _backbone_modules(root: nn.Module) -> Iterator[nn.Module]:
+    for _, module in logical_named_modules(root):
+        yield module
+
+
+def inject(model: nn.Module, targets: str | Sequence[str] | None = None, exclude: str | Sequence[str] | None = None,
+           config: SPTConfig | None = None, adapter_name: str = "default", example_input=None) -> SPTModel:
+    """Add SPT units to ``model`` and return an :class:`SPTModel` with a frozen backbone.
+
+    ``targets``/``exclude`` override ``config.targets``/``config.exclude``; with neither, the plugin
+    that claims the model proposes targets. Every check (patterns, layouts, unit widths via one
+    probe forward pass) runs before the first module is replaced: when inject raises, ``model`` is
+    exactly as it was. Injecting into an SPTModel adds a named adapter.
+    """
+    if isinstance(model, SPTModel):
+        return model.add_adapter(adapter_name, config, targets=targets, exclude=exclude, example_input=example_input)
+    if not isinstance(model, nn.Module):
+        raise TargetError(f"inject needs a torch.nn.Module, got {type(model).__name__}")
+    if any(isinstance(m, SPTLayer) for m in model.modules()):
+        raise TargetError("this model already carries SPT layers; pass its SPTModel to add an adapter")
+    resolved, claim = _resolve_config(model, targets, exclude, config)
+    plan = plan_injection(model, resolved, claim, example_input)  # validates before any change
+    wrapped = SPTModel(model)
+    return wrapped.add_adapter(adapter_name, resolved, example_input=example_input, _channels=plan.channels,
+                               _names=plan.names)

@@ -1,0 +1,97 @@
+"""The SPT unit: encode a prior, fuse it into a feature map, start as an exact identity."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import SPTConfig
+
+
+def _act() -> nn.Module:
+    return nn.LeakyReLU(0.1, inplace=True)
+
+
+def resize_prior(prior: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """Resize a (B, C_p, H_p, W_p) prior to ``size``; ``nearest`` keeps label values intact."""
+    if tuple(prior.shape[-2:]) == tuple(size):
+        return prior
+    if mode == "nearest":
+        # "nearest-exact" samples pixel centres, so a label map is not shifted by half a pixel.
+        return F.interpolate(prior, size=size, mode="nearest-exact")
+    if mode == "area":
+        return F.adaptive_avg_pool2d(prior, size)
+    return F.interpolate(prior, size=size, mode="bilinear", align_corners=False)
+
+
+def region_average(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Average ``features`` (B,C,H,W) inside each region of the label map ``labels`` (B,H,W).
+
+    Regions are the distinct values of each image's label map (any values: ids, or ids scaled to
+    (0, 1]); every pixel gets the mean feature of its region.
+    """
+    b, c, h, w = features.shape
+    _, inverse = torch.unique(labels.reshape(b, -1), return_inverse=True)  # ids shared over the batch
+    n = int(inverse.max()) + 1 if inverse.numel() else 1
+    ids = inverse + torch.arange(b, device=labels.device).unsqueeze(1) * n  # (B, HW), per image
+    flat = features.reshape(b, c, -1).transpose(1, 2).reshape(b * h * w, c)
+    sums = flat.new_zeros(b * n, c).index_add_(0, ids.reshape(-1), flat)
+    counts = flat.new_zeros(b * n).index_add_(0, ids.reshape(-1), flat.new_ones(b * h * w))
+    means = sums / counts.clamp_min(1).unsqueeze(1)
+    return means[ids.reshape(-1)].reshape(b, h * w, c).transpose(1, 2).reshape(b, c, h, w)
+
+
+class SPTUnit(nn.Module):
+    """One SAM-prior tuning unit for a feature map of ``channels`` channels.
+
+    ``forward(features, prior)`` takes features (B, C, H, W) and a prior (B, C_p, H_p, W_p) at any
+    resolution, and returns corrected features of the same shape. The layer that writes into the
+    features is zero-initialised, so a fresh unit returns its input exactly.
+    """
+
+    def __init__(self, channels: int, config: SPTConfig) -> None:
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"channels must be positive, got {channels}")
+        self.channels = channels
+        self.fusion = config.fusion
+        self.prior_resize = config.prior_resize
+        hidden = config.hidden
+        if self.fusion == "pool":
+            self.encoder = None
+            # features ++ region-averaged features -> hidden -> channels
+            self.fuse = nn.Sequential(nn.Conv2d(2 * channels, hidden, 1), _act(), nn.Conv2d(hidden, channels, 1))
+            self._zero(self.fuse[-1])
+            return
+        layers: list[nn.Module] = [nn.Conv2d(config.prior_channels, hidden, 3, padding=1), _act()]
+        for _ in range(config.depth - 1):
+            layers += [nn.Conv2d(hidden, hidden, 3, padding=1), _act()]
+        self.encoder = nn.Sequential(*layers)
+        if self.fusion == "concat":
+            self.fuse = nn.Sequential(nn.Conv2d(channels + hidden, hidden, 1), _act(), nn.Conv2d(hidden, channels, 1))
+            self._zero(self.fuse[-1])
+        else:  # sft: one conv gives scale and shift
+            self.fuse = nn.Conv2d(hidden, 2 * channels, 1)
+            self._zero(self.fuse)
+
+    @staticmethod
+    def _zero(conv: nn.Conv2d) -> None:
+        nn.init.zeros_(conv.weight)
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, features: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        size = tuple(features.shape[-2:])
+        prior = resize_prior(prior.to(dtype=features.dtype, device=features.device), size, self.prior_resize)
+        if self.fusion == "pool":
+            pooled = region_average(features, prior[:, 0])
+            return features + self.fuse(torch.cat([features, pooled], dim=1))
+        encoded = self.encoder(prior)
+        if self.fusion == "concat":
+            return features + self.fuse(torch.cat([features, encoded], dim=1))
+        scale, shift = self.fuse(encoded).chunk(2, dim=1)
+        return features * (1 + scale) + shift
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, fusion={self.fusion!r}, prior_resize={self.prior_resize!r}"
