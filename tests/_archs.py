@@ -1,0 +1,93 @@
+"""Small real architectures (spandrel / spandrel-extra-arches) for tests, with target patterns.
+
+Each entry: name -> (builder(seed) -> nn.Module in eval mode, targets, input shape).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+warnings.filterwarnings("ignore")
+
+
+def _seeded(build):
+    def make(seed: int = 0):
+        torch.manual_seed(seed)
+        model = build()
+        return model.eval()
+
+    return make
+
+
+def swinir_classical():
+    from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
+
+    return SwinIR(upscale=2, img_size=16, window_size=8, img_range=1.0, depths=[2, 2], embed_dim=24,
+                  num_heads=[2, 2], mlp_ratio=2, upsampler="pixelshuffle", resi_connection="1conv")
+
+
+def swinir_light():
+    from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
+
+    return SwinIR(upscale=2, img_size=16, window_size=8, img_range=1.0, depths=[2, 2], embed_dim=24,
+                  num_heads=[2, 2], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv")
+
+
+def hat():
+    from spandrel.architectures.HAT.__arch.HAT import HAT
+
+    return HAT(img_size=16, embed_dim=24, depths=(1, 1), num_heads=(2, 2), window_size=4, compress_ratio=3,
+               squeeze_factor=6, upscale=2, num_feat=16, mlp_ratio=2.0)
+
+
+def dat():
+    from spandrel.architectures.DAT.__arch.DAT import DAT
+
+    return DAT(img_size=16, embed_dim=24, split_size=[2, 4], depth=[2, 2], num_heads=[2, 2], expansion_factor=2.0,
+               upscale=2)
+
+
+def rrdb():
+    from spandrel.architectures.ESRGAN.__arch.RRDB import RRDBNet
+
+    return RRDBNet(in_nc=3, out_nc=3, num_filters=16, num_blocks=2, scale=2)
+
+
+def nafnet():
+    from spandrel.architectures.NAFNet.__arch.NAFNet_arch import NAFNet
+
+    return NAFNet(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])
+
+
+def scunet():
+    from spandrel.architectures.SCUNet.__arch.SCUNet import SCUNet
+
+    return SCUNet(in_nc=3, config=[1, 1, 1, 1, 1, 1, 1], dim=64, input_resolution=64)
+
+
+def drunet():
+    from spandrel.architectures.DRUNet.__arch.network_unet import DRUNet
+
+    return DRUNet(in_nc=4, out_nc=3, nc=[8, 16, 32, 64], nb=1)
+
+
+def restormer():
+    from spandrel_extra_arches.architectures.Restormer.__arch.restormer_arch import Restormer
+
+    return Restormer(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2],
+                     ffn_expansion_factor=2.0)
+
+
+ARCHS = {
+    "swinir_classical": (_seeded(swinir_classical), "layers.*.residual_group", (1, 3, 16, 16)),
+    "swinir_light": (_seeded(swinir_light), "layers.*.residual_group", (1, 3, 16, 16)),
+    "hat": (_seeded(hat), "layers.*.residual_group", (1, 3, 16, 16)),
+    "dat": (_seeded(dat), "layers.*", (1, 3, 16, 16)),
+    "rrdb": (_seeded(rrdb), "model.1.sub.*", (1, 3, 16, 16)),
+    "nafnet": (_seeded(nafnet), ["encoders.*", "middle_blks", "decoders.*"], (1, 3, 16, 16)),
+    "scunet": (_seeded(scunet), ["m_down1", "m_body", "m_up1"], (1, 3, 64, 64)),
+    "drunet": (_seeded(drunet), ["m_down1", "m_body", "m_up1"], (1, 4, 16, 16)),
+    "restormer": (_seeded(restormer), ["encoder_level*", "latent", "decoder_level*", "refinement"], (1, 3, 16, 16)),
+}
