@@ -289,6 +289,18 @@ class SPTModel(nn.Module):
 
         return load_adapter(self, path, adapter_name=adapter_name, **kwargs)
 
+    def save_pretrained(self, save_directory, adapter_name: str | None = None, **kwargs):
+        """Write ``spt_adapter.safetensors`` + a model card into a folder (see :mod:`spt_adapter.hub`)."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, save_directory, adapter_name, **kwargs)
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token=None, **kwargs):
+        """Upload one adapter to a Hugging Face Hub repo in one commit (see :mod:`spt_adapter.hub`)."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, token=token, **kwargs)
+
 
 def _batch_size(args: tuple, kwargs: dict) -> int | None:
     for value in list(args) + list(kwargs.values()):
