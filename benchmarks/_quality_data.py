@@ -1,0 +1,246 @@
+"""Data and priors for ``benchmarks/quality.py``: images, fixed noise, segment priors, caching.
+
+Everything here is deterministic given its arguments, so every row of the prior ladder sees the
+same noisy images, the same crops and the same segmentations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DATA_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# Validation is carved from the *training* side (McMaster 15..18) and never from CBSD68.
+VAL_MCMASTER = ("15", "16", "17", "18")
+
+
+# -------------------------------------------------------------------------------------------
+# images
+# -------------------------------------------------------------------------------------------
+def load_rgb(path: Path) -> np.ndarray:
+    """An image as HxWx3 uint8 (a grey image is repeated on three channels)."""
+    from skimage import io
+
+    img = io.imread(str(path))
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.shape[2] == 4:
+        img = img[..., :3]
+    if img.dtype != np.uint8:
+        raise ValueError(f"{path}: expected an 8-bit image, got {img.dtype}")
+    return np.ascontiguousarray(img)
+
+
+def centre_crop(img: np.ndarray, size: int) -> np.ndarray:
+    if size <= 0:
+        return img
+    h, w = img.shape[:2]
+    s_h, s_w = min(size, h), min(size, w)
+    y, x = (h - s_h) // 2, (w - s_w) // 2
+    return np.ascontiguousarray(img[y : y + s_h, x : x + s_w])
+
+
+def _sorted_pngs(folder: Path) -> list[Path]:
+    def key(p: Path):
+        return (0, int(p.stem), "") if p.stem.isdigit() else (1, 0, p.stem)
+
+    return sorted(folder.glob("*.png"), key=key)
+
+
+@dataclass
+class Splits:
+    train: list[tuple[str, np.ndarray]]
+    val: list[tuple[str, np.ndarray]]
+    test: list[tuple[str, np.ndarray]]
+
+
+def load_splits(data: Path, *, n_test: int = 0, test_crop: int = 160, val_crop: int = 160,
+                n_train: int = 0) -> Splits:
+    """Train: Set14 + McMaster (minus the validation images); val: McMaster 15-18 centre crops;
+    test: CBSD68 (first ``n_test`` images, all when 0) centre crops of ``test_crop`` (0: full)."""
+    for sub in ("Set14", "McMaster", "CBSD68"):
+        if not (data / sub).is_dir():
+            raise FileNotFoundError(f"{data / sub} is missing: point --data at the shared test-image folder")
+    train, val = [], []
+    for p in _sorted_pngs(data / "Set14"):
+        train.append((f"Set14/{p.name}", load_rgb(p)))
+    for p in _sorted_pngs(data / "McMaster"):
+        if p.stem in VAL_MCMASTER:
+            val.append((f"McMaster/{p.name}", centre_crop(load_rgb(p), val_crop)))
+        else:
+            train.append((f"McMaster/{p.name}", load_rgb(p)))
+    if n_train:
+        train = train[:n_train]
+    test_paths = _sorted_pngs(data / "CBSD68")
+    if n_test:
+        test_paths = test_paths[:n_test]
+    test = [(f"CBSD68/{p.name}", centre_crop(load_rgb(p), test_crop)) for p in test_paths]
+    return Splits(train, val, test)
+
+
+def add_noise(img: np.ndarray, sigma: float, seed: int) -> np.ndarray:
+    """Clean uint8 HxWx3 -> float32 HxWx3 in [0,1] scale plus N(0, sigma/255), not clipped (the
+    field's convention); the noise is fixed by ``seed``."""
+    rng = np.random.default_rng(seed)
+    clean = img.astype(np.float32) / 255.0
+    return (clean + rng.normal(0.0, sigma / 255.0, clean.shape).astype(np.float32)).astype(np.float32)
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def image_seed(name: str, sigma: float, realisation: int, base: int) -> int:
+    h = hashlib.sha256(f"{name}|{sigma}|{realisation}|{base}".encode()).digest()
+    return int.from_bytes(h[:4], "little")
+
+
+# -------------------------------------------------------------------------------------------
+# segment priors
+# -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Segmenter:
+    """A classical segmenter, sized by region area so that crops and full images get regions of
+    the same scale: ``slic`` with ``region_px`` pixels per superpixel (n_segments = area /
+    region_px) and ``compactness``; ``felzenszwalb`` with ``scale``/``sigma``/``min_size``."""
+
+    method: str = "slic"
+    region_px: int = 1600
+    compactness: float = 10.0
+    scale: float = 300.0
+    sigma: float = 1.0  # Gaussian pre-smoothing; without it SLIC collapses on noisy inputs
+    min_size: int = 50
+
+    @classmethod
+    def parse(cls, text: str) -> "Segmenter":
+        """``slic:region_px=1600,compactness=10`` or ``felzenszwalb:scale=500,min_size=200``."""
+        method, _, rest = text.partition(":")
+        kw: dict[str, Any] = {}
+        for item in filter(None, rest.split(",")):
+            key, _, value = item.partition("=")
+            if key not in {"region_px", "compactness", "scale", "sigma", "min_size"}:
+                raise ValueError(f"unknown segmenter setting {key!r} in {text!r}")
+            kw[key] = int(value) if key in {"region_px", "min_size"} else float(value)
+        if method not in {"slic", "felzenszwalb"}:
+            raise ValueError(f"segmenter must be slic or felzenszwalb, got {method!r}")
+        return cls(method=method, **kw)
+
+    def label(self) -> str:
+        if self.method == "slic":
+            return f"slic:region_px={self.region_px},compactness={self.compactness:g},sigma={self.sigma:g}"
+        return f"felzenszwalb:scale={self.scale:g},sigma={self.sigma:g},min_size={self.min_size}"
+
+    def provider_kwargs(self, shape: tuple[int, int]) -> dict[str, Any]:
+        if self.method == "slic":
+            n = max(2, int(round(shape[0] * shape[1] / self.region_px)))
+            return {"n_segments": n, "compactness": self.compactness, "sigma": self.sigma}
+        return {"scale": self.scale, "sigma": self.sigma, "min_size": self.min_size}
+
+
+def _label_map_local(img: np.ndarray, seg: Segmenter) -> np.ndarray:
+    """Fallback when ``spt_adapter.prior`` is not importable: the same label encoding (one value
+    per region in (0,1], larger regions first) straight from scikit-image."""
+    from skimage import segmentation
+
+    kw = seg.provider_kwargs(img.shape[:2])
+    if seg.method == "slic":
+        labels = segmentation.slic(img, start_label=0, channel_axis=-1, **kw)
+    else:
+        labels = segmentation.felzenszwalb(img, channel_axis=-1, **kw)
+    ids, inverse, counts = np.unique(labels.ravel(), return_inverse=True, return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    k = len(ids)
+    values = (k - rank).astype(np.float32) / k  # largest region -> 1.0
+    return values[inverse].reshape(labels.shape).astype(np.float32)
+
+
+def prior_code_path() -> str:
+    try:
+        from spt_adapter.prior import ClassicalMaskProvider, encode_masks  # noqa: F401
+    except Exception:
+        return "scikit-image fallback (spt_adapter.prior not importable)"
+    return "spt_adapter.prior.ClassicalMaskProvider + encode_masks(kind='label')"
+
+
+def label_map(img: np.ndarray, seg: Segmenter) -> np.ndarray:
+    """HxW float32 label map of ``img`` (HxWx3 uint8) through spt_adapter.prior when present."""
+    try:
+        from spt_adapter.prior import ClassicalMaskProvider, encode_masks
+    except Exception:
+        return _label_map_local(img, seg)
+    provider = ClassicalMaskProvider(method=seg.method, **seg.provider_kwargs(img.shape[:2]))
+    enc = encode_masks(provider.generate(img), kind="label")
+    return np.asarray(enc, dtype=np.float32)[0]
+
+
+def sam_label_map(img: np.ndarray, provider) -> np.ndarray:
+    from spt_adapter.prior import encode_masks
+
+    return np.asarray(encode_masks(provider.generate(img), kind="label"), dtype=np.float32)[0]
+
+
+class LabelCache:
+    """On-disk cache of label maps keyed by sha256(image bytes) + segmenter identity."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def get(self, img: np.ndarray, ident: str, compute) -> np.ndarray:
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(img).tobytes())
+        h.update(repr(img.shape).encode())
+        h.update(ident.encode())
+        path = self.root / f"{h.hexdigest()[:40]}.npy"
+        if path.exists():
+            try:
+                return np.load(path)
+            except Exception:
+                path.unlink(missing_ok=True)
+        out = compute(img)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, out)
+        tmp.replace(path)
+        return out
+
+
+@dataclass
+class PriorSet:
+    """For each image in a split: the noisy float image(s) and the label maps of each kind."""
+
+    clean: list[np.ndarray]  # HxWx3 float32 [0,1]
+    noisy: list[list[np.ndarray]]  # [image][realisation] HxWx3 float32
+    lq_prior: list[list[np.ndarray]] = field(default_factory=list)  # [image][realisation] HxW
+    oracle_prior: list[np.ndarray] = field(default_factory=list)  # [image] HxW
+    sam_prior: list[list[np.ndarray]] = field(default_factory=list)
+
+
+def build_priors(images: list[tuple[str, np.ndarray]], *, sigma: float, realisations: int, noise_base: int,
+                 seg: Segmenter, cache: LabelCache, sam=None, want_oracle: bool = True) -> PriorSet:
+    ident = json.dumps({"segmenter": seg.label(), "code": prior_code_path()}, sort_keys=True)
+    clean, noisy, lq, oracle, sam_p = [], [], [], [], []
+    for name, img in images:
+        clean.append(img.astype(np.float32) / 255.0)
+        reals, priors, sams = [], [], []
+        for r in range(realisations):
+            n = add_noise(img, sigma, image_seed(name, sigma, r, noise_base))
+            reals.append(n)
+            u8 = to_uint8(n)
+            priors.append(cache.get(u8, ident, lambda x: label_map(x, seg)))
+            if sam is not None:
+                sams.append(cache.get(u8, json.dumps(sam.identity(), sort_keys=True),
+                                      lambda x: sam_label_map(x, sam)))
+        noisy.append(reals)
+        lq.append(priors)
+        sam_p.append(sams)
+        if want_oracle:
+            oracle.append(cache.get(img, ident, lambda x: label_map(x, seg)))
+    return PriorSet(clean, noisy, lq, oracle, sam_p)

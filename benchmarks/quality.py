@@ -1,0 +1,471 @@
+"""Quality benchmark: does the segment prior earn its keep, or do SPT units only add capacity?
+
+The "prior ladder", on real images (train: Set14 + McMaster crops; validation: McMaster 15-18;
+test: CBSD68), colour denoising with a backbone "pre-trained" here at one sigma:
+
+  (a) frozen backbone
+  (b) + SPT units, prior = classical segmentation of the noisy (LQ) input
+  (c) + SPT units, constant prior (same parameters, no information): the control
+  (d) + SPT units, prior = the same segmentation of the clean image (oracle)
+  (e) full fine-tuning of the backbone for the same steps and batches
+  (f) + SPT units, prior = SAM masks of the LQ input (only with --sam-checkpoint)
+
+for each fusion (concat, sft, pool) and several seeds. Every row of a seed sees exactly the same
+batches (same crops, noise and augmentation) and the same unit initialisation; only the prior
+differs. Tested at the training sigma and at an unseen sigma (out of distribution).
+
+    python benchmarks/quality.py                 # the default run (docs/results.md)
+    python benchmarks/quality.py --quick         # a smoke run in well under a minute
+    python benchmarks/quality.py --tune          # choose the segmenter on the validation split
+
+Settings are chosen with --tune on the validation split, never on CBSD68.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _quality_data as qd  # noqa: E402
+
+FUSIONS = ("concat", "sft", "pool")
+ROW_TITLES = {
+    "a": "(a) frozen backbone",
+    "b": "(b) + SPT, segments of LQ",
+    "c": "(c) + SPT, constant prior (control)",
+    "d": "(d) + SPT, segments of clean (oracle)",
+    "e": "(e) full fine-tune",
+    "f": "(f) + SPT, SAM masks of LQ",
+}
+DEFAULT_SEGMENTER = "slic:region_px=400,compactness=10,sigma=1"
+TUNE_CANDIDATES = (
+    "slic:region_px=100,compactness=10,sigma=1",
+    "slic:region_px=400,compactness=10,sigma=1",
+    "slic:region_px=1600,compactness=10,sigma=1",
+    "slic:region_px=8000,compactness=10,sigma=1",
+    "felzenszwalb:scale=300,sigma=0.8,min_size=50",
+    "felzenszwalb:scale=3000,sigma=0.8,min_size=400",
+)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# -------------------------------------------------------------------------------------------
+# backbone
+# -------------------------------------------------------------------------------------------
+def build_backbone(nc: int, nb: int) -> nn.Module:
+    from spandrel.architectures.DnCNN import DnCNN
+
+    # Colour DnCNN (residual: x - net(x)), no batch norm, nb conv layers of nc channels.
+    return DnCNN(in_nc=3, out_nc=3, nc=nc, nb=nb, act_mode="R")
+
+
+def unit_targets(nb: int) -> list[str]:
+    """Three units on the outputs of convs spread through the depth (pre-activation)."""
+    convs = [2 * i for i in range(nb)]  # Sequential indices of the convs; the last is the output conv
+    hidden = convs[1:-1]
+    picks = sorted({hidden[len(hidden) // 4], hidden[len(hidden) // 2], hidden[-1]})
+    return [f"model.{i}" for i in picks]
+
+
+def random_crops(rng: np.random.Generator, images: list[np.ndarray], batch: int, patch: int) -> np.ndarray:
+    out = np.empty((batch, patch, patch, 3), np.float32)
+    for k in range(batch):
+        img = images[rng.integers(len(images))]
+        h, w = img.shape[:2]
+        y, x = rng.integers(0, h - patch + 1), rng.integers(0, w - patch + 1)
+        out[k] = _augment(img[y : y + patch, x : x + patch], int(rng.integers(8)))
+    return out
+
+
+def _augment(a: np.ndarray, k: int) -> np.ndarray:
+    a = np.rot90(a, k % 4, axes=(0, 1))
+    return a[:, ::-1] if k >= 4 else a
+
+
+def pretrain_backbone(args, train: list[tuple[str, np.ndarray]], cache_dir: Path) -> tuple[nn.Module, dict]:
+    """Train the backbone from scratch on the training crops at --sigma; cached by its settings."""
+    from safetensors.torch import load_file, save_file
+
+    spec = {"arch": "DnCNN", "nc": args.nc, "nb": args.nb, "sigma": args.sigma, "steps": args.pretrain_steps,
+            "batch": args.pretrain_batch, "patch": args.patch, "lr": args.pretrain_lr,
+            "train": [n for n, _ in train], "version": 1}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir / f"backbone_dncnn_{key}.safetensors"
+    net = build_backbone(args.nc, args.nb)
+    if path.exists():
+        net.load_state_dict(load_file(str(path)))
+        log(f"backbone: loaded from cache {path}")
+        return net.eval(), {"cached": True, "path": str(path), **spec}
+    t0 = time.time()
+    torch.manual_seed(1234)
+    rng = np.random.default_rng(1234)
+    clean = [img.astype(np.float32) / 255.0 for _, img in train]
+    opt = torch.optim.Adam(net.parameters(), lr=args.pretrain_lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.pretrain_steps, eta_min=args.pretrain_lr * 0.01)
+    net.train()
+    for step in range(args.pretrain_steps):
+        gt = torch.from_numpy(random_crops(rng, clean, args.pretrain_batch, args.patch)).permute(0, 3, 1, 2)
+        lq = gt + torch.randn_like(gt) * (args.sigma / 255.0)
+        loss = torch.mean((net(lq) - gt) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if (step + 1) % max(1, args.pretrain_steps // 10) == 0:
+            log(f"backbone pretrain {step + 1}/{args.pretrain_steps} loss {loss.item():.5f} "
+                f"({time.time() - t0:.0f}s)")
+    net.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+    log(f"backbone: pre-trained in {time.time() - t0:.0f}s, cached at {path}")
+    return net, {"cached": False, "path": str(path), "seconds": round(time.time() - t0, 1), **spec}
+
+
+# -------------------------------------------------------------------------------------------
+# batches: one fixed schedule per seed, shared by every row
+# -------------------------------------------------------------------------------------------
+def make_schedule(seed: int, steps: int, batch: int, patch: int, pset: qd.PriorSet) -> np.ndarray:
+    rng = np.random.default_rng(10_000 + seed)
+    n_img, n_real = len(pset.clean), len(pset.noisy[0])
+    sched = np.empty((steps, batch, 5), np.int64)
+    for s in range(steps):
+        for k in range(batch):
+            i = int(rng.integers(n_img))
+            h, w = pset.clean[i].shape[:2]
+            sched[s, k] = (i, rng.integers(n_real), rng.integers(0, h - patch + 1), rng.integers(0, w - patch + 1),
+                           rng.integers(8))
+    return sched
+
+
+def get_batch(sched_step: np.ndarray, patch: int, pset: qd.PriorSet, prior: str):
+    lqs, gts, priors = [], [], []
+    for i, r, y, x, aug in sched_step:
+        sl = (slice(y, y + patch), slice(x, x + patch))
+        gts.append(_augment(pset.clean[i][sl], aug))
+        lqs.append(_augment(pset.noisy[i][r][sl], aug))
+        if prior == "lq":
+            p = pset.lq_prior[i][r][sl]
+        elif prior == "oracle":
+            p = pset.oracle_prior[i][sl]
+        elif prior == "sam":
+            p = pset.sam_prior[i][r][sl]
+        else:
+            p = None
+        if p is not None:
+            priors.append(_augment(p[..., None], aug))
+    to_t = lambda arr: torch.from_numpy(np.ascontiguousarray(np.stack(arr))).permute(0, 3, 1, 2)  # noqa: E731
+    lq, gt = to_t(lqs), to_t(gts)
+    if prior == "const":
+        pr = torch.ones(lq.shape[0], 1, patch, patch)
+    elif prior == "none":
+        pr = None
+    else:
+        pr = to_t(priors)
+    return lq, gt, pr
+
+
+# -------------------------------------------------------------------------------------------
+# training and evaluation
+# -------------------------------------------------------------------------------------------
+def make_spt(backbone: nn.Module, fusion: str, args, seed: int):
+    import spt_adapter
+    from spt_adapter import SPTConfig
+
+    torch.manual_seed(seed)
+    cfg = SPTConfig(targets=unit_targets(args.nb), fusion=fusion, hidden=args.hidden, depth=args.depth)
+    return spt_adapter.inject(copy.deepcopy(backbone), config=cfg, example_input=torch.zeros(1, 3, 32, 32))
+
+
+def train_model(model: nn.Module, sched: np.ndarray, pset: qd.PriorSet, prior: str, lr: float, patch: int,
+                full: bool = False) -> float:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if full:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        params = list(model.parameters())
+    opt = torch.optim.Adam(params, lr=lr)
+    sched_lr = torch.optim.lr_scheduler.CosineAnnealingLR(opt, len(sched), eta_min=lr * 0.01)
+    model.train()
+    t0 = time.time()
+    for step in range(len(sched)):
+        lq, gt, pr = get_batch(sched[step], patch, pset, prior)
+        out = model(lq) if pr is None else model(lq, prior=pr)
+        loss = torch.mean((out - gt) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched_lr.step()
+    model.eval()
+    return time.time() - t0
+
+
+def psnr_rgb(out: np.ndarray, gt: np.ndarray) -> float:
+    """PSNR in dB on RGB, the colour-denoising convention of the field: the output rounded to 8 bits
+    as a saved image would be (``spt_adapter.metrics``, cross-checked against BasicSR)."""
+    from spt_adapter.metrics import psnr, to_uint8
+
+    return float(psnr(to_uint8(out), to_uint8(gt)))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, pset: qd.PriorSet, prior: str, batch: int = 17) -> float:
+    """Mean PSNR over the images of ``pset`` (first noise realisation)."""
+    model.eval()
+    scores = []
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, c in enumerate(pset.clean):
+        groups.setdefault(c.shape[:2], []).append(i)
+    for idx in groups.values():
+        for s in range(0, len(idx), batch):
+            chunk = idx[s : s + batch]
+            lq = torch.from_numpy(np.stack([pset.noisy[i][0] for i in chunk])).permute(0, 3, 1, 2)
+            if prior == "none":
+                out = model(lq)
+            else:
+                if prior == "const":
+                    pr = torch.ones(len(chunk), 1, *lq.shape[-2:])
+                else:
+                    maps = {"lq": lambda i: pset.lq_prior[i][0], "oracle": lambda i: pset.oracle_prior[i],
+                            "sam": lambda i: pset.sam_prior[i][0]}[prior]
+                    pr = torch.from_numpy(np.stack([maps(i) for i in chunk]))[:, None]
+                out = model(lq, prior=pr)
+            out = out.permute(0, 2, 3, 1).numpy()
+            scores += [psnr_rgb(o, pset.clean[i]) for o, i in zip(out, chunk)]
+    return float(np.mean(scores))
+
+
+ROW_PRIOR = {"b": "lq", "c": "const", "d": "oracle", "f": "sam"}
+
+
+def stats(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def fmt(values: list[float]) -> str:
+    m, s = stats(values)
+    return f"{m:.3f} ± {s:.3f}" if len(values) > 1 else f"{m:.3f}"
+
+
+# -------------------------------------------------------------------------------------------
+# the run
+# -------------------------------------------------------------------------------------------
+def run_ladder(args, backbone, train_set: qd.PriorSet, eval_sets: dict[str, qd.PriorSet], rows: list[str],
+               fusions: list[str]) -> dict[str, Any]:
+    """results[row][fusion or '-'][eval_name] = list of per-seed PSNRs."""
+    res: dict[str, Any] = {}
+    for name, es in eval_sets.items():
+        res.setdefault("a", {}).setdefault("-", {})[name] = [evaluate(backbone, es, "none")]
+    log("(a) frozen: " + ", ".join(f"{k} {v[0]:.3f}" for k, v in res["a"]["-"].items()))
+    n_runs = len(args.seeds) * (len([r for r in rows if r in ROW_PRIOR]) * len(fusions) + ("e" in rows))
+    done, t_start = 0, time.time()
+    for seed in args.seeds:
+        sched = make_schedule(seed, args.steps, args.batch, args.patch, train_set)
+        jobs = [(r, f) for f in fusions for r in rows if r in ROW_PRIOR]
+        if "e" in rows:
+            jobs.append(("e", "-"))
+        for row, fusion in jobs:
+            if row == "e":
+                torch.manual_seed(seed)
+                model = copy.deepcopy(backbone)
+                secs = train_model(model, sched, train_set, "none", args.ft_lr, args.patch, full=True)
+                prior = "none"
+            else:
+                prior = ROW_PRIOR[row]
+                model = make_spt(backbone, fusion, args, seed)
+                secs = train_model(model, sched, train_set, prior, args.lr, args.patch)
+            scores = {name: evaluate(model, es, prior) for name, es in eval_sets.items()}
+            for name, v in scores.items():
+                res.setdefault(row, {}).setdefault(fusion, {}).setdefault(name, []).append(v)
+            done += 1
+            eta = (time.time() - t_start) / done * (n_runs - done)
+            log(f"seed {seed} row {row} fusion {fusion}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+                + f"  (train {secs:.0f}s; {done}/{n_runs}, eta {eta / 60:.1f} min)")
+    return res
+
+
+def render(res: dict[str, Any], eval_names: list[str], rows: list[str], fusions: list[str]) -> str:
+    lines = []
+    for name in eval_names:
+        lines.append(f"\n#### {name}: PSNR (dB), mean ± std over seeds\n")
+        lines.append("| row | " + " | ".join(fusions) + " |")
+        lines.append("| --- |" + " --- |" * len(fusions))
+        for row in rows:
+            if row not in res:
+                continue
+            if row in ("a", "e"):
+                cell = fmt(res[row]["-"][name])
+                lines.append(f"| {ROW_TITLES[row]} | " + " | ".join([cell] * len(fusions)) + " |")
+            else:
+                lines.append(f"| {ROW_TITLES[row]} | " + " | ".join(fmt(res[row][f][name]) for f in fusions) + " |")
+        if "c" in res:
+            for row in ("b", "d", "f"):
+                if row not in res:
+                    continue
+                cells = []
+                for f in fusions:
+                    x, c = res[row][f][name], res["c"][f][name]
+                    diff = [xi - ci for xi, ci in zip(x, c)]
+                    m, s = stats(diff)
+                    sep = "yes" if min(x) > max(c) else ("below" if max(x) < min(c) else "no")
+                    ok = "**meets target**" if (m >= 0.05 and sep == "yes") else ""
+                    cells.append(f"{m:+.3f} ± {s:.3f} (separate: {sep}) {ok}".strip())
+                lines.append(f"| {row} − c (paired per seed) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def tune(args, splits: qd.Splits, backbone, cache: qd.LabelCache) -> None:
+    """Choose the segmenter on the validation split (McMaster 15-18): Δ = (b) − (c) per fusion."""
+    names = [f"val σ={s:g}" for s in args.test_sigmas]
+    rows_out = []
+    for text in args.tune_candidates:
+        seg = qd.Segmenter.parse(text)
+        t0 = time.time()
+        tr = qd.build_priors(splits.train, sigma=args.sigma, realisations=args.realisations, noise_base=1,
+                             seg=seg, cache=cache, want_oracle=False)
+        vals = {n: qd.build_priors(splits.val, sigma=s, realisations=1, noise_base=2, seg=seg, cache=cache,
+                                   want_oracle=False) for n, s in zip(names, args.test_sigmas)}
+        n_regions = float(np.mean([len(np.unique(p[0])) for p in vals[names[0]].lq_prior]))
+        cells = []
+        for fusion in args.fusions:
+            d = {n: [] for n in names}
+            for seed in args.seeds:
+                sched = make_schedule(seed, args.steps, args.batch, args.patch, tr)
+                sc = {}
+                for prior in ("lq", "const"):
+                    m = make_spt(backbone, fusion, args, seed)
+                    train_model(m, sched, tr, prior, args.lr, args.patch)
+                    sc[prior] = {n: evaluate(m, es, prior) for n, es in vals.items()}
+                for n in names:
+                    d[n].append(sc["lq"][n] - sc["const"][n])
+            cells.append(" / ".join(f"{np.mean(d[n]):+.3f}" for n in names))
+        rows_out.append(f"| {seg.label()} | {n_regions:.0f} | " + " | ".join(cells) + " |")
+        log(f"tune {seg.label()}: {rows_out[-1]} ({time.time() - t0:.0f}s)")
+    print("\n### Validation (McMaster 15-18 crops): (b) − (c) in dB, " + " / ".join(names) + "\n")
+    print("| segmenter | regions per val crop | " + " | ".join(args.fusions) + " |")
+    print("| --- | --- |" + " --- |" * len(args.fusions))
+    print("\n".join(rows_out))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=qd.DATA_DEFAULT, help="folder with Set14/McMaster/CBSD68")
+    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "spt-adapter" / "quality")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run (seconds): few steps/images, 1 seed")
+    p.add_argument("--tune", action="store_true", help="compare segmenters on the validation split and exit")
+    p.add_argument("--tune-candidates", nargs="+", default=list(TUNE_CANDIDATES))
+    p.add_argument("--segmenter", default=DEFAULT_SEGMENTER, help="e.g. slic:region_px=400,compactness=10 "
+                   "or felzenszwalb:scale=3000,min_size=400")
+    p.add_argument("--sam-checkpoint", type=Path, default=None, help="adds row (f): SAM masks of the LQ input")
+    p.add_argument("--sam-model-type", default="vit_b")
+    p.add_argument("--fusions", nargs="+", default=list(FUSIONS), choices=FUSIONS)
+    p.add_argument("--rows", default="abcde", help="subset of abcdef")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--sigma", type=float, default=25.0, help="training sigma (backbone and units)")
+    p.add_argument("--test-sigmas", type=float, nargs="+", default=[25.0, 50.0])
+    p.add_argument("--nc", type=int, default=32)
+    p.add_argument("--nb", type=int, default=8)
+    p.add_argument("--pretrain-steps", type=int, default=1000)
+    p.add_argument("--pretrain-batch", type=int, default=16)
+    p.add_argument("--pretrain-lr", type=float, default=1e-3)
+    p.add_argument("--steps", type=int, default=300, help="training steps of every row (b)-(f)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--patch", type=int, default=48)
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the units")
+    p.add_argument("--ft-lr", type=float, default=1e-4, help="learning rate of full fine-tuning (e)")
+    p.add_argument("--hidden", type=int, default=16)
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--realisations", type=int, default=3, help="fixed noise draws per training image")
+    p.add_argument("--n-test", type=int, default=0, help="first N CBSD68 images (0: all 68)")
+    p.add_argument("--test-crop", type=int, default=160, help="centre crop of test images (0: full size)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, default=None, help="write all per-seed numbers here")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.pretrain_steps, args.steps, args.seeds = 20, 6, [0]
+        args.n_test, args.test_crop, args.realisations = 3, 64, 1
+        args.pretrain_batch, args.batch, args.patch = 4, 4, 32
+        args.nc, args.nb = 8, 4
+        args.tune_candidates = args.tune_candidates[:1]
+        args.n_train = 4
+    else:
+        args.n_train = 0
+    if not set(args.rows) <= set("abcdef"):
+        p.error(f"--rows takes letters from 'abcdef', got {args.rows!r}")
+    if "f" in args.rows and args.sam_checkpoint is None:
+        p.error("row f needs --sam-checkpoint")
+    if args.sam_checkpoint is not None and "f" not in args.rows:
+        args.rows += "f"
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t_all = time.time()
+    cache = qd.LabelCache(args.cache_dir / "priors")
+    splits = qd.load_splits(args.data, n_test=args.n_test, test_crop=args.test_crop, n_train=args.n_train)
+    log(f"data: {len(splits.train)} train images, {len(splits.val)} val crops, {len(splits.test)} test images "
+        f"(crop {args.test_crop or 'full'}); prior code path: {qd.prior_code_path()}")
+    backbone, bb_info = pretrain_backbone(args, splits.train, args.cache_dir)
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    if args.tune:
+        tune(args, splits, backbone, cache)
+        log(f"total wall time {time.time() - t_all:.0f}s")
+        return 0
+    sam = None
+    if args.sam_checkpoint is not None:
+        from spt_adapter.prior import SamMaskProvider
+
+        sam = SamMaskProvider(str(args.sam_checkpoint), model_type=args.sam_model_type)
+    seg = qd.Segmenter.parse(args.segmenter)
+    t0 = time.time()
+    train_set = qd.build_priors(splits.train, sigma=args.sigma, realisations=args.realisations, noise_base=1,
+                                seg=seg, cache=cache, sam=sam)
+    eval_sets = {f"CBSD68 σ={s:g}" + ("" if s == args.sigma else " (unseen)"):
+                 qd.build_priors(splits.test, sigma=s, realisations=1, noise_base=0, seg=seg, cache=cache, sam=sam)
+                 for s in args.test_sigmas}
+    n_regions = float(np.mean([len(np.unique(p[0])) for p in next(iter(eval_sets.values())).lq_prior]))
+    log(f"priors ready in {time.time() - t0:.0f}s ({seg.label()}; {n_regions:.0f} regions per test image)")
+    rows = [r for r in "abcdef" if r in args.rows]
+    res = run_ladder(args, backbone, train_set, eval_sets, rows, args.fusions)
+    wall = time.time() - t_all
+    cmd = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(f"\n### Prior ladder — {seg.label()} ({n_regions:.0f} regions per test image)\n")
+    print(f"command: `{cmd.strip()}`  ")
+    print(f"machine: {platform.machine()} {os.cpu_count()} CPU(s), torch {torch.__version__}, "
+          f"{args.threads} threads; wall time {wall / 60:.1f} min (backbone "
+          f"{'from cache' if bb_info['cached'] else 'pre-trained in this run'})")
+    print(render(res, list(eval_sets), rows, args.fusions))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"command": cmd, "segmenter": seg.label(), "regions_per_test_image": n_regions,
+                   "wall_seconds": wall, "backbone": bb_info, "results": res,
+                   "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+        args.json.write_text(json.dumps(payload, indent=1, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
