@@ -1,0 +1,531 @@
+"""The minimal trainer behind ``spt-adapter train``: only the SPT units learn.
+
+    from spt_adapter.train import TrainSettings, train_units
+    spt = spt_adapter.inject(backbone, targets)
+    result = train_units(spt, dataset, TrainSettings(iters=2000, batch=8, lr=2e-4), out_dir="runs/x")
+
+* Adam on the active adapter's unit parameters, L1 loss, cosine / step / constant learning-rate
+  schedule (computed from the step, so a resumed run continues the same curve);
+* priors are fed with ``model(lq, prior=p)``; the dataset yields dicts with ``lq``, ``gt``,
+  ``prior`` (``spt_adapter.data.PairedPriorDataset`` does);
+* automatic mixed precision on CUDA (bfloat16 where supported, else float16 with a GradScaler);
+* under ``torchrun`` it runs DistributedDataParallel (gloo on CPU, nccl on GPU) with a
+  DistributedSampler; the global batch is ``batch`` x world size;
+* writes ``spt_adapter.safetensors`` (the delta, atomically, every ``save_every`` steps and at the
+  end), ``train_state.safetensors`` (step and Adam moments as tensors: nothing is pickled),
+  ``train_log.csv`` / ``train_log.json`` and the adapter's model card ``README.md``;
+* ``resume=True`` continues from the last delta and its state file.
+
+Every random choice a sample makes (crop, flip, noise) is seeded from ``(seed, epoch, index)``,
+so the samples seen at a step do not depend on the number of processes or data-loader workers:
+a 2-process run with ``batch=b`` sees exactly the samples of a 1-process run with ``batch=2b``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from ._io import atomic_write_bytes
+from .errors import ConfigError, SPTError
+from .model import SPTModel
+
+__all__ = [
+    "TrainSettings",
+    "TrainResult",
+    "DistInfo",
+    "init_distributed",
+    "lr_at",
+    "train_units",
+    "ADAPTER_FILE",
+    "STATE_FILE",
+]
+
+ADAPTER_FILE = "spt_adapter.safetensors"  # same name as hub.save_pretrained: an output folder is shareable
+STATE_FILE = "train_state.safetensors"
+LOG_CSV = "train_log.csv"
+LOG_JSON = "train_log.json"
+STATE_FORMAT = "spt-adapter-train-state"
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass
+class TrainSettings:
+    """Hyper-parameters of one unit-training run.
+
+    iters: optimizer steps. batch: samples per step *per process*. lr: peak learning rate.
+    schedule: ``cosine`` (to ``lr * min_lr_ratio`` at the end), ``step`` (x ``gamma`` at 50 % and
+    75 % of the run, BasicSR's MultiStepLR habit) or ``constant``; ``warmup`` linear steps first.
+    amp: mixed precision on CUDA (ignored on CPU). save_every / log_every / val_every: in steps
+    (0 = only at the end). workers: DataLoader worker processes.
+    """
+
+    iters: int = 1000
+    batch: int = 8
+    lr: float = 2e-4
+    schedule: str = "cosine"
+    warmup: int = 0
+    min_lr_ratio: float = 0.01
+    gamma: float = 0.5
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    amp: bool = True
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 0
+    val_every: int = 0
+    workers: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("iters", "batch"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("warmup", "log_every", "save_every", "val_every", "workers", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0 <= self.min_lr_ratio <= 1 or not 0 < self.gamma <= 1:
+            raise ConfigError("min_lr_ratio must lie in [0, 1] and gamma in (0, 1]")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"grad_clip must be positive, got {self.grad_clip!r}")
+
+
+@dataclass
+class TrainResult:
+    adapter_path: Path | None
+    state_path: Path | None
+    log_csv: Path | None
+    log_json: Path | None
+    step: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    val: dict[str, float] | None = None
+
+
+def lr_at(step: int, settings: TrainSettings) -> float:
+    """Learning rate for optimizer step ``step`` (0-based)."""
+    base = settings.lr
+    if settings.warmup and step < settings.warmup:
+        return base * (step + 1) / settings.warmup
+    if settings.schedule == "constant":
+        return base
+    span = max(settings.iters - settings.warmup, 1)
+    t = min(max(step - settings.warmup, 0) / span, 1.0)
+    if settings.schedule == "cosine":
+        low = base * settings.min_lr_ratio
+        return low + 0.5 * (base - low) * (1 + math.cos(math.pi * t))
+    factor = 1.0
+    for milestone in (0.5, 0.75):
+        if t >= milestone:
+            factor *= settings.gamma
+    return base * factor
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | torch.device | None = None) -> DistInfo:
+    """Join the process group that ``torchrun`` describes (``WORLD_SIZE``/``RANK``/``LOCAL_RANK``).
+
+    Without those variables (a plain ``python``/``spt-adapter`` call) it returns a one-process
+    :class:`DistInfo`. Backend: nccl when CUDA is used, gloo otherwise.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        dev = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device(f"cuda:{local}")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    info = DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        info.initialized_here = True
+    elif dist.is_initialized():
+        info.rank, info.world_size = dist.get_rank(), dist.get_world_size()
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# data: per-sample seeding that does not depend on the number of processes
+# ---------------------------------------------------------------------------------------------
+def _sample_seed(seed: int, virtual_index: int) -> int:
+    return (seed * 1_000_003 + virtual_index * 7_919 + 12_345) % (2**31 - 1)
+
+
+class SeededSamples(Dataset):
+    """``base`` repeated ``repeat`` times; sample ``v`` (a *virtual* index ``epoch * len + i``, from
+    :class:`EpochSampler`) runs ``base[i % len(base)]`` with Python's, NumPy's and torch's global
+    random generators seeded from ``(seed, v)`` (and restored afterwards)."""
+
+    def __init__(self, base: Dataset, seed: int = 0, repeat: int = 1) -> None:
+        self.base, self.seed, self.repeat = base, seed, max(int(repeat), 1)
+        self.n = len(base)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return self.n * self.repeat
+
+    def __getitem__(self, virtual_index: int):
+        s = _sample_seed(self.seed, int(virtual_index))
+        py_state, np_state = random.getstate(), np.random.get_state()
+        random.seed(s)
+        np.random.seed(s)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(s)
+                return self.base[int(virtual_index) % self.n]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+class EpochSampler(DistributedSampler):
+    """DistributedSampler that yields virtual indices ``epoch * len(dataset) + i`` and can skip the
+    first ``skip`` samples of an epoch (to resume mid-epoch)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        offset = self.epoch * len(self.dataset)  # type: ignore[arg-type]
+        for k, i in enumerate(super().__iter__()):
+            if k >= self.skip:
+                yield offset + i
+
+
+# ---------------------------------------------------------------------------------------------
+# state files
+# ---------------------------------------------------------------------------------------------
+def _optimizer_tensors(optimizer: torch.optim.Optimizer, keys: dict[int, str]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for name, value in state.items():
+                if torch.is_tensor(value):
+                    out[f"{keys[id(p)]}::{name}"] = value.detach().to("cpu").contiguous().clone()
+                else:
+                    out[f"{keys[id(p)]}::{name}"] = torch.tensor(float(value), dtype=torch.float64)
+    return out
+
+
+def save_state(path: Path, optimizer: torch.optim.Optimizer, keys: dict[int, str], step: int,
+               settings: TrainSettings, extra: dict[str, Any] | None = None) -> Path:
+    """Write the optimizer moments and the step as a safetensors file (no pickle), atomically."""
+    from safetensors.torch import save as st_save
+
+    meta = {"format": STATE_FORMAT, "step": str(step), "settings": json.dumps(asdict(settings), sort_keys=True),
+            "extra": json.dumps(extra or {}, sort_keys=True)}
+    return atomic_write_bytes(path, st_save(_optimizer_tensors(optimizer, keys), metadata=meta))
+
+
+def load_state(path: Path, optimizer: torch.optim.Optimizer, keys: dict[int, str]) -> dict[str, Any]:
+    """Restore Adam moments from :func:`save_state`'s file; returns its metadata (step, settings)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:
+        raise SPTError(f"cannot resume: {path} is not a readable training-state file ({exc})") from None
+    if meta.get("format") != STATE_FORMAT:
+        raise SPTError(f"cannot resume: {path} is not an spt-adapter training-state file")
+    by_key = {v: k for k, v in keys.items()}
+    params = {id(p): p for g in optimizer.param_groups for p in g["params"]}
+    loaded: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        key, _, field_name = name.rpartition("::")
+        if key not in by_key:
+            raise SPTError(f"cannot resume: {path} holds optimizer state for {key!r}, which the adapter does not have")
+        p = params[by_key[key]]
+        v = value.to(p.device)
+        loaded.setdefault(id(p), {})[field_name] = v if field_name != "step" else v.to(torch.float32)
+    missing = [keys[i] for i in params if i not in loaded]
+    if missing and loaded:
+        raise SPTError(f"cannot resume: {path} lacks optimizer state for {missing[:3]}")
+    for pid, state in loaded.items():
+        optimizer.state[params[pid]] = state
+    return {"step": int(meta.get("step", "0")), "settings": json.loads(meta.get("settings", "{}")),
+            "extra": json.loads(meta.get("extra", "{}"))}
+
+
+def adapter_step(path: Path) -> int | None:
+    """The training step recorded in an adapter written by this trainer (header only)."""
+    from .delta import read_adapter_header
+
+    meta, _ = read_adapter_header(path)
+    try:
+        return int(json.loads(meta.get("training", "{}")).get("step"))
+    except (TypeError, ValueError, json.JSONDecodeError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+def _to(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    try:
+        lq, gt, prior = batch["lq"], batch["gt"], batch["prior"]
+    except KeyError as exc:
+        raise SPTError(f"the training dataset must yield dicts with 'lq', 'gt' and 'prior'; {exc} is missing") from None
+    nb = device.type == "cuda"
+    return lq.to(device, non_blocking=nb), gt.to(device, non_blocking=nb), prior.to(device, non_blocking=nb)
+
+
+def _write_logs(out: Path, history: list[dict[str, Any]], header: dict[str, Any]) -> tuple[Path, Path]:
+    keys: list[str] = []
+    for row in history:
+        for k in row:
+            if k not in keys:
+                keys.append(k)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    for row in history:
+        writer.writerow(row)
+    p_csv = atomic_write_bytes(out / LOG_CSV, buf.getvalue().encode())
+    p_json = atomic_write_bytes(out / LOG_JSON, json.dumps({**header, "history": history}, indent=1).encode())
+    return p_csv, p_json
+
+
+def _read_history(out: Path, up_to: int) -> list[dict[str, Any]]:
+    try:
+        data = json.loads((out / LOG_JSON).read_text())
+        return [row for row in data.get("history", []) if int(row.get("step", 0)) <= up_to]
+    except (OSError, ValueError, TypeError):
+        return []
+
+
+def train_units(
+    model: SPTModel,
+    dataset: Dataset,
+    settings: TrainSettings,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    resume: bool = False,
+    val_fn: Callable[[SPTModel], dict[str, float]] | None = None,
+    training_info: dict[str, Any] | None = None,
+    dist_info: DistInfo | None = None,
+    backbone_hash: bool = True,
+    stop_at: int | None = None,
+) -> TrainResult:
+    """Train the active adapter's units of ``model`` on ``dataset``; see the module docstring.
+
+    ``model`` is an SPTModel (already carrying the adapter; for ``resume`` load the adapter from
+    ``out_dir`` first, :func:`spt_adapter.commands.train` does). ``val_fn(model) -> {"psnr": ..}``
+    runs on the main process every ``val_every`` steps and at the end. ``training_info`` (JSON-able)
+    is recorded in the adapter file with the step. ``stop_at`` ends this call after that step (the
+    schedule still runs to ``settings.iters``), as a time-sliced job would; ``resume`` continues.
+    """
+    if not isinstance(model, SPTModel):
+        raise SPTError(f"train_units needs an SPTModel (from spt_adapter.inject), got {type(model).__name__}")
+    info = dist_info or init_distributed()
+    device = info.device
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
+        raise SPTError("the training dataset is empty")
+
+    adapter = model.active_adapter
+    named = list(model.unit_parameters(adapter))
+    keys = {id(p): k for k, p in named}
+    params = [p for _, p in named]
+    if not params:
+        raise SPTError("the model has no trainable unit parameters")
+    model.to(device)
+    model.train()
+
+    optimizer = torch.optim.Adam(params, lr=lr_at(0, settings), weight_decay=settings.weight_decay)
+    start = 0
+    history: list[dict[str, Any]] = []
+    if resume:
+        if out is None:
+            raise SPTError("resume needs the output folder of the earlier run")
+        state_path = out / STATE_FILE
+        step_in_adapter = adapter_step(out / ADAPTER_FILE) if (out / ADAPTER_FILE).exists() else None
+        if state_path.exists():
+            meta = load_state(state_path, optimizer, keys)
+            start = meta["step"]
+            if step_in_adapter is not None and step_in_adapter != start:
+                # the two files were written at different steps (a crash in between): keep the
+                # delta's weights, restart the optimizer moments
+                optimizer.state.clear()
+                start = step_in_adapter
+        elif step_in_adapter is not None:
+            start = step_in_adapter  # weights only: Adam restarts (documented)
+        history = _read_history(out, start)
+
+    world = info.world_size
+    repeat = max(1, math.ceil(settings.batch * world / n))
+    samples = SeededSamples(dataset, seed=settings.seed, repeat=repeat)
+    sampler = EpochSampler(samples, num_replicas=world, rank=info.rank, seed=settings.seed)
+    per_epoch = len(sampler) // settings.batch
+    if per_epoch < 1:
+        raise SPTError(f"{n} training samples give no full batch of {settings.batch} per process")
+    loader = DataLoader(samples, batch_size=settings.batch, sampler=sampler, drop_last=True,
+                        num_workers=settings.workers, pin_memory=device.type == "cuda",
+                        persistent_workers=False)
+
+    net: torch.nn.Module = model
+    if info.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+
+    use_amp = settings.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    header = {"settings": asdict(settings), "world_size": world, "adapter": adapter,
+              "training": training_info or {}, "trainable_parameters": sum(p.numel() for p in params)}
+
+    def save(step: int, final: bool = False) -> None:
+        if out is None or not info.is_main:
+            return
+        from .delta import save_adapter
+
+        train_meta = dict(training_info or {})
+        train_meta.update({"step": step, "iters": settings.iters, "lr": settings.lr, "schedule": settings.schedule,
+                           "global_batch": settings.batch * world})
+        # state first, then the delta: a crash in between leaves an older delta whose step differs,
+        # which resume detects
+        save_state(out / STATE_FILE, optimizer, keys, step, settings, {"world_size": world})
+        save_adapter(model, out / ADAPTER_FILE, adapter_name=adapter, backbone_hash=backbone_hash,
+                     metadata={"training": json.dumps(train_meta, sort_keys=True)})
+        _write_logs(out, history, header)
+        if final:
+            with contextlib.suppress(Exception):  # the card is a courtesy; the delta is what matters
+                from .model_card import write_model_card
+
+                write_model_card(out)
+
+    bar = None
+    if settings.progress and info.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=settings.iters, initial=start, desc="train SPT units", unit="step", dynamic_ncols=True)
+
+    step = start
+    t0 = time.time()
+    running, count = 0.0, 0
+    val: dict[str, float] | None = None
+    epoch = step // per_epoch
+    sampler.skip = (step % per_epoch) * settings.batch
+    end = settings.iters if stop_at is None else min(settings.iters, max(int(stop_at), step))
+    try:
+        while step < end:
+            sampler.set_epoch(epoch)
+            for batch in loader:
+                if step >= end:
+                    break
+                lq, gt, prior = _to(batch, device)
+                lr = lr_at(step, settings)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
+                    pred = net(lq, prior=prior)
+                loss = torch.nn.functional.l1_loss(pred.float(), gt)
+                if not torch.isfinite(loss):
+                    raise SPTError(f"the loss became {loss.item()} at step {step}; lower --lr")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if settings.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                running += float(loss.detach())
+                count += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+                last = step == end
+                if settings.log_every and (step % settings.log_every == 0 or last) or (last and count):
+                    mean_loss = running / max(count, 1)
+                    if info.distributed:  # the log shows the loss over the global batch
+                        t = torch.tensor([mean_loss], device=device)
+                        dist.all_reduce(t)
+                        mean_loss = float(t) / world
+                    history.append({"step": step, "loss": mean_loss, "lr": lr,
+                                    "seconds": round(time.time() - t0, 3)})
+                    running, count = 0.0, 0
+                if val_fn is not None and info.is_main and (
+                        (settings.val_every and step % settings.val_every == 0) or last):
+                    model.eval()
+                    with torch.no_grad():
+                        val = {k: float(v) for k, v in val_fn(model).items()}
+                    model.train()
+                    if history and history[-1]["step"] == step:
+                        history[-1].update({f"val_{k}": v for k, v in val.items()})
+                    else:
+                        history.append({"step": step, **{f"val_{k}": v for k, v in val.items()}})
+                    if bar is not None:
+                        bar.write(f"step {step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in val.items()))
+                if settings.save_every and step % settings.save_every == 0 and not last:
+                    save(step)
+            epoch += 1
+            sampler.skip = 0
+    finally:
+        if bar is not None:
+            bar.close()
+    save(step, final=True)
+    if info.distributed:
+        dist.barrier()
+    model.eval()
+    return TrainResult(
+        adapter_path=out / ADAPTER_FILE if out is not None else None,
+        state_path=out / STATE_FILE if out is not None else None,
+        log_csv=out / LOG_CSV if out is not None else None,
+        log_json=out / LOG_JSON if out is not None else None,
+        step=step, history=history, val=val,
+    )
+
+
+def shutdown_distributed(info: DistInfo) -> None:
+    if info.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
