@@ -23,6 +23,8 @@ class PluginReport:
     loaded: dict[str, str] = field(default_factory=dict)  # name -> "module (distribution version)"
     failed: dict[str, str] = field(default_factory=dict)
     disabled: bool = False
+    registered: dict[str, list[str]] = field(default_factory=dict)  # filled by register_frameworks()
+    register_failed: dict[str, str] = field(default_factory=dict)
 
 
 _lock = threading.Lock()
@@ -92,6 +94,32 @@ def call_hook(hook_name: str, /, **kwargs):
     except Exception as exc:
         culprit = _culprit(pm, hook_name, exc)
         raise PluginError(f"plugin {culprit!r} failed in hook {hook_name}: {type(exc).__name__}: {exc}") from exc
+
+
+def register_frameworks(raise_errors: bool = False) -> dict[str, list[str]]:
+    """Call every plugin's ``spt_adapter_register_framework`` hook, one plugin at a time.
+
+    Returns ``{plugin name: [registered names]}`` for the plugins whose framework is importable. A
+    plugin that raises is recorded in ``plugin_report().register_failed`` by name (or raises
+    :class:`PluginError` naming it with ``raise_errors=True``); the others still register.
+    """
+    pm = get_plugin_manager()
+    done: dict[str, list[str]] = {}
+    for impl in reversed(pm.hook.spt_adapter_register_framework.get_hookimpls()):
+        try:
+            result = impl.function()
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            _report.register_failed[impl.plugin_name] = message
+            if raise_errors:
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} failed in hook spt_adapter_register_framework: {message}"
+                ) from exc
+            continue
+        if result:
+            done[impl.plugin_name] = list(result)
+    _report.registered.update(done)
+    return done
 
 
 def _culprit(pm: pluggy.PluginManager, hook_name: str, exc: BaseException) -> str:

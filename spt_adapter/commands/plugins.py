@@ -2,30 +2,42 @@
 
 from __future__ import annotations
 
-HELP = "list the plugins (built-in shims and third-party) and their hooks"
+HELP = "list the plugins (built-in shims and third-party), what they registered, and the presets"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--hooks", action="store_true", help="also list the hooks each plugin implements")
+    parser.add_argument("--presets", action="store_true", help="also list the architecture presets")
+    parser.add_argument("--no-register", action="store_true",
+                        help="do not import the frameworks (skip the spt_adapter_register_framework hooks)")
 
 
 def run(args) -> int:
-    from ..plugins import get_plugin_manager, plugin_report
+    from ..plugins import get_plugin_manager, plugin_report, register_frameworks
 
     pm = get_plugin_manager()
     report = plugin_report()
     if report.disabled:
         print("plugin autoload is disabled (SPT_ADAPTER_DISABLE_PLUGINS is set)")
-    registered = {}
-    for result in pm.hook.spt_adapter_register_framework():
-        for item in result or []:
-            registered.setdefault(item.split(":", 1)[0], []).append(item)
+    registered = {} if args.no_register else register_frameworks()
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda kv: kv[0]):
+        if plugin is None:  # blocked
+            continue
         origin = report.loaded.get(name, "registered in-process")
         print(f"{name:<12} {origin}")
+        for item in registered.get(name, []):
+            print(f"{'':<12}   registers {item}")
+        if name in report.register_failed:
+            print(f"{'':<12}   REGISTER FAILED: {report.register_failed[name]}")
         if args.hooks:
             for caller in pm.get_hookcallers(plugin) or []:
-                print(f"{'':<12}   {caller.name}")
+                print(f"{'':<12}   hook {caller.name}")
     for name, reason in sorted(report.failed.items()):
         print(f"{name:<12} FAILED: {reason}")
-    return 1 if report.failed else 0
+    if args.presets:
+        from ..presets import preset_table
+
+        print("presets:")
+        for preset, naming, classes in preset_table():
+            print(f"  {preset:<10} {classes:<24} {naming}")
+    return 1 if report.failed or report.register_failed else 0

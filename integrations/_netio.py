@@ -1,0 +1,123 @@
+"""Backbone weights in and SPT units on, for the framework shims.
+
+The frameworks load pretrained weights with ``net.load_state_dict``; once SPT units are in, module
+names carry ``base_layer`` and the state dict has unit tensors. These helpers load a checkpoint
+onto the *logical* backbone (units excluded, ``base_layer`` seen through), so loading works the
+same before and after injection — including KAIR's non-strict load, which pairs tensors by
+position and would otherwise pair checkpoint tensors with unit tensors.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+
+import spt_adapter
+from spt_adapter.errors import SPTError
+from spt_adapter.model import SPTModel
+
+from ._options import SPTOptions
+
+LOAD_MODES = ("strict", "by_name", "by_position")
+
+
+class BackboneLoadError(SPTError, ValueError):
+    """A checkpoint does not fit the backbone."""
+
+
+def bare(net: nn.Module) -> nn.Module:
+    """The module inside DataParallel / DistributedDataParallel."""
+    return net.module if hasattr(net, "module") and isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else net
+
+
+def logical_state(net: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+    """The backbone's state dict as the checkpoint names it: units dropped, ``base_layer`` removed."""
+    net = bare(net)
+    root = net.base_model if isinstance(net, SPTModel) else net
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for key, value in root.state_dict(keep_vars=True).items():
+        parts = key.split(".")
+        if "spt_units" in parts:
+            continue
+        out[".".join(p for p in parts if p != "base_layer")] = value
+    return out
+
+
+def load_backbone_state(net: nn.Module, state: Mapping[str, torch.Tensor], mode: str = "strict",
+                        source: str = "checkpoint") -> list[str]:
+    """Copy ``state`` into the backbone of ``net`` (plain or injected). Returns the keys loaded.
+
+    ``strict``: same key set and shapes (else an error naming the first differences);
+    ``by_name``: keys present in both with equal shapes (BasicSR's ``strict_load_g: false``);
+    ``by_position``: the i-th checkpoint tensor into the i-th backbone tensor (KAIR's
+    ``G_param_strict: false``), units never take part.
+    """
+    if mode not in LOAD_MODES:
+        raise BackboneLoadError(f"load mode must be one of {LOAD_MODES}, got {mode!r}")
+    mine = logical_state(net)
+    pairs: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+    if mode == "strict":
+        missing = [k for k in mine if k not in state]
+        unexpected = [k for k in state if k not in mine]
+        if missing or unexpected:
+            raise BackboneLoadError(
+                f"{source} does not fit the backbone: missing {missing[:4]}{'...' if len(missing) > 4 else ''}, "
+                f"unexpected {unexpected[:4]}{'...' if len(unexpected) > 4 else ''}"
+            )
+        pairs = [(k, mine[k], state[k]) for k in mine]
+    elif mode == "by_name":
+        pairs = [(k, mine[k], state[k]) for k in mine if k in state and tuple(state[k].shape) == tuple(mine[k].shape)]
+    else:
+        if len(state) != len(mine):
+            raise BackboneLoadError(
+                f"{source} has {len(state)} tensors but the backbone has {len(mine)}; a positional load needs equal counts"
+            )
+        pairs = [(k, mine[k], v) for (k, _), v in zip(mine.items(), state.values())]
+    for key, dst, src in pairs:
+        if tuple(dst.shape) != tuple(src.shape):
+            raise BackboneLoadError(f"{source}: tensor for {key!r} has shape {tuple(src.shape)}, the backbone has {tuple(dst.shape)}")
+    with torch.no_grad():
+        for _, dst, src in pairs:
+            dst.copy_(src.to(dtype=dst.dtype, device=dst.device))
+    return [k for k, _, _ in pairs]
+
+
+def attach_units(net: nn.Module, options: SPTOptions, adapter: str | None = None,
+                 adapter_name: str = "default", check_backbone_hash: bool = True) -> SPTModel:
+    """Inject SPT units into a plain backbone (``options.config``; targets from the claiming plugin
+    when the block names none), or load them from an adapter file."""
+    net = bare(net)
+    if isinstance(net, SPTModel):
+        return net
+    if adapter:
+        return spt_adapter.load_adapter(net, adapter, adapter_name=adapter_name, check_backbone_hash=check_backbone_hash)
+    return spt_adapter.inject(net, config=options.config, adapter_name=adapter_name)
+
+
+def copy_units(src: SPTModel, dst: SPTModel) -> None:
+    """dst's unit parameters := src's (same targets)."""
+    theirs = dict(src.unit_parameters())
+    with torch.no_grad():
+        for key, p in dst.unit_parameters():
+            p.copy_(theirs[key])
+
+
+def load_units(net: SPTModel, path: str) -> None:
+    """Overwrite the active adapter's units of ``net`` with those of the adapter file ``path``
+    (checked against ``net``'s backbone like any load)."""
+    active = net.active_adapter
+    spt_adapter.load_adapter(net, path, adapter_name="spt_loading")
+    try:
+        theirs = dict(net.unit_parameters("spt_loading"))
+        mine = dict(net.unit_parameters(active))
+        if set(theirs) != set(mine):
+            raise BackboneLoadError(f"{path} adapts other targets than this model's units ({sorted(set(theirs) ^ set(mine))[:3]})")
+        with torch.no_grad():
+            for key, p in mine.items():
+                p.copy_(theirs[key])
+    finally:
+        net.delete_adapter("spt_loading")
+        net.set_adapter(active)

@@ -1,0 +1,171 @@
+"""``SPTSRModel``: BasicSR's SRModel training SPT units on a frozen backbone.
+
+What changes against ``SRModel`` (everything else — losses, optimizers, schedulers, logging,
+validation through ``basicsr.metrics`` — is BasicSR's own code):
+
+* the backbone loads from ``path.pretrain_network_g`` (or ``spt.backbone``) and is never written;
+* units are injected into ``net_g`` and ``net_g_ema`` (same backbone, units copied); the EMA walks
+  unit parameters only, so the frozen backbone stays bit-exact;
+* ``feed_data`` takes ``data["prior"]`` (from ``SPTPairedImageDataset``) and every forward runs
+  inside ``net.use_prior(prior)``;
+* ``save`` writes SPT deltas ``models/net_g_<iter>.safetensors`` (+ ``net_g_ema_<iter>``) instead of
+  whole networks, then BasicSR's training state; on resume (``path.resume_state`` or
+  ``--auto_resume``) BasicSR points ``pretrain_network_g`` at ``net_g_<iter>.pth``: the model loads
+  the deltas saved beside it and the backbone recorded in them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from os import path as osp
+
+import torch
+from basicsr.archs import build_network
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger
+from basicsr.utils.dist_util import get_dist_info
+from basicsr.utils.registry import MODEL_REGISTRY
+
+import spt_adapter
+from spt_adapter.errors import ConfigError
+from spt_adapter.model import SPTModel
+
+from .._checkpoint import read_state_dict
+from .._netio import attach_units, bare, copy_units, load_backbone_state
+from .._options import parse_spt_block
+
+META_BACKBONE = "basicsr_backbone"
+
+
+def _delta_for(pth_path: str) -> str:
+    return osp.splitext(pth_path)[0] + ".safetensors"
+
+
+class SPTSRModel(SRModel):
+    """SRModel whose trainable parameters are exactly the SPT units; see the module docstring."""
+
+    def __init__(self, opt):
+        self.spt = parse_spt_block(opt.get("spt"), "spt")
+        path_opt = opt["path"]
+        load_path = path_opt.get("pretrain_network_g")
+        self._resume_deltas: dict[str, str] = {}
+        backbone = self.spt.backbone
+        if load_path and not osp.exists(load_path) and osp.exists(_delta_for(load_path)):
+            # resuming: BasicSR set pretrain_network_g to models/net_g_<iter>.pth; we saved deltas
+            delta = _delta_for(load_path)
+            self._resume_deltas["net_g"] = delta
+            ema = osp.join(osp.dirname(delta), "net_g_ema_" + osp.basename(delta)[len("net_g_"):])
+            if osp.exists(ema):
+                self._resume_deltas["net_g_ema"] = ema
+            if backbone is None:
+                meta, _ = spt_adapter.read_adapter_header(delta)
+                backbone = meta.get(META_BACKBONE) or None
+        elif backbone is None:
+            backbone = load_path
+        if not backbone:
+            raise ConfigError(
+                "SPTSRModel trains SPT units on a pretrained backbone: set path.pretrain_network_g (or spt.backbone) "
+                "to the backbone checkpoint"
+            )
+        if not osp.isfile(backbone):
+            raise ConfigError(f"the backbone checkpoint {backbone} does not exist")
+        self.spt_backbone = osp.abspath(backbone)
+        if not load_path:
+            path_opt["pretrain_network_g"] = self.spt_backbone  # so that SRModel calls load_network
+        # SRModel.__init__ loads pretrain_network_g through self.load_network (overridden below)
+        super().__init__(opt)
+
+    # -- networks --------------------------------------------------------------------------------
+    def _load_backbone(self, net) -> None:
+        param_key = self.opt["path"].get("param_key_g", "params")
+        if param_key == "params_ema" and self._resume_deltas:
+            param_key = "params"
+        state = read_state_dict(self.spt_backbone, param_key)
+        mode = "strict" if self.opt["path"].get("strict_load_g", True) else "by_name"
+        load_backbone_state(net, state, mode, source=self.spt_backbone)
+        get_root_logger().info(f"SPT: loaded backbone {self.spt_backbone} [{param_key}] into {type(bare(net)).__name__}")
+
+    def load_network(self, net, load_path, strict=True, param_key="params"):
+        """Called by SRModel.__init__ for net_g: load the frozen backbone, then put the units on."""
+        self._load_backbone(net)
+        spt_net = attach_units(net, self.spt, adapter=self._resume_deltas.get("net_g") or self.spt.adapter)
+        self.net_g = self.model_to_device(spt_net)
+
+    def init_training_settings(self):
+        decay = self.opt["train"].get("ema_decay", 0)
+        self.opt["train"]["ema_decay"] = 0  # SRModel builds optimizers etc.; the EMA net is built here
+        try:
+            super().init_training_settings()
+        finally:
+            self.opt["train"]["ema_decay"] = decay
+        self.ema_decay = decay
+        if decay > 0:
+            get_root_logger().info(f"Use Exponential Moving Average of the SPT units with decay: {decay}")
+            net = build_network(self.opt["network_g"])
+            self._load_backbone(net)
+            adapter = self._resume_deltas.get("net_g_ema")
+            ema = attach_units(net, self.spt, adapter=adapter or self.spt.adapter).to(self.device)
+            if adapter is None:
+                copy_units(bare(self.net_g), ema)
+            self.net_g_ema = ema
+            self.net_g_ema.eval()
+        trainable = [n for n, p in bare(self.net_g).named_parameters() if p.requires_grad]
+        assert trainable and all(".spt_units." in n for n in trainable), "only SPT units may train"
+        bare(self.net_g).print_trainable_parameters()
+
+    def model_ema(self, decay=0.999):
+        """EMA over the unit parameters only: the frozen backbone is shared bit for bit."""
+        mine = dict(bare(self.net_g).unit_parameters())
+        with torch.no_grad():
+            for key, p in self.net_g_ema.unit_parameters():
+                p.mul_(decay).add_(mine[key], alpha=1 - decay)
+
+    # -- data and forward ------------------------------------------------------------------------
+    def feed_data(self, data):
+        super().feed_data(data)
+        if "prior" not in data:
+            raise ConfigError(
+                "the batch has no 'prior': use `type: SPTPairedImageDataset` for the train and val datasets "
+                "(or another dataset that returns a 'prior' tensor)"
+            )
+        self.prior = data["prior"].to(self.device)
+
+    def optimize_parameters(self, current_iter):
+        with bare(self.net_g).use_prior(self.prior):
+            super().optimize_parameters(current_iter)
+
+    def test(self):
+        net = self.net_g_ema if hasattr(self, "net_g_ema") else bare(self.net_g)
+        with net.use_prior(self.prior):
+            super().test()
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save(self, epoch, current_iter):
+        label = "latest" if current_iter == -1 else current_iter
+        self.save_delta(bare(self.net_g), f"net_g_{label}.safetensors", current_iter)
+        if hasattr(self, "net_g_ema"):
+            self.save_delta(self.net_g_ema, f"net_g_ema_{label}.safetensors", current_iter)
+        self.save_training_state(epoch, current_iter)
+
+    def save_delta(self, net: SPTModel, filename: str, current_iter) -> str | None:
+        """Write one network's units as an SPT adapter (rank 0 only)."""
+        if get_dist_info()[0] != 0:
+            return None
+        target = osp.join(self.opt["path"]["models"], filename)
+        meta = {
+            META_BACKBONE: self.spt_backbone,
+            "basicsr_iter": str(current_iter),
+            "basicsr_network_g": json.dumps(self.opt["network_g"], sort_keys=True, default=str),
+        }
+        os.makedirs(osp.dirname(target), exist_ok=True)
+        spt_adapter.save_adapter(net, target, metadata=meta)
+        return target
+
+
+def _register() -> None:
+    if "SPTSRModel" not in MODEL_REGISTRY:
+        MODEL_REGISTRY.register(SPTSRModel)
+
+
+_register()

@@ -1,0 +1,107 @@
+"""``SPTModelPlain``: KAIR's ModelPlain training SPT units (built on the checkout's own class).
+
+* units are injected right after ``define_G`` (into ``netG`` and ``netE``), before any load;
+* ``load_network`` loads the backbone (``spt.backbone``) onto the logical backbone, so KAIR's
+  non-strict load (``G_param_strict: false``: tensors paired *by position*) pairs checkpoint tensors
+  with backbone tensors only — never with unit tensors;
+* ``feed_data`` takes ``data["prior"]``; ``netG_forward`` runs inside ``netG.use_prior``;
+* ``save`` writes deltas ``<iter>_G.safetensors`` / ``<iter>_E.safetensors`` (+ KAIR's optimizer
+  state); ``load`` resumes from the newest deltas in ``path.models``;
+* KAIR's loop never ends by itself: ``train.spt_stop_after: N`` stops it cleanly after N
+  iterations (the launcher catches :class:`StopTraining`).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+
+import torch
+
+import spt_adapter
+
+from .._checkpoint import read_state_dict
+from .._netio import attach_units, bare, copy_units, load_backbone_state, load_units
+from .options import spt_options
+
+
+class StopTraining(Exception):
+    """Raised to leave KAIR's endless loop after ``spt.stop_after`` iterations."""
+
+
+def last_delta(models_dir: str, net_type: str) -> tuple[int, str | None]:
+    """The newest ``<iter>_<net_type>.safetensors`` in ``models_dir``."""
+    found = []
+    for path in glob.glob(os.path.join(models_dir, f"*_{net_type}.safetensors")):
+        m = re.fullmatch(rf"(\d+)_{net_type}\.safetensors", os.path.basename(path))
+        if m:
+            found.append((int(m.group(1)), path))
+    return max(found) if found else (0, None)
+
+
+def make_model_class(model_plain: type) -> type:
+    """Subclass the checkout's ``models.model_plain.ModelPlain``."""
+
+    class SPTModelPlain(model_plain):
+        def __init__(self, opt):
+            self.spt = spt_options(opt)
+            self.spt_stop_after = int(opt["train"].get("spt_stop_after") or 0)
+            super().__init__(opt)
+            # inject now: right after define_G, before any checkpoint is loaded
+            self.netG = self.model_to_device(attach_units(self.netG, self.spt))
+            if self.opt_train["E_decay"] > 0:
+                self.netE = attach_units(self.netE, self.spt).to(self.device).eval()
+                copy_units(bare(self.netG), self.netE)
+
+        # -- weights -------------------------------------------------------------------------
+        def load_network(self, load_path, network, strict=True, param_key="params"):
+            state = read_state_dict(load_path, param_key)
+            load_backbone_state(network, state, "strict" if strict else "by_position", source=load_path)
+
+        def load(self):
+            self.load_network(self.spt.backbone, self.netG, strict=self.opt_train["G_param_strict"], param_key="params")
+            if self.opt_train["E_decay"] > 0:
+                self.load_network(self.spt.backbone, self.netE, strict=self.opt_train["G_param_strict"], param_key="params")
+            step, delta_g = last_delta(self.save_dir, "G")
+            delta_g = delta_g or self.spt.adapter
+            if delta_g:
+                load_units(bare(self.netG), delta_g)
+                if self.opt_train["E_decay"] > 0:
+                    _, delta_e = last_delta(self.save_dir, "E")
+                    load_units(self.netE, delta_e or delta_g)
+            elif self.opt_train["E_decay"] > 0:
+                copy_units(bare(self.netG), self.netE)
+            if self.opt_train["E_decay"] > 0:
+                self.netE.eval()
+
+        def load_optimizer(self, load_path, optimizer):
+            optimizer.load_state_dict(torch.load(load_path, map_location=self.device, weights_only=True))
+
+        def update_E(self, decay=0.999):
+            mine = dict(bare(self.netG).unit_parameters())
+            with torch.no_grad():
+                for key, p in self.netE.unit_parameters():
+                    p.mul_(decay).add_(mine[key], alpha=1 - decay)
+
+        def save_network(self, save_dir, network, network_label, iter_label):
+            path = os.path.join(save_dir, f"{iter_label}_{network_label}.safetensors")
+            spt_adapter.save_adapter(bare(network), path, metadata={"kair_backbone": os.path.abspath(self.spt.backbone),
+                                                                    "kair_iter": str(iter_label)})
+
+        # -- data and forward ----------------------------------------------------------------
+        def feed_data(self, data, need_H=True):
+            super().feed_data(data, need_H)
+            self.prior = data["prior"].to(self.device)
+
+        def netG_forward(self):
+            with bare(self.netG).use_prior(self.prior):
+                super().netG_forward()
+
+        def update_learning_rate(self, n):
+            if self.spt_stop_after and n > self.spt_stop_after:
+                raise StopTraining(n - 1)
+            super().update_learning_rate(n)
+
+    SPTModelPlain.__qualname__ = SPTModelPlain.__name__ = "SPTModelPlain"
+    return SPTModelPlain

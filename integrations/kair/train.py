@@ -1,0 +1,121 @@
+"""Run KAIR's own ``main_train_psnr.py`` so that it trains SPT units.
+
+    cd /path/to/KAIR
+    python -m spt_adapter.integrations.kair.train --opt options/train_spt_rrdb.json
+
+The launcher puts the checkout on ``sys.path`` (``--kair-root``, default: the working directory),
+then wraps two KAIR factories before running ``main_train_psnr.py`` unchanged (``runpy``):
+
+* ``models.select_model.define_Model``: an options dict with an ``"spt"`` block and
+  ``"model": "plain"`` gets :class:`SPTModelPlain` (a subclass of the checkout's ModelPlain);
+* ``data.select_dataset.define_Dataset``: datasets get ``prior`` — computed from each item's own
+  ``L`` tensor through the prior cache (KAIR makes LQ patches on the fly: noise, bicubic, random
+  crops), so the prior always matches the network's input.
+
+Every other part — option parsing, loaders, losses, optimizer, logging, PSNR — is KAIR's code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+
+import numpy as np
+import torch
+
+from spt_adapter.errors import ConfigError, SPTError
+
+from .options import read_options, spt_options
+
+
+class PriorDataset(torch.utils.data.Dataset):
+    """A KAIR dataset whose items gain ``prior`` (C_p, h, w), computed from the item's ``L``."""
+
+    def __init__(self, dataset, source) -> None:
+        self.dataset = dataset
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name):
+        if name in ("dataset", "source"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index):
+        item = self.dataset[index]
+        low = item["L"]
+        image = (low.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        if image.shape[2] == 1:
+            image = np.repeat(image, 3, axis=2)
+        elif image.shape[2] > 3:
+            image = image[..., :3]
+        item["prior"] = torch.from_numpy(np.asarray(self.source(np.ascontiguousarray(image)), dtype=np.float32))
+        return item
+
+
+def install(opt: dict) -> None:
+    """Wrap KAIR's ``define_Model`` / ``define_Dataset`` for options ``opt`` (must have ``"spt"``)."""
+    from .._options import PriorSource
+    from .model import make_model_class
+
+    options = spt_options(opt)
+    import data.select_dataset as select_dataset
+    import models.select_model as select_model
+    from models.model_plain import ModelPlain
+
+    spt_cls = make_model_class(ModelPlain)
+    original_model, original_dataset = select_model.define_Model, select_dataset.define_Dataset
+    if getattr(original_model, "_spt_wrapped", False):
+        return
+
+    def define_Model(opt_):  # noqa: N802 - KAIR's name
+        if opt_.get("spt") is None:
+            return original_model(opt_)
+        if opt_["model"] != "plain":
+            raise ConfigError(f'the KAIR SPT shim trains "model": "plain" networks, got {opt_["model"]!r}')
+        model = spt_cls(opt_)
+        print(f"Training model [{type(model).__name__}] is created.")
+        return model
+
+    def define_Dataset(dataset_opt):  # noqa: N802
+        return PriorDataset(original_dataset(dataset_opt), PriorSource(options.prior))
+
+    define_Model._spt_wrapped = True
+    select_model.define_Model = define_Model
+    select_dataset.define_Dataset = define_Dataset
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--opt", required=True, help="KAIR options JSON with an \"spt\" block")
+    parser.add_argument("--kair-root", default=os.getcwd(), help="the KAIR checkout (default: working directory)")
+    parser.add_argument("--script", default="main_train_psnr.py", help="KAIR training script to run")
+    args = parser.parse_args(argv)
+    root = os.path.abspath(args.kair_root)
+    script = os.path.join(root, args.script)
+    if not os.path.isfile(script):
+        print(f"spt-adapter: error: {script} not found: run from a KAIR checkout or pass --kair-root", file=sys.stderr)
+        return 2
+    os.chdir(root)
+    sys.path.insert(0, root)
+    try:
+        install(read_options(args.opt))
+        from .model import StopTraining
+
+        sys.argv = [script, "--opt", args.opt]
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except StopTraining as stop:
+            print(f"spt-adapter: stopped after {stop.args[0]} iterations (train.spt_stop_after)")
+    except SPTError as exc:
+        print(f"spt-adapter: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

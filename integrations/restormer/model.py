@@ -1,0 +1,141 @@
+"""``SPTImageCleanModel``: Restormer's ImageCleanModel training SPT units (built on the fork's class).
+
+Restormer's ``train.py`` crops and sub-samples batches itself (progressive learning) and passes only
+``lq``/``gt`` to ``feed_train_data``; the prior is therefore computed from the ``lq`` the model
+receives (after mixup), per image, through the prior cache. Checkpoints are SPT deltas
+``models/net_g_<iter>.safetensors`` (+ ``net_g_ema_<iter>``); resume loads them like the BasicSR
+shim. Importing this module needs a Restormer checkout on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import torch
+
+from .._options import PriorSource
+
+
+def priors_for(batch: torch.Tensor, source: PriorSource) -> torch.Tensor:
+    """(B,3,H,W) images in [0,1] -> (B,C_p,H,W) priors, one cached prior per image."""
+    out = []
+    for img in batch.detach().clamp(0, 1).cpu():
+        rgb = (img[:3] * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        if rgb.shape[2] == 1:
+            rgb = np.repeat(rgb, 3, axis=2)
+        out.append(torch.from_numpy(np.asarray(source(np.ascontiguousarray(rgb)), dtype=np.float32)))
+    return torch.stack(out).to(batch.device)
+
+
+def make_model_class(image_clean_model: type) -> type:
+    """Subclass the checkout's ``ImageCleanModel``."""
+    from os import path as osp
+
+    import spt_adapter
+    from spt_adapter.errors import ConfigError
+
+    from .._checkpoint import read_state_dict
+    from .._netio import attach_units, bare, copy_units, load_backbone_state
+    from .._options import parse_spt_block
+
+    class SPTImageCleanModel(image_clean_model):
+        def __init__(self, opt):
+            self.spt = parse_spt_block(opt.get("spt"), "spt")
+            self.spt_prior = PriorSource(self.spt.prior)
+            load_path = opt["path"].get("pretrain_network_g")
+            self._resume = {}
+            backbone = self.spt.backbone
+            if load_path and not osp.exists(load_path) and osp.exists(osp.splitext(load_path)[0] + ".safetensors"):
+                delta = osp.splitext(load_path)[0] + ".safetensors"
+                self._resume["net_g"] = delta
+                ema = osp.join(osp.dirname(delta), "net_g_ema_" + osp.basename(delta)[len("net_g_"):])
+                if osp.exists(ema):
+                    self._resume["net_g_ema"] = ema
+                if backbone is None:
+                    backbone = spt_adapter.read_adapter_header(delta)[0].get("restormer_backbone") or None
+            elif backbone is None:
+                backbone = load_path
+            if not backbone or not osp.isfile(backbone):
+                raise ConfigError(f"SPTImageCleanModel needs the backbone checkpoint (path.pretrain_network_g or spt.backbone); got {backbone!r}")
+            self.spt_backbone = osp.abspath(backbone)
+            opt["path"]["pretrain_network_g"] = opt["path"].get("pretrain_network_g") or self.spt_backbone
+            super().__init__(opt)
+
+        def _load_backbone(self, net):
+            state = read_state_dict(self.spt_backbone, self.opt["path"].get("param_key", "params"))
+            load_backbone_state(net, state, "strict" if self.opt["path"].get("strict_load_g", True) else "by_name",
+                                source=self.spt_backbone)
+
+        def load_network(self, net, load_path, strict=True, param_key="params"):
+            self._load_backbone(net)
+            self.net_g = self.model_to_device(attach_units(net, self.spt, adapter=self._resume.get("net_g") or self.spt.adapter))
+
+        def init_training_settings(self):
+            decay = self.opt["train"].get("ema_decay", 0)
+            self.opt["train"]["ema_decay"] = 0
+            try:
+                super().init_training_settings()
+            finally:
+                self.opt["train"]["ema_decay"] = decay
+            self.ema_decay = decay
+            if decay > 0:
+                from basicsr.models.archs import define_network
+
+                net = define_network(dict(self.opt["network_g"]))
+                self._load_backbone(net)
+                adapter = self._resume.get("net_g_ema")
+                self.net_g_ema = attach_units(net, self.spt, adapter=adapter or self.spt.adapter).to(self.device).eval()
+                if adapter is None:
+                    copy_units(bare(self.net_g), self.net_g_ema)
+
+        def model_ema(self, decay=0.999):
+            mine = dict(bare(self.net_g).unit_parameters())
+            with torch.no_grad():
+                for key, p in self.net_g_ema.unit_parameters():
+                    p.mul_(decay).add_(mine[key], alpha=1 - decay)
+
+        def feed_train_data(self, data):
+            super().feed_train_data(data)
+            self.prior = priors_for(self.lq, self.spt_prior)
+
+        def feed_data(self, data):
+            super().feed_data(data)
+            self.prior = priors_for(self.lq, self.spt_prior)
+
+        def optimize_parameters(self, current_iter):
+            with bare(self.net_g).use_prior(self.prior):
+                super().optimize_parameters(current_iter)
+
+        def nonpad_test(self, img=None):
+            net = self.net_g_ema if hasattr(self, "net_g_ema") else bare(self.net_g)
+            with net.use_prior(self.prior):
+                super().nonpad_test(img)
+
+        def save(self, epoch, current_iter):
+            label = "latest" if current_iter == -1 else current_iter
+            models = self.opt["path"]["models"]
+            meta = {"restormer_backbone": self.spt_backbone, "restormer_iter": str(current_iter)}
+            spt_adapter.save_adapter(bare(self.net_g), osp.join(models, f"net_g_{label}.safetensors"), metadata=meta)
+            if hasattr(self, "net_g_ema"):
+                spt_adapter.save_adapter(self.net_g_ema, osp.join(models, f"net_g_ema_{label}.safetensors"), metadata=meta)
+            self.save_training_state(epoch, current_iter)
+
+    SPTImageCleanModel.__qualname__ = "SPTImageCleanModel"
+    return SPTImageCleanModel
+
+
+def register() -> list[str]:
+    """Make ``model_type: SPTImageCleanModel`` resolvable by the fork's ``create_model`` (it looks
+    the name up in the modules it scanned: one more module is appended to that list)."""
+    import basicsr.models as models
+    from basicsr.models.image_restoration_model import ImageCleanModel
+
+    name = "spt_adapter_restormer_models"
+    if not any(getattr(m, "__name__", "") == name for m in models._model_modules):
+        module = types.ModuleType(name)
+        module.SPTImageCleanModel = make_model_class(ImageCleanModel)
+        sys.modules[name] = module
+        models._model_modules.append(module)
+    return ["restormer:basicsr.models.create_model.SPTImageCleanModel"]

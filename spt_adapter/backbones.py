@@ -1,0 +1,94 @@
+"""``load_backbone(path)``: a model-zoo checkpoint -> (nn.Module, default SPT targets).
+
+The checkpoint is read by the plugins (hook ``spt_adapter_read_checkpoint``: BasicSR/Restormer
+``params``/``params_ema`` files, KAIR bare state dicts, and spandrel's own reader as the fallback:
+``.pth`` through its restricted unpickler, ``.safetensors``); spandrel detects the architecture
+from the state dict; the plugin that claims the model (hook ``spt_adapter_claim_model``) proposes
+the default targets.
+
+    model, targets = spt_adapter.load_backbone("001_classicalSR_DF2K_s64w8_SwinIR-M_x2.pth")
+    spt = spt_adapter.inject(model, targets)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn as nn
+
+from .errors import SPTError
+from .hookspecs import ModelClaim
+
+
+class _BackboneFields(NamedTuple):
+    model: nn.Module
+    targets: list[str]
+
+
+class Backbone(_BackboneFields):
+    """``(model, targets)``; also ``.claim`` (the ModelClaim, or None) and ``.descriptor`` (spandrel's
+    ModelDescriptor: ``.architecture``, ``.scale``, ``.input_channels``, ...)."""
+
+    claim: ModelClaim | None
+    descriptor: Any
+
+    @property
+    def integration(self) -> str | None:
+        return self.claim.integration if self.claim else None
+
+    @property
+    def preset(self) -> str | None:
+        return self.claim.preset if self.claim else None
+
+
+class BackboneError(SPTError, ValueError):
+    """A checkpoint cannot be loaded as a backbone."""
+
+
+def load_backbone(path: str | os.PathLike, device: str | torch.device | None = None,
+                  claim: bool = True) -> Backbone:
+    """Load the backbone in ``path`` and the default targets the claiming plugin proposes.
+
+    ``targets`` is empty when no plugin claims the architecture (pass your own to ``inject``).
+    The model is in eval mode; its weights are exactly the file's.
+    """
+    from .plugins import call_hook
+
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneError(f"backbone checkpoint {path} does not exist or is not a file")
+    try:
+        from spandrel import ModelLoader, UnsupportedModelError
+    except ImportError:
+        raise BackboneError("load_backbone needs spandrel: pip install 'spt-adapter[spandrel]'") from None
+    from spt_adapter.integrations.spandrel.plugin import install_extra_arches
+
+    install_extra_arches()
+    state = call_hook("spt_adapter_read_checkpoint", path=str(path))
+    if state is None:
+        raise BackboneError(f"no plugin can read {path} (suffix {path.suffix!r}); see `spt-adapter plugins`")
+    try:
+        descriptor = ModelLoader(device="cpu").load_from_state_dict(state)
+    except UnsupportedModelError:
+        raise BackboneError(
+            f"spandrel does not recognise the architecture in {path} ({len(state)} tensors, first keys "
+            f"{list(state)[:3]}); build the model yourself and pass it to spt_adapter.inject"
+        ) from None
+    model = descriptor.model
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    found = _claim(model) if claim else None
+    result = Backbone(model, list(found.targets) if found else [])
+    result.claim = found
+    result.descriptor = descriptor
+    return result
+
+
+def _claim(model: nn.Module) -> ModelClaim | None:
+    from .model import claim_model
+
+    return claim_model(model)

@@ -1,0 +1,223 @@
+"""Architecture presets: where SPT units go by default, and how wide each target is.
+
+A preset recognises an architecture from its *structure* (class name plus the sub-modules the
+targets need), so one preset serves the same network whichever code base built it: spandrel's,
+BasicSR's, KAIR's or Restormer's copy of the class. The integrations' ``spt_adapter_claim_model``
+hooks call :func:`find_preset` for the classes of their own framework and turn the result into a
+:class:`~spt_adapter.hookspecs.ModelClaim`.
+
+Framework-free: nothing here imports spandrel, BasicSR, KAIR or Restormer.
+
+=========  ==============================================  =============================================
+preset     recognised classes                              default targets (one unit after each)
+=========  ==============================================  =============================================
+swinir     SwinIR (spandrel, BasicSR, KAIR)                ``layers.*`` (every RSTB; tokens, x_size)
+hat        HAT (spandrel, HAT repo)                        ``layers.*`` (every RHAG; tokens, x_size)
+dat        DAT (spandrel, DAT repo)                        ``layers.*`` (every ResidualGroup; tokens)
+rrdb       RRDBNet, spandrel naming                        ``model.1.sub.N`` for every RRDB block N
+                                                           (not the trunk conv that ends ``sub``)
+rrdb       RRDBNet, BasicSR naming                         ``body.*`` (every RRDB)
+rrdb       RRDBNet, KAIR naming                            ``RRDB_trunk.*`` (every RRDB)
+nafnet     NAFNet (spandrel, BasicSR/NAFNet repo)          ``encoders.*``, ``middle_blks``, ``decoders.*``
+scunet     SCUNet (spandrel, KAIR)                         ``m_down1..3``, ``m_body``, ``m_up3..1``
+drunet     DRUNet / UNetRes (spandrel, KAIR)               ``m_down1..3``, ``m_body``, ``m_up3..1``
+restormer  Restormer (spandrel-extra-arches, Restormer)    ``encoder_level1..3``, ``latent``,
+                                                           ``decoder_level3..1``, ``refinement``
+=========  ==============================================  =============================================
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import torch.nn as nn
+
+from .hookspecs import ModelClaim
+
+__all__ = ["Preset", "PRESETS", "register_preset", "find_preset", "claim_with_presets", "preset_table"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One architecture preset.
+
+    name: preset name recorded in adapter files (``"swinir"``).
+    classes: class names this preset may recognise (checked before ``detect``).
+    detect: ``model -> bool``, the structural check (the sub-modules the targets need exist).
+    targets: ``model -> list[str]``, the default target patterns for this instance.
+    channels: optional ``(model, names) -> {name: width}`` when widths are known without a probe.
+    naming: which naming convention this entry covers (documentation only).
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    detect: Callable[[nn.Module], bool]
+    targets: Callable[[nn.Module], list[str]]
+    channels: Callable[[nn.Module, list[str]], dict[str, int]] | None = None
+    naming: str = ""
+
+
+_lock = threading.Lock()
+PRESETS: list[Preset] = []
+
+
+def register_preset(preset: Preset) -> Preset:
+    """Add a preset; a (name, naming) pair may be registered once."""
+    with _lock:
+        for p in PRESETS:
+            if p.name == preset.name and p.naming == preset.naming:
+                raise ValueError(f"preset {preset.name!r} ({preset.naming or 'default naming'}) is already registered")
+        PRESETS.append(preset)
+    return preset
+
+
+def find_preset(model: nn.Module) -> Preset | None:
+    """The first preset that recognises ``model``, or ``None``."""
+    cls = type(model).__name__
+    for preset in list(PRESETS):
+        if cls in preset.classes and preset.detect(model):
+            return preset
+    return None
+
+
+def claim_with_presets(model: nn.Module, integration: str) -> ModelClaim | None:
+    """A :class:`ModelClaim` for ``model`` from the preset table, or ``None``."""
+    preset = find_preset(model)
+    if preset is None:
+        return None
+    targets = preset.targets(model)
+    names = _expand(model, targets)
+    channels = {}
+    if preset.channels is not None:
+        try:
+            channels = {n: int(c) for n, c in preset.channels(model, names).items()}
+        except (AttributeError, IndexError, KeyError, TypeError):
+            channels = {}  # an unusual variant: let the core probe
+    return ModelClaim(integration=integration, preset=preset.name, targets=targets, channels=channels)
+
+
+def preset_table() -> list[tuple[str, str, str]]:
+    """(preset, naming, classes) rows, for ``spt-adapter plugins`` and the docs."""
+    return [(p.name, p.naming, ", ".join(p.classes)) for p in PRESETS]
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def _expand(model: nn.Module, targets: list[str]) -> list[str]:
+    from .inject import match_targets
+
+    return match_targets(model, targets)
+
+
+def _get(model: nn.Module, name: str) -> nn.Module | None:
+    module = model
+    for part in name.split("."):
+        module = module._modules.get(part) if isinstance(module, nn.Module) else None
+        if module is None:
+            return None
+        if type(module).__name__ == "SPTLayer":
+            module = module.base_layer
+    return module
+
+
+def _has(*names: str) -> Callable[[nn.Module], bool]:
+    return lambda model: all(_get(model, n) is not None for n in names)
+
+
+def _conv_out(model: nn.Module, name: str) -> int:
+    conv = _get(model, name)
+    return int(conv.out_channels)
+
+
+def _children(model: nn.Module, name: str) -> list[str]:
+    parent = _get(model, name)
+    return [f"{name}.{k}" for k in parent._modules] if parent is not None else []
+
+
+# -- token-sequence transformers: one unit per residual group, width embed_dim -------------------
+def _groups_detect(model: nn.Module) -> bool:
+    layers = _get(model, "layers")
+    return isinstance(layers, nn.ModuleList) and len(layers) > 0 and _get(model, "conv_first") is not None
+
+
+def _groups_channels(model: nn.Module, names: list[str]) -> dict[str, int]:
+    width = _conv_out(model, "conv_first")
+    return {n: width for n in names}
+
+
+for _name, _classes in (("swinir", ("SwinIR",)), ("hat", ("HAT",)), ("dat", ("DAT",))):
+    register_preset(Preset(_name, _classes, _groups_detect, lambda m: ["layers.*"], _groups_channels))
+
+
+# -- RRDB (ESRGAN): three namings of the same network ----------------------------------------
+def _spandrel_rrdb_detect(model: nn.Module) -> bool:
+    sub = _get(model, "model.1.sub")
+    return isinstance(sub, nn.Sequential) and any(type(m).__name__ == "RRDB" for m in sub)
+
+
+def _spandrel_rrdb_targets(model: nn.Module) -> list[str]:
+    sub = _get(model, "model.1.sub")
+    return [f"model.1.sub.{k}" for k, m in sub._modules.items() if type(m).__name__ == "RRDB"]
+
+
+register_preset(Preset(
+    "rrdb", ("RRDBNet",), _spandrel_rrdb_detect, _spandrel_rrdb_targets,
+    lambda m, names: {n: _conv_out(m, "model.0") for n in names}, naming="spandrel model.1.sub.N",
+))
+register_preset(Preset(
+    "rrdb", ("RRDBNet",), lambda m: _has("conv_first", "body", "conv_body")(m)
+    and all(type(b).__name__ == "RRDB" for b in _get(m, "body")),
+    lambda m: ["body.*"], lambda m, names: {n: _conv_out(m, "conv_first") for n in names}, naming="BasicSR body.N",
+))
+register_preset(Preset(
+    "rrdb", ("RRDBNet", "RRDBNet_x2"), _has("conv_first", "RRDB_trunk", "trunk_conv"),
+    lambda m: ["RRDB_trunk.*"], lambda m, names: {n: _conv_out(m, "conv_first") for n in names},
+    naming="KAIR RRDB_trunk.N",
+))
+
+
+# -- NAFNet --------------------------------------------------------------------------------------
+def _nafnet_channels(model: nn.Module, names: list[str]) -> dict[str, int]:
+    width = _conv_out(model, "intro")
+    depth = len(_get(model, "encoders"))
+    out = {}
+    for n in names:
+        if n.startswith("encoders."):
+            out[n] = width * 2 ** int(n.split(".")[1])
+        elif n == "middle_blks":
+            out[n] = width * 2 ** depth
+        elif n.startswith("decoders."):
+            out[n] = width * 2 ** (depth - 1 - int(n.split(".")[1]))
+    return out
+
+
+register_preset(Preset(
+    "nafnet", ("NAFNet", "NAFNetLocal"), _has("intro", "encoders", "middle_blks", "decoders", "ending"),
+    lambda m: (["encoders.*"] if len(_get(m, "encoders")) else []) + ["middle_blks"]
+    + (["decoders.*"] if len(_get(m, "decoders")) else []),
+    _nafnet_channels,
+))
+
+
+# -- U-shaped nets with m_down/m_body/m_up stages (KAIR's SCUNet and DRUNet/UNetRes) ----------
+_UNET_STAGES = ["m_down1", "m_down2", "m_down3", "m_body", "m_up3", "m_up2", "m_up1"]
+register_preset(Preset("scunet", ("SCUNet",), _has(*_UNET_STAGES, "m_head", "m_tail"), lambda m: list(_UNET_STAGES)))
+register_preset(Preset("drunet", ("DRUNet", "UNetRes"), _has(*_UNET_STAGES, "m_head", "m_tail"),
+                       lambda m: list(_UNET_STAGES)))
+
+
+# -- Restormer -----------------------------------------------------------------------------------
+_RESTORMER_STAGES = ["encoder_level1", "encoder_level2", "encoder_level3", "latent",
+                     "decoder_level3", "decoder_level2", "decoder_level1", "refinement"]
+_RESTORMER_WIDTH = {"encoder_level1": 1, "encoder_level2": 2, "encoder_level3": 4, "latent": 8,
+                    "decoder_level3": 4, "decoder_level2": 2, "decoder_level1": 2, "refinement": 2}
+
+
+register_preset(Preset(
+    "restormer", ("Restormer",), _has(*_RESTORMER_STAGES, "patch_embed.proj", "output"),
+    lambda m: list(_RESTORMER_STAGES),
+    lambda m, names: {n: _conv_out(m, "patch_embed.proj") * _RESTORMER_WIDTH[n] for n in names},
+))
