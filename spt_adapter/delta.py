@@ -24,7 +24,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 from safetensors import safe_open
-from safetensors.torch import save as safetensors_save
 
 from ._io import atomic_write_bytes
 from .config import SCHEMA_VERSION, SPTConfig
@@ -134,6 +133,31 @@ def check_fingerprint(model: nn.Module, recorded: dict[str, Any], config: SPTCon
 # ---------------------------------------------------------------------------------------------
 # save
 # ---------------------------------------------------------------------------------------------
+_TORCH_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                 torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+                 torch.bool: "BOOL"}
+
+
+def serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes with a deterministic header: keys sorted, tensors laid out in key order.
+
+    (``safetensors.torch.save`` orders metadata by hash, so two saves of one adapter differ.)
+    """
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    chunks, offset = [], 0
+    for key in sorted(tensors):
+        t = tensors[key].detach().to("cpu").contiguous()
+        if t.dtype not in _TORCH_DTYPES:
+            raise AdapterFileError(f"tensor {key!r} has dtype {t.dtype}, which adapter files do not store")
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[key] = {"dtype": _TORCH_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the format pads the header to 8 bytes
+    return struct.pack("<Q", len(raw)) + raw + b"".join(chunks)
+
+
 def adapter_tensors(model: SPTModel, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
     """The unit tensors of one adapter under their file keys (CPU, contiguous, un-aliased)."""
     return {k: p.detach().to("cpu").contiguous().clone() for k, p in model.unit_parameters(adapter_name)}
@@ -178,7 +202,7 @@ def save_adapter(model: SPTModel, path: str | os.PathLike, adapter_name: str | N
         raise AdapterFileError(f"{path}: adapters are safetensors files; use a .safetensors name")
     tensors = adapter_tensors(model, adapter_name)
     meta = adapter_metadata(model, adapter_name, backbone_hash, metadata)
-    return atomic_write_bytes(path, safetensors_save(tensors, metadata=meta))
+    return atomic_write_bytes(path, serialize(tensors, meta))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -127,7 +127,8 @@ class SPTModel(nn.Module):
         if adapter_name in self.spt_config:
             raise TargetError(f"adapter {adapter_name!r} exists already; delete_adapter() it first or pick another name")
         config, claim = _resolve_config(self.base_model, targets, exclude, config)
-        plan = plan_injection(self.base_model, config, claim, example_input, _channels, _names)
+        with self.disable_adapter():  # the probe pass sees the plain backbone
+            plan = plan_injection(self.base_model, config, claim, example_input, _channels, _names)
         units = {n: make_unit(plan.channels[n], config, get_logical_module(self.base_model, n)) for n in plan.names}
         # everything is validated: now change the model
         for name in plan.names:
