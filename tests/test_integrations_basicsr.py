@@ -1,0 +1,225 @@
+"""BasicSR integration: BasicSR's own train_pipeline trains SPT units (real images, real SwinIR)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+basicsr = pytest.importorskip("basicsr.utils.registry", reason="BasicSR (basicsr-fixed) is not installed")
+prior_api = pytest.importorskip("spt_adapter.prior", reason="spt_adapter.prior is not available")
+if not hasattr(prior_api, "ClassicalMaskProvider"):
+    pytest.skip("spt_adapter.prior has no ClassicalMaskProvider yet", allow_module_level=True)
+
+from PIL import Image  # noqa: E402
+
+import spt_adapter  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SWINIR = dict(upscale=2, in_chans=3, img_size=16, window_size=4, img_range=1.0, depths=[2, 2], embed_dim=12,
+              num_heads=[2, 2], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv")
+
+
+def _write_pairs(images: list[Path], root: Path) -> tuple[Path, Path]:
+    hq, lq = root / "HQ", root / "LQ"
+    hq.mkdir(parents=True)
+    lq.mkdir(parents=True)
+    for path in images:
+        img = Image.open(path).convert("RGB")
+        w, h = img.size
+        left, top = (w - 64) // 2, (h - 64) // 2
+        gt = img.crop((left, top, left + 64, top + 64))
+        gt.save(hq / f"{path.stem}.png")
+        gt.resize((32, 32), Image.BICUBIC).save(lq / f"{path.stem}.png")
+    return hq, lq
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _yaml(tmp: Path, backbone: Path, total_iter: int, resume_state: str | None) -> Path:
+    prior = (f"{{cache_dir: {tmp / 'priors'}, provider: classical, method: slic, "
+             f"settings: {{n_segments: 8}}}}")
+    text = f"""
+name: spt_swinir_x2
+model_type: SPTSRModel
+scale: 2
+num_gpu: 0
+manual_seed: 0
+
+datasets:
+  train:
+    name: set14_crops
+    type: SPTPairedImageDataset
+    dataroot_gt: {tmp / 'train' / 'HQ'}
+    dataroot_lq: {tmp / 'train' / 'LQ'}
+    filename_tmpl: '{{}}'
+    io_backend: {{type: disk}}
+    gt_size: 32
+    use_hflip: true
+    use_rot: true
+    num_worker_per_gpu: 0
+    batch_size_per_gpu: 2
+    dataset_enlarge_ratio: 1
+    prefetch_mode: ~
+    spt_prior: &prior {prior}
+  val:
+    name: set5_crops
+    type: SPTPairedImageDataset
+    dataroot_gt: {tmp / 'val' / 'HQ'}
+    dataroot_lq: {tmp / 'val' / 'LQ'}
+    io_backend: {{type: disk}}
+    spt_prior: *prior
+
+network_g:
+  type: SwinIR
+{chr(10).join(f'  {k}: {json.dumps(v)}' for k, v in SWINIR.items())}
+
+spt:
+  fusion: sft
+  hidden: 8
+  prior: *prior
+
+path:
+  pretrain_network_g: {backbone}
+  strict_load_g: true
+  resume_state: {resume_state or '~'}
+  experiments_root: {tmp / 'experiments'}
+
+train:
+  ema_decay: 0.9
+  optim_g: {{type: Adam, lr: !!float 1e-2, weight_decay: 0, betas: [0.9, 0.99]}}
+  scheduler: {{type: MultiStepLR, milestones: [100], gamma: 0.5}}
+  total_iter: {total_iter}
+  warmup_iter: -1
+  pixel_opt: {{type: L1Loss, loss_weight: 1.0, reduction: mean}}
+
+val:
+  val_freq: 2
+  save_img: false
+  metrics:
+    psnr: {{type: calculate_psnr, crop_border: 2, test_y_channel: true}}
+
+logger:
+  print_freq: 1
+  save_checkpoint_freq: 2
+  use_tb_logger: false
+"""
+    path = tmp / f"train_{total_iter}.yml"
+    path.write_text(text)
+    return path
+
+
+def _run(tmp: Path, yml: Path) -> str:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="2")
+    proc = subprocess.run([sys.executable, "-m", "spt_adapter.integrations.basicsr.train", "-opt", str(yml)],
+                          cwd=tmp, env=env, capture_output=True, text=True, timeout=400)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    logs = sorted((tmp / "experiments" / "spt_swinir_x2").glob("train_*.log"))
+    return out + "".join(p.read_text() for p in logs)
+
+
+@pytest.mark.slow
+def test_basicsr_train_pipeline_trains_only_units_and_resumes(tmp_path):
+    if not DATA.is_dir():
+        pytest.skip(f"{DATA} is absent")
+    from basicsr.archs.swinir_arch import SwinIR
+
+    images = sorted((DATA / "Set14").glob("*.png"))
+    _write_pairs([p for p in images if p.stem != "bridge"][:4], tmp_path / "train")
+    _write_pairs(sorted((DATA / "Set5").glob("*.png"))[:2], tmp_path / "val")
+
+    torch.manual_seed(0)
+    backbone_net = SwinIR(**SWINIR)
+    backbone = tmp_path / "swinir_x2_backbone.pth"
+    torch.save({"params": backbone_net.state_dict()}, backbone)
+    digest = _sha256(backbone)
+
+    log = _run(tmp_path, _yaml(tmp_path, backbone, total_iter=4, resume_state=None))
+    models = tmp_path / "experiments" / "spt_swinir_x2" / "models"
+    assert "Model [SPTSRModel] is created." in log
+    assert re.search(r"# psnr: \d+\.\d+", log), "validation PSNR through basicsr.metrics is reported"
+    assert "trainable params:" in log
+    names = sorted(p.name for p in models.iterdir())
+    assert names == sorted(f"net_g{e}_{i}.safetensors" for e in ("", "_ema") for i in ("2", "4", "latest")), names
+    assert _sha256(backbone) == digest, "the backbone file on disk must not change"
+
+    # the deltas hold only units and load onto the untouched backbone (hash check passes: frozen backbone)
+    meta, entries = spt_adapter.read_adapter_header(models / "net_g_4.safetensors")
+    assert all(".spt_unit." in k for k in entries)
+    assert meta["integration"] == "basicsr" and meta["preset"] == "swinir"
+    assert meta["basicsr_backbone"] == str(backbone)
+    n_units = sum(int(np.prod(e["shape"])) for e in entries.values())
+    assert (models / "net_g_4.safetensors").stat().st_size < 4 * n_units + 64_000
+    fresh = SwinIR(**SWINIR)
+    fresh.load_state_dict(torch.load(backbone, weights_only=True)["params"])
+    model = spt_adapter.load_adapter(fresh, models / "net_g_4.safetensors")
+    assert model.spt_targets["default"] == ["layers.0", "layers.1"]
+    last = [p for k, p in model.unit_parameters() if k.endswith("fuse.weight")]
+    assert any(float(p.detach().abs().sum()) > 0 for p in last), "the units trained"
+    ema = spt_adapter.load_adapter(SwinIR(**SWINIR), models / "net_g_ema_4.safetensors", check_backbone_hash=False)
+    g = dict(model.unit_parameters())
+    assert any(not torch.equal(p, g[k]) for k, p in ema.unit_parameters()), "net_g_ema has its own (EMA) units"
+
+    # resume from the state saved at iteration 4 and continue to 6
+    state = tmp_path / "experiments" / "spt_swinir_x2" / "training_states" / "4.state"
+    assert state.is_file()
+    log = _run(tmp_path, _yaml(tmp_path, backbone, total_iter=6, resume_state=str(state)))
+    assert "Resuming training from epoch" in log and "iter: 4." in log
+    assert (models / "net_g_6.safetensors").is_file()
+    assert _sha256(backbone) == digest
+    resumed = spt_adapter.load_adapter(SwinIR(**SWINIR), models / "net_g_6.safetensors", check_backbone_hash=False)
+    six = dict(resumed.unit_parameters())
+    assert any(not torch.equal(p, six[k]) for k, p in g.items())
+
+
+def test_spt_classes_register_through_the_plugin_hook():
+    from basicsr.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
+
+    from spt_adapter.plugins import register_frameworks
+
+    done = register_frameworks(raise_errors=True)
+    assert "basicsr:MODEL_REGISTRY.SPTSRModel" in done["basicsr"]
+    assert "SPTSRModel" in MODEL_REGISTRY and "SPTPairedImageDataset" in DATASET_REGISTRY
+    register_frameworks(raise_errors=True)  # idempotent: BasicSR's registry rejects duplicates
+
+
+def test_basicsr_checkpoint_reader_and_claim(tmp_path):
+    from basicsr.archs.rrdbnet_arch import RRDBNet
+    from basicsr.archs.swinir_arch import SwinIR
+
+    from spt_adapter.plugins import call_hook
+
+    net = RRDBNet(3, 3, num_feat=8, num_block=2, num_grow_ch=4)
+    sd = net.state_dict()
+    path = tmp_path / "rrdb.pth"
+    torch.save({"params": sd, "params_ema": {k: v + 1 for k, v in sd.items()}}, path)
+    read = call_hook("spt_adapter_read_checkpoint", path=str(path))
+    assert list(read) == list(sd) and torch.equal(read["conv_first.weight"], sd["conv_first.weight"] + 1)  # params_ema
+    claim = call_hook("spt_adapter_claim_model", model=net)
+    assert (claim.integration, claim.preset, claim.targets) == ("basicsr", "rrdb", ["body.*"])
+    assert claim.channels == {"body.0": 8, "body.1": 8}
+    claim = call_hook("spt_adapter_claim_model", model=SwinIR(**SWINIR))
+    assert (claim.integration, claim.preset) == ("basicsr", "swinir")
+
+
+def test_sptsrmodel_needs_a_backbone_and_a_valid_spt_block():
+    from spt_adapter.errors import ConfigError
+    from spt_adapter.integrations.basicsr.model import SPTSRModel
+
+    with pytest.raises(ConfigError, match="pretrain_network_g"):
+        SPTSRModel({"spt": {"prior": {"provider": "classical"}}, "path": {}})
+    with pytest.raises(ConfigError, match="unknown key.*'fusoin'"):
+        SPTSRModel({"spt": {"fusoin": "sft"}, "path": {}})
+    with pytest.raises(ConfigError, match="no 'spt' block"):
+        SPTSRModel({"path": {}})
