@@ -65,8 +65,10 @@ def _validate_repo_id(repo_id: str) -> None:
 
 
 def _offline() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
-        return True
+    """Offline mode: ``HF_HUB_OFFLINE`` as set now, else as huggingface_hub read it at import."""
+    value = os.environ.get("HF_HUB_OFFLINE")
+    if value is not None and value.strip():
+        return value.strip().lower() in _TRUE
     try:
         from huggingface_hub import constants
 
