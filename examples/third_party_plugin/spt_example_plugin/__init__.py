@@ -1,0 +1,1 @@
+"""A minimal third-party spt-adapter plugin (see plugin.py)."""
