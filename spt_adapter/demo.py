@@ -1,0 +1,260 @@
+"""``spt-adapter demo``: the whole workflow on images that ship with scikit-image, no downloads.
+
+1. Training images (coffee, rocket, motorcycle, immunohistochemistry) and two held-out test
+   images (astronaut, chelsea the cat) are written as PNG folders.
+2. A small real SwinIR (spandrel's class: 2 RSTBs, 32 channels, window 8) is trained briefly for
+   colour denoising (sigma 25) and saved as a safetensors checkpoint in the cache
+   (``~/.cache/spt-adapter/demo``): that is the "pretrained backbone". A second run reuses it.
+3. The backbone is loaded back through :func:`spt_adapter.load_backbone` (the spandrel plugin
+   claims it and proposes one unit per RSTB), priors are computed (SLIC superpixels, or SAM with
+   ``--sam-checkpoint``) through the on-disk prior cache, SPT units are injected and trained with
+   :func:`spt_adapter.train.train_units`: the backbone stays frozen.
+4. Backbone vs backbone + SPT on the held-out images: a PSNR/SSIM table, a side-by-side picture
+   (LQ | backbone | +SPT | GT) and the training curves.
+
+It is a demo on a handful of small images with minutes of CPU training: it shows the mechanics and
+that the units learn; it does not show what the prior is worth beyond the added parameters (the
+controlled comparison is ``benchmarks/quality.py``, docs/results.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._io import atomic_write_bytes
+
+TRAIN_IMAGES = ("coffee", "rocket", "motorcycle_left", "immunohistochemistry")
+TEST_IMAGES = ("astronaut", "chelsea")
+SIGMA = 25
+
+
+@dataclass
+class DemoSettings:
+    """Sizes of the demo; :meth:`quick` is the tiny variant the test suite runs."""
+
+    image_size: int = 192          # longer side of each image after resizing
+    backbone_embed: int = 32
+    backbone_depths: tuple[int, ...] = (2, 2)
+    backbone_iters: int = 300
+    backbone_batch: int = 8
+    backbone_patch: int = 48
+    backbone_lr: float = 2e-3
+    spt_iters: int = 150
+    spt_batch: int = 8
+    spt_patch: int = 48
+    spt_lr: float = 2e-3
+    hidden: int = 16
+    fusion: str = "sft"
+    segments: int = 24
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> "DemoSettings":
+        return cls(image_size=64, backbone_embed=16, backbone_depths=(1, 1), backbone_iters=6, backbone_batch=4,
+                   backbone_patch=32, spt_iters=4, spt_batch=4, spt_patch=32, segments=8)
+
+    def backbone_recipe(self) -> dict[str, Any]:
+        keys = ("image_size", "backbone_embed", "backbone_depths", "backbone_iters", "backbone_batch",
+                "backbone_patch", "backbone_lr", "seed")
+        return {"sigma": SIGMA, "images": list(TRAIN_IMAGES), "torch": torch.__version__.split("+")[0],
+                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keys}}
+
+
+@dataclass
+class DemoResult:
+    table: str
+    mean: dict[str, float]
+    paths: dict[str, Path] = field(default_factory=dict)
+    backbone_cached: bool = False
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# images
+# ---------------------------------------------------------------------------------------------
+def _skimage_image(name: str) -> np.ndarray:
+    from skimage import data
+
+    if name == "motorcycle_left":
+        img = data.stereo_motorcycle()[0]
+    else:
+        img = getattr(data, name)()
+    return np.ascontiguousarray(img[..., :3])
+
+
+def _resize_long_side(img: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    s = size / max(h, w)
+    nh, nw = max(int(round(h * s)) // 8 * 8, 16), max(int(round(w * s)) // 8 * 8, 16)
+    return np.asarray(Image.fromarray(img).resize((nw, nh), Image.BICUBIC))
+
+
+def write_images(root: Path, settings: DemoSettings) -> tuple[Path, Path]:
+    """Write the demo's train/test PNG folders under ``root``; returns (train_dir, test_dir)."""
+    from PIL import Image
+
+    folders = {"train": TRAIN_IMAGES, "test": TEST_IMAGES}
+    for split, names in folders.items():
+        folder = root / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            img = _resize_long_side(_skimage_image(name), settings.image_size)
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="PNG")
+            path = folder / f"{name}.png"
+            if not path.exists() or path.read_bytes() != buf.getvalue():
+                atomic_write_bytes(path, buf.getvalue())
+    return root / "train", root / "test"
+
+
+# ---------------------------------------------------------------------------------------------
+# the "pretrained" backbone
+# ---------------------------------------------------------------------------------------------
+def build_swinir(settings: DemoSettings) -> torch.nn.Module:
+    from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
+
+    depths = list(settings.backbone_depths)
+    return SwinIR(img_size=settings.backbone_patch, in_chans=3, embed_dim=settings.backbone_embed, depths=depths,
+                  num_heads=[2] * len(depths), window_size=8, mlp_ratio=2.0, upscale=1, img_range=1.0,
+                  upsampler="", resi_connection="1conv", drop_path_rate=0.0)
+
+
+def _noisy_crops(images: list[np.ndarray], batch: int, patch: int, rng: np.random.Generator):
+    gts = []
+    for _ in range(batch):
+        im = images[int(rng.integers(len(images)))]
+        y = int(rng.integers(0, im.shape[0] - patch + 1))
+        x = int(rng.integers(0, im.shape[1] - patch + 1))
+        crop = im[y:y + patch, x:x + patch]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        gts.append(np.ascontiguousarray(crop))
+    gt = torch.from_numpy(np.stack(gts)).permute(0, 3, 1, 2).float() / 255
+    noise = torch.from_numpy(rng.standard_normal(gt.shape).astype(np.float32)) * (SIGMA / 255)
+    return gt + noise, gt
+
+
+def pretrain_backbone(path: Path, train_dir: Path, settings: DemoSettings, progress: bool = True) -> list[dict]:
+    """Train the small SwinIR on noisy crops of the training images (all weights) and save it as
+    a safetensors state dict at ``path`` (atomically). Returns the loss history."""
+    from PIL import Image
+    from safetensors.torch import save as st_save
+
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(train_dir.glob("*.png"))]
+    model = build_swinir(settings).train()
+    opt = torch.optim.Adam(model.parameters(), lr=settings.backbone_lr)
+    history = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=settings.backbone_iters, desc="pretrain backbone (SwinIR, once)", unit="step", dynamic_ncols=True)
+    running = 0.0
+    for step in range(settings.backbone_iters):
+        lr = settings.backbone_lr * 0.5 * (1 + math.cos(math.pi * step / settings.backbone_iters))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        lq, gt = _noisy_crops(images, settings.backbone_batch, settings.backbone_patch, rng)
+        loss = torch.nn.functional.l1_loss(model(lq), gt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running += float(loss)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.4f}")
+        if (step + 1) % 10 == 0 or step + 1 == settings.backbone_iters:
+            history.append({"step": step + 1, "loss": running / (10 if (step + 1) % 10 == 0 else (step + 1) % 10)})
+            running = 0.0
+    if bar is not None:
+        bar.close()
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    meta = {"spt_adapter_demo_recipe": json.dumps(settings.backbone_recipe(), sort_keys=True),
+            "history": json.dumps(history)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, st_save(state, metadata=meta))
+    return history
+
+
+def backbone_path(cache_dir: Path, settings: DemoSettings) -> Path:
+    digest = hashlib.sha256(json.dumps(settings.backbone_recipe(), sort_keys=True).encode()).hexdigest()[:12]
+    return cache_dir / "demo" / f"swinir_demo_denoise{SIGMA}_{digest}.safetensors"
+
+
+def _backbone_history(path: Path) -> list[dict]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return json.loads((fh.metadata() or {}).get("history", "[]"))
+
+
+# ---------------------------------------------------------------------------------------------
+# pictures
+# ---------------------------------------------------------------------------------------------
+def side_by_side(rows: list[list[tuple[str, np.ndarray]]]) -> bytes:
+    """Rows of (caption, image) panels, stacked vertically, as PNG bytes."""
+    from PIL import Image
+
+    from .evaluate import compare_strip
+
+    strips = [compare_strip(r) for r in rows]
+    w = max(s.width for s in strips)
+    h = sum(s.height for s in strips) + 6 * (len(strips) - 1)
+    canvas = Image.new("RGB", (w, h), "white")
+    y = 0
+    for s in strips:
+        canvas.paste(s, (0, y))
+        y += s.height + 6
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def curve_plot(backbone_hist: list[dict], spt_hist: list[dict], base_val: float | None, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax = axes[0]
+    ax.plot([r["step"] for r in backbone_hist], [r["loss"] for r in backbone_hist], color="tab:gray")
+    ax.set_title("1. backbone pretraining (all weights)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("L1 loss")
+    ax = axes[1]
+    rows = [r for r in spt_hist if "loss" in r]
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], color="tab:blue", label="train L1 (units only)")
+    ax.set_title("2. SPT units (backbone frozen)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("L1 loss")
+    val = [r for r in spt_hist if "val_psnr" in r]
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot([r["step"] for r in val], [r["val_psnr"] for r in val], "o-", color="tab:orange",
+                 label="held-out PSNR, +SPT")
+        if base_val is not None:
+            ax2.axhline(base_val, color="tab:orange", linestyle="--", linewidth=1, label="held-out PSNR, backbone")
+        ax2.set_ylabel("PSNR (dB)")
+        lines = ax.get_legend_handles_labels()
+        lines2 = ax2.get_legend_handles_labels()
+        ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="upper right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
