@@ -173,10 +173,10 @@ def pretrain_backbone(path: Path, train_dir: Path, settings: DemoSettings, progr
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        running += float(loss)
+        running += loss.item()
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % 10 == 0 or step + 1 == settings.backbone_iters:
             history.append({"step": step + 1, "loss": running / (10 if (step + 1) % 10 == 0 else (step + 1) % 10)})
             running = 0.0
@@ -258,3 +258,102 @@ def curve_plot(backbone_hist: list[dict], spt_hist: list[dict], base_val: float 
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole demo
+# ---------------------------------------------------------------------------------------------
+def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = None, settings: DemoSettings | None = None,
+             sam_checkpoint: str | None = None, device: str | None = None, progress: bool = True,
+             retrain_backbone: bool = False, log=print) -> DemoResult:
+    """Run the demo; see the module docstring. Returns the table, means and every output path."""
+    import spt_adapter
+    from .commands.train import default_cache_root, make_dataset
+    from .config import SPTConfig
+    from .evaluate import evaluate, make_val_fn, restore
+    from .metrics import to_uint8
+    from .prior import make_provider
+    from .prior.cache import PriorCache
+    from .train import TrainSettings, train_units
+
+    t0 = time.time()
+    settings = settings or DemoSettings()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
+    task = f"denoise:{SIGMA}"
+    paths: dict[str, Path] = {}
+
+    log(f"[1/5] images from scikit-image -> {out / 'data'} (train: {', '.join(TRAIN_IMAGES)}; "
+        f"held-out test: {', '.join(TEST_IMAGES)})")
+    train_dir, test_dir = write_images(out / "data", settings)
+
+    bb_path = backbone_path(cache_root, settings)
+    cached = bb_path.exists() and not retrain_backbone
+    if cached:
+        log(f"[2/5] backbone: cached {bb_path}")
+    else:
+        log(f"[2/5] backbone: training a small SwinIR for colour denoising (sigma {SIGMA}); cached at {bb_path}")
+        pretrain_backbone(bb_path, train_dir, settings, progress=progress)
+    backbone_hist = _backbone_history(bb_path)
+    paths["backbone"] = bb_path
+    bb = spt_adapter.load_backbone(bb_path)  # the same path a user's checkpoint takes
+    log(f"      {type(bb.model).__name__} claimed by plugin {bb.integration!r}, preset {bb.preset!r}: "
+        f"targets {bb.targets}")
+
+    if sam_checkpoint:
+        provider = make_provider("sam", sam_checkpoint, device=device)
+    else:
+        provider = make_provider("slic", n_segments=settings.segments)
+    cache = PriorCache(cache_root / "priors")
+    log(f"[3/5] priors: {provider!r}, cached in {cache_root / 'priors'}")
+    train_set = make_dataset(train_dir, task, provider, cache, train=True, patch=settings.spt_patch, seed=settings.seed)
+    test_set = make_dataset(test_dir, task, provider, cache, train=False, seed=settings.seed)
+    test_samples = [test_set[i] for i in range(len(test_set))]  # computes (or reads) the test priors once
+
+    torch.manual_seed(settings.seed)
+    config = SPTConfig(targets=bb.targets, fusion=settings.fusion, hidden=settings.hidden,
+                       prior={"provider": provider.identity(), "encoding": "label", "task": task},
+                       integration=bb.integration, preset=bb.preset)
+    spt = spt_adapter.inject(bb.model, config=config)
+    if device:
+        spt.to(device)
+    trainable, total = spt.get_nb_trainable_parameters()
+    log(f"[4/5] SPT units on {len(spt.unit_names())} target(s): {trainable:,} trainable of {total:,} parameters "
+        f"({100 * trainable / total:.1f}%); the backbone is frozen")
+    val_fn = make_val_fn(lambda: test_samples, task)
+    base_val = None
+    with torch.no_grad(), spt.disable_adapter():
+        base_val = val_fn(spt)["psnr"]
+    tsettings = TrainSettings(iters=settings.spt_iters, batch=settings.spt_batch, lr=settings.spt_lr,
+                              schedule="cosine", seed=settings.seed, log_every=5,
+                              val_every=max(settings.spt_iters // 3, 1), progress=progress)
+    if (out / "adapter").exists():
+        import shutil
+
+        shutil.rmtree(out / "adapter")  # the demo starts fresh each time (the backbone is what is cached)
+    result = train_units(spt, train_set, tsettings, out_dir=out / "adapter", val_fn=val_fn,
+                         training_info={"task": task, "data": "scikit-image demo images", "demo": True})
+    paths["adapter"] = result.adapter_path
+    paths["train_log"] = result.log_csv
+
+    log("[5/5] evaluation on the held-out images")
+    ev = evaluate(spt, test_samples, task, out / "eval", crops=len(test_samples), crop_size=96, progress=progress,
+                  total=len(test_samples))
+    paths["table"] = ev.table_md
+    paths["table_csv"] = ev.table_csv
+
+    rows = []
+    for sample, row in zip(test_samples, ev.rows):
+        base8 = to_uint8(restore(spt, sample["lq"], sample["prior"], backbone_only=True))
+        spt8 = to_uint8(restore(spt, sample["lq"], sample["prior"]))
+        rows.append([("LQ (noisy, sigma 25)", to_uint8(sample["lq"])),
+                     (f"backbone {row['backbone_psnr']:.2f} dB", base8),
+                     (f"+SPT {row['spt_psnr']:.2f} dB", spt8),
+                     ("GT", to_uint8(sample["gt"]))])
+    paths["side_by_side"] = atomic_write_bytes(out / "demo_side_by_side.png", side_by_side(rows))
+    paths["curve"] = curve_plot(backbone_hist, result.history, base_val, out / "demo_training_curve.png")
+    from .evaluate import markdown_table
+
+    table = markdown_table(ev)
+    return DemoResult(table=table, mean=ev.mean, paths=paths, backbone_cached=cached, seconds=time.time() - t0)

@@ -4,9 +4,6 @@ before any work starts (no output folder, no prior cache written)."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -138,3 +135,87 @@ def test_sr_patch_must_divide_by_scale(tmp_path, swinir_ckpt, small_data, capsys
     code, _, err = _run(["train", "--backbone", str(swinir_ckpt), "--data", str(small_data), "--task", "sr:4",
                          "--patch", "30", "--out", str(tmp_path / "run")], capsys)
     assert code == 1 and "not divisible by the scale 4" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# real runs
+# ---------------------------------------------------------------------------------------------
+def _train_argv(ckpt, data, out, cache, *extra):
+    return ["train", "--backbone", str(ckpt), "--data", str(data), "--task", "denoise:25", "--out", str(out),
+            "--prior-cache", str(cache), "--patch", "32", "--batch", "2", "--lr", "1e-3", "--segments", "8",
+            "--log-every", "1", "--no-progress", *extra]
+
+
+def test_train_writes_delta_logs_and_resumes(tmp_path, swinir_ckpt, small_data, capsys):
+    from safetensors.torch import load_file
+
+    import spt_adapter
+    from spt_adapter.delta import read_adapter_header
+
+    out, cache = tmp_path / "run", tmp_path / "priors"
+    code, stdout, err = _run(_train_argv(swinir_ckpt, small_data, out, cache, "--iters", "3", "--val", str(small_data)), capsys)
+    assert code == 0, err
+    for name in ("spt_adapter.safetensors", "train_state.safetensors", "train_log.csv", "train_log.json", "README.md"):
+        assert (out / name).is_file(), name
+        assert str(out / name) in stdout  # every output path is printed
+    meta, entries = read_adapter_header(out / "spt_adapter.safetensors")
+    assert all(".spt_unit." in k for k in entries)
+    training = json.loads(meta["training"])
+    assert training["step"] == 3 and training["task"] == "denoise:25"
+    config = json.loads(meta["config"])
+    assert config["targets"] == ["layers.*"] and config["preset"] == "swinir"  # the plugin's preset
+    assert json.loads(meta["prior"])["provider"]["method"] == "slic"
+    log = json.loads((out / "train_log.json").read_text())
+    assert [r["step"] for r in log["history"]] == [1, 2, 3] and "val_psnr" in log["history"][-1]
+    assert any(cache.rglob("*.sptc"))  # priors went through the cache
+    first = load_file(out / "spt_adapter.safetensors")
+
+    # the backbone file is untouched and the delta loads onto it
+    bb = spt_adapter.load_backbone(swinir_ckpt)
+    spt_adapter.load_adapter(bb.model, out / "spt_adapter.safetensors")
+
+    # a second run into the same folder is refused, nothing overwritten
+    code, _, err = _run(_train_argv(swinir_ckpt, small_data, out, cache, "--iters", "5"), capsys)
+    assert code == 1 and "--resume" in err
+    assert load_file(out / "spt_adapter.safetensors").keys() == first.keys()
+
+    code, _, err = _run(_train_argv(swinir_ckpt, small_data, out, cache, "--iters", "5", "--resume"), capsys)
+    assert code == 0, err
+    meta, _ = read_adapter_header(out / "spt_adapter.safetensors")
+    assert json.loads(meta["training"])["step"] == 5
+    log = json.loads((out / "train_log.json").read_text())
+    assert [r["step"] for r in log["history"]] == [1, 2, 3, 4, 5]
+    second = load_file(out / "spt_adapter.safetensors")
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+
+    code, _, err = _run(_train_argv(swinir_ckpt, small_data, tmp_path / "fresh", cache, "--iters", "2", "--resume"), capsys)
+    assert code == 1 and "holds no spt_adapter.safetensors" in err
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, swinir_ckpt, small_data):
+    """train_units(stop_at=2) + resume gives the uninterrupted run's delta (same samples, same
+    Adam moments restored from the safetensors state file, same learning-rate curve)."""
+    from safetensors.torch import load_file
+
+    import spt_adapter
+    from spt_adapter.commands.train import make_dataset
+    from spt_adapter.prior import PriorCache, make_provider
+    from spt_adapter.train import TrainSettings, train_units
+
+    provider = make_provider("slic", n_segments=8)
+    cache = PriorCache(tmp_path / "priors")
+    settings = TrainSettings(iters=4, batch=2, lr=1e-3, progress=False, log_every=1)
+
+    def fresh():
+        torch.manual_seed(0)
+        return spt_adapter.inject(spt_adapter.load_backbone(swinir_ckpt).model)
+
+    dataset = make_dataset(small_data, "denoise:25", provider, cache, train=True, patch=32)
+    train_units(fresh(), dataset, settings, out_dir=tmp_path / "a")
+    train_units(fresh(), dataset, settings, out_dir=tmp_path / "b", stop_at=2)
+    assert json.loads((tmp_path / "b" / "train_log.json").read_text())["history"][-1]["step"] == 2
+    model = spt_adapter.load_adapter(spt_adapter.load_backbone(swinir_ckpt).model, tmp_path / "b" / "spt_adapter.safetensors")
+    train_units(model, dataset, settings, out_dir=tmp_path / "b", resume=True)
+    a = load_file(tmp_path / "a" / "spt_adapter.safetensors")
+    b = load_file(tmp_path / "b" / "spt_adapter.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6

@@ -82,10 +82,10 @@ def run(args) -> int:
             args.segments = int(seg)
     elif args.provider is None and not args.sam_checkpoint and ident.get("provider") == "sam":
         raise SPTError(f"{adapter_file} was trained with SAM priors ({ident.get('model_type', '?')}); pass --sam-checkpoint")
-    if "--encoding" not in __import__("sys").argv and recorded.get("encoding"):
-        args.encoding = recorded["encoding"]
+    if args.encoding is None:
+        args.encoding = recorded.get("encoding", "label")
     check_provider_args(args)
-    model, _, described = load_backbone_from_args(args, targets=["(from the adapter)"])
+    model, _, described = load_backbone_from_args(args, require_targets=False)  # targets come from the adapter
     spt = spt_adapter.load_adapter(model, adapter_file, check_backbone_hash=not args.no_hash_check)
     if args.device:
         spt.to(args.device)

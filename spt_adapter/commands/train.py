@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +86,8 @@ def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sam-checkpoint", metavar="PTH", help="segment-anything checkpoint (sam_vit_b_01ec64.pth, ...)")
     g.add_argument("--sam-model-type", default="vit_b", choices=("vit_b", "vit_l", "vit_h"))
     g.add_argument("--segments", type=positive_int, default=None, help="SLIC: number of segments")
-    g.add_argument("--encoding", default="label", help="prior encoding: label (default), onehot[:K], boundary")
+    g.add_argument("--encoding", default=None,
+                   help="prior encoding: label, onehot[:K], boundary (default: label; eval: the adapter's)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,7 +126,7 @@ def check_provider_args(args) -> str:
         raise SPTError("--segments applies to --provider slic only")
     from ..prior.encode import parse_encoding
 
-    parse_encoding(args.encoding)
+    parse_encoding(args.encoding or "label")
     return provider
 
 
@@ -148,7 +148,7 @@ def prior_cache(args):
     return PriorCache(root)
 
 
-def load_backbone_from_args(args, targets: list[str] | None = None):
+def load_backbone_from_args(args, targets: list[str] | None = None, require_targets: bool = True):
     """(model, default_targets, description) from --backbone or --arch/--weights."""
     from ..backbones import load_backbone
 
@@ -175,7 +175,7 @@ def load_backbone_from_args(args, targets: list[str] | None = None):
             if fit is None:
                 raise SPTError(f"--weights {path} hold a {arch} ({type(model).__name__}), not a {args.arch!r} network")
             default = list(fit.targets(model))
-    if not targets and not default:
+    if require_targets and not targets and not default:
         raise SPTError(
             f"no plugin claims the {arch} backbone in {path} ({type(model).__name__}), so there are no default "
             "targets: pass --targets PATTERN (see `spt-adapter plugins` for the architectures with presets)"
@@ -191,12 +191,20 @@ def load_dataset_module():
     return data
 
 
-def build_dataset(args, folder, provider, cache, *, train: bool, patch: int | None = None):
+def make_dataset(folder, task: str, provider, cache, *, encoding: str = "label", train: bool,
+                 patch: int | None = None, seed: int = 0):
+    """``spt_adapter.data.PairedPriorDataset`` over ``folder``: random patches for training, full
+    images (fixed degradation) for evaluation."""
     data = load_dataset_module()
     return data.PairedPriorDataset(
-        folder, task=args.task, provider=provider, cache=cache, encoding=args.encoding,
-        patch_size=patch if train else None, train=train, seed=getattr(args, "seed", 0),
+        folder, task=task, provider=provider, cache=cache, encoding=encoding,
+        patch_size=patch if train else None, train=train, seed=seed,
     )
+
+
+def build_dataset(args, folder, provider, cache, *, train: bool, patch: int | None = None):
+    return make_dataset(folder, args.task, provider, cache, encoding=args.encoding, train=train, patch=patch,
+                        seed=getattr(args, "seed", 0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +215,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--targets", nargs="+", metavar="PATTERN",
                         help="modules to adapt (default: the preset of the plugin that claims the backbone)")
     parser.add_argument("--exclude", nargs="+", metavar="PATTERN", help="modules to leave out")
-    parser.add_argument("--fusion", choices=FUSIONS, default="sft", help="unit fusion (default: sft)")
+    parser.add_argument("--fusion", choices=FUSIONS, default=None, help="unit fusion (default: sft)")
     parser.add_argument("--hidden", type=positive_int, default=16, help="prior-encoder width (default: 16)")
     d = parser.add_argument_group("data")
     d.add_argument("--data", required=True, metavar="HQ_DIR", help="folder of clean (ground-truth) images")
@@ -252,7 +260,7 @@ def _resume_config_check(args, path: Path, default_targets: list[str]) -> None:
     cfg = read_adapter_config(path)
     if args.targets and list(args.targets) != list(cfg.targets):
         raise SPTError(f"--resume: {path} was trained with targets {cfg.targets}, not {args.targets}")
-    if args.fusion != cfg.fusion and "--fusion" in sys.argv:
+    if args.fusion is not None and args.fusion != cfg.fusion:
         raise SPTError(f"--resume: {path} was trained with fusion {cfg.fusion!r}, not {args.fusion!r}")
 
 
@@ -265,6 +273,7 @@ def run(args) -> int:
     from ..train import ADAPTER_FILE, TrainSettings, init_distributed, shutdown_distributed, train_units
 
     # ---- every check before any work -------------------------------------------------------
+    args.encoding = args.encoding or "label"
     settings = TrainSettings(iters=args.iters, batch=args.batch, lr=args.lr, schedule=args.schedule,
                              warmup=args.warmup, seed=args.seed, save_every=args.save_every,
                              val_every=args.val_every, log_every=args.log_every, workers=args.workers,
@@ -301,7 +310,7 @@ def run(args) -> int:
             spt = spt_adapter.load_adapter(model, out / ADAPTER_FILE)
         else:
             config = SPTConfig(
-                targets=targets, exclude=list(args.exclude or []), fusion=args.fusion, hidden=args.hidden,
+                targets=targets, exclude=list(args.exclude or []), fusion=args.fusion or "sft", hidden=args.hidden,
                 prior_channels=encoding_channels(args.encoding),
                 prior={"provider": provider.identity(), "encoding": args.encoding, "task": args.task},
             )

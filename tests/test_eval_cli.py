@@ -1,0 +1,103 @@
+"""`spt-adapter eval`: tables that agree with the saved images, adapter as file/folder, clear errors."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spt_adapter import metrics
+from spt_adapter.cli import main
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _ckpt(path: Path, seed: int, embed: int = 16) -> Path:
+    from safetensors.torch import save_file
+    from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
+
+    torch.manual_seed(seed)
+    m = SwinIR(img_size=32, in_chans=3, embed_dim=embed, depths=[1, 1], num_heads=[2, 2], window_size=8,
+               mlp_ratio=2.0, upscale=1, upsampler="", resi_connection="1conv", drop_path_rate=0.0)
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny SwinIR checkpoint, three real test images, and an adapter trained on them by the CLI."""
+    pytest.importorskip("spandrel")
+    if not (DATA / "CBSD68").is_dir():
+        pytest.skip(f"test images not found at {DATA}")
+    root = tmp_path_factory.mktemp("eval")
+    data = root / "hq"
+    data.mkdir()
+    for p in sorted((DATA / "CBSD68").glob("*.png"))[:3]:
+        Image.open(p).convert("RGB").crop((0, 0, 80, 72)).save(data / p.name)
+    ckpt = _ckpt(root / "swinir.safetensors", 0)
+    out = root / "run"
+    code = main(["train", "--backbone", str(ckpt), "--data", str(data), "--task", "denoise:25", "--out", str(out),
+                 "--prior-cache", str(root / "priors"), "--patch", "32", "--batch", "2", "--iters", "3",
+                 "--lr", "1e-3", "--segments", "8", "--no-progress"])
+    assert code == 0
+    return {"root": root, "data": data, "ckpt": ckpt, "run": out, "priors": root / "priors"}
+
+
+def _eval(trained, adapter, out, *extra):
+    return main(["eval", "--backbone", str(trained["ckpt"]), "--adapter", str(adapter), "--data", str(trained["data"]),
+                 "--out", str(out), "--prior-cache", str(trained["priors"]), "--no-progress", *extra])
+
+
+def test_eval_tables_crops_and_images_agree(trained, tmp_path, capsys):
+    out = tmp_path / "ev"
+    # task comes from the adapter's header (denoise:25); adapter given as the run folder
+    assert _eval(trained, trained["run"], out, "--save-images") == 0
+    stdout = capsys.readouterr().out
+    assert "| **mean (3)**" in stdout and str(out / "eval.md") in stdout
+    rows = list(csv.DictReader((out / "eval.csv").open()))
+    assert [r["image"] for r in rows] == [p.stem for p in sorted(trained["data"].glob("*.png"))] + ["MEAN"]
+    for r in rows[:-1]:
+        gt = np.asarray(Image.open(trained["data"] / f"{r['image']}.png").convert("RGB"))
+        for tag, col in (("backbone", "backbone_psnr"), ("spt", "spt_psnr")):
+            img = np.asarray(Image.open(out / "images" / tag / f"{r['image']}.png"))
+            assert img.shape == gt.shape
+            assert abs(metrics.psnr(img, gt) - float(r[col])) < 1e-4  # the table scores the saved outputs (RGB)
+        assert abs(metrics.ssim(np.asarray(Image.open(out / "images" / "spt" / f"{r['image']}.png")), gt)
+                   - float(r["spt_ssim"])) < 1e-5
+    mean = rows[-1]
+    assert abs(float(mean["spt_psnr"]) - np.mean([float(r["spt_psnr"]) for r in rows[:-1]])) < 1e-5
+    crops = sorted((out / "crops").glob("*.png"))
+    assert len(crops) == 3
+    w, h = Image.open(crops[0]).size
+    assert w > 3 * h  # four panels side by side
+    md = (out / "eval.md").read_text()
+    assert "RGB" in md and "Δ PSNR" in md
+
+
+def test_adapter_file_equals_folder_and_sr_uses_y_channel(trained, tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _eval(trained, trained["run"] / "spt_adapter.safetensors", a, "--task", "denoise:25") == 0
+    assert _eval(trained, trained["run"], b) == 0
+    assert (a / "eval.csv").read_text() == (b / "eval.csv").read_text()
+
+
+def test_eval_errors(trained, tmp_path, capsys):
+    # an adapter trained for another backbone: refused by the fingerprint check, named
+    other = _ckpt(tmp_path / "other.safetensors", 1, embed=24)
+    code = main(["eval", "--backbone", str(other), "--adapter", str(trained["run"]), "--data", str(trained["data"]),
+                 "--out", str(tmp_path / "x"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "error" in err
+    assert not (tmp_path / "x").exists()
+    # a pickle file given as adapter
+    torch.save({"a": torch.zeros(1)}, tmp_path / "adapter.pth")
+    assert _eval(trained, tmp_path / "adapter.pth", tmp_path / "y") == 1
+    assert "pickle" in capsys.readouterr().err
+    # a missing folder
+    code = main(["eval", "--backbone", str(trained["ckpt"]), "--adapter", str(trained["run"]), "--data",
+                 str(tmp_path / "none"), "--no-progress"])
+    assert code == 1 and "does not exist" in capsys.readouterr().err
