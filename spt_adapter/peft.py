@@ -1,0 +1,665 @@
+"""SPT as a PEFT method (extra ``peft``): ``peft.get_peft_model(model, SPTPeftConfig(...))``.
+
+    import peft, spt_adapter.peft as spt_peft
+    pm = peft.get_peft_model(backbone, spt_peft.SPTPeftConfig(target_modules=r"layers\\.\\d+\\.residual_group"))
+    out = pm(lq, spt_prior=prior)                  # or: with pm.use_prior(prior): pm(lq)
+    pm.save_pretrained("swinir_spt_peft")           # adapter_config.json + adapter_model.safetensors
+    pm = peft.PeftModel.from_pretrained(untouched_backbone, "swinir_spt_peft")
+    with pm.disable_adapter(): base = pm(lq)        # the backbone's exact output
+
+Importing this module registers SPT with PEFT, once, here and nowhere else. PEFT's
+``PeftType`` is a closed enum, so registration adds the member ``SPT`` to it and fills PEFT's
+four mapping tables (through ``peft.utils.register_peft_method`` where it exists); it is guarded by
+the installed PEFT version (:data:`PEFT_SUPPORTED`) and fails with a clear message outside it.
+
+The layers reuse the core: each target is wrapped by :class:`SPTPeftLayer`, a core
+:class:`~spt_adapter.inject.SPTLayer` (``base_layer`` + ``spt_units``) that is also a PEFT
+``BaseTunerLayer``; unit widths come from the core probe pass and are recorded in the config
+(``unit_channels``), feature layouts (maps, SwinIR-style tokens) from the core's
+:func:`~spt_adapter.inject.apply_to_output` and the plugins' layout hook.
+
+File layouts: PEFT keys ``base_model.model.<target>.spt_units.<param>`` in
+``adapter_model.safetensors``; spt-adapter keys ``<target>.spt_unit.<param>`` in a delta file.
+:func:`spt_to_peft` and :func:`peft_to_spt` convert between the two; :func:`load_peft_adapter`
+loads a PEFT folder as an :class:`~spt_adapter.SPTModel`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from ._io import atomic_write_bytes
+from .config import SCHEMA_VERSION, SPTConfig
+from .errors import AdapterFileError, ConfigError, PriorError, SPTError, TargetError
+from .inject import PriorState, SPTLayer, apply_to_output, default_example_input, make_unit, probe_channels
+
+#: the PEFT versions this module's registration is written and tested for (the ``peft`` extra's pin)
+PEFT_SUPPORTED = ((0, 17), (0, 22))  # >= 0.17, < 0.22
+PEFT_TYPE_NAME = "SPT"
+PREFIX = "spt_"
+PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
+PEFT_CONFIG_NAME = "adapter_config.json"
+_PEFT_KEY_PREFIX = "base_model.model."
+_PEFT_UNIT = ".spt_units."
+_CORE_UNIT = ".spt_unit."
+
+
+# ---------------------------------------------------------------------------------------------
+# version guard and PeftType member (runs at import, before the classes below are defined)
+# ---------------------------------------------------------------------------------------------
+def _version_tuple(version: str) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if not m:
+        raise SPTError(f"cannot read the installed peft version {version!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def check_peft_version(version: str | None = None) -> str:
+    """Raise :class:`SPTError` unless ``version`` (default: the installed peft) is supported."""
+    if version is None:
+        try:
+            import peft
+        except ImportError:
+            raise SPTError("SPT as a PEFT method needs peft: pip install 'spt-adapter[peft]'") from None
+        version = peft.__version__
+    low, high = PEFT_SUPPORTED
+    if not (low <= _version_tuple(version) < high):
+        raise SPTError(
+            f"spt_adapter.peft supports peft>={low[0]}.{low[1]},<{high[0]}.{high[1]} but peft {version} is "
+            f"installed: pip install 'peft>={low[0]}.{low[1]},<{high[0]}.{high[1]}' (spt-adapter files saved with "
+            "spt_adapter.save_adapter need no peft at all)"
+        )
+    return version
+
+
+check_peft_version()
+
+from peft import PeftConfig  # noqa: E402
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_module_exists  # noqa: E402
+from peft.utils import PeftType  # noqa: E402
+
+
+def _add_peft_type_member() -> "PeftType":
+    """Add ``PeftType.SPT`` to PEFT's closed str-enum (idempotent)."""
+    existing = PeftType._member_map_.get(PEFT_TYPE_NAME)
+    if existing is not None:
+        return existing
+    member = str.__new__(PeftType, PEFT_TYPE_NAME)
+    member._name_ = PEFT_TYPE_NAME
+    member._value_ = PEFT_TYPE_NAME
+    if hasattr(enum.Enum, "_sort_order_"):
+        member._sort_order_ = len(PeftType._member_names_)
+    PeftType._member_map_[PEFT_TYPE_NAME] = member
+    PeftType._value2member_map_[PEFT_TYPE_NAME] = member
+    PeftType._member_names_.append(PEFT_TYPE_NAME)
+    type.__setattr__(PeftType, PEFT_TYPE_NAME, member)
+    return member
+
+
+SPT_PEFT_TYPE = _add_peft_type_member()
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+# ---------------------------------------------------------------------------------------------
+def _exact_regex(names: list[str]) -> str:
+    """A PEFT ``target_modules`` string (full-match regex) selecting exactly ``names``."""
+    return "(" + "|".join(re.escape(n) for n in names) + ")"
+
+
+@dataclass
+class SPTPeftConfig(PeftConfig):
+    """PEFT config of SPT units.
+
+    target_modules: PEFT's syntax, a list of module-name suffixes or one full-match regex string;
+        ``None``: the spt-adapter plugin that claims the model proposes them (its preset).
+    exclude_modules: likewise. The unit fields mirror :class:`spt_adapter.SPTConfig`.
+    unit_channels: each target's unit width; filled at injection (probe pass) and saved, so
+        loading needs no probe. example_input_shape: the probe input's shape (default: a 64x64
+        input built from the model's first convolution).
+    """
+
+    target_modules: Optional[Union[list[str], str]] = field(default=None)
+    exclude_modules: Optional[Union[list[str], str]] = field(default=None)
+    fusion: str = field(default="sft")
+    hidden: int = field(default=16)
+    depth: int = field(default=2)
+    prior_channels: int = field(default=1)
+    prior_resize: str = field(default="nearest")
+    prior: dict = field(default_factory=dict)
+    integration: Optional[str] = field(default=None)
+    preset: Optional[str] = field(default=None)
+    unit_channels: Optional[dict] = field(default=None)
+    example_input_shape: Optional[list] = field(default=None)
+    spt_schema_version: int = field(default=SCHEMA_VERSION)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.peft_type = SPT_PEFT_TYPE
+        if self.spt_schema_version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"this SPT PEFT config uses schema version {self.spt_schema_version}; this spt-adapter reads up to "
+                f"{SCHEMA_VERSION}: upgrade spt-adapter"
+            )
+        if isinstance(self.target_modules, list):
+            self.target_modules = list(self.target_modules)
+        self.to_spt_config()  # validates the unit fields (ConfigError)
+
+    def to_spt_config(self, targets: list[str] | None = None) -> SPTConfig:
+        return SPTConfig(targets=list(targets or []), fusion=self.fusion, hidden=self.hidden, depth=self.depth,
+                         prior_channels=self.prior_channels, prior_resize=self.prior_resize, prior=dict(self.prior),
+                         integration=self.integration, preset=self.preset)
+
+    @classmethod
+    def from_spt_config(cls, config: SPTConfig, names: list[str], channels: dict[str, int] | None = None,
+                        **kwargs) -> "SPTPeftConfig":
+        return cls(target_modules=_exact_regex(names), fusion=config.fusion, hidden=config.hidden, depth=config.depth,
+                   prior_channels=config.prior_channels, prior_resize=config.prior_resize, prior=dict(config.prior),
+                   integration=config.integration, preset=config.preset,
+                   unit_channels=dict(channels) if channels else None, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# layer
+# ---------------------------------------------------------------------------------------------
+class SPTPeftLayer(SPTLayer, BaseTunerLayer):
+    """A core SPT layer that PEFT manages: ``base_layer`` runs unchanged, then each active
+    adapter's unit corrects the output (in order)."""
+
+    adapter_layer_names = ("spt_units",)
+    other_param_names = ()
+
+    def __init__(self, base_layer: nn.Module, name: str, state: PriorState, layout, adapter_name: str) -> None:
+        SPTLayer.__init__(self, base_layer, name, state, layout)
+        self._disable_adapters = False
+        self.merged_adapters = []
+        self._active_adapter = adapter_name
+
+    def update_layer(self, adapter_name: str, channels: int, config: SPTConfig) -> None:
+        self.spt_units[adapter_name] = make_unit(channels, config, self.base_layer)
+        self.set_adapter(self.active_adapters)
+
+    def merge(self, safe_merge: bool = False, adapter_names=None) -> None:
+        raise SPTError("SPT units are non-linear and read a prior at run time: they cannot be merged into the "
+                       "backbone's weights (use unload() to get the backbone back)")
+
+    def unmerge(self) -> None:
+        return None
+
+    def forward(self, *args, **kwargs):
+        out = self.base_layer(*args, **kwargs)
+        state = self._spt_state
+        if self.disable_adapters or state.disabled:
+            return out
+        active = [a for a in self.active_adapters if a in self.spt_units]
+        if not active:
+            return out
+        prior = state.prior
+        if prior is None:
+            raise PriorError(
+                f"SPT layer {self.spt_target_name!r} needs a prior: call peft_model(x, spt_prior=p) or run inside "
+                "`with peft_model.use_prior(p):`"
+            )
+        for name in active:
+            unit = self.spt_units[name]
+            out = apply_to_output(self.spt_target_name, self._spt_layout, out, args, kwargs,
+                                  lambda feats, unit=unit: unit(feats, prior))
+        return out
+
+    def __repr__(self) -> str:
+        return "spt." + super().__repr__()
+
+
+# ---------------------------------------------------------------------------------------------
+# tuner
+# ---------------------------------------------------------------------------------------------
+def _nested_under_layer(key: str, layer_keys: list[str]) -> bool:
+    return any(key.startswith(k + ".") for k in layer_keys)
+
+
+class SPTPeftModel(BaseTuner):
+    """The PEFT tuner of SPT. Made by ``peft.get_peft_model``; not instantiated directly."""
+
+    prefix: str = PREFIX
+    tuner_layer_cls = SPTPeftLayer
+    target_module_mapping: dict = {}
+
+    def __init__(self, model, peft_config, adapter_name, *args, **kwargs) -> None:
+        object.__setattr__(self, "_spt_state", PriorState())
+        object.__setattr__(self, "_spt_plans", {})
+        object.__setattr__(self, "_spt_hooks", [])
+        object.__setattr__(self, "_spt_stack", [])
+        super().__init__(model, peft_config, adapter_name, *args, **kwargs)
+
+    # -- injection ------------------------------------------------------------------------
+    def _existing_layer_keys(self, model: nn.Module) -> list[str]:
+        return [k for k, m in model.named_modules() if isinstance(m, SPTPeftLayer)]
+
+    def _matched_names(self, model: nn.Module, config: SPTPeftConfig) -> list[str]:
+        layers = self._existing_layer_keys(model)
+        names = []
+        for key, _ in model.named_modules():
+            if not key or _nested_under_layer(key, layers):
+                continue
+            if check_target_module_exists(config, key):  # an excluded module is falsy
+                names.append(key)
+        return names
+
+    def _pre_injection_hook(self, model: nn.Module, config: SPTPeftConfig, adapter_name: str) -> None:
+        self._spt_plan(model, config, adapter_name)
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
+        # PeftModel.add_adapter calls inject_adapter without the pre-injection hook: plan here too
+        if adapter_name not in self._spt_plans:
+            self._spt_plan(model, self.peft_config[adapter_name], adapter_name)
+        try:
+            super().inject_adapter(model, adapter_name, *args, **kwargs)
+        finally:
+            self._spt_plans.pop(adapter_name, None)
+        self._register_prior_hooks(model)
+
+    def _spt_plan(self, model: nn.Module, config: SPTPeftConfig, adapter_name: str) -> None:
+        """Resolve targets, check them and find each unit's width, before anything changes."""
+        from .inject import _nearest, get_logical_module, match_targets
+        from .model import claim_model, describe_layout
+
+        if not isinstance(config, SPTPeftConfig):
+            raise ConfigError(f"SPT needs an SPTPeftConfig, got {type(config).__name__}")
+        claim = None
+        if config.target_modules is None:
+            claim = claim_model(model)
+            if claim is None:
+                raise TargetError(
+                    f"SPTPeftConfig has no target_modules and no spt-adapter plugin claims a {type(model).__name__}; "
+                    "pass target_modules= (a list of module-name suffixes or one regex)"
+                )
+            config.target_modules = _exact_regex(match_targets(model, claim.targets))
+            config.integration, config.preset = claim.integration, claim.preset
+        names = self._matched_names(model, config)
+        if not names:
+            all_names = [k for k, _ in model.named_modules() if k]
+            probe = config.target_modules if isinstance(config.target_modules, str) else ",".join(config.target_modules)
+            raise TargetError(
+                f"target_modules {config.target_modules!r} matched no module of {type(model).__name__}; closest "
+                f"names: {_nearest(probe, all_names)}"
+            )
+        for outer in names:
+            inner = next((n for n in names if n.startswith(outer + ".")), None)
+            if inner is not None:
+                raise TargetError(f"target_modules overlap: {outer!r} contains {inner!r}; adapt one of them")
+        spt_config = config.to_spt_config(names)
+
+        def base_of(name: str) -> nn.Module:
+            module = get_logical_module(model, name)
+            return module.base_layer if isinstance(module, SPTLayer) else module
+
+        layouts = {n: describe_layout(model, n, base_of(n)) for n in names}
+        known = {n: int(c) for n, c in (config.unit_channels or {}).items() if n in names}
+        if claim is not None:
+            known.update({n: c for n, c in claim.channels.items() if n in names and n not in known})
+        missing = [n for n in names if n not in known]
+        if missing:
+            if config.example_input_shape:
+                ref = next(model.parameters(), None)
+                example = torch.zeros(*config.example_input_shape,
+                                      dtype=ref.dtype if ref is not None else torch.float32,
+                                      device=ref.device if ref is not None else "cpu")
+            elif claim is not None and claim.example_input is not None:
+                example = claim.example_input
+            else:
+                example = default_example_input(model)
+            previous = self._spt_state.disabled
+            self._spt_state.disabled = True  # existing SPT layers pass through during the probe
+            try:
+                known.update(probe_channels(model, missing, layouts, example))
+            finally:
+                self._spt_state.disabled = previous
+        config.unit_channels = {n: known[n] for n in names}
+        self._spt_plans[adapter_name] = {"names": names, "layouts": layouts, "config": spt_config}
+
+    def _prepare_adapter_config(self, peft_config, model_config):
+        return peft_config
+
+    def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key=None,
+                            **kwargs) -> None:
+        plan = self._spt_plans[adapter_name]
+        key = current_key if current_key is not None else target_name
+        if key not in peft_config.unit_channels:
+            raise TargetError(f"module {key!r} was not planned for SPT adapter {adapter_name!r}")
+        channels = peft_config.unit_channels[key]
+        if isinstance(target, SPTPeftLayer):
+            target.update_layer(adapter_name, channels, plan["config"])
+            return
+        layer = SPTPeftLayer(target, key, self._spt_state, plan["layouts"].get(key), adapter_name)
+        layer.update_layer(adapter_name, channels, plan["config"])
+        setattr(parent, target_name, layer)
+
+    def _register_prior_hooks(self, model: nn.Module) -> None:
+        if not self._spt_hooks:
+            self._spt_hooks.append(model.register_forward_pre_hook(self._spt_pre_hook, with_kwargs=True))
+            self._spt_hooks.append(model.register_forward_hook(self._spt_post_hook, with_kwargs=True,
+                                                               always_call=True))
+
+    # -- the prior --------------------------------------------------------------------------
+    def _active_configs(self) -> list[SPTPeftConfig]:
+        return [self.peft_config[a] for a in self.active_adapters if a in self.peft_config]
+
+    def check_prior(self, prior: Any, batch: int | None = None) -> torch.Tensor:
+        """Validate a prior for the active adapter(s); raise :class:`PriorError` naming the problem."""
+        if not torch.is_tensor(prior):
+            raise PriorError(f"spt_prior must be a torch.Tensor of shape (B, C_p, H, W), got {type(prior).__name__}")
+        if prior.dim() != 4:
+            raise PriorError(f"spt_prior must have shape (B, C_p, H, W), got shape {tuple(prior.shape)}")
+        if batch is not None and prior.shape[0] != batch:
+            raise PriorError(f"spt_prior has batch size {prior.shape[0]} but the input has batch size {batch}")
+        for config in self._active_configs():
+            if prior.shape[1] != config.prior_channels:
+                raise PriorError(f"spt_prior has {prior.shape[1]} channel(s) but the adapter was built for "
+                                 f"prior_channels={config.prior_channels}")
+        if prior.shape[2] < 1 or prior.shape[3] < 1:
+            raise PriorError(f"spt_prior is empty: shape {tuple(prior.shape)}")
+        if prior.dtype == torch.bool:
+            prior = prior.to(torch.float32)
+        elif prior.is_floating_point() and not bool(torch.isfinite(prior).all()):
+            raise PriorError("spt_prior contains NaN or Inf values")
+        return prior
+
+    def _spt_pre_hook(self, module, args, kwargs):
+        # one stack entry per call; the post hook (always called, also after an error) pops it
+        self._spt_stack.append(None)
+        prior = kwargs.pop("spt_prior", None)
+        if prior is not None:
+            batch = next((int(a.shape[0]) for a in list(args) + list(kwargs.values())
+                          if torch.is_tensor(a) and a.dim() >= 1), None)
+            checked = self.check_prior(prior, batch)
+            self._spt_stack[-1] = (self._spt_state.prior,)
+            self._spt_state.set_prior(checked)
+        return args, kwargs
+
+    def _spt_post_hook(self, module, args, kwargs, output):
+        entry = self._spt_stack.pop() if self._spt_stack else None
+        if entry is not None:
+            self._spt_state.set_prior(entry[0])
+        return None
+
+    @contextlib.contextmanager
+    def use_prior(self, prior: torch.Tensor) -> Iterator["SPTPeftModel"]:
+        """Set the prior for every forward call inside the block (for trainers that call ``net(lq)``)."""
+        checked = self.check_prior(prior)
+        previous = self._spt_state.prior
+        self._spt_state.set_prior(checked)
+        try:
+            yield self
+        finally:
+            self._spt_state.set_prior(previous)
+
+    # -- adapters (explicit, so that behaviour does not depend on BaseTuner defaults) -------
+    def _layers(self) -> Iterator[tuple[str, SPTPeftLayer]]:
+        for name, module in self.model.named_modules():
+            if isinstance(module, SPTPeftLayer):
+                yield name, module
+
+    def _mark_only_adapters_as_trainable(self, model: nn.Module) -> None:
+        for name, param in model.named_parameters():
+            if _PEFT_UNIT.strip(".") not in name.split("."):
+                param.requires_grad = False
+
+    def _set_adapter_layers(self, enabled: bool = True) -> None:
+        for _, layer in self._layers():
+            layer.enable_adapters(enabled)
+
+    def enable_adapter_layers(self) -> None:
+        self._set_adapter_layers(True)
+
+    def disable_adapter_layers(self) -> None:
+        self._set_adapter_layers(False)
+
+    def set_adapter(self, adapter_name, inference_mode: bool = False) -> None:
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        unknown = [n for n in names if n not in self.peft_config]
+        if unknown:
+            raise TargetError(f"no SPT adapter named {unknown[0]!r}; adapters: {list(self.peft_config)}")
+        for _, layer in self._layers():
+            layer.set_adapter(names)
+            if inference_mode:
+                for name in names:
+                    if name in layer.spt_units:
+                        layer.spt_units[name].requires_grad_(False)
+        self.active_adapter = adapter_name
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        if adapter_name not in self.peft_config:
+            raise TargetError(f"no SPT adapter named {adapter_name!r}; adapters: {list(self.peft_config)}")
+        del self.peft_config[adapter_name]
+        self._spt_plans.pop(adapter_name, None)
+        remaining = list(self.peft_config)
+        for name, layer in list(self._layers()):
+            if adapter_name in layer.spt_units:
+                del layer.spt_units[adapter_name]
+            if len(layer.spt_units) == 0:
+                self._unwrap(name, layer)
+            elif adapter_name in layer.active_adapters:
+                rest = [a for a in layer.active_adapters if a != adapter_name] or remaining[:1]
+                layer.set_adapter(rest)
+        active = [a for a in self.active_adapters if a != adapter_name] or remaining[:1]
+        self.active_adapter = active[0] if len(active) == 1 else active
+
+    def _unwrap(self, name: str, layer: SPTPeftLayer) -> None:
+        parent_name, _, attr = name.rpartition(".")
+        parent = self.model.get_submodule(parent_name) if parent_name else self.model
+        setattr(parent, attr, layer.base_layer)
+
+    def _check_merge_allowed(self):
+        raise SPTError("SPT units are non-linear and read a prior at run time: they cannot be merged into the "
+                       "backbone's weights (use unload() to get the backbone back)")
+
+    def merge_and_unload(self, *args, **kwargs):
+        self._check_merge_allowed()
+
+    def unload(self) -> nn.Module:
+        """Remove every SPT layer and the prior hooks; return the original backbone."""
+        for name, layer in list(self._layers()):
+            self._unwrap(name, layer)
+        for handle in self._spt_hooks:
+            handle.remove()
+        self._spt_hooks.clear()
+        return self.model
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        # '<target>.spt_units.<adapter>.<param>' -> '<target>.spt_units.<param>'
+        return key.replace(f"{_PEFT_UNIT}{adapter_name}.", _PEFT_UNIT, 1)
+
+
+def _register() -> None:
+    """Fill PEFT's mapping tables for SPT (once; refuse if another 'SPT' is registered)."""
+    import peft.mapping as mapping
+
+    tables = [getattr(mapping, n) for n in ("PEFT_TYPE_TO_CONFIG_MAPPING", "PEFT_TYPE_TO_TUNER_MAPPING",
+                                            "PEFT_TYPE_TO_PREFIX_MAPPING") if hasattr(mapping, n)]
+    config_table = getattr(mapping, "PEFT_TYPE_TO_CONFIG_MAPPING")
+    current = config_table.get(SPT_PEFT_TYPE)
+    if current is SPTPeftConfig:
+        return
+    if current is not None:
+        raise SPTError(f"another PEFT method is registered as {PEFT_TYPE_NAME!r} ({current.__module__}."
+                       f"{current.__qualname__}); spt_adapter.peft cannot register SPT")
+    try:
+        from peft.utils import register_peft_method
+    except ImportError:
+        register_peft_method = None
+    if register_peft_method is not None:
+        register_peft_method(name=PEFT_TYPE_NAME.lower(), config_cls=SPTPeftConfig, model_cls=SPTPeftModel,
+                             prefix=PREFIX)
+    else:  # pragma: no cover - versions without the helper
+        mapping.PEFT_TYPE_TO_CONFIG_MAPPING[SPT_PEFT_TYPE] = SPTPeftConfig
+        mapping.PEFT_TYPE_TO_TUNER_MAPPING[SPT_PEFT_TYPE] = SPTPeftModel
+        if hasattr(mapping, "PEFT_TYPE_TO_PREFIX_MAPPING"):
+            mapping.PEFT_TYPE_TO_PREFIX_MAPPING[SPT_PEFT_TYPE] = PREFIX
+    del tables
+
+
+_register()
+
+
+# ---------------------------------------------------------------------------------------------
+# conversions between PEFT folders and spt-adapter files
+# ---------------------------------------------------------------------------------------------
+def peft_key_to_core(key: str) -> str:
+    """``base_model.model.<target>.spt_units.<param>`` -> ``<target>.spt_unit.<param>``."""
+    if not key.startswith(_PEFT_KEY_PREFIX) or _PEFT_UNIT not in key:
+        raise AdapterFileError(f"tensor {key!r} is not an SPT unit tensor of a PEFT adapter")
+    return key[len(_PEFT_KEY_PREFIX):].replace(_PEFT_UNIT, _CORE_UNIT, 1)
+
+
+def core_key_to_peft(key: str) -> str:
+    """``<target>.spt_unit.<param>`` -> ``base_model.model.<target>.spt_units.<param>``."""
+    if _CORE_UNIT not in key:
+        raise AdapterFileError(f"tensor {key!r} is not an SPT unit tensor")
+    return _PEFT_KEY_PREFIX + key.replace(_CORE_UNIT, _PEFT_UNIT, 1)
+
+
+def read_peft_folder(folder: str | os.PathLike) -> tuple[SPTPeftConfig, dict[str, torch.Tensor]]:
+    """The config and unit tensors (PEFT keys) of a PEFT SPT adapter folder."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    cfg_path, weights = folder / PEFT_CONFIG_NAME, folder / PEFT_WEIGHTS_NAME
+    if not cfg_path.is_file() or not weights.is_file():
+        raise AdapterFileError(f"{folder} is not a PEFT adapter folder (needs {PEFT_CONFIG_NAME} and {PEFT_WEIGHTS_NAME})")
+    try:
+        data = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise AdapterFileError(f"{cfg_path} is not valid JSON ({exc})") from None
+    if data.get("peft_type") != PEFT_TYPE_NAME:
+        raise AdapterFileError(f"{folder} holds a PEFT {data.get('peft_type')!r} adapter, not an SPT one")
+    known = set(SPTPeftConfig.__dataclass_fields__)
+    config = SPTPeftConfig(**{k: v for k, v in data.items() if k in known and k != "peft_type"})
+    try:
+        with safe_open(str(weights), framework="pt", device="cpu") as fh:
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:
+        raise AdapterFileError(f"{weights} is corrupt: {exc}") from None
+    return config, tensors
+
+
+def _targets_in_order(keys, channels: dict | None) -> list[str]:
+    found = []
+    for key in keys:
+        target = key.split(_CORE_UNIT, 1)[0]
+        if target not in found:
+            found.append(target)
+    if channels:
+        order = [n for n in channels if n in found]
+        return order + [n for n in found if n not in order]
+    return found
+
+
+def load_peft_adapter(backbone: nn.Module, folder: str | os.PathLike, adapter_name: str = "default",
+                      example_input=None):
+    """Load a PEFT SPT adapter folder onto ``backbone`` as an :class:`~spt_adapter.SPTModel`.
+
+    The units are rebuilt with the core from the recorded widths (``unit_channels``); a folder
+    without them gets one probe pass. On error ``backbone`` is left as it was.
+    """
+    from .model import SPTModel
+
+    config, tensors = read_peft_folder(folder)
+    core = {peft_key_to_core(k): v for k, v in tensors.items()}
+    names = _targets_in_order(core, config.unit_channels)
+    channels = {n: int(c) for n, c in (config.unit_channels or {}).items() if n in names} or None
+    if channels is not None and set(channels) != set(names):
+        channels = None
+    created = not isinstance(backbone, SPTModel)
+    model = SPTModel(backbone) if created else backbone
+    added = False
+    try:
+        model.add_adapter(adapter_name, config.to_spt_config(names), example_input=example_input,
+                          _channels=channels, _names=names)
+        added = True
+        expected = dict(model.unit_parameters(adapter_name))
+        missing, unexpected = sorted(set(expected) - set(core)), sorted(set(core) - set(expected))
+        if missing or unexpected:
+            raise AdapterFileError(f"{folder}: unit tensors do not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        with torch.no_grad():
+            for key, param in expected.items():
+                if tuple(core[key].shape) != tuple(param.shape):
+                    raise AdapterFileError(f"{folder}: tensor {key!r} has shape {tuple(core[key].shape)}, the unit "
+                                           f"expects {tuple(param.shape)}")
+                param.copy_(core[key].to(dtype=param.dtype, device=param.device))
+    except Exception:
+        if created:
+            model.eject()
+        elif added:
+            model.delete_adapter(adapter_name)
+        raise
+    return model
+
+
+def peft_to_spt(folder: str | os.PathLike, backbone: nn.Module, path: str | os.PathLike,
+                backbone_hash: bool = True) -> Path:
+    """Convert a PEFT SPT adapter folder into an spt-adapter file (``save_adapter`` format).
+
+    The file's fingerprint (and, with ``backbone_hash``, the weights' sha256) is taken from
+    ``backbone``, the untouched backbone the adapter was trained on; it is left unchanged.
+    """
+    from .delta import save_adapter
+
+    model = load_peft_adapter(backbone, folder)
+    try:
+        return save_adapter(model, path, backbone_hash=backbone_hash)
+    finally:
+        model.eject()
+
+
+def spt_to_peft(path: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """Convert an spt-adapter file into a PEFT folder loadable by ``peft.PeftModel.from_pretrained``.
+
+    Needs no backbone: targets and unit widths come from the file's fingerprint.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save as safetensors_save
+
+    from .delta import read_adapter_config, read_adapter_header
+
+    meta, _ = read_adapter_header(path)
+    config = read_adapter_config(path)
+    fingerprint = json.loads(meta["fingerprint"])
+    names = [t["path"] for t in fingerprint["targets"]]
+    channels = {t["path"]: int(t["channels"]) for t in fingerprint["targets"] if "channels" in t}
+    with safe_open(str(path), framework="pt", device="cpu") as fh:
+        tensors = {core_key_to_peft(k): fh.get_tensor(k).contiguous() for k in fh.keys()}
+    peft_config = SPTPeftConfig.from_spt_config(config, names, channels if len(channels) == len(names) else None)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = peft_config.to_dict()
+    out = {k: (sorted(v) if isinstance(v, set) else v) for k, v in out.items()}
+    out["peft_type"] = PEFT_TYPE_NAME
+    atomic_write_bytes(folder / PEFT_WEIGHTS_NAME, safetensors_save(tensors, metadata={"format": "pt"}))
+    atomic_write_bytes(folder / PEFT_CONFIG_NAME, json.dumps(out, indent=2, sort_keys=True).encode())
+    return folder
+
+
+__all__ = [
+    "PEFT_SUPPORTED",
+    "SPTPeftConfig",
+    "SPTPeftLayer",
+    "SPTPeftModel",
+    "check_peft_version",
+    "core_key_to_peft",
+    "load_peft_adapter",
+    "peft_key_to_core",
+    "peft_to_spt",
+    "read_peft_folder",
+    "spt_to_peft",
+]
