@@ -17,6 +17,26 @@ import runpy
 import sys
 
 
+def use_checkout_basicsr(root: str) -> None:
+    """Make ``import basicsr`` resolve to the checkout's fork. The fork has no ``__init__.py`` (a
+    namespace package), so an installed BasicSR would win the normal path search; the fork is put
+    in ``sys.modules`` explicitly instead."""
+    import importlib.machinery
+    import types
+
+    for name in [m for m in sys.modules if m == "basicsr" or m.startswith("basicsr.")]:
+        del sys.modules[name]
+    package = os.path.join(root, "basicsr")
+    if os.path.isfile(os.path.join(package, "__init__.py")):
+        return  # a regular package: sys.path order decides
+    module = types.ModuleType("basicsr")
+    module.__path__ = [package]
+    spec = importlib.machinery.ModuleSpec("basicsr", None, is_package=True)
+    spec.submodule_search_locations = [package]
+    module.__spec__ = spec
+    sys.modules["basicsr"] = module
+
+
 def main(argv: list[str] | None = None) -> int:
     root = os.path.abspath(os.environ.get("SPT_RESTORMER_ROOT_OVERRIDE") or os.getcwd())
     script = os.path.join(root, "basicsr", "train.py")
@@ -25,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.chdir(root)
     sys.path.insert(0, root)
-    for name in [m for m in sys.modules if m == "basicsr" or m.startswith("basicsr.")]:
-        del sys.modules[name]  # an installed BasicSR imported earlier must not shadow the fork
+    use_checkout_basicsr(root)  # an installed BasicSR must not shadow the fork
     from spt_adapter.plugins import register_frameworks
 
     done = register_frameworks(raise_errors=True)

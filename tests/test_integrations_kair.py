@@ -1,0 +1,146 @@
+"""KAIR shim: options with // comments, checkpoints, injection before KAIR's positional load;
+opt-in run of the real main_train_psnr.py when SPT_KAIR_ROOT points to a checkout (needs CUDA:
+KAIR's ModelBase puts every model on 'cuda')."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+
+import spt_adapter
+from spt_adapter.errors import ConfigError
+from spt_adapter.integrations._netio import load_backbone_state, logical_state
+from spt_adapter.integrations.kair.options import read_options, spt_options
+from spt_adapter.plugins import call_hook
+
+pytest.importorskip("spandrel")
+
+
+def test_options_with_double_slash_comments(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text("""{
+  "task": "spt_rrdb"     //  root/task/images-models-options
+  , "model": "plain" // "plain" | "plain2"
+  , "spt": {"backbone": "model_zoo/rrdb.pth", "fusion": "concat", "prior": {"provider": "classical", "method": "slic"}}
+}""")
+    opt = read_options(path)
+    assert list(opt) == ["task", "model", "spt"] and opt["model"] == "plain"
+    options = spt_options(opt)
+    assert options.backbone == "model_zoo/rrdb.pth" and options.config.fusion == "concat"
+    assert options.config.prior["provider"] == "classical"
+    path.write_text('{"model": "plain", "spt": {"fusion": "sft"}}')
+    with pytest.raises(ConfigError, match='needs "backbone"'):
+        spt_options(read_options(path))
+    path.write_text('{"model": "plain" "x": 1}')
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        read_options(path)
+
+
+def _drunet():
+    from spandrel.architectures.DRUNet import DRUNet
+
+    return DRUNet(in_nc=4, out_nc=3, nc=[8, 16, 32, 64], nb=1)
+
+
+@pytest.mark.parametrize("layout", ["bare", "params", "params_ema"])
+def test_reads_kair_checkpoints(tmp_path, layout):
+    sd = _drunet().state_dict()
+    path = tmp_path / "drunet.pth"
+    torch.save(sd if layout == "bare" else {layout: sd}, path)
+    read = call_hook("spt_adapter_read_checkpoint", path=str(path))
+    assert list(read) == list(sd) and all(torch.equal(read[k], sd[k]) for k in sd)
+
+
+def test_injection_before_kair_positional_load():
+    """KAIR's G_param_strict=false pairs checkpoint and network tensors by position. Units are
+    injected first; the load must still put the i-th checkpoint tensor into the i-th *backbone*
+    tensor, and leave the units untouched (so the model stays an identity of the loaded backbone)."""
+    torch.manual_seed(0)
+    donor = _drunet()
+    old_names = OrderedDict((f"old_{i}", v.clone()) for i, v in enumerate(donor.state_dict().values()))
+    net = _drunet()
+    model = spt_adapter.inject(net)  # drunet preset: m_down*/m_body/m_up*
+    units_before = {k: p.clone() for k, p in model.unit_parameters()}
+    loaded = load_backbone_state(model, old_names, "by_position", source="old.pth")
+    assert len(loaded) == len(old_names)
+    for (k, v), ref in zip(logical_state(model).items(), donor.state_dict().values()):
+        assert torch.equal(v, ref), k
+    assert all(torch.equal(p, units_before[k]) for k, p in model.unit_parameters())
+    x = torch.rand(1, 4, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x, prior=torch.rand(1, 1, 16, 16)), donor.eval()(x))
+    with pytest.raises(Exception, match="positional load needs equal counts"):
+        load_backbone_state(model, OrderedDict(list(old_names.items())[:-1]), "by_position")
+    with pytest.raises(Exception, match="missing"):
+        load_backbone_state(model, old_names, "strict")
+
+
+def test_kair_claims_models_network_classes():
+    kair_like = type("RRDBNet", (torch.nn.Module,), {"__module__": "models.network_rrdbnet"})
+    net = kair_like()
+    net.conv_first = torch.nn.Conv2d(3, 8, 3, padding=1)
+    net.RRDB_trunk = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1))
+    net.trunk_conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+    claim = call_hook("spt_adapter_claim_model", model=net)
+    assert (claim.integration, claim.preset, claim.targets) == ("kair", "rrdb", ["RRDB_trunk.*"])
+
+
+KAIR_ROOT = os.environ.get("SPT_KAIR_ROOT")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not KAIR_ROOT, reason="set SPT_KAIR_ROOT to a KAIR checkout to run KAIR's main_train_psnr.py")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="KAIR's ModelBase needs CUDA")
+def test_kair_main_train_psnr_trains_units(tmp_path):
+    sys.path.insert(0, KAIR_ROOT)
+    try:
+        from models.network_rrdbnet import RRDBNet
+    finally:
+        sys.path.remove(KAIR_ROOT)
+    net = RRDBNet(in_nc=3, out_nc=3, nf=8, nb=2, gc=4, sf=2)
+    backbone = tmp_path / "rrdbnet_x2.pth"
+    torch.save(net.state_dict(), backbone)
+    before = backbone.read_bytes()
+    train = tmp_path / "trainH"
+    train.mkdir()
+    from PIL import Image
+
+    for p in sorted((DATA / "Set14").glob("*.png"))[:4]:
+        Image.open(p).convert("RGB").crop((0, 0, 96, 96)).save(train / p.name)
+    opt = {
+        "task": "spt_rrdbnet", "model": "plain", "gpu_ids": [0], "dist": False, "scale": 2, "n_channels": 3,
+        "path": {"root": str(tmp_path / "runs"), "pretrained_netG": None, "pretrained_netE": None},
+        "datasets": {
+            "train": {"name": "t", "dataset_type": "sr", "dataroot_H": str(train), "dataroot_L": None, "H_size": 32,
+                      "dataloader_shuffle": True, "dataloader_num_workers": 0, "dataloader_batch_size": 2},
+            "test": {"name": "v", "dataset_type": "sr", "dataroot_H": str(train), "dataroot_L": None},
+        },
+        "netG": {"net_type": "rrdbnet", "in_nc": 3, "out_nc": 3, "nf": 8, "nb": 2, "gc": 4, "init_type": "default"},
+        "train": {"G_lossfn_type": "l1", "G_lossfn_weight": 1.0, "E_decay": 0.9, "G_optimizer_type": "adam",
+                  "G_optimizer_lr": 1e-3, "G_optimizer_wd": 0, "G_optimizer_clipgrad": None, "G_optimizer_betas": [0.9, 0.999],
+                  "G_optimizer_reuse": True, "G_scheduler_type": "MultiStepLR", "G_scheduler_milestones": [1000],
+                  "G_scheduler_gamma": 0.5, "G_regularizer_orthstep": None, "G_regularizer_clipstep": None,
+                  "G_param_strict": False, "E_param_strict": False, "checkpoint_test": 2, "checkpoint_save": 2,
+                  "checkpoint_print": 1, "spt_stop_after": 4},
+        "spt": {"backbone": str(backbone), "hidden": 8,
+                "prior": {"cache_dir": str(tmp_path / "priors"), "provider": "classical", "method": "slic"}},
+    }
+    path = tmp_path / "train_spt.json"
+    path.write_text("// SPT on KAIR\n" + json.dumps(opt, indent=1))
+    proc = subprocess.run([sys.executable, "-m", "spt_adapter.integrations.kair.train", "--opt", str(path),
+                           "--kair-root", KAIR_ROOT], capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    models = tmp_path / "runs" / "spt_rrdbnet" / "models"
+    assert (models / "4_G.safetensors").is_file() and (models / "4_E.safetensors").is_file()
+    assert not list(models.glob("*_G.pth")) and "Average PSNR" in proc.stdout + proc.stderr
+    assert backbone.read_bytes() == before
+    meta, entries = spt_adapter.read_adapter_header(models / "4_G.safetensors")
+    assert meta["preset"] == "rrdb" and all(".spt_unit." in k for k in entries)
