@@ -1,0 +1,247 @@
+"""What SPT units cost: parameters, forward latency, training-step time and memory.
+
+Prints, for SwinIR-light (x2, 64x64 input) and a small Restormer, each measured side by side in
+one run (variants interleaved, median of --repeats):
+
+* trainable-parameter ratio: units / backbone (target <= 3 %);
+* forward latency ratio: backbone + units (prior given) / frozen backbone (target <= +5 %);
+* training-step time ratio: full fine-tune / SPT-only (target >= 1.5x faster);
+* optimizer-state memory (Adam) and training memory: SPT-only vs full fine-tune (target >= 40 %
+  less optimizer-state memory). Training memory = tensors saved for backward + gradients + optimizer
+  state, counted exactly with saved-tensor hooks (on CUDA the allocator peak is printed too).
+
+    python benchmarks/overhead.py                  # CPU, default unit config
+    python benchmarks/overhead.py --device cuda    # the same on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+
+import spt_adapter
+from spt_adapter import SPTConfig
+
+warnings.filterwarnings("ignore")
+
+
+def swinir_light():
+    from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
+
+    # the SwinIR-light x2 configuration of the paper / model zoo
+    return SwinIR(upscale=2, in_chans=3, img_size=64, window_size=8, img_range=1.0, depths=[6, 6, 6, 6],
+                  embed_dim=60, num_heads=[6, 6, 6, 6], mlp_ratio=2, upsampler="pixelshuffledirect",
+                  resi_connection="1conv"), "layers.*.residual_group"
+
+
+def restormer_small():
+    from spandrel_extra_arches.architectures.Restormer.__arch.restormer_arch import Restormer
+
+    return Restormer(dim=24, num_blocks=[2, 3, 3, 4], num_refinement_blocks=2, heads=[1, 2, 4, 8],
+                     ffn_expansion_factor=2.66), ["encoder_level*", "latent", "decoder_level*", "refinement"]
+
+
+MODELS = {"swinir-light-x2": swinir_light, "restormer-small": restormer_small}
+
+
+def build(name: str, variant: str, config: SPTConfig, device: str):
+    torch.manual_seed(0)
+    backbone, targets = MODELS[name]()
+    backbone = backbone.to(device)
+    if variant == "backbone":
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        return backbone, backbone
+    if variant == "full":
+        return backbone, backbone
+    model = spt_adapter.inject(backbone, targets, config=config)
+    with torch.no_grad():  # trained-looking units: non-zero last layers, same cost as zero ones
+        for _, p in model.unit_parameters():
+            p.add_(torch.randn_like(p) * 1e-3)
+    return model, backbone
+
+
+def call(model, x, prior):
+    return model(x, prior=prior) if isinstance(model, spt_adapter.SPTModel) else model(x)
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device):
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def inputs(batch, size, device):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 3, size, size, generator=g).to(device)
+    prior = (torch.randint(1, 25, (batch, 1, size, size), generator=g).float() / 24).to(device)
+    target = torch.rand(batch, 3, size * 2, size * 2, generator=g).to(device)
+    return x, prior, target
+
+
+def train_step(model, opt, x, prior, target):
+    out = call(model, x, prior)
+    t = target if out.shape == target.shape else torch.zeros_like(out)
+    loss = (out - t).abs().mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def optimizer_state_bytes(opt) -> int:
+    return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
+
+
+def measure(name: str, args, config: SPTConfig) -> dict:
+    device = args.device
+    x, prior, target = inputs(args.batch, args.size, device)
+    models = {v: build(name, v, config, device) for v in ("backbone", "spt", "full")}
+    spt, backbone = models["spt"]
+    n_units = sum(p.numel() for _, p in spt.unit_parameters())
+    n_backbone = sum(p.numel() for p in backbone.parameters())
+
+    # forward latency, interleaved
+    fwd = {"backbone": [], "spt": []}
+    with torch.no_grad():
+        for v in fwd:
+            models[v][0].eval()
+            call(models[v][0], x, prior)  # warm-up
+        for _ in range(args.repeats):
+            for v in fwd:
+                fwd[v].append(timed(lambda: call(models[v][0], x, prior), device))
+
+    # training step, interleaved
+    opts = {
+        "spt": torch.optim.Adam([p for p in spt.parameters() if p.requires_grad], lr=1e-4),
+        "full": torch.optim.Adam(models["full"][0].parameters(), lr=1e-4),
+    }
+    step = {"spt": [], "full": []}
+    for v in step:
+        models[v][0].train()
+        train_step(models[v][0], opts[v], x, prior, target)  # warm-up, creates optimizer state
+    for _ in range(args.repeats):
+        for v in step:
+            step[v].append(timed(lambda: train_step(models[v][0], opts[v], x, prior, target), device))
+    state = {v: optimizer_state_bytes(opts[v]) for v in opts}
+    peak = {v: training_memory(models[v][0], opts[v], x, prior, target, device) for v in opts}
+    if device.startswith("cuda"):
+        cuda = {v: cuda_peak(models[v][0], opts[v], x, prior, target) for v in opts}
+        extra = {"cuda_peak_full_mb": cuda["full"] / 2**20, "cuda_peak_spt_mb": cuda["spt"] / 2**20}
+    else:
+        extra = {}
+    med = lambda xs: statistics.median(xs)  # noqa: E731
+    return {
+        "model": name,
+        "unit_params": n_units,
+        "backbone_params": n_backbone,
+        "param_ratio": n_units / n_backbone,
+        "fwd_backbone_ms": 1e3 * med(fwd["backbone"]),
+        "fwd_spt_ms": 1e3 * med(fwd["spt"]),
+        "fwd_ratio": med(fwd["spt"]) / med(fwd["backbone"]),
+        "step_full_ms": 1e3 * med(step["full"]),
+        "step_spt_ms": 1e3 * med(step["spt"]),
+        "step_speedup": med(step["full"]) / med(step["spt"]),
+        "optstate_full_mb": state["full"] / 2**20,
+        "optstate_spt_mb": state["spt"] / 2**20,
+        "optstate_saving": 1 - state["spt"] / state["full"],
+        "peak_full_mb": peak["full"] / 2**20,
+        "peak_spt_mb": peak["spt"] / 2**20,
+        "peak_saving": 1 - peak["spt"] / peak["full"],
+        **extra,
+    }
+
+
+def training_memory(model, opt, x, prior, target, device: str) -> int:
+    """Bytes one training step holds at its peak beyond the model's weights: tensors saved for
+    backward (counted once per storage) + parameter gradients + optimizer state. Exact and
+    device-independent; on CUDA the allocator's peak is measured as well."""
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        if t.device.type != "meta":
+            storage = t.untyped_storage()
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = call(model, x, prior)
+    t = target if out.shape == target.shape else torch.zeros_like(out)
+    loss = (out - t).abs().mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    activations = sum(n for ptr, n in saved.items() if ptr not in params)  # weights are not activations
+    grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+    return activations + grads + optimizer_state_bytes(opt)
+
+
+def cuda_peak(model, opt, x, prior, target) -> int:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    train_step(model, opt, x, prior, target)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
+    defaults = SPTConfig()
+    parser.add_argument("--fusion", default=defaults.fusion)
+    parser.add_argument("--hidden", type=int, default=defaults.hidden)
+    parser.add_argument("--depth", type=int, default=defaults.depth)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = SPTConfig(fusion=args.fusion, hidden=args.hidden, depth=args.depth)
+    print(f"# spt-adapter {spt_adapter.__version__}, torch {torch.__version__}, device {args.device}, "
+          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(f"# unit config: fusion={config.fusion} hidden={config.hidden} depth={config.depth}; "
+          f"batch {args.batch}, input {args.size}x{args.size}, median of {args.repeats}")
+    rows = [measure(name, args, config) for name in args.models]
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    header = ("model", "units/backbone params", "forward +SPT / backbone", "train step full / SPT",
+              "Adam state SPT vs full", "train memory SPT vs full")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print(f"| {r['model']} | {r['unit_params']:,} / {r['backbone_params']:,} = {100 * r['param_ratio']:.2f} % "
+              f"| {r['fwd_spt_ms']:.1f} / {r['fwd_backbone_ms']:.1f} ms = {r['fwd_ratio']:.3f}x "
+              f"| {r['step_full_ms']:.0f} / {r['step_spt_ms']:.0f} ms = {r['step_speedup']:.2f}x faster "
+              f"| {r['optstate_spt_mb']:.3f} vs {r['optstate_full_mb']:.2f} MB = {100 * r['optstate_saving']:.1f} % less "
+              f"| {r['peak_spt_mb']:.0f} vs {r['peak_full_mb']:.0f} MB = {100 * r['peak_saving']:.1f} % less |")
+    targets = {"params <= 3 %": all(r["param_ratio"] <= 0.03 for r in rows),
+               "forward <= +5 %": all(r["fwd_ratio"] <= 1.05 for r in rows),
+               "train step >= 1.5x": all(r["step_speedup"] >= 1.5 for r in rows),
+               "optimizer state >= 40 % less": all(r["optstate_saving"] >= 0.40 for r in rows)}
+    print("targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in targets.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
