@@ -7,9 +7,8 @@ crop and the flips, and replays BasicSR's own ``paired_random_crop`` and ``augme
 with that state. The replay is checked on the LQ image itself, so a mismatch can never pass
 silently.
 
-Options: everything PairedImageDataset takes, plus ``spt_prior`` (the ``spt.prior`` block; by
-default the model's ``spt.prior`` is copied in by :func:`spt_adapter.integrations.basicsr.train.main`
-— set it per dataset to override).
+Options: everything PairedImageDataset takes, plus ``spt_prior`` (same keys as ``spt.prior``; a
+YAML anchor shares one block: ``prior: &prior {...}`` in ``spt`` and ``spt_prior: *prior`` here).
 """
 
 from __future__ import annotations
@@ -36,8 +35,7 @@ class SPTPairedImageDataset(PairedImageDataset):
         if block is None:
             raise ConfigError(
                 f"dataset {opt.get('name')!r} of type SPTPairedImageDataset needs the prior settings: add "
-                "`spt_prior:` (same keys as spt.prior) or run through `python -m spt_adapter.integrations.basicsr.train`, "
-                "which copies spt.prior into it"
+                "`spt_prior:` (same keys as spt.prior; a YAML anchor can share the block)"
             )
         self.prior_spec = parse_spt_block({"prior": dict(block)}, "spt_prior").prior
         self.prior_source = PriorSource(self.prior_spec)
