@@ -7,7 +7,8 @@ import os
 
 import pytest
 import torch
-import yaml
+
+yaml = pytest.importorskip("yaml")
 
 import spt_adapter
 from spt_adapter.integrations._options import parse_spt_block
