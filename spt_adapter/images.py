@@ -1,0 +1,201 @@
+"""Image reading and conversion shared by the prior pipeline, datasets and benchmarks.
+
+Every consumer of pixels in spt-adapter wants the same thing: an ``HxWx3 uint8`` RGB array.
+:func:`to_rgb_uint8` converts what can be converted without guessing (grey, grey+alpha, RGB,
+RGBA; uint8, uint16, bool-free floats in [0, 1]) and refuses everything else with a message that
+names the input. :func:`imresize_bicubic` is MATLAB's ``imresize(..., 'bicubic')`` (antialiased
+when shrinking), the convention the super-resolution literature uses to make LR images.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SPTError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class ImageError(SPTError, ValueError):
+    """An image cannot be read or converted to HxWx3 uint8 RGB."""
+
+
+def to_rgb_uint8(image, name: str = "image") -> np.ndarray:
+    """Return ``image`` as a C-contiguous ``HxWx3 uint8`` RGB array.
+
+    Accepted: ``HxW`` / ``HxWx1`` grey (replicated to 3 channels), ``HxWx2`` grey+alpha and
+    ``HxWx4`` RGBA (alpha dropped: the colour is kept as stored), ``HxWx3`` RGB; dtypes uint8,
+    uint16 (scaled by 255/65535 and rounded) and float16/32/64 in [0, 1] (scaled by 255 and
+    rounded). Refused with :class:`ImageError`: zero-size images, other channel counts, bool,
+    signed integers, floats outside [0, 1] or with NaN/Inf, torch tensors in CHW order (convert them
+    explicitly).
+    """
+    if hasattr(image, "detach") and hasattr(image, "numpy"):
+        raise ImageError(f"{name}: got a torch tensor; pass an HxWxC numpy array (e.g. t.permute(1, 2, 0).numpy())")
+    arr = np.asarray(image)
+    if arr.ndim not in (2, 3):
+        raise ImageError(f"{name}: expected an HxW or HxWxC image, got an array of shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageError(f"{name}: the image is empty (shape {arr.shape})")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    channels = arr.shape[2]
+    if channels not in (1, 2, 3, 4):
+        raise ImageError(f"{name}: {channels} channels; expected 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA)")
+    if channels in (2, 4):
+        arr = arr[:, :, : channels - 1]
+    if arr.dtype == np.uint8:
+        out = arr
+    elif arr.dtype == np.uint16:
+        out = np.rint(arr.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+    elif arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise ImageError(f"{name}: float image contains NaN or Inf")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ImageError(
+                f"{name}: float images must lie in [0, 1], this one spans [{lo:.4g}, {hi:.4g}] "
+                "(divide by 255 if it holds 0-255 values)"
+            )
+        out = np.rint(arr.astype(np.float64) * 255.0).astype(np.uint8)
+    else:
+        raise ImageError(f"{name}: unsupported dtype {arr.dtype}; use uint8, uint16 or float in [0, 1]")
+    if out.shape[2] == 1:
+        out = np.repeat(out, 3, axis=2)
+    return np.ascontiguousarray(out)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as ``HxWx3 uint8`` RGB (16-bit files are scaled, not truncated)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such image file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: the file is empty (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im).astype(np.uint16 if im.mode.startswith("I;16") else np.int64)
+                if arr.dtype != np.uint16:
+                    if arr.min() < 0 or arr.max() > 65535:
+                        raise ImageError(f"{path}: 32-bit integer image with values outside 0..65535")
+                    arr = arr.astype(np.uint16)
+            elif im.mode in ("L", "LA", "RGB", "RGBA"):
+                arr = np.asarray(im)
+            elif im.mode == "F":
+                raise ImageError(f"{path}: 32-bit float image files are not supported; save as 8- or 16-bit")
+            else:
+                arr = np.asarray(im.convert("RGBA" if "A" in im.mode else "RGB"))
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: cannot be read as an image ({exc})") from exc
+    return to_rgb_uint8(arr, name=str(path))
+
+
+def list_images(inputs) -> list[Path]:
+    """Expand files, folders (non-recursive, sorted) and ``.txt`` file lists into image paths.
+
+    A ``.txt`` input holds one path per line (relative paths are taken from the list's folder;
+    blank lines and ``#`` comments are skipped). Order is kept; duplicates are dropped.
+    """
+    out: list[Path] = []
+    seen: set[Path] = set()
+
+    def add(p: Path) -> None:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+
+    for item in [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs:
+        p = Path(item)
+        if p.is_dir():
+            for child in sorted(p.iterdir()):
+                if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES:
+                    add(child)
+        elif p.suffix.lower() == ".txt" and p.is_file():
+            for line in p.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    q = Path(line)
+                    add(q if q.is_absolute() else p.parent / q)
+        elif p.exists() or p.suffix:
+            add(p)  # a missing file is reported by whoever reads it
+        else:
+            raise ImageError(f"{p}: no such file or folder")
+    return out
+
+
+# ---------------------------------------------------------------- MATLAB-style bicubic resize
+def _cubic(x: np.ndarray) -> np.ndarray:
+    ax = np.abs(x)
+    ax2, ax3 = ax * ax, ax * ax * ax
+    return (1.5 * ax3 - 2.5 * ax2 + 1.0) * (ax <= 1) + (-0.5 * ax3 + 2.5 * ax2 - 4.0 * ax + 2.0) * ((ax > 1) & (ax <= 2))
+
+
+def _contributions(in_len: int, out_len: int, scale: float):
+    kernel_width = 4.0
+    antialias = scale < 1
+    if antialias:
+        kernel_width /= scale
+    x = np.arange(1, out_len + 1, dtype=np.float64)
+    u = x / scale + 0.5 * (1.0 - 1.0 / scale)
+    left = np.floor(u - kernel_width / 2)
+    p = int(np.ceil(kernel_width)) + 2
+    idx = left[:, None] + np.arange(p, dtype=np.float64)[None, :]  # 1-based, like MATLAB
+    dist = u[:, None] - idx
+    w = scale * _cubic(dist * scale) if antialias else _cubic(dist)
+    w = w / w.sum(axis=1, keepdims=True)
+    aux = np.concatenate([np.arange(in_len), np.arange(in_len - 1, -1, -1)])  # symmetric padding
+    idx = aux[np.mod(idx.astype(np.int64) - 1, aux.size)]
+    keep = np.any(w != 0, axis=0)
+    return w[:, keep], idx[:, keep]
+
+
+def imresize_bicubic(image: np.ndarray, scale: float | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
+    """MATLAB ``imresize(image, scale, 'bicubic')``: antialiased when shrinking, symmetric borders.
+
+    ``image`` is ``HxW`` or ``HxWxC``; uint8 in -> uint8 out (rounded and clipped like MATLAB),
+    float in -> float64 out. Give ``scale`` (output = ceil(input * scale)) or ``size`` (H, W).
+    """
+    arr = np.asarray(image)
+    if arr.ndim not in (2, 3) or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageError(f"imresize_bicubic: expected a non-empty HxW or HxWxC image, got shape {arr.shape}")
+    h, w = arr.shape[:2]
+    if size is None:
+        if scale is None or scale <= 0:
+            raise ImageError("imresize_bicubic: give a positive scale or an output size")
+        out_h, out_w = int(np.ceil(h * scale)), int(np.ceil(w * scale))
+        sh = sw = float(scale)
+    else:
+        out_h, out_w = int(size[0]), int(size[1])
+        sh, sw = out_h / h, out_w / w
+    if out_h < 1 or out_w < 1:
+        raise ImageError(f"imresize_bicubic: output size {out_h}x{out_w} is empty")
+    x = arr.astype(np.float64)
+    squeeze = x.ndim == 2
+    if squeeze:
+        x = x[:, :, None]
+    # resize the dimension that shrinks most first, like MATLAB
+    order = (0, 1) if sh <= sw else (1, 0)
+    for dim in order:
+        n_in, n_out, s = (h, out_h, sh) if dim == 0 else (w, out_w, sw)
+        if n_in == n_out and s == 1.0:
+            continue
+        wts, idx = _contributions(n_in, n_out, s)
+        if dim == 0:
+            x = np.einsum("ok,okwc->owc", wts, x[idx])
+        else:
+            x = np.einsum("ok,hokc->hoc", wts, x[:, idx])
+    if squeeze:
+        x = x[:, :, 0]
+    if arr.dtype == np.uint8:
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    return x

@@ -1,0 +1,241 @@
+"""Content-addressed on-disk cache of masks and encoded priors.
+
+Layout under ``root``::
+
+    masks/ab/<mask key>.sptc     the provider's masks for one image (bit-packed)
+    priors/cd/<prior key>.sptc   one encoding of those masks, float32 (C, H, W)
+
+``mask key = sha256(image key + provider identity)``, where the image key is the sha256 of the
+decoded pixels (as the HxWx3 uint8 the provider sees) plus their shape and dtype, and the
+identity is the provider's JSON (model type, checkpoint sha256, every setting that changes the
+masks). ``prior key = sha256(mask key + encoding)``. A new encoding of an image whose masks are
+cached therefore never reruns SAM.
+
+Each entry is ``MAGIC + sha256(payload) + payload`` with ``payload`` a ``np.savez_compressed``
+archive (no pickle). Writes go through :func:`spt_adapter._io.atomic_write_bytes` (temporary file
++ rename), so several processes may fill the same cache at once: readers never see half a file,
+and two writers of one key write the same bytes. An entry whose checksum, header or contents do
+not verify is reported with a ``RuntimeWarning`` and recomputed, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .._io import atomic_write_bytes
+from ..images import to_rgb_uint8
+from .encode import encode_masks, parse_encoding
+
+MAGIC = b"SPTPRIOR1\n"
+FORMAT = 1
+
+
+class CorruptEntry(Exception):
+    pass
+
+
+def image_key(image) -> str:
+    img = to_rgb_uint8(image)
+    h = hashlib.sha256()
+    h.update(f"{img.shape}|{img.dtype.str}|".encode())
+    h.update(img.tobytes())
+    return h.hexdigest()
+
+
+def _identity_json(provider) -> str:
+    return json.dumps(provider.identity(), sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _pack(arrays: dict, meta: dict) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, __meta__=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8), **arrays)
+    payload = buf.getvalue()
+    return MAGIC + hashlib.sha256(payload).digest() + payload
+
+
+def _unpack(data: bytes) -> tuple[dict, dict]:
+    if not data.startswith(MAGIC):
+        raise CorruptEntry("not an spt-adapter cache entry (bad header)")
+    digest, payload = data[len(MAGIC) : len(MAGIC) + 32], data[len(MAGIC) + 32 :]
+    if len(digest) < 32 or hashlib.sha256(payload).digest() != digest:
+        raise CorruptEntry("checksum mismatch (truncated or modified)")
+    try:
+        with np.load(io.BytesIO(payload), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(arrays.pop("__meta__").tobytes().decode())
+    except Exception as exc:  # pragma: no cover - a valid checksum over a bad archive
+        raise CorruptEntry(f"unreadable archive ({exc})") from exc
+    return arrays, meta
+
+
+def masks_to_arrays(masks, shape) -> dict:
+    h, w = shape
+    n = len(masks)
+    seg = np.zeros((n, h, w), dtype=bool)
+    for i, m in enumerate(masks):
+        seg[i] = m["segmentation"]
+    def col(name, default, dtype, width=None):
+        vals = [m.get(name, default) for m in masks]
+        arr = np.asarray(vals, dtype=dtype)
+        return arr.reshape((n,) + ((width,) if width else ()))
+    return {
+        "bits": np.packbits(seg.reshape(n, -1), axis=1) if n else np.zeros((0, 0), np.uint8),
+        "shape": np.asarray([n, h, w], dtype=np.int64),
+        "bbox": col("bbox", [0, 0, 0, 0], np.float64, 4),
+        "predicted_iou": col("predicted_iou", 1.0, np.float64),
+        "stability_score": col("stability_score", 1.0, np.float64),
+        "point_coords": np.asarray([np.asarray(m.get("point_coords", [[0.0, 0.0]]), dtype=np.float64).reshape(-1)[:2] for m in masks], dtype=np.float64).reshape(n, 2),
+        "crop_box": col("crop_box", [0, 0, w, h], np.float64, 4),
+    }
+
+
+def arrays_to_masks(a: dict) -> list[dict]:
+    n, h, w = (int(v) for v in a["shape"])
+    if n == 0:
+        return []
+    seg = np.unpackbits(a["bits"], axis=1, count=h * w).reshape(n, h, w).astype(bool)
+    out = []
+    for i in range(n):
+        out.append({
+            "segmentation": seg[i],
+            "area": int(seg[i].sum()),
+            "bbox": [float(v) for v in a["bbox"][i]],
+            "predicted_iou": float(a["predicted_iou"][i]),
+            "stability_score": float(a["stability_score"][i]),
+            "point_coords": [[float(v) for v in a["point_coords"][i]]],
+            "crop_box": [float(v) for v in a["crop_box"][i]],
+        })
+    return out
+
+
+class PriorCache:
+    """``PriorCache(root)``: ``get_or_compute(image, provider, encoding="label") -> (C, H, W) float32``.
+
+    ``stats`` counts ``prior_hits`` (encoded prior read), ``mask_hits`` (masks read, encoding
+    recomputed), ``computed`` (provider ran) and ``corrupt`` (bad entries replaced).
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).expanduser()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.stats = {"prior_hits": 0, "mask_hits": 0, "computed": 0, "corrupt": 0}
+        self._ids: dict[int, tuple[object, str]] = {}
+
+    def __repr__(self) -> str:
+        return f"PriorCache({str(self.root)!r})"
+
+    # -- keys
+    def _identity(self, provider) -> str:
+        hit = self._ids.get(id(provider))
+        if hit is None or hit[0] is not provider:
+            hit = (provider, _identity_json(provider))
+            self._ids[id(provider)] = hit
+        return hit[1]
+
+    def mask_key(self, image, provider) -> str:
+        return hashlib.sha256(f"masks|{image_key(image)}|{self._identity(provider)}".encode()).hexdigest()
+
+    def prior_key(self, image, provider, encoding: str = "label") -> str:
+        parse_encoding(encoding)
+        return self._prior_key(self.mask_key(image, provider), encoding)
+
+    @staticmethod
+    def _prior_key(mask_key: str, encoding: str) -> str:
+        return hashlib.sha256(f"prior|{mask_key}|{encoding}|v{FORMAT}".encode()).hexdigest()
+
+    def _path(self, kind: str, key: str) -> Path:
+        return self.root / kind / key[:2] / f"{key}.sptc"
+
+    def contains(self, image, provider, encoding: str = "label") -> bool:
+        return self._path("priors", self.prior_key(image, provider, encoding)).is_file()
+
+    # -- entries
+    def _read(self, path: Path, expect: dict):
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            arrays, meta = _unpack(data)
+            for k, v in expect.items():
+                if meta.get(k) != v:
+                    raise CorruptEntry(f"entry is for another {k}")
+        except CorruptEntry as exc:
+            self.stats["corrupt"] += 1
+            warnings.warn(f"prior cache entry {path} is corrupt ({exc}); recomputing it", RuntimeWarning, stacklevel=3)
+            return None
+        return arrays
+
+    def _write(self, path: Path, arrays: dict, meta: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, _pack(arrays, meta))
+
+    def load_prior(self, key: str):
+        got = self._read(self._path("priors", key), {"key": key})
+        return None if got is None else got["prior"]
+
+    def get_masks(self, image, provider, _precomputed=None) -> list[dict]:
+        """The provider's masks for ``image`` (read from the cache, or computed and stored)."""
+        img = to_rgb_uint8(image)
+        key = self.mask_key(img, provider)
+        path = self._path("masks", key)
+        got = self._read(path, {"key": key})
+        if got is not None:
+            self.stats["mask_hits"] += 1
+            return arrays_to_masks(got)
+        masks = _precomputed if _precomputed is not None else provider.generate(img)
+        self.stats["computed"] += 1
+        self._write(path, masks_to_arrays(masks, img.shape[:2]),
+                    {"key": key, "kind": "masks", "identity": json.loads(self._identity(provider)), "shape": list(img.shape)})
+        return masks
+
+    def get_or_compute(self, image, provider, encoding: str = "label") -> np.ndarray:
+        """Encoded prior of ``image``: cached prior, else cached masks + encoding, else provider."""
+        return self.get_or_compute_many([image], provider, encoding)[0]
+
+    def get_or_compute_many(self, images, provider, encoding: str = "label", status: list | None = None) -> list[np.ndarray]:
+        """Like :meth:`get_or_compute` for several images; missing masks are computed with one
+        ``provider.generate_batch`` call (SAM then encodes several images per encoder call).
+        ``status`` (a list) receives ``"prior"``, ``"masks"`` or ``"computed"`` per image."""
+        parse_encoding(encoding)
+        imgs = [to_rgb_uint8(im) for im in images]
+        out: list = [None] * len(imgs)
+        states = [""] * len(imgs)
+        mkeys = [self.mask_key(im, provider) for im in imgs]
+        todo = []
+        for i, (im, mk) in enumerate(zip(imgs, mkeys)):
+            pk = self._prior_key(mk, encoding)
+            prior = self.load_prior(pk)
+            if prior is not None and prior.shape[1:] == im.shape[:2]:
+                self.stats["prior_hits"] += 1
+                out[i], states[i] = prior, "prior"
+                continue
+            got = self._read(self._path("masks", mk), {"key": mk})
+            if got is not None:
+                self.stats["mask_hits"] += 1
+                out[i], states[i] = self._encode_store(arrays_to_masks(got), im, mk, encoding), "masks"
+            else:
+                todo.append(i)
+        if todo:
+            gen = getattr(provider, "generate_batch", None)
+            batch = gen([imgs[i] for i in todo]) if gen else [provider.generate(imgs[i]) for i in todo]
+            for i, masks in zip(todo, batch):
+                self.get_masks(imgs[i], provider, _precomputed=masks)
+                out[i], states[i] = self._encode_store(masks, imgs[i], mkeys[i], encoding), "computed"
+        if status is not None:
+            status.extend(states)
+        return out
+
+    def _encode_store(self, masks, img, mask_key, encoding) -> np.ndarray:
+        prior = encode_masks(masks, kind=encoding, shape=img.shape[:2]).astype(np.float32)
+        pk = self._prior_key(mask_key, encoding)
+        self._write(self._path("priors", pk), {"prior": prior},
+                    {"key": pk, "kind": "prior", "mask_key": mask_key, "encoding": encoding})
+        return prior

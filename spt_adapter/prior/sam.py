@@ -1,0 +1,492 @@
+"""SAM mask provider over the real ``segment_anything`` package, with a faster automatic mask
+generator that returns exactly the masks of the stock ``SamAutomaticMaskGenerator``.
+
+Loading: ``sam_model_registry[model_type](checkpoint=None)`` builds the architecture, then the
+state dict is read with ``torch.load(path, map_location=device, weights_only=True)`` (works on
+CPU-only machines, never unpickles code) and loaded strictly. ``model_type`` is one of
+``vit_b``/``vit_l``/``vit_h`` (Meta's checkpoints) or ``vit_tiny`` (our toy size for tests, see
+:mod:`spt_adapter.prior.tiny`).
+
+Speed (:class:`FastMaskGenerator`), without changing a single output bit on CPU:
+- the image encoder runs on several images (or crops) per call;
+- the mask decoder's first two-way block computes its image-side projections (key/value of the
+  token->image attention, query of the image->token attention, ``image + pe``) once per image
+  instead of once per prompt, and never materialises the per-prompt copies of the embedding;
+- predicted-IoU filtering happens before the mask upscaling, so prompts whose three masks all
+  fail ``pred_iou_thresh`` are never upscaled, and only kept masks are resized to image size;
+- masks stay boolean tensors to the end (no run-length encoding round trip, no deep copies).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import PriorError, SPTError
+from ..images import to_rgb_uint8
+
+SAM_CHECKPOINTS_URL = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
+MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_tiny")
+_EMBED_DIM_TO_TYPE = {768: "vit_b", 1024: "vit_l", 1280: "vit_h", 64: "vit_tiny"}
+
+GENERATOR_SETTINGS = {  # name -> SamAutomaticMaskGenerator default
+    "points_per_side": 32,
+    "pred_iou_thresh": 0.88,
+    "stability_score_thresh": 0.95,
+    "stability_score_offset": 1.0,
+    "box_nms_thresh": 0.7,
+    "crop_n_layers": 0,
+    "crop_nms_thresh": 0.7,
+    "crop_overlap_ratio": 512 / 1500,
+    "crop_n_points_downscale_factor": 1,
+    "min_mask_region_area": 0,
+}
+SPEED_SETTINGS = {"points_per_batch": 64, "encoder_batch": 1}  # speed/memory only (see encoder_batch note)
+
+
+class SamUnavailableError(SPTError, ImportError):
+    """segment-anything (or torchvision) is not installed."""
+
+
+class SamCheckpointError(SPTError, ValueError):
+    """A SAM checkpoint is missing, unreadable, or does not fit the model type."""
+
+
+def require_segment_anything():
+    try:
+        import segment_anything  # noqa: F401
+        import torchvision  # noqa: F401
+    except ImportError as exc:
+        raise SamUnavailableError(
+            f"the SAM provider needs the segment-anything package ({exc}); install it with "
+            "`pip install spt-adapter[sam]`, or use --provider slic / felzenszwalb"
+        ) from exc
+    import segment_anything
+
+    return segment_anything
+
+
+def _builder(model_type: str):
+    if model_type not in MODEL_TYPES:
+        raise SamCheckpointError(f"unknown SAM model_type {model_type!r}; choose one of {', '.join(MODEL_TYPES)}")
+    if model_type == "vit_tiny":
+        from .tiny import build_sam_vit_tiny
+
+        return build_sam_vit_tiny
+    return require_segment_anything().sam_model_registry[model_type]
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _default_device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_sam(checkpoint, model_type: str = "vit_b", device=None):
+    """Build ``model_type`` with segment-anything's classes and load ``checkpoint`` into it.
+
+    Errors (each one :class:`SamCheckpointError` or :class:`SamUnavailableError`, one line): file
+    missing (says where checkpoints are published), not a weights-only torch file, not a state
+    dict, or a state dict for another model type (names both).
+    """
+    require_segment_anything()
+    import torch
+
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise SamCheckpointError(
+            f"SAM checkpoint {path} not found. Download one (e.g. sam_vit_b_01ec64.pth for model_type vit_b) from "
+            f"{SAM_CHECKPOINTS_URL} and install the SAM extra with `pip install spt-adapter[sam]`; "
+            "or write a tiny test checkpoint with `python tools/make_tiny_sam.py PATH` (model_type vit_tiny)"
+        )
+    build = _builder(model_type)
+    device = torch.device(device) if device is not None else _default_device()
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # pickle errors, truncated zip, foreign files ...
+        raise SamCheckpointError(
+            f"SAM checkpoint {path} cannot be read as a weights-only torch file ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SamCheckpointError(f"SAM checkpoint {path} does not hold a state dict of tensors (got {type(state).__name__})")
+    sam = build(checkpoint=None)
+    found = _guess_model_type(state)
+    try:
+        sam.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc).splitlines()[0]
+        guess = f"it holds a {found!r} model (pass model_type={found!r})" if found else "its shapes match no known SAM model type"
+        raise SamCheckpointError(
+            f"SAM checkpoint {path} does not fit model_type {model_type!r}: {guess}; first mismatch: {first.strip()}"
+        ) from None
+    return sam.to(device).eval()
+
+
+def _guess_model_type(state: dict) -> str | None:
+    w = state.get("image_encoder.patch_embed.proj.weight")
+    if w is None or w.ndim != 4:
+        return None
+    return _EMBED_DIM_TO_TYPE.get(int(w.shape[0]))
+
+
+# ------------------------------------------------------------------------------ fast generator
+class FastMaskGenerator:
+    """Drop-in for ``SamAutomaticMaskGenerator(model, **settings)`` (binary_mask output) that
+    returns the same masks, in the same order, faster; ``generate_batch`` encodes several images
+    per image-encoder call. ``points_per_batch`` and ``encoder_batch`` only trade memory for speed.
+    """
+
+    def __init__(self, model, points_per_batch: int = 64, encoder_batch: int = 1, **settings) -> None:
+        require_segment_anything()
+        from segment_anything.utils.amg import build_all_layer_point_grids
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        unknown = sorted(set(settings) - set(GENERATOR_SETTINGS))
+        if unknown:
+            raise PriorError(f"unknown SAM generator setting(s) {unknown}; allowed: {sorted(GENERATOR_SETTINGS) + sorted(SPEED_SETTINGS)}")
+        s = {**GENERATOR_SETTINGS, **settings}
+        if s["points_per_side"] is None or int(s["points_per_side"]) < 1:
+            raise PriorError("points_per_side must be a positive integer")
+        if points_per_batch < 1 or encoder_batch < 1:
+            raise PriorError("points_per_batch and encoder_batch must be >= 1")
+        if s["min_mask_region_area"] > 0:
+            try:
+                import cv2  # noqa: F401
+            except ImportError as exc:
+                raise SamUnavailableError("min_mask_region_area > 0 needs OpenCV (`pip install opencv-python-headless`)") from exc
+        self.model = model
+        self.settings = s
+        self.points_per_batch = int(points_per_batch)
+        self.encoder_batch = int(encoder_batch)
+        self.transform = ResizeLongestSide(model.image_encoder.img_size)
+        self.point_grids = build_all_layer_point_grids(
+            int(s["points_per_side"]), int(s["crop_n_layers"]), int(s["crop_n_points_downscale_factor"])
+        )
+
+    @property
+    def device(self):
+        return self.model.device
+
+    # -- image side
+    def _prepare(self, image: np.ndarray):
+        import torch
+
+        input_image = self.transform.apply_image(image)
+        t = torch.as_tensor(input_image, device=self.device).permute(2, 0, 1).contiguous()[None, :, :, :]
+        return self.model.preprocess(t), tuple(t.shape[-2:])
+
+    def _encode(self, crops: list[np.ndarray]):
+        import torch
+
+        feats, sizes = [], []
+        for start in range(0, len(crops), self.encoder_batch):
+            prepared = [self._prepare(c) for c in crops[start : start + self.encoder_batch]]
+            batch = torch.cat([p[0] for p in prepared], dim=0)
+            out = self.model.image_encoder(batch)
+            feats.extend(out[i : i + 1] for i in range(out.shape[0]))
+            sizes.extend(p[1] for p in prepared)
+        return feats, sizes
+
+    def generate(self, image) -> list[dict[str, Any]]:
+        return self.generate_batch([image])[0]
+
+    def generate_batch(self, images) -> list[list[dict[str, Any]]]:
+        import torch
+        from segment_anything.utils.amg import generate_crop_boxes
+
+        images = [to_rgb_uint8(im) for im in images]
+        jobs = []  # (image index, crop box, layer)
+        for i, im in enumerate(images):
+            boxes, layers = generate_crop_boxes(im.shape[:2], self.settings["crop_n_layers"], self.settings["crop_overlap_ratio"])
+            jobs.extend((i, b, l) for b, l in zip(boxes, layers))
+        results: list[list[dict]] = []
+        per_image: dict[int, list] = {i: [] for i in range(len(images))}
+        with torch.inference_mode():
+            for start in range(0, len(jobs), self.encoder_batch):
+                chunk = jobs[start : start + self.encoder_batch]
+                crops = [images[i][b[1] : b[3], b[0] : b[2], :] for i, b, _ in chunk]
+                feats, sizes = self._encode(crops)
+                for (i, box, layer), feat, in_size, crop in zip(chunk, feats, sizes, crops):
+                    per_image[i].append(self._process_crop(feat, in_size, crop.shape[:2], box, layer, images[i].shape[:2]))
+            for i in range(len(images)):
+                results.append(self._finish(per_image[i], images[i].shape[:2]))
+        return results
+
+    # -- prompt side
+    def _process_crop(self, features, input_size, crop_size, crop_box, layer, orig_size):
+        import torch
+        from segment_anything.utils.amg import uncrop_boxes_xyxy, uncrop_points
+        from torchvision.ops.boxes import batched_nms
+
+        points_scale = np.array(crop_size)[None, ::-1]
+        points_for_image = self.point_grids[layer] * points_scale
+        parts = []
+        shared = self._shared_image_side(features)
+        for b in range(0, len(points_for_image), self.points_per_batch):
+            part = self._process_batch(shared, points_for_image[b : b + self.points_per_batch], input_size, crop_size, crop_box, orig_size)
+            if part is not None:
+                parts.append(part)
+        data = _cat(parts, orig_size, self.device)
+        keep = batched_nms(data["boxes"].float(), data["iou_preds"], torch.zeros(len(data["boxes"])),
+                           iou_threshold=self.settings["box_nms_thresh"])
+        data = {k: v[keep] for k, v in data.items()}
+        data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
+        data["points"] = uncrop_points(data["points"], crop_box)
+        data["crop_boxes"] = torch.tensor([crop_box for _ in range(len(data["iou_preds"]))])
+        return data
+
+    def _shared_image_side(self, features):
+        """The parts of the decoder's first two-way block that depend on the image only."""
+        model = self.model
+        dec = model.mask_decoder
+        pe = model.prompt_encoder.get_dense_pe()
+        dense = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
+            1, -1, model.prompt_encoder.image_embedding_size[0], model.prompt_encoder.image_embedding_size[1])
+        src = features + dense
+        b, c, h, w = src.shape
+        keys = src.flatten(2).permute(0, 2, 1)
+        key_pe = pe.flatten(2).permute(0, 2, 1)
+        layer0 = dec.transformer.layers[0]
+        k = (keys + key_pe).contiguous()
+        t2i = layer0.cross_attn_token_to_image
+        i2t = layer0.cross_attn_image_to_token
+        return {
+            "keys": keys, "key_pe": key_pe, "hw": (c, h, w),
+            "t2i_k": t2i.k_proj(k), "t2i_v": t2i.v_proj(keys.contiguous()), "i2t_q": i2t.q_proj(k),
+        }
+
+    def _decode(self, shared, sparse):
+        """MaskDecoder.predict_masks up to (not including) the upscaling; returns what it needs."""
+        import torch
+
+        dec = self.model.mask_decoder
+        tr = dec.transformer
+        n = sparse.shape[0]
+        output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(n, -1, -1)
+        tokens = torch.cat((output_tokens, sparse), dim=1)
+        point_embedding = tokens
+        keys, key_pe = shared["keys"], shared["key_pe"]
+        layer0 = tr.layers[0]
+        # --- first block, image side shared across prompts
+        queries = tokens
+        if layer0.skip_first_layer_pe:
+            queries = layer0.self_attn(q=queries, k=queries, v=queries)
+        else:
+            attn_out = layer0.self_attn(q=queries + point_embedding, k=queries + point_embedding, v=queries)
+            queries = queries + attn_out
+        queries = layer0.norm1(queries)
+        q = queries + point_embedding
+        attn_out = _attention(layer0.cross_attn_token_to_image, layer0.cross_attn_token_to_image.q_proj(q),
+                              shared["t2i_k"].expand(n, -1, -1), shared["t2i_v"].expand(n, -1, -1))
+        queries = queries + attn_out
+        queries = layer0.norm2(queries)
+        queries = queries + layer0.mlp(queries)
+        queries = layer0.norm3(queries)
+        q = queries + point_embedding
+        i2t = layer0.cross_attn_image_to_token
+        attn_out = _attention(i2t, shared["i2t_q"].expand(n, -1, -1), i2t.k_proj(q), i2t.v_proj(queries))
+        keys = keys + attn_out
+        keys = layer0.norm4(keys)
+        # --- the remaining blocks exactly as segment-anything runs them
+        for layer in tr.layers[1:]:
+            queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=key_pe)
+        q = queries + point_embedding
+        k = keys + key_pe
+        attn_out = tr.final_attn_token_to_image(q=q, k=k, v=keys)
+        queries = queries + attn_out
+        queries = tr.norm_final_attn(queries)
+        iou_pred = dec.iou_prediction_head(queries[:, 0, :])
+        return queries, keys, iou_pred
+
+    def _upscale(self, shared, queries, keys):
+        import torch
+
+        dec = self.model.mask_decoder
+        c, h, w = shared["hw"]
+        b = keys.shape[0]
+        src = keys.transpose(1, 2).view(b, c, h, w)
+        upscaled = dec.output_upscaling(src)
+        mask_tokens_out = queries[:, 1 : (1 + dec.num_mask_tokens), :]
+        hyper_in = torch.stack([dec.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in range(dec.num_mask_tokens)], dim=1)
+        b, c, h, w = upscaled.shape
+        return (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+
+    def _process_batch(self, shared, points, input_size, crop_size, crop_box, orig_size):
+        import torch
+        from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score, is_box_near_crop_edge, uncrop_masks
+
+        s = self.settings
+        model = self.model
+        orig_h, orig_w = orig_size
+        coords = self.transform.apply_coords(points, crop_size)
+        in_points = torch.as_tensor(coords, device=self.device)
+        in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=self.device)
+        sparse, _ = model.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]), boxes=None, masks=None)
+        queries, keys, iou_all = self._decode(shared, sparse)
+        iou_pred = iou_all[:, 1:]  # multimask output
+        n_masks = iou_pred.shape[1]
+        keep = iou_pred.flatten() > s["pred_iou_thresh"] if s["pred_iou_thresh"] > 0.0 else torch.ones(iou_pred.numel(), dtype=torch.bool, device=iou_pred.device)
+        if not bool(keep.any()):
+            return None
+        prompt_needed = keep.view(-1, n_masks).any(dim=1)
+        idx = prompt_needed.nonzero().flatten()
+        low = self._upscale(shared, queries[idx], keys[idx])[:, 1:]  # (p, 3, h, w)
+        sel_keep = keep.view(-1, n_masks)[idx].flatten()
+        low = low.flatten(0, 1)[sel_keep][:, None]
+        masks = model.postprocess_masks(low, input_size, crop_size)[:, 0]
+        iou = iou_pred.flatten()[keep]
+        pts = torch.as_tensor(points.repeat(n_masks, axis=0))[keep.cpu()]
+        stability = calculate_stability_score(masks, model.mask_threshold, s["stability_score_offset"])
+        if s["stability_score_thresh"] > 0.0:
+            k2 = stability >= s["stability_score_thresh"]
+            masks, iou, pts, stability = masks[k2], iou[k2], pts[k2.cpu()], stability[k2]
+        masks = masks > model.mask_threshold
+        boxes = batched_mask_to_box(masks)
+        k3 = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
+        if not torch.all(k3):
+            masks, iou, pts, stability, boxes = masks[k3], iou[k3], pts[k3.cpu()], stability[k3], boxes[k3]
+        masks = uncrop_masks(masks, crop_box, orig_h, orig_w)
+        return {"masks": masks, "iou_preds": iou, "points": pts, "stability_score": stability, "boxes": boxes}
+
+    def _finish(self, crop_datas, orig_size):
+        import torch
+        from segment_anything import SamAutomaticMaskGenerator
+        from segment_anything.utils.amg import MaskData, box_xyxy_to_xywh, mask_to_rle_pytorch, rle_to_mask
+        from torchvision.ops.boxes import batched_nms, box_area
+
+        s = self.settings
+        data = {}
+        for k in ("masks", "iou_preds", "points", "stability_score", "boxes", "crop_boxes"):
+            vals = [d[k].to(crop_datas[0][k].device) if k != "crop_boxes" else d[k] for d in crop_datas]
+            data[k] = torch.cat(vals, dim=0) if vals else torch.zeros(0)
+        if len(crop_datas) > 1:
+            scores = 1 / box_area(data["crop_boxes"])
+            scores = scores.to(data["boxes"].device)
+            keep = batched_nms(data["boxes"].float(), scores, torch.zeros(len(data["boxes"])), iou_threshold=s["crop_nms_thresh"])
+            data = {k: v[keep.to(v.device)] for k, v in data.items()}
+        masks = data.pop("masks")
+        if s["min_mask_region_area"] > 0 and len(masks):
+            md = MaskData(rles=mask_to_rle_pytorch(masks), **{k: v for k, v in data.items()})
+            md = SamAutomaticMaskGenerator.postprocess_small_regions(md, s["min_mask_region_area"], max(s["box_nms_thresh"], s["crop_nms_thresh"]))
+            md.to_numpy()
+            segs = [np.ascontiguousarray(rle_to_mask(r)) for r in md["rles"]]
+            data = {k: md[k] for k in data}
+        else:
+            data = {k: v.detach().cpu().numpy() for k, v in data.items()}
+            segs = list(masks.cpu().numpy())
+        out = []
+        for i, seg in enumerate(segs):
+            out.append({
+                "segmentation": seg,
+                "area": int(seg.sum()),
+                "bbox": box_xyxy_to_xywh(data["boxes"][i]).tolist(),
+                "predicted_iou": data["iou_preds"][i].item(),
+                "point_coords": [data["points"][i].tolist()],
+                "stability_score": data["stability_score"][i].item(),
+                "crop_box": box_xyxy_to_xywh(data["crop_boxes"][i]).tolist(),
+            })
+        return out
+
+
+def _attention(attn, q, k, v):
+    """segment_anything.modeling.transformer.Attention.forward after the three projections."""
+    import torch
+
+    q = attn._separate_heads(q, attn.num_heads)
+    k = attn._separate_heads(k, attn.num_heads)
+    v = attn._separate_heads(v, attn.num_heads)
+    _, _, _, c_per_head = q.shape
+    a = q @ k.permute(0, 1, 3, 2)
+    a = a / math.sqrt(c_per_head)
+    a = torch.softmax(a, dim=-1)
+    out = a @ v
+    out = attn._recombine_heads(out)
+    return attn.out_proj(out)
+
+
+def _cat(parts, orig_size, device):
+    import torch
+
+    if not parts:
+        h, w = orig_size
+        return {"masks": torch.zeros((0, h, w), dtype=torch.bool, device=device),
+                "iou_preds": torch.zeros(0, device=device), "points": torch.zeros((0, 2), dtype=torch.float64),
+                "stability_score": torch.zeros(0, device=device), "boxes": torch.zeros((0, 4), dtype=torch.long, device=device)}
+    return {k: torch.cat([p[k] for p in parts], dim=0) for k in parts[0]}
+
+
+# ------------------------------------------------------------------------------ provider
+class SamMaskProvider:
+    """``SamMaskProvider(checkpoint, model_type="vit_b", device=None, **generator_settings)``.
+
+    ``generator_settings``: SamAutomaticMaskGenerator's points_per_side, pred_iou_thresh,
+    stability_score_thresh, stability_score_offset, box_nms_thresh, crop_n_layers, crop_nms_thresh,
+    crop_overlap_ratio, crop_n_points_downscale_factor, min_mask_region_area (they define the
+    masks and are part of :meth:`identity`), plus points_per_batch and encoder_batch (speed only).
+    The model is loaded lazily on first use; the checkpoint's sha256 is computed once.
+    """
+
+    name = "sam"
+
+    def __init__(self, checkpoint, model_type: str = "vit_b", device=None, **generator_settings) -> None:
+        require_segment_anything()
+        if model_type not in MODEL_TYPES:
+            raise SamCheckpointError(f"unknown SAM model_type {model_type!r}; choose one of {', '.join(MODEL_TYPES)}")
+        self.checkpoint = Path(checkpoint).expanduser()
+        if not self.checkpoint.is_file():
+            load_sam(self.checkpoint, model_type)  # raises the "where to get checkpoints" error
+        self.model_type = model_type
+        self.device = device
+        speed = {k: generator_settings.pop(k) for k in list(generator_settings) if k in SPEED_SETTINGS}
+        unknown = sorted(set(generator_settings) - set(GENERATOR_SETTINGS))
+        if unknown:
+            raise PriorError(f"unknown SAM generator setting(s) {unknown}; allowed: {sorted(GENERATOR_SETTINGS) + sorted(SPEED_SETTINGS)}")
+        self.settings = {**GENERATOR_SETTINGS, **generator_settings}
+        self.speed = {**SPEED_SETTINGS, **speed}
+        self._sha256 = None
+        self._generator = None
+
+    @property
+    def checkpoint_sha256(self) -> str:
+        if self._sha256 is None:
+            self._sha256 = file_sha256(self.checkpoint)
+        return self._sha256
+
+    def identity(self) -> dict:
+        import segment_anything  # noqa: F401
+
+        return {"provider": "sam", "model_type": self.model_type, "checkpoint_sha256": self.checkpoint_sha256,
+                "settings": dict(sorted(self.settings.items())), "segment_anything": "1.0"}
+
+    @property
+    def generator(self) -> FastMaskGenerator:
+        if self._generator is None:
+            model = load_sam(self.checkpoint, self.model_type, self.device)
+            self._generator = FastMaskGenerator(model, **self.speed, **self.settings)
+        return self._generator
+
+    def generate(self, image) -> list[dict]:
+        return self.generator.generate(image)
+
+    def generate_batch(self, images) -> list[list[dict]]:
+        return self.generator.generate_batch(images)
+
+    def __repr__(self) -> str:
+        return f"SamMaskProvider({str(self.checkpoint)!r}, model_type={self.model_type!r})"
