@@ -10,7 +10,8 @@
 Importing this module registers SPT with PEFT, once, here and nowhere else. PEFT's
 ``PeftType`` is a closed enum, so registration adds the member ``SPT`` to it and fills PEFT's
 four mapping tables (through ``peft.utils.register_peft_method`` where it exists); it is guarded by
-the installed PEFT version (:data:`PEFT_SUPPORTED`) and fails with a clear message outside it.
+the installed PEFT version (:data:`PEFT_SUPPORTED`, ``peft>=0.21,<0.22``) and fails with a clear
+message outside it.
 
 The layers reuse the core: each target is wrapped by :class:`SPTPeftLayer`, a core
 :class:`~spt_adapter.inject.SPTLayer` (``base_layer`` + ``spt_units``) that is also a PEFT
@@ -43,8 +44,12 @@ from .config import SCHEMA_VERSION, SPTConfig
 from .errors import AdapterFileError, ConfigError, PriorError, SPTError, TargetError
 from .inject import PriorState, SPTLayer, apply_to_output, default_example_input, make_unit, probe_channels
 
-#: the PEFT versions this module's registration is written and tested for (the ``peft`` extra's pin)
-PEFT_SUPPORTED = ((0, 17), (0, 22))  # >= 0.17, < 0.22
+#: the PEFT versions this module is written and tested for (the ``peft`` extra's pin): >= 0.21, < 0.22.
+#: PEFT < 0.21 strips the adapter name from saved keys only in the second-to-last position
+#: (``x.lora_A.default.weight``); an SPT unit is a nested module (``x.spt_units.default.encoder.0.weight``),
+#: so those versions would save and reload wrong keys without an error. 0.21 delegates the key
+#: mapping to the tuner (``_remove_adapter_name_from_key``), which SPTPeftModel overrides.
+PEFT_SUPPORTED = ((0, 21), (0, 22))
 PEFT_TYPE_NAME = "SPT"
 PREFIX = "spt_"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"

@@ -85,14 +85,33 @@ def test_registered_once_in_peft_tables():
     assert spt_peft.SPTPeftConfig().peft_type is PeftType.SPT
 
 
-@pytest.mark.parametrize("version,ok", [("0.16.0", False), ("0.17.0", True), ("0.21.2", True),
-                                        ("0.22.0", False), ("1.0.0", False), ("0.17.1.dev0", True)])
+@pytest.mark.parametrize("version,ok", [("0.17.1", False), ("0.20.0", False), ("0.21.0", True), ("0.21.2", True),
+                                        ("0.21.3.dev0", True), ("0.22.0", False), ("1.0.0", False)])
 def test_version_guard(version, ok):
     if ok:
         assert spt_peft.check_peft_version(version) == version
     else:
-        with pytest.raises(SPTError, match=r"supports peft>=0\.17,<0\.22 but peft .* is installed: pip install"):
+        with pytest.raises(SPTError, match=r"supports peft>=0\.21,<0\.22 but peft .* is installed: pip install"):
             spt_peft.check_peft_version(version)
+
+
+def test_import_refuses_an_unsupported_peft_before_touching_it():
+    import subprocess
+    import sys
+
+    code = (
+        "import peft, spt_adapter\n"
+        "peft.__version__ = '0.20.0'\n"
+        "try:\n"
+        "    import spt_adapter.peft\n"
+        "except spt_adapter.SPTError as exc:\n"
+        "    from peft.utils import PeftType\n"
+        "    print('REFUSED', exc, 'SPT' in PeftType._member_map_)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "REFUSED spt_adapter.peft supports peft>=0.21,<0.22 but peft 0.20.0 is installed" in res.stdout
+    assert res.stdout.strip().endswith("False")  # PeftType left untouched
 
 
 def test_installed_peft_is_in_the_supported_range():
