@@ -207,6 +207,16 @@ def test_atomic_save_keeps_the_previous_file_on_failure(trained, tmp_path, monke
         model.save_adapter(tmp_path / "nope" / "a.safetensors")
 
 
+def test_saved_files_get_the_usual_permissions(trained, tmp_path):
+    old = os.umask(0o022)
+    try:
+        target = tmp_path / "shared.safetensors"
+        spt_adapter.load_adapter(fresh(trained), trained["path"]).save_adapter(target)
+    finally:
+        os.umask(old)
+    assert target.stat().st_mode & 0o777 == 0o644
+
+
 def test_file_size_is_bounded_by_unit_parameters(trained):
     tensors = adapter_tensors(spt_adapter.load_adapter(fresh(trained), trained["path"]))
     n = sum(t.numel() for t in tensors.values())
