@@ -8,7 +8,8 @@
 * ``save`` writes deltas ``<iter>_G.safetensors`` / ``<iter>_E.safetensors`` (+ KAIR's optimizer
   state); ``load`` resumes from the newest deltas in ``path.models``;
 * KAIR's loop never ends by itself: ``train.spt_stop_after: N`` stops it cleanly after N
-  iterations (the launcher catches :class:`StopTraining`).
+  iterations (the launcher catches :class:`StopTraining`);
+* ``"gpu_ids": []`` trains on the CPU (see :func:`model_options`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import re
 import torch
 
 import spt_adapter
+
+from spt_adapter.errors import ConfigError
 
 from .._checkpoint import read_state_dict
 from .._netio import attach_units, bare, copy_units, load_backbone_state, load_units
@@ -40,11 +43,32 @@ def last_delta(models_dir: str, net_type: str) -> tuple[int, str | None]:
     return max(found) if found else (0, None)
 
 
+def model_options(opt: dict) -> dict:
+    """The options the model is built with: KAIR's device choice, made consistent for the CPU.
+
+    KAIR's ``utils_option.parse`` needs ``gpu_ids`` to be a list (it exports it as
+    ``CUDA_VISIBLE_DEVICES`` and sets ``num_gpu = len(gpu_ids)``), but ``ModelBase.__init__`` picks
+    ``'cuda'`` for *any* list (``gpu_ids is not None``), even ``[]`` -- while KAIR's own
+    ``define_F`` picks the CPU for ``[]``. So ``"gpu_ids": []`` means "train on the CPU": the model
+    gets a copy of the options with ``gpu_ids = None``, ModelBase's own CPU branch (the checkout is
+    not modified). A non-empty ``gpu_ids`` without a usable CUDA device is a clear error.
+    """
+    gpu_ids = opt.get("gpu_ids")
+    if gpu_ids is not None and len(gpu_ids) == 0:
+        opt = type(opt)(opt)  # NoneDict stays a NoneDict; main_train_psnr.py keeps its own dict
+        opt["gpu_ids"] = None
+    elif gpu_ids and not torch.cuda.is_available():  # parse() has set CUDA_VISIBLE_DEVICES by now
+        raise ConfigError(f'KAIR options ask for GPUs "gpu_ids": {list(gpu_ids)} but PyTorch sees no CUDA device; '
+                          'set "gpu_ids": [] to train on the CPU')
+    return opt
+
+
 def make_model_class(model_plain: type) -> type:
     """Subclass the checkout's ``models.model_plain.ModelPlain``."""
 
     class SPTModelPlain(model_plain):
         def __init__(self, opt):
+            opt = model_options(opt)
             self.spt = spt_options(opt)
             self.spt_stop_after = int(opt["train"].get("spt_stop_after") or 0)
             super().__init__(opt)

@@ -30,6 +30,16 @@ def read_options(path: str | os.PathLike) -> "OrderedDict[str, Any]":
         raise ConfigError(f"KAIR options {path} are not valid JSON after removing // comments: {exc}") from None
 
 
+def check_gpu_ids(opt: dict) -> None:
+    """KAIR's ``parse`` iterates ``gpu_ids`` (it exports ``CUDA_VISIBLE_DEVICES``): it must be a
+    list; ``[]`` trains on the CPU. Checked before KAIR reads the file, without touching CUDA (so
+    that KAIR's ``CUDA_VISIBLE_DEVICES`` still takes effect)."""
+    gpu_ids = opt.get("gpu_ids")
+    if not isinstance(gpu_ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in gpu_ids):
+        raise ConfigError(f'KAIR options need "gpu_ids" as a list of GPU numbers, got {gpu_ids!r}: '
+                          'e.g. [0] for GPU 0, or [] to train on the CPU')
+
+
 def spt_options(opt: dict) -> SPTOptions:
     """The parsed ``"spt"`` block of a KAIR options dict; KAIR needs ``spt.backbone`` because
     ``main_train_psnr.py`` replaces ``path.pretrained_netG`` by the last checkpoint it finds."""

@@ -12,6 +12,9 @@ then wraps two KAIR factories before running ``main_train_psnr.py`` unchanged (`
   ``L`` tensor through the prior cache (KAIR makes LQ patches on the fly: noise, bicubic, random
   crops), so the prior always matches the network's input.
 
+``"gpu_ids": []`` trains on the CPU (KAIR's ModelBase would pick CUDA for any list; the model is
+given ``gpu_ids = None``, KAIR's own CPU branch -- see :func:`.model.model_options`).
+
 Every other part — option parsing, loaders, losses, optimizer, logging, PSNR — is KAIR's code.
 """
 
@@ -27,7 +30,7 @@ import torch
 
 from spt_adapter.errors import ConfigError, SPTError
 
-from .options import read_options, spt_options
+from .options import check_gpu_ids, read_options, spt_options
 
 
 class PriorDataset(torch.utils.data.Dataset):
@@ -63,6 +66,7 @@ def install(opt: dict) -> None:
     from .model import make_model_class
 
     options = spt_options(opt)
+    check_gpu_ids(opt)
     import data.select_dataset as select_dataset
     import models.select_model as select_model
     from models.model_plain import ModelPlain
