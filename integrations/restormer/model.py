@@ -29,6 +29,16 @@ def priors_for(batch: torch.Tensor, source: PriorSource) -> torch.Tensor:
     return torch.stack(out).to(batch.device)
 
 
+def pad_prior_like(prior: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """The prior of ``lq`` for Restormer's ``pad_test`` input: ``pad_test`` reflect-pads ``lq`` at the
+    bottom/right to a multiple of ``window_size``; the prior is padded the same way, so that it stays
+    aligned pixel for pixel (instead of being stretched to the padded size)."""
+    dh, dw = image.shape[-2] - prior.shape[-2], image.shape[-1] - prior.shape[-1]
+    if (dh, dw) == (0, 0) or dh < 0 or dw < 0:
+        return prior
+    return torch.nn.functional.pad(prior, (0, dw, 0, dh), mode="reflect")
+
+
 def make_model_class(image_clean_model: type) -> type:
     """Subclass the checkout's ``ImageCleanModel``."""
     from os import path as osp
@@ -110,7 +120,7 @@ def make_model_class(image_clean_model: type) -> type:
 
         def nonpad_test(self, img=None):
             net = self.net_g_ema if hasattr(self, "net_g_ema") else bare(self.net_g)
-            with net.use_prior(self.prior):
+            with net.use_prior(self.prior if img is None else pad_prior_like(self.prior, img)):
                 super().nonpad_test(img)
 
         def save(self, epoch, current_iter):

@@ -53,7 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         print("spt-adapter: error: the restormer plugin did not register (is this a Restormer checkout?)", file=sys.stderr)
         return 2
     sys.argv = [script, *(sys.argv[1:] if argv is None else argv)]
-    runpy.run_path(script, run_name="__main__")
+    from spt_adapter.errors import SPTError
+
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SPTError as exc:  # a user error (options, backbone file): one line, like the other launchers
+        print(f"spt-adapter: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
