@@ -45,13 +45,13 @@ class DemoSettings:
     image_size: int = 192          # longer side of each image after resizing
     backbone_embed: int = 32
     backbone_depths: tuple[int, ...] = (2, 2)
-    backbone_iters: int = 300
+    backbone_iters: int = 200
     backbone_batch: int = 8
-    backbone_patch: int = 48
+    backbone_patch: int = 32
     backbone_lr: float = 2e-3
     spt_iters: int = 150
     spt_batch: int = 8
-    spt_patch: int = 48
+    spt_patch: int = 32
     spt_lr: float = 2e-3
     hidden: int = 16
     fusion: str = "sft"
@@ -270,7 +270,7 @@ def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = No
     import spt_adapter
     from .commands.train import default_cache_root, make_dataset
     from .config import SPTConfig
-    from .evaluate import evaluate, make_val_fn, restore
+    from .evaluate import evaluate, make_val_fn
     from .metrics import to_uint8
     from .prior import make_provider
     from .prior.cache import PriorCache
@@ -339,14 +339,12 @@ def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = No
 
     log("[5/5] evaluation on the held-out images")
     ev = evaluate(spt, test_samples, task, out / "eval", crops=len(test_samples), crop_size=96, progress=progress,
-                  total=len(test_samples))
+                  total=len(test_samples), keep_outputs=True)
     paths["table"] = ev.table_md
     paths["table_csv"] = ev.table_csv
 
     rows = []
-    for sample, row in zip(test_samples, ev.rows):
-        base8 = to_uint8(restore(spt, sample["lq"], sample["prior"], backbone_only=True))
-        spt8 = to_uint8(restore(spt, sample["lq"], sample["prior"]))
+    for sample, row, (base8, spt8) in zip(test_samples, ev.rows, ev.outputs):
         rows.append([("LQ (noisy, sigma 25)", to_uint8(sample["lq"])),
                      (f"backbone {row['backbone_psnr']:.2f} dB", base8),
                      (f"+SPT {row['spt_psnr']:.2f} dB", spt8),

@@ -76,6 +76,7 @@ class EvalResult:
     table_csv: Path | None = None
     crops: list[Path] = field(default_factory=list)
     images: list[Path] = field(default_factory=list)
+    outputs: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (backbone, +SPT) uint8, on request
 
     @property
     def delta_psnr(self) -> float:
@@ -151,11 +152,13 @@ def evaluate(
     multiple: int = 16,
     progress: bool = True,
     total: int | None = None,
+    keep_outputs: bool = False,
 ) -> EvalResult:
     """Score backbone (adapter disabled) and backbone + SPT on every sample (dicts with ``lq``,
     ``gt``, ``prior``, ``path``; full images). With ``out_dir``: ``eval.md``, ``eval.csv``, the
     first ``crops`` comparison crops (``crops/<image>.png``: LQ | backbone | +SPT | GT, at the
-    backbone's worst region) and, with ``save_images``, both outputs of every image."""
+    backbone's worst region) and, with ``save_images``, both outputs of every image.
+    ``keep_outputs`` keeps both uint8 outputs of every image in ``result.outputs``."""
     scale = task_scale(task)
     settings = metrics.metric_settings(task)
     out = Path(out_dir) if out_dir is not None else None
@@ -185,6 +188,8 @@ def evaluate(
                 "spt_ssim": metrics.ssim(spt8, gt8, **settings),
             }
             result.rows.append(row)
+            if keep_outputs:
+                result.outputs.append((base8, spt8))
             if out is not None:
                 if k < crops:
                     err = np.abs(base8.astype(np.float32) - gt8.astype(np.float32)).mean(axis=2)

@@ -297,12 +297,16 @@ def run(args) -> int:
     try:
         provider = build_provider(args, device=info.device if args.provider == "sam" else None)
         cache = prior_cache(args)
+        if info.distributed and not info.is_main:
+            torch.distributed.barrier()  # the main process fills the prior cache first; the others read it
         dataset = build_dataset(args, args.data, provider, cache, train=True, patch=args.patch)
+        val_set = build_dataset(args, args.val, provider, cache, train=False) if args.val else None
+        if info.distributed and info.is_main:
+            torch.distributed.barrier()
         if len(dataset) == 0:
             raise SPTError(f"--data {args.data}: the dataset is empty")
         val_fn = None
-        if args.val:
-            val_set = build_dataset(args, args.val, provider, cache, train=False)
+        if val_set is not None:
             val_fn = make_val_fn(lambda: (val_set[i] for i in range(len(val_set))), args.task)
         from ..prior.encode import encoding_channels
 
