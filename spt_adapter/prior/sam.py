@@ -263,12 +263,12 @@ class FastMaskGenerator:
         keys = src.flatten(2).permute(0, 2, 1)
         key_pe = pe.flatten(2).permute(0, 2, 1)
         layer0 = dec.transformer.layers[0]
-        k = (keys + key_pe).contiguous()
+        k = keys + key_pe  # keep segment-anything's (permuted) memory layout: same GEMM, same bits
         t2i = layer0.cross_attn_token_to_image
         i2t = layer0.cross_attn_image_to_token
         return {
             "keys": keys, "key_pe": key_pe, "hw": (c, h, w),
-            "t2i_k": t2i.k_proj(k), "t2i_v": t2i.v_proj(keys.contiguous()), "i2t_q": i2t.q_proj(k),
+            "t2i_k": t2i.k_proj(k), "t2i_v": t2i.v_proj(keys), "i2t_q": i2t.q_proj(k),
         }
 
     def _decode(self, shared, sparse):

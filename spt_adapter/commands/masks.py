@@ -1,0 +1,159 @@
+"""`spt-adapter masks`: compute and cache the prior of every image (resumable, shardable)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+HELP = "precompute masks + priors for images into a cache (SAM or a classical segmenter)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, or .txt lists of paths")
+    parser.add_argument("--provider", choices=("sam", "slic", "felzenszwalb"), default="sam", help="mask provider (default: sam)")
+    parser.add_argument("--checkpoint", help="SAM checkpoint .pth (e.g. sam_vit_b_01ec64.pth)")
+    parser.add_argument("--model-type", default="vit_b", help="SAM model type: vit_b, vit_l, vit_h, or vit_tiny (tools/make_tiny_sam.py)")
+    parser.add_argument("--device", default=None, help="torch device for SAM (default: cuda[:LOCAL_RANK] if available, else cpu)")
+    parser.add_argument("--cache", required=True, help="cache folder (PriorCache root)")
+    parser.add_argument("--encoding", default="label", help="label | onehot[:K] | boundary (default: label)")
+    parser.add_argument("--degrade", default=None, metavar="TASK",
+                        help="compute priors on the LQ image a PairedPriorDataset makes: denoise:<sigma> or sr:<scale>")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed for --degrade denoise (same as the dataset's seed)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="provider setting, repeatable (e.g. points_per_side=16, pred_iou_thresh=0.8, n_segments=100)")
+    parser.add_argument("--batch", type=int, default=1, help="images per provider call (default 1)")
+    parser.add_argument("--num-shards", type=int, default=None, help="split the image list in N shards (default: $WORLD_SIZE or 1)")
+    parser.add_argument("--shard-index", type=int, default=None, help="which shard this process does (default: $RANK or 0)")
+    parser.add_argument("--strict", action="store_true", help="exit with status 1 if any image failed")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _value(text: str):
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_settings(items) -> dict:
+    from ..errors import ConfigError
+
+    out = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = _value(val.strip())
+    return out
+
+
+def shard_of(n_items: int, num_shards: int | None, shard_index: int | None, env=None) -> tuple[int, int]:
+    from ..errors import ConfigError
+
+    env = os.environ if env is None else env
+    if num_shards is None:
+        num_shards = int(env.get("WORLD_SIZE", "1") or 1)
+        if shard_index is None:
+            shard_index = int(env.get("RANK", "0") or 0)
+    if shard_index is None:
+        shard_index = 0
+    if num_shards < 1 or not (0 <= shard_index < num_shards):
+        raise ConfigError(f"--shard-index must be in 0..{num_shards - 1} for --num-shards {num_shards}, got {shard_index}")
+    return num_shards, shard_index
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from ..data import degrade, parse_task
+    from ..errors import ConfigError, SPTError
+    from ..images import list_images, read_image
+    from ..prior import PriorCache, make_provider, parse_encoding
+
+    parse_encoding(args.encoding)
+    task = parse_task(args.degrade) if args.degrade else None
+    if args.batch < 1:
+        raise ConfigError("--batch must be >= 1")
+    settings = parse_settings(args.set)
+    device = args.device
+    if args.provider == "sam" and device is None and "LOCAL_RANK" in os.environ:
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    try:
+        provider = make_provider(args.provider, checkpoint=args.checkpoint, model_type=args.model_type, device=device, **settings)
+    except TypeError as exc:
+        raise ConfigError(f"bad --set for provider {args.provider}: {exc}") from None
+    paths = list_images(args.inputs)
+    num_shards, shard_index = shard_of(len(paths), args.num_shards, args.shard_index)
+    mine = paths[shard_index::num_shards]
+    cache = PriorCache(args.cache)
+    what = f"{args.provider}" + (f" {args.model_type}" if args.provider == "sam" else "") + f", encoding {args.encoding}"
+    if task:
+        what += f", on LQ of {task} (seed {args.seed})"
+    shard = f" (shard {shard_index}/{num_shards}: {len(mine)} of {len(paths)} images)" if num_shards > 1 else ""
+    print(f"masks: {len(mine)} image(s){shard}, {what} -> {cache.root}", file=sys.stderr)
+
+    counts = {"computed": 0, "reused": 0, "re-encoded": 0, "failed": 0}
+    failures: list[tuple[str, str]] = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(mine), unit="img", disable=args.no_progress, dynamic_ncols=True, file=sys.stderr)
+
+    def flush(batch):
+        if not batch:
+            return
+        status: list[str] = []
+        try:
+            cache.get_or_compute_many([img for _, img in batch], provider, args.encoding, status=status)
+        except SPTError:
+            raise
+        except Exception as exc:  # one bad image in a batch: retry one by one to isolate it
+            if len(batch) > 1:
+                for one in batch:
+                    flush([one])
+                return
+            counts["failed"] += 1
+            failures.append((str(batch[0][0]), f"{type(exc).__name__}: {exc}"))
+            bar.update(1)
+            return
+        for s in status:
+            counts["computed" if s == "computed" else "reused"] += 1
+            counts["re-encoded"] += s == "masks"
+        bar.update(len(batch))
+        bar.set_postfix(computed=counts["computed"], reused=counts["reused"], failed=counts["failed"], refresh=False)
+
+    pending = []
+    for path in mine:
+        try:
+            img = read_image(path)
+            if task is not None:
+                _, img = degrade(img, task, args.seed)
+        except SPTError as exc:
+            counts["failed"] += 1
+            failures.append((str(path), str(exc)))
+            bar.update(1)
+            continue
+        pending.append((path, img))
+        if len(pending) >= args.batch:
+            flush(pending)
+            pending = []
+    flush(pending)
+    bar.close()
+    dt = time.perf_counter() - t0
+    print(f"masks: computed {counts['computed']}, reused {counts['reused']}"
+          + (f" ({counts['re-encoded']} encoded from cached masks)" if counts["re-encoded"] else "")
+          + f", failed {counts['failed']} in {dt:.1f}s", file=sys.stderr)
+    for path, reason in failures:
+        print(f"  failed: {path}: {reason}", file=sys.stderr)
+    if cache.stats["corrupt"]:
+        print(f"  {cache.stats['corrupt']} corrupt cache entr(y/ies) were recomputed", file=sys.stderr)
+    return 1 if (args.strict and failures) else 0

@@ -1,0 +1,195 @@
+"""Paired (LQ, GT, prior) datasets for denoising and bicubic super-resolution.
+
+    from spt_adapter.data import PairedPriorDataset
+    from spt_adapter.prior import ClassicalMaskProvider, PriorCache
+    ds = PairedPriorDataset("../shared/data/CBSD68", "denoise:25", PriorCache("priors"),
+                            ClassicalMaskProvider("slic"), patch_size=64, train=True)
+    item = ds[0]   # {"lq": (3,h,w), "gt": (3,H,W), "prior": (C,h,w), "path": str, ...}
+
+How LQ images are made (:func:`degrade`; ``spt-adapter masks --degrade`` makes the very same
+images, so their cache keys match):
+
+- ``denoise:<sigma>``: ``LQ = round(clip(GT + N(0, sigma/255), 0, 1) * 255)`` as uint8. The noise
+  is drawn from a generator seeded by ``(seed, sha256 of the GT pixels)``: fixed per image and
+  seed, in training too -- the prior is computed on the LQ image, so a new noise draw would
+  mean a new SAM run; use several seeds for several realisations.
+- ``sr:<scale>``: GT is cropped to a multiple of ``scale``; ``LQ = imresize_bicubic(GT, 1/scale)``
+  (MATLAB-style, uint8).
+
+The prior is computed on the LQ image (``oracle=True``: on the clean GT image) through the
+cache, so the provider runs once per image. ``prior_fn(image) -> (C, H, W)`` replaces provider
+and cache (e.g. a constant prior). The prior keeps the size of the image it was computed on
+(LQ size; GT size for ``oracle``) and gets the same crop / flips / rotation as ``lq`` and ``gt``.
+Tensors are float32 in [0, 1]; ``lq`` is the uint8 LQ image / 255.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SPTError
+from .images import imresize_bicubic, list_images, read_image, to_rgb_uint8
+
+
+class DataError(SPTError, ValueError):
+    """A dataset option or file is invalid."""
+
+
+@dataclass(frozen=True)
+class Task:
+    kind: str  # "denoise" | "sr"
+    sigma: float = 0.0
+    scale: int = 1
+
+    def __str__(self) -> str:
+        return f"denoise:{self.sigma:g}" if self.kind == "denoise" else f"sr:{self.scale}"
+
+
+def parse_task(task) -> Task:
+    """``"denoise:25"`` -> Task("denoise", sigma=25); ``"sr:4"`` -> Task("sr", scale=4)."""
+    if isinstance(task, Task):
+        return task
+    kind, _, arg = str(task).partition(":")
+    try:
+        if kind == "denoise":
+            sigma = float(arg)
+            if not (0 <= sigma <= 255):
+                raise ValueError
+            return Task("denoise", sigma=sigma)
+        if kind == "sr":
+            scale = int(arg)
+            if scale < 2 or scale > 8:
+                raise ValueError
+            return Task("sr", scale=scale)
+    except ValueError:
+        pass
+    raise DataError(f"task {task!r}: expected 'denoise:<sigma in 0..255>' or 'sr:<scale 2..8>'")
+
+
+def noise_seed(gt: np.ndarray, seed: int) -> int:
+    h = hashlib.sha256(f"spt-noise|{seed}|".encode())
+    h.update(f"{gt.shape}".encode())
+    h.update(np.ascontiguousarray(gt).tobytes())
+    return int.from_bytes(h.digest()[:8], "little")
+
+
+def mod_crop(gt: np.ndarray, scale: int) -> np.ndarray:
+    h, w = gt.shape[:2]
+    return gt[: h - h % scale, : w - w % scale]
+
+
+def degrade(gt, task, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(gt, lq)`` as HxWx3 uint8 for ``task`` (gt mod-cropped for SR); deterministic in ``seed``."""
+    task = parse_task(task)
+    gt = to_rgb_uint8(gt)
+    if task.kind == "denoise":
+        rng = np.random.default_rng(noise_seed(gt, seed))
+        noisy = gt.astype(np.float64) / 255.0 + rng.normal(0.0, task.sigma / 255.0, gt.shape)
+        return gt, np.rint(np.clip(noisy, 0.0, 1.0) * 255.0).astype(np.uint8)
+    gt = np.ascontiguousarray(mod_crop(gt, task.scale))
+    if gt.shape[0] < task.scale or gt.shape[1] < task.scale:
+        raise DataError(f"image of size {gt.shape[:2]} is smaller than the SR scale {task.scale}")
+    return gt, imresize_bicubic(gt, scale=1.0 / task.scale)
+
+
+def augment(arrays, hflip: bool, vflip: bool, rot90: bool):
+    """Apply the same flips / transpose to HxWxC (or HxW) arrays; returns contiguous copies."""
+    out = []
+    for a in arrays:
+        if hflip:
+            a = a[:, ::-1]
+        if vflip:
+            a = a[::-1]
+        if rot90:
+            a = a.swapaxes(0, 1)
+        out.append(np.ascontiguousarray(a))
+    return out
+
+
+class PairedPriorDataset:
+    """``PairedPriorDataset(root_or_paths, task, cache, provider, encoding="label", patch_size=None,
+    train=True, seed=0, oracle=False, prior_fn=None)``.
+
+    ``root_or_paths``: a folder, a ``.txt`` list or a list of image files. ``cache``: a
+    :class:`~spt_adapter.prior.PriorCache`, a folder for one, or None (compute every time).
+    ``patch_size``: LQ patch side (GT patch = scale x patch); random position in training, centre
+    crop otherwise; None = whole images. ``train``: random crop, horizontal/vertical flip and
+    90-degree rotation, drawn from torch's generator (so DataLoader workers differ and
+    ``torch.manual_seed`` reproduces them). Items: ``lq``, ``gt``, ``prior`` (float tensors CHW),
+    ``path`` and ``crop`` (top, left, hflip, vflip, rot90 in LQ pixels).
+    """
+
+    def __init__(self, root_or_paths, task, cache=None, provider=None, encoding: str = "label", patch_size=None,
+                 train: bool = True, seed: int = 0, oracle: bool = False, prior_fn=None) -> None:
+        from .prior import PriorCache, parse_encoding
+
+        self.paths = list_images(root_or_paths)
+        if not self.paths:
+            raise DataError(f"no images found in {root_or_paths!r}")
+        self.task = parse_task(task)
+        if prior_fn is None and provider is None:
+            raise DataError("give a mask provider (e.g. ClassicalMaskProvider('slic')) or prior_fn")
+        parse_encoding(encoding)
+        self.cache = PriorCache(cache) if isinstance(cache, (str, Path)) else cache
+        self.provider, self.encoding, self.prior_fn = provider, encoding, prior_fn
+        if patch_size is not None and int(patch_size) < 1:
+            raise DataError(f"patch_size must be positive, got {patch_size}")
+        self.patch_size = None if patch_size is None else int(patch_size)
+        self.train, self.seed, self.oracle = bool(train), int(seed), bool(oracle)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Whole ``(gt, lq)`` uint8 images of item ``index``."""
+        return degrade(read_image(self.paths[index]), self.task, self.seed)
+
+    def prior_of(self, image: np.ndarray) -> np.ndarray:
+        if self.prior_fn is not None:
+            prior = np.asarray(self.prior_fn(image), dtype=np.float32)
+        elif self.cache is not None:
+            prior = self.cache.get_or_compute(image, self.provider, self.encoding)
+        else:
+            from .prior import encode_masks
+
+            prior = encode_masks(self.provider.generate(image), kind=self.encoding, shape=image.shape[:2])
+        if prior.ndim != 3 or prior.shape[1:] != image.shape[:2]:
+            raise DataError(f"the prior has shape {prior.shape}, expected (C, {image.shape[0]}, {image.shape[1]})")
+        return prior
+
+    def __getitem__(self, index: int) -> dict:
+        import torch
+
+        gt, lq = self.pair(index)
+        scale = self.task.scale if self.task.kind == "sr" else 1
+        prior = self.prior_of(gt if self.oracle else lq).transpose(1, 2, 0)  # HxWxC on its image's grid
+        pscale = scale if self.oracle else 1
+        top = left = 0
+        hflip = vflip = rot = False
+        if self.patch_size is not None:
+            p = self.patch_size
+            h, w = lq.shape[:2]
+            if h < p or w < p:
+                raise DataError(f"{self.paths[index]}: LQ image {h}x{w} is smaller than patch_size {p}")
+            if self.train:
+                top = int(torch.randint(0, h - p + 1, (1,)).item())
+                left = int(torch.randint(0, w - p + 1, (1,)).item())
+            else:
+                top, left = (h - p) // 2, (w - p) // 2
+            lq = lq[top : top + p, left : left + p]
+            gt = gt[top * scale : (top + p) * scale, left * scale : (left + p) * scale]
+            prior = prior[top * pscale : (top + p) * pscale, left * pscale : (left + p) * pscale]
+        if self.train:
+            hflip, vflip, rot = (bool(v) for v in torch.rand(3) < 0.5)
+        lq, gt, prior = augment([lq, gt, prior], hflip, vflip, rot)
+        return {
+            "lq": torch.from_numpy(lq.transpose(2, 0, 1).astype(np.float32) / 255.0),
+            "gt": torch.from_numpy(gt.transpose(2, 0, 1).astype(np.float32) / 255.0),
+            "prior": torch.from_numpy(np.ascontiguousarray(prior.transpose(2, 0, 1)).astype(np.float32)),
+            "path": str(self.paths[index]),
+            "crop": (top, left, hflip, vflip, rot),
+        }
