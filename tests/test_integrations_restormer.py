@@ -87,6 +87,21 @@ def test_prior_is_padded_like_pad_test_input():
     assert pad_prior_like(prior, lq) is prior
 
 
+def test_cpu_run_problems_are_named_before_train_py_runs(tmp_path):
+    from spt_adapter.integrations.restormer.train import check_cpu_run
+
+    opt = tmp_path / "o.yml"
+    opt.write_text("name: exp\nnum_gpu: 8\n")
+    assert "set num_gpu: 0" in check_cpu_run(str(tmp_path), ["-opt", str(opt)], cuda=False)
+    assert check_cpu_run(str(tmp_path), ["-opt", str(opt)], cuda=True) is None
+    opt.write_text("name: exp\nnum_gpu: 0\n")
+    assert check_cpu_run(str(tmp_path), ["-opt", str(opt)], cuda=False) is None
+    states = tmp_path / "experiments" / "exp" / "training_states"
+    states.mkdir(parents=True)
+    (states / "4.state").write_bytes(b"")
+    assert "would resume from" in check_cpu_run(str(tmp_path), ["-opt", str(opt)], cuda=False)
+
+
 RESTORMER_ROOT = os.environ.get("SPT_RESTORMER_ROOT")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -233,3 +248,6 @@ def test_restormer_train_py_trains_units(tmp_path):
         units[name] = dict(spt_adapter.load_adapter(fresh, models / f"{name}.safetensors").unit_parameters())
     assert any(not torch.equal(units["net_g_2"][k], units["net_g_4"][k]) for k in entries)
     assert any(not torch.equal(units["net_g_4"][k], units["net_g_ema_4"][k]) for k in entries)
+    if not torch.cuda.is_available():  # train.py would auto-resume onto CUDA: refused in one line
+        again = subprocess.run(proc.args, cwd=root, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 2 and "would resume from" in again.stderr and "Traceback" not in again.stderr

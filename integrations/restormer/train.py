@@ -8,6 +8,10 @@ registers ``SPTImageCleanModel`` (plugin hook ``spt_adapter_register_framework``
 ``basicsr/train.py`` unchanged. Without the launcher: add ``basicsr/models/spt_model.py`` with
 ``from spt_adapter.integrations.restormer.model import register; register()`` — the fork imports every
 ``*_model.py`` — and run ``python basicsr/train.py -opt ...``.
+
+On a machine without CUDA the options need ``num_gpu: 0`` (Restormer's CPU mode), and a run cannot
+resume (``train.py`` loads training states onto CUDA): the launcher says so in one line instead of
+a traceback.
 """
 
 from __future__ import annotations
@@ -37,6 +41,34 @@ def use_checkout_basicsr(root: str) -> None:
     sys.modules["basicsr"] = module
 
 
+def check_cpu_run(root: str, argv: list[str], cuda: bool) -> str | None:
+    """Why Restormer's ``train.py`` would fail on a machine without CUDA, or None.
+
+    ``BaseModel`` picks ``'cuda'`` unless ``num_gpu: 0`` (Restormer's CPU mode), and ``train.py``
+    resumes by itself from any ``experiments/<name>/training_states/*.state``, loading the state with
+    ``torch.cuda.current_device()``. Only the ``-opt`` file is read; nothing is changed.
+    """
+    if cuda or "-opt" not in argv or argv.index("-opt") + 1 >= len(argv):
+        return None
+    import yaml
+
+    path = argv[argv.index("-opt") + 1]
+    try:
+        with open(path, encoding="utf-8") as fh:
+            opt = yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError):
+        return None  # train.py reports it in its own words
+    if not isinstance(opt, dict):
+        return None
+    if opt.get("num_gpu", 1) != 0:
+        return f"{path}: num_gpu is {opt.get('num_gpu', 1)!r} but PyTorch sees no CUDA device; set num_gpu: 0 (Restormer's CPU mode)"
+    states = os.path.join(root, "experiments", str(opt.get("name")), "training_states")
+    if os.path.isdir(states) and any(f.endswith(".state") for f in os.listdir(states)):
+        return (f"Restormer's train.py would resume from {states} and loads training states onto CUDA "
+                "(torch.cuda.current_device()), which this machine lacks; give the run a new name or remove that folder")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     root = os.path.abspath(os.environ.get("SPT_RESTORMER_ROOT_OVERRIDE") or os.getcwd())
     script = os.path.join(root, "basicsr", "train.py")
@@ -52,7 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     if "restormer" not in done:
         print("spt-adapter: error: the restormer plugin did not register (is this a Restormer checkout?)", file=sys.stderr)
         return 2
-    sys.argv = [script, *(sys.argv[1:] if argv is None else argv)]
+    args = list(sys.argv[1:] if argv is None else argv)
+    import torch
+
+    problem = check_cpu_run(root, args, torch.cuda.is_available())
+    if problem:
+        print(f"spt-adapter: error: {problem}", file=sys.stderr)
+        return 2
+    sys.argv = [script, *args]
     from spt_adapter.errors import SPTError
 
     try:
