@@ -279,6 +279,18 @@ def read_adapter_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[s
     return meta, header
 
 
+def _fingerprint_is_well_formed(fp: Any) -> bool:
+    if not isinstance(fp, dict) or not isinstance(fp.get("targets"), list) or not fp["targets"]:
+        return False
+    for e in fp["targets"]:
+        if not (isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("class"), str)
+                and isinstance(e.get("params"), dict)
+                and all(isinstance(v, list) and all(isinstance(d, int) for d in v) for v in e["params"].values())
+                and (("channels" not in e) or (isinstance(e["channels"], int) and e["channels"] > 0))):
+            return False
+    return "backbone_sha256" not in fp or isinstance(fp["backbone_sha256"], str)
+
+
 def _parse_json(path: Path, meta: dict[str, str], key: str) -> Any:
     try:
         return json.loads(meta[key])
@@ -295,6 +307,41 @@ def read_adapter_config(path: str | os.PathLike) -> SPTConfig:
         raise AdapterFileError(f"{path}: {exc}") from None
 
 
+def add_adapter_with_tensors(model: nn.Module, adapter_name: str, config: SPTConfig, names: list[str],
+                             channels: dict[str, int] | None, tensors: dict[str, torch.Tensor], source: str,
+                             example_input=None) -> SPTModel:
+    """Build an adapter's units on ``model`` (a backbone or an SPTModel) and fill them from ``tensors``
+    (file keys ``<target>.spt_unit.<param>``). Every key and shape is checked before the first copy;
+    on any error ``model`` is left as it was."""
+    created = not isinstance(model, SPTModel)
+    wrapped = SPTModel(model) if created else model
+    added = False
+    try:
+        wrapped.add_adapter(adapter_name, config, example_input=example_input, _channels=channels, _names=names)
+        added = True
+        expected = dict(wrapped.unit_parameters(adapter_name))
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise AdapterFileError(f"{source}: unit tensors do not match the units (missing {missing[:3]}, "
+                                   f"unexpected {unexpected[:3]})")
+        for key, param in expected.items():
+            if tuple(tensors[key].shape) != tuple(param.shape):
+                raise FingerprintMismatchError(
+                    f"{source}: tensor {key!r} has shape {tuple(tensors[key].shape)}, the unit expects {tuple(param.shape)}"
+                )
+        with torch.no_grad():
+            for key, param in expected.items():
+                param.copy_(tensors[key].to(dtype=param.dtype, device=param.device))
+    except Exception:
+        if created:
+            wrapped.eject()
+        elif added:
+            wrapped.delete_adapter(adapter_name)
+        raise
+    return wrapped
+
+
 def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = "default",
                  check_backbone_hash: bool = True, device: str | torch.device | None = None) -> SPTModel:
     """Load an adapter file onto ``model`` (an untouched backbone, or an SPTModel to add to).
@@ -309,7 +356,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
     except ConfigError as exc:
         raise AdapterFileError(f"{path}: {exc}") from None
     fp = _parse_json(path, meta, "fingerprint")
-    if not isinstance(fp, dict) or not isinstance(fp.get("targets"), list):
+    if not _fingerprint_is_well_formed(fp):
         raise AdapterFileError(f"{path}: metadata 'fingerprint' is malformed")
     check_fingerprint(model, fp, config, check_hash=check_backbone_hash)
     names = [e["path"] for e in fp["targets"]]
@@ -321,32 +368,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # safetensors' own checks
         raise AdapterFileError(f"{path} is corrupt: {exc}") from None
-    # build the units from the recorded widths (no probe pass); undo everything on any error
-    created = not isinstance(model, SPTModel)
-    wrapped = SPTModel(model) if created else model
-    added = False
-    try:
-        wrapped.add_adapter(adapter_name, config, _channels=channels or None, _names=names)
-        added = True
-        expected = dict(wrapped.unit_parameters(adapter_name))
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        if missing or unexpected:
-            raise AdapterFileError(f"{path}: unit tensors do not match the units (missing {missing[:3]}, unexpected {unexpected[:3]})")
-        for key, param in expected.items():
-            if tuple(tensors[key].shape) != tuple(param.shape):
-                raise FingerprintMismatchError(
-                    f"{path}: tensor {key!r} has shape {tuple(tensors[key].shape)}, the unit expects {tuple(param.shape)}"
-                )
-        with torch.no_grad():
-            for key, param in expected.items():
-                param.copy_(tensors[key].to(dtype=param.dtype, device=param.device))
-    except Exception:
-        if created:
-            wrapped.eject()
-        elif added:
-            wrapped.delete_adapter(adapter_name)
-        raise
+    wrapped = add_adapter_with_tensors(model, adapter_name, config, names, channels or None, tensors, source=str(path))
     if device is not None:
         wrapped.to(device)
     return wrapped

@@ -10,6 +10,7 @@ Pattern syntax, matched against full dotted module names:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 from dataclasses import dataclass
@@ -162,11 +163,19 @@ class PriorState:
         self.prior: torch.Tensor | None = None
         self.active: str | None = None
         self.disabled = False
-        self._resized: dict[tuple, torch.Tensor] = {}
 
     def set_prior(self, prior: torch.Tensor | None) -> None:
         self.prior = prior
-        self._resized = {}
+
+    @contextlib.contextmanager
+    def using(self, prior: torch.Tensor | None) -> Iterator[None]:
+        """Set ``prior`` for the block, then put back the one before (also after an error)."""
+        previous = self.prior
+        self.set_prior(prior)
+        try:
+            yield
+        finally:
+            self.set_prior(previous)
 
 
 class SPTLayer(nn.Module):

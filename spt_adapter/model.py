@@ -196,52 +196,22 @@ class SPTModel(nn.Module):
     def check_prior(self, prior: Any, batch: int | None = None) -> torch.Tensor:
         """Validate a prior for the active adapter; raise :class:`PriorError` naming the problem."""
         config = self._config()
-        if prior is None:
-            raise PriorError("the prior is missing: call model(x, prior=p) or use `with model.use_prior(p):`")
-        if not torch.is_tensor(prior):
-            raise PriorError(f"the prior must be a torch.Tensor of shape (B, C_p, H, W), got {type(prior).__name__}")
-        if prior.dim() != 4:
-            raise PriorError(f"the prior must have shape (B, C_p, H, W), got shape {tuple(prior.shape)}")
-        if batch is not None and prior.shape[0] != batch:
-            raise PriorError(f"the prior has batch size {prior.shape[0]} but the input has batch size {batch}")
-        if config is not None and prior.shape[1] != config.prior_channels:
-            raise PriorError(
-                f"the prior has {prior.shape[1]} channel(s) but adapter {self.active_adapter!r} was built for "
-                f"prior_channels={config.prior_channels}"
-            )
-        if prior.shape[2] < 1 or prior.shape[3] < 1:
-            raise PriorError(f"the prior is empty: shape {tuple(prior.shape)}")
-        if prior.is_floating_point() or prior.is_complex():
-            if not bool(torch.isfinite(prior).all()):
-                raise PriorError("the prior contains NaN or Inf values")
-        elif prior.dtype == torch.bool:
-            prior = prior.to(torch.float32)
-        return prior
+        return validate_prior(prior, batch, config.prior_channels if config else None,
+                              adapter=self.active_adapter)
 
     @contextlib.contextmanager
     def use_prior(self, prior: torch.Tensor) -> Iterator["SPTModel"]:
         """Set the prior for every forward call inside the block (for trainers that call ``net(lq)``)."""
-        checked = self.check_prior(prior)
-        previous = self._spt_state.prior
-        self._spt_state.set_prior(checked)
-        try:
+        with self._spt_state.using(self.check_prior(prior)):
             yield self
-        finally:
-            self._spt_state.set_prior(previous)
 
     def forward(self, *args, prior: torch.Tensor | None = None, **kwargs):
         state = self._spt_state
         if state.disabled or state.active is None:
             return self.base_model(*args, **kwargs)
-        batch = _batch_size(args, kwargs)
         given = prior if prior is not None else state.prior
-        checked = self.check_prior(given, batch)
-        previous = state.prior
-        state.set_prior(checked)
-        try:
+        with state.using(self.check_prior(given, batch_size(args, kwargs))):
             return self.base_model(*args, **kwargs)
-        finally:
-            state.set_prior(previous)
 
     # -- training helpers --------------------------------------------------------------------
     def train(self, mode: bool = True) -> "SPTModel":
@@ -303,7 +273,36 @@ class SPTModel(nn.Module):
         return push_to_hub(self, repo_id, private=private, token=token, **kwargs)
 
 
-def _batch_size(args: tuple, kwargs: dict) -> int | None:
+def validate_prior(prior: Any, batch: int | None = None, prior_channels: int | None = None, *,
+                   name: str = "prior", adapter: str | None = None) -> torch.Tensor:
+    """Check a prior tensor before any compute; raise :class:`PriorError` naming the problem.
+
+    Returns the prior, with a bool label map turned into float. ``name`` is the argument's name as
+    the user wrote it (``prior``; ``spt_prior`` through PEFT).
+    """
+    if prior is None:
+        raise PriorError(f"the {name} is missing: pass {name}=p to the forward call or use `with model.use_prior(p):`")
+    if not torch.is_tensor(prior):
+        raise PriorError(f"the {name} must be a torch.Tensor of shape (B, C_p, H, W), got {type(prior).__name__}")
+    if prior.dim() != 4:
+        raise PriorError(f"the {name} must have shape (B, C_p, H, W), got shape {tuple(prior.shape)}")
+    if batch is not None and prior.shape[0] != batch:
+        raise PriorError(f"the {name} has batch size {prior.shape[0]} but the input has batch size {batch}")
+    if prior_channels is not None and prior.shape[1] != prior_channels:
+        whose = f"adapter {adapter!r}" if adapter else "the adapter"
+        raise PriorError(f"the {name} has {prior.shape[1]} channel(s) but {whose} was built for "
+                         f"prior_channels={prior_channels}")
+    if prior.shape[2] < 1 or prior.shape[3] < 1:
+        raise PriorError(f"the {name} is empty: shape {tuple(prior.shape)}")
+    if prior.dtype == torch.bool:
+        return prior.to(torch.float32)
+    if (prior.is_floating_point() or prior.is_complex()) and not bool(torch.isfinite(prior).all()):
+        raise PriorError(f"the {name} contains NaN or Inf values")
+    return prior
+
+
+def batch_size(args: tuple, kwargs: dict) -> int | None:
+    """The batch size of a forward call: the first dimension of its first tensor argument."""
     for value in list(args) + list(kwargs.values()):
         if torch.is_tensor(value) and value.dim() >= 1:
             return int(value.shape[0])

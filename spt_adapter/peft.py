@@ -43,6 +43,7 @@ from ._io import atomic_write_bytes
 from .config import SCHEMA_VERSION, SPTConfig
 from .errors import AdapterFileError, ConfigError, PriorError, SPTError, TargetError
 from .inject import PriorState, SPTLayer, apply_to_output, default_example_input, make_unit, probe_channels
+from .model import batch_size, validate_prior
 
 #: the PEFT versions this module is written and tested for (the ``peft`` extra's pin): >= 0.21, < 0.22.
 #: PEFT < 0.21 strips the adapter name from saved keys only in the second-to-last position
@@ -361,22 +362,10 @@ class SPTPeftModel(BaseTuner):
 
     def check_prior(self, prior: Any, batch: int | None = None) -> torch.Tensor:
         """Validate a prior for the active adapter(s); raise :class:`PriorError` naming the problem."""
-        if not torch.is_tensor(prior):
-            raise PriorError(f"spt_prior must be a torch.Tensor of shape (B, C_p, H, W), got {type(prior).__name__}")
-        if prior.dim() != 4:
-            raise PriorError(f"spt_prior must have shape (B, C_p, H, W), got shape {tuple(prior.shape)}")
-        if batch is not None and prior.shape[0] != batch:
-            raise PriorError(f"spt_prior has batch size {prior.shape[0]} but the input has batch size {batch}")
-        for config in self._active_configs():
-            if prior.shape[1] != config.prior_channels:
-                raise PriorError(f"spt_prior has {prior.shape[1]} channel(s) but the adapter was built for "
-                                 f"prior_channels={config.prior_channels}")
-        if prior.shape[2] < 1 or prior.shape[3] < 1:
-            raise PriorError(f"spt_prior is empty: shape {tuple(prior.shape)}")
-        if prior.dtype == torch.bool:
-            prior = prior.to(torch.float32)
-        elif prior.is_floating_point() and not bool(torch.isfinite(prior).all()):
-            raise PriorError("spt_prior contains NaN or Inf values")
+        if prior is None:
+            return validate_prior(prior, batch, name="spt_prior")
+        for config in self._active_configs() or [None]:
+            prior = validate_prior(prior, batch, config.prior_channels if config else None, name="spt_prior")
         return prior
 
     def _spt_pre_hook(self, module, args, kwargs):
@@ -384,9 +373,7 @@ class SPTPeftModel(BaseTuner):
         self._spt_stack.append(None)
         prior = kwargs.pop("spt_prior", None)
         if prior is not None:
-            batch = next((int(a.shape[0]) for a in list(args) + list(kwargs.values())
-                          if torch.is_tensor(a) and a.dim() >= 1), None)
-            checked = self.check_prior(prior, batch)
+            checked = self.check_prior(prior, batch_size(args, kwargs))
             self._spt_stack[-1] = (self._spt_state.prior,)
             self._spt_state.set_prior(checked)
         return args, kwargs
@@ -400,13 +387,8 @@ class SPTPeftModel(BaseTuner):
     @contextlib.contextmanager
     def use_prior(self, prior: torch.Tensor) -> Iterator["SPTPeftModel"]:
         """Set the prior for every forward call inside the block (for trainers that call ``net(lq)``)."""
-        checked = self.check_prior(prior)
-        previous = self._spt_state.prior
-        self._spt_state.set_prior(checked)
-        try:
+        with self._spt_state.using(self.check_prior(prior)):
             yield self
-        finally:
-            self._spt_state.set_prior(previous)
 
     # -- adapters (explicit, so that behaviour does not depend on BaseTuner defaults) -------
     def _layers(self) -> Iterator[tuple[str, SPTPeftLayer]]:
@@ -577,7 +559,7 @@ def load_peft_adapter(backbone: nn.Module, folder: str | os.PathLike, adapter_na
     The units are rebuilt with the core from the recorded widths (``unit_channels``); a folder
     without them gets one probe pass. On error ``backbone`` is left as it was.
     """
-    from .model import SPTModel
+    from .delta import add_adapter_with_tensors
 
     config, tensors = read_peft_folder(folder)
     core = {peft_key_to_core(k): v for k, v in tensors.items()}
@@ -585,30 +567,8 @@ def load_peft_adapter(backbone: nn.Module, folder: str | os.PathLike, adapter_na
     channels = {n: int(c) for n, c in (config.unit_channels or {}).items() if n in names} or None
     if channels is not None and set(channels) != set(names):
         channels = None
-    created = not isinstance(backbone, SPTModel)
-    model = SPTModel(backbone) if created else backbone
-    added = False
-    try:
-        model.add_adapter(adapter_name, config.to_spt_config(names), example_input=example_input,
-                          _channels=channels, _names=names)
-        added = True
-        expected = dict(model.unit_parameters(adapter_name))
-        missing, unexpected = sorted(set(expected) - set(core)), sorted(set(core) - set(expected))
-        if missing or unexpected:
-            raise AdapterFileError(f"{folder}: unit tensors do not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
-        with torch.no_grad():
-            for key, param in expected.items():
-                if tuple(core[key].shape) != tuple(param.shape):
-                    raise AdapterFileError(f"{folder}: tensor {key!r} has shape {tuple(core[key].shape)}, the unit "
-                                           f"expects {tuple(param.shape)}")
-                param.copy_(core[key].to(dtype=param.dtype, device=param.device))
-    except Exception:
-        if created:
-            model.eject()
-        elif added:
-            model.delete_adapter(adapter_name)
-        raise
-    return model
+    return add_adapter_with_tensors(backbone, adapter_name, config.to_spt_config(names), names, channels, core,
+                                    source=str(folder), example_input=example_input)
 
 
 def peft_to_spt(folder: str | os.PathLike, backbone: nn.Module, path: str | os.PathLike,

@@ -149,6 +149,7 @@ def _write_header(path, header: dict, payload=b""):
     ("non_unit_tensor", "not an SPT unit tensor"),
     ("folder", "is a folder"),
     ("bad_fingerprint", "fingerprint"),
+    ("fingerprint_wrong_types", "fingerprint' is malformed"),
 ])
 def test_malformed_files_are_refused_with_a_clear_message(trained, tmp_path, case, message):
     good = trained["path"].read_bytes()
@@ -174,6 +175,10 @@ def test_malformed_files_are_refused_with_a_clear_message(trained, tmp_path, cas
         path.write_bytes(st_save({"conv_first.weight": torch.zeros(2)}, metadata=meta))
     elif case == "folder":
         path.mkdir()
+    elif case == "fingerprint_wrong_types":
+        fp = json.loads(meta["fingerprint"])
+        fp["targets"][0]["channels"] = "sixty"
+        path.write_bytes(st_save({}, metadata={**meta, "fingerprint": json.dumps(fp)}))
     elif case == "bad_fingerprint":
         path.write_bytes(st_save({}, metadata={**meta, "fingerprint": "{not json"}))
     backbone = fresh(trained)
