@@ -60,8 +60,8 @@ class Splits:
     test: list[tuple[str, np.ndarray]]
 
 
-def load_splits(data: Path, *, n_test: int = 0, test_crop: int = 160, val_crop: int = 160,
-                n_train: int = 0) -> Splits:
+def load_splits(data: Path, *, n_test: int = 0, test_crop: int = 160, val_crop: int = 256,
+                n_train: int = 0, train_crop: int = 0) -> Splits:
     """Train: Set14 + McMaster (minus the validation images); val: McMaster 15-18 centre crops;
     test: CBSD68 (first ``n_test`` images, all when 0) centre crops of ``test_crop`` (0: full)."""
     for sub in ("Set14", "McMaster", "CBSD68"):
@@ -77,6 +77,8 @@ def load_splits(data: Path, *, n_test: int = 0, test_crop: int = 160, val_crop: 
             train.append((f"McMaster/{p.name}", load_rgb(p)))
     if n_train:
         train = train[:n_train]
+    if train_crop:
+        train = [(n, centre_crop(img, train_crop)) for n, img in train]
     test_paths = _sorted_pngs(data / "CBSD68")
     if n_test:
         test_paths = test_paths[:n_test]

@@ -51,7 +51,7 @@ ROW_TITLES = {
     "e": "(e) full fine-tune",
     "f": "(f) + SPT, SAM masks of LQ",
 }
-DEFAULT_SEGMENTER = "slic:region_px=400,compactness=10,sigma=1"
+DEFAULT_SEGMENTER = "felzenszwalb:scale=300,sigma=0.8,min_size=50"  # chosen with --tune on validation
 TUNE_CANDIDATES = (
     "slic:region_px=100,compactness=10,sigma=1",
     "slic:region_px=400,compactness=10,sigma=1",
@@ -360,7 +360,7 @@ def tune(args, splits: qd.Splits, backbone, cache: qd.LabelCache) -> None:
             cells.append(" / ".join(f"{np.mean(d[n]):+.3f}" for n in names))
         rows_out.append(f"| {seg.label()} | {n_regions:.0f} | " + " | ".join(cells) + " |")
         log(f"tune {seg.label()}: {rows_out[-1]} ({time.time() - t0:.0f}s)")
-    print("\n### Validation (McMaster 15-18 crops): (b) − (c) in dB, " + " / ".join(names) + "\n")
+    print("\n### Validation (McMaster 15-18, 256 px centre crops): (b) − (c) in dB, " + " / ".join(names) + "\n")
     print("| segmenter | regions per val crop | " + " | ".join(args.fusions) + " |")
     print("| --- | --- |" + " --- |" * len(args.fusions))
     print("\n".join(rows_out))
@@ -382,13 +382,16 @@ def parse_args(argv=None):
     p.add_argument("--rows", default="abcde", help="subset of abcdef")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--sigma", type=float, default=25.0, help="training sigma (backbone and units)")
+    p.add_argument("--unit-sigma", type=float, default=None,
+                   help="sigma of the data rows (b)-(f) train on (default: --sigma); another value adapts the "
+                        "backbone to a noise level it never saw")
     p.add_argument("--test-sigmas", type=float, nargs="+", default=[25.0, 50.0])
     p.add_argument("--nc", type=int, default=32)
     p.add_argument("--nb", type=int, default=8)
     p.add_argument("--pretrain-steps", type=int, default=1000)
     p.add_argument("--pretrain-batch", type=int, default=16)
     p.add_argument("--pretrain-lr", type=float, default=1e-3)
-    p.add_argument("--steps", type=int, default=300, help="training steps of every row (b)-(f)")
+    p.add_argument("--steps", type=int, default=400, help="training steps of every row (b)-(f)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--patch", type=int, default=48)
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the units")
@@ -407,9 +410,9 @@ def parse_args(argv=None):
         args.pretrain_batch, args.batch, args.patch = 4, 4, 32
         args.nc, args.nb = 8, 4
         args.tune_candidates = args.tune_candidates[:1]
-        args.n_train = 4
+        args.n_train, args.train_crop = 4, 128
     else:
-        args.n_train = 0
+        args.n_train, args.train_crop = 0, 0
     if not set(args.rows) <= set("abcdef"):
         p.error(f"--rows takes letters from 'abcdef', got {args.rows!r}")
     if "f" in args.rows and args.sam_checkpoint is None:
@@ -424,7 +427,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     t_all = time.time()
     cache = qd.LabelCache(args.cache_dir / "priors")
-    splits = qd.load_splits(args.data, n_test=args.n_test, test_crop=args.test_crop, n_train=args.n_train)
+    splits = qd.load_splits(args.data, n_test=args.n_test, test_crop=args.test_crop, n_train=args.n_train,
+                            train_crop=args.train_crop)
     log(f"data: {len(splits.train)} train images, {len(splits.val)} val crops, {len(splits.test)} test images "
         f"(crop {args.test_crop or 'full'}); prior code path: {qd.prior_code_path()}")
     backbone, bb_info = pretrain_backbone(args, splits.train, args.cache_dir)
@@ -441,9 +445,10 @@ def main(argv=None) -> int:
         sam = SamMaskProvider(str(args.sam_checkpoint), model_type=args.sam_model_type)
     seg = qd.Segmenter.parse(args.segmenter)
     t0 = time.time()
-    train_set = qd.build_priors(splits.train, sigma=args.sigma, realisations=args.realisations, noise_base=1,
+    unit_sigma = args.sigma if args.unit_sigma is None else args.unit_sigma
+    train_set = qd.build_priors(splits.train, sigma=unit_sigma, realisations=args.realisations, noise_base=1,
                                 seg=seg, cache=cache, sam=sam)
-    eval_sets = {f"CBSD68 σ={s:g}" + ("" if s == args.sigma else " (unseen)"):
+    eval_sets = {f"CBSD68 σ={s:g}" + ("" if s == unit_sigma else " (unseen)"):
                  qd.build_priors(splits.test, sigma=s, realisations=1, noise_base=0, seg=seg, cache=cache, sam=sam)
                  for s in args.test_sigmas}
     n_regions = float(np.mean([len(np.unique(p[0])) for p in next(iter(eval_sets.values())).lq_prior]))
