@@ -8,6 +8,8 @@
   schedule (computed from the step, so a resumed run continues the same curve);
 * priors are fed with ``model(lq, prior=p)``; the dataset yields dicts with ``lq``, ``gt``,
   ``prior`` (``spt_adapter.data.PairedPriorDataset`` does);
+* the backbone runs as at inference (dropout / stochastic depth off, norm statistics fixed);
+  only the units are in training mode;
 * automatic mixed precision on CUDA (bfloat16 where supported, else float16 with a GradScaler);
 * under ``torchrun`` it runs DistributedDataParallel (gloo on CPU, nccl on GPU) with a
   DistributedSampler; the global batch is ``batch`` x world size;
@@ -305,6 +307,23 @@ def adapter_step(path: Path) -> int | None:
 # ---------------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------------
+def _train_mode(model: SPTModel) -> None:
+    """Units in training mode, the frozen backbone as at inference: its dropout and stochastic
+    depth off (spandrel builds SwinIR/HAT with drop_path_rate=0.1) and normalisation statistics
+    fixed. The units then learn to correct the features the backbone gives at test time, and a
+    step is a deterministic function of the weights and the batch (so resuming is exact)."""
+    model.eval()
+    for _, layer in _iter_layers(model.base_model):
+        for unit in layer.spt_units.values():
+            unit.train()
+
+
+def _iter_layers(root):
+    from .inject import iter_layers
+
+    return iter_layers(root)
+
+
 def _to(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     try:
         lq, gt, prior = batch["lq"], batch["gt"], batch["prior"]
@@ -377,7 +396,7 @@ def train_units(
     if not params:
         raise SPTError("the model has no trainable unit parameters")
     model.to(device)
-    model.train()
+    _train_mode(model)
 
     optimizer = torch.optim.Adam(params, lr=lr_at(0, settings), weight_decay=settings.weight_decay)
     start = 0
@@ -499,7 +518,7 @@ def train_units(
                     model.eval()
                     with torch.no_grad():
                         val = {k: float(v) for k, v in val_fn(model).items()}
-                    model.train()
+                    _train_mode(model)
                     if history and history[-1]["step"] == step:
                         history[-1].update({f"val_{k}": v for k, v in val.items()})
                     else:

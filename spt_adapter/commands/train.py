@@ -163,6 +163,7 @@ def load_backbone_from_args(args, targets: list[str] | None = None, require_targ
         raise SPTError(f"backbone checkpoint {path} does not exist")
     bb = load_backbone(path)
     model, default = bb.model, list(bb.targets)
+    args._claim = (bb.integration, bb.preset)
     arch = getattr(getattr(bb.descriptor, "architecture", None), "name", type(model).__name__)
     if args.arch:
         from ..presets import PRESETS
@@ -175,6 +176,7 @@ def load_backbone_from_args(args, targets: list[str] | None = None, require_targ
             if fit is None:
                 raise SPTError(f"--weights {path} hold a {arch} ({type(model).__name__}), not a {args.arch!r} network")
             default = list(fit.targets(model))
+            args._claim = ("presets", fit.name)
     if require_targets and not targets and not default:
         raise SPTError(
             f"no plugin claims the {arch} backbone in {path} ({type(model).__name__}), so there are no default "
@@ -193,13 +195,16 @@ def load_dataset_module():
 
 def make_dataset(folder, task: str, provider, cache, *, encoding: str = "label", train: bool,
                  patch: int | None = None, seed: int = 0):
-    """``spt_adapter.data.PairedPriorDataset`` over ``folder``: random patches for training, full
-    images (fixed degradation) for evaluation."""
+    """``spt_adapter.data.PairedPriorDataset`` over ``folder``: random ``patch`` x ``patch`` GT
+    patches (LQ patches of ``patch / scale``) with flips for training, whole images for evaluation.
+    The degradation is fixed per image and ``seed``; the prior is computed on the LQ image once,
+    through ``cache``."""
     data = load_dataset_module()
-    return data.PairedPriorDataset(
-        folder, task=task, provider=provider, cache=cache, encoding=encoding,
-        patch_size=patch if train else None, train=train, seed=seed,
-    )
+    task_ = data.parse_task(task)
+    scale = task_.scale if task_.kind == "sr" else 1
+    lq_patch = None if (patch is None or not train) else patch // scale
+    return data.PairedPriorDataset(folder, task, cache=cache, provider=provider, encoding=encoding,
+                                   patch_size=lq_patch, train=train, seed=seed)
 
 
 def build_dataset(args, folder, provider, cache, *, train: bool, patch: int | None = None):
@@ -317,6 +322,7 @@ def run(args) -> int:
                 targets=targets, exclude=list(args.exclude or []), fusion=args.fusion or "sft", hidden=args.hidden,
                 prior_channels=encoding_channels(args.encoding),
                 prior={"provider": provider.identity(), "encoding": args.encoding, "task": args.task},
+                integration=None if args.targets else args._claim[0], preset=None if args.targets else args._claim[1],
             )
             torch.manual_seed(args.seed)
             spt = spt_adapter.inject(model, config=config)
