@@ -78,6 +78,8 @@ def _stack(masks, size, shape) -> np.ndarray:
 
 
 def _rank(stack: np.ndarray) -> np.ndarray:
+    if len(stack) == 0:
+        return np.zeros(0, dtype=np.int64)
     areas = stack.reshape(len(stack), -1).sum(axis=1)
     return np.argsort(-areas, kind="stable")
 

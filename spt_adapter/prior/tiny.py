@@ -101,7 +101,11 @@ def make_tiny_sam_checkpoint(path, seed: int = 0) -> Path:
         # random weights give near-constant IoU predictions; spread the IoU head's bias so that
         # the default-style thresholds keep some masks and the pipeline has something to show
         with torch.no_grad():
-            sam.mask_decoder.iou_prediction_head.layers[-1].bias.copy_(torch.tensor([0.9, 0.95, 0.9, 0.85]))
+            sam.mask_decoder.iou_prediction_head.layers[-1].bias.copy_(torch.tensor([1.0, 1.0, 1.0, 1.0]))
+            # and sharpen the mask logits so that some masks pass the stability threshold (0.95)
+            for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+                mlp.layers[-1].weight.mul_(1000.0)
+                mlp.layers[-1].bias.mul_(1000.0)
     finally:
         torch.random.set_rng_state(gen_state)
     buf = io.BytesIO()
