@@ -1,0 +1,117 @@
+"""`spt-adapter masks` end to end, through the real entry point and real files."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spt_adapter.cli import main
+from spt_adapter.commands.masks import shard_of
+from spt_adapter.data import PairedPriorDataset
+from spt_adapter.prior import ClassicalMaskProvider, PriorCache
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)).save(d / f"im{i}.png")
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("samcli") / "sam_vit_tiny.pth"
+    subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "tools" / "make_tiny_sam.py"), str(out)],
+                   check=True, capture_output=True)
+    return out
+
+
+def test_slic_computes_then_reuses(folder, tmp_path, capsys):
+    cache = tmp_path / "c"
+    assert main(["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--no-progress"]) == 0
+    assert "computed 3, reused 0, failed 0" in capsys.readouterr().err
+    assert main(["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--no-progress"]) == 0
+    assert "computed 0, reused 3, failed 0" in capsys.readouterr().err
+    assert main(["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--encoding", "boundary", "--no-progress"]) == 0
+    assert "reused 3 (3 encoded from cached masks)" in capsys.readouterr().err
+
+
+def test_bad_images_are_reported_and_skipped(folder, tmp_path, capsys):
+    (folder / "zero.png").write_bytes(b"")
+    (folder / "junk.png").write_bytes(b"garbage")
+    rc = main(["masks", str(folder), "--provider", "felzenszwalb", "--cache", str(tmp_path / "c"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "computed 3, reused 0, failed 2" in err
+    assert "zero.png" in err and "empty" in err and "junk.png" in err and "cannot be read" in err
+    assert main(["masks", str(folder), "--provider", "slic", "--cache", str(tmp_path / "c"), "--no-progress", "--strict"]) == 1
+
+
+def test_sharding_env_and_flags(folder, tmp_path, capsys, monkeypatch):
+    assert shard_of(10, None, None, env={"WORLD_SIZE": "4", "RANK": "3"}) == (4, 3)
+    assert shard_of(10, 2, 1, env={"WORLD_SIZE": "4", "RANK": "3"}) == (2, 1)
+    cache = tmp_path / "c"
+    for rank in ("0", "1"):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", rank)
+        assert main(["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "shard 0/2: 2 of 3 images" in err and "shard 1/2: 1 of 3 images" in err
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("RANK")
+    assert main(["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--no-progress"]) == 0
+    assert "computed 0, reused 3" in capsys.readouterr().err
+    assert main(["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--num-shards", "2", "--shard-index", "2"]) == 1
+    assert "--shard-index must be in 0..1" in capsys.readouterr().err
+
+
+def test_degrade_matches_dataset_keys(folder, tmp_path, capsys):
+    cache = tmp_path / "c"
+    assert main(["masks", str(folder), "--provider", "slic", "--set", "n_segments=20", "--cache", str(cache),
+                 "--degrade", "denoise:25", "--seed", "3", "--no-progress"]) == 0
+    pc = PriorCache(cache)
+    ds = PairedPriorDataset(folder, "denoise:25", pc, ClassicalMaskProvider("slic", n_segments=20), seed=3, train=False)
+    for i in range(len(ds)):
+        ds[i]
+    assert pc.stats == {"prior_hits": 3, "mask_hits": 0, "computed": 0, "corrupt": 0}
+
+
+def test_sam_tiny_checkpoint(folder, tmp_path, tiny_ckpt, capsys):
+    args = ["masks", str(folder), "--provider", "sam", "--model-type", "vit_tiny", "--checkpoint", str(tiny_ckpt),
+            "--set", "points_per_side=4", "--cache", str(tmp_path / "c"), "--batch", "2", "--no-progress"]
+    assert main(args) == 0
+    assert "computed 3, reused 0, failed 0" in capsys.readouterr().err
+    assert main(args) == 0
+    assert "computed 0, reused 3, failed 0" in capsys.readouterr().err
+
+
+def test_user_errors_are_one_line(folder, tmp_path, tiny_ckpt, capsys):
+    base = ["masks", str(folder), "--cache", str(tmp_path / "c")]
+    assert main(base + ["--provider", "sam", "--checkpoint", str(tmp_path / "nope.pth")]) == 1
+    err = capsys.readouterr().err
+    assert "segment-anything#model-checkpoints" in err and err.count("\n") == 1
+    assert main(base + ["--provider", "sam"]) == 1
+    assert "needs --checkpoint" in capsys.readouterr().err
+    assert main(base + ["--provider", "sam", "--checkpoint", str(tiny_ckpt)]) == 1  # default vit_b
+    assert "'vit_tiny'" in capsys.readouterr().err
+    assert main(base + ["--provider", "slic", "--encoding", "nope"]) == 1
+    assert main(base + ["--provider", "slic", "--set", "bogus=1"]) == 1
+    assert "unknown setting" in capsys.readouterr().err
+    assert main(base + ["--provider", "slic", "--degrade", "blur:2"]) == 1
+
+
+@pytest.mark.skipif(not (DATA / "Set5").is_dir(), reason="../shared/data not present")
+def test_console_script_on_real_images(tmp_path):
+    exe = Path(sys.executable).with_name("spt-adapter")
+    cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "spt_adapter.cli"]),
+           "masks", str(DATA / "Set5"), "--provider", "slic", "--cache", str(tmp_path / "c")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "computed 5, reused 0, failed 0" in out.stderr
+    assert "img/s" in out.stderr  # tqdm progress with rate

@@ -1,0 +1,113 @@
+import multiprocessing as mp
+import warnings
+
+import numpy as np
+import pytest
+
+from spt_adapter.prior import ClassicalMaskProvider, PriorCache, encode_masks, image_key
+
+
+class CountingSlic(ClassicalMaskProvider):
+    """The real SLIC provider, counting how often it runs."""
+
+    def __init__(self, **kw):
+        super().__init__("slic", **kw)
+        self.calls = 0
+
+    def generate(self, image):
+        self.calls += 1
+        return super().generate(image)
+
+
+def _img(seed=0, shape=(40, 48, 3)):
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def test_hit_miss_and_reencode(tmp_path):
+    cache, prov, img = PriorCache(tmp_path), CountingSlic(n_segments=12), _img()
+    a = cache.get_or_compute(img, prov)
+    b = cache.get_or_compute(img, prov)
+    assert prov.calls == 1 and cache.stats["prior_hits"] == 1
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, encode_masks(prov.generate(img), "label"))
+    prov.calls = 0
+    oh = cache.get_or_compute(img, prov, "onehot:3")  # new encoding: masks reused, SAM/SLIC not rerun
+    assert oh.shape == (3, 40, 48) and prov.calls == 0 and cache.stats["mask_hits"] == 1
+    assert cache.contains(img, prov, "onehot:3") and not cache.contains(img, prov, "boundary")
+    # a fresh cache object on the same folder reuses everything
+    fresh = PriorCache(tmp_path)
+    np.testing.assert_array_equal(fresh.get_or_compute(img, prov), a)
+    assert prov.calls == 0
+
+
+def test_keys_depend_on_pixels_settings_and_encoding(tmp_path):
+    cache, img = PriorCache(tmp_path), _img()
+    p1, p2 = ClassicalMaskProvider("slic", n_segments=12), ClassicalMaskProvider("slic", n_segments=13)
+    assert cache.mask_key(img, p1) != cache.mask_key(img, p2)
+    other = img.copy()
+    other[0, 0, 0] ^= 1
+    assert image_key(img) != image_key(other)
+    assert image_key(img) != image_key(img.reshape(48, 40, 3))
+    assert cache.prior_key(img, p1, "label") != cache.prior_key(img, p1, "boundary")
+    # the same pixels given as float are the same image
+    assert image_key(img) == image_key(img.astype(np.float64) / 255.0)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "swap"])
+def test_corrupt_entry_is_recomputed_with_warning(tmp_path, damage):
+    cache, prov, img = PriorCache(tmp_path), CountingSlic(n_segments=12), _img()
+    good = cache.get_or_compute(img, prov)
+    entry = next((tmp_path / "priors").rglob("*.sptc"))
+    masks_entry = next((tmp_path / "masks").rglob("*.sptc"))
+    data = entry.read_bytes()
+    if damage == "flip":
+        entry.write_bytes(data[:-20] + bytes([data[-20] ^ 0xFF]) + data[-19:])
+    elif damage == "truncate":
+        entry.write_bytes(data[: len(data) // 2])
+    elif damage == "empty":
+        entry.write_bytes(b"")
+    else:  # a valid entry for another key copied over this one
+        cache.get_or_compute(_img(1), prov)
+        other = [p for p in (tmp_path / "priors").rglob("*.sptc") if p != entry][0]
+        entry.write_bytes(other.read_bytes())
+    masks_entry.write_bytes(masks_entry.read_bytes()[:10])  # masks too: the provider must rerun
+    prov.calls = 0
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        again = PriorCache(tmp_path).get_or_compute(img, prov)
+    np.testing.assert_array_equal(again, good)
+    assert prov.calls == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(PriorCache(tmp_path).get_or_compute(img, prov), good)
+
+
+def _worker(root, seeds, q):
+    cache = PriorCache(root)
+    prov = ClassicalMaskProvider("slic", n_segments=12)
+    out = {}
+    for s in seeds:
+        out[s] = cache.get_or_compute(_img(s), prov).sum()
+    q.put(out)
+
+
+def test_concurrent_processes_same_keys(tmp_path):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    seeds = [0, 1, 2, 3]
+    procs = [ctx.Process(target=_worker, args=(str(tmp_path), seeds[i:] + seeds[:i], q)) for i in range(4)]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    for r in results[1:]:
+        assert r == results[0]
+    assert not list(tmp_path.rglob("*.tmp"))  # no temporary files left behind
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every entry verifies
+        cache = PriorCache(tmp_path)
+        prov = CountingSlic(n_segments=12)
+        for s in seeds:
+            assert cache.get_or_compute(_img(s), prov).sum() == results[0][s]
+        assert prov.calls == 0
