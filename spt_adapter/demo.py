@@ -45,7 +45,7 @@ class DemoSettings:
     image_size: int = 192          # longer side of each image after resizing
     backbone_embed: int = 32
     backbone_depths: tuple[int, ...] = (2, 2)
-    backbone_iters: int = 200
+    backbone_iters: int = 150
     backbone_batch: int = 8
     backbone_patch: int = 32
     backbone_lr: float = 2e-3

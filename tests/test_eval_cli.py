@@ -78,7 +78,7 @@ def test_eval_tables_crops_and_images_agree(trained, tmp_path, capsys):
     assert "RGB" in md and "Δ PSNR" in md
 
 
-def test_adapter_file_equals_folder_and_sr_uses_y_channel(trained, tmp_path, capsys):
+def test_adapter_file_equals_folder(trained, tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     assert _eval(trained, trained["run"] / "spt_adapter.safetensors", a, "--task", "denoise:25") == 0
     assert _eval(trained, trained["run"], b) == 0
@@ -91,7 +91,7 @@ def test_eval_errors(trained, tmp_path, capsys):
     code = main(["eval", "--backbone", str(other), "--adapter", str(trained["run"]), "--data", str(trained["data"]),
                  "--out", str(tmp_path / "x"), "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 1 and "error" in err
+    assert code == 1 and "module 'layers.0'" in err and "[24]" in err and "[16]" in err
     assert not (tmp_path / "x").exists()
     # a pickle file given as adapter
     torch.save({"a": torch.zeros(1)}, tmp_path / "adapter.pth")
@@ -101,3 +101,42 @@ def test_eval_errors(trained, tmp_path, capsys):
     code = main(["eval", "--backbone", str(trained["ckpt"]), "--adapter", str(trained["run"]), "--data",
                  str(tmp_path / "none"), "--no-progress"])
     assert code == 1 and "does not exist" in capsys.readouterr().err
+
+
+def test_sr_eval_scores_y_channel_with_border_crop(tmp_path, capsys):
+    """An x2 SwinIR with a fresh (identity) adapter: +SPT equals the backbone exactly, and the
+    table's PSNR is the Y-channel, 2-pixel-border PSNR of the saved output against the
+    mod-cropped ground truth."""
+    pytest.importorskip("spandrel")
+    if not (DATA / "Set5").is_dir():
+        pytest.skip(f"test images not found at {DATA}")
+    from safetensors.torch import save_file
+    from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
+
+    import spt_adapter
+
+    data = tmp_path / "hq"
+    data.mkdir()
+    Image.open(DATA / "Set5" / "baby.png").convert("RGB").crop((100, 100, 171, 165)).save(data / "baby.png")  # odd size
+    torch.manual_seed(0)
+    m = SwinIR(img_size=16, in_chans=3, embed_dim=16, depths=[1], num_heads=[2], window_size=8, mlp_ratio=2.0,
+               upscale=2, upsampler="pixelshuffledirect", resi_connection="1conv", drop_path_rate=0.0)
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "sr.safetensors"))
+    bb = spt_adapter.load_backbone(tmp_path / "sr.safetensors")
+    spt = spt_adapter.inject(bb.model, config=spt_adapter.SPTConfig(
+        targets=bb.targets, prior={"task": "sr:2", "provider": {"provider": "classical", "method": "slic",
+                                                                "settings": {"n_segments": 8}}}))
+    spt_adapter.save_adapter(spt, tmp_path / "a.safetensors")
+    out = tmp_path / "ev"
+    assert main(["eval", "--backbone", str(tmp_path / "sr.safetensors"), "--adapter", str(tmp_path / "a.safetensors"),
+                 "--data", str(data), "--out", str(out), "--prior-cache", str(tmp_path / "pc"), "--save-images",
+                 "--no-progress"]) == 0
+    row = list(csv.DictReader((out / "eval.csv").open()))[0]
+    assert row["backbone_psnr"] == row["spt_psnr"]  # identity at start
+    gt = np.asarray(Image.open(data / "baby.png"))[:64, :70]  # mod-cropped to a multiple of 2
+    sr = np.asarray(Image.open(out / "images" / "spt" / "baby.png"))
+    assert sr.shape == gt.shape
+    expected = metrics.psnr(sr, gt, crop_border=2, test_y_channel=True)
+    assert abs(float(row["spt_psnr"]) - expected) < 1e-4
+    assert abs(metrics.psnr(sr, gt) - expected) > 1e-3  # not the RGB number
+    assert "Y channel, border 2" in (out / "eval.md").read_text()

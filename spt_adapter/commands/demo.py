@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or $SPT_ADAPTER_CACHE)")
     parser.add_argument("--sam-checkpoint", metavar="PTH", help="use SAM masks (segment-anything checkpoint) instead of SLIC")
     parser.add_argument("--iters", type=positive_int, default=None, help="SPT training steps (default: 150)")
-    parser.add_argument("--backbone-iters", type=positive_int, default=None, help="backbone pretraining steps (default: 200)")
+    parser.add_argument("--backbone-iters", type=positive_int, default=None, help="backbone pretraining steps (default: 150)")
     parser.add_argument("--fusion", choices=("sft", "concat", "pool"), default="sft")
     parser.add_argument("--seed", type=nonneg_int, default=0)
     parser.add_argument("--device", default=None, help="cpu, cuda (default: cpu)")

@@ -77,9 +77,8 @@ def run(args) -> int:
     ident = recorded.get("provider") or {}
     if args.provider is None and not args.sam_checkpoint and ident.get("provider") == "classical":
         args.provider = ident.get("method", "slic")
-        seg = (ident.get("settings") or {}).get("n_segments")
-        if args.provider == "slic" and args.segments is None and seg:
-            args.segments = int(seg)
+        if args.segments is None:
+            args.provider_settings = dict(ident.get("settings") or {})  # the exact recorded recipe
     elif args.provider is None and not args.sam_checkpoint and ident.get("provider") == "sam":
         raise SPTError(f"{adapter_file} was trained with SAM priors ({ident.get('model_type', '?')}); pass --sam-checkpoint")
     if args.encoding is None:

@@ -136,7 +136,9 @@ def build_provider(args, device=None):
     provider = check_provider_args(args)
     if provider == "sam":
         return make_provider("sam", args.sam_checkpoint, model_type=args.sam_model_type, device=device)
-    settings = {"n_segments": args.segments} if (provider == "slic" and args.segments) else {}
+    settings = dict(getattr(args, "provider_settings", None) or {})
+    if provider == "slic" and args.segments:
+        settings["n_segments"] = args.segments
     return make_provider(provider, **settings)
 
 
