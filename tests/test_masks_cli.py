@@ -84,11 +84,15 @@ def test_degrade_matches_dataset_keys(folder, tmp_path, capsys):
 
 
 def test_sam_tiny_checkpoint(folder, tmp_path, tiny_ckpt, capsys):
-    args = ["masks", str(folder), "--provider", "sam", "--model-type", "vit_tiny", "--checkpoint", str(tiny_ckpt),
+    args = ["masks", str(folder), "--provider", "sam", "--checkpoint", str(tiny_ckpt),  # model type read from the file
             "--set", "points_per_side=4", "--cache", str(tmp_path / "c"), "--batch", "2", "--no-progress"]
     assert main(args) == 0
-    assert "computed 3, reused 0, failed 0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "sam vit_tiny" in err and "computed 3, reused 0, failed 0" in err
     assert main(args) == 0
+    assert "computed 0, reused 3, failed 0" in capsys.readouterr().err
+    # an explicit, matching model type gives the same cache keys
+    assert main(args + ["--model-type", "vit_tiny"]) == 0
     assert "computed 0, reused 3, failed 0" in capsys.readouterr().err
 
 
@@ -99,8 +103,9 @@ def test_user_errors_are_one_line(folder, tmp_path, tiny_ckpt, capsys):
     assert "segment-anything#model-checkpoints" in err and err.count("\n") == 1
     assert main(base + ["--provider", "sam"]) == 1
     assert "needs --checkpoint" in capsys.readouterr().err
-    assert main(base + ["--provider", "sam", "--checkpoint", str(tiny_ckpt)]) == 1  # default vit_b
-    assert "'vit_tiny'" in capsys.readouterr().err
+    assert main(base + ["--provider", "sam", "--checkpoint", str(tiny_ckpt), "--model-type", "vit_b"]) == 1
+    err = capsys.readouterr().err
+    assert "'vit_tiny'" in err and "'vit_b'" in err
     assert main(base + ["--provider", "slic", "--encoding", "nope"]) == 1
     assert main(base + ["--provider", "slic", "--set", "bogus=1"]) == 1
     assert "unknown setting" in capsys.readouterr().err

@@ -73,6 +73,14 @@ def test_provider_same_path_as_real_checkpoint(tiny_ckpt, images):
     assert p.generate(grey)[0]["segmentation"].shape == grey.shape
 
 
+def test_model_type_auto(tiny_ckpt, tmp_path):
+    assert SamMaskProvider(tiny_ckpt, model_type="auto").model_type == "vit_tiny"
+    odd = tmp_path / "odd.pth"
+    torch.save({"w": torch.zeros(2)}, odd)
+    with pytest.raises(SamCheckpointError, match="cannot tell its model type"):
+        SamMaskProvider(odd, model_type="auto")
+
+
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(SamCheckpointError) as err:
         SamMaskProvider(tmp_path / "sam_vit_b_01ec64.pth")

@@ -13,7 +13,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, or .txt lists of paths")
     parser.add_argument("--provider", choices=("sam", "slic", "felzenszwalb"), default="sam", help="mask provider (default: sam)")
     parser.add_argument("--checkpoint", help="SAM checkpoint .pth (e.g. sam_vit_b_01ec64.pth)")
-    parser.add_argument("--model-type", default="vit_b", help="SAM model type: vit_b, vit_l, vit_h, or vit_tiny (tools/make_tiny_sam.py)")
+    parser.add_argument("--model-type", default="auto",
+                        help="SAM model type: vit_b, vit_l, vit_h, vit_tiny (tools/make_tiny_sam.py), or auto (default: "
+                             "read from the checkpoint)")
     parser.add_argument("--device", default=None, help="torch device for SAM (default: cuda[:LOCAL_RANK] if available, else cpu)")
     parser.add_argument("--cache", required=True, help="cache folder (PriorCache root)")
     parser.add_argument("--encoding", default="label", help="label | onehot[:K] | boundary (default: label)")
@@ -97,7 +99,7 @@ def run(args) -> int:
     num_shards, shard_index = shard_of(len(paths), args.num_shards, args.shard_index)
     mine = paths[shard_index::num_shards]
     cache = PriorCache(args.cache)
-    what = f"{args.provider}" + (f" {args.model_type}" if args.provider == "sam" else "") + f", encoding {args.encoding}"
+    what = f"{args.provider}" + (f" {provider.model_type}" if args.provider == "sam" else "") + f", encoding {args.encoding}"
     if task:
         what += f", on LQ of {task} (seed {args.seed})"
     shard = f" (shard {shard_index}/{num_shards}: {len(mine)} of {len(paths)} images)" if num_shards > 1 else ""

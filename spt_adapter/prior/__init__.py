@@ -18,6 +18,7 @@ from .sam import (
     SamCheckpointError,
     SamMaskProvider,
     SamUnavailableError,
+    detect_model_type,
     load_sam,
 )
 
@@ -45,6 +46,7 @@ __all__ = [
     "SamCheckpointError",
     "SamMaskProvider",
     "SamUnavailableError",
+    "detect_model_type",
     "encode_masks",
     "encoding_channels",
     "image_key",

@@ -138,6 +138,27 @@ def load_sam(checkpoint, model_type: str = "vit_b", device=None):
     return sam.to(device).eval()
 
 
+def detect_model_type(checkpoint) -> str:
+    """The model type a SAM checkpoint holds, read from its patch-embedding shape (memory-mapped)."""
+    import torch
+
+    path = Path(checkpoint).expanduser()
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SamCheckpointError(f"SAM checkpoint {path} cannot be read as a weights-only torch file ({type(exc).__name__})") from exc
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    found = _guess_model_type(state) if isinstance(state, dict) else None
+    if found is None:
+        raise SamCheckpointError(f"SAM checkpoint {path}: cannot tell its model type (no image_encoder.patch_embed of a known "
+                                 f"width); pass one of {', '.join(MODEL_TYPES)}")
+    return found
+
+
 def _guess_model_type(state: dict) -> str | None:
     w = state.get("image_encoder.patch_embed.proj.weight")
     if w is None or w.ndim != 4:
@@ -436,6 +457,8 @@ def _cat(parts, orig_size, device):
 class SamMaskProvider:
     """``SamMaskProvider(checkpoint, model_type="vit_b", device=None, **generator_settings)``.
 
+    ``model_type="auto"`` reads it from the checkpoint's patch-embedding width.
+
     ``generator_settings``: SamAutomaticMaskGenerator's points_per_side, pred_iou_thresh,
     stability_score_thresh, stability_score_offset, box_nms_thresh, crop_n_layers, crop_nms_thresh,
     crop_overlap_ratio, crop_n_points_downscale_factor, min_mask_region_area (they define the
@@ -447,11 +470,13 @@ class SamMaskProvider:
 
     def __init__(self, checkpoint, model_type: str = "vit_b", device=None, **generator_settings) -> None:
         require_segment_anything()
-        if model_type not in MODEL_TYPES:
-            raise SamCheckpointError(f"unknown SAM model_type {model_type!r}; choose one of {', '.join(MODEL_TYPES)}")
+        if model_type not in MODEL_TYPES + ("auto",):
+            raise SamCheckpointError(f"unknown SAM model_type {model_type!r}; choose one of {', '.join(MODEL_TYPES)} or auto")
         self.checkpoint = Path(checkpoint).expanduser()
         if not self.checkpoint.is_file():
-            load_sam(self.checkpoint, model_type)  # raises the "where to get checkpoints" error
+            load_sam(self.checkpoint, "vit_b" if model_type == "auto" else model_type)  # the "where to get checkpoints" error
+        if model_type == "auto":
+            model_type = detect_model_type(self.checkpoint)
         self.model_type = model_type
         self.device = device
         speed = {k: generator_settings.pop(k) for k in list(generator_settings) if k in SPEED_SETTINGS}
