@@ -433,7 +433,7 @@ def train_units(
     if info.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     use_amp = settings.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16

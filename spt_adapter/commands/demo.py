@@ -50,8 +50,6 @@ def run(args) -> int:
         settings.spt_iters = args.iters
     if args.backbone_iters:
         settings.backbone_iters = args.backbone_iters
-    if not args.device:
-        torch.set_num_threads(max(torch.get_num_threads(), 1))
     result = run_demo(out, args.cache_dir, settings, sam_checkpoint=args.sam_checkpoint, device=args.device,
                       progress=not args.no_progress, retrain_backbone=args.retrain_backbone)
     prior = "SAM masks" if args.sam_checkpoint else "SLIC superpixels"
