@@ -302,7 +302,7 @@ def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = No
         f"targets {bb.targets}")
 
     if sam_checkpoint:
-        provider = make_provider("sam", sam_checkpoint, device=device)
+        provider = make_provider("sam", sam_checkpoint, model_type="auto", device=device)
     else:
         provider = make_provider("slic", n_segments=settings.segments)
     cache = PriorCache(cache_root / "priors")

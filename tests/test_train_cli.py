@@ -219,3 +219,27 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, swinir_ckpt, sma
     a = load_file(tmp_path / "a" / "spt_adapter.safetensors")
     b = load_file(tmp_path / "b" / "spt_adapter.safetensors")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
+def test_sam_prior_is_recorded_and_required_by_eval(tmp_path, swinir_ckpt, small_data, capsys):
+    """--sam-checkpoint: SAM (segment-anything's classes at a toy size, saved and reloaded like a
+    real checkpoint) makes the priors; the adapter records it; eval then asks for the checkpoint."""
+    pytest.importorskip("segment_anything")
+    from spt_adapter.delta import read_adapter_header
+    from spt_adapter.prior.tiny import make_tiny_sam_checkpoint
+
+    sam = make_tiny_sam_checkpoint(tmp_path / "sam_tiny.pth")
+    out, cache = tmp_path / "run", tmp_path / "priors"
+    argv = _train_argv(swinir_ckpt, small_data, out, cache, "--iters", "2")
+    argv = [a for a in argv if a not in ("--segments", "8")] + ["--sam-checkpoint", str(sam)]
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
+    meta, _ = read_adapter_header(out / "spt_adapter.safetensors")
+    assert json.loads(meta["prior"])["provider"]["provider"] == "sam"
+    evargs = ["eval", "--backbone", str(swinir_ckpt), "--adapter", str(out), "--data", str(small_data),
+              "--prior-cache", str(cache), "--out", str(tmp_path / "ev"), "--no-progress"]
+    code, _, err = _run(evargs, capsys)
+    assert code == 1 and "trained with SAM priors" in err and "--sam-checkpoint" in err
+    code, stdout, err = _run(evargs + ["--sam-checkpoint", str(sam)], capsys)
+    assert code == 0, err
+    assert "| **mean (3)**" in stdout

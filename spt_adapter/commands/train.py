@@ -84,7 +84,8 @@ def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--provider", choices=("slic", "felzenszwalb", "sam"), default=None,
                    help="mask provider (default: sam with --sam-checkpoint, else slic)")
     g.add_argument("--sam-checkpoint", metavar="PTH", help="segment-anything checkpoint (sam_vit_b_01ec64.pth, ...)")
-    g.add_argument("--sam-model-type", default="vit_b", choices=("vit_b", "vit_l", "vit_h"))
+    g.add_argument("--sam-model-type", default="auto", choices=("auto", "vit_b", "vit_l", "vit_h", "vit_tiny"),
+                   help="SAM variant (default: auto, read from the checkpoint)")
     g.add_argument("--segments", type=positive_int, default=None, help="SLIC: number of segments")
     g.add_argument("--encoding", default=None,
                    help="prior encoding: label, onehot[:K], boundary (default: label; eval: the adapter's)")
