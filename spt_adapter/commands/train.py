@@ -10,12 +10,11 @@ output folder will not overwrite an earlier run) before any prior is computed or
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, SPTError
+from ..errors import SPTError
 
 HELP = "train SPT units on a frozen backbone (writes a safetensors delta, logs, resumable)"
 
