@@ -26,9 +26,6 @@ from .inject import (
     wrap,
 )
 
-_NORMS_WITH_STATS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
-
-
 def claim_model(model: nn.Module) -> ModelClaim | None:
     """Ask the plugins whether they know ``model`` (first claim wins)."""
     from .plugins import call_hook
@@ -96,6 +93,7 @@ class SPTModel(nn.Module):
         self.spt_targets: dict[str, list[str]] = {}
         self._spt_state = PriorState()
         self._requires_grad = {n: p.requires_grad for n, p in base_model.named_parameters()}
+        self._modes = {m: m.training for m in base_model.modules()}
         for p in base_model.parameters():
             p.requires_grad_(False)
         self.train(base_model.training)
@@ -183,6 +181,8 @@ class SPTModel(nn.Module):
             unwrap(self.base_model, name)
         for n, p in self.base_model.named_parameters():
             p.requires_grad_(self._requires_grad.get(n, p.requires_grad))
+        for module in self.base_model.modules():
+            module.training = self._modes.get(module, module.training)
         self.spt_config.clear()
         self.spt_targets.clear()
         self._spt_state.active = None
@@ -215,11 +215,18 @@ class SPTModel(nn.Module):
 
     # -- training helpers --------------------------------------------------------------------
     def train(self, mode: bool = True) -> "SPTModel":
-        """Like ``nn.Module.train``, but the frozen backbone's normalisation statistics stay fixed."""
+        """Like ``nn.Module.train`` for the units; the frozen backbone always runs in eval mode.
+
+        A frozen backbone must compute the same function in training and at test time: no dropout
+        or drop-path noise (spandrel builds SwinIR/HAT with drop_path_rate=0.1) and no BatchNorm
+        statistics updates. ``eject()`` hands the backbone back in the mode it had at injection.
+        """
         super().train(mode)
         for module in _backbone_modules(self.base_model):
-            if isinstance(module, _NORMS_WITH_STATS) and getattr(module, "track_running_stats", False):
-                module.eval()
+            module.training = False
+        self.base_model.training = False
+        for _, layer in iter_layers(self.base_model):
+            layer.spt_units.train(mode)
         return self
 
     def unit_parameters(self, adapter_name: str | None = None) -> Iterator[tuple[str, nn.Parameter]]:

@@ -145,12 +145,21 @@ class BNNet(nn.Module):
         return self.tail(self.bn(self.head(x)))
 
 
-def test_frozen_backbone_batchnorm_statistics_do_not_move():
+def test_frozen_backbone_runs_in_eval_mode_while_units_train():
     net = BNNet()
+    net.drop = nn.Dropout(0.5)
+    net.forward = lambda x: net.tail(net.drop(net.bn(net.head(x))))
+    net.train()
     stats = net.bn.running_mean.clone()
     model = spt_adapter.inject(net, "head").train()
-    model(torch.rand(2, 3, 8, 8) * 5, prior=torch.rand(2, 1, 8, 8))
+    x, prior = torch.rand(2, 3, 8, 8) * 5, torch.rand(2, 1, 8, 8)
+    assert torch.equal(model(x, prior=prior), model(x, prior=prior)), "dropout noise in the frozen backbone"
     assert torch.equal(net.bn.running_mean, stats)
+    assert model.training and all(u.training for _, u in model.base_model.head.spt_units.named_modules())
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    back = model.train().eject()
+    assert back.training and back.drop.training and back.bn.training, "eject restores the original modes"
 
 
 class TokenNet(nn.Module):
