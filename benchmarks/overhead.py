@@ -4,7 +4,8 @@ Prints, for SwinIR-light (x2, 64x64 input) and a small Restormer, each measured 
 one run (variants interleaved, median of --repeats):
 
 * trainable-parameter ratio: units / backbone (target <= 3 %);
-* forward latency ratio: backbone + units (prior given) / frozen backbone (target <= +5 %);
+* forward latency ratio: backbone + units (prior given) / frozen backbone (target <= +5 %), and
+  the forward FLOP ratio (counted by torch.utils.flop_counter; independent of machine load);
 * training-step time ratio: full fine-tune / SPT-only (target >= 1.5x faster);
 * optimizer-state memory (Adam) and training memory: SPT-only vs full fine-tune (target >= 40 %
   less optimizer-state memory). Training memory = tensors saved for backward + gradients + optimizer
@@ -25,6 +26,7 @@ import time
 import warnings
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import spt_adapter
 from spt_adapter import SPTConfig
@@ -114,6 +116,13 @@ def measure(name: str, args, config: SPTConfig) -> dict:
     n_units = sum(p.numel() for _, p in spt.unit_parameters())
     n_backbone = sum(p.numel() for p in backbone.parameters())
 
+    flops = {}
+    with torch.no_grad():
+        for v in ("backbone", "spt"):
+            with FlopCounterMode(display=False) as counter:
+                call(models[v][0].eval(), x, prior)
+            flops[v] = counter.get_total_flops()
+
     # forward latency, interleaved
     fwd = {"backbone": [], "spt": []}
     with torch.no_grad():
@@ -152,6 +161,7 @@ def measure(name: str, args, config: SPTConfig) -> dict:
         "fwd_backbone_ms": 1e3 * med(fwd["backbone"]),
         "fwd_spt_ms": 1e3 * med(fwd["spt"]),
         "fwd_ratio": med(fwd["spt"]) / med(fwd["backbone"]),
+        "flops_ratio": flops["spt"] / flops["backbone"],
         "step_full_ms": 1e3 * med(step["full"]),
         "step_spt_ms": 1e3 * med(step["spt"]),
         "step_speedup": med(step["full"]) / med(step["spt"]),
@@ -225,13 +235,14 @@ def main(argv=None) -> int:
         for r in rows:
             print(json.dumps(r))
         return 0
-    header = ("model", "units/backbone params", "forward +SPT / backbone", "train step full / SPT",
+    header = ("model", "units/backbone params", "forward +SPT / backbone", "forward FLOPs +SPT / backbone", "train step full / SPT",
               "Adam state SPT vs full", "train memory SPT vs full")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
         print(f"| {r['model']} | {r['unit_params']:,} / {r['backbone_params']:,} = {100 * r['param_ratio']:.2f} % "
               f"| {r['fwd_spt_ms']:.1f} / {r['fwd_backbone_ms']:.1f} ms = {r['fwd_ratio']:.3f}x "
+              f"| {r['flops_ratio']:.4f}x "
               f"| {r['step_full_ms']:.0f} / {r['step_spt_ms']:.0f} ms = {r['step_speedup']:.2f}x faster "
               f"| {r['optstate_spt_mb']:.3f} vs {r['optstate_full_mb']:.2f} MB = {100 * r['optstate_saving']:.1f} % less "
               f"| {r['peak_spt_mb']:.0f} vs {r['peak_full_mb']:.0f} MB = {100 * r['peak_saving']:.1f} % less |")
