@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     import torch
     from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 
-    from spt_adapter.prior import FastMaskGenerator, PriorCache, encode_masks, load_sam
+    from spt_adapter.prior import FastMaskGenerator, PriorCache, load_sam
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")

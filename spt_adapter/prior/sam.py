@@ -266,7 +266,7 @@ class FastMaskGenerator:
         data = _cat(parts, orig_size, self.device)
         keep = batched_nms(data["boxes"].float(), data["iou_preds"], torch.zeros(len(data["boxes"])),
                            iou_threshold=self.settings["box_nms_thresh"])
-        data = {k: v[keep] for k, v in data.items()}
+        data = {k: v[keep.to(v.device)] for k, v in data.items()}  # points live on the CPU, like stock's
         data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
         data["points"] = uncrop_points(data["points"], crop_box)
         data["crop_boxes"] = torch.tensor([crop_box for _ in range(len(data["iou_preds"]))])
