@@ -7,6 +7,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 
 from . import commands
 from .errors import SPTError
@@ -31,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # third-party architecture code (basicsr, spandrel) calls torch.jit.script at import time; its
+    # deprecation notice says nothing to a user of this command
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
