@@ -391,7 +391,7 @@ def parse_args(argv=None):
     p.add_argument("--pretrain-steps", type=int, default=1000)
     p.add_argument("--pretrain-batch", type=int, default=16)
     p.add_argument("--pretrain-lr", type=float, default=1e-3)
-    p.add_argument("--steps", type=int, default=400, help="training steps of every row (b)-(f)")
+    p.add_argument("--steps", type=int, default=200, help="training steps of every row (b)-(f)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--patch", type=int, default=48)
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the units")
