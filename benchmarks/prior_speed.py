@@ -10,8 +10,12 @@ Default: random-weight vit_b on CPU, 2 images of 128 px (scikit-image samples), 
 pred_iou_thresh 0.0 and stability_score_thresh 0.0 (a random model's IoU head is centred near 0
 and its masks are not stable, so SAM's 0.88 / 0.95 would leave no masks to compare).
 Same script on a GPU: ``--device cuda``. With ``--checkpoint`` a real SAM checkpoint is used.
+``--ours-points-per-batch`` gives our generator a larger prompt batch (stock keeps
+``--points-per-batch``); ``--encoder-batch N`` (N > 1) adds a row for our generator run over all
+images at once with N images per image-encoder call, its masks compared with stock's too.
 
     python benchmarks/prior_speed.py [--device cpu] [--images 2] [--size 128] [--points-per-side 16]
+        [--points-per-batch 64] [--ours-points-per-batch 64] [--encoder-batch 0]
 """
 
 from __future__ import annotations
@@ -42,10 +46,11 @@ def _images(n: int, size: int):
 
 
 def _same(a, b) -> bool:
+    """Stock's and our mask lists equal field by field (same order, same keys, same values)."""
     if len(a) != len(b):
         return False
     for x, y in zip(a, b):
-        if not np.array_equal(x["segmentation"], y["segmentation"]):
+        if set(x) != set(y) or not np.array_equal(x["segmentation"], y["segmentation"]):
             return False
         for k in x:
             if k != "segmentation" and x[k] != y[k] and not (isinstance(x[k], float) and np.isnan(x[k]) and np.isnan(y[k])):
@@ -73,7 +78,10 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=2)
     p.add_argument("--size", type=int, default=128, help="long side of the test images")
     p.add_argument("--points-per-side", type=int, default=16)
-    p.add_argument("--points-per-batch", type=int, default=64)
+    p.add_argument("--points-per-batch", type=int, default=64, help="stock generator's prompt batch (SAM's default 64)")
+    p.add_argument("--ours-points-per-batch", type=int, default=None, help="our prompt batch (default: --points-per-batch)")
+    p.add_argument("--encoder-batch", type=int, default=0,
+                   help="N > 1: also run ours over all images with N images per image-encoder call (masks checked too)")
     p.add_argument("--pred-iou-thresh", type=float, default=0.0,
                    help="0.0 keeps about half of a random-weight model's candidates (its IoU head is centred near 0)")
     p.add_argument("--stability-score-thresh", type=float, default=0.0,
@@ -91,11 +99,13 @@ def main(argv=None) -> int:
                 "stability_score_thresh": args.stability_score_thresh}
     images = _images(args.images, args.size)
     stock = SamAutomaticMaskGenerator(sam, points_per_batch=args.points_per_batch, **settings)
-    fast = FastMaskGenerator(sam, points_per_batch=args.points_per_batch, **settings)
+    ours_ppb = args.ours_points_per_batch or args.points_per_batch
+    fast = FastMaskGenerator(sam, points_per_batch=ours_ppb, **settings)
 
     rows = []
     identical = True
     t_stock, t_fast = [], []
+    stock_masks = []
     for i, im in enumerate(images):
         _sync(device)
         t = time.perf_counter()
@@ -108,9 +118,20 @@ def main(argv=None) -> int:
         t_fast.append(time.perf_counter() - t)
         same = _same(a, b)
         identical &= same
+        stock_masks.append(a)
         rows.append((i, im.shape[:2], len(a), t_stock[-1], t_fast[-1], same))
         print(f"  image {i} {im.shape[1]}x{im.shape[0]}: stock {t_stock[-1]:.2f}s ({len(a)} masks), "
               f"ours {t_fast[-1]:.2f}s ({len(b)} masks), identical={same}", flush=True)
+    t_batched, identical_batched = None, None
+    if args.encoder_batch > 1:
+        batched = FastMaskGenerator(sam, points_per_batch=ours_ppb, encoder_batch=args.encoder_batch, **settings)
+        _sync(device)
+        t = time.perf_counter()
+        got = batched.generate_batch(images)
+        _sync(device)
+        t_batched = time.perf_counter() - t
+        identical_batched = all(_same(a, b) for a, b in zip(stock_masks, got))
+        print(f"  all images, encoder batch {args.encoder_batch}: ours {t_batched:.2f}s, identical={identical_batched}", flush=True)
     # the image encoder alone (a floor both share)
     _sync(device)
     t = time.perf_counter()
@@ -147,18 +168,22 @@ def main(argv=None) -> int:
           f"{torch.get_num_threads()} threads, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     print(f"model: {args.model_type} {'checkpoint ' + args.checkpoint if args.checkpoint else 'random weights (seed 0)'}; "
-          f"settings {settings}, points_per_batch {args.points_per_batch}; {len(images)} image(s), long side {args.size}")
+          f"settings {settings}, points_per_batch stock {args.points_per_batch} / ours {ours_ppb}; "
+          f"{len(images)} image(s), long side {args.size}")
     print()
     print("| measurement | stock / recompute | ours / cache hit | ratio |")
     print("| --- | ---: | ---: | ---: |")
     print(f"| (b) SAM masks, {len(images)} image(s), total | {s_stock:.2f} s | {s_fast:.2f} s | {s_stock / s_fast:.2f}x |")
     print(f"| (b) per image | {s_stock / len(images):.2f} s | {s_fast / len(images):.2f} s | |")
     print(f"| (b) masks identical to stock | | {'yes' if identical else 'NO'} | |")
+    if t_batched is not None:
+        print(f"| (b) ours, encoder batch {args.encoder_batch}, total | {s_stock:.2f} s | {t_batched:.2f} s | {s_stock / t_batched:.2f}x |")
+        print(f"| (b) encoder batch {args.encoder_batch}: masks identical to stock | | {'yes' if identical_batched else 'NO'} | |")
     print(f"| image encoder alone (in both), per image | {t_enc:.2f} s | {t_enc:.2f} s | |")
     print(f"| (b) excluding the shared encoder | {s_stock / len(images) - t_enc:.2f} s | {s_fast / len(images) - t_enc:.2f} s | "
           f"{(s_stock / len(images) - t_enc) / max(s_fast / len(images) - t_enc, 1e-9):.2f}x |")
     print(f"| (a) prior of one image: recompute vs cache hit | {t_miss:.3f} s | {t_hit * 1e3:.2f} ms | {t_miss / t_hit:.0f}x |")
-    return 0 if identical else 1
+    return 0 if identical and identical_batched is not False else 1
 
 
 if __name__ == "__main__":

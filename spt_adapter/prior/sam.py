@@ -287,9 +287,18 @@ class FastMaskGenerator:
         k = keys + key_pe  # keep segment-anything's (permuted) memory layout: same GEMM, same bits
         t2i = layer0.cross_attn_token_to_image
         i2t = layer0.cross_attn_image_to_token
+        # Per-head operands of the shared attentions, laid out as torch.matmul lays out its bmm
+        # operands (contiguous (prompts * heads, ...)); repeated for a full prompt batch once per
+        # image instead of once per batch, and sliced for each batch.
+        ppb = self.points_per_batch
+        t2i_kt = t2i._separate_heads(t2i.k_proj(k), t2i.num_heads).permute(0, 1, 3, 2)  # (1, heads, d, hw)
+        t2i_v = t2i._separate_heads(t2i.v_proj(keys), t2i.num_heads)  # (1, heads, hw, d)
+        i2t_q = i2t._separate_heads(i2t.q_proj(k), i2t.num_heads)
         return {
             "keys": keys, "key_pe": key_pe, "hw": (c, h, w),
-            "t2i_k": t2i.k_proj(k), "t2i_v": t2i.v_proj(keys), "i2t_q": i2t.q_proj(k),
+            "t2i_kt": _repeat_heads(t2i_kt, ppb),
+            "t2i_v": _repeat_heads(t2i_v, ppb),
+            "i2t_q": _repeat_heads(i2t_q, ppb),
         }
 
     def _decode(self, shared, sparse):
@@ -314,20 +323,21 @@ class FastMaskGenerator:
             queries = queries + attn_out
         queries = layer0.norm1(queries)
         q = queries + point_embedding
-        attn_out = _attention(layer0.cross_attn_token_to_image, layer0.cross_attn_token_to_image.q_proj(q),
-                              shared["t2i_k"].expand(n, -1, -1), shared["t2i_v"].expand(n, -1, -1))
+        t2i = layer0.cross_attn_token_to_image
+        attn_out = _attention_bmm(t2i, n, q=t2i.q_proj(q), kt_rep=shared["t2i_kt"][: n * t2i.num_heads],
+                                  v_rep=shared["t2i_v"][: n * t2i.num_heads])
         queries = queries + attn_out
         queries = layer0.norm2(queries)
         queries = queries + layer0.mlp(queries)
         queries = layer0.norm3(queries)
         q = queries + point_embedding
         i2t = layer0.cross_attn_image_to_token
-        attn_out = _attention(i2t, shared["i2t_q"].expand(n, -1, -1), i2t.k_proj(q), i2t.v_proj(queries))
+        attn_out = _attention_bmm(i2t, n, q_rep=shared["i2t_q"][: n * i2t.num_heads], k=i2t.k_proj(q), v=i2t.v_proj(queries))
         keys = keys + attn_out
         keys = layer0.norm4(keys)
         # --- the remaining blocks exactly as segment-anything runs them
         for layer in tr.layers[1:]:
-            queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=key_pe)
+            queries, keys = _two_way_block(layer, queries, keys, point_embedding, key_pe)
         q = queries + point_embedding
         k = keys + key_pe
         attn_out = tr.final_attn_token_to_image(q=q, k=k, v=keys)
@@ -338,12 +348,15 @@ class FastMaskGenerator:
 
     def _upscale(self, shared, queries, keys):
         import torch
+        from segment_anything.modeling.common import LayerNorm2d
 
         dec = self.model.mask_decoder
         c, h, w = shared["hw"]
         b = keys.shape[0]
         src = keys.transpose(1, 2).view(b, c, h, w)
-        upscaled = dec.output_upscaling(src)
+        upscaled = src
+        for module in dec.output_upscaling:
+            upscaled = _layer_norm_2d(module, upscaled) if isinstance(module, LayerNorm2d) else module(upscaled)
         mask_tokens_out = queries[:, 1 : (1 + dec.num_mask_tokens), :]
         hyper_in = torch.stack([dec.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in range(dec.num_mask_tokens)], dim=1)
         b, c, h, w = upscaled.shape
@@ -426,20 +439,76 @@ class FastMaskGenerator:
         return out
 
 
-def _attention(attn, q, k, v):
-    """segment_anything.modeling.transformer.Attention.forward after the three projections."""
+def _repeat_heads(x, prompts):
+    """(1, heads, a, b) -> contiguous (prompts * heads, a, b): what torch.matmul copies its operand
+    to when it is broadcast over ``prompts``; made once and sliced per batch."""
+    return x.expand(prompts, -1, -1, -1).reshape(prompts * x.shape[1], x.shape[2], x.shape[3])
+
+
+def _attention_bmm(attn, n, q=None, q_rep=None, k=None, kt_rep=None, v=None, v_rep=None):
+    """``_attention`` where one side is shared by all ``n`` prompts and given pre-repeated
+    (``q_rep`` for image->token, ``kt_rep``/``v_rep`` for token->image): the same bmm calls on the
+    same operands as ``q @ k.permute(0, 1, 3, 2)`` and ``attn @ v`` make, without copying the
+    shared operand for every batch."""
     import torch
 
-    q = attn._separate_heads(q, attn.num_heads)
-    k = attn._separate_heads(k, attn.num_heads)
-    v = attn._separate_heads(v, attn.num_heads)
-    _, _, _, c_per_head = q.shape
-    a = q @ k.permute(0, 1, 3, 2)
-    a = a / math.sqrt(c_per_head)
+    heads = attn.num_heads
+    if q_rep is None:
+        q = attn._separate_heads(q, heads)
+        b, _, tokens, d = q.shape
+        qb = q.reshape(b * heads, tokens, d)
+    else:
+        qb = q_rep
+        tokens, d = q_rep.shape[1], q_rep.shape[2]
+    if kt_rep is None:
+        kt = attn._separate_heads(k, heads).permute(0, 1, 3, 2)
+        kt_rep = kt.reshape(n * heads, kt.shape[2], kt.shape[3])
+    a = torch.bmm(qb, kt_rep).view(n, heads, tokens, kt_rep.shape[2])
+    a = a / math.sqrt(d)
     a = torch.softmax(a, dim=-1)
-    out = a @ v
+    if v_rep is None:
+        v = attn._separate_heads(v, heads)
+        v_rep = v.reshape(n * heads, v.shape[2], v.shape[3])
+    out = torch.bmm(a.reshape(n * heads, tokens, a.shape[3]), v_rep).view(n, heads, tokens, v_rep.shape[2])
     out = attn._recombine_heads(out)
     return attn.out_proj(out)
+
+
+def _two_way_block(layer, queries, keys, query_pe, key_pe):
+    """segment_anything's TwoWayAttentionBlock.forward with ``keys + key_pe`` computed once (it
+    adds the same two tensors again before the image->token attention)."""
+    if layer.skip_first_layer_pe:
+        queries = layer.self_attn(q=queries, k=queries, v=queries)
+    else:
+        q = queries + query_pe
+        attn_out = layer.self_attn(q=q, k=q, v=queries)
+        queries = queries + attn_out
+    queries = layer.norm1(queries)
+    q = queries + query_pe
+    k = keys + key_pe
+    attn_out = layer.cross_attn_token_to_image(q=q, k=k, v=keys)
+    queries = queries + attn_out
+    queries = layer.norm2(queries)
+    mlp_out = layer.mlp(queries)
+    queries = queries + mlp_out
+    queries = layer.norm3(queries)
+    q = queries + query_pe
+    attn_out = layer.cross_attn_image_to_token(q=k, k=q, v=queries)
+    keys = keys + attn_out
+    keys = layer.norm4(keys)
+    return queries, keys
+
+
+def _layer_norm_2d(norm, x):
+    """segment_anything's LayerNorm2d.forward with ``x - u`` computed once (it computes it twice)
+    and the elementwise tail done in place."""
+    import torch
+
+    u = x.mean(1, keepdim=True)
+    d = x - u
+    s = d.pow(2).mean(1, keepdim=True)
+    d.div_(torch.sqrt(s + norm.eps))
+    return d.mul_(norm.weight[:, None, None]).add_(norm.bias[:, None, None])
 
 
 def _cat(parts, orig_size, device):
