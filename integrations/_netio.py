@@ -105,6 +105,15 @@ def copy_units(src: SPTModel, dst: SPTModel) -> None:
             p.copy_(theirs[key])
 
 
+def ema_units(src: SPTModel, dst: SPTModel, decay: float) -> None:
+    """dst's units := decay * dst + (1 - decay) * src: the EMA of the trainers, over the units only
+    (the frozen backbone is shared bit for bit, so averaging it would be wasted work)."""
+    theirs = dict(src.unit_parameters())
+    with torch.no_grad():
+        for key, p in dst.unit_parameters():
+            p.mul_(decay).add_(theirs[key], alpha=1 - decay)
+
+
 def load_units(net: SPTModel, path: str) -> None:
     """Overwrite the active adapter's units of ``net`` with those of the adapter file ``path``
     (checked against ``net``'s backbone like any load)."""

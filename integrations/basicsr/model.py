@@ -32,7 +32,7 @@ from spt_adapter.errors import ConfigError
 from spt_adapter.model import SPTModel
 
 from .._checkpoint import read_state_dict
-from .._netio import attach_units, bare, copy_units, load_backbone_state
+from .._netio import attach_units, bare, copy_units, ema_units, load_backbone_state
 from .._options import parse_spt_block
 
 META_BACKBONE = "basicsr_backbone"
@@ -116,10 +116,7 @@ class SPTSRModel(SRModel):
 
     def model_ema(self, decay=0.999):
         """EMA over the unit parameters only: the frozen backbone is shared bit for bit."""
-        mine = dict(bare(self.net_g).unit_parameters())
-        with torch.no_grad():
-            for key, p in self.net_g_ema.unit_parameters():
-                p.mul_(decay).add_(mine[key], alpha=1 - decay)
+        ema_units(bare(self.net_g), self.net_g_ema, decay)
 
     # -- data and forward ------------------------------------------------------------------------
     def feed_data(self, data):

@@ -25,7 +25,7 @@ import spt_adapter
 from spt_adapter.errors import ConfigError
 
 from .._checkpoint import read_state_dict
-from .._netio import attach_units, bare, copy_units, load_backbone_state, load_units
+from .._netio import attach_units, bare, copy_units, ema_units, load_backbone_state, load_units
 from .options import spt_options
 
 
@@ -103,10 +103,7 @@ def make_model_class(model_plain: type) -> type:
             optimizer.load_state_dict(torch.load(load_path, map_location=self.device, weights_only=True))
 
         def update_E(self, decay=0.999):
-            mine = dict(bare(self.netG).unit_parameters())
-            with torch.no_grad():
-                for key, p in self.netE.unit_parameters():
-                    p.mul_(decay).add_(mine[key], alpha=1 - decay)
+            ema_units(bare(self.netG), self.netE, decay)
 
         def save_network(self, save_dir, network, network_label, iter_label):
             path = os.path.join(save_dir, f"{iter_label}_{network_label}.safetensors")

@@ -47,7 +47,7 @@ def make_model_class(image_clean_model: type) -> type:
     from spt_adapter.errors import ConfigError
 
     from .._checkpoint import read_state_dict
-    from .._netio import attach_units, bare, copy_units, load_backbone_state
+    from .._netio import attach_units, bare, copy_units, ema_units, load_backbone_state
     from .._options import parse_spt_block
 
     class SPTImageCleanModel(image_clean_model):
@@ -101,10 +101,7 @@ def make_model_class(image_clean_model: type) -> type:
                     copy_units(bare(self.net_g), self.net_g_ema)
 
         def model_ema(self, decay=0.999):
-            mine = dict(bare(self.net_g).unit_parameters())
-            with torch.no_grad():
-                for key, p in self.net_g_ema.unit_parameters():
-                    p.mul_(decay).add_(mine[key], alpha=1 - decay)
+            ema_units(bare(self.net_g), self.net_g_ema, decay)
 
         def feed_train_data(self, data):
             super().feed_train_data(data)
