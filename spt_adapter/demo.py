@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import DEFAULT_FUSION
+
 import numpy as np
 import torch
 
@@ -54,7 +56,7 @@ class DemoSettings:
     spt_patch: int = 32
     spt_lr: float = 2e-3
     hidden: int = 16
-    fusion: str = "sft"
+    fusion: str = DEFAULT_FUSION
     segments: int = 24
     seed: int = 0
 

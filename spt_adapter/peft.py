@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 
 from ._io import atomic_write_bytes
-from .config import SCHEMA_VERSION, SPTConfig
+from .config import DEFAULT_FUSION, SCHEMA_VERSION, SPTConfig
 from .errors import AdapterFileError, ConfigError, PriorError, SPTError, TargetError
 from .inject import PriorState, SPTLayer, apply_to_output, default_example_input, make_unit, probe_channels
 from .model import batch_size, validate_prior
@@ -137,7 +137,7 @@ class SPTPeftConfig(PeftConfig):
 
     target_modules: Optional[Union[list[str], str]] = field(default=None)
     exclude_modules: Optional[Union[list[str], str]] = field(default=None)
-    fusion: str = field(default="sft")
+    fusion: str = field(default=DEFAULT_FUSION)
     hidden: int = field(default=16)
     depth: int = field(default=2)
     prior_channels: int = field(default=1)

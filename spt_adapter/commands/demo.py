@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config import DEFAULT_FUSION, FUSIONS
 from ..errors import SPTError
 from .train import nonneg_int, positive_int
 
@@ -19,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sam-checkpoint", metavar="PTH", help="use SAM masks (segment-anything checkpoint) instead of SLIC")
     parser.add_argument("--iters", type=positive_int, default=None, help="SPT training steps (default: 150)")
     parser.add_argument("--backbone-iters", type=positive_int, default=None, help="backbone pretraining steps (default: 150)")
-    parser.add_argument("--fusion", choices=("sft", "concat", "pool"), default="sft")
+    parser.add_argument("--fusion", choices=FUSIONS, default=DEFAULT_FUSION)
     parser.add_argument("--seed", type=nonneg_int, default=0)
     parser.add_argument("--device", default=None, help="cpu, cuda (default: cpu)")
     parser.add_argument("--retrain-backbone", action="store_true", help="ignore the cached demo backbone")

@@ -14,12 +14,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..config import DEFAULT_FUSION, FUSIONS
 from ..errors import SPTError
 
 HELP = "train SPT units on a frozen backbone (writes a safetensors delta, logs, resumable)"
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-FUSIONS = ("sft", "concat", "pool")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +222,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--targets", nargs="+", metavar="PATTERN",
                         help="modules to adapt (default: the preset of the plugin that claims the backbone)")
     parser.add_argument("--exclude", nargs="+", metavar="PATTERN", help="modules to leave out")
-    parser.add_argument("--fusion", choices=FUSIONS, default=None, help="unit fusion (default: sft)")
+    parser.add_argument("--fusion", choices=FUSIONS, default=None, help=f"unit fusion (default: {DEFAULT_FUSION})")
     parser.add_argument("--hidden", type=positive_int, default=16, help="prior-encoder width (default: 16)")
     d = parser.add_argument_group("data")
     d.add_argument("--data", required=True, metavar="HQ_DIR", help="folder of clean (ground-truth) images")
@@ -321,7 +321,7 @@ def run(args) -> int:
             spt = spt_adapter.load_adapter(model, out / ADAPTER_FILE)
         else:
             config = SPTConfig(
-                targets=targets, exclude=list(args.exclude or []), fusion=args.fusion or "sft", hidden=args.hidden,
+                targets=targets, exclude=list(args.exclude or []), fusion=args.fusion or DEFAULT_FUSION, hidden=args.hidden,
                 prior_channels=encoding_channels(args.encoding),
                 prior={"provider": provider.identity(), "encoding": args.encoding, "task": args.task},
                 integration=None if args.targets else args._claim[0], preset=None if args.targets else args._claim[1],
