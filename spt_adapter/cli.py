@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     # third-party architecture code (basicsr, spandrel) calls torch.jit.script at import time; its
     # deprecation notice says nothing to a user of this command
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
