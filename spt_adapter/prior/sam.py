@@ -8,10 +8,16 @@ CPU-only machines, never unpickles code) and loaded strictly. ``model_type`` is 
 :mod:`spt_adapter.prior.tiny`).
 
 Speed (:class:`FastMaskGenerator`), without changing a single output bit on CPU:
-- the image encoder runs on several images (or crops) per call;
+- the image encoder can run on several images (or crops) per call (``encoder_batch``; off by
+  default because batched GEMMs may differ from single-image ones in the last bits on some
+  machines -- ``benchmarks/prior_speed.py --encoder-batch N`` checks the masks against stock);
 - the mask decoder's first two-way block computes its image-side projections (key/value of the
   token->image attention, query of the image->token attention, ``image + pe``) once per image
-  instead of once per prompt, and never materialises the per-prompt copies of the embedding;
+  instead of once per prompt, and never materialises the per-prompt copies of the embedding; the
+  per-head operands that ``torch.matmul`` would copy for every batch are laid out once per image
+  and sliced, so the same ``bmm`` calls run on the same operands;
+- later two-way blocks add ``keys + key_pe`` once instead of twice, and the upscaling's
+  LayerNorm2d computes ``x - mean`` once (both elementwise, so the same bits);
 - predicted-IoU filtering happens before the mask upscaling, so prompts whose three masks all
   fail ``pred_iou_thresh`` are never upscaled, and only kept masks are resized to image size;
 - masks stay boolean tensors to the end (no run-length encoding round trip, no deep copies).
