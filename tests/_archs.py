@@ -80,6 +80,23 @@ def restormer():
                      ffn_expansion_factor=2.0)
 
 
+def tiny_esrgan(seed: int = 0):
+    """A very small ESRGAN built through spandrel's public class (hub/PEFT tests)."""
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    torch.manual_seed(seed)
+    return ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=2, scale=2).eval()
+
+
+def tiny_swinir(seed: int = 0):
+    """A very small SwinIR (4-px windows) through spandrel's public class (hub/PEFT tests)."""
+    from spandrel.architectures.SwinIR import SwinIR
+
+    torch.manual_seed(seed)
+    return SwinIR(img_size=16, embed_dim=12, depths=[2, 2], num_heads=[2, 2], window_size=4, mlp_ratio=2.0,
+                  upscale=2, upsampler="pixelshuffledirect", in_chans=3).eval()
+
+
 ARCHS = {
     "swinir_classical": (_seeded(swinir_classical), "layers.*.residual_group", (1, 3, 16, 16)),
     "swinir_light": (_seeded(swinir_light), "layers.*.residual_group", (1, 3, 16, 16)),

@@ -20,19 +20,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SMALL = [1, 3, 16, 16]  # probe input: keeps the width probe pass cheap
 
 
-def esrgan(seed: int = 0):
-    from spandrel.architectures.ESRGAN import ESRGAN
-
-    torch.manual_seed(seed)
-    return ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=2, scale=2).eval()
-
-
-def swinir(seed: int = 0):
-    from spandrel.architectures.SwinIR import SwinIR
-
-    torch.manual_seed(seed)
-    return SwinIR(img_size=16, embed_dim=12, depths=[2, 2], num_heads=[2, 2], window_size=4, mlp_ratio=2.0,
-                  upscale=2, upsampler="pixelshuffledirect", in_chans=3).eval()
+from _archs import tiny_esrgan as esrgan, tiny_swinir as swinir  # noqa: E402
 
 
 def inputs(batch: int = 1):
