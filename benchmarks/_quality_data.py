@@ -86,6 +86,45 @@ def load_splits(data: Path, *, n_test: int = 0, test_crop: int = 160, val_crop: 
     return Splits(train, val, test)
 
 
+SR_TRAIN = ("McMaster", "CBSD68")
+SR_TEST = ("Set5", "Set14")
+
+
+def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
+    """Crop the bottom/right so both sides are multiples of ``scale`` (the SR test protocol)."""
+    h, w = img.shape[:2]
+    return np.ascontiguousarray(img[: h - h % scale, : w - w % scale])
+
+
+def load_sr_splits(data: Path, *, scale: int = 4, n_test: int = 0, test_crop: int = 0, n_train: int = 0,
+                   train_crop: int = 0) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """SR x``scale``: train on McMaster + CBSD68 (HR), test on Set5 and Set14 (the field's test sets,
+    never trained or tuned on). Returns ``{"train": [...], "Set5": [...], "Set14": [...]}``; every
+    image is mod-cropped to a multiple of ``scale``; ``n_test``/``test_crop`` shrink the test sets
+    (first N images of each, centre crop), ``n_train``/``train_crop`` the training set."""
+    for sub in SR_TRAIN + SR_TEST:
+        if not (data / sub).is_dir():
+            raise FileNotFoundError(f"{data / sub} is missing: point --data at the shared test-image folder")
+    train = [(f"{sub}/{p.name}", load_rgb(p)) for sub in SR_TRAIN for p in _sorted_pngs(data / sub)]
+    if n_train:
+        train = train[:n_train]
+    if train_crop:
+        train = [(n, centre_crop(img, train_crop)) for n, img in train]
+    out = {"train": [(n, mod_crop(img, scale)) for n, img in train]}
+    for sub in SR_TEST:
+        paths = _sorted_pngs(data / sub)[: n_test or None]
+        out[sub] = [(f"{sub}/{p.name}", mod_crop(centre_crop(load_rgb(p), test_crop), scale)) for p in paths]
+    return out
+
+
+def bicubic_lq(hr: np.ndarray, scale: int) -> np.ndarray:
+    """The LQ input of bicubic SR: MATLAB ``imresize(HR, 1/scale, 'bicubic')`` rounded to 8 bits,
+    as the Set5/Set14 LR files are made (``spt_adapter.images.imresize_bicubic``)."""
+    from spt_adapter.images import imresize_bicubic
+
+    return imresize_bicubic(hr, scale=1.0 / scale)
+
+
 def add_noise(img: np.ndarray, sigma: float, seed: int) -> np.ndarray:
     """Clean uint8 HxWx3 -> float32 HxWx3 in [0,1] scale plus N(0, sigma/255), not clipped (the
     field's convention); the noise is fixed by ``seed``."""
@@ -223,6 +262,7 @@ class PriorSet:
     lq_prior: list[list[np.ndarray]] = field(default_factory=list)  # [image][realisation] HxW
     oracle_prior: list[np.ndarray] = field(default_factory=list)  # [image] HxW
     sam_prior: list[list[np.ndarray]] = field(default_factory=list)
+    scale: int = 1  # super-resolution factor: ``clean`` is ``scale`` times the size of ``noisy``
 
 
 def build_priors(images: list[tuple[str, np.ndarray]], *, sigma: float, realisations: int, noise_base: int,
@@ -246,3 +286,54 @@ def build_priors(images: list[tuple[str, np.ndarray]], *, sigma: float, realisat
         if want_oracle:
             oracle.append(cache.get(img, ident, lambda x: label_map(x, seg)))
     return PriorSet(clean, noisy, lq, oracle, sam_p)
+
+
+def bicubic_upsample_psnr(pset: PriorSet) -> float:
+    """Mean Y-channel PSNR of plain bicubic upsampling of the LQ images (MATLAB ``imresize`` x scale):
+    the field's reference row (Set5 x4: 28.42 dB), a check that LQ and metric follow the protocol."""
+    from spt_adapter.images import imresize_bicubic
+    from spt_adapter.metrics import metric_settings, psnr
+
+    kw = metric_settings(f"sr:{pset.scale}")
+    scores = []
+    for hr, (lq,) in zip(pset.clean, pset.noisy):
+        up = imresize_bicubic(to_uint8(lq), scale=float(pset.scale))
+        scores.append(float(psnr(up, to_uint8(hr), **kw)))
+    return float(np.mean(scores))
+
+
+def hr_segmenter(seg: Segmenter, scale: int) -> Segmenter:
+    """The segmenter for the oracle's HR image: the same method, with its area settings multiplied
+    by ``scale``² so that its regions cover the same part of the picture as on the LQ image."""
+    from dataclasses import replace
+
+    return replace(seg, region_px=seg.region_px * scale * scale, min_size=seg.min_size * scale * scale)
+
+
+def nearest_down(labels: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour downsampling of a label map by ``scale`` (the pixel nearest each LQ centre)."""
+    return np.ascontiguousarray(labels[scale // 2 :: scale, scale // 2 :: scale])
+
+
+def build_sr_priors(images: list[tuple[str, np.ndarray]], *, scale: int, seg: Segmenter, cache: LabelCache,
+                    sam=None, want_oracle: bool = True) -> PriorSet:
+    """Bicubic SR x``scale``: ``noisy`` holds the one LQ image (bicubic downsample, deterministic);
+    the LQ prior segments the LQ image; the oracle segments the HR image (:func:`hr_segmenter`) and
+    nearest-downsamples the label map to the LQ size. (Segmenting the HR image *downsampled the same
+    way* would be the LQ image itself, so it could not serve as an oracle.)"""
+    ident = json.dumps({"segmenter": seg.label(), "code": prior_code_path()}, sort_keys=True)
+    seg_hr = hr_segmenter(seg, scale)
+    ident_hr = json.dumps({"segmenter": seg_hr.label(), "code": prior_code_path()}, sort_keys=True)
+    out = PriorSet([], [], [], [], [], scale=scale)
+    for _, hr in images:
+        if hr.shape[0] % scale or hr.shape[1] % scale:
+            raise ValueError(f"HR image {hr.shape[:2]} is not a multiple of the scale {scale}: mod-crop it first")
+        lq = bicubic_lq(hr, scale)
+        out.clean.append(hr.astype(np.float32) / 255.0)
+        out.noisy.append([lq.astype(np.float32) / 255.0])
+        out.lq_prior.append([cache.get(lq, ident, lambda x: label_map(x, seg))])
+        out.sam_prior.append([cache.get(lq, json.dumps(sam.identity(), sort_keys=True),
+                                        lambda x: sam_label_map(x, sam))] if sam is not None else [])
+        if want_oracle:
+            out.oracle_prior.append(nearest_down(cache.get(hr, ident_hr, lambda x: label_map(x, seg_hr)), scale))
+    return out

@@ -17,6 +17,14 @@ differs. Tested at the training sigma and at an unseen sigma (out of distributio
     python benchmarks/quality.py                 # the default run (docs/results.md)
     python benchmarks/quality.py --quick         # a smoke run in well under a minute
     python benchmarks/quality.py --tune          # choose the segmenter on the validation split
+    python benchmarks/quality.py --task sr4      # the same ladder for bicubic x4 super-resolution
+
+With ``--task sr4`` the ladder runs for bicubic x4 SR on the Set5/Set14 protocol: LQ = MATLAB-style
+bicubic downsample of the HR image (8-bit), PSNR on the Y channel with a 4-pixel border crop; the
+backbone is a small Real-ESRGAN "Compact" network (spandrel's SRVGGNetCompact, pixel-shuffle x4)
+pre-trained here on McMaster + CBSD68 crops and cached; tested on Set5 and Set14 (full images).
+Prior (b) segments the LQ image; the oracle (d) segments the HR image (region sizes scaled by 16)
+and nearest-downsamples the label map to the LQ size.
 
 Settings are chosen with --tune on the validation split, never on CBSD68.
 """
@@ -69,6 +77,25 @@ def log(msg: str) -> None:
 # -------------------------------------------------------------------------------------------
 # backbone
 # -------------------------------------------------------------------------------------------
+SR_SCALE = 4
+
+
+def build_sr_backbone(nf: int, nconv: int) -> nn.Module:
+    from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
+
+    # Real-ESRGAN's compact SR net: conv + PReLU body at LQ size, pixel shuffle x4, + nearest-upsampled input.
+    return SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=nf, num_conv=nconv, upscale=SR_SCALE,
+                           act_type="prelu")
+
+
+def sr_unit_targets(nconv: int) -> list[str]:
+    """Three units on body convs spread through the depth (body.0 is the first conv, body.2k its k-th
+    hidden conv, body.2*nconv+2 the output conv before the pixel shuffle)."""
+    hidden = [2 * k for k in range(1, nconv + 1)]
+    picks = sorted({hidden[len(hidden) // 4], hidden[len(hidden) // 2], hidden[-1]})
+    return [f"body.{i}" for i in picks]
+
+
 def build_backbone(nc: int, nb: int) -> nn.Module:
     from spandrel.architectures.DnCNN import DnCNN
 
@@ -97,6 +124,52 @@ def random_crops(rng: np.random.Generator, images: list[np.ndarray], batch: int,
 def _augment(a: np.ndarray, k: int) -> np.ndarray:
     a = np.rot90(a, k % 4, axes=(0, 1))
     return a[:, ::-1] if k >= 4 else a
+
+
+def _save_cached(net: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def pretrain_sr_backbone(args, names: list[str], pset: qd.PriorSet, cache_dir: Path) -> tuple[nn.Module, dict]:
+    """Train the SR backbone from scratch on aligned (bicubic LQ, HR) crops of the training images;
+    cached by its settings. ``--patch`` is the LQ patch size (the HR patch is 4x it)."""
+    from safetensors.torch import load_file
+
+    spec = {"arch": "SRVGGNetCompact", "nf": args.sr_feat, "nconv": args.sr_convs, "scale": SR_SCALE,
+            "steps": args.pretrain_steps, "batch": args.pretrain_batch, "patch": args.patch,
+            "lr": args.pretrain_lr, "train": names, "version": 1}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir / f"backbone_srvgg_x{SR_SCALE}_{key}.safetensors"
+    net = build_sr_backbone(args.sr_feat, args.sr_convs)
+    if path.exists():
+        net.load_state_dict(load_file(str(path)))
+        log(f"backbone: loaded from cache {path}")
+        return net.eval(), {"cached": True, "path": str(path), **spec}
+    t0 = time.time()
+    torch.manual_seed(1234)
+    sched = make_schedule(1234, args.pretrain_steps, args.pretrain_batch, args.patch, pset)
+    opt = torch.optim.Adam(net.parameters(), lr=args.pretrain_lr)
+    lr_s = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.pretrain_steps, eta_min=args.pretrain_lr * 0.01)
+    net.train()
+    for step in range(args.pretrain_steps):
+        lq, gt, _ = get_batch(sched[step], args.patch, pset, "none")
+        loss = torch.mean(torch.abs(net(lq) - gt))  # L1, as SR networks are trained
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        lr_s.step()
+        if (step + 1) % max(1, args.pretrain_steps // 10) == 0:
+            log(f"backbone pretrain {step + 1}/{args.pretrain_steps} L1 {loss.item():.5f} "
+                f"({time.time() - t0:.0f}s)")
+    net.eval()
+    _save_cached(net, path)
+    log(f"backbone: pre-trained in {time.time() - t0:.0f}s, cached at {path}")
+    return net, {"cached": False, "path": str(path), "seconds": round(time.time() - t0, 1), **spec}
 
 
 def pretrain_backbone(args, train: list[tuple[str, np.ndarray]], cache_dir: Path) -> tuple[nn.Module, dict]:
@@ -150,7 +223,7 @@ def make_schedule(seed: int, steps: int, batch: int, patch: int, pset: qd.PriorS
     for s in range(steps):
         for k in range(batch):
             i = int(rng.integers(n_img))
-            h, w = pset.clean[i].shape[:2]
+            h, w = pset.noisy[i][0].shape[:2]  # crop positions on the LQ image (= clean for denoising)
             sched[s, k] = (i, rng.integers(n_real), rng.integers(0, h - patch + 1), rng.integers(0, w - patch + 1),
                            rng.integers(8))
     return sched
@@ -158,9 +231,10 @@ def make_schedule(seed: int, steps: int, batch: int, patch: int, pset: qd.PriorS
 
 def get_batch(sched_step: np.ndarray, patch: int, pset: qd.PriorSet, prior: str):
     lqs, gts, priors = [], [], []
+    sc = pset.scale
     for i, r, y, x, aug in sched_step:
         sl = (slice(y, y + patch), slice(x, x + patch))
-        gts.append(_augment(pset.clean[i][sl], aug))
+        gts.append(_augment(pset.clean[i][sc * y : sc * (y + patch), sc * x : sc * (x + patch)], aug))
         lqs.append(_augment(pset.noisy[i][r][sl], aug))
         if prior == "lq":
             p = pset.lq_prior[i][r][sl]
@@ -191,7 +265,8 @@ def make_spt(backbone: nn.Module, fusion: str, args, seed: int):
     from spt_adapter import SPTConfig
 
     torch.manual_seed(seed)
-    cfg = SPTConfig(targets=unit_targets(args.nb), fusion=fusion, hidden=args.hidden, depth=args.depth)
+    targets = sr_unit_targets(args.sr_convs) if args.task == "sr4" else unit_targets(args.nb)
+    cfg = SPTConfig(targets=targets, fusion=fusion, hidden=args.hidden, depth=args.depth)
     return spt_adapter.inject(copy.deepcopy(backbone), config=cfg, example_input=torch.zeros(1, 3, 32, 32))
 
 
@@ -209,7 +284,7 @@ def train_model(model: nn.Module, sched: np.ndarray, pset: qd.PriorSet, prior: s
     for step in range(len(sched)):
         lq, gt, pr = get_batch(sched[step], patch, pset, prior)
         out = model(lq) if pr is None else model(lq, prior=pr)
-        loss = torch.mean((out - gt) ** 2)
+        loss = torch.mean(torch.abs(out - gt)) if pset.scale > 1 else torch.mean((out - gt) ** 2)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -224,6 +299,14 @@ def psnr_rgb(out: np.ndarray, gt: np.ndarray) -> float:
     from spt_adapter.metrics import psnr, to_uint8
 
     return float(psnr(to_uint8(out), to_uint8(gt)))
+
+
+def psnr_sr_y(out: np.ndarray, gt: np.ndarray, scale: int) -> float:
+    """PSNR in dB for SR x``scale``: the Y channel (BT.601) with ``scale`` pixels cropped from every
+    edge, on the 8-bit output (``spt_adapter.metrics.metric_settings("sr:<scale>")``)."""
+    from spt_adapter.metrics import metric_settings, psnr, to_uint8
+
+    return float(psnr(to_uint8(out), to_uint8(gt), **metric_settings(f"sr:{scale}")))
 
 
 @torch.no_grad()
@@ -249,7 +332,10 @@ def evaluate(model: nn.Module, pset: qd.PriorSet, prior: str, batch: int = 17) -
                     pr = torch.from_numpy(np.stack([maps(i) for i in chunk]))[:, None]
                 out = model(lq, prior=pr)
             out = out.permute(0, 2, 3, 1).numpy()
-            scores += [psnr_rgb(o, pset.clean[i]) for o, i in zip(out, chunk)]
+            if pset.scale > 1:
+                scores += [psnr_sr_y(o, pset.clean[i], pset.scale) for o, i in zip(out, chunk)]
+            else:
+                scores += [psnr_rgb(o, pset.clean[i]) for o, i in zip(out, chunk)]
     return float(np.mean(scores))
 
 
@@ -369,6 +455,8 @@ def tune(args, splits: qd.Splits, backbone, cache: qd.LabelCache) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=("denoise", "sr4"), default="denoise",
+                   help="denoise: colour denoising on CBSD68 (default); sr4: bicubic x4 SR on Set5/Set14")
     p.add_argument("--data", type=Path, default=qd.DATA_DEFAULT, help="folder with Set14/McMaster/CBSD68")
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "spt-adapter" / "quality")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (seconds): few steps/images, 1 seed")
@@ -378,7 +466,8 @@ def parse_args(argv=None):
                    "or felzenszwalb:scale=3000,min_size=400")
     p.add_argument("--sam-checkpoint", type=Path, default=None, help="adds row (f): SAM masks of the LQ input")
     p.add_argument("--sam-model-type", default="vit_b")
-    p.add_argument("--fusions", nargs="+", default=list(FUSIONS), choices=FUSIONS)
+    p.add_argument("--fusions", nargs="+", default=None, choices=FUSIONS,
+                   help="default: all three for denoise, concat for sr4")
     p.add_argument("--rows", default="abcde", help="subset of abcdef")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--sigma", type=float, default=25.0, help="training sigma (backbone and units)")
@@ -388,22 +477,33 @@ def parse_args(argv=None):
     p.add_argument("--test-sigmas", type=float, nargs="+", default=[25.0, 50.0])
     p.add_argument("--nc", type=int, default=32)
     p.add_argument("--nb", type=int, default=8)
-    p.add_argument("--pretrain-steps", type=int, default=1000)
+    p.add_argument("--sr-feat", type=int, default=32, help="sr4: channels of the SRVGGNetCompact backbone")
+    p.add_argument("--sr-convs", type=int, default=8, help="sr4: hidden convs of the SRVGGNetCompact backbone")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="default: 1000 (denoise), 2000 (sr4)")
     p.add_argument("--pretrain-batch", type=int, default=16)
     p.add_argument("--pretrain-lr", type=float, default=1e-3)
-    p.add_argument("--steps", type=int, default=200, help="training steps of every row (b)-(f)")
+    p.add_argument("--steps", type=int, default=None, help="training steps of every row (b)-(f); default: "
+                   "200 (denoise), 300 (sr4)")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--patch", type=int, default=48)
+    p.add_argument("--patch", type=int, default=None, help="training patch; for sr4 the LQ patch (HR: 4x). "
+                   "Default: 48 (denoise), 32 (sr4)")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the units")
     p.add_argument("--ft-lr", type=float, default=1e-4, help="learning rate of full fine-tuning (e)")
     p.add_argument("--hidden", type=int, default=16)
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--realisations", type=int, default=3, help="fixed noise draws per training image")
     p.add_argument("--n-test", type=int, default=0, help="first N CBSD68 images (0: all 68)")
-    p.add_argument("--test-crop", type=int, default=160, help="centre crop of test images (0: full size)")
+    p.add_argument("--test-crop", type=int, default=None,
+                   help="centre crop of test images (0: full size); default: 160 (denoise), 0 (sr4)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None, help="write all per-seed numbers here")
     args = p.parse_args(argv)
+    sr = args.task == "sr4"
+    defaults = {"fusions": ["concat"] if sr else list(FUSIONS), "pretrain_steps": 2000 if sr else 1000,
+                "steps": 300 if sr else 200, "patch": 32 if sr else 48, "test_crop": 0 if sr else 160}
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     if args.quick:
         args.pretrain_steps, args.steps, args.seeds = 20, 6, [0]
         args.n_test, args.test_crop, args.realisations = 3, 64, 1
@@ -411,10 +511,15 @@ def parse_args(argv=None):
         args.nc, args.nb = 8, 4
         args.tune_candidates = args.tune_candidates[:1]
         args.n_train, args.train_crop = 4, 128
+        args.sr_feat, args.sr_convs = 8, 4
+        if sr:
+            args.n_test, args.patch = 2, 16
     else:
         args.n_train, args.train_crop = 0, 0
     if not set(args.rows) <= set("abcdef"):
         p.error(f"--rows takes letters from 'abcdef', got {args.rows!r}")
+    if sr and args.tune:
+        p.error("--tune chooses the segmenter on the denoising validation split; it has no --task sr4 mode")
     if "f" in args.rows and args.sam_checkpoint is None:
         p.error("row f needs --sam-checkpoint")
     if args.sam_checkpoint is not None and "f" not in args.rows:
@@ -422,11 +527,68 @@ def parse_args(argv=None):
     return args
 
 
+def _make_sam(args):
+    if args.sam_checkpoint is None:
+        return None
+    from spt_adapter.prior import SamMaskProvider
+
+    return SamMaskProvider(str(args.sam_checkpoint), model_type=args.sam_model_type)
+
+
+def _report(args, argv, t_all, title, bb_info, res, eval_names, rows, extra) -> None:
+    wall = time.time() - t_all
+    cmd = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(f"\n### {title}\n")
+    print(f"command: `{cmd.strip()}`  ")
+    print(f"machine: {platform.machine()} {os.cpu_count()} CPU(s), torch {torch.__version__}, "
+          f"{args.threads} threads; wall time {wall / 60:.1f} min (backbone "
+          f"{'from cache' if bb_info['cached'] else 'pre-trained in this run'})")
+    print(render(res, eval_names, rows, args.fusions))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"command": cmd, "task": args.task, "wall_seconds": wall, "backbone": bb_info, "results": res,
+                   "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, **extra}
+        args.json.write_text(json.dumps(payload, indent=1, sort_keys=True))
+
+
+def main_sr(args, argv, t_all, cache: qd.LabelCache) -> int:
+    """The prior ladder for bicubic x4 SR: train McMaster + CBSD68, test Set5 and Set14."""
+    splits = qd.load_sr_splits(args.data, scale=SR_SCALE, n_test=args.n_test, test_crop=args.test_crop,
+                               n_train=args.n_train, train_crop=args.train_crop)
+    seg = qd.Segmenter.parse(args.segmenter)
+    sam = _make_sam(args)
+    t0 = time.time()
+    train_set = qd.build_sr_priors(splits["train"], scale=SR_SCALE, seg=seg, cache=cache, sam=sam)
+    eval_sets = {f"{k} ×{SR_SCALE} (Y, crop {SR_SCALE})":
+                 qd.build_sr_priors(splits[k], scale=SR_SCALE, seg=seg, cache=cache, sam=sam) for k in qd.SR_TEST}
+    lq_priors = [p[0] for es in eval_sets.values() for p in es.lq_prior]
+    n_regions = float(np.mean([len(np.unique(p)) for p in lq_priors]))
+    log(f"data: {len(splits['train'])} train images, " + ", ".join(f"{k} {len(splits[k])}" for k in qd.SR_TEST)
+        + f" test images; priors ready in {time.time() - t0:.0f}s ({seg.label()}; {n_regions:.0f} regions per "
+        f"LQ test image; prior code path: {qd.prior_code_path()})")
+    bicubic = {k: qd.bicubic_upsample_psnr(es) for k, es in eval_sets.items()}
+    log("bicubic upsampling (reference): " + ", ".join(f"{k} {v:.3f}" for k, v in bicubic.items()))
+    backbone, bb_info = pretrain_sr_backbone(args, [n for n, _ in splits["train"]], train_set, args.cache_dir)
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    rows = [r for r in "abcdef" if r in args.rows]
+    res = run_ladder(args, backbone, train_set, eval_sets, rows, args.fusions)
+    print("\nbicubic upsampling (reference): " + ", ".join(f"{k} {v:.3f}" for k, v in bicubic.items()))
+    _report(args, argv, t_all, f"Prior ladder, SR ×{SR_SCALE} — {seg.label()} ({n_regions:.0f} regions per LQ "
+            "test image)", bb_info, res, list(eval_sets), rows,
+            {"segmenter": seg.label(), "regions_per_test_image": n_regions,
+             "bicubic_upsampling": bicubic,
+             "oracle": "segment HR (area settings x16), nearest-downsample the label map"})
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     t_all = time.time()
     cache = qd.LabelCache(args.cache_dir / "priors")
+    if args.task == "sr4":
+        return main_sr(args, argv, t_all, cache)
     splits = qd.load_splits(args.data, n_test=args.n_test, test_crop=args.test_crop, n_train=args.n_train,
                             train_crop=args.train_crop)
     log(f"data: {len(splits.train)} train images, {len(splits.val)} val crops, {len(splits.test)} test images "
@@ -438,11 +600,7 @@ def main(argv=None) -> int:
         tune(args, splits, backbone, cache)
         log(f"total wall time {time.time() - t_all:.0f}s")
         return 0
-    sam = None
-    if args.sam_checkpoint is not None:
-        from spt_adapter.prior import SamMaskProvider
-
-        sam = SamMaskProvider(str(args.sam_checkpoint), model_type=args.sam_model_type)
+    sam = _make_sam(args)
     seg = qd.Segmenter.parse(args.segmenter)
     t0 = time.time()
     unit_sigma = args.sigma if args.unit_sigma is None else args.unit_sigma
@@ -455,20 +613,8 @@ def main(argv=None) -> int:
     log(f"priors ready in {time.time() - t0:.0f}s ({seg.label()}; {n_regions:.0f} regions per test image)")
     rows = [r for r in "abcdef" if r in args.rows]
     res = run_ladder(args, backbone, train_set, eval_sets, rows, args.fusions)
-    wall = time.time() - t_all
-    cmd = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    print(f"\n### Prior ladder — {seg.label()} ({n_regions:.0f} regions per test image)\n")
-    print(f"command: `{cmd.strip()}`  ")
-    print(f"machine: {platform.machine()} {os.cpu_count()} CPU(s), torch {torch.__version__}, "
-          f"{args.threads} threads; wall time {wall / 60:.1f} min (backbone "
-          f"{'from cache' if bb_info['cached'] else 'pre-trained in this run'})")
-    print(render(res, list(eval_sets), rows, args.fusions))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"command": cmd, "segmenter": seg.label(), "regions_per_test_image": n_regions,
-                   "wall_seconds": wall, "backbone": bb_info, "results": res,
-                   "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
-        args.json.write_text(json.dumps(payload, indent=1, sort_keys=True))
+    _report(args, argv, t_all, f"Prior ladder — {seg.label()} ({n_regions:.0f} regions per test image)", bb_info,
+            res, list(eval_sets), rows, {"segmenter": seg.label(), "regions_per_test_image": n_regions})
     return 0
 
 

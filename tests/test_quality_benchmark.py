@@ -85,5 +85,84 @@ def test_bad_arguments_are_refused():
         quality.parse_args(["--rows", "abz"])
     with pytest.raises(SystemExit):
         quality.parse_args(["--rows", "abf"])  # f needs --sam-checkpoint
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--task", "sr4", "--tune"])  # the segmenter is chosen on denoising validation
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--task", "sr2"])
+    sr = quality.parse_args(["--task", "sr4"])
+    assert sr.fusions == ["concat"] and sr.test_crop == 0 and sr.patch == 32
+    assert quality.parse_args([]).fusions == ["concat", "sft", "pool"]
     with pytest.raises(ValueError):
         _load("_quality_data").Segmenter.parse("watershed:scale=3")
+
+
+# ------------------------------------------------------------------ bicubic x4 super-resolution
+
+
+@pytest.fixture(scope="module")
+def quick_sr_run(tmp_path_factory):
+    quality = _load("quality")
+    out = tmp_path_factory.mktemp("quality_sr")
+    rc = quality.main(["--task", "sr4", "--quick", "--cache-dir", str(out / "cache"), "--json", str(out / "r.json")])
+    assert rc == 0
+    return quality, out, json.loads((out / "r.json").read_text())
+
+
+def test_quick_sr_run_fills_the_ladder_on_set5_and_set14(quick_sr_run):
+    _, out, payload = quick_sr_run
+    res = payload["results"]
+    assert payload["task"] == "sr4"
+    assert set(res) == set("abcde")
+    evals = set(res["a"]["-"])
+    assert evals == {"Set5 ×4 (Y, crop 4)", "Set14 ×4 (Y, crop 4)"}
+    for row in "bcd":
+        assert set(res[row]) == {"concat"}
+        for name in evals:
+            (v,) = res[row]["concat"][name]
+            assert math.isfinite(v) and 15 < v < 50
+    assert any(res["b"]["concat"][n][0] != res["a"]["-"][n][0] for n in evals)
+    assert list((out / "cache").glob("backbone_srvgg_x4_*.safetensors"))
+    assert set(payload["bicubic_upsampling"]) == evals
+
+
+def test_sr_batches_pair_lq_crops_with_the_hr_crops_they_came_from(quick_sr_run):
+    quality, out, _ = quick_sr_run
+    qd = sys.modules.get("_quality_data") or _load("_quality_data")
+    hr = qd.mod_crop(qd.centre_crop(qd.load_rgb(DATA / "CBSD68" / "0003.png"), 130), 4)
+    assert hr.shape[:2] == (128, 128)
+    seg = qd.Segmenter.parse("slic:region_px=50,compactness=10,sigma=1")
+    pset = qd.build_sr_priors([("x", hr)], scale=4, seg=seg, cache=qd.LabelCache(out / "labels"))
+    assert pset.scale == 4 and pset.noisy[0][0].shape == (32, 32, 3)
+    assert pset.lq_prior[0][0].shape == pset.oracle_prior[0].shape == (32, 32)
+    assert not np.array_equal(pset.lq_prior[0][0], pset.oracle_prior[0])
+    sched = quality.make_schedule(0, 3, 2, 8, pset)
+    assert sched[:, :, 2].max() <= 32 - 8 and sched[:, :, 3].max() <= 32 - 8  # positions on the LQ image
+    lq, gt, pr = quality.get_batch(sched[0], 8, pset, "lq")
+    assert lq.shape == (2, 3, 8, 8) and gt.shape == (2, 3, 32, 32) and pr.shape == (2, 1, 8, 8)
+    # each LQ crop is the bicubic downsample of its HR crop (up to the image-border support of the kernel)
+    from spt_adapter.images import imresize_bicubic
+
+    for k in range(2):
+        hr_c = qd.to_uint8(gt[k].permute(1, 2, 0).numpy())
+        down = imresize_bicubic(hr_c, scale=0.25).astype(np.float32) / 255.0
+        got = lq[k].permute(1, 2, 0).numpy()
+        assert np.abs(down[2:-2, 2:-2] - got[2:-2, 2:-2]).max() <= 1.5 / 255
+
+
+def test_sr_protocol_matches_the_published_bicubic_baseline():
+    """Bicubic x4 on Set5 (MATLAB imresize, Y channel, 4-pixel crop) is 28.42 dB in every SR paper."""
+    qd = _load("_quality_data")
+    hr = [(n, qd.mod_crop(qd.load_rgb(p), 4)) for n, p in ((p.name, p) for p in sorted((DATA / "Set5").glob("*.png")))]
+    ps = qd.PriorSet([i.astype(np.float32) / 255 for _, i in hr],
+                     [[qd.bicubic_lq(i, 4).astype(np.float32) / 255] for _, i in hr], scale=4)
+    assert abs(qd.bicubic_upsample_psnr(ps) - 28.42) < 0.05
+
+
+def test_sr_oracle_label_map_is_the_hr_segmentation_nearest_downsampled():
+    qd = _load("_quality_data")
+    lab = np.arange(64, dtype=np.float32).reshape(8, 8)
+    assert np.array_equal(qd.nearest_down(lab, 4), lab[[2, 6]][:, [2, 6]])
+    seg = qd.Segmenter.parse("felzenszwalb:scale=300,sigma=0.8,min_size=50")
+    assert qd.hr_segmenter(seg, 4).min_size == 800
+    with pytest.raises(ValueError, match="multiple of the scale"):
+        qd.build_sr_priors([("x", np.zeros((30, 32, 3), np.uint8))], scale=4, seg=seg, cache=None)
