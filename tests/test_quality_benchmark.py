@@ -166,3 +166,22 @@ def test_sr_oracle_label_map_is_the_hr_segmentation_nearest_downsampled():
     assert qd.hr_segmenter(seg, 4).min_size == 800
     with pytest.raises(ValueError, match="multiple of the scale"):
         qd.build_sr_priors([("x", np.zeros((30, 32, 3), np.uint8))], scale=4, seg=seg, cache=None)
+
+
+def test_sr_backbone_pretraining_is_reproducible(quick_sr_run, tmp_path):
+    """Same settings, same backbone: the cache key describes the weights (initialisation seeded)."""
+    from safetensors.torch import load_file
+
+    quality, out, payload = quick_sr_run
+    args = quality.parse_args(["--task", "sr4", "--quick"])
+    qd = sys.modules.get("_quality_data") or _load("_quality_data")
+    splits = qd.load_sr_splits(DATA, scale=4, n_train=args.n_train, train_crop=args.train_crop, n_test=1)
+    seg = qd.Segmenter.parse(args.segmenter)
+    pset = qd.build_sr_priors(splits["train"], scale=4, seg=seg, cache=qd.LabelCache(tmp_path / "p"),
+                              want_oracle=False)
+    net, info = quality.pretrain_sr_backbone(args, [n for n, _ in splits["train"]], pset, tmp_path)
+    assert not info["cached"]
+    first = load_file(payload["backbone"]["path"])
+    assert Path(info["path"]).name == Path(payload["backbone"]["path"]).name
+    for k, v in net.state_dict().items():
+        assert (v == first[k]).all(), k
