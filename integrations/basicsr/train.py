@@ -23,7 +23,9 @@ from os import path as osp
 
 import torch
 
-from spt_adapter.errors import SPTError, PluginError
+from spt_adapter.errors import PluginError
+
+from .._launch import run_reporting_errors
 
 
 def register() -> list[str]:
@@ -74,12 +76,7 @@ def train(root_path: str | None = None) -> None:
 def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    try:
-        train()
-    except SPTError as exc:
-        print(f"spt-adapter: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting_errors(train)
 
 
 if __name__ == "__main__":

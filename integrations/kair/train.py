@@ -28,7 +28,9 @@ import sys
 import numpy as np
 import torch
 
-from spt_adapter.errors import ConfigError, SPTError
+from spt_adapter.errors import ConfigError
+
+from .._launch import fail, run_reporting_errors
 
 from .options import check_gpu_ids, read_options, spt_options
 
@@ -102,11 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     root = os.path.abspath(args.kair_root)
     script = os.path.join(root, args.script)
     if not os.path.isfile(script):
-        print(f"spt-adapter: error: {script} not found: run from a KAIR checkout or pass --kair-root", file=sys.stderr)
-        return 2
+        return fail(f"{script} not found: run from a KAIR checkout or pass --kair-root")
     os.chdir(root)
     sys.path.insert(0, root)
-    try:
+
+    def run() -> None:
         install(read_options(args.opt))
         from .model import StopTraining
 
@@ -115,10 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             runpy.run_path(script, run_name="__main__")
         except StopTraining as stop:
             print(f"spt-adapter: stopped after {stop.args[0]} iterations (train.spt_stop_after)")
-    except SPTError as exc:
-        print(f"spt-adapter: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_reporting_errors(run)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import os
 import runpy
 import sys
 
+from .._launch import fail, run_reporting_errors
+
 
 def use_checkout_basicsr(root: str) -> None:
     """Make ``import basicsr`` resolve to the checkout's fork. The fork has no ``__init__.py`` (a
@@ -73,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     root = os.path.abspath(os.environ.get("SPT_RESTORMER_ROOT_OVERRIDE") or os.getcwd())
     script = os.path.join(root, "basicsr", "train.py")
     if not os.path.isfile(script):
-        print(f"spt-adapter: error: {script} not found: run from a Restormer checkout", file=sys.stderr)
-        return 2
+        return fail(f"{script} not found: run from a Restormer checkout")
     os.chdir(root)
     sys.path.insert(0, root)
     use_checkout_basicsr(root)  # an installed BasicSR must not shadow the fork
@@ -82,24 +83,15 @@ def main(argv: list[str] | None = None) -> int:
 
     done = register_frameworks(raise_errors=True)
     if "restormer" not in done:
-        print("spt-adapter: error: the restormer plugin did not register (is this a Restormer checkout?)", file=sys.stderr)
-        return 2
+        return fail("the restormer plugin did not register (is this a Restormer checkout?)")
     args = list(sys.argv[1:] if argv is None else argv)
     import torch
 
     problem = check_cpu_run(root, args, torch.cuda.is_available())
     if problem:
-        print(f"spt-adapter: error: {problem}", file=sys.stderr)
-        return 2
+        return fail(problem)
     sys.argv = [script, *args]
-    from spt_adapter.errors import SPTError
-
-    try:
-        runpy.run_path(script, run_name="__main__")
-    except SPTError as exc:  # a user error (options, backbone file): one line, like the other launchers
-        print(f"spt-adapter: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting_errors(lambda: runpy.run_path(script, run_name="__main__"))
 
 
 if __name__ == "__main__":
