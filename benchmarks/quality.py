@@ -135,22 +135,32 @@ def _save_cached(net: nn.Module, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def pretrain_sr_backbone(args, names: list[str], pset: qd.PriorSet, cache_dir: Path) -> tuple[nn.Module, dict]:
-    """Train the SR backbone from scratch on aligned (bicubic LQ, HR) crops of the training images;
-    cached by its settings. ``--patch`` is the LQ patch size (the HR patch is 4x it)."""
+def _cached_backbone(spec: dict, stem: str, cache_dir: Path, build) -> tuple[nn.Module, Path, bool]:
+    """Build the backbone of ``spec`` with a seeded initialisation and load its cached weights if
+    present. Returns (net, cache path, whether the cache was hit)."""
     from safetensors.torch import load_file
 
-    spec = {"arch": "SRVGGNetCompact", "nf": args.sr_feat, "nconv": args.sr_convs, "scale": SR_SCALE,
-            "steps": args.pretrain_steps, "batch": args.pretrain_batch, "patch": args.patch,
-            "lr": args.pretrain_lr, "train": names, "version": 2}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir / f"backbone_srvgg_x{SR_SCALE}_{key}.safetensors"
+    path = cache_dir / f"{stem}_{key}.safetensors"
     torch.manual_seed(1234)  # the initialisation too: the same settings give the same backbone
-    net = build_sr_backbone(args.sr_feat, args.sr_convs)
+    net = build()
     if path.exists():
         net.load_state_dict(load_file(str(path)))
         log(f"backbone: loaded from cache {path}")
-        return net.eval(), {"cached": True, "path": str(path), **spec}
+        net.eval()
+    return net, path, path.exists()
+
+
+def pretrain_sr_backbone(args, names: list[str], pset: qd.PriorSet, cache_dir: Path) -> tuple[nn.Module, dict]:
+    """Train the SR backbone from scratch on aligned (bicubic LQ, HR) crops of the training images;
+    cached by its settings. ``--patch`` is the LQ patch size (the HR patch is 4x it)."""
+    spec = {"arch": "SRVGGNetCompact", "nf": args.sr_feat, "nconv": args.sr_convs, "scale": SR_SCALE,
+            "steps": args.pretrain_steps, "batch": args.pretrain_batch, "patch": args.patch,
+            "lr": args.pretrain_lr, "train": names, "version": 2}
+    net, path, hit = _cached_backbone(spec, f"backbone_srvgg_x{SR_SCALE}", cache_dir,
+                                      lambda: build_sr_backbone(args.sr_feat, args.sr_convs))
+    if hit:
+        return net, {"cached": True, "path": str(path), **spec}
     t0 = time.time()
     torch.manual_seed(1234)
     sched = make_schedule(1234, args.pretrain_steps, args.pretrain_batch, args.patch, pset)
@@ -175,19 +185,13 @@ def pretrain_sr_backbone(args, names: list[str], pset: qd.PriorSet, cache_dir: P
 
 def pretrain_backbone(args, train: list[tuple[str, np.ndarray]], cache_dir: Path) -> tuple[nn.Module, dict]:
     """Train the backbone from scratch on the training crops at --sigma; cached by its settings."""
-    from safetensors.torch import load_file, save_file
-
     spec = {"arch": "DnCNN", "nc": args.nc, "nb": args.nb, "sigma": args.sigma, "steps": args.pretrain_steps,
             "batch": args.pretrain_batch, "patch": args.patch, "lr": args.pretrain_lr,
             "train": [n for n, _ in train], "version": 1}
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir / f"backbone_dncnn_{key}.safetensors"
-    torch.manual_seed(1234)  # the initialisation too (cached backbones made before this were not seeded)
-    net = build_backbone(args.nc, args.nb)
-    if path.exists():
-        net.load_state_dict(load_file(str(path)))
-        log(f"backbone: loaded from cache {path}")
-        return net.eval(), {"cached": True, "path": str(path), **spec}
+    # (cached DnCNN backbones made before the initialisation was seeded are reused as they are)
+    net, path, hit = _cached_backbone(spec, "backbone_dncnn", cache_dir, lambda: build_backbone(args.nc, args.nb))
+    if hit:
+        return net, {"cached": True, "path": str(path), **spec}
     t0 = time.time()
     torch.manual_seed(1234)
     rng = np.random.default_rng(1234)
@@ -207,10 +211,7 @@ def pretrain_backbone(args, train: list[tuple[str, np.ndarray]], cache_dir: Path
             log(f"backbone pretrain {step + 1}/{args.pretrain_steps} loss {loss.item():.5f} "
                 f"({time.time() - t0:.0f}s)")
     net.eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    _save_cached(net, path)
     log(f"backbone: pre-trained in {time.time() - t0:.0f}s, cached at {path}")
     return net, {"cached": False, "path": str(path), "seconds": round(time.time() - t0, 1), **spec}
 
