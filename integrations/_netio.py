@@ -4,13 +4,16 @@ The frameworks load pretrained weights with ``net.load_state_dict``; once SPT un
 names carry ``base_layer`` and the state dict has unit tensors. These helpers load a checkpoint
 onto the *logical* backbone (units excluded, ``base_layer`` seen through), so loading works the
 same before and after injection — including KAIR's non-strict load, which pairs tensors by
-position and would otherwise pair checkpoint tensors with unit tensors.
+position and would otherwise pair checkpoint tensors with unit tensors. The BasicSR and Restormer
+shims also share the resume-delta lookup and the units-only EMA network from here.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Mapping
+from contextlib import contextmanager
+from os import path as osp
+from typing import Any, Callable, Iterator, Mapping, MutableMapping
 
 import torch
 import torch.nn as nn
@@ -130,3 +133,60 @@ def load_units(net: SPTModel, path: str) -> None:
     finally:
         net.delete_adapter("spt_loading")
         net.set_adapter(active)
+
+
+def find_resume_deltas(load_path: str | None) -> dict[str, str]:
+    """The SPT deltas saved in place of a missing ``models/net_g_<iter>.pth``.
+
+    On resume, BasicSR and Restormer point ``path.pretrain_network_g`` at ``net_g_<iter>.pth``; the
+    shims saved ``net_g_<iter>.safetensors`` (+ ``net_g_ema_<iter>.safetensors``) instead. Returns
+    ``{"net_g": ..., "net_g_ema": ...}`` for the files that exist; ``{}`` when ``load_path`` exists
+    or has no delta beside it.
+    """
+    if not load_path or osp.exists(load_path):
+        return {}
+    delta = osp.splitext(load_path)[0] + ".safetensors"
+    if not osp.exists(delta):
+        return {}
+    found = {"net_g": delta}
+    ema = osp.join(osp.dirname(delta), "net_g_ema_" + osp.basename(delta)[len("net_g_"):])
+    if osp.exists(ema):
+        found["net_g_ema"] = ema
+    return found
+
+
+def resolve_backbone_path(configured: str | None, load_path: str | None, resume_deltas: Mapping[str, str],
+                          header_key: str) -> str | None:
+    """The backbone checkpoint: ``configured`` (``spt.backbone``) if set; else, on resume, the path
+    recorded under ``header_key`` in the ``net_g`` delta's metadata; else ``load_path``."""
+    if configured is not None:
+        return configured
+    if resume_deltas:
+        meta, _ = spt_adapter.read_adapter_header(resume_deltas["net_g"])
+        return meta.get(header_key) or None
+    return load_path
+
+
+@contextmanager
+def ema_decay_deferred(train_opt: MutableMapping[str, Any]) -> Iterator[float]:
+    """Hold ``train_opt["ema_decay"]`` at 0 inside the block (so the parent class builds no EMA
+    network) and restore it after, also on error. Yields the configured decay (0 when unset)."""
+    decay = train_opt.get("ema_decay", 0)
+    train_opt["ema_decay"] = 0
+    try:
+        yield decay
+    finally:
+        train_opt["ema_decay"] = decay
+
+
+def build_units_only_ema(make_net: Callable[[], nn.Module], load_backbone: Callable[[nn.Module], None],
+                         options: SPTOptions, resume_delta: str | None, live: nn.Module,
+                         device: torch.device | str) -> SPTModel:
+    """The EMA network: a new backbone from ``make_net``, loaded by ``load_backbone``, with units
+    from ``resume_delta`` if given, else copied from ``live``'s units; on ``device``, in eval mode."""
+    net = make_net()
+    load_backbone(net)
+    ema = attach_units(net, options, adapter=resume_delta or options.adapter).to(device)
+    if resume_delta is None:
+        copy_units(bare(live), ema)
+    return ema.eval()

@@ -32,14 +32,11 @@ from spt_adapter.errors import ConfigError
 from spt_adapter.model import SPTModel
 
 from .._checkpoint import read_state_dict
-from .._netio import attach_units, bare, copy_units, ema_units, load_backbone_state
+from .._netio import (attach_units, bare, build_units_only_ema, ema_decay_deferred, ema_units, find_resume_deltas,
+                      load_backbone_state, resolve_backbone_path)
 from .._options import parse_spt_block
 
 META_BACKBONE = "basicsr_backbone"
-
-
-def _delta_for(pth_path: str) -> str:
-    return osp.splitext(pth_path)[0] + ".safetensors"
 
 
 class SPTSRModel(SRModel):
@@ -49,20 +46,9 @@ class SPTSRModel(SRModel):
         self.spt = parse_spt_block(opt.get("spt"), "spt")
         path_opt = opt["path"]
         load_path = path_opt.get("pretrain_network_g")
-        self._resume_deltas: dict[str, str] = {}
-        backbone = self.spt.backbone
-        if load_path and not osp.exists(load_path) and osp.exists(_delta_for(load_path)):
-            # resuming: BasicSR set pretrain_network_g to models/net_g_<iter>.pth; we saved deltas
-            delta = _delta_for(load_path)
-            self._resume_deltas["net_g"] = delta
-            ema = osp.join(osp.dirname(delta), "net_g_ema_" + osp.basename(delta)[len("net_g_"):])
-            if osp.exists(ema):
-                self._resume_deltas["net_g_ema"] = ema
-            if backbone is None:
-                meta, _ = spt_adapter.read_adapter_header(delta)
-                backbone = meta.get(META_BACKBONE) or None
-        elif backbone is None:
-            backbone = load_path
+        # resuming: BasicSR set pretrain_network_g to models/net_g_<iter>.pth; we saved deltas
+        self._resume_deltas = find_resume_deltas(load_path)
+        backbone = resolve_backbone_path(self.spt.backbone, load_path, self._resume_deltas, META_BACKBONE)
         if not backbone:
             raise ConfigError(
                 "SPTSRModel trains SPT units on a pretrained backbone: set path.pretrain_network_g (or spt.backbone) "
@@ -93,23 +79,15 @@ class SPTSRModel(SRModel):
         self.net_g = self.model_to_device(spt_net)
 
     def init_training_settings(self):
-        decay = self.opt["train"].get("ema_decay", 0)
-        self.opt["train"]["ema_decay"] = 0  # SRModel builds optimizers etc.; the EMA net is built here
-        try:
+        # SRModel builds optimizers etc. with ema_decay 0; the EMA net is built here
+        with ema_decay_deferred(self.opt["train"]) as decay:
             super().init_training_settings()
-        finally:
-            self.opt["train"]["ema_decay"] = decay
         self.ema_decay = decay
         if decay > 0:
             get_root_logger().info(f"Use Exponential Moving Average of the SPT units with decay: {decay}")
-            net = build_network(self.opt["network_g"])
-            self._load_backbone(net)
-            adapter = self._resume_deltas.get("net_g_ema")
-            ema = attach_units(net, self.spt, adapter=adapter or self.spt.adapter).to(self.device)
-            if adapter is None:
-                copy_units(bare(self.net_g), ema)
-            self.net_g_ema = ema
-            self.net_g_ema.eval()
+            self.net_g_ema = build_units_only_ema(lambda: build_network(self.opt["network_g"]), self._load_backbone,
+                                                  self.spt, self._resume_deltas.get("net_g_ema"), self.net_g,
+                                                  self.device)
         trainable = [n for n, p in bare(self.net_g).named_parameters() if p.requires_grad]
         assert trainable and all(".spt_units." in n for n in trainable), "only SPT units may train"
         bare(self.net_g).print_trainable_parameters()

@@ -47,7 +47,8 @@ def make_model_class(image_clean_model: type) -> type:
     from spt_adapter.errors import ConfigError
 
     from .._checkpoint import read_state_dict
-    from .._netio import attach_units, bare, copy_units, ema_units, load_backbone_state
+    from .._netio import (attach_units, bare, build_units_only_ema, ema_decay_deferred, ema_units,
+                          find_resume_deltas, load_backbone_state, resolve_backbone_path)
     from .._options import parse_spt_block
 
     class SPTImageCleanModel(image_clean_model):
@@ -55,18 +56,8 @@ def make_model_class(image_clean_model: type) -> type:
             self.spt = parse_spt_block(opt.get("spt"), "spt")
             self.spt_prior = PriorSource(self.spt.prior)
             load_path = opt["path"].get("pretrain_network_g")
-            self._resume = {}
-            backbone = self.spt.backbone
-            if load_path and not osp.exists(load_path) and osp.exists(osp.splitext(load_path)[0] + ".safetensors"):
-                delta = osp.splitext(load_path)[0] + ".safetensors"
-                self._resume["net_g"] = delta
-                ema = osp.join(osp.dirname(delta), "net_g_ema_" + osp.basename(delta)[len("net_g_"):])
-                if osp.exists(ema):
-                    self._resume["net_g_ema"] = ema
-                if backbone is None:
-                    backbone = spt_adapter.read_adapter_header(delta)[0].get("restormer_backbone") or None
-            elif backbone is None:
-                backbone = load_path
+            self._resume = find_resume_deltas(load_path)
+            backbone = resolve_backbone_path(self.spt.backbone, load_path, self._resume, "restormer_backbone")
             if not backbone or not osp.isfile(backbone):
                 raise ConfigError(f"SPTImageCleanModel needs the backbone checkpoint (path.pretrain_network_g or spt.backbone); got {backbone!r}")
             self.spt_backbone = osp.abspath(backbone)
@@ -83,22 +74,15 @@ def make_model_class(image_clean_model: type) -> type:
             self.net_g = self.model_to_device(attach_units(net, self.spt, adapter=self._resume.get("net_g") or self.spt.adapter))
 
         def init_training_settings(self):
-            decay = self.opt["train"].get("ema_decay", 0)
-            self.opt["train"]["ema_decay"] = 0
-            try:
+            with ema_decay_deferred(self.opt["train"]) as decay:
                 super().init_training_settings()
-            finally:
-                self.opt["train"]["ema_decay"] = decay
             self.ema_decay = decay
             if decay > 0:
                 from basicsr.models.archs import define_network
 
-                net = define_network(dict(self.opt["network_g"]))
-                self._load_backbone(net)
-                adapter = self._resume.get("net_g_ema")
-                self.net_g_ema = attach_units(net, self.spt, adapter=adapter or self.spt.adapter).to(self.device).eval()
-                if adapter is None:
-                    copy_units(bare(self.net_g), self.net_g_ema)
+                self.net_g_ema = build_units_only_ema(lambda: define_network(dict(self.opt["network_g"])),
+                                                      self._load_backbone, self.spt, self._resume.get("net_g_ema"),
+                                                      self.net_g, self.device)
 
         def model_ema(self, decay=0.999):
             ema_units(bare(self.net_g), self.net_g_ema, decay)
