@@ -125,6 +125,30 @@ def bicubic_lq(hr: np.ndarray, scale: int) -> np.ndarray:
     return imresize_bicubic(hr, scale=1.0 / scale)
 
 
+SR_DEGRADATIONS = ("bicubic", "bd")
+
+
+def bd_lq(hr: np.ndarray, scale: int) -> np.ndarray:
+    """The "BD" degradation of the SR literature (RDN, RCAN): blur the HR image with a 7x7 Gaussian
+    kernel of sigma 1.6, then bicubic-downsample by ``scale``; 8-bit. A backbone trained on plain
+    bicubic LQ never saw this blur."""
+    from scipy.ndimage import correlate
+
+    ax = np.arange(7, dtype=np.float64) - 3
+    g = np.exp(-(ax**2) / (2 * 1.6**2))
+    kernel = np.outer(g, g) / np.outer(g, g).sum()
+    blurred = np.stack([correlate(hr[..., c].astype(np.float64), kernel, mode="reflect") for c in range(3)], -1)
+    return bicubic_lq(np.clip(np.round(blurred), 0, 255).astype(np.uint8), scale)
+
+
+def sr_lq(hr: np.ndarray, scale: int, degradation: str = "bicubic") -> np.ndarray:
+    if degradation == "bicubic":
+        return bicubic_lq(hr, scale)
+    if degradation == "bd":
+        return bd_lq(hr, scale)
+    raise ValueError(f"unknown SR degradation {degradation!r}; choose one of {', '.join(SR_DEGRADATIONS)}")
+
+
 def add_noise(img: np.ndarray, sigma: float, seed: int) -> np.ndarray:
     """Clean uint8 HxWx3 -> float32 HxWx3 in [0,1] scale plus N(0, sigma/255), not clipped (the
     field's convention); the noise is fixed by ``seed``."""
@@ -263,6 +287,7 @@ class PriorSet:
     oracle_prior: list[np.ndarray] = field(default_factory=list)  # [image] HxW
     sam_prior: list[list[np.ndarray]] = field(default_factory=list)
     scale: int = 1  # super-resolution factor: ``clean`` is ``scale`` times the size of ``noisy``
+    prior_channels: int = 1  # maps are HxW while 1, HxWxC after :func:`apply_encoding` with C > 1
 
 
 def build_priors(images: list[tuple[str, np.ndarray]], *, sigma: float, realisations: int, noise_base: int,
@@ -286,6 +311,32 @@ def build_priors(images: list[tuple[str, np.ndarray]], *, sigma: float, realisat
         if want_oracle:
             oracle.append(cache.get(img, ident, lambda x: label_map(x, seg)))
     return PriorSet(clean, noisy, lq, oracle, sam_p)
+
+
+def encode_label_map(labels: np.ndarray, encoding: str) -> np.ndarray:
+    """Re-encode a cached HxW label map (one value per region) with ``spt_adapter.prior.encode_masks``:
+    each region becomes one boolean mask, so ``boundary`` and ``onehot:K`` are the library's own
+    encodings of the same segmentation. ``label`` returns the map unchanged. Returns HxW for one
+    channel, HxWxC otherwise."""
+    if encoding == "label":
+        return labels
+    from spt_adapter.prior import encode_masks
+
+    masks = [{"segmentation": labels == v} for v in np.unique(labels)]
+    enc = np.asarray(encode_masks(masks, kind=encoding, shape=labels.shape), dtype=np.float32)
+    return enc[0] if enc.shape[0] == 1 else np.ascontiguousarray(enc.transpose(1, 2, 0))
+
+
+def apply_encoding(pset: PriorSet, encoding: str) -> PriorSet:
+    """Every prior map of ``pset`` (LQ, oracle, SAM) re-encoded with :func:`encode_label_map`."""
+    if encoding == "label":
+        return pset
+    from spt_adapter.prior.encode import encoding_channels
+
+    enc = lambda m: encode_label_map(m, encoding)  # noqa: E731
+    return PriorSet(pset.clean, pset.noisy, [[enc(m) for m in ms] for ms in pset.lq_prior],
+                    [enc(m) for m in pset.oracle_prior], [[enc(m) for m in ms] for ms in pset.sam_prior],
+                    scale=pset.scale, prior_channels=encoding_channels(encoding))
 
 
 def bicubic_upsample_psnr(pset: PriorSet) -> float:
@@ -316,8 +367,9 @@ def nearest_down(labels: np.ndarray, scale: int) -> np.ndarray:
 
 
 def build_sr_priors(images: list[tuple[str, np.ndarray]], *, scale: int, seg: Segmenter, cache: LabelCache,
-                    sam=None, want_oracle: bool = True) -> PriorSet:
-    """Bicubic SR x``scale``: ``noisy`` holds the one LQ image (bicubic downsample, deterministic);
+                    sam=None, want_oracle: bool = True, degradation: str = "bicubic") -> PriorSet:
+    """SR x``scale``: ``noisy`` holds the one LQ image (``degradation``: bicubic downsample, or "bd"
+    blur + bicubic, both deterministic);
     the LQ prior segments the LQ image; the oracle segments the HR image (:func:`hr_segmenter`) and
     nearest-downsamples the label map to the LQ size. (Segmenting the HR image *downsampled the same
     way* would be the LQ image itself, so it could not serve as an oracle.)"""
@@ -328,7 +380,7 @@ def build_sr_priors(images: list[tuple[str, np.ndarray]], *, scale: int, seg: Se
     for _, hr in images:
         if hr.shape[0] % scale or hr.shape[1] % scale:
             raise ValueError(f"HR image {hr.shape[:2]} is not a multiple of the scale {scale}: mod-crop it first")
-        lq = bicubic_lq(hr, scale)
+        lq = sr_lq(hr, scale, degradation)
         out.clean.append(hr.astype(np.float32) / 255.0)
         out.noisy.append([lq.astype(np.float32) / 255.0])
         out.lq_prior.append([cache.get(lq, ident, lambda x: label_map(x, seg))])

@@ -88,12 +88,20 @@ def build_sr_backbone(nf: int, nconv: int) -> nn.Module:
                            act_type="prelu")
 
 
-def sr_unit_targets(nconv: int) -> list[str]:
-    """Three units on body convs spread through the depth (body.0 is the first conv, body.2k its k-th
+def spread(hidden: list[int], n: int) -> list[int]:
+    """``n`` of the ``hidden`` layer indices spread through the depth: for 3, the ones a quarter and
+    half way down and the last; 0 (or more than there are) means every one."""
+    if n <= 0 or n >= len(hidden):
+        return list(hidden)
+    if n == 3:
+        return sorted({hidden[len(hidden) // 4], hidden[len(hidden) // 2], hidden[-1]})
+    return sorted({hidden[round((k + 1) * len(hidden) / n) - 1] for k in range(n)})
+
+
+def sr_unit_targets(nconv: int, n: int = 3) -> list[str]:
+    """``n`` units on body convs spread through the depth (body.0 is the first conv, body.2k its k-th
     hidden conv, body.2*nconv+2 the output conv before the pixel shuffle)."""
-    hidden = [2 * k for k in range(1, nconv + 1)]
-    picks = sorted({hidden[len(hidden) // 4], hidden[len(hidden) // 2], hidden[-1]})
-    return [f"body.{i}" for i in picks]
+    return [f"body.{i}" for i in spread([2 * k for k in range(1, nconv + 1)], n)]
 
 
 def build_backbone(nc: int, nb: int) -> nn.Module:
@@ -103,12 +111,10 @@ def build_backbone(nc: int, nb: int) -> nn.Module:
     return DnCNN(in_nc=3, out_nc=3, nc=nc, nb=nb, act_mode="R")
 
 
-def unit_targets(nb: int) -> list[str]:
-    """Three units on the outputs of convs spread through the depth (pre-activation)."""
+def unit_targets(nb: int, n: int = 3) -> list[str]:
+    """``n`` units on the outputs of convs spread through the depth (pre-activation)."""
     convs = [2 * i for i in range(nb)]  # Sequential indices of the convs; the last is the output conv
-    hidden = convs[1:-1]
-    picks = sorted({hidden[len(hidden) // 4], hidden[len(hidden) // 2], hidden[-1]})
-    return [f"model.{i}" for i in picks]
+    return [f"model.{i}" for i in spread(convs[1:-1], n)]
 
 
 def random_crops(rng: np.random.Generator, images: list[np.ndarray], batch: int, patch: int) -> np.ndarray:
@@ -248,11 +254,11 @@ def get_batch(sched_step: np.ndarray, patch: int, pset: qd.PriorSet, prior: str)
         else:
             p = None
         if p is not None:
-            priors.append(_augment(p[..., None], aug))
+            priors.append(_augment(p if p.ndim == 3 else p[..., None], aug))
     to_t = lambda arr: torch.from_numpy(np.ascontiguousarray(np.stack(arr))).permute(0, 3, 1, 2)  # noqa: E731
     lq, gt = to_t(lqs), to_t(gts)
     if prior == "const":
-        pr = torch.ones(lq.shape[0], 1, patch, patch)
+        pr = torch.ones(lq.shape[0], pset.prior_channels, patch, patch)
     elif prior == "none":
         pr = None
     else:
@@ -266,10 +272,12 @@ def get_batch(sched_step: np.ndarray, patch: int, pset: qd.PriorSet, prior: str)
 def make_spt(backbone: nn.Module, fusion: str, args, seed: int):
     import spt_adapter
     from spt_adapter import SPTConfig
+    from spt_adapter.prior.encode import encoding_channels
 
     torch.manual_seed(seed)
-    targets = sr_unit_targets(args.sr_convs) if args.task == "sr4" else unit_targets(args.nb)
-    cfg = SPTConfig(targets=targets, fusion=fusion, hidden=args.hidden, depth=args.depth)
+    targets = sr_unit_targets(args.sr_convs, args.units) if args.task == "sr4" else unit_targets(args.nb, args.units)
+    cfg = SPTConfig(targets=targets, fusion=fusion, hidden=args.hidden, depth=args.depth,
+                    prior_channels=encoding_channels(args.encoding))
     return spt_adapter.inject(copy.deepcopy(backbone), config=cfg, example_input=torch.zeros(1, 3, 32, 32))
 
 
@@ -328,11 +336,12 @@ def evaluate(model: nn.Module, pset: qd.PriorSet, prior: str, batch: int = 17) -
                 out = model(lq)
             else:
                 if prior == "const":
-                    pr = torch.ones(len(chunk), 1, *lq.shape[-2:])
+                    pr = torch.ones(len(chunk), pset.prior_channels, *lq.shape[-2:])
                 else:
                     maps = {"lq": lambda i: pset.lq_prior[i][0], "oracle": lambda i: pset.oracle_prior[i],
                             "sam": lambda i: pset.sam_prior[i][0]}[prior]
-                    pr = torch.from_numpy(np.stack([maps(i) for i in chunk]))[:, None]
+                    arr = np.stack([maps(i) for i in chunk])
+                    pr = torch.from_numpy(arr[:, None] if arr.ndim == 3 else arr.transpose(0, 3, 1, 2).copy())
                 out = model(lq, prior=pr)
             out = out.permute(0, 2, 3, 1).numpy()
             if pset.scale > 1:
@@ -423,35 +432,44 @@ def render(res: dict[str, Any], eval_names: list[str], rows: list[str], fusions:
 
 
 def tune(args, splits: qd.Splits, backbone, cache: qd.LabelCache) -> None:
-    """Choose the segmenter on the validation split (McMaster 15-18): Δ = (b) − (c) per fusion."""
+    """Choose the segmenter and the encoding on the validation split (McMaster 15-18), never on
+    the test set: (b) − (c) and the oracle's (d) − (c) per fusion, units trained at the unit sigma."""
     names = [f"val σ={s:g}" for s in args.test_sigmas]
+    unit_sigma = args.sigma if args.unit_sigma is None else args.unit_sigma
     rows_out = []
     for text in args.tune_candidates:
         seg = qd.Segmenter.parse(text)
-        t0 = time.time()
-        tr = qd.build_priors(splits.train, sigma=args.sigma, realisations=args.realisations, noise_base=1,
-                             seg=seg, cache=cache, want_oracle=False)
-        vals = {n: qd.build_priors(splits.val, sigma=s, realisations=1, noise_base=2, seg=seg, cache=cache,
-                                   want_oracle=False) for n, s in zip(names, args.test_sigmas)}
-        n_regions = float(np.mean([len(np.unique(p[0])) for p in vals[names[0]].lq_prior]))
-        cells = []
-        for fusion in args.fusions:
-            d = {n: [] for n in names}
-            for seed in args.seeds:
-                sched = make_schedule(seed, args.steps, args.batch, args.patch, tr)
-                sc = {}
-                for prior in ("lq", "const"):
-                    m = make_spt(backbone, fusion, args, seed)
-                    train_model(m, sched, tr, prior, args.lr, args.patch)
-                    sc[prior] = {n: evaluate(m, es, prior) for n, es in vals.items()}
-                for n in names:
-                    d[n].append(sc["lq"][n] - sc["const"][n])
-            cells.append(" / ".join(f"{np.mean(d[n]):+.3f}" for n in names))
-        rows_out.append(f"| {seg.label()} | {n_regions:.0f} | " + " | ".join(cells) + " |")
-        log(f"tune {seg.label()}: {rows_out[-1]} ({time.time() - t0:.0f}s)")
-    print("\n### Validation (McMaster 15-18, 256 px centre crops): (b) − (c) in dB, " + " / ".join(names) + "\n")
-    print("| segmenter | regions per val crop | " + " | ".join(args.fusions) + " |")
-    print("| --- | --- |" + " --- |" * len(args.fusions))
+        tr0 = qd.build_priors(splits.train, sigma=unit_sigma, realisations=args.realisations, noise_base=1,
+                              seg=seg, cache=cache)
+        vals0 = {n: qd.build_priors(splits.val, sigma=s, realisations=1, noise_base=2, seg=seg, cache=cache)
+                 for n, s in zip(names, args.test_sigmas)}
+        n_regions = float(np.mean([len(np.unique(p[0])) for p in vals0[names[0]].lq_prior]))
+        for encoding in args.tune_encodings:
+            t0 = time.time()
+            args.encoding = encoding  # make_spt reads the unit's prior channels from it
+            tr = qd.apply_encoding(tr0, encoding)
+            vals = {n: qd.apply_encoding(v, encoding) for n, v in vals0.items()}
+            cells = []
+            for fusion in args.fusions:
+                d = {(k, n): [] for k in ("lq", "oracle") for n in names}
+                for seed in args.seeds:
+                    sched = make_schedule(seed, args.steps, args.batch, args.patch, tr)
+                    sc = {}
+                    for prior in ("lq", "const", "oracle"):
+                        m = make_spt(backbone, fusion, args, seed)
+                        train_model(m, sched, tr, prior, args.lr, args.patch)
+                        sc[prior] = {n: evaluate(m, es, prior) for n, es in vals.items()}
+                    for k in ("lq", "oracle"):
+                        for n in names:
+                            d[(k, n)].append(sc[k][n] - sc["const"][n])
+                cells.append(" / ".join(f"{np.mean(d[('lq', n)]):+.3f} ({np.mean(d[('oracle', n)]):+.3f})"
+                                        for n in names))
+            rows_out.append(f"| {seg.label()} | {encoding} | {n_regions:.0f} | " + " | ".join(cells) + " |")
+            log(f"tune {seg.label()} {encoding}: {rows_out[-1]} ({time.time() - t0:.0f}s)")
+    print(f"\n### Validation (McMaster 15-18, 256 px centre crops; units trained at σ={unit_sigma:g}): "
+          "(b) − (c), in brackets the oracle's (d) − (c), in dB, " + " / ".join(names) + "\n")
+    print("| segmenter | encoding | regions per val crop | " + " | ".join(args.fusions) + " |")
+    print("| --- | --- | --- |" + " --- |" * len(args.fusions))
     print("\n".join(rows_out))
 
 
@@ -492,6 +510,14 @@ def parse_args(argv=None):
                    "Default: 48 (denoise), 32 (sr4)")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the units")
     p.add_argument("--ft-lr", type=float, default=1e-4, help="learning rate of full fine-tuning (e)")
+    p.add_argument("--encoding", default="label",
+                   help="prior encoding of the segments: label (default), boundary, onehot:K "
+                        "(spt_adapter.prior.encode_masks); pool needs label")
+    p.add_argument("--units", type=int, default=3, help="SPT units spread through the depth (0: one per hidden conv)")
+    p.add_argument("--sr-degradation", choices=qd.SR_DEGRADATIONS, default="bicubic",
+                   help="sr4: LQ of the unit rows' training and test data; the backbone is always pre-trained on "
+                        "bicubic, so 'bd' (7x7 Gaussian blur sigma 1.6, then bicubic) adapts it to an unseen blur")
+    p.add_argument("--tune-encodings", nargs="+", default=None, help="--tune: encodings to compare (default: --encoding)")
     p.add_argument("--hidden", type=int, default=16)
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--realisations", type=int, default=3, help="fixed noise draws per training image")
@@ -523,6 +549,19 @@ def parse_args(argv=None):
         p.error(f"--rows takes letters from 'abcdef', got {args.rows!r}")
     if sr and args.tune:
         p.error("--tune chooses the segmenter on the denoising validation split; it has no --task sr4 mode")
+    try:
+        from spt_adapter.prior.encode import parse_encoding
+
+        for enc in [args.encoding] + list(args.tune_encodings or []):
+            parse_encoding(enc)
+    except Exception as exc:  # PriorError names the bad encoding
+        p.error(str(exc))
+    if "pool" in args.fusions and set([args.encoding] + list(args.tune_encodings or [])) != {"label"}:
+        p.error("the pool fusion averages features inside the regions of a label map: use --encoding label")
+    if args.tune_encodings is None:
+        args.tune_encodings = [args.encoding]
+    if args.sr_degradation != "bicubic" and not sr:
+        p.error("--sr-degradation is for --task sr4")
     if "f" in args.rows and args.sam_checkpoint is None:
         p.error("row f needs --sam-checkpoint")
     if args.sam_checkpoint is not None and "f" not in args.rows:
@@ -555,15 +594,19 @@ def _report(args, argv, t_all, title, bb_info, res, eval_names, rows, extra) -> 
 
 
 def main_sr(args, argv, t_all, cache: qd.LabelCache) -> int:
-    """The prior ladder for bicubic x4 SR: train McMaster + CBSD68, test Set5 and Set14."""
+    """The prior ladder for x4 SR: train McMaster + CBSD68, test Set5 and Set14. The backbone is
+    pre-trained on bicubic LQ; the unit rows train and test on ``--sr-degradation``."""
     splits = qd.load_sr_splits(args.data, scale=SR_SCALE, n_test=args.n_test, test_crop=args.test_crop,
                                n_train=args.n_train, train_crop=args.train_crop)
     seg = qd.Segmenter.parse(args.segmenter)
     sam = _make_sam(args)
     t0 = time.time()
-    train_set = qd.build_sr_priors(splits["train"], scale=SR_SCALE, seg=seg, cache=cache, sam=sam)
-    eval_sets = {f"{k} ×{SR_SCALE} (Y, crop {SR_SCALE})":
-                 qd.build_sr_priors(splits[k], scale=SR_SCALE, seg=seg, cache=cache, sam=sam) for k in qd.SR_TEST}
+    deg = args.sr_degradation
+    train_set = qd.build_sr_priors(splits["train"], scale=SR_SCALE, seg=seg, cache=cache, sam=sam, degradation=deg)
+    tag = "" if deg == "bicubic" else f" {deg.upper()}"
+    eval_sets = {f"{k} ×{SR_SCALE}{tag} (Y, crop {SR_SCALE})":
+                 qd.build_sr_priors(splits[k], scale=SR_SCALE, seg=seg, cache=cache, sam=sam, degradation=deg)
+                 for k in qd.SR_TEST}
     lq_priors = [p[0] for es in eval_sets.values() for p in es.lq_prior]
     n_regions = float(np.mean([len(np.unique(p)) for p in lq_priors]))
     log(f"data: {len(splits['train'])} train images, " + ", ".join(f"{k} {len(splits[k])}" for k in qd.SR_TEST)
@@ -571,15 +614,21 @@ def main_sr(args, argv, t_all, cache: qd.LabelCache) -> int:
         f"LQ test image; prior code path: {qd.prior_code_path()})")
     bicubic = {k: qd.bicubic_upsample_psnr(es) for k, es in eval_sets.items()}
     log("bicubic upsampling (reference): " + ", ".join(f"{k} {v:.3f}" for k, v in bicubic.items()))
-    backbone, bb_info = pretrain_sr_backbone(args, [n for n, _ in splits["train"]], train_set, args.cache_dir)
+    pretrain_set = train_set if deg == "bicubic" else qd.build_sr_priors(
+        splits["train"], scale=SR_SCALE, seg=seg, cache=cache, want_oracle=False)
+    backbone, bb_info = pretrain_sr_backbone(args, [n for n, _ in splits["train"]], pretrain_set, args.cache_dir)
+    train_set = qd.apply_encoding(train_set, args.encoding)
+    eval_sets = {k: qd.apply_encoding(v, args.encoding) for k, v in eval_sets.items()}
     for p in backbone.parameters():
         p.requires_grad_(False)
     rows = [r for r in "abcdef" if r in args.rows]
     res = run_ladder(args, backbone, train_set, eval_sets, rows, args.fusions)
     print("\nbicubic upsampling (reference): " + ", ".join(f"{k} {v:.3f}" for k, v in bicubic.items()))
-    _report(args, argv, t_all, f"Prior ladder, SR ×{SR_SCALE} — {seg.label()} ({n_regions:.0f} regions per LQ "
-            "test image)", bb_info, res, list(eval_sets), rows,
-            {"segmenter": seg.label(), "regions_per_test_image": n_regions,
+    _report(args, argv, t_all, f"Prior ladder, SR ×{SR_SCALE}{tag} — {seg.label()}, {args.encoding} encoding "
+            f"({n_regions:.0f} regions per LQ test image, {args.units or 'all'} units)", bb_info, res,
+            list(eval_sets), rows,
+            {"segmenter": seg.label(), "encoding": args.encoding, "degradation": deg,
+             "regions_per_test_image": n_regions,
              "bicubic_upsampling": bicubic,
              "oracle": "segment HR (area settings x16), nearest-downsample the label map"})
     return 0
@@ -613,11 +662,15 @@ def main(argv=None) -> int:
                  qd.build_priors(splits.test, sigma=s, realisations=1, noise_base=0, seg=seg, cache=cache, sam=sam)
                  for s in args.test_sigmas}
     n_regions = float(np.mean([len(np.unique(p[0])) for p in next(iter(eval_sets.values())).lq_prior]))
-    log(f"priors ready in {time.time() - t0:.0f}s ({seg.label()}; {n_regions:.0f} regions per test image)")
+    train_set = qd.apply_encoding(train_set, args.encoding)
+    eval_sets = {k: qd.apply_encoding(v, args.encoding) for k, v in eval_sets.items()}
+    log(f"priors ready in {time.time() - t0:.0f}s ({seg.label()}; {n_regions:.0f} regions per test image; "
+        f"encoding {args.encoding})")
     rows = [r for r in "abcdef" if r in args.rows]
     res = run_ladder(args, backbone, train_set, eval_sets, rows, args.fusions)
-    _report(args, argv, t_all, f"Prior ladder — {seg.label()} ({n_regions:.0f} regions per test image)", bb_info,
-            res, list(eval_sets), rows, {"segmenter": seg.label(), "regions_per_test_image": n_regions})
+    _report(args, argv, t_all, f"Prior ladder — {seg.label()}, {args.encoding} encoding ({n_regions:.0f} regions per "
+            f"test image, {args.units or 'all'} units)", bb_info, res, list(eval_sets), rows,
+            {"segmenter": seg.label(), "encoding": args.encoding, "regions_per_test_image": n_regions})
     return 0
 
 

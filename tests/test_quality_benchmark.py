@@ -94,6 +94,65 @@ def test_bad_arguments_are_refused():
     assert quality.parse_args([]).fusions == ["concat", "sft", "pool"]
     with pytest.raises(ValueError):
         _load("_quality_data").Segmenter.parse("watershed:scale=3")
+    for bad in (["--encoding", "stripes"], ["--encoding", "boundary"],  # pool needs a label map
+                ["--encoding", "boundary", "--fusions", "sft", "--tune-encodings", "onehot:x"],
+                ["--sr-degradation", "bd"]):  # a denoising run has no SR degradation
+        with pytest.raises(SystemExit):
+            quality.parse_args(bad)
+    ok = quality.parse_args(["--encoding", "onehot:4", "--fusions", "concat", "sft"])
+    assert ok.tune_encodings == ["onehot:4"]
+
+
+def test_units_are_spread_through_the_depth():
+    quality = _load("quality")
+    assert quality.unit_targets(8) == ["model.4", "model.8", "model.12"]  # the published ladder's three units
+    assert quality.unit_targets(8, 0) == [f"model.{i}" for i in range(2, 14, 2)]  # one per hidden conv
+    assert quality.unit_targets(8, 2) == ["model.6", "model.12"]
+    assert quality.sr_unit_targets(8) == ["body.6", "body.10", "body.16"]
+    assert quality.sr_unit_targets(8, 0) == [f"body.{i}" for i in range(2, 18, 2)]
+
+
+def test_encodings_of_a_label_map_are_the_library_encodings_of_its_regions():
+    from spt_adapter.prior import encode_masks
+
+    qd = _load("_quality_data")
+    labels = np.zeros((12, 10), np.float32)
+    labels[:, 6:] = 0.5
+    labels[8:, :3] = 0.25
+    assert qd.encode_label_map(labels, "label") is labels
+    edge = qd.encode_label_map(labels, "boundary")
+    masks = [{"segmentation": labels == v} for v in (0.0, 0.25, 0.5)]
+    assert np.array_equal(edge, encode_masks(masks, kind="boundary")[0])
+    assert edge[0, 5] == edge[0, 6] == 1 and edge[0, 0] == 0 and edge.shape == (12, 10)
+    onehot = qd.encode_label_map(labels, "onehot:4")
+    assert onehot.shape == (12, 10, 4)
+    assert np.array_equal(onehot[..., 0], labels == 0.0)  # the largest region first
+    assert not onehot[..., 3].any()  # three regions: the fourth channel is empty
+    pset = qd.PriorSet([np.zeros((12, 10, 3), np.float32)], [[np.zeros((12, 10, 3), np.float32)]], [[labels]],
+                       [labels])
+    enc = qd.apply_encoding(pset, "onehot:4")
+    assert enc.prior_channels == 4 and enc.lq_prior[0][0].shape == (12, 10, 4) and pset.prior_channels == 1
+
+
+def test_multichannel_priors_reach_every_row_with_a_control_of_the_same_shape(tmp_path):
+    quality = _load("quality")
+    rc = quality.main(["--quick", "--encoding", "onehot:3", "--fusions", "sft", "--rows", "abcd", "--units", "0",
+                       "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "r.json")])
+    assert rc == 0
+    payload = json.loads((tmp_path / "r.json").read_text())
+    assert payload["encoding"] == "onehot:3" and payload["settings"]["units"] == 0
+    for row in "bcd":
+        assert math.isfinite(payload["results"][row]["sft"]["CBSD68 σ=25"][0])
+    qd = sys.modules.get("_quality_data") or _load("_quality_data")
+    img = qd.centre_crop(qd.load_rgb(DATA / "CBSD68" / "0003.png"), 64)
+    seg = qd.Segmenter.parse("felzenszwalb:scale=300,sigma=0.8,min_size=50")
+    pset = qd.apply_encoding(qd.build_priors([("x", img)], sigma=25, realisations=1, noise_base=1, seg=seg,
+                                             cache=qd.LabelCache(tmp_path / "labels")), "onehot:3")
+    sched = quality.make_schedule(0, 1, 2, 32, pset)
+    _, _, p_b = quality.get_batch(sched[0], 32, pset, "lq")
+    _, _, p_c = quality.get_batch(sched[0], 32, pset, "const")
+    assert p_b.shape == p_c.shape == (2, 3, 32, 32) and (p_c == 1).all()
+    assert set(np.unique(p_b.numpy())) <= {0.0, 1.0}
 
 
 # ------------------------------------------------------------------ bicubic x4 super-resolution
@@ -185,3 +244,29 @@ def test_sr_backbone_pretraining_is_reproducible(quick_sr_run, tmp_path):
     assert Path(info["path"]).name == Path(payload["backbone"]["path"]).name
     for k, v in net.state_dict().items():
         assert (v == first[k]).all(), k
+
+
+def test_bd_degradation_blurs_before_the_bicubic_downsample():
+    qd = _load("_quality_data")
+    hr = qd.mod_crop(qd.load_rgb(DATA / "Set5" / sorted(p.name for p in (DATA / "Set5").glob("*.png"))[0]), 4)
+    bic, bd = qd.sr_lq(hr, 4, "bicubic"), qd.bd_lq(hr, 4)
+    assert bd.shape == bic.shape == (hr.shape[0] // 4, hr.shape[1] // 4, 3) and bd.dtype == np.uint8
+    # blurred: less high-frequency energy than plain bicubic, same mean brightness
+    lap = lambda x: np.abs(np.diff(x.astype(np.float64), axis=0)).mean()  # noqa: E731
+    assert lap(bd) < 0.9 * lap(bic)
+    assert abs(bd.astype(np.float64).mean() - bic.astype(np.float64).mean()) < 1.0
+    with pytest.raises(ValueError):
+        qd.sr_lq(hr, 4, "jpeg")
+
+
+def test_sr_bd_run_adapts_a_backbone_pretrained_on_bicubic(tmp_path):
+    quality = _load("quality")
+    rc = quality.main(["--task", "sr4", "--quick", "--sr-degradation", "bd", "--rows", "abc",
+                       "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "r.json")])
+    assert rc == 0
+    payload = json.loads((tmp_path / "r.json").read_text())
+    assert payload["degradation"] == "bd"
+    assert set(payload["results"]["a"]["-"]) == {"Set5 ×4 BD (Y, crop 4)", "Set14 ×4 BD (Y, crop 4)"}
+    # the backbone cache key is the bicubic pre-training's: a bicubic run reuses the same file
+    rc = quality.main(["--task", "sr4", "--quick", "--rows", "a", "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 0 and len(list((tmp_path / "cache").glob("backbone_srvgg_*.safetensors"))) == 1
