@@ -291,7 +291,11 @@ class PriorSet:
 
 
 def build_priors(images: list[tuple[str, np.ndarray]], *, sigma: float, realisations: int, noise_base: int,
-                 seg: Segmenter, cache: LabelCache, sam=None, want_oracle: bool = True) -> PriorSet:
+                 seg: Segmenter, cache: LabelCache, sam=None, want_oracle: bool = True,
+                 segment_view=None) -> PriorSet:
+    """Noisy realisations of ``images`` and their priors. The LQ prior segments the 8-bit noisy image,
+    or ``segment_view(noisy)`` (an HxWx3 uint8 image made from the noisy one alone, e.g. the frozen
+    backbone's restoration of it) when given; SAM (row f) always sees the noisy input."""
     ident = json.dumps({"segmenter": seg.label(), "code": prior_code_path()}, sort_keys=True)
     clean, noisy, lq, oracle, sam_p = [], [], [], [], []
     for name, img in images:
@@ -301,7 +305,8 @@ def build_priors(images: list[tuple[str, np.ndarray]], *, sigma: float, realisat
             n = add_noise(img, sigma, image_seed(name, sigma, r, noise_base))
             reals.append(n)
             u8 = to_uint8(n)
-            priors.append(cache.get(u8, ident, lambda x: label_map(x, seg)))
+            view = u8 if segment_view is None else segment_view(n)
+            priors.append(cache.get(view, ident, lambda x: label_map(x, seg)))
             if sam is not None:
                 sams.append(cache.get(u8, json.dumps(sam.identity(), sort_keys=True),
                                       lambda x: sam_label_map(x, sam)))

@@ -269,6 +269,17 @@ def get_batch(sched_step: np.ndarray, patch: int, pset: qd.PriorSet, prior: str)
 # -------------------------------------------------------------------------------------------
 # training and evaluation
 # -------------------------------------------------------------------------------------------
+def restored_view(backbone: nn.Module):
+    """``noisy HxWx3 float -> HxWx3 uint8``: the frozen backbone's restoration, for segmenting a cleaner
+    picture than the noisy input while using nothing but the input."""
+    def view(noisy: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out = backbone(torch.from_numpy(np.ascontiguousarray(noisy)).permute(2, 0, 1)[None])
+        return qd.to_uint8(out[0].permute(1, 2, 0).numpy())
+
+    return view
+
+
 def make_spt(backbone: nn.Module, fusion: str, args, seed: int):
     import spt_adapter
     from spt_adapter import SPTConfig
@@ -401,7 +412,15 @@ def run_ladder(args, backbone, train_set: qd.PriorSet, eval_sets: dict[str, qd.P
     return res
 
 
-def render(res: dict[str, Any], eval_names: list[str], rows: list[str], fusions: list[str]) -> str:
+def row_titles(args) -> dict[str, str]:
+    titles = dict(ROW_TITLES)
+    if getattr(args, "segment_input", "lq") == "restored":
+        titles["b"] = "(b) + SPT, segments of the backbone's restoration of LQ"
+    return titles
+
+
+def render(res: dict[str, Any], eval_names: list[str], rows: list[str], fusions: list[str],
+           titles: dict[str, str] = ROW_TITLES) -> str:
     lines = []
     for name in eval_names:
         lines.append(f"\n#### {name}: PSNR (dB), mean ± std over seeds\n")
@@ -412,9 +431,9 @@ def render(res: dict[str, Any], eval_names: list[str], rows: list[str], fusions:
                 continue
             if row in ("a", "e"):
                 cell = fmt(res[row]["-"][name])
-                lines.append(f"| {ROW_TITLES[row]} | " + " | ".join([cell] * len(fusions)) + " |")
+                lines.append(f"| {titles[row]} | " + " | ".join([cell] * len(fusions)) + " |")
             else:
-                lines.append(f"| {ROW_TITLES[row]} | " + " | ".join(fmt(res[row][f][name]) for f in fusions) + " |")
+                lines.append(f"| {titles[row]} | " + " | ".join(fmt(res[row][f][name]) for f in fusions) + " |")
         if "c" in res:
             for row in ("b", "d", "f"):
                 if row not in res:
@@ -439,9 +458,11 @@ def tune(args, splits: qd.Splits, backbone, cache: qd.LabelCache) -> None:
     rows_out = []
     for text in args.tune_candidates:
         seg = qd.Segmenter.parse(text)
+        view = restored_view(backbone) if args.segment_input == "restored" else None
         tr0 = qd.build_priors(splits.train, sigma=unit_sigma, realisations=args.realisations, noise_base=1,
-                              seg=seg, cache=cache)
-        vals0 = {n: qd.build_priors(splits.val, sigma=s, realisations=1, noise_base=2, seg=seg, cache=cache)
+                              seg=seg, cache=cache, segment_view=view)
+        vals0 = {n: qd.build_priors(splits.val, sigma=s, realisations=1, noise_base=2, seg=seg, cache=cache,
+                                    segment_view=view)
                  for n, s in zip(names, args.test_sigmas)}
         n_regions = float(np.mean([len(np.unique(p[0])) for p in vals0[names[0]].lq_prior]))
         for encoding in args.tune_encodings:
@@ -513,6 +534,9 @@ def parse_args(argv=None):
     p.add_argument("--encoding", default="label",
                    help="prior encoding of the segments: label (default), boundary, onehot:K "
                         "(spt_adapter.prior.encode_masks); pool needs label")
+    p.add_argument("--segment-input", choices=("lq", "restored"), default="lq",
+                   help="denoise: what the LQ prior (b) segments: the noisy input (default) or the frozen "
+                        "backbone's restoration of it")
     p.add_argument("--units", type=int, default=3, help="SPT units spread through the depth (0: one per hidden conv)")
     p.add_argument("--sr-degradation", choices=qd.SR_DEGRADATIONS, default="bicubic",
                    help="sr4: LQ of the unit rows' training and test data; the backbone is always pre-trained on "
@@ -560,6 +584,8 @@ def parse_args(argv=None):
         p.error("the pool fusion averages features inside the regions of a label map: use --encoding label")
     if args.tune_encodings is None:
         args.tune_encodings = [args.encoding]
+    if args.segment_input != "lq" and sr:
+        p.error("--segment-input restored is for denoising (the SR backbone's output is HR-sized)")
     if args.sr_degradation != "bicubic" and not sr:
         p.error("--sr-degradation is for --task sr4")
     if "f" in args.rows and args.sam_checkpoint is None:
@@ -585,7 +611,7 @@ def _report(args, argv, t_all, title, bb_info, res, eval_names, rows, extra) -> 
     print(f"machine: {platform.machine()} {os.cpu_count()} CPU(s), torch {torch.__version__}, "
           f"{args.threads} threads; wall time {wall / 60:.1f} min (backbone "
           f"{'from cache' if bb_info['cached'] else 'pre-trained in this run'})")
-    print(render(res, eval_names, rows, args.fusions))
+    print(render(res, eval_names, rows, args.fusions, row_titles(args)))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {"command": cmd, "task": args.task, "wall_seconds": wall, "backbone": bb_info, "results": res,
@@ -656,10 +682,12 @@ def main(argv=None) -> int:
     seg = qd.Segmenter.parse(args.segmenter)
     t0 = time.time()
     unit_sigma = args.sigma if args.unit_sigma is None else args.unit_sigma
+    view = restored_view(backbone) if args.segment_input == "restored" else None
     train_set = qd.build_priors(splits.train, sigma=unit_sigma, realisations=args.realisations, noise_base=1,
-                                seg=seg, cache=cache, sam=sam)
+                                seg=seg, cache=cache, sam=sam, segment_view=view)
     eval_sets = {f"CBSD68 σ={s:g}" + ("" if s == unit_sigma else " (unseen)"):
-                 qd.build_priors(splits.test, sigma=s, realisations=1, noise_base=0, seg=seg, cache=cache, sam=sam)
+                 qd.build_priors(splits.test, sigma=s, realisations=1, noise_base=0, seg=seg, cache=cache, sam=sam,
+                                 segment_view=view)
                  for s in args.test_sigmas}
     n_regions = float(np.mean([len(np.unique(p[0])) for p in next(iter(eval_sets.values())).lq_prior]))
     train_set = qd.apply_encoding(train_set, args.encoding)
@@ -670,7 +698,8 @@ def main(argv=None) -> int:
     res = run_ladder(args, backbone, train_set, eval_sets, rows, args.fusions)
     _report(args, argv, t_all, f"Prior ladder — {seg.label()}, {args.encoding} encoding ({n_regions:.0f} regions per "
             f"test image, {args.units or 'all'} units)", bb_info, res, list(eval_sets), rows,
-            {"segmenter": seg.label(), "encoding": args.encoding, "regions_per_test_image": n_regions})
+            {"segmenter": seg.label(), "encoding": args.encoding, "segment_input": args.segment_input,
+             "regions_per_test_image": n_regions})
     return 0
 
 

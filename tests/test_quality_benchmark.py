@@ -96,7 +96,8 @@ def test_bad_arguments_are_refused():
         _load("_quality_data").Segmenter.parse("watershed:scale=3")
     for bad in (["--encoding", "stripes"], ["--encoding", "boundary"],  # pool needs a label map
                 ["--encoding", "boundary", "--fusions", "sft", "--tune-encodings", "onehot:x"],
-                ["--sr-degradation", "bd"]):  # a denoising run has no SR degradation
+                ["--sr-degradation", "bd"],  # a denoising run has no SR degradation
+                ["--task", "sr4", "--segment-input", "restored"]):
         with pytest.raises(SystemExit):
             quality.parse_args(bad)
     ok = quality.parse_args(["--encoding", "onehot:4", "--fusions", "concat", "sft"])
@@ -270,3 +271,34 @@ def test_sr_bd_run_adapts_a_backbone_pretrained_on_bicubic(tmp_path):
     # the backbone cache key is the bicubic pre-training's: a bicubic run reuses the same file
     rc = quality.main(["--task", "sr4", "--quick", "--rows", "a", "--cache-dir", str(tmp_path / "cache")])
     assert rc == 0 and len(list((tmp_path / "cache").glob("backbone_srvgg_*.safetensors"))) == 1
+
+
+def test_lq_prior_can_segment_the_frozen_backbones_restoration(tmp_path):
+    import torch
+
+    quality = _load("quality")
+    qd = sys.modules.get("_quality_data") or _load("_quality_data")
+    img = qd.centre_crop(qd.load_rgb(DATA / "CBSD68" / "0003.png"), 64)
+    seg = qd.Segmenter.parse("felzenszwalb:scale=300,sigma=0.8,min_size=50")
+    cache = qd.LabelCache(tmp_path / "labels")
+    seen = []
+
+    class Smooth(torch.nn.Module):  # a real (if crude) restorer: 5x5 box filter
+        def forward(self, x):
+            seen.append(tuple(x.shape))
+            return torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False)
+
+    view = quality.restored_view(Smooth())
+    plain = qd.build_priors([("x", img)], sigma=50, realisations=1, noise_base=1, seg=seg, cache=cache)
+    restored = qd.build_priors([("x", img)], sigma=50, realisations=1, noise_base=1, seg=seg, cache=cache,
+                               segment_view=view)
+    assert seen == [(1, 3, 64, 64)]  # the view saw the noisy image once
+    assert np.array_equal(plain.noisy[0][0], restored.noisy[0][0])  # same LQ input, other prior
+    assert np.array_equal(plain.oracle_prior[0], restored.oracle_prior[0])
+    # the prior is the segmentation of the restored picture, not of the noisy one
+    expected = qd.label_map(view(plain.noisy[0][0]), seg)
+    assert np.array_equal(restored.lq_prior[0][0], expected)
+    assert not np.array_equal(restored.lq_prior[0][0], plain.lq_prior[0][0])
+    rc = quality.main(["--quick", "--segment-input", "restored", "--fusions", "sft", "--rows", "bc",
+                       "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "r.json")])
+    assert rc == 0 and json.loads((tmp_path / "r.json").read_text())["segment_input"] == "restored"
