@@ -444,7 +444,9 @@ def render(res: dict[str, Any], eval_names: list[str], rows: list[str], fusions:
                     diff = [xi - ci for xi, ci in zip(x, c)]
                     m, s = stats(diff)
                     sep = "yes" if min(x) > max(c) else ("below" if max(x) < min(c) else "no")
-                    ok = "**meets target**" if (m >= 0.05 and sep == "yes") else ""
+                    ok = ""
+                    if m >= 0.05 and sep == "yes":  # the oracle reads the clean image: a ceiling, not a result
+                        ok = "**meets target**" if row != "d" else "(oracle above 0.05: not deployable)"
                     cells.append(f"{m:+.3f} ± {s:.3f} (separate: {sep}) {ok}".strip())
                 lines.append(f"| {row} − c (paired per seed) | " + " | ".join(cells) + " |")
     return "\n".join(lines)

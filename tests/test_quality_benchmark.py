@@ -302,3 +302,20 @@ def test_lq_prior_can_segment_the_frozen_backbones_restoration(tmp_path):
     rc = quality.main(["--quick", "--segment-input", "restored", "--fusions", "sft", "--rows", "bc",
                        "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "r.json")])
     assert rc == 0 and json.loads((tmp_path / "r.json").read_text())["segment_input"] == "restored"
+
+
+def test_only_a_deployable_prior_is_marked_as_meeting_the_target():
+    quality = _load("quality")
+    name = "CBSD68 σ=50"
+    res = {"a": {"-": {name: [20.0]}},
+           "b": {"sft": {name: [20.10, 20.11, 20.12]}},
+           "c": {"sft": {name: [20.00, 20.01, 20.02]}},
+           "d": {"sft": {name: [20.20, 20.21, 20.22]}}}
+    text = quality.render(res, [name], list("abcd"), ["sft"])
+    line = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if ln.startswith("| ")}
+    assert "+0.100 ± 0.000 (separate: yes) **meets target**" in line["b − c (paired per seed)"]
+    assert "meets target" not in line["d − c (paired per seed)"]
+    assert "oracle above 0.05: not deployable" in line["d − c (paired per seed)"]
+    res["b"]["sft"][name] = [20.03, 20.04, 20.01]  # +0.017 and overlapping spreads: not met
+    text = quality.render(res, [name], list("abcd"), ["sft"])
+    assert "meets target" not in text and "(separate: no)" in text
