@@ -13,7 +13,9 @@
         method: slic                # classical: slic | felzenszwalb
         checkpoint: ~               # sam: path to sam_vit_b_01ec64.pth
         model_type: vit_b           # sam
-        encoding: label             # label | onehot | boundary
+        encoding: boundary          # label | onehot[:K] | boundary (default: boundary; label for fusion: pool,
+                                    # the only encoding pool takes -- write it out so that a shared spt_prior
+                                    # block, which does not see the fusion, agrees)
         settings: {}                # passed to the provider
 """
 
@@ -25,7 +27,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from spt_adapter.config import SPTConfig
-from spt_adapter.errors import ConfigError
+from spt_adapter.errors import ConfigError, PriorError
+from spt_adapter.prior.encode import DEFAULT_ENCODING, check_encoding_for_fusion, default_encoding, parse_encoding
 
 _CONFIG_KEYS = ("targets", "exclude", "fusion", "hidden", "depth", "prior_channels", "prior_resize")
 _OWN_KEYS = ("backbone", "adapter", "prior")
@@ -40,7 +43,7 @@ class PriorSpec:
     method: str = "slic"
     checkpoint: str | None = None
     model_type: str = "vit_b"
-    encoding: str = "label"
+    encoding: str = DEFAULT_ENCODING  # parse_spt_block: default_encoding(fusion) when the key is absent
     settings: dict[str, Any] = field(default_factory=dict)
     device: str | None = None
 
@@ -87,6 +90,14 @@ def parse_spt_block(block: Mapping[str, Any] | None, where: str = "spt") -> SPTO
         raise ConfigError(f"{where}.prior.provider must be one of {PROVIDERS}, got {prior.provider!r}")
     if prior.provider == "sam" and not prior.checkpoint:
         raise ConfigError(f"{where}.prior.provider is 'sam' but {where}.prior.checkpoint (the SAM .pth file) is not set")
+    fusion = block.get("fusion")
+    if prior_block.get("encoding") is None:  # absent (or ~): the default for the block's fusion ("label" for pool)
+        prior.encoding = default_encoding(fusion)
+    try:
+        parse_encoding(prior.encoding)
+        check_encoding_for_fusion(prior.encoding, fusion)
+    except PriorError as exc:
+        raise ConfigError(f"{where}.prior.encoding: {exc}") from None
     kwargs = {k: _plain(block[k]) for k in _CONFIG_KEYS if k in block and block[k] is not None}
     kwargs["prior"] = prior.describe()
     config = SPTConfig(**kwargs)

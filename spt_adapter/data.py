@@ -33,6 +33,7 @@ import numpy as np
 
 from .errors import SPTError
 from .images import imresize_bicubic, list_images, read_image, to_rgb_uint8
+from .prior.encode import DEFAULT_ENCODING
 
 
 class DataError(SPTError, ValueError):
@@ -111,8 +112,11 @@ def augment(arrays, hflip: bool, vflip: bool, rot90: bool):
 
 
 class PairedPriorDataset:
-    """``PairedPriorDataset(root_or_paths, task, cache, provider, encoding="label", patch_size=None,
+    """``PairedPriorDataset(root_or_paths, task, cache, provider, encoding=DEFAULT_ENCODING, patch_size=None,
     train=True, seed=0, oracle=False, prior_fn=None)``.
+
+    ``encoding``: how masks become the prior (``spt_adapter.prior.encode``); the default is
+    ``"boundary"``; pass ``"label"`` for units with the ``pool`` fusion (``default_encoding(fusion)``).
 
     ``root_or_paths``: a folder, a ``.txt`` list or a list of image files. ``cache``: a
     :class:`~spt_adapter.prior.PriorCache`, a folder for one, or None (compute every time).
@@ -123,7 +127,7 @@ class PairedPriorDataset:
     ``path`` and ``crop`` (top, left, hflip, vflip, rot90 in LQ pixels).
     """
 
-    def __init__(self, root_or_paths, task, cache=None, provider=None, encoding: str = "label", patch_size=None,
+    def __init__(self, root_or_paths, task, cache=None, provider=None, encoding: str = DEFAULT_ENCODING, patch_size=None,
                  train: bool = True, seed: int = 0, oracle: bool = False, prior_fn=None) -> None:
         from .prior import PriorCache, parse_encoding
 

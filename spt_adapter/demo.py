@@ -274,7 +274,7 @@ def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = No
     from .config import SPTConfig
     from .evaluate import evaluate, make_val_fn
     from .metrics import to_uint8
-    from .prior import make_provider
+    from .prior import default_encoding, make_provider
     from .prior.cache import PriorCache
     from .train import TrainSettings, train_units
 
@@ -309,13 +309,15 @@ def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = No
         provider = make_provider("slic", n_segments=settings.segments)
     cache = PriorCache(cache_root / "priors")
     log(f"[3/5] priors: {provider!r}, cached in {cache_root / 'priors'}")
-    train_set = make_dataset(train_dir, task, provider, cache, train=True, patch=settings.spt_patch, seed=settings.seed)
-    test_set = make_dataset(test_dir, task, provider, cache, train=False, seed=settings.seed)
+    encoding = default_encoding(settings.fusion)
+    train_set = make_dataset(train_dir, task, provider, cache, encoding=encoding, train=True, patch=settings.spt_patch,
+                             seed=settings.seed)
+    test_set = make_dataset(test_dir, task, provider, cache, encoding=encoding, train=False, seed=settings.seed)
     test_samples = [test_set[i] for i in range(len(test_set))]  # computes (or reads) the test priors once
 
     torch.manual_seed(settings.seed)
     config = SPTConfig(targets=bb.targets, fusion=settings.fusion, hidden=settings.hidden,
-                       prior={"provider": provider.identity(), "encoding": "label", "task": task},
+                       prior={"provider": provider.identity(), "encoding": encoding, "task": task},
                        integration=bb.integration, preset=bb.preset)
     spt = spt_adapter.inject(bb.model, config=config)
     if device:

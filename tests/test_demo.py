@@ -40,6 +40,16 @@ def test_demo_quick_runs_twice_with_cached_backbone(tmp_path):
     # same seed, same cached backbone, same priors: the same table
     assert (tmp_path / "one" / "eval" / "eval.csv").read_text() == (tmp_path / "two" / "eval" / "eval.csv").read_text()
 
+    # the prior encoding is the library default for the fusion: boundary, or label for pool
+    from spt_adapter.delta import read_adapter_config
+
+    assert read_adapter_config(tmp_path / "one" / "adapter" / "spt_adapter.safetensors").prior["encoding"] == "boundary"
+    pool = subprocess.run([*env_cmd, "--out", str(tmp_path / "pool"), "--fusion", "pool"], capture_output=True, text=True,
+                          timeout=300)
+    assert pool.returncode == 0, pool.stderr[-3000:]
+    config = read_adapter_config(tmp_path / "pool" / "adapter" / "spt_adapter.safetensors")
+    assert config.fusion == "pool" and config.prior["encoding"] == "label"
+
 
 def test_demo_refuses_missing_sam_checkpoint(tmp_path, capsys):
     from spt_adapter.cli import main

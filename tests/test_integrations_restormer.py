@@ -56,12 +56,28 @@ spt:
 """)["spt"]
     options = parse_spt_block(block)
     assert options.config.targets == ["latent", "refinement"]
-    assert options.config.prior == {"provider": "sam", "encoding": "label", "settings": {}, "model_type": "vit_b",
+    # no prior.encoding: the library's default for the block's fusion (boundary for concat)
+    assert options.config.prior == {"provider": "sam", "encoding": "boundary", "settings": {}, "model_type": "vit_b",
                                     "checkpoint": "sam_vit_b_01ec64.pth"}
+    assert options.prior.encoding == "boundary"
     with pytest.raises(spt_adapter.ConfigError, match="checkpoint"):
         parse_spt_block({"prior": {"provider": "sam"}})
     with pytest.raises(spt_adapter.ConfigError, match="provider must be one of"):
         parse_spt_block({"prior": {"provider": "magic"}})
+
+
+def test_spt_block_encoding_follows_the_fusion():
+    """pool reads regions from a label map: no encoding means label, any other encoding is refused."""
+    pool = parse_spt_block(yaml.safe_load("{fusion: pool, prior: {provider: classical, method: slic}}"))
+    assert pool.prior.encoding == "label" and pool.config.prior["encoding"] == "label"
+    assert parse_spt_block({"prior": {"encoding": None}}).prior.encoding == "boundary"  # `encoding: ~`
+    assert parse_spt_block({"fusion": "sft", "prior": {"encoding": "label"}}).config.prior["encoding"] == "label"
+    assert parse_spt_block({"fusion": "pool", "prior": {"encoding": "label"}}).prior.encoding == "label"
+    for encoding in ("boundary", "onehot:4"):
+        with pytest.raises(spt_adapter.ConfigError, match=r"spt\.prior\.encoding: fusion 'pool'.*needs encoding 'label'"):
+            parse_spt_block({"fusion": "pool", "prior": {"encoding": encoding}})
+    with pytest.raises(spt_adapter.ConfigError, match=r"spt\.prior\.encoding: unknown prior encoding 'edges'"):
+        parse_spt_block({"prior": {"encoding": "edges"}})
 
 
 def test_priors_for_a_batch_use_the_cache_api(tmp_path):

@@ -40,7 +40,11 @@ def test_slic_computes_then_reuses(folder, tmp_path, capsys):
     assert "computed 3, reused 0, failed 0" in capsys.readouterr().err
     assert main(["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--no-progress"]) == 0
     assert "computed 0, reused 3, failed 0" in capsys.readouterr().err
+    # the default encoding is boundary (what `train` reads by default): those priors are cached already
     assert main(["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--encoding", "boundary", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "computed 0, reused 3, failed 0" in err and "encoded from cached masks" not in err
+    assert main(["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--encoding", "label", "--no-progress"]) == 0
     assert "reused 3 (3 encoded from cached masks)" in capsys.readouterr().err
 
 

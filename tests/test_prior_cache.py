@@ -29,11 +29,12 @@ def test_hit_miss_and_reencode(tmp_path):
     b = cache.get_or_compute(img, prov)
     assert prov.calls == 1 and cache.stats["prior_hits"] == 1
     np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(a, encode_masks(prov.generate(img), "label"))
+    np.testing.assert_array_equal(a, encode_masks(prov.generate(img), "boundary"))  # the default: DEFAULT_ENCODING
+    assert cache.contains(img, prov) and cache.contains(img, prov, "boundary") and not cache.contains(img, prov, "label")
     prov.calls = 0
     oh = cache.get_or_compute(img, prov, "onehot:3")  # new encoding: masks reused, SAM/SLIC not rerun
     assert oh.shape == (3, 40, 48) and prov.calls == 0 and cache.stats["mask_hits"] == 1
-    assert cache.contains(img, prov, "onehot:3") and not cache.contains(img, prov, "boundary")
+    assert cache.contains(img, prov, "onehot:3") and not cache.contains(img, prov, "label")
     # a fresh cache object on the same folder reuses everything
     fresh = PriorCache(tmp_path)
     np.testing.assert_array_equal(fresh.get_or_compute(img, prov), a)

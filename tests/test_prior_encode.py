@@ -60,3 +60,26 @@ def test_errors():
         encode_masks([_mask(4, 4, 0, 1, 0, 1), _mask(5, 4, 0, 1, 0, 1)])
     with pytest.raises(PriorError, match="no masks"):
         encode_masks([])
+
+
+def test_default_encoding_follows_the_fusion():
+    from spt_adapter.config import DEFAULT_FUSION
+    from spt_adapter.prior import DEFAULT_ENCODING, default_encoding
+
+    assert DEFAULT_ENCODING == "boundary"  # docs/results.md, results 6-7
+    assert default_encoding("concat") == default_encoding("sft") == "boundary"
+    assert default_encoding("pool") == "label"  # pool averages inside the regions of a label map
+    assert default_encoding(None) == default_encoding(DEFAULT_FUSION) == "boundary"
+
+
+def test_pool_needs_a_label_map():
+    from spt_adapter.prior import check_encoding_for_fusion
+
+    check_encoding_for_fusion("label", "pool")
+    for fusion in ("concat", "sft", None):
+        for encoding in ("label", "boundary", "onehot:3"):
+            check_encoding_for_fusion(encoding, fusion)
+    for encoding in ("boundary", "onehot", "onehot:3"):
+        with pytest.raises(PriorError, match="fusion 'pool'.*needs encoding 'label'") as exc:
+            check_encoding_for_fusion(encoding, "pool")
+        assert repr(encoding) in str(exc.value)

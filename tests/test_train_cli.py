@@ -165,6 +165,9 @@ def test_train_writes_delta_logs_and_resumes(tmp_path, swinir_ckpt, small_data, 
     config = json.loads(meta["config"])
     assert config["targets"] == ["layers.*"] and config["preset"] == "swinir"  # the plugin's preset
     assert json.loads(meta["prior"])["provider"]["method"] == "slic"
+    # no --encoding: the library default (an edge map, docs/results.md), recorded for eval and --resume
+    assert config["prior"]["encoding"] == "boundary" and config["fusion"] == "concat"
+    assert training["encoding"] == "boundary"
     log = json.loads((out / "train_log.json").read_text())
     assert [r["step"] for r in log["history"]] == [1, 2, 3] and "val_psnr" in log["history"][-1]
     assert any(cache.rglob("*.sptc"))  # priors went through the cache
@@ -190,6 +193,68 @@ def test_train_writes_delta_logs_and_resumes(tmp_path, swinir_ckpt, small_data, 
 
     code, _, err = _run(_train_argv(swinir_ckpt, small_data, tmp_path / "fresh", cache, "--iters", "2", "--resume"), capsys)
     assert code == 1 and "holds no spt_adapter.safetensors" in err
+
+
+def _recorded_encodings(adapter: Path) -> tuple[str, str]:
+    """(config.prior["encoding"], the encoding the last run used) of an adapter file."""
+    from spt_adapter.delta import read_adapter_header
+
+    meta, _ = read_adapter_header(adapter)
+    return json.loads(meta["config"])["prior"]["encoding"], json.loads(meta["training"])["encoding"]
+
+
+def test_pool_fusion_trains_on_label_maps(tmp_path, swinir_ckpt, small_data, capsys):
+    out, cache = tmp_path / "run", tmp_path / "priors"
+    code, _, err = _run(_train_argv(swinir_ckpt, small_data, out, cache, "--iters", "1", "--fusion", "pool"), capsys)
+    assert code == 0, err
+    assert _recorded_encodings(out / "spt_adapter.safetensors") == ("label", "label")
+
+
+@pytest.mark.parametrize("encoding", ["boundary", "onehot:2"])
+def test_pool_fusion_refuses_other_encodings_before_any_work(tmp_path, swinir_ckpt, small_data, capsys, encoding):
+    out, cache = tmp_path / "run", tmp_path / "priors"
+    code, _, err = _run(_train_argv(swinir_ckpt, small_data, out, cache, "--fusion", "pool", "--encoding", encoding), capsys)
+    assert code == 1 and "fusion 'pool'" in err and "needs encoding 'label'" in err and repr(encoding) in err
+    assert not out.exists() and not cache.exists()
+
+
+def test_resume_keeps_the_recorded_encoding(tmp_path, swinir_ckpt, small_data, capsys):
+    from safetensors.torch import load_file
+
+    out, cache = tmp_path / "run", tmp_path / "priors"
+    code, _, err = _run(_train_argv(swinir_ckpt, small_data, out, cache, "--iters", "1", "--encoding", "label"), capsys)
+    assert code == 0, err
+    before = load_file(out / "spt_adapter.safetensors")
+    # an explicit, different --encoding is refused; the adapter is left as it was
+    code, _, err = _run(_train_argv(swinir_ckpt, small_data, out, cache, "--iters", "2", "--resume", "--encoding",
+                                    "boundary"), capsys)
+    assert code == 1 and "--resume" in err and "encoding 'label', not 'boundary'" in err
+    after = load_file(out / "spt_adapter.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # no --encoding: the adapter's own (label), not the library default (boundary)
+    code, _, err = _run(_train_argv(swinir_ckpt, small_data, out, cache, "--iters", "2", "--resume"), capsys)
+    assert code == 0, err
+    assert _recorded_encodings(out / "spt_adapter.safetensors") == ("label", "label")
+    assert json.loads((out / "train_log.json").read_text())["history"][-1]["step"] == 2
+
+
+def test_resume_of_an_adapter_without_a_recorded_encoding_means_label(tmp_path, swinir_ckpt):
+    """Adapters written before the default changed may record no encoding: they were trained on label maps."""
+    from types import SimpleNamespace
+
+    import spt_adapter
+    from spt_adapter.commands.train import _resume_config_check
+    from spt_adapter.config import SPTConfig
+
+    path = tmp_path / "old.safetensors"
+    model = spt_adapter.inject(spt_adapter.load_backbone(swinir_ckpt).model,
+                               config=SPTConfig(targets=["layers.*"], prior={"provider": "slic"}))
+    spt_adapter.save_adapter(model, path)
+    args = SimpleNamespace(targets=None, fusion=None, encoding=None)
+    _resume_config_check(args, path)
+    assert args.encoding == "label"
+    with pytest.raises(spt_adapter.SPTError, match="encoding 'label', not 'boundary'"):
+        _resume_config_check(SimpleNamespace(targets=None, fusion=None, encoding="boundary"), path)
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, swinir_ckpt, small_data):

@@ -82,6 +82,7 @@ def run(args) -> int:
     elif args.provider is None and not args.sam_checkpoint and ident.get("provider") == "sam":
         raise SPTError(f"{adapter_file} was trained with SAM priors ({ident.get('model_type', '?')}); pass --sam-checkpoint")
     if args.encoding is None:
+        # "label": adapters that record no encoding were made when label was the only default
         args.encoding = recorded.get("encoding", "label")
     check_provider_args(args)
     model, _, described = load_backbone_from_args(args, require_targets=False)  # targets come from the adapter

@@ -6,6 +6,8 @@ import os
 import sys
 import time
 
+from ..prior.encode import DEFAULT_ENCODING
+
 HELP = "precompute masks + priors for images into a cache (SAM or a classical segmenter)"
 
 
@@ -18,7 +20,9 @@ def add_arguments(parser) -> None:
                              "read from the checkpoint)")
     parser.add_argument("--device", default=None, help="torch device for SAM (default: cuda[:LOCAL_RANK] if available, else cpu)")
     parser.add_argument("--cache", required=True, help="cache folder (PriorCache root)")
-    parser.add_argument("--encoding", default="label", help="label | onehot[:K] | boundary (default: label)")
+    parser.add_argument("--encoding", default=DEFAULT_ENCODING,
+                        help=f"label | onehot[:K] | boundary (default: {DEFAULT_ENCODING}, what `train` uses; "
+                             "label for units with --fusion pool)")
     parser.add_argument("--degrade", default=None, metavar="TASK",
                         help="compute priors on the LQ image a PairedPriorDataset makes: denoise:<sigma> or sr:<scale>")
     parser.add_argument("--seed", type=int, default=0, help="noise seed for --degrade denoise (same as the dataset's seed)")

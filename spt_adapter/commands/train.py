@@ -67,6 +67,8 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..prior.encode import DEFAULT_ENCODING
+
     g = parser.add_argument_group("prior")
     g.add_argument("--prior-cache", metavar="DIR", default=None,
                    help="folder of cached priors (default: ~/.cache/spt-adapter/priors); SAM never runs twice per image")
@@ -77,7 +79,8 @@ def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
                    help="SAM variant (default: auto, read from the checkpoint)")
     g.add_argument("--segments", type=positive_int, default=None, help="SLIC: number of segments")
     g.add_argument("--encoding", default=None,
-                   help="prior encoding: label, onehot[:K], boundary (default: label; eval: the adapter's)")
+                   help=f"prior encoding: label, onehot[:K], boundary (default: {DEFAULT_ENCODING}, label with --fusion pool; "
+                        "eval and train --resume: the adapter's)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,9 +117,9 @@ def check_provider_args(args) -> str:
         raise SPTError(f"--sam-checkpoint was given with --provider {provider}; drop one of them")
     if args.segments is not None and provider != "slic":
         raise SPTError("--segments applies to --provider slic only")
-    from ..prior.encode import parse_encoding
+    from ..prior.encode import default_encoding, parse_encoding
 
-    parse_encoding(args.encoding or "label")
+    parse_encoding(args.encoding or default_encoding(getattr(args, "fusion", None)))
     return provider
 
 
@@ -185,17 +188,19 @@ def load_dataset_module():
     return data
 
 
-def make_dataset(folder, task: str, provider, cache, *, encoding: str = "label", train: bool,
+def make_dataset(folder, task: str, provider, cache, *, encoding: str | None = None, train: bool,
                  patch: int | None = None, seed: int = 0):
     """``spt_adapter.data.PairedPriorDataset`` over ``folder``: random ``patch`` x ``patch`` GT
     patches (LQ patches of ``patch / scale``) with flips for training, whole images for evaluation.
     The degradation is fixed per image and ``seed``; the prior is computed on the LQ image once,
-    through ``cache``."""
+    through ``cache``, with ``encoding`` (default: ``spt_adapter.prior.DEFAULT_ENCODING``)."""
+    from ..prior.encode import DEFAULT_ENCODING
+
     data = load_dataset_module()
     task_ = data.parse_task(task)
     scale = task_.scale if task_.kind == "sr" else 1
     lq_patch = None if (patch is None or not train) else patch // scale
-    return data.PairedPriorDataset(folder, task, cache=cache, provider=provider, encoding=encoding,
+    return data.PairedPriorDataset(folder, task, cache=cache, provider=provider, encoding=encoding or DEFAULT_ENCODING,
                                    patch_size=lq_patch, train=train, seed=seed)
 
 
@@ -251,14 +256,32 @@ def _check_out(args) -> Path:
     return out
 
 
-def _resume_config_check(args, path: Path, default_targets: list[str]) -> None:
+def _resume_config_check(args, path: Path) -> None:
+    """The run in ``path`` continues with its own targets, fusion and prior encoding; a flag that
+    asks for another one is refused. Sets ``args.encoding`` to the adapter's."""
     from ..delta import read_adapter_config
+    from ..prior.encode import check_encoding_for_fusion
 
     cfg = read_adapter_config(path)
     if args.targets and list(args.targets) != list(cfg.targets):
         raise SPTError(f"--resume: {path} was trained with targets {cfg.targets}, not {args.targets}")
     if args.fusion is not None and args.fusion != cfg.fusion:
         raise SPTError(f"--resume: {path} was trained with fusion {cfg.fusion!r}, not {args.fusion!r}")
+    # adapters that record no encoding were made when "label" was the only default
+    recorded = (cfg.prior or {}).get("encoding") or "label"
+    if args.encoding is not None and args.encoding != recorded:
+        raise SPTError(f"--resume: {path} was trained with encoding {recorded!r}, not {args.encoding!r}")
+    args.encoding = recorded
+    check_encoding_for_fusion(args.encoding, cfg.fusion)
+
+
+def _resolve_encoding(args) -> None:
+    """A fresh run: ``--encoding`` or the default for its fusion; ``pool`` needs ``label``."""
+    from ..prior.encode import check_encoding_for_fusion, default_encoding
+
+    fusion = args.fusion or DEFAULT_FUSION
+    args.encoding = args.encoding or default_encoding(fusion)
+    check_encoding_for_fusion(args.encoding, fusion)
 
 
 def run(args) -> int:
@@ -270,7 +293,8 @@ def run(args) -> int:
     from ..train import ADAPTER_FILE, TrainSettings, init_distributed, shutdown_distributed, train_units
 
     # ---- every check before any work -------------------------------------------------------
-    args.encoding = args.encoding or "label"
+    if not args.resume:
+        _resolve_encoding(args)
     settings = TrainSettings(iters=args.iters, batch=args.batch, lr=args.lr, schedule=args.schedule,
                              warmup=args.warmup, seed=args.seed, save_every=args.save_every,
                              val_every=args.val_every, log_every=args.log_every, workers=args.workers,
@@ -282,12 +306,12 @@ def run(args) -> int:
     if args.val:
         list_images(args.val, "--val")
     out = _check_out(args)
+    if args.resume:
+        _resume_config_check(args, out / ADAPTER_FILE)
     check_provider_args(args)
     model, default_targets, described = load_backbone_from_args(args, args.targets)
     targets = list(args.targets) if args.targets else default_targets
-    if args.resume:
-        _resume_config_check(args, out / ADAPTER_FILE, default_targets)
-    else:
+    if not args.resume:
         spt_adapter.inspect_targets(model, targets, args.exclude)  # a bad pattern fails here, named
 
     info = init_distributed(args.device)

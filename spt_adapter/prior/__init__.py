@@ -3,14 +3,23 @@
     from spt_adapter.prior import ClassicalMaskProvider, SamMaskProvider, PriorCache, encode_masks
     provider = SamMaskProvider("sam_vit_b_01ec64.pth", model_type="vit_b")   # or ClassicalMaskProvider("slic")
     cache = PriorCache("priors/")
-    prior = cache.get_or_compute(image_hwc_uint8, provider, encoding="label")  # (1, H, W) float32
+    prior = cache.get_or_compute(image_hwc_uint8, provider)  # (1, H, W) float32, DEFAULT_ENCODING ("boundary")
+    label = cache.get_or_compute(image_hwc_uint8, provider, encoding=default_encoding("pool"))  # "label", for pool
 
 See docs/prior.md.
 """
 
 from .cache import PriorCache, image_key
 from .classical import ClassicalMaskProvider
-from .encode import ENCODINGS, encode_masks, encoding_channels, parse_encoding
+from .encode import (
+    DEFAULT_ENCODING,
+    ENCODINGS,
+    check_encoding_for_fusion,
+    default_encoding,
+    encode_masks,
+    encoding_channels,
+    parse_encoding,
+)
 from .sam import (
     MODEL_TYPES,
     SAM_CHECKPOINTS_URL,
@@ -37,6 +46,7 @@ def make_provider(name: str, checkpoint=None, model_type: str = "vit_b", device=
 
 
 __all__ = [
+    "DEFAULT_ENCODING",
     "ENCODINGS",
     "MODEL_TYPES",
     "SAM_CHECKPOINTS_URL",
@@ -46,6 +56,8 @@ __all__ = [
     "SamCheckpointError",
     "SamMaskProvider",
     "SamUnavailableError",
+    "check_encoding_for_fusion",
+    "default_encoding",
     "detect_model_type",
     "encode_masks",
     "encoding_channels",

@@ -31,7 +31,7 @@ import numpy as np
 
 from .._io import atomic_write_bytes
 from ..images import to_rgb_uint8
-from .encode import encode_masks, parse_encoding
+from .encode import DEFAULT_ENCODING, encode_masks, parse_encoding
 
 MAGIC = b"SPTPRIOR1\n"
 FORMAT = 1
@@ -116,7 +116,7 @@ def arrays_to_masks(a: dict) -> list[dict]:
 
 
 class PriorCache:
-    """``PriorCache(root)``: ``get_or_compute(image, provider, encoding="label") -> (C, H, W) float32``.
+    """``PriorCache(root)``: ``get_or_compute(image, provider, encoding=DEFAULT_ENCODING) -> (C, H, W) float32``.
 
     ``stats`` counts ``prior_hits`` (encoded prior read), ``mask_hits`` (masks read, encoding
     recomputed), ``computed`` (provider ran) and ``corrupt`` (bad entries replaced).
@@ -142,7 +142,7 @@ class PriorCache:
     def mask_key(self, image, provider) -> str:
         return hashlib.sha256(f"masks|{image_key(image)}|{self._identity(provider)}".encode()).hexdigest()
 
-    def prior_key(self, image, provider, encoding: str = "label") -> str:
+    def prior_key(self, image, provider, encoding: str = DEFAULT_ENCODING) -> str:
         parse_encoding(encoding)
         return self._prior_key(self.mask_key(image, provider), encoding)
 
@@ -153,7 +153,7 @@ class PriorCache:
     def _path(self, kind: str, key: str) -> Path:
         return self.root / kind / key[:2] / f"{key}.sptc"
 
-    def contains(self, image, provider, encoding: str = "label") -> bool:
+    def contains(self, image, provider, encoding: str = DEFAULT_ENCODING) -> bool:
         return self._path("priors", self.prior_key(image, provider, encoding)).is_file()
 
     # -- entries
@@ -196,11 +196,11 @@ class PriorCache:
                     {"key": key, "kind": "masks", "identity": json.loads(self._identity(provider)), "shape": list(img.shape)})
         return masks
 
-    def get_or_compute(self, image, provider, encoding: str = "label") -> np.ndarray:
+    def get_or_compute(self, image, provider, encoding: str = DEFAULT_ENCODING) -> np.ndarray:
         """Encoded prior of ``image``: cached prior, else cached masks + encoding, else provider."""
         return self.get_or_compute_many([image], provider, encoding)[0]
 
-    def get_or_compute_many(self, images, provider, encoding: str = "label", status: list | None = None) -> list[np.ndarray]:
+    def get_or_compute_many(self, images, provider, encoding: str = DEFAULT_ENCODING, status: list | None = None) -> list[np.ndarray]:
         """Like :meth:`get_or_compute` for several images; missing masks are computed with one
         ``provider.generate_batch`` call (SAM then encodes several images per encoder call).
         ``status`` (a list) receives ``"prior"``, ``"masks"`` or ``"computed"`` per image."""

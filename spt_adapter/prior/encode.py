@@ -3,7 +3,12 @@
 All encodings take masks in SAM's format (a list of dicts with a boolean ``segmentation`` HxW
 array; ``area`` is recomputed from it) and return a float32 ``(C, H, W)`` array in [0, 1].
 
-``label`` (default, 1 channel) -- the single-map encoding of the SAM-prior literature.
+The library's default encoding is :data:`DEFAULT_ENCODING` (``boundary``), except for the
+``pool`` fusion, which reads regions from a ``label`` map: :func:`default_encoding` picks by
+fusion and :func:`check_encoding_for_fusion` refuses any other encoding for ``pool``.
+(:func:`encode_masks` itself still encodes ``label`` when no ``kind`` is given.)
+
+``label`` (1 channel) -- the single-map encoding of the SAM-prior literature.
     Masks are ranked by area, largest first (ties keep the provider's order). With K masks, the
     mask of rank r (0-based) gets the value ``(K - r) / K``: the largest mask is 1.0, the smallest
     1/K, background (no mask) is 0. Masks are painted largest first, so where masks overlap the
@@ -23,9 +28,26 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config import DEFAULT_FUSION
 from ..errors import PriorError
 
 ENCODINGS = ("label", "onehot", "boundary")
+#: An explicit edge map beat one value per region on validation; onehot was worse than no prior (docs/results.md, results 6-7).
+DEFAULT_ENCODING = "boundary"
+
+
+def default_encoding(fusion: str | None) -> str:
+    """The encoding to use when none is given: ``label`` for the ``pool`` fusion (it averages features
+    inside the regions of a label map), :data:`DEFAULT_ENCODING` otherwise; ``None`` is the library's
+    default fusion (:data:`spt_adapter.config.DEFAULT_FUSION`)."""
+    return "label" if (fusion or DEFAULT_FUSION) == "pool" else DEFAULT_ENCODING
+
+
+def check_encoding_for_fusion(encoding: str, fusion: str | None) -> None:
+    """Raise :class:`PriorError` if ``fusion`` is ``pool`` and ``encoding`` is not ``label``."""
+    if (fusion or DEFAULT_FUSION) == "pool" and parse_encoding(encoding)[0] != "label":
+        raise PriorError(f"fusion 'pool' averages features inside the regions of a one-channel label map: it needs "
+                         f"encoding 'label', got {encoding!r} (use another fusion for {encoding!r})")
 
 
 def parse_encoding(encoding: str) -> tuple[str, dict]:
