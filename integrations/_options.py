@@ -105,6 +105,25 @@ def parse_spt_block(block: Mapping[str, Any] | None, where: str = "spt") -> SPTO
                       prior=prior)
 
 
+def check_dataset_priors(opt: Mapping[str, Any], spt: SPTOptions) -> None:
+    """The prior a dataset's ``spt_prior`` block makes must be the one the model's ``spt.prior`` reads.
+
+    A dataset is built before the model and never sees the model's fusion, so an ``spt_prior``
+    block without ``encoding`` gets the plain default while a ``pool`` model asks for ``label``:
+    refuse that (and any other encoding mismatch) with the key to set, before training starts."""
+    for name, dopt in (opt.get("datasets") or {}).items():
+        if not isinstance(dopt, Mapping) or dopt.get("spt_prior") is None:
+            continue
+        where = f"datasets.{name}.spt_prior"
+        made = parse_spt_block({"prior": dict(dopt["spt_prior"])}, where).prior.encoding
+        if made != spt.prior.encoding:
+            raise ConfigError(
+                f"{where} makes {made!r} priors but the model's spt.prior reads {spt.prior.encoding!r} "
+                f"(fusion {spt.config.fusion!r}); set `encoding: {spt.prior.encoding}` in both blocks "
+                "(a YAML anchor can share one block)"
+            )
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}

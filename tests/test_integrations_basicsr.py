@@ -223,3 +223,24 @@ def test_sptsrmodel_needs_a_backbone_and_a_valid_spt_block():
         SPTSRModel({"spt": {"fusoin": "sft"}, "path": {}})
     with pytest.raises(ConfigError, match="no 'spt' block"):
         SPTSRModel({"path": {}})
+
+
+def test_sptsrmodel_refuses_a_dataset_prior_the_units_cannot_read(tmp_path):
+    from spt_adapter.errors import ConfigError
+    from spt_adapter.integrations.basicsr.model import SPTSRModel
+
+    shared = {"provider": "classical", "method": "slic"}  # one block shared by spt.prior and spt_prior, no encoding
+    opt = {"spt": {"fusion": "pool", "prior": dict(shared)}, "path": {},
+           "datasets": {"train": {"type": "SPTPairedImageDataset", "spt_prior": dict(shared)}}}
+    # the dataset (built first, blind to the fusion) would make boundary maps; pool reads label maps
+    with pytest.raises(ConfigError, match=r"datasets\.train\.spt_prior makes 'boundary' priors.*'label'.*pool"):
+        SPTSRModel(opt)
+    # stating the encoding in the shared block resolves it: the next complaint is the missing backbone
+    opt["spt"]["prior"]["encoding"] = opt["datasets"]["train"]["spt_prior"]["encoding"] = "label"
+    with pytest.raises(ConfigError, match="pretrain_network_g"):
+        SPTSRModel(opt)
+    # the default fusion with no encoding anywhere: both sides make the default, nothing to refuse
+    opt = {"spt": {"prior": dict(shared)}, "path": {},
+           "datasets": {"val": {"type": "SPTPairedImageDataset", "spt_prior": dict(shared)}}}
+    with pytest.raises(ConfigError, match="pretrain_network_g"):
+        SPTSRModel(opt)

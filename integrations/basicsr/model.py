@@ -34,7 +34,7 @@ from spt_adapter.model import SPTModel
 from .._checkpoint import read_state_dict
 from .._netio import (attach_units, bare, build_units_only_ema, ema_decay_deferred, ema_units, find_resume_deltas,
                       load_backbone_state, resolve_backbone_path)
-from .._options import parse_spt_block
+from .._options import check_dataset_priors, parse_spt_block
 
 META_BACKBONE = "basicsr_backbone"
 
@@ -44,6 +44,7 @@ class SPTSRModel(SRModel):
 
     def __init__(self, opt):
         self.spt = parse_spt_block(opt.get("spt"), "spt")
+        check_dataset_priors(opt, self.spt)
         path_opt = opt["path"]
         load_path = path_opt.get("pretrain_network_g")
         # resuming: BasicSR set pretrain_network_g to models/net_g_<iter>.pth; we saved deltas
