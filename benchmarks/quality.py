@@ -167,26 +167,15 @@ def pretrain_sr_backbone(args, names: list[str], pset: qd.PriorSet, cache_dir: P
                                       lambda: build_sr_backbone(args.sr_feat, args.sr_convs))
     if hit:
         return net, {"cached": True, "path": str(path), **spec}
-    t0 = time.time()
     torch.manual_seed(1234)
     sched = make_schedule(1234, args.pretrain_steps, args.pretrain_batch, args.patch, pset)
-    opt = torch.optim.Adam(net.parameters(), lr=args.pretrain_lr)
-    lr_s = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.pretrain_steps, eta_min=args.pretrain_lr * 0.01)
-    net.train()
-    for step in range(args.pretrain_steps):
+
+    def batch(step: int):
         lq, gt, _ = get_batch(sched[step], args.patch, pset, "none")
-        loss = torch.mean(torch.abs(net(lq) - gt))  # L1, as SR networks are trained
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        lr_s.step()
-        if (step + 1) % max(1, args.pretrain_steps // 10) == 0:
-            log(f"backbone pretrain {step + 1}/{args.pretrain_steps} L1 {loss.item():.5f} "
-                f"({time.time() - t0:.0f}s)")
-    net.eval()
-    _save_cached(net, path)
-    log(f"backbone: pre-trained in {time.time() - t0:.0f}s, cached at {path}")
-    return net, {"cached": False, "path": str(path), "seconds": round(time.time() - t0, 1), **spec}
+        return lq, gt
+
+    l1 = lambda out, gt: torch.mean(torch.abs(out - gt))  # noqa: E731 -- L1, as SR networks are trained
+    return _pretrain(net, batch, l1, args, path, spec)
 
 
 def pretrain_backbone(args, train: list[tuple[str, np.ndarray]], cache_dir: Path) -> tuple[nn.Module, dict]:
@@ -198,17 +187,28 @@ def pretrain_backbone(args, train: list[tuple[str, np.ndarray]], cache_dir: Path
     net, path, hit = _cached_backbone(spec, "backbone_dncnn", cache_dir, lambda: build_backbone(args.nc, args.nb))
     if hit:
         return net, {"cached": True, "path": str(path), **spec}
-    t0 = time.time()
     torch.manual_seed(1234)
     rng = np.random.default_rng(1234)
     clean = [img.astype(np.float32) / 255.0 for _, img in train]
+
+    def batch(step: int):
+        gt = torch.from_numpy(random_crops(rng, clean, args.pretrain_batch, args.patch)).permute(0, 3, 1, 2)
+        return gt + torch.randn_like(gt) * (args.sigma / 255.0), gt
+
+    mse = lambda out, gt: torch.mean((out - gt) ** 2)  # noqa: E731
+    return _pretrain(net, batch, mse, args, path, spec)
+
+
+def _pretrain(net: nn.Module, batch, loss_fn, args, path: Path, spec: dict) -> tuple[nn.Module, dict]:
+    """The backbones' pre-training loop: Adam at --pretrain-lr with a cosine schedule down to 1 %,
+    ``batch(step) -> (lq, gt)``; the trained net is cached at ``path``."""
+    t0 = time.time()
     opt = torch.optim.Adam(net.parameters(), lr=args.pretrain_lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.pretrain_steps, eta_min=args.pretrain_lr * 0.01)
     net.train()
     for step in range(args.pretrain_steps):
-        gt = torch.from_numpy(random_crops(rng, clean, args.pretrain_batch, args.patch)).permute(0, 3, 1, 2)
-        lq = gt + torch.randn_like(gt) * (args.sigma / 255.0)
-        loss = torch.mean((net(lq) - gt) ** 2)
+        lq, gt = batch(step)
+        loss = loss_fn(net(lq), gt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
