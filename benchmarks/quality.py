@@ -35,7 +35,6 @@ import argparse
 import copy
 import hashlib
 import json
-import math
 import os
 import platform
 import sys
@@ -280,15 +279,14 @@ def restored_view(backbone: nn.Module):
     return view
 
 
-def make_spt(backbone: nn.Module, fusion: str, args, seed: int):
+def make_spt(backbone: nn.Module, fusion: str, args, seed: int, prior_channels: int):
     import spt_adapter
     from spt_adapter import SPTConfig
-    from spt_adapter.prior.encode import encoding_channels
 
     torch.manual_seed(seed)
     targets = sr_unit_targets(args.sr_convs, args.units) if args.task == "sr4" else unit_targets(args.nb, args.units)
     cfg = SPTConfig(targets=targets, fusion=fusion, hidden=args.hidden, depth=args.depth,
-                    prior_channels=encoding_channels(args.encoding))
+                    prior_channels=prior_channels)
     return spt_adapter.inject(copy.deepcopy(backbone), config=cfg, example_input=torch.zeros(1, 3, 32, 32))
 
 
@@ -400,7 +398,7 @@ def run_ladder(args, backbone, train_set: qd.PriorSet, eval_sets: dict[str, qd.P
                 prior = "none"
             else:
                 prior = ROW_PRIOR[row]
-                model = make_spt(backbone, fusion, args, seed)
+                model = make_spt(backbone, fusion, args, seed, train_set.prior_channels)
                 secs = train_model(model, sched, train_set, prior, args.lr, args.patch)
             scores = {name: evaluate(model, es, prior) for name, es in eval_sets.items()}
             for name, v in scores.items():
@@ -469,7 +467,6 @@ def tune(args, splits: qd.Splits, backbone, cache: qd.LabelCache) -> None:
         n_regions = float(np.mean([len(np.unique(p[0])) for p in vals0[names[0]].lq_prior]))
         for encoding in args.tune_encodings:
             t0 = time.time()
-            args.encoding = encoding  # make_spt reads the unit's prior channels from it
             tr = qd.apply_encoding(tr0, encoding)
             vals = {n: qd.apply_encoding(v, encoding) for n, v in vals0.items()}
             cells = []
@@ -479,7 +476,7 @@ def tune(args, splits: qd.Splits, backbone, cache: qd.LabelCache) -> None:
                     sched = make_schedule(seed, args.steps, args.batch, args.patch, tr)
                     sc = {}
                     for prior in ("lq", "const", "oracle"):
-                        m = make_spt(backbone, fusion, args, seed)
+                        m = make_spt(backbone, fusion, args, seed, tr.prior_channels)
                         train_model(m, sched, tr, prior, args.lr, args.patch)
                         sc[prior] = {n: evaluate(m, es, prior) for n, es in vals.items()}
                     for k in ("lq", "oracle"):

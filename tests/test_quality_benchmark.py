@@ -319,3 +319,15 @@ def test_only_a_deployable_prior_is_marked_as_meeting_the_target():
     res["b"]["sft"][name] = [20.03, 20.04, 20.01]  # +0.017 and overlapping spreads: not met
     text = quality.render(res, [name], list("abcd"), ["sft"])
     assert "meets target" not in text and "(separate: no)" in text
+
+
+def test_tune_compares_encodings_with_units_sized_for_each(tmp_path, capsys):
+    quality = _load("quality")
+    rc = quality.main(["--quick", "--tune", "--tune-encodings", "label", "onehot:3", "--fusions", "sft",
+                       "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| slic:")]
+    assert [r.split("|")[2].strip() for r in rows] == ["label", "onehot:3"]
+    for r in rows:  # (b) − (c) and, in brackets, the oracle's (d) − (c), per validation sigma
+        cell = r.split("|")[4]
+        assert cell.count("(") == 2 and cell.count("/") == 1

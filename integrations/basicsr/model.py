@@ -20,7 +20,6 @@ import json
 import os
 from os import path as osp
 
-import torch
 from basicsr.archs import build_network
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
