@@ -119,8 +119,8 @@ def load_sr_splits(data: Path, *, scale: int = 4, n_test: int = 0, test_crop: in
 
 def bicubic_lq(hr: np.ndarray, scale: int) -> np.ndarray:
     """The LQ input of bicubic SR: MATLAB ``imresize(HR, 1/scale, 'bicubic')`` rounded to 8 bits,
-    as the Set5/Set14 LR files are made (``spt_adapter.images.imresize_bicubic``)."""
-    from spt_adapter.images import imresize_bicubic
+    as the Set5/Set14 LR files are made (``spt_adapter.training.images.imresize_bicubic``)."""
+    from spt_adapter.training.images import imresize_bicubic
 
     return imresize_bicubic(hr, scale=1.0 / scale)
 
@@ -347,8 +347,8 @@ def apply_encoding(pset: PriorSet, encoding: str) -> PriorSet:
 def bicubic_upsample_psnr(pset: PriorSet) -> float:
     """Mean Y-channel PSNR of plain bicubic upsampling of the LQ images (MATLAB ``imresize`` x scale):
     the field's reference row (Set5 x4: 28.42 dB), a check that LQ and metric follow the protocol."""
-    from spt_adapter.images import imresize_bicubic
-    from spt_adapter.metrics import metric_settings, psnr
+    from spt_adapter.training.images import imresize_bicubic
+    from spt_adapter.training.metrics import metric_settings, psnr
 
     kw = metric_settings(f"sr:{pset.scale}")
     scores = []

@@ -315,16 +315,16 @@ def train_model(model: nn.Module, sched: np.ndarray, pset: qd.PriorSet, prior: s
 
 def psnr_rgb(out: np.ndarray, gt: np.ndarray) -> float:
     """PSNR in dB on RGB, the colour-denoising convention of the field: the output rounded to 8 bits
-    as a saved image would be (``spt_adapter.metrics``, cross-checked against BasicSR)."""
-    from spt_adapter.metrics import psnr, to_uint8
+    as a saved image would be (``spt_adapter.training.metrics``, cross-checked against BasicSR)."""
+    from spt_adapter.training.metrics import psnr, to_uint8
 
     return float(psnr(to_uint8(out), to_uint8(gt)))
 
 
 def psnr_sr_y(out: np.ndarray, gt: np.ndarray, scale: int) -> float:
     """PSNR in dB for SR x``scale``: the Y channel (BT.601) with ``scale`` pixels cropped from every
-    edge, on the 8-bit output (``spt_adapter.metrics.metric_settings("sr:<scale>")``)."""
-    from spt_adapter.metrics import metric_settings, psnr, to_uint8
+    edge, on the 8-bit output (``spt_adapter.training.metrics.metric_settings("sr:<scale>")``)."""
+    from spt_adapter.training.metrics import metric_settings, psnr, to_uint8
 
     return float(psnr(to_uint8(out), to_uint8(gt), **metric_settings(f"sr:{scale}")))
 

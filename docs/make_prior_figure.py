@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 def main() -> None:
     from skimage import data
 
-    from spt_adapter.images import imresize_bicubic
+    from spt_adapter.training.images import imresize_bicubic
     from spt_adapter.prior import ClassicalMaskProvider, encode_masks
 
     img = imresize_bicubic(data.astronaut(), scale=0.375)  # 192 x 192

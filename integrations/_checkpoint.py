@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from spt_adapter.errors import SPTError
+from spt_adapter.errors import CheckpointError
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".pkl")
 #: keys under which frameworks nest their weights, most useful first
@@ -24,10 +24,6 @@ NESTED_KEYS = ("params_ema", "params", "state_dict", "model", "net", "model_stat
 
 _cache_lock = threading.Lock()
 _cache: dict[str, Any] = {}
-
-
-class CheckpointError(SPTError, ValueError):
-    """A checkpoint file cannot be read as weights."""
 
 
 def load_raw(path: str | os.PathLike) -> Any:

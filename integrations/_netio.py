@@ -19,16 +19,13 @@ import torch
 import torch.nn as nn
 
 import spt_adapter
-from spt_adapter.errors import SPTError
-from spt_adapter.model import SPTModel
+from spt_adapter.errors import BackboneError as BackboneLoadError
+from spt_adapter.core import keys
+from spt_adapter.core.model import SPTModel
 
 from ._options import SPTOptions
 
 LOAD_MODES = ("strict", "by_name", "by_position")
-
-
-class BackboneLoadError(SPTError, ValueError):
-    """A checkpoint does not fit the backbone."""
 
 
 def bare(net: nn.Module) -> nn.Module:
@@ -40,13 +37,7 @@ def logical_state(net: nn.Module) -> "OrderedDict[str, torch.Tensor]":
     """The backbone's state dict as the checkpoint names it: units dropped, ``base_layer`` removed."""
     net = bare(net)
     root = net.base_model if isinstance(net, SPTModel) else net
-    out: OrderedDict[str, torch.Tensor] = OrderedDict()
-    for key, value in root.state_dict(keep_vars=True).items():
-        parts = key.split(".")
-        if "spt_units" in parts:
-            continue
-        out[".".join(p for p in parts if p != "base_layer")] = value
-    return out
+    return OrderedDict(keys.logical_state(root))
 
 
 def load_backbone_state(net: nn.Module, state: Mapping[str, torch.Tensor], mode: str = "strict",

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from spt_adapter.config import SPTConfig
+from spt_adapter.core.config import SPTConfig
 from spt_adapter.errors import ConfigError, PriorError
 from spt_adapter.prior.encode import DEFAULT_ENCODING, check_encoding_for_fusion, default_encoding, parse_encoding
 

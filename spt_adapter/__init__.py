@@ -7,8 +7,6 @@
     model = spt_adapter.load_adapter(untouched_backbone, "swinir_spt.safetensors")
 """
 
-from .config import SCHEMA_VERSION, SPTConfig
-from .delta import backbone_sha256, load_adapter, read_adapter_config, read_adapter_header, save_adapter
 from .errors import (
     AdapterFileError,
     ConfigError,
@@ -19,12 +17,13 @@ from .errors import (
     SPTError,
     TargetError,
 )
-from .inject import SPTLayer, inspect_targets, match_targets
-from .model import SPTModel, inject
-from .unit import SPTUnit
+from .core.config import SCHEMA_VERSION, SPTConfig
+from .core.layer import SPTLayer
+from .core.model import SPTModel, inject
+from .core.targets import inspect_targets
+from .core.unit import SPTUnit
+from .files.format import backbone_sha256, load_adapter, read_adapter_config, read_adapter_header, save_adapter
 from .version import __version__
-
-inspect = inspect_targets  # the name used in DESIGN.md
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -43,10 +42,8 @@ __all__ = [
     "__version__",
     "backbone_sha256",
     "inject",
-    "inspect",
     "inspect_targets",
     "load_adapter",
-    "match_targets",
     "read_adapter_config",
     "read_adapter_header",
     "save_adapter",
@@ -56,11 +53,11 @@ __all__ = [
 def __getattr__(name: str):
     # optional parts load lazily so that `import spt_adapter` stays light and framework-free
     if name == "load_backbone":
-        from .backbones import load_backbone
+        from .plugins.backbones import load_backbone
 
         return load_backbone
     if name in ("from_pretrained", "push_to_hub", "save_pretrained"):
-        from . import hub
+        from .files import hub
 
         return getattr(hub, name)
     raise AttributeError(f"module 'spt_adapter' has no attribute {name!r}")

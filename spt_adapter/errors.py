@@ -33,3 +33,31 @@ class FingerprintMismatchError(AdapterFileError):
 
 class PluginError(SPTError, RuntimeError):
     """A plugin failed to load or misbehaved; the message names the plugin."""
+
+
+class BackboneError(SPTError, ValueError):
+    """A checkpoint cannot be loaded as a backbone, or does not fit the backbone it is loaded onto."""
+
+
+class CheckpointError(SPTError, ValueError):
+    """A checkpoint file cannot be read as weights (foreign format, pickle with code, truncated)."""
+
+
+class ImageError(SPTError, ValueError):
+    """An image cannot be read or converted to the layout the backbone needs."""
+
+
+class DataError(SPTError, ValueError):
+    """A dataset option or file is invalid."""
+
+
+class SamUnavailableError(SPTError, ImportError):
+    """segment-anything (or torchvision) is not installed."""
+
+
+class SamCheckpointError(SPTError, ValueError):
+    """A SAM checkpoint is missing, unreadable, or does not fit the model type."""
+
+
+class CorruptEntry(SPTError):
+    """A prior-cache entry is truncated or fails its checksum (internal: the cache recomputes it)."""

@@ -14,10 +14,10 @@ the installed PEFT version (:data:`PEFT_SUPPORTED`, ``peft>=0.21,<0.22``) and fa
 message outside it.
 
 The layers reuse the core: each target is wrapped by :class:`SPTPeftLayer`, a core
-:class:`~spt_adapter.inject.SPTLayer` (``base_layer`` + ``spt_units``) that is also a PEFT
+:class:`~spt_adapter.core.layer.SPTLayer` (``base_layer`` + ``spt_units``) that is also a PEFT
 ``BaseTunerLayer``; unit widths come from the core probe pass and are recorded in the config
 (``unit_channels``), feature layouts (maps, SwinIR-style tokens) from the core's
-:func:`~spt_adapter.inject.apply_to_output` and the plugins' layout hook.
+:func:`~spt_adapter.core.layer.apply_to_output` and the plugins' layout hook.
 
 File layouts: PEFT keys ``base_model.model.<target>.spt_units.<param>`` in
 ``adapter_model.safetensors``; spt-adapter keys ``<target>.spt_unit.<param>`` in a delta file.
@@ -28,11 +28,13 @@ loads a PEFT folder as an :class:`~spt_adapter.SPTModel`.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import enum
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
@@ -40,10 +42,13 @@ import torch
 import torch.nn as nn
 
 from ._io import atomic_write_bytes
-from .config import DEFAULT_FUSION, SCHEMA_VERSION, SPTConfig
-from .errors import AdapterFileError, ConfigError, PriorError, SPTError, TargetError
-from .inject import PriorState, SPTLayer, apply_to_output, default_example_input, make_unit, probe_channels
-from .model import batch_size, validate_prior
+from .core.config import SCHEMA_VERSION, SPTConfig
+from .errors import AdapterFileError, ConfigError, SPTError, TargetError
+from .core import keys
+from .core.layer import PriorState, SPTLayer, make_unit
+from .core.model import batch_size, validate_prior
+from .core.planning import claim_model, plan_injection
+from .core.targets import inspect_targets, select_targets
 
 #: the PEFT versions this module is written and tested for (the ``peft`` extra's pin): >= 0.21, < 0.22.
 #: PEFT < 0.21 strips the adapter name from saved keys only in the second-to-last position
@@ -52,12 +57,12 @@ from .model import batch_size, validate_prior
 #: mapping to the tuner (``_remove_adapter_name_from_key``), which SPTPeftModel overrides.
 PEFT_SUPPORTED = ((0, 21), (0, 22))
 PEFT_TYPE_NAME = "SPT"
-PREFIX = "spt_"
+PREFIX = keys.UNIT_PREFIX
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_CONFIG_NAME = "adapter_config.json"
 _PEFT_KEY_PREFIX = "base_model.model."
-_PEFT_UNIT = ".spt_units."
-_CORE_UNIT = ".spt_unit."
+_PEFT_UNIT = f".{keys.UNITS_ATTR}."
+_CORE_UNIT = f".{keys.FILE_UNIT_SEGMENT}."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,34 +128,36 @@ def _exact_regex(names: list[str]) -> str:
     return "(" + "|".join(re.escape(n) for n in names) + ")"
 
 
-@dataclass
-class SPTPeftConfig(PeftConfig):
+#: SPTConfig's unit fields, mirrored by SPTPeftConfig (targets are PEFT's own; versions are recorded apart)
+_UNIT_FIELDS = tuple(f for f in dataclasses.fields(SPTConfig)
+                     if f.name not in ("targets", "exclude", "schema_version", "library_version"))
+
+
+def _mirror(f: dataclasses.Field) -> tuple[str, Any, dataclasses.Field]:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.name, f.type, field(default_factory=f.default_factory)
+    return f.name, f.type, field(default=f.default)
+
+
+def _unit_values(source) -> dict[str, Any]:
+    return {f.name: copy.deepcopy(getattr(source, f.name)) for f in _UNIT_FIELDS}
+
+
+class _SPTPeftConfigMethods:
     """PEFT config of SPT units.
 
     target_modules: PEFT's syntax, a list of module-name suffixes or one full-match regex string;
         ``None``: the spt-adapter plugin that claims the model proposes them (its preset).
-    exclude_modules: likewise. The unit fields mirror :class:`spt_adapter.SPTConfig`.
+    exclude_modules: likewise. Every unit field of :class:`spt_adapter.SPTConfig` (fusion, hidden,
+    depth, prior_channels, prior_resize, prior, integration, preset) is a field here too, derived
+    from SPTConfig's own, with the same defaults.
     unit_channels: each target's unit width; filled at injection (probe pass) and saved, so
         loading needs no probe. example_input_shape: the probe input's shape (default: a 64x64
         input built from the model's first convolution).
     """
 
-    target_modules: Optional[Union[list[str], str]] = field(default=None)
-    exclude_modules: Optional[Union[list[str], str]] = field(default=None)
-    fusion: str = field(default=DEFAULT_FUSION)
-    hidden: int = field(default=16)
-    depth: int = field(default=2)
-    prior_channels: int = field(default=1)
-    prior_resize: str = field(default="nearest")
-    prior: dict = field(default_factory=dict)
-    integration: Optional[str] = field(default=None)
-    preset: Optional[str] = field(default=None)
-    unit_channels: Optional[dict] = field(default=None)
-    example_input_shape: Optional[list] = field(default=None)
-    spt_schema_version: int = field(default=SCHEMA_VERSION)
-
     def __post_init__(self):
-        super().__post_init__()
+        PeftConfig.__post_init__(self)
         self.peft_type = SPT_PEFT_TYPE
         if self.spt_schema_version > SCHEMA_VERSION:
             raise ConfigError(
@@ -162,17 +169,26 @@ class SPTPeftConfig(PeftConfig):
         self.to_spt_config()  # validates the unit fields (ConfigError)
 
     def to_spt_config(self, targets: list[str] | None = None) -> SPTConfig:
-        return SPTConfig(targets=list(targets or []), fusion=self.fusion, hidden=self.hidden, depth=self.depth,
-                         prior_channels=self.prior_channels, prior_resize=self.prior_resize, prior=dict(self.prior),
-                         integration=self.integration, preset=self.preset)
+        return SPTConfig(targets=list(targets or []), **_unit_values(self))
 
     @classmethod
     def from_spt_config(cls, config: SPTConfig, names: list[str], channels: dict[str, int] | None = None,
                         **kwargs) -> "SPTPeftConfig":
-        return cls(target_modules=_exact_regex(names), fusion=config.fusion, hidden=config.hidden, depth=config.depth,
-                   prior_channels=config.prior_channels, prior_resize=config.prior_resize, prior=dict(config.prior),
-                   integration=config.integration, preset=config.preset,
+        return cls(target_modules=_exact_regex(names), **_unit_values(config),
                    unit_channels=dict(channels) if channels else None, **kwargs)
+
+
+SPTPeftConfig = dataclasses.make_dataclass(
+    "SPTPeftConfig",
+    [("target_modules", Optional[Union[list[str], str]], field(default=None)),
+     ("exclude_modules", Optional[Union[list[str], str]], field(default=None)),
+     *(_mirror(f) for f in _UNIT_FIELDS),
+     ("unit_channels", Optional[dict], field(default=None)),
+     ("example_input_shape", Optional[list], field(default=None)),
+     ("spt_schema_version", int, field(default=SCHEMA_VERSION))],
+    bases=(_SPTPeftConfigMethods, PeftConfig),
+    namespace={"__module__": __name__, "__doc__": _SPTPeftConfigMethods.__doc__},
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,25 +218,13 @@ class SPTPeftLayer(SPTLayer, BaseTunerLayer):
     def unmerge(self) -> None:
         return None
 
-    def forward(self, *args, **kwargs):
-        out = self.base_layer(*args, **kwargs)
-        state = self._spt_state
-        if self.disable_adapters or state.disabled:
-            return out
-        active = [a for a in self.active_adapters if a in self.spt_units]
-        if not active:
-            return out
-        prior = state.prior
-        if prior is None:
-            raise PriorError(
-                f"SPT layer {self.spt_target_name!r} needs a prior: call peft_model(x, spt_prior=p) or run inside "
-                "`with peft_model.use_prior(p):`"
-            )
-        for name in active:
-            unit = self.spt_units[name]
-            out = apply_to_output(self.spt_target_name, self._spt_layout, out, args, kwargs,
-                                  lambda feats, unit=unit: unit(feats, prior))
-        return out
+    prior_hint = "call peft_model(x, spt_prior=p) or run inside `with peft_model.use_prior(p):`"
+
+    def active_unit_names(self) -> list[str]:
+        """PEFT's active adapters (several may be active; they run in order)."""
+        if self.disable_adapters or self._spt_state.disabled:
+            return []
+        return [a for a in self.active_adapters if a in self.spt_units]
 
     def __repr__(self) -> str:
         return "spt." + super().__repr__()
@@ -251,15 +255,11 @@ class SPTPeftModel(BaseTuner):
     def _existing_layer_keys(self, model: nn.Module) -> list[str]:
         return [k for k, m in model.named_modules() if isinstance(m, SPTPeftLayer)]
 
-    def _matched_names(self, model: nn.Module, config: SPTPeftConfig) -> list[str]:
+    def _selects(self, model: nn.Module, config: SPTPeftConfig):
+        """PEFT's name predicate (suffix list or full-match regex, exclude_modules), skipping
+        modules inside SPT layers that already exist."""
         layers = self._existing_layer_keys(model)
-        names = []
-        for key, _ in model.named_modules():
-            if not key or _nested_under_layer(key, layers):
-                continue
-            if check_target_module_exists(config, key):  # an excluded module is falsy
-                names.append(key)
-        return names
+        return lambda key: not _nested_under_layer(key, layers) and bool(check_target_module_exists(config, key))
 
     def _pre_injection_hook(self, model: nn.Module, config: SPTPeftConfig, adapter_name: str) -> None:
         self._spt_plan(model, config, adapter_name)
@@ -275,10 +275,8 @@ class SPTPeftModel(BaseTuner):
         self._register_prior_hooks(model)
 
     def _spt_plan(self, model: nn.Module, config: SPTPeftConfig, adapter_name: str) -> None:
-        """Resolve targets, check them and find each unit's width, before anything changes."""
-        from .inject import _nearest, get_logical_module, match_targets
-        from .model import claim_model, describe_layout
-
+        """Core's planner with PEFT's name predicate: targets, layouts and unit widths, checked
+        before anything changes."""
         if not isinstance(config, SPTPeftConfig):
             raise ConfigError(f"SPT needs an SPTPeftConfig, got {type(config).__name__}")
         claim = None
@@ -289,49 +287,24 @@ class SPTPeftModel(BaseTuner):
                     f"SPTPeftConfig has no target_modules and no spt-adapter plugin claims a {type(model).__name__}; "
                     "pass target_modules= (a list of module-name suffixes or one regex)"
                 )
-            config.target_modules = _exact_regex(match_targets(model, claim.targets))
+            config.target_modules = _exact_regex(inspect_targets(model, claim.targets))
             config.integration, config.preset = claim.integration, claim.preset
-        names = self._matched_names(model, config)
-        if not names:
-            all_names = [k for k, _ in model.named_modules() if k]
-            probe = config.target_modules if isinstance(config.target_modules, str) else ",".join(config.target_modules)
-            raise TargetError(
-                f"target_modules {config.target_modules!r} matched no module of {type(model).__name__}; closest "
-                f"names: {_nearest(probe, all_names)}"
-            )
-        for outer in names:
-            inner = next((n for n in names if n.startswith(outer + ".")), None)
-            if inner is not None:
-                raise TargetError(f"target_modules overlap: {outer!r} contains {inner!r}; adapt one of them")
+        shown = config.target_modules if isinstance(config.target_modules, str) else ",".join(config.target_modules)
+        names = select_targets(model, self._selects(model, config), f"target_modules {shown!r}")
         spt_config = config.to_spt_config(names)
-
-        def base_of(name: str) -> nn.Module:
-            module = get_logical_module(model, name)
-            return module.base_layer if isinstance(module, SPTLayer) else module
-
-        layouts = {n: describe_layout(model, n, base_of(n)) for n in names}
-        known = {n: int(c) for n, c in (config.unit_channels or {}).items() if n in names}
-        if claim is not None:
-            known.update({n: c for n, c in claim.channels.items() if n in names and n not in known})
-        missing = [n for n in names if n not in known]
-        if missing:
-            if config.example_input_shape:
-                ref = next(model.parameters(), None)
-                example = torch.zeros(*config.example_input_shape,
-                                      dtype=ref.dtype if ref is not None else torch.float32,
-                                      device=ref.device if ref is not None else "cpu")
-            elif claim is not None and claim.example_input is not None:
-                example = claim.example_input
-            else:
-                example = default_example_input(model)
-            previous = self._spt_state.disabled
-            self._spt_state.disabled = True  # existing SPT layers pass through during the probe
-            try:
-                known.update(probe_channels(model, missing, layouts, example))
-            finally:
-                self._spt_state.disabled = previous
-        config.unit_channels = {n: known[n] for n in names}
-        self._spt_plans[adapter_name] = {"names": names, "layouts": layouts, "config": spt_config}
+        example = None
+        if config.example_input_shape:
+            ref = next(model.parameters(), None)
+            example = torch.zeros(*config.example_input_shape, dtype=ref.dtype if ref is not None else torch.float32,
+                                  device=ref.device if ref is not None else "cpu")
+        previous = self._spt_state.disabled
+        self._spt_state.disabled = True  # existing SPT layers pass through during the probe
+        try:
+            plan = plan_injection(model, spt_config, claim, example, channels=config.unit_channels, names=names)
+        finally:
+            self._spt_state.disabled = previous
+        config.unit_channels = dict(plan.channels)
+        self._spt_plans[adapter_name] = {"names": plan.names, "layouts": plan.layouts, "config": spt_config}
 
     def _prepare_adapter_config(self, peft_config, model_config):
         return peft_config
@@ -559,7 +532,7 @@ def load_peft_adapter(backbone: nn.Module, folder: str | os.PathLike, adapter_na
     The units are rebuilt with the core from the recorded widths (``unit_channels``); a folder
     without them gets one probe pass. On error ``backbone`` is left as it was.
     """
-    from .delta import add_adapter_with_tensors
+    from .files.format import add_adapter_with_tensors
 
     config, tensors = read_peft_folder(folder)
     core = {peft_key_to_core(k): v for k, v in tensors.items()}
@@ -578,7 +551,7 @@ def peft_to_spt(folder: str | os.PathLike, backbone: nn.Module, path: str | os.P
     The file's fingerprint (and, with ``backbone_hash``, the weights' sha256) is taken from
     ``backbone``, the untouched backbone the adapter was trained on; it is left unchanged.
     """
-    from .delta import save_adapter
+    from .files.format import save_adapter
 
     model = load_peft_adapter(backbone, folder)
     try:
@@ -595,7 +568,7 @@ def spt_to_peft(path: str | os.PathLike, folder: str | os.PathLike) -> Path:
     from safetensors import safe_open
     from safetensors.torch import save as safetensors_save
 
-    from .delta import read_adapter_config, read_adapter_header
+    from .files.format import read_adapter_config, read_adapter_header
 
     meta, _ = read_adapter_header(path)
     config = read_adapter_config(path)

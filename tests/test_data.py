@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from spt_adapter.data import DataError, PairedPriorDataset, augment, degrade, parse_task
-from spt_adapter.images import imresize_bicubic
+from spt_adapter.training.data import DataError, PairedPriorDataset, augment, degrade, parse_task
+from spt_adapter.training.images import imresize_bicubic
 from spt_adapter.prior import ClassicalMaskProvider, PriorCache
 
 

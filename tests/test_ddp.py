@@ -35,7 +35,7 @@ def _worker(out: str, batch: int) -> None:
     from spandrel.architectures.DnCNN.__arch.network_dncnn import DnCNN
 
     import spt_adapter
-    from spt_adapter.train import TrainSettings, init_distributed, shutdown_distributed, train_units
+    from spt_adapter.training.train import TrainSettings, init_distributed, shutdown_distributed, train_units
 
     class Crops(torch.utils.data.Dataset):
         """Random 32x32 crops of real images with sigma-25 noise and a quantised-luma label prior;

@@ -15,7 +15,7 @@ from safetensors.torch import save as st_save
 
 import spt_adapter
 from spt_adapter import AdapterFileError, FingerprintMismatchError, SPTConfig
-from spt_adapter.delta import FORMAT_VERSION, adapter_metadata, adapter_tensors, read_adapter_header
+from spt_adapter.files.format import FORMAT_VERSION, adapter_metadata, adapter_tensors, read_adapter_header
 from _archs import ARCHS
 
 

@@ -41,7 +41,7 @@ def test_demo_quick_runs_twice_with_cached_backbone(tmp_path):
     assert (tmp_path / "one" / "eval" / "eval.csv").read_text() == (tmp_path / "two" / "eval" / "eval.csv").read_text()
 
     # the prior encoding is the library default for the fusion: boundary, or label for pool
-    from spt_adapter.delta import read_adapter_config
+    from spt_adapter.files.format import read_adapter_config
 
     assert read_adapter_config(tmp_path / "one" / "adapter" / "spt_adapter.safetensors").prior["encoding"] == "boundary"
     pool = subprocess.run([*env_cmd, "--out", str(tmp_path / "pool"), "--fusion", "pool"], capture_output=True, text=True,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from spt_adapter import metrics
+from spt_adapter.training import metrics
 from spt_adapter.cli import main
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

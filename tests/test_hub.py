@@ -26,7 +26,7 @@ pytest.importorskip("huggingface_hub")
 
 import spt_adapter  # noqa: E402
 from spt_adapter.errors import AdapterFileError, FingerprintMismatchError, SPTError  # noqa: E402
-from spt_adapter.hub import ADAPTER_FILENAME  # noqa: E402
+from spt_adapter.files.hub import ADAPTER_FILENAME  # noqa: E402
 
 SERVER_LIFETIME_S = 90  # the server stops itself after this, whatever happens to the test
 
@@ -286,7 +286,7 @@ def test_save_pretrained_is_atomic_on_failure(tmp_path, reference, monkeypatch):
     model, _ = reference
     folder = model.save_pretrained(tmp_path)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    import spt_adapter.hub as hub
+    import spt_adapter.files.hub as hub
 
     def boom(*a, **k):
         raise OSError("disk full")

@@ -186,7 +186,7 @@ def test_basicsr_train_pipeline_trains_only_units_and_resumes(tmp_path):
 def test_spt_classes_register_through_the_plugin_hook():
     from basicsr.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
 
-    from spt_adapter.plugins import register_frameworks
+    from spt_adapter.plugins.manager import register_frameworks
 
     done = register_frameworks(raise_errors=True)
     assert "basicsr:MODEL_REGISTRY.SPTSRModel" in done["basicsr"]
@@ -198,7 +198,7 @@ def test_basicsr_checkpoint_reader_and_claim(tmp_path):
     from basicsr.archs.rrdbnet_arch import RRDBNet
     from basicsr.archs.swinir_arch import SwinIR
 
-    from spt_adapter.plugins import call_hook
+    from spt_adapter.plugins.manager import call_hook
 
     net = RRDBNet(3, 3, num_feat=8, num_block=2, num_grow_ch=4)
     sd = net.state_dict()

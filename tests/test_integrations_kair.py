@@ -19,7 +19,7 @@ import spt_adapter
 from spt_adapter.errors import ConfigError
 from spt_adapter.integrations._netio import load_backbone_state, logical_state
 from spt_adapter.integrations.kair.options import read_options, spt_options
-from spt_adapter.plugins import call_hook
+from spt_adapter.plugins.manager import call_hook
 
 pytest.importorskip("spandrel")
 

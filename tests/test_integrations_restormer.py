@@ -20,7 +20,7 @@ yaml = pytest.importorskip("yaml")
 import spt_adapter
 from spt_adapter.integrations._options import parse_spt_block
 from spt_adapter.integrations.restormer.model import pad_prior_like, priors_for
-from spt_adapter.plugins import call_hook
+from spt_adapter.plugins.manager import call_hook
 
 pytest.importorskip("spandrel_extra_arches")
 from spandrel_extra_arches.architectures.Restormer import Restormer  # noqa: E402
@@ -128,7 +128,7 @@ def test_restormer_checkout_registers_sptimagecleanmodel():
     code = (
         "import sys; sys.path.insert(0, %r)\n"
         "from spt_adapter.integrations.restormer.train import use_checkout_basicsr; use_checkout_basicsr(sys.path[0])\n"
-        "from spt_adapter.plugins import register_frameworks\n"
+        "from spt_adapter.plugins.manager import register_frameworks\n"
         "done = register_frameworks(raise_errors=True)\n"
         "assert 'restormer' in done, done\n"
         "from basicsr.models import create_model, _model_modules\n"

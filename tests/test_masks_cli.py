@@ -10,7 +10,7 @@ from PIL import Image
 
 from spt_adapter.cli import main
 from spt_adapter.commands.masks import shard_of
-from spt_adapter.data import PairedPriorDataset
+from spt_adapter.training.data import PairedPriorDataset
 from spt_adapter.prior import ClassicalMaskProvider, PriorCache
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -1,4 +1,4 @@
-"""spt_adapter.metrics against BasicSR's own metric functions on real images."""
+"""spt_adapter.training.metrics against BasicSR's own metric functions on real images."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from spt_adapter import metrics
+from spt_adapter.training import metrics
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

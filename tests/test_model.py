@@ -8,8 +8,9 @@ import torch.nn as nn
 
 import spt_adapter
 from spt_adapter import LayoutError, PriorError, SPTConfig, TargetError
-from spt_adapter.hookspecs import LayoutSpec, hookimpl
-from spt_adapter.plugins import get_plugin_manager
+from spt_adapter.plugins.hookspecs import hookimpl
+from spt_adapter.plugins.types import LayoutSpec
+from spt_adapter.plugins.manager import get_plugin_manager
 from _archs import ARCHS
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import spt_adapter
 from spt_adapter.errors import TargetError
-from spt_adapter.inject import compile_pattern, match_targets
+from spt_adapter.core.targets import compile_pattern, inspect_targets as match_targets
 
 
 class Block(nn.Module):

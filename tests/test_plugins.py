@@ -16,9 +16,10 @@ import torch
 import torch.nn as nn
 
 import spt_adapter
-from spt_adapter import plugins
+from spt_adapter.plugins import manager as plugins
 from spt_adapter.errors import LayoutError, PluginError, TargetError
-from spt_adapter.hookspecs import LayoutSpec, ModelClaim, hookimpl
+from spt_adapter.plugins.hookspecs import hookimpl
+from spt_adapter.plugins.types import LayoutSpec, ModelClaim
 
 REPO = Path(__file__).resolve().parents[1]
 BUILTIN = {"basicsr", "kair", "restormer", "spandrel"}
@@ -94,7 +95,7 @@ def test_a_plugin_that_fails_to_import_is_reported_by_name_and_others_load(monke
 
 def test_check_pending_catches_a_misspelt_hookimpl(monkeypatch, tmp_path):
     _fake_entry_points(monkeypatch, tmp_path, {"spt_typo_plugin": """
-        from spt_adapter.hookspecs import hookimpl
+        from spt_adapter.plugins.hookspecs import hookimpl
 
         @hookimpl
         def spt_adapter_claim_modle(model):
@@ -239,7 +240,7 @@ def test_third_party_distribution_installed_into_the_environment(tmp_path):
             import torch, spt_adapter
             from safetensors.torch import save_file
             from spt_example_plugin.plugin import TinyNet
-            from spt_adapter.plugins import call_hook, plugin_report, register_frameworks
+            from spt_adapter.plugins.manager import call_hook, plugin_report, register_frameworks
             net = TinyNet()
             model = spt_adapter.inject(net)
             assert model.spt_targets["default"] == ["blocks.0", "blocks.1"], model.spt_targets

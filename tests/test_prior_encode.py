@@ -63,7 +63,7 @@ def test_errors():
 
 
 def test_default_encoding_follows_the_fusion():
-    from spt_adapter.config import DEFAULT_FUSION
+    from spt_adapter.core.config import DEFAULT_FUSION
     from spt_adapter.prior import DEFAULT_ENCODING, default_encoding
 
     assert DEFAULT_ENCODING == "boundary"  # docs/results.md, results 6-7

@@ -44,9 +44,128 @@ def test_integrations_install_under_the_package_not_top_level(tmp_path):
 
 
 def test_core_imports_no_training_framework(tmp_path):
-    code = ("import sys, spt_adapter; import spt_adapter.model, spt_adapter.delta, spt_adapter.inject; "
+    code = ("import sys, spt_adapter; import spt_adapter.core.model, spt_adapter.files.format, spt_adapter.core.planning; "
             "bad = [m for m in ('basicsr', 'huggingface_hub', 'peft', 'spandrel', 'segment_anything') if m in sys.modules]; "
             "print(bad)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
                          env={"SPT_ADAPTER_DISABLE_PLUGINS": "1", "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------------
+# import direction (DESIGN.md "Layout"): commands -> training -> files / prior / presets &
+# backbones -> core -> plugin specs, types and manager -> errors. Function-local imports count.
+# ---------------------------------------------------------------------------------------------
+_BASE = {"spt_adapter.errors", "spt_adapter.version", "spt_adapter._io", "spt_adapter.pixels"}
+_SPECS = {"spt_adapter.plugins", "spt_adapter.plugins.hookspecs", "spt_adapter.plugins.types",
+          "spt_adapter.plugins.manager"}
+
+
+def _group(module: str) -> str:
+    if module in _BASE:
+        return "base"
+    if module in _SPECS:
+        return "specs"
+    for prefix, group in (("spt_adapter.core", "core"), ("spt_adapter.files", "files"), ("spt_adapter.prior", "prior"),
+                          ("spt_adapter.plugins.presets", "presets"), ("spt_adapter.plugins.backbones", "presets"),
+                          ("spt_adapter.peft", "peft"), ("spt_adapter.training", "training"),
+                          ("spt_adapter.commands", "commands"), ("spt_adapter.cli", "commands")):
+        if module == prefix or module.startswith(prefix + "."):
+            return group
+    if module == "spt_adapter":
+        return "facade"
+    raise AssertionError(f"module {module} belongs to no layer: add it to DESIGN.md and to this test")
+
+
+#: what each layer may import (besides itself)
+_ALLOWED = {
+    "base": {"base"},
+    "specs": {"base"},
+    "core": {"base", "specs"},
+    "files": {"base", "specs", "core"},
+    "prior": {"base", "specs", "core"},
+    "presets": {"base", "specs", "core"},
+    "peft": {"base", "specs", "core", "files"},
+    "training": {"base", "specs", "core", "files", "prior", "presets"},
+    "commands": {"base", "specs", "core", "files", "prior", "presets", "training", "peft"},
+    "facade": {"base", "specs", "core", "files", "presets", "prior", "training", "peft", "commands"},
+}
+
+
+def _package_modules() -> dict[str, Path]:
+    out = {}
+    for path in (ROOT / "spt_adapter").rglob("*.py"):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _imports(module: str, path: Path, known: set[str]) -> set[str]:
+    import ast
+
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                stem = ".".join(base + ([node.module] if node.module else []))
+            else:
+                stem = node.module or ""
+            names = [f"{stem}.{a.name}" if f"{stem}.{a.name}" in known else stem for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name.startswith("spt_adapter.integrations"):
+                found.add(name)
+                continue
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name.startswith("spt_adapter"):
+                found.add(name)
+    found.discard(module)
+    return found
+
+
+def test_imports_go_down_the_layers_only_and_form_no_cycle():
+    modules = _package_modules()
+    graph = {m: _imports(m, p, set(modules)) for m, p in modules.items()}
+    upward = []
+    for m, deps in sorted(graph.items()):
+        for d in sorted(deps):
+            if d.startswith("spt_adapter.integrations"):
+                upward.append(f"{m} imports {d} (integrations are reached through the plugin manager only)")
+            elif _group(d) != _group(m) and _group(d) not in _ALLOWED[_group(m)]:
+                upward.append(f"{m} ({_group(m)}) imports {d} ({_group(d)})")
+    assert not upward, "\n".join(upward)
+    # no cycle, package facades excluded (a package __init__ re-exporting its children is not a cycle)
+    state: dict[str, int] = {}
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        for d in graph.get(m, ()):
+            if d == "spt_adapter" or d not in graph:
+                continue
+            if state.get(d) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(d):] + [d]) if d in stack
+                                     else f"import cycle through {d}")
+            if not state.get(d):
+                visit(d, stack + [d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if not state.get(m) and m != "spt_adapter":
+            visit(m, [m])
+
+
+def test_the_import_rule_test_catches_an_upward_import(tmp_path):
+    """The parser above sees function-local and relative imports (else the rule could not fail)."""
+    path = tmp_path / "mod.py"
+    path.write_text("def f():\n    from ..training import train\n    from .layer import SPTLayer\n")
+    known = {"spt_adapter.core.layer", "spt_adapter.training", "spt_adapter.training.train", "spt_adapter.core.mod"}
+    assert _imports("spt_adapter.core.mod", path, known) == {"spt_adapter.training.train", "spt_adapter.core.layer"}
+    assert "training" not in _ALLOWED["core"]

@@ -150,7 +150,7 @@ def test_train_writes_delta_logs_and_resumes(tmp_path, swinir_ckpt, small_data, 
     from safetensors.torch import load_file
 
     import spt_adapter
-    from spt_adapter.delta import read_adapter_header
+    from spt_adapter.files.format import read_adapter_header
 
     out, cache = tmp_path / "run", tmp_path / "priors"
     code, stdout, err = _run(_train_argv(swinir_ckpt, small_data, out, cache, "--iters", "3", "--val", str(small_data)), capsys)
@@ -197,7 +197,7 @@ def test_train_writes_delta_logs_and_resumes(tmp_path, swinir_ckpt, small_data, 
 
 def _recorded_encodings(adapter: Path) -> tuple[str, str]:
     """(config.prior["encoding"], the encoding the last run used) of an adapter file."""
-    from spt_adapter.delta import read_adapter_header
+    from spt_adapter.files.format import read_adapter_header
 
     meta, _ = read_adapter_header(adapter)
     return json.loads(meta["config"])["prior"]["encoding"], json.loads(meta["training"])["encoding"]
@@ -244,7 +244,7 @@ def test_resume_of_an_adapter_without_a_recorded_encoding_means_label(tmp_path, 
 
     import spt_adapter
     from spt_adapter.commands.train import _resume_config_check
-    from spt_adapter.config import SPTConfig
+    from spt_adapter.core.config import SPTConfig
 
     path = tmp_path / "old.safetensors"
     model = spt_adapter.inject(spt_adapter.load_backbone(swinir_ckpt).model,
@@ -263,9 +263,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, swinir_ckpt, sma
     from safetensors.torch import load_file
 
     import spt_adapter
-    from spt_adapter.commands.train import make_dataset
+    from spt_adapter.training.builders import make_dataset
     from spt_adapter.prior import PriorCache, make_provider
-    from spt_adapter.train import TrainSettings, train_units
+    from spt_adapter.training.train import TrainSettings, train_units
 
     provider = make_provider("slic", n_segments=8)
     cache = PriorCache(tmp_path / "priors")
@@ -290,7 +290,7 @@ def test_sam_prior_is_recorded_and_required_by_eval(tmp_path, swinir_ckpt, small
     """--sam-checkpoint: SAM (segment-anything's classes at a toy size, saved and reloaded like a
     real checkpoint) makes the priors; the adapter records it; eval then asks for the checkpoint."""
     pytest.importorskip("segment_anything")
-    from spt_adapter.delta import read_adapter_header
+    from spt_adapter.files.format import read_adapter_header
     from spt_adapter.prior.tiny import make_tiny_sam_checkpoint
 
     sam = make_tiny_sam_checkpoint(tmp_path / "sam_tiny.pth")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from spt_adapter import ConfigError, SPTConfig, SPTUnit
-from spt_adapter.config import SCHEMA_VERSION
-from spt_adapter.layout import find_spatial_size, map_to_tokens, tokens_to_map
-from spt_adapter.unit import region_average, resize_prior
+from spt_adapter.core.config import SCHEMA_VERSION
+from spt_adapter.core.layout import find_spatial_size, map_to_tokens, tokens_to_map
+from spt_adapter.core.unit import region_average, resize_prior
 
 
 @pytest.mark.parametrize("fusion", ["sft", "concat", "pool"])

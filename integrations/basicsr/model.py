@@ -28,7 +28,8 @@ from basicsr.utils.registry import MODEL_REGISTRY
 
 import spt_adapter
 from spt_adapter.errors import ConfigError
-from spt_adapter.model import SPTModel
+from spt_adapter.core import keys
+from spt_adapter.core.model import SPTModel
 
 from .._checkpoint import read_state_dict
 from .._netio import (attach_units, bare, build_units_only_ema, ema_decay_deferred, ema_units, find_resume_deltas,
@@ -89,7 +90,7 @@ class SPTSRModel(SRModel):
                                                   self.spt, self._resume_deltas.get("net_g_ema"), self.net_g,
                                                   self.device)
         trainable = [n for n, p in bare(self.net_g).named_parameters() if p.requires_grad]
-        assert trainable and all(".spt_units." in n for n in trainable), "only SPT units may train"
+        assert trainable and all(keys.is_unit_key(n) for n in trainable), "only SPT units may train"
         bare(self.net_g).print_trainable_parameters()
 
     def model_ema(self, decay=0.999):

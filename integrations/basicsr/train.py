@@ -30,7 +30,7 @@ from .._launch import run_reporting_errors
 
 def register() -> list[str]:
     """Run the plugins' ``spt_adapter_register_framework`` hooks; fail if BasicSR's did not register."""
-    from spt_adapter.plugins import register_frameworks
+    from spt_adapter.plugins.manager import register_frameworks
 
     names = [n for result in register_frameworks(raise_errors=True).values() for n in result]
     if not any(n.endswith("SPTSRModel") for n in names):

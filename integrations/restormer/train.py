@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(root)
     sys.path.insert(0, root)
     use_checkout_basicsr(root)  # an installed BasicSR must not shadow the fork
-    from spt_adapter.plugins import register_frameworks
+    from spt_adapter.plugins.manager import register_frameworks
 
     done = register_frameworks(raise_errors=True)
     if "restormer" not in done:

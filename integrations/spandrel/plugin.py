@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 
-from spt_adapter.hookspecs import hookimpl
-from spt_adapter.presets import claim_with_presets
+from spt_adapter.plugins.hookspecs import hookimpl
+from spt_adapter.plugins.backbones import install_extra_arches
+from spt_adapter.plugins.presets import claim_with_presets
 
 NAME = "spandrel"
 _MODULES = ("spandrel.", "spandrel_extra_arches.")
@@ -14,16 +15,6 @@ _MODULES = ("spandrel.", "spandrel_extra_arches.")
 
 def available() -> bool:
     return importlib.util.find_spec("spandrel") is not None
-
-
-def install_extra_arches() -> bool:
-    """Add spandrel-extra-arches (Restormer, ...) to spandrel's registry when it is installed."""
-    if importlib.util.find_spec("spandrel_extra_arches") is None:
-        return False
-    import spandrel_extra_arches
-
-    spandrel_extra_arches.install(ignore_duplicates=True)
-    return True
 
 
 @hookimpl(trylast=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import DEFAULT_FUSION, FUSIONS
+from ..core.config import DEFAULT_FUSION, FUSIONS
 from ..errors import SPTError
-from .train import nonneg_int, positive_int
+from ._args import nonneg_int, positive_int
 
 HELP = "run the whole workflow on scikit-image's sample images: backbone, priors, SPT units, table, pictures"
 
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import torch
 
-    from ..demo import DemoSettings, run_demo
+    from ..training.demo import DemoSettings, run_demo
 
     if args.sam_checkpoint and not Path(args.sam_checkpoint).is_file():
         raise SPTError(f"SAM checkpoint {args.sam_checkpoint} does not exist")

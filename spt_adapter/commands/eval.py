@@ -14,19 +14,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import SPTError
-from .train import (
-    add_backbone_arguments,
-    add_prior_arguments,
-    build_dataset,
-    build_provider,
-    check_provider_args,
-    list_images,
-    load_backbone_from_args,
-    nonneg_int,
-    positive_int,
-    prior_cache,
-    task_type,
-)
+from ..training.builders import build_dataset, build_provider, check_provider_args, image_folder, load_backbone_from_args, prior_cache
+from ._args import add_backbone_arguments, add_prior_arguments, nonneg_int, positive_int, task_type
 
 HELP = "evaluate backbone vs backbone + SPT (PSNR/SSIM tables, comparison crops)"
 
@@ -52,17 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _recorded(adapter_file: Path) -> dict:
-    from ..delta import read_adapter_config
+    from ..files.format import read_adapter_config
 
     return read_adapter_config(adapter_file).prior or {}
 
 
 def run(args) -> int:
-    import spt_adapter
-    from ..evaluate import evaluate
-    from ..hub import resolve_adapter_file
+    from ..files.format import load_adapter
+    from ..training.evaluate import evaluate
+    from ..files.hub import resolve_adapter_file
 
-    images = list_images(args.data, "--data")
+    images = image_folder(args.data, "--data")
     src = str(args.adapter)
     if Path(src).suffix in (".pth", ".pt", ".ckpt", ".bin") and Path(src).exists():
         raise SPTError(f"--adapter {src} is a pickle checkpoint; SPT adapters are .safetensors files")
@@ -86,7 +75,7 @@ def run(args) -> int:
         args.encoding = recorded.get("encoding", "label")
     check_provider_args(args)
     model, _, described = load_backbone_from_args(args, require_targets=False)  # targets come from the adapter
-    spt = spt_adapter.load_adapter(model, adapter_file, check_backbone_hash=not args.no_hash_check)
+    spt = load_adapter(model, adapter_file, check_backbone_hash=not args.no_hash_check)
     if args.device:
         spt.to(args.device)
     provider = build_provider(args)

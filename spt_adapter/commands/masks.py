@@ -79,9 +79,9 @@ def shard_of(n_items: int, num_shards: int | None, shard_index: int | None, env=
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..data import degrade, parse_task
+    from ..training.data import degrade, parse_task
     from ..errors import ConfigError, SPTError
-    from ..images import list_images, read_image
+    from ..training.images import list_images, read_image
     from ..prior import PriorCache, make_provider, parse_encoding
 
     parse_encoding(args.encoding)

@@ -13,7 +13,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..plugins import get_plugin_manager, plugin_report, register_frameworks
+    from ..plugins.manager import get_plugin_manager, plugin_report, register_frameworks
 
     pm = get_plugin_manager()
     report = plugin_report()
@@ -35,7 +35,7 @@ def run(args) -> int:
     for name, reason in sorted(report.failed.items()):
         print(f"{name:<12} FAILED: {reason}")
     if args.presets:
-        from ..presets import preset_table
+        from ..plugins.presets import preset_table
 
         print("presets:")
         for preset, naming, classes in preset_table():

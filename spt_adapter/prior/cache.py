@@ -30,15 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write_bytes
-from ..images import to_rgb_uint8
+from ..pixels import to_rgb_uint8
+from ..errors import CorruptEntry
 from .encode import DEFAULT_ENCODING, encode_masks, parse_encoding
 
 MAGIC = b"SPTPRIOR1\n"
 FORMAT = 1
-
-
-class CorruptEntry(Exception):
-    pass
 
 
 def image_key(image) -> str:

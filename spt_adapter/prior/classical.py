@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import PriorError
-from ..images import to_rgb_uint8
+from ..pixels import to_rgb_uint8
 
 DEFAULTS = {
     "slic": {"n_segments": 64, "compactness": 10.0, "sigma": 1.0},

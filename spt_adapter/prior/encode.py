@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import DEFAULT_FUSION
+from ..core.config import DEFAULT_FUSION
 from ..errors import PriorError
 
 ENCODINGS = ("label", "onehot", "boundary")
@@ -39,7 +39,7 @@ DEFAULT_ENCODING = "boundary"
 def default_encoding(fusion: str | None) -> str:
     """The encoding to use when none is given: ``label`` for the ``pool`` fusion (it averages features
     inside the regions of a label map), :data:`DEFAULT_ENCODING` otherwise; ``None`` is the library's
-    default fusion (:data:`spt_adapter.config.DEFAULT_FUSION`)."""
+    default fusion (:data:`spt_adapter.core.config.DEFAULT_FUSION`)."""
     return "label" if (fusion or DEFAULT_FUSION) == "pool" else DEFAULT_ENCODING
 
 

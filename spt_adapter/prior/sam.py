@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import PriorError, SPTError
-from ..images import to_rgb_uint8
+from ..errors import PriorError, SamCheckpointError, SamUnavailableError
+from ..pixels import to_rgb_uint8
 
 SAM_CHECKPOINTS_URL = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_tiny")
@@ -53,14 +53,6 @@ GENERATOR_SETTINGS = {  # name -> SamAutomaticMaskGenerator default
     "min_mask_region_area": 0,
 }
 SPEED_SETTINGS = {"points_per_batch": 64, "encoder_batch": 1}  # speed/memory only (see encoder_batch note)
-
-
-class SamUnavailableError(SPTError, ImportError):
-    """segment-anything (or torchvision) is not installed."""
-
-
-class SamCheckpointError(SPTError, ValueError):
-    """A SAM checkpoint is missing, unreadable, or does not fit the model type."""
 
 
 def require_segment_anything():

@@ -13,7 +13,8 @@ import os
 import torch
 import torch.nn as nn
 
-from spt_adapter.hookspecs import LayoutSpec, ModelClaim, hookimpl
+from spt_adapter.plugins.hookspecs import hookimpl
+from spt_adapter.plugins.types import LayoutSpec, ModelClaim
 
 
 def _trace(name: str) -> None:

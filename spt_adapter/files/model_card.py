@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .delta import read_adapter_header
+from .format import read_adapter_header
 
 ADAPTER_FILENAME = "spt_adapter.safetensors"
 
@@ -144,7 +144,7 @@ def render_model_card(path: str | os.PathLike, repo_id: str | None = None,
 def write_model_card(folder: str | os.PathLike, repo_id: str | None = None,
                      training: dict[str, Any] | None = None) -> Path:
     """Render the card of ``folder/spt_adapter.safetensors`` into ``folder/README.md`` atomically."""
-    from ._io import atomic_write_bytes
+    from .._io import atomic_write_bytes
 
     folder = Path(folder)
     text = render_model_card(folder / ADAPTER_FILENAME, repo_id=repo_id, training=training)

@@ -12,6 +12,7 @@ the default targets.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,8 +20,9 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
-from .errors import SPTError
-from .hookspecs import ModelClaim
+from ..errors import BackboneError
+from ..core.planning import claim_model
+from .types import ModelClaim
 
 
 class _BackboneFields(NamedTuple):
@@ -44,8 +46,14 @@ class Backbone(_BackboneFields):
         return self.claim.preset if self.claim else None
 
 
-class BackboneError(SPTError, ValueError):
-    """A checkpoint cannot be loaded as a backbone."""
+def install_extra_arches() -> bool:
+    """Add spandrel-extra-arches (Restormer, ...) to spandrel's registry when it is installed."""
+    if importlib.util.find_spec("spandrel_extra_arches") is None:
+        return False
+    import spandrel_extra_arches
+
+    spandrel_extra_arches.install(ignore_duplicates=True)
+    return True
 
 
 def load_backbone(path: str | os.PathLike, device: str | torch.device | None = None,
@@ -55,7 +63,7 @@ def load_backbone(path: str | os.PathLike, device: str | torch.device | None = N
     ``targets`` is empty when no plugin claims the architecture (pass your own to ``inject``).
     The model is in eval mode; its weights are exactly the file's.
     """
-    from .plugins import call_hook
+    from .manager import call_hook
 
     path = Path(path)
     if not path.is_file():
@@ -64,8 +72,6 @@ def load_backbone(path: str | os.PathLike, device: str | torch.device | None = N
         from spandrel import ModelLoader, UnsupportedModelError
     except ImportError:
         raise BackboneError("load_backbone needs spandrel: pip install 'spt-adapter[spandrel]'") from None
-    from spt_adapter.integrations.spandrel.plugin import install_extra_arches
-
     install_extra_arches()
     state = call_hook("spt_adapter_read_checkpoint", path=str(path))
     if state is None:
@@ -89,6 +95,4 @@ def load_backbone(path: str | os.PathLike, device: str | torch.device | None = N
 
 
 def _claim(model: nn.Module) -> ModelClaim | None:
-    from .model import claim_model
-
     return claim_model(model)

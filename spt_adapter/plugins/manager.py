@@ -10,7 +10,7 @@ from importlib import metadata
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from ..errors import PluginError
 
 ENTRY_POINT_GROUP = "spt_adapter"
 DISABLE_ENV = "SPT_ADAPTER_DISABLE_PLUGINS"

@@ -5,7 +5,7 @@
     model = spt_adapter.from_pretrained(backbone, "me/swinir-x4-spt")   # or a local folder
 
 A shared adapter is a folder with ``spt_adapter.safetensors`` (only the unit tensors, with the
-header described in :mod:`spt_adapter.delta`) and a model card ``README.md``; nothing of the
+header described in :mod:`spt_adapter.files.format`) and a model card ``README.md``; nothing of the
 backbone. Downloads go through ``huggingface_hub.hf_hub_download`` and its cache; offline mode
 (``HF_HUB_OFFLINE=1``) reads the cache only. ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and
 ``HF_HUB_CACHE`` are read at call time, so setting them after import works too.
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from .errors import AdapterFileError, SPTError
+from ..errors import AdapterFileError, SPTError
 from .model_card import ADAPTER_FILENAME, TRAINING_KEY, write_model_card
 
 __all__ = ["ADAPTER_FILENAME", "from_pretrained", "push_to_hub", "save_pretrained"]
@@ -101,8 +101,8 @@ def save_pretrained(model, save_directory: str | os.PathLike, adapter_name: str 
     ``{"data": "DF2K", "task": "sr:4", "steps": 20000}``) is recorded in the file and the card.
     Returns the folder.
     """
-    from .delta import save_adapter
-    from .model import SPTModel
+    from .format import save_adapter
+    from ..core.model import SPTModel
 
     if not isinstance(model, SPTModel):
         raise AdapterFileError(f"save_pretrained needs an SPTModel (from spt_adapter.inject), got {type(model).__name__}")
@@ -194,7 +194,7 @@ def from_pretrained(backbone: nn.Module, source: str | os.PathLike, revision: st
     backbone (fingerprint, and the backbone weights' sha256 unless ``check_backbone_hash=False``)
     before any tensor is loaded; on error ``backbone`` is left untouched.
     """
-    from .delta import load_adapter
+    from .format import load_adapter
 
     path = resolve_adapter_file(source, revision, filename=filename, cache_dir=cache_dir, token=token,
                                 endpoint=endpoint, local_files_only=local_files_only, force_download=force_download)

@@ -4,7 +4,7 @@ A preset recognises an architecture from its *structure* (class name plus the su
 targets need), so one preset serves the same network whichever code base built it: spandrel's,
 BasicSR's, KAIR's or Restormer's copy of the class. The integrations' ``spt_adapter_claim_model``
 hooks call :func:`find_preset` for the classes of their own framework and turn the result into a
-:class:`~spt_adapter.hookspecs.ModelClaim`.
+:class:`~spt_adapter.plugins.hookspecs.ModelClaim`.
 
 Framework-free: nothing here imports spandrel, BasicSR, KAIR or Restormer.
 
@@ -34,7 +34,8 @@ from typing import Callable
 
 import torch.nn as nn
 
-from .hookspecs import ModelClaim
+from ..core.keys import find_logical_module
+from .types import ModelClaim
 
 __all__ = ["Preset", "PRESETS", "register_preset", "find_preset", "claim_with_presets", "preset_table"]
 
@@ -107,40 +108,29 @@ def preset_table() -> list[tuple[str, str, str]]:
 # helpers
 # ---------------------------------------------------------------------------------------------
 def _expand(model: nn.Module, targets: list[str]) -> list[str]:
-    from .inject import match_targets
+    from ..core.targets import inspect_targets
 
-    return match_targets(model, targets)
-
-
-def _get(model: nn.Module, name: str) -> nn.Module | None:
-    module = model
-    for part in name.split("."):
-        module = module._modules.get(part) if isinstance(module, nn.Module) else None
-        if module is None:
-            return None
-        if type(module).__name__ == "SPTLayer":
-            module = module.base_layer
-    return module
+    return inspect_targets(model, targets)
 
 
 def _has(*names: str) -> Callable[[nn.Module], bool]:
-    return lambda model: all(_get(model, n) is not None for n in names)
+    return lambda model: all(find_logical_module(model, n) is not None for n in names)
 
 
 def _conv_out(model: nn.Module, name: str) -> int:
-    conv = _get(model, name)
+    conv = find_logical_module(model, name)
     return int(conv.out_channels)
 
 
 def _children(model: nn.Module, name: str) -> list[str]:
-    parent = _get(model, name)
+    parent = find_logical_module(model, name)
     return [f"{name}.{k}" for k in parent._modules] if parent is not None else []
 
 
 # -- token-sequence transformers: one unit per residual group, width embed_dim -------------------
 def _groups_detect(model: nn.Module) -> bool:
-    layers = _get(model, "layers")
-    return isinstance(layers, nn.ModuleList) and len(layers) > 0 and _get(model, "conv_first") is not None
+    layers = find_logical_module(model, "layers")
+    return isinstance(layers, nn.ModuleList) and len(layers) > 0 and find_logical_module(model, "conv_first") is not None
 
 
 def _groups_channels(model: nn.Module, names: list[str]) -> dict[str, int]:
@@ -154,12 +144,12 @@ for _name, _classes in (("swinir", ("SwinIR",)), ("hat", ("HAT",)), ("dat", ("DA
 
 # -- RRDB (ESRGAN): three namings of the same network ----------------------------------------
 def _spandrel_rrdb_detect(model: nn.Module) -> bool:
-    sub = _get(model, "model.1.sub")
+    sub = find_logical_module(model, "model.1.sub")
     return isinstance(sub, nn.Sequential) and any(type(m).__name__ == "RRDB" for m in sub)
 
 
 def _spandrel_rrdb_targets(model: nn.Module) -> list[str]:
-    sub = _get(model, "model.1.sub")
+    sub = find_logical_module(model, "model.1.sub")
     return [f"model.1.sub.{k}" for k, m in sub._modules.items() if type(m).__name__ == "RRDB"]
 
 
@@ -169,7 +159,7 @@ register_preset(Preset(
 ))
 register_preset(Preset(
     "rrdb", ("RRDBNet",), lambda m: _has("conv_first", "body", "conv_body")(m)
-    and all(type(b).__name__ == "RRDB" for b in _get(m, "body")),
+    and all(type(b).__name__ == "RRDB" for b in find_logical_module(m, "body")),
     lambda m: ["body.*"], lambda m, names: {n: _conv_out(m, "conv_first") for n in names}, naming="BasicSR body.N",
 ))
 register_preset(Preset(
@@ -182,7 +172,7 @@ register_preset(Preset(
 # -- NAFNet --------------------------------------------------------------------------------------
 def _nafnet_channels(model: nn.Module, names: list[str]) -> dict[str, int]:
     width = _conv_out(model, "intro")
-    depth = len(_get(model, "encoders"))
+    depth = len(find_logical_module(model, "encoders"))
     out = {}
     for n in names:
         if n.startswith("encoders."):
@@ -196,8 +186,8 @@ def _nafnet_channels(model: nn.Module, names: list[str]) -> dict[str, int]:
 
 register_preset(Preset(
     "nafnet", ("NAFNet", "NAFNetLocal"), _has("intro", "encoders", "middle_blks", "decoders", "ending"),
-    lambda m: (["encoders.*"] if len(_get(m, "encoders")) else []) + ["middle_blks"]
-    + (["decoders.*"] if len(_get(m, "decoders")) else []),
+    lambda m: (["encoders.*"] if len(find_logical_module(m, "encoders")) else []) + ["middle_blks"]
+    + (["decoders.*"] if len(find_logical_module(m, "decoders")) else []),
     _nafnet_channels,
 ))
 

@@ -7,8 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
-from .version import __version__
+from ..errors import ConfigError
+from ..version import __version__
 
 #: Version of the config/adapter-file schema. Bump when a saved field changes meaning.
 SCHEMA_VERSION = 1
@@ -36,7 +36,7 @@ def _as_pattern_list(value: Any, name: str) -> list[str]:
 class SPTConfig:
     """Hyper-parameters of the SPT units of one adapter.
 
-    targets / exclude: pattern(s) over full dotted module names (see :mod:`spt_adapter.inject`).
+    targets / exclude: pattern(s) over full dotted module names (see :mod:`spt_adapter.core.targets`).
     fusion: ``concat`` (features ++ encoded prior -> conv -> residual; the default), ``sft`` (per-pixel
         scale and shift from the prior) or ``pool`` (features averaged inside each prior region, then a
         residual conv; needs a label-map prior).

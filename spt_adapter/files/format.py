@@ -25,12 +25,12 @@ import torch
 import torch.nn as nn
 from safetensors import safe_open
 
-from ._io import atomic_write_bytes
-from .config import SCHEMA_VERSION, SPTConfig
-from .errors import AdapterFileError, ConfigError, FingerprintMismatchError
-from .inject import SPTLayer, get_logical_module, logical_named_modules
-from .model import SPTModel
-from .version import __version__
+from .._io import atomic_write_bytes
+from ..core.config import SCHEMA_VERSION, SPTConfig
+from ..errors import AdapterFileError, ConfigError, FingerprintMismatchError
+from ..core.keys import get_logical_module, logical_named_modules, logical_state, see_through, split_unit_file_key
+from ..core.model import SPTModel
+from ..version import __version__
 
 FORMAT_NAME = "spt-adapter"
 FORMAT_VERSION = SCHEMA_VERSION
@@ -44,27 +44,18 @@ _REQUIRED_KEYS = ("format", "format_version", "library_version", "config", "fing
 # fingerprints
 # ---------------------------------------------------------------------------------------------
 def _module_fingerprint(module: nn.Module) -> dict[str, Any]:
-    base = module.base_layer if isinstance(module, SPTLayer) else module
+    base = see_through(module)
     params = {}
-    for name, p in _logical_state(base, params_only=True):
+    for name, p in logical_state(base, params_only=True):
         params[name] = list(p.shape)
     return {"class": type(base).__name__, "params": params}
-
-
-def _logical_state(module: nn.Module, params_only: bool = False):
-    """(name, tensor) of a module's own weights with SPT layers seen through (no units)."""
-    items = module.named_parameters() if params_only else module.state_dict(keep_vars=True).items()
-    for name, tensor in items:
-        if ".spt_units." in f".{name}" or name.startswith("spt_units."):
-            continue
-        yield name.replace("base_layer.", "").replace(".base_layer", ""), tensor
 
 
 def backbone_sha256(model: nn.Module) -> str:
     """sha256 over the backbone's state dict (names, dtypes, shapes, bytes), units excluded."""
     root = model.base_model if isinstance(model, SPTModel) else model
     h = hashlib.sha256()
-    for name, tensor in sorted(_logical_state(root), key=lambda kv: kv[0]):
+    for name, tensor in sorted(logical_state(root), key=lambda kv: kv[0]):
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -274,7 +265,7 @@ def read_adapter_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[s
             numel *= s
         if offsets[1] - offsets[0] != numel * _DTYPE_SIZES[dtype] or offsets[0] < 0 or offsets[1] > data_size:
             raise AdapterFileError(f"{path} is truncated or corrupt: tensor {key!r} lies outside the file's data")
-        if ".spt_unit." not in key:
+        if split_unit_file_key(key) is None:
             raise AdapterFileError(f"{path}: tensor {key!r} is not an SPT unit tensor; adapter files hold only units")
     return meta, header
 

@@ -1,16 +1,18 @@
-"""Hook specifications of the ``spt_adapter`` pluggy project.
+"""Hook specifications of the ``spt_adapter`` pluggy project (specs only; their data types are in
+:mod:`spt_adapter.plugins.types`).
 
 Plugins are modules or objects with functions decorated by :data:`hookimpl`; they are found
 through the ``spt_adapter`` entry-point group (built-in shims included) or registered by hand with
-``spt_adapter.plugins.get_plugin_manager().register(obj)``.
+``spt_adapter.plugins.manager.get_plugin_manager().register(obj)``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
+
+from .types import LayoutSpec, ModelClaim
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch.nn as nn
@@ -18,38 +20,6 @@ if TYPE_CHECKING:  # pragma: no cover
 PROJECT = "spt_adapter"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
-
-
-@dataclass
-class ModelClaim:
-    """A plugin's answer to "I know this backbone".
-
-    integration: name of the integration (``"spandrel"``, ``"basicsr"``, ...).
-    preset: name of the architecture preset (``"swinir"``, ``"rrdb"``, ...).
-    targets: default target patterns for the backbone.
-    channels: optional known output width per matched module name (skips the probe pass).
-    example_input: optional callable returning a small input for the probe forward pass.
-    """
-
-    integration: str
-    preset: str
-    targets: list[str]
-    channels: dict[str, int] = field(default_factory=dict)
-    example_input: Callable[[], Any] | None = None
-
-
-@dataclass
-class LayoutSpec:
-    """How to read one target's output.
-
-    kind: ``"map"`` for (B,C,H,W) or ``"tokens"`` for (B,L,C).
-    tuple_index: for targets returning a tuple/list, which element holds the features.
-    spatial_size: for tokens, a callable ``(args, kwargs, features) -> (H, W)``.
-    """
-
-    kind: str | None = None
-    tuple_index: int | None = None
-    spatial_size: Callable[[tuple, dict, Any], tuple[int, int]] | None = None
 
 
 @hookspec(firstresult=True)

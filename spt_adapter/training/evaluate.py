@@ -2,7 +2,7 @@
 
 Used by ``spt-adapter eval``, the demo and the trainer's validation. Outputs are rounded to 8 bits
 before scoring (what a user saves and what papers score); PSNR/SSIM follow
-:mod:`spt_adapter.metrics` (RGB for denoising, Y channel with a ``scale``-pixel border crop for SR).
+:mod:`spt_adapter.training.metrics` (RGB for denoising, Y channel with a ``scale``-pixel border crop for SR).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import metrics
-from ._io import atomic_write_bytes
-from .model import SPTModel
+from .._io import atomic_write_bytes
+from ..core.model import SPTModel
 
 __all__ = ["EvalResult", "restore", "evaluate", "compare_strip", "task_scale", "make_val_fn", "markdown_table"]
 
@@ -233,7 +233,7 @@ def evaluate(
 
 def make_val_fn(samples_factory: Callable[[], Iterable[dict[str, Any]]], task: str,
                 multiple: int = 16) -> Callable[[SPTModel], dict[str, float]]:
-    """A ``val_fn`` for :func:`spt_adapter.train.train_units`: mean PSNR/SSIM of backbone + SPT."""
+    """A ``val_fn`` for :func:`spt_adapter.training.train.train_units`: mean PSNR/SSIM of backbone + SPT."""
     scale = task_scale(task)
     settings = metrics.metric_settings(task)
 

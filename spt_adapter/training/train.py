@@ -1,13 +1,13 @@
 """The minimal trainer behind ``spt-adapter train``: only the SPT units learn.
 
-    from spt_adapter.train import TrainSettings, train_units
+    from spt_adapter.training.train import TrainSettings, train_units
     spt = spt_adapter.inject(backbone, targets)
     result = train_units(spt, dataset, TrainSettings(iters=2000, batch=8, lr=2e-4), out_dir="runs/x")
 
 * Adam on the active adapter's unit parameters, L1 loss, cosine / step / constant learning-rate
   schedule (computed from the step, so a resumed run continues the same curve);
 * priors are fed with ``model(lq, prior=p)``; the dataset yields dicts with ``lq``, ``gt``,
-  ``prior`` (``spt_adapter.data.PairedPriorDataset`` does);
+  ``prior`` (``spt_adapter.training.data.PairedPriorDataset`` does);
 * the backbone runs as at inference (dropout / stochastic depth off, norm statistics fixed);
   only the units are in training mode;
 * automatic mixed precision on CUDA (bfloat16 where supported, else float16 with a GradScaler);
@@ -42,9 +42,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ._io import atomic_write_bytes
-from .errors import ConfigError, SPTError
-from .model import SPTModel
+from .._io import atomic_write_bytes
+from ..errors import ConfigError, SPTError
+from ..core.model import SPTModel
 
 __all__ = [
     "TrainSettings",
@@ -295,7 +295,7 @@ def load_state(path: Path, optimizer: torch.optim.Optimizer, keys: dict[int, str
 
 def adapter_step(path: Path) -> int | None:
     """The training step recorded in an adapter written by this trainer (header only)."""
-    from .delta import read_adapter_header
+    from ..files.format import read_adapter_header
 
     meta, _ = read_adapter_header(path)
     try:
@@ -319,7 +319,7 @@ def _train_mode(model: SPTModel) -> None:
 
 
 def _iter_layers(root):
-    from .inject import iter_layers
+    from ..core.layer import iter_layers
 
     return iter_layers(root)
 
@@ -445,7 +445,7 @@ def train_units(
     def save(step: int, final: bool = False) -> None:
         if out is None or not info.is_main:
             return
-        from .delta import save_adapter
+        from ..files.format import save_adapter
 
         train_meta = dict(training_info or {})
         train_meta.update({"step": step, "iters": settings.iters, "lr": settings.lr, "schedule": settings.schedule,
@@ -458,7 +458,7 @@ def train_units(
         _write_logs(out, history, header)
         if final:
             with contextlib.suppress(Exception):  # the card is a courtesy; the delta is what matters
-                from .model_card import write_model_card
+                from ..files.model_card import write_model_card
 
                 write_model_card(out)
 

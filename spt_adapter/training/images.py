@@ -14,58 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SPTError
+from ..errors import ImageError
+from ..pixels import to_rgb_uint8  # noqa: F401  (re-exported: the conversion read_image applies)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
-class ImageError(SPTError, ValueError):
-    """An image cannot be read or converted to HxWx3 uint8 RGB."""
-
-
-def to_rgb_uint8(image, name: str = "image") -> np.ndarray:
-    """Return ``image`` as a C-contiguous ``HxWx3 uint8`` RGB array.
-
-    Accepted: ``HxW`` / ``HxWx1`` grey (replicated to 3 channels), ``HxWx2`` grey+alpha and
-    ``HxWx4`` RGBA (alpha dropped: the colour is kept as stored), ``HxWx3`` RGB; dtypes uint8,
-    uint16 (scaled by 255/65535 and rounded) and float16/32/64 in [0, 1] (scaled by 255 and
-    rounded). Refused with :class:`ImageError`: zero-size images, other channel counts, bool,
-    signed integers, floats outside [0, 1] or with NaN/Inf, torch tensors in CHW order (convert them
-    explicitly).
-    """
-    if hasattr(image, "detach") and hasattr(image, "numpy"):
-        raise ImageError(f"{name}: got a torch tensor; pass an HxWxC numpy array (e.g. t.permute(1, 2, 0).numpy())")
-    arr = np.asarray(image)
-    if arr.ndim not in (2, 3):
-        raise ImageError(f"{name}: expected an HxW or HxWxC image, got an array of shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ImageError(f"{name}: the image is empty (shape {arr.shape})")
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    channels = arr.shape[2]
-    if channels not in (1, 2, 3, 4):
-        raise ImageError(f"{name}: {channels} channels; expected 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA)")
-    if channels in (2, 4):
-        arr = arr[:, :, : channels - 1]
-    if arr.dtype == np.uint8:
-        out = arr
-    elif arr.dtype == np.uint16:
-        out = np.rint(arr.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
-    elif arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)):
-            raise ImageError(f"{name}: float image contains NaN or Inf")
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo < 0.0 or hi > 1.0:
-            raise ImageError(
-                f"{name}: float images must lie in [0, 1], this one spans [{lo:.4g}, {hi:.4g}] "
-                "(divide by 255 if it holds 0-255 values)"
-            )
-        out = np.rint(arr.astype(np.float64) * 255.0).astype(np.uint8)
-    else:
-        raise ImageError(f"{name}: unsupported dtype {arr.dtype}; use uint8, uint16 or float in [0, 1]")
-    if out.shape[2] == 1:
-        out = np.repeat(out, 3, axis=2)
-    return np.ascontiguousarray(out)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

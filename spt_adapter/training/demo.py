@@ -8,7 +8,7 @@
 3. The backbone is loaded back through :func:`spt_adapter.load_backbone` (the spandrel plugin
    claims it and proposes one unit per RSTB), priors are computed (SLIC superpixels, or SAM with
    ``--sam-checkpoint``) through the on-disk prior cache, SPT units are injected and trained with
-   :func:`spt_adapter.train.train_units`: the backbone stays frozen.
+   :func:`spt_adapter.training.train.train_units`: the backbone stays frozen.
 4. Backbone vs backbone + SPT on the held-out images: a PSNR/SSIM table, a side-by-side picture
    (LQ | backbone | +SPT | GT) and the training curves.
 
@@ -28,12 +28,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_FUSION
+from ..core.config import DEFAULT_FUSION
 
 import numpy as np
 import torch
 
-from ._io import atomic_write_bytes
+from .._io import atomic_write_bytes
 
 TRAIN_IMAGES = ("coffee", "rocket", "motorcycle_left", "immunohistochemistry")
 TEST_IMAGES = ("astronaut", "chelsea")
@@ -269,13 +269,14 @@ def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = No
              sam_checkpoint: str | None = None, device: str | None = None, progress: bool = True,
              retrain_backbone: bool = False, log=print) -> DemoResult:
     """Run the demo; see the module docstring. Returns the table, means and every output path."""
-    import spt_adapter
-    from .commands.train import default_cache_root, make_dataset
-    from .config import SPTConfig
+    from ..core.model import inject
+    from ..plugins.backbones import load_backbone
+    from .builders import default_cache_root, make_dataset
+    from ..core.config import SPTConfig
     from .evaluate import evaluate, make_val_fn
     from .metrics import to_uint8
-    from .prior import default_encoding, make_provider
-    from .prior.cache import PriorCache
+    from ..prior import default_encoding, make_provider
+    from ..prior.cache import PriorCache
     from .train import TrainSettings, train_units
 
     t0 = time.time()
@@ -299,7 +300,7 @@ def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = No
         pretrain_backbone(bb_path, train_dir, settings, progress=progress)
     backbone_hist = _backbone_history(bb_path)
     paths["backbone"] = bb_path
-    bb = spt_adapter.load_backbone(bb_path)  # the same path a user's checkpoint takes
+    bb = load_backbone(bb_path)  # the same path a user's checkpoint takes
     log(f"      {type(bb.model).__name__} claimed by plugin {bb.integration!r}, preset {bb.preset!r}: "
         f"targets {bb.targets}")
 
@@ -319,7 +320,7 @@ def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = No
     config = SPTConfig(targets=bb.targets, fusion=settings.fusion, hidden=settings.hidden,
                        prior={"provider": provider.identity(), "encoding": encoding, "task": task},
                        integration=bb.integration, preset=bb.preset)
-    spt = spt_adapter.inject(bb.model, config=config)
+    spt = inject(bb.model, config=config)
     if device:
         spt.to(device)
     trainable, total = spt.get_nb_trainable_parameters()

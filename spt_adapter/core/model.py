@@ -8,75 +8,11 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn as nn
 
+from ..errors import PriorError, TargetError
 from .config import SPTConfig
-from .errors import PriorError, TargetError
-from .hookspecs import LayoutSpec, ModelClaim
-from .inject import (
-    Injection,
-    PriorState,
-    SPTLayer,
-    default_example_input,
-    get_logical_module,
-    iter_layers,
-    logical_named_modules,
-    make_unit,
-    match_targets,
-    probe_channels,
-    unwrap,
-    wrap,
-)
-
-def claim_model(model: nn.Module) -> ModelClaim | None:
-    """Ask the plugins whether they know ``model`` (first claim wins)."""
-    from .plugins import call_hook
-
-    return call_hook("spt_adapter_claim_model", model=model)
-
-
-def describe_layout(model: nn.Module, name: str, module: nn.Module) -> LayoutSpec | None:
-    from .plugins import call_hook
-
-    return call_hook("spt_adapter_describe_layout", model=model, name=name, module=module)
-
-
-def _resolve_config(model: nn.Module, targets, exclude, config: SPTConfig | None) -> tuple[SPTConfig, ModelClaim | None]:
-    config = config if config is not None else SPTConfig()
-    changes: dict[str, Any] = {}
-    if targets is not None:
-        changes["targets"] = targets
-    if exclude is not None:
-        changes["exclude"] = exclude
-    if changes:
-        config = config.replace(**changes)
-        config.__post_init__()
-    claim = None
-    if not config.targets:
-        claim = claim_model(model)
-        if claim is None:
-            raise TargetError(
-                f"no targets given and no plugin claims a {type(model).__name__}; pass targets= "
-                "(see `spt-adapter plugins` for the architectures with presets)"
-            )
-        config = config.replace(targets=list(claim.targets), integration=claim.integration, preset=claim.preset)
-    return config, claim
-
-
-def plan_injection(model: nn.Module, config: SPTConfig, claim: ModelClaim | None = None, example_input=None,
-                   channels: dict[str, int] | None = None, names: list[str] | None = None) -> Injection:
-    """Resolve targets, layouts and unit widths without changing ``model``."""
-    names = list(names) if names is not None else match_targets(model, config.targets, config.exclude)
-    layouts = {n: describe_layout(model, n, get_logical_module(model, n)) for n in names}
-    known = dict(channels or {})
-    if claim is not None:
-        known.update({n: c for n, c in claim.channels.items() if n in names})
-    if any(n not in known for n in names):
-        if example_input is None and claim is not None and claim.example_input is not None:
-            example_input = claim.example_input
-        if example_input is None:
-            example_input = default_example_input(model)
-        probed = probe_channels(model, [n for n in names if n not in known], layouts, example_input)
-        known.update(probed)
-    return Injection(names=names, channels={n: known[n] for n in names}, layouts=layouts)
+from .keys import get_logical_module, is_unit_key, logical_named_modules, unit_file_key
+from .layer import PriorState, SPTLayer, iter_layers, make_unit, unwrap, wrap
+from .planning import plan_injection, resolve_config
 
 
 class SPTModel(nn.Module):
@@ -124,7 +60,7 @@ class SPTModel(nn.Module):
             raise TargetError(f"adapter_name must be an identifier, got {adapter_name!r}")
         if adapter_name in self.spt_config:
             raise TargetError(f"adapter {adapter_name!r} exists already; delete_adapter() it first or pick another name")
-        config, claim = _resolve_config(self.base_model, targets, exclude, config)
+        config, claim = resolve_config(self.base_model, targets, exclude, config)
         with self.disable_adapter():  # the probe pass sees the plain backbone
             plan = plan_injection(self.base_model, config, claim, example_input, _channels, _names)
         units = {n: make_unit(plan.channels[n], config, get_logical_module(self.base_model, n)) for n in plan.names}
@@ -237,7 +173,7 @@ class SPTModel(nn.Module):
             unit = layer.spt_units[adapter_name] if adapter_name in layer.spt_units else None
             if unit is not None:
                 for pname, p in unit.named_parameters():
-                    yield f"{target}.spt_unit.{pname}", p
+                    yield unit_file_key(target, pname), p
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -246,7 +182,7 @@ class SPTModel(nn.Module):
 
     def print_trainable_parameters(self) -> str:
         trainable, total = self.get_nb_trainable_parameters()
-        backbone = total - sum(p.numel() for n, p in self.named_parameters() if ".spt_units." in n)
+        backbone = total - sum(p.numel() for n, p in self.named_parameters() if is_unit_key(n))
         line = (f"trainable params: {trainable:,} || all params: {total:,} || trainable%: "
                 f"{100 * trainable / max(total, 1):.4f} || units/backbone: {100 * trainable / max(backbone, 1):.3f}%")
         print(line)
@@ -257,27 +193,39 @@ class SPTModel(nn.Module):
         return list(self.spt_targets.get(adapter_name, []))
 
     # -- files --------------------------------------------------------------------------------
+    # Core does not import the file layer above it: spt_adapter.files registers these operations
+    # (register_file_operations) when the package is imported, which always happens first.
     def save_adapter(self, path, adapter_name: str | None = None, **kwargs):
-        from .delta import save_adapter
-
-        return save_adapter(self, path, adapter_name=adapter_name, **kwargs)
+        """Write this adapter as a safetensors delta (see :func:`spt_adapter.save_adapter`)."""
+        return _file_operation("save_adapter")(self, path, adapter_name=adapter_name, **kwargs)
 
     def load_adapter(self, path, adapter_name: str = "default", **kwargs) -> "SPTModel":
-        from .delta import load_adapter
-
-        return load_adapter(self, path, adapter_name=adapter_name, **kwargs)
+        """Add an adapter from a delta file (see :func:`spt_adapter.load_adapter`)."""
+        return _file_operation("load_adapter")(self, path, adapter_name=adapter_name, **kwargs)
 
     def save_pretrained(self, save_directory, adapter_name: str | None = None, **kwargs):
-        """Write ``spt_adapter.safetensors`` + a model card into a folder (see :mod:`spt_adapter.hub`)."""
-        from .hub import save_pretrained
-
-        return save_pretrained(self, save_directory, adapter_name, **kwargs)
+        """Write ``spt_adapter.safetensors`` + a model card into a folder (see :mod:`spt_adapter.files.hub`)."""
+        return _file_operation("save_pretrained")(self, save_directory, adapter_name, **kwargs)
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, token=None, **kwargs):
-        """Upload one adapter to a Hugging Face Hub repo in one commit (see :mod:`spt_adapter.hub`)."""
-        from .hub import push_to_hub
+        """Upload one adapter to a Hugging Face Hub repo in one commit (see :mod:`spt_adapter.files.hub`)."""
+        return _file_operation("push_to_hub")(self, repo_id, private=private, token=token, **kwargs)
 
-        return push_to_hub(self, repo_id, private=private, token=token, **kwargs)
+
+_FILE_OPERATIONS: dict[str, Any] = {}
+
+
+def register_file_operations(**operations) -> None:
+    """Called by :mod:`spt_adapter.files` to provide SPTModel's file methods (dependency inversion:
+    core declares the operations, the layer above implements them)."""
+    _FILE_OPERATIONS.update(operations)
+
+
+def _file_operation(name: str):
+    try:
+        return _FILE_OPERATIONS[name]
+    except KeyError:  # only reachable if spt_adapter.files was never imported
+        raise RuntimeError(f"SPTModel.{name} needs spt_adapter.files; import spt_adapter first") from None
 
 
 def validate_prior(prior: Any, batch: int | None = None, prior_channels: int | None = None, *,
@@ -336,7 +284,7 @@ def inject(model: nn.Module, targets: str | Sequence[str] | None = None, exclude
         raise TargetError(f"inject needs a torch.nn.Module, got {type(model).__name__}")
     if any(isinstance(m, SPTLayer) for m in model.modules()):
         raise TargetError("this model already carries SPT layers; pass its SPTModel to add an adapter")
-    resolved, claim = _resolve_config(model, targets, exclude, config)
+    resolved, claim = resolve_config(model, targets, exclude, config)
     plan = plan_injection(model, resolved, claim, example_input)  # validates before any change
     wrapped = SPTModel(model)
     return wrapped.add_adapter(adapter_name, resolved, example_input=example_input, _channels=plan.channels,

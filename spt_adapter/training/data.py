@@ -1,6 +1,6 @@
 """Paired (LQ, GT, prior) datasets for denoising and bicubic super-resolution.
 
-    from spt_adapter.data import PairedPriorDataset
+    from spt_adapter.training.data import PairedPriorDataset
     from spt_adapter.prior import ClassicalMaskProvider, PriorCache
     ds = PairedPriorDataset("../shared/data/CBSD68", "denoise:25", PriorCache("priors"),
                             ClassicalMaskProvider("slic"), patch_size=64, train=True)
@@ -31,13 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SPTError
+from ..errors import DataError
 from .images import imresize_bicubic, list_images, read_image, to_rgb_uint8
-from .prior.encode import DEFAULT_ENCODING
-
-
-class DataError(SPTError, ValueError):
-    """A dataset option or file is invalid."""
+from ..prior.encode import DEFAULT_ENCODING
 
 
 @dataclass(frozen=True)
@@ -129,7 +125,7 @@ class PairedPriorDataset:
 
     def __init__(self, root_or_paths, task, cache=None, provider=None, encoding: str = DEFAULT_ENCODING, patch_size=None,
                  train: bool = True, seed: int = 0, oracle: bool = False, prior_fn=None) -> None:
-        from .prior import PriorCache, parse_encoding
+        from ..prior import PriorCache, parse_encoding
 
         self.paths = list_images(root_or_paths)
         if not self.paths:
@@ -158,7 +154,7 @@ class PairedPriorDataset:
         elif self.cache is not None:
             prior = self.cache.get_or_compute(image, self.provider, self.encoding)
         else:
-            from .prior import encode_masks
+            from ..prior import encode_masks
 
             prior = encode_masks(self.provider.generate(image), kind=self.encoding, shape=image.shape[:2])
         if prior.ndim != 3 or prior.shape[1:] != image.shape[:2]:

@@ -1,0 +1,63 @@
+"""Argument types and argument groups shared by the `spt-adapter` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _number(convert, accept, what: str):
+    """An argparse type: ``convert`` the text, then require ``accept(value)``; else say ``what``."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
+
+
+def task_type(text: str) -> str:
+    kind, sep, value = text.partition(":")
+    try:
+        number = float(value) if kind == "denoise" else int(value)
+    except ValueError:
+        number = None
+    if not sep or kind not in ("denoise", "sr") or number is None or number <= 0 or (kind == "sr" and number < 2):
+        raise argparse.ArgumentTypeError(f"task must be denoise:<sigma> (e.g. denoise:25) or sr:<scale> (sr:2, sr:4), got {text!r}")
+    return text
+
+
+def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("backbone")
+    g.add_argument("--backbone", metavar="CKPT", help="backbone checkpoint (.pth/.safetensors of any architecture "
+                   "spandrel detects: SwinIR, HAT, RRDB, NAFNet, Restormer, ...; BasicSR/KAIR files too)")
+    g.add_argument("--arch", metavar="PRESET", help="architecture preset to use for the weights given with --weights "
+                   "(see `spt-adapter plugins`); checks the weights really are that architecture")
+    g.add_argument("--weights", metavar="PATH", help="weights for --arch")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+
+
+def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..prior.encode import DEFAULT_ENCODING
+
+    g = parser.add_argument_group("prior")
+    g.add_argument("--prior-cache", metavar="DIR", default=None,
+                   help="folder of cached priors (default: ~/.cache/spt-adapter/priors); SAM never runs twice per image")
+    g.add_argument("--provider", choices=("slic", "felzenszwalb", "sam"), default=None,
+                   help="mask provider (default: sam with --sam-checkpoint, else slic)")
+    g.add_argument("--sam-checkpoint", metavar="PTH", help="segment-anything checkpoint (sam_vit_b_01ec64.pth, ...)")
+    g.add_argument("--sam-model-type", default="auto", choices=("auto", "vit_b", "vit_l", "vit_h", "vit_tiny"),
+                   help="SAM variant (default: auto, read from the checkpoint)")
+    g.add_argument("--segments", type=positive_int, default=None, help="SLIC: number of segments")
+    g.add_argument("--encoding", default=None,
+                   help=f"prior encoding: label, onehot[:K], boundary (default: {DEFAULT_ENCODING}, label with --fusion pool; "
+                        "eval and train --resume: the adapter's)")

@@ -1,0 +1,154 @@
+"""Targets -> plan: the one planner that ``inject``, ``load_adapter`` and the PEFT path all call.
+
+:func:`plan_injection` resolves which modules get a unit (through :func:`targets.inspect_targets`,
+with a claim from the plugins when no targets are given), their feature layouts (a plugin hook) and
+their real output widths (a plugin preset, else one probe forward pass), and raises every
+user-caused error *before* anything is replaced. It changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import LayoutError, PriorError, TargetError
+from ..plugins.manager import call_hook
+from ..plugins.types import LayoutSpec, ModelClaim
+from .config import SPTConfig
+from .keys import get_logical_module, see_through
+from .layer import apply_to_output
+from .targets import inspect_targets
+
+
+@dataclass
+class Injection:
+    """What :func:`plan_injection` resolved, before anything changes."""
+
+    names: list[str]
+    channels: dict[str, int]
+    layouts: dict[str, LayoutSpec | None]
+
+
+def claim_model(model: nn.Module) -> ModelClaim | None:
+    """Ask the plugins whether they know ``model`` (first claim wins)."""
+    return call_hook("spt_adapter_claim_model", model=model)
+
+
+def describe_layout(model: nn.Module, name: str, module: nn.Module) -> LayoutSpec | None:
+    return call_hook("spt_adapter_describe_layout", model=model, name=name, module=module)
+
+
+def resolve_config(model: nn.Module, targets, exclude, config: SPTConfig | None) -> tuple[SPTConfig, ModelClaim | None]:
+    config = config if config is not None else SPTConfig()
+    changes: dict[str, Any] = {}
+    if targets is not None:
+        changes["targets"] = targets
+    if exclude is not None:
+        changes["exclude"] = exclude
+    if changes:
+        config = config.replace(**changes)
+        config.__post_init__()
+    claim = None
+    if not config.targets:
+        claim = claim_model(model)
+        if claim is None:
+            raise TargetError(
+                f"no targets given and no plugin claims a {type(model).__name__}; pass targets= "
+                "(see `spt-adapter plugins` for the architectures with presets)"
+            )
+        config = config.replace(targets=list(claim.targets), integration=claim.integration, preset=claim.preset)
+    return config, claim
+
+
+def plan_injection(model: nn.Module, config: SPTConfig, claim: ModelClaim | None = None, example_input=None,
+                   channels: dict[str, int] | None = None, names: list[str] | None = None) -> Injection:
+    """Resolve targets, layouts and unit widths without changing ``model``."""
+    names = list(names) if names is not None else inspect_targets(model, config.targets, config.exclude)
+    layouts = {n: describe_layout(model, n, see_through(get_logical_module(model, n))) for n in names}
+    known = {n: int(c) for n, c in (channels or {}).items() if n in names}
+    if claim is not None:
+        known.update({n: c for n, c in claim.channels.items() if n in names and n not in known})
+    if any(n not in known for n in names):
+        if example_input is None and claim is not None and claim.example_input is not None:
+            example_input = claim.example_input
+        if example_input is None:
+            example_input = default_example_input(model)
+        probed = probe_channels(model, [n for n in names if n not in known], layouts, example_input)
+        known.update(probed)
+    return Injection(names=names, channels={n: known[n] for n in names}, layouts=layouts)
+
+
+
+def default_example_input(model: nn.Module, size: int = 64) -> torch.Tensor:
+    """A small input for the probe pass, built from the first convolution's input channels."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None:
+        raise TargetError(
+            f"cannot build a probe input for {type(model).__name__} (no Conv2d found): pass example_input="
+        )
+    param = first.weight
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(1, first.in_channels, size, size, generator=g).to(device=param.device, dtype=param.dtype)
+
+
+def probe_channels(model: nn.Module, names: list[str], layouts: dict[str, LayoutSpec | None],
+                   example_input) -> dict[str, int]:
+    """Run one forward pass with hooks on ``names`` and read each target's real output width.
+
+    The model runs in eval mode under ``no_grad``; modes are restored afterwards. Layout problems
+    (unknown token size, tuple outputs) surface here, before anything is replaced.
+    """
+    found: dict[str, int] = {}
+    errors: list[Exception] = []
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module, args, kwargs, out):
+            def record(feats: torch.Tensor) -> torch.Tensor:
+                found[name] = int(feats.shape[1])
+                return feats
+
+            try:
+                apply_to_output(name, layouts.get(name), out, args, kwargs, record)
+            except Exception as exc:
+                errors.append(exc)
+            return None
+
+        return hook
+
+    for name in names:
+        handles.append(get_logical_module(model, name).register_forward_hook(make_hook(name), with_kwargs=True))
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            inputs = example_input() if callable(example_input) else example_input
+            if isinstance(inputs, (tuple, list)):
+                model(*inputs)
+            elif isinstance(inputs, dict):
+                model(**inputs)
+            else:
+                model(inputs)
+    except (LayoutError, PriorError):
+        raise
+    except Exception as exc:
+        raise TargetError(
+            f"the probe forward pass of {type(model).__name__} failed ({type(exc).__name__}: {exc}); "
+            "pass example_input= with an input the model accepts"
+        ) from exc
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.train(mode)
+    if errors:
+        raise errors[0]
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise TargetError(f"targets {missing} did not run in the probe forward pass; they cannot be adapted")
+    return found
+
+
