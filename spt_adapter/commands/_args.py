@@ -26,13 +26,15 @@ positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive numb
 
 
 def task_type(text: str) -> str:
-    kind, sep, value = text.partition(":")
+    """An argparse type for ``--task``: parsed by :func:`spt_adapter.training.data.parse_task`."""
+    from ..errors import DataError
+    from ..training.data import parse_task
+
     try:
-        number = float(value) if kind == "denoise" else int(value)
-    except ValueError:
-        number = None
-    if not sep or kind not in ("denoise", "sr") or number is None or number <= 0 or (kind == "sr" and number < 2):
-        raise argparse.ArgumentTypeError(f"task must be denoise:<sigma> (e.g. denoise:25) or sr:<scale> (sr:2, sr:4), got {text!r}")
+        parse_task(text)
+    except DataError:
+        raise argparse.ArgumentTypeError(f"task must be denoise:<sigma 0..255> (e.g. denoise:25) or sr:<scale 2..8> "
+                                         f"(sr:2, sr:4), got {text!r}") from None
     return text
 
 

@@ -55,14 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_out(args) -> Path:
-    from ..training.train import ADAPTER_FILE
+    from ..files.format import ADAPTER_FILENAME
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise SPTError(f"--out {out} exists and is not a folder")
-    has_run = (out / ADAPTER_FILE).exists()
+    has_run = (out / ADAPTER_FILENAME).exists()
     if args.resume and not has_run:
-        raise SPTError(f"--resume: {out} holds no {ADAPTER_FILE} to resume from")
+        raise SPTError(f"--resume: {out} holds no {ADAPTER_FILENAME} to resume from")
     if has_run and not args.resume:
         raise SPTError(f"{out} already holds a trained adapter; pass --resume to continue it or choose another --out")
     return out
@@ -103,8 +103,9 @@ def run(args) -> int:
     from ..core.targets import inspect_targets
     from ..files.format import load_adapter
     from ..core.config import SPTConfig
-    from ..training.evaluate import make_val_fn
-    from ..training.train import ADAPTER_FILE, TrainSettings, init_distributed, shutdown_distributed, train_units
+    from ..training.evaluate import make_val_fn, task_scale
+    from ..files.format import ADAPTER_FILENAME
+    from ..training.train import TrainSettings, init_distributed, shutdown_distributed, train_units
 
     # ---- every check before any work -------------------------------------------------------
     if not args.resume:
@@ -113,15 +114,15 @@ def run(args) -> int:
                              warmup=args.warmup, seed=args.seed, save_every=args.save_every,
                              val_every=args.val_every, log_every=args.log_every, workers=args.workers,
                              amp=not args.no_amp, progress=not args.no_progress)
-    kind, _, value = args.task.partition(":")
-    if kind == "sr" and args.patch % int(value):
-        raise SPTError(f"--patch {args.patch} is not divisible by the scale {value} of --task {args.task}")
+    scale = task_scale(args.task)
+    if args.patch % scale:
+        raise SPTError(f"--patch {args.patch} is not divisible by the scale {scale} of --task {args.task}")
     train_images = image_folder(args.data, "--data")
     if args.val:
         image_folder(args.val, "--val")
     out = _check_out(args)
     if args.resume:
-        _resume_config_check(args, out / ADAPTER_FILE)
+        _resume_config_check(args, out / ADAPTER_FILENAME)
     check_provider_args(args)
     model, default_targets, described = load_backbone_from_args(args, args.targets)
     targets = list(args.targets) if args.targets else default_targets
@@ -146,7 +147,7 @@ def run(args) -> int:
         from ..prior.encode import encoding_channels
 
         if args.resume:
-            spt = load_adapter(model, out / ADAPTER_FILE)
+            spt = load_adapter(model, out / ADAPTER_FILENAME)
         else:
             config = SPTConfig(
                 targets=targets, exclude=list(args.exclude or []), fusion=args.fusion or DEFAULT_FUSION, hidden=args.hidden,

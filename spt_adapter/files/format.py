@@ -34,6 +34,16 @@ from ..version import __version__
 
 FORMAT_NAME = "spt-adapter"
 FORMAT_VERSION = SCHEMA_VERSION
+
+# -- the one place that names files and metadata keys -----------------------------------------
+#: the delta's name inside a folder (save_pretrained, `spt-adapter train --out`, Hub repos)
+ADAPTER_FILENAME = "spt_adapter.safetensors"
+#: the model card written beside it
+MODEL_CARD_FILENAME = "README.md"
+#: extra metadata key (JSON string) for what the adapter was trained on (task, data, step, ...)
+TRAINING_KEY = "training"
+#: metadata key (JSON string) describing how the prior is made
+PRIOR_KEY = "prior"
 MAX_HEADER_BYTES = 100_000_000  # the safetensors limit
 _DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
@@ -169,7 +179,7 @@ def adapter_metadata(model: SPTModel, adapter_name: str | None = None, backbone_
         "library_version": __version__,
         "config": config.to_json(),
         "fingerprint": json.dumps(fingerprint(model, targets, channels, with_hash=backbone_hash), sort_keys=True),
-        "prior": json.dumps(config.prior, sort_keys=True),
+        PRIOR_KEY: json.dumps(config.prior, sort_keys=True),
         "integration": config.integration or "",
         "preset": config.preset or "",
         "adapter_name": adapter_name,

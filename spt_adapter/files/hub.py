@@ -22,7 +22,8 @@ from typing import Any
 import torch.nn as nn
 
 from ..errors import AdapterFileError, SPTError
-from .model_card import ADAPTER_FILENAME, TRAINING_KEY, write_model_card
+from .format import ADAPTER_FILENAME, MODEL_CARD_FILENAME, TRAINING_KEY
+from .model_card import write_model_card
 
 __all__ = ["ADAPTER_FILENAME", "from_pretrained", "push_to_hub", "save_pretrained"]
 
@@ -229,7 +230,7 @@ def push_to_hub(model, repo_id: str, *, private: bool | None = None, token: str 
         api.create_repo(repo_id=repo_id, private=private, exist_ok=exist_ok, repo_type="model")
         operations = [
             hub.CommitOperationAdd(path_in_repo=name, path_or_fileobj=(folder / name).read_bytes())
-            for name in (ADAPTER_FILENAME, "README.md")
+            for name in (ADAPTER_FILENAME, MODEL_CARD_FILENAME)
         ]
         name = adapter_name or model.active_adapter
         return api.create_commit(

@@ -11,12 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .format import read_adapter_header
-
-ADAPTER_FILENAME = "spt_adapter.safetensors"
-
-#: extra metadata key (JSON string) for what the adapter was trained on
-TRAINING_KEY = "training"
+from .format import ADAPTER_FILENAME, MODEL_CARD_FILENAME, PRIOR_KEY, TRAINING_KEY, read_adapter_header
 
 
 def _json(meta: dict[str, str], key: str, default: Any) -> Any:
@@ -54,7 +49,7 @@ def card_facts(path: str | os.PathLike) -> dict[str, Any]:
         "depth": config.get("depth"),
         "prior_channels": config.get("prior_channels"),
         "prior_resize": config.get("prior_resize"),
-        "prior": _json(meta, "prior", {}),
+        "prior": _json(meta, PRIOR_KEY, {}),
         "parameters": numel,
         "tensors": len(entries),
         "format_version": meta.get("format_version"),
@@ -148,4 +143,4 @@ def write_model_card(folder: str | os.PathLike, repo_id: str | None = None,
 
     folder = Path(folder)
     text = render_model_card(folder / ADAPTER_FILENAME, repo_id=repo_id, training=training)
-    return atomic_write_bytes(folder / "README.md", text.encode("utf-8"))
+    return atomic_write_bytes(folder / MODEL_CARD_FILENAME, text.encode("utf-8"))

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import metrics
+from .data import parse_task
 from .._io import atomic_write_bytes
 from ..core.model import SPTModel
 
@@ -27,8 +28,8 @@ __all__ = ["EvalResult", "restore", "evaluate", "compare_strip", "task_scale", "
 
 
 def task_scale(task: str) -> int:
-    kind, _, value = str(task).partition(":")
-    return int(value) if kind == "sr" else 1
+    """The output/input size ratio of a task (1 for denoising), from :func:`data.parse_task`."""
+    return parse_task(task).scale
 
 
 def _pad_amount(size: int, multiple: int) -> int:

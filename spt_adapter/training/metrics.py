@@ -33,13 +33,12 @@ _Y_COEFFS = np.array([65.481, 128.553, 24.966], dtype=np.float64)
 
 def metric_settings(task: str) -> dict:
     """Keyword arguments for :func:`psnr`/:func:`ssim` for a task string (``denoise:25``, ``sr:4``)."""
-    kind, _, value = str(task).partition(":")
-    if kind == "sr":
-        scale = int(value)
-        return {"crop_border": scale, "test_y_channel": True}
-    if kind == "denoise":
-        return {"crop_border": 0, "test_y_channel": False}
-    raise ValueError(f"unknown task {task!r}; expected 'denoise:<sigma>' or 'sr:<scale>'")
+    from .data import parse_task
+
+    parsed = parse_task(task)
+    if parsed.kind == "sr":
+        return {"crop_border": parsed.scale, "test_y_channel": True}
+    return {"crop_border": 0, "test_y_channel": False}
 
 
 def _to_hwc_255(img) -> np.ndarray:

@@ -44,7 +44,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .._io import atomic_write_bytes
 from ..errors import ConfigError, SPTError
+from ..core.layer import iter_layers
 from ..core.model import SPTModel
+from ..files.format import ADAPTER_FILENAME  # the same name as save_pretrained: a run folder is shareable
+from ..files.format import TRAINING_KEY, read_adapter_header
 
 __all__ = [
     "TrainSettings",
@@ -53,11 +56,10 @@ __all__ = [
     "init_distributed",
     "lr_at",
     "train_units",
-    "ADAPTER_FILE",
+    "ADAPTER_FILENAME",
     "STATE_FILE",
 ]
 
-ADAPTER_FILE = "spt_adapter.safetensors"  # same name as hub.save_pretrained: an output folder is shareable
 STATE_FILE = "train_state.safetensors"
 LOG_CSV = "train_log.csv"
 LOG_JSON = "train_log.json"
@@ -295,11 +297,9 @@ def load_state(path: Path, optimizer: torch.optim.Optimizer, keys: dict[int, str
 
 def adapter_step(path: Path) -> int | None:
     """The training step recorded in an adapter written by this trainer (header only)."""
-    from ..files.format import read_adapter_header
-
     meta, _ = read_adapter_header(path)
     try:
-        return int(json.loads(meta.get("training", "{}")).get("step"))
+        return int(json.loads(meta.get(TRAINING_KEY, "{}")).get("step"))
     except (TypeError, ValueError, json.JSONDecodeError):
         return None
 
@@ -313,15 +313,9 @@ def _train_mode(model: SPTModel) -> None:
     fixed. The units then learn to correct the features the backbone gives at test time, and a
     step is a deterministic function of the weights and the batch (so resuming is exact)."""
     model.eval()
-    for _, layer in _iter_layers(model.base_model):
+    for _, layer in iter_layers(model.base_model):
         for unit in layer.spt_units.values():
             unit.train()
-
-
-def _iter_layers(root):
-    from ..core.layer import iter_layers
-
-    return iter_layers(root)
 
 
 def _to(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -357,6 +351,103 @@ def _read_history(out: Path, up_to: int) -> list[dict[str, Any]]:
         return []
 
 
+def _resume_point(out: Path | None, optimizer: torch.optim.Optimizer, keys: dict[int, str]) -> tuple[int, list[dict]]:
+    """Where an earlier run in ``out`` stopped: (step, history up to it); loads Adam's moments."""
+    if out is None:
+        raise SPTError("resume needs the output folder of the earlier run")
+    state_path = out / STATE_FILE
+    step_in_adapter = adapter_step(out / ADAPTER_FILENAME) if (out / ADAPTER_FILENAME).exists() else None
+    start = 0
+    if state_path.exists():
+        meta = load_state(state_path, optimizer, keys)
+        start = meta["step"]
+        if step_in_adapter is not None and step_in_adapter != start:
+            # the two files were written at different steps (a crash in between): keep the
+            # delta's weights, restart the optimizer moments
+            optimizer.state.clear()
+            start = step_in_adapter
+    elif step_in_adapter is not None:
+        start = step_in_adapter  # weights only: Adam restarts (documented)
+    return start, _read_history(out, start)
+
+
+def _make_loader(dataset: Dataset, settings: TrainSettings, info: DistInfo) -> tuple[DataLoader, EpochSampler, int]:
+    """(loader, sampler, batches per epoch): seeded samples, sharded over the processes."""
+    n = len(dataset)  # type: ignore[arg-type]
+    world = info.world_size
+    repeat = max(1, math.ceil(settings.batch * world / n))
+    samples = SeededSamples(dataset, seed=settings.seed, repeat=repeat)
+    sampler = EpochSampler(samples, num_replicas=world, rank=info.rank, seed=settings.seed)
+    per_epoch = len(sampler) // settings.batch
+    if per_epoch < 1:
+        raise SPTError(f"{n} training samples give no full batch of {settings.batch} per process")
+    loader = DataLoader(samples, batch_size=settings.batch, sampler=sampler, drop_last=True,
+                        num_workers=settings.workers, pin_memory=info.device.type == "cuda",
+                        persistent_workers=False)
+    return loader, sampler, per_epoch
+
+
+class _Stepper:
+    """One optimisation step of the units: forward under autocast on CUDA, L1 loss, backward, Adam."""
+
+    def __init__(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer, params: list, settings: TrainSettings,
+                 device: torch.device) -> None:
+        self.net, self.optimizer, self.params, self.settings = net, optimizer, params, settings
+        self.use_amp = settings.amp and device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+
+    def __call__(self, lq: torch.Tensor, gt: torch.Tensor, prior: torch.Tensor, step: int, lr: float) -> torch.Tensor:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device_type="cuda", dtype=self.amp_dtype, enabled=self.use_amp):
+            pred = self.net(lq, prior=prior)
+        loss = torch.nn.functional.l1_loss(pred.float(), gt)
+        if not torch.isfinite(loss):
+            raise SPTError(f"the loss became {loss.item()} at step {step}; lower --lr")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.settings.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.settings.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
+
+
+class _Checkpointer:
+    """Writes the optimizer state, the delta (with the training metadata), the logs and, at the
+    end, the model card into ``out`` (main process only)."""
+
+    def __init__(self, out: Path | None, model: SPTModel, adapter: str, optimizer: torch.optim.Optimizer,
+                 keys: dict[int, str], settings: TrainSettings, info: DistInfo, training_info: dict[str, Any] | None,
+                 header: dict[str, Any], backbone_hash: bool) -> None:
+        self.out, self.model, self.adapter, self.optimizer, self.keys = out, model, adapter, optimizer, keys
+        self.settings, self.info, self.training_info, self.header = settings, info, training_info, header
+        self.backbone_hash = backbone_hash
+
+    def save(self, step: int, history: list[dict[str, Any]], final: bool = False) -> None:
+        if self.out is None or not self.info.is_main:
+            return
+        from ..files.format import save_adapter
+
+        settings = self.settings
+        train_meta = dict(self.training_info or {})
+        train_meta.update({"step": step, "iters": settings.iters, "lr": settings.lr, "schedule": settings.schedule,
+                           "global_batch": settings.batch * self.info.world_size})
+        # state first, then the delta: a crash in between leaves an older delta whose step differs,
+        # which resume detects
+        save_state(self.out / STATE_FILE, self.optimizer, self.keys, step, settings, {"world_size": self.info.world_size})
+        save_adapter(self.model, self.out / ADAPTER_FILENAME, adapter_name=self.adapter, backbone_hash=self.backbone_hash,
+                     metadata={TRAINING_KEY: json.dumps(train_meta, sort_keys=True)})
+        _write_logs(self.out, history, self.header)
+        if final:
+            with contextlib.suppress(Exception):  # the card is a courtesy; the delta is what matters
+                from ..files.model_card import write_model_card
+
+                write_model_card(self.out)
+
+
 def train_units(
     model: SPTModel,
     dataset: Dataset,
@@ -373,7 +464,7 @@ def train_units(
     """Train the active adapter's units of ``model`` on ``dataset``; see the module docstring.
 
     ``model`` is an SPTModel (already carrying the adapter; for ``resume`` load the adapter from
-    ``out_dir`` first, :func:`spt_adapter.commands.train` does). ``val_fn(model) -> {"psnr": ..}``
+    ``out_dir`` first, as `spt-adapter train --resume` does). ``val_fn(model) -> {"psnr": ..}``
     runs on the main process every ``val_every`` steps and at the end. ``training_info`` (JSON-able)
     is recorded in the adapter file with the step. ``stop_at`` ends this call after that step (the
     schedule still runs to ``settings.iters``), as a time-sliced job would; ``resume`` continues.
@@ -385,8 +476,7 @@ def train_units(
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    n = len(dataset)  # type: ignore[arg-type]
-    if n == 0:
+    if len(dataset) == 0:  # type: ignore[arg-type]
         raise SPTError("the training dataset is empty")
 
     adapter = model.active_adapter
@@ -399,68 +489,20 @@ def train_units(
     _train_mode(model)
 
     optimizer = torch.optim.Adam(params, lr=lr_at(0, settings), weight_decay=settings.weight_decay)
-    start = 0
-    history: list[dict[str, Any]] = []
-    if resume:
-        if out is None:
-            raise SPTError("resume needs the output folder of the earlier run")
-        state_path = out / STATE_FILE
-        step_in_adapter = adapter_step(out / ADAPTER_FILE) if (out / ADAPTER_FILE).exists() else None
-        if state_path.exists():
-            meta = load_state(state_path, optimizer, keys)
-            start = meta["step"]
-            if step_in_adapter is not None and step_in_adapter != start:
-                # the two files were written at different steps (a crash in between): keep the
-                # delta's weights, restart the optimizer moments
-                optimizer.state.clear()
-                start = step_in_adapter
-        elif step_in_adapter is not None:
-            start = step_in_adapter  # weights only: Adam restarts (documented)
-        history = _read_history(out, start)
-
+    start, history = _resume_point(out, optimizer, keys) if resume else (0, [])
+    loader, sampler, per_epoch = _make_loader(dataset, settings, info)
     world = info.world_size
-    repeat = max(1, math.ceil(settings.batch * world / n))
-    samples = SeededSamples(dataset, seed=settings.seed, repeat=repeat)
-    sampler = EpochSampler(samples, num_replicas=world, rank=info.rank, seed=settings.seed)
-    per_epoch = len(sampler) // settings.batch
-    if per_epoch < 1:
-        raise SPTError(f"{n} training samples give no full batch of {settings.batch} per process")
-    loader = DataLoader(samples, batch_size=settings.batch, sampler=sampler, drop_last=True,
-                        num_workers=settings.workers, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
 
     net: torch.nn.Module = model
     if info.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    use_amp = settings.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-
+    stepper = _Stepper(net, optimizer, params, settings, device)
     header = {"settings": asdict(settings), "world_size": world, "adapter": adapter,
               "training": training_info or {}, "trainable_parameters": sum(p.numel() for p in params)}
-
-    def save(step: int, final: bool = False) -> None:
-        if out is None or not info.is_main:
-            return
-        from ..files.format import save_adapter
-
-        train_meta = dict(training_info or {})
-        train_meta.update({"step": step, "iters": settings.iters, "lr": settings.lr, "schedule": settings.schedule,
-                           "global_batch": settings.batch * world})
-        # state first, then the delta: a crash in between leaves an older delta whose step differs,
-        # which resume detects
-        save_state(out / STATE_FILE, optimizer, keys, step, settings, {"world_size": world})
-        save_adapter(model, out / ADAPTER_FILE, adapter_name=adapter, backbone_hash=backbone_hash,
-                     metadata={"training": json.dumps(train_meta, sort_keys=True)})
-        _write_logs(out, history, header)
-        if final:
-            with contextlib.suppress(Exception):  # the card is a courtesy; the delta is what matters
-                from ..files.model_card import write_model_card
-
-                write_model_card(out)
+    checkpoints = _Checkpointer(out, model, adapter, optimizer, keys, settings, info, training_info, header,
+                                backbone_hash)
 
     bar = None
     if settings.progress and info.is_main:
@@ -483,22 +525,9 @@ def train_units(
                     break
                 lq, gt, prior = _to(batch, device)
                 lr = lr_at(step, settings)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
-                    pred = net(lq, prior=prior)
-                loss = torch.nn.functional.l1_loss(pred.float(), gt)
-                if not torch.isfinite(loss):
-                    raise SPTError(f"the loss became {loss.item()} at step {step}; lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if settings.grad_clip is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
+                loss = stepper(lq, gt, prior, step, lr)
                 step += 1
-                running += float(loss.detach())
+                running += float(loss)
                 count += 1
                 if bar is not None:
                     bar.update(1)
@@ -526,18 +555,18 @@ def train_units(
                     if bar is not None:
                         bar.write(f"step {step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in val.items()))
                 if settings.save_every and step % settings.save_every == 0 and not last:
-                    save(step)
+                    checkpoints.save(step, history)
             epoch += 1
             sampler.skip = 0
     finally:
         if bar is not None:
             bar.close()
-    save(step, final=True)
+    checkpoints.save(step, history, final=True)
     if info.distributed:
         dist.barrier()
     model.eval()
     return TrainResult(
-        adapter_path=out / ADAPTER_FILE if out is not None else None,
+        adapter_path=out / ADAPTER_FILENAME if out is not None else None,
         state_path=out / STATE_FILE if out is not None else None,
         log_csv=out / LOG_CSV if out is not None else None,
         log_json=out / LOG_JSON if out is not None else None,
