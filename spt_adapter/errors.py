@@ -59,5 +59,17 @@ class SamCheckpointError(SPTError, ValueError):
     """A SAM checkpoint is missing, unreadable, or does not fit the model type."""
 
 
+class ProviderError(PriorError):
+    """A mask provider is unknown, failed to build, or returned masks that do not fit the image."""
+
+
+class ProviderSettingError(ProviderError, ConfigError):
+    """A mask-provider setting is unknown, of the wrong type, or out of range (names the setting)."""
+
+
+class ProviderRunError(ProviderError):
+    """A mask provider raised while segmenting one image (the message names the provider and its plugin)."""
+
+
 class CorruptEntry(SPTError):
     """A prior-cache entry is truncated or fails its checksum (internal: the cache recomputes it)."""

@@ -14,6 +14,7 @@ from segment_anything import SamAutomaticMaskGenerator  # noqa: E402
 from spt_adapter.prior import (  # noqa: E402
     SAM_CHECKPOINTS_URL,
     FastMaskGenerator,
+    LabelMasks,
     SamCheckpointError,
     SamMaskProvider,
     load_sam,
@@ -64,13 +65,18 @@ def test_provider_same_path_as_real_checkpoint(tiny_ckpt, images):
     p = SamMaskProvider(tiny_ckpt, model_type="vit_tiny", device="cpu", points_per_side=8, pred_iou_thresh=0.0,
                         stability_score_thresh=0.0)
     masks = p.generate(images[0])
-    assert masks and masks[0]["segmentation"].shape == images[0].shape[:2]
+    assert len(masks) and masks.shape == images[0].shape[:2]
+    # the label image is the generator's masks, smaller on top (LabelMasks.from_masks)
+    raw = p.generator.generate(images[0])
+    assert sorted(masks.area.tolist(), reverse=True) == masks.area.tolist() == sorted((m["area"] for m in raw), reverse=True)
+    np.testing.assert_array_equal(masks.labels, LabelMasks.from_masks(raw).labels)
+    assert sorted(masks.score.tolist()) == sorted(m["predicted_iou"] for m in raw)
     ident = p.identity()
     assert ident["model_type"] == "vit_tiny" and len(ident["checkpoint_sha256"]) == 64
     assert ident["settings"]["points_per_side"] == 8 and "points_per_batch" not in ident["settings"]
     # grey and float inputs are converted, not refused
     grey = images[0].mean(axis=2).astype(np.uint8)
-    assert p.generate(grey)[0]["segmentation"].shape == grey.shape
+    assert p.generate(grey).shape == grey.shape
 
 
 def test_model_type_auto(tiny_ckpt, tmp_path):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from .types import LayoutSpec, ModelClaim
+from .types import LayoutSpec, ModelClaim, ProviderSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch.nn as nn
@@ -50,3 +50,13 @@ def spt_adapter_register_framework() -> list[str] | None:
     """Register framework classes (models, datasets, architectures) with their framework's
     registries when that framework is importable. Return the names registered (for
     ``spt-adapter plugins``) or ``None`` when the framework is absent."""
+
+
+@hookspec
+def spt_adapter_mask_providers() -> list[ProviderSpec] | None:
+    """Offer mask providers: return a list of :class:`ProviderSpec` (name, factory, settings schema,
+    identity fields), or ``None``. Every plugin's list is collected; the built-in ``sam``, ``sam2``,
+    ``slic`` and ``felzenszwalb`` come through this hook too (``spt_adapter.prior.providers``).
+    Names must be unique across plugins; ``spt_adapter.prior.make_provider(name, ...)`` builds one,
+    ``spt-adapter masks/train/eval --provider NAME`` use it and ``spt-adapter plugins`` lists them.
+    A plugin whose hook raises is reported by name and the other plugins' providers stay usable."""

@@ -1,7 +1,8 @@
 """Image -> masks -> prior tensor, computed once per image and cached.
 
-    from spt_adapter.prior import ClassicalMaskProvider, SamMaskProvider, PriorCache, encode_masks
-    provider = SamMaskProvider("sam_vit_b_01ec64.pth", model_type="vit_b")   # or ClassicalMaskProvider("slic")
+    from spt_adapter.prior import make_provider, PriorCache, encode_masks
+    provider = make_provider("sam", checkpoint="sam_vit_b_01ec64.pth")   # or "sam2", "slic", a plugin's provider
+    masks = provider.generate(image_hwc_uint8)   # LabelMasks: one (H, W) int32 label image + per-region records
     cache = PriorCache("priors/")
     prior = cache.get_or_compute(image_hwc_uint8, provider)  # (1, H, W) float32, DEFAULT_ENCODING ("boundary")
     label = cache.get_or_compute(image_hwc_uint8, provider, encoding=default_encoding("pool"))  # "label", for pool
@@ -10,6 +11,8 @@ See docs/prior.md.
 """
 
 from .cache import PriorCache, image_key
+from .masks import LabelMasks, as_label_masks
+from .registry import describe_provider, get_provider_spec, make_provider, provider_failures, provider_names, provider_specs
 from .classical import ClassicalMaskProvider
 from .encode import (
     DEFAULT_ENCODING,
@@ -32,19 +35,6 @@ from .sam import (
 )
 
 
-def make_provider(name: str, checkpoint=None, model_type: str = "vit_b", device=None, **settings):
-    """``sam`` | ``slic`` | ``felzenszwalb`` -> a provider (what ``spt-adapter masks --provider`` builds)."""
-    from ..errors import PriorError
-
-    if name == "sam":
-        if checkpoint is None:
-            raise SamCheckpointError(f"--provider sam needs --checkpoint PATH (SAM checkpoints: {SAM_CHECKPOINTS_URL})")
-        return SamMaskProvider(checkpoint, model_type=model_type, device=device, **settings)
-    if name in ("slic", "felzenszwalb"):
-        return ClassicalMaskProvider(method=name, **settings)
-    raise PriorError(f"unknown mask provider {name!r}; choose sam, slic or felzenszwalb")
-
-
 __all__ = [
     "DEFAULT_ENCODING",
     "ENCODINGS",
@@ -52,10 +42,14 @@ __all__ = [
     "SAM_CHECKPOINTS_URL",
     "ClassicalMaskProvider",
     "FastMaskGenerator",
+    "LabelMasks",
     "PriorCache",
     "SamCheckpointError",
     "SamMaskProvider",
     "SamUnavailableError",
+    "as_label_masks",
+    "describe_provider",
+    "get_provider_spec",
     "check_encoding_for_fusion",
     "default_encoding",
     "detect_model_type",
@@ -65,4 +59,7 @@ __all__ = [
     "load_sam",
     "make_provider",
     "parse_encoding",
+    "provider_failures",
+    "provider_names",
+    "provider_specs",
 ]

@@ -2,7 +2,7 @@
 
 Layout under ``root``::
 
-    masks/ab/<mask key>.sptc     the provider's masks for one image (bit-packed)
+    masks/ab/<mask key>.sptc     the provider's masks for one image (one int32 label image + region records)
     priors/cd/<prior key>.sptc   one encoding of those masks, float32 (C, H, W)
 
 ``mask key = sha256(image key + provider identity)``, where the image key is the sha256 of the
@@ -12,7 +12,15 @@ masks). ``prior key = sha256(mask key + encoding)``. A new encoding of an image 
 cached therefore never reruns SAM.
 
 Each entry is ``MAGIC + sha256(payload) + payload`` with ``payload`` a ``np.savez_compressed``
-archive (no pickle). Writes go through :func:`spt_adapter._io.atomic_write_bytes` (temporary file
+archive (no pickle). Format 2 stores masks as :class:`~spt_adapter.prior.masks.LabelMasks` columns
+(``labels``, ``area``, ``score``, ``bbox``, ``extra.*``); format 1 stored one bit-packed boolean
+image per mask. A format-1 entry is recomputed with a one-line ``RuntimeWarning`` (never read,
+never a crash); format-1 priors sit under other keys (the key holds the format) and are ignored.
+
+What a provider returns is checked before anything is written: it must be (or convert to)
+``LabelMasks`` of the image's height and width, else :class:`~spt_adapter.errors.ProviderError`;
+an exception inside the provider becomes :class:`~spt_adapter.errors.ProviderRunError` naming the
+provider and its plugin. Writes go through :func:`spt_adapter._io.atomic_write_bytes` (temporary file
 + rename), so several processes may fill the same cache at once: readers never see half a file,
 and two writers of one key write the same bytes. An entry whose checksum, header or contents do
 not verify is reported with a ``RuntimeWarning`` and recomputed, never used.
@@ -31,11 +39,18 @@ import numpy as np
 
 from .._io import atomic_write_bytes
 from ..pixels import to_rgb_uint8
-from ..errors import CorruptEntry
+from ..errors import CorruptEntry, ProviderError, ProviderRunError, SPTError
 from .encode import DEFAULT_ENCODING, encode_masks, parse_encoding
+from .masks import LabelMasks, as_label_masks
+from .registry import describe_provider
 
-MAGIC = b"SPTPRIOR1\n"
-FORMAT = 1
+MAGIC = b"SPTPRIOR2\n"
+FORMAT = 2
+OLD_MAGICS = {b"SPTPRIOR1\n": 1}
+
+
+class OldFormatEntry(CorruptEntry):
+    """An entry written by an older cache format (recomputed)."""
 
 
 def image_key(image) -> str:
@@ -58,6 +73,9 @@ def _pack(arrays: dict, meta: dict) -> bytes:
 
 
 def _unpack(data: bytes) -> tuple[dict, dict]:
+    for old, version in OLD_MAGICS.items():
+        if data.startswith(old):
+            raise OldFormatEntry(f"written in cache format {version} (this version reads format {FORMAT})")
     if not data.startswith(MAGIC):
         raise CorruptEntry("not an spt-adapter cache entry (bad header)")
     digest, payload = data[len(MAGIC) : len(MAGIC) + 32], data[len(MAGIC) + 32 :]
@@ -72,57 +90,18 @@ def _unpack(data: bytes) -> tuple[dict, dict]:
     return arrays, meta
 
 
-def masks_to_arrays(masks, shape) -> dict:
-    h, w = shape
-    n = len(masks)
-    seg = np.zeros((n, h, w), dtype=bool)
-    for i, m in enumerate(masks):
-        seg[i] = m["segmentation"]
-    def col(name, default, dtype, width=None):
-        vals = [m.get(name, default) for m in masks]
-        arr = np.asarray(vals, dtype=dtype)
-        return arr.reshape((n,) + ((width,) if width else ()))
-    return {
-        "bits": np.packbits(seg.reshape(n, -1), axis=1) if n else np.zeros((0, 0), np.uint8),
-        "shape": np.asarray([n, h, w], dtype=np.int64),
-        "bbox": col("bbox", [0, 0, 0, 0], np.float64, 4),
-        "predicted_iou": col("predicted_iou", 1.0, np.float64),
-        "stability_score": col("stability_score", 1.0, np.float64),
-        "point_coords": np.asarray([np.asarray(m.get("point_coords", [[0.0, 0.0]]), dtype=np.float64).reshape(-1)[:2] for m in masks], dtype=np.float64).reshape(n, 2),
-        "crop_box": col("crop_box", [0, 0, w, h], np.float64, 4),
-    }
-
-
-def arrays_to_masks(a: dict) -> list[dict]:
-    n, h, w = (int(v) for v in a["shape"])
-    if n == 0:
-        return []
-    seg = np.unpackbits(a["bits"], axis=1, count=h * w).reshape(n, h, w).astype(bool)
-    out = []
-    for i in range(n):
-        out.append({
-            "segmentation": seg[i],
-            "area": int(seg[i].sum()),
-            "bbox": [float(v) for v in a["bbox"][i]],
-            "predicted_iou": float(a["predicted_iou"][i]),
-            "stability_score": float(a["stability_score"][i]),
-            "point_coords": [[float(v) for v in a["point_coords"][i]]],
-            "crop_box": [float(v) for v in a["crop_box"][i]],
-        })
-    return out
-
-
 class PriorCache:
     """``PriorCache(root)``: ``get_or_compute(image, provider, encoding=DEFAULT_ENCODING) -> (C, H, W) float32``.
 
     ``stats`` counts ``prior_hits`` (encoded prior read), ``mask_hits`` (masks read, encoding
-    recomputed), ``computed`` (provider ran) and ``corrupt`` (bad entries replaced).
+    recomputed), ``computed`` (provider ran), ``corrupt`` (bad entries replaced) and ``old_format``
+    (entries of an older cache format replaced).
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root).expanduser()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.stats = {"prior_hits": 0, "mask_hits": 0, "computed": 0, "corrupt": 0}
+        self.stats = {"prior_hits": 0, "mask_hits": 0, "computed": 0, "corrupt": 0, "old_format": 0}
         self._ids: dict[int, tuple[object, str]] = {}
 
     def __repr__(self) -> str:
@@ -164,6 +143,10 @@ class PriorCache:
             for k, v in expect.items():
                 if meta.get(k) != v:
                     raise CorruptEntry(f"entry is for another {k}")
+        except OldFormatEntry as exc:
+            self.stats["old_format"] += 1
+            warnings.warn(f"prior cache entry {path} was {exc}; recomputing it", RuntimeWarning, stacklevel=3)
+            return None
         except CorruptEntry as exc:
             self.stats["corrupt"] += 1
             warnings.warn(f"prior cache entry {path} is corrupt ({exc}); recomputing it", RuntimeWarning, stacklevel=3)
@@ -178,20 +161,59 @@ class PriorCache:
         got = self._read(self._path("priors", key), {"key": key})
         return None if got is None else got["prior"]
 
-    def get_masks(self, image, provider, _precomputed=None) -> list[dict]:
-        """The provider's masks for ``image`` (read from the cache, or computed and stored)."""
+    def get_masks(self, image, provider) -> LabelMasks:
+        """The provider's masks for ``image`` (read from the cache, or computed, checked and stored)."""
         img = to_rgb_uint8(image)
         key = self.mask_key(img, provider)
         path = self._path("masks", key)
         got = self._read(path, {"key": key})
-        if got is not None:
+        masks = self._masks_from(got, path, img) if got is not None else None
+        if masks is not None:
             self.stats["mask_hits"] += 1
-            return arrays_to_masks(got)
-        masks = _precomputed if _precomputed is not None else provider.generate(img)
-        self.stats["computed"] += 1
-        self._write(path, masks_to_arrays(masks, img.shape[:2]),
-                    {"key": key, "kind": "masks", "identity": json.loads(self._identity(provider)), "shape": list(img.shape)})
+            return masks
+        masks = self._generate(provider, [img])[0]
+        self._store_masks(img, key, masks, provider)
         return masks
+
+    def _store_masks(self, img, key: str, masks: LabelMasks, provider) -> None:
+        self.stats["computed"] += 1
+        self._write(self._path("masks", key), masks.to_arrays(),
+                    {"key": key, "kind": "masks", "format": FORMAT, "identity": json.loads(self._identity(provider)),
+                     "shape": list(img.shape)})
+
+    def _masks_from(self, arrays: dict, path: Path, img) -> LabelMasks | None:
+        try:
+            masks = LabelMasks.from_arrays(arrays)
+            if masks.shape != img.shape[:2]:
+                raise CorruptEntry(f"holds {masks.shape} masks for a {img.shape[:2]} image")
+        except (KeyError, SPTError) as exc:
+            self.stats["corrupt"] += 1
+            warnings.warn(f"prior cache entry {path} is corrupt ({exc}); recomputing it", RuntimeWarning, stacklevel=3)
+            return None
+        return masks
+
+    def _generate(self, provider, imgs) -> list[LabelMasks]:
+        """Run the provider (``generate_batch`` if it has one) and check what it returned."""
+        gen = getattr(provider, "generate_batch", None)
+        try:
+            out = list(gen(imgs)) if gen else [provider.generate(im) for im in imgs]
+        except SPTError:
+            raise
+        except Exception as exc:
+            raise ProviderRunError(f"{describe_provider(provider)} failed: {type(exc).__name__}: {exc}") from exc
+        if len(out) != len(imgs):
+            raise ProviderError(f"{describe_provider(provider)} returned {len(out)} results for {len(imgs)} images")
+        checked = []
+        for im, masks in zip(imgs, out):
+            try:
+                lm = as_label_masks(masks, shape=im.shape[:2])
+            except SPTError as exc:
+                raise ProviderError(f"{describe_provider(provider)} returned unusable masks: {exc}") from None
+            if lm.shape != im.shape[:2]:
+                raise ProviderError(f"{describe_provider(provider)} returned {lm.shape[0]}x{lm.shape[1]} masks for a "
+                                    f"{im.shape[0]}x{im.shape[1]} image; masks must have the image's size (nothing was cached)")
+            checked.append(lm)
+        return checked
 
     def get_or_compute(self, image, provider, encoding: str = DEFAULT_ENCODING) -> np.ndarray:
         """Encoded prior of ``image``: cached prior, else cached masks + encoding, else provider."""
@@ -214,24 +236,25 @@ class PriorCache:
                 self.stats["prior_hits"] += 1
                 out[i], states[i] = prior, "prior"
                 continue
-            got = self._read(self._path("masks", mk), {"key": mk})
-            if got is not None:
+            path = self._path("masks", mk)
+            got = self._read(path, {"key": mk})
+            masks = self._masks_from(got, path, im) if got is not None else None
+            if masks is not None:
                 self.stats["mask_hits"] += 1
-                out[i], states[i] = self._encode_store(arrays_to_masks(got), im, mk, encoding), "masks"
+                out[i], states[i] = self._encode_store(masks, im, mk, encoding), "masks"
             else:
                 todo.append(i)
         if todo:
-            gen = getattr(provider, "generate_batch", None)
-            batch = gen([imgs[i] for i in todo]) if gen else [provider.generate(imgs[i]) for i in todo]
+            batch = self._generate(provider, [imgs[i] for i in todo])
             for i, masks in zip(todo, batch):
-                self.get_masks(imgs[i], provider, _precomputed=masks)
+                self._store_masks(imgs[i], mkeys[i], masks, provider)
                 out[i], states[i] = self._encode_store(masks, imgs[i], mkeys[i], encoding), "computed"
         if status is not None:
             status.extend(states)
         return out
 
     def _encode_store(self, masks, img, mask_key, encoding) -> np.ndarray:
-        prior = encode_masks(masks, kind=encoding, shape=img.shape[:2]).astype(np.float32)
+        prior = encode_masks(masks, kind=encoding, shape=img.shape[:2]).astype(np.float32, copy=False)
         pk = self._prior_key(mask_key, encoding)
         self._write(self._path("priors", pk), {"prior": prior},
                     {"key": pk, "kind": "prior", "mask_key": mask_key, "encoding": encoding})

@@ -35,6 +35,8 @@ import numpy as np
 
 from ..errors import PriorError, SamCheckpointError, SamUnavailableError
 from ..pixels import to_rgb_uint8
+from ..plugins.types import Setting, validate_settings
+from .masks import LabelMasks
 
 SAM_CHECKPOINTS_URL = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_tiny")
@@ -53,6 +55,21 @@ GENERATOR_SETTINGS = {  # name -> SamAutomaticMaskGenerator default
     "min_mask_region_area": 0,
 }
 SPEED_SETTINGS = {"points_per_batch": 64, "encoder_batch": 1}  # speed/memory only (see encoder_batch note)
+#: Types and ranges of the settings above (checked by name before anything runs).
+SCHEMA = {
+    "points_per_side": Setting(int, 32, "prompt grid: points per side", minimum=1),
+    "pred_iou_thresh": Setting(float, 0.88, "keep masks whose predicted IoU exceeds this", minimum=0, maximum=1),
+    "stability_score_thresh": Setting(float, 0.95, "keep masks at least this stable", minimum=0, maximum=1),
+    "stability_score_offset": Setting(float, 1.0, "logit offset of the stability score", above=0),
+    "box_nms_thresh": Setting(float, 0.7, "box IoU above which duplicate masks are dropped", minimum=0, maximum=1),
+    "crop_n_layers": Setting(int, 0, "extra layers of image crops", minimum=0),
+    "crop_nms_thresh": Setting(float, 0.7, "box IoU for duplicates between crops", minimum=0, maximum=1),
+    "crop_overlap_ratio": Setting(float, 512 / 1500, "overlap of neighbouring crops", minimum=0, maximum=1),
+    "crop_n_points_downscale_factor": Setting(int, 1, "fewer points in deeper crop layers", minimum=1),
+    "min_mask_region_area": Setting(int, 0, "remove holes/islands smaller than this (needs OpenCV)", minimum=0),
+    "points_per_batch": Setting(int, 64, "prompts per decoder call (speed/memory only)", minimum=1),
+    "encoder_batch": Setting(int, 1, "images per encoder call (speed/memory only)", minimum=1),
+}
 
 
 def require_segment_anything():
@@ -546,10 +563,8 @@ class SamMaskProvider:
             model_type = detect_model_type(self.checkpoint)
         self.model_type = model_type
         self.device = device
+        generator_settings = validate_settings("sam", SCHEMA, generator_settings)
         speed = {k: generator_settings.pop(k) for k in list(generator_settings) if k in SPEED_SETTINGS}
-        unknown = sorted(set(generator_settings) - set(GENERATOR_SETTINGS))
-        if unknown:
-            raise PriorError(f"unknown SAM generator setting(s) {unknown}; allowed: {sorted(GENERATOR_SETTINGS) + sorted(SPEED_SETTINGS)}")
         self.settings = {**GENERATOR_SETTINGS, **generator_settings}
         self.speed = {**SPEED_SETTINGS, **speed}
         self._sha256 = None
@@ -574,11 +589,13 @@ class SamMaskProvider:
             self._generator = FastMaskGenerator(model, **self.speed, **self.settings)
         return self._generator
 
-    def generate(self, image) -> list[dict]:
-        return self.generator.generate(image)
+    def generate(self, image) -> LabelMasks:
+        """One label image, smaller masks on top (:meth:`LabelMasks.from_masks`)."""
+        return self.generate_batch([image])[0]
 
-    def generate_batch(self, images) -> list[list[dict]]:
-        return self.generator.generate_batch(images)
+    def generate_batch(self, images) -> list[LabelMasks]:
+        images = [to_rgb_uint8(im) for im in images]
+        return [LabelMasks.from_masks(m, shape=im.shape[:2]) for m, im in zip(self.generator.generate_batch(images), images)]
 
     def __repr__(self) -> str:
         return f"SamMaskProvider({str(self.checkpoint)!r}, model_type={self.model_type!r})"
