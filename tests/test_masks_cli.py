@@ -10,6 +10,7 @@ from PIL import Image
 
 from spt_adapter.cli import main
 from spt_adapter.commands.masks import shard_of
+from spt_adapter.plugins.hookspecs import hookimpl
 from spt_adapter.training.data import PairedPriorDataset
 from spt_adapter.prior import ClassicalMaskProvider, PriorCache
 
@@ -84,7 +85,7 @@ def test_degrade_matches_dataset_keys(folder, tmp_path, capsys):
     ds = PairedPriorDataset(folder, "denoise:25", pc, ClassicalMaskProvider("slic", n_segments=20), seed=3, train=False)
     for i in range(len(ds)):
         ds[i]
-    assert pc.stats == {"prior_hits": 3, "mask_hits": 0, "computed": 0, "corrupt": 0}
+    assert pc.stats == {"prior_hits": 3, "mask_hits": 0, "computed": 0, "corrupt": 0, "old_format": 0}
 
 
 def test_sam_tiny_checkpoint(folder, tmp_path, tiny_ckpt, capsys):
@@ -112,7 +113,7 @@ def test_user_errors_are_one_line(folder, tmp_path, tiny_ckpt, capsys):
     assert "'vit_tiny'" in err and "'vit_b'" in err
     assert main(base + ["--provider", "slic", "--encoding", "nope"]) == 1
     assert main(base + ["--provider", "slic", "--set", "bogus=1"]) == 1
-    assert "unknown setting" in capsys.readouterr().err
+    assert "provider 'slic' has no setting 'bogus'" in capsys.readouterr().err
     assert main(base + ["--provider", "slic", "--degrade", "blur:2"]) == 1
 
 
@@ -124,3 +125,104 @@ def test_console_script_on_real_images(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "computed 5, reused 0, failed 0" in out.stderr
     assert "img/s" in out.stderr  # tqdm progress with rate
+
+
+@pytest.mark.parametrize("setting", ["n_segments=abc", "n_segments=-5", "n_segments=0", "compactness=nan"])
+def test_bad_settings_refused_before_any_image_is_read(tmp_path, setting, capsys, monkeypatch):
+    """One line naming the setting, exit 1, and no image opened (read_image is never called)."""
+    import spt_adapter.training.images as images
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(d / "a.png")
+    opened = []
+    monkeypatch.setattr(images, "read_image", lambda *a, **k: opened.append(a) or pytest.fail("an image was read"))
+    assert main(["masks", str(d), "--provider", "slic", "--set", setting, "--cache", str(tmp_path / "c"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    name = setting.split("=")[0]
+    assert f"provider 'slic': setting {name}=" in err and err.count("\n") == 1, err
+    assert not opened and not list((tmp_path / "c").rglob("*.sptc")) if (tmp_path / "c").exists() else True
+
+
+def test_unknown_provider_lists_the_installed_ones(folder, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["masks", str(folder), "--provider", "quickshift", "--cache", str(tmp_path / "c")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown mask provider 'quickshift'; installed: felzenszwalb, sam, sam2, slic" in err
+
+
+class _Plugin:
+    """An in-process plugin offering one provider built from the real SLIC, optionally broken."""
+
+    def __init__(self, mode):
+        self.mode = mode
+
+    @hookimpl
+    def spt_adapter_mask_providers(self):
+        from spt_adapter.plugins.types import ProviderSpec, Setting
+        from spt_adapter.prior import LabelMasks
+
+        mode = self.mode
+        if mode == "hook":
+            raise RuntimeError("cannot list providers")
+
+        class Provider(ClassicalMaskProvider):
+            def generate(self, image):
+                if mode == "generate":
+                    raise ValueError("segmenter exploded")
+                labels = self.segment(image)
+                return LabelMasks.from_labels(labels[:, :-2] if mode == "size" else labels)
+
+        return [ProviderSpec("test-" + mode, lambda s, **kw: Provider("slic", **s),
+                             {"n_segments": Setting(int, 8, minimum=2)}, "a test provider")]
+
+
+@pytest.fixture()
+def registered():
+    from spt_adapter.plugins.manager import get_plugin_manager
+
+    pm = get_plugin_manager()
+    names = []
+
+    def register(mode):
+        plugin = _Plugin(mode)
+        pm.register(plugin, name=f"plugin-{mode}")
+        names.append(f"plugin-{mode}")
+
+    yield register
+    for name in names:
+        pm.unregister(name=name)
+
+
+def test_a_provider_raising_in_generate_is_named_and_others_still_work(folder, tmp_path, registered, capsys):
+    registered("generate")
+    registered("ok")
+    cache = tmp_path / "c"
+    assert main(["masks", str(folder), "--provider", "test-generate", "--cache", str(cache), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "failed 3" in err and err.count("provider 'test-generate' (plugin 'plugin-generate') failed: "
+                                           "ValueError: segmenter exploded") == 3, err
+    assert main(["masks", str(folder), "--provider", "test-generate", "--cache", str(cache), "--no-progress", "--strict"]) == 1
+    assert not list(cache.rglob("*.sptc"))
+    assert main(["masks", str(folder), "--provider", "test-ok", "--set", "n_segments=6", "--cache", str(cache), "--no-progress"]) == 0
+    assert "computed 3" in capsys.readouterr().err
+
+
+def test_a_plugin_raising_in_the_provider_hook_is_named_and_others_still_work(folder, tmp_path, registered, capsys):
+    registered("hook")
+    assert main(["masks", str(folder), "--provider", "slic", "--cache", str(tmp_path / "c"), "--no-progress"]) == 0
+    with pytest.raises(SystemExit):
+        main(["masks", str(folder), "--provider", "test-hook", "--cache", str(tmp_path / "c")])
+    assert "plugin 'plugin-hook' failed to list its providers: RuntimeError: cannot list providers" in capsys.readouterr().err
+    assert main(["plugins", "--no-register"]) == 1
+    assert "PROVIDERS FAILED in plugin plugin-hook: RuntimeError: cannot list providers" in capsys.readouterr().out
+
+
+def test_masks_of_the_wrong_size_stop_the_run_before_anything_is_cached(folder, tmp_path, registered, capsys):
+    registered("size")
+    cache = tmp_path / "c"
+    assert main(["masks", str(folder), "--provider", "test-size", "--cache", str(cache), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "returned 32x38 masks for a 32x40 image" in err and "plugin-size" in err
+    assert not list(cache.rglob("*.sptc"))

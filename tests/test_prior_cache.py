@@ -112,3 +112,90 @@ def test_concurrent_processes_same_keys(tmp_path):
         for s in seeds:
             assert cache.get_or_compute(_img(s), prov).sum() == results[0][s]
         assert prov.calls == 0
+
+
+def test_old_format_entry_is_recomputed_with_one_warning(tmp_path, shared_data):
+    """A real format-1 masks entry (tests/fixtures/make_prior_v1_fixture.py, written by the code of
+    commit b6774d9) put where the cache looks for this image's masks: one RuntimeWarning naming
+    the format, the provider reruns, the entry is rewritten in format 2; no crash."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    from spt_adapter.prior.cache import FORMAT, MAGIC
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "prior_v1"
+    with np.load(fixture / "expected.npz") as z:
+        meta = json.loads(z["meta"].tobytes())
+    (y0, y1), (x0, x1) = meta["crop"]
+    img = np.ascontiguousarray(np.asarray(Image.open(shared_data / meta["image"]).convert("RGB"))[y0:y1, x0:x1])
+    cache, prov = PriorCache(tmp_path), CountingSlic(**meta["settings"])
+    old = (fixture / "masks.sptc").read_bytes()
+    assert old.startswith(b"SPTPRIOR1\n") and FORMAT == 2
+    path = cache._path("masks", cache.mask_key(img, prov))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(old)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prior = cache.get_or_compute(img, prov, "label")
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "cache format 1" in messages[0] and "recomputing" in messages[0], messages
+    assert "\n" not in messages[0]
+    assert prov.calls == 1 and cache.stats["old_format"] == 1 and cache.stats["corrupt"] == 0
+    assert path.read_bytes().startswith(MAGIC)
+    np.testing.assert_array_equal(prior, encode_masks(prov.generate(img), "label"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(PriorCache(tmp_path).get_or_compute(img, prov, "boundary"),
+                                      encode_masks(prov.generate(img), "boundary"))
+
+
+class WrongSize(ClassicalMaskProvider):
+    """SLIC on the image, but the label image it returns lost its last row."""
+
+    def __init__(self):
+        super().__init__("slic", n_segments=8)
+
+    def generate(self, image):
+        from spt_adapter.prior import LabelMasks
+
+        return LabelMasks.from_labels(self.segment(image)[:-1])
+
+
+class Raising(ClassicalMaskProvider):
+    def __init__(self):
+        super().__init__("slic", n_segments=8)
+
+    def generate(self, image):
+        raise ValueError("segmenter exploded")
+
+
+def test_masks_of_the_wrong_size_are_refused_before_caching(tmp_path):
+    from spt_adapter.errors import ProviderError
+
+    cache = PriorCache(tmp_path)
+    with pytest.raises(ProviderError, match=r"returned 39x48 masks for a 40x48 image.*nothing was cached"):
+        cache.get_or_compute(_img(), WrongSize())
+    assert not list(tmp_path.rglob("*.sptc"))
+
+
+def test_a_provider_raising_is_named_and_the_cache_stays_usable(tmp_path):
+    from spt_adapter.errors import ProviderRunError
+
+    cache = PriorCache(tmp_path)
+    with pytest.raises(ProviderRunError, match=r"provider ClassicalMaskProvider.*failed: ValueError: segmenter exploded"):
+        cache.get_or_compute(_img(), Raising())
+    assert not list(tmp_path.rglob("*.sptc"))
+    assert cache.get_or_compute(_img(), ClassicalMaskProvider("slic", n_segments=8)).shape == (1, 40, 48)
+
+
+def test_label_image_entries_roundtrip_records(tmp_path):
+    from spt_adapter.prior import LabelMasks
+
+    cache, prov = PriorCache(tmp_path), CountingSlic(n_segments=12)
+    made = cache.get_masks(_img(), prov)
+    again = PriorCache(tmp_path).get_masks(_img(), prov)
+    assert isinstance(again, LabelMasks) and prov.calls == 1
+    np.testing.assert_array_equal(again.labels, made.labels)
+    assert again.records() == made.records()

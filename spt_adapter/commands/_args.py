@@ -38,6 +38,17 @@ def task_type(text: str) -> str:
     return text
 
 
+def provider_name(text: str) -> str:
+    """An argparse type: the name of an installed mask provider (built-in or a plugin's)."""
+    from ..errors import SPTError
+    from ..prior.registry import get_provider_spec
+
+    try:
+        return get_provider_spec(text).name
+    except SPTError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("backbone")
     g.add_argument("--backbone", metavar="CKPT", help="backbone checkpoint (.pth/.safetensors of any architecture "
@@ -54,12 +65,19 @@ def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("prior")
     g.add_argument("--prior-cache", metavar="DIR", default=None,
                    help="folder of cached priors (default: ~/.cache/spt-adapter/priors); SAM never runs twice per image")
-    g.add_argument("--provider", choices=("slic", "felzenszwalb", "sam"), default=None,
-                   help="mask provider (default: sam with --sam-checkpoint, else slic)")
-    g.add_argument("--sam-checkpoint", metavar="PTH", help="segment-anything checkpoint (sam_vit_b_01ec64.pth, ...)")
-    g.add_argument("--sam-model-type", default="auto", choices=("auto", "vit_b", "vit_l", "vit_h", "vit_tiny"),
-                   help="SAM variant (default: auto, read from the checkpoint)")
+    g.add_argument("--provider", type=provider_name, default=None, metavar="NAME",
+                   help="mask provider: sam, sam2, slic, felzenszwalb or a plugin's (see `spt-adapter plugins`; "
+                        "default: sam with --sam-checkpoint, else slic)")
+    g.add_argument("--sam-checkpoint", "--provider-checkpoint", dest="sam_checkpoint", metavar="PTH",
+                   help="checkpoint of a provider that needs one (sam_vit_b_01ec64.pth, sam2.1_hiera_tiny.pt, ...)")
+    g.add_argument("--sam-model-type", "--provider-model-type", dest="sam_model_type", default="auto", metavar="TYPE",
+                   help="SAM: vit_b, vit_l, vit_h, vit_tiny; SAM 2: sam2.1_hiera_tiny, ..., tiny_test (default: auto, "
+                        "from the checkpoint)")
+    g.add_argument("--provider-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="provider setting, repeatable (e.g. n_segments=100, points_per_side=16); checked by name and "
+                        "type before any image is read")
     g.add_argument("--segments", type=positive_int, default=None, help="SLIC: number of segments")
     g.add_argument("--encoding", default=None,
                    help=f"prior encoding: label, onehot[:K], boundary (default: {DEFAULT_ENCODING}, label with --fusion pool; "
                         "eval and train --resume: the adapter's)")
+

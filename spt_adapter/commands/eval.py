@@ -14,7 +14,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import SPTError
-from ..training.builders import build_dataset, build_provider, check_provider_args, image_folder, load_backbone_from_args, prior_cache
+from ..training.builders import (build_dataset, build_provider, check_provider_args, image_folder, load_backbone_from_args,
+                                 prior_cache, use_recorded_provider)
 from ._args import add_backbone_arguments, add_prior_arguments, nonneg_int, positive_int, task_type
 
 HELP = "evaluate backbone vs backbone + SPT (PSNR/SSIM tables, comparison crops)"
@@ -63,13 +64,7 @@ def run(args) -> int:
             raise SPTError(f"{adapter_file} records no task; pass --task denoise:<sigma> or sr:<scale>")
         task_type(args.task)
     # use the adapter's own prior recipe unless told otherwise
-    ident = recorded.get("provider") or {}
-    if args.provider is None and not args.sam_checkpoint and ident.get("provider") == "classical":
-        args.provider = ident.get("method", "slic")
-        if args.segments is None:
-            args.provider_settings = dict(ident.get("settings") or {})  # the exact recorded recipe
-    elif args.provider is None and not args.sam_checkpoint and ident.get("provider") == "sam":
-        raise SPTError(f"{adapter_file} was trained with SAM priors ({ident.get('model_type', '?')}); pass --sam-checkpoint")
+    use_recorded_provider(args, recorded.get("provider") or {}, adapter_file)
     if args.encoding is None:
         # "label": adapters that record no encoding were made when label was the only default
         args.encoding = recorded.get("encoding", "label")

@@ -7,18 +7,23 @@ import sys
 import time
 
 from ..prior.encode import DEFAULT_ENCODING
+from ._args import provider_name
 
-HELP = "precompute masks + priors for images into a cache (SAM or a classical segmenter)"
+HELP = "precompute masks + priors for images into a cache (SAM, SAM 2, a classical segmenter or a plugin's provider)"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, or .txt lists of paths")
-    parser.add_argument("--provider", choices=("sam", "slic", "felzenszwalb"), default="sam", help="mask provider (default: sam)")
-    parser.add_argument("--checkpoint", help="SAM checkpoint .pth (e.g. sam_vit_b_01ec64.pth)")
+    parser.add_argument("--provider", type=provider_name, default="sam", metavar="NAME",
+                        help="mask provider: sam, sam2, slic, felzenszwalb, or one a plugin installs (`spt-adapter "
+                             "plugins` lists them; default: sam)")
+    parser.add_argument("--checkpoint", help="checkpoint of a provider that needs one: SAM .pth (sam_vit_b_01ec64.pth), "
+                                             "SAM 2 .pt (sam2.1_hiera_tiny.pt)")
     parser.add_argument("--model-type", default="auto",
-                        help="SAM model type: vit_b, vit_l, vit_h, vit_tiny (tools/make_tiny_sam.py), or auto (default: "
-                             "read from the checkpoint)")
-    parser.add_argument("--device", default=None, help="torch device for SAM (default: cuda[:LOCAL_RANK] if available, else cpu)")
+                        help="SAM: vit_b, vit_l, vit_h, vit_tiny (tools/make_tiny_sam.py); SAM 2: sam2.1_hiera_tiny, ..., "
+                             "tiny_test (tools/make_tiny_sam2.py) or a config name; default auto: from the checkpoint")
+    parser.add_argument("--device", default=None, help="torch device for SAM / SAM 2 (default: cuda[:LOCAL_RANK] if "
+                                                       "available, else cpu)")
     parser.add_argument("--cache", required=True, help="cache folder (PriorCache root)")
     parser.add_argument("--encoding", default=DEFAULT_ENCODING,
                         help=f"label | onehot[:K] | boundary (default: {DEFAULT_ENCODING}, what `train` uses; "
@@ -27,38 +32,13 @@ def add_arguments(parser) -> None:
                         help="compute priors on the LQ image a PairedPriorDataset makes: denoise:<sigma> or sr:<scale>")
     parser.add_argument("--seed", type=int, default=0, help="noise seed for --degrade denoise (same as the dataset's seed)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="provider setting, repeatable (e.g. points_per_side=16, pred_iou_thresh=0.8, n_segments=100)")
+                        help="provider setting, repeatable (e.g. points_per_side=16, pred_iou_thresh=0.8, n_segments=100); "
+                             "checked by name and type before any image is read (`spt-adapter plugins --providers`)")
     parser.add_argument("--batch", type=int, default=1, help="images per provider call (default 1)")
     parser.add_argument("--num-shards", type=int, default=None, help="split the image list in N shards (default: $WORLD_SIZE or 1)")
     parser.add_argument("--shard-index", type=int, default=None, help="which shard this process does (default: $RANK or 0)")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 if any image failed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _value(text: str):
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low == "none":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_settings(items) -> dict:
-    from ..errors import ConfigError
-
-    out = {}
-    for item in items:
-        key, sep, val = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip().replace("-", "_")] = _value(val.strip())
-    return out
 
 
 def shard_of(n_items: int, num_shards: int | None, shard_index: int | None, env=None) -> tuple[int, int]:
@@ -79,31 +59,35 @@ def shard_of(n_items: int, num_shards: int | None, shard_index: int | None, env=
 def run(args) -> int:
     from tqdm import tqdm
 
+    from ..training.builders import parse_settings
     from ..training.data import degrade, parse_task
-    from ..errors import ConfigError, SPTError
+    from ..errors import ConfigError, ProviderRunError, SPTError
     from ..training.images import list_images, read_image
-    from ..prior import PriorCache, make_provider, parse_encoding
+    from ..prior import PriorCache, get_provider_spec, make_provider, parse_encoding
 
     parse_encoding(args.encoding)
     task = parse_task(args.degrade) if args.degrade else None
     if args.batch < 1:
         raise ConfigError("--batch must be >= 1")
     settings = parse_settings(args.set)
+    spec = get_provider_spec(args.provider)
+    spec.validate(settings)  # by name and type, before anything is loaded or read
+    if args.checkpoint and not spec.needs_checkpoint:
+        raise ConfigError(f"--checkpoint was given with --provider {args.provider}, which takes no checkpoint; drop one of them")
     device = args.device
-    if args.provider == "sam" and device is None and "LOCAL_RANK" in os.environ:
+    if spec.needs_checkpoint and device is None and "LOCAL_RANK" in os.environ:
         import torch
 
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    try:
-        provider = make_provider(args.provider, checkpoint=args.checkpoint, model_type=args.model_type, device=device, **settings)
-    except TypeError as exc:
-        raise ConfigError(f"bad --set for provider {args.provider}: {exc}") from None
+    model_type = None if args.model_type in (None, "auto") else args.model_type
+    provider = make_provider(args.provider, checkpoint=args.checkpoint, model_type=model_type, device=device, **settings)
     paths = list_images(args.inputs)
     num_shards, shard_index = shard_of(len(paths), args.num_shards, args.shard_index)
     mine = paths[shard_index::num_shards]
     cache = PriorCache(args.cache)
-    what = f"{args.provider}" + (f" {provider.model_type}" if args.provider == "sam" else "") + f", encoding {args.encoding}"
+    kind = getattr(provider, "model_type", None)
+    what = f"{args.provider}" + (f" {kind}" if kind else "") + f", encoding {args.encoding}"
     if task:
         what += f", on LQ of {task} (seed {args.seed})"
     shard = f" (shard {shard_index}/{num_shards}: {len(mine)} of {len(paths)} images)" if num_shards > 1 else ""
@@ -120,8 +104,17 @@ def run(args) -> int:
         status: list[str] = []
         try:
             cache.get_or_compute_many([img for _, img in batch], provider, args.encoding, status=status)
-        except SPTError:
-            raise
+        except SPTError as exc:
+            if not isinstance(exc, ProviderRunError):
+                raise  # bad settings, masks of the wrong size, ...: the same for every image
+            if len(batch) > 1:
+                for one in batch:
+                    flush([one])
+                return
+            counts["failed"] += 1
+            failures.append((str(batch[0][0]), str(exc)))
+            bar.update(1)
+            return
         except Exception as exc:  # one bad image in a batch: retry one by one to isolate it
             if len(batch) > 1:
                 for one in batch:
@@ -162,4 +155,6 @@ def run(args) -> int:
         print(f"  failed: {path}: {reason}", file=sys.stderr)
     if cache.stats["corrupt"]:
         print(f"  {cache.stats['corrupt']} corrupt cache entr(y/ies) were recomputed", file=sys.stderr)
+    if cache.stats["old_format"]:
+        print(f"  {cache.stats['old_format']} cache entr(y/ies) of an older cache format were recomputed", file=sys.stderr)
     return 1 if (args.strict and failures) else 0

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-HELP = "list the plugins (built-in shims and third-party), what they registered, and the presets"
+HELP = "list the plugins (built-in shims and third-party), what they registered, the mask providers and the presets"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--hooks", action="store_true", help="also list the hooks each plugin implements")
     parser.add_argument("--presets", action="store_true", help="also list the architecture presets")
+    parser.add_argument("--providers", action="store_true", help="also list each mask provider's settings (--set NAME=VALUE)")
     parser.add_argument("--no-register", action="store_true",
                         help="do not import the frameworks (skip the spt_adapter_register_framework hooks)")
 
@@ -34,10 +35,23 @@ def run(args) -> int:
                 print(f"{'':<12}   hook {caller.name}")
     for name, reason in sorted(report.failed.items()):
         print(f"{name:<12} FAILED: {reason}")
+    from ..prior.registry import provider_failures, provider_specs
+
+    specs = provider_specs()
+    failed_providers = provider_failures()
+    print("mask providers (--provider NAME):")
+    for name, spec in sorted(specs.items()):
+        needs = ", needs --checkpoint" if spec.needs_checkpoint else ""
+        print(f"  {name:<14} plugin {spec.plugin}{needs}: {spec.description}")
+        if getattr(args, "providers", False):
+            for key, setting in sorted(spec.settings_schema.items()):
+                print(f"  {'':<14}   {key}={setting.default!r}  ({setting.rule()}) {setting.help}")
+    for plugin, reason in sorted(failed_providers.items()):
+        print(f"  PROVIDERS FAILED in plugin {plugin}: {reason}")
     if args.presets:
         from ..plugins.presets import preset_table
 
         print("presets:")
         for preset, naming, classes in preset_table():
             print(f"  {preset:<10} {classes:<24} {naming}")
-    return 1 if report.failed or report.register_failed else 0
+    return 1 if report.failed or report.register_failed or failed_providers else 0

@@ -66,9 +66,11 @@ class Setting:
         parts = [what]
         if self.above is not None:
             parts.append(f"> {self.above:g}")
-        if self.minimum is not None:
+        if self.minimum is not None and self.maximum is not None:
+            parts.append(f"from {self.minimum:g} to {self.maximum:g}")
+        elif self.minimum is not None:
             parts.append(f">= {self.minimum:g}")
-        if self.maximum is not None:
+        elif self.maximum is not None:
             parts.append(f"<= {self.maximum:g}")
         return " ".join(parts) + (" (or none)" if self.optional else "")
 

@@ -79,7 +79,11 @@ def get_provider_spec(name: str) -> ProviderSpec:
     specs = provider_specs()
     if name in specs:
         return specs[name]
-    broken = "".join(f"; plugin {p!r} failed: {why}" for p, why in sorted(_failures.items()))
+    from ..plugins.manager import plugin_report
+
+    failed = {**{p: f"failed to load: {why}" for p, why in plugin_report().failed.items()},
+              **{p: f"failed to list its providers: {why}" for p, why in _failures.items()}}
+    broken = "".join(f"; plugin {p!r} {why}" for p, why in sorted(failed.items()))
     raise ProviderError(f"unknown mask provider {name!r}; installed: {', '.join(sorted(specs)) or 'none'}"
                         f" (see `spt-adapter plugins`){broken}")
 

@@ -39,32 +39,82 @@ def default_cache_root() -> Path:
 
 
 def check_provider_args(args) -> str:
+    """The provider the flags name (default: sam with --sam-checkpoint, else slic), checked before any
+    image is read: it is installed, its checkpoint exists if it needs one, and its settings (from
+    ``args.provider_settings``, ``--provider-set`` and ``--segments``) pass its schema. Stores the
+    typed settings in ``args.provider_settings``; returns the provider's name."""
+    from ..prior.encode import default_encoding, parse_encoding
+    from ..prior.registry import get_provider_spec
+
     provider = args.provider or ("sam" if args.sam_checkpoint else "slic")
-    if provider == "sam":
+    spec = get_provider_spec(provider)
+    if spec.needs_checkpoint:
         if not args.sam_checkpoint:
-            raise SPTError("--provider sam needs --sam-checkpoint PATH (a segment-anything checkpoint)")
+            raise SPTError(f"--provider {provider} needs --sam-checkpoint PATH (alias --provider-checkpoint; {spec.description})")
         if not Path(args.sam_checkpoint).is_file():
-            raise SPTError(f"SAM checkpoint {args.sam_checkpoint} does not exist")
+            raise SPTError(f"{provider} checkpoint {args.sam_checkpoint} does not exist")
     elif args.sam_checkpoint:
-        raise SPTError(f"--sam-checkpoint was given with --provider {provider}; drop one of them")
+        raise SPTError(f"--sam-checkpoint was given with --provider {provider}, which takes no checkpoint; drop one of them")
     if args.segments is not None and provider != "slic":
         raise SPTError("--segments applies to --provider slic only")
-    from ..prior.encode import default_encoding, parse_encoding
-
+    settings = dict(getattr(args, "provider_settings", None) or {})
+    settings.update(parse_settings(getattr(args, "provider_set", None) or []))
+    if args.segments is not None:
+        settings["n_segments"] = args.segments
+    args.provider_settings = spec.validate(settings)
     parse_encoding(args.encoding or default_encoding(getattr(args, "fusion", None)))
     return provider
 
 
+def parse_settings(items) -> dict[str, str]:
+    """``["KEY=VALUE", ...]`` (``--set`` / ``--provider-set``) -> ``{key: "VALUE"}``; the provider's
+    settings schema converts and checks the values (:meth:`ProviderSpec.validate`)."""
+    from ..errors import ConfigError
+
+    out = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = val.strip()
+    return out
+
+
 def build_provider(args, device=None):
+    """The provider :func:`check_provider_args` checked, built with its validated settings."""
     from ..prior import make_provider
 
     provider = check_provider_args(args)
-    if provider == "sam":
-        return make_provider("sam", args.sam_checkpoint, model_type=args.sam_model_type, device=device)
-    settings = dict(getattr(args, "provider_settings", None) or {})
-    if provider == "slic" and args.segments:
-        settings["n_segments"] = args.segments
-    return make_provider(provider, **settings)
+    model_type = None if args.sam_model_type in (None, "auto") else args.sam_model_type
+    return make_provider(provider, checkpoint=args.sam_checkpoint or None, model_type=model_type, device=device,
+                         **args.provider_settings)
+
+
+def use_recorded_provider(args, ident: dict, where) -> None:
+    """`eval`: rebuild the prior with the provider an adapter records (``ident``: its identity),
+    unless the flags name one. A provider that needs a checkpoint must be given one; a provider
+    that is not installed is named."""
+    if args.provider is not None or args.sam_checkpoint or not ident:
+        return
+    name = ident.get("provider")
+    if name == "classical":
+        args.provider = ident.get("method", "slic")
+        if args.segments is None and not getattr(args, "provider_set", None):
+            args.provider_settings = dict(ident.get("settings") or {})  # the exact recorded recipe
+        return
+    from ..prior.registry import provider_specs
+
+    specs = provider_specs()
+    if name not in specs:
+        raise SPTError(f"{where} was trained with priors of mask provider {name!r}, which is not installed (installed: "
+                       f"{', '.join(sorted(specs))}); install it or pass --provider")
+    if specs[name].needs_checkpoint:
+        label = "SAM" if name == "sam" else name
+        raise SPTError(f"{where} was trained with {label} priors ({ident.get('model_type', '?')}); pass --sam-checkpoint"
+                       + ("" if name == "sam" else f" (with --provider {name})"))
+    args.provider = name
+    if not getattr(args, "provider_set", None):
+        args.provider_settings = dict(ident.get("settings") or {})
 
 
 def prior_cache(args):

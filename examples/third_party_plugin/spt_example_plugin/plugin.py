@@ -2,7 +2,8 @@
 
 Installed, it is found through the ``spt_adapter`` entry-point group (see pyproject.toml) and
 loaded like the built-in shims. It claims ``TinyNet`` (below), describes a layout, reads ``.tiny``
-checkpoints and "registers" a framework. Set ``SPT_EXAMPLE_TRACE`` to a file path to have each hook
+checkpoints, "registers" a framework and offers a mask provider, ``watershed``
+(``spt-adapter masks --provider watershed``). Set ``SPT_EXAMPLE_TRACE`` to a file path to have each hook
 append its name there (the tests use it to see the hooks called from another process).
 """
 
@@ -69,3 +70,55 @@ def spt_adapter_read_checkpoint(path):
 def spt_adapter_register_framework():
     _trace("spt_adapter_register_framework")
     return ["example:TinyNet"]
+
+
+# ----------------------------------------------------------------------------- a mask provider
+class WatershedProvider:
+    """Compact watershed of the image's Sobel gradient from a grid of ``markers`` seeds
+    (scikit-image), as one label image: a real segmenter in a dozen lines."""
+
+    VERSION = "0.1.0"
+
+    def __init__(self, markers: int, compactness: float) -> None:
+        self.settings = {"markers": markers, "compactness": compactness}
+
+    def identity(self) -> dict:  # everything that changes the masks: the cache key
+        import skimage
+
+        return {"provider": "watershed", "version": self.VERSION, "settings": dict(sorted(self.settings.items())),
+                "skimage": skimage.__version__}
+
+    def generate(self, image):
+        from skimage.color import rgb2gray
+        from skimage.filters import sobel
+        from skimage.segmentation import watershed
+
+        from spt_adapter.prior import LabelMasks
+
+        _trace("WatershedProvider.generate")
+        if os.environ.get("SPT_EXAMPLE_FAIL_GENERATE"):
+            raise RuntimeError("watershed failed on purpose (SPT_EXAMPLE_FAIL_GENERATE)")
+        labels = watershed(sobel(rgb2gray(image)), markers=self.settings["markers"],
+                           compactness=self.settings["compactness"])
+        return LabelMasks.from_labels(labels)
+
+    def __repr__(self) -> str:
+        return f"WatershedProvider({self.settings})"
+
+
+def _watershed(settings, *, checkpoint, model_type, device):
+    return WatershedProvider(settings.get("markers", 64), settings.get("compactness", 0.001))
+
+
+@hookimpl
+def spt_adapter_mask_providers():
+    from spt_adapter.plugins.types import ProviderSpec, Setting
+
+    _trace("spt_adapter_mask_providers")
+    return [ProviderSpec(
+        "watershed", _watershed,
+        {"markers": Setting(int, 64, "number of seeds (about the number of regions)", minimum=2),
+         "compactness": Setting(float, 0.001, "higher: more regular regions", minimum=0)},
+        description="compact watershed of the Sobel gradient (example plugin, scikit-image)",
+        version=WatershedProvider.VERSION,
+    )]
