@@ -11,6 +11,7 @@ import textwrap
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -22,7 +23,7 @@ from spt_adapter.plugins.hookspecs import hookimpl
 from spt_adapter.plugins.types import LayoutSpec, ModelClaim
 
 REPO = Path(__file__).resolve().parents[1]
-BUILTIN = {"basicsr", "kair", "restormer", "spandrel"}
+BUILTIN = {"basicsr", "kair", "restormer", "spandrel"}  # the integrations; the built-in providers are plugin "prior"
 
 
 @pytest.fixture(autouse=True)
@@ -255,12 +256,47 @@ def test_third_party_distribution_installed_into_the_environment(tmp_path):
         called = set(trace.read_text().split())
         assert called == {"spt_adapter_claim_model", "spt_adapter_describe_layout", "spt_adapter_read_checkpoint",
                           "spt_adapter_register_framework"}
+        # its mask provider, through the real entry point and `spt-adapter masks` in another process
+        images = tmp_path / "imgs"
+        images.mkdir()
+        from PIL import Image
+        from skimage import data
+
+        Image.fromarray(data.astronaut()[::8, ::8]).save(images / "astronaut.png")
+        Image.fromarray(data.coffee()[::8, ::8]).save(images / "coffee.png")
+        masks = [sys.executable, "-m", "spt_adapter.cli", "masks", str(images), "--provider", "watershed",
+                 "--cache", str(tmp_path / "cache"), "--no-progress", "--strict"]
+        run = subprocess.run([*masks, "--set", "markers=30", "--encoding", "label"], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert run.returncode == 0 and "computed 2" in run.stderr, run.stderr[-3000:]
+        assert {"spt_adapter_mask_providers", "WatershedProvider.generate"} <= set(trace.read_text().split())
+        from spt_adapter.prior import LabelMasks, PriorCache, encode_masks
+
+        sys.path.insert(0, str(src))
+        try:
+            from spt_example_plugin.plugin import WatershedProvider
+        finally:
+            sys.path.remove(str(src))
+        img = np.asarray(Image.open(images / "astronaut.png").convert("RGB"))
+        mine = WatershedProvider(30, 0.001)
+        expected = encode_masks(mine.generate(img), "label")
+        cache = PriorCache(tmp_path / "cache")
+        np.testing.assert_array_equal(cache.get_or_compute(img, mine, "label"), expected)
+        assert cache.stats["prior_hits"] == 1  # the subprocess cached it under the provider's identity
+        assert isinstance(mine.generate(img), LabelMasks) and len(np.unique(expected)) > 10
+        bad = subprocess.run([*masks, "--set", "markers=abc"], env=env, capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 1 and "provider 'watershed': setting markers='abc' is invalid" in bad.stderr
+        failing = subprocess.run(masks, env={**env, "SPT_EXAMPLE_FAIL_GENERATE": "1"}, capture_output=True, text=True,
+                                 timeout=300)
+        assert failing.returncode == 1 and "provider 'watershed' (plugin 'example') failed: RuntimeError" in failing.stderr
         listing = subprocess.run([sys.executable, "-m", "spt_adapter.cli", "plugins"], env=env,
                                  capture_output=True, text=True, timeout=300)
         assert listing.returncode == 0, listing.stdout + listing.stderr
         for name in BUILTIN | {"example"}:
             assert any(line.startswith(name) for line in listing.stdout.splitlines()), listing.stdout
         assert "spt_example_plugin.plugin (spt-example-plugin 0.1.0)" in listing.stdout
+        assert "  watershed      plugin example: compact watershed" in listing.stdout
+        assert "  slic           plugin prior: " in listing.stdout
     finally:
         subprocess.run([*pip, "uninstall", "-y", "-q", "spt-example-plugin"], capture_output=True, timeout=300)
     assert "example" not in {ep.name for ep in metadata.entry_points(group=plugins.ENTRY_POINT_GROUP)}
