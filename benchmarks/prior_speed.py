@@ -14,8 +14,14 @@ Same script on a GPU: ``--device cuda``. With ``--checkpoint`` a real SAM checkp
 ``--points-per-batch``); ``--encoder-batch N`` (N > 1) adds a row for our generator run over all
 images at once with N images per image-encoder call, its masks compared with stock's too.
 
+(c) with ``--sam2``: SAM 2's own automatic mask generator through our ``sam2`` provider (one
+    label image per image), its throughput alone (no stock-vs-ours comparison: we run SAM 2's
+    generator unchanged). Default model: the tiny random-weight ``tiny_test`` SAM 2
+    (tools/make_tiny_sam2.py) -- it times the pipeline, not a real model; ``--sam2-checkpoint``
+    takes a real one (e.g. sam2.1_hiera_tiny.pt). ``--sam2-only`` skips (a) and (b).
+
     python benchmarks/prior_speed.py [--device cpu] [--images 2] [--size 128] [--points-per-side 16]
-        [--points-per-batch 64] [--ours-points-per-batch 64] [--encoder-batch 0]
+        [--points-per-batch 64] [--ours-points-per-batch 64] [--encoder-batch 0] [--sam2 [--sam2-checkpoint PT]]
 """
 
 from __future__ import annotations
@@ -65,9 +71,36 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def _sam2(args, images, device, settings) -> tuple[str, list[str]]:
+    """(model description, table rows) of SAM 2's generator through the ``sam2`` provider."""
+    from spt_adapter.prior import make_provider
+    from spt_adapter.prior.sam2 import TINY_TEST_FILE, make_tiny_sam2_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = args.sam2_checkpoint or make_tiny_sam2_checkpoint(os.path.join(tmp, TINY_TEST_FILE))
+        provider = make_provider("sam2", checkpoint=ckpt, device=str(device), points_per_batch=args.points_per_batch,
+                                 **settings)
+        provider.generate(images[0])  # load the model and warm up (not timed)
+        times, counts = [], []
+        for im in images:
+            _sync(device)
+            t = time.perf_counter()
+            masks = provider.generate(im)
+            _sync(device)
+            times.append(time.perf_counter() - t)
+            counts.append(len(masks))
+            print(f"  SAM 2 image {im.shape[1]}x{im.shape[0]}: {times[-1]:.2f}s ({counts[-1]} regions)", flush=True)
+        what = f"SAM 2 {provider.model_type} " + (f"checkpoint {args.sam2_checkpoint}" if args.sam2_checkpoint
+                                                 else "random weights (tiny_test, seed 0: times the pipeline only)")
+    total = sum(times)
+    rows = [f"| (c) SAM 2 automatic masks -> label image, {len(images)} image(s), total | | {total:.2f} s | |",
+            f"| (c) SAM 2 per image / images per second | | {total / len(images):.2f} s / {len(images) / total:.2f} img/s | |",
+            f"| (c) SAM 2 regions per image (mean) | | {statistics.mean(counts):.1f} | |"]
+    return what, rows
+
+
 def main(argv=None) -> int:
     import torch
-    from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 
     from spt_adapter.prior import FastMaskGenerator, PriorCache, load_sam
 
@@ -87,17 +120,37 @@ def main(argv=None) -> int:
     p.add_argument("--stability-score-thresh", type=float, default=0.0,
                    help="0.0: a random-weight model's masks rarely reach SAM's 0.95, and an empty result proves nothing")
     p.add_argument("--hit-repeats", type=int, default=200)
+    p.add_argument("--sam2", action="store_true", help="also time SAM 2's generator through the sam2 provider (c)")
+    p.add_argument("--sam2-checkpoint", default=None, help="real SAM 2 checkpoint (default: tiny random-weight tiny_test)")
+    p.add_argument("--sam2-only", action="store_true", help="only (c): skip SAM 1 (a) and (b)")
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
+    settings = {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
+                "stability_score_thresh": args.stability_score_thresh}
+    images = _images(args.images, args.size)
+    machine = (f"machine: {platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
+               f"{torch.get_num_threads()} threads, device {device}"
+               + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    command = f"command: python benchmarks/prior_speed.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip()
+    sam2_what, sam2_rows = _sam2(args, images, device, settings) if (args.sam2 or args.sam2_only) else (None, [])
+    if args.sam2_only:
+        print()
+        print(command)
+        print(machine)
+        print(f"model: {sam2_what}; settings {settings}; {len(images)} image(s), long side {args.size}")
+        print()
+        print("| measurement | stock / recompute | ours / cache hit | ratio |")
+        print("| --- | ---: | ---: | ---: |")
+        print("\n".join(sam2_rows))
+        return 0
+    from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
+
     if args.checkpoint:
         sam = load_sam(args.checkpoint, args.model_type, device)
     else:
         torch.manual_seed(0)
         sam = sam_model_registry[args.model_type]().to(device).eval()
-    settings = {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
-                "stability_score_thresh": args.stability_score_thresh}
-    images = _images(args.images, args.size)
     stock = SamAutomaticMaskGenerator(sam, points_per_batch=args.points_per_batch, **settings)
     ours_ppb = args.ours_points_per_batch or args.points_per_batch
     fast = FastMaskGenerator(sam, points_per_batch=ours_ppb, **settings)
@@ -163,10 +216,10 @@ def main(argv=None) -> int:
 
     s_stock, s_fast = sum(t_stock), sum(t_fast)
     print()
-    print(f"command: python benchmarks/prior_speed.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip())
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    print(command)
+    print(machine)
+    if sam2_what:
+        print(f"model (c): {sam2_what}")
     print(f"model: {args.model_type} {'checkpoint ' + args.checkpoint if args.checkpoint else 'random weights (seed 0)'}; "
           f"settings {settings}, points_per_batch stock {args.points_per_batch} / ours {ours_ppb}; "
           f"{len(images)} image(s), long side {args.size}")
@@ -183,6 +236,8 @@ def main(argv=None) -> int:
     print(f"| (b) excluding the shared encoder | {s_stock / len(images) - t_enc:.2f} s | {s_fast / len(images) - t_enc:.2f} s | "
           f"{(s_stock / len(images) - t_enc) / max(s_fast / len(images) - t_enc, 1e-9):.2f}x |")
     print(f"| (a) prior of one image: recompute vs cache hit | {t_miss:.3f} s | {t_hit * 1e3:.2f} ms | {t_miss / t_hit:.0f}x |")
+    if sam2_rows:
+        print("\n".join(sam2_rows))
     return 0 if identical and identical_batched is not False else 1
 
 
