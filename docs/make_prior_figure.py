@@ -20,8 +20,8 @@ def main() -> None:
     masks = ClassicalMaskProvider("felzenszwalb", scale=300, min_size=200).generate(img)
     rng = np.random.default_rng(0)
     colour = np.zeros_like(img)
-    for m in sorted(masks, key=lambda m: -m["area"]):
-        colour[m["segmentation"]] = rng.integers(40, 256, 3)
+    for i in masks.rank():  # largest region first (LabelMasks: one label image)
+        colour[masks.region(i)] = rng.integers(40, 256, 3)
     label = encode_masks(masks, "label")[0]
     onehot = encode_masks(masks, "onehot:3")
     boundary = encode_masks(masks, "boundary")[0]
