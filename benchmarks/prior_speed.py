@@ -20,6 +20,10 @@ images at once with N images per image-encoder call, its masks compared with sto
     (tools/make_tiny_sam2.py) -- it times the pipeline, not a real model; ``--sam2-checkpoint``
     takes a real one (e.g. sam2.1_hiera_tiny.pt). ``--sam2-only`` skips (a) and (b).
 
+``--quick`` (the CPU dry run of benchmarks/gpu_suite.sh): our toy ``vit_tiny`` SAM with random
+weights instead of vit_b, one 64-px image, 4x4 points, and (c) when SAM 2 is installed; its
+numbers mean nothing, it only proves the script runs.
+
     python benchmarks/prior_speed.py [--device cpu] [--images 2] [--size 128] [--points-per-side 16]
         [--points-per-batch 64] [--ours-points-per-batch 64] [--encoder-batch 0] [--sam2 [--sam2-checkpoint PT]]
 """
@@ -123,7 +127,14 @@ def main(argv=None) -> int:
     p.add_argument("--sam2", action="store_true", help="also time SAM 2's generator through the sam2 provider (c)")
     p.add_argument("--sam2-checkpoint", default=None, help="real SAM 2 checkpoint (default: tiny random-weight tiny_test)")
     p.add_argument("--sam2-only", action="store_true", help="only (c): skip SAM 1 (a) and (b)")
+    p.add_argument("--quick", action="store_true",
+                   help="CPU dry run: vit_tiny, 1 image of 64 px, 4x4 points, (c) if sam2 is installed")
     args = p.parse_args(argv)
+    if args.quick:
+        import importlib.util
+
+        args.model_type, args.images, args.size, args.points_per_side, args.hit_repeats = "vit_tiny", 1, 64, 4, 5
+        args.sam2 = args.sam2 or importlib.util.find_spec("sam2") is not None
 
     device = torch.device(args.device)
     settings = {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
@@ -144,13 +155,15 @@ def main(argv=None) -> int:
         print("| --- | ---: | ---: | ---: |")
         print("\n".join(sam2_rows))
         return 0
-    from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from spt_adapter.prior.sam import _builder
 
     if args.checkpoint:
         sam = load_sam(args.checkpoint, args.model_type, device)
     else:
         torch.manual_seed(0)
-        sam = sam_model_registry[args.model_type]().to(device).eval()
+        sam = _builder(args.model_type)(checkpoint=None).to(device).eval()
     stock = SamAutomaticMaskGenerator(sam, points_per_batch=args.points_per_batch, **settings)
     ours_ppb = args.ours_points_per_batch or args.points_per_batch
     fast = FastMaskGenerator(sam, points_per_batch=ours_ppb, **settings)
