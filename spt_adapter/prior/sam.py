@@ -21,6 +21,12 @@ Speed (:class:`FastMaskGenerator`), without changing a single output bit on CPU:
 - predicted-IoU filtering happens before the mask upscaling, so prompts whose three masks all
   fail ``pred_iou_thresh`` are never upscaled, and only kept masks are resized to image size;
 - masks stay boolean tensors to the end (no run-length encoding round trip, no deep copies).
+
+``precision="bf16"`` (opt-in; masks then differ slightly from stock's) runs the image encoder and
+the mask decoder under ``torch.autocast(bfloat16)`` with the encoder's attention computed by
+``scaled_dot_product_attention`` (:mod:`spt_adapter.prior.sam_sdpa`); the low-resolution mask
+logits and predicted IoUs are cast back to float32 before every threshold, the stability score,
+the upscaling to image size, boxes and NMS.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ SCHEMA = {
     "points_per_batch": Setting(int, 64, "prompts per decoder call (speed/memory only)", minimum=1),
     "encoder_batch": Setting(int, 1, "images per encoder call (speed/memory only)", minimum=1),
 }
+PRECISIONS = ("fp32", "bf16")  # FastMaskGenerator(precision=...): fp32 = stock's bits; bf16 = autocast + SDPA
 
 
 def require_segment_anything():
@@ -186,9 +193,15 @@ class FastMaskGenerator:
     """Drop-in for ``SamAutomaticMaskGenerator(model, **settings)`` (binary_mask output) that
     returns the same masks, in the same order, faster; ``generate_batch`` encodes several images
     per image-encoder call. ``points_per_batch`` and ``encoder_batch`` only trade memory for speed.
+
+    ``precision``: ``"fp32"`` (default) gives stock's masks bit for bit; ``"bf16"`` runs the image
+    encoder (attention through SDPA) and the mask decoder under ``torch.autocast(bfloat16)`` on
+    the model's device (CUDA, or CPU for tests) and casts mask logits and IoU predictions back to
+    float32 before any post-processing -- faster on a GPU, masks close to but not equal to stock's.
     """
 
-    def __init__(self, model, points_per_batch: int = 64, encoder_batch: int = 1, **settings) -> None:
+    def __init__(self, model, points_per_batch: int = 64, encoder_batch: int = 1, precision: str = "fp32",
+                 **settings) -> None:
         require_segment_anything()
         from segment_anything.utils.amg import build_all_layer_point_grids
         from segment_anything.utils.transforms import ResizeLongestSide
@@ -201,6 +214,8 @@ class FastMaskGenerator:
             raise PriorError("points_per_side must be a positive integer")
         if points_per_batch < 1 or encoder_batch < 1:
             raise PriorError("points_per_batch and encoder_batch must be >= 1")
+        if precision not in PRECISIONS:
+            raise PriorError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         if s["min_mask_region_area"] > 0:
             try:
                 import cv2  # noqa: F401
@@ -210,6 +225,7 @@ class FastMaskGenerator:
         self.settings = s
         self.points_per_batch = int(points_per_batch)
         self.encoder_batch = int(encoder_batch)
+        self.precision = precision
         self.transform = ResizeLongestSide(model.image_encoder.img_size)
         self.point_grids = build_all_layer_point_grids(
             int(s["points_per_side"]), int(s["crop_n_layers"]), int(s["crop_n_points_downscale_factor"])
@@ -218,6 +234,24 @@ class FastMaskGenerator:
     @property
     def device(self):
         return self.model.device
+
+    def _autocast(self):
+        """bf16 autocast on the model's device for ``precision="bf16"``; nothing for fp32."""
+        import contextlib
+
+        import torch
+
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def _run_encoder(self, batch):
+        if self.precision == "fp32":
+            return self.model.image_encoder(batch)
+        from .sam_sdpa import sdpa_attention
+
+        with self._autocast(), sdpa_attention(self.model.image_encoder):
+            return self.model.image_encoder(batch)
 
     # -- image side
     def _prepare(self, image: np.ndarray):
@@ -234,7 +268,7 @@ class FastMaskGenerator:
         for start in range(0, len(crops), self.encoder_batch):
             prepared = [self._prepare(c) for c in crops[start : start + self.encoder_batch]]
             batch = torch.cat([p[0] for p in prepared], dim=0)
-            out = self.model.image_encoder(batch)
+            out = self._run_encoder(batch)
             feats.extend(out[i : i + 1] for i in range(out.shape[0]))
             sizes.extend(p[1] for p in prepared)
         return feats, sizes
@@ -273,7 +307,8 @@ class FastMaskGenerator:
         points_scale = np.array(crop_size)[None, ::-1]
         points_for_image = self.point_grids[layer] * points_scale
         parts = []
-        shared = self._shared_image_side(features)
+        with self._autocast():
+            shared = self._shared_image_side(features)
         for b in range(0, len(points_for_image), self.points_per_batch):
             part = self._process_batch(shared, points_for_image[b : b + self.points_per_batch], input_size, crop_size, crop_box, orig_size)
             if part is not None:
@@ -387,16 +422,19 @@ class FastMaskGenerator:
         coords = self.transform.apply_coords(points, crop_size)
         in_points = torch.as_tensor(coords, device=self.device)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=self.device)
-        sparse, _ = model.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]), boxes=None, masks=None)
-        queries, keys, iou_all = self._decode(shared, sparse)
-        iou_pred = iou_all[:, 1:]  # multimask output
+        with self._autocast():
+            sparse, _ = model.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]), boxes=None, masks=None)
+            queries, keys, iou_all = self._decode(shared, sparse)
+        iou_pred = iou_all[:, 1:].float()  # multimask output; float32 (a no-op in fp32) before any threshold
         n_masks = iou_pred.shape[1]
         keep = iou_pred.flatten() > s["pred_iou_thresh"] if s["pred_iou_thresh"] > 0.0 else torch.ones(iou_pred.numel(), dtype=torch.bool, device=iou_pred.device)
         if not bool(keep.any()):
             return None
         prompt_needed = keep.view(-1, n_masks).any(dim=1)
         idx = prompt_needed.nonzero().flatten()
-        low = self._upscale(shared, queries[idx], keys[idx])[:, 1:]  # (p, 3, h, w)
+        with self._autocast():
+            low = self._upscale(shared, queries[idx], keys[idx])[:, 1:]  # (p, 3, h, w)
+        low = low.float()  # float32 before upscaling to image size, stability score and the mask threshold
         sel_keep = keep.view(-1, n_masks)[idx].flatten()
         low = low.flatten(0, 1)[sel_keep][:, None]
         masks = model.postprocess_masks(low, input_size, crop_size)[:, 0]
