@@ -24,7 +24,8 @@ Speed (:class:`FastMaskGenerator`), without changing a single output bit on CPU:
 
 ``precision="bf16"`` (opt-in; masks then differ slightly from stock's) runs the image encoder and
 the mask decoder under ``torch.autocast(bfloat16)`` with the encoder's attention computed by
-``scaled_dot_product_attention`` (:mod:`spt_adapter.prior.sam_sdpa`); the low-resolution mask
+``scaled_dot_product_attention`` (:mod:`spt_adapter.prior.sam_sdpa`); the prompt encoder and the
+dense positional encoding stay float32; the low-resolution mask
 logits and predicted IoUs are cast back to float32 before every threshold, the stability score,
 the upscaling to image size, boxes and NMS.
 """
@@ -324,9 +325,12 @@ class FastMaskGenerator:
 
     def _shared_image_side(self, features):
         """The parts of the decoder's first two-way block that depend on the image only."""
+        import torch
+
         model = self.model
         dec = model.mask_decoder
-        pe = model.prompt_encoder.get_dense_pe()
+        with torch.autocast(self.device.type, enabled=False):  # float32 Fourier features, as for the prompts
+            pe = model.prompt_encoder.get_dense_pe()
         dense = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
             1, -1, model.prompt_encoder.image_embedding_size[0], model.prompt_encoder.image_embedding_size[1])
         src = features + dense
@@ -422,8 +426,9 @@ class FastMaskGenerator:
         coords = self.transform.apply_coords(points, crop_size)
         in_points = torch.as_tensor(coords, device=self.device)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=self.device)
+        # the prompt encoder stays float32 (bf16 would round the point coordinates' Fourier features)
+        sparse, _ = model.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]), boxes=None, masks=None)
         with self._autocast():
-            sparse, _ = model.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]), boxes=None, masks=None)
             queries, keys, iou_all = self._decode(shared, sparse)
         iou_pred = iou_all[:, 1:].float()  # multimask output; float32 (a no-op in fp32) before any threshold
         n_masks = iou_pred.shape[1]
