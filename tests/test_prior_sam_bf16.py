@@ -149,7 +149,15 @@ def test_bf16_generator_runs_and_postprocesses_in_float32(sam, image):
         rel = ((feat.float() - feat32).norm() / feat32.norm()).item()
         assert rel < 25 * 2.0**-8, rel
         h, w = image.shape[:2]
-        data = gen._process_crop(feat, in_size, (h, w), [0, 0, w, h], 0, (h, w))
+        pe_dtypes = []  # the prompt encoder's outputs and the dense positional encoding stay float32
+        hooks = [sam.prompt_encoder.register_forward_hook(lambda mod, inp, out: pe_dtypes.append(out[0].dtype)),
+                 sam.prompt_encoder.pe_layer.register_forward_hook(lambda mod, inp, out: pe_dtypes.append(out.dtype))]
+        try:
+            data = gen._process_crop(feat, in_size, (h, w), [0, 0, w, h], 0, (h, w))
+        finally:
+            for hk in hooks:
+                hk.remove()
+        assert len(pe_dtypes) >= 2 and set(pe_dtypes) == {torch.float32}
     assert data["iou_preds"].dtype == torch.float32 and data["stability_score"].dtype == torch.float32
     assert data["masks"].dtype == torch.bool and data["masks"].shape[1:] == (h, w)
     assert all("forward" not in m.__dict__ for m in attention_modules(sam.image_encoder))
