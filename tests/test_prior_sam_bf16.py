@@ -217,4 +217,4 @@ def test_prior_speed_quick_run(tmp_path, capsys):
     assert r["identical"] is True and r["model_type"] == "vit_tiny" and r["images"] == 2
     assert r["bf16"]["masks_stock"] > 0 and 0.0 <= r["bf16"]["min_iou"] <= r["bf16"]["mean_iou"] <= 1.0
     assert r["bf16"]["ratio"] == pytest.approx(r["stock_s"] / r["bf16"]["seconds"])
-    assert any(line.startswith("| (c) ours bf16 + SDPA") for line in printed)
+    assert any(line.startswith("| (d) ours bf16 + SDPA") for line in printed)
