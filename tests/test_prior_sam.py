@@ -20,6 +20,7 @@ from spt_adapter.prior import (  # noqa: E402
     load_sam,
 )
 from spt_adapter.prior.tiny import make_tiny_sam_checkpoint  # noqa: E402
+from spt_adapter.errors import SPTError  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -138,3 +139,15 @@ def test_segment_anything_missing_gives_the_extra(tiny_ckpt):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "ERR" in out.stdout and "pip install spt-adapter[sam]" in out.stdout, out.stderr
+
+
+def test_provider_precision_setting_reaches_the_generator_and_the_cache_key(tiny_ckpt, images):
+    """precision=bf16 (autocast + SDPA) changes masks, so it is part of the identity; fp32 keeps the
+    identity of the entries cached before the setting existed."""
+    fp32 = SamMaskProvider(tiny_ckpt, model_type="vit_tiny", device="cpu", points_per_side=4)
+    bf16 = SamMaskProvider(tiny_ckpt, model_type="vit_tiny", device="cpu", points_per_side=4, precision="bf16")
+    assert "precision" not in fp32.identity() and bf16.identity()["precision"] == "bf16"
+    assert fp32.generator.precision == "fp32" and bf16.generator.precision == "bf16"
+    assert bf16.generate(images[0]).shape == images[0].shape[:2]
+    with pytest.raises(SPTError, match="precision"):
+        SamMaskProvider(tiny_ckpt, model_type="vit_tiny", precision="fp8")

@@ -62,6 +62,7 @@ GENERATOR_SETTINGS = {  # name -> SamAutomaticMaskGenerator default
     "min_mask_region_area": 0,
 }
 SPEED_SETTINGS = {"points_per_batch": 64, "encoder_batch": 1}  # speed/memory only (see encoder_batch note)
+PRECISIONS = ("fp32", "bf16")  # FastMaskGenerator(precision=...): fp32 = stock's bits; bf16 = autocast + SDPA
 #: Types and ranges of the settings above (checked by name before anything runs).
 SCHEMA = {
     "points_per_side": Setting(int, 32, "prompt grid: points per side", minimum=1),
@@ -76,8 +77,9 @@ SCHEMA = {
     "min_mask_region_area": Setting(int, 0, "remove holes/islands smaller than this (needs OpenCV)", minimum=0),
     "points_per_batch": Setting(int, 64, "prompts per decoder call (speed/memory only)", minimum=1),
     "encoder_batch": Setting(int, 1, "images per encoder call (speed/memory only)", minimum=1),
+    "precision": Setting(str, "fp32", "fp32: stock's exact masks; bf16: autocast + SDPA attention, faster on a GPU, "
+                         "masks differ slightly (part of the cache key)", choices=PRECISIONS),
 }
-PRECISIONS = ("fp32", "bf16")  # FastMaskGenerator(precision=...): fp32 = stock's bits; bf16 = autocast + SDPA
 
 
 def require_segment_anything():
@@ -607,6 +609,7 @@ class SamMaskProvider:
         self.model_type = model_type
         self.device = device
         generator_settings = validate_settings("sam", SCHEMA, generator_settings)
+        self.precision = generator_settings.pop("precision", "fp32")
         speed = {k: generator_settings.pop(k) for k in list(generator_settings) if k in SPEED_SETTINGS}
         self.settings = {**GENERATOR_SETTINGS, **generator_settings}
         self.speed = {**SPEED_SETTINGS, **speed}
@@ -622,14 +625,17 @@ class SamMaskProvider:
     def identity(self) -> dict:
         import segment_anything  # noqa: F401
 
-        return {"provider": "sam", "model_type": self.model_type, "checkpoint_sha256": self.checkpoint_sha256,
-                "settings": dict(sorted(self.settings.items())), "segment_anything": "1.0"}
+        ident = {"provider": "sam", "model_type": self.model_type, "checkpoint_sha256": self.checkpoint_sha256,
+                 "settings": dict(sorted(self.settings.items())), "segment_anything": "1.0"}
+        if self.precision != "fp32":  # bf16 changes the masks; fp32 keeps the keys of existing cache entries
+            ident["precision"] = self.precision
+        return ident
 
     @property
     def generator(self) -> FastMaskGenerator:
         if self._generator is None:
             model = load_sam(self.checkpoint, self.model_type, self.device)
-            self._generator = FastMaskGenerator(model, **self.speed, **self.settings)
+            self._generator = FastMaskGenerator(model, precision=self.precision, **self.speed, **self.settings)
         return self._generator
 
     def generate(self, image) -> LabelMasks:
