@@ -110,7 +110,7 @@ if [ "$DRY" = 1 ]; then
 else
   "$PY" benchmarks/_gpu_fixtures.py "$FIX" > "$OUT/fixtures.log" 2>&1 || { echo "fixtures failed" >&2; cat "$OUT/fixtures.log" >&2; exit 1; }
   step overhead "$PY" benchmarks/overhead.py --device cuda --repeats 20 --batch 16 --size 64
-  step prior_speed "$PY" benchmarks/prior_speed.py --device cuda
+  step prior_speed "$PY" benchmarks/prior_speed.py --device cuda --sam2 --json "$OUT/prior_speed.json"
 fi
 step train_amp train_amp
 step restore restore_step
