@@ -9,9 +9,11 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..version import __version__
+from .student import check_student
 
 #: Version of the config/adapter-file schema. Bump when a saved field changes meaning.
-SCHEMA_VERSION = 1
+#: 2: ``student`` (a distilled prior: the student's settings; its tensors in the delta).
+SCHEMA_VERSION = 2
 
 FUSIONS = ("concat", "sft", "pool")
 #: The default fusion is the one benchmarks/quality.py supports (docs/results.md): on unseen-noise
@@ -46,6 +48,9 @@ class SPTConfig:
     prior: free-form description of how priors are made (provider, encoding, settings); recorded
         in adapter files so that users can rebuild the same prior.
     integration / preset: which plugin and preset proposed the targets (recorded for messages).
+    student: None, or the settings of a distilled prior (:mod:`spt_adapter.core.student`:
+        ``in_channels``, ``width``, ``depth``): the adapter then carries a small network that makes
+        its prior from the input, and ``model(x)`` needs no ``prior=``.
     """
 
     targets: list[str] = field(default_factory=list)
@@ -58,6 +63,7 @@ class SPTConfig:
     prior: dict[str, Any] = field(default_factory=dict)
     integration: str | None = None
     preset: str | None = None
+    student: dict[str, int] | None = None
     schema_version: int = SCHEMA_VERSION
     library_version: str = __version__
 
@@ -82,6 +88,10 @@ class SPTConfig:
             json.dumps(self.prior, sort_keys=True)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"prior must be JSON-serialisable: {exc}") from None
+        self.student = check_student(self.student)
+        if self.student is not None and self.fusion == "pool":
+            raise ConfigError("a distilled prior (student) makes a soft map, not the label map the pool fusion reads; "
+                              "use fusion concat or sft")
         if not isinstance(self.schema_version, int) or self.schema_version < 1:
             raise ConfigError(f"schema_version must be a positive integer, got {self.schema_version!r}")
 

@@ -9,7 +9,9 @@ constants and functions here, so the rule lives in one place.
 * logical module name: ``layers.0.residual_group`` (what the user targets);
 * wrapped state-dict key: ``layers.0.residual_group.base_layer.conv.weight``;
 * unit parameter (model): ``layers.0.residual_group.spt_units.default.encoder.0.weight``;
-* unit key (delta file): ``layers.0.residual_group.spt_unit.encoder.0.weight`` (no adapter name).
+* unit key (delta file): ``layers.0.residual_group.spt_unit.encoder.0.weight`` (no adapter name);
+* prior student (a distilled prior; one per adapter, on the SPTModel itself):
+  parameter ``spt_students.default.body.0.weight``, delta-file key ``spt_student.body.0.weight``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ UNITS_ATTR = "spt_units"
 UNIT_PREFIX = "spt_"
 #: the segment separating target and parameter in a delta file's keys
 FILE_UNIT_SEGMENT = "spt_unit"
+#: the SPTModel attribute (a ModuleDict) holding one prior student per distilled adapter
+STUDENT_ATTR = "spt_students"
+#: the first segment of a prior student's keys in a delta file
+FILE_STUDENT_SEGMENT = "spt_student"
 
 
 def is_wrapper(module: nn.Module) -> bool:
@@ -77,8 +83,9 @@ def get_logical_module(root: nn.Module, name: str) -> nn.Module:
 
 
 def is_unit_key(key: str) -> bool:
-    """Whether a state-dict key (wrapped naming) belongs to an SPT unit."""
-    return UNITS_ATTR in key.split(".")
+    """Whether a state-dict key (wrapped naming) belongs to an SPT unit or a prior student."""
+    parts = key.split(".")
+    return UNITS_ATTR in parts or STUDENT_ATTR in parts
 
 
 def logical_key(key: str) -> str:
@@ -111,3 +118,19 @@ def split_unit_file_key(key: str) -> tuple[str, str] | None:
 def unit_param_name(target: str, adapter: str, param: str) -> str:
     """``<target>.spt_units.<adapter>.<param>``: a unit parameter's name inside the model."""
     return f"{target}.{UNITS_ATTR}.{adapter}.{param}"
+
+
+def student_file_key(param: str) -> str:
+    """``spt_student.<param>``: the key of a prior-student tensor in a delta file."""
+    return f"{FILE_STUDENT_SEGMENT}.{param}"
+
+
+def split_student_file_key(key: str) -> str | None:
+    """The student parameter name of a delta-file key, or None if it is not a student key."""
+    head, _, param = key.partition(".")
+    return param if head == FILE_STUDENT_SEGMENT and param else None
+
+
+def is_adapter_file_key(key: str) -> bool:
+    """Whether a delta-file key names an SPT tensor (a unit's or the prior student's)."""
+    return split_unit_file_key(key) is not None or split_student_file_key(key) is not None

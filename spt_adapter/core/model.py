@@ -10,9 +10,10 @@ import torch.nn as nn
 
 from ..errors import PriorError, TargetError
 from .config import SPTConfig
-from .keys import get_logical_module, is_unit_key, logical_named_modules, unit_file_key
+from .keys import get_logical_module, is_unit_key, logical_named_modules, student_file_key, unit_file_key
 from .layer import PriorState, SPTLayer, iter_layers, make_unit, unwrap, wrap
 from .planning import plan_injection, resolve_config
+from .student import PriorStudent
 
 
 class SPTModel(nn.Module):
@@ -20,6 +21,12 @@ class SPTModel(nn.Module):
 
     Use :func:`spt_adapter.inject` to make one. ``model(x, prior=p)`` runs the backbone with the
     active adapter's units reading ``p``; attribute access falls through to the backbone.
+
+    An adapter whose config has a ``student`` (a distilled prior) carries a
+    :class:`~spt_adapter.core.student.PriorStudent` that makes the prior from the input: ``model(x)``
+    then needs no prior, and passing one is a :class:`PriorError` (the units were trained on the
+    student's maps, not on a provider's). ``model(x, return_prior_logits=True)`` returns
+    ``(output, student logits)`` for the distillation loss.
     """
 
     def __init__(self, base_model: nn.Module) -> None:
@@ -28,6 +35,7 @@ class SPTModel(nn.Module):
         self.spt_config: dict[str, SPTConfig] = {}
         self.spt_targets: dict[str, list[str]] = {}
         self._spt_state = PriorState()
+        self.spt_students = nn.ModuleDict()  # one PriorStudent per distilled adapter (keys.STUDENT_ATTR)
         self._requires_grad = {n: p.requires_grad for n, p in base_model.named_parameters()}
         self._modes = {m: m.training for m in base_model.modules()}
         for p in base_model.parameters():
@@ -64,10 +72,19 @@ class SPTModel(nn.Module):
         with self.disable_adapter():  # the probe pass sees the plain backbone
             plan = plan_injection(self.base_model, config, claim, example_input, _channels, _names)
         units = {n: make_unit(plan.channels[n], config, get_logical_module(self.base_model, n)) for n in plan.names}
+        student = None
+        if config.student is not None:
+            student = PriorStudent.from_config(config.student, config.prior_channels)
+            like = next(iter(units.values())).parameters() if units else iter(())
+            ref = next(like, None)
+            if ref is not None:
+                student.to(device=ref.device, dtype=ref.dtype)
         # everything is validated: now change the model
         for name in plan.names:
             layer = wrap(self.base_model, name, self._spt_state, plan.layouts[name])
             layer.spt_units[adapter_name] = units[name]
+        if student is not None:
+            self.spt_students[adapter_name] = student
         self.spt_config[adapter_name] = config
         self.spt_targets[adapter_name] = plan.names
         self.set_adapter(adapter_name)
@@ -80,6 +97,8 @@ class SPTModel(nn.Module):
         for _, layer in iter_layers(self.base_model):
             for name, unit in layer.spt_units.items():
                 unit.requires_grad_(name == adapter_name)
+        for name, student in self.spt_students.items():
+            student.requires_grad_(name == adapter_name)
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter's units; modules left without units get their original back."""
@@ -89,6 +108,8 @@ class SPTModel(nn.Module):
                 del layer.spt_units[adapter_name]
             if len(layer.spt_units) == 0:
                 unwrap(self.base_model, name)
+        if adapter_name in self.spt_students:
+            del self.spt_students[adapter_name]
         del self.spt_config[adapter_name]
         del self.spt_targets[adapter_name]
         if self._spt_state.active == adapter_name:
@@ -121,6 +142,8 @@ class SPTModel(nn.Module):
             module.training = self._modes.get(module, module.training)
         self.spt_config.clear()
         self.spt_targets.clear()
+        for name in list(self.spt_students):
+            del self.spt_students[name]
         self._spt_state.active = None
         return self.base_model
 
@@ -128,6 +151,19 @@ class SPTModel(nn.Module):
     def _config(self) -> SPTConfig | None:
         active = self._spt_state.active
         return self.spt_config.get(active) if active else None
+
+    def student(self, adapter_name: str | None = None) -> PriorStudent | None:
+        """The prior student of an adapter (the active one by default), or None if it has none."""
+        adapter_name = adapter_name or self.active_adapter
+        if adapter_name is None or adapter_name not in self.spt_students:
+            return None
+        return self.spt_students[adapter_name]
+
+    def _refuse_prior_for_student(self) -> None:
+        raise PriorError(
+            f"adapter {self.active_adapter!r} carries a distilled prior (a student network makes its prior from "
+            "the input): call model(x) without prior= and without use_prior()"
+        )
 
     def check_prior(self, prior: Any, batch: int | None = None) -> torch.Tensor:
         """Validate a prior for the active adapter; raise :class:`PriorError` naming the problem."""
@@ -138,13 +174,28 @@ class SPTModel(nn.Module):
     @contextlib.contextmanager
     def use_prior(self, prior: torch.Tensor) -> Iterator["SPTModel"]:
         """Set the prior for every forward call inside the block (for trainers that call ``net(lq)``)."""
+        if self.student() is not None:
+            self._refuse_prior_for_student()
         with self._spt_state.using(self.check_prior(prior)):
             yield self
 
-    def forward(self, *args, prior: torch.Tensor | None = None, **kwargs):
+    def forward(self, *args, prior: torch.Tensor | None = None, return_prior_logits: bool = False, **kwargs):
         state = self._spt_state
+        student = None if state.disabled else self.student()
+        if return_prior_logits and student is None:
+            raise PriorError("return_prior_logits=True needs an active adapter with a distilled prior (a student)")
         if state.disabled or state.active is None:
             return self.base_model(*args, **kwargs)
+        if student is not None:
+            if prior is not None or state.prior is not None:
+                self._refuse_prior_for_student()
+            x = _first_tensor(args, kwargs)
+            if x is None:
+                raise PriorError("the prior student reads the forward call's first tensor argument, and there is none")
+            logits = student.logits(x)
+            with state.using(self.check_prior(torch.sigmoid(logits), batch_size(args, kwargs))):
+                out = self.base_model(*args, **kwargs)
+            return (out, logits) if return_prior_logits else out
         given = prior if prior is not None else state.prior
         with state.using(self.check_prior(given, batch_size(args, kwargs))):
             return self.base_model(*args, **kwargs)
@@ -163,10 +214,12 @@ class SPTModel(nn.Module):
         self.base_model.training = False
         for _, layer in iter_layers(self.base_model):
             layer.spt_units.train(mode)
+        self.spt_students.train(mode)
         return self
 
     def unit_parameters(self, adapter_name: str | None = None) -> Iterator[tuple[str, nn.Parameter]]:
-        """(logical target name, parameter name inside the unit, parameter) of one adapter."""
+        """(delta-file key, parameter) of every trainable tensor of one adapter: its units', then
+        its prior student's (``spt_student.<param>``) when it has one."""
         adapter_name = adapter_name or self.active_adapter
         self._check_adapter(adapter_name)
         for target, layer in iter_layers(self.base_model):
@@ -174,6 +227,10 @@ class SPTModel(nn.Module):
             if unit is not None:
                 for pname, p in unit.named_parameters():
                     yield unit_file_key(target, pname), p
+        student = self.student(adapter_name)
+        if student is not None:
+            for pname, p in student.named_parameters():
+                yield student_file_key(pname), p
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -261,6 +318,13 @@ def batch_size(args: tuple, kwargs: dict) -> int | None:
     for value in list(args) + list(kwargs.values()):
         if torch.is_tensor(value) and value.dim() >= 1:
             return int(value.shape[0])
+    return None
+
+
+def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    for value in list(args) + list(kwargs.values()):
+        if torch.is_tensor(value):
+            return value
     return None
 
 

@@ -3,10 +3,12 @@
 Layout of a file written by :func:`save_adapter`:
 
 * tensors: ``<target>.spt_unit.<parameter>`` for every unit of one adapter, contiguous, on CPU;
+  for an adapter with a distilled prior also ``spt_student.<parameter>`` (schema 2);
 * ``__metadata__`` (all strings): ``format`` (``spt-adapter``), ``format_version``,
   ``library_version``, ``config`` (SPTConfig JSON, sorted keys), ``fingerprint`` (JSON: per target
   path, class and parameter shapes, unit width; optional sha256 of the backbone weights),
-  ``prior`` (JSON), ``integration``, ``preset``, ``adapter_name``.
+  ``prior`` (JSON), ``integration``, ``preset``, ``adapter_name``; with a distilled prior also
+  ``student`` (JSON: the student's settings and the teacher that trained it, as in the config).
 
 Loading parses the header itself (never pickle), checks format, schema and fingerprint, and only
 then reads tensors.
@@ -28,7 +30,7 @@ from safetensors import safe_open
 from .._io import atomic_write_bytes
 from ..core.config import SCHEMA_VERSION, SPTConfig
 from ..errors import AdapterFileError, ConfigError, FingerprintMismatchError
-from ..core.keys import get_logical_module, logical_named_modules, logical_state, see_through, split_unit_file_key
+from ..core.keys import get_logical_module, logical_named_modules, logical_state, see_through, is_adapter_file_key
 from ..core.model import SPTModel
 from ..version import __version__
 
@@ -44,6 +46,8 @@ MODEL_CARD_FILENAME = "README.md"
 TRAINING_KEY = "training"
 #: metadata key (JSON string) describing how the prior is made
 PRIOR_KEY = "prior"
+#: metadata key (JSON string), only for a distilled prior: student settings + teacher identity
+STUDENT_KEY = "student"
 MAX_HEADER_BYTES = 100_000_000  # the safetensors limit
 _DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
@@ -184,6 +188,9 @@ def adapter_metadata(model: SPTModel, adapter_name: str | None = None, backbone_
         "preset": config.preset or "",
         "adapter_name": adapter_name,
     }
+    if config.student is not None:
+        meta[STUDENT_KEY] = json.dumps({"settings": config.student, "teacher": (config.prior or {}).get("teacher")},
+                                       sort_keys=True)
     for key, value in (extra or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise AdapterFileError(f"extra metadata must map strings to strings, got {key!r}: {type(value).__name__}")
@@ -275,8 +282,9 @@ def read_adapter_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[s
             numel *= s
         if offsets[1] - offsets[0] != numel * _DTYPE_SIZES[dtype] or offsets[0] < 0 or offsets[1] > data_size:
             raise AdapterFileError(f"{path} is truncated or corrupt: tensor {key!r} lies outside the file's data")
-        if split_unit_file_key(key) is None:
-            raise AdapterFileError(f"{path}: tensor {key!r} is not an SPT unit tensor; adapter files hold only units")
+        if not is_adapter_file_key(key):
+            raise AdapterFileError(f"{path}: tensor {key!r} is not an SPT unit tensor; adapter files hold only units "
+                                   "(and a distilled prior's student)")
     return meta, header
 
 
