@@ -23,6 +23,7 @@ def _number(convert, accept, what: str):
 positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
+nonneg_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
 def task_type(text: str) -> str:

@@ -5,7 +5,8 @@
 PSNR/SSIM as the field reports them (RGB for denoising; Y channel with a ``scale``-pixel border
 for SR), per image and mean, written as ``eval.md`` and ``eval.csv`` with comparison crops; the
 adapter may be a file, a folder (``spt_adapter.safetensors`` inside) or a Hugging Face Hub id.
-The prior is rebuilt with the provider recorded in the adapter unless flags say otherwise.
+The prior is rebuilt with the provider recorded in the adapter unless flags say otherwise; an
+adapter with a distilled prior makes its own (its student), so no provider or checkpoint is needed.
 """
 
 from __future__ import annotations
@@ -47,6 +48,21 @@ def _recorded(adapter_file: Path) -> dict:
     return read_adapter_config(adapter_file).prior or {}
 
 
+def needs_provider(adapter_file: Path, args) -> bool:
+    """False for an adapter with a distilled prior (its student makes the prior; no segmenter runs),
+    where a provider flag is refused; True otherwise."""
+    from ..files.format import read_adapter_config
+
+    if read_adapter_config(adapter_file).student is None:
+        return True
+    given = [f for f, v in (("--provider", args.provider), ("--sam-checkpoint", args.sam_checkpoint),
+                            ("--segments", args.segments)) if v]
+    if given:
+        raise SPTError(f"{adapter_file} has a distilled prior (a student network makes it from the input): "
+                       f"drop {', '.join(given)}")
+    return False
+
+
 def run(args) -> int:
     from ..files.format import load_adapter
     from ..training.evaluate import evaluate
@@ -63,8 +79,10 @@ def run(args) -> int:
         if not args.task:
             raise SPTError(f"{adapter_file} records no task; pass --task denoise:<sigma> or sr:<scale>")
         task_type(args.task)
+    with_provider = needs_provider(adapter_file, args)
     # use the adapter's own prior recipe unless told otherwise
-    use_recorded_provider(args, recorded.get("provider") or {}, adapter_file)
+    if with_provider:
+        use_recorded_provider(args, recorded.get("provider") or {}, adapter_file)
     if args.encoding is None:
         # "label": adapters that record no encoding were made when label was the only default
         args.encoding = recorded.get("encoding", "label")
@@ -73,7 +91,7 @@ def run(args) -> int:
     spt = load_adapter(model, adapter_file, check_backbone_hash=not args.no_hash_check)
     if args.device:
         spt.to(args.device)
-    provider = build_provider(args)
+    provider = build_provider(args) if with_provider else None
     dataset = build_dataset(args, args.data, provider, prior_cache(args), train=False)
     out = Path(args.out) if args.out else Path(f"eval_{Path(args.data).resolve().name}")
     out.mkdir(parents=True, exist_ok=True)

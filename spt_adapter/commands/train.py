@@ -17,7 +17,8 @@ from ..core.config import DEFAULT_FUSION, FUSIONS
 from ..errors import SPTError
 from ..training.builders import (build_dataset, build_provider, check_provider_args, image_folder,
                                  load_backbone_from_args, prior_cache)
-from ._args import add_backbone_arguments, add_prior_arguments, nonneg_int, positive_float, positive_int, task_type
+from ._args import (add_backbone_arguments, add_prior_arguments, nonneg_float, nonneg_int, positive_float, positive_int,
+                    task_type)
 
 HELP = "train SPT units on a frozen backbone (writes a safetensors delta, logs, resumable)"
 
@@ -37,6 +38,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--val", metavar="DIR", help="folder of clean validation images (full-image PSNR/SSIM)")
     d.add_argument("--patch", type=positive_int, default=64, help="training patch size on the ground truth (default: 64)")
     add_prior_arguments(parser)
+    dp = parser.add_argument_group("distilled prior (no segmenter at inference)")
+    dp.add_argument("--prior", choices=("lq", "distilled"), default="lq",
+                    help="lq: the provider segments each LQ input (at inference too; the default); distilled: a small "
+                         "student network inside the adapter learns the --teacher's prior of the clean images")
+    dp.add_argument("--teacher", default=None, metavar="PROVIDER",
+                    help="with --prior distilled: the mask provider run on the clean training images only (slic, "
+                         "felzenszwalb, sam with --sam-checkpoint, or a plugin provider's name)")
+    dp.add_argument("--distill-weight", type=nonneg_float, default=0.1,
+                    help="weight of the distillation loss beside the L1 restoration loss (default: 0.1)")
+    dp.add_argument("--student-steps", type=nonneg_int, default=0,
+                    help="first steps that train the student alone on the distillation loss (default: 0)")
+    dp.add_argument("--student-width", type=positive_int, default=16, help="student conv width (default: 16)")
+    dp.add_argument("--student-depth", type=positive_int, default=4, help="student conv layers (default: 4)")
     t = parser.add_argument_group("training")
     t.add_argument("--iters", type=positive_int, default=2000)
     t.add_argument("--batch", type=positive_int, default=8, help="batch per process (global = batch x processes)")
@@ -75,6 +89,11 @@ def _resume_config_check(args, path: Path) -> None:
     from ..prior.encode import check_encoding_for_fusion
 
     cfg = read_adapter_config(path)
+    if cfg.student is not None and args.prior != "distilled":
+        raise SPTError(f"--resume: {path} has a distilled prior; pass --prior distilled --teacher (its teacher: "
+                       f"{_teacher_name(cfg)})")
+    if cfg.student is None and args.prior == "distilled":
+        raise SPTError(f"--resume: {path} was trained with an LQ prior, not a distilled one; drop --prior distilled")
     if args.targets and list(args.targets) != list(cfg.targets):
         raise SPTError(f"--resume: {path} was trained with targets {cfg.targets}, not {args.targets}")
     if args.fusion is not None and args.fusion != cfg.fusion:
@@ -85,6 +104,47 @@ def _resume_config_check(args, path: Path) -> None:
         raise SPTError(f"--resume: {path} was trained with encoding {recorded!r}, not {args.encoding!r}")
     args.encoding = recorded
     check_encoding_for_fusion(args.encoding, cfg.fusion)
+
+
+def _teacher_name(cfg) -> str:
+    teacher = (cfg.prior or {}).get("teacher") or {}
+    return str(teacher.get("method") or teacher.get("provider") or "unknown")
+
+
+def _check_distilled_args(args) -> None:
+    """``--prior distilled`` needs ``--teacher`` (and takes no ``--provider``); the teacher becomes
+    the provider the dataset runs, on the clean images only."""
+    if args.prior != "distilled":
+        if args.teacher is not None:
+            raise SPTError("--teacher is for --prior distilled (a student learns the teacher's prior of the clean "
+                           "images); add --prior distilled or drop --teacher")
+        return
+    if args.teacher is None:
+        raise SPTError("--prior distilled needs --teacher PROVIDER (slic, felzenszwalb, sam, or a plugin provider)")
+    if args.provider is not None:
+        raise SPTError("--prior distilled takes its provider from --teacher; drop --provider")
+    if args.student_steps >= args.iters:
+        raise SPTError(f"--student-steps {args.student_steps} must be fewer than --iters {args.iters}")
+    args.provider = args.teacher
+
+
+def _check_teacher_runs(args, provider, data_images) -> None:
+    """Run the teacher once on the first clean training image (the result is cached, so the work is
+    not lost): a teacher that cannot run fails here, before any step."""
+    from ..training.images import read_image, to_rgb_uint8
+
+    try:
+        provider.generate(to_rgb_uint8(read_image(data_images[0]))[:64, :64])
+    except Exception as exc:  # a provider's own failure, whatever its type
+        raise SPTError(f"--teacher {args.teacher} cannot run on {data_images[0]}: {exc}") from None
+
+
+def _input_channels(model) -> int:
+    """Channels of the backbone's input: its first convolution's in_channels (3 if it has none)."""
+    import torch.nn as nn
+
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return int(conv.in_channels) if conv is not None else 3
 
 
 def _resolve_encoding(args) -> None:
@@ -101,19 +161,21 @@ def run(args) -> int:
 
     from ..core.model import inject
     from ..core.targets import inspect_targets
-    from ..files.format import load_adapter
+    from ..files.format import load_adapter, read_adapter_config
     from ..core.config import SPTConfig
     from ..training.evaluate import make_val_fn, task_scale
     from ..files.format import ADAPTER_FILENAME
     from ..training.train import TrainSettings, init_distributed, shutdown_distributed, train_units
 
     # ---- every check before any work -------------------------------------------------------
+    _check_distilled_args(args)
     if not args.resume:
         _resolve_encoding(args)
     settings = TrainSettings(iters=args.iters, batch=args.batch, lr=args.lr, schedule=args.schedule,
                              warmup=args.warmup, seed=args.seed, save_every=args.save_every,
                              val_every=args.val_every, log_every=args.log_every, workers=args.workers,
-                             amp=not args.no_amp, progress=not args.no_progress)
+                             amp=not args.no_amp, progress=not args.no_progress,
+                             distill_weight=args.distill_weight, student_steps=args.student_steps)
     scale = task_scale(args.task)
     if args.patch % scale:
         raise SPTError(f"--patch {args.patch} is not divisible by the scale {scale} of --task {args.task}")
@@ -123,6 +185,8 @@ def run(args) -> int:
     out = _check_out(args)
     if args.resume:
         _resume_config_check(args, out / ADAPTER_FILENAME)
+    if args.prior == "distilled" and args.teacher not in ("slic", "felzenszwalb", "sam") and args.sam_checkpoint:
+        raise SPTError(f"--sam-checkpoint was given with --teacher {args.teacher}; drop one of them")
     check_provider_args(args)
     model, default_targets, described = load_backbone_from_args(args, args.targets)
     targets = list(args.targets) if args.targets else default_targets
@@ -132,11 +196,19 @@ def run(args) -> int:
     info = init_distributed(args.device)
     try:
         provider = build_provider(args, device=info.device if args.provider == "sam" else None)
+        distilled = args.prior == "distilled"
+        if distilled:
+            _check_teacher_runs(args, provider, train_images)
+            if args.resume:
+                recorded = (read_adapter_config(out / ADAPTER_FILENAME).prior or {}).get("teacher")
+                if recorded != provider.identity():
+                    raise SPTError(f"--resume: {out / ADAPTER_FILENAME} was distilled from teacher {recorded}, not "
+                                   f"{provider.identity()}; resume with the same --teacher and settings")
         cache = prior_cache(args)
         if info.distributed and not info.is_main:
             torch.distributed.barrier()  # the main process fills the prior cache first; the others read it
-        dataset = build_dataset(args, args.data, provider, cache, train=True, patch=args.patch)
-        val_set = build_dataset(args, args.val, provider, cache, train=False) if args.val else None
+        dataset = build_dataset(args, args.data, provider, cache, train=True, patch=args.patch, teacher=distilled)
+        val_set = build_dataset(args, args.val, None if distilled else provider, cache, train=False) if args.val else None
         if info.distributed and info.is_main:
             torch.distributed.barrier()
         if len(dataset) == 0:
@@ -149,10 +221,17 @@ def run(args) -> int:
         if args.resume:
             spt = load_adapter(model, out / ADAPTER_FILENAME)
         else:
+            prior_meta = {"provider": provider.identity(), "encoding": args.encoding, "task": args.task}
+            student = None
+            if distilled:  # the provider is the teacher: it never runs at inference
+                prior_meta = {"kind": "distilled", "teacher": provider.identity(), "encoding": args.encoding,
+                              "task": args.task, "distill_weight": args.distill_weight,
+                              "student_steps": args.student_steps}
+                student = {"in_channels": _input_channels(model), "width": args.student_width,
+                           "depth": args.student_depth}
             config = SPTConfig(
                 targets=targets, exclude=list(args.exclude or []), fusion=args.fusion or DEFAULT_FUSION, hidden=args.hidden,
-                prior_channels=encoding_channels(args.encoding),
-                prior={"provider": provider.identity(), "encoding": args.encoding, "task": args.task},
+                prior_channels=encoding_channels(args.encoding), prior=prior_meta, student=student,
                 integration=None if args.targets else args._claim[0], preset=None if args.targets else args._claim[1],
             )
             torch.manual_seed(args.seed)
@@ -160,7 +239,8 @@ def run(args) -> int:
         if info.is_main:
             print(f"backbone: {described}; {len(spt.unit_names())} SPT unit(s) on {spt.spt_config[spt.active_adapter].targets}")
             spt.print_trainable_parameters()
-            print(f"data: {len(train_images)} image(s) in {args.data}, task {args.task}, prior {provider!r}")
+            what = f"distilled prior, teacher {provider!r} on the clean images" if distilled else f"prior {provider!r}"
+            print(f"data: {len(train_images)} image(s) in {args.data}, task {args.task}, {what}")
         info_meta: dict[str, Any] = {"task": args.task, "data": str(args.data), "patch": args.patch,
                                      "backbone": described, "encoding": args.encoding}
         result = train_units(spt, dataset, settings, out_dir=out, resume=args.resume, val_fn=val_fn,

@@ -163,11 +163,14 @@ def load_backbone_from_args(args, targets: list[str] | None = None, require_targ
 
 
 def make_dataset(folder, task: str, provider, cache, *, encoding: str | None = None, train: bool,
-                 patch: int | None = None, seed: int = 0):
+                 patch: int | None = None, seed: int = 0, teacher: bool = False):
     """``spt_adapter.training.data.PairedPriorDataset`` over ``folder``: random ``patch`` x ``patch`` GT
     patches (LQ patches of ``patch / scale``) with flips for training, whole images for evaluation.
     The degradation is fixed per image and ``seed``; the prior is computed on the LQ image once,
-    through ``cache``, with ``encoding`` (default: ``spt_adapter.prior.DEFAULT_ENCODING``)."""
+    through ``cache``, with ``encoding`` (default: ``spt_adapter.prior.DEFAULT_ENCODING``).
+    ``teacher=True``: ``provider`` is a distilled prior's teacher and segments the clean images only
+    (items hold ``teacher_prior``); ``provider=None``: items hold no prior (an adapter whose student
+    makes its own)."""
     from ..prior.encode import DEFAULT_ENCODING
 
     from . import data
@@ -175,10 +178,11 @@ def make_dataset(folder, task: str, provider, cache, *, encoding: str | None = N
     task_ = data.parse_task(task)
     scale = task_.scale if task_.kind == "sr" else 1
     lq_patch = None if (patch is None or not train) else patch // scale
-    return data.PairedPriorDataset(folder, task, cache=cache, provider=provider, encoding=encoding or DEFAULT_ENCODING,
-                                   patch_size=lq_patch, train=train, seed=seed)
+    return data.PairedPriorDataset(folder, task, cache=cache, provider=None if teacher else provider,
+                                   encoding=encoding or DEFAULT_ENCODING, patch_size=lq_patch, train=train, seed=seed,
+                                   teacher=provider if teacher else None, with_prior=provider is not None)
 
 
-def build_dataset(args, folder, provider, cache, *, train: bool, patch: int | None = None):
+def build_dataset(args, folder, provider, cache, *, train: bool, patch: int | None = None, teacher: bool = False):
     return make_dataset(folder, args.task, provider, cache, encoding=args.encoding, train=train, patch=patch,
-                        seed=getattr(args, "seed", 0))
+                        seed=getattr(args, "seed", 0), teacher=teacher)

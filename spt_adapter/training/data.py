@@ -21,6 +21,12 @@ cache, so the provider runs once per image. ``prior_fn(image) -> (C, H, W)`` rep
 and cache (e.g. a constant prior). The prior keeps the size of the image it was computed on
 (LQ size; GT size for ``oracle``) and gets the same crop / flips / rotation as ``lq`` and ``gt``.
 Tensors are float32 in [0, 1]; ``lq`` is the uint8 LQ image / 255.
+
+A distilled prior (``teacher=provider``): the teacher provider runs on the clean GT image only,
+through the same cache, and the item holds ``teacher_prior`` (at LQ size: for SR the GT-sized map
+is nearest-downsampled, each LQ pixel taking the GT pixel nearest its centre) and no ``prior``:
+the LQ image is never segmented. ``with_prior=False`` yields items without any prior (evaluating
+an adapter whose student makes its own).
 """
 
 from __future__ import annotations
@@ -124,15 +130,21 @@ class PairedPriorDataset:
     """
 
     def __init__(self, root_or_paths, task, cache=None, provider=None, encoding: str = DEFAULT_ENCODING, patch_size=None,
-                 train: bool = True, seed: int = 0, oracle: bool = False, prior_fn=None) -> None:
+                 train: bool = True, seed: int = 0, oracle: bool = False, prior_fn=None, teacher=None,
+                 with_prior: bool = True) -> None:
         from ..prior import PriorCache, parse_encoding
 
         self.paths = list_images(root_or_paths)
         if not self.paths:
             raise DataError(f"no images found in {root_or_paths!r}")
         self.task = parse_task(task)
-        if prior_fn is None and provider is None:
+        if teacher is not None and (provider is not None or prior_fn is not None or oracle):
+            raise DataError("a distilled prior's teacher replaces the provider: give teacher= alone (it sees GT images only)")
+        if teacher is not None or not with_prior:
+            with_prior = False
+        elif prior_fn is None and provider is None:
             raise DataError("give a mask provider (e.g. ClassicalMaskProvider('slic')) or prior_fn")
+        self.teacher, self.with_prior = teacher, bool(with_prior)
         parse_encoding(encoding)
         self.cache = PriorCache(cache) if isinstance(cache, (str, Path)) else cache
         self.provider, self.encoding, self.prior_fn = provider, encoding, prior_fn
@@ -148,15 +160,16 @@ class PairedPriorDataset:
         """Whole ``(gt, lq)`` uint8 images of item ``index``."""
         return degrade(read_image(self.paths[index]), self.task, self.seed)
 
-    def prior_of(self, image: np.ndarray) -> np.ndarray:
-        if self.prior_fn is not None:
+    def prior_of(self, image: np.ndarray, provider=None) -> np.ndarray:
+        provider = provider or self.provider
+        if self.prior_fn is not None and provider is self.provider:
             prior = np.asarray(self.prior_fn(image), dtype=np.float32)
         elif self.cache is not None:
-            prior = self.cache.get_or_compute(image, self.provider, self.encoding)
+            prior = self.cache.get_or_compute(image, provider, self.encoding)
         else:
             from ..prior import encode_masks
 
-            prior = encode_masks(self.provider.generate(image), kind=self.encoding, shape=image.shape[:2])
+            prior = encode_masks(provider.generate(image), kind=self.encoding, shape=image.shape[:2])
         if prior.ndim != 3 or prior.shape[1:] != image.shape[:2]:
             raise DataError(f"the prior has shape {prior.shape}, expected (C, {image.shape[0]}, {image.shape[1]})")
         return prior
@@ -166,8 +179,16 @@ class PairedPriorDataset:
 
         gt, lq = self.pair(index)
         scale = self.task.scale if self.task.kind == "sr" else 1
-        prior = self.prior_of(gt if self.oracle else lq).transpose(1, 2, 0)  # HxWxC on its image's grid
         pscale = scale if self.oracle else 1
+        key = "prior"
+        if self.teacher is not None:  # the teacher sees the clean image only; its map is brought to LQ size
+            key = "teacher_prior"
+            prior = self.prior_of(gt, self.teacher)[:, scale // 2 :: scale, scale // 2 :: scale]
+            prior = np.ascontiguousarray(prior[:, : lq.shape[0], : lq.shape[1]]).transpose(1, 2, 0)
+        elif self.with_prior:
+            prior = self.prior_of(gt if self.oracle else lq).transpose(1, 2, 0)  # HxWxC on its image's grid
+        else:
+            prior = np.zeros(lq.shape[:2] + (0,), np.float32)
         top = left = 0
         hflip = vflip = rot = False
         if self.patch_size is not None:
@@ -186,10 +207,12 @@ class PairedPriorDataset:
         if self.train:
             hflip, vflip, rot = (bool(v) for v in torch.rand(3) < 0.5)
         lq, gt, prior = augment([lq, gt, prior], hflip, vflip, rot)
-        return {
+        item = {
             "lq": torch.from_numpy(lq.transpose(2, 0, 1).astype(np.float32) / 255.0),
             "gt": torch.from_numpy(gt.transpose(2, 0, 1).astype(np.float32) / 255.0),
-            "prior": torch.from_numpy(np.ascontiguousarray(prior.transpose(2, 0, 1)).astype(np.float32)),
             "path": str(self.paths[index]),
             "crop": (top, left, hflip, vflip, rot),
         }
+        if self.teacher is not None or self.with_prior:
+            item[key] = torch.from_numpy(np.ascontiguousarray(prior.transpose(2, 0, 1)).astype(np.float32))
+        return item

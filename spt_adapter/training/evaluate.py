@@ -60,8 +60,8 @@ def restore(model: torch.nn.Module, lq: torch.Tensor, prior: torch.Tensor | None
         if backbone_only or model.active_adapter is None:
             with model.disable_adapter():
                 out = model(x)
-        else:
-            out = model(x, prior=p.to(device))
+        else:  # an adapter with a distilled prior makes its own from x (p is None)
+            out = model(x) if p is None else model(x, prior=p.to(device))
     else:
         out = model(x)
     out = out[..., : h * scale, : w * scale]

@@ -8,6 +8,12 @@
   schedule (computed from the step, so a resumed run continues the same curve);
 * priors are fed with ``model(lq, prior=p)``; the dataset yields dicts with ``lq``, ``gt``,
   ``prior`` (``spt_adapter.training.data.PairedPriorDataset`` does);
+* a distilled prior (the adapter has a student, ``SPTConfig.student``): the dataset yields
+  ``teacher_prior`` (the teacher provider's encoded map of the clean image) instead of ``prior``;
+  the student makes the prior from ``lq``. Schedule: the first ``student_steps`` steps train the
+  student alone on the distillation loss (BCE between its logits and the teacher's map; the units
+  get no gradient), then student and units train jointly on ``L1(out, gt) + distill_weight x BCE``.
+  Without ``teacher_prior`` (``distill_weight`` 0) the student learns from the restoration loss alone;
 * the backbone runs as at inference (dropout / stochastic depth off, norm statistics fixed);
   only the units are in training mode;
 * automatic mixed precision on CUDA (bfloat16 where supported, else float16 with a GradScaler);
@@ -94,13 +100,15 @@ class TrainSettings:
     val_every: int = 0
     workers: int = 0
     progress: bool = True
+    distill_weight: float = 0.1
+    student_steps: int = 0
 
     def __post_init__(self) -> None:
         for name in ("iters", "batch"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("warmup", "log_every", "save_every", "val_every", "workers", "seed"):
+        for name in ("warmup", "log_every", "save_every", "val_every", "workers", "seed", "student_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
@@ -110,6 +118,12 @@ class TrainSettings:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not 0 <= self.min_lr_ratio <= 1 or not 0 < self.gamma <= 1:
             raise ConfigError("min_lr_ratio must lie in [0, 1] and gamma in (0, 1]")
+        if not (isinstance(self.distill_weight, (int, float)) and math.isfinite(self.distill_weight)
+                and self.distill_weight >= 0):
+            raise ConfigError(f"distill_weight must be a number >= 0, got {self.distill_weight!r}")
+        if self.student_steps >= self.iters:
+            raise ConfigError(f"student_steps ({self.student_steps}) must be fewer than iters ({self.iters}): "
+                              "the units train in the steps after them")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"grad_clip must be positive, got {self.grad_clip!r}")
 
@@ -259,8 +273,11 @@ def save_state(path: Path, optimizer: torch.optim.Optimizer, keys: dict[int, str
     """Write the optimizer moments and the step as a safetensors file (no pickle), atomically."""
     from safetensors.torch import save as st_save
 
+    # parameters that have taken no step yet (the units during a distilled run's student-only steps)
+    stateless = sorted(k for g in optimizer.param_groups for p in g["params"]
+                       if not optimizer.state.get(p) and (k := keys.get(id(p))) is not None)
     meta = {"format": STATE_FORMAT, "step": str(step), "settings": json.dumps(asdict(settings), sort_keys=True),
-            "extra": json.dumps(extra or {}, sort_keys=True)}
+            "extra": json.dumps(extra or {}, sort_keys=True), "stateless": json.dumps(stateless)}
     return atomic_write_bytes(path, st_save(_optimizer_tensors(optimizer, keys), metadata=meta))
 
 
@@ -286,7 +303,8 @@ def load_state(path: Path, optimizer: torch.optim.Optimizer, keys: dict[int, str
         p = params[by_key[key]]
         v = value.to(p.device)
         loaded.setdefault(id(p), {})[field_name] = v if field_name != "step" else v.to(torch.float32)
-    missing = [keys[i] for i in params if i not in loaded]
+    stateless = set(json.loads(meta.get("stateless", "[]")))
+    missing = [keys[i] for i in params if i not in loaded and keys[i] not in stateless]
     if missing and loaded:
         raise SPTError(f"cannot resume: {path} lacks optimizer state for {missing[:3]}")
     for pid, state in loaded.items():
@@ -316,15 +334,24 @@ def _train_mode(model: SPTModel) -> None:
     for _, layer in iter_layers(model.base_model):
         for unit in layer.spt_units.values():
             unit.train()
+    model.spt_students.train()
 
 
-def _to(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _to(batch: dict[str, Any], device: torch.device, distilled: bool = False):
+    """(lq, gt, prior or the teacher's map) on ``device``. A distilled adapter reads
+    ``teacher_prior`` (None if the dataset has none: restoration loss only), the others ``prior``."""
+    key = "teacher_prior" if distilled else "prior"
     try:
-        lq, gt, prior = batch["lq"], batch["gt"], batch["prior"]
+        lq, gt = batch["lq"], batch["gt"]
+        prior = batch[key] if not distilled else batch.get(key)
     except KeyError as exc:
         raise SPTError(f"the training dataset must yield dicts with 'lq', 'gt' and 'prior'; {exc} is missing") from None
+    if distilled and "prior" in batch:
+        raise SPTError("the adapter has a distilled prior (a student) but the dataset yields an LQ 'prior': build it "
+                       "with teacher=PROVIDER (PairedPriorDataset), which segments the clean images only")
     nb = device.type == "cuda"
-    return lq.to(device, non_blocking=nb), gt.to(device, non_blocking=nb), prior.to(device, non_blocking=nb)
+    prior = None if prior is None else prior.to(device, non_blocking=nb)
+    return lq.to(device, non_blocking=nb), gt.to(device, non_blocking=nb), prior
 
 
 def _write_logs(out: Path, history: list[dict[str, Any]], header: dict[str, Any]) -> tuple[Path, Path]:
@@ -387,12 +414,25 @@ def _make_loader(dataset: Dataset, settings: TrainSettings, info: DistInfo) -> t
     return loader, sampler, per_epoch
 
 
+def distill_loss(logits: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """The distillation loss: binary cross-entropy between the student's logits and the teacher's
+    encoded map (every encoding lies in [0, 1]: a soft target where it is not 0/1)."""
+    if tuple(logits.shape) != tuple(teacher.shape):
+        raise SPTError(f"the teacher's prior has shape {tuple(teacher.shape)} but the student makes "
+                       f"{tuple(logits.shape)}: the teacher's encoding must have the adapter's prior_channels")
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), teacher.float())
+
+
 class _Stepper:
-    """One optimisation step of the units: forward under autocast on CUDA, L1 loss, backward, Adam."""
+    """One optimisation step of the units: forward under autocast on CUDA, L1 loss, backward, Adam.
+    With a prior student: the distillation loss alone for the first ``student_steps``, then
+    ``L1 + distill_weight x distillation``."""
 
     def __init__(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer, params: list, settings: TrainSettings,
-                 device: torch.device) -> None:
+                 device: torch.device, distilled: bool = False) -> None:
         self.net, self.optimizer, self.params, self.settings = net, optimizer, params, settings
+        self.distilled = distilled
+        self.last_parts: dict[str, float] = {}
         self.use_amp = settings.amp and device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
@@ -401,8 +441,21 @@ class _Stepper:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(device_type="cuda", dtype=self.amp_dtype, enabled=self.use_amp):
-            pred = self.net(lq, prior=prior)
+            if self.distilled:
+                pred, logits = self.net(lq, return_prior_logits=True)
+            else:
+                pred = self.net(lq, prior=prior)
         loss = torch.nn.functional.l1_loss(pred.float(), gt)
+        if self.distilled:
+            teacher = prior  # the teacher's map for a distilled adapter (None: restoration loss only)
+            if teacher is None and step < self.settings.student_steps:
+                raise SPTError("student_steps train the student on the teacher's prior, but the dataset yields no "
+                               "'teacher_prior'")
+            distill = distill_loss(logits, teacher) if teacher is not None else None
+            self.last_parts = {"restoration": float(loss.detach())}
+            if distill is not None:
+                self.last_parts["distill"] = float(distill.detach())
+                loss = distill if step < self.settings.student_steps else loss + self.settings.distill_weight * distill
         if not torch.isfinite(loss):
             raise SPTError(f"the loss became {loss.item()} at step {step}; lower --lr")
         self.optimizer.zero_grad(set_to_none=True)
@@ -480,6 +533,7 @@ def train_units(
         raise SPTError("the training dataset is empty")
 
     adapter = model.active_adapter
+    distilled = model.student(adapter) is not None
     named = list(model.unit_parameters(adapter))
     keys = {id(p): k for k, p in named}
     params = [p for _, p in named]
@@ -497,8 +551,10 @@ def train_units(
     if info.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    stepper = _Stepper(net, optimizer, params, settings, device)
+        # the student-only steps leave the units without gradients
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                  find_unused_parameters=distilled and settings.student_steps > 0)
+    stepper = _Stepper(net, optimizer, params, settings, device, distilled=distilled)
     header = {"settings": asdict(settings), "world_size": world, "adapter": adapter,
               "training": training_info or {}, "trainable_parameters": sum(p.numel() for p in params)}
     checkpoints = _Checkpointer(out, model, adapter, optimizer, keys, settings, info, training_info, header,
@@ -523,7 +579,7 @@ def train_units(
             for batch in loader:
                 if step >= end:
                     break
-                lq, gt, prior = _to(batch, device)
+                lq, gt, prior = _to(batch, device, distilled)
                 lr = lr_at(step, settings)
                 loss = stepper(lq, gt, prior, step, lr)
                 step += 1
@@ -540,7 +596,8 @@ def train_units(
                         dist.all_reduce(t)
                         mean_loss = float(t) / world
                     history.append({"step": step, "loss": mean_loss, "lr": lr,
-                                    "seconds": round(time.time() - t0, 3)})
+                                    "seconds": round(time.time() - t0, 3),
+                                    **{f"{k}_loss": v for k, v in stepper.last_parts.items()}})
                     running, count = 0.0, 0
                 if val_fn is not None and info.is_main and (
                         (settings.val_every and step % settings.val_every == 0) or last):
