@@ -242,6 +242,8 @@ def label_map(img: np.ndarray, seg: Segmenter) -> np.ndarray:
     except Exception:
         return _label_map_local(img, seg)
     provider = ClassicalMaskProvider(method=seg.method, **seg.provider_kwargs(img.shape[:2]))
+    if img.ndim == 3 and img.shape[2] == 1:  # a grey image is segmented as grey-on-three-channels
+        img = np.repeat(img, 3, axis=2)
     enc = encode_masks(provider.generate(img), kind="label")
     return np.asarray(enc, dtype=np.float32)[0]
 
@@ -292,7 +294,7 @@ class PriorSet:
 
 def build_priors(images: list[tuple[str, np.ndarray]], *, sigma: float, realisations: int, noise_base: int,
                  seg: Segmenter, cache: LabelCache, sam=None, want_oracle: bool = True,
-                 segment_view=None) -> PriorSet:
+                 segment_view=None, jpeg: int = 0) -> PriorSet:
     """Noisy realisations of ``images`` and their priors. The LQ prior segments the 8-bit noisy image,
     or ``segment_view(noisy)`` (an HxWx3 uint8 image made from the noisy one alone, e.g. the frozen
     backbone's restoration of it) when given; SAM (row f) always sees the noisy input."""
@@ -302,7 +304,8 @@ def build_priors(images: list[tuple[str, np.ndarray]], *, sigma: float, realisat
         clean.append(img.astype(np.float32) / 255.0)
         reals, priors, sams = [], [], []
         for r in range(realisations):
-            n = add_noise(img, sigma, image_seed(name, sigma, r, noise_base))
+            n = add_noise(jpeg_compress(img, jpeg) if jpeg else img, sigma,
+                          image_seed(name, sigma, r, noise_base) + jpeg)
             reals.append(n)
             u8 = to_uint8(n)
             view = u8 if segment_view is None else segment_view(n)
@@ -394,3 +397,68 @@ def build_sr_priors(images: list[tuple[str, np.ndarray]], *, scale: int, seg: Se
         if want_oracle:
             out.oracle_prior.append(nearest_down(cache.get(hr, ident_hr, lambda x: label_map(x, seg_hr)), scale))
     return out
+
+
+# -------------------------------------------------------------------------------------------
+# grey images and KAIR's pretrained DnCNN (task "kair")
+# -------------------------------------------------------------------------------------------
+def load_grey(path: Path) -> np.ndarray:
+    """An image as HxWx1 uint8 luma, as KAIR's ``imread_uint(path, n_channels=1)`` reads it
+    (``cv2.imread(path, 0)``: BT.601 luma for colour files, the pixels themselves for grey ones)."""
+    try:
+        import cv2
+    except ImportError:  # PIL's "L" is the same BT.601 weights (rounding may differ by 1 on a few pixels)
+        from PIL import Image
+
+        return np.ascontiguousarray(np.asarray(Image.open(path).convert("L"))[..., None])
+    img = cv2.imread(str(path), 0)
+    if img is None:
+        raise FileNotFoundError(f"{path}: cannot be read as an image")
+    return np.ascontiguousarray(img[..., None])
+
+
+def load_grey_splits(data: Path, set12: Path, *, n_test: int = 0, val_crop: int = 256, n_train: int = 0,
+                     train_crop: int = 0) -> Splits:
+    """Grey splits for the KAIR DnCNN task: train on the luma of Set14 + McMaster (minus the
+    validation images) + CBSD68; validation McMaster 15-18 (256 px centre crops); test Set12 (full)."""
+    for sub in ("Set14", "McMaster", "CBSD68"):
+        if not (data / sub).is_dir():
+            raise FileNotFoundError(f"{data / sub} is missing: point --data at the shared test-image folder")
+    if not set12.is_dir():
+        raise FileNotFoundError(f"{set12} is missing: point --kair-root at a KAIR checkout (testsets/set12)")
+    train, val = [], []
+    for sub in ("Set14", "McMaster", "CBSD68"):
+        for p in _sorted_pngs(data / sub):
+            if sub == "McMaster" and p.stem in VAL_MCMASTER:
+                val.append((f"{sub}/{p.name}", centre_crop(load_grey(p), val_crop)))
+            else:
+                train.append((f"{sub}/{p.name}", load_grey(p)))
+    if n_train:
+        train = train[:n_train]
+    if train_crop:
+        train = [(n, centre_crop(img, train_crop)) for n, img in train]
+    test = [(f"set12/{p.name}", load_grey(p)) for p in _sorted_pngs(set12)[: n_test or None]]
+    return Splits(train, val, test)
+
+
+def jpeg_compress(img: np.ndarray, quality: int) -> np.ndarray:
+    """``img`` (HxWxC uint8, C = 1 or 3) through a JPEG encoder at ``quality`` and back (PIL/libjpeg,
+    4:2:0 chroma for colour), uint8 of the same shape."""
+    import io
+
+    from PIL import Image
+
+    grey = img.shape[2] == 1
+    buf = io.BytesIO()
+    Image.fromarray(img[..., 0] if grey else img).save(buf, format="JPEG", quality=int(quality))
+    out = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
+    return np.ascontiguousarray(out[..., None] if grey else out)
+
+
+def kair_noise(img: np.ndarray, sigma: float) -> np.ndarray:
+    """KAIR's ``main_test_dncnn.py`` degradation: ``np.random.seed(0)`` before every image, then
+    ``uint2single(img) + np.random.normal(0, sigma/255, img.shape)`` kept float32, not clipped."""
+    noisy = np.float32(img / 255.0)
+    np.random.seed(seed=0)
+    noisy += np.random.normal(0, sigma / 255.0, noisy.shape)
+    return noisy

@@ -102,6 +102,7 @@ def _rewrite_metadata(src: Path, dst: Path, **changes: str) -> None:
 
 def test_newer_schema_is_refused_with_upgrade_message(tmp_path):
     future = tmp_path / "future.safetensors"
-    _rewrite_metadata(ADAPTER, future, format_version="2", library_version="9.0.0")
-    with pytest.raises(AdapterFileError, match=r"schema version 2.*upgrade spt-adapter"):
+    newer = spt_adapter.SCHEMA_VERSION + 1  # schema 2 (a distilled prior's student) is read; the next is not
+    _rewrite_metadata(ADAPTER, future, format_version=str(newer), library_version="9.0.0")
+    with pytest.raises(AdapterFileError, match=rf"schema version {newer}.*upgrade spt-adapter"):
         spt_adapter.load_adapter(mf.build_backbone(), future)
