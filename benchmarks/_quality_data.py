@@ -254,6 +254,29 @@ def sam_label_map(img: np.ndarray, provider) -> np.ndarray:
     return np.asarray(encode_masks(provider.generate(img), kind="label"), dtype=np.float32)[0]
 
 
+#: processes that segment uncached images in :func:`build_priors` / :func:`build_sr_priors`
+#: (``benchmarks/quality.py --jobs``); 1 = in this process, one image after the other
+PRIOR_WORKERS = 1
+
+
+def _label_map_job(item: tuple[np.ndarray, "Segmenter"]) -> np.ndarray:
+    return label_map(*item)
+
+
+def prefetch(cache: "LabelCache", ident: str, seg: "Segmenter", images: list[np.ndarray]) -> None:
+    """Fill ``cache`` with the label maps of ``images`` (the ones it lacks) in ``PRIOR_WORKERS``
+    processes; the maps are the same as one process computes (the segmenters are deterministic)."""
+    missing = [img for img in images if not cache.path(img, ident).exists()]
+    if not missing:
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(PRIOR_WORKERS, mp_context=mp.get_context("spawn")) as pool:
+        for img, labels in zip(missing, pool.map(_label_map_job, [(img, seg) for img in missing], chunksize=4)):
+            cache.get(img, ident, lambda _x, labels=labels: labels)
+
+
 class LabelCache:
     """On-disk cache of label maps keyed by sha256(image bytes) + segmenter identity."""
 
@@ -261,12 +284,15 @@ class LabelCache:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def get(self, img: np.ndarray, ident: str, compute) -> np.ndarray:
+    def path(self, img: np.ndarray, ident: str) -> Path:
         h = hashlib.sha256()
         h.update(np.ascontiguousarray(img).tobytes())
         h.update(repr(img.shape).encode())
         h.update(ident.encode())
-        path = self.root / f"{h.hexdigest()[:40]}.npy"
+        return self.root / f"{h.hexdigest()[:40]}.npy"
+
+    def get(self, img: np.ndarray, ident: str, compute) -> np.ndarray:
+        path = self.path(img, ident)
         if path.exists():
             try:
                 return np.load(path)
@@ -299,6 +325,11 @@ def build_priors(images: list[tuple[str, np.ndarray]], *, sigma: float, realisat
     or ``segment_view(noisy)`` (an HxWx3 uint8 image made from the noisy one alone, e.g. the frozen
     backbone's restoration of it) when given; SAM (row f) always sees the noisy input."""
     ident = json.dumps({"segmenter": seg.label(), "code": prior_code_path()}, sort_keys=True)
+    if PRIOR_WORKERS > 1 and segment_view is None:  # segment every image not yet cached, in parallel
+        todo = [to_uint8(add_noise(jpeg_compress(img, jpeg) if jpeg else img, sigma,
+                                   image_seed(name, sigma, r, noise_base) + jpeg))
+                for name, img in images for r in range(realisations)]
+        prefetch(cache, ident, seg, todo + ([img for _, img in images] if want_oracle else []))
     clean, noisy, lq, oracle, sam_p = [], [], [], [], []
     for name, img in images:
         clean.append(img.astype(np.float32) / 255.0)
@@ -385,6 +416,11 @@ def build_sr_priors(images: list[tuple[str, np.ndarray]], *, scale: int, seg: Se
     seg_hr = hr_segmenter(seg, scale)
     ident_hr = json.dumps({"segmenter": seg_hr.label(), "code": prior_code_path()}, sort_keys=True)
     out = PriorSet([], [], [], [], [], scale=scale)
+    if PRIOR_WORKERS > 1 and cache is not None:
+        ok = [hr for _, hr in images if not (hr.shape[0] % scale or hr.shape[1] % scale)]
+        prefetch(cache, ident, seg, [sr_lq(hr, scale, degradation) for hr in ok])
+        if want_oracle:
+            prefetch(cache, ident_hr, seg_hr, ok)
     for _, hr in images:
         if hr.shape[0] % scale or hr.shape[1] % scale:
             raise ValueError(f"HR image {hr.shape[:2]} is not a multiple of the scale {scale}: mod-crop it first")

@@ -648,10 +648,10 @@ def tune_distill(args, splits: qd.Splits, backbone, cache: qd.LabelCache, *, sig
     val = qd.apply_encoding(qd.build_priors(splits.val, sigma=sigma, realisations=1, noise_base=2, seg=seg,
                                             cache=cache, jpeg=jpeg), args.encoding)
     backbone = backbone.to(args.device)
-    lines = []
+    lines, scored = [], []
     base: dict[tuple[int, str, str, int], float] = {}
     for weight, steps, width in args.tune_distill:
-        cells = []
+        cells, worst = [], []
         for fusion in args.fusions:
             d_h, d_c = [], []
             for seed in args.seeds:
@@ -670,6 +670,9 @@ def tune_distill(args, splits: qd.Splits, backbone, cache: qd.LabelCache, *, sig
                 d_h.append(g - base[(seed, fusion, "h", width)])
                 d_c.append(g - base[(seed, fusion, "c", 0)])
             cells.append(f"{np.mean(d_h):+.3f} / {np.mean(d_c):+.3f}")
+            worst.append(min(np.mean(d_h), np.mean(d_c)))
+        scored.append({"candidate": f"{weight:g}:{steps}:{width}", "weight": weight, "student_steps": steps,
+                       "student_width": width, "score": float(np.mean(worst))})
         lines.append(f"| {weight:g} | {steps} | {width} | " + " | ".join(cells) + " |")
         log(f"tune-distill {weight:g}:{steps}:{width}: {lines[-1]}")
     print(f"\n### Distillation settings on validation (McMaster 15-18; σ={sigma:g}{f', JPEG q={jpeg}' if jpeg else ''}): "
@@ -677,6 +680,15 @@ def tune_distill(args, splits: qd.Splits, backbone, cache: qd.LabelCache, *, sig
     print("| distill weight | student-only steps | student width | " + " | ".join(args.fusions) + " |")
     print("| --- | --- | --- |" + " --- |" * len(args.fusions))
     print("\n".join(lines))
+    # the choice: the candidate whose smaller margin (over h and over c), averaged over fusions, is largest
+    best = max(scored, key=lambda c: c["score"])
+    print(f"\nchosen on validation: {best['candidate']} (weight:student-steps:width; min(g − h, g − c) "
+          f"{best['score']:+.3f} dB)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"tune_distill": scored, "best": best, "sigma": sigma, "jpeg": jpeg,
+                                         "settings": {k: (str(v) if isinstance(v, Path) else v)
+                                                      for k, v in vars(args).items()}}, indent=1, sort_keys=True))
 
 
 def tune(args, splits: qd.Splits, backbone, cache: qd.LabelCache) -> None:
@@ -944,6 +956,7 @@ def main_sr(args, argv, t_all, cache: qd.LabelCache) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    qd.PRIOR_WORKERS = args.jobs
     t_all = time.time()
     cache = qd.LabelCache(args.cache_dir / "priors")
     if args.task == "sr4":

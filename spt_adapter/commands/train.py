@@ -89,10 +89,11 @@ def _resume_config_check(args, path: Path) -> None:
     from ..prior.encode import check_encoding_for_fusion
 
     cfg = read_adapter_config(path)
-    if cfg.student is not None and args.prior != "distilled":
+    prior = getattr(args, "prior", "lq")
+    if cfg.student is not None and prior != "distilled":
         raise SPTError(f"--resume: {path} has a distilled prior; pass --prior distilled --teacher (its teacher: "
                        f"{_teacher_name(cfg)})")
-    if cfg.student is None and args.prior == "distilled":
+    if cfg.student is None and prior == "distilled":
         raise SPTError(f"--resume: {path} was trained with an LQ prior, not a distilled one; drop --prior distilled")
     if args.targets and list(args.targets) != list(cfg.targets):
         raise SPTError(f"--resume: {path} was trained with targets {cfg.targets}, not {args.targets}")
