@@ -13,6 +13,13 @@ one run (variants interleaved, median of --repeats):
 
     python benchmarks/overhead.py                  # CPU, default unit config
     python benchmarks/overhead.py --device cuda    # the same on a GPU
+    python benchmarks/overhead.py --student        # a distilled prior's student vs each backbone
+
+``--student`` prints, for every backbone of the quality benchmarks (and the two above), the prior
+student's forward FLOPs (torch.utils.flop_counter) and time against the backbone's (target: student
+<= 10 % of the backbone's FLOPs) and against the classical segmenter it replaces at inference
+(Felzenszwalb, seconds per image; SAM vit_b takes about 11 s per 1024 px image on the 2-core CPU,
+docs/prior.md).
 """
 
 from __future__ import annotations
@@ -51,6 +58,62 @@ def restormer_small():
 
 
 MODELS = {"swinir-light-x2": swinir_light, "restormer-small": restormer_small}
+
+
+def _quality_backbones():
+    """The backbones of benchmarks/quality.py (same shapes; weights do not change FLOPs):
+    name -> (module, input channels)."""
+    from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
+    from spandrel.architectures.DnCNN import DnCNN
+
+    return {
+        "dncnn-colour (quality denoise)": (DnCNN(in_nc=3, out_nc=3, nc=32, nb=8, act_mode="R"), 3),
+        "srvgg-compact x4 (quality sr4)": (SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=32, num_conv=8,
+                                                           upscale=4, act_type="prelu"), 3),
+        "KAIR dncnn_25 grey (quality kair)": (DnCNN(in_nc=1, out_nc=1, nc=64, nb=17, act_mode="R"), 1),
+        "swinir-light-x2": (swinir_light()[0], 3),
+        "restormer-small": (restormer_small()[0], 3),
+    }
+
+
+def _flops(fn) -> int:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def student_costs(args) -> int:
+    """The prior student (spt_adapter.core.student) beside every benchmark backbone: FLOPs and time."""
+    import numpy as np
+
+    from spt_adapter.core.student import PriorStudent
+    from spt_adapter.prior import ClassicalMaskProvider
+
+    print(f"# prior student width {args.student_width}, depth {args.student_depth}, 1 output channel; input "
+          f"1x{args.size}x{args.size} (LQ); device {args.device}, median of {args.repeats}")
+    header = ("backbone", "student / backbone FLOPs", "student / backbone forward", "student vs felzenszwalb per image")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    rng = np.random.default_rng(0)
+    seg = ClassicalMaskProvider("felzenszwalb", scale=300, sigma=0.8, min_size=50)
+    ok = True
+    for name, (net, cin) in _quality_backbones().items():
+        net = net.to(args.device).eval()
+        torch.manual_seed(0)
+        student = PriorStudent(1, in_channels=cin, width=args.student_width, depth=args.student_depth).to(args.device)
+        x = torch.rand(1, cin, args.size, args.size, device=args.device)
+        f_net, f_st = _flops(lambda: net(x)), _flops(lambda: student(x))
+        with torch.no_grad():
+            t_net = statistics.median(timed(lambda: net(x), args.device) for _ in range(args.repeats))
+            t_st = statistics.median(timed(lambda: student(x), args.device) for _ in range(args.repeats))
+        img = (rng.random((args.size, args.size, 3)) * 255).astype(np.uint8)
+        t_seg = statistics.median(timed(lambda: seg.generate(img), "cpu") for _ in range(3))
+        ok &= f_st <= 0.10 * f_net
+        print(f"| {name} | {f_st / 1e6:.1f} / {f_net / 1e6:.1f} MFLOP = {100 * f_st / f_net:.1f} % "
+              f"| {1e3 * t_st:.2f} / {1e3 * t_net:.2f} ms = {t_st / t_net:.3f}x "
+              f"| {1e3 * t_st:.2f} ms vs {1e3 * t_seg:.1f} ms |")
+    print(f"target student <= 10 % of every backbone's forward FLOPs: {'met' if ok else 'NOT met'}")
+    return 0
 
 
 def build(name: str, variant: str, config: SPTConfig, device: str):
@@ -217,9 +280,14 @@ def main(argv=None) -> int:
     parser.add_argument("--depth", type=int, default=defaults.depth)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    parser.add_argument("--student", action="store_true", help="only the distilled prior's student vs each backbone")
+    parser.add_argument("--student-width", type=int, default=16)
+    parser.add_argument("--student-depth", type=int, default=4)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.student:
+        return student_costs(args)
     config = SPTConfig(fusion=args.fusion, hidden=args.hidden, depth=args.depth)
     print(f"# spt-adapter {spt_adapter.__version__}, torch {torch.__version__}, device {args.device}, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")

@@ -128,6 +128,9 @@ def _exact_regex(names: list[str]) -> str:
     return "(" + "|".join(re.escape(n) for n in names) + ")"
 
 
+_NO_PEFT_STUDENT = ("a distilled prior (an adapter with a prior student) cannot run under PEFT yet: PEFT's layers "
+                    "would need the student's prior; load it with spt_adapter.load_adapter / from_pretrained instead")
+
 #: SPTConfig's unit fields, mirrored by SPTPeftConfig (targets are PEFT's own; versions are recorded apart)
 _UNIT_FIELDS = tuple(f for f in dataclasses.fields(SPTConfig)
                      if f.name not in ("targets", "exclude", "schema_version", "library_version"))
@@ -166,6 +169,8 @@ class _SPTPeftConfigMethods:
             )
         if isinstance(self.target_modules, list):
             self.target_modules = list(self.target_modules)
+        if self.student is not None:
+            raise ConfigError(_NO_PEFT_STUDENT)
         self.to_spt_config()  # validates the unit fields (ConfigError)
 
     def to_spt_config(self, targets: list[str] | None = None) -> SPTConfig:
@@ -572,6 +577,8 @@ def spt_to_peft(path: str | os.PathLike, folder: str | os.PathLike) -> Path:
 
     meta, _ = read_adapter_header(path)
     config = read_adapter_config(path)
+    if config.student is not None:
+        raise ConfigError(f"{path}: {_NO_PEFT_STUDENT}")
     fingerprint = json.loads(meta["fingerprint"])
     names = [t["path"] for t in fingerprint["targets"]]
     channels = {t["path"]: int(t["channels"]) for t in fingerprint["targets"] if "channels" in t}

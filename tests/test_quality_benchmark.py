@@ -331,3 +331,125 @@ def test_tune_compares_encodings_with_units_sized_for_each(tmp_path, capsys):
     for r in rows:  # (b) − (c) and, in brackets, the oracle's (d) − (c), per validation sigma
         cell = r.split("|")[4]
         assert cell.count("(") == 2 and cell.count("/") == 1
+
+
+# ------------------------------------------------------------------ distilled prior (rows g, h) and KAIR's DnCNN
+
+
+def _fake_kair_root(root: Path) -> Path:
+    """A KAIR checkout's layout with a random-weight DnCNN of dncnn_25.pth's shape (17 convs, 64
+    channels, grey) saved as KAIR saves it (a plain state dict), and two small grey test images."""
+    import torch
+    from PIL import Image
+    from spandrel.architectures.DnCNN import DnCNN
+
+    (root / "model_zoo").mkdir(parents=True)
+    (root / "testsets" / "set12").mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(DnCNN(in_nc=1, out_nc=1, nc=64, nb=17, act_mode="R").state_dict(), root / "model_zoo" / "dncnn_25.pth")
+    for i, p in enumerate(sorted((DATA / "Set5").glob("*.png"))[:2]):
+        Image.open(p).convert("L").crop((0, 0, 48, 48)).save(root / "testsets" / "set12" / f"{i + 1:02d}.png")
+    return root
+
+
+def test_rows_g_and_h_share_units_batches_and_student_init(tmp_path):
+    """g and h start from the same units and student and see the same batches; only the teacher
+    differs. With distill weight 0 and no student-only steps, g is h exactly."""
+    import torch
+
+    quality = _load("quality")
+    qd = sys.modules.get("_quality_data") or _load("_quality_data")
+    img = qd.centre_crop(qd.load_rgb(DATA / "CBSD68" / "0003.png"), 64)
+    seg = qd.Segmenter.parse("felzenszwalb:scale=300,sigma=0.8,min_size=50")
+    pset = qd.apply_encoding(qd.build_priors([("x", img)], sigma=50, realisations=1, noise_base=1, seg=seg,
+                                             cache=qd.LabelCache(tmp_path / "l")), "boundary")
+    args = quality.parse_args(["--quick", "--fusions", "concat", "--rows", "cgh", "--encoding", "boundary"])
+    backbone = quality.build_backbone(args.nc, args.nb).eval()
+    sched = quality.make_schedule(0, 3, 2, 32, pset)
+    models = {}
+    for row, w in (("g0", 0.0), ("h", None), ("g", 1.0)):
+        m = quality.make_spt(backbone, "concat", args, 0, pset.prior_channels, student=True)
+        c = quality.make_spt(backbone, "concat", args, 0, pset.prior_channels)
+        units = lambda mm: {k: p for k, p in mm.unit_parameters() if ".spt_unit." in k}  # noqa: E731
+        assert all(torch.equal(p, units(c)[k]) for k, p in units(m).items())  # same units as the control's
+        quality.train_model(m, sched, pset, "student", 1e-2, 32, distill_weight=w)
+        models[row] = m
+    x = torch.from_numpy(pset.noisy[0][0]).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        assert torch.equal(models["g0"](x), models["h"](x))
+        assert not torch.equal(models["g"](x), models["h"](x))
+    # the student-only steps touch the student and nothing else
+    m = quality.make_spt(backbone, "concat", args, 0, pset.prior_channels, student=True)
+    before = {k: p.detach().clone() for k, p in m.unit_parameters()}
+    quality.train_student_alone(m, sched, pset, 32, 3, 1e-2)
+    after = dict(m.unit_parameters())
+    assert all(torch.equal(after[k], v) for k, v in before.items() if ".spt_unit." in k)
+    assert any(not torch.equal(after[k], v) for k, v in before.items() if k.startswith("spt_student."))
+
+
+def test_render_prints_g_against_h_c_and_b():
+    quality = _load("quality")
+    name = "Set12"
+    res = {"b": {"concat": {name: [20.02, 20.03, 20.01]}}, "c": {"concat": {name: [20.00, 20.01, 20.02]}},
+           "g": {"concat": {name: [20.10, 20.11, 20.12]}}, "h": {"concat": {name: [20.04, 20.05, 20.03]}}}
+    text = quality.render(res, [name], list("bcgh"), ["concat"])
+    line = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if ln.startswith("| ")}
+    assert "+0.070 ± 0.010 (separate: yes) **meets target**" in line["g − h (paired per seed)"]
+    assert "+0.100 ± 0.000 (separate: yes) **meets target**" in line["g − c (paired per seed)"]
+    assert "g − b (paired per seed)" in line
+    for bad in (["--rows", "abi"], ["--rows", "g", "--fusions", "pool"], ["--student-width", "0"],
+                ["--tune-distill", "0.1:x:16"], ["--task", "sr4", "--tune-distill", "0.1:0:16"], ["--jobs", "0"],
+                ["--task", "kair", "--tune"]):
+        with pytest.raises(SystemExit):
+            quality.parse_args(bad)
+    assert quality.parse_distill_candidate("0.5:200:8") == (0.5, 200, 8)
+    assert quality.parse_args(["--task", "kair"]).in_channels == 1
+
+
+def test_kair_frozen_row_follows_kairs_protocol(tmp_path):
+    """KAIR's main_test_dncnn.py: np.random.seed(0) per image, float32 noise not clipped, output
+    clamped and rounded to uint8, PSNR with border 0 -- recomputed here by hand with numpy."""
+    import torch
+
+    quality = _load("quality")
+    qd = sys.modules.get("_quality_data") or _load("_quality_data")
+    root = _fake_kair_root(tmp_path / "KAIR")
+    net = quality.load_kair_dncnn(root / "model_zoo" / "dncnn_25.pth")
+    test = [(p.name, qd.load_grey(p)) for p in sorted((root / "testsets" / "set12").glob("*.png"))]
+    assert test[0][1].shape == (48, 48, 1) and test[0][1].dtype == np.uint8
+    mean, per = quality.kair_frozen_psnr(net, test, 25.0)
+    img = test[1][1]
+    noisy = np.float32(img / 255.0)
+    np.random.seed(seed=0)
+    noisy += np.random.normal(0, 25 / 255.0, noisy.shape)
+    with torch.no_grad():
+        out = net(torch.from_numpy(noisy).permute(2, 0, 1)[None])[0, 0].clamp(0, 1).numpy()
+    mse = np.mean((np.uint8((out * 255).round()).astype(np.float64) - img[..., 0]) ** 2)
+    assert per[1] == pytest.approx(20 * np.log10(255 / np.sqrt(mse)), abs=1e-9) and mean == pytest.approx(np.mean(per))
+    assert qd.jpeg_compress(img, 30).shape == img.shape and not np.array_equal(qd.jpeg_compress(img, 30), img)
+    with pytest.raises(FileNotFoundError, match="--kair-root"):
+        quality.load_kair_dncnn(tmp_path / "nope" / "dncnn_25.pth")
+
+
+def test_distill_ladder_script_dry_run_writes_every_table(tmp_path):
+    """benchmarks/distill_ladder.sh --dry-run: the GPU script's every step, tiny, on the CPU."""
+    import os
+    import subprocess
+
+    pytest.importorskip("spandrel")
+    root = _fake_kair_root(tmp_path / "KAIR")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "KAIR_ROOT": str(root)}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "distill_ladder.sh"), str(out), "--dry-run"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "distillation settings chosen on validation" in proc.stderr
+    for name in ("denoise", "sr4bd", "kair50", "kairjpeg"):
+        payload = json.loads((out / f"{name}.json").read_text())
+        assert set(payload["results"]) == set("abcdgh"), name
+        text = (out / f"{name}.md").read_text()
+        assert "g − h (paired per seed)" in text and "g − c (paired per seed)" in text and "g − b" in text
+    assert "KAIR's protocol" in (out / "kair50.md").read_text()
+    best = json.loads((out / "tune.json").read_text())["best"]
+    assert best["candidate"] in {"0.1:0:8", "1:4:8"}
+    assert len((out / "timings.txt").read_text().splitlines()) == 5
