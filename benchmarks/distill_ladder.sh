@@ -18,13 +18,16 @@
 #   kairjpeg  the same DnCNN -> JPEG q=30 then sigma 25 noise (a degradation it never saw), Set12
 # Each ladder runs rows a (frozen), b (LQ segments), c (constant control), d (oracle: the ceiling),
 # g (distilled prior), h (same student, no teacher), concat fusion, a unit on every hidden conv.
-set -euo pipefail
+# A failed task does not stop the others: OUT_DIR/summary.md lists each step's exit code and
+# seconds, OUT_DIR/<name>.log its stderr (progress lines). Exit code: 1 if any step failed.
+# Order: the cheapest tasks first (sr4bd trains 1500 steps and is the longest).
+set -uo pipefail
 
 usage() { echo "usage: $0 OUT_DIR [--dry-run] [--tasks \"tune denoise sr4bd kair50 kairjpeg\"]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 OUT=$1; shift
 DRY=0
-TASKS="tune denoise sr4bd kair50 kairjpeg"
+TASKS="tune denoise kair50 kairjpeg sr4bd"
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
@@ -57,13 +60,18 @@ fi
 if [ -n "${DATA:-}" ]; then COMMON+=(--data "$DATA"); fi
 LADDER=(--fusions concat --rows abcdgh --encoding boundary --units 0)
 
-run() {  # run NAME ARGS...: the printed tables -> NAME.md, the numbers -> NAME.json
+FAILED=0
+echo "| step | exit code | seconds |" > "$OUT/summary.md"
+echo "| --- | --- | --- |" >> "$OUT/summary.md"
+run() {  # run NAME ARGS...: the printed tables -> NAME.md, the numbers -> NAME.json, stderr -> NAME.log
   local name=$1; shift
   echo "== $name: $PY benchmarks/quality.py $*" >&2
   local t0=$SECONDS
-  "$PY" "$HERE/quality.py" "$@" --cache-dir "$CACHE" --json "$OUT/$name.json" > "$OUT/$name.md"
+  "$PY" "$HERE/quality.py" "$@" --cache-dir "$CACHE" --json "$OUT/$name.json" > "$OUT/$name.md" 2> "$OUT/$name.log"
+  local rc=$?
+  echo "| $name | $rc | $((SECONDS - t0)) |" >> "$OUT/summary.md"
+  if [ $rc -ne 0 ]; then FAILED=1; echo "!! $name failed (rc $rc):" >&2; tail -5 "$OUT/$name.log" >&2; fi
   echo "== $name done in $((SECONDS - t0)) s" >&2
-  echo "$name $((SECONDS - t0))" >> "$OUT/timings.txt"
 }
 
 chosen() {  # the validation choice as quality.py flags
@@ -83,7 +91,7 @@ for task in $TASKS; do
           --units 0 "${STEPS_DN[@]}" --tune-distill "${TUNE_CANDIDATES[@]}" ;;
     denoise|sr4bd|kair50|kairjpeg)
       if [ ${#DISTILL[@]} -eq 0 ]; then
-        [ -f "$OUT/tune.json" ] || { echo "run the tune step first (it chooses the distillation settings)" >&2; exit 1; }
+        [ -f "$OUT/tune.json" ] || { echo "no $OUT/tune.json: run the tune step first (it chooses the distillation settings)" >&2; exit 1; }
         # shellcheck disable=SC2207
         DISTILL=($(chosen))
         echo "distillation settings chosen on validation: ${DISTILL[*]}" >&2
@@ -99,4 +107,5 @@ for task in $TASKS; do
     *) echo "unknown task $task (tune denoise sr4bd kair50 kairjpeg)" >&2; exit 2 ;;
   esac
 done
-echo "tables: $OUT/*.md, numbers: $OUT/*.json, wall seconds per step: $OUT/timings.txt" >&2
+echo "tables: $OUT/*.md, numbers: $OUT/*.json, exit codes and seconds: $OUT/summary.md" >&2
+exit $FAILED

@@ -452,4 +452,6 @@ def test_distill_ladder_script_dry_run_writes_every_table(tmp_path):
     assert "KAIR's protocol" in (out / "kair50.md").read_text()
     best = json.loads((out / "tune.json").read_text())["best"]
     assert best["candidate"] in {"0.1:0:8", "1:4:8"}
-    assert len((out / "timings.txt").read_text().splitlines()) == 5
+    summary = (out / "summary.md").read_text().splitlines()[2:]
+    assert [ln.split("|")[1:3] for ln in summary] == [[f" {n} ", " 0 "] for n in
+                                                      ("tune", "denoise", "kair50", "kairjpeg", "sr4bd")]
