@@ -15,8 +15,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import SPTError
-from ..training.builders import (build_dataset, build_provider, check_provider_args, image_folder, load_backbone_from_args,
-                                 prior_cache, use_recorded_provider)
+from ..training.builders import (adapter_needs_provider, build_dataset, build_provider, check_provider_args, image_folder,
+                                 load_backbone_from_args, prior_cache, use_recorded_provider)
 from ._args import add_backbone_arguments, add_prior_arguments, nonneg_int, positive_int, task_type
 
 HELP = "evaluate backbone vs backbone + SPT (PSNR/SSIM tables, comparison crops)"
@@ -48,21 +48,6 @@ def _recorded(adapter_file: Path) -> dict:
     return read_adapter_config(adapter_file).prior or {}
 
 
-def needs_provider(adapter_file: Path, args) -> bool:
-    """False for an adapter with a distilled prior (its student makes the prior; no segmenter runs),
-    where a provider flag is refused; True otherwise."""
-    from ..files.format import read_adapter_config
-
-    if read_adapter_config(adapter_file).student is None:
-        return True
-    given = [f for f, v in (("--provider", args.provider), ("--sam-checkpoint", args.sam_checkpoint),
-                            ("--segments", args.segments)) if v]
-    if given:
-        raise SPTError(f"{adapter_file} has a distilled prior (a student network makes it from the input): "
-                       f"drop {', '.join(given)}")
-    return False
-
-
 def run(args) -> int:
     from ..files.format import load_adapter
     from ..training.evaluate import evaluate
@@ -79,7 +64,7 @@ def run(args) -> int:
         if not args.task:
             raise SPTError(f"{adapter_file} records no task; pass --task denoise:<sigma> or sr:<scale>")
         task_type(args.task)
-    with_provider = needs_provider(adapter_file, args)
+    with_provider = adapter_needs_provider(adapter_file, args)
     # use the adapter's own prior recipe unless told otherwise
     if with_provider:
         use_recorded_provider(args, recorded.get("provider") or {}, adapter_file)

@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          "student network inside the adapter learns the --teacher's prior of the clean images")
     dp.add_argument("--teacher", default=None, metavar="PROVIDER",
                     help="with --prior distilled: the mask provider run on the clean training images only (slic, "
-                         "felzenszwalb, sam with --sam-checkpoint, or a plugin provider's name)")
+                         "felzenszwalb, sam/sam2 with --sam-checkpoint, or a plugin provider's name; settings with "
+                         "--provider-set)")
     dp.add_argument("--distill-weight", type=nonneg_float, default=0.1,
                     help="weight of the distillation loss beside the L1 restoration loss (default: 0.1)")
     dp.add_argument("--student-steps", type=nonneg_int, default=0,
@@ -130,8 +131,8 @@ def _check_distilled_args(args) -> None:
 
 
 def _check_teacher_runs(args, provider, data_images) -> None:
-    """Run the teacher once on the first clean training image (the result is cached, so the work is
-    not lost): a teacher that cannot run fails here, before any step."""
+    """Run the teacher once on a 64 px corner of the first clean training image: a teacher that
+    cannot run (a missing package, a broken plugin, a bad checkpoint) fails here, before any step."""
     from ..training.images import read_image, to_rgb_uint8
 
     try:
@@ -186,8 +187,6 @@ def run(args) -> int:
     out = _check_out(args)
     if args.resume:
         _resume_config_check(args, out / ADAPTER_FILENAME)
-    if args.prior == "distilled" and args.teacher not in ("slic", "felzenszwalb", "sam") and args.sam_checkpoint:
-        raise SPTError(f"--sam-checkpoint was given with --teacher {args.teacher}; drop one of them")
     check_provider_args(args)
     model, default_targets, described = load_backbone_from_args(args, args.targets)
     targets = list(args.targets) if args.targets else default_targets

@@ -80,6 +80,25 @@ def parse_settings(items) -> dict[str, str]:
     return out
 
 
+def adapter_needs_provider(adapter_file, args) -> bool:
+    """Whether running the adapter in ``adapter_file`` needs a mask provider: False for a distilled
+    prior (its student makes the prior from the input; no segmenter or checkpoint), where a provider
+    flag (``--provider``, ``--sam-checkpoint``, ``--provider-set``, ``--segments``) is refused; True otherwise. `eval`
+    and `restore` build their provider only when this says so."""
+    from ..files.format import read_adapter_config
+
+    if read_adapter_config(adapter_file).student is None:
+        return True
+    given = [f for f, v in (("--provider", getattr(args, "provider", None)),
+                            ("--sam-checkpoint", getattr(args, "sam_checkpoint", None)),
+                            ("--provider-set", getattr(args, "provider_set", None)),
+                            ("--segments", getattr(args, "segments", None))) if v]
+    if given:
+        raise SPTError(f"{adapter_file} has a distilled prior (a student network makes it from the input): "
+                       f"drop {', '.join(given)}")
+    return False
+
+
 def build_provider(args, device=None):
     """The provider :func:`check_provider_args` checked, built with its validated settings."""
     from ..prior import make_provider
