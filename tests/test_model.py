@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -41,7 +42,8 @@ def test_prior_errors_are_clear_and_raised_before_compute():
         (label_prior(channels=3), "3 channel"),
         (torch.full((1, 1, 16, 16), float("nan")), "NaN or Inf"),
         (torch.full((1, 1, 16, 16), float("inf")), "NaN or Inf"),
-        (torch.rand(1, 16, 16), r"shape \(B, C_p, H, W\)"),
+        (torch.rand(16, 16), r"shape \(B, C_p, H, W\)"),
+        (np.zeros((1, 1, 16, 16), dtype=np.complex64), "NumPy dtype"),
         ([[0.0]], "torch.Tensor"),
     ]
     for prior, message in cases:
@@ -236,3 +238,22 @@ def test_swinir_tokens_take_their_size_from_x_size():
 def test_no_targets_and_no_claim_is_a_clear_error():
     with pytest.raises(TargetError, match="no plugin claims a BNNet; pass targets="):
         spt_adapter.inject(BNNet())
+
+
+def test_numpy_priors_from_the_cache_go_straight_into_the_model():
+    """PriorCache.get_or_compute returns a NumPy (C, H, W) float32 array: the forward call takes it as it
+    is (batch dimension added and expanded, moved to the input's dtype), with the output the tensor gives."""
+    backbone, targets, x = swinir()
+    model = spt_adapter.inject(backbone, targets)
+    perturb(model)
+    prior = np.random.default_rng(0).random((1, 16, 16)).astype(np.float32)
+    expected = model(x, prior=torch.from_numpy(prior)[None])
+    assert torch.equal(model(x, prior=prior), expected)
+    assert torch.equal(model(x, prior=prior[None]), expected)
+    x2 = torch.cat([x, x])
+    # one (C, H, W) prior serves the whole batch: the same as the tensor repeated per sample
+    assert torch.equal(model(x2, prior=prior), model(x2, prior=torch.from_numpy(prior)[None].repeat(2, 1, 1, 1)))
+    with pytest.raises(PriorError, match="batch size 1 but the input has batch size 2"):
+        model(x2, prior=prior[None])
+    # a float64 prior follows the float32 input (no dtype error inside the unit)
+    assert torch.equal(model(x, prior=prior.astype(np.float64)), expected)

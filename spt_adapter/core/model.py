@@ -165,11 +165,12 @@ class SPTModel(nn.Module):
             "the input): call model(x) without prior= and without use_prior()"
         )
 
-    def check_prior(self, prior: Any, batch: int | None = None) -> torch.Tensor:
-        """Validate a prior for the active adapter; raise :class:`PriorError` naming the problem."""
+    def check_prior(self, prior: Any, batch: int | None = None, like: torch.Tensor | None = None) -> torch.Tensor:
+        """Validate a prior for the active adapter; raise :class:`PriorError` naming the problem.
+        With ``like`` (the input), the prior is moved to its device and floating dtype."""
         config = self._config()
         return validate_prior(prior, batch, config.prior_channels if config else None,
-                              adapter=self.active_adapter)
+                              adapter=self.active_adapter, like=like)
 
     @contextlib.contextmanager
     def use_prior(self, prior: torch.Tensor) -> Iterator["SPTModel"]:
@@ -189,7 +190,7 @@ class SPTModel(nn.Module):
         if student is not None:
             if prior is not None or state.prior is not None:
                 self._refuse_prior_for_student()
-            x = _first_tensor(args, kwargs)
+            x = first_tensor(args, kwargs)
             if x is None:
                 raise PriorError("the prior student reads the forward call's first tensor argument, and there is none")
             logits = student.logits(x)
@@ -197,7 +198,7 @@ class SPTModel(nn.Module):
                 out = self.base_model(*args, **kwargs)
             return (out, logits) if return_prior_logits else out
         given = prior if prior is not None else state.prior
-        with state.using(self.check_prior(given, batch_size(args, kwargs))):
+        with state.using(self.check_prior(given, batch_size(args, kwargs), first_tensor(args, kwargs))):
             return self.base_model(*args, **kwargs)
 
     # -- training helpers --------------------------------------------------------------------
@@ -286,18 +287,31 @@ def _file_operation(name: str):
 
 
 def validate_prior(prior: Any, batch: int | None = None, prior_channels: int | None = None, *,
-                   name: str = "prior", adapter: str | None = None) -> torch.Tensor:
-    """Check a prior tensor before any compute; raise :class:`PriorError` naming the problem.
+                   name: str = "prior", adapter: str | None = None, like: torch.Tensor | None = None) -> torch.Tensor:
+    """Check a prior before any compute; raise :class:`PriorError` naming the problem.
 
-    Returns the prior, with a bool label map turned into float. ``name`` is the argument's name as
-    the user wrote it (``prior``; ``spt_prior`` through PEFT).
+    Accepts a tensor or a NumPy array (what ``PriorCache.get_or_compute`` returns) of shape
+    ``(B, C_p, H, W)``, or ``(C_p, H, W)`` for one prior shared by the whole batch (a batch
+    dimension is added and expanded to ``batch``). Returns a tensor, with a bool label map turned
+    into float; with ``like`` (the input tensor) it is on ``like``'s device and, when ``like`` is a
+    floating tensor, in its dtype. ``name`` is the argument's name as the user wrote it (``prior``;
+    ``spt_prior`` through PEFT).
     """
     if prior is None:
         raise PriorError(f"the {name} is missing: pass {name}=p to the forward call or use `with model.use_prior(p):`")
     if not torch.is_tensor(prior):
-        raise PriorError(f"the {name} must be a torch.Tensor of shape (B, C_p, H, W), got {type(prior).__name__}")
+        import numpy as np
+
+        if not isinstance(prior, np.ndarray):
+            raise PriorError(f"the {name} must be a torch.Tensor or NumPy array of shape (B, C_p, H, W) or (C_p, H, W), "
+                             f"got {type(prior).__name__}")
+        if prior.dtype.kind not in "fiub":
+            raise PriorError(f"the {name} has NumPy dtype {prior.dtype}; expected float, integer or bool")
+        prior = torch.from_numpy(np.ascontiguousarray(prior))
+    if prior.dim() == 3:
+        prior = prior[None].expand(batch or 1, *prior.shape)
     if prior.dim() != 4:
-        raise PriorError(f"the {name} must have shape (B, C_p, H, W), got shape {tuple(prior.shape)}")
+        raise PriorError(f"the {name} must have shape (B, C_p, H, W) or (C_p, H, W), got shape {tuple(prior.shape)}")
     if batch is not None and prior.shape[0] != batch:
         raise PriorError(f"the {name} has batch size {prior.shape[0]} but the input has batch size {batch}")
     if prior_channels is not None and prior.shape[1] != prior_channels:
@@ -306,11 +320,19 @@ def validate_prior(prior: Any, batch: int | None = None, prior_channels: int | N
                          f"prior_channels={prior_channels}")
     if prior.shape[2] < 1 or prior.shape[3] < 1:
         raise PriorError(f"the {name} is empty: shape {tuple(prior.shape)}")
-    if prior.dtype == torch.bool:
-        return prior.to(torch.float32)
-    if (prior.is_floating_point() or prior.is_complex()) and not bool(torch.isfinite(prior).all()):
+    if prior.dtype == torch.bool or not (prior.is_floating_point() or prior.is_complex()):
+        prior = prior.to(torch.float32)
+    elif not bool(torch.isfinite(prior).all()):
         raise PriorError(f"the {name} contains NaN or Inf values")
+    if like is not None:
+        dtype = like.dtype if like.is_floating_point() else prior.dtype
+        prior = prior.to(device=like.device, dtype=dtype)
     return prior
+
+
+def first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The first tensor argument of a forward call (the input whose device and dtype a prior follows)."""
+    return next((v for v in list(args) + list(kwargs.values()) if torch.is_tensor(v)), None)
 
 
 def batch_size(args: tuple, kwargs: dict) -> int | None:
@@ -318,13 +340,6 @@ def batch_size(args: tuple, kwargs: dict) -> int | None:
     for value in list(args) + list(kwargs.values()):
         if torch.is_tensor(value) and value.dim() >= 1:
             return int(value.shape[0])
-    return None
-
-
-def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
-    for value in list(args) + list(kwargs.values()):
-        if torch.is_tensor(value):
-            return value
     return None
 
 
