@@ -73,3 +73,8 @@ class ProviderRunError(ProviderError):
 
 class CorruptEntry(SPTError):
     """A prior-cache entry is truncated or fails its checksum (internal: the cache recomputes it)."""
+
+
+class RestoreError(SPTError, ValueError):
+    """Restoring user images: a tile that cannot work, an adapter for another channel count, an output
+    that would overwrite an input."""

@@ -54,3 +54,32 @@ def to_rgb_uint8(image, name: str = "image") -> np.ndarray:
     if out.shape[2] == 1:
         out = np.repeat(out, 3, axis=2)
     return np.ascontiguousarray(out)
+
+
+#: BT.601 luma weights (R, G, B): what OpenCV's ``IMREAD_GRAYSCALE`` / ``COLOR_RGB2GRAY`` and so KAIR's
+#: ``imread_uint(path, n_channels=1)`` use to turn colour into grey.
+LUMA_BT601 = (0.299, 0.587, 0.114)
+
+
+def rgb_to_grey_uint8(rgb: np.ndarray) -> np.ndarray:
+    """``HxWx3 uint8`` RGB -> ``HxWx1 uint8`` grey: ``round(0.299 R + 0.587 G + 0.114 B)`` (BT.601 luma)."""
+    r, g, b = (rgb[:, :, i].astype(np.float64) for i in range(3))
+    y = LUMA_BT601[0] * r + LUMA_BT601[1] * g + LUMA_BT601[2] * b
+    return np.ascontiguousarray(np.clip(np.rint(y), 0, 255).astype(np.uint8)[:, :, None])
+
+
+def to_uint8_channels(image, channels: int = 3, name: str = "image") -> np.ndarray:
+    """Return ``image`` as a C-contiguous ``HxWxC uint8`` array with ``channels`` 1 (grey) or 3 (RGB).
+
+    Conversions as :func:`to_rgb_uint8` (alpha dropped); for ``channels=1`` a grey image is kept
+    as it is and a colour one becomes its BT.601 luma (:func:`rgb_to_grey_uint8`).
+    """
+    if channels not in (1, 3):
+        raise ImageError(f"{name}: images are read with 1 (grey) or 3 (RGB) channels, not {channels}")
+    if channels == 3:
+        return to_rgb_uint8(image, name=name)
+    arr = np.asarray(image) if not (hasattr(image, "detach") and hasattr(image, "numpy")) else image
+    grey_stored = isinstance(arr, np.ndarray) and (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 2)))
+    rgb = to_rgb_uint8(arr, name=name)
+    return np.ascontiguousarray(rgb[:, :, :1]) if grey_stored else rgb_to_grey_uint8(rgb)
+

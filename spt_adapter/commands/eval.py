@@ -1,12 +1,15 @@
 """`spt-adapter eval`: backbone vs backbone + SPT on a folder of clean images.
 
     spt-adapter eval --backbone swinir_x4.pth --adapter runs/swinir_x4_spt --data Set5/ --task sr:4
+    spt-adapter eval --no-adapter --backbone dncnn_25.pth --data set12 --task denoise:25   # backbone alone
 
 PSNR/SSIM as the field reports them (RGB for denoising; Y channel with a ``scale``-pixel border
 for SR), per image and mean, written as ``eval.md`` and ``eval.csv`` with comparison crops; the
 adapter may be a file, a folder (``spt_adapter.safetensors`` inside) or a Hugging Face Hub id.
-The prior is rebuilt with the provider recorded in the adapter unless flags say otherwise; an
-adapter with a distilled prior makes its own (its student), so no provider or checkpoint is needed.
+The prior is rebuilt with the provider recorded in the adapter unless flags say otherwise
+(:func:`spt_adapter.training.restore.resolve_prior_source`). 1-channel backbones read grey images.
+``--noise kair`` draws the noise as KAIR's ``main_test_dncnn.py`` does (the default for grey
+backbones, whose benchmarks are KAIR's); ``--noise spt`` is the training pipeline's noise.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import SPTError
-from ..training.builders import (adapter_needs_provider, build_dataset, build_provider, check_provider_args, image_folder,
-                                 load_backbone_from_args, prior_cache, use_recorded_provider)
+from ..training.builders import build_dataset, build_provider, image_folder, load_backbone_from_args, prior_cache, prior_flags
+from ..training.data import NOISE_PROTOCOLS
 from ._args import add_backbone_arguments, add_prior_arguments, nonneg_int, positive_int, task_type
 
 HELP = "evaluate backbone vs backbone + SPT (PSNR/SSIM tables, comparison crops)"
@@ -24,8 +27,10 @@ HELP = "evaluate backbone vs backbone + SPT (PSNR/SSIM tables, comparison crops)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backbone_arguments(parser)
-    parser.add_argument("--adapter", required=True, metavar="FILE|DIR|HUB_ID",
+    parser.add_argument("--adapter", metavar="FILE|DIR|HUB_ID",
                         help="adapter file, folder holding spt_adapter.safetensors, or a Hub repo id (user/repo)")
+    parser.add_argument("--no-adapter", action="store_true",
+                        help="score the backbone alone (no --adapter, no prior; --task needed)")
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag, commit) for a Hub id")
     parser.add_argument("--data", required=True, metavar="HQ_DIR", help="folder of clean test images")
     parser.add_argument("--task", default=None, type=task_type,
@@ -37,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crops", type=nonneg_int, default=4, help="comparison crops to write (default: 4)")
     parser.add_argument("--crop-size", type=positive_int, default=96)
     parser.add_argument("--seed", type=nonneg_int, default=0, help="noise seed of the degradation")
+    parser.add_argument("--noise", choices=NOISE_PROTOCOLS, default=None,
+                        help="denoising noise protocol: spt (per image and seed, clipped to 8 bits: what training "
+                             "uses) or kair (np.random.seed(seed) per image, unclipped float: KAIR's main_test_dncnn.py); "
+                             "default: kair for grey backbones, spt for colour")
     parser.add_argument("--no-hash-check", action="store_true",
                         help="accept an adapter whose recorded backbone weights hash differs (architecture still checked)")
     parser.add_argument("--no-progress", action="store_true")
@@ -49,11 +58,64 @@ def _recorded(adapter_file: Path) -> dict:
 
 
 def run(args) -> int:
-    from ..files.format import load_adapter
     from ..training.evaluate import evaluate
-    from ..files.hub import resolve_adapter_file
 
     images = image_folder(args.data, "--data")
+    if args.no_adapter and args.adapter:
+        raise SPTError("--no-adapter scores the backbone alone: drop --adapter (or --no-adapter)")
+    if not args.no_adapter and not args.adapter:
+        raise SPTError("pass --adapter FILE|DIR|HUB_ID, or --no-adapter to score the backbone alone")
+    if args.no_adapter:
+        if args.task is None:
+            raise SPTError("--no-adapter needs --task denoise:<sigma> or sr:<scale>")
+        model, _, described = load_backbone_from_args(args, require_targets=False)
+        provider = None
+        what = "backbone alone"
+    else:
+        model, provider, described, what = _with_adapter(args)  # provider None: the adapter makes its own prior
+    if args.noise is None:
+        args.noise = "kair" if args._channels == 1 else "spt"
+    if args.device:
+        model.to(args.device)
+    if provider is None:
+        from ..training.data import PairedPriorDataset
+
+        # no prior: the dataset's prior_fn is a placeholder that nothing reads
+        dataset = PairedPriorDataset(args.data, args.task, prior_fn=lambda im: _no_prior(im), train=False,
+                                     seed=args.seed, channels=args._channels, noise=args.noise)
+    else:
+        dataset = build_dataset(args, args.data, provider, prior_cache(args), train=False)
+    out = Path(args.out) if args.out else Path(f"eval_{Path(args.data).resolve().name}")
+    out.mkdir(parents=True, exist_ok=True)
+    grey = ", grey" if args._channels == 1 else ""
+    noise = f", noise {args.noise} seed {args.seed}" if args.task.startswith("denoise") else ""
+    print(f"backbone: {described}; {what}; {len(images)} image(s), task {args.task}{grey}{noise}")
+    items = (dataset[i] if provider is not None else {**dataset[i], "prior": None} for i in range(len(dataset)))
+    result = evaluate(model, items, args.task, out, save_images=args.save_images,
+                      crops=args.crops, crop_size=args.crop_size, progress=not args.no_progress, total=len(dataset),
+                      backbone_only=args.no_adapter)
+    print(result.table_md.read_text() if result.table_md else "no images")
+    print(f"table:     {result.table_md}")
+    print(f"table:     {result.table_csv}")
+    for p in result.crops:
+        print(f"crop:      {p}")
+    if args.save_images:
+        print(f"images:    {out / 'images'} ({len(result.images)} files)")
+    return 0
+
+
+def _no_prior(image):
+    import numpy as np
+
+    return np.zeros((1,) + image.shape[:2], dtype=np.float32)
+
+
+def _with_adapter(args):
+    """Backbone + adapter, the mask provider (the adapter's recorded one unless flags say otherwise)."""
+    from ..files.format import load_adapter
+    from ..files.hub import resolve_adapter_file
+    from ..training.restore import check_channels, resolve_prior_source
+
     src = str(args.adapter)
     if Path(src).suffix in (".pth", ".pt", ".ckpt", ".bin") and Path(src).exists():
         raise SPTError(f"--adapter {src} is a pickle checkpoint; SPT adapters are .safetensors files")
@@ -64,30 +126,11 @@ def run(args) -> int:
         if not args.task:
             raise SPTError(f"{adapter_file} records no task; pass --task denoise:<sigma> or sr:<scale>")
         task_type(args.task)
-    with_provider = adapter_needs_provider(adapter_file, args)
-    # use the adapter's own prior recipe unless told otherwise
-    if with_provider:
-        use_recorded_provider(args, recorded.get("provider") or {}, adapter_file)
-    if args.encoding is None:
-        # "label": adapters that record no encoding were made when label was the only default
-        args.encoding = recorded.get("encoding", "label")
-    check_provider_args(args)
+    provider_args = prior_flags(args, adapter_file)
     model, _, described = load_backbone_from_args(args, require_targets=False)  # targets come from the adapter
     spt = load_adapter(model, adapter_file, check_backbone_hash=not args.no_hash_check)
-    if args.device:
-        spt.to(args.device)
-    provider = build_provider(args) if with_provider else None
-    dataset = build_dataset(args, args.data, provider, prior_cache(args), train=False)
-    out = Path(args.out) if args.out else Path(f"eval_{Path(args.data).resolve().name}")
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"backbone: {described}; adapter: {adapter_file}; {len(images)} image(s), task {args.task}")
-    result = evaluate(spt, (dataset[i] for i in range(len(dataset))), args.task, out, save_images=args.save_images,
-                      crops=args.crops, crop_size=args.crop_size, progress=not args.no_progress, total=len(dataset))
-    print(result.table_md.read_text() if result.table_md else "no images")
-    print(f"table:     {result.table_md}")
-    print(f"table:     {result.table_csv}")
-    for p in result.crops:
-        print(f"crop:      {p}")
-    if args.save_images:
-        print(f"images:    {out / 'images'} ({len(result.images)} files)")
-    return 0
+    check_channels(spt, args._channels, str(adapter_file))
+    override = build_provider(args) if provider_args else None
+    source = resolve_prior_source(spt, provider=override, encoding=args.encoding, what=str(adapter_file))
+    args.encoding = source.encoding
+    return spt, source.provider, described, f"adapter: {adapter_file}"

@@ -231,7 +231,7 @@ def run(args) -> int:
                            "depth": args.student_depth}
             config = SPTConfig(
                 targets=targets, exclude=list(args.exclude or []), fusion=args.fusion or DEFAULT_FUSION, hidden=args.hidden,
-                prior_channels=encoding_channels(args.encoding), prior=prior_meta, student=student,
+                prior_channels=encoding_channels(args.encoding), prior={**prior_meta, "channels": args._channels}, student=student,
                 integration=None if args.targets else args._claim[0], preset=None if args.targets else args._claim[1],
             )
             torch.manual_seed(args.seed)

@@ -136,6 +136,26 @@ def use_recorded_provider(args, ident: dict, where) -> None:
         args.provider_settings = dict(ident.get("settings") or {})
 
 
+def prior_flags(args, adapter_file) -> bool:
+    """`eval` / `restore` with an adapter: unless flags name a provider (or the adapter carries a
+    distilled prior student, which needs none), take the provider the adapter records
+    (:func:`use_recorded_provider`); check the result. True when a provider is to be built from the
+    flags (:func:`build_provider`), False when :func:`spt_adapter.training.restore.resolve_prior_source`
+    decides alone (a student; nothing recorded)."""
+    from ..files.format import read_adapter_config
+
+    cfg = read_adapter_config(adapter_file)
+    named = (args.provider is not None or bool(args.sam_checkpoint) or args.segments is not None
+             or bool(getattr(args, "provider_set", None)))
+    if not named and getattr(cfg, "student", None) is not None:
+        return False
+    use_recorded_provider(args, (cfg.prior or {}).get("provider") or {}, adapter_file)
+    if args.provider is None and not args.sam_checkpoint and not named:
+        return False
+    check_provider_args(args)
+    return True
+
+
 def prior_cache(args):
     from ..prior.cache import PriorCache
 
@@ -145,8 +165,11 @@ def prior_cache(args):
 
 
 def load_backbone_from_args(args, targets: list[str] | None = None, require_targets: bool = True):
-    """(model, default_targets, description) from --backbone or --arch/--weights."""
+    """(model, default_targets, description) from --backbone or --arch/--weights. Also sets
+    ``args._channels`` (the image channels the backbone takes: grey backbones read grey images) and
+    ``args._descriptor`` (spandrel's descriptor: size requirements, half-precision support)."""
     from ..plugins.backbones import load_backbone
+    from .restore import input_channels
 
     if args.backbone and args.weights:
         raise SPTError("give either --backbone CKPT or --arch PRESET --weights PATH, not both")
@@ -160,6 +183,11 @@ def load_backbone_from_args(args, targets: list[str] | None = None, require_targ
     bb = load_backbone(path)
     model, default = bb.model, list(bb.targets)
     args._claim = (bb.integration, bb.preset)
+    args._descriptor = bb.descriptor
+    args._channels = input_channels(model, bb.descriptor)
+    if args._channels not in (1, 3):
+        raise SPTError(f"the backbone in {path} takes {args._channels}-channel input; images are read as 1 (grey) or "
+                       "3 (RGB) channels")
     arch = getattr(getattr(bb.descriptor, "architecture", None), "name", type(model).__name__)
     if args.arch:
         from ..plugins.presets import PRESETS
@@ -182,11 +210,12 @@ def load_backbone_from_args(args, targets: list[str] | None = None, require_targ
 
 
 def make_dataset(folder, task: str, provider, cache, *, encoding: str | None = None, train: bool,
-                 patch: int | None = None, seed: int = 0, teacher: bool = False):
+                 patch: int | None = None, seed: int = 0, teacher: bool = False, channels: int = 3, noise: str = "spt"):
     """``spt_adapter.training.data.PairedPriorDataset`` over ``folder``: random ``patch`` x ``patch`` GT
     patches (LQ patches of ``patch / scale``) with flips for training, whole images for evaluation.
-    The degradation is fixed per image and ``seed``; the prior is computed on the LQ image once,
-    through ``cache``, with ``encoding`` (default: ``spt_adapter.prior.DEFAULT_ENCODING``).
+    The degradation is fixed per image and ``seed`` (``noise``: the protocol, see ``data``); the
+    prior is computed on the LQ image once, through ``cache``, with ``encoding`` (default:
+    ``spt_adapter.prior.DEFAULT_ENCODING``). ``channels=1`` reads grey images (1-channel backbones).
     ``teacher=True``: ``provider`` is a distilled prior's teacher and segments the clean images only
     (items hold ``teacher_prior``); ``provider=None``: items hold no prior (an adapter whose student
     makes its own)."""
@@ -199,9 +228,11 @@ def make_dataset(folder, task: str, provider, cache, *, encoding: str | None = N
     lq_patch = None if (patch is None or not train) else patch // scale
     return data.PairedPriorDataset(folder, task, cache=cache, provider=None if teacher else provider,
                                    encoding=encoding or DEFAULT_ENCODING, patch_size=lq_patch, train=train, seed=seed,
-                                   teacher=provider if teacher else None, with_prior=provider is not None)
+                                   teacher=provider if teacher else None, with_prior=provider is not None,
+                                   channels=channels, noise=noise)
 
 
 def build_dataset(args, folder, provider, cache, *, train: bool, patch: int | None = None, teacher: bool = False):
     return make_dataset(folder, args.task, provider, cache, encoding=args.encoding, train=train, patch=patch,
-                        seed=getattr(args, "seed", 0), teacher=teacher)
+                        seed=getattr(args, "seed", 0), teacher=teacher, channels=getattr(args, "_channels", 3),
+                        noise=getattr(args, "noise", None) or "spt")

@@ -15,6 +15,13 @@ images, so their cache keys match):
   mean a new SAM run; use several seeds for several realisations.
 - ``sr:<scale>``: GT is cropped to a multiple of ``scale``; ``LQ = imresize_bicubic(GT, 1/scale)``
   (MATLAB-style, uint8).
+- ``noise="kair"`` (evaluation protocol of KAIR's ``main_test_dncnn.py``, :func:`kair_noisy`): the
+  network sees ``float32(GT / 255) + N(0, sigma/255)`` drawn by ``np.random.seed(seed)`` afresh for
+  every image, neither clipped nor quantised; the prior is computed on its clipped 8-bit version.
+
+``channels=1`` (1-channel backbones) reads every image as grey (BT.601 luma of a colour file, as
+KAIR's ``n_channels=1``), so GT, LQ and the image the prior is computed on are all grey (the prior
+provider sees the grey image replicated to RGB).
 
 The prior is computed on the LQ image (``oracle=True``: on the clean GT image) through the
 cache, so the provider runs once per image. ``prior_fn(image) -> (C, H, W)`` replaces provider
@@ -38,8 +45,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .images import imresize_bicubic, list_images, read_image, to_rgb_uint8
+from .images import imresize_bicubic, list_images, read_image
+from ..pixels import to_uint8_channels
 from ..prior.encode import DEFAULT_ENCODING
+
+#: how ``denoise`` noise is drawn: ``spt`` (per image and seed, clipped, 8-bit; training and default
+#: evaluation) or ``kair`` (KAIR's test protocol, :func:`kair_noisy`)
+NOISE_PROTOCOLS = ("spt", "kair")
 
 
 @dataclass(frozen=True)
@@ -85,10 +97,11 @@ def mod_crop(gt: np.ndarray, scale: int) -> np.ndarray:
     return gt[: h - h % scale, : w - w % scale]
 
 
-def degrade(gt, task, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``(gt, lq)`` as HxWx3 uint8 for ``task`` (gt mod-cropped for SR); deterministic in ``seed``."""
+def degrade(gt, task, seed: int = 0, channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """``(gt, lq)`` as HxWxC uint8 (C = ``channels``, 3 or 1) for ``task`` (gt mod-cropped for SR);
+    deterministic in ``seed``."""
     task = parse_task(task)
-    gt = to_rgb_uint8(gt)
+    gt = to_uint8_channels(gt, channels)
     if task.kind == "denoise":
         rng = np.random.default_rng(noise_seed(gt, seed))
         noisy = gt.astype(np.float64) / 255.0 + rng.normal(0.0, task.sigma / 255.0, gt.shape)
@@ -97,6 +110,15 @@ def degrade(gt, task, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     if gt.shape[0] < task.scale or gt.shape[1] < task.scale:
         raise DataError(f"image of size {gt.shape[:2]} is smaller than the SR scale {task.scale}")
     return gt, imresize_bicubic(gt, scale=1.0 / task.scale)
+
+
+def kair_noisy(gt: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
+    """KAIR's ``main_test_dncnn.py`` degradation of a uint8 ``HxWxC`` image: ``float32(gt / 255.)``
+    plus ``np.random.normal(0, sigma / 255., shape)`` right after ``np.random.seed(seed)`` (the same
+    legacy Mersenne-Twister stream, without touching numpy's global state); no clipping, no rounding."""
+    img = np.float32(np.asarray(gt) / 255.0)
+    img += np.random.RandomState(seed).normal(0.0, sigma / 255.0, img.shape)
+    return img
 
 
 def augment(arrays, hflip: bool, vflip: bool, rot90: bool):
@@ -131,7 +153,7 @@ class PairedPriorDataset:
 
     def __init__(self, root_or_paths, task, cache=None, provider=None, encoding: str = DEFAULT_ENCODING, patch_size=None,
                  train: bool = True, seed: int = 0, oracle: bool = False, prior_fn=None, teacher=None,
-                 with_prior: bool = True) -> None:
+                 with_prior: bool = True, channels: int = 3, noise: str = "spt") -> None:
         from ..prior import PriorCache, parse_encoding
 
         self.paths = list_images(root_or_paths)
@@ -152,13 +174,27 @@ class PairedPriorDataset:
             raise DataError(f"patch_size must be positive, got {patch_size}")
         self.patch_size = None if patch_size is None else int(patch_size)
         self.train, self.seed, self.oracle = bool(train), int(seed), bool(oracle)
+        if channels not in (1, 3):
+            raise DataError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+        if noise not in NOISE_PROTOCOLS:
+            raise DataError(f"noise protocol {noise!r}: choose one of {', '.join(NOISE_PROTOCOLS)}")
+        self.channels, self.noise = int(channels), noise
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Whole ``(gt, lq)`` uint8 images of item ``index``."""
-        return degrade(read_image(self.paths[index]), self.task, self.seed)
+        """Whole ``(gt, lq)`` uint8 images of item ``index`` (with ``noise="kair"``, ``lq`` is the clipped
+        8-bit version of what the network sees: the image the prior is computed on)."""
+        gt = read_image(self.paths[index], self.channels)
+        if self._kair:
+            noisy = kair_noisy(gt, self.task.sigma, self.seed)
+            return gt, np.uint8((noisy.clip(0, 1) * 255.0).round())
+        return degrade(gt, self.task, self.seed, self.channels)
+
+    @property
+    def _kair(self) -> bool:
+        return self.noise == "kair" and self.task.kind == "denoise"
 
     def prior_of(self, image: np.ndarray, provider=None) -> np.ndarray:
         provider = provider or self.provider
@@ -178,6 +214,7 @@ class PairedPriorDataset:
         import torch
 
         gt, lq = self.pair(index)
+        lq_f = kair_noisy(gt, self.task.sigma, self.seed) if self._kair else lq.astype(np.float32) / 255.0
         scale = self.task.scale if self.task.kind == "sr" else 1
         pscale = scale if self.oracle else 1
         key = "prior"
@@ -201,14 +238,14 @@ class PairedPriorDataset:
                 left = int(torch.randint(0, w - p + 1, (1,)).item())
             else:
                 top, left = (h - p) // 2, (w - p) // 2
-            lq = lq[top : top + p, left : left + p]
+            lq_f = lq_f[top : top + p, left : left + p]
             gt = gt[top * scale : (top + p) * scale, left * scale : (left + p) * scale]
             prior = prior[top * pscale : (top + p) * pscale, left * pscale : (left + p) * pscale]
         if self.train:
             hflip, vflip, rot = (bool(v) for v in torch.rand(3) < 0.5)
-        lq, gt, prior = augment([lq, gt, prior], hflip, vflip, rot)
+        lq_f, gt, prior = augment([lq_f, gt, prior], hflip, vflip, rot)
         item = {
-            "lq": torch.from_numpy(lq.transpose(2, 0, 1).astype(np.float32) / 255.0),
+            "lq": torch.from_numpy(np.ascontiguousarray(lq_f.transpose(2, 0, 1))),
             "gt": torch.from_numpy(gt.transpose(2, 0, 1).astype(np.float32) / 255.0),
             "path": str(self.paths[index]),
             "crop": (top, left, hflip, vflip, rot),

@@ -23,49 +23,14 @@ from . import metrics
 from .data import parse_task
 from .._io import atomic_write_bytes
 from ..core.model import SPTModel
+from .restore import restore_tensor
 
-__all__ = ["EvalResult", "restore", "evaluate", "compare_strip", "task_scale", "make_val_fn", "markdown_table"]
+__all__ = ["EvalResult", "evaluate", "compare_strip", "task_scale", "make_val_fn", "markdown_table"]
 
 
 def task_scale(task: str) -> int:
     """The output/input size ratio of a task (1 for denoising), from :func:`data.parse_task`."""
     return parse_task(task).scale
-
-
-def _pad_amount(size: int, multiple: int) -> int:
-    return (-size) % multiple
-
-
-@torch.no_grad()
-def restore(model: torch.nn.Module, lq: torch.Tensor, prior: torch.Tensor | None = None, *, scale: int = 1,
-            multiple: int = 16, backbone_only: bool = False) -> torch.Tensor:
-    """Run ``model`` on one full image ``lq`` (C,H,W or 1,C,H,W on [0,1]) and return (C, H*s, W*s).
-
-    The input is reflect-padded to a multiple of ``multiple`` (window attention and U-Nets need it;
-    a prior at the input's resolution is padded the same way) and the output cropped back.
-    ``backbone_only`` runs an SPTModel with its adapter disabled: the exact backbone output.
-    """
-    x = lq if lq.dim() == 4 else lq[None]
-    p = None if prior is None else (prior if prior.dim() == 4 else prior[None])
-    h, w = x.shape[-2:]
-    ph, pw = _pad_amount(h, multiple), _pad_amount(w, multiple)
-    if ph or pw:
-        mode = "reflect" if ph < h and pw < w else "replicate"
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        if p is not None and tuple(p.shape[-2:]) == (h, w):
-            p = F.pad(p.float(), (0, pw, 0, ph), mode="replicate")
-    device = next((t.device for t in model.parameters()), torch.device("cpu"))
-    x = x.to(device)
-    if isinstance(model, SPTModel):
-        if backbone_only or model.active_adapter is None:
-            with model.disable_adapter():
-                out = model(x)
-        else:  # an adapter with a distilled prior makes its own from x (p is None)
-            out = model(x) if p is None else model(x, prior=p.to(device))
-    else:
-        out = model(x)
-    out = out[..., : h * scale, : w * scale]
-    return out[0].float().clamp_(0, 1).cpu()
 
 
 @dataclass
@@ -78,6 +43,7 @@ class EvalResult:
     crops: list[Path] = field(default_factory=list)
     images: list[Path] = field(default_factory=list)
     outputs: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (backbone, +SPT) uint8, on request
+    backbone_only: bool = False  # scored without the adapter: the spt_* values repeat the backbone's
 
     @property
     def delta_psnr(self) -> float:
@@ -88,10 +54,20 @@ def _uint8(t: torch.Tensor) -> np.ndarray:
     return metrics.to_uint8(t)
 
 
+def _rgb(img: np.ndarray) -> np.ndarray:
+    """An HxWx1 grey image as HxWx3 (for pictures); others unchanged."""
+    return np.repeat(img, 3, axis=2) if img.ndim == 3 and img.shape[2] == 1 else img
+
+
+def _pil(img: np.ndarray) -> Image.Image:
+    return Image.fromarray(img[:, :, 0] if img.ndim == 3 and img.shape[2] == 1 else img)
+
+
 def _upscale_nearest(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if img.shape[:2] == size:
         return img
-    return np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.NEAREST))
+    out = np.asarray(_pil(img).resize((size[1], size[0]), Image.NEAREST))
+    return out[:, :, None] if out.ndim == 2 else out
 
 
 def _worst_crop(err: np.ndarray, crop: int) -> tuple[int, int]:
@@ -118,7 +94,7 @@ def compare_strip(panels: list[tuple[str, np.ndarray]], label_height: int = 18) 
     draw = ImageDraw.Draw(canvas)
     for i, (label, img) in enumerate(panels):
         x0 = i * (w + gap)
-        canvas.paste(Image.fromarray(img), (x0, label_height))
+        canvas.paste(Image.fromarray(_rgb(img)), (x0, label_height))
         draw.text((x0 + 3, 3), label, fill="black")
     return canvas
 
@@ -128,6 +104,12 @@ def _fmt(v: float) -> str:
 
 
 def markdown_table(result: EvalResult, label_a: str = "backbone", label_b: str = "+SPT") -> str:
+    if result.backbone_only:
+        lines = [f"| image | {label_a} PSNR | {label_a} SSIM |", "| --- | ---: | ---: |"]
+        lines += [f"| {r['image']} | {r['backbone_psnr']:.2f} | {r['backbone_ssim']:.4f} |" for r in result.rows]
+        m = result.mean
+        lines.append(f"| **mean ({len(result.rows)})** | **{m['backbone_psnr']:.2f}** | **{m['backbone_ssim']:.4f}** |")
+        return "\n".join(lines) + "\n"
     lines = [
         f"| image | {label_a} PSNR | {label_b} PSNR | Δ PSNR | {label_a} SSIM | {label_b} SSIM |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -154,16 +136,20 @@ def evaluate(
     progress: bool = True,
     total: int | None = None,
     keep_outputs: bool = False,
+    backbone_only: bool = False,
 ) -> EvalResult:
     """Score backbone (adapter disabled) and backbone + SPT on every sample (dicts with ``lq``,
     ``gt``, ``prior``, ``path``; full images). With ``out_dir``: ``eval.md``, ``eval.csv``, the
     first ``crops`` comparison crops (``crops/<image>.png``: LQ | backbone | +SPT | GT, at the
     backbone's worst region) and, with ``save_images``, both outputs of every image.
-    ``keep_outputs`` keeps both uint8 outputs of every image in ``result.outputs``."""
+    ``keep_outputs`` keeps both uint8 outputs of every image in ``result.outputs``.
+    ``backbone_only``: score the backbone alone (``model`` may be a plain backbone; no prior needed);
+    tables and crops then show the backbone only."""
     scale = task_scale(task)
     settings = metrics.metric_settings(task)
     out = Path(out_dir) if out_dir is not None else None
-    result = EvalResult(task=task)
+    result = EvalResult(task=task, backbone_only=backbone_only or not isinstance(model, SPTModel))
+    backbone_only = result.backbone_only
     was_training = model.training
     model.eval()
     iterator = samples
@@ -175,8 +161,8 @@ def evaluate(
         for k, sample in enumerate(iterator):
             lq, gt, prior = sample["lq"], sample["gt"], sample.get("prior")
             name = Path(str(sample.get("path", f"image_{k:03d}"))).stem
-            base = restore(model, lq, prior, scale=scale, multiple=multiple, backbone_only=True)
-            spt = restore(model, lq, prior, scale=scale, multiple=multiple)
+            base = restore_tensor(model, lq, None, scale=scale, multiple=multiple, backbone_only=True)
+            spt = base if backbone_only else restore_tensor(model, lq, prior, scale=scale, multiple=multiple)
             gt8, base8, spt8 = _uint8(gt), _uint8(base), _uint8(spt)
             if gt8.shape != base8.shape:  # e.g. an HR image not divisible by the scale
                 hh, ww = min(gt8.shape[0], base8.shape[0]), min(gt8.shape[1], base8.shape[1])
@@ -193,24 +179,24 @@ def evaluate(
                 result.outputs.append((base8, spt8))
             if out is not None:
                 if k < crops:
-                    err = np.abs(base8.astype(np.float32) - gt8.astype(np.float32)).mean(axis=2)
+                    err = np.abs(base8.astype(np.float32) - gt8.astype(np.float32)).mean(axis=2)  # HxWxC, C 1 or 3
                     c = min(crop_size, gt8.shape[0], gt8.shape[1])
                     y, x = _worst_crop(err, c)
                     lq8 = _upscale_nearest(_uint8(lq), gt8.shape[:2])[: gt8.shape[0], : gt8.shape[1]]
                     sl = (slice(y, y + c), slice(x, x + c))
-                    strip = compare_strip([
-                        ("LQ", lq8[sl]), (f"backbone {row['backbone_psnr']:.2f}", base8[sl]),
-                        (f"+SPT {row['spt_psnr']:.2f}", spt8[sl]), ("GT", gt8[sl]),
-                    ])
+                    panels = [("LQ", lq8[sl]), (f"backbone {row['backbone_psnr']:.2f}", base8[sl])]
+                    if not backbone_only:
+                        panels.append((f"+SPT {row['spt_psnr']:.2f}", spt8[sl]))
+                    strip = compare_strip(panels + [("GT", gt8[sl])])
                     (out / "crops").mkdir(parents=True, exist_ok=True)
                     buf = io.BytesIO()
                     strip.save(buf, format="PNG")
                     result.crops.append(atomic_write_bytes(out / "crops" / f"{name}.png", buf.getvalue()))
                 if save_images:
-                    for tag, img in (("backbone", base8), ("spt", spt8)):
+                    for tag, img in (("backbone", base8), ("spt", spt8))[: 1 if backbone_only else 2]:
                         (out / "images" / tag).mkdir(parents=True, exist_ok=True)
                         buf = io.BytesIO()
-                        Image.fromarray(img).save(buf, format="PNG")
+                        _pil(img).save(buf, format="PNG")
                         result.images.append(atomic_write_bytes(out / "images" / tag / f"{name}.png", buf.getvalue()))
     finally:
         model.train(was_training)
@@ -220,10 +206,13 @@ def evaluate(
         result.mean[key] = float(np.mean([r[key] for r in result.rows]))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        header = f"{task}: PSNR (dB) / SSIM, {'Y channel, border ' + str(scale) if scale > 1 else 'RGB'}\n\n"
+        space = "Y channel, border " + str(scale) if scale > 1 else ("grey" if base8.shape[2] == 1 else "RGB")
+        header = f"{task}: PSNR (dB) / SSIM, {space}\n\n"
         result.table_md = atomic_write_bytes(out / "eval.md", (header + markdown_table(result)).encode())
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["image", "backbone_psnr", "spt_psnr", "backbone_ssim", "spt_ssim"])
+        fields = ["image", "backbone_psnr", "backbone_ssim"] if backbone_only else \
+            ["image", "backbone_psnr", "spt_psnr", "backbone_ssim", "spt_ssim"]
+        writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for r in result.rows:
             writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
@@ -241,7 +230,7 @@ def make_val_fn(samples_factory: Callable[[], Iterable[dict[str, Any]]], task: s
     def val(model: SPTModel) -> dict[str, float]:
         ps, ss = [], []
         for sample in samples_factory():
-            out8 = _uint8(restore(model, sample["lq"], sample.get("prior"), scale=scale, multiple=multiple))
+            out8 = _uint8(restore_tensor(model, sample["lq"], sample.get("prior"), scale=scale, multiple=multiple))
             gt8 = _uint8(sample["gt"])[: out8.shape[0], : out8.shape[1]]
             ps.append(metrics.psnr(out8[: gt8.shape[0], : gt8.shape[1]], gt8, **settings))
             ss.append(metrics.ssim(out8[: gt8.shape[0], : gt8.shape[1]], gt8, **settings))

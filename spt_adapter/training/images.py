@@ -1,6 +1,7 @@
 """Image reading and conversion shared by the prior pipeline, datasets and benchmarks.
 
-Every consumer of pixels in spt-adapter wants the same thing: an ``HxWx3 uint8`` RGB array.
+Every consumer of pixels in spt-adapter wants the same thing: an ``HxWx3 uint8`` RGB array (or
+``HxWx1`` grey for 1-channel backbones, :func:`spt_adapter.pixels.to_uint8_channels`).
 :func:`to_rgb_uint8` converts what can be converted without guessing (grey, grey+alpha, RGB,
 RGBA; uint8, uint16, bool-free floats in [0, 1]) and refuses everything else with a message that
 names the input. :func:`imresize_bicubic` is MATLAB's ``imresize(..., 'bicubic')`` (antialiased
@@ -15,13 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ImageError
-from ..pixels import to_rgb_uint8  # noqa: F401  (re-exported: the conversion read_image applies)
+from ..pixels import to_rgb_uint8, to_uint8_channels  # noqa: F401  (re-exported: the conversions read_image applies)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as ``HxWx3 uint8`` RGB (16-bit files are scaled, not truncated)."""
+def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
+    """Read an image file as ``HxWx3 uint8`` RGB, or ``HxWx1`` grey with ``channels=1`` (a colour file
+    becomes its BT.601 luma, as KAIR's ``imread_uint(path, n_channels=1)``; a grey file is kept as it
+    is). 16-bit files are scaled, not truncated; alpha is dropped."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -48,7 +51,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: cannot be read as an image ({exc})") from exc
-    return to_rgb_uint8(arr, name=str(path))
+    return to_uint8_channels(arr, channels, name=str(path))
 
 
 def list_images(inputs) -> list[Path]:
