@@ -5,6 +5,7 @@
     out = model(lq, prior=prior)
     spt_adapter.save_adapter(model, "swinir_spt.safetensors")
     model = spt_adapter.load_adapter(untouched_backbone, "swinir_spt.safetensors")
+    restored = spt_adapter.restore(model, image_hwc_uint8, tile=256)   # prior as the adapter records
 """
 
 from .errors import (
@@ -56,6 +57,10 @@ def __getattr__(name: str):
         from .plugins.backbones import load_backbone
 
         return load_backbone
+    if name == "restore":
+        from .training.restore import restore
+
+        return restore
     if name in ("from_pretrained", "push_to_hub", "save_pretrained"):
         from .files import hub
 

@@ -47,6 +47,8 @@ from ..pixels import LUMA_BT601, to_uint8_channels
 
 __all__ = [
     "DEFAULT_TILE_OVERLAP",
+    "default_blend",
+    "default_overlap",
     "PriorSource",
     "RestoreInfo",
     "input_channels",
@@ -353,7 +355,7 @@ def restore_tensor(model: nn.Module, lq: torch.Tensor, prior: Any = None, *, sca
         result = out[0].clamp_(0, 1).cpu()
         tiles = 1
     else:
-        overlap = DEFAULT_TILE_OVERLAP if tile_overlap is None else int(tile_overlap)
+        overlap = default_overlap(model) if tile_overlap is None else int(tile_overlap)
         least = minimum_tile(model) if minimum is None else minimum
         if tile < least:
             raise RestoreError(f"tile {tile} is smaller than the backbone needs: use a tile of at least {least} pixels")
@@ -386,6 +388,13 @@ def restore_tensor(model: nn.Module, lq: torch.Tensor, prior: Any = None, *, sca
         info.network_seconds += time.perf_counter() - t0
         info.tiles += tiles
     return result
+
+
+def default_overlap(model: nn.Module) -> int:
+    """:data:`DEFAULT_TILE_OVERLAP`, or a CNN's receptive field (``2 * radius + 1``) when that is larger,
+    so that tiling a CNN with the defaults gives its whole-image output."""
+    radius = receptive_radius(model)
+    return max(DEFAULT_TILE_OVERLAP, 2 * radius + 1) if radius is not None else DEFAULT_TILE_OVERLAP
 
 
 def default_blend(model: nn.Module, overlap: int) -> int:
@@ -486,8 +495,8 @@ def restore(model: nn.Module, image, prior: Any = None, *, provider: Any = None,
                              minimum=minimum_tile(model, descriptor), info=info)
     finally:
         model.train(was_training)
-    arr = out.numpy().transpose(1, 2, 0)
-    if not as_float:
-        arr = np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
-    arr = np.ascontiguousarray(arr)
+    if not as_float:  # in place: a 8192x8192 output is 805 MB as float32
+        out = out.mul_(255.0).round_().to(torch.uint8)
+    arr = np.ascontiguousarray(out.numpy().transpose(1, 2, 0))
+    del out
     return arr[:, :, 0] if arr.shape[2] == 1 else arr

@@ -1,0 +1,268 @@
+"""`spt-adapter restore`: apply a backbone + SPT adapter to your own degraded images.
+
+    spt-adapter restore photos/ --backbone swinir_x2.pth --adapter runs/swinir_x2_spt --out restored/
+    spt-adapter restore "scans/*.tif" --backbone dncnn_25.pth --adapter me/dncnn-spt --out clean/ --tile 512
+
+Images are taken as they are (no synthetic degradation). The prior is computed on each whole image
+the way the adapter records (or as ``--provider``/``--sam-checkpoint`` say; ``--prior-cache`` keeps
+it), then the network runs on the whole image or on tiles that each get their crop of that prior.
+Outputs are 8-bit PNGs named after the inputs (``photo.jpg`` -> ``OUT/photo.png``; grey for grey
+backbones), written atomically; inputs are never overwritten. Everything is checked before the
+first image is read. The work is :func:`spt_adapter.training.restore.restore`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import sys
+import time
+from pathlib import Path
+
+from ..errors import RestoreError, SPTError
+from ..training.builders import build_provider, check_provider_args, load_backbone_from_args, prior_cache
+from ._args import add_backbone_arguments, add_prior_arguments, nonneg_int, positive_int
+
+HELP = "restore your own images with a backbone + SPT adapter (whole or tiled; PNG outputs)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (not recursive), globs "
+                        "('photos/**/*.jpg', quoted) or .txt lists of paths")
+    add_backbone_arguments(parser)
+    a = parser.add_argument_group("adapter")
+    a.add_argument("--adapter", metavar="FILE|DIR|HUB_ID",
+                   help="adapter file, folder holding spt_adapter.safetensors, or a Hub repo id (user/repo)")
+    a.add_argument("--revision", default=None, help="Hub revision (branch, tag, commit) for a Hub id")
+    a.add_argument("--no-adapter", action="store_true", help="restore with the backbone alone (for comparison)")
+    a.add_argument("--no-hash-check", action="store_true",
+                   help="accept an adapter whose recorded backbone weights hash differs (architecture still checked)")
+    add_prior_arguments(parser)
+    t = parser.add_argument_group("tiling and precision")
+    t.add_argument("--tile", type=positive_int, default=None, metavar="N",
+                   help="run the network on N x N tiles of the input (bounds memory; default: the whole image)")
+    t.add_argument("--tile-overlap", type=nonneg_int, default=None, metavar="P",
+                   help="input pixels shared by neighbouring tiles (default: 32, or a CNN's receptive field when larger)")
+    t.add_argument("--tile-blend", type=nonneg_int, default=None, metavar="B",
+                   help="cross-fade width around each seam (default: as wide as exactness for CNNs allows; "
+                        "half the overlap for attention backbones)")
+    t.add_argument("--half", action="store_true", help="float16 autocast on CUDA (backbones that support it)")
+    o = parser.add_argument_group("output")
+    o.add_argument("--out", required=True, metavar="DIR", help="output folder (created with its parents)")
+    o.add_argument("--skip-existing", action="store_true", help="skip inputs whose output PNG exists (rerun after "
+                   "an interruption)")
+    o.add_argument("--allow-out-in-input", action="store_true",
+                   help="allow --out to be (inside) a folder given as INPUT or the folder of an input file")
+    o.add_argument("--strict", action="store_true", help="stop with exit status 1 at the first unreadable input "
+                   "(default: skip it and list it at the end)")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs and outputs
+# ---------------------------------------------------------------------------------------------
+def expand_inputs(items: list[str]) -> tuple[list[Path], list[Path]]:
+    """(image paths in order, folders given) from files, folders, globs and .txt lists."""
+    from ..training.images import list_images
+
+    paths: list[Path] = []
+    folders: list[Path] = []
+    for item in items:
+        if glob.has_magic(item) and not Path(item).exists():
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise RestoreError(f"INPUT {item!r} matches no file")
+            paths += [Path(m) for m in matches if Path(m).is_file()]
+            continue
+        p = Path(item)
+        if not p.exists():
+            raise RestoreError(f"INPUT {item}: no such file or folder")
+        if p.is_dir():
+            folders.append(p)
+        paths += list_images(p)
+    seen: set[Path] = set()
+    unique = []
+    for p in paths:
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            unique.append(p)
+    if not unique:
+        raise RestoreError(f"no images in {' '.join(items)} (folders are read without subfolders)")
+    return unique, folders
+
+
+def output_paths(paths: list[Path], folders: list[Path], out: Path, allow_in_input: bool) -> list[Path]:
+    """``out/<stem>.png`` for every input; refuses two inputs with one output name, an output that
+    would replace an input, and ``out`` inside an input folder (unless ``allow_in_input``)."""
+    out_r = out.resolve()
+    if not allow_in_input:
+        for f in folders + sorted({p.parent for p in paths}):
+            fr = f.resolve()
+            given = f in folders
+            if out_r == fr or (given and fr in out_r.parents):
+                raise RestoreError(f"--out {out} is {'inside ' if out_r != fr else ''}the input folder {f}: its outputs "
+                                   "would mix with the inputs; choose another --out or pass --allow-out-in-input")
+    inputs = {p.resolve(): p for p in paths}
+    targets: dict[Path, Path] = {}
+    result = []
+    for p in paths:
+        target = out / f"{p.stem}.png"
+        if target.resolve() in inputs:
+            raise RestoreError(f"the output {target} would overwrite the input {inputs[target.resolve()]}; "
+                               "choose another --out")
+        if target in targets:
+            raise RestoreError(f"{targets[target]} and {p} would both be written to {target}; restore them into "
+                               "separate --out folders")
+        targets[target] = p
+        result.append(target)
+    return result
+
+
+def _remove_stale_temporaries(out: Path, targets: list[Path]) -> None:
+    """Temporary files of an atomic write cut short by kill -9 (``.<name>.png.*.tmp``) are removed."""
+    names = {t.name for t in targets}
+    for tmp in out.glob(".*.png.*.tmp"):
+        if tmp.name[1:].split(".png.", 1)[0] + ".png" in names:
+            tmp.unlink(missing_ok=True)
+
+
+def png_bytes(image) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------------------------
+def _model(args):
+    """(model, descriptor, described, prior source) from the flags."""
+    from ..files.format import load_adapter
+    from ..files.hub import resolve_adapter_file
+    from ..training.restore import check_channels, resolve_prior_source
+
+    if args.no_adapter and args.adapter:
+        raise SPTError("--no-adapter restores with the backbone alone: drop --adapter (or --no-adapter)")
+    if not args.no_adapter and not args.adapter:
+        raise SPTError("pass --adapter FILE|DIR|HUB_ID, or --no-adapter to restore with the backbone alone")
+    overriding = args.provider is not None or bool(args.sam_checkpoint) or args.segments is not None
+    if overriding:
+        check_provider_args(args)
+    adapter_file = None
+    if args.adapter:
+        src = str(args.adapter)
+        if Path(src).suffix in (".pth", ".pt", ".ckpt", ".bin") and Path(src).exists():
+            raise SPTError(f"--adapter {src} is a pickle checkpoint; SPT adapters are .safetensors files")
+        adapter_file = Path(resolve_adapter_file(src, args.revision))
+    model, _, described = load_backbone_from_args(args, require_targets=False)
+    if adapter_file is not None:
+        model = load_adapter(model, adapter_file, check_backbone_hash=not args.no_hash_check)
+        check_channels(model, args._channels, str(adapter_file))
+        described += f" + adapter {adapter_file}"
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    override = build_provider(args, device=device if args.provider == "sam" or args.sam_checkpoint else None) \
+        if (overriding and adapter_file is not None) else None
+    cache = prior_cache(args) if args.prior_cache else None
+    source = resolve_prior_source(model, provider=override, encoding=args.encoding, cache=cache,
+                                  what=str(adapter_file) if adapter_file else "the adapter")
+    return model, args._descriptor, described, source, device
+
+
+def _check_tiling(args, model, descriptor, device) -> None:
+    from ..training.restore import default_overlap, minimum_tile
+
+    if args.half:
+        if not str(device).startswith("cuda"):
+            raise SPTError("--half is float16 autocast on CUDA: pass --device cuda (or drop --half)")
+        if getattr(descriptor, "supports_half", True) is False:
+            arch = getattr(getattr(descriptor, "architecture", None), "name", type(model).__name__)
+            raise SPTError(f"--half: {arch} does not run in float16 (spandrel marks it so); drop --half")
+    if args.tile is None:
+        if args.tile_overlap is not None or args.tile_blend is not None:
+            raise SPTError("--tile-overlap/--tile-blend need --tile N")
+        return
+    least = minimum_tile(model, descriptor)
+    if args.tile < least:
+        raise SPTError(f"--tile {args.tile} is smaller than this backbone needs (its window / size multiple): "
+                       f"use --tile {least} or more")
+    overlap = default_overlap(model) if args.tile_overlap is None else args.tile_overlap
+    if args.tile <= overlap:
+        raise SPTError(f"--tile {args.tile} must be larger than the tile overlap {overlap}: use --tile {overlap + 1} "
+                       "or more, or a smaller --tile-overlap")
+    if args.tile_blend is not None and args.tile_blend > overlap:
+        raise SPTError(f"--tile-blend {args.tile_blend} exceeds the tile overlap {overlap}")
+
+
+def run(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .._io import atomic_write_bytes
+    from ..training.images import read_image
+    from ..training.restore import RestoreInfo, restore
+
+    paths, folders = expand_inputs(args.inputs)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SPTError(f"--out {out} exists and is not a folder")
+    targets = output_paths(paths, folders, out, args.allow_out_in_input)
+    model, descriptor, described, source, device = _model(args)
+    _check_tiling(args, model, descriptor, device)
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out, targets)
+    grey = "grey" if args._channels == 1 else "RGB"
+    from ..training.restore import default_overlap
+
+    overlap = args.tile_overlap if args.tile_overlap is not None else default_overlap(model)
+    tiling = f"tiles {args.tile} (overlap {overlap})" if args.tile else "whole images"
+    print(f"restore: {len(paths)} image(s) -> {out}; {described}; prior: {source.described}; {grey}; {tiling}; "
+          f"{device}", file=sys.stderr)
+    info = RestoreInfo()
+    done, skipped, failed = 0, 0, []
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(paths), unit="img", disable=args.no_progress, dynamic_ncols=True, file=sys.stderr)
+    try:
+        for path, target in zip(paths, targets):
+            if args.skip_existing and target.is_file():
+                skipped += 1
+                bar.update(1)
+                continue
+            try:
+                image = read_image(path, args._channels)
+            except SPTError as exc:
+                if args.strict:
+                    raise SPTError(f"{exc} (--strict stops at the first unreadable input)") from None
+                failed.append((path, str(exc)))
+                bar.update(1)
+                continue
+            restored = _restore_one(restore, model, image, source, args, descriptor, info)
+            atomic_write_bytes(target, png_bytes(restored))
+            done += 1
+            bar.update(1)
+            bar.set_postfix(prior=f"{info.prior_seconds:.1f}s", network=f"{info.network_seconds:.1f}s", refresh=False)
+    finally:
+        bar.close()
+    dt = time.perf_counter() - t0
+    print(f"restore: {done} restored, {skipped} skipped (output exists), {len(failed)} unreadable in {dt:.1f}s "
+          f"(prior {info.prior_seconds:.1f}s, network {info.network_seconds:.1f}s)", file=sys.stderr)
+    for path, reason in failed:
+        print(f"  unreadable: {path}: {reason}", file=sys.stderr)
+    return 0
+
+
+def _restore_one(restore, model, image, source, args, descriptor, info):
+    import time as _time
+
+    t = _time.perf_counter()
+    prior = source.compute(image)
+    info.prior_seconds += _time.perf_counter() - t
+    return restore(model, image, prior, tile=args.tile, tile_overlap=args.tile_overlap, tile_blend=args.tile_blend,
+                   half=args.half, backbone_only=args.no_adapter, descriptor=descriptor, info=info,
+                   channels=args._channels)
