@@ -261,7 +261,10 @@ def _axis_weights(starts: list[int], size: int, length: int, scale: int, blend: 
     start, end = starts[index] * scale, min(starts[index] + size, length) * scale
     pos = torch.arange(start, end, dtype=torch.float64) + 0.5
     w = torch.ones(end - start, dtype=torch.float64)
-    width = blend * scale
+    # neighbouring seams lie (s[k+2] - s[k]) / 2 apart: ramps wider than that would overlap and the
+    # weights would no longer sum to one
+    gaps = [(b - a) / 2 for a, b in zip(starts, starts[2:])]
+    width = min([blend] + gaps) * scale
     for other, sign in ((index - 1, 1), (index + 1, -1)):
         if not 0 <= other < len(starts):
             continue
