@@ -498,8 +498,10 @@ def restore(model: nn.Module, image, prior: Any = None, *, provider: Any = None,
                              minimum=minimum_tile(model, descriptor), info=info)
     finally:
         model.train(was_training)
-    if not as_float:  # in place: a 8192x8192 output is 805 MB as float32
-        out = out.mul_(255.0).round_().to(torch.uint8)
-    arr = np.ascontiguousarray(out.numpy().transpose(1, 2, 0))
+    # channel by channel, in place: an 8192x8192 colour output is 805 MB as float32, and this adds only
+    # the HxWxC result and one channel's temporary
+    arr = np.empty(out.shape[1:] + out.shape[:1], dtype=np.float32 if as_float else np.uint8)
+    for c in range(out.shape[0]):
+        arr[:, :, c] = out[c].numpy() if as_float else out[c].mul_(255.0).round_().to(torch.uint8).numpy()
     del out
     return arr[:, :, 0] if arr.shape[2] == 1 else arr
