@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ..errors import RestoreError, SPTError
-from ..training.builders import build_provider, check_provider_args, load_backbone_from_args, prior_cache
+from ..training.builders import build_provider, load_backbone_from_args, prior_cache, prior_flags
 from ._args import add_backbone_arguments, add_prior_arguments, nonneg_int, positive_int
 
 HELP = "restore your own images with a backbone + SPT adapter (whole or tiled; PNG outputs)"
@@ -148,15 +148,14 @@ def _model(args):
         raise SPTError("--no-adapter restores with the backbone alone: drop --adapter (or --no-adapter)")
     if not args.no_adapter and not args.adapter:
         raise SPTError("pass --adapter FILE|DIR|HUB_ID, or --no-adapter to restore with the backbone alone")
-    overriding = args.provider is not None or bool(args.sam_checkpoint) or args.segments is not None
-    if overriding:
-        check_provider_args(args)
     adapter_file = None
+    provider_args = False
     if args.adapter:
         src = str(args.adapter)
         if Path(src).suffix in (".pth", ".pt", ".ckpt", ".bin") and Path(src).exists():
             raise SPTError(f"--adapter {src} is a pickle checkpoint; SPT adapters are .safetensors files")
         adapter_file = Path(resolve_adapter_file(src, args.revision))
+        provider_args = prior_flags(args, adapter_file)  # the recorded provider unless flags name one
     model, _, described = load_backbone_from_args(args, require_targets=False)
     if adapter_file is not None:
         model = load_adapter(model, adapter_file, check_backbone_hash=not args.no_hash_check)
@@ -168,8 +167,7 @@ def _model(args):
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
-    override = build_provider(args, device=device if args.provider == "sam" or args.sam_checkpoint else None) \
-        if (overriding and adapter_file is not None) else None
+    override = build_provider(args, device=device if args.sam_checkpoint else None) if provider_args else None
     cache = prior_cache(args) if args.prior_cache else None
     source = resolve_prior_source(model, provider=override, encoding=args.encoding, cache=cache,
                                   what=str(adapter_file) if adapter_file else "the adapter")
