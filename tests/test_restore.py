@@ -336,16 +336,17 @@ def test_eval_no_adapter_kair_noise_protocol(tmp_path):
     """``--noise kair``: np.random.seed(seed) per image, noise added to float32 [0,1] grey, unclipped."""
     from spt_adapter.training.data import PairedPriorDataset, kair_noisy
 
-    Image.fromarray(photo(24, 20, 1)[..., 0]).save(tmp_path / "g.png")
+    gt = np.tile(np.linspace(0, 255, 20).astype(np.uint8), (24, 1))[..., None]  # from black to white
+    Image.fromarray(gt[..., 0]).save(tmp_path / "g.png")
     ds = PairedPriorDataset(tmp_path, "denoise:25", prior_fn=lambda im: np.zeros((1,) + im.shape[:2], np.float32),
                             train=False, channels=1, noise="kair")
     item = ds[0]
-    gt = photo(24, 20, 1)
     np.random.seed(0)
     expected = np.float32(gt / 255.0)
     expected += np.random.normal(0, 25 / 255.0, expected.shape)
     assert np.array_equal(item["lq"].numpy().transpose(1, 2, 0), expected)
-    assert np.array_equal(kair_noisy(gt, 25, 0), expected) and item["lq"].min() < 0  # not clipped
+    assert np.array_equal(kair_noisy(gt, 25, 0), expected)
+    assert item["lq"].min() < 0 and item["lq"].max() > 1  # neither clipped nor rounded
 
 
 @pytest.mark.skipif(not KAIR_ROOT, reason="set SPT_KAIR_ROOT to a KAIR checkout (model_zoo/dncnn_25.pth, testsets/set12)")
