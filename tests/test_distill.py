@@ -331,6 +331,11 @@ def test_cli_trains_a_distilled_adapter_and_eval_needs_no_provider(tmp_path, dnc
                  "--out", str(tmp_path / "ev"), "--prior-cache", str(cache), "--no-progress", "--crops", "0"]) == 0
     assert (tmp_path / "ev" / "eval.md").exists()
     assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == before  # no segmenter ran
+    # restore runs it the same way: no provider, no checkpoint, no segmenter
+    assert main(["restore", str(data), "--backbone", str(dncnn_ckpt), "--adapter", str(out), "--out",
+                 str(tmp_path / "restored"), "--prior-cache", str(cache), "--no-progress"]) == 0
+    assert sorted(p.name for p in (tmp_path / "restored").glob("*.png")) == sorted(p.name for p in data.glob("*.png"))
+    assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == before
     code = main(["eval", "--backbone", str(dncnn_ckpt), "--adapter", str(out), "--data", str(data), "--provider",
                  "slic", "--out", str(tmp_path / "ev2"), "--no-progress"])
     assert code == 1 and "distilled prior" in capsys.readouterr().err
