@@ -283,6 +283,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, swinir_ckpt, sma
     train_units(model, dataset, settings, out_dir=tmp_path / "b", resume=True)
     a = load_file(tmp_path / "a" / "spt_adapter.safetensors")
     b = load_file(tmp_path / "b" / "spt_adapter.safetensors")
+    # both runs on this machine with the same batches: only the Adam state's float32 round trip
+    # through the state file could differ, and it is exact
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
 
 
