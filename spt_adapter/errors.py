@@ -31,6 +31,20 @@ class FingerprintMismatchError(AdapterFileError):
     """An adapter was made for another backbone."""
 
 
+class BackboneHashMismatchError(FingerprintMismatchError):
+    """The backbone has the adapter's architecture but not the weights it was trained on.
+
+    ``override`` says how to load it anyway; the API names ``check_backbone_hash=False`` and the
+    command line swaps in its own flag (:meth:`with_override`)."""
+
+    def __init__(self, detail: str, override: str = "pass check_backbone_hash=False to load it anyway") -> None:
+        self.detail, self.override = detail, override
+        super().__init__(f"{detail}; {override}")
+
+    def with_override(self, override: str) -> "BackboneHashMismatchError":
+        return type(self)(self.detail, override)
+
+
 class PluginError(SPTError, RuntimeError):
     """A plugin failed to load or misbehaved; the message names the plugin."""
 

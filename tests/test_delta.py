@@ -62,12 +62,13 @@ def test_metadata_is_strings_with_sorted_config_and_fingerprint(trained):
     assert meta["library_version"] == spt_adapter.__version__
     config = json.loads(meta["config"])
     assert meta["config"] == json.dumps(config, sort_keys=True, separators=(",", ":"))
-    assert SPTConfig.from_json(meta["config"]).prior == {"provider": "slic", "encoding": "label"}
+    # the flat {"provider": "slic"} given to inject is written in the one schema (files.format.prior_record)
+    assert SPTConfig.from_json(meta["config"]).prior == {"provider": {"provider": "slic"}, "encoding": "label"}
     fp = json.loads(meta["fingerprint"])
     assert [t["path"] for t in fp["targets"]] == ["layers.0.residual_group", "layers.1.residual_group"]
     assert fp["targets"][0]["class"] == "BasicLayer" and fp["targets"][0]["params"]
     assert len(fp["backbone_sha256"]) == 64
-    assert json.loads(meta["prior"]) == {"encoding": "label", "provider": "slic"}
+    assert json.loads(meta["prior"]) == {"encoding": "label", "provider": {"provider": "slic"}}
     assert all(k.startswith("layers.") and ".spt_unit." in k for k in entries)
 
 
@@ -201,14 +202,14 @@ def test_atomic_save_keeps_the_previous_file_on_failure(trained, tmp_path, monke
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "fsync", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(AdapterFileError, match="disk full"):  # one SPTError line, the old file kept
         model.save_adapter(target)
     monkeypatch.undo()
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.safetensors"], "temporary file left behind"
     with pytest.raises(AdapterFileError, match="safetensors"):
         model.save_adapter(tmp_path / "adapter.pth")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(AdapterFileError, match="does not exist"):
         model.save_adapter(tmp_path / "nope" / "a.safetensors")
 
 

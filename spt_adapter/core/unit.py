@@ -42,6 +42,39 @@ def region_average(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return means[ids.reshape(-1)].reshape(b, h * w, c).transpose(1, 2).reshape(b, c, h, w)
 
 
+def unit_tensor_count(config: SPTConfig) -> int:
+    """How many tensors (weights and biases) one :class:`SPTUnit` of ``config`` holds."""
+    if config.fusion == "pool":
+        return 4
+    return 2 * config.depth + (4 if config.fusion == "concat" else 2)
+
+
+def unit_parameter_shapes(channels: int, config: SPTConfig) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every parameter of ``SPTUnit(channels, config)``, computed without
+    building it (an adapter file's header is checked against these before any module is made).
+    Runs in O(:func:`unit_tensor_count`)."""
+    c, h = channels, config.hidden
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def conv(name: str, out: int, inp: int, k: int) -> None:
+        shapes[f"{name}.weight"] = (out, inp, k, k)
+        shapes[f"{name}.bias"] = (out,)
+
+    if config.fusion == "pool":
+        conv("fuse.0", h, 2 * c, 1)
+        conv("fuse.2", c, h, 1)
+        return shapes
+    conv("encoder.0", h, config.prior_channels, 3)
+    for i in range(1, config.depth):
+        conv(f"encoder.{2 * i}", h, h, 3)
+    if config.fusion == "concat":
+        conv("fuse.0", h, c + h, 1)
+        conv("fuse.2", c, h, 1)
+    else:
+        conv("fuse", 2 * c, h, 1)
+    return shapes
+
+
 class SPTUnit(nn.Module):
     """One SAM-prior tuning unit for a feature map of ``channels`` channels.
 

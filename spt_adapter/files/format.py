@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
+import stat
 import struct
 from pathlib import Path
 from typing import Any
@@ -29,9 +32,11 @@ from safetensors import safe_open
 
 from .._io import atomic_write_bytes
 from ..core.config import SCHEMA_VERSION, SPTConfig
-from ..errors import AdapterFileError, ConfigError, FingerprintMismatchError
-from ..core.keys import get_logical_module, logical_named_modules, logical_state, see_through, is_adapter_file_key
+from ..errors import AdapterFileError, BackboneHashMismatchError, ConfigError, FingerprintMismatchError
+from ..core.keys import (get_logical_module, is_adapter_file_key, logical_named_modules, logical_state, see_through,
+                         split_unit_file_key)
 from ..core.model import SPTModel
+from ..core.unit import unit_parameter_shapes, unit_tensor_count
 from ..version import __version__
 
 FORMAT_NAME = "spt-adapter"
@@ -52,6 +57,68 @@ MAX_HEADER_BYTES = 100_000_000  # the safetensors limit
 _DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
 _REQUIRED_KEYS = ("format", "format_version", "library_version", "config", "fingerprint")
+#: tensor dtypes a unit's (floating-point) parameters can be filled from
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+_VERSION_TEXT = re.compile(r"[1-9][0-9]{0,8}")
+
+
+# ---------------------------------------------------------------------------------------------
+# strict JSON: duplicate keys and NaN/Infinity tokens are refused (json.loads keeps the last
+# duplicate silently, so two readers could disagree on what a file says)
+# ---------------------------------------------------------------------------------------------
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _no_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not a JSON number")
+
+
+def strict_json(text: str | bytes, what: str) -> Any:
+    """``json.loads`` that refuses duplicate keys and NaN/Infinity; errors name ``what``."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_no_constant)
+    except _DuplicateKey as exc:
+        raise AdapterFileError(f"{what} has the key {exc.args[0]!r} twice; a file must say one thing") from None
+    except RecursionError:
+        raise AdapterFileError(f"{what} nests too deeply to be an adapter header") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, int digits limit, NaN tokens
+        raise AdapterFileError(f"{what} is not valid JSON ({exc})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# the recorded prior: one schema for every writer
+# ---------------------------------------------------------------------------------------------
+def prior_record(prior: dict[str, Any] | None, task: str | None = None) -> dict[str, Any]:
+    """The prior description every writer records (``SPTConfig.prior`` and metadata ``prior``).
+
+    Schema: ``{"provider": {"provider": NAME, ...identity...}, "encoding": ENC, "task": TASK}``
+    (keys present when known). The provider's own keys (``method``, ``settings``, ``model_type``,
+    ...) sit inside ``provider``, as :meth:`identity` of a mask provider returns them. Older files
+    and the framework shims wrote them flat (``{"provider": "classical", "method": "slic", ...}``):
+    those are moved inside, so every reader sees one layout. ``task`` overrides a recorded task.
+    Any other free-form description (no ``provider`` key) is kept as it is.
+    """
+    out = dict(prior or {})
+    provider = out.get("provider")
+    if isinstance(provider, str):
+        nested = {"provider": provider}
+        for key in list(out):
+            if key not in ("provider", "encoding", "task"):
+                nested[key] = out.pop(key)
+        out["provider"] = nested
+    if task is not None:
+        out["task"] = task
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,9 +196,9 @@ def check_fingerprint(model: nn.Module, recorded: dict[str, Any], config: SPTCon
     if check_hash and want:
         got = backbone_sha256(root)
         if got != want:
-            raise FingerprintMismatchError(
+            raise BackboneHashMismatchError(
                 f"the backbone's weights differ from those the adapter was trained on (sha256 {got[:12]}... != "
-                f"{want[:12]}...); pass check_backbone_hash=False to load it anyway"
+                f"{want[:12]}...)"
             )
 
 
@@ -169,9 +236,13 @@ def adapter_tensors(model: SPTModel, adapter_name: str | None = None) -> dict[st
 
 
 def adapter_metadata(model: SPTModel, adapter_name: str | None = None, backbone_hash: bool = True,
-                     extra: dict[str, str] | None = None) -> dict[str, str]:
+                     extra: dict[str, str] | None = None, task: str | None = None) -> dict[str, str]:
+    """The header metadata of one adapter: the one function every writer goes through (core
+    :func:`save_adapter`, the BasicSR / KAIR / Restormer shims, PEFT conversion), so every file
+    has the same keys and the same prior schema (:func:`prior_record`)."""
     adapter_name = adapter_name or model.active_adapter
     config = model.spt_config[adapter_name]
+    config = config.replace(prior=prior_record(config.prior, task))
     targets = model.spt_targets[adapter_name]
     channels = {}
     for name in targets:
@@ -201,16 +272,25 @@ def adapter_metadata(model: SPTModel, adapter_name: str | None = None, backbone_
 
 
 def save_adapter(model: SPTModel, path: str | os.PathLike, adapter_name: str | None = None,
-                 backbone_hash: bool = True, metadata: dict[str, str] | None = None) -> Path:
-    """Write one adapter's units to ``path`` as a safetensors delta, atomically."""
+                 backbone_hash: bool = True, metadata: dict[str, str] | None = None, task: str | None = None) -> Path:
+    """Write one adapter's units to ``path`` as a safetensors delta, atomically.
+
+    ``task`` (``"sr:4"``, ``"denoise:25"``) is recorded in the prior description, where
+    `spt-adapter eval` finds it. A failed write (disk full, read-only folder) leaves whatever was at
+    ``path`` untouched and raises :class:`AdapterFileError` naming the cause."""
     if not isinstance(model, SPTModel):
         raise AdapterFileError(f"save_adapter needs an SPTModel (from spt_adapter.inject), got {type(model).__name__}")
     path = Path(path)
     if path.suffix in (".pth", ".pt", ".ckpt", ".bin", ".pkl"):
         raise AdapterFileError(f"{path}: adapters are safetensors files; use a .safetensors name")
+    if path.is_dir():
+        raise AdapterFileError(f"{path} is a folder; save_adapter writes a file (use save_pretrained for a folder)")
     tensors = adapter_tensors(model, adapter_name)
-    meta = adapter_metadata(model, adapter_name, backbone_hash, metadata)
-    return atomic_write_bytes(path, serialize(tensors, meta))
+    meta = adapter_metadata(model, adapter_name, backbone_hash, metadata, task=task)
+    try:
+        return atomic_write_bytes(path, serialize(tensors, meta))
+    except OSError as exc:
+        raise AdapterFileError(f"cannot write {path}: {exc.strerror or exc} (nothing was changed there)") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,11 +302,17 @@ def read_adapter_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[s
     Returns ``(metadata, tensor_entries)``. Raises :class:`AdapterFileError` naming the problem.
     """
     path = Path(path)
-    if not path.exists():
-        raise AdapterFileError(f"adapter file {path} does not exist")
-    if path.is_dir():
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise AdapterFileError(f"adapter file {path} does not exist") from None
+    except OSError as exc:
+        raise AdapterFileError(f"cannot read adapter file {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
         raise AdapterFileError(f"{path} is a folder; pass the adapter's .safetensors file")
-    size = path.stat().st_size
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block forever, a device never end
+        raise AdapterFileError(f"{path} is not a regular file (a pipe, socket or device); adapters are files")
+    size = st.st_size
     with open(path, "rb") as fh:
         head = fh.read(8)
         if head[:2] == b"PK" or (head[:1] == b"\x80" and len(head) > 1 and head[1] in range(2, 6)):
@@ -242,10 +328,7 @@ def read_adapter_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[s
         if 8 + header_len > size:
             raise AdapterFileError(f"{path} is truncated: header of {header_len} bytes but the file has {size} bytes")
         raw = fh.read(header_len)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterFileError(f"{path}: the safetensors header is not valid JSON ({exc})") from None
+    header = strict_json(raw, f"{path}: the safetensors header")
     if not isinstance(header, dict):
         raise AdapterFileError(f"{path}: the safetensors header is not a JSON object")
     meta = header.pop("__metadata__", None)
@@ -259,10 +342,10 @@ def read_adapter_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[s
     missing = [k for k in _REQUIRED_KEYS if k not in meta]
     if missing:
         raise AdapterFileError(f"{path}: adapter metadata lacks {missing}")
-    try:
-        version = int(meta["format_version"])
-    except ValueError:
-        raise AdapterFileError(f"{path}: format_version {meta['format_version']!r} is not an integer") from None
+    if not _VERSION_TEXT.fullmatch(meta["format_version"]):
+        raise AdapterFileError(f"{path}: format_version {meta['format_version']!r} is not a schema version "
+                               f"(a positive integer, 1 to {FORMAT_VERSION} here)")
+    version = int(meta["format_version"])
     if version > FORMAT_VERSION:
         raise AdapterFileError(
             f"{path} uses adapter schema version {version}, written by spt-adapter {meta['library_version']}; this "
@@ -273,13 +356,16 @@ def read_adapter_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[s
         if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
             raise AdapterFileError(f"{path}: tensor entry {key!r} is malformed")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in _DTYPE_SIZES or not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        if not isinstance(dtype, str) or dtype not in _DTYPE_SIZES or not isinstance(shape, list) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
             raise AdapterFileError(f"{path}: tensor {key!r} has an invalid dtype or shape")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        if dtype not in _FLOAT_DTYPES:
+            raise AdapterFileError(f"{path}: tensor {key!r} is stored as {dtype}, but unit parameters are floating "
+                                   f"point ({', '.join(_FLOAT_DTYPES)}); the file is corrupt or was relabelled")
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
             raise AdapterFileError(f"{path}: tensor {key!r} has invalid data offsets")
-        numel = 1
-        for s in shape:
-            numel *= s
+        numel = math.prod(shape)
         if offsets[1] - offsets[0] != numel * _DTYPE_SIZES[dtype] or offsets[0] < 0 or offsets[1] > data_size:
             raise AdapterFileError(f"{path} is truncated or corrupt: tensor {key!r} lies outside the file's data")
         if not is_adapter_file_key(key):
@@ -301,19 +387,79 @@ def _fingerprint_is_well_formed(fp: Any) -> bool:
 
 
 def _parse_json(path: Path, meta: dict[str, str], key: str) -> Any:
+    return strict_json(meta[key], f"{path}: metadata {key!r}")
+
+
+def _config(path: str | os.PathLike, meta: dict[str, str]) -> SPTConfig:
     try:
-        return json.loads(meta[key])
-    except json.JSONDecodeError as exc:
-        raise AdapterFileError(f"{path}: metadata {key!r} is not valid JSON ({exc})") from None
+        config = SPTConfig.from_dict(_parse_json(Path(path), meta, "config"))
+    except ConfigError as exc:
+        raise AdapterFileError(f"{path}: {exc}") from None
+    return config.replace(prior=prior_record(config.prior))  # older and shim-written layouts, read as one
 
 
 def read_adapter_config(path: str | os.PathLike) -> SPTConfig:
-    """The SPTConfig stored in an adapter file (header only)."""
+    """The SPTConfig stored in an adapter file (header only); ``.prior`` in :func:`prior_record`'s schema."""
     meta, _ = read_adapter_header(path)
+    return _config(path, meta)
+
+
+def check_units_against_header(path: str | os.PathLike, config: SPTConfig, fp: dict[str, Any],
+                               entries: dict[str, Any]) -> dict[str, int]:
+    """Check that the tensors listed in the header are exactly those the config's units have,
+    before any module is built (so a forged ``depth`` or ``hidden`` costs nothing). Returns the
+    unit width of every target (recorded, or read from the header's shapes)."""
+    targets = [e["path"] for e in fp["targets"]]
+    if len(set(targets)) != len(targets):
+        raise AdapterFileError(f"{path}: metadata 'fingerprint' lists a target twice")
+    per_target: dict[str, dict[str, list[int]]] = {t: {} for t in targets}
+    for key, entry in entries.items():
+        unit_key = split_unit_file_key(key)
+        if unit_key is None:  # the distilled prior's student (read_adapter_header admitted only these)
+            continue
+        target, param = unit_key
+        if target not in per_target:
+            raise AdapterFileError(f"{path}: tensor {key!r} belongs to {target!r}, which the fingerprint does not list")
+        per_target[target][param] = entry["shape"]
+    count = unit_tensor_count(config)
+    channels: dict[str, int] = {}
+    for e in fp["targets"]:
+        target, have = e["path"], per_target[e["path"]]
+        if len(have) != count:
+            raise AdapterFileError(f"{path}: {target!r} has {len(have)} unit tensors but a {config.fusion!r} unit of "
+                                   f"depth {config.depth} has {count}; the config does not match the tensors")
+        width = e.get("channels")
+        if width is None:  # older files: the width is the last layer's output
+            last = have.get("fuse.weight" if config.fusion == "sft" else "fuse.2.weight")
+            width = (last[0] // (2 if config.fusion == "sft" else 1)) if last else 0
+        if width < 1:
+            raise AdapterFileError(f"{path}: cannot tell the unit width of {target!r} from the header")
+        want = unit_parameter_shapes(width, config)
+        for param, shape in sorted(want.items()):
+            got = have.get(param)
+            if got is None or tuple(got) != shape:
+                raise AdapterFileError(
+                    f"{path}: tensor {target}.spt_unit.{param} has shape {got} but the config (fusion {config.fusion!r}, "
+                    f"hidden {config.hidden}, depth {config.depth}, prior_channels {config.prior_channels}, width "
+                    f"{width}) needs {list(shape)}; the header contradicts itself")
+        channels[target] = width
+    return channels
+
+
+def read_unit_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a checked adapter file; NaN or Inf anywhere is refused, naming the tensor."""
     try:
-        return SPTConfig.from_json(meta["config"])
-    except ConfigError as exc:
-        raise AdapterFileError(f"{path}: {exc}") from None
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors' own checks
+        raise AdapterFileError(f"{path} is corrupt: {exc}") from None
+    for key, t in sorted(tensors.items()):
+        if not t.is_floating_point():
+            raise AdapterFileError(f"{path}: tensor {key!r} has dtype {t.dtype}; unit parameters are floating point")
+        if not bool(torch.isfinite(t).all()):
+            raise AdapterFileError(f"{path}: tensor {key!r} holds NaN or Inf values; the adapter is corrupt "
+                                   "(or was saved after training diverged)")
+    return tensors
 
 
 def add_adapter_with_tensors(model: nn.Module, adapter_name: str, config: SPTConfig, names: list[str],
@@ -360,23 +506,17 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
     """
     path = Path(path)
     meta, entries = read_adapter_header(path)
-    try:
-        config = SPTConfig.from_json(meta["config"])
-    except ConfigError as exc:
-        raise AdapterFileError(f"{path}: {exc}") from None
+    config = _config(path, meta)
     fp = _parse_json(path, meta, "fingerprint")
     if not _fingerprint_is_well_formed(fp):
         raise AdapterFileError(f"{path}: metadata 'fingerprint' is malformed")
+    check_units_against_header(path, config, fp, entries)  # arithmetic only: nothing is built yet
     check_fingerprint(model, fp, config, check_hash=check_backbone_hash)
     names = [e["path"] for e in fp["targets"]]
     channels = {e["path"]: int(e["channels"]) for e in fp["targets"] if "channels" in e}
     if isinstance(model, SPTModel) and adapter_name in model.spt_config:
         raise AdapterFileError(f"the model already has an adapter named {adapter_name!r}; pass another adapter_name")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as exc:  # safetensors' own checks
-        raise AdapterFileError(f"{path} is corrupt: {exc}") from None
+    tensors = read_unit_tensors(path)
     wrapped = add_adapter_with_tensors(model, adapter_name, config, names, channels or None, tensors, source=str(path))
     if device is not None:
         wrapped.to(device)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .format import ADAPTER_FILENAME, MODEL_CARD_FILENAME, PRIOR_KEY, TRAINING_KEY, read_adapter_header
+from .format import ADAPTER_FILENAME, MODEL_CARD_FILENAME, PRIOR_KEY, TRAINING_KEY, prior_record, read_adapter_header
 
 
 def _json(meta: dict[str, str], key: str, default: Any) -> Any:
@@ -49,7 +49,7 @@ def card_facts(path: str | os.PathLike) -> dict[str, Any]:
         "depth": config.get("depth"),
         "prior_channels": config.get("prior_channels"),
         "prior_resize": config.get("prior_resize"),
-        "prior": _json(meta, PRIOR_KEY, {}),
+        "prior": prior_record(_json(meta, PRIOR_KEY, {}) or {}),
         "parameters": numel,
         "tensors": len(entries),
         "format_version": meta.get("format_version"),
@@ -64,10 +64,13 @@ def render_model_card(path: str | os.PathLike, repo_id: str | None = None,
     """Markdown model card (with Hub YAML front matter) for the adapter file at ``path``."""
     f = card_facts(path)
     training = training if training is not None else f["training"]
-    prior = f["prior"] or {}
-    provider = prior.get("provider") or prior.get("name") or "not recorded"
+    prior = f["prior"] or {}  # prior_record's schema: the provider's identity nested under "provider"
+    ident = prior.get("provider") if isinstance(prior.get("provider"), dict) else {}
+    provider = " / ".join(str(ident[k]) for k in ("provider", "method", "model_type") if ident.get(k)) \
+        or prior.get("name") or "not recorded"
     encoding = prior.get("encoding") or "not recorded"
-    settings = {k: v for k, v in prior.items() if k not in ("provider", "name", "encoding")}
+    settings = {k: v for k, v in ident.items() if k not in ("provider", "method", "model_type")}
+    settings.update({k: v for k, v in prior.items() if k not in ("provider", "name", "encoding")})
     source = repo_id or "path/to/this/folder"
     lines = [
         "---",
