@@ -178,15 +178,31 @@ class DistInfo:
         return self.world_size > 1
 
 
+def _env_int(name: str, default: int, low: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise SPTError(f"environment variable {name}={os.environ[name]!r} is not an integer >= {low}; "
+                       "torchrun sets it (unset it for a one-process run)")
+    return value
+
+
 def init_distributed(device: str | torch.device | None = None) -> DistInfo:
     """Join the process group that ``torchrun`` describes (``WORLD_SIZE``/``RANK``/``LOCAL_RANK``).
 
     Without those variables (a plain ``python``/``spt-adapter`` call) it returns a one-process
     :class:`DistInfo`. Backend: nccl when CUDA is used, gloo otherwise.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    world = _env_int("WORLD_SIZE", 1, 1)
+    rank = _env_int("RANK", 0, 0)
+    local = _env_int("LOCAL_RANK", 0, 0)
+    if rank >= world:
+        raise SPTError(f"RANK={rank} is not below WORLD_SIZE={world}; launch with torchrun, which sets both")
     if device is None:
         dev = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
     else:
@@ -281,6 +297,18 @@ def save_state(path: Path, optimizer: torch.optim.Optimizer, keys: dict[int, str
     return atomic_write_bytes(path, st_save(_optimizer_tensors(optimizer, keys), metadata=meta))
 
 
+def _check_moment(path: Path, name: str, field_name: str, value: torch.Tensor, param: torch.Tensor) -> None:
+    """An optimizer-state tensor must fit its parameter and be finite: a corrupt state file is named
+    as such, instead of surfacing steps later as a diverging loss."""
+    fix = f"delete {path.name} to resume with fresh optimizer moments (the adapter's weights are kept)"
+    if field_name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") and tuple(value.shape) != tuple(param.shape):
+        raise SPTError(f"cannot resume: {path} holds {name} of shape {tuple(value.shape)} for a parameter of "
+                       f"shape {tuple(param.shape)}; {fix}")
+    if not value.is_floating_point() or not bool(torch.isfinite(value).all()) or (
+            field_name == "exp_avg_sq" and bool((value < 0).any())):
+        raise SPTError(f"cannot resume: {path} is corrupt ({name} holds NaN, Inf or impossible values); {fix}")
+
+
 def load_state(path: Path, optimizer: torch.optim.Optimizer, keys: dict[int, str]) -> dict[str, Any]:
     """Restore Adam moments from :func:`save_state`'s file; returns its metadata (step, settings)."""
     from safetensors import safe_open
@@ -301,6 +329,7 @@ def load_state(path: Path, optimizer: torch.optim.Optimizer, keys: dict[int, str
         if key not in by_key:
             raise SPTError(f"cannot resume: {path} holds optimizer state for {key!r}, which the adapter does not have")
         p = params[by_key[key]]
+        _check_moment(path, name, field_name, value, p)
         v = value.to(p.device)
         loaded.setdefault(id(p), {})[field_name] = v if field_name != "step" else v.to(torch.float32)
     stateless = set(json.loads(meta.get("stateless", "[]")))
@@ -423,6 +452,31 @@ def distill_loss(logits: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), teacher.float())
 
 
+def _batches(loader: DataLoader) -> Iterator[dict[str, Any]]:
+    """The loader's batches; an error reading a sample (in this process or a DataLoader worker,
+    whose re-raised error carries the worker's whole traceback) becomes one line naming it."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise SPTError(f"reading the training data failed: {_last_line(exc)}") from None
+        yield batch
+
+
+def _last_line(exc: BaseException) -> str:
+    """The original error of a DataLoader worker (the last line of the traceback it carries)."""
+    text = str(exc)
+    if "Traceback" in text:
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        last = lines[-1] if lines else text
+        name, sep, rest = last.partition(": ")
+        return f"{name.rsplit('.', 1)[-1]}: {rest}" if sep and " " not in name else last
+    return f"{type(exc).__name__}: {text}" if not isinstance(exc, SPTError) else text
+
+
 class _Stepper:
     """One optimisation step of the units: forward under autocast on CUDA, L1 loss, backward, Adam.
     With a prior student: the distillation loss alone for the first ``student_steps``, then
@@ -478,6 +532,14 @@ class _Checkpointer:
         self.out, self.model, self.adapter, self.optimizer, self.keys = out, model, adapter, optimizer, keys
         self.settings, self.info, self.training_info, self.header = settings, info, training_info, header
         self.backbone_hash = backbone_hash
+        self.saved: int | None = None
+
+    def save_on_error(self, step: int, history: list[dict[str, Any]]) -> None:
+        """On an interrupt or error mid-run: keep the steps done since the last checkpoint, if any.
+        A failure to save here is not raised over the error that stopped the run."""
+        if step > 0 and self.saved != step:
+            with contextlib.suppress(SPTError, OSError):
+                self.save(step, history)
 
     def save(self, step: int, history: list[dict[str, Any]], final: bool = False) -> None:
         if self.out is None or not self.info.is_main:
@@ -490,10 +552,17 @@ class _Checkpointer:
                            "global_batch": settings.batch * self.info.world_size})
         # state first, then the delta: a crash in between leaves an older delta whose step differs,
         # which resume detects
-        save_state(self.out / STATE_FILE, self.optimizer, self.keys, step, settings, {"world_size": self.info.world_size})
-        save_adapter(self.model, self.out / ADAPTER_FILENAME, adapter_name=self.adapter, backbone_hash=self.backbone_hash,
-                     metadata={TRAINING_KEY: json.dumps(train_meta, sort_keys=True)})
-        _write_logs(self.out, history, self.header)
+        try:
+            save_state(self.out / STATE_FILE, self.optimizer, self.keys, step, settings,
+                       {"world_size": self.info.world_size})
+            save_adapter(self.model, self.out / ADAPTER_FILENAME, adapter_name=self.adapter,
+                         backbone_hash=self.backbone_hash, metadata={TRAINING_KEY: json.dumps(train_meta, sort_keys=True)},
+                         task=train_meta.get("task"))
+            _write_logs(self.out, history, self.header)
+        except OSError as exc:  # disk full, folder gone or read-only: every file is written atomically
+            raise SPTError(f"cannot write the checkpoint of step {step} in {self.out}: {exc.strerror or exc}; the "
+                           f"previous checkpoint there is intact (free space, then continue with --resume)") from None
+        self.saved = step
         if final:
             with contextlib.suppress(Exception):  # the card is a courtesy; the delta is what matters
                 from ..files.model_card import write_model_card
@@ -559,6 +628,7 @@ def train_units(
               "training": training_info or {}, "trainable_parameters": sum(p.numel() for p in params)}
     checkpoints = _Checkpointer(out, model, adapter, optimizer, keys, settings, info, training_info, header,
                                 backbone_hash)
+    checkpoints.saved = start  # nothing new to keep before the first step of this call
 
     bar = None
     if settings.progress and info.is_main:
@@ -576,7 +646,7 @@ def train_units(
     try:
         while step < end:
             sampler.set_epoch(epoch)
-            for batch in loader:
+            for batch in _batches(loader):
                 if step >= end:
                     break
                 lq, gt, prior = _to(batch, device, distilled)
@@ -601,6 +671,8 @@ def train_units(
                     running, count = 0.0, 0
                 if val_fn is not None and info.is_main and (
                         (settings.val_every and step % settings.val_every == 0) or last):
+                    if last:
+                        checkpoints.save(step, history)  # the run is kept even if validation fails
                     model.eval()
                     with torch.no_grad():
                         val = {k: float(v) for k, v in val_fn(model).items()}
@@ -615,6 +687,9 @@ def train_units(
                     checkpoints.save(step, history)
             epoch += 1
             sampler.skip = 0
+    except BaseException:  # an interrupt, a bad image, a failed validation: keep the steps done
+        checkpoints.save_on_error(step, history)
+        raise
     finally:
         if bar is not None:
             bar.close()
