@@ -10,8 +10,13 @@ import sys
 import warnings
 
 from . import commands
-from .errors import SPTError
+from .errors import BackboneHashMismatchError, SPTError
 from .version import __version__
+
+
+#: exit codes (docs/cli.md): 0 success, 1 an error named on one line, 2 a usage error (argparse),
+#: 130 interrupted (Ctrl-C)
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _command_modules():
@@ -40,15 +45,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     try:
         return int(args._run(args) or 0)
+    except BackboneHashMismatchError as exc:
+        fix = ("pass --no-hash-check to use it anyway" if hasattr(args, "no_hash_check")
+               else "pass the backbone checkpoint the adapter was trained on")
+        print(f"spt-adapter {args.command}: error: {exc.with_override(fix)}", file=sys.stderr)
+        return EXIT_ERROR
     except SPTError as exc:
         print(f"spt-adapter {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
+    except OSError as exc:  # a file system error no check foresaw: still one line, naming the file
+        what = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
+        print(f"spt-adapter {args.command}: error: {what}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        hint = getattr(args, "_interrupt_hint", None)
+        print("interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

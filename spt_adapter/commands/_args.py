@@ -50,6 +50,26 @@ def provider_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def device_type(text: str) -> str:
+    """An argparse type for ``--device``: a device torch knows, and one this machine has."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a device such as cpu, cuda or cuda:1, got {text!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: no CUDA GPU is available on this machine (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available on this machine (use --device cpu)")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text!r}: spt-adapter runs on cpu, cuda or mps")
+    return text
+
+
 def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("backbone")
     g.add_argument("--backbone", metavar="CKPT", help="backbone checkpoint (.pth/.safetensors of any architecture "
@@ -57,7 +77,7 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--arch", metavar="PRESET", help="architecture preset to use for the weights given with --weights "
                    "(see `spt-adapter plugins`); checks the weights really are that architecture")
     g.add_argument("--weights", metavar="PATH", help="weights for --arch")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    g.add_argument("--device", default=None, type=device_type, help="cpu, cuda, cuda:1 (default: cuda when available)")
 
 
 def add_prior_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import SPTError
-from ..training.builders import build_dataset, build_provider, image_folder, load_backbone_from_args, prior_cache, prior_flags
+from ..training.builders import (build_dataset, build_provider, check_task_scale, image_folder, load_backbone_from_args,
+                                 prior_cache, prior_flags)
 from ..training.data import NOISE_PROTOCOLS
 from ._args import add_backbone_arguments, add_prior_arguments, nonneg_int, positive_int, task_type
 
@@ -61,6 +62,9 @@ def run(args) -> int:
     from ..training.evaluate import evaluate
 
     images = image_folder(args.data, "--data")
+    out = Path(args.out) if args.out else Path(f"eval_{Path(args.data).resolve().name}")
+    if out.exists() and not out.is_dir():
+        raise SPTError(f"--out {out} is a file; eval writes a folder (eval.md, eval.csv, crops): pass a folder")
     if args.no_adapter and args.adapter:
         raise SPTError("--no-adapter scores the backbone alone: drop --adapter (or --no-adapter)")
     if not args.no_adapter and not args.adapter:
@@ -69,6 +73,7 @@ def run(args) -> int:
         if args.task is None:
             raise SPTError("--no-adapter needs --task denoise:<sigma> or sr:<scale>")
         model, _, described = load_backbone_from_args(args, require_targets=False)
+        check_task_scale(args.task, args._scale, described)
         provider = None
         what = "backbone alone"
     else:
@@ -85,7 +90,6 @@ def run(args) -> int:
                                      seed=args.seed, channels=args._channels, noise=args.noise)
     else:
         dataset = build_dataset(args, args.data, provider, prior_cache(args), train=False)
-    out = Path(args.out) if args.out else Path(f"eval_{Path(args.data).resolve().name}")
     out.mkdir(parents=True, exist_ok=True)
     grey = ", grey" if args._channels == 1 else ""
     noise = f", noise {args.noise} seed {args.seed}" if args.task.startswith("denoise") else ""
@@ -128,6 +132,7 @@ def _with_adapter(args):
         task_type(args.task)
     provider_args = prior_flags(args, adapter_file)
     model, _, described = load_backbone_from_args(args, require_targets=False)  # targets come from the adapter
+    check_task_scale(args.task, args._scale, described)
     spt = load_adapter(model, adapter_file, check_backbone_hash=not args.no_hash_check)
     check_channels(spt, args._channels, str(adapter_file))
     override = build_provider(args) if provider_args else None

@@ -15,8 +15,8 @@ from typing import Any
 
 from ..core.config import DEFAULT_FUSION, FUSIONS
 from ..errors import SPTError
-from ..training.builders import (build_dataset, build_provider, check_provider_args, image_folder,
-                                 load_backbone_from_args, prior_cache)
+from ..training.builders import (apply_recorded_prior, build_dataset, build_provider, check_provider_args,
+                                 check_task_scale, image_folder, load_backbone_from_args, prior_cache)
 from ._args import (add_backbone_arguments, add_prior_arguments, nonneg_float, nonneg_int, positive_float, positive_int,
                     task_type)
 
@@ -71,11 +71,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_out(args) -> Path:
     from ..files.format import ADAPTER_FILENAME
+    from ..training.train import LOG_CSV, LOG_JSON, STATE_FILE
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise SPTError(f"--out {out} exists and is not a folder")
     has_run = (out / ADAPTER_FILENAME).exists()
+    if out.is_dir() and not has_run:
+        # a run that stopped before its first checkpoint leaves only its logs and state; anything
+        # else is someone's files, which the run's files (README.md above all) would overwrite
+        ours = {STATE_FILE, LOG_CSV, LOG_JSON}
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(f".{ADAPTER_FILENAME}."))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise SPTError(f"--out {out} is not empty and holds no spt-adapter run ({shown}); the run would overwrite "
+                           "files there: choose a new or empty folder")
     if args.resume and not has_run:
         raise SPTError(f"--resume: {out} holds no {ADAPTER_FILENAME} to resume from")
     if has_run and not args.resume:
@@ -106,6 +116,43 @@ def _resume_config_check(args, path: Path) -> None:
         raise SPTError(f"--resume: {path} was trained with encoding {recorded!r}, not {args.encoding!r}")
     args.encoding = recorded
     check_encoding_for_fusion(args.encoding, cfg.fusion)
+    apply_recorded_prior(args, cfg.prior or {}, path)
+
+
+def _same_path(a: str, b: str) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _resume_provenance_check(args, path: Path, provider) -> None:
+    """A resumed run continues the same run: the task, data, schedule and prior recorded in the
+    adapter must be those asked for now, else the header would describe a run that never happened."""
+    import json
+
+    from ..files.format import TRAINING_KEY, read_adapter_config, read_adapter_header
+
+    meta, _ = read_adapter_header(path)
+    try:
+        done = json.loads(meta.get(TRAINING_KEY) or "{}")
+    except ValueError:
+        done = {}
+    cfg = read_adapter_config(path)
+    checks = [("--task", done.get("task", (cfg.prior or {}).get("task")), args.task, str.__eq__),
+              ("--data", done.get("data"), str(args.data), _same_path),
+              ("--iters", done.get("iters"), args.iters, int.__eq__),
+              ("--lr", done.get("lr"), args.lr, float.__eq__),
+              ("--schedule", done.get("schedule"), args.schedule, str.__eq__),
+              ("--patch", done.get("patch"), args.patch, int.__eq__)]
+    for flag, was, now, same in checks:
+        if was is not None and not same(type(now)(was), now):
+            raise SPTError(f"--resume: the run in {path.parent} was trained with {flag} {was}, not {now}; resume it "
+                           f"with {flag} {was}, or start a new run in another --out")
+    recorded = (cfg.prior or {}).get("provider")
+    if isinstance(recorded, dict):
+        now_id = provider.identity()
+        for key in ("provider", "method", "model_type", "checkpoint_sha256", "settings"):
+            if key in recorded and key in now_id and recorded[key] != now_id[key]:
+                raise SPTError(f"--resume: the run in {path.parent} made its priors with {key} {recorded[key]!r}, "
+                               f"not {now_id[key]!r}; resume it with the same prior flags, or start a new run")
 
 
 def _teacher_name(cfg) -> str:
@@ -189,6 +236,7 @@ def run(args) -> int:
         _resume_config_check(args, out / ADAPTER_FILENAME)
     check_provider_args(args)
     model, default_targets, described = load_backbone_from_args(args, args.targets)
+    check_task_scale(args.task, args._scale, described)
     targets = list(args.targets) if args.targets else default_targets
     if not args.resume:
         inspect_targets(model, targets, args.exclude)  # a bad pattern fails here, named
@@ -204,6 +252,8 @@ def run(args) -> int:
                 if recorded != provider.identity():
                     raise SPTError(f"--resume: {out / ADAPTER_FILENAME} was distilled from teacher {recorded}, not "
                                    f"{provider.identity()}; resume with the same --teacher and settings")
+        if args.resume:
+            _resume_provenance_check(args, out / ADAPTER_FILENAME, provider)
         cache = prior_cache(args)
         if info.distributed and not info.is_main:
             torch.distributed.barrier()  # the main process fills the prior cache first; the others read it
@@ -213,6 +263,9 @@ def run(args) -> int:
             torch.distributed.barrier()
         if len(dataset) == 0:
             raise SPTError(f"--data {args.data}: the dataset is empty")
+        if val_set is not None and info.is_main:
+            for i in range(len(val_set)):  # decode every validation image now, not after the last step
+                val_set.pair(i)
         val_fn = None
         if val_set is not None:
             val_fn = make_val_fn(lambda: (val_set[i] for i in range(len(val_set))), args.task)
@@ -243,6 +296,8 @@ def run(args) -> int:
             print(f"data: {len(train_images)} image(s) in {args.data}, task {args.task}, {what}")
         info_meta: dict[str, Any] = {"task": args.task, "data": str(args.data), "patch": args.patch,
                                      "backbone": described, "encoding": args.encoding}
+        args._interrupt_hint = (f"the steps done are saved in {out}: continue with the same command and --resume"
+                                if info.is_main else None)
         result = train_units(spt, dataset, settings, out_dir=out, resume=args.resume, val_fn=val_fn,
                              training_info=info_meta, dist_info=info)
     finally:

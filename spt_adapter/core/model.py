@@ -170,7 +170,7 @@ class SPTModel(nn.Module):
         With ``like`` (the input), the prior is moved to its device and floating dtype."""
         config = self._config()
         return validate_prior(prior, batch, config.prior_channels if config else None,
-                              adapter=self.active_adapter, like=like)
+                              adapter=self.active_adapter, like=like, value_range=prior_range(config))
 
     @contextlib.contextmanager
     def use_prior(self, prior: torch.Tensor) -> Iterator["SPTModel"]:
@@ -286,8 +286,24 @@ def _file_operation(name: str):
         raise RuntimeError(f"SPTModel.{name} needs spt_adapter.files; import spt_adapter first") from None
 
 
+#: every encoding the library makes (spt_adapter.prior.encode) lies in [0, 1]
+ENCODED_PRIOR_RANGE = (0.0, 1.0)
+#: a prior the library did not encode may hold any value float16 can (mixed precision): beyond
+#: this, the encoder's convolutions overflow (3e38 gave Inf outputs)
+FREE_PRIOR_LIMIT = 65504.0
+
+
+def prior_range(config: SPTConfig | None) -> tuple[float, float]:
+    """The values a prior for ``config``'s units may hold: [0, 1] when the adapter records one of the
+    library's encodings (they promise that range), else [-65504, 65504]."""
+    if config is not None and isinstance(config.prior, dict) and config.prior.get("encoding"):
+        return ENCODED_PRIOR_RANGE
+    return (-FREE_PRIOR_LIMIT, FREE_PRIOR_LIMIT)
+
+
 def validate_prior(prior: Any, batch: int | None = None, prior_channels: int | None = None, *,
-                   name: str = "prior", adapter: str | None = None, like: torch.Tensor | None = None) -> torch.Tensor:
+                   name: str = "prior", adapter: str | None = None, like: torch.Tensor | None = None,
+                   value_range: tuple[float, float] | None = None) -> torch.Tensor:
     """Check a prior before any compute; raise :class:`PriorError` naming the problem.
 
     Accepts a tensor or a NumPy array (what ``PriorCache.get_or_compute`` returns) of shape
@@ -295,7 +311,8 @@ def validate_prior(prior: Any, batch: int | None = None, prior_channels: int | N
     dimension is added and expanded to ``batch``). Returns a tensor, with a bool label map turned
     into float; with ``like`` (the input tensor) it is on ``like``'s device and, when ``like`` is a
     floating tensor, in its dtype. ``name`` is the argument's name as the user wrote it (``prior``;
-    ``spt_prior`` through PEFT).
+    ``spt_prior`` through PEFT). ``value_range``: the (low, high) its values must lie in
+    (:func:`prior_range`).
     """
     if prior is None:
         raise PriorError(f"the {name} is missing: pass {name}=p to the forward call or use `with model.use_prior(p):`")
@@ -320,10 +337,21 @@ def validate_prior(prior: Any, batch: int | None = None, prior_channels: int | N
                          f"prior_channels={prior_channels}")
     if prior.shape[2] < 1 or prior.shape[3] < 1:
         raise PriorError(f"the {name} is empty: shape {tuple(prior.shape)}")
-    if prior.dtype == torch.bool or not (prior.is_floating_point() or prior.is_complex()):
+    if prior.device.type == "meta":
+        raise PriorError(f"the {name} is on the meta device and holds no values; make it on the input's device")
+    if prior.is_complex():
+        raise PriorError(f"the {name} is complex ({prior.dtype}); priors are real-valued")
+    if prior.dtype == torch.bool or not prior.is_floating_point():
         prior = prior.to(torch.float32)
     elif not bool(torch.isfinite(prior).all()):
         raise PriorError(f"the {name} contains NaN or Inf values")
+    if value_range is not None and prior.numel():
+        lo, hi = float(prior.min()), float(prior.max())
+        if lo < value_range[0] or hi > value_range[1]:
+            what = ("the range every spt-adapter encoding gives" if value_range == ENCODED_PRIOR_RANGE
+                    else "float16's range (larger values overflow the units)")
+            raise PriorError(f"the {name} holds values in [{lo:.4g}, {hi:.4g}], outside [{value_range[0]:g}, "
+                             f"{value_range[1]:g}], {what}")
     if like is not None:
         dtype = like.dtype if like.is_floating_point() else prior.dtype
         prior = prior.to(device=like.device, dtype=dtype)

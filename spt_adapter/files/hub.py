@@ -128,8 +128,19 @@ def save_pretrained(model, save_directory: str | os.PathLike, adapter_name: str 
 # ---------------------------------------------------------------------------------------------
 # load
 # ---------------------------------------------------------------------------------------------
-def _looks_local(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or os.sep in source.replace("/", "", 1) or source.endswith(".safetensors")
+def looks_local(source: str) -> bool:
+    """Whether an adapter ``source`` that does not exist is a mistyped local path rather than a Hub id.
+
+    A Hub id is exactly ``namespace/name``. Anything else is a path: a name with no ``/`` or more
+    than one, one starting with ``.``, ``/`` or ``~``, holding a backslash, ending in
+    ``.safetensors``, or whose first part is a folder here (``runs/typo`` when ``runs/`` exists).
+    Only the rest goes to the Hub, so a typo is reported at once as a missing path."""
+    if source.startswith((".", "/", "~")) or "\\" in source or source.endswith(".safetensors"):
+        return True
+    parts = source.split("/")
+    if len(parts) != 2 or not all(parts):
+        return True
+    return Path(parts[0]).expanduser().is_dir()
 
 
 def resolve_adapter_file(source: str | os.PathLike, revision: str | None = None, *, filename: str = ADAPTER_FILENAME,
@@ -148,11 +159,12 @@ def resolve_adapter_file(source: str | os.PathLike, revision: str | None = None,
             hint = (" It looks like a PEFT adapter folder: load it with peft.PeftModel.from_pretrained after "
                     "`import spt_adapter.peft`, or convert it with spt_adapter.peft.peft_to_spt().")
         raise AdapterFileError(f"folder {path} has no {filename} (it holds {present[:8]}).{hint}")
-    if path.is_file():
-        return path
+    if path.exists():
+        return path  # a file, or something else that read_adapter_header refuses by name
     source = str(source)
-    if _looks_local(source):
-        raise AdapterFileError(f"{source} does not exist (neither an adapter folder nor a file)")
+    if looks_local(source):
+        raise AdapterFileError(f"{source} does not exist: no adapter folder or file there (a Hub id is 'namespace/name' "
+                               "whose namespace is not a local folder)")
     hub = _hub()
     try:
         _validate_repo_id(source)
@@ -175,7 +187,8 @@ def resolve_adapter_file(source: str | os.PathLike, revision: str | None = None,
     except _hub_error("RevisionNotFoundError"):
         raise AdapterFileError(f"repo {source!r} has no revision {revision!r}") from None
     except _hub_error("RepositoryNotFoundError"):
-        raise AdapterFileError(f"Hub repo {source!r} does not exist or is private (pass token=)") from None
+        raise AdapterFileError(f"Hub repo {source!r} does not exist or is private (pass token=), and there is no "
+                               f"local path {source} either") from None
     except _hub_error("EntryNotFoundError"):
         raise AdapterFileError(f"Hub repo {source!r} has no file {filename}; is it an SPT adapter repo?") from None
     return Path(downloaded)

@@ -156,12 +156,53 @@ def prior_flags(args, adapter_file) -> bool:
     return True
 
 
-def prior_cache(args):
+def open_prior_cache(root: str | os.PathLike, what: str = "--prior-cache"):
+    """A :class:`PriorCache` at ``root``, refused with one line (naming ``what``, the flag) when the
+    folder cannot be made or written: a cache that can store no prior would recompute every prior
+    and lose every result."""
+    import tempfile
+
     from ..prior.cache import PriorCache
 
-    root = Path(args.prior_cache) if args.prior_cache else default_cache_root() / "priors"
-    root.mkdir(parents=True, exist_ok=True)
+    root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise SPTError(f"{what} {root} is a file, not a folder; pass a folder for the prior cache")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".spt_write_check_"):
+            pass
+    except OSError as exc:
+        raise SPTError(f"{what} {root} cannot be written ({exc.strerror or exc}); the prior cache must be a "
+                       "writable folder: fix its permissions or pass another folder") from None
     return PriorCache(root)
+
+
+def prior_cache(args):
+    return open_prior_cache(args.prior_cache if args.prior_cache else default_cache_root() / "priors")
+
+
+def check_task_scale(task: str, backbone_scale: int | None, described: str) -> None:
+    """Refuse a task whose scale is not the backbone's (``sr:2`` on a x1 denoiser scored a crop)."""
+    from .data import parse_task
+
+    if backbone_scale is None:
+        return
+    t = parse_task(task)
+    want = t.scale if t.kind == "sr" else 1
+    if want != backbone_scale:
+        fix = (f"use --task sr:{backbone_scale}" if backbone_scale > 1 else "use --task denoise:<sigma>")
+        raise SPTError(f"--task {task} needs a x{want} backbone but {described} is x{backbone_scale}: {fix} "
+                       "or another backbone")
+
+
+def apply_recorded_prior(args, recorded: dict, source) -> None:
+    """Rebuild the prior an adapter records (``files.format.prior_record``'s schema) unless flags say
+    otherwise: its provider (:func:`use_recorded_provider`) and its encoding."""
+    ident = recorded.get("provider") if isinstance(recorded.get("provider"), dict) else {}
+    use_recorded_provider(args, ident, source)
+    if args.encoding is None:
+        # "label": adapters that record no encoding were made when label was the only default
+        args.encoding = recorded.get("encoding", "label")
 
 
 def load_backbone_from_args(args, targets: list[str] | None = None, require_targets: bool = True):
@@ -188,6 +229,8 @@ def load_backbone_from_args(args, targets: list[str] | None = None, require_targ
     if args._channels not in (1, 3):
         raise SPTError(f"the backbone in {path} takes {args._channels}-channel input; images are read as 1 (grey) or "
                        "3 (RGB) channels")
+    scale = getattr(bb.descriptor, "scale", None)
+    args._scale = int(scale) if isinstance(scale, int) and scale >= 1 else None
     arch = getattr(getattr(bb.descriptor, "architecture", None), "name", type(model).__name__)
     if args.arch:
         from ..plugins.presets import PRESETS

@@ -49,6 +49,8 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
                 arr = np.asarray(im.convert("RGBA" if "A" in im.mode else "RGB"))
     except ImageError:
         raise
+    except Image.DecompressionBombError as exc:  # a tiny file whose header claims billions of pixels
+        raise ImageError(f"{path}: refused, {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: cannot be read as an image ({exc})") from exc
     return to_uint8_channels(arr, channels, name=str(path))
