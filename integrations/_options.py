@@ -105,6 +105,26 @@ def parse_spt_block(block: Mapping[str, Any] | None, where: str = "spt") -> SPTO
                       prior=prior)
 
 
+def task_of(opt: Mapping[str, Any]) -> str | None:
+    """The task a framework's options train for, as `spt-adapter eval --task` spells it: ``sr:<scale>``
+    from ``scale`` > 1, else ``denoise:<sigma>`` from one integer noise level of the train dataset
+    (KAIR's ``sigma``, Restormer's ``sigma_test``/``sigma_range`` when a single value); else None."""
+    try:
+        scale = int(opt.get("scale") or 1)
+    except (TypeError, ValueError):
+        scale = 1
+    if scale > 1:
+        return f"sr:{scale}"
+    train = ((opt.get("datasets") or {}).get("train") or {}) if isinstance(opt.get("datasets"), Mapping) else {}
+    for key in ("sigma", "sigma_test", "sigma_range"):
+        value = train.get(key) if isinstance(train, Mapping) else None
+        if isinstance(value, (list, tuple)) and len(set(value)) == 1:
+            value = value[0]
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255:
+            return f"denoise:{value}"
+    return None
+
+
 def check_dataset_priors(opt: Mapping[str, Any], spt: SPTOptions) -> None:
     """The prior a dataset's ``spt_prior`` block makes must be the one the model's ``spt.prior`` reads.
 

@@ -34,7 +34,7 @@ from spt_adapter.core.model import SPTModel
 from .._checkpoint import read_state_dict
 from .._netio import (attach_units, bare, build_units_only_ema, ema_decay_deferred, ema_units, find_resume_deltas,
                       load_backbone_state, resolve_backbone_path)
-from .._options import check_dataset_priors, parse_spt_block
+from .._options import check_dataset_priors, parse_spt_block, task_of
 
 META_BACKBONE = "basicsr_backbone"
 
@@ -135,7 +135,7 @@ class SPTSRModel(SRModel):
             "basicsr_network_g": json.dumps(self.opt["network_g"], sort_keys=True, default=str),
         }
         os.makedirs(osp.dirname(target), exist_ok=True)
-        spt_adapter.save_adapter(net, target, metadata=meta)
+        spt_adapter.save_adapter(net, target, metadata=meta, task=task_of(self.opt))
         return target
 
 

@@ -26,6 +26,7 @@ from spt_adapter.errors import ConfigError
 
 from .._checkpoint import read_state_dict
 from .._netio import attach_units, bare, copy_units, ema_units, load_backbone_state, load_units
+from .._options import task_of
 from .options import spt_options
 
 
@@ -108,7 +109,8 @@ def make_model_class(model_plain: type) -> type:
         def save_network(self, save_dir, network, network_label, iter_label):
             path = os.path.join(save_dir, f"{iter_label}_{network_label}.safetensors")
             spt_adapter.save_adapter(bare(network), path, metadata={"kair_backbone": os.path.abspath(self.spt.backbone),
-                                                                    "kair_iter": str(iter_label)})
+                                                                    "kair_iter": str(iter_label)},
+                                     task=task_of(self.opt))
 
         # -- data and forward ----------------------------------------------------------------
         def feed_data(self, data, need_H=True):

@@ -15,7 +15,7 @@ import types
 import numpy as np
 import torch
 
-from .._options import PriorSource
+from .._options import PriorSource, task_of
 
 
 def priors_for(batch: torch.Tensor, source: PriorSource) -> torch.Tensor:
@@ -108,9 +108,12 @@ def make_model_class(image_clean_model: type) -> type:
             label = "latest" if current_iter == -1 else current_iter
             models = self.opt["path"]["models"]
             meta = {"restormer_backbone": self.spt_backbone, "restormer_iter": str(current_iter)}
-            spt_adapter.save_adapter(bare(self.net_g), osp.join(models, f"net_g_{label}.safetensors"), metadata=meta)
+            task = task_of(self.opt)
+            spt_adapter.save_adapter(bare(self.net_g), osp.join(models, f"net_g_{label}.safetensors"), metadata=meta,
+                                     task=task)
             if hasattr(self, "net_g_ema"):
-                spt_adapter.save_adapter(self.net_g_ema, osp.join(models, f"net_g_ema_{label}.safetensors"), metadata=meta)
+                spt_adapter.save_adapter(self.net_g_ema, osp.join(models, f"net_g_ema_{label}.safetensors"),
+                                         metadata=meta, task=task)
             self.save_training_state(epoch, current_iter)
 
     SPTImageCleanModel.__qualname__ = "SPTImageCleanModel"

@@ -59,11 +59,11 @@ def shard_of(n_items: int, num_shards: int | None, shard_index: int | None, env=
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..training.builders import parse_settings
+    from ..training.builders import open_prior_cache, parse_settings
     from ..training.data import degrade, parse_task
     from ..errors import ConfigError, ProviderRunError, SPTError
     from ..training.images import list_images, read_image
-    from ..prior import PriorCache, get_provider_spec, make_provider, parse_encoding
+    from ..prior import get_provider_spec, make_provider, parse_encoding
 
     parse_encoding(args.encoding)
     task = parse_task(args.degrade) if args.degrade else None
@@ -85,7 +85,7 @@ def run(args) -> int:
     paths = list_images(args.inputs)
     num_shards, shard_index = shard_of(len(paths), args.num_shards, args.shard_index)
     mine = paths[shard_index::num_shards]
-    cache = PriorCache(args.cache)
+    cache = open_prior_cache(args.cache, "--cache")  # a file or a read-only folder: refused by name
     kind = getattr(provider, "model_type", None)
     what = f"{args.provider}" + (f" {kind}" if kind else "") + f", encoding {args.encoding}"
     if task:
