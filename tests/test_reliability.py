@@ -160,12 +160,18 @@ def test_2a_failing_validation_at_the_last_step_keeps_the_run(env, tmp_path, cap
     assert adapter_step(out / "spt_adapter.safetensors") == 2
 
 
-def test_2a_corrupt_validation_image_is_refused_before_step_1(env, tmp_path, capsys):
+def test_2a_corrupt_validation_image_is_refused_before_step_1(env, tmp_path, capsys, monkeypatch):
+    import spt_adapter.training.train as tr
+
+    steps = []
+    real = tr._Stepper.__call__
+    monkeypatch.setattr(tr._Stepper, "__call__", lambda self, *a, **k: steps.append(1) or real(self, *a, **k))
     val = _images(tmp_path / "val", n=2)
     (val / "img1.png").write_bytes((val / "img1.png").read_bytes()[:60])  # truncated PNG
     out = tmp_path / "run"
     code, _, err = _run(_train_argv(env["ckpt"], env["data"], out, env["cache"], "--val", val), capsys)
     assert code == 1 and "img1.png" in _one_line_error(err)
+    assert steps == []  # refused before the first step, not after the last
     assert not (out / "spt_adapter.safetensors").exists() and not (out / "train_log.json").exists()  # no step ran
 
 
