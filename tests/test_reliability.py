@@ -197,7 +197,7 @@ def _copy_run(env, dst: Path) -> Path:
 
 @pytest.mark.parametrize("change,flag", [
     (("--task", "denoise:15"), "--task"),
-    (("--iters", "5"), "--iters"),
+    (("--iters", "1"), "--iters"),  # fewer than the 2 steps done; more extends the run (recorded)
     (("--segments", "12"), "settings"),
 ])
 def test_3a_resume_with_another_task_iters_or_provider_is_refused(env, tmp_path, capsys, change, flag):
@@ -226,6 +226,16 @@ def test_3a_resume_with_the_same_flags_continues(env, tmp_path, capsys):
     run = _copy_run(env, tmp_path / "run")
     code, _, err = _run(_train_argv(env["ckpt"], env["data"], run, env["cache"], "--resume"), capsys)
     assert code == 0, err
+
+
+def test_3a_resume_with_more_iters_records_the_extension(env, tmp_path, capsys):
+    run = _copy_run(env, tmp_path / "run")
+    code, _, err = _run(_train_argv(env["ckpt"], env["data"], run, env["cache"], "--resume", iters=3), capsys)
+    assert code == 0, err
+    meta, _ = spt_adapter.read_adapter_header(run / "spt_adapter.safetensors")
+    training = json.loads(meta["training"])
+    assert training["iters"] == 3 and training["step"] == 3
+    assert training["iters_changes"] == [{"at_step": 2, "from": 2, "to": 3}]  # the header tells the story
 
 
 def test_3b_eval_sr_task_on_a_x1_backbone_is_refused(env, tmp_path, capsys):

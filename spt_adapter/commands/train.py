@@ -136,9 +136,17 @@ def _resume_provenance_check(args, path: Path, provider) -> None:
     except ValueError:
         done = {}
     cfg = read_adapter_config(path)
+    # --iters may grow (a documented, recorded change: the run is extended and the learning-rate
+    # curve is recomputed for the new length from the step reached on); it may not undo steps
+    step, planned = done.get("step"), done.get("iters")
+    args._iters_changes = list(done.get("iters_changes") or [])
+    if isinstance(step, int) and args.iters < step:
+        raise SPTError(f"--resume: the run in {path.parent} already did {step} steps; --iters {args.iters} would end "
+                       f"it before that (resume with --iters {planned} or more)")
+    if isinstance(planned, int) and planned != args.iters:
+        args._iters_changes.append({"at_step": step, "from": planned, "to": args.iters})
     checks = [("--task", done.get("task", (cfg.prior or {}).get("task")), args.task, str.__eq__),
               ("--data", done.get("data"), str(args.data), _same_path),
-              ("--iters", done.get("iters"), args.iters, int.__eq__),
               ("--lr", done.get("lr"), args.lr, float.__eq__),
               ("--schedule", done.get("schedule"), args.schedule, str.__eq__),
               ("--patch", done.get("patch"), args.patch, int.__eq__)]
@@ -296,6 +304,8 @@ def run(args) -> int:
             print(f"data: {len(train_images)} image(s) in {args.data}, task {args.task}, {what}")
         info_meta: dict[str, Any] = {"task": args.task, "data": str(args.data), "patch": args.patch,
                                      "backbone": described, "encoding": args.encoding}
+        if getattr(args, "_iters_changes", None):
+            info_meta["iters_changes"] = args._iters_changes  # an extended run says so in its header
         args._interrupt_hint = (f"the steps done are saved in {out}: continue with the same command and --resume"
                                 if info.is_main else None)
         result = train_units(spt, dataset, settings, out_dir=out, resume=args.resume, val_fn=val_fn,
