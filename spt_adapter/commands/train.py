@@ -116,7 +116,6 @@ def _resume_config_check(args, path: Path) -> None:
         raise SPTError(f"--resume: {path} was trained with encoding {recorded!r}, not {args.encoding!r}")
     args.encoding = recorded
     check_encoding_for_fusion(args.encoding, cfg.fusion)
-    apply_recorded_prior(args, cfg.prior or {}, path)
 
 
 def _same_path(a: str, b: str) -> bool:
@@ -242,6 +241,10 @@ def run(args) -> int:
     out = _check_out(args)
     if args.resume:
         _resume_config_check(args, out / ADAPTER_FILENAME)
+        from ..files.format import read_adapter_config
+
+        # the run's own prior recipe unless flags say otherwise (then the provenance check names it)
+        apply_recorded_prior(args, read_adapter_config(out / ADAPTER_FILENAME).prior or {}, out / ADAPTER_FILENAME)
     check_provider_args(args)
     model, default_targets, described = load_backbone_from_args(args, args.targets)
     check_task_scale(args.task, args._scale, described)
