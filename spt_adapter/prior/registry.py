@@ -110,6 +110,30 @@ def make_provider(name: str, checkpoint=None, model_type: str | None = None, dev
     return provider
 
 
+def check_recorded_provider(identity: dict, what: str) -> str:
+    """The name of the provider an adapter records (``identity``: its ``prior.provider``), checked
+    to be installed and runnable without a checkpoint; else :class:`PriorError` saying what to pass
+    (``--provider`` / ``--sam-checkpoint`` on the command line, ``provider=`` from Python). Classical
+    providers record ``provider="classical"`` and their method."""
+    from ..errors import PriorError
+
+    name = identity.get("provider")
+    if name == "classical":
+        return identity.get("method", "slic")
+    if not name:
+        raise PriorError(f"{what} records no mask provider: pass one (--provider NAME, or provider=...)")
+    specs = provider_specs()
+    if name not in specs:
+        raise PriorError(f"{what} was trained with priors of mask provider {name!r}, which is not installed (installed: "
+                         f"{', '.join(sorted(specs))}): install it, or pass --provider NAME (provider=...)")
+    if specs[name].needs_checkpoint:
+        label = "SAM" if name == "sam" else name
+        raise PriorError(f"{what} was trained with {label} priors ({identity.get('model_type', '?')}): pass "
+                         f"--sam-checkpoint PATH{'' if name == 'sam' else f' with --provider {name}'} "
+                         "(provider=... from Python), or another --provider")
+    return name
+
+
 def describe_provider(provider) -> str:
     """``provider 'NAME' (plugin 'P')`` for providers built by :func:`make_provider`, else its repr."""
     try:

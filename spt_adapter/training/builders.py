@@ -115,22 +115,14 @@ def use_recorded_provider(args, ident: dict, where) -> None:
     that is not installed is named."""
     if args.provider is not None or args.sam_checkpoint or not ident:
         return
-    name = ident.get("provider")
-    if name == "classical":
-        args.provider = ident.get("method", "slic")
+    from ..prior.registry import check_recorded_provider
+
+    name = check_recorded_provider(ident, str(where))
+    if ident.get("provider") == "classical":
+        args.provider = name
         if args.segments is None and not getattr(args, "provider_set", None):
             args.provider_settings = dict(ident.get("settings") or {})  # the exact recorded recipe
         return
-    from ..prior.registry import provider_specs
-
-    specs = provider_specs()
-    if name not in specs:
-        raise SPTError(f"{where} was trained with priors of mask provider {name!r}, which is not installed (installed: "
-                       f"{', '.join(sorted(specs))}); install it or pass --provider")
-    if specs[name].needs_checkpoint:
-        label = "SAM" if name == "sam" else name
-        raise SPTError(f"{where} was trained with {label} priors ({ident.get('model_type', '?')}); pass --sam-checkpoint"
-                       + ("" if name == "sam" else f" (with --provider {name})"))
     args.provider = name
     if not getattr(args, "provider_set", None):
         args.provider_settings = dict(ident.get("settings") or {})

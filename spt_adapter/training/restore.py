@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.model import SPTModel
-from ..errors import PriorError, RestoreError
+from ..errors import RestoreError
 from ..pixels import LUMA_BT601, to_uint8_channels
 
 __all__ = [
@@ -185,24 +185,11 @@ def makes_own_prior(model: nn.Module) -> bool:
 def provider_from_record(identity: dict, what: str = "the adapter"):
     """The mask provider an adapter's recorded ``identity`` describes, when it can run here without
     anything the user must supply; else :class:`PriorError` saying what to pass (a checkpoint, or
-    an installed provider)."""
+    an installed provider): :func:`spt_adapter.prior.registry.check_recorded_provider`."""
     from ..prior import make_provider
-    from ..prior.registry import provider_specs
+    from ..prior.registry import check_recorded_provider
 
-    name = identity.get("provider")
-    if name == "classical":
-        return make_provider(identity.get("method", "slic"), **dict(identity.get("settings") or {}))
-    if not name:
-        raise PriorError(f"{what} records no mask provider: pass one (--provider NAME, or provider=...)")
-    specs = provider_specs()
-    if name not in specs:
-        raise PriorError(f"{what} was trained with priors of mask provider {name!r}, which is not installed (installed: "
-                         f"{', '.join(sorted(specs))}): install it, or pass --provider NAME (provider=...)")
-    if specs[name].needs_checkpoint:
-        label = "SAM" if name == "sam" else name
-        raise PriorError(f"{what} was trained with {label} priors ({identity.get('model_type', '?')}): pass "
-                         f"--sam-checkpoint PATH{'' if name == 'sam' else f' with --provider {name}'} "
-                         "(provider=... from Python), or another --provider")
+    name = check_recorded_provider(identity, what)
     return make_provider(name, **dict(identity.get("settings") or {}))
 
 
