@@ -583,7 +583,20 @@ def _cat(parts, orig_size, device):
 
 
 # ------------------------------------------------------------------------------ provider
-class SamMaskProvider:
+class CheckpointIdentity:
+    """For providers with a checkpoint file: its sha256, computed once (part of the cache identity)."""
+
+    checkpoint: Path
+    _sha256: str | None = None
+
+    @property
+    def checkpoint_sha256(self) -> str:
+        if self._sha256 is None:
+            self._sha256 = file_sha256(self.checkpoint)
+        return self._sha256
+
+
+class SamMaskProvider(CheckpointIdentity):
     """``SamMaskProvider(checkpoint, model_type="vit_b", device=None, **generator_settings)``.
 
     ``model_type="auto"`` reads it from the checkpoint's patch-embedding width.
@@ -615,12 +628,6 @@ class SamMaskProvider:
         self.speed = {**SPEED_SETTINGS, **speed}
         self._sha256 = None
         self._generator = None
-
-    @property
-    def checkpoint_sha256(self) -> str:
-        if self._sha256 is None:
-            self._sha256 = file_sha256(self.checkpoint)
-        return self._sha256
 
     def identity(self) -> dict:
         import segment_anything  # noqa: F401

@@ -27,7 +27,8 @@ from ..errors import SamCheckpointError, SamUnavailableError
 from ..pixels import to_rgb_uint8
 from ..plugins.types import Setting, validate_settings
 from .masks import LabelMasks
-from .sam import file_sha256
+from .sam import SCHEMA as SAM_SCHEMA
+from .sam import CheckpointIdentity
 
 SAM2_CHECKPOINTS_URL = "https://github.com/facebookresearch/sam2#model-description"
 #: model type -> (config inside the sam2 package, extra Hydra overrides)
@@ -70,20 +71,15 @@ TINY_TEST_OVERRIDES = [
     "++model.num_maskmem=2",
 ]
 
-#: SAM2AutomaticMaskGenerator's settings (its defaults), checked by name and type.
+#: SAM2AutomaticMaskGenerator's settings (its defaults), checked by name and type: SAM's automatic
+#: mask generator settings (same meaning), with SAM 2's own defaults and options.
 SCHEMA = {
-    "points_per_side": Setting(int, 32, "prompt grid: points per side", minimum=1),
-    "points_per_batch": Setting(int, 64, "prompts per decoder call (speed/memory only)", minimum=1),
+    **{name: SAM_SCHEMA[name] for name in (
+        "points_per_side", "points_per_batch", "stability_score_thresh", "stability_score_offset", "box_nms_thresh",
+        "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio", "crop_n_points_downscale_factor",
+        "min_mask_region_area")},
     "pred_iou_thresh": Setting(float, 0.8, "keep masks whose predicted IoU exceeds this", minimum=0, maximum=1),
-    "stability_score_thresh": Setting(float, 0.95, "keep masks at least this stable", minimum=0, maximum=1),
-    "stability_score_offset": Setting(float, 1.0, "logit offset of the stability score", above=0),
     "mask_threshold": Setting(float, 0.0, "logit threshold of a mask pixel"),
-    "box_nms_thresh": Setting(float, 0.7, "box IoU above which duplicate masks are dropped", minimum=0, maximum=1),
-    "crop_n_layers": Setting(int, 0, "extra layers of image crops", minimum=0),
-    "crop_nms_thresh": Setting(float, 0.7, "box IoU for duplicates between crops", minimum=0, maximum=1),
-    "crop_overlap_ratio": Setting(float, 512 / 1500, "overlap of neighbouring crops", minimum=0, maximum=1),
-    "crop_n_points_downscale_factor": Setting(int, 1, "fewer points in deeper crop layers", minimum=1),
-    "min_mask_region_area": Setting(int, 0, "remove holes/islands smaller than this (needs OpenCV)", minimum=0),
     "use_m2m": Setting(bool, False, "one more mask-to-mask refinement step"),
     "multimask_output": Setting(bool, True, "three masks per point prompt"),
 }
@@ -178,7 +174,7 @@ def load_sam2(checkpoint, model_type: str | None = None, device=None):
     return model.to(device).eval()
 
 
-class Sam2MaskProvider:
+class Sam2MaskProvider(CheckpointIdentity):
     """``Sam2MaskProvider(checkpoint, model_type=None, device=None, **settings)``: SAM 2's automatic
     masks as one label image per image. ``settings``: :data:`SCHEMA` (SAM2AutomaticMaskGenerator's
     arguments); all but ``points_per_batch`` are part of :meth:`identity`. Loaded lazily."""
@@ -198,12 +194,6 @@ class Sam2MaskProvider:
         self.device = device
         self._sha256 = None
         self._generator = None
-
-    @property
-    def checkpoint_sha256(self) -> str:
-        if self._sha256 is None:
-            self._sha256 = file_sha256(self.checkpoint)
-        return self._sha256
 
     def identity(self) -> dict:
         return {"provider": "sam2", "model_type": self.model_type, "config": self.config, "overrides": self.overrides,
