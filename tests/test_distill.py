@@ -372,3 +372,32 @@ def test_cli_teacher_without_hq_images_fails_before_training(tmp_path, dncnn_ckp
                        "slic"))
     assert code == 1 and "holds no images" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_student_shapes_are_checked_against_the_header_before_anything_is_built(tmp_path):
+    """A config whose student contradicts the student tensors in the file (forged width or depth) is
+    refused from the header alone, like the units' shapes; the shapes the check expects are exactly
+    those a real PriorStudent has."""
+    from spt_adapter.core.student import PriorStudent, student_parameter_shapes
+    from spt_adapter.files.format import FORMAT_VERSION, read_adapter_header, serialize
+
+    for settings in ({"in_channels": 1, "width": 8, "depth": 2}, {"in_channels": 3, "width": 16, "depth": 5}):
+        real = {k: tuple(v.shape) for k, v in PriorStudent.from_config(settings, 2).state_dict().items()}
+        assert student_parameter_shapes(settings, 2) == real
+    model = _distilled(_dncnn())
+    good = tmp_path / "good.safetensors"
+    spt_adapter.save_adapter(model, good)
+    meta, _ = read_adapter_header(good)
+    from safetensors import safe_open
+
+    with safe_open(str(good), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    forged = dict(meta)
+    cfg = json.loads(meta["config"])
+    cfg["student"] = {**cfg["student"], "width": 200}  # within the setting's bounds, not the tensors' shapes
+    forged["config"] = json.dumps(cfg, sort_keys=True)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(serialize(tensors, forged))
+    with pytest.raises(spt_adapter.AdapterFileError, match="spt_student"):
+        spt_adapter.load_adapter(_dncnn(), bad)
+    assert FORMAT_VERSION >= 2

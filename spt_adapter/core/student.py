@@ -48,6 +48,20 @@ def check_student(student: Any) -> dict[str, int] | None:
     return out
 
 
+def student_parameter_shapes(student: dict[str, Any], prior_channels: int) -> dict[str, tuple[int, ...]]:
+    """The parameter shapes of the :class:`PriorStudent` a config describes, without building it (so an
+    adapter header can be checked against them before any module exists)."""
+    settings = check_student(student)
+    assert settings is not None
+    widths = [settings["in_channels"]] + [settings["width"]] * (settings["depth"] - 1) + [prior_channels]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i in range(settings["depth"]):
+        index = 2 * i  # each conv but the last is followed by its activation in ``body``
+        shapes[f"body.{index}.weight"] = (widths[i + 1], widths[i], 3, 3)
+        shapes[f"body.{index}.bias"] = (widths[i + 1],)
+    return shapes
+
+
 class PriorStudent(nn.Module):
     """``depth`` 3x3 convs (``width`` channels, LeakyReLU) from the LQ input to ``out_channels``
     prior channels; :meth:`forward` gives the prior in [0, 1] (a sigmoid of :meth:`logits`).

@@ -34,8 +34,9 @@ from .._io import atomic_write_bytes
 from ..core.config import SCHEMA_VERSION, SPTConfig
 from ..errors import AdapterFileError, BackboneHashMismatchError, ConfigError, FingerprintMismatchError
 from ..core.keys import (get_logical_module, is_adapter_file_key, logical_named_modules, logical_state, see_through,
-                         split_unit_file_key)
+                         split_student_file_key, split_unit_file_key)
 from ..core.model import SPTModel
+from ..core.student import student_parameter_shapes
 from ..core.unit import unit_parameter_shapes, unit_tensor_count
 from ..version import __version__
 
@@ -413,9 +414,11 @@ def check_units_against_header(path: str | os.PathLike, config: SPTConfig, fp: d
     if len(set(targets)) != len(targets):
         raise AdapterFileError(f"{path}: metadata 'fingerprint' lists a target twice")
     per_target: dict[str, dict[str, list[int]]] = {t: {} for t in targets}
+    student: dict[str, list[int]] = {}
     for key, entry in entries.items():
         unit_key = split_unit_file_key(key)
         if unit_key is None:  # the distilled prior's student (read_adapter_header admitted only these)
+            student[split_student_file_key(key)] = entry["shape"]
             continue
         target, param = unit_key
         if target not in per_target:
@@ -443,7 +446,27 @@ def check_units_against_header(path: str | os.PathLike, config: SPTConfig, fp: d
                     f"hidden {config.hidden}, depth {config.depth}, prior_channels {config.prior_channels}, width "
                     f"{width}) needs {list(shape)}; the header contradicts itself")
         channels[target] = width
+    _check_student_against_header(path, config, student)
     return channels
+
+
+def _check_student_against_header(path, config: SPTConfig, have: dict[str, list[int]]) -> None:
+    """The student tensors in the header are exactly those ``config.student`` describes (shapes too)."""
+    if config.student is None:
+        if have:
+            raise AdapterFileError(f"{path}: the file holds prior-student tensors but its config has no student")
+        return
+    want = student_parameter_shapes(config.student, config.prior_channels)
+    if set(have) != set(want):
+        missing = [f"spt_student.{k}" for k in sorted(set(want) - set(have))]
+        unexpected = [f"spt_student.{k}" for k in sorted(set(have) - set(want))]
+        raise AdapterFileError(f"{path}: the config's student needs {len(want)} tensors, the file has {len(have)} "
+                               f"(missing {missing[:3]}, unexpected {unexpected[:3]}); the config does not match the tensors")
+    for param, shape in sorted(want.items()):
+        if tuple(have[param]) != shape:
+            raise AdapterFileError(f"{path}: tensor spt_student.{param} has shape {have[param]} but the config's student "
+                                   f"({config.student}, prior_channels {config.prior_channels}) needs {list(shape)}; "
+                                   "the header contradicts itself")
 
 
 def read_unit_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
