@@ -378,7 +378,7 @@ def test_student_shapes_are_checked_against_the_header_before_anything_is_built(
     """A config whose student contradicts the student tensors in the file (forged width or depth) is
     refused from the header alone, like the units' shapes; the shapes the check expects are exactly
     those a real PriorStudent has."""
-    from spt_adapter.core.student import PriorStudent, student_parameter_shapes
+    from spt_adapter.core.student import student_parameter_shapes
     from spt_adapter.files.format import FORMAT_VERSION, read_adapter_header, serialize
 
     for settings in ({"in_channels": 1, "width": 8, "depth": 2}, {"in_channels": 3, "width": 16, "depth": 5}):
