@@ -230,11 +230,9 @@ class Sam2MaskProvider(CheckpointIdentity):
 def make_tiny_sam2_checkpoint(path, seed: int = 0) -> Path:
     """Build ``tiny_test`` with SAM 2's classes and ``torch.manual_seed(seed)``, save it like Meta's
     checkpoints (``{"model": state_dict}``), atomically. Random weights: for tests only."""
-    import io
-
     import torch
 
-    from .._io import atomic_write_bytes
+    from .tiny import save_checkpoint, sharpen_mask_logits
 
     _, config, overrides = config_for(TINY_TEST_FILE, "tiny_test")
     state = torch.random.get_rng_state()
@@ -243,17 +241,10 @@ def make_tiny_sam2_checkpoint(path, seed: int = 0) -> Path:
         model = build_sam2_model(config, overrides, "cpu")
         with torch.no_grad():  # spread the IoU predictions and sharpen the masks so some pass the default thresholds
             model.sam_mask_decoder.iou_prediction_head.layers[-1].bias.fill_(2.0)
-            for mlp in model.sam_mask_decoder.output_hypernetworks_mlps:
-                mlp.layers[-1].weight.mul_(1000.0)
-                mlp.layers[-1].bias.mul_(1000.0)
+            sharpen_mask_logits(model.sam_mask_decoder.output_hypernetworks_mlps)
     finally:
         torch.random.set_rng_state(state)
-    buf = io.BytesIO()
-    torch.save({"model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}}, buf)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_checkpoint(model.state_dict(), path, wrap_key="model")
 
 
 def main(argv=None) -> int:

@@ -85,14 +85,36 @@ def build_sam_vit_tiny(checkpoint=None):
     return sam
 
 
-def make_tiny_sam_checkpoint(path, seed: int = 0) -> Path:
-    """Build ``vit_tiny`` with ``torch.manual_seed(seed)`` and save its state dict to ``path``
-    (atomically). The file loads with ``torch.load(..., weights_only=True)``."""
+def sharpen_mask_logits(hypernetwork_mlps) -> None:
+    """Scale the last layer of each mask-token MLP by 1000 (in place; call it under ``torch.no_grad()``): random
+    weights give soft mask logits, sharp ones let some masks pass the stability threshold."""
+    for mlp in hypernetwork_mlps:
+        mlp.layers[-1].weight.mul_(1000.0)
+        mlp.layers[-1].bias.mul_(1000.0)
+
+
+def save_checkpoint(state: dict, path, wrap_key: str | None = None) -> Path:
+    """Save ``state`` (tensors moved to contiguous CPU copies; under ``{wrap_key: ...}`` when given, as
+    Meta's SAM 2 checkpoints are) with ``torch.save``, atomically."""
     import io
 
     import torch
 
     from .._io import atomic_write_bytes
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    buf = io.BytesIO()
+    torch.save({wrap_key: tensors} if wrap_key else tensors, buf)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def make_tiny_sam_checkpoint(path, seed: int = 0) -> Path:
+    """Build ``vit_tiny`` with ``torch.manual_seed(seed)`` and save its state dict to ``path``
+    (atomically). The file loads with ``torch.load(..., weights_only=True)``."""
+    import torch
 
     gen_state = torch.random.get_rng_state()
     try:
@@ -103,17 +125,10 @@ def make_tiny_sam_checkpoint(path, seed: int = 0) -> Path:
         with torch.no_grad():
             sam.mask_decoder.iou_prediction_head.layers[-1].bias.copy_(torch.tensor([1.0, 1.0, 1.0, 1.0]))
             # and sharpen the mask logits so that some masks pass the stability threshold (0.95)
-            for mlp in sam.mask_decoder.output_hypernetworks_mlps:
-                mlp.layers[-1].weight.mul_(1000.0)
-                mlp.layers[-1].bias.mul_(1000.0)
+            sharpen_mask_logits(sam.mask_decoder.output_hypernetworks_mlps)
     finally:
         torch.random.set_rng_state(gen_state)
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu().contiguous() for k, v in sam.state_dict().items()}, buf)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_checkpoint(sam.state_dict(), path)
 
 
 def main(argv=None) -> int:
