@@ -60,25 +60,37 @@ class Splits:
     test: list[tuple[str, np.ndarray]]
 
 
-def load_splits(data: Path, *, n_test: int = 0, test_crop: int = 160, val_crop: int = 256,
-                n_train: int = 0, train_crop: int = 0) -> Splits:
-    """Train: Set14 + McMaster (minus the validation images); val: McMaster 15-18 centre crops;
-    test: CBSD68 (first ``n_test`` images, all when 0) centre crops of ``test_crop`` (0: full)."""
+def _require_shared(data: Path) -> None:
     for sub in ("Set14", "McMaster", "CBSD68"):
         if not (data / sub).is_dir():
             raise FileNotFoundError(f"{data / sub} is missing: point --data at the shared test-image folder")
+
+
+def _train_val(data: Path, subsets: tuple[str, ...], load, *, val_crop: int, n_train: int, train_crop: int):
+    """(train, val) from the shared sets ``subsets`` read by ``load``: McMaster 15-18 (centre crops of
+    ``val_crop``) validate, every other image trains (the first ``n_train`` when given; centre crops of
+    ``train_crop`` when given)."""
     train, val = [], []
-    for p in _sorted_pngs(data / "Set14"):
-        train.append((f"Set14/{p.name}", load_rgb(p)))
-    for p in _sorted_pngs(data / "McMaster"):
-        if p.stem in VAL_MCMASTER:
-            val.append((f"McMaster/{p.name}", centre_crop(load_rgb(p), val_crop)))
-        else:
-            train.append((f"McMaster/{p.name}", load_rgb(p)))
+    for sub in subsets:
+        for p in _sorted_pngs(data / sub):
+            if sub == "McMaster" and p.stem in VAL_MCMASTER:
+                val.append((f"{sub}/{p.name}", centre_crop(load(p), val_crop)))
+            else:
+                train.append((f"{sub}/{p.name}", load(p)))
     if n_train:
         train = train[:n_train]
     if train_crop:
         train = [(n, centre_crop(img, train_crop)) for n, img in train]
+    return train, val
+
+
+def load_splits(data: Path, *, n_test: int = 0, test_crop: int = 160, val_crop: int = 256,
+                n_train: int = 0, train_crop: int = 0) -> Splits:
+    """Train: Set14 + McMaster (minus the validation images); val: McMaster 15-18 centre crops;
+    test: CBSD68 (first ``n_test`` images, all when 0) centre crops of ``test_crop`` (0: full)."""
+    _require_shared(data)
+    train, val = _train_val(data, ("Set14", "McMaster"), load_rgb, val_crop=val_crop, n_train=n_train,
+                            train_crop=train_crop)
     test_paths = _sorted_pngs(data / "CBSD68")
     if n_test:
         test_paths = test_paths[:n_test]
@@ -457,22 +469,11 @@ def load_grey_splits(data: Path, set12: Path, *, n_test: int = 0, val_crop: int 
                      train_crop: int = 0) -> Splits:
     """Grey splits for the KAIR DnCNN task: train on the luma of Set14 + McMaster (minus the
     validation images) + CBSD68; validation McMaster 15-18 (256 px centre crops); test Set12 (full)."""
-    for sub in ("Set14", "McMaster", "CBSD68"):
-        if not (data / sub).is_dir():
-            raise FileNotFoundError(f"{data / sub} is missing: point --data at the shared test-image folder")
+    _require_shared(data)
     if not set12.is_dir():
         raise FileNotFoundError(f"{set12} is missing: point --kair-root at a KAIR checkout (testsets/set12)")
-    train, val = [], []
-    for sub in ("Set14", "McMaster", "CBSD68"):
-        for p in _sorted_pngs(data / sub):
-            if sub == "McMaster" and p.stem in VAL_MCMASTER:
-                val.append((f"{sub}/{p.name}", centre_crop(load_grey(p), val_crop)))
-            else:
-                train.append((f"{sub}/{p.name}", load_grey(p)))
-    if n_train:
-        train = train[:n_train]
-    if train_crop:
-        train = [(n, centre_crop(img, train_crop)) for n, img in train]
+    train, val = _train_val(data, ("Set14", "McMaster", "CBSD68"), load_grey, val_crop=val_crop, n_train=n_train,
+                            train_crop=train_crop)
     test = [(f"set12/{p.name}", load_grey(p)) for p in _sorted_pngs(set12)[: n_test or None]]
     return Splits(train, val, test)
 
