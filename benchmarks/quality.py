@@ -480,6 +480,14 @@ def _job(job: tuple[int, str, str]) -> tuple[tuple[int, str, str], dict[str, flo
     return job, scores, secs
 
 
+def _encode_sets(args, train_set, eval_sets: dict):
+    """(train set, eval sets, regions per test image): the mean region count of the first eval set's
+    label priors (before encoding), then every set in ``--encoding``."""
+    n_regions = float(np.mean([len(np.unique(p[0])) for p in next(iter(eval_sets.values())).lq_prior]))
+    return (qd.apply_encoding(train_set, args.encoding),
+            {k: qd.apply_encoding(v, args.encoding) for k, v in eval_sets.items()}, n_regions)
+
+
 def run_ladder(args, backbone, train_set: qd.PriorSet, eval_sets: dict[str, qd.PriorSet], rows: list[str],
                fusions: list[str]) -> dict[str, Any]:
     """results[row][fusion or '-'][eval_name] = list of per-seed PSNRs. With ``args.jobs`` > 1 the
@@ -621,9 +629,7 @@ def main_kair(args, argv, t_all, cache: qd.LabelCache) -> int:
     tag = f"Set12 {args.kair_degradation} (grey)"
     eval_sets = {tag: qd.build_priors(splits.test, sigma=sigma, realisations=1, noise_base=0, seg=seg, cache=cache,
                                       jpeg=jpeg)}
-    n_regions = float(np.mean([len(np.unique(p[0])) for p in eval_sets[tag].lq_prior]))
-    train_set = qd.apply_encoding(train_set, args.encoding)
-    eval_sets = {k: qd.apply_encoding(v, args.encoding) for k, v in eval_sets.items()}
+    train_set, eval_sets, n_regions = _encode_sets(args, train_set, eval_sets)
     log(f"data: {len(splits.train)} grey train images, {len(splits.test)} Set12 images; priors ready in "
         f"{time.time() - t0:.0f}s ({seg.label()}; {n_regions:.0f} regions per test image)")
     rows = [r for r in ROWS if r in args.rows]
@@ -989,9 +995,7 @@ def main(argv=None) -> int:
                  qd.build_priors(splits.test, sigma=s, realisations=1, noise_base=0, seg=seg, cache=cache, sam=sam,
                                  segment_view=view)
                  for s in args.test_sigmas}
-    n_regions = float(np.mean([len(np.unique(p[0])) for p in next(iter(eval_sets.values())).lq_prior]))
-    train_set = qd.apply_encoding(train_set, args.encoding)
-    eval_sets = {k: qd.apply_encoding(v, args.encoding) for k, v in eval_sets.items()}
+    train_set, eval_sets, n_regions = _encode_sets(args, train_set, eval_sets)
     log(f"priors ready in {time.time() - t0:.0f}s ({seg.label()}; {n_regions:.0f} regions per test image; "
         f"encoding {args.encoding})")
     rows = [r for r in ROWS if r in args.rows]
