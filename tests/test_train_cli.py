@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from spt_adapter.cli import main
+from spt_adapter.plugins.hookspecs import hookimpl
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -310,3 +311,38 @@ def test_sam_prior_is_recorded_and_required_by_eval(tmp_path, swinir_ckpt, small
     code, stdout, err = _run(evargs + ["--sam-checkpoint", str(sam)], capsys)
     assert code == 0, err
     assert "| **mean (3)**" in stdout
+
+
+class _DeviceRecordingPlugin:
+    """An in-process plugin whose provider (the real SLIC underneath) records the device it is built for."""
+
+    def __init__(self):
+        self.devices = []
+
+    @hookimpl
+    def spt_adapter_mask_providers(self):
+        from spt_adapter.plugins.types import ProviderSpec, Setting
+        from spt_adapter.prior import ClassicalMaskProvider
+
+        def build(settings, *, checkpoint, model_type, device):
+            self.devices.append(device)
+            return ClassicalMaskProvider("slic", **settings)
+
+        return [ProviderSpec("test-device", build, {"n_segments": Setting(int, 8, minimum=2)}, "records its device")]
+
+
+def test_every_provider_is_built_for_the_training_device(tmp_path, swinir_ckpt, small_data, capsys):
+    """Not only SAM: a plugin provider (which may run a network) is built on the device training uses."""
+    from spt_adapter.plugins.manager import get_plugin_manager
+
+    plugin = _DeviceRecordingPlugin()
+    get_plugin_manager().register(plugin, name="test-device-plugin")
+    try:
+        out, cache = tmp_path / "run", tmp_path / "priors"
+        argv = _train_argv(swinir_ckpt, small_data, out, cache, "--iters", "1")
+        argv = [a for a in argv if a not in ("--segments", "8")] + ["--provider", "test-device"]
+        code, _, err = _run(argv, capsys)
+    finally:
+        get_plugin_manager().unregister(name="test-device-plugin")
+    assert code == 0, err
+    assert [str(d) for d in plugin.devices] == ["cpu"]

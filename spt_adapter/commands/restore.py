@@ -167,7 +167,7 @@ def _model(args):
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
-    override = build_provider(args, device=device if args.sam_checkpoint else None) if provider_args else None
+    override = build_provider(args, device=device) if provider_args else None
     cache = prior_cache(args) if args.prior_cache else None
     source = resolve_prior_source(model, provider=override, encoding=args.encoding, cache=cache,
                                   what=str(adapter_file) if adapter_file else "the adapter")

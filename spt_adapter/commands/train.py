@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import DEFAULT_FUSION, FUSIONS
+from ..core.planning import input_channels
 from ..errors import SPTError
 from ..training.builders import (apply_recorded_prior, build_dataset, build_provider, check_provider_args,
                                  check_task_scale, image_folder, load_backbone_from_args, prior_cache)
@@ -195,14 +196,6 @@ def _check_teacher_runs(args, provider, data_images) -> None:
         raise SPTError(f"--teacher {args.teacher} cannot run on {data_images[0]}: {exc}") from None
 
 
-def _input_channels(model) -> int:
-    """Channels of the backbone's input: its first convolution's in_channels (3 if it has none)."""
-    import torch.nn as nn
-
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return int(conv.in_channels) if conv is not None else 3
-
-
 def _resolve_encoding(args) -> None:
     """A fresh run: ``--encoding`` or the default for its fusion; ``pool`` needs ``label``."""
     from ..prior.encode import check_encoding_for_fusion, default_encoding
@@ -254,7 +247,7 @@ def run(args) -> int:
 
     info = init_distributed(args.device)
     try:
-        provider = build_provider(args, device=info.device if args.provider == "sam" else None)
+        provider = build_provider(args, device=info.device)  # every provider runs where training runs
         distilled = args.prior == "distilled"
         if distilled:
             _check_teacher_runs(args, provider, train_images)
@@ -291,7 +284,7 @@ def run(args) -> int:
                 prior_meta = {"kind": "distilled", "teacher": provider.identity(), "encoding": args.encoding,
                               "task": args.task, "distill_weight": args.distill_weight,
                               "student_steps": args.student_steps}
-                student = {"in_channels": _input_channels(model), "width": args.student_width,
+                student = {"in_channels": input_channels(model), "width": args.student_width,
                            "depth": args.student_depth}
             config = SPTConfig(
                 targets=targets, exclude=list(args.exclude or []), fusion=args.fusion or DEFAULT_FUSION, hidden=args.hidden,

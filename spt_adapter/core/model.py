@@ -346,7 +346,7 @@ def validate_prior(prior: Any, batch: int | None = None, prior_channels: int | N
     elif not bool(torch.isfinite(prior).all()):
         raise PriorError(f"the {name} contains NaN or Inf values")
     if value_range is not None and prior.numel():
-        lo, hi = float(prior.min()), float(prior.max())
+        lo, hi = float(prior.detach().min()), float(prior.detach().max())
         if lo < value_range[0] or hi > value_range[1]:
             what = ("the range every spt-adapter encoding gives" if value_range == ENCODED_PRIOR_RANGE
                     else "float16's range (larger values overflow the units)")

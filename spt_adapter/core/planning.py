@@ -82,9 +82,20 @@ def plan_injection(model: nn.Module, config: SPTConfig, claim: ModelClaim | None
 
 
 
+def _first_conv(model: nn.Module) -> nn.Conv2d | None:
+    return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def input_channels(model: nn.Module, default: int = 3) -> int:
+    """Channels of the backbone's input: its first convolution's ``in_channels`` (``default`` if it
+    has none). What a prior student reads (1 for a grey DnCNN, 3 for colour networks)."""
+    first = _first_conv(model)
+    return int(first.in_channels) if first is not None else default
+
+
 def default_example_input(model: nn.Module, size: int = 64) -> torch.Tensor:
     """A small input for the probe pass, built from the first convolution's input channels."""
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    first = _first_conv(model)
     if first is None:
         raise TargetError(
             f"cannot build a probe input for {type(model).__name__} (no Conv2d found): pass example_input="

@@ -62,6 +62,20 @@ def student_parameter_shapes(student: dict[str, Any], prior_channels: int) -> di
     return shapes
 
 
+def teacher_at_lq_size(prior, scale: int, lq_shape: tuple[int, int] | None = None):
+    """A teacher's map of the GT image, ``(C, H*scale, W*scale)`` (numpy array or tensor; a leading
+    batch axis is allowed), brought to the LQ grid the student works on: each LQ pixel takes the GT
+    pixel nearest its centre (``scale // 2`` within its ``scale x scale`` block; no blending, so a
+    boundary map stays 0/1). ``lq_shape`` trims a GT size that is not a multiple of ``scale``."""
+    if scale < 1:
+        raise ConfigError(f"scale must be >= 1, got {scale}")
+    if scale > 1:
+        prior = prior[..., scale // 2 :: scale, scale // 2 :: scale]
+    if lq_shape is not None:
+        prior = prior[..., : lq_shape[0], : lq_shape[1]]
+    return prior
+
+
 class PriorStudent(nn.Module):
     """``depth`` 3x3 convs (``width`` channels, LeakyReLU) from the LQ input to ``out_channels``
     prior channels; :meth:`forward` gives the prior in [0, 1] (a sigmoid of :meth:`logits`).

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.student import teacher_at_lq_size
 from ..errors import DataError
 from .images import imresize_bicubic, list_images, read_image
 from ..pixels import to_uint8_channels
@@ -220,8 +221,8 @@ class PairedPriorDataset:
         key = "prior"
         if self.teacher is not None:  # the teacher sees the clean image only; its map is brought to LQ size
             key = "teacher_prior"
-            prior = self.prior_of(gt, self.teacher)[:, scale // 2 :: scale, scale // 2 :: scale]
-            prior = np.ascontiguousarray(prior[:, : lq.shape[0], : lq.shape[1]]).transpose(1, 2, 0)
+            prior = teacher_at_lq_size(self.prior_of(gt, self.teacher), scale, lq.shape[:2])
+            prior = np.ascontiguousarray(prior).transpose(1, 2, 0)
         elif self.with_prior:
             prior = self.prior_of(gt if self.oracle else lq).transpose(1, 2, 0)  # HxWxC on its image's grid
         else:
