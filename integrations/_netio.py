@@ -10,6 +10,7 @@ shims also share the resume-delta lookup and the units-only EMA network from her
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from contextlib import contextmanager
 from os import path as osp
@@ -20,8 +21,10 @@ import torch.nn as nn
 
 import spt_adapter
 from spt_adapter.errors import BackboneError as BackboneLoadError
+from spt_adapter.errors import ConfigError
 from spt_adapter.core import keys
 from spt_adapter.core.model import SPTModel
+from spt_adapter.core.planning import input_channels
 
 from ._options import SPTOptions
 
@@ -87,8 +90,27 @@ def attach_units(net: nn.Module, options: SPTOptions, adapter: str | None = None
     if isinstance(net, SPTModel):
         return net
     if adapter:
+        check_adapter_matches(adapter, options)
         return spt_adapter.load_adapter(net, adapter, adapter_name=adapter_name, check_backbone_hash=check_backbone_hash)
-    return spt_adapter.inject(net, config=options.config, adapter_name=adapter_name)
+    config = options.config
+    if config.student is not None:  # the student reads what the network reads (1 channel for a grey DnCNN)
+        config = dataclasses.replace(config, student={**config.student, "in_channels": input_channels(net)})
+    return spt_adapter.inject(net, config=config, adapter_name=adapter_name)
+
+
+def check_adapter_matches(adapter: str, options: SPTOptions) -> None:
+    """An adapter file the shim starts from (``spt.adapter``, or a resume delta) has the kind of prior
+    the ``spt`` block asks for: a distilled prior from the same teacher, or no student at all."""
+    recorded = spt_adapter.read_adapter_config(adapter)
+    if (recorded.student is not None) != options.distilled:
+        has = "a distilled prior (a student)" if recorded.student is not None else "no student (a provider prior)"
+        wants = "a distilled prior (spt.student)" if options.distilled else "a provider prior (no spt.student)"
+        raise ConfigError(f"{adapter} has {has} but the spt block asks for {wants}: use a matching adapter or spt block")
+    if options.distilled:
+        theirs, mine = (recorded.prior or {}).get("teacher"), options.config.prior["teacher"]
+        if theirs != mine:
+            raise ConfigError(f"{adapter} was distilled from teacher {theirs}, but spt.prior names {mine}: continue "
+                              "with the same teacher (its provider, settings and encoding), or start a new adapter")
 
 
 def copy_units(src: SPTModel, dst: SPTModel) -> None:

@@ -7,16 +7,27 @@
       hidden: 16
       backbone: ~                   # optional: backbone file (default: the framework's pretrained path)
       adapter: ~                    # optional: start from this SPT adapter (.safetensors)
+      student: ~                    # optional: {width: 16, depth: 4} makes a DISTILLED prior (see below)
+      distill: ~                    # optional, with student: {weight: 0.1, student_steps: 0}
       prior:
         cache_dir: priors           # PriorCache root (relative paths: to the working directory)
-        provider: classical         # classical | sam
+        provider: classical         # classical (with method), or any installed mask provider: sam, sam2,
+                                    # slic, felzenszwalb, a plugin's (`spt-adapter plugins` lists them)
         method: slic                # classical: slic | felzenszwalb
-        checkpoint: ~               # sam: path to sam_vit_b_01ec64.pth
-        model_type: vit_b           # sam
+        checkpoint: ~               # providers that need weights (sam: sam_vit_b_01ec64.pth)
+        model_type: ~               # sam: vit_b (default) | vit_l | vit_h; sam2: its config name
         encoding: boundary          # label | onehot[:K] | boundary (default: boundary; label for fusion: pool,
                                     # the only encoding pool takes -- write it out so that a shared spt_prior
                                     # block, which does not see the fusion, agrees)
-        settings: {}                # passed to the provider
+        settings: {}                # passed to the provider (checked against its settings when the block is read)
+
+A distilled prior (``student``): the adapter carries a small student network that makes the prior
+from the network's input, so nothing segments at inference. The ``prior`` block then names the
+**teacher**: it runs on the clean (GT) images of the training set only (the datasets' ``spt_teacher``
+block, same keys), and the student learns its map by a binary cross-entropy beside the restoration
+loss -- alone for the first ``distill.student_steps`` iterations, then jointly with the units,
+weighted by ``distill.weight`` (the schedule of ``spt-adapter train --prior distilled``). The
+student's input channels are the network's.
 """
 
 from __future__ import annotations
@@ -28,12 +39,18 @@ from typing import Any, Mapping
 
 from spt_adapter.core.config import SPTConfig
 from spt_adapter.errors import ConfigError, PriorError
-from spt_adapter.prior.encode import DEFAULT_ENCODING, check_encoding_for_fusion, default_encoding, parse_encoding
+from spt_adapter.prior.encode import (DEFAULT_ENCODING, check_encoding_for_fusion, default_encoding, encoding_channels,
+                                      parse_encoding)
 
 _CONFIG_KEYS = ("targets", "exclude", "fusion", "hidden", "depth", "prior_channels", "prior_resize")
-_OWN_KEYS = ("backbone", "adapter", "prior")
+_OWN_KEYS = ("backbone", "adapter", "prior", "student", "distill")
 _PRIOR_KEYS = ("cache_dir", "provider", "method", "checkpoint", "model_type", "encoding", "settings", "device")
-PROVIDERS = ("classical", "sam")
+_STUDENT_KEYS = ("width", "depth")  # in_channels: the network's (filled in by attach_units)
+_DISTILL_KEYS = ("weight", "student_steps")
+CLASSICAL_METHODS = ("slic", "felzenszwalb")
+#: the dataset keys of a prior block: ``spt_prior`` (LQ images) for a provider prior,
+#: ``spt_teacher`` (GT images) for a distilled one
+DATASET_PRIOR_KEY, DATASET_TEACHER_KEY = "spt_prior", "spt_teacher"
 
 
 @dataclass
@@ -42,10 +59,19 @@ class PriorSpec:
     provider: str = "classical"
     method: str = "slic"
     checkpoint: str | None = None
-    model_type: str = "vit_b"
+    model_type: str | None = None
     encoding: str = DEFAULT_ENCODING  # parse_spt_block: default_encoding(fusion) when the key is absent
     settings: dict[str, Any] = field(default_factory=dict)
     device: str | None = None
+
+    @property
+    def provider_name(self) -> str:
+        """The name the provider registry knows (``classical`` is spelled by its ``method``)."""
+        return self.method if self.provider == "classical" else self.provider
+
+    @property
+    def resolved_model_type(self) -> str | None:
+        return self.model_type or ("vit_b" if self.provider == "sam" else None)
 
     def describe(self) -> dict[str, Any]:
         """What is recorded in the adapter (SPTConfig.prior): enough to rebuild the same prior."""
@@ -53,9 +79,20 @@ class PriorSpec:
         if self.provider == "classical":
             out["method"] = self.method
         else:
-            out["model_type"] = self.model_type
-            out["checkpoint"] = os.path.basename(self.checkpoint or "")
+            if self.resolved_model_type is not None:
+                out["model_type"] = self.resolved_model_type
+            if self.checkpoint:
+                out["checkpoint"] = os.path.basename(self.checkpoint)
         return out
+
+
+@dataclass
+class DistillSpec:
+    """The schedule of a distilled prior (``spt.distill``): ``student_steps`` iterations train the
+    student alone on the teacher's map, then ``L_restoration + weight x BCE(student, teacher)``."""
+
+    weight: float = 0.1
+    student_steps: int = 0
 
 
 @dataclass
@@ -65,31 +102,28 @@ class SPTOptions:
     config: SPTConfig
     backbone: str | None = None
     adapter: str | None = None
-    prior: PriorSpec = field(default_factory=PriorSpec)
+    prior: PriorSpec = field(default_factory=PriorSpec)  # with a student: the teacher (GT images only)
+    distill: DistillSpec | None = None  # set iff config.student is set
+
+    @property
+    def distilled(self) -> bool:
+        return self.config.student is not None
 
 
 def parse_spt_block(block: Mapping[str, Any] | None, where: str = "spt") -> SPTOptions:
-    """Validate an ``spt`` block; unknown keys are named with the known ones."""
+    """Validate an ``spt`` block; unknown keys are named with the known ones. The provider and its
+    settings are checked here, before any image is read or any network is built."""
     if block is None:
         raise ConfigError(f"the options have no {where!r} block; add one (see docs/integrations.md)")
     if not isinstance(block, Mapping):
         raise ConfigError(f"{where!r} must be a mapping, got {type(block).__name__}")
-    unknown = sorted(set(block) - set(_CONFIG_KEYS) - set(_OWN_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {where!r}; known keys: {sorted(_CONFIG_KEYS + _OWN_KEYS)}")
-    prior_block = block.get("prior") or {}
-    if not isinstance(prior_block, Mapping):
-        raise ConfigError(f"{where}.prior must be a mapping, got {type(prior_block).__name__}")
-    unknown = sorted(set(prior_block) - set(_PRIOR_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {where}.prior; known keys: {sorted(_PRIOR_KEYS)}")
+    _check_keys(block, _CONFIG_KEYS + _OWN_KEYS, where)
+    prior_block = _mapping(block.get("prior"), f"{where}.prior")
+    _check_keys(prior_block, _PRIOR_KEYS, f"{where}.prior")
     prior = PriorSpec(**{k: (dict(v) if k == "settings" and v is not None else v) for k, v in prior_block.items()})
     if prior.settings is None:
         prior.settings = {}
-    if prior.provider not in PROVIDERS:
-        raise ConfigError(f"{where}.prior.provider must be one of {PROVIDERS}, got {prior.provider!r}")
-    if prior.provider == "sam" and not prior.checkpoint:
-        raise ConfigError(f"{where}.prior.provider is 'sam' but {where}.prior.checkpoint (the SAM .pth file) is not set")
+    _check_provider(prior, f"{where}.prior")
     fusion = block.get("fusion")
     if prior_block.get("encoding") is None:  # absent (or ~): the default for the block's fusion ("label" for pool)
         prior.encoding = default_encoding(fusion)
@@ -99,10 +133,73 @@ def parse_spt_block(block: Mapping[str, Any] | None, where: str = "spt") -> SPTO
     except PriorError as exc:
         raise ConfigError(f"{where}.prior.encoding: {exc}") from None
     kwargs = {k: _plain(block[k]) for k in _CONFIG_KEYS if k in block and block[k] is not None}
-    kwargs["prior"] = prior.describe()
-    config = SPTConfig(**kwargs)
+    distill = None
+    if block.get("student") is not None:
+        student = _mapping(block["student"], f"{where}.student")
+        _check_keys(student, _STUDENT_KEYS, f"{where}.student")
+        kwargs["student"] = dict(student)
+        distill_block = _mapping(block.get("distill"), f"{where}.distill")
+        _check_keys(distill_block, _DISTILL_KEYS, f"{where}.distill")
+        distill = DistillSpec(**distill_block)
+        _check_distill(distill, f"{where}.distill")
+        kwargs["prior"] = {"kind": "distilled", "teacher": prior.describe(), "encoding": prior.encoding,
+                           "distill_weight": distill.weight, "student_steps": distill.student_steps}
+    else:
+        if block.get("distill") is not None:
+            raise ConfigError(f"{where}.distill is for a distilled prior: add {where}.student (e.g. {{width: 16, depth: 4}}) "
+                              f"or drop {where}.distill")
+        kwargs["prior"] = prior.describe()
+    if "prior_channels" not in kwargs and "student" in kwargs:
+        kwargs["prior_channels"] = encoding_channels(prior.encoding)  # the student makes the teacher's channels
+    try:
+        config = SPTConfig(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     return SPTOptions(config=config, backbone=_opt_path(block.get("backbone")), adapter=_opt_path(block.get("adapter")),
-                      prior=prior)
+                      prior=prior, distill=distill)
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _check_keys(block: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(block) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where!r}; known keys: {sorted(known)}")
+
+
+def _check_provider(prior: PriorSpec, where: str) -> None:
+    """The provider is installed, its settings fit its schema, its checkpoint is named: checked
+    through the provider registry (plugin providers included) before anything runs."""
+    from spt_adapter.errors import ProviderError
+    from spt_adapter.prior.registry import get_provider_spec
+
+    if prior.provider == "classical" and prior.method not in CLASSICAL_METHODS:
+        raise ConfigError(f"{where}.method must be one of {CLASSICAL_METHODS} for provider 'classical', got {prior.method!r}")
+    try:
+        spec = get_provider_spec(prior.provider_name)
+    except ProviderError as exc:
+        raise ConfigError(f"{where}.provider: {exc}; or 'classical' with method: slic | felzenszwalb") from None
+    try:
+        spec.validate(prior.settings)
+    except ProviderError as exc:
+        raise ConfigError(f"{where}.settings: {exc}") from None
+    if spec.needs_checkpoint and not prior.checkpoint:
+        raise ConfigError(f"{where}.provider is {prior.provider!r} but {where}.checkpoint (its weights file) is not set "
+                          f"({spec.description})")
+
+
+def _check_distill(distill: DistillSpec, where: str) -> None:
+    weight, steps = distill.weight, distill.student_steps
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0 or weight == float("inf"):
+        raise ConfigError(f"{where}.weight must be a finite number >= 0, got {weight!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ConfigError(f"{where}.student_steps must be an integer >= 0, got {steps!r}")
 
 
 def task_of(opt: Mapping[str, Any]) -> str | None:
@@ -125,23 +222,50 @@ def task_of(opt: Mapping[str, Any]) -> str | None:
     return None
 
 
-def check_dataset_priors(opt: Mapping[str, Any], spt: SPTOptions) -> None:
-    """The prior a dataset's ``spt_prior`` block makes must be the one the model's ``spt.prior`` reads.
+def dataset_prior_block(dopt: Mapping[str, Any], where: str) -> tuple[str, PriorSpec] | None:
+    """A dataset's prior block: ``(DATASET_PRIOR_KEY, spec)`` (LQ priors), ``(DATASET_TEACHER_KEY,
+    spec)`` (a distilled prior's teacher, GT images only), or None; both at once is refused."""
+    given = [k for k in (DATASET_PRIOR_KEY, DATASET_TEACHER_KEY) if dopt.get(k) is not None]
+    if not given:
+        return None
+    if len(given) == 2:
+        raise ConfigError(f"{where} has both {DATASET_PRIOR_KEY} (priors of the LQ images) and {DATASET_TEACHER_KEY} "
+                          "(a distilled prior's teacher on the GT images): keep the one the model's spt block reads")
+    key = given[0]
+    return key, parse_spt_block({"prior": dict(_mapping(dopt[key], f"{where}.{key}"))}, f"{where}.{key}").prior
 
-    A dataset is built before the model and never sees the model's fusion, so an ``spt_prior``
-    block without ``encoding`` gets the plain default while a ``pool`` model asks for ``label``:
-    refuse that (and any other encoding mismatch) with the key to set, before training starts."""
+
+def check_dataset_priors(opt: Mapping[str, Any], spt: SPTOptions) -> None:
+    """The prior a dataset makes must be the one the model reads, checked before training starts.
+
+    A provider prior: datasets with ``spt_prior`` must make the model's encoding (a dataset is built
+    before the model and never sees its fusion, so an ``spt_prior`` block without ``encoding`` gets
+    the plain default while a ``pool`` model asks for ``label``). A distilled prior: no dataset may
+    make LQ priors (the student makes them); ``spt_teacher`` blocks must name the model's teacher."""
     for name, dopt in (opt.get("datasets") or {}).items():
-        if not isinstance(dopt, Mapping) or dopt.get("spt_prior") is None:
+        if not isinstance(dopt, Mapping):
             continue
-        where = f"datasets.{name}.spt_prior"
-        made = parse_spt_block({"prior": dict(dopt["spt_prior"])}, where).prior.encoding
-        if made != spt.prior.encoding:
+        where = f"datasets.{name}"
+        found = dataset_prior_block(dopt, where)
+        if found is None:
+            continue
+        key, made = found
+        if spt.distilled and key == DATASET_PRIOR_KEY:
+            raise ConfigError(f"{where}.{DATASET_PRIOR_KEY}: the model has a distilled prior (spt.student): its student "
+                              f"makes the prior from the input. Give the train dataset `{DATASET_TEACHER_KEY}:` (the "
+                              f"teacher, run on GT images only) and the validation datasets none")
+        if not spt.distilled and key == DATASET_TEACHER_KEY:
+            raise ConfigError(f"{where}.{DATASET_TEACHER_KEY} is the teacher of a distilled prior, but spt has no "
+                              f"student: add spt.student, or use `{DATASET_PRIOR_KEY}:` (priors of the LQ images)")
+        if made.encoding != spt.prior.encoding:
             raise ConfigError(
-                f"{where} makes {made!r} priors but the model's spt.prior reads {spt.prior.encoding!r} "
+                f"{where}.{key} makes {made.encoding!r} priors but the model's spt.prior reads {spt.prior.encoding!r} "
                 f"(fusion {spt.config.fusion!r}); set `encoding: {spt.prior.encoding}` in both blocks "
                 "(a YAML anchor can share one block)"
             )
+        if key == DATASET_TEACHER_KEY and made.describe() != spt.prior.describe():
+            raise ConfigError(f"{where}.{DATASET_TEACHER_KEY} runs {made.describe()} but spt.prior (the teacher the "
+                              f"adapter records) is {spt.prior.describe()}: share one block (a YAML anchor)")
 
 
 def _plain(value: Any) -> Any:
@@ -159,15 +283,19 @@ def _opt_path(value: Any) -> str | None:
 
 
 def make_provider(spec: PriorSpec):
-    """The mask provider an ``spt.prior`` block describes (``spt_adapter.prior``)."""
-    from spt_adapter import prior as prior_api
+    """The mask provider an ``spt.prior`` block describes, built through the provider registry
+    (``spt_adapter.prior.make_provider``: built-in and plugin providers alike)."""
+    from spt_adapter.prior import make_provider as build
 
-    if spec.provider == "classical":
-        return prior_api.ClassicalMaskProvider(method=spec.method, **spec.settings)
-    checkpoint = Path(spec.checkpoint).expanduser()
-    if not checkpoint.is_file():
-        raise ConfigError(f"spt.prior.checkpoint {checkpoint} does not exist (the SAM checkpoint, e.g. sam_vit_b_01ec64.pth)")
-    return prior_api.SamMaskProvider(str(checkpoint), model_type=spec.model_type, device=spec.device, **spec.settings)
+    checkpoint = None
+    if spec.checkpoint:
+        checkpoint = Path(spec.checkpoint).expanduser()
+        if not checkpoint.is_file():
+            raise ConfigError(f"spt.prior.checkpoint {checkpoint} does not exist (the {spec.provider} weights file, "
+                              "e.g. sam_vit_b_01ec64.pth)")
+        checkpoint = str(checkpoint)
+    return build(spec.provider_name, checkpoint=checkpoint, model_type=spec.resolved_model_type, device=spec.device,
+                 **spec.settings)
 
 
 class PriorSource:

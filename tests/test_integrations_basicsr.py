@@ -46,9 +46,14 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _yaml(tmp: Path, backbone: Path, total_iter: int, resume_state: str | None) -> Path:
+def _yaml(tmp: Path, backbone: Path, total_iter: int, resume_state: str | None, distilled: bool = False) -> Path:
+    """BasicSR options; ``distilled``: a student in the spt block, the teacher (``spt_teacher``) in the
+    train dataset, and a plain PairedImageDataset for validation (the student makes the prior)."""
     prior = (f"{{cache_dir: {tmp / 'priors'}, provider: classical, method: slic, "
              f"settings: {{n_segments: 8}}}}")
+    train_prior = f"spt_teacher: &prior {prior}" if distilled else f"spt_prior: &prior {prior}"
+    val_type, val_prior = ("PairedImageDataset", "") if distilled else ("SPTPairedImageDataset", "spt_prior: *prior")
+    student = "student: {width: 4, depth: 2}\n  distill: {weight: 0.5, student_steps: 2}" if distilled else ""
     text = f"""
 name: spt_swinir_x2
 model_type: SPTSRModel
@@ -71,14 +76,14 @@ datasets:
     batch_size_per_gpu: 2
     dataset_enlarge_ratio: 1
     prefetch_mode: ~
-    spt_prior: &prior {prior}
+    {train_prior}
   val:
     name: set5_crops
-    type: SPTPairedImageDataset
+    type: {val_type}
     dataroot_gt: {tmp / 'val' / 'HQ'}
     dataroot_lq: {tmp / 'val' / 'LQ'}
     io_backend: {{type: disk}}
-    spt_prior: *prior
+    {val_prior}
 
 network_g:
   type: SwinIR
@@ -88,6 +93,7 @@ spt:
   fusion: sft
   hidden: 8
   prior: *prior
+  {student}
 
 path:
   pretrain_network_g: {backbone}
@@ -114,7 +120,7 @@ logger:
   save_checkpoint_freq: 2
   use_tb_logger: false
 """
-    path = tmp / f"train_{total_iter}.yml"
+    path = tmp / f"train_{total_iter}{'_distilled' if distilled else ''}.yml"
     path.write_text(text)
     return path
 
@@ -181,6 +187,103 @@ def test_basicsr_train_pipeline_trains_only_units_and_resumes(tmp_path):
     resumed = spt_adapter.load_adapter(SwinIR(**SWINIR), models / "net_g_6.safetensors", check_backbone_hash=False)
     six = dict(resumed.unit_parameters())
     assert any(not torch.equal(p, six[k]) for k, p in g.items())
+
+
+@pytest.mark.slow
+def test_basicsr_train_pipeline_trains_a_distilled_prior(tmp_path):
+    """BasicSR's own loop trains units + a prior student: 2 student-only iterations, then 2 joint ones;
+    the teacher (SLIC) runs on the GT images only; validation and the saved delta need no prior."""
+    if not DATA.is_dir():
+        pytest.skip(f"{DATA} is absent")
+    from basicsr.archs.swinir_arch import SwinIR
+
+    from _distilled import assert_distilled_schedule
+    from spt_adapter.prior import PriorCache, make_provider
+
+    images = sorted((DATA / "Set14").glob("*.png"))
+    hq, lq = _write_pairs([p for p in images if p.stem != "bridge"][:4], tmp_path / "train")
+    _write_pairs(sorted((DATA / "Set5").glob("*.png"))[:2], tmp_path / "val")
+    torch.manual_seed(0)
+    backbone = tmp_path / "swinir_x2_backbone.pth"
+    torch.save({"params": SwinIR(**SWINIR).state_dict()}, backbone)
+    digest = _sha256(backbone)
+
+    log = _run(tmp_path, _yaml(tmp_path, backbone, total_iter=4, resume_state=None, distilled=True))
+    assert re.search(r"l_distill: [0-9.e+-]+", log), "the distillation loss is logged"
+    assert re.search(r"# psnr: \d+\.\d+", log), "validation runs with the student's prior"
+    assert _sha256(backbone) == digest
+    models = tmp_path / "experiments" / "spt_swinir_x2" / "models"
+
+    def load(path):
+        fresh = SwinIR(**SWINIR)
+        fresh.load_state_dict(torch.load(backbone, weights_only=True)["params"])
+        return spt_adapter.load_adapter(fresh, path)
+
+    model = assert_distilled_schedule(models / "net_g_2.safetensors", models / "net_g_4.safetensors", load,
+                                      torch.rand(1, 3, 16, 16))
+    config = model.spt_config["default"]
+    assert config.student == {"in_channels": 3, "width": 4, "depth": 2}
+    assert config.prior["kind"] == "distilled" and config.prior["teacher"]["method"] == "slic"
+    # the teacher saw the whole GT images, never an LQ image (the prior cache holds what it segmented)
+    cache, slic = PriorCache(tmp_path / "priors"), make_provider("slic", n_segments=8)
+
+    def rgb(path):
+        return np.asarray(Image.open(path).convert("RGB"))
+
+    assert all(cache.contains(rgb(p), slic, "boundary") for p in sorted(hq.iterdir()))
+    assert not any(cache.contains(rgb(p), slic, "boundary") for p in sorted(lq.iterdir()))
+
+
+def test_spt_teacher_items_are_the_gt_patch_on_the_lq_grid(tmp_path):
+    """spt_teacher: the teacher's map of the whole GT image gets the GT patch's crop and flips and is
+    brought to the LQ grid. With a 'teacher' that returns the GT image's red channel, the map must be
+    the GT patch's red channel sampled at each LQ pixel's centre; it never sees an LQ image."""
+    if not DATA.is_dir():
+        pytest.skip(f"{DATA} is absent")
+    from spt_adapter.integrations.basicsr.dataset import SPTPairedImageDataset
+
+    hq, lq = _write_pairs(sorted((DATA / "Set14").glob("*.png"))[:2], tmp_path / "train")
+    def options(phase):  # (BasicSR pops io_backend.type: a new dict per dataset)
+        return {"name": "t", "phase": phase, "scale": 2, "dataroot_gt": str(hq), "dataroot_lq": str(lq),
+                "io_backend": {"type": "disk"}, "gt_size": 32, "use_hflip": True, "use_rot": True, "filename_tmpl": "{}",
+                "spt_teacher": {"cache_dir": str(tmp_path / "priors"), "provider": "classical", "method": "slic"}}
+
+    ds = SPTPairedImageDataset(options("train"))
+    seen = []
+
+    def red_channel(rgb):
+        seen.append(rgb.copy())
+        return rgb[None, :, :, 0].astype(np.float32) / 255.0
+
+    ds.prior_source = red_channel
+    gts = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(hq.iterdir())]
+    for index in range(len(ds)):
+        for _ in range(4):  # several random crops and flips
+            item = ds[index]
+            assert "prior" not in item and item["teacher_prior"].shape == (1, 16, 16)
+            assert torch.equal(item["teacher_prior"][0], item["gt"][0, 1::2, 1::2])
+    assert seen and all(any(img.shape == g.shape and np.array_equal(img, g) for g in gts) for img in seen)
+    assert "teacher_prior" not in SPTPairedImageDataset(options("val"))[0]  # the student makes the prior at validation
+
+
+def test_sptsrmodel_refuses_datasets_that_do_not_fit_a_distilled_prior():
+    from spt_adapter.errors import ConfigError
+    from spt_adapter.integrations.basicsr.model import SPTSRModel
+
+    teacher = {"provider": "classical", "method": "slic", "encoding": "boundary"}
+    spt = {"student": {"width": 4}, "prior": dict(teacher)}
+    with pytest.raises(ConfigError, match=r"datasets\.val\.spt_prior: the model has a distilled prior.*spt_teacher"):
+        SPTSRModel({"spt": spt, "path": {}, "datasets": {"val": {"spt_prior": dict(teacher)}}})
+    with pytest.raises(ConfigError, match=r"datasets\.train\.spt_teacher is the teacher of a distilled prior.*no student"):
+        SPTSRModel({"spt": {"prior": dict(teacher)}, "path": {}, "datasets": {"train": {"spt_teacher": dict(teacher)}}})
+    other = dict(teacher, method="felzenszwalb")
+    with pytest.raises(ConfigError, match=r"datasets\.train\.spt_teacher runs .*felzenszwalb.* but spt\.prior"):
+        SPTSRModel({"spt": spt, "path": {}, "datasets": {"train": {"spt_teacher": other}}})
+    with pytest.raises(ConfigError, match="both spt_prior .* and spt_teacher"):
+        SPTSRModel({"spt": spt, "path": {}, "datasets": {"train": {"spt_teacher": teacher, "spt_prior": teacher}}})
+    # a fitting teacher block: the next complaint is the missing backbone
+    with pytest.raises(ConfigError, match="pretrain_network_g"):
+        SPTSRModel({"spt": spt, "path": {}, "datasets": {"train": {"spt_teacher": dict(teacher)}}})
 
 
 def test_spt_classes_register_through_the_plugin_hook():

@@ -12,6 +12,7 @@ import sys
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,19 +118,21 @@ KAIR_ROOT = os.environ.get("SPT_KAIR_ROOT")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not KAIR_ROOT, reason="set SPT_KAIR_ROOT to a KAIR checkout to run KAIR's main_train_psnr.py")
-@pytest.mark.skipif(not (DATA / "Set14").is_dir(), reason="shared/data/Set14 is not available")
-def test_kair_main_train_psnr_trains_units(tmp_path):
+def _kair_rrdbnet():
     sys.path.insert(0, KAIR_ROOT)
     try:
         from models.network_rrdbnet import RRDBNet
     finally:
         sys.path.remove(KAIR_ROOT)
-    net = RRDBNet(in_nc=3, out_nc=3, nf=8, nb=2, gc=4, sf=2)
+    return RRDBNet(in_nc=3, out_nc=3, nf=8, nb=2, gc=4, sf=2)
+
+
+def _kair_setup(tmp_path):
+    """A tiny KAIR RRDBNet x2 backbone file, 96 px Set14 crops, KAIR options with an spt block, and a
+    function that runs KAIR's main_train_psnr.py through the launcher up to an iteration."""
+    net = _kair_rrdbnet()
     backbone = tmp_path / "rrdbnet_x2.pth"
     torch.save(net.state_dict(), backbone)
-    before = backbone.read_bytes()
     train = tmp_path / "trainH"
     train.mkdir()
     from PIL import Image
@@ -165,6 +168,16 @@ def test_kair_main_train_psnr_trains_units(tmp_path):
         assert proc.returncode == 0, out[-4000:]
         return out
 
+    return net, backbone, opt, run
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not KAIR_ROOT, reason="set SPT_KAIR_ROOT to a KAIR checkout to run KAIR's main_train_psnr.py")
+@pytest.mark.skipif(not (DATA / "Set14").is_dir(), reason="shared/data/Set14 is not available")
+def test_kair_main_train_psnr_trains_units(tmp_path):
+    net, backbone, opt, run = _kair_setup(tmp_path)
+    RRDBNet = type(net)
+    before = backbone.read_bytes()
     out = run(4)
     models = tmp_path / "runs" / "spt_rrdbnet" / "models"
     assert sorted(p.name for p in models.iterdir()) == sorted(
@@ -193,3 +206,73 @@ def test_kair_main_train_psnr_trains_units(tmp_path):
     assert re.search(r"iter:\s+5, lr", out) and not re.search(r"iter:\s+[1-4], lr", out)
     assert (models / "6_G.safetensors").is_file() and not (models / "8_G.safetensors").exists()
     assert backbone.read_bytes() == before
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not KAIR_ROOT, reason="set SPT_KAIR_ROOT to a KAIR checkout to run KAIR's main_train_psnr.py")
+@pytest.mark.skipif(not (DATA / "Set14").is_dir(), reason="shared/data/Set14 is not available")
+def test_kair_main_train_psnr_trains_a_distilled_prior(tmp_path):
+    """KAIR's own loop with spt.student: 2 student-only iterations, then joint ones; KAIR's test
+    pass (PSNR) runs with the student's prior; the delta carries the student."""
+    from _distilled import assert_distilled_schedule
+
+    net, backbone, opt, run = _kair_setup(tmp_path)
+    before = backbone.read_bytes()
+    opt["spt"].update(student={"width": 4, "depth": 2}, distill={"weight": 0.5, "student_steps": 2})
+    out = run(4)
+    assert "Average PSNR" in out and re.search(r"distill_loss: [0-9.e+-]+", out)
+    assert backbone.read_bytes() == before
+    models = tmp_path / "runs" / "spt_rrdbnet" / "models"
+
+    def load(path):
+        fresh = _kair_rrdbnet()
+        fresh.load_state_dict(torch.load(backbone, weights_only=True))
+        return spt_adapter.load_adapter(fresh, path)
+
+    assert_distilled_schedule(models / "2_G.safetensors", models / "4_G.safetensors", load, torch.rand(1, 3, 16, 16))
+    # resuming with another teacher is refused, naming both (nothing is trained or written)
+    opt["spt"]["prior"]["method"] = "felzenszwalb"
+    opt["train"]["spt_stop_after"] = 6
+    path = tmp_path / "train_spt.json"
+    path.write_text(json.dumps(opt))
+    proc = subprocess.run([sys.executable, "-m", "spt_adapter.integrations.kair.train", "--opt", str(path),
+                           "--kair-root", KAIR_ROOT], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "was distilled from teacher" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (models / "6_G.safetensors").exists()
+
+
+class _KairLikeItems(torch.utils.data.Dataset):
+    """Items as KAIR's SR datasets make them: ``L`` (C, h, w) and ``H`` (C, 2h, 2w) in [0, 1]."""
+
+    def __init__(self, n=3):
+        g = torch.Generator().manual_seed(0)
+        self.items = [(torch.rand(3, 8, 8, generator=g), torch.rand(3, 16, 16, generator=g)) for _ in range(n)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        low, high = self.items[i]
+        return {"L": low.clone(), "H": high.clone(), "L_path": f"{i}.png"}
+
+
+def test_kair_prior_dataset_teacher_sees_only_h_and_maps_to_the_l_grid():
+    from spt_adapter.integrations.kair.train import PriorDataset
+
+    seen = []
+
+    def red(rgb):  # a 'provider' whose map is the image's red channel: alignment is checkable
+        seen.append(rgb.copy())
+        return rgb[None, :, :, 0].astype(np.float32) / 255.0
+
+    items = _KairLikeItems()
+    for i, item in enumerate(PriorDataset(items, red, teacher=True)):
+        if i == len(items):
+            break
+        assert "prior" not in item and item["teacher_prior"].shape == (1, 8, 8)
+        high = (item["H"].clamp(0, 1) * 255).round() / 255
+        assert torch.allclose(item["teacher_prior"][0], high[0, 1::2, 1::2], atol=1e-6)
+    assert len(seen) == len(items) and all(img.shape == (16, 16, 3) for img in seen)  # H only, never L
+    item = PriorDataset(items, red)[0]  # a provider prior: from L
+    assert "teacher_prior" not in item and item["prior"].shape == (1, 8, 8)

@@ -62,7 +62,7 @@ spt:
     assert options.prior.encoding == "boundary"
     with pytest.raises(spt_adapter.ConfigError, match="checkpoint"):
         parse_spt_block({"prior": {"provider": "sam"}})
-    with pytest.raises(spt_adapter.ConfigError, match="provider must be one of"):
+    with pytest.raises(spt_adapter.ConfigError, match=r"spt\.prior\.provider: unknown mask provider .magic.; installed: .*sam"):
         parse_spt_block({"prior": {"provider": "magic"}})
 
 
@@ -207,13 +207,11 @@ spt:
 """
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not RESTORMER_ROOT, reason="set SPT_RESTORMER_ROOT to a Restormer checkout")
-@pytest.mark.skipif(not (DATA / "CBSD68").is_dir(), reason="shared/data/CBSD68 is not available")
-def test_restormer_train_py_trains_units(tmp_path):
-    """Restormer's own basicsr/train.py, through the launcher, for 4 iterations on the CPU: a tiny
-    Restormer on CBSD68 crops; only units train, checkpoints are SPT deltas, the backbone file is
-    untouched. Restormer writes experiments/ under its checkout, so a copy of it is used."""
+def _restormer_run(tmp_path, spt_extra: str = ""):
+    """Restormer's own basicsr/train.py through the launcher, 4 iterations on the CPU: a tiny Restormer
+    on CBSD68 crops (Gaussian sigma 25 pairs; val sizes not multiples of 8, so pad_test pads).
+    Restormer writes experiments/ under its checkout, so a copy of it is used. ``spt_extra``: lines
+    added to the spt block. Returns (checkout copy, backbone file, its bytes before, output)."""
     from PIL import Image
 
     root = tmp_path / "Restormer"
@@ -225,7 +223,6 @@ def test_restormer_train_py_trains_units(tmp_path):
     train, val = tmp_path / "train", tmp_path / "val"
     images = sorted((DATA / "CBSD68").glob("*.png"))
     rng = np.random.default_rng(0)
-    # Gaussian denoising pairs (sigma 25); val sizes are not multiples of 8: Restormer's pad_test pads
     for folder, chosen, box in ((train, images[:4], (0, 0, 48, 48)), (val, images[4:6], (0, 0, 36, 28))):
         (folder / "gt").mkdir(parents=True)
         (folder / "lq").mkdir()
@@ -235,11 +232,22 @@ def test_restormer_train_py_trains_units(tmp_path):
             Image.fromarray(gt.astype(np.uint8)).save(folder / "gt" / p.name)
             Image.fromarray(lq).save(folder / "lq" / p.name)
     options = root / "Denoising" / "Options" / "spt_tiny.yml"
-    options.write_text(TRAIN_YML.format(train=train, val=val, backbone=backbone, priors=tmp_path / "priors"))
+    options.write_text(TRAIN_YML.format(train=train, val=val, backbone=backbone, priors=tmp_path / "priors") + spt_extra)
     proc = subprocess.run([sys.executable, "-m", "spt_adapter.integrations.restormer.train", "-opt", str(options)],
                           cwd=root, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
+    return root, backbone, before, proc
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not RESTORMER_ROOT, reason="set SPT_RESTORMER_ROOT to a Restormer checkout")
+@pytest.mark.skipif(not (DATA / "CBSD68").is_dir(), reason="shared/data/CBSD68 is not available")
+def test_restormer_train_py_trains_units(tmp_path):
+    """Only units train, checkpoints are SPT deltas, the backbone file is untouched."""
+    root, backbone, before, proc = _restormer_run(tmp_path)
+    net = _restormer()
+    out = proc.stdout + proc.stderr
     experiment = root / "experiments" / "spt_tiny_restormer"
     models = experiment / "models"
     assert sorted(p.name for p in models.iterdir()) == sorted(
@@ -267,3 +275,28 @@ def test_restormer_train_py_trains_units(tmp_path):
     if not torch.cuda.is_available():  # train.py would auto-resume onto CUDA: refused in one line
         again = subprocess.run(proc.args, cwd=root, capture_output=True, text=True, timeout=120)
         assert again.returncode == 2 and "would resume from" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not RESTORMER_ROOT, reason="set SPT_RESTORMER_ROOT to a Restormer checkout")
+@pytest.mark.skipif(not (DATA / "CBSD68").is_dir(), reason="shared/data/CBSD68 is not available")
+def test_restormer_train_py_trains_a_distilled_prior(tmp_path):
+    """spt.student under Restormer's loop (mixup and progressive crops included): 2 student-only
+    iterations, then joint ones; the teacher runs on the (mixed) gt; pad_test validation runs with
+    the student's prior; the deltas carry the student."""
+    from _distilled import assert_distilled_schedule
+
+    root, backbone, before, proc = _restormer_run(
+        tmp_path, "  student: {width: 4, depth: 2}\n  distill: {weight: 0.5, student_steps: 2}\n")
+    out = proc.stdout + proc.stderr
+    assert re.search(r"l_distill: [0-9.e+-]+", out) and re.search(r"# psnr: [0-9.]+", out)
+    assert backbone.read_bytes() == before
+    models = root / "experiments" / "spt_tiny_restormer" / "models"
+
+    def load(path):
+        fresh = _restormer()
+        fresh.load_state_dict(torch.load(backbone, weights_only=True)["params"])
+        return spt_adapter.load_adapter(fresh, path)
+
+    assert_distilled_schedule(models / "net_g_2.safetensors", models / "net_g_4.safetensors", load,
+                              torch.rand(1, 3, 16, 16))

@@ -8,6 +8,11 @@ validation through ``basicsr.metrics`` — is BasicSR's own code):
   unit parameters only, so the frozen backbone stays bit-exact;
 * ``feed_data`` takes ``data["prior"]`` (from ``SPTPairedImageDataset``) and every forward runs
   inside ``net.use_prior(prior)``;
+* a distilled prior (``spt.student``): the adapter's student makes the prior from ``lq``; training
+  batches carry ``teacher_prior`` (``spt_teacher`` in the train dataset: the teacher on GT images
+  only) and the step is BasicSR's own with the distillation loss added to ``cri_pix``, after
+  ``spt.distill.student_steps`` student-only steps (:mod:`spt_adapter.integrations._distill`);
+  validation needs no prior;
 * ``save`` writes SPT deltas ``models/net_g_<iter>.safetensors`` (+ ``net_g_ema_<iter>``) instead of
   whole networks, then BasicSR's training state; on resume (``path.resume_state`` or
   ``--auto_resume``) BasicSR points ``pretrain_network_g`` at ``net_g_<iter>.pth``: the model loads
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from os import path as osp
 
 from basicsr.archs import build_network
@@ -32,6 +38,7 @@ from spt_adapter.core import keys
 from spt_adapter.core.model import SPTModel
 
 from .._checkpoint import read_state_dict
+from .._distill import distilled_iteration
 from .._netio import (attach_units, bare, build_units_only_ema, ema_decay_deferred, ema_units, find_resume_deltas,
                       load_backbone_state, resolve_backbone_path)
 from .._options import check_dataset_priors, parse_spt_block, task_of
@@ -100,6 +107,13 @@ class SPTSRModel(SRModel):
     # -- data and forward ------------------------------------------------------------------------
     def feed_data(self, data):
         super().feed_data(data)
+        if self.spt.distilled:
+            if "prior" in data:
+                raise ConfigError("the model has a distilled prior (spt.student) but the batch has an LQ 'prior': give the "
+                                  "train dataset `spt_teacher:` instead of `spt_prior:`, and the val datasets neither")
+            teacher = data.get("teacher_prior")
+            self.teacher = None if teacher is None else teacher.to(self.device)
+            return
         if "prior" not in data:
             raise ConfigError(
                 "the batch has no 'prior': use `type: SPTPairedImageDataset` for the train and val datasets "
@@ -108,10 +122,24 @@ class SPTSRModel(SRModel):
         self.prior = data["prior"].to(self.device)
 
     def optimize_parameters(self, current_iter):
-        with bare(self.net_g).use_prior(self.prior):
-            super().optimize_parameters(current_iter)
+        if not self.spt.distilled:
+            with bare(self.net_g).use_prior(self.prior):
+                super().optimize_parameters(current_iter)
+            return
+        student_only, distill = distilled_iteration(
+            bare(self.net_g), self.spt.distill, current_iter, self.lq, self.teacher, self.optimizer_g, self, "cri_pix",
+            lambda: super(SPTSRModel, self).optimize_parameters(current_iter))
+        if student_only:
+            self.log_dict = OrderedDict(l_distill=distill)
+            if self.ema_decay > 0:
+                self.model_ema(decay=self.ema_decay)
+        elif distill is not None:
+            self.log_dict["l_distill"] = distill
 
     def test(self):
+        if self.spt.distilled:  # the student makes the prior from lq
+            super().test()
+            return
         net = self.net_g_ema if hasattr(self, "net_g_ema") else bare(self.net_g)
         with net.use_prior(self.prior):
             super().test()

@@ -5,6 +5,11 @@
   non-strict load (``G_param_strict: false``: tensors paired *by position*) pairs checkpoint tensors
   with backbone tensors only — never with unit tensors;
 * ``feed_data`` takes ``data["prior"]``; ``netG_forward`` runs inside ``netG.use_prior``;
+* a distilled prior (``spt.student``): the student makes the prior from ``L``; training items carry
+  ``teacher_prior`` (the teacher on the item's ``H`` only, see ``train.PriorDataset``) and the step is
+  KAIR's own with the distillation loss added to ``G_lossfn`` (divided by ``G_lossfn_weight``, so that
+  ``spt.distill.weight`` is the weight in the total loss), after ``spt.distill.student_steps``
+  student-only steps (:mod:`spt_adapter.integrations._distill`);
 * ``save`` writes deltas ``<iter>_G.safetensors`` / ``<iter>_E.safetensors`` (+ KAIR's optimizer
   state); ``load`` resumes from the newest deltas in ``path.models``;
 * KAIR's loop never ends by itself: ``train.spt_stop_after: N`` stops it cleanly after N
@@ -25,7 +30,9 @@ import spt_adapter
 from spt_adapter.errors import ConfigError
 
 from .._checkpoint import read_state_dict
-from .._netio import attach_units, bare, copy_units, ema_units, load_backbone_state, load_units
+from .._distill import distilled_iteration
+from .._netio import (attach_units, bare, check_adapter_matches, copy_units, ema_units, load_backbone_state,
+                      load_units)
 from .._options import task_of
 from .options import spt_options
 
@@ -91,6 +98,7 @@ def make_model_class(model_plain: type) -> type:
             step, delta_g = last_delta(self.save_dir, "G")
             delta_g = delta_g or self.spt.adapter
             if delta_g:
+                check_adapter_matches(delta_g, self.spt)  # e.g. resuming a distilled run with another teacher
                 load_units(bare(self.netG), delta_g)
                 if self.opt_train["E_decay"] > 0:
                     _, delta_e = last_delta(self.save_dir, "E")
@@ -115,11 +123,32 @@ def make_model_class(model_plain: type) -> type:
         # -- data and forward ----------------------------------------------------------------
         def feed_data(self, data, need_H=True):
             super().feed_data(data, need_H)
+            if self.spt.distilled:
+                teacher = data.get("teacher_prior")
+                self.teacher = None if teacher is None else teacher.to(self.device)
+                return
             self.prior = data["prior"].to(self.device)
 
         def netG_forward(self):
+            if self.spt.distilled:  # the student makes the prior from L
+                super().netG_forward()
+                return
             with bare(self.netG).use_prior(self.prior):
                 super().netG_forward()
+
+        def optimize_parameters(self, current_step):
+            if not self.spt.distilled:
+                super().optimize_parameters(current_step)
+                return
+            student_only, distill = distilled_iteration(
+                bare(self.netG), self.spt.distill, current_step, self.L, self.teacher, self.G_optimizer, self,
+                "G_lossfn", lambda: super(SPTModelPlain, self).optimize_parameters(current_step),
+                loss_scale=float(self.G_lossfn_weight))
+            if student_only:  # (no G_loss: the network did not run)
+                if self.opt_train["E_decay"] > 0:
+                    self.update_E(self.opt_train["E_decay"])
+            if distill is not None:
+                self.log_dict["distill_loss"] = distill
 
         def update_learning_rate(self, n):
             if self.spt_stop_after and n > self.spt_stop_after:

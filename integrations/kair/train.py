@@ -10,7 +10,10 @@ then wraps two KAIR factories before running ``main_train_psnr.py`` unchanged (`
   ``"model": "plain"`` gets :class:`SPTModelPlain` (a subclass of the checkout's ModelPlain);
 * ``data.select_dataset.define_Dataset``: datasets get ``prior`` — computed from each item's own
   ``L`` tensor through the prior cache (KAIR makes LQ patches on the fly: noise, bicubic, random
-  crops), so the prior always matches the network's input.
+  crops), so the prior always matches the network's input. With a distilled prior (``spt.student``)
+  the train dataset's items get ``teacher_prior`` instead: the teacher runs on the item's clean ``H``
+  patch only and its map is brought to ``L``'s grid; test datasets get nothing (the student makes
+  the prior).
 
 ``"gpu_ids": []`` trains on the CPU (KAIR's ModelBase would pick CUDA for any list; the model is
 given ``gpu_ids = None``, KAIR's own CPU branch -- see :func:`.model.model_options`).
@@ -28,6 +31,7 @@ import sys
 import numpy as np
 import torch
 
+from spt_adapter.core.student import teacher_at_lq_size
 from spt_adapter.errors import ConfigError
 
 from .._launch import fail, run_reporting_errors
@@ -36,11 +40,13 @@ from .options import check_gpu_ids, read_options, spt_options
 
 
 class PriorDataset(torch.utils.data.Dataset):
-    """A KAIR dataset whose items gain ``prior`` (C_p, h, w), computed from the item's ``L``."""
+    """A KAIR dataset whose items gain ``prior`` (C_p, h, w), computed from the item's ``L`` -- or,
+    with ``teacher=True``, ``teacher_prior``: the map of the item's ``H`` on ``L``'s grid."""
 
-    def __init__(self, dataset, source) -> None:
+    def __init__(self, dataset, source, teacher: bool = False) -> None:
         self.dataset = dataset
         self.source = source
+        self.teacher = teacher
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -52,14 +58,24 @@ class PriorDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         item = self.dataset[index]
-        low = item["L"]
-        image = (low.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        if image.shape[2] == 1:
-            image = np.repeat(image, 3, axis=2)
-        elif image.shape[2] > 3:
-            image = image[..., :3]
-        item["prior"] = torch.from_numpy(np.asarray(self.source(np.ascontiguousarray(image)), dtype=np.float32))
+        seen = item["H"] if self.teacher else item["L"]
+        prior = torch.from_numpy(np.asarray(self.source(_rgb_uint8(seen)), dtype=np.float32))
+        if self.teacher:
+            scale = max(1, seen.shape[-1] // item["L"].shape[-1])
+            item["teacher_prior"] = teacher_at_lq_size(prior, scale, tuple(item["L"].shape[-2:])).contiguous()
+        else:
+            item["prior"] = prior
         return item
+
+
+def _rgb_uint8(chw: torch.Tensor) -> np.ndarray:
+    """A KAIR item tensor (C, H, W) in [0, 1] as the HxWx3 uint8 RGB image a mask provider reads."""
+    image = (chw.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif image.shape[2] > 3:
+        image = image[..., :3]
+    return np.ascontiguousarray(image)
 
 
 def install(opt: dict) -> None:
@@ -88,7 +104,10 @@ def install(opt: dict) -> None:
         return model
 
     def define_Dataset(dataset_opt):  # noqa: N802
-        return PriorDataset(original_dataset(dataset_opt), PriorSource(options.prior))
+        dataset = original_dataset(dataset_opt)
+        if options.distilled:  # the teacher is for training; the student makes the prior at test time
+            return PriorDataset(dataset, PriorSource(options.prior), teacher=True) if dataset_opt["phase"] == "train" else dataset
+        return PriorDataset(dataset, PriorSource(options.prior))
 
     define_Model._spt_wrapped = True
     select_model.define_Model = define_Model

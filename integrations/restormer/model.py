@@ -2,7 +2,11 @@
 
 Restormer's ``train.py`` crops and sub-samples batches itself (progressive learning) and passes only
 ``lq``/``gt`` to ``feed_train_data``; the prior is therefore computed from the ``lq`` the model
-receives (after mixup), per image, through the prior cache. Checkpoints are SPT deltas
+receives (after mixup), per image, through the prior cache. A distilled prior (``spt.student``):
+the teacher runs on the ``gt`` the model receives (after mixup: the clean side of the same mix) and
+the step is the fork's own with the distillation loss added to ``cri_pix``, after
+``spt.distill.student_steps`` student-only steps; validation needs no prior (the student makes it).
+Checkpoints are SPT deltas
 ``models/net_g_<iter>.safetensors`` (+ ``net_g_ema_<iter>``); resume loads them like the BasicSR
 shim. Importing this module needs a Restormer checkout on ``sys.path``.
 """
@@ -14,6 +18,8 @@ import types
 
 import numpy as np
 import torch
+
+from spt_adapter.core.student import teacher_at_lq_size
 
 from .._options import PriorSource, task_of
 
@@ -47,6 +53,7 @@ def make_model_class(image_clean_model: type) -> type:
     from spt_adapter.errors import ConfigError
 
     from .._checkpoint import read_state_dict
+    from .._distill import distilled_iteration
     from .._netio import (attach_units, bare, build_units_only_ema, ema_decay_deferred, ema_units,
                           find_resume_deltas, load_backbone_state, resolve_backbone_path)
     from .._options import parse_spt_block
@@ -89,17 +96,36 @@ def make_model_class(image_clean_model: type) -> type:
 
         def feed_train_data(self, data):
             super().feed_train_data(data)
+            if self.spt.distilled:  # the teacher sees the (mixed) clean gt only
+                scale = max(1, self.gt.shape[-1] // self.lq.shape[-1])
+                self.teacher = teacher_at_lq_size(priors_for(self.gt, self.spt_prior), scale, tuple(self.lq.shape[-2:]))
+                return
             self.prior = priors_for(self.lq, self.spt_prior)
 
         def feed_data(self, data):
             super().feed_data(data)
-            self.prior = priors_for(self.lq, self.spt_prior)
+            if not self.spt.distilled:
+                self.prior = priors_for(self.lq, self.spt_prior)
 
         def optimize_parameters(self, current_iter):
-            with bare(self.net_g).use_prior(self.prior):
-                super().optimize_parameters(current_iter)
+            if not self.spt.distilled:
+                with bare(self.net_g).use_prior(self.prior):
+                    super().optimize_parameters(current_iter)
+                return
+            student_only, distill = distilled_iteration(
+                bare(self.net_g), self.spt.distill, current_iter, self.lq, self.teacher, self.optimizer_g, self,
+                "cri_pix", lambda: super(SPTImageCleanModel, self).optimize_parameters(current_iter))
+            if student_only:
+                self.log_dict = {"l_distill": distill}
+                if self.ema_decay > 0:
+                    self.model_ema(decay=self.ema_decay)
+            elif distill is not None:
+                self.log_dict["l_distill"] = distill
 
         def nonpad_test(self, img=None):
+            if self.spt.distilled:  # the student makes the prior from the (padded) input
+                super().nonpad_test(img)
+                return
             net = self.net_g_ema if hasattr(self, "net_g_ema") else bare(self.net_g)
             with net.use_prior(self.prior if img is None else pad_prior_like(self.prior, img)):
                 super().nonpad_test(img)
