@@ -5,7 +5,7 @@
 #   benchmarks/distill_ladder.sh OUT_DIR --dry-run        # a tiny CPU run of the same steps (tests run it)
 #   benchmarks/distill_ladder.sh OUT_DIR --tasks "denoise kair50"   # a subset
 #
-# Environment: PYTHON (default: python), KAIR_ROOT (default: $SPT_KAIR_ROOT or /work/assets/KAIR),
+# Environment: PYTHON (default: python), KAIR_ROOT (default: $SPT_KAIR_ROOT; required by kair50 and kairjpeg),
 # DATA (default: ../shared/data), DEVICE (default: cuda), JOBS (default: 8), SEEDS (default: "0 1 2").
 #
 # Steps, every one writing OUT_DIR/<name>.md (the printed tables) and OUT_DIR/<name>.json:
@@ -39,7 +39,11 @@ done
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 PY=${PYTHON:-python}
-KAIR_ROOT=${KAIR_ROOT:-${SPT_KAIR_ROOT:-/work/assets/KAIR}}
+KAIR_ROOT=${KAIR_ROOT:-${SPT_KAIR_ROOT:-}}
+case " $TASKS " in
+  *" kair50 "*|*" kairjpeg "*)
+    [ -n "$KAIR_ROOT" ] || { echo "kair50/kairjpeg need a KAIR checkout: set KAIR_ROOT (or SPT_KAIR_ROOT)" >&2; exit 2; } ;;
+esac
 SEEDS=${SEEDS:-"0 1 2"}
 mkdir -p "$OUT"
 CACHE="$OUT/cache"

@@ -23,7 +23,7 @@ differs. Tested at the training sigma and at an unseen sigma (out of distributio
     python benchmarks/quality.py --quick         # a smoke run in well under a minute
     python benchmarks/quality.py --tune          # choose the segmenter on the validation split
     python benchmarks/quality.py --task sr4      # the same ladder for bicubic x4 super-resolution
-    python benchmarks/quality.py --task kair --kair-root /work/assets/KAIR   # KAIR's pretrained grey DnCNN
+    python benchmarks/quality.py --task kair --kair-root /path/to/KAIR      # KAIR's pretrained grey DnCNN
 
 With ``--task sr4`` the ladder runs for bicubic x4 SR on the Set5/Set14 protocol: LQ = MATLAB-style
 bicubic downsample of the HR image (8-bit), PSNR on the Y channel with a 4-pixel border crop; the
@@ -746,8 +746,10 @@ def parse_args(argv=None):
     p.add_argument("--task", choices=("denoise", "sr4", "kair"), default="denoise",
                    help="denoise: colour denoising on CBSD68 (default); sr4: bicubic x4 SR on Set5/Set14; kair: "
                         "KAIR's pretrained grey DnCNN (sigma 25) adapted to --kair-degradation, tested on Set12")
-    p.add_argument("--kair-root", type=Path, default=Path(os.environ.get("SPT_KAIR_ROOT", "/work/assets/KAIR")),
-                   help="kair: a KAIR checkout (model_zoo/dncnn_25.pth, testsets/set12); default $SPT_KAIR_ROOT")
+    p.add_argument("--kair-root", type=Path,
+                   default=Path(os.environ["SPT_KAIR_ROOT"]) if os.environ.get("SPT_KAIR_ROOT") else None,
+                   help="kair: a KAIR checkout (model_zoo/dncnn_25.pth, testsets/set12); required for --task kair "
+                        "unless $SPT_KAIR_ROOT is set")
     p.add_argument("--kair-degradation", choices=KAIR_DEGRADATIONS, default="sigma50",
                    help="kair: what the unit rows adapt the sigma-25 DnCNN to: sigma50 (Gaussian noise sigma 50) or "
                         "jpeg30-sigma25 (JPEG q=30, then sigma 25 noise: a degradation it never saw)")
@@ -817,6 +819,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     sr = args.task == "sr4"
     kair = args.task == "kair"
+    if kair and args.kair_root is None:
+        p.error("--task kair needs --kair-root PATH (a KAIR checkout with model_zoo/dncnn_25.pth and testsets/set12) "
+                "or SPT_KAIR_ROOT")
     defaults = {"fusions": ["concat"] if (sr or kair) else list(FUSIONS), "pretrain_steps": 2000 if sr else 1000,
                 "steps": 1500 if sr else 200, "patch": 32 if sr else 48, "test_crop": 0 if (sr or kair) else 160}
     for k, v in defaults.items():

@@ -79,7 +79,7 @@ def test_rows_of_a_seed_share_batches_and_differ_only_in_the_prior(quick_run):
     assert np.array_equal(again.lq_prior[0][1], pset.lq_prior[0][1])
 
 
-def test_bad_arguments_are_refused():
+def test_bad_arguments_are_refused(monkeypatch, capsys):
     quality = _load("quality")
     with pytest.raises(SystemExit):
         quality.parse_args(["--rows", "abz"])
@@ -91,6 +91,13 @@ def test_bad_arguments_are_refused():
         quality.parse_args(["--task", "sr2"])
     sr = quality.parse_args(["--task", "sr4"])
     assert sr.fusions == ["concat"] and sr.test_crop == 0 and sr.patch == 32
+    # the KAIR task needs a checkout named by the caller: no workplace path is assumed
+    monkeypatch.delenv("SPT_KAIR_ROOT", raising=False)
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--task", "kair"])
+    assert "--kair-root" in capsys.readouterr().err
+    monkeypatch.setenv("SPT_KAIR_ROOT", "/somewhere/KAIR")
+    assert str(quality.parse_args(["--task", "kair"]).kair_root) == "/somewhere/KAIR"
     assert quality.parse_args([]).fusions == ["concat", "sft", "pool"]
     with pytest.raises(ValueError):
         _load("_quality_data").Segmenter.parse("watershed:scale=3")
@@ -439,7 +446,11 @@ def test_distill_ladder_script_dry_run_writes_every_table(tmp_path):
     pytest.importorskip("spandrel")
     root = _fake_kair_root(tmp_path / "KAIR")
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": sys.executable, "KAIR_ROOT": str(root)}
+    bare_env = {k: v for k, v in os.environ.items() if k not in ("KAIR_ROOT", "SPT_KAIR_ROOT")}
+    refused = subprocess.run(["bash", str(ROOT / "benchmarks" / "distill_ladder.sh"), str(out), "--dry-run"],
+                             env={**bare_env, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "set KAIR_ROOT" in refused.stderr and not out.exists()
+    env = {**bare_env, "PYTHON": sys.executable, "KAIR_ROOT": str(root)}
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "distill_ladder.sh"), str(out), "--dry-run"],
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
