@@ -3,6 +3,7 @@
     import peft, spt_adapter.peft as spt_peft
     pm = peft.get_peft_model(backbone, spt_peft.SPTPeftConfig(target_modules=r"layers\\.\\d+\\.residual_group"))
     out = pm(lq, spt_prior=prior)                  # or: with pm.use_prior(prior): pm(lq)
+    # a distilled adapter (SPTConfig.student) makes its own prior: pm(lq), no spt_prior
     pm.save_pretrained("swinir_spt_peft")           # adapter_config.json + adapter_model.safetensors
     pm = peft.PeftModel.from_pretrained(untouched_backbone, "swinir_spt_peft")
     with pm.disable_adapter(): base = pm(lq)        # the backbone's exact output
@@ -19,8 +20,14 @@ The layers reuse the core: each target is wrapped by :class:`SPTPeftLayer`, a co
 (``unit_channels``), feature layouts (maps, SwinIR-style tokens) from the core's
 :func:`~spt_adapter.core.layer.apply_to_output` and the plugins' layout hook.
 
-File layouts: PEFT keys ``base_model.model.<target>.spt_units.<param>`` in
-``adapter_model.safetensors``; spt-adapter keys ``<target>.spt_unit.<param>`` in a delta file.
+A distilled adapter (``student=``, a :class:`~spt_adapter.core.student.PriorStudent`) keeps its
+student on the tuner (``SPTPeftModel.spt_students[<adapter>]``, a module of the PeftModel, not of
+the backbone): the forward pre-hook runs it on the call's first tensor and feeds its prior to the
+units, exactly as :class:`~spt_adapter.SPTModel` does.
+
+File layouts: PEFT keys ``base_model.model.<target>.spt_units.<param>`` (and, for a distilled
+adapter, ``base_model.spt_students.<param>``) in ``adapter_model.safetensors``; spt-adapter keys
+``<target>.spt_unit.<param>`` (and ``spt_student.<param>``) in a delta file.
 :func:`spt_to_peft` and :func:`peft_to_spt` convert between the two; :func:`load_peft_adapter`
 loads a PEFT folder as an :class:`~spt_adapter.SPTModel`.
 """
@@ -43,11 +50,12 @@ import torch.nn as nn
 
 from ._io import atomic_write_bytes
 from .core.config import SCHEMA_VERSION, SPTConfig
-from .errors import AdapterFileError, ConfigError, SPTError, TargetError
+from .errors import AdapterFileError, ConfigError, PriorError, SPTError, TargetError
 from .core import keys
 from .core.layer import PriorState, SPTLayer, make_unit
-from .core.model import batch_size, validate_prior
+from .core.model import batch_size, student_logits, student_prior_refusal, validate_prior
 from .core.planning import claim_model, plan_injection
+from .core.student import PriorStudent
 from .core.targets import inspect_targets, select_targets
 
 #: the PEFT versions this module is written and tested for (the ``peft`` extra's pin): >= 0.21, < 0.22.
@@ -63,6 +71,10 @@ PEFT_CONFIG_NAME = "adapter_config.json"
 _PEFT_KEY_PREFIX = "base_model.model."
 _PEFT_UNIT = f".{keys.UNITS_ATTR}."
 _CORE_UNIT = f".{keys.FILE_UNIT_SEGMENT}."
+#: a prior student's tensors: ``spt_students.<adapter>.<param>`` on the tuner, which the PeftModel holds as
+#: ``base_model``; PEFT saves every module of the tuner but ``model`` under the adapter name
+_PEFT_STUDENTS = f".{keys.STUDENT_ATTR}."
+_PEFT_STUDENT_PREFIX = f"base_model.{keys.STUDENT_ATTR}."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,9 +140,6 @@ def _exact_regex(names: list[str]) -> str:
     return "(" + "|".join(re.escape(n) for n in names) + ")"
 
 
-_NO_PEFT_STUDENT = ("a distilled prior (an adapter with a prior student) cannot run under PEFT yet: PEFT's layers "
-                    "would need the student's prior; load it with spt_adapter.load_adapter / from_pretrained instead")
-
 #: SPTConfig's unit fields, mirrored by SPTPeftConfig (targets are PEFT's own; versions are recorded apart)
 _UNIT_FIELDS = tuple(f for f in dataclasses.fields(SPTConfig)
                      if f.name not in ("targets", "exclude", "schema_version", "library_version"))
@@ -152,8 +161,9 @@ class _SPTPeftConfigMethods:
     target_modules: PEFT's syntax, a list of module-name suffixes or one full-match regex string;
         ``None``: the spt-adapter plugin that claims the model proposes them (its preset).
     exclude_modules: likewise. Every unit field of :class:`spt_adapter.SPTConfig` (fusion, hidden,
-    depth, prior_channels, prior_resize, prior, integration, preset) is a field here too, derived
-    from SPTConfig's own, with the same defaults.
+    depth, prior_channels, prior_resize, prior, integration, preset, student) is a field here too,
+    derived from SPTConfig's own, with the same defaults and checks. ``student`` (a distilled
+    prior) adds a :class:`~spt_adapter.core.student.PriorStudent` that makes the prior from the input.
     unit_channels: each target's unit width; filled at injection (probe pass) and saved, so
         loading needs no probe. example_input_shape: the probe input's shape (default: a 64x64
         input built from the model's first convolution).
@@ -169,9 +179,8 @@ class _SPTPeftConfigMethods:
             )
         if isinstance(self.target_modules, list):
             self.target_modules = list(self.target_modules)
-        if self.student is not None:
-            raise ConfigError(_NO_PEFT_STUDENT)
-        self.to_spt_config()  # validates the unit fields (ConfigError)
+        # validates the unit fields (ConfigError); the student's settings as SPTConfig keeps them (defaults filled)
+        self.student = self.to_spt_config().student
 
     def to_spt_config(self, targets: list[str] | None = None) -> SPTConfig:
         return SPTConfig(targets=list(targets or []), **_unit_values(self))
@@ -254,6 +263,7 @@ class SPTPeftModel(BaseTuner):
         object.__setattr__(self, "_spt_plans", {})
         object.__setattr__(self, "_spt_hooks", [])
         object.__setattr__(self, "_spt_stack", [])
+        object.__setattr__(self, "_spt_enabled", True)  # False inside PeftModel.disable_adapter()
         super().__init__(model, peft_config, adapter_name, *args, **kwargs)
 
     # -- injection ------------------------------------------------------------------------
@@ -273,11 +283,33 @@ class SPTPeftModel(BaseTuner):
         # PeftModel.add_adapter calls inject_adapter without the pre-injection hook: plan here too
         if adapter_name not in self._spt_plans:
             self._spt_plan(model, self.peft_config[adapter_name], adapter_name)
+        if keys.STUDENT_ATTR not in self._modules:
+            self.add_module(keys.STUDENT_ATTR, nn.ModuleDict())
+        # adding an adapter leaves the trainability of those already there as it was (PEFT restores
+        # the backbone's parameters itself; the students are not in the backbone)
+        flags = {n: [p.requires_grad for p in m.parameters()] for n, m in self.spt_students.items()}
         try:
             super().inject_adapter(model, adapter_name, *args, **kwargs)
         finally:
             self._spt_plans.pop(adapter_name, None)
+        for name, student in self.spt_students.items():
+            for param, flag in zip(student.parameters(), flags.get(name, ())):
+                param.requires_grad = flag
+        self._add_student(adapter_name, self.peft_config[adapter_name])
         self._register_prior_hooks(model)
+
+    def _add_student(self, adapter_name: str, config: SPTPeftConfig) -> None:
+        """The prior student of a distilled adapter, on its units' device and dtype (as SPTModel
+        places it), trainable when the adapter is active and not in inference mode (as its units)."""
+        if config.student is None:
+            return
+        student = PriorStudent.from_config(config.student, config.prior_channels)
+        ref = next((p for _, layer in self._layers() if adapter_name in layer.spt_units
+                    for p in layer.spt_units[adapter_name].parameters()), None)
+        if ref is not None:
+            student.to(device=ref.device, dtype=ref.dtype)
+        student.requires_grad_(adapter_name in self.active_adapters and not config.inference_mode)
+        self.spt_students[adapter_name] = student
 
     def _spt_plan(self, model: nn.Module, config: SPTPeftConfig, adapter_name: str) -> None:
         """Core's planner with PEFT's name predicate: targets, layouts and unit widths, checked
@@ -338,6 +370,31 @@ class SPTPeftModel(BaseTuner):
     def _active_configs(self) -> list[SPTPeftConfig]:
         return [self.peft_config[a] for a in self.active_adapters if a in self.peft_config]
 
+    def student(self, adapter_name: str | None = None) -> PriorStudent | None:
+        """The prior student of an adapter (the active one by default), or None if it has none."""
+        if adapter_name is None:
+            active = [a for a in self.active_adapters if a in self.peft_config]
+            adapter_name = active[0] if len(active) == 1 else None
+        students = self._modules.get(keys.STUDENT_ATTR) or {}
+        return students[adapter_name] if adapter_name in students else None
+
+    def _check_student_alone(self, names: list[str]) -> None:
+        """A distilled adapter runs alone (as in SPTModel, where one adapter is active): its units read
+        its own student's prior, which no other adapter's units were trained on."""
+        distilled = [n for n in names if self.student(n) is not None]
+        if len(names) > 1 and distilled:
+            raise PriorError(f"adapter {distilled[0]!r} carries a distilled prior and runs alone, but {names} would be "
+                             f"active together: activate one, e.g. set_adapter({distilled[0]!r})")
+
+    def _active_student(self) -> tuple[str, PriorStudent] | None:
+        """(name, student) of the active adapter when it is distilled and adapters are enabled, else None."""
+        if self._spt_state.disabled or not self._spt_enabled:
+            return None
+        active = [a for a in self.active_adapters if a in self.peft_config]
+        self._check_student_alone(active)
+        student = self.student(active[0]) if len(active) == 1 else None
+        return (active[0], student) if student is not None else None
+
     def check_prior(self, prior: Any, batch: int | None = None) -> torch.Tensor:
         """Validate a prior for the active adapter(s); raise :class:`PriorError` naming the problem."""
         if prior is None:
@@ -350,7 +407,18 @@ class SPTPeftModel(BaseTuner):
         # one stack entry per call; the post hook (always called, also after an error) pops it
         self._spt_stack.append(None)
         prior = kwargs.pop("spt_prior", None)
-        if prior is not None:
+        distilled = self._active_student()
+        if distilled is not None:
+            name, student = distilled
+            if prior is not None or self._spt_state.prior is not None:
+                raise student_prior_refusal(name, "peft_model(x)", "spt_prior")
+            # SPTModel.forward's steps: the logits of the first tensor, their sigmoid checked as a prior
+            logits = student_logits(student, args, kwargs)
+            checked = validate_prior(torch.sigmoid(logits), batch_size(args, kwargs),
+                                     self.peft_config[name].prior_channels, name="spt_prior", adapter=name)
+            self._spt_stack[-1] = (self._spt_state.prior,)
+            self._spt_state.set_prior(checked)
+        elif prior is not None:
             checked = self.check_prior(prior, batch_size(args, kwargs))
             self._spt_stack[-1] = (self._spt_state.prior,)
             self._spt_state.set_prior(checked)
@@ -365,6 +433,9 @@ class SPTPeftModel(BaseTuner):
     @contextlib.contextmanager
     def use_prior(self, prior: torch.Tensor) -> Iterator["SPTPeftModel"]:
         """Set the prior for every forward call inside the block (for trainers that call ``net(lq)``)."""
+        distilled = self._active_student()
+        if distilled is not None:
+            raise student_prior_refusal(distilled[0], "peft_model(x)", "spt_prior")
         with self._spt_state.using(self.check_prior(prior)):
             yield self
 
@@ -376,12 +447,20 @@ class SPTPeftModel(BaseTuner):
 
     def _mark_only_adapters_as_trainable(self, model: nn.Module) -> None:
         for name, param in model.named_parameters():
-            if _PEFT_UNIT.strip(".") not in name.split("."):
+            if not keys.is_unit_key(name):  # units and prior students stay as they are
                 param.requires_grad = False
 
     def _set_adapter_layers(self, enabled: bool = True) -> None:
+        object.__setattr__(self, "_spt_enabled", enabled)  # the students follow the layers
         for _, layer in self._layers():
             layer.enable_adapters(enabled)
+
+    def set_requires_grad(self, adapter_names, requires_grad: bool = True) -> None:
+        super().set_requires_grad(adapter_names, requires_grad)
+        for name in [adapter_names] if isinstance(adapter_names, str) else list(adapter_names):
+            student = self.student(name)
+            if student is not None:
+                student.requires_grad_(requires_grad)
 
     def enable_adapter_layers(self) -> None:
         self._set_adapter_layers(True)
@@ -394,12 +473,15 @@ class SPTPeftModel(BaseTuner):
         unknown = [n for n in names if n not in self.peft_config]
         if unknown:
             raise TargetError(f"no SPT adapter named {unknown[0]!r}; adapters: {list(self.peft_config)}")
+        self._check_student_alone(names)
         for _, layer in self._layers():
             layer.set_adapter(names)
             if inference_mode:
                 for name in names:
                     if name in layer.spt_units:
                         layer.spt_units[name].requires_grad_(False)
+        for name, student in (self._modules.get(keys.STUDENT_ATTR) or {}).items():
+            student.requires_grad_(name in names and not inference_mode)  # as BaseTunerLayer does for units
         self.active_adapter = adapter_name
 
     def delete_adapter(self, adapter_name: str) -> None:
@@ -407,6 +489,8 @@ class SPTPeftModel(BaseTuner):
             raise TargetError(f"no SPT adapter named {adapter_name!r}; adapters: {list(self.peft_config)}")
         del self.peft_config[adapter_name]
         self._spt_plans.pop(adapter_name, None)
+        if self.student(adapter_name) is not None:
+            del self.spt_students[adapter_name]
         remaining = list(self.peft_config)
         for name, layer in list(self._layers()):
             if adapter_name in layer.spt_units:
@@ -432,18 +516,47 @@ class SPTPeftModel(BaseTuner):
         self._check_merge_allowed()
 
     def unload(self) -> nn.Module:
-        """Remove every SPT layer and the prior hooks; return the original backbone."""
+        """Remove every SPT layer, prior student and the prior hooks; return the original backbone."""
         for name, layer in list(self._layers()):
             self._unwrap(name, layer)
         for handle in self._spt_hooks:
             handle.remove()
         self._spt_hooks.clear()
+        for name in list(self._modules.get(keys.STUDENT_ATTR) or {}):
+            del self.spt_students[name]
         return self.model
 
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
-        # '<target>.spt_units.<adapter>.<param>' -> '<target>.spt_units.<param>'
+        # '<target>.spt_units.<adapter>.<param>' -> '<target>.spt_units.<param>';
+        # 'base_model.spt_students.<adapter>.<param>' -> 'base_model.spt_students.<param>'
+        if f"{_PEFT_STUDENTS}{adapter_name}." in key:
+            return key.replace(f"{_PEFT_STUDENTS}{adapter_name}.", _PEFT_STUDENTS, 1)
         return key.replace(f"{_PEFT_UNIT}{adapter_name}.", _PEFT_UNIT, 1)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model: nn.Module, config, adapter_name: str,
+                                           state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """PEFT's remapping, then a check that a distilled adapter's checkpoint holds its student (PEFT
+        would only warn and leave the student at random init); on failure the adapter is removed again
+        (the only one: the backbone gets its modules back) before the :class:`AdapterFileError`."""
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        tuner = next((m for m in model.modules() if isinstance(m, SPTPeftModel)), None)
+        if tuner is None or tuner.student(adapter_name) is None:
+            return remapped
+        marker = f"{_PEFT_STUDENTS}{adapter_name}."
+        missing = sorted(cls._remove_adapter_name_from_key(k, adapter_name) for k in model.state_dict()
+                         if marker in k and k not in remapped)
+        if missing:
+            if list(tuner.peft_config) == [adapter_name]:
+                tuner.unload()
+            else:
+                tuner.delete_adapter(adapter_name)
+            raise AdapterFileError(
+                f"the PEFT checkpoint of adapter {adapter_name!r} lacks {len(missing)} prior-student tensor(s) (e.g. "
+                f"{missing[0]}) that its config (student={config.student}) needs: it was not written by "
+                "save_pretrained or spt_to_peft of this distilled adapter")
+        return remapped
 
 
 def _register() -> None:
@@ -481,16 +594,23 @@ _register()
 # conversions between PEFT folders and spt-adapter files
 # ---------------------------------------------------------------------------------------------
 def peft_key_to_core(key: str) -> str:
-    """``base_model.model.<target>.spt_units.<param>`` -> ``<target>.spt_unit.<param>``."""
+    """``base_model.model.<target>.spt_units.<param>`` -> ``<target>.spt_unit.<param>``;
+    ``base_model.spt_students.<param>`` -> ``spt_student.<param>`` (a distilled prior's student)."""
+    if key.startswith(_PEFT_STUDENT_PREFIX) and len(key) > len(_PEFT_STUDENT_PREFIX):
+        return keys.student_file_key(key[len(_PEFT_STUDENT_PREFIX):])
     if not key.startswith(_PEFT_KEY_PREFIX) or _PEFT_UNIT not in key:
-        raise AdapterFileError(f"tensor {key!r} is not an SPT unit tensor of a PEFT adapter")
+        raise AdapterFileError(f"tensor {key!r} is not an SPT unit or prior-student tensor of a PEFT adapter")
     return key[len(_PEFT_KEY_PREFIX):].replace(_PEFT_UNIT, _CORE_UNIT, 1)
 
 
 def core_key_to_peft(key: str) -> str:
-    """``<target>.spt_unit.<param>`` -> ``base_model.model.<target>.spt_units.<param>``."""
+    """``<target>.spt_unit.<param>`` -> ``base_model.model.<target>.spt_units.<param>``;
+    ``spt_student.<param>`` -> ``base_model.spt_students.<param>``."""
+    param = keys.split_student_file_key(key)
+    if param is not None:
+        return _PEFT_STUDENT_PREFIX + param
     if _CORE_UNIT not in key:
-        raise AdapterFileError(f"tensor {key!r} is not an SPT unit tensor")
+        raise AdapterFileError(f"tensor {key!r} is not an SPT unit or prior-student tensor")
     return _PEFT_KEY_PREFIX + key.replace(_CORE_UNIT, _PEFT_UNIT, 1)
 
 
@@ -518,12 +638,12 @@ def read_peft_folder(folder: str | os.PathLike) -> tuple[SPTPeftConfig, dict[str
     return config, tensors
 
 
-def _targets_in_order(keys, channels: dict | None) -> list[str]:
+def _targets_in_order(file_keys, channels: dict | None) -> list[str]:
     found = []
-    for key in keys:
-        target = key.split(_CORE_UNIT, 1)[0]
-        if target not in found:
-            found.append(target)
+    for key in file_keys:
+        split = keys.split_unit_file_key(key)  # None for a prior student's tensor
+        if split is not None and split[0] not in found:
+            found.append(split[0])
     if channels:
         order = [n for n in channels if n in found]
         return order + [n for n in found if n not in order]
@@ -568,7 +688,8 @@ def peft_to_spt(folder: str | os.PathLike, backbone: nn.Module, path: str | os.P
 def spt_to_peft(path: str | os.PathLike, folder: str | os.PathLike) -> Path:
     """Convert an spt-adapter file into a PEFT folder loadable by ``peft.PeftModel.from_pretrained``.
 
-    Needs no backbone: targets and unit widths come from the file's fingerprint.
+    Needs no backbone: targets and unit widths come from the file's fingerprint. A distilled
+    adapter's student (config and tensors) goes along.
     """
     from safetensors import safe_open
     from safetensors.torch import save as safetensors_save
@@ -577,8 +698,6 @@ def spt_to_peft(path: str | os.PathLike, folder: str | os.PathLike) -> Path:
 
     meta, _ = read_adapter_header(path)
     config = read_adapter_config(path)
-    if config.student is not None:
-        raise ConfigError(f"{path}: {_NO_PEFT_STUDENT}")
     fingerprint = json.loads(meta["fingerprint"])
     names = [t["path"] for t in fingerprint["targets"]]
     channels = {t["path"]: int(t["channels"]) for t in fingerprint["targets"] if "channels" in t}

@@ -315,3 +315,256 @@ def test_foreign_peft_folder_is_refused(tmp_path):
     lora.save_pretrained(tmp_path)
     with pytest.raises(spt_adapter.AdapterFileError, match="'LORA' adapter, not an SPT one"):
         spt_peft.load_peft_adapter(esrgan(), tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# distilled adapters (a prior student inside the adapter, issue 14) through PEFT
+# ---------------------------------------------------------------------------------------------
+STUDENT = {"width": 8, "depth": 3}
+DISTILLED = {"kind": "distilled", "teacher": {"provider": "classical", "method": "slic"}}
+
+
+def student_params(pm, adapter: str = "default"):
+    return [p for n, p in sorted(pm.named_parameters()) if f".spt_students.{adapter}." in n]
+
+
+def peft_distilled():
+    pm = peft_esrgan(student=STUDENT, prior=DISTILLED)
+    randomise(student_params(pm), seed=3)
+    return pm
+
+
+def distilled_file(path: Path) -> Path:
+    """A distilled adapter written by the core (units and student perturbed away from their init)."""
+    model = spt_adapter.inject(esrgan(), targets="model.1.sub.*",
+                               config=spt_adapter.SPTConfig(hidden=4, student=STUDENT, prior=DISTILLED))
+    randomise([p for _, p in model.unit_parameters()], seed=4)
+    assert any(k.startswith("spt_student.") for k, _ in model.unit_parameters())
+    return model.save_adapter(path)
+
+
+def test_distilled_config_builds_a_trainable_student_on_the_tuner():
+    from spt_adapter.core.student import PriorStudent
+
+    lq, _ = inputs(batch=2)
+    with torch.no_grad():
+        expected = esrgan()(lq)
+    pm = peft.get_peft_model(esrgan(), spt_peft.SPTPeftConfig(target_modules=["sub.0", "sub.1"], hidden=4,
+                                                               example_input_shape=SMALL, student=STUDENT,
+                                                               prior=DISTILLED))
+    student = pm.base_model.student()
+    assert isinstance(student, PriorStudent) and student is pm.base_model.spt_students["default"]
+    assert pm.peft_config["default"].student == {"in_channels": 3, "width": 8, "depth": 3}  # validated, defaults
+    assert not any(isinstance(m, PriorStudent) for m in pm.get_base_model().modules())  # not in the backbone
+    with torch.no_grad():
+        assert torch.equal(pm(lq), expected)  # no prior needed; zero-initialised units: exact identity
+    trainable = {n for n, p in pm.named_parameters() if p.requires_grad}
+    assert {f"base_model.spt_students.default.{n}" for n, _ in student.named_parameters()} <= trainable
+    assert all(".spt_units.default." in n or ".spt_students.default." in n for n in trainable)
+    # PEFT's own freezing pass over the whole PeftModel keeps units and student trainable
+    pm.base_model._mark_only_adapters_as_trainable(pm)
+    assert {n for n, p in pm.named_parameters() if p.requires_grad} == trainable
+    # one step with non-zero units: the restoration loss reaches the student through the prior
+    randomise(unit_params(pm))
+    before = {n: p.detach().clone() for n, p in pm.named_parameters()}
+    opt = torch.optim.SGD([p for p in pm.parameters() if p.requires_grad], lr=0.5)
+    (pm(lq) - torch.rand_like(expected)).pow(2).mean().backward()
+    opt.step()
+    changed = {n for n, p in pm.named_parameters() if not torch.equal(p, before[n])}
+    assert any(".spt_students.default." in n for n in changed) and changed <= trainable
+
+
+def test_distilled_peft_forward_equals_load_adapter_of_the_same_file(tmp_path):
+    path = distilled_file(tmp_path / "a.safetensors")
+    core = spt_adapter.load_adapter(esrgan(), path)
+    spt_peft.spt_to_peft(path, tmp_path / "peft")
+    pm = peft.PeftModel.from_pretrained(esrgan(), tmp_path / "peft")
+    lq, _ = inputs(batch=2)
+    with torch.no_grad():
+        expected = core(lq)
+        out = pm(lq)
+        base = esrgan()(lq)
+    # the same modules with the same tensors run the same float32 ops in the same order in this
+    # process (student logits -> sigmoid -> the units): bit-for-bit equal, no tolerance needed
+    assert torch.equal(out, expected) and not torch.allclose(out, base)
+    # and the prior the units read is the student's: hiding the student and passing its prior gives the same
+    tuner = pm.base_model
+    with torch.no_grad():
+        prior = tuner.student()(lq)
+        hidden = tuner.spt_students.pop("default")
+        try:
+            assert torch.equal(pm(lq, spt_prior=prior), out)
+        finally:
+            tuner.spt_students["default"] = hidden
+
+
+def test_prior_given_to_a_distilled_peft_adapter_is_refused():
+    pm = peft_distilled()
+    randomise(unit_params(pm))
+    lq, prior = inputs()
+    with torch.no_grad():
+        out = pm(lq)
+        expected = esrgan()(lq)
+    with pytest.raises(PriorError, match=r"'default' carries a distilled prior.*peft_model\(x\) without spt_prior="):
+        pm(lq, spt_prior=prior)
+    with pytest.raises(PriorError, match="distilled prior"):
+        with pm.use_prior(prior):
+            pass
+    state = pm.base_model._spt_state
+    assert state.prior is None and pm.base_model._spt_stack == []  # nothing leaks from the refused calls
+    with torch.no_grad():
+        assert torch.equal(pm(lq), out)
+    with pm.disable_adapter(), torch.no_grad():
+        assert torch.equal(pm(lq), expected)  # the backbone exactly: neither student nor units run
+        assert torch.equal(pm(lq, spt_prior=prior), expected)  # as SPTModel: disabled, a prior is not refused
+    with torch.no_grad():
+        assert torch.equal(pm(lq), out)
+
+
+def test_distilled_save_pretrained_from_pretrained_onto_a_fresh_backbone(tmp_path):
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors import safe_open
+
+    pm = peft_distilled()
+    randomise(unit_params(pm))
+    lq, _ = inputs(batch=2)
+    with torch.no_grad():
+        out = pm(lq)
+    pm.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "adapter_model.safetensors"), "pt") as fh:
+        saved = {k: fh.get_tensor(k) for k in fh.keys()}
+    student = {k for k in saved if k.startswith("base_model.spt_students.")}
+    assert student == {f"base_model.spt_students.{n}" for n, _ in pm.base_model.student().named_parameters()}
+    assert not any(".default." in k for k in saved)  # the adapter name is not part of the file
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["student"] == {"in_channels": 3, "width": 8,
+                                                                                     "depth": 3}
+
+    fresh = esrgan()
+    loaded = peft.PeftModel.from_pretrained(fresh, tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded(lq), out)
+    assert not any(p.requires_grad for p in loaded.parameters())  # inference mode: the student too
+    # a second adapter loaded for training: its student trains (set_requires_grad), the first one's stays frozen
+    loaded.load_adapter(tmp_path, adapter_name="more", is_trainable=True)
+    assert all(p.requires_grad for p in student_params(loaded, "more"))
+    assert not any(p.requires_grad for p in student_params(loaded, "default"))
+    again = peft.PeftModel.from_pretrained(esrgan(), tmp_path, adapter_name="other", is_trainable=True)
+    assert all(p.requires_grad for p in student_params(again, "other"))
+    with torch.no_grad():
+        assert torch.equal(again(lq), out)
+
+    # PEFT's state-dict functions carry the student under the adapter name of the target model
+    state = get_peft_model_state_dict(pm)
+    assert set(state) == set(saved) and all(torch.equal(state[k], saved[k]) for k in saved)
+    target = peft.get_peft_model(esrgan(), spt_peft.SPTPeftConfig(target_modules=["sub.0", "sub.1"], hidden=4,
+                                                                   example_input_shape=SMALL, student=STUDENT,
+                                                                   prior=DISTILLED), adapter_name="mine")
+    result = set_peft_model_state_dict(target, state, adapter_name="mine")
+    assert not [k for k in result.missing_keys if ".spt_" in k] and not result.unexpected_keys
+    with torch.no_grad():
+        assert torch.equal(target(lq), out)
+
+
+def test_distilled_checkpoint_without_its_student_is_refused_and_the_backbone_kept(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    peft_distilled().save_pretrained(tmp_path)
+    weights = tmp_path / "adapter_model.safetensors"
+    save_file({k: v for k, v in load_file(str(weights)).items() if ".spt_students." not in k}, str(weights))
+    base = esrgan()
+    lq, _ = inputs()
+    with torch.no_grad():
+        expected = base(lq)
+    modules = [(n, type(m)) for n, m in base.named_modules()]
+    with pytest.raises(spt_adapter.AdapterFileError, match=r"lacks 6 prior-student tensor\(s\).*spt_students"):
+        peft.PeftModel.from_pretrained(base, tmp_path)
+    assert [(n, type(m)) for n, m in base.named_modules()] == modules and not base._forward_pre_hooks
+    with torch.no_grad():
+        assert torch.equal(base(lq), expected)
+
+
+def test_distilled_and_plain_adapters_side_by_side_delete_and_unload(tmp_path):
+    from spt_adapter.core.student import PriorStudent
+
+    base = esrgan()
+    reference = {k: v.clone() for k, v in base.state_dict().items()}
+    modules = [(n, type(m)) for n, m in base.named_modules()]
+    lq, prior = inputs()
+    pm = peft.get_peft_model(base, spt_peft.SPTPeftConfig(target_modules=["sub.0", "sub.1"], hidden=4,
+                                                          example_input_shape=SMALL))
+    randomise(unit_params(pm), seed=1)
+    plain = run(pm, lq, prior)
+    for name, seed in (("distilled", 2), ("d2", 5)):
+        pm.add_adapter(name, spt_peft.SPTPeftConfig(target_modules=["sub.1"], hidden=4, example_input_shape=SMALL,
+                                                    student=STUDENT, prior=DISTILLED))
+        randomise([p for n, p in pm.named_parameters() if f".{name}." in n], seed=seed)
+    assert pm.active_adapters == ["default"] and torch.equal(run(pm, lq, prior), plain)  # adding does not switch
+    assert not any(p.requires_grad for p in student_params(pm, "distilled"))  # inactive: frozen, like its units
+    pm.set_adapter("distilled")
+    assert all(p.requires_grad for p in student_params(pm, "distilled"))
+    assert not any(p.requires_grad for p in student_params(pm, "d2"))
+    with torch.no_grad():
+        distilled = pm(lq)
+    assert not torch.equal(distilled, plain)
+    # PEFT can activate several adapters at once; a distilled one runs alone (SPTModel: one active adapter)
+    with pytest.raises(PriorError, match=r"'distilled' carries a distilled prior and runs alone.*set_adapter"):
+        pm.base_model.set_adapter(["default", "distilled"])
+    assert pm.active_adapters == ["distilled"]
+    with torch.no_grad():
+        assert torch.equal(pm(lq), distilled)
+    # each adapter's folder holds its own student only
+    pm.save_pretrained(tmp_path)
+    from safetensors import safe_open
+
+    for sub, has_student in (("", False), ("distilled", True), ("d2", True)):
+        with safe_open(str(tmp_path / sub / "adapter_model.safetensors"), "pt") as fh:
+            assert any(k.startswith("base_model.spt_students.") for k in fh.keys()) == has_student
+    pm.delete_adapter("d2")
+    assert list(pm.base_model.spt_students) == ["distilled"]
+    pm.delete_adapter("default")
+    assert pm.active_adapters == ["distilled"]
+    with torch.no_grad():
+        assert torch.equal(pm(lq), distilled)
+    backbone = pm.unload()
+    assert backbone is base and [(n, type(m)) for n, m in backbone.named_modules()] == modules
+    assert not any(isinstance(m, PriorStudent) for m in backbone.modules()) and len(pm.base_model.spt_students) == 0
+    assert backbone.state_dict().keys() == reference.keys()
+    assert all(torch.equal(backbone.state_dict()[k], v) for k, v in reference.items())
+    with torch.no_grad():
+        assert torch.equal(backbone(lq), esrgan()(lq))  # no hook, no student left behind
+
+
+def test_distilled_file_to_peft_folder_and_back_is_identical(tmp_path):
+    from safetensors.torch import load_file
+
+    path = distilled_file(tmp_path / "a.safetensors")
+    spt_peft.spt_to_peft(path, tmp_path / "peft")
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["student"] == {"in_channels": 3, "width": 8, "depth": 3} and config["prior"] == DISTILLED
+    spt_peft.peft_to_spt(tmp_path / "peft", esrgan(), tmp_path / "b.safetensors")
+    a, b = load_file(str(path)), load_file(str(tmp_path / "b.safetensors"))
+    assert any(k.startswith("spt_student.") for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    meta_a, _ = spt_adapter.read_adapter_header(path)
+    meta_b, _ = spt_adapter.read_adapter_header(tmp_path / "b.safetensors")
+    assert meta_b["student"] == meta_a["student"] and meta_b["fingerprint"] == meta_a["fingerprint"]
+    # the same config; the targets pattern comes back as the names it matched (PEFT records exact names)
+    cfg_a, cfg_b = spt_adapter.read_adapter_config(path), spt_adapter.read_adapter_config(tmp_path / "b.safetensors")
+    matched = [t["path"] for t in json.loads(meta_a["fingerprint"])["targets"]]
+    assert cfg_a.targets == ["model.1.sub.*"] and cfg_b.targets == matched and len(matched) > 1
+    assert cfg_b.replace(targets=cfg_a.targets) == cfg_a
+    lq, _ = inputs()
+    direct = spt_peft.load_peft_adapter(esrgan(), tmp_path / "peft")
+    with torch.no_grad():
+        assert torch.equal(direct(lq), spt_adapter.load_adapter(esrgan(), path)(lq))
+
+
+def test_student_key_conversion():
+    core = "spt_student.body.0.weight"
+    assert spt_peft.core_key_to_peft(core) == "base_model.spt_students.body.0.weight"
+    assert spt_peft.peft_key_to_core(spt_peft.core_key_to_peft(core)) == core
+    for bad in ("base_model.spt_students.", "base_model.model.model.1.sub.0.weight"):
+        with pytest.raises(spt_adapter.AdapterFileError, match="not an SPT unit or prior-student tensor"):
+            spt_peft.peft_key_to_core(bad)
+    with pytest.raises(spt_adapter.AdapterFileError, match="not an SPT unit or prior-student tensor"):
+        spt_peft.core_key_to_peft("spt_student.")

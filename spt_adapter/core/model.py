@@ -160,10 +160,7 @@ class SPTModel(nn.Module):
         return self.spt_students[adapter_name]
 
     def _refuse_prior_for_student(self) -> None:
-        raise PriorError(
-            f"adapter {self.active_adapter!r} carries a distilled prior (a student network makes its prior from "
-            "the input): call model(x) without prior= and without use_prior()"
-        )
+        raise student_prior_refusal(self.active_adapter)
 
     def check_prior(self, prior: Any, batch: int | None = None, like: torch.Tensor | None = None) -> torch.Tensor:
         """Validate a prior for the active adapter; raise :class:`PriorError` naming the problem.
@@ -190,10 +187,7 @@ class SPTModel(nn.Module):
         if student is not None:
             if prior is not None or state.prior is not None:
                 self._refuse_prior_for_student()
-            x = first_tensor(args, kwargs)
-            if x is None:
-                raise PriorError("the prior student reads the forward call's first tensor argument, and there is none")
-            logits = student.logits(x)
+            logits = student_logits(student, args, kwargs)
             with state.using(self.check_prior(torch.sigmoid(logits), batch_size(args, kwargs))):
                 out = self.base_model(*args, **kwargs)
             return (out, logits) if return_prior_logits else out
@@ -356,6 +350,20 @@ def validate_prior(prior: Any, batch: int | None = None, prior_channels: int | N
         dtype = like.dtype if like.is_floating_point() else prior.dtype
         prior = prior.to(device=like.device, dtype=dtype)
     return prior
+
+
+def student_prior_refusal(adapter: str | None, call: str = "model(x)", arg: str = "prior") -> PriorError:
+    """The error for a prior given to an adapter with a distilled prior (SPTModel and the PEFT tuner)."""
+    return PriorError(f"adapter {adapter!r} carries a distilled prior (a student network makes its prior from the "
+                      f"input): call {call} without {arg}= and without use_prior()")
+
+
+def student_logits(student: PriorStudent, args: tuple, kwargs: dict) -> torch.Tensor:
+    """The student's logits on a forward call's first tensor argument (its prior is their sigmoid)."""
+    x = first_tensor(args, kwargs)
+    if x is None:
+        raise PriorError("the prior student reads the forward call's first tensor argument, and there is none")
+    return student.logits(x)
 
 
 def first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
