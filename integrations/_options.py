@@ -10,7 +10,8 @@
       student: ~                    # optional: {width: 16, depth: 4} makes a DISTILLED prior (see below)
       distill: ~                    # optional, with student: {weight: 0.1, student_steps: 0}
       prior:
-        cache_dir: priors           # PriorCache root (relative paths: to the working directory)
+        cache_dir: priors           # PriorCache root (relative paths: to the working directory); ~: no cache
+                                    # (for images that never repeat, e.g. KAIR's random patches)
         provider: classical         # classical (with method), or any installed mask provider: sam, sam2,
                                     # slic, felzenszwalb, a plugin's (`spt-adapter plugins` lists them)
         method: slic                # classical: slic | felzenszwalb
@@ -300,7 +301,7 @@ def make_provider(spec: PriorSpec):
 
 class PriorSource:
     """image (HxWx3 uint8 RGB) -> prior (C,H,W float32) through the on-disk cache; SAM never runs
-    twice for the same image and settings."""
+    twice for the same image and settings. ``cache_dir: ~`` computes every prior (nothing written)."""
 
     def __init__(self, spec: PriorSpec) -> None:
         self.spec = spec
@@ -308,11 +309,16 @@ class PriorSource:
         self._cache = None
 
     def __call__(self, image):
-        if self._cache is None:
+        if self._provider is None:
             from spt_adapter.prior import PriorCache
 
             self._provider = make_provider(self.spec)
-            self._cache = PriorCache(self.spec.cache_dir)
+            self._cache = PriorCache(self.spec.cache_dir) if self.spec.cache_dir is not None else None
+        if self._cache is None:
+            from spt_adapter.prior import encode_masks
+
+            masks = self._provider.generate(image)
+            return encode_masks(masks, kind=self.spec.encoding, shape=image.shape[:2]).astype("float32", copy=False)
         return self._cache.get_or_compute(image, self._provider, encoding=self.spec.encoding)
 
     def __getstate__(self):  # DataLoader workers rebuild the provider

@@ -139,7 +139,7 @@ def test_an_adapter_must_match_the_block_it_continues(tmp_path):
     assert path.read_bytes() == before
 
 
-def test_the_spt_block_builds_any_installed_provider(tmp_path):
+def test_the_spt_block_builds_any_installed_provider(tmp_path, monkeypatch):
     """The shims' prior block goes through the provider registry: a plugin's provider is named,
     its settings are checked when the block is read, and it makes the prior (cached)."""
     import numpy as np
@@ -172,5 +172,13 @@ def test_the_spt_block_builds_any_installed_provider(tmp_path):
         prior = PriorSource(spec)(image)
         assert prior.shape == (1, 24, 24) and built == [({"scale": 50.0}, "cpu")]
         assert list(tmp_path.rglob("*.sptc")), "the prior went through the cache"
+        # cache_dir: ~ (images that never repeat, e.g. KAIR's random patches): the same prior, nothing written
+        uncached = parse_spt_block({"prior": {"provider": "test-block", "settings": {"scale": 50}, "cache_dir": None}})
+        assert uncached.prior.cache_dir is None
+        workdir = tmp_path / "cwd"
+        workdir.mkdir()
+        monkeypatch.chdir(workdir)
+        np.testing.assert_array_equal(PriorSource(uncached.prior)(image), prior)
+        assert not list(workdir.iterdir())
     finally:
         get_plugin_manager().unregister(name="test-block-plugin")
