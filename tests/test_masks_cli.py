@@ -88,6 +88,30 @@ def test_degrade_matches_dataset_keys(folder, tmp_path, capsys):
     assert pc.stats == {"prior_hits": 3, "mask_hits": 0, "computed": 0, "corrupt": 0, "old_format": 0}
 
 
+@pytest.mark.parametrize("noise", ["spt", "kair"])
+def test_grey_masks_are_the_ones_a_grey_backbone_looks_up(folder, tmp_path, capsys, noise):
+    """--grey (and --noise kair, eval's default for grey backbones): the cache keys are the grey LQ
+    images a 1-channel dataset computes its priors on; colour masks of the same files are not."""
+    cache = tmp_path / "c"
+    base = ["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--degrade", "denoise:25", "--no-progress"]
+    assert main(base + ["--grey", "--noise", noise]) == 0
+    assert "grey" in capsys.readouterr().err
+    pc = PriorCache(cache)
+    ds = PairedPriorDataset(folder, "denoise:25", pc, ClassicalMaskProvider("slic"), train=False, channels=1, noise=noise)
+    for i in range(len(ds)):
+        assert ds[i]["lq"].shape[0] == 1
+    assert pc.stats["prior_hits"] == 3 and pc.stats["computed"] == 0
+    colour = PriorCache(tmp_path / "colour")
+    assert main(["masks", str(folder), "--provider", "slic", "--cache", str(tmp_path / "colour"), "--degrade",
+                 "denoise:25", "--noise", noise, "--no-progress"]) == 0
+    ds = PairedPriorDataset(folder, "denoise:25", colour, ClassicalMaskProvider("slic"), train=False, channels=1,
+                            noise=noise)
+    ds[0]
+    assert colour.stats["prior_hits"] == 0 and colour.stats["computed"] == 1
+    assert main(["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--noise", "kair"]) == 1
+    assert "--noise kair draws denoising noise" in capsys.readouterr().err
+
+
 def test_sam_tiny_checkpoint(folder, tmp_path, tiny_ckpt, capsys):
     args = ["masks", str(folder), "--provider", "sam", "--checkpoint", str(tiny_ckpt),  # model type read from the file
             "--set", "points_per_side=4", "--cache", str(tmp_path / "c"), "--batch", "2", "--no-progress"]

@@ -31,6 +31,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--degrade", default=None, metavar="TASK",
                         help="compute priors on the LQ image a PairedPriorDataset makes: denoise:<sigma> or sr:<scale>")
     parser.add_argument("--seed", type=int, default=0, help="noise seed for --degrade denoise (same as the dataset's seed)")
+    parser.add_argument("--grey", action="store_true",
+                        help="read images as grey (BT.601 luma), as train/eval/restore do for a 1-channel backbone, "
+                             "so the cached priors are the ones they look up")
+    parser.add_argument("--noise", choices=("spt", "kair"), default="spt",
+                        help="--degrade denoise: spt (default) or kair (KAIR's draw; `eval`'s default for grey "
+                             "backbones)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="provider setting, repeatable (e.g. points_per_side=16, pred_iou_thresh=0.8, n_segments=100); "
                              "checked by name and type before any image is read (`spt-adapter plugins --providers`)")
@@ -67,6 +73,8 @@ def run(args) -> int:
 
     parse_encoding(args.encoding)
     task = parse_task(args.degrade) if args.degrade else None
+    if args.noise == "kair" and (task is None or task.kind != "denoise"):
+        raise ConfigError("--noise kair draws denoising noise: add --degrade denoise:SIGMA")
     if args.batch < 1:
         raise ConfigError("--batch must be >= 1")
     settings = parse_settings(args.set)
@@ -88,8 +96,10 @@ def run(args) -> int:
     cache = open_prior_cache(args.cache, "--cache")  # a file or a read-only folder: refused by name
     kind = getattr(provider, "model_type", None)
     what = f"{args.provider}" + (f" {kind}" if kind else "") + f", encoding {args.encoding}"
+    if args.grey:
+        what += ", grey"
     if task:
-        what += f", on LQ of {task} (seed {args.seed})"
+        what += f", on LQ of {task} (seed {args.seed}{', KAIR noise' if args.noise == 'kair' else ''})"
     shard = f" (shard {shard_index}/{num_shards}: {len(mine)} of {len(paths)} images)" if num_shards > 1 else ""
     print(f"masks: {len(mine)} image(s){shard}, {what} -> {cache.root}", file=sys.stderr)
 
@@ -133,9 +143,9 @@ def run(args) -> int:
     pending = []
     for path in mine:
         try:
-            img = read_image(path)
+            img = read_image(path, channels=1 if args.grey else 3)
             if task is not None:
-                _, img = degrade(img, task, args.seed)
+                _, img = degrade(img, task, args.seed, channels=1 if args.grey else 3, noise=args.noise)
         except SPTError as exc:
             counts["failed"] += 1
             failures.append((str(path), str(exc)))

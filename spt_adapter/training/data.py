@@ -98,11 +98,20 @@ def mod_crop(gt: np.ndarray, scale: int) -> np.ndarray:
     return gt[: h - h % scale, : w - w % scale]
 
 
-def degrade(gt, task, seed: int = 0, channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
+NOISES = ("spt", "kair")
+
+
+def degrade(gt, task, seed: int = 0, channels: int = 3, noise: str = "spt") -> tuple[np.ndarray, np.ndarray]:
     """``(gt, lq)`` as HxWxC uint8 (C = ``channels``, 3 or 1) for ``task`` (gt mod-cropped for SR);
-    deterministic in ``seed``."""
+    deterministic in ``seed``. ``noise="kair"`` (denoising): KAIR's draw (:func:`kair_noisy`), and
+    ``lq`` is its clipped 8-bit version -- the image a prior is computed on (the network reads the
+    unclipped float)."""
     task = parse_task(task)
+    if noise not in NOISES:
+        raise DataError(f"noise must be one of {NOISES}, got {noise!r}")
     gt = to_uint8_channels(gt, channels)
+    if task.kind == "denoise" and noise == "kair":
+        return gt, np.uint8((kair_noisy(gt, task.sigma, seed).clip(0, 1) * 255.0).round())
     if task.kind == "denoise":
         rng = np.random.default_rng(noise_seed(gt, seed))
         noisy = gt.astype(np.float64) / 255.0 + rng.normal(0.0, task.sigma / 255.0, gt.shape)
@@ -188,10 +197,7 @@ class PairedPriorDataset:
         """Whole ``(gt, lq)`` uint8 images of item ``index`` (with ``noise="kair"``, ``lq`` is the clipped
         8-bit version of what the network sees: the image the prior is computed on)."""
         gt = read_image(self.paths[index], self.channels)
-        if self._kair:
-            noisy = kair_noisy(gt, self.task.sigma, self.seed)
-            return gt, np.uint8((noisy.clip(0, 1) * 255.0).round())
-        return degrade(gt, self.task, self.seed, self.channels)
+        return degrade(gt, self.task, self.seed, self.channels, "kair" if self._kair else "spt")
 
     @property
     def _kair(self) -> bool:
