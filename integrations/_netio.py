@@ -83,14 +83,18 @@ def load_backbone_state(net: nn.Module, state: Mapping[str, torch.Tensor], mode:
 
 
 def attach_units(net: nn.Module, options: SPTOptions, adapter: str | None = None,
-                 adapter_name: str = "default", check_backbone_hash: bool = True) -> SPTModel:
+                 adapter_name: str = "default", check_backbone_hash: bool = True,
+                 training: bool = True) -> SPTModel:
     """Inject SPT units into a plain backbone (``options.config``; targets from the claiming plugin
-    when the block names none), or load them from an adapter file."""
+    when the block names none), or load them from an adapter file. ``training``: the adapter is to
+    be trained further, so it must have the kind of prior the block asks for (for testing, the
+    adapter's own config decides)."""
     net = bare(net)
     if isinstance(net, SPTModel):
         return net
     if adapter:
-        check_adapter_matches(adapter, options)
+        if training:
+            check_adapter_matches(adapter, options)
         return spt_adapter.load_adapter(net, adapter, adapter_name=adapter_name, check_backbone_hash=check_backbone_hash)
     config = options.config
     if config.student is not None:  # the student reads what the network reads (1 channel for a grey DnCNN)

@@ -42,6 +42,12 @@ def _write_pairs(images: list[Path], root: Path) -> tuple[Path, Path]:
     return hq, lq
 
 
+def yaml_load(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -171,6 +177,9 @@ def test_basicsr_train_pipeline_trains_only_units_and_resumes(tmp_path):
     fresh.load_state_dict(torch.load(backbone, weights_only=True)["params"])
     model = spt_adapter.load_adapter(fresh, models / "net_g_4.safetensors")
     assert model.spt_targets["default"] == ["layers.0", "layers.1"]
+    # BasicSR's test pipeline scores the delta as basicsr.metrics does for the adapter loaded here
+    prior = f"{{cache_dir: {tmp_path / 'priors'}, provider: classical, method: slic, settings: {{n_segments: 8}}}}"
+    _basicsr_test_matches_our_scores(tmp_path, backbone, models / "net_g_4.safetensors", model, prior=prior)
     last = [p for k, p in model.unit_parameters() if k.endswith("fuse.weight")]
     assert any(float(p.detach().abs().sum()) > 0 for p in last), "the units trained"
     ema = spt_adapter.load_adapter(SwinIR(**SWINIR), models / "net_g_ema_4.safetensors", check_backbone_hash=False)
@@ -232,6 +241,79 @@ def test_basicsr_train_pipeline_trains_a_distilled_prior(tmp_path):
 
     assert all(cache.contains(rgb(p), slic, "boundary") for p in sorted(hq.iterdir()))
     assert not any(cache.contains(rgb(p), slic, "boundary") for p in sorted(lq.iterdir()))
+
+    # BasicSR's own test pipeline scores the adapter (no prior: its student makes it), with the
+    # numbers basicsr.metrics gives for the loaded adapter, and writes the restored images
+    _basicsr_test_matches_our_scores(tmp_path, backbone, models / "net_g_4.safetensors", model)
+
+
+def _basicsr_test_matches_our_scores(tmp: Path, backbone: Path, adapter: Path, model, prior: str | None = None) -> None:
+    """``python -m spt_adapter.integrations.basicsr.test`` on the val crops reports the PSNR that
+    basicsr.metrics gives for ``model`` (the adapter loaded here); ``prior``: the spt_prior block of
+    a provider prior (None: the adapter's student makes it)."""
+    from basicsr.metrics import calculate_psnr
+    from basicsr.utils import img2tensor, tensor2img
+
+    from spt_adapter.integrations._options import PriorSource, parse_spt_block
+
+    dataset = f"type: SPTPairedImageDataset\n    spt_prior: {prior}" if prior else "type: PairedImageDataset"
+    source = PriorSource(parse_spt_block({"prior": yaml_load(prior)}).prior) if prior else None
+
+    text = f"""
+name: spt_swinir_x2_test
+model_type: SPTSRModel
+scale: 2
+num_gpu: 0
+datasets:
+  test_1:
+    name: set5_crops
+    {dataset}
+    dataroot_gt: {tmp / 'val' / 'HQ'}
+    dataroot_lq: {tmp / 'val' / 'LQ'}
+    io_backend: {{type: disk}}
+network_g:
+  type: SwinIR
+{chr(10).join(f'  {k}: {json.dumps(v)}' for k, v in SWINIR.items())}
+path:
+  pretrain_network_g: {backbone}
+  strict_load_g: true
+spt:
+  adapter: {adapter}
+val:
+  save_img: true
+  suffix: ~  # BasicSR's test options name it
+  metrics:
+    psnr: {{type: calculate_psnr, crop_border: 2, test_y_channel: true}}
+"""
+    yml = tmp / "test.yml"
+    yml.write_text(text)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="2")
+    proc = subprocess.run([sys.executable, "-m", "spt_adapter.integrations.basicsr.test", "-opt", str(yml)],
+                          cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    logs = "".join(p.read_text() for p in (tmp / "results" / "spt_swinir_x2_test").glob("test_*.log"))
+    reported = float(re.search(r"# psnr: (\d+\.\d+)", logs).group(1))
+    scores = []
+    with torch.no_grad():
+        for gt_path in sorted((tmp / "val" / "HQ").iterdir()):
+            lq = img2tensor(np.asarray(Image.open(tmp / "val" / "LQ" / gt_path.name).convert("RGB"))[..., ::-1]
+                            .astype(np.float32) / 255.0, bgr2rgb=True)[None]
+            if source is None:
+                restored = tensor2img(model.eval()(lq))
+            else:
+                rgb = np.asarray(Image.open(tmp / "val" / "LQ" / gt_path.name).convert("RGB"))
+                restored = tensor2img(model.eval()(lq, prior=torch.from_numpy(source(rgb))[None]))
+            gt = np.asarray(Image.open(gt_path).convert("RGB"))[..., ::-1]
+            scores.append(calculate_psnr(restored, gt, crop_border=2, test_y_channel=True))
+    assert reported == pytest.approx(float(np.mean(scores)), abs=1e-4)  # BasicSR logs 4 decimals
+    saved = sorted((tmp / "results" / "spt_swinir_x2_test" / "visualization" / "set5_crops").glob("*.png"))
+    assert len(saved) == len(scores)
+    # the adapter is required: without it test.py would score the identity units (the bare backbone)
+    yml.write_text(text.replace(f"  adapter: {adapter}", "  fusion: sft"))
+    proc = subprocess.run([sys.executable, "-m", "spt_adapter.integrations.basicsr.test", "-opt", str(yml)],
+                          cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "needs spt.adapter" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_spt_teacher_items_are_the_gt_patch_on_the_lq_grid(tmp_path):

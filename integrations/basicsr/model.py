@@ -83,7 +83,8 @@ class SPTSRModel(SRModel):
     def load_network(self, net, load_path, strict=True, param_key="params"):
         """Called by SRModel.__init__ for net_g: load the frozen backbone, then put the units on."""
         self._load_backbone(net)
-        spt_net = attach_units(net, self.spt, adapter=self._resume_deltas.get("net_g") or self.spt.adapter)
+        spt_net = attach_units(net, self.spt, adapter=self._resume_deltas.get("net_g") or self.spt.adapter,
+                               training=bool(self.opt["is_train"]))
         self.net_g = self.model_to_device(spt_net)
 
     def init_training_settings(self):
@@ -107,7 +108,7 @@ class SPTSRModel(SRModel):
     # -- data and forward ------------------------------------------------------------------------
     def feed_data(self, data):
         super().feed_data(data)
-        if self.spt.distilled:
+        if self._distilled():
             if "prior" in data:
                 raise ConfigError("the model has a distilled prior (spt.student) but the batch has an LQ 'prior': give the "
                                   "train dataset `spt_teacher:` instead of `spt_prior:`, and the val datasets neither")
@@ -120,6 +121,10 @@ class SPTSRModel(SRModel):
                 "(or another dataset that returns a 'prior' tensor)"
             )
         self.prior = data["prior"].to(self.device)
+
+    def _distilled(self) -> bool:
+        """Whether the units' prior comes from a student: the spt block's, or for testing the adapter's."""
+        return self.spt.distilled or bare(self.net_g).student() is not None
 
     def optimize_parameters(self, current_iter):
         if not self.spt.distilled:
@@ -137,7 +142,7 @@ class SPTSRModel(SRModel):
             self.log_dict["l_distill"] = distill
 
     def test(self):
-        if self.spt.distilled:  # the student makes the prior from lq
+        if self._distilled():  # the student makes the prior from lq
             super().test()
             return
         net = self.net_g_ema if hasattr(self, "net_g_ema") else bare(self.net_g)
