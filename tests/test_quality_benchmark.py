@@ -406,11 +406,11 @@ def test_render_prints_g_against_h_c_and_b():
     assert "g − b (paired per seed)" in line
     for bad in (["--rows", "abi"], ["--rows", "g", "--fusions", "pool"], ["--student-width", "0"],
                 ["--tune-distill", "0.1:x:16"], ["--task", "sr4", "--tune-distill", "0.1:0:16"], ["--jobs", "0"],
-                ["--task", "kair", "--tune"]):
+                ["--task", "kair", "--kair-root", "/k", "--tune"]):
         with pytest.raises(SystemExit):
             quality.parse_args(bad)
     assert quality.parse_distill_candidate("0.5:200:8") == (0.5, 200, 8)
-    assert quality.parse_args(["--task", "kair"]).in_channels == 1
+    assert quality.parse_args(["--task", "kair", "--kair-root", "/k"]).in_channels == 1
 
 
 def test_kair_frozen_row_follows_kairs_protocol(tmp_path):
