@@ -199,3 +199,17 @@ def test_label_image_entries_roundtrip_records(tmp_path):
     assert isinstance(again, LabelMasks) and prov.calls == 1
     np.testing.assert_array_equal(again.labels, made.labels)
     assert again.records() == made.records()
+
+
+def test_compute_prior_goes_through_the_cache_only_when_given_one(tmp_path):
+    """compute_prior: the cached path and the uncached one give the same float32 prior."""
+    from spt_adapter.prior import ClassicalMaskProvider, PriorCache, compute_prior
+
+    image = (np.random.default_rng(3).random((20, 24, 3)) * 255).astype(np.uint8)
+    provider = ClassicalMaskProvider("slic", n_segments=6)
+    cache = PriorCache(tmp_path / "c")
+    cached = compute_prior(image, provider, "boundary", cache)
+    assert cache.stats["computed"] == 1 and list((tmp_path / "c").rglob("*.sptc"))
+    uncached = compute_prior(image, provider, "boundary")
+    assert uncached.dtype == np.float32 and uncached.shape == (1, 20, 24)
+    np.testing.assert_array_equal(uncached, cached)

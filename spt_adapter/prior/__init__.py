@@ -10,7 +10,7 @@
 See docs/prior.md.
 """
 
-from .cache import PriorCache, image_key
+from .cache import PriorCache, compute_prior, image_key
 from .masks import LabelMasks, as_label_masks
 from .registry import describe_provider, get_provider_spec, make_provider, provider_failures, provider_names, provider_specs
 from .classical import ClassicalMaskProvider
@@ -51,6 +51,7 @@ __all__ = [
     "describe_provider",
     "get_provider_spec",
     "check_encoding_for_fusion",
+    "compute_prior",
     "default_encoding",
     "detect_model_type",
     "encode_masks",

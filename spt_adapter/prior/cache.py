@@ -259,3 +259,11 @@ class PriorCache:
         self._write(self._path("priors", pk), {"prior": prior},
                     {"key": pk, "kind": "prior", "mask_key": mask_key, "encoding": encoding})
         return prior
+
+
+def compute_prior(image, provider, encoding: str = DEFAULT_ENCODING, cache: PriorCache | None = None) -> np.ndarray:
+    """The encoded prior ``(C, H, W)`` float32 of ``image``: through ``cache`` when one is given
+    (:meth:`PriorCache.get_or_compute`), else computed by ``provider`` and encoded, nothing written."""
+    if cache is not None:
+        return cache.get_or_compute(image, provider, encoding)
+    return encode_masks(provider.generate(image), kind=encoding, shape=image.shape[:2]).astype(np.float32, copy=False)

@@ -207,12 +207,10 @@ class PairedPriorDataset:
         provider = provider or self.provider
         if self.prior_fn is not None and provider is self.provider:
             prior = np.asarray(self.prior_fn(image), dtype=np.float32)
-        elif self.cache is not None:
-            prior = self.cache.get_or_compute(image, provider, self.encoding)
         else:
-            from ..prior import encode_masks
+            from ..prior import compute_prior
 
-            prior = encode_masks(provider.generate(image), kind=self.encoding, shape=image.shape[:2])
+            prior = compute_prior(image, provider, self.encoding, self.cache)
         if prior.ndim != 3 or prior.shape[1:] != image.shape[:2]:
             raise DataError(f"the prior has shape {prior.shape}, expected (C, {image.shape[0]}, {image.shape[1]})")
         return prior

@@ -163,11 +163,9 @@ class PriorSource:
         """The prior of ``image`` (HxWxC uint8, the image the backbone sees): (C_p, H, W) float32."""
         if self.kind != "provider":
             return None
-        if self.cache is not None:
-            return self.cache.get_or_compute(image, self.provider, self.encoding)
-        from ..prior import encode_masks
+        from ..prior import compute_prior
 
-        return encode_masks(self.provider.generate(image), kind=self.encoding, shape=image.shape[:2]).astype(np.float32)
+        return compute_prior(image, self.provider, self.encoding, self.cache)
 
 
 def _active_config(model: nn.Module):
