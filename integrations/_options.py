@@ -299,6 +299,18 @@ def make_provider(spec: PriorSpec):
                  **spec.settings)
 
 
+def provider_image(chw):
+    """A network-side image tensor ``(C, H, W)`` in [0, 1] (KAIR's items, Restormer's batches) as the
+    ``HxWx3 uint8`` RGB image a mask provider reads: clamped, rounded, first 3 channels, grey repeated."""
+    import numpy as np
+    import torch
+
+    image = (chw.detach()[:3].clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return np.ascontiguousarray(image)
+
+
 class PriorSource:
     """image (HxWx3 uint8 RGB) -> prior (C,H,W float32) through the on-disk cache; SAM never runs
     twice for the same image and settings. ``cache_dir: ~`` computes every prior (nothing written)."""
@@ -309,17 +321,12 @@ class PriorSource:
         self._cache = None
 
     def __call__(self, image):
-        if self._provider is None:
-            from spt_adapter.prior import PriorCache
+        from spt_adapter.prior import PriorCache, compute_prior
 
+        if self._provider is None:
             self._provider = make_provider(self.spec)
             self._cache = PriorCache(self.spec.cache_dir) if self.spec.cache_dir is not None else None
-        if self._cache is None:
-            from spt_adapter.prior import encode_masks
-
-            masks = self._provider.generate(image)
-            return encode_masks(masks, kind=self.spec.encoding, shape=image.shape[:2]).astype("float32", copy=False)
-        return self._cache.get_or_compute(image, self._provider, encoding=self.spec.encoding)
+        return compute_prior(image, self._provider, self.spec.encoding, self._cache)
 
     def __getstate__(self):  # DataLoader workers rebuild the provider
         return {"spec": self.spec, "_provider": None, "_cache": None}

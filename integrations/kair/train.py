@@ -35,6 +35,7 @@ from spt_adapter.core.student import teacher_at_lq_size
 from spt_adapter.errors import ConfigError
 
 from .._launch import fail, run_reporting_errors
+from .._options import provider_image
 
 from .options import check_gpu_ids, read_options, spt_options
 
@@ -59,23 +60,13 @@ class PriorDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         item = self.dataset[index]
         seen = item["H"] if self.teacher else item["L"]
-        prior = torch.from_numpy(np.asarray(self.source(_rgb_uint8(seen)), dtype=np.float32))
+        prior = torch.from_numpy(np.asarray(self.source(provider_image(seen)), dtype=np.float32))
         if self.teacher:
             scale = max(1, seen.shape[-1] // item["L"].shape[-1])
             item["teacher_prior"] = teacher_at_lq_size(prior, scale, tuple(item["L"].shape[-2:])).contiguous()
         else:
             item["prior"] = prior
         return item
-
-
-def _rgb_uint8(chw: torch.Tensor) -> np.ndarray:
-    """A KAIR item tensor (C, H, W) in [0, 1] as the HxWx3 uint8 RGB image a mask provider reads."""
-    image = (chw.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    elif image.shape[2] > 3:
-        image = image[..., :3]
-    return np.ascontiguousarray(image)
 
 
 def install(opt: dict) -> None:

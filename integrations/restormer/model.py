@@ -21,17 +21,12 @@ import torch
 
 from spt_adapter.core.student import teacher_at_lq_size
 
-from .._options import PriorSource, task_of
+from .._options import PriorSource, provider_image, task_of
 
 
 def priors_for(batch: torch.Tensor, source: PriorSource) -> torch.Tensor:
     """(B,3,H,W) images in [0,1] -> (B,C_p,H,W) priors, one cached prior per image."""
-    out = []
-    for img in batch.detach().clamp(0, 1).cpu():
-        rgb = (img[:3] * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        if rgb.shape[2] == 1:
-            rgb = np.repeat(rgb, 3, axis=2)
-        out.append(torch.from_numpy(np.asarray(source(np.ascontiguousarray(rgb)), dtype=np.float32)))
+    out = [torch.from_numpy(np.asarray(source(provider_image(img)), dtype=np.float32)) for img in batch]
     return torch.stack(out).to(batch.device)
 
 
