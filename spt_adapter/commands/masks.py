@@ -140,12 +140,13 @@ def run(args) -> int:
         bar.update(len(batch))
         bar.set_postfix(computed=counts["computed"], reused=counts["reused"], failed=counts["failed"], refresh=False)
 
+    channels = 1 if args.grey else 3  # what train/eval/restore read for a 1-channel backbone
     pending = []
     for path in mine:
         try:
-            img = read_image(path, channels=1 if args.grey else 3)
+            img = read_image(path, channels=channels)
             if task is not None:
-                _, img = degrade(img, task, args.seed, channels=1 if args.grey else 3, noise=args.noise)
+                _, img = degrade(img, task, args.seed, channels=channels, noise=args.noise)
         except SPTError as exc:
             counts["failed"] += 1
             failures.append((str(path), str(exc)))
