@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,21 @@ class Splits:
     train: list[tuple[str, np.ndarray]]
     val: list[tuple[str, np.ndarray]]
     test: list[tuple[str, np.ndarray]]
+    #: (training image, test image, similarity) pairs whose training side was dropped (``_dedupe``)
+    dropped: list[tuple[str, str, float]] = field(default_factory=list)
+
+
+def _without_test_images(train: list[tuple[str, np.ndarray]], tests: list[tuple[str, np.ndarray]]):
+    """``train`` minus every image that a test image is a crop or resize of (Set14's lenna is Set12's
+    08), and the pairs found: never train on a test image."""
+    from _dedupe import drop_near_duplicates
+
+    def log(msg: str) -> None:
+        import sys
+
+        print(msg, file=sys.stderr, flush=True)
+
+    return drop_near_duplicates(train, tests, log=log)
 
 
 def _require_shared(data: Path) -> None:
@@ -95,7 +111,8 @@ def load_splits(data: Path, *, n_test: int = 0, test_crop: int = 160, val_crop: 
     if n_test:
         test_paths = test_paths[:n_test]
     test = [(f"CBSD68/{p.name}", centre_crop(load_rgb(p), test_crop)) for p in test_paths]
-    return Splits(train, val, test)
+    train, dropped = _without_test_images(train, test)
+    return Splits(train, val, test, dropped)
 
 
 SR_TRAIN = ("McMaster", "CBSD68")
@@ -122,10 +139,12 @@ def load_sr_splits(data: Path, *, scale: int = 4, n_test: int = 0, test_crop: in
         train = train[:n_train]
     if train_crop:
         train = [(n, centre_crop(img, train_crop)) for n, img in train]
-    out = {"train": [(n, mod_crop(img, scale)) for n, img in train]}
+    out = {}
     for sub in SR_TEST:
         paths = _sorted_pngs(data / sub)[: n_test or None]
         out[sub] = [(f"{sub}/{p.name}", mod_crop(centre_crop(load_rgb(p), test_crop), scale)) for p in paths]
+    train, _ = _without_test_images(train, [item for sub in SR_TEST for item in out[sub]])
+    out["train"] = [(n, mod_crop(img, scale)) for n, img in train]
     return out
 
 
@@ -311,9 +330,13 @@ class LabelCache:
             except Exception:
                 path.unlink(missing_ok=True)
         out = compute(img)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, out)
-        tmp.replace(path)
+        # a name of this process's own: two benchmark runs sharing the cache write the same entries
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        try:
+            np.save(tmp, out)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return out
 
 
@@ -475,7 +498,8 @@ def load_grey_splits(data: Path, set12: Path, *, n_test: int = 0, val_crop: int 
     train, val = _train_val(data, ("Set14", "McMaster", "CBSD68"), load_grey, val_crop=val_crop, n_train=n_train,
                             train_crop=train_crop)
     test = [(f"set12/{p.name}", load_grey(p)) for p in _sorted_pngs(set12)[: n_test or None]]
-    return Splits(train, val, test)
+    train, dropped = _without_test_images(train, test)
+    return Splits(train, val, test, dropped)
 
 
 def jpeg_compress(img: np.ndarray, quality: int) -> np.ndarray:
