@@ -314,9 +314,58 @@ def make_spt(backbone: nn.Module, fusion: str, args, seed: int, prior_channels: 
                     prior_channels=prior_channels,
                     student={"in_channels": args.in_channels, "width": args.student_width,
                              "depth": args.student_depth} if student else None)
+    reads_restored = student and args.student_input == "restored"
+    if reads_restored:  # the units read a given prior; the student below makes it from [LQ, restored]
+        cfg = SPTConfig(targets=targets, fusion=fusion, hidden=args.hidden, depth=args.depth,
+                        prior_channels=prior_channels)
     device = next(backbone.parameters()).device
-    return spt_adapter.inject(copy.deepcopy(backbone), config=cfg,
-                              example_input=torch.zeros(1, args.in_channels, 32, 32, device=device)).to(args.device)
+    model = spt_adapter.inject(copy.deepcopy(backbone), config=cfg,
+                               example_input=torch.zeros(1, args.in_channels, 32, 32, device=device)).to(args.device)
+    if reads_restored:
+        from spt_adapter.core.student import PriorStudent
+
+        student_net = PriorStudent(prior_channels, in_channels=2 * args.in_channels, width=args.student_width,
+                                   depth=args.student_depth)
+        model = StudentReadsRestored(model, RestoredInputStudent(student_net, backbone)).to(args.device)
+    return model
+
+
+class RestoredInputStudent(nn.Module):
+    """``--student-input restored``: the prior student reads the LQ input next to the frozen backbone's
+    own restoration of it, ``[LQ, backbone(LQ)]`` (the frozen network removes most of the degradation;
+    arXiv 2403.16368 fuses SAM masks with the original network's output the same way). Costs one more
+    backbone forward (no gradient) per image at training and at inference, beside the student's own."""
+
+    def __init__(self, net: nn.Module, frozen: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self._frozen = [frozen]  # not a submodule: never trained, saved or switched to train mode
+
+    def logits(self, lq: torch.Tensor) -> torch.Tensor:
+        frozen = self._frozen[0]
+        if next(frozen.parameters()).device != lq.device:
+            frozen.to(lq.device)
+        with torch.no_grad():
+            restored = frozen(lq)
+        return self.net.logits(torch.cat([lq, restored], dim=1))
+
+
+class StudentReadsRestored(nn.Module):
+    """An SPTModel whose units read the prior of a :class:`RestoredInputStudent`; the same calls as a
+    distilled SPTModel (``student()``, ``model(x, return_prior_logits=True)``), so rows g/h train and
+    test it unchanged."""
+
+    def __init__(self, spt: nn.Module, student: RestoredInputStudent) -> None:
+        super().__init__()
+        self.spt, self.prior_student = spt, student
+
+    def student(self) -> RestoredInputStudent:
+        return self.prior_student
+
+    def forward(self, lq: torch.Tensor, return_prior_logits: bool = False):
+        logits = self.prior_student.logits(lq)
+        out = self.spt(lq, prior=torch.sigmoid(logits))
+        return (out, logits) if return_prior_logits else out
 
 
 def _restoration_loss(out: torch.Tensor, gt: torch.Tensor, pset: qd.PriorSet) -> torch.Tensor:
@@ -535,6 +584,9 @@ def row_titles(args) -> dict[str, str]:
     titles = dict(ROW_TITLES)
     if getattr(args, "segment_input", "lq") == "restored":
         titles["b"] = "(b) + SPT, segments of the backbone's restoration of LQ"
+    if getattr(args, "student_input", "lq") == "restored":
+        titles["g"] = "(g) + SPT, distilled prior (student reads [LQ, frozen backbone(LQ)])"
+        titles["h"] = "(h) + SPT, same student on [LQ, frozen backbone(LQ)], no teacher (control)"
     return titles
 
 
@@ -573,6 +625,29 @@ def render(res: dict[str, Any], eval_names: list[str], rows: list[str], fusions:
 # -------------------------------------------------------------------------------------------
 # KAIR's pretrained grey DnCNN
 # -------------------------------------------------------------------------------------------
+CDNCNN_B = ("GD_Color_Blind.mat", 20)  # cszn/DnCNN's colour blind model (sigma 0-55) and its conv count
+
+
+def load_cdncnn_b(dncnn_root: Path) -> tuple[nn.Module, dict]:
+    """CDnCNN-B (cszn/DnCNN ``model/GD_Color_Blind.mat``, colour, blind sigma in [0, 55]) converted by
+    ``tools/convert_dncnn_mat.py`` into spandrel's DnCNN (20 convs of 64 channels), loaded strictly."""
+    import importlib.util
+
+    from spandrel.architectures.DnCNN import DnCNN
+
+    name, nb = CDNCNN_B
+    mat = dncnn_root / "model" / name
+    if not mat.is_file():
+        raise FileNotFoundError(f"{mat} is missing: point --dncnn-root at a cszn/DnCNN checkout")
+    spec = importlib.util.spec_from_file_location(
+        "convert_dncnn_mat", Path(__file__).resolve().parents[1] / "tools" / "convert_dncnn_mat.py")
+    converter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(converter)
+    net = DnCNN(in_nc=3, out_nc=3, nc=64, nb=nb, act_mode="R")
+    net.load_state_dict(converter.convert(mat), strict=True)
+    return net.eval(), {"cached": True, "path": str(mat), "arch": "CDnCNN-B (cszn/DnCNN, converted)", "nb": nb}
+
+
 def load_kair_dncnn(path: Path) -> nn.Module:
     """KAIR's ``dncnn_25.pth`` in spandrel's DnCNN class (the same layer names as KAIR's
     ``models/network_dncnn.DnCNN``: ``model.0`` .. ``model.32``), loaded strictly, frozen."""
@@ -641,7 +716,8 @@ def main_kair(args, argv, t_all, cache: qd.LabelCache) -> int:
             f"{args.encoding} encoding ({n_regions:.0f} regions per test image, {args.units or 'all'} units)",
             bb_info, res, list(eval_sets), rows,
             {"segmenter": seg.label(), "encoding": args.encoding, "degradation": args.kair_degradation,
-             "regions_per_test_image": n_regions, "kair_frozen_sigma25": repro})
+             "regions_per_test_image": n_regions, "kair_frozen_sigma25": repro,
+             "dropped_near_duplicates": splits.dropped})
     return 0
 
 
@@ -743,9 +819,15 @@ def tune(args, splits: qd.Splits, backbone, cache: qd.LabelCache) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=("denoise", "sr4", "kair"), default="denoise",
+    p.add_argument("--task", choices=("denoise", "sr4", "kair", "cdncnnb"), default="denoise",
                    help="denoise: colour denoising on CBSD68 (default); sr4: bicubic x4 SR on Set5/Set14; kair: "
-                        "KAIR's pretrained grey DnCNN (sigma 25) adapted to --kair-degradation, tested on Set12")
+                        "KAIR's pretrained grey DnCNN (sigma 25) adapted to --kair-degradation, tested on Set12; "
+                        "cdncnnb: cszn/DnCNN's pretrained colour blind CDnCNN-B (sigma 0-55) in place of the "
+                        "self-trained colour DnCNN (default unit/test sigma 75, outside its range), CBSD68")
+    p.add_argument("--dncnn-root", type=Path,
+                   default=Path(os.environ["SPT_DNCNN_ROOT"]) if os.environ.get("SPT_DNCNN_ROOT") else None,
+                   help="cdncnnb: a cszn/DnCNN checkout (model/GD_Color_Blind.mat); required for --task cdncnnb "
+                        "unless $SPT_DNCNN_ROOT is set")
     p.add_argument("--kair-root", type=Path,
                    default=Path(os.environ["SPT_KAIR_ROOT"]) if os.environ.get("SPT_KAIR_ROOT") else None,
                    help="kair: a KAIR checkout (model_zoo/dncnn_25.pth, testsets/set12); required for --task kair "
@@ -762,6 +844,9 @@ def parse_args(argv=None):
                         "untouched); every row's units then train --steps steps on the same batches")
     p.add_argument("--student-width", type=int, default=16, help="rows g/h: student conv width")
     p.add_argument("--student-depth", type=int, default=4, help="rows g/h: student conv layers")
+    p.add_argument("--student-input", choices=("lq", "restored"), default="lq",
+                   help="rows g/h: what the student reads: the LQ input (default; the adapter's PriorStudent) or "
+                        "[LQ, the frozen backbone's restoration of it] (one more backbone forward per image)")
     p.add_argument("--tune-distill", nargs="+", default=None, metavar="WEIGHT:STEPS:WIDTH",
                    help="choose the distillation settings on the validation split: (g) − (h) and (g) − (c) per "
                         "candidate, e.g. 0.1:0:16 1:200:16, and exit")
@@ -819,10 +904,18 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     sr = args.task == "sr4"
     kair = args.task == "kair"
+    if args.task == "cdncnnb":
+        if args.dncnn_root is None:
+            p.error("--task cdncnnb needs --dncnn-root PATH (a cszn/DnCNN checkout with model/GD_Color_Blind.mat) "
+                    "or SPT_DNCNN_ROOT")
+        if args.unit_sigma is None:
+            args.unit_sigma = 75.0
+        if args.test_sigmas == [25.0, 50.0]:  # the parser default: test where the units were trained
+            args.test_sigmas = [args.unit_sigma]
     if kair and args.kair_root is None:
         p.error("--task kair needs --kair-root PATH (a KAIR checkout with model_zoo/dncnn_25.pth and testsets/set12) "
                 "or SPT_KAIR_ROOT")
-    defaults = {"fusions": ["concat"] if (sr or kair) else list(FUSIONS), "pretrain_steps": 2000 if sr else 1000,
+    defaults = {"fusions": ["concat"] if (sr or kair or args.task == "cdncnnb") else list(FUSIONS), "pretrain_steps": 2000 if sr else 1000,
                 "steps": 1500 if sr else 200, "patch": 32 if sr else 48, "test_crop": 0 if (sr or kair) else 160}
     for k, v in defaults.items():
         if getattr(args, k) is None:
@@ -840,6 +933,8 @@ def parse_args(argv=None):
     else:
         args.n_train, args.train_crop = 0, 0
     args.in_channels = 1 if kair else 3
+    if args.task == "cdncnnb":
+        args.nb = CDNCNN_B[1]  # the pretrained network's depth, whatever --quick shrinks
     if not set(args.rows) <= set(ROWS):
         p.error(f"--rows takes letters from {ROWS!r}, got {args.rows!r}")
     if args.jobs < 1:
@@ -874,6 +969,8 @@ def parse_args(argv=None):
         p.error("the pool fusion averages features inside the regions of a label map: use --encoding label")
     if args.tune_encodings is None:
         args.tune_encodings = [args.encoding]
+    if args.student_input == "restored" and sr:
+        p.error("--student-input restored needs a backbone whose output has the input's size (not --task sr4)")
     if args.segment_input != "lq" and sr:
         p.error("--segment-input restored is for denoising (the SR backbone's output is HR-sized)")
     if args.segment_input != "lq" and kair:
@@ -978,7 +1075,10 @@ def main(argv=None) -> int:
                             train_crop=args.train_crop)
     log(f"data: {len(splits.train)} train images, {len(splits.val)} val crops, {len(splits.test)} test images "
         f"(crop {args.test_crop or 'full'}); prior code path: {qd.prior_code_path()}")
-    backbone, bb_info = pretrain_backbone(args, splits.train, args.cache_dir)
+    if args.task == "cdncnnb":
+        backbone, bb_info = load_cdncnn_b(args.dncnn_root)
+    else:
+        backbone, bb_info = pretrain_backbone(args, splits.train, args.cache_dir)
     for p in backbone.parameters():
         p.requires_grad_(False)
     if args.tune:
@@ -1008,7 +1108,7 @@ def main(argv=None) -> int:
     _report(args, argv, t_all, f"Prior ladder — {seg.label()}, {args.encoding} encoding ({n_regions:.0f} regions per "
             f"test image, {args.units or 'all'} units)", bb_info, res, list(eval_sets), rows,
             {"segmenter": seg.label(), "encoding": args.encoding, "segment_input": args.segment_input,
-             "regions_per_test_image": n_regions})
+             "regions_per_test_image": n_regions, "dropped_near_duplicates": splits.dropped})
     return 0
 
 
