@@ -432,12 +432,13 @@ def train_model(model: nn.Module, sched: np.ndarray, pset: qd.PriorSet, prior: s
     return time.time() - t0
 
 
-def psnr_rgb(out: np.ndarray, gt: np.ndarray) -> float:
-    """PSNR in dB on RGB, the colour-denoising convention of the field: the output rounded to 8 bits
-    as a saved image would be (``spt_adapter.training.metrics``, cross-checked against BasicSR)."""
+def psnr_rgb(out: np.ndarray, gt: np.ndarray, border: int = 0) -> float:
+    """PSNR in dB on every channel (RGB, or the one grey/Y channel), the denoising convention of the
+    field: the output rounded to 8 bits as a saved image would be (``spt_adapter.training.metrics``,
+    cross-checked against BasicSR), ``border`` pixels left out at every edge."""
     from spt_adapter.training.metrics import psnr, to_uint8
 
-    return float(psnr(to_uint8(out), to_uint8(gt)))
+    return float(psnr(to_uint8(out), to_uint8(gt), crop_border=border))
 
 
 def psnr_sr_y(out: np.ndarray, gt: np.ndarray, scale: int) -> float:
@@ -476,7 +477,7 @@ def evaluate(model: nn.Module, pset: qd.PriorSet, prior: str, batch: int = 17) -
             if pset.scale > 1:
                 scores += [psnr_sr_y(o, pset.clean[i], pset.scale) for o, i in zip(out, chunk)]
             else:
-                scores += [psnr_rgb(o, pset.clean[i]) for o, i in zip(out, chunk)]
+                scores += [psnr_rgb(o, pset.clean[i], pset.border) for o, i in zip(out, chunk)]
     return float(np.mean(scores))
 
 
@@ -625,17 +626,23 @@ def render(res: dict[str, Any], eval_names: list[str], rows: list[str], fusions:
 # -------------------------------------------------------------------------------------------
 # KAIR's pretrained grey DnCNN
 # -------------------------------------------------------------------------------------------
-CDNCNN_B = ("GD_Color_Blind.mat", 20)  # cszn/DnCNN's colour blind model (sigma 0-55) and its conv count
+CDNCNN_B = ("GD_Color_Blind.mat", 20, 3)  # cszn/DnCNN's colour blind model (sigma 0-55): convs, channels
+DNCNN_3 = ("DnCNN3.mat", 20, 1)  # cszn/DnCNN's DnCNN-3: grey denoising, SR on the upsampled luma, deblocking
 
 
 def load_cdncnn_b(dncnn_root: Path) -> tuple[nn.Module, dict]:
-    """CDnCNN-B (cszn/DnCNN ``model/GD_Color_Blind.mat``, colour, blind sigma in [0, 55]) converted by
-    ``tools/convert_dncnn_mat.py`` into spandrel's DnCNN (20 convs of 64 channels), loaded strictly."""
+    """CDnCNN-B (cszn/DnCNN ``model/GD_Color_Blind.mat``, colour, blind sigma in [0, 55])."""
+    return load_dncnn_mat(dncnn_root, CDNCNN_B, "CDnCNN-B")
+
+
+def load_dncnn_mat(dncnn_root: Path, model: tuple[str, int, int], label: str) -> tuple[nn.Module, dict]:
+    """A cszn/DnCNN MatConvNet model (``model/<name>``) converted by ``tools/convert_dncnn_mat.py`` into
+    spandrel's DnCNN (``nb`` convs of 64 channels), loaded strictly, in eval mode."""
     import importlib.util
 
     from spandrel.architectures.DnCNN import DnCNN
 
-    name, nb = CDNCNN_B
+    name, nb, channels = model
     mat = dncnn_root / "model" / name
     if not mat.is_file():
         raise FileNotFoundError(f"{mat} is missing: point --dncnn-root at a cszn/DnCNN checkout")
@@ -643,9 +650,9 @@ def load_cdncnn_b(dncnn_root: Path) -> tuple[nn.Module, dict]:
         "convert_dncnn_mat", Path(__file__).resolve().parents[1] / "tools" / "convert_dncnn_mat.py")
     converter = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(converter)
-    net = DnCNN(in_nc=3, out_nc=3, nc=64, nb=nb, act_mode="R")
+    net = DnCNN(in_nc=channels, out_nc=channels, nc=64, nb=nb, act_mode="R")
     net.load_state_dict(converter.convert(mat), strict=True)
-    return net.eval(), {"cached": True, "path": str(mat), "arch": "CDnCNN-B (cszn/DnCNN, converted)", "nb": nb}
+    return net.eval(), {"cached": True, "path": str(mat), "arch": f"{label} (cszn/DnCNN, converted)", "nb": nb}
 
 
 def load_kair_dncnn(path: Path) -> nn.Module:
@@ -721,6 +728,51 @@ def main_kair(args, argv, t_all, cache: qd.LabelCache) -> int:
     return 0
 
 
+def main_dncnn3(args, argv, t_all, cache: qd.LabelCache) -> int:
+    """cszn/DnCNN's DnCNN-3 (one grey network for denoising, SR on the bicubic-upsampled luma and JPEG
+    deblocking): its frozen bicubic x4 row on Set5/Set14 reproduced first (published 31.40 / 28.04 dB on
+    Y), then the ladder adapting it to the BD degradation (blur sigma 1.6, then bicubic x4), which it
+    never saw; train Train400 + the Y of McMaster (minus 15-18) + CBSD68, test Set5/Set14 (Y, crop 4)."""
+    train400 = None if args.quick else args.dncnn_root / "TrainingCodes" / "DnCNN_TrainingCodes_v1.0" / "data" / "Train400"
+    splits = qd.load_y_sr_splits(args.data, train400, scale=SR_SCALE, n_test=args.n_test, n_train=args.n_train,
+                                 train_crop=args.train_crop)
+    backbone, bb_info = load_dncnn_mat(args.dncnn_root, DNCNN_3, "DnCNN-3")
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    backbone = backbone.to(args.device)
+    seg = qd.Segmenter.parse(args.segmenter)
+    repro = {sub: evaluate(backbone, qd.build_upsampled_sr_priors(splits[sub], scale=SR_SCALE, seg=seg, cache=cache,
+                                                                  want_oracle=False), "none")
+             for sub in qd.SR_TEST}
+    log("DnCNN-3 frozen, bicubic x4 (Y, crop 4): " + ", ".join(f"{k} {v:.3f}" for k, v in repro.items())
+        + " (published Set5 31.40, Set14 28.04)")
+    if args.tune_distill:
+        tr = qd.build_upsampled_sr_priors(splits["train"], scale=SR_SCALE, seg=seg, cache=cache, degradation="bd")
+        val = qd.build_upsampled_sr_priors(splits["val"], scale=SR_SCALE, seg=seg, cache=cache, degradation="bd")
+        tune_distill_sets(args, backbone, qd.apply_encoding(tr, args.encoding), qd.apply_encoding(val, args.encoding),
+                          "McMaster 15-18 Y, x4 BD")
+        return 0
+    t0 = time.time()
+    train_set = qd.build_upsampled_sr_priors(splits["train"], scale=SR_SCALE, seg=seg, cache=cache, degradation="bd")
+    eval_sets = {f"{sub} ×{SR_SCALE} BD (Y, crop {SR_SCALE})":
+                 qd.build_upsampled_sr_priors(splits[sub], scale=SR_SCALE, seg=seg, cache=cache, degradation="bd")
+                 for sub in qd.SR_TEST}
+    train_set, eval_sets, n_regions = _encode_sets(args, train_set, eval_sets)
+    log(f"data: {len(splits['train'])} Y train images, " + ", ".join(f"{k} {len(splits[k])}" for k in qd.SR_TEST)
+        + f" test images; priors ready in {time.time() - t0:.0f}s ({seg.label()}; {n_regions:.0f} regions per "
+        "upsampled LQ test image)")
+    rows = [r for r in ROWS if r in args.rows]
+    res = run_ladder(args, backbone, train_set, eval_sets, rows, args.fusions)
+    print("\nDnCNN-3 frozen, bicubic ×4 (Y, crop 4): " + ", ".join(f"{k} {v:.3f}" for k, v in repro.items())
+          + " (published Set5 31.40, Set14 28.04)")
+    _report(args, argv, t_all, f"Prior ladder, DnCNN-3 (bicubic ×{SR_SCALE} on the upsampled luma) → ×{SR_SCALE} BD — "
+            f"{seg.label()}, {args.encoding} encoding ({n_regions:.0f} regions per test image, "
+            f"{args.units or 'all'} units)", {**bb_info, "bicubic_x4_frozen": repro}, res, list(eval_sets), rows,
+            {"segmenter": seg.label(), "encoding": args.encoding, "degradation": "bd",
+             "regions_per_test_image": n_regions, "dncnn3_bicubic_x4_frozen": repro})
+    return 0
+
+
 def tune_distill(args, splits: qd.Splits, backbone, cache: qd.LabelCache, *, sigma: float, jpeg: int = 0) -> None:
     """Choose the distillation settings (weight, student-only steps, student width) on the validation
     split, never on the test set: (g) − (h) and (g) − (c) per candidate and fusion, in dB."""
@@ -729,6 +781,12 @@ def tune_distill(args, splits: qd.Splits, backbone, cache: qd.LabelCache, *, sig
                                            seg=seg, cache=cache, jpeg=jpeg), args.encoding)
     val = qd.apply_encoding(qd.build_priors(splits.val, sigma=sigma, realisations=1, noise_base=2, seg=seg,
                                             cache=cache, jpeg=jpeg), args.encoding)
+    tune_distill_sets(args, backbone, tr, val, f"McMaster 15-18; σ={sigma:g}{f', JPEG q={jpeg}' if jpeg else ''}",
+                      {"sigma": sigma, "jpeg": jpeg})
+
+
+def tune_distill_sets(args, backbone, tr: qd.PriorSet, val: qd.PriorSet, title: str, extra: dict | None = None) -> None:
+    """The ``--tune-distill`` comparison on encoded training and validation sets (see :func:`tune_distill`)."""
     backbone = backbone.to(args.device)
     lines, scored = [], []
     base: dict[tuple[int, str, str, int], float] = {}
@@ -757,8 +815,7 @@ def tune_distill(args, splits: qd.Splits, backbone, cache: qd.LabelCache, *, sig
                        "student_width": width, "score": float(np.mean(worst))})
         lines.append(f"| {weight:g} | {steps} | {width} | " + " | ".join(cells) + " |")
         log(f"tune-distill {weight:g}:{steps}:{width}: {lines[-1]}")
-    print(f"\n### Distillation settings on validation (McMaster 15-18; σ={sigma:g}{f', JPEG q={jpeg}' if jpeg else ''}): "
-          "(g) − (h) / (g) − (c), dB\n")
+    print(f"\n### Distillation settings on validation ({title}): (g) − (h) / (g) − (c), dB\n")
     print("| distill weight | student-only steps | student width | " + " | ".join(args.fusions) + " |")
     print("| --- | --- | --- |" + " --- |" * len(args.fusions))
     print("\n".join(lines))
@@ -768,7 +825,7 @@ def tune_distill(args, splits: qd.Splits, backbone, cache: qd.LabelCache, *, sig
           f"{best['score']:+.3f} dB)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"tune_distill": scored, "best": best, "sigma": sigma, "jpeg": jpeg,
+        args.json.write_text(json.dumps({"tune_distill": scored, "best": best, **(extra or {}),
                                          "settings": {k: (str(v) if isinstance(v, Path) else v)
                                                       for k, v in vars(args).items()}}, indent=1, sort_keys=True))
 
@@ -819,15 +876,16 @@ def tune(args, splits: qd.Splits, backbone, cache: qd.LabelCache) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=("denoise", "sr4", "kair", "cdncnnb"), default="denoise",
+    p.add_argument("--task", choices=("denoise", "sr4", "kair", "cdncnnb", "dncnn3bd"), default="denoise",
                    help="denoise: colour denoising on CBSD68 (default); sr4: bicubic x4 SR on Set5/Set14; kair: "
                         "KAIR's pretrained grey DnCNN (sigma 25) adapted to --kair-degradation, tested on Set12; "
                         "cdncnnb: cszn/DnCNN's pretrained colour blind CDnCNN-B (sigma 0-55) in place of the "
-                        "self-trained colour DnCNN (default unit/test sigma 75, outside its range), CBSD68")
+                        "self-trained colour DnCNN (default unit/test sigma 75, outside its range), CBSD68; "
+                        "dncnn3bd: cszn/DnCNN's DnCNN-3 (SR on the bicubic-upsampled luma) adapted to x4 BD, Set5/Set14")
     p.add_argument("--dncnn-root", type=Path,
                    default=Path(os.environ["SPT_DNCNN_ROOT"]) if os.environ.get("SPT_DNCNN_ROOT") else None,
-                   help="cdncnnb: a cszn/DnCNN checkout (model/GD_Color_Blind.mat); required for --task cdncnnb "
-                        "unless $SPT_DNCNN_ROOT is set")
+                   help="cdncnnb, dncnn3bd: a cszn/DnCNN checkout (model/*.mat, Train400); required for those "
+                        "tasks unless $SPT_DNCNN_ROOT is set")
     p.add_argument("--kair-root", type=Path,
                    default=Path(os.environ["SPT_KAIR_ROOT"]) if os.environ.get("SPT_KAIR_ROOT") else None,
                    help="kair: a KAIR checkout (model_zoo/dncnn_25.pth, testsets/set12); required for --task kair "
@@ -904,10 +962,11 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     sr = args.task == "sr4"
     kair = args.task == "kair"
+    dncnn3 = args.task == "dncnn3bd"
+    if args.task in ("cdncnnb", "dncnn3bd") and args.dncnn_root is None:
+        p.error(f"--task {args.task} needs --dncnn-root PATH (a cszn/DnCNN checkout with model/*.mat) or "
+                "SPT_DNCNN_ROOT")
     if args.task == "cdncnnb":
-        if args.dncnn_root is None:
-            p.error("--task cdncnnb needs --dncnn-root PATH (a cszn/DnCNN checkout with model/GD_Color_Blind.mat) "
-                    "or SPT_DNCNN_ROOT")
         if args.unit_sigma is None:
             args.unit_sigma = 75.0
         if args.test_sigmas == [25.0, 50.0]:  # the parser default: test where the units were trained
@@ -915,8 +974,9 @@ def parse_args(argv=None):
     if kair and args.kair_root is None:
         p.error("--task kair needs --kair-root PATH (a KAIR checkout with model_zoo/dncnn_25.pth and testsets/set12) "
                 "or SPT_KAIR_ROOT")
-    defaults = {"fusions": ["concat"] if (sr or kair or args.task == "cdncnnb") else list(FUSIONS), "pretrain_steps": 2000 if sr else 1000,
-                "steps": 1500 if sr else 200, "patch": 32 if sr else 48, "test_crop": 0 if (sr or kair) else 160}
+    defaults = {"fusions": ["concat"] if (sr or kair or args.task in ("cdncnnb", "dncnn3bd")) else list(FUSIONS), "pretrain_steps": 2000 if sr else 1000,
+                "steps": 1500 if sr else 200, "patch": 32 if sr else 48,
+                "test_crop": 0 if (sr or kair or dncnn3) else 160}
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -932,9 +992,9 @@ def parse_args(argv=None):
             args.n_test, args.patch = 2, 16
     else:
         args.n_train, args.train_crop = 0, 0
-    args.in_channels = 1 if kair else 3
-    if args.task == "cdncnnb":
-        args.nb = CDNCNN_B[1]  # the pretrained network's depth, whatever --quick shrinks
+    args.in_channels = 1 if (kair or dncnn3) else 3
+    if args.task in ("cdncnnb", "dncnn3bd"):
+        args.nb = (CDNCNN_B if args.task == "cdncnnb" else DNCNN_3)[1]  # the pretrained depth, whatever --quick says
     if not set(args.rows) <= set(ROWS):
         p.error(f"--rows takes letters from {ROWS!r}, got {args.rows!r}")
     if args.jobs < 1:
@@ -955,8 +1015,8 @@ def parse_args(argv=None):
         except ValueError as exc:
             p.error(str(exc))
         if sr:
-            p.error("--tune-distill runs on a denoising validation split (denoise or kair)")
-    if (sr or kair) and args.tune:
+            p.error("--tune-distill runs on a validation split of denoise, kair or dncnn3bd")
+    if (sr or kair or dncnn3) and args.tune:
         p.error("--tune chooses the segmenter on the denoising validation split; it has no --task sr4 mode")
     try:
         from spt_adapter.prior.encode import parse_encoding
@@ -973,7 +1033,7 @@ def parse_args(argv=None):
         p.error("--student-input restored needs a backbone whose output has the input's size (not --task sr4)")
     if args.segment_input != "lq" and sr:
         p.error("--segment-input restored is for denoising (the SR backbone's output is HR-sized)")
-    if args.segment_input != "lq" and kair:
+    if args.segment_input != "lq" and (kair or dncnn3):
         p.error("--segment-input restored is for the colour denoising task")
     if args.sr_degradation != "bicubic" and not sr:
         p.error("--sr-degradation is for --task sr4")
@@ -1071,6 +1131,8 @@ def main(argv=None) -> int:
         return main_sr(args, argv, t_all, cache)
     if args.task == "kair":
         return main_kair(args, argv, t_all, cache)
+    if args.task == "dncnn3bd":
+        return main_dncnn3(args, argv, t_all, cache)
     splits = qd.load_splits(args.data, n_test=args.n_test, test_crop=args.test_crop, n_train=args.n_train,
                             train_crop=args.train_crop)
     log(f"data: {len(splits.train)} train images, {len(splits.val)} val crops, {len(splits.test)} test images "
