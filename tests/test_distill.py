@@ -16,7 +16,7 @@ from spt_adapter.core.keys import FILE_STUDENT_SEGMENT, is_adapter_file_key, spl
 from spt_adapter.core.student import PriorStudent, check_student
 from spt_adapter.errors import ConfigError, DataError, PriorError, SPTError
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from _data import DATA  # small crops of the test sets, committed (tests/data)
 spandrel = pytest.importorskip("spandrel")
 from spandrel.architectures.DnCNN import DnCNN  # noqa: E402
 
@@ -184,8 +184,6 @@ class Recording:
 
 
 def _hq_folder(tmp_path, n=2, size=48):
-    if not (DATA / "Set5").is_dir():
-        pytest.skip(f"test images not found at {DATA}")
     from PIL import Image
 
     folder = tmp_path / "hq"

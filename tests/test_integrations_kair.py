@@ -115,7 +115,7 @@ def test_kair_claims_models_network_classes():
 
 
 KAIR_ROOT = os.environ.get("SPT_KAIR_ROOT")
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from _data import DATA  # small crops of the test sets, committed (tests/data)
 
 
 def _kair_rrdbnet():
@@ -173,7 +173,6 @@ def _kair_setup(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not KAIR_ROOT, reason="set SPT_KAIR_ROOT to a KAIR checkout to run KAIR's main_train_psnr.py")
-@pytest.mark.skipif(not (DATA / "Set14").is_dir(), reason="shared/data/Set14 is not available")
 def test_kair_main_train_psnr_trains_units(tmp_path):
     net, backbone, opt, run = _kair_setup(tmp_path)
     RRDBNet = type(net)
@@ -210,7 +209,6 @@ def test_kair_main_train_psnr_trains_units(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not KAIR_ROOT, reason="set SPT_KAIR_ROOT to a KAIR checkout to run KAIR's main_train_psnr.py")
-@pytest.mark.skipif(not (DATA / "Set14").is_dir(), reason="shared/data/Set14 is not available")
 def test_kair_main_train_psnr_trains_a_distilled_prior(tmp_path):
     """KAIR's own loop with spt.student: 2 student-only iterations, then joint ones; KAIR's test
     pass (PSNR) runs with the student's prior; the delta carries the student."""

@@ -119,7 +119,7 @@ def test_cpu_run_problems_are_named_before_train_py_runs(tmp_path):
 
 
 RESTORMER_ROOT = os.environ.get("SPT_RESTORMER_ROOT")
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from _data import DATA  # small crops of the test sets, committed (tests/data)
 
 
 @pytest.mark.slow
@@ -242,7 +242,6 @@ def _restormer_run(tmp_path, spt_extra: str = ""):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not RESTORMER_ROOT, reason="set SPT_RESTORMER_ROOT to a Restormer checkout")
-@pytest.mark.skipif(not (DATA / "CBSD68").is_dir(), reason="shared/data/CBSD68 is not available")
 def test_restormer_train_py_trains_units(tmp_path):
     """Only units train, checkpoints are SPT deltas, the backbone file is untouched."""
     root, backbone, before, proc = _restormer_run(tmp_path)
@@ -279,7 +278,6 @@ def test_restormer_train_py_trains_units(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not RESTORMER_ROOT, reason="set SPT_RESTORMER_ROOT to a Restormer checkout")
-@pytest.mark.skipif(not (DATA / "CBSD68").is_dir(), reason="shared/data/CBSD68 is not available")
 def test_restormer_train_py_trains_a_distilled_prior(tmp_path):
     """spt.student under Restormer's loop (mixup and progressive crops included): 2 student-only
     iterations, then joint ones; the teacher runs on the (mixed) gt; pad_test validation runs with

@@ -12,12 +12,7 @@ import torch
 from spt_adapter.cli import main
 from spt_adapter.plugins.hookspecs import hookimpl
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def _need_data():
-    if not (DATA / "Set5").is_dir():
-        pytest.skip(f"test images not found at {DATA}")
+from _data import DATA  # small crops of the test sets, committed (tests/data)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +46,6 @@ def compact_ckpt(tmp_path_factory):
 @pytest.fixture()
 def small_data(tmp_path):
     """Three small real images (Set5 crops) as an HQ folder."""
-    _need_data()
     from PIL import Image
 
     folder = tmp_path / "hq"
