@@ -13,7 +13,6 @@ from . import commands
 from .errors import BackboneHashMismatchError, SPTError
 from .version import __version__
 
-
 #: exit codes (docs/cli.md): 0 success, 1 an error named on one line, 2 a usage error (argparse),
 #: 130 interrupted (Ctrl-C)
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

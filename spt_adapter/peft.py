@@ -41,22 +41,23 @@ import enum
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 
 from ._io import atomic_write_bytes
-from .core.config import SCHEMA_VERSION, SPTConfig
-from .errors import AdapterFileError, ConfigError, PriorError, SPTError, TargetError
 from .core import keys
+from .core.config import SCHEMA_VERSION, SPTConfig
 from .core.layer import PriorState, SPTLayer, make_unit
 from .core.model import batch_size, student_logits, student_prior_refusal, validate_prior
 from .core.planning import claim_model, plan_injection
 from .core.student import PriorStudent
 from .core.targets import inspect_targets, select_targets
+from .errors import AdapterFileError, ConfigError, PriorError, SPTError, TargetError
 
 #: the PEFT versions this module is written and tested for (the ``peft`` extra's pin): >= 0.21, < 0.22.
 #: PEFT < 0.21 strips the adapter name from saved keys only in the second-to-last position
@@ -112,7 +113,7 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_mod
 from peft.utils import PeftType  # noqa: E402
 
 
-def _add_peft_type_member() -> "PeftType":
+def _add_peft_type_member() -> PeftType:
     """Add ``PeftType.SPT`` to PEFT's closed str-enum (idempotent)."""
     existing = PeftType._member_map_.get(PEFT_TYPE_NAME)
     if existing is not None:
@@ -187,18 +188,18 @@ class _SPTPeftConfigMethods:
 
     @classmethod
     def from_spt_config(cls, config: SPTConfig, names: list[str], channels: dict[str, int] | None = None,
-                        **kwargs) -> "SPTPeftConfig":
+                        **kwargs) -> SPTPeftConfig:
         return cls(target_modules=_exact_regex(names), **_unit_values(config),
                    unit_channels=dict(channels) if channels else None, **kwargs)
 
 
 SPTPeftConfig = dataclasses.make_dataclass(
     "SPTPeftConfig",
-    [("target_modules", Optional[Union[list[str], str]], field(default=None)),
-     ("exclude_modules", Optional[Union[list[str], str]], field(default=None)),
+    [("target_modules", Optional[list[str] | str], field(default=None)),  # noqa: UP045 -- a runtime field type PEFT reads: spelt as its configs spell it
+     ("exclude_modules", Optional[list[str] | str], field(default=None)),  # noqa: UP045 -- a runtime field type PEFT reads: spelt as its configs spell it
      *(_mirror(f) for f in _UNIT_FIELDS),
-     ("unit_channels", Optional[dict], field(default=None)),
-     ("example_input_shape", Optional[list], field(default=None)),
+     ("unit_channels", Optional[dict], field(default=None)),  # noqa: UP045 -- a runtime field type PEFT reads: spelt as its configs spell it
+     ("example_input_shape", Optional[list], field(default=None)),  # noqa: UP045 -- a runtime field type PEFT reads: spelt as its configs spell it
      ("spt_schema_version", int, field(default=SCHEMA_VERSION))],
     bases=(_SPTPeftConfigMethods, PeftConfig),
     namespace={"__module__": __name__, "__doc__": _SPTPeftConfigMethods.__doc__},
@@ -293,7 +294,7 @@ class SPTPeftModel(BaseTuner):
         finally:
             self._spt_plans.pop(adapter_name, None)
         for name, student in self.spt_students.items():
-            for param, flag in zip(student.parameters(), flags.get(name, ())):
+            for param, flag in zip(student.parameters(), flags.get(name, ()), strict=False):
                 param.requires_grad = flag
         self._add_student(adapter_name, self.peft_config[adapter_name])
         self._register_prior_hooks(model)
@@ -431,7 +432,7 @@ class SPTPeftModel(BaseTuner):
         return None
 
     @contextlib.contextmanager
-    def use_prior(self, prior: torch.Tensor) -> Iterator["SPTPeftModel"]:
+    def use_prior(self, prior: torch.Tensor) -> Iterator[SPTPeftModel]:
         """Set the prior for every forward call inside the block (for trainers that call ``net(lq)``)."""
         distilled = self._active_student()
         if distilled is not None:
@@ -565,7 +566,7 @@ def _register() -> None:
 
     tables = [getattr(mapping, n) for n in ("PEFT_TYPE_TO_CONFIG_MAPPING", "PEFT_TYPE_TO_TUNER_MAPPING",
                                             "PEFT_TYPE_TO_PREFIX_MAPPING") if hasattr(mapping, n)]
-    config_table = getattr(mapping, "PEFT_TYPE_TO_CONFIG_MAPPING")
+    config_table = mapping.PEFT_TYPE_TO_CONFIG_MAPPING
     current = config_table.get(SPT_PEFT_TYPE)
     if current is SPTPeftConfig:
         return

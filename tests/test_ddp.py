@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from _data import DATA  # small crops of the test sets, committed (tests/data)
+
 ITERS, GLOBAL_BATCH = 4, 4
 
 
@@ -100,7 +101,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     losses_a = [r["loss"] for r in log_a["history"]]
     losses_b = [r["loss"] for r in log_b["history"]]
     assert len(losses_a) == ITERS == len(losses_b)
-    for x, y in zip(losses_a, losses_b):
+    for x, y in zip(losses_a, losses_b, strict=True):
         assert abs(x - y) <= 1e-5 * abs(x), (losses_a, losses_b)  # same machine, summation order only
     assert len(set(losses_a)) == ITERS  # every step saw other samples
 

@@ -10,10 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from spt_adapter.training import metrics
-from spt_adapter.cli import main
-
 from _data import DATA  # small crops of the test sets, committed (tests/data)
+from spt_adapter.cli import main
+from spt_adapter.training import metrics
 
 
 def _ckpt(path: Path, seed: int, embed: int = 16) -> Path:

@@ -22,8 +22,8 @@ if not hasattr(prior_api, "ClassicalMaskProvider"):
 from PIL import Image  # noqa: E402
 
 import spt_adapter  # noqa: E402
-
 from _data import DATA  # small crops of the test sets, committed (tests/data)
+
 SWINIR = dict(upscale=2, in_chans=3, img_size=16, window_size=4, img_range=1.0, depths=[2, 2], embed_dim=12,
               num_heads=[2, 2], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv")
 

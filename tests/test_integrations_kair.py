@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,7 +91,7 @@ def test_injection_before_kair_positional_load():
     units_before = {k: p.clone() for k, p in model.unit_parameters()}
     loaded = load_backbone_state(model, old_names, "by_position", source="old.pth")
     assert len(loaded) == len(old_names)
-    for (k, v), ref in zip(logical_state(model).items(), donor.state_dict().values()):
+    for (k, v), ref in zip(logical_state(model).items(), donor.state_dict().values(), strict=True):
         assert torch.equal(v, ref), k
     assert all(torch.equal(p, units_before[k]) for k, p in model.unit_parameters())
     x = torch.rand(1, 4, 16, 16)

@@ -9,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,14 +125,14 @@ from _data import DATA  # small crops of the test sets, committed (tests/data)
 @pytest.mark.skipif(not RESTORMER_ROOT, reason="set SPT_RESTORMER_ROOT to a Restormer checkout")
 def test_restormer_checkout_registers_sptimagecleanmodel():
     code = (
-        "import sys; sys.path.insert(0, %r)\n"
+        f"import sys; sys.path.insert(0, {RESTORMER_ROOT!r})\n"
         "from spt_adapter.integrations.restormer.train import use_checkout_basicsr; use_checkout_basicsr(sys.path[0])\n"
         "from spt_adapter.plugins.manager import register_frameworks\n"
         "done = register_frameworks(raise_errors=True)\n"
         "assert 'restormer' in done, done\n"
         "from basicsr.models import create_model, _model_modules\n"
         "assert any(hasattr(m, 'SPTImageCleanModel') for m in _model_modules)\n"
-    ) % RESTORMER_ROOT
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=RESTORMER_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _data import DATA  # small crops of the test sets, committed (tests/data)
 from spt_adapter.cli import main
 from spt_adapter.commands.masks import shard_of
 from spt_adapter.plugins.hookspecs import hookimpl
-from spt_adapter.training.data import PairedPriorDataset
 from spt_adapter.prior import ClassicalMaskProvider, PriorCache
-
-from _data import DATA  # small crops of the test sets, committed (tests/data)
+from spt_adapter.training.data import PairedPriorDataset
 
 
 @pytest.fixture()

@@ -9,9 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from spt_adapter.training import metrics
-
 from _data import DATA  # small crops of the test sets, committed (tests/data)
+from spt_adapter.training import metrics
 
 basicsr_metrics = pytest.importorskip("basicsr.metrics.psnr_ssim")
 basicsr_color = pytest.importorskip("basicsr.utils.color_util")

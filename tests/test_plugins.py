@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 
 import spt_adapter
-from spt_adapter.plugins import manager as plugins
 from spt_adapter.errors import LayoutError, PluginError, TargetError
+from spt_adapter.plugins import manager as plugins
 from spt_adapter.plugins.hookspecs import hookimpl
 from spt_adapter.plugins.types import LayoutSpec, ModelClaim
 
@@ -221,7 +221,7 @@ def test_read_checkpoint_never_unpickles_code(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as fh:
         pickle.dump({"params": Evil()}, fh)
-    with pytest.raises(Exception):
+    with pytest.raises(PluginError, match="forbidden"):
         spt_adapter.load_backbone(path)
     assert not (tmp_path / "pwned").exists()
 

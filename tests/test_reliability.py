@@ -20,7 +20,7 @@ from PIL import Image
 
 import spt_adapter
 from spt_adapter.cli import main
-from spt_adapter.errors import AdapterFileError, FingerprintMismatchError, ImageError, PriorError, SPTError
+from spt_adapter.errors import AdapterFileError, FingerprintMismatchError, ImageError, PriorError
 
 pytest.importorskip("spandrel")
 
@@ -115,8 +115,9 @@ def test_1_fixture_tolerance_absorbs_another_cpus_rounding_but_not_a_change():
     """The old check (atol=1e-5 against a one-CPU recording) failed at 1.4e-5 on another CPU."""
     import importlib.util
 
-    from _tolerance import float32_atol, float64_reference
     from safetensors.torch import load_file
+
+    from _tolerance import float32_atol, float64_reference
 
     fixtures = Path(__file__).resolve().parent / "fixtures"
     spec = importlib.util.spec_from_file_location("spt_make_fixture_rel", fixtures / "make_fixture.py")

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from _data import DATA  # small crops of the test sets, committed (tests/data)
 from spt_adapter.cli import main
 from spt_adapter.plugins.hookspecs import hookimpl
-
-from _data import DATA  # small crops of the test sets, committed (tests/data)
 
 
 @pytest.fixture(scope="module")
@@ -258,8 +257,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, swinir_ckpt, sma
     from safetensors.torch import load_file
 
     import spt_adapter
-    from spt_adapter.training.builders import make_dataset
     from spt_adapter.prior import PriorCache, make_provider
+    from spt_adapter.training.builders import make_dataset
     from spt_adapter.training.train import TrainSettings, train_units
 
     provider = make_provider("slic", n_segments=8)

@@ -18,8 +18,15 @@ import argparse
 from pathlib import Path
 
 from ..errors import SPTError
-from ..training.builders import (build_dataset, build_provider, check_task_scale, image_folder, load_backbone_from_args,
-                                 prior_cache, prior_flags)
+from ..training.builders import (
+    build_dataset,
+    build_provider,
+    check_task_scale,
+    image_folder,
+    load_backbone_from_args,
+    prior_cache,
+    prior_flags,
+)
 from ..training.data import NOISE_PROTOCOLS
 from ._args import add_backbone_arguments, add_prior_arguments, nonneg_int, positive_int, task_type
 

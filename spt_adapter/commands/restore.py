@@ -227,7 +227,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     bar = tqdm(total=len(paths), unit="img", disable=args.no_progress, dynamic_ncols=True, file=sys.stderr)
     try:
-        for path, target in zip(paths, targets):
+        for path, target in zip(paths, targets, strict=True):
             if args.skip_existing and target.is_file():
                 skipped += 1
                 bar.update(1)

@@ -16,10 +16,25 @@ from typing import Any
 from ..core.config import DEFAULT_FUSION, FUSIONS
 from ..core.planning import input_channels
 from ..errors import SPTError
-from ..training.builders import (apply_recorded_prior, build_dataset, build_provider, check_provider_args,
-                                 check_task_scale, image_folder, load_backbone_from_args, prior_cache)
-from ._args import (add_backbone_arguments, add_prior_arguments, nonneg_float, nonneg_int, positive_float, positive_int,
-                    task_type)
+from ..training.builders import (
+    apply_recorded_prior,
+    build_dataset,
+    build_provider,
+    check_provider_args,
+    check_task_scale,
+    image_folder,
+    load_backbone_from_args,
+    prior_cache,
+)
+from ._args import (
+    add_backbone_arguments,
+    add_prior_arguments,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    task_type,
+)
 
 HELP = "train SPT units on a frozen backbone (writes a safetensors delta, logs, resumable)"
 
@@ -208,12 +223,11 @@ def _resolve_encoding(args) -> None:
 def run(args) -> int:
     import torch
 
+    from ..core.config import SPTConfig
     from ..core.model import inject
     from ..core.targets import inspect_targets
-    from ..files.format import load_adapter, read_adapter_config
-    from ..core.config import SPTConfig
+    from ..files.format import ADAPTER_FILENAME, load_adapter, read_adapter_config
     from ..training.evaluate import make_val_fn, task_scale
-    from ..files.format import ADAPTER_FILENAME
     from ..training.train import TrainSettings, init_distributed, shutdown_distributed, train_units
 
     # ---- every check before any work -------------------------------------------------------

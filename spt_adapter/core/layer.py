@@ -8,7 +8,7 @@ adapters are active); :func:`apply_to_output` finds the feature map in whatever 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn as nn

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -62,7 +63,7 @@ class SPTModel(nn.Module):
 
     def add_adapter(self, adapter_name: str, config: SPTConfig | None = None, *, targets=None, exclude=None,
                     example_input=None, _channels: dict[str, int] | None = None,
-                    _names: list[str] | None = None) -> "SPTModel":
+                    _names: list[str] | None = None) -> SPTModel:
         """Add a named adapter (units on its own targets) and make it active."""
         if not isinstance(adapter_name, str) or not adapter_name.isidentifier():
             raise TargetError(f"adapter_name must be an identifier, got {adapter_name!r}")
@@ -170,7 +171,7 @@ class SPTModel(nn.Module):
                               adapter=self.active_adapter, like=like, value_range=prior_range(config))
 
     @contextlib.contextmanager
-    def use_prior(self, prior: torch.Tensor) -> Iterator["SPTModel"]:
+    def use_prior(self, prior: torch.Tensor) -> Iterator[SPTModel]:
         """Set the prior for every forward call inside the block (for trainers that call ``net(lq)``)."""
         if self.student() is not None:
             self._refuse_prior_for_student()
@@ -196,7 +197,7 @@ class SPTModel(nn.Module):
             return self.base_model(*args, **kwargs)
 
     # -- training helpers --------------------------------------------------------------------
-    def train(self, mode: bool = True) -> "SPTModel":
+    def train(self, mode: bool = True) -> SPTModel:
         """Like ``nn.Module.train`` for the units; the frozen backbone always runs in eval mode.
 
         A frozen backbone must compute the same function in training and at test time: no dropout
@@ -251,7 +252,7 @@ class SPTModel(nn.Module):
         """Write this adapter as a safetensors delta (see :func:`spt_adapter.save_adapter`)."""
         return _file_operation("save_adapter")(self, path, adapter_name=adapter_name, **kwargs)
 
-    def load_adapter(self, path, adapter_name: str = "default", **kwargs) -> "SPTModel":
+    def load_adapter(self, path, adapter_name: str = "default", **kwargs) -> SPTModel:
         """Add an adapter from a delta file (see :func:`spt_adapter.load_adapter`)."""
         return _file_operation("load_adapter")(self, path, adapter_name=adapter_name, **kwargs)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable, Sequence
 from fnmatch import fnmatchcase
-from functools import lru_cache
-from typing import Callable, Sequence
+from functools import cache
 
 import torch.nn as nn
 
@@ -39,7 +39,7 @@ def compile_pattern(pattern: str) -> Callable[[str], bool]:
     def match(name: str) -> bool:
         parts = tuple(name.split("."))
 
-        @lru_cache(maxsize=None)
+        @cache
         def m(i: int, j: int) -> bool:
             if i == len(segments):
                 return j == len(parts)

@@ -32,12 +32,19 @@ from safetensors import safe_open
 
 from .._io import atomic_write_bytes
 from ..core.config import SCHEMA_VERSION, SPTConfig
-from ..errors import AdapterFileError, BackboneHashMismatchError, ConfigError, FingerprintMismatchError
-from ..core.keys import (get_logical_module, is_adapter_file_key, logical_named_modules, logical_state, see_through,
-                         split_student_file_key, split_unit_file_key)
+from ..core.keys import (
+    get_logical_module,
+    is_adapter_file_key,
+    logical_named_modules,
+    logical_state,
+    see_through,
+    split_student_file_key,
+    split_unit_file_key,
+)
 from ..core.model import SPTModel
 from ..core.student import student_parameter_shapes
 from ..core.unit import unit_parameter_shapes, unit_tensor_count
+from ..errors import AdapterFileError, BackboneHashMismatchError, ConfigError, FingerprintMismatchError
 from ..version import __version__
 
 FORMAT_NAME = "spt-adapter"

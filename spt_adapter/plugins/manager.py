@@ -9,8 +9,8 @@ from importlib import metadata
 
 import pluggy
 
-from . import hookspecs
 from ..errors import PluginError
+from . import hookspecs
 
 ENTRY_POINT_GROUP = "spt_adapter"
 DISABLE_ENV = "SPT_ADAPTER_DISABLE_PLUGINS"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 
 @dataclass
@@ -87,6 +88,7 @@ class Setting:
             if self.optional:
                 return None
             raise bad()
+        out: Any  # the setting's value as its type says: bool, int, float, str or any other declared type
         if isinstance(value, str):
             text = value.strip()
             try:

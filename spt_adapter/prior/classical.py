@@ -59,7 +59,7 @@ class ClassicalMaskProvider:
         import skimage
 
         return {"provider": "classical", "method": self.method, "settings": dict(sorted(self.settings.items())),
-                "skimage": skimage.__version__}
+                "skimage": skimage.__version__}  # type: ignore[attr-defined]  # set by lazy_loader, not in its stubs
 
     def __repr__(self) -> str:
         return f"ClassicalMaskProvider(method={self.method!r}, {self.settings})"

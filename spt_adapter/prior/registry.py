@@ -22,7 +22,7 @@ from ..plugins.types import ProviderSpec
 
 BUILTIN_PLUGIN = "prior"  # entry-point name of spt_adapter.prior.providers
 _failures: dict[str, str] = {}
-_origin: "weakref.WeakKeyDictionary[object, ProviderSpec]" = weakref.WeakKeyDictionary()
+_origin: weakref.WeakKeyDictionary[object, ProviderSpec] = weakref.WeakKeyDictionary()
 
 
 def _manager():

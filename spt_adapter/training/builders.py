@@ -255,7 +255,6 @@ def make_dataset(folder, task: str, provider, cache, *, encoding: str | None = N
     (items hold ``teacher_prior``); ``provider=None``: items hold no prior (an adapter whose student
     makes its own)."""
     from ..prior.encode import DEFAULT_ENCODING
-
     from . import data
 
     task_ = data.parse_task(task)

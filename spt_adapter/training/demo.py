@@ -28,12 +28,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.config import DEFAULT_FUSION
-
 import numpy as np
 import torch
 
 from .._io import atomic_write_bytes
+from ..core.config import DEFAULT_FUSION
 
 TRAIN_IMAGES = ("coffee", "rocket", "motorcycle_left", "immunohistochemistry")
 TEST_IMAGES = ("astronaut", "chelsea")
@@ -61,7 +60,7 @@ class DemoSettings:
     seed: int = 0
 
     @classmethod
-    def quick(cls) -> "DemoSettings":
+    def quick(cls) -> DemoSettings:
         return cls(image_size=64, backbone_embed=16, backbone_depths=(1, 1), backbone_iters=6, backbone_batch=4,
                    backbone_patch=32, spt_iters=4, spt_batch=4, spt_patch=32, segments=8)
 
@@ -269,14 +268,14 @@ def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = No
              sam_checkpoint: str | None = None, device: str | None = None, progress: bool = True,
              retrain_backbone: bool = False, log=print) -> DemoResult:
     """Run the demo; see the module docstring. Returns the table, means and every output path."""
+    from ..core.config import SPTConfig
     from ..core.model import inject
     from ..plugins.backbones import load_backbone
-    from .builders import default_cache_root, make_dataset
-    from ..core.config import SPTConfig
-    from .evaluate import evaluate, make_val_fn
-    from .metrics import to_uint8
     from ..prior import default_encoding, make_provider
     from ..prior.cache import PriorCache
+    from .builders import default_cache_root, make_dataset
+    from .evaluate import evaluate, make_val_fn
+    from .metrics import to_uint8
     from .train import TrainSettings, train_units
 
     t0 = time.time()
@@ -349,7 +348,7 @@ def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = No
     paths["table_csv"] = ev.table_csv
 
     rows = []
-    for sample, row, (base8, spt8) in zip(test_samples, ev.rows, ev.outputs):
+    for sample, row, (base8, spt8) in zip(test_samples, ev.rows, ev.outputs, strict=True):
         rows.append([("LQ (noisy, sigma 25)", to_uint8(sample["lq"])),
                      (f"backbone {row['backbone_psnr']:.2f} dB", base8),
                      (f"+SPT {row['spt_psnr']:.2f} dB", spt8),

@@ -10,19 +10,20 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import metrics
-from .data import parse_task
 from .._io import atomic_write_bytes
 from ..core.model import SPTModel
+from . import metrics
+from .data import parse_task
 from .restore import restore_tensor
 
 __all__ = ["EvalResult", "evaluate", "compare_strip", "task_scale", "make_val_fn", "markdown_table"]

@@ -248,7 +248,7 @@ def _axis_weights(starts: list[int], size: int, length: int, scale: int, blend: 
     w = torch.ones(end - start, dtype=torch.float64)
     # neighbouring seams lie (s[k+2] - s[k]) / 2 apart: ramps wider than that would overlap and the
     # weights would no longer sum to one
-    gaps = [(b - a) / 2 for a, b in zip(starts, starts[2:])]
+    gaps = [(b - a) / 2 for a, b in zip(starts, starts[2:], strict=False)]
     width = min([blend] + gaps) * scale
     for other, sign in ((index - 1, 1), (index + 1, -1)):
         if not 0 <= other < len(starts):
@@ -320,7 +320,7 @@ def _prior_factor(prior: torch.Tensor, h: int, w: int) -> torch.Tensor:
 def restore_tensor(model: nn.Module, lq: torch.Tensor, prior: Any = None, *, scale: int | None = None,
                    multiple: int = 1, tile: int | None = None, tile_overlap: int | None = None,
                    tile_blend: int | None = None, backbone_only: bool = False, half: bool = False,
-                   minimum: int | None = None, info: "RestoreInfo | None" = None) -> torch.Tensor:
+                   minimum: int | None = None, info: RestoreInfo | None = None) -> torch.Tensor:
     """Run ``model`` on one image ``lq`` ((C,H,W) or (1,C,H,W) on [0,1]) and return (C', H*s, W*s) on the
     CPU, clamped to [0, 1]. ``prior``: (C_p, H_p, W_p) or (1, C_p, H_p, W_p) tensor or array for the
     whole image (None for the backbone alone or an adapter with a student). ``scale`` (optional) is
