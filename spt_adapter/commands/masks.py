@@ -162,8 +162,8 @@ def run(args) -> int:
     print(f"masks: computed {counts['computed']}, reused {counts['reused']}"
           + (f" ({counts['re-encoded']} encoded from cached masks)" if counts["re-encoded"] else "")
           + f", failed {counts['failed']} in {dt:.1f}s", file=sys.stderr)
-    for path, reason in failures:
-        print(f"  failed: {path}: {reason}", file=sys.stderr)
+    for failed, reason in failures:
+        print(f"  failed: {failed}: {reason}", file=sys.stderr)
     if cache.stats["corrupt"]:
         print(f"  {cache.stats['corrupt']} corrupt cache entr(y/ies) were recomputed", file=sys.stderr)
     if cache.stats["old_format"]:

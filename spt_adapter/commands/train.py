@@ -10,6 +10,7 @@ output folder will not overwrite an earlier run) before any prior is computed or
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +161,7 @@ def _resume_provenance_check(args, path: Path, provider) -> None:
                        f"it before that (resume with --iters {planned} or more)")
     if isinstance(planned, int) and planned != args.iters:
         args._iters_changes.append({"at_step": step, "from": planned, "to": args.iters})
-    checks = [("--task", done.get("task", (cfg.prior or {}).get("task")), args.task, str.__eq__),
+    checks: list[tuple[str, Any, Any, Callable[[Any, Any], bool]]] = [("--task", done.get("task", (cfg.prior or {}).get("task")), args.task, str.__eq__),
               ("--data", done.get("data"), str(args.data), _same_path),
               ("--lr", done.get("lr"), args.lr, float.__eq__),
               ("--schedule", done.get("schedule"), args.schedule, str.__eq__),
@@ -307,6 +308,7 @@ def run(args) -> int:
             )
             torch.manual_seed(args.seed)
             spt = inject(model, config=config)
+        assert spt.active_adapter is not None  # inject / load_adapter made the new adapter active
         if info.is_main:
             print(f"backbone: {described}; {len(spt.unit_names())} SPT unit(s) on {spt.spt_config[spt.active_adapter].targets}")
             spt.print_trainable_parameters()

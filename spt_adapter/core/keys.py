@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import torch
 import torch.nn as nn
 
 from ..errors import TargetError
@@ -97,7 +98,7 @@ def logical_key(key: str) -> str:
     return ".".join(p for p in key.split(".") if p != BASE_LAYER)
 
 
-def logical_state(module: nn.Module, params_only: bool = False) -> Iterator[tuple[str, object]]:
+def logical_state(module: nn.Module, params_only: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """(logical name, tensor) of the backbone's own weights: units dropped, wrappers seen through."""
     items = module.named_parameters() if params_only else module.state_dict(keep_vars=True).items()
     for name, tensor in items:

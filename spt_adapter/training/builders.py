@@ -190,8 +190,8 @@ def check_task_scale(task: str, backbone_scale: int | None, described: str) -> N
 def apply_recorded_prior(args, recorded: dict, source) -> None:
     """Rebuild the prior an adapter records (``files.format.prior_record``'s schema) unless flags say
     otherwise: its provider (:func:`use_recorded_provider`) and its encoding."""
-    ident = recorded.get("provider") if isinstance(recorded.get("provider"), dict) else {}
-    use_recorded_provider(args, ident, source)
+    ident = recorded.get("provider")
+    use_recorded_provider(args, ident if isinstance(ident, dict) else {}, source)
     if args.encoding is None:
         # "label": adapters that record no encoding were made when label was the only default
         args.encoding = recorded.get("encoding", "label")

@@ -99,7 +99,7 @@ def _resize_long_side(img: np.ndarray, size: int) -> np.ndarray:
     h, w = img.shape[:2]
     s = size / max(h, w)
     nh, nw = max(int(round(h * s)) // 8 * 8, 16), max(int(round(w * s)) // 8 * 8, 16)
-    return np.asarray(Image.fromarray(img).resize((nw, nh), Image.BICUBIC))
+    return np.asarray(Image.fromarray(img).resize((nw, nh), Image.Resampling.BICUBIC))
 
 
 def write_images(root: Path, settings: DemoSettings) -> tuple[Path, Path]:
@@ -338,12 +338,14 @@ def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = No
         shutil.rmtree(out / "adapter")  # the demo starts fresh each time (the backbone is what is cached)
     result = train_units(spt, train_set, tsettings, out_dir=out / "adapter", val_fn=val_fn,
                          training_info={"task": task, "data": "scikit-image demo images", "demo": True})
+    assert result.adapter_path is not None and result.log_csv is not None  # out_dir was given
     paths["adapter"] = result.adapter_path
     paths["train_log"] = result.log_csv
 
     log("[5/5] evaluation on the held-out images")
     ev = evaluate(spt, test_samples, task, out / "eval", crops=len(test_samples), crop_size=96, progress=progress,
                   total=len(test_samples), keep_outputs=True)
+    assert ev.table_md is not None and ev.table_csv is not None  # an output folder was given
     paths["table"] = ev.table_md
     paths["table_csv"] = ev.table_csv
 

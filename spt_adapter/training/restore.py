@@ -165,6 +165,7 @@ class PriorSource:
             return None
         from ..prior import compute_prior
 
+        assert self.encoding is not None  # a provider prior always has its encoding
         return compute_prior(image, self.provider, self.encoding, self.cache)
 
 
@@ -360,7 +361,7 @@ def restore_tensor(model: nn.Module, lq: torch.Tensor, prior: Any = None, *, sca
         for i, y0 in enumerate(ys):
             for j, x0 in enumerate(xs):
                 y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-                pt = None if p is None else p[..., y0 * k : y1 * k, x0 * k : x1 * k].to(device)
+                pt = None if p is None or k is None else p[..., y0 * k : y1 * k, x0 * k : x1 * k].to(device)
                 out, s = _run(model, x[..., y0:y1, x0:x1].to(device), pt, multiple=multiple,
                               backbone_only=backbone_only, half=half)
                 if result is None:
@@ -369,7 +370,9 @@ def restore_tensor(model: nn.Module, lq: torch.Tensor, prior: Any = None, *, sca
                 wx = _axis_weights(xs, tile, w, s, blend, j)
                 result[:, y0 * s : y1 * s, x0 * s : x1 * s] += out[0].cpu() * (wy[:, None] * wx[None, :])
                 tiles += 1
+        assert result is not None  # tile_starts gives at least one tile per axis
         result.clamp_(0, 1)
+    assert result is not None
     if scale is not None and result.shape[-2] != h * scale:
         raise RestoreError(f"the backbone upscales by {result.shape[-2] // h}, not by the expected {scale}")
     if info is not None:

@@ -606,6 +606,8 @@ def train_units(
         raise SPTError("the training dataset is empty")
 
     adapter = model.active_adapter
+    if adapter is None:
+        raise SPTError("the model has no adapter to train: add_adapter() or inject() first")
     distilled = model.student(adapter) is not None
     named = list(model.unit_parameters(adapter))
     keys = {id(p): k for k, p in named}
