@@ -10,6 +10,7 @@ import sys
 import warnings
 
 from . import commands
+from .commands._args import HelpFormatter
 from .errors import BackboneHashMismatchError, SPTError
 from .version import __version__
 
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"spt-adapter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in _command_modules():
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=HelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser

@@ -284,7 +284,7 @@ def test_restore_refusals_are_one_line(setup, tmp_path, capsys):
     model.spt_config["default"].prior = {"provider": {"provider": "sam", "model_type": "vit_b"}, "channels": 3}
     sam = spt_adapter.save_adapter(model, tmp_path / "sam.safetensors")
     refused(str(setup["inputs"] / "a.png"), *base, "--adapter", str(sam), "--out", str(tmp_path / "o"),
-            expect="--sam-checkpoint")
+            expect="--provider-checkpoint")
 
 
 def test_restore_globs_and_never_overwrites_an_input(setup, tmp_path, capsys):

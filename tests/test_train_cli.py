@@ -102,7 +102,7 @@ def test_missing_backbone_and_sam_checkpoint(tmp_path, swinir_ckpt, small_data, 
     code, _, err = _run(["train", "--backbone", str(tmp_path / "missing.pth"), *common], capsys)
     assert code == 1 and "missing.pth does not exist" in err
     code, _, err = _run(["train", "--backbone", str(swinir_ckpt), "--provider", "sam", *common], capsys)
-    assert code == 1 and "--sam-checkpoint" in err
+    assert code == 1 and "--provider-checkpoint" in err
     code, _, err = _run(["train", "--backbone", str(swinir_ckpt), "--sam-checkpoint", str(tmp_path / "sam.pth"), *common], capsys)
     assert code == 1 and "sam.pth does not exist" in err
     code, _, err = _run(["train", "--arch", "swinir", *common], capsys)
@@ -300,7 +300,7 @@ def test_sam_prior_is_recorded_and_required_by_eval(tmp_path, swinir_ckpt, small
     evargs = ["eval", "--backbone", str(swinir_ckpt), "--adapter", str(out), "--data", str(small_data),
               "--prior-cache", str(cache), "--out", str(tmp_path / "ev"), "--no-progress"]
     code, _, err = _run(evargs, capsys)
-    assert code == 1 and "trained with SAM priors" in err and "--sam-checkpoint" in err
+    assert code == 1 and "trained with SAM priors" in err and "--provider-checkpoint" in err
     code, stdout, err = _run(evargs + ["--sam-checkpoint", str(sam)], capsys)
     assert code == 0, err
     assert "| **mean (3)**" in stdout

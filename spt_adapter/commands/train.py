@@ -30,6 +30,7 @@ from ..training.builders import (
 from ._args import (
     add_backbone_arguments,
     add_prior_arguments,
+    add_progress_arguments,
     nonneg_float,
     nonneg_int,
     positive_float,
@@ -61,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          "student network inside the adapter learns the --teacher's prior of the clean images")
     dp.add_argument("--teacher", default=None, metavar="PROVIDER",
                     help="with --prior distilled: the mask provider run on the clean training images only (slic, "
-                         "felzenszwalb, sam/sam2 with --sam-checkpoint, or a plugin provider's name; settings with "
+                         "felzenszwalb, sam/sam2 with --provider-checkpoint, or a plugin provider's name; settings with "
                          "--provider-set)")
     dp.add_argument("--distill-weight", type=nonneg_float, default=0.1,
                     help="weight of the distillation loss beside the L1 restoration loss (default: 0.1)")
@@ -70,20 +71,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dp.add_argument("--student-width", type=positive_int, default=16, help="student conv width (default: 16)")
     dp.add_argument("--student-depth", type=positive_int, default=4, help="student conv layers (default: 4)")
     t = parser.add_argument_group("training")
-    t.add_argument("--iters", type=positive_int, default=2000)
+    t.add_argument("--iters", type=positive_int, default=2000, help="training steps")
     t.add_argument("--batch", type=positive_int, default=8, help="batch per process (global = batch x processes)")
-    t.add_argument("--lr", type=positive_float, default=2e-4)
-    t.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine")
-    t.add_argument("--warmup", type=nonneg_int, default=0)
-    t.add_argument("--seed", type=nonneg_int, default=0)
+    t.add_argument("--lr", type=positive_float, default=2e-4, help="Adam learning rate (unit parameters only)")
+    t.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine", help="learning-rate schedule")
+    t.add_argument("--warmup", type=nonneg_int, default=0, help="linear warm-up steps")
+    t.add_argument("--seed", type=nonneg_int, default=0, help="seed of the crops, noise and initialisation")
     t.add_argument("--save-every", type=nonneg_int, default=500, help="steps between checkpoints (0: only at the end)")
     t.add_argument("--val-every", type=nonneg_int, default=0, help="steps between validations (0: only at the end)")
-    t.add_argument("--log-every", type=positive_int, default=10)
+    t.add_argument("--log-every", type=positive_int, default=10, help="steps between log lines")
     t.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader worker processes")
     t.add_argument("--no-amp", action="store_true", help="full precision on CUDA")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (adapter, logs, state)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_arguments(parser)
 
 
 def _check_out(args) -> Path:

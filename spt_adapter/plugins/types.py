@@ -43,7 +43,7 @@ class LayoutSpec:
 class Setting:
     """One mask-provider setting: its type, default and the values it accepts.
 
-    type: ``int``, ``float``, ``bool`` or ``str``. Text (from ``--set name=value``) is converted;
+    type: ``int``, ``float``, ``bool`` or ``str``. Text (from ``--provider-set name=value``) is converted;
     Python values must already be of the type (an ``int`` is accepted for a ``float``). Floats
     must be finite.
     minimum / maximum: inclusive bounds; ``above``: an exclusive lower bound.
@@ -159,10 +159,10 @@ class ProviderSpec:
         changes the masks and the checkpoint's sha256) and ``generate(image) -> LabelMasks``
         (``spt_adapter.prior.masks``; a list of SAM-style mask dicts is accepted too), optionally
         ``generate_batch(images)``.
-    settings_schema: name -> :class:`Setting`; ``--set name=value`` is checked against it before
+    settings_schema: name -> :class:`Setting`; ``--provider-set name=value`` is checked against it before
         any image is read.
     description: one line for ``spt-adapter plugins``.
-    needs_checkpoint: ``--checkpoint`` is required. version: the provider's version (identity).
+    needs_checkpoint: ``--provider-checkpoint`` is required. version: the provider's version (identity).
     plugin: filled in by the registry (the plugin that offered it).
     """
 

@@ -7,7 +7,7 @@
    (``~/.cache/spt-adapter/demo``): that is the "pretrained backbone". A second run reuses it.
 3. The backbone is loaded back through :func:`spt_adapter.load_backbone` (the spandrel plugin
    claims it and proposes one unit per RSTB), priors are computed (SLIC superpixels, or SAM with
-   ``--sam-checkpoint``) through the on-disk prior cache, SPT units are injected and trained with
+   ``--provider-checkpoint``) through the on-disk prior cache, SPT units are injected and trained with
    :func:`spt_adapter.training.train.train_units`: the backbone stays frozen.
 4. Backbone vs backbone + SPT on the held-out images: a PSNR/SSIM table, a side-by-side picture
    (LQ | backbone | +SPT | GT) and the training curves.
