@@ -265,8 +265,8 @@ def test_third_party_distribution_installed_into_the_environment(tmp_path):
         Image.fromarray(data.astronaut()[::8, ::8]).save(images / "astronaut.png")
         Image.fromarray(data.coffee()[::8, ::8]).save(images / "coffee.png")
         masks = [sys.executable, "-m", "spt_adapter.cli", "masks", str(images), "--provider", "watershed",
-                 "--cache", str(tmp_path / "cache"), "--no-progress", "--strict"]
-        run = subprocess.run([*masks, "--set", "markers=30", "--encoding", "label"], env=env, capture_output=True,
+                 "--prior-cache", str(tmp_path / "cache"), "--no-progress", "--strict"]
+        run = subprocess.run([*masks, "--provider-set", "markers=30", "--encoding", "label"], env=env, capture_output=True,
                              text=True, timeout=300)
         assert run.returncode == 0 and "computed 2" in run.stderr, run.stderr[-3000:]
         assert {"spt_adapter_mask_providers", "WatershedProvider.generate"} <= set(trace.read_text().split())
