@@ -383,7 +383,7 @@ def test_5_prior_cache_that_is_a_file(env, tmp_path, capsys):
     code, _, err = _run(_train_argv(env["ckpt"], env["data"], tmp_path / "r", tmp_path / "pc"), capsys)
     assert code == 1 and "is a file" in _one_line_error(err)
     code, _, err = _run(["masks", env["data"], "--cache", tmp_path / "pc", "--provider", "slic", "--no-progress"], capsys)
-    assert code == 1 and "--cache" in _one_line_error(err)
+    assert code == 1 and "--prior-cache" in _one_line_error(err)  # the flag's name (--cache is its old alias)
 
 
 def _read_only(folder: Path, monkeypatch) -> None:
