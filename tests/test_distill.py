@@ -350,7 +350,7 @@ def test_cli_trains_a_distilled_adapter_and_eval_needs_no_provider(tmp_path, dnc
     (["--teacher", "slic"], "--teacher is for --prior distilled"),
     (["--prior", "distilled"], "needs --teacher"),
     (["--prior", "distilled", "--teacher", "slic", "--provider", "slic"], "drop --provider"),
-    (["--prior", "distilled", "--teacher", "sam"], "--sam-checkpoint"),
+    (["--prior", "distilled", "--teacher", "sam"], "--provider-checkpoint"),
     (["--prior", "distilled", "--teacher", "no_such_provider"], "no_such_provider"),
     (["--prior", "distilled", "--teacher", "slic", "--student-steps", "5"], "--student-steps"),
 ])
