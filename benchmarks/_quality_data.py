@@ -215,7 +215,7 @@ class Segmenter:
     min_size: int = 50
 
     @classmethod
-    def parse(cls, text: str) -> "Segmenter":
+    def parse(cls, text: str) -> Segmenter:
         """``slic:region_px=1600,compactness=10`` or ``felzenszwalb:scale=500,min_size=200``."""
         method, _, rest = text.partition(":")
         kw: dict[str, Any] = {}
@@ -291,11 +291,11 @@ def sam_label_map(img: np.ndarray, provider) -> np.ndarray:
 PRIOR_WORKERS = 1
 
 
-def _label_map_job(item: tuple[np.ndarray, "Segmenter"]) -> np.ndarray:
+def _label_map_job(item: tuple[np.ndarray, Segmenter]) -> np.ndarray:
     return label_map(*item)
 
 
-def prefetch(cache: "LabelCache", ident: str, seg: "Segmenter", images: list[np.ndarray]) -> None:
+def prefetch(cache: LabelCache, ident: str, seg: Segmenter, images: list[np.ndarray]) -> None:
     """Fill ``cache`` with the label maps of ``images`` (the ones it lacks) in ``PRIOR_WORKERS``
     processes; the maps are the same as one process computes (the segmenters are deterministic)."""
     missing = [img for img in images if not cache.path(img, ident).exists()]
@@ -305,7 +305,7 @@ def prefetch(cache: "LabelCache", ident: str, seg: "Segmenter", images: list[np.
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(PRIOR_WORKERS, mp_context=mp.get_context("spawn")) as pool:
-        for img, labels in zip(missing, pool.map(_label_map_job, [(img, seg) for img in missing], chunksize=4)):
+        for img, labels in zip(missing, pool.map(_label_map_job, [(img, seg) for img in missing], chunksize=4), strict=True):
             cache.get(img, ident, lambda _x, labels=labels: labels)
 
 
@@ -423,7 +423,7 @@ def bicubic_upsample_psnr(pset: PriorSet) -> float:
 
     kw = metric_settings(f"sr:{pset.scale}")
     scores = []
-    for hr, (lq,) in zip(pset.clean, pset.noisy):
+    for hr, (lq,) in zip(pset.clean, pset.noisy, strict=True):
         up = imresize_bicubic(to_uint8(lq), scale=float(pset.scale))
         scores.append(float(psnr(up, to_uint8(hr), **kw)))
     return float(np.mean(scores))

@@ -475,9 +475,9 @@ def evaluate(model: nn.Module, pset: qd.PriorSet, prior: str, batch: int = 17) -
                 out = model(lq, prior=pr.to(device))
             out = out.float().cpu().permute(0, 2, 3, 1).numpy()
             if pset.scale > 1:
-                scores += [psnr_sr_y(o, pset.clean[i], pset.scale) for o, i in zip(out, chunk)]
+                scores += [psnr_sr_y(o, pset.clean[i], pset.scale) for o, i in zip(out, chunk, strict=True)]
             else:
-                scores += [psnr_rgb(o, pset.clean[i], pset.border) for o, i in zip(out, chunk)]
+                scores += [psnr_rgb(o, pset.clean[i], pset.border) for o, i in zip(out, chunk, strict=True)]
     return float(np.mean(scores))
 
 
@@ -612,7 +612,7 @@ def render(res: dict[str, Any], eval_names: list[str], rows: list[str], fusions:
             cells = []
             for f in fusions:
                 x, c = res[row][f][name], res[ref][f][name]
-                diff = [xi - ci for xi, ci in zip(x, c)]
+                diff = [xi - ci for xi, ci in zip(x, c, strict=True)]
                 m, s = stats(diff)
                 sep = "yes" if min(x) > max(c) else ("below" if max(x) < min(c) else "no")
                 ok = ""
@@ -843,7 +843,7 @@ def tune(args, splits: qd.Splits, backbone, cache: qd.LabelCache) -> None:
                               seg=seg, cache=cache, segment_view=view)
         vals0 = {n: qd.build_priors(splits.val, sigma=s, realisations=1, noise_base=2, seg=seg, cache=cache,
                                     segment_view=view)
-                 for n, s in zip(names, args.test_sigmas)}
+                 for n, s in zip(names, args.test_sigmas, strict=True)}
         n_regions = float(np.mean([len(np.unique(p[0])) for p in vals0[names[0]].lq_prior]))
         for encoding in args.tune_encodings:
             t0 = time.time()

@@ -8,6 +8,11 @@
     restored = spt_adapter.restore(model, image_hwc_uint8, tile=256)   # prior as the adapter records
 """
 
+from .core.config import SCHEMA_VERSION, SPTConfig
+from .core.layer import SPTLayer
+from .core.model import SPTModel, inject
+from .core.targets import inspect_targets
+from .core.unit import SPTUnit
 from .errors import (
     AdapterFileError,
     ConfigError,
@@ -18,11 +23,6 @@ from .errors import (
     SPTError,
     TargetError,
 )
-from .core.config import SCHEMA_VERSION, SPTConfig
-from .core.layer import SPTLayer
-from .core.model import SPTModel, inject
-from .core.targets import inspect_targets
-from .core.unit import SPTUnit
 from .files.format import backbone_sha256, load_adapter, read_adapter_config, read_adapter_header, save_adapter
 from .version import __version__
 
