@@ -55,7 +55,7 @@ import numpy as np
 from ..core.student import teacher_at_lq_size
 from ..errors import DataError
 from .images import imresize_bicubic, list_images, read_image, stored_grey
-from ..pixels import to_uint8_channels
+from ..pixels import rgb_to_ycbcr_y, to_uint8_channels
 from ..prior.encode import DEFAULT_ENCODING
 
 #: how ``denoise`` noise is drawn: ``spt`` (per image and seed, clipped, 8-bit; training and default
@@ -128,14 +128,6 @@ def degrade(gt, task, seed: int = 0, channels: int = 3, noise: str = "spt") -> t
     if gt.shape[0] < task.scale or gt.shape[1] < task.scale:
         raise DataError(f"image of size {gt.shape[:2]} is smaller than the SR scale {task.scale}")
     return gt, imresize_bicubic(gt, scale=1.0 / task.scale)
-
-
-def ycbcr_y(rgb: np.ndarray) -> np.ndarray:
-    """Y of YCbCr (MATLAB ``rgb2ycbcr`` on a double image) of a float RGB ``HxWx3`` image on [0, 1],
-    as float64 ``HxWx1`` on [16/255, 235/255], unrounded."""
-    from .metrics import rgb_to_y
-
-    return rgb_to_y(np.asarray(rgb, dtype=np.float64)) / 255.0
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -243,7 +235,7 @@ class PairedPriorDataset:
         up = imresize_bicubic(lr.astype(np.float64) / 255.0, size=rgb.shape[:2])  # float, unrounded
         gt = rgb.astype(np.float64) / 255.0
         if self.channels == 1:
-            return ycbcr_y(gt), ycbcr_y(up)
+            return rgb_to_ycbcr_y(gt), rgb_to_ycbcr_y(up)
         return gt, up
 
     @property
