@@ -6,7 +6,7 @@ random-weight DnCNN, against a reference computed here step by step.
 
 Opt-in (``SPT_DNCNN_ROOT`` = a cszn/DnCNN checkout): each test converts a ``model/*.mat`` with
 ``tools/convert_dncnn_mat.py`` into ``tmp_path`` and scores it with the CLI on the checkout's test sets
-(``CBSD68`` from ``../shared/data``). Published (cszn/DnCNN README; DnCNN paper, TIP 2017, table IV):
+(``CBSD68`` from ``../shared/data``). Published (cszn/DnCNN README; DnCNN paper, TIP 2017, colour table):
 DnCNN-3 SR x4 Set5 31.40 / Set14 28.04 dB (Y, border 4); DnCNN-3 BSD68 sigma 25 29.02 dB; CDnCNN-B
 CBSD68 sigma 25 31.23 dB. MATLAB's ``randn('seed', 0)`` cannot be drawn here, so the denoising numbers
 use KAIR's noise with seed 0 and get a wider tolerance.
