@@ -85,7 +85,9 @@ class TrainSettings:
     schedule: ``cosine`` (to ``lr * min_lr_ratio`` at the end), ``step`` (x ``gamma`` at 50 % and
     75 % of the run, BasicSR's MultiStepLR habit) or ``constant``; ``warmup`` linear steps first.
     amp: mixed precision on CUDA (ignored on CPU). save_every / log_every / val_every: in steps
-    (0 = only at the end). workers: DataLoader worker processes.
+    (0 = only at the end). workers: DataLoader worker processes. distill_weight / student_steps: a
+    distilled prior's schedule (module docstring); the ``student_steps`` come before and in addition
+    to ``iters`` (``total_steps``).
     """
 
     iters: int = 1000
@@ -127,7 +129,6 @@ class TrainSettings:
             raise ConfigError(f"distill_weight must be a number >= 0, got {self.distill_weight!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"grad_clip must be positive, got {self.grad_clip!r}")
-
 
     @property
     def total_steps(self) -> int:
