@@ -71,7 +71,8 @@ def test_help_shows_the_defaults(capsys):
     subs = _subparsers()
     # (help lines wrap at hyphens too: join them back)
     text = {name: " ".join(p.format_help().split()).replace("- ", "-") for name, p in subs.items()}
-    assert "--iters ITERS training steps (default: 2000)" in text["train"] and "(default: 0.0002)" in text["train"]
+    assert "--iters ITERS training steps of the units (default: 2000;" in text["train"]
+    assert "--lr LR peak learning rate of the unit parameters (default: 1e-3," in text["train"]
     assert "(default: 96)" in text["eval"] and "--batch BATCH images per provider call (default: 1)" in text["masks"]
     assert "folder of cached priors (default: not kept)" in text["restore"]
     assert "(default: ~/.cache/spt-adapter/priors)" in text["train"]

@@ -6,7 +6,7 @@ random-weight DnCNN, against a reference computed here step by step.
 
 Opt-in (``SPT_DNCNN_ROOT`` = a cszn/DnCNN checkout): each test converts a ``model/*.mat`` with
 ``tools/convert_dncnn_mat.py`` into ``tmp_path`` and scores it with the CLI on the checkout's test sets
-(``CBSD68`` from ``../shared/data``). Published (cszn/DnCNN README; DnCNN paper, TIP 2017, colour table):
+(``CBSD68`` from the folder ``SPT_FULL_DATA`` names). Published (cszn/DnCNN README; DnCNN paper, TIP 2017, colour table):
 DnCNN-3 SR x4 Set5 31.40 / Set14 28.04 dB (Y, border 4); DnCNN-3 BSD68 sigma 25 29.02 dB; CDnCNN-B
 CBSD68 sigma 25 31.23 dB. MATLAB's ``randn('seed', 0)`` cannot be drawn here, so the denoising numbers
 use KAIR's noise with seed 0 and get a wider tolerance.
@@ -26,13 +26,13 @@ import pytest
 import torch
 from PIL import Image
 
+from _data import full_data
 from spt_adapter.cli import main
 from spt_adapter.training.images import imresize_bicubic
 
 pytest.importorskip("spandrel")
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 DNCNN_ROOT = os.environ.get("SPT_DNCNN_ROOT")
 
 
@@ -191,8 +191,8 @@ def test_dncnn3_bsd68_sigma25_is_near_the_published_psnr(tmp_path):
 
 @pytest.mark.slow
 @needs_dncnn
-@pytest.mark.skipif(not (DATA / "CBSD68").is_dir(), reason="shared/data/CBSD68 is not available")
 def test_cdncnn_b_cbsd68_sigma25_is_near_the_published_psnr(tmp_path):
+    cbsd68 = full_data("CBSD68") / "CBSD68"  # cszn/DnCNN has no colour sets: the full CBSD68, opt-in
     ckpt = _convert("GD_Color_Blind", tmp_path)
-    psnr, _ = _mean(ckpt, DATA / "CBSD68", "denoise:25", tmp_path / "ev", "--seed", "0", "--noise", "kair")
+    psnr, _ = _mean(ckpt, cbsd68, "denoise:25", tmp_path / "ev", "--seed", "0", "--noise", "kair")
     assert abs(psnr - 31.23) <= 0.05, psnr
