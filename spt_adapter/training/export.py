@@ -15,7 +15,10 @@ that multiple up runs. float32 by default; ``half=True`` exports float16 weights
 Everything that cannot be exported is refused by name before anything is written (the ``pool``
 fusion: its region averages have data-dependent shapes; ``prior_resize="area"``: adaptive pooling to
 a dynamic size). The exported program is then run at two sizes that differ from the traced one and
-compared with the PyTorch model; a file that does not reproduce it is refused, not written.
+compared with the PyTorch model; a file that does not reproduce it is refused, not written. A
+backbone whose code freezes the batch size when traced (SwinIR's ``window_reverse`` takes
+``int(B)``) is exported for one image per call (metadata ``batch: 1``, a fixed batch axis in ONNX);
+its runner (:mod:`spt_adapter.training.exported`) feeds a batch one image at a time.
 """
 
 from __future__ import annotations
@@ -189,16 +192,17 @@ def _check_sizes(h: int, w: int, multiple: int, minimum: int) -> list[tuple[int,
     return [first, second]
 
 
-def _inputs(kind: str, channels: int, prior_channels: int, size: tuple[int, int], device, dtype, seed: int = 0):
+def _inputs(kind: str, channels: int, prior_channels: int, size: tuple[int, int], device, dtype, seed: int = 0,
+            batch: int = 1):
     g = torch.Generator().manual_seed(seed)
-    x = torch.rand(1, channels, *size, generator=g).to(device=device, dtype=dtype)
+    x = torch.rand(batch, channels, *size, generator=g).to(device=device, dtype=dtype)
     if kind != "prior":
         return (x,)
-    p = (torch.rand(1, prior_channels, *size, generator=g) > 0.5).to(device=device, dtype=dtype)
+    p = (torch.rand(batch, prior_channels, *size, generator=g) > 0.5).to(device=device, dtype=dtype)
     return (x, p)
 
 
-def _onnx_bytes(wrapper: nn.Module, example: tuple, names: list[str]) -> bytes:
+def _onnx_bytes(wrapper: nn.Module, example: tuple, names: list[str], dynamic_batch: bool = True) -> bytes:
     try:
         import onnx  # noqa: F401  (the exporter needs it)
     except ImportError:
@@ -206,6 +210,9 @@ def _onnx_bytes(wrapper: nn.Module, example: tuple, names: list[str]) -> bytes:
     dynamic = {"image": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch", 2: "out_height", 3: "out_width"}}
     if "prior" in names:
         dynamic["prior"] = {0: "batch", 2: "prior_height", 3: "prior_width"}
+    if not dynamic_batch:
+        for axes in dynamic.values():
+            del axes[0]
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -258,6 +265,14 @@ def export(model: nn.Module, path: str | Path, *, format: str | None = None, hal
         raise ExportError(f"{path} is a folder; export writes one file")
     if not path.parent.is_dir() and str(path.parent):
         raise ExportError(f"cannot write {path}: folder {path.parent} does not exist")
+    if fmt == "onnx":
+        import importlib.util
+
+        if importlib.util.find_spec("onnx") is None:
+            raise ExportError("ONNX export needs the onnx package: pip install 'spt-adapter[onnx]'")
+        if check and importlib.util.find_spec("onnxruntime") is None:
+            raise ExportError("checking an ONNX export runs it with onnxruntime, which is not installed: pip install "
+                              "'spt-adapter[onnx]' (or pass check=False / --no-check)")
     kind = _kind(model)
     was_training = model.training
     model.eval()
@@ -279,22 +294,35 @@ def export(model: nn.Module, path: str | Path, *, format: str | None = None, hal
                 out = wrapper(*example)
                 scale = int(out.shape[-2] // size[0])
             meta = export_info(model, descriptor=descriptor, task=task, half=half, scale=scale)
-            if fmt == "onnx":
-                data = _with_onnx_metadata(_onnx_bytes(wrapper, example, names), meta)
-            else:
-                data = _torchscript_bytes(wrapper, example, meta)
+
+            def build(batch: str) -> bytes:
+                meta["batch"] = batch
+                if fmt == "onnx":
+                    return _with_onnx_metadata(_onnx_bytes(wrapper, example, names, batch == "dynamic"), meta)
+                return _torchscript_bytes(wrapper, example, meta)
+
+            data = build("dynamic")
         except ExportError:
             raise
         except Exception as exc:  # the exporter's own error, named
             hint = "" if descriptor is not None else " (pass descriptor= so its size requirements are known)"
             raise ExportError(f"{what} cannot be exported to {fmt}: {_first_line(exc)}{hint}") from None
         if check:
-            worst = parity(data, fmt, model, descriptor=descriptor, sizes=_check_sizes(*size, multiple, minimum))
+            sizes = _check_sizes(*size, multiple, minimum)
             tol = PARITY_ATOL if not half else 1e-2
+            worst = parity(data, fmt, model, descriptor=descriptor, sizes=sizes)
             if not worst <= tol:
                 raise ExportError(f"the {fmt} export of {what} does not reproduce the PyTorch model: max |difference| "
                                   f"{worst:.3g} > {tol:g} at sizes other than the traced one (a shape-dependent branch "
                                   "was frozen by tracing); nothing was written")
+            if not parity(data, fmt, model, descriptor=descriptor, sizes=sizes[:1], batch=2) <= tol:
+                # the backbone's code freezes the batch size (SwinIR's window_reverse: int(B)): the file
+                # takes one image per call and its runner feeds a batch one image at a time
+                data = build("1")
+                worst = parity(data, fmt, model, descriptor=descriptor, sizes=sizes)
+                if not worst <= tol:
+                    raise ExportError(f"the {fmt} export of {what} does not reproduce the PyTorch model (max "
+                                      f"|difference| {worst:.3g}); nothing was written")
     finally:
         model.train(was_training)
     try:
@@ -303,8 +331,9 @@ def export(model: nn.Module, path: str | Path, *, format: str | None = None, hal
         raise ExportError(f"cannot write {path}: {exc.strerror or exc} (nothing was changed there)") from None
 
 
+@torch.no_grad()
 def parity(data: bytes | str | Path, fmt: str, model: nn.Module, *, descriptor: Any = None,
-           sizes: list[tuple[int, int]], seed: int = 1) -> float:
+           sizes: list[tuple[int, int]], seed: int = 1, batch: int = 1) -> float:
     """Max |exported - PyTorch| over images of ``sizes`` (outputs clamped to [0, 1], as restore
     writes them); the reference is the PyTorch forward :func:`spt_adapter.training.restore.restore`
     runs (padded to the size multiple, cropped back)."""
@@ -319,11 +348,12 @@ def parity(data: bytes | str | Path, fmt: str, model: nn.Module, *, descriptor: 
     dtype = torch.float16 if runner.dtype == "float16" else torch.float32
     worst = 0.0
     for i, size in enumerate(sizes):
-        inputs = _inputs(kind, channels, prior_channels, size, device, torch.float32, seed=seed + i)
+        inputs = _inputs(kind, channels, prior_channels, size, device, torch.float32, seed=seed + i, batch=batch)
         p = inputs[1] if kind == "prior" else None
-        ref, _ = _run(model, inputs[0], p, multiple=multiple, backbone_only=kind == "backbone", half=False)
+        ref = torch.cat([_run(model, inputs[0][b : b + 1], None if p is None else p[b : b + 1], multiple=multiple,
+                              backbone_only=kind == "backbone", half=False)[0] for b in range(batch)])
         got = runner(inputs[0].to(dtype), None if p is None else p.to(dtype))
         if tuple(got.shape) != tuple(ref.shape):
             raise ExportError(f"the {fmt} export gives shape {tuple(got.shape)} at {size}, PyTorch {tuple(ref.shape)}")
-        worst = max(worst, float((got.float().cpu().clamp(0, 1) - ref.cpu().clamp(0, 1)).abs().max()))
+        worst = max(worst, float((got.detach().float().cpu().clamp(0, 1) - ref.cpu().clamp(0, 1)).abs().max()))
     return worst

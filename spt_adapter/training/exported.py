@@ -69,7 +69,11 @@ class ExportedModel:
         if self.needs_prior and prior is None:
             raise RestoreError(f"{self.source} reads a prior ({self.prior_channels} channel(s)) beside the image; none "
                                "was given")
-        return self._call(x, prior if self.needs_prior else None)
+        prior = prior if self.needs_prior else None
+        if self.meta.get("batch") == "1" and x.shape[0] > 1:  # a file traced for one image per call
+            return torch.cat([self._call(x[i : i + 1], None if prior is None else prior[i : i + 1])
+                              for i in range(x.shape[0])])
+        return self._call(x, prior)
 
     def __repr__(self) -> str:
         return f"ExportedModel({self.source!r}, format={self.format}, kind={self.kind})"
