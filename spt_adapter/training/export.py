@@ -39,15 +39,12 @@ from .._io import atomic_write_bytes
 from ..core.model import SPTModel
 from ..errors import ExportError
 from ..version import __version__
+from .exported import EXPORT_FORMAT, METADATA_FILE, load_exported
 from .restore import _run, input_channels, minimum_tile, receptive_radius, size_multiple, window_size
 
 __all__ = ["EXPORT_FORMAT", "FORMATS", "METADATA_FILE", "export", "export_info", "format_of"]
 
 FORMATS = ("onnx", "torchscript")
-#: the ``format`` value of an exported file's metadata
-EXPORT_FORMAT = "spt-adapter-export"
-#: the TorchScript extra file holding the metadata (the same keys as ONNX's metadata_props)
-METADATA_FILE = "spt_adapter.json"
 ONNX_OPSET = 17
 #: max |exported - PyTorch| allowed when an export is checked (float32 outputs on [0, 1])
 PARITY_ATOL = 1e-4
@@ -337,8 +334,6 @@ def parity(data: bytes | str | Path, fmt: str, model: nn.Module, *, descriptor: 
     """Max |exported - PyTorch| over images of ``sizes`` (outputs clamped to [0, 1], as restore
     writes them); the reference is the PyTorch forward :func:`spt_adapter.training.restore.restore`
     runs (padded to the size multiple, cropped back)."""
-    from .exported import load_exported
-
     runner = load_exported(data, fmt=fmt)
     kind = _kind(model)
     multiple = size_multiple(model, descriptor)

@@ -23,14 +23,17 @@ import torch
 
 from ..errors import ExportError, RestoreError
 
-__all__ = ["ExportedModel", "exported_format", "load_exported", "restore_exported"]
+__all__ = ["EXPORT_FORMAT", "METADATA_FILE", "ExportedModel", "exported_format", "load_exported", "restore_exported"]
+
+#: the ``format`` value of an exported file's metadata
+EXPORT_FORMAT = "spt-adapter-export"
+#: the TorchScript extra file holding the metadata (the same keys as ONNX's metadata_props)
+METADATA_FILE = "spt_adapter.json"
 
 
 def exported_format(path: str | Path) -> str | None:
     """``onnx`` / ``torchscript`` when ``path`` is a file :func:`~spt_adapter.training.export.export`
     wrote (an ``.onnx`` file; a TorchScript archive holding ``extra/spt_adapter.json``), else None."""
-    from .export import METADATA_FILE
-
     p = Path(path)
     if p.suffix.lower() == ".onnx":
         return "onnx"
@@ -108,8 +111,6 @@ def _onnx(data: bytes | str, source: str, threads: int | None, providers) -> Exp
 
 
 def _torchscript(data: bytes | str, source: str, device) -> ExportedModel:
-    from .export import METADATA_FILE
-
     extra = {METADATA_FILE: ""}
     try:
         module = torch.jit.load(io.BytesIO(data) if isinstance(data, bytes) else data, map_location=device,
@@ -135,8 +136,6 @@ def _torchscript(data: bytes | str, source: str, device) -> ExportedModel:
 
 
 def _check_meta(meta: dict[str, str], source: str) -> None:
-    from .export import EXPORT_FORMAT
-
     if meta.get("format") != EXPORT_FORMAT:
         raise ExportError(f"{source} was not written by `spt-adapter export` (no {EXPORT_FORMAT!r} metadata): restore "
                           "reads its own exports only")
