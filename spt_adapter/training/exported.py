@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -215,11 +214,9 @@ def restore_exported(runner: ExportedModel, image, prior: Any = None, *, tile: i
             overlap = max(DEFAULT_TILE_OVERLAP, 2 * radius + 1) if radius is not None else DEFAULT_TILE_OVERLAP
         if blend is None:
             blend = overlap // 2 if radius is None else max(0, min(overlap // 2, overlap - 2 * radius))
-    t0 = time.perf_counter()
     out = restore_tensor(runner, torch.from_numpy(x_np.transpose(2, 0, 1).copy()),
                          prior if runner.needs_prior else None, multiple=runner.size_multiple, tile=tile,
                          tile_overlap=overlap, tile_blend=blend, minimum=runner.minimum_tile, info=info)
-    del t0
     arr = np.empty(out.shape[1:] + out.shape[:1], dtype=np.float32 if as_float else np.uint8)
     for c in range(out.shape[0]):
         arr[:, :, c] = out[c].numpy() if as_float else out[c].mul_(255.0).round_().to(torch.uint8).numpy()
