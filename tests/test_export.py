@@ -268,3 +268,14 @@ def test_restore_sharded_over_two_processes_writes_each_output_once(files, tmp_p
     # rerun one shard with --skip-existing: its outputs exist, nothing is rewritten
     again = subprocess.run(argv, env={**env, "RANK": "1"}, stderr=subprocess.PIPE, text=True, timeout=300)
     assert again.returncode == 0 and "0 restored, 2 skipped" in again.stderr
+
+
+@pytest.mark.parametrize("src,dst", [((21, 35), (3, 5)), ((24, 40), (24, 40)), ((17, 9), (40, 23)), ((64, 48), (8, 6))])
+def test_traced_prior_resize_is_torch_nearest_exact(src, dst):
+    """Under tracing the unit resizes its prior with index gathers (the ONNX exporter has no
+    nearest-exact): the same pixels as F.interpolate(mode="nearest-exact"), up and down."""
+    from spt_adapter.core.unit import _nearest_exact_gather
+
+    prior = torch.arange(2 * src[0] * src[1], dtype=torch.float32).reshape(1, 2, *src)
+    want = torch.nn.functional.interpolate(prior, size=dst, mode="nearest-exact")
+    assert torch.equal(_nearest_exact_gather(prior, dst), want)
