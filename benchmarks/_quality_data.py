@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,21 @@ class Splits:
     train: list[tuple[str, np.ndarray]]
     val: list[tuple[str, np.ndarray]]
     test: list[tuple[str, np.ndarray]]
+    #: (training image, test image, similarity) pairs whose training side was dropped (``_dedupe``)
+    dropped: list[tuple[str, str, float]] = field(default_factory=list)
+
+
+def _without_test_images(train: list[tuple[str, np.ndarray]], tests: list[tuple[str, np.ndarray]]):
+    """``train`` minus every image that a test image is a crop or resize of (Set14's lenna is Set12's
+    08), and the pairs found: never train on a test image."""
+    from _dedupe import drop_near_duplicates
+
+    def log(msg: str) -> None:
+        import sys
+
+        print(msg, file=sys.stderr, flush=True)
+
+    return drop_near_duplicates(train, tests, log=log)
 
 
 def _require_shared(data: Path) -> None:
@@ -95,7 +111,8 @@ def load_splits(data: Path, *, n_test: int = 0, test_crop: int = 160, val_crop: 
     if n_test:
         test_paths = test_paths[:n_test]
     test = [(f"CBSD68/{p.name}", centre_crop(load_rgb(p), test_crop)) for p in test_paths]
-    return Splits(train, val, test)
+    train, dropped = _without_test_images(train, test)
+    return Splits(train, val, test, dropped)
 
 
 SR_TRAIN = ("McMaster", "CBSD68")
@@ -122,10 +139,12 @@ def load_sr_splits(data: Path, *, scale: int = 4, n_test: int = 0, test_crop: in
         train = train[:n_train]
     if train_crop:
         train = [(n, centre_crop(img, train_crop)) for n, img in train]
-    out = {"train": [(n, mod_crop(img, scale)) for n, img in train]}
+    out = {}
     for sub in SR_TEST:
         paths = _sorted_pngs(data / sub)[: n_test or None]
         out[sub] = [(f"{sub}/{p.name}", mod_crop(centre_crop(load_rgb(p), test_crop), scale)) for p in paths]
+    train, _ = _without_test_images(train, [item for sub in SR_TEST for item in out[sub]])
+    out["train"] = [(n, mod_crop(img, scale)) for n, img in train]
     return out
 
 
@@ -149,7 +168,8 @@ def bd_lq(hr: np.ndarray, scale: int) -> np.ndarray:
     ax = np.arange(7, dtype=np.float64) - 3
     g = np.exp(-(ax**2) / (2 * 1.6**2))
     kernel = np.outer(g, g) / np.outer(g, g).sum()
-    blurred = np.stack([correlate(hr[..., c].astype(np.float64), kernel, mode="reflect") for c in range(3)], -1)
+    blurred = np.stack([correlate(hr[..., c].astype(np.float64), kernel, mode="reflect")
+                        for c in range(hr.shape[2])], -1)
     return bicubic_lq(np.clip(np.round(blurred), 0, 255).astype(np.uint8), scale)
 
 
@@ -195,7 +215,7 @@ class Segmenter:
     min_size: int = 50
 
     @classmethod
-    def parse(cls, text: str) -> "Segmenter":
+    def parse(cls, text: str) -> Segmenter:
         """``slic:region_px=1600,compactness=10`` or ``felzenszwalb:scale=500,min_size=200``."""
         method, _, rest = text.partition(":")
         kw: dict[str, Any] = {}
@@ -271,11 +291,11 @@ def sam_label_map(img: np.ndarray, provider) -> np.ndarray:
 PRIOR_WORKERS = 1
 
 
-def _label_map_job(item: tuple[np.ndarray, "Segmenter"]) -> np.ndarray:
+def _label_map_job(item: tuple[np.ndarray, Segmenter]) -> np.ndarray:
     return label_map(*item)
 
 
-def prefetch(cache: "LabelCache", ident: str, seg: "Segmenter", images: list[np.ndarray]) -> None:
+def prefetch(cache: LabelCache, ident: str, seg: Segmenter, images: list[np.ndarray]) -> None:
     """Fill ``cache`` with the label maps of ``images`` (the ones it lacks) in ``PRIOR_WORKERS``
     processes; the maps are the same as one process computes (the segmenters are deterministic)."""
     missing = [img for img in images if not cache.path(img, ident).exists()]
@@ -285,7 +305,7 @@ def prefetch(cache: "LabelCache", ident: str, seg: "Segmenter", images: list[np.
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(PRIOR_WORKERS, mp_context=mp.get_context("spawn")) as pool:
-        for img, labels in zip(missing, pool.map(_label_map_job, [(img, seg) for img in missing], chunksize=4)):
+        for img, labels in zip(missing, pool.map(_label_map_job, [(img, seg) for img in missing], chunksize=4), strict=True):
             cache.get(img, ident, lambda _x, labels=labels: labels)
 
 
@@ -311,9 +331,13 @@ class LabelCache:
             except Exception:
                 path.unlink(missing_ok=True)
         out = compute(img)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, out)
-        tmp.replace(path)
+        # a name of this process's own: two benchmark runs sharing the cache write the same entries
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        try:
+            np.save(tmp, out)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return out
 
 
@@ -328,6 +352,7 @@ class PriorSet:
     sam_prior: list[list[np.ndarray]] = field(default_factory=list)
     scale: int = 1  # super-resolution factor: ``clean`` is ``scale`` times the size of ``noisy``
     prior_channels: int = 1  # maps are HxW while 1, HxWxC after :func:`apply_encoding` with C > 1
+    border: int = 0  # pixels cropped from every edge before PSNR (the SR protocol on pre-upsampled inputs)
 
 
 def build_priors(images: list[tuple[str, np.ndarray]], *, sigma: float, realisations: int, noise_base: int,
@@ -387,7 +412,7 @@ def apply_encoding(pset: PriorSet, encoding: str) -> PriorSet:
     enc = lambda m: encode_label_map(m, encoding)  # noqa: E731
     return PriorSet(pset.clean, pset.noisy, [[enc(m) for m in ms] for ms in pset.lq_prior],
                     [enc(m) for m in pset.oracle_prior], [[enc(m) for m in ms] for ms in pset.sam_prior],
-                    scale=pset.scale, prior_channels=encoding_channels(encoding))
+                    scale=pset.scale, prior_channels=encoding_channels(encoding), border=pset.border)
 
 
 def bicubic_upsample_psnr(pset: PriorSet) -> float:
@@ -398,7 +423,7 @@ def bicubic_upsample_psnr(pset: PriorSet) -> float:
 
     kw = metric_settings(f"sr:{pset.scale}")
     scores = []
-    for hr, (lq,) in zip(pset.clean, pset.noisy):
+    for hr, (lq,) in zip(pset.clean, pset.noisy, strict=True):
         up = imresize_bicubic(to_uint8(lq), scale=float(pset.scale))
         scores.append(float(psnr(up, to_uint8(hr), **kw)))
     return float(np.mean(scores))
@@ -475,7 +500,8 @@ def load_grey_splits(data: Path, set12: Path, *, n_test: int = 0, val_crop: int 
     train, val = _train_val(data, ("Set14", "McMaster", "CBSD68"), load_grey, val_crop=val_crop, n_train=n_train,
                             train_crop=train_crop)
     test = [(f"set12/{p.name}", load_grey(p)) for p in _sorted_pngs(set12)[: n_test or None]]
-    return Splits(train, val, test)
+    train, dropped = _without_test_images(train, test)
+    return Splits(train, val, test, dropped)
 
 
 def jpeg_compress(img: np.ndarray, quality: int) -> np.ndarray:
@@ -499,3 +525,67 @@ def kair_noise(img: np.ndarray, sigma: float) -> np.ndarray:
     np.random.seed(seed=0)
     noisy += np.random.normal(0, sigma / 255.0, noisy.shape)
     return noisy
+
+
+# -------------------------------------------------------------------------------------------
+# SR on the bicubic-upsampled luma (cszn/DnCNN's DnCNN-3, task "dncnn3bd")
+# -------------------------------------------------------------------------------------------
+def load_y(path: Path) -> np.ndarray:
+    """An image as HxWx1 uint8 Y (BT.601, MATLAB ``rgb2ycbcr``, 16-235), the channel the SR literature
+    scores; a grey file is its own Y (DnCNN-3's demo scores Set5/Set14 the same way)."""
+    from spt_adapter.training.metrics import rgb_to_y
+
+    img = load_rgb(path)
+    if np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2]):
+        return np.ascontiguousarray(img[..., :1])
+    return np.clip(np.round(rgb_to_y(img)), 0, 255).astype(np.uint8)
+
+
+def load_y_sr_splits(data: Path, train400: Path | None, *, scale: int = 4, n_test: int = 0, val_crop: int = 256,
+                     n_train: int = 0, train_crop: int = 0) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Y-channel SR splits: train on Train400 (cszn/DnCNN's 400 grey 180x180 images, when given) and the
+    Y of McMaster (minus 15-18) + CBSD68; validate on McMaster 15-18 (centre crops); test Set5/Set14
+    (never trained or tuned on; training images that are copies of them are dropped). Every image is
+    mod-cropped to a multiple of ``scale``."""
+    _require_shared(data)
+    train, val = _train_val(data, ("McMaster", "CBSD68"), load_y, val_crop=val_crop, n_train=0, train_crop=0)
+    if train400 is not None:
+        if not train400.is_dir():
+            raise FileNotFoundError(f"{train400} is missing: point --dncnn-root at a cszn/DnCNN checkout")
+        train = [(f"Train400/{p.name}", load_y(p)) for p in _sorted_pngs(train400)] + train
+    if n_train:
+        train = train[:n_train]
+    if train_crop:
+        train = [(n, centre_crop(img, train_crop)) for n, img in train]
+    out = {"val": [(n, mod_crop(img, scale)) for n, img in val]}
+    for sub in SR_TEST:
+        paths = _sorted_pngs(data / sub)[: n_test or None]
+        out[sub] = [(f"{sub}/{p.name}", mod_crop(load_y(p), scale)) for p in paths]
+    train, _ = _without_test_images(train, [item for sub in SR_TEST for item in out[sub]])
+    out["train"] = [(n, mod_crop(img, scale)) for n, img in train]
+    return out
+
+
+def build_upsampled_sr_priors(images: list[tuple[str, np.ndarray]], *, scale: int, seg: Segmenter,
+                              cache: LabelCache, degradation: str = "bicubic", want_oracle: bool = True) -> PriorSet:
+    """SR x``scale`` for a network that works at the HR size (DnCNN-3): the LQ image (``degradation``
+    of the HR Y, 8-bit) is bicubic-upsampled back to the HR size in floating point (MATLAB
+    ``imresize``), which is the network's input; the LQ prior segments that upsampled input, the oracle
+    the HR image. The set has scale 1 and a ``scale``-pixel border left out of the PSNR."""
+    from spt_adapter.training.images import imresize_bicubic
+
+    ident = json.dumps({"segmenter": seg.label(), "code": prior_code_path()}, sort_keys=True)
+    out = PriorSet([], [], [], [], [], scale=1, border=scale)
+    for _, hr in images:
+        if hr.shape[0] % scale or hr.shape[1] % scale:
+            raise ValueError(f"HR image {hr.shape[:2]} is not a multiple of the scale {scale}: mod-crop it first")
+        lq = sr_lq(hr, scale, degradation)
+        up = imresize_bicubic(lq.astype(np.float64) / 255.0, size=hr.shape[:2]).astype(np.float32)
+        up = up.reshape(hr.shape)
+        out.clean.append(hr.astype(np.float32) / 255.0)
+        out.noisy.append([up])
+        out.lq_prior.append([cache.get(to_uint8(up), ident, lambda x: label_map(x, seg))])
+        out.sam_prior.append([])
+        if want_oracle:
+            out.oracle_prior.append(cache.get(hr, ident, lambda x: label_map(x, seg)))
+    return out

@@ -6,6 +6,8 @@
 #   benchmarks/distill_ladder.sh OUT_DIR --tasks "denoise kair50"   # a subset
 #
 # Environment: PYTHON (default: python), KAIR_ROOT (default: $SPT_KAIR_ROOT; required by kair50 and kairjpeg),
+# DNCNN_ROOT (default: $SPT_DNCNN_ROOT; a cszn/DnCNN checkout, required by cdncnnb75),
+# STUDENT_INPUT (lq or restored, default lq: what the student of rows g/h reads),
 # DATA (default: ../shared/data), DEVICE (default: cuda), JOBS (default: 8), SEEDS (default: "0 1 2").
 #
 # Steps, every one writing OUT_DIR/<name>.md (the printed tables) and OUT_DIR/<name>.json:
@@ -16,6 +18,7 @@
 #   sr4bd     SRVGGNetCompact x4 bicubic -> BD blur, Set5/Set14 (result 9's configuration)
 #   kair50    KAIR's pretrained grey DnCNN sigma 25 -> 50, Set12 (its frozen row reproduced first)
 #   kairjpeg  the same DnCNN -> JPEG q=30 then sigma 25 noise (a degradation it never saw), Set12
+#   cdncnnb75 cszn/DnCNN's pretrained colour blind CDnCNN-B (sigma 0-55) adapted to sigma 75, CBSD68 crops
 # Each ladder runs rows a (frozen), b (LQ segments), c (constant control), d (oracle: the ceiling),
 # g (distilled prior), h (same student, no teacher), concat fusion, a unit on every hidden conv.
 # A failed task does not stop the others: OUT_DIR/summary.md lists each step's exit code and
@@ -23,7 +26,7 @@
 # Order: the cheapest tasks first (sr4bd trains 1500 steps and is the longest).
 set -uo pipefail
 
-usage() { echo "usage: $0 OUT_DIR [--dry-run] [--tasks \"tune denoise sr4bd kair50 kairjpeg\"]" >&2; exit 2; }
+usage() { echo "usage: $0 OUT_DIR [--dry-run] [--tasks \"tune denoise sr4bd kair50 kairjpeg cdncnnb75\"]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 OUT=$1; shift
 DRY=0
@@ -44,6 +47,11 @@ case " $TASKS " in
   *" kair50 "*|*" kairjpeg "*)
     [ -n "$KAIR_ROOT" ] || { echo "kair50/kairjpeg need a KAIR checkout: set KAIR_ROOT (or SPT_KAIR_ROOT)" >&2; exit 2; } ;;
 esac
+DNCNN_ROOT=${DNCNN_ROOT:-${SPT_DNCNN_ROOT:-}}
+case " $TASKS " in
+  *" cdncnnb75 "*)
+    [ -n "$DNCNN_ROOT" ] || { echo "cdncnnb75 needs a cszn/DnCNN checkout: set DNCNN_ROOT (or SPT_DNCNN_ROOT)" >&2; exit 2; } ;;
+esac
 SEEDS=${SEEDS:-"0 1 2"}
 mkdir -p "$OUT"
 CACHE="$OUT/cache"
@@ -62,7 +70,7 @@ else
   TUNE_CANDIDATES=(0.1:0:16 1:0:16 0.1:400:16 1:400:16)
 fi
 if [ -n "${DATA:-}" ]; then COMMON+=(--data "$DATA"); fi
-LADDER=(--fusions concat --rows abcdgh --encoding boundary --units 0)
+LADDER=(--fusions concat --rows abcdgh --encoding boundary --units 0 --student-input "${STUDENT_INPUT:-lq}")
 
 FAILED=0
 echo "| step | exit code | seconds |" > "$OUT/summary.md"
@@ -93,7 +101,7 @@ for task in $TASKS; do
       # one seed: a choice, not a result
       run tune "${COMMON[@]}" --seeds 0 --unit-sigma 50 --test-sigmas 50 --fusions concat --encoding boundary \
           --units 0 "${STEPS_DN[@]}" --tune-distill "${TUNE_CANDIDATES[@]}" ;;
-    denoise|sr4bd|kair50|kairjpeg)
+    denoise|sr4bd|kair50|kairjpeg|cdncnnb75)
       if [ ${#DISTILL[@]} -eq 0 ]; then
         [ -f "$OUT/tune.json" ] || { echo "no $OUT/tune.json: run the tune step first (it chooses the distillation settings)" >&2; exit 1; }
         # shellcheck disable=SC2207
@@ -107,8 +115,10 @@ for task in $TASKS; do
                     --kair-degradation sigma50 "${STEPS_KAIR[@]}" ;;
         kairjpeg) run kairjpeg "${COMMON[@]}" "${LADDER[@]}" "${DISTILL[@]}" --task kair --kair-root "$KAIR_ROOT" \
                       --kair-degradation jpeg30-sigma25 "${STEPS_KAIR[@]}" ;;
+        cdncnnb75) run cdncnnb75 "${COMMON[@]}" "${LADDER[@]}" "${DISTILL[@]}" --task cdncnnb --dncnn-root "$DNCNN_ROOT" \
+                       --unit-sigma 75 --test-sigmas 75 "${STEPS_DN[@]}" ;;
       esac ;;
-    *) echo "unknown task $task (tune denoise sr4bd kair50 kairjpeg)" >&2; exit 2 ;;
+    *) echo "unknown task $task (tune denoise sr4bd kair50 kairjpeg cdncnnb75)" >&2; exit 2 ;;
   esac
 done
 echo "tables: $OUT/*.md, numbers: $OUT/*.json, exit codes and seconds: $OUT/summary.md" >&2

@@ -43,16 +43,27 @@ def dncnn():
 def swinir_light():
     from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
 
-    return SwinIR(upscale=2, in_chans=3, img_size=64, window_size=8, img_range=1.0, depths=[6, 6, 6, 6],
-                  embed_dim=60, num_heads=[6, 6, 6, 6], mlp_ratio=2, upsampler="pixelshuffledirect",
-                  resi_connection="1conv"), ["layers.*.residual_group"]
+    return SwinIR(
+        upscale=2,
+        in_chans=3,
+        img_size=64,
+        window_size=8,
+        img_range=1.0,
+        depths=[6, 6, 6, 6],
+        embed_dim=60,
+        num_heads=[6, 6, 6, 6],
+        mlp_ratio=2,
+        upsampler="pixelshuffledirect",
+        resi_connection="1conv",
+    ), ["layers.*.residual_group"]
 
 
 def restormer_small():
     from spandrel_extra_arches.architectures.Restormer.__arch.restormer_arch import Restormer
 
-    return Restormer(dim=24, num_blocks=[2, 3, 3, 4], num_refinement_blocks=2, heads=[1, 2, 4, 8],
-                     ffn_expansion_factor=2.66), ["encoder_level*", "latent", "decoder_level*", "refinement"]
+    return Restormer(
+        dim=24, num_blocks=[2, 3, 3, 4], num_refinement_blocks=2, heads=[1, 2, 4, 8], ffn_expansion_factor=2.66
+    ), ["encoder_level*", "latent", "decoder_level*", "refinement"]
 
 
 MODELS = {"dncnn-colour": dncnn, "swinir-light-x2": swinir_light, "restormer-small": restormer_small}
@@ -66,8 +77,11 @@ def build(name: str, student: bool, tmp: Path):
     ckpt = tmp / f"{name}.safetensors"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(ckpt))
     bb = spt_adapter.load_backbone(ckpt)
-    cfg = SPTConfig(targets=targets, student={"width": 16, "depth": 4} if student else None,
-                    prior={"provider": {"provider": "classical", "method": "slic"}, "encoding": "boundary"})
+    cfg = SPTConfig(
+        targets=targets,
+        student={"width": 16, "depth": 4} if student else None,
+        prior={"provider": {"provider": "classical", "method": "slic"}, "encoding": "boundary"},
+    )
     model = spt_adapter.inject(bb.model.eval(), config=cfg).eval()
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():  # trained-looking units: they change the output
@@ -85,17 +99,21 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help=f"backbones among {list(MODELS)}")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    import onnxruntime
+
     from spt_adapter.training.export import export, parity
     from spt_adapter.training.exported import load_exported
     from spt_adapter.training.restore import _run, size_multiple
 
-    import onnxruntime
-
-    print(f"# export_speed: torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {platform.processor() or platform.machine()}, "
-          f"threads {args.threads}, {args.size}x{args.size} input, median of {args.repeats} after 1 warm-up, "
-          f"{'distilled student' if args.student else 'provider prior'}")
-    print("| backbone | PyTorch s | TorchScript s | onnxruntime s | ORT / PyTorch | parity ONNX (small / timed) | "
-          "parity TorchScript (small / timed) | export s (onnx, ts) |")
+    print(
+        f"# export_speed: torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {platform.processor() or platform.machine()}, "
+        f"threads {args.threads}, {args.size}x{args.size} input, median of {args.repeats} after 1 warm-up, "
+        f"{'distilled student' if args.student else 'provider prior'}"
+    )
+    print(
+        "| backbone | PyTorch s | TorchScript s | onnxruntime s | ORT / PyTorch | parity ONNX (small / timed) | "
+        "parity TorchScript (small / timed) | export s (onnx, ts) |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -108,8 +126,10 @@ def main(argv=None) -> int:
             ts_file = export(model, tmp / f"{name}.pt", descriptor=desc)
             t_ts = time.perf_counter() - t
             small = [(40, 56), (37, 45)]
-            p_small = {fmt: parity(f, fmt, model, descriptor=desc, sizes=small)
-                       for fmt, f in (("onnx", onnx_file), ("torchscript", ts_file))}
+            p_small = {
+                fmt: parity(f, fmt, model, descriptor=desc, sizes=small)
+                for fmt, f in (("onnx", onnx_file), ("torchscript", ts_file))
+            }
             runners = {"onnx": load_exported(onnx_file, threads=args.threads), "torchscript": load_exported(ts_file)}
             m = size_multiple(model, desc)
             g = torch.Generator().manual_seed(0)
@@ -117,13 +137,14 @@ def main(argv=None) -> int:
             prior = None if args.student else (torch.rand(1, 1, args.size, args.size, generator=g) > 0.5).float()
             outs = {}
 
-            def pytorch():
+            def pytorch(model=model, x=x, prior=prior, m=m, outs=outs):
                 with torch.no_grad():
                     outs["pytorch"] = _run(model, x, prior, multiple=m, backbone_only=False, half=False)[0]
 
-            def exported(fmt):
+            def exported(fmt, x=x, prior=prior, outs=outs, runners=runners):
                 def run():
                     outs[fmt] = runners[fmt](x, prior)
+
                 return run
 
             fns = {"pytorch": pytorch, "torchscript": exported("torchscript"), "onnx": exported("onnx")}
@@ -137,9 +158,12 @@ def main(argv=None) -> int:
             med = {k: statistics.median(v) for k, v in times.items()}
             ref = outs["pytorch"].clamp(0, 1)
             p_big = {fmt: float((outs[fmt].float().clamp(0, 1) - ref).abs().max()) for fmt in ("onnx", "torchscript")}
-            print(f"| {name} | {med['pytorch']:.2f} | {med['torchscript']:.2f} | {med['onnx']:.2f} | "
-                  f"{med['onnx'] / med['pytorch']:.2f}x | {p_small['onnx']:.1e} / {p_big['onnx']:.1e} | "
-                  f"{p_small['torchscript']:.1e} / {p_big['torchscript']:.1e} | {t_onnx:.1f}, {t_ts:.1f} |", flush=True)
+            print(
+                f"| {name} | {med['pytorch']:.2f} | {med['torchscript']:.2f} | {med['onnx']:.2f} | "
+                f"{med['onnx'] / med['pytorch']:.2f}x | {p_small['onnx']:.1e} / {p_big['onnx']:.1e} | "
+                f"{p_small['torchscript']:.1e} / {p_big['torchscript']:.1e} | {t_onnx:.1f}, {t_ts:.1f} |",
+                flush=True,
+            )
     return 0
 
 

@@ -102,12 +102,14 @@ def student_costs(args) -> int:
         torch.manual_seed(0)
         student = PriorStudent(1, in_channels=cin, width=args.student_width, depth=args.student_depth).to(args.device)
         x = torch.rand(1, cin, args.size, args.size, device=args.device)
-        f_net, f_st = _flops(lambda: net(x)), _flops(lambda: student(x))
+        # each closure binds this iteration's objects (default arguments): no late binding (B023)
+        f_net, f_st = _flops(lambda net=net, x=x: net(x)), _flops(lambda student=student, x=x: student(x))
         with torch.no_grad():
-            t_net = statistics.median(timed(lambda: net(x), args.device) for _ in range(args.repeats))
-            t_st = statistics.median(timed(lambda: student(x), args.device) for _ in range(args.repeats))
+            t_net = statistics.median(timed(lambda net=net, x=x: net(x), args.device) for _ in range(args.repeats))
+            t_st = statistics.median(timed(lambda student=student, x=x: student(x), args.device)
+                                     for _ in range(args.repeats))
         img = (rng.random((args.size, args.size, 3)) * 255).astype(np.uint8)
-        t_seg = statistics.median(timed(lambda: seg.generate(img), "cpu") for _ in range(3))
+        t_seg = statistics.median(timed(lambda img=img: seg.generate(img), "cpu") for _ in range(3))
         ok &= f_st <= 0.10 * f_net
         print(f"| {name} | {f_st / 1e6:.1f} / {f_net / 1e6:.1f} MFLOP = {100 * f_st / f_net:.1f} % "
               f"| {1e3 * t_st:.2f} / {1e3 * t_net:.2f} ms = {t_st / t_net:.3f}x "
@@ -194,7 +196,7 @@ def measure(name: str, args, config: SPTConfig) -> dict:
             call(models[v][0], x, prior)  # warm-up
         for _ in range(args.repeats):
             for v in fwd:
-                fwd[v].append(timed(lambda: call(models[v][0], x, prior), device))
+                fwd[v].append(timed(lambda v=v: call(models[v][0], x, prior), device))
 
     # training step, interleaved
     opts = {
@@ -207,7 +209,7 @@ def measure(name: str, args, config: SPTConfig) -> dict:
         train_step(models[v][0], opts[v], x, prior, target)  # warm-up, creates optimizer state
     for _ in range(args.repeats):
         for v in step:
-            step[v].append(timed(lambda: train_step(models[v][0], opts[v], x, prior, target), device))
+            step[v].append(timed(lambda v=v: train_step(models[v][0], opts[v], x, prior, target), device))
     state = {v: optimizer_state_bytes(opts[v]) for v in opts}
     peak = {v: training_memory(models[v][0], opts[v], x, prior, target, device) for v in opts}
     if device.startswith("cuda"):

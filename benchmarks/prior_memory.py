@@ -59,7 +59,7 @@ def measure(size: int = 512, segments: int = 2500, encodings=("boundary",)) -> d
     for enc in encodings:
         with tempfile.TemporaryDirectory() as root:
             cache = PriorCache(root)
-            out[enc], prior = peak(lambda: cache.get_or_compute(img, provider, enc))
+            out[enc], prior = peak(lambda cache=cache, enc=enc: cache.get_or_compute(img, provider, enc))
             assert cache.stats["computed"] == 1 and prior.shape[1:] == img.shape[:2]
     return out
 

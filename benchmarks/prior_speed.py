@@ -73,7 +73,7 @@ def _same(a, b) -> bool:
     """Stock's and our mask lists equal field by field (same order, same keys, same values)."""
     if len(a) != len(b):
         return False
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         if set(x) != set(y) or not np.array_equal(x["segmentation"], y["segmentation"]):
             return False
         for k in x:
@@ -221,7 +221,7 @@ def bf16_row(sam, images, settings, stock_masks, args, device) -> dict:
         gen._encode(images[:n_enc])
     _sync(device)
     enc_per_image = (time.perf_counter() - t) / len(images[:n_enc])
-    ious = [x for a, b in zip(stock_masks, got) for x in match_mask_iou(a, b, device)]
+    ious = [x for a, b in zip(stock_masks, got, strict=True) for x in match_mask_iou(a, b, device)]
     return {"seconds": seconds, "encoder_batch": n_enc, "encoder_per_image_s": enc_per_image,
             "masks_stock": sum(len(a) for a in stock_masks), "masks_ours": sum(len(b) for b in got),
             "mean_iou": float(np.mean(ious)) if ious else float("nan"), "min_iou": float(np.min(ious)) if ious else float("nan")}
@@ -331,8 +331,8 @@ def main(argv=None) -> int:
         got = batched.generate_batch(images)
         _sync(device)
         t_batched = time.perf_counter() - t
-        identical_batched = all(_same(a, b) for a, b in zip(stock_masks, got))
-        iou_batched = [x for a, b in zip(stock_masks, got) for x in match_mask_iou(a, b, device)]
+        identical_batched = all(_same(a, b) for a, b in zip(stock_masks, got, strict=True))
+        iou_batched = [x for a, b in zip(stock_masks, got, strict=True) for x in match_mask_iou(a, b, device)]
         print(f"  all images, encoder batch {args.encoder_batch}: ours {t_batched:.2f}s, identical={identical_batched}, "
               f"mask IoU vs stock min {min(iou_batched, default=1.0):.4f}", flush=True)
     bf16 = bf16_row(sam, images, settings, stock_masks, args, device) if args.precision == "bf16" else None

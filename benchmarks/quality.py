@@ -314,9 +314,58 @@ def make_spt(backbone: nn.Module, fusion: str, args, seed: int, prior_channels: 
                     prior_channels=prior_channels,
                     student={"in_channels": args.in_channels, "width": args.student_width,
                              "depth": args.student_depth} if student else None)
+    reads_restored = student and args.student_input == "restored"
+    if reads_restored:  # the units read a given prior; the student below makes it from [LQ, restored]
+        cfg = SPTConfig(targets=targets, fusion=fusion, hidden=args.hidden, depth=args.depth,
+                        prior_channels=prior_channels)
     device = next(backbone.parameters()).device
-    return spt_adapter.inject(copy.deepcopy(backbone), config=cfg,
-                              example_input=torch.zeros(1, args.in_channels, 32, 32, device=device)).to(args.device)
+    model = spt_adapter.inject(copy.deepcopy(backbone), config=cfg,
+                               example_input=torch.zeros(1, args.in_channels, 32, 32, device=device)).to(args.device)
+    if reads_restored:
+        from spt_adapter.core.student import PriorStudent
+
+        student_net = PriorStudent(prior_channels, in_channels=2 * args.in_channels, width=args.student_width,
+                                   depth=args.student_depth)
+        model = StudentReadsRestored(model, RestoredInputStudent(student_net, backbone)).to(args.device)
+    return model
+
+
+class RestoredInputStudent(nn.Module):
+    """``--student-input restored``: the prior student reads the LQ input next to the frozen backbone's
+    own restoration of it, ``[LQ, backbone(LQ)]`` (the frozen network removes most of the degradation;
+    arXiv 2403.16368 fuses SAM masks with the original network's output the same way). Costs one more
+    backbone forward (no gradient) per image at training and at inference, beside the student's own."""
+
+    def __init__(self, net: nn.Module, frozen: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self._frozen = [frozen]  # not a submodule: never trained, saved or switched to train mode
+
+    def logits(self, lq: torch.Tensor) -> torch.Tensor:
+        frozen = self._frozen[0]
+        if next(frozen.parameters()).device != lq.device:
+            frozen.to(lq.device)
+        with torch.no_grad():
+            restored = frozen(lq)
+        return self.net.logits(torch.cat([lq, restored], dim=1))
+
+
+class StudentReadsRestored(nn.Module):
+    """An SPTModel whose units read the prior of a :class:`RestoredInputStudent`; the same calls as a
+    distilled SPTModel (``student()``, ``model(x, return_prior_logits=True)``), so rows g/h train and
+    test it unchanged."""
+
+    def __init__(self, spt: nn.Module, student: RestoredInputStudent) -> None:
+        super().__init__()
+        self.spt, self.prior_student = spt, student
+
+    def student(self) -> RestoredInputStudent:
+        return self.prior_student
+
+    def forward(self, lq: torch.Tensor, return_prior_logits: bool = False):
+        logits = self.prior_student.logits(lq)
+        out = self.spt(lq, prior=torch.sigmoid(logits))
+        return (out, logits) if return_prior_logits else out
 
 
 def _restoration_loss(out: torch.Tensor, gt: torch.Tensor, pset: qd.PriorSet) -> torch.Tensor:
@@ -383,12 +432,13 @@ def train_model(model: nn.Module, sched: np.ndarray, pset: qd.PriorSet, prior: s
     return time.time() - t0
 
 
-def psnr_rgb(out: np.ndarray, gt: np.ndarray) -> float:
-    """PSNR in dB on RGB, the colour-denoising convention of the field: the output rounded to 8 bits
-    as a saved image would be (``spt_adapter.training.metrics``, cross-checked against BasicSR)."""
+def psnr_rgb(out: np.ndarray, gt: np.ndarray, border: int = 0) -> float:
+    """PSNR in dB on every channel (RGB, or the one grey/Y channel), the denoising convention of the
+    field: the output rounded to 8 bits as a saved image would be (``spt_adapter.training.metrics``,
+    cross-checked against BasicSR), ``border`` pixels left out at every edge."""
     from spt_adapter.training.metrics import psnr, to_uint8
 
-    return float(psnr(to_uint8(out), to_uint8(gt)))
+    return float(psnr(to_uint8(out), to_uint8(gt), crop_border=border))
 
 
 def psnr_sr_y(out: np.ndarray, gt: np.ndarray, scale: int) -> float:
@@ -425,9 +475,9 @@ def evaluate(model: nn.Module, pset: qd.PriorSet, prior: str, batch: int = 17) -
                 out = model(lq, prior=pr.to(device))
             out = out.float().cpu().permute(0, 2, 3, 1).numpy()
             if pset.scale > 1:
-                scores += [psnr_sr_y(o, pset.clean[i], pset.scale) for o, i in zip(out, chunk)]
+                scores += [psnr_sr_y(o, pset.clean[i], pset.scale) for o, i in zip(out, chunk, strict=True)]
             else:
-                scores += [psnr_rgb(o, pset.clean[i]) for o, i in zip(out, chunk)]
+                scores += [psnr_rgb(o, pset.clean[i], pset.border) for o, i in zip(out, chunk, strict=True)]
     return float(np.mean(scores))
 
 
@@ -535,6 +585,9 @@ def row_titles(args) -> dict[str, str]:
     titles = dict(ROW_TITLES)
     if getattr(args, "segment_input", "lq") == "restored":
         titles["b"] = "(b) + SPT, segments of the backbone's restoration of LQ"
+    if getattr(args, "student_input", "lq") == "restored":
+        titles["g"] = "(g) + SPT, distilled prior (student reads [LQ, frozen backbone(LQ)])"
+        titles["h"] = "(h) + SPT, same student on [LQ, frozen backbone(LQ)], no teacher (control)"
     return titles
 
 
@@ -559,7 +612,7 @@ def render(res: dict[str, Any], eval_names: list[str], rows: list[str], fusions:
             cells = []
             for f in fusions:
                 x, c = res[row][f][name], res[ref][f][name]
-                diff = [xi - ci for xi, ci in zip(x, c)]
+                diff = [xi - ci for xi, ci in zip(x, c, strict=True)]
                 m, s = stats(diff)
                 sep = "yes" if min(x) > max(c) else ("below" if max(x) < min(c) else "no")
                 ok = ""
@@ -573,6 +626,35 @@ def render(res: dict[str, Any], eval_names: list[str], rows: list[str], fusions:
 # -------------------------------------------------------------------------------------------
 # KAIR's pretrained grey DnCNN
 # -------------------------------------------------------------------------------------------
+CDNCNN_B = ("GD_Color_Blind.mat", 20, 3)  # cszn/DnCNN's colour blind model (sigma 0-55): convs, channels
+DNCNN_3 = ("DnCNN3.mat", 20, 1)  # cszn/DnCNN's DnCNN-3: grey denoising, SR on the upsampled luma, deblocking
+
+
+def load_cdncnn_b(dncnn_root: Path) -> tuple[nn.Module, dict]:
+    """CDnCNN-B (cszn/DnCNN ``model/GD_Color_Blind.mat``, colour, blind sigma in [0, 55])."""
+    return load_dncnn_mat(dncnn_root, CDNCNN_B, "CDnCNN-B")
+
+
+def load_dncnn_mat(dncnn_root: Path, model: tuple[str, int, int], label: str) -> tuple[nn.Module, dict]:
+    """A cszn/DnCNN MatConvNet model (``model/<name>``) converted by ``tools/convert_dncnn_mat.py`` into
+    spandrel's DnCNN (``nb`` convs of 64 channels), loaded strictly, in eval mode."""
+    import importlib.util
+
+    from spandrel.architectures.DnCNN import DnCNN
+
+    name, nb, channels = model
+    mat = dncnn_root / "model" / name
+    if not mat.is_file():
+        raise FileNotFoundError(f"{mat} is missing: point --dncnn-root at a cszn/DnCNN checkout")
+    spec = importlib.util.spec_from_file_location(
+        "convert_dncnn_mat", Path(__file__).resolve().parents[1] / "tools" / "convert_dncnn_mat.py")
+    converter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(converter)
+    net = DnCNN(in_nc=channels, out_nc=channels, nc=64, nb=nb, act_mode="R")
+    net.load_state_dict(converter.convert(mat), strict=True)
+    return net.eval(), {"cached": True, "path": str(mat), "arch": f"{label} (cszn/DnCNN, converted)", "nb": nb}
+
+
 def load_kair_dncnn(path: Path) -> nn.Module:
     """KAIR's ``dncnn_25.pth`` in spandrel's DnCNN class (the same layer names as KAIR's
     ``models/network_dncnn.DnCNN``: ``model.0`` .. ``model.32``), loaded strictly, frozen."""
@@ -641,7 +723,53 @@ def main_kair(args, argv, t_all, cache: qd.LabelCache) -> int:
             f"{args.encoding} encoding ({n_regions:.0f} regions per test image, {args.units or 'all'} units)",
             bb_info, res, list(eval_sets), rows,
             {"segmenter": seg.label(), "encoding": args.encoding, "degradation": args.kair_degradation,
-             "regions_per_test_image": n_regions, "kair_frozen_sigma25": repro})
+             "regions_per_test_image": n_regions, "kair_frozen_sigma25": repro,
+             "dropped_near_duplicates": splits.dropped})
+    return 0
+
+
+def main_dncnn3(args, argv, t_all, cache: qd.LabelCache) -> int:
+    """cszn/DnCNN's DnCNN-3 (one grey network for denoising, SR on the bicubic-upsampled luma and JPEG
+    deblocking): its frozen bicubic x4 row on Set5/Set14 reproduced first (published 31.40 / 28.04 dB on
+    Y), then the ladder adapting it to the BD degradation (blur sigma 1.6, then bicubic x4), which it
+    never saw; train Train400 + the Y of McMaster (minus 15-18) + CBSD68, test Set5/Set14 (Y, crop 4)."""
+    train400 = None if args.quick else args.dncnn_root / "TrainingCodes" / "DnCNN_TrainingCodes_v1.0" / "data" / "Train400"
+    splits = qd.load_y_sr_splits(args.data, train400, scale=SR_SCALE, n_test=args.n_test, n_train=args.n_train,
+                                 train_crop=args.train_crop)
+    backbone, bb_info = load_dncnn_mat(args.dncnn_root, DNCNN_3, "DnCNN-3")
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    backbone = backbone.to(args.device)
+    seg = qd.Segmenter.parse(args.segmenter)
+    repro = {sub: evaluate(backbone, qd.build_upsampled_sr_priors(splits[sub], scale=SR_SCALE, seg=seg, cache=cache,
+                                                                  want_oracle=False), "none")
+             for sub in qd.SR_TEST}
+    log("DnCNN-3 frozen, bicubic x4 (Y, crop 4): " + ", ".join(f"{k} {v:.3f}" for k, v in repro.items())
+        + " (published Set5 31.40, Set14 28.04)")
+    if args.tune_distill:
+        tr = qd.build_upsampled_sr_priors(splits["train"], scale=SR_SCALE, seg=seg, cache=cache, degradation="bd")
+        val = qd.build_upsampled_sr_priors(splits["val"], scale=SR_SCALE, seg=seg, cache=cache, degradation="bd")
+        tune_distill_sets(args, backbone, qd.apply_encoding(tr, args.encoding), qd.apply_encoding(val, args.encoding),
+                          "McMaster 15-18 Y, x4 BD")
+        return 0
+    t0 = time.time()
+    train_set = qd.build_upsampled_sr_priors(splits["train"], scale=SR_SCALE, seg=seg, cache=cache, degradation="bd")
+    eval_sets = {f"{sub} ×{SR_SCALE} BD (Y, crop {SR_SCALE})":
+                 qd.build_upsampled_sr_priors(splits[sub], scale=SR_SCALE, seg=seg, cache=cache, degradation="bd")
+                 for sub in qd.SR_TEST}
+    train_set, eval_sets, n_regions = _encode_sets(args, train_set, eval_sets)
+    log(f"data: {len(splits['train'])} Y train images, " + ", ".join(f"{k} {len(splits[k])}" for k in qd.SR_TEST)
+        + f" test images; priors ready in {time.time() - t0:.0f}s ({seg.label()}; {n_regions:.0f} regions per "
+        "upsampled LQ test image)")
+    rows = [r for r in ROWS if r in args.rows]
+    res = run_ladder(args, backbone, train_set, eval_sets, rows, args.fusions)
+    print("\nDnCNN-3 frozen, bicubic ×4 (Y, crop 4): " + ", ".join(f"{k} {v:.3f}" for k, v in repro.items())
+          + " (published Set5 31.40, Set14 28.04)")
+    _report(args, argv, t_all, f"Prior ladder, DnCNN-3 (bicubic ×{SR_SCALE} on the upsampled luma) → ×{SR_SCALE} BD — "
+            f"{seg.label()}, {args.encoding} encoding ({n_regions:.0f} regions per test image, "
+            f"{args.units or 'all'} units)", {**bb_info, "bicubic_x4_frozen": repro}, res, list(eval_sets), rows,
+            {"segmenter": seg.label(), "encoding": args.encoding, "degradation": "bd",
+             "regions_per_test_image": n_regions, "dncnn3_bicubic_x4_frozen": repro})
     return 0
 
 
@@ -653,6 +781,12 @@ def tune_distill(args, splits: qd.Splits, backbone, cache: qd.LabelCache, *, sig
                                            seg=seg, cache=cache, jpeg=jpeg), args.encoding)
     val = qd.apply_encoding(qd.build_priors(splits.val, sigma=sigma, realisations=1, noise_base=2, seg=seg,
                                             cache=cache, jpeg=jpeg), args.encoding)
+    tune_distill_sets(args, backbone, tr, val, f"McMaster 15-18; σ={sigma:g}{f', JPEG q={jpeg}' if jpeg else ''}",
+                      {"sigma": sigma, "jpeg": jpeg})
+
+
+def tune_distill_sets(args, backbone, tr: qd.PriorSet, val: qd.PriorSet, title: str, extra: dict | None = None) -> None:
+    """The ``--tune-distill`` comparison on encoded training and validation sets (see :func:`tune_distill`)."""
     backbone = backbone.to(args.device)
     lines, scored = [], []
     base: dict[tuple[int, str, str, int], float] = {}
@@ -681,8 +815,7 @@ def tune_distill(args, splits: qd.Splits, backbone, cache: qd.LabelCache, *, sig
                        "student_width": width, "score": float(np.mean(worst))})
         lines.append(f"| {weight:g} | {steps} | {width} | " + " | ".join(cells) + " |")
         log(f"tune-distill {weight:g}:{steps}:{width}: {lines[-1]}")
-    print(f"\n### Distillation settings on validation (McMaster 15-18; σ={sigma:g}{f', JPEG q={jpeg}' if jpeg else ''}): "
-          "(g) − (h) / (g) − (c), dB\n")
+    print(f"\n### Distillation settings on validation ({title}): (g) − (h) / (g) − (c), dB\n")
     print("| distill weight | student-only steps | student width | " + " | ".join(args.fusions) + " |")
     print("| --- | --- | --- |" + " --- |" * len(args.fusions))
     print("\n".join(lines))
@@ -692,7 +825,7 @@ def tune_distill(args, splits: qd.Splits, backbone, cache: qd.LabelCache, *, sig
           f"{best['score']:+.3f} dB)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"tune_distill": scored, "best": best, "sigma": sigma, "jpeg": jpeg,
+        args.json.write_text(json.dumps({"tune_distill": scored, "best": best, **(extra or {}),
                                          "settings": {k: (str(v) if isinstance(v, Path) else v)
                                                       for k, v in vars(args).items()}}, indent=1, sort_keys=True))
 
@@ -710,7 +843,7 @@ def tune(args, splits: qd.Splits, backbone, cache: qd.LabelCache) -> None:
                               seg=seg, cache=cache, segment_view=view)
         vals0 = {n: qd.build_priors(splits.val, sigma=s, realisations=1, noise_base=2, seg=seg, cache=cache,
                                     segment_view=view)
-                 for n, s in zip(names, args.test_sigmas)}
+                 for n, s in zip(names, args.test_sigmas, strict=True)}
         n_regions = float(np.mean([len(np.unique(p[0])) for p in vals0[names[0]].lq_prior]))
         for encoding in args.tune_encodings:
             t0 = time.time()
@@ -743,9 +876,16 @@ def tune(args, splits: qd.Splits, backbone, cache: qd.LabelCache) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=("denoise", "sr4", "kair"), default="denoise",
+    p.add_argument("--task", choices=("denoise", "sr4", "kair", "cdncnnb", "dncnn3bd"), default="denoise",
                    help="denoise: colour denoising on CBSD68 (default); sr4: bicubic x4 SR on Set5/Set14; kair: "
-                        "KAIR's pretrained grey DnCNN (sigma 25) adapted to --kair-degradation, tested on Set12")
+                        "KAIR's pretrained grey DnCNN (sigma 25) adapted to --kair-degradation, tested on Set12; "
+                        "cdncnnb: cszn/DnCNN's pretrained colour blind CDnCNN-B (sigma 0-55) in place of the "
+                        "self-trained colour DnCNN (default unit/test sigma 75, outside its range), CBSD68; "
+                        "dncnn3bd: cszn/DnCNN's DnCNN-3 (SR on the bicubic-upsampled luma) adapted to x4 BD, Set5/Set14")
+    p.add_argument("--dncnn-root", type=Path,
+                   default=Path(os.environ["SPT_DNCNN_ROOT"]) if os.environ.get("SPT_DNCNN_ROOT") else None,
+                   help="cdncnnb, dncnn3bd: a cszn/DnCNN checkout (model/*.mat, Train400); required for those "
+                        "tasks unless $SPT_DNCNN_ROOT is set")
     p.add_argument("--kair-root", type=Path,
                    default=Path(os.environ["SPT_KAIR_ROOT"]) if os.environ.get("SPT_KAIR_ROOT") else None,
                    help="kair: a KAIR checkout (model_zoo/dncnn_25.pth, testsets/set12); required for --task kair "
@@ -762,6 +902,9 @@ def parse_args(argv=None):
                         "untouched); every row's units then train --steps steps on the same batches")
     p.add_argument("--student-width", type=int, default=16, help="rows g/h: student conv width")
     p.add_argument("--student-depth", type=int, default=4, help="rows g/h: student conv layers")
+    p.add_argument("--student-input", choices=("lq", "restored"), default="lq",
+                   help="rows g/h: what the student reads: the LQ input (default; the adapter's PriorStudent) or "
+                        "[LQ, the frozen backbone's restoration of it] (one more backbone forward per image)")
     p.add_argument("--tune-distill", nargs="+", default=None, metavar="WEIGHT:STEPS:WIDTH",
                    help="choose the distillation settings on the validation split: (g) − (h) and (g) − (c) per "
                         "candidate, e.g. 0.1:0:16 1:200:16, and exit")
@@ -819,11 +962,21 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     sr = args.task == "sr4"
     kair = args.task == "kair"
+    dncnn3 = args.task == "dncnn3bd"
+    if args.task in ("cdncnnb", "dncnn3bd") and args.dncnn_root is None:
+        p.error(f"--task {args.task} needs --dncnn-root PATH (a cszn/DnCNN checkout with model/*.mat) or "
+                "SPT_DNCNN_ROOT")
+    if args.task == "cdncnnb":
+        if args.unit_sigma is None:
+            args.unit_sigma = 75.0
+        if args.test_sigmas == [25.0, 50.0]:  # the parser default: test where the units were trained
+            args.test_sigmas = [args.unit_sigma]
     if kair and args.kair_root is None:
         p.error("--task kair needs --kair-root PATH (a KAIR checkout with model_zoo/dncnn_25.pth and testsets/set12) "
                 "or SPT_KAIR_ROOT")
-    defaults = {"fusions": ["concat"] if (sr or kair) else list(FUSIONS), "pretrain_steps": 2000 if sr else 1000,
-                "steps": 1500 if sr else 200, "patch": 32 if sr else 48, "test_crop": 0 if (sr or kair) else 160}
+    defaults = {"fusions": ["concat"] if (sr or kair or args.task in ("cdncnnb", "dncnn3bd")) else list(FUSIONS), "pretrain_steps": 2000 if sr else 1000,
+                "steps": 1500 if sr else 200, "patch": 32 if sr else 48,
+                "test_crop": 0 if (sr or kair or dncnn3) else 160}
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -839,7 +992,9 @@ def parse_args(argv=None):
             args.n_test, args.patch = 2, 16
     else:
         args.n_train, args.train_crop = 0, 0
-    args.in_channels = 1 if kair else 3
+    args.in_channels = 1 if (kair or dncnn3) else 3
+    if args.task in ("cdncnnb", "dncnn3bd"):
+        args.nb = (CDNCNN_B if args.task == "cdncnnb" else DNCNN_3)[1]  # the pretrained depth, whatever --quick says
     if not set(args.rows) <= set(ROWS):
         p.error(f"--rows takes letters from {ROWS!r}, got {args.rows!r}")
     if args.jobs < 1:
@@ -860,8 +1015,8 @@ def parse_args(argv=None):
         except ValueError as exc:
             p.error(str(exc))
         if sr:
-            p.error("--tune-distill runs on a denoising validation split (denoise or kair)")
-    if (sr or kair) and args.tune:
+            p.error("--tune-distill runs on a validation split of denoise, kair or dncnn3bd")
+    if (sr or kair or dncnn3) and args.tune:
         p.error("--tune chooses the segmenter on the denoising validation split; it has no --task sr4 mode")
     try:
         from spt_adapter.prior.encode import parse_encoding
@@ -874,9 +1029,11 @@ def parse_args(argv=None):
         p.error("the pool fusion averages features inside the regions of a label map: use --encoding label")
     if args.tune_encodings is None:
         args.tune_encodings = [args.encoding]
+    if args.student_input == "restored" and sr:
+        p.error("--student-input restored needs a backbone whose output has the input's size (not --task sr4)")
     if args.segment_input != "lq" and sr:
         p.error("--segment-input restored is for denoising (the SR backbone's output is HR-sized)")
-    if args.segment_input != "lq" and kair:
+    if args.segment_input != "lq" and (kair or dncnn3):
         p.error("--segment-input restored is for the colour denoising task")
     if args.sr_degradation != "bicubic" and not sr:
         p.error("--sr-degradation is for --task sr4")
@@ -974,11 +1131,16 @@ def main(argv=None) -> int:
         return main_sr(args, argv, t_all, cache)
     if args.task == "kair":
         return main_kair(args, argv, t_all, cache)
+    if args.task == "dncnn3bd":
+        return main_dncnn3(args, argv, t_all, cache)
     splits = qd.load_splits(args.data, n_test=args.n_test, test_crop=args.test_crop, n_train=args.n_train,
                             train_crop=args.train_crop)
     log(f"data: {len(splits.train)} train images, {len(splits.val)} val crops, {len(splits.test)} test images "
         f"(crop {args.test_crop or 'full'}); prior code path: {qd.prior_code_path()}")
-    backbone, bb_info = pretrain_backbone(args, splits.train, args.cache_dir)
+    if args.task == "cdncnnb":
+        backbone, bb_info = load_cdncnn_b(args.dncnn_root)
+    else:
+        backbone, bb_info = pretrain_backbone(args, splits.train, args.cache_dir)
     for p in backbone.parameters():
         p.requires_grad_(False)
     if args.tune:
@@ -1008,7 +1170,7 @@ def main(argv=None) -> int:
     _report(args, argv, t_all, f"Prior ladder — {seg.label()}, {args.encoding} encoding ({n_regions:.0f} regions per "
             f"test image, {args.units or 'all'} units)", bb_info, res, list(eval_sets), rows,
             {"segmenter": seg.label(), "encoding": args.encoding, "segment_input": args.segment_input,
-             "regions_per_test_image": n_regions})
+             "regions_per_test_image": n_regions, "dropped_near_duplicates": splits.dropped})
     return 0
 
 

@@ -68,12 +68,12 @@ def is_state_dict(obj: Any) -> bool:
     )
 
 
-def strip_module_prefix(state: dict[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+def strip_module_prefix(state: dict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
     """Drop DataParallel's ``module.`` prefix, keeping the order (KAIR pairs by position)."""
     return OrderedDict((k[7:] if k.startswith("module.") else k, v) for k, v in state.items())
 
 
-def unwrap(obj: Any, param_key: str | None = None, path: str | os.PathLike = "") -> "OrderedDict[str, torch.Tensor]":
+def unwrap(obj: Any, param_key: str | None = None, path: str | os.PathLike = "") -> OrderedDict[str, torch.Tensor]:
     """The state dict inside a loaded checkpoint.
 
     ``param_key`` picks a nested key (``params`` or ``params_ema``); when it is absent and
@@ -102,6 +102,6 @@ def unwrap(obj: Any, param_key: str | None = None, path: str | os.PathLike = "")
     )
 
 
-def read_state_dict(path: str | os.PathLike, param_key: str | None = None) -> "OrderedDict[str, torch.Tensor]":
+def read_state_dict(path: str | os.PathLike, param_key: str | None = None) -> OrderedDict[str, torch.Tensor]:
     """Read the weights of a BasicSR / KAIR / Restormer checkpoint (bare, ``params``, ``params_ema``)."""
     return unwrap(load_raw(path), param_key, path)

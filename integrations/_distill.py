@@ -11,8 +11,9 @@ student's logits from a forward hook, so none of the framework's code is copied 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 

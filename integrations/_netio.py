@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from os import path as osp
-from typing import Any, Callable, Iterator, Mapping, MutableMapping
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 import spt_adapter
-from spt_adapter.errors import BackboneError as BackboneLoadError
-from spt_adapter.errors import ConfigError
 from spt_adapter.core import keys
 from spt_adapter.core.model import SPTModel
 from spt_adapter.core.planning import input_channels
+from spt_adapter.errors import BackboneError as BackboneLoadError
+from spt_adapter.errors import ConfigError
 
 from ._options import SPTOptions
 
@@ -36,7 +37,7 @@ def bare(net: nn.Module) -> nn.Module:
     return net.module if hasattr(net, "module") and isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else net
 
 
-def logical_state(net: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+def logical_state(net: nn.Module) -> OrderedDict[str, torch.Tensor]:
     """The backbone's state dict as the checkpoint names it: units dropped, ``base_layer`` removed."""
     net = bare(net)
     root = net.base_model if isinstance(net, SPTModel) else net
@@ -72,7 +73,7 @@ def load_backbone_state(net: nn.Module, state: Mapping[str, torch.Tensor], mode:
             raise BackboneLoadError(
                 f"{source} has {len(state)} tensors but the backbone has {len(mine)}; a positional load needs equal counts"
             )
-        pairs = [(k, mine[k], v) for (k, _), v in zip(mine.items(), state.values())]
+        pairs = [(k, mine[k], v) for (k, _), v in zip(mine.items(), state.values(), strict=True)]
     for key, dst, src in pairs:
         if tuple(dst.shape) != tuple(src.shape):
             raise BackboneLoadError(f"{source}: tensor for {key!r} has shape {tuple(src.shape)}, the backbone has {tuple(dst.shape)}")

@@ -34,14 +34,20 @@ student's input channels are the network's.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from spt_adapter.core.config import SPTConfig
 from spt_adapter.errors import ConfigError, PriorError
-from spt_adapter.prior.encode import (DEFAULT_ENCODING, check_encoding_for_fusion, default_encoding, encoding_channels,
-                                      parse_encoding)
+from spt_adapter.prior.encode import (
+    DEFAULT_ENCODING,
+    check_encoding_for_fusion,
+    default_encoding,
+    encoding_channels,
+    parse_encoding,
+)
 
 _CONFIG_KEYS = ("targets", "exclude", "fusion", "hidden", "depth", "prior_channels", "prior_resize")
 _OWN_KEYS = ("backbone", "adapter", "prior", "student", "distill")

@@ -9,6 +9,11 @@
     spt_adapter.export(model, "swinir_spt.onnx")                      # one file: backbone + units (+ student)
 """
 
+from .core.config import SCHEMA_VERSION, SPTConfig
+from .core.layer import SPTLayer
+from .core.model import SPTModel, inject
+from .core.targets import inspect_targets
+from .core.unit import SPTUnit
 from .errors import (
     AdapterFileError,
     ConfigError,
@@ -19,11 +24,6 @@ from .errors import (
     SPTError,
     TargetError,
 )
-from .core.config import SCHEMA_VERSION, SPTConfig
-from .core.layer import SPTLayer
-from .core.model import SPTModel, inject
-from .core.targets import inspect_targets
-from .core.unit import SPTUnit
 from .files.format import backbone_sha256, load_adapter, read_adapter_config, read_adapter_header, save_adapter
 from .version import __version__
 

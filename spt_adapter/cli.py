@@ -10,9 +10,9 @@ import sys
 import warnings
 
 from . import commands
+from .commands._args import HelpFormatter
 from .errors import BackboneHashMismatchError, SPTError
 from .version import __version__
-
 
 #: exit codes (docs/cli.md): 0 success, 1 an error named on one line, 2 a usage error (argparse),
 #: 130 interrupted (Ctrl-C)
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"spt-adapter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in _command_modules():
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=HelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser

@@ -41,7 +41,7 @@ class BackboneHashMismatchError(FingerprintMismatchError):
         self.detail, self.override = detail, override
         super().__init__(f"{detail}; {override}")
 
-    def with_override(self, override: str) -> "BackboneHashMismatchError":
+    def with_override(self, override: str) -> BackboneHashMismatchError:
         return type(self)(self.detail, override)
 
 

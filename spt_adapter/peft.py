@@ -41,22 +41,23 @@ import enum
 import json
 import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import torch
 import torch.nn as nn
 
 from ._io import atomic_write_bytes
-from .core.config import SCHEMA_VERSION, SPTConfig
-from .errors import AdapterFileError, ConfigError, PriorError, SPTError, TargetError
 from .core import keys
+from .core.config import SCHEMA_VERSION, SPTConfig
 from .core.layer import PriorState, SPTLayer, make_unit
 from .core.model import batch_size, student_logits, student_prior_refusal, validate_prior
 from .core.planning import claim_model, plan_injection
 from .core.student import PriorStudent
 from .core.targets import inspect_targets, select_targets
+from .errors import AdapterFileError, ConfigError, PriorError, SPTError, TargetError
 
 #: the PEFT versions this module is written and tested for (the ``peft`` extra's pin): >= 0.21, < 0.22.
 #: PEFT < 0.21 strips the adapter name from saved keys only in the second-to-last position
@@ -112,16 +113,16 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_mod
 from peft.utils import PeftType  # noqa: E402
 
 
-def _add_peft_type_member() -> "PeftType":
+def _add_peft_type_member() -> PeftType:
     """Add ``PeftType.SPT`` to PEFT's closed str-enum (idempotent)."""
     existing = PeftType._member_map_.get(PEFT_TYPE_NAME)
     if existing is not None:
-        return existing
+        return cast(PeftType, existing)
     member = str.__new__(PeftType, PEFT_TYPE_NAME)
     member._name_ = PEFT_TYPE_NAME
     member._value_ = PEFT_TYPE_NAME
     if hasattr(enum.Enum, "_sort_order_"):
-        member._sort_order_ = len(PeftType._member_names_)
+        member._sort_order_ = len(PeftType._member_names_)  # type: ignore[attr-defined]  # enum internals (3.11+), not in the stubs
     PeftType._member_map_[PEFT_TYPE_NAME] = member
     PeftType._value2member_map_[PEFT_TYPE_NAME] = member
     PeftType._member_names_.append(PEFT_TYPE_NAME)
@@ -187,22 +188,44 @@ class _SPTPeftConfigMethods:
 
     @classmethod
     def from_spt_config(cls, config: SPTConfig, names: list[str], channels: dict[str, int] | None = None,
-                        **kwargs) -> "SPTPeftConfig":
-        return cls(target_modules=_exact_regex(names), **_unit_values(config),
-                   unit_channels=dict(channels) if channels else None, **kwargs)
+                        **kwargs) -> SPTPeftConfig:
+        return SPTPeftConfig(target_modules=_exact_regex(names), **_unit_values(config),
+                             unit_channels=dict(channels) if channels else None, **kwargs)
 
 
-SPTPeftConfig = dataclasses.make_dataclass(
-    "SPTPeftConfig",
-    [("target_modules", Optional[Union[list[str], str]], field(default=None)),
-     ("exclude_modules", Optional[Union[list[str], str]], field(default=None)),
-     *(_mirror(f) for f in _UNIT_FIELDS),
-     ("unit_channels", Optional[dict], field(default=None)),
-     ("example_input_shape", Optional[list], field(default=None)),
-     ("spt_schema_version", int, field(default=SCHEMA_VERSION))],
-    bases=(_SPTPeftConfigMethods, PeftConfig),
-    namespace={"__module__": __name__, "__doc__": _SPTPeftConfigMethods.__doc__},
-)
+if TYPE_CHECKING:
+    class SPTPeftConfig(_SPTPeftConfigMethods, PeftConfig):
+        """What the type checker sees of the dataclass built below: its fields (the unit fields are
+        SPTConfig's, tests/test_lint.py checks that the two lists agree)."""
+
+        target_modules: list[str] | str | None
+        exclude_modules: list[str] | str | None
+        fusion: str
+        hidden: int
+        depth: int
+        prior_channels: int
+        prior_resize: str
+        prior: dict[str, Any]
+        integration: str | None
+        preset: str | None
+        student: dict[str, int] | None
+        unit_channels: dict | None
+        example_input_shape: list | None
+        spt_schema_version: int
+
+        def __init__(self, **fields: Any) -> None: ...
+else:
+    SPTPeftConfig = dataclasses.make_dataclass(
+        "SPTPeftConfig",
+        [("target_modules", Optional[list[str] | str], field(default=None)),  # noqa: UP045 -- a runtime field type PEFT reads: spelt as its configs spell it
+         ("exclude_modules", Optional[list[str] | str], field(default=None)),  # noqa: UP045 -- a runtime field type PEFT reads: spelt as its configs spell it
+         *(_mirror(f) for f in _UNIT_FIELDS),
+         ("unit_channels", Optional[dict], field(default=None)),  # noqa: UP045 -- a runtime field type PEFT reads: spelt as its configs spell it
+         ("example_input_shape", Optional[list], field(default=None)),  # noqa: UP045 -- a runtime field type PEFT reads: spelt as its configs spell it
+         ("spt_schema_version", int, field(default=SCHEMA_VERSION))],
+        bases=(_SPTPeftConfigMethods, PeftConfig),
+        namespace={"__module__": __name__, "__doc__": _SPTPeftConfigMethods.__doc__},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,13 +299,16 @@ class SPTPeftModel(BaseTuner):
         layers = self._existing_layer_keys(model)
         return lambda key: not _nested_under_layer(key, layers) and bool(check_target_module_exists(config, key))
 
-    def _pre_injection_hook(self, model: nn.Module, config: SPTPeftConfig, adapter_name: str) -> None:
-        self._spt_plan(model, config, adapter_name)
+    def _pre_injection_hook(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> None:
+        self._spt_plan(model, cast(SPTPeftConfig, config), adapter_name)
+
+    def _config(self, adapter_name: str) -> SPTPeftConfig:
+        return cast(SPTPeftConfig, self.peft_config[adapter_name])  # this tuner holds SPT configs only
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
         # PeftModel.add_adapter calls inject_adapter without the pre-injection hook: plan here too
         if adapter_name not in self._spt_plans:
-            self._spt_plan(model, self.peft_config[adapter_name], adapter_name)
+            self._spt_plan(model, self._config(adapter_name), adapter_name)
         if keys.STUDENT_ATTR not in self._modules:
             self.add_module(keys.STUDENT_ATTR, nn.ModuleDict())
         # adding an adapter leaves the trainability of those already there as it was (PEFT restores
@@ -293,9 +319,9 @@ class SPTPeftModel(BaseTuner):
         finally:
             self._spt_plans.pop(adapter_name, None)
         for name, student in self.spt_students.items():
-            for param, flag in zip(student.parameters(), flags.get(name, ())):
+            for param, flag in zip(student.parameters(), flags.get(name, ()), strict=False):
                 param.requires_grad = flag
-        self._add_student(adapter_name, self.peft_config[adapter_name])
+        self._add_student(adapter_name, self._config(adapter_name))
         self._register_prior_hooks(model)
 
     def _add_student(self, adapter_name: str, config: SPTPeftConfig) -> None:
@@ -347,7 +373,7 @@ class SPTPeftModel(BaseTuner):
         return peft_config
 
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key=None,
-                            **kwargs) -> None:
+                            parameter_name: str | None = None, **kwargs) -> None:
         plan = self._spt_plans[adapter_name]
         key = current_key if current_key is not None else target_name
         if key not in peft_config.unit_channels:
@@ -368,15 +394,20 @@ class SPTPeftModel(BaseTuner):
 
     # -- the prior --------------------------------------------------------------------------
     def _active_configs(self) -> list[SPTPeftConfig]:
-        return [self.peft_config[a] for a in self.active_adapters if a in self.peft_config]
+        return [self._config(a) for a in self.active_adapters if a in self.peft_config]
 
     def student(self, adapter_name: str | None = None) -> PriorStudent | None:
         """The prior student of an adapter (the active one by default), or None if it has none."""
         if adapter_name is None:
             active = [a for a in self.active_adapters if a in self.peft_config]
             adapter_name = active[0] if len(active) == 1 else None
-        students = self._modules.get(keys.STUDENT_ATTR) or {}
-        return students[adapter_name] if adapter_name in students else None
+        student = self._student_modules().get(adapter_name) if adapter_name is not None else None
+        return cast(PriorStudent, student) if student is not None else None
+
+    def _student_modules(self) -> dict[str, nn.Module]:
+        """{adapter name: its prior student} (empty before the first distilled adapter)."""
+        students = self._modules.get(keys.STUDENT_ATTR)
+        return dict(students.named_children()) if students is not None else {}
 
     def _check_student_alone(self, names: list[str]) -> None:
         """A distilled adapter runs alone (as in SPTModel, where one adapter is active): its units read
@@ -399,7 +430,8 @@ class SPTPeftModel(BaseTuner):
         """Validate a prior for the active adapter(s); raise :class:`PriorError` naming the problem."""
         if prior is None:
             return validate_prior(prior, batch, name="spt_prior")
-        for config in self._active_configs() or [None]:
+        configs: list[SPTPeftConfig | None] = [*self._active_configs()] or [None]
+        for config in configs:
             prior = validate_prior(prior, batch, config.prior_channels if config else None, name="spt_prior")
         return prior
 
@@ -431,7 +463,7 @@ class SPTPeftModel(BaseTuner):
         return None
 
     @contextlib.contextmanager
-    def use_prior(self, prior: torch.Tensor) -> Iterator["SPTPeftModel"]:
+    def use_prior(self, prior: torch.Tensor) -> Iterator[SPTPeftModel]:
         """Set the prior for every forward call inside the block (for trainers that call ``net(lq)``)."""
         distilled = self._active_student()
         if distilled is not None:
@@ -480,7 +512,7 @@ class SPTPeftModel(BaseTuner):
                 for name in names:
                     if name in layer.spt_units:
                         layer.spt_units[name].requires_grad_(False)
-        for name, student in (self._modules.get(keys.STUDENT_ATTR) or {}).items():
+        for name, student in self._student_modules().items():
             student.requires_grad_(name in names and not inference_mode)  # as BaseTunerLayer does for units
         self.active_adapter = adapter_name
 
@@ -522,7 +554,7 @@ class SPTPeftModel(BaseTuner):
         for handle in self._spt_hooks:
             handle.remove()
         self._spt_hooks.clear()
-        for name in list(self._modules.get(keys.STUDENT_ATTR) or {}):
+        for name in list(self._student_modules()):
             del self.spt_students[name]
         return self.model
 
@@ -565,19 +597,20 @@ def _register() -> None:
 
     tables = [getattr(mapping, n) for n in ("PEFT_TYPE_TO_CONFIG_MAPPING", "PEFT_TYPE_TO_TUNER_MAPPING",
                                             "PEFT_TYPE_TO_PREFIX_MAPPING") if hasattr(mapping, n)]
-    config_table = getattr(mapping, "PEFT_TYPE_TO_CONFIG_MAPPING")
+    config_table = mapping.PEFT_TYPE_TO_CONFIG_MAPPING
     current = config_table.get(SPT_PEFT_TYPE)
     if current is SPTPeftConfig:
         return
     if current is not None:
         raise SPTError(f"another PEFT method is registered as {PEFT_TYPE_NAME!r} ({current.__module__}."
                        f"{current.__qualname__}); spt_adapter.peft cannot register SPT")
+    register: Callable[..., None] | None
     try:
-        from peft.utils import register_peft_method
+        from peft.utils import register_peft_method as register
     except ImportError:
-        register_peft_method = None
-    if register_peft_method is not None:
-        register_peft_method(name=PEFT_TYPE_NAME.lower(), config_cls=SPTPeftConfig, model_cls=SPTPeftModel,
+        register = None
+    if register is not None:
+        register(name=PEFT_TYPE_NAME.lower(), config_cls=SPTPeftConfig, model_cls=SPTPeftModel,
                              prefix=PREFIX)
     else:  # pragma: no cover - versions without the helper
         mapping.PEFT_TYPE_TO_CONFIG_MAPPING[SPT_PEFT_TYPE] = SPTPeftConfig
@@ -628,7 +661,7 @@ def read_peft_folder(folder: str | os.PathLike) -> tuple[SPTPeftConfig, dict[str
         raise AdapterFileError(f"{cfg_path} is not valid JSON ({exc})") from None
     if data.get("peft_type") != PEFT_TYPE_NAME:
         raise AdapterFileError(f"{folder} holds a PEFT {data.get('peft_type')!r} adapter, not an SPT one")
-    known = set(SPTPeftConfig.__dataclass_fields__)
+    known = {f.name for f in dataclasses.fields(SPTPeftConfig)}
     config = SPTPeftConfig(**{k: v for k, v in data.items() if k in known and k != "peft_type"})
     try:
         with safe_open(str(weights), framework="pt", device="cpu") as fh:

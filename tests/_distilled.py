@@ -3,7 +3,7 @@ a delta saved after the student-only steps and one saved after joint steps must 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch

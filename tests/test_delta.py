@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from safetensors.torch import save as st_save
 
 import spt_adapter
+from _archs import ARCHS
 from spt_adapter import AdapterFileError, FingerprintMismatchError, SPTConfig
 from spt_adapter.files.format import FORMAT_VERSION, adapter_metadata, adapter_tensors, read_adapter_header
-from _archs import ARCHS
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +91,9 @@ def test_load_adapter_under_another_name_and_as_method(trained):
 
 
 def test_wrong_backbone_names_first_difference_and_leaves_model_as_it_was(trained):
-    from _archs import ARCHS as A
-
     from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
+
+    from _archs import ARCHS as A
 
     other = SwinIR(upscale=2, img_size=16, window_size=8, depths=[2, 2], embed_dim=32, num_heads=[2, 2],
                    mlp_ratio=2, upsampler="pixelshuffledirect")  # same module names, other widths

@@ -4,19 +4,18 @@ clean images, so inference needs no segmenter (issue 14)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import spt_adapter
+from _data import DATA  # small crops of the test sets, committed (tests/data)
 from spt_adapter.cli import main
 from spt_adapter.core.keys import FILE_STUDENT_SEGMENT, is_adapter_file_key, split_student_file_key, student_file_key
 from spt_adapter.core.student import PriorStudent, check_student
 from spt_adapter.errors import ConfigError, DataError, PriorError, SPTError
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 spandrel = pytest.importorskip("spandrel")
 from spandrel.architectures.DnCNN import DnCNN  # noqa: E402
 
@@ -123,7 +122,7 @@ def test_student_round_trip_save_load_exact(tmp_path):
     loaded = spt_adapter.load_adapter(_dncnn(), path)  # same weights, fresh modules
     with torch.no_grad():
         assert torch.equal(loaded(x), want)
-    for (k1, p1), (k2, p2) in zip(model.unit_parameters(), loaded.unit_parameters()):
+    for (k1, p1), (k2, p2) in zip(model.unit_parameters(), loaded.unit_parameters(), strict=True):
         assert k1 == k2 and torch.equal(p1, p2)
     # the same through a folder (from_pretrained) and the model card
     model.save_pretrained(tmp_path / "folder")
@@ -184,8 +183,6 @@ class Recording:
 
 
 def _hq_folder(tmp_path, n=2, size=48):
-    if not (DATA / "Set5").is_dir():
-        pytest.skip(f"test images not found at {DATA}")
     from PIL import Image
 
     folder = tmp_path / "hq"
@@ -202,7 +199,7 @@ def test_the_teacher_only_ever_sees_hq_images(tmp_path, task):
     folder = _hq_folder(tmp_path)
     teacher = Recording()
     ds = PairedPriorDataset(folder, task, cache=None, teacher=teacher, patch_size=8, train=True)
-    gts, lqs = zip(*(ds.pair(i) for i in range(len(ds))))
+    gts, lqs = zip(*(ds.pair(i) for i in range(len(ds))), strict=True)
     for i in range(len(ds)):
         item = ds[i]
         assert "prior" not in item and item["teacher_prior"].shape == (1,) + tuple(item["lq"].shape[1:])
@@ -353,7 +350,7 @@ def test_cli_trains_a_distilled_adapter_and_eval_needs_no_provider(tmp_path, dnc
     (["--teacher", "slic"], "--teacher is for --prior distilled"),
     (["--prior", "distilled"], "needs --teacher"),
     (["--prior", "distilled", "--teacher", "slic", "--provider", "slic"], "drop --provider"),
-    (["--prior", "distilled", "--teacher", "sam"], "--sam-checkpoint"),
+    (["--prior", "distilled", "--teacher", "sam"], "--provider-checkpoint"),
     (["--prior", "distilled", "--teacher", "no_such_provider"], "no_such_provider"),
     (["--prior", "distilled", "--teacher", "slic", "--student-steps", "5"], "--student-steps"),
 ])

@@ -55,9 +55,12 @@ def _adapted(tmp_path, name: str, student: bool):
     build, targets, _ = BACKBONES[name]
     torch.manual_seed(0)
     bb = spt_adapter.load_backbone(_save(build().eval(), tmp_path / f"{name}.safetensors"))
-    cfg = spt_adapter.SPTConfig(targets=targets, hidden=8, student={"width": 8, "depth": 3} if student else None,
-                                prior={"provider": {"provider": "classical", "method": "slic"}, "encoding": "boundary",
-                                       "task": "denoise:25"})
+    cfg = spt_adapter.SPTConfig(
+        targets=targets,
+        hidden=8,
+        student={"width": 8, "depth": 3} if student else None,
+        prior={"provider": {"provider": "classical", "method": "slic"}, "encoding": "boundary", "task": "denoise:25"},
+    )
     model = spt_adapter.inject(bb.model.eval(), config=cfg)
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
@@ -101,8 +104,19 @@ def test_exported_files_match_pytorch_at_other_sizes(tmp_path, name, student):
     pb = None if student else (torch.rand(2, 1, *sizes[0]) > 0.5).float()
     out = runner(xb, pb)
     with torch.no_grad():
-        ref = torch.cat([_run(model, xb[i : i + 1], None if pb is None else pb[i : i + 1], multiple=m,
-                              backbone_only=False, half=False)[0] for i in range(2)])
+        ref = torch.cat(
+            [
+                _run(
+                    model,
+                    xb[i : i + 1],
+                    None if pb is None else pb[i : i + 1],
+                    multiple=m,
+                    backbone_only=False,
+                    half=False,
+                )[0]
+                for i in range(2)
+            ]
+        )
     assert float((out.clamp(0, 1) - ref.clamp(0, 1)).abs().max()) <= PARITY_ATOL
 
 
@@ -173,8 +187,12 @@ def files(tmp_path_factory):
     for kind, student in (("student", True), ("slic", False)):
         model, _ = _adapted(root, "dncnn", student)
         cfg = model.spt_config["default"]
-        cfg.prior = {"provider": {"provider": "classical", "method": "slic", "settings": {"n_segments": 12}},
-                     "encoding": "boundary", "task": "denoise:25", "channels": 3}
+        cfg.prior = {
+            "provider": {"provider": "classical", "method": "slic", "settings": {"n_segments": 12}},
+            "encoding": "boundary",
+            "task": "denoise:25",
+            "channels": 3,
+        }
         model.base_model.load_state_dict(spt_adapter.load_backbone(ckpt).model.state_dict(), strict=False)
         out[kind] = spt_adapter.save_adapter(model, root / f"{kind}.safetensors")
     inputs = root / "in"
@@ -193,13 +211,28 @@ def _pngs(folder: Path) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("kind", ["student", "slic"])
 def test_export_command_and_restore_from_the_exported_file(files, tmp_path, kind, capsys):
     onnx_file = tmp_path / "m.onnx"
-    assert main(["export", "--backbone", str(files["ckpt"]), "--adapter", str(files[kind]), "--out",
-                 str(onnx_file)]) == 0
+    assert (
+        main(["export", "--backbone", str(files["ckpt"]), "--adapter", str(files[kind]), "--out", str(onnx_file)]) == 0
+    )
     assert "inputs: image" in capsys.readouterr().err
     ref, got = tmp_path / "ref", tmp_path / "onnx"
     common = ["--no-progress", "--prior-cache", str(tmp_path / "cache")]
-    assert main(["restore", str(files["inputs"]), "--backbone", str(files["ckpt"]), "--adapter", str(files[kind]),
-                 "--out", str(ref), *common]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                str(files["inputs"]),
+                "--backbone",
+                str(files["ckpt"]),
+                "--adapter",
+                str(files[kind]),
+                "--out",
+                str(ref),
+                *common,
+            ]
+        )
+        == 0
+    )
     assert main(["restore", str(files["inputs"]), "--backbone", str(onnx_file), "--out", str(got), *common]) == 0
     err = capsys.readouterr().err
     assert "exported onnx" in err and "5 restored" in err
@@ -208,8 +241,24 @@ def test_export_command_and_restore_from_the_exported_file(files, tmp_path, kind
     for name in a:  # outputs differ by float32 rounding (<= 1e-4 before 8-bit rounding): at most one level
         assert a[name].shape == b[name].shape and np.abs(a[name].astype(int) - b[name].astype(int)).max() <= 1
     # tiled through onnxruntime: a CNN's tiles give its whole-image output
-    assert main(["restore", str(files["inputs"]), "--backbone", str(onnx_file), "--out", str(tmp_path / "t"),
-                 "--tile", "30", "--tile-overlap", "20", *common]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                str(files["inputs"]),
+                "--backbone",
+                str(onnx_file),
+                "--out",
+                str(tmp_path / "t"),
+                "--tile",
+                "30",
+                "--tile-overlap",
+                "20",
+                *common,
+            ]
+        )
+        == 0
+    )
     for name, arr in _pngs(tmp_path / "t").items():
         assert np.abs(arr.astype(int) - b[name].astype(int)).max() <= 1
     # TorchScript runs through the same path
@@ -226,40 +275,114 @@ def test_command_refusals_are_one_line(files, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expect in err, err
 
-    pool_model = spt_adapter.inject(spt_adapter.load_backbone(files["ckpt"]).model,
-                                    config=spt_adapter.SPTConfig(targets=["model.2"], fusion="pool"))
+    pool_model = spt_adapter.inject(
+        spt_adapter.load_backbone(files["ckpt"]).model, config=spt_adapter.SPTConfig(targets=["model.2"], fusion="pool")
+    )
     pool = spt_adapter.save_adapter(pool_model, tmp_path / "pool.safetensors")
-    refused(["export", "--backbone", str(files["ckpt"]), "--adapter", str(pool), "--out", str(tmp_path / "x.onnx")],
-            "fusion 'pool'")
-    refused(["export", "--backbone", str(files["ckpt"]), "--adapter", str(pool), "--out", str(tmp_path / "x.zip")],
-            "cannot tell the export format")
+    refused(
+        ["export", "--backbone", str(files["ckpt"]), "--adapter", str(pool), "--out", str(tmp_path / "x.onnx")],
+        "fusion 'pool'",
+    )
+    refused(
+        ["export", "--backbone", str(files["ckpt"]), "--adapter", str(pool), "--out", str(tmp_path / "x.zip")],
+        "cannot tell the export format",
+    )
     assert not (tmp_path / "x.onnx").exists()
-    onnx_file = export(spt_adapter.load_adapter(spt_adapter.load_backbone(files["ckpt"]).model, files["student"]),
-                       tmp_path / "s.onnx")
-    refused(["restore", str(files["inputs"]), "--backbone", str(onnx_file), "--adapter", str(files["student"]),
-             "--out", str(tmp_path / "o")], "--adapter does not apply to an exported file")
-    refused(["restore", str(files["inputs"]), "--backbone", str(onnx_file), "--provider", "slic",
-             "--out", str(tmp_path / "o")], "distilled prior")
+    onnx_file = export(
+        spt_adapter.load_adapter(spt_adapter.load_backbone(files["ckpt"]).model, files["student"]), tmp_path / "s.onnx"
+    )
+    refused(
+        [
+            "restore",
+            str(files["inputs"]),
+            "--backbone",
+            str(onnx_file),
+            "--adapter",
+            str(files["student"]),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        "--adapter does not apply to an exported file",
+    )
+    refused(
+        [
+            "restore",
+            str(files["inputs"]),
+            "--backbone",
+            str(onnx_file),
+            "--provider",
+            "slic",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        "distilled prior",
+    )
     (tmp_path / "fake.onnx").write_bytes(b"not onnx")
-    refused(["restore", str(files["inputs"]), "--backbone", str(tmp_path / "fake.onnx"), "--out", str(tmp_path / "o")],
-            "onnxruntime cannot load it")
-    refused(["restore", str(files["inputs"]), "--backbone", str(files["ckpt"]), "--adapter", str(files["student"]),
-             "--out", str(tmp_path / "o"), "--num-shards", "2", "--shard-index", "2"], "--shard-index")
+    refused(
+        ["restore", str(files["inputs"]), "--backbone", str(tmp_path / "fake.onnx"), "--out", str(tmp_path / "o")],
+        "onnxruntime cannot load it",
+    )
+    refused(
+        [
+            "restore",
+            str(files["inputs"]),
+            "--backbone",
+            str(files["ckpt"]),
+            "--adapter",
+            str(files["student"]),
+            "--out",
+            str(tmp_path / "o"),
+            "--num-shards",
+            "2",
+            "--shard-index",
+            "2",
+        ],
+        "--shard-index",
+    )
 
 
 def test_restore_sharded_over_two_processes_writes_each_output_once(files, tmp_path):
     out = tmp_path / "sharded"
-    argv = [sys.executable, "-m", "spt_adapter.cli", "restore", str(files["inputs"]), "--backbone", str(files["ckpt"]),
-            "--adapter", str(files["student"]), "--out", str(out), "--no-progress", "--skip-existing"]
+    argv = [
+        sys.executable,
+        "-m",
+        "spt_adapter.cli",
+        "restore",
+        str(files["inputs"]),
+        "--backbone",
+        str(files["ckpt"]),
+        "--adapter",
+        str(files["student"]),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--skip-existing",
+    ]
     env = {**os.environ, "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(argv, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stderr=subprocess.PIPE,
-                              text=True) for r in range(2)]
+    procs = [
+        subprocess.Popen(argv, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stderr=subprocess.PIPE, text=True)
+        for r in range(2)
+    ]
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs
     done = sorted(int(e.split(" restored")[0].split()[-1]) for e in errs)
     assert done == [2, 3] and "shard 0/2" in errs[0] and "shard 1/2" in errs[1]  # 5 inputs: 3 + 2, each once
-    assert main(["restore", str(files["inputs"]), "--backbone", str(files["ckpt"]), "--adapter", str(files["student"]),
-                 "--out", str(tmp_path / "one"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                str(files["inputs"]),
+                "--backbone",
+                str(files["ckpt"]),
+                "--adapter",
+                str(files["student"]),
+                "--out",
+                str(tmp_path / "one"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     sharded, single = _pngs(out), _pngs(tmp_path / "one")
     assert list(sharded) == list(single) == [f"p{i}.png" for i in range(5)]
     assert sorted(p.name for p in out.iterdir()) == list(single)  # no temporaries left behind

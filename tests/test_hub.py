@@ -34,7 +34,8 @@ SERVER_LIFETIME_S = 90  # the server stops itself after this, whatever happens t
 # ---------------------------------------------------------------------------------------------
 # real small backbones (spandrel) and adapters with non-zero units
 # ---------------------------------------------------------------------------------------------
-from _archs import tiny_esrgan as esrgan, tiny_swinir as swinir  # noqa: E402
+from _archs import tiny_esrgan as esrgan  # noqa: E402
+from _archs import tiny_swinir as swinir
 
 
 def _randomise_units(model, seed: int = 1) -> None:
@@ -378,7 +379,7 @@ def test_push_then_pull_through_local_hub(tmp_path, reference, hub_server):
     assert info.oid == sha
     assert sorted(files) == ["README.md", ADAPTER_FILENAME]
     assert "lab/esrgan-spt" in files["README.md"].decode() and "data: DIV2K" in files["README.md"].decode()
-    pushed = [a for (m, p), a in zip(hub_server.requests, hub_server.auth) if p.startswith(("/api/repos", "/api/models"))]
+    pushed = [a for (m, p), a in zip(hub_server.requests, hub_server.auth, strict=True) if p.startswith(("/api/repos", "/api/models"))]
     assert len(pushed) >= 3 and all(a == "Bearer hf_test_token" for a in pushed)
     ops = [(m, p) for m, p in hub_server.requests]
     assert ("POST", "/api/repos/create") in ops and ("POST", "/api/models/lab/esrgan-spt/commit/main") in ops

@@ -22,8 +22,8 @@ if not hasattr(prior_api, "ClassicalMaskProvider"):
 from PIL import Image  # noqa: E402
 
 import spt_adapter  # noqa: E402
+from _data import DATA  # small crops of the test sets, committed (tests/data)
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SWINIR = dict(upscale=2, in_chans=3, img_size=16, window_size=4, img_range=1.0, depths=[2, 2], embed_dim=12,
               num_heads=[2, 2], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv")
 
@@ -143,8 +143,6 @@ def _run(tmp: Path, yml: Path) -> str:
 
 @pytest.mark.slow
 def test_basicsr_train_pipeline_trains_only_units_and_resumes(tmp_path):
-    if not DATA.is_dir():
-        pytest.skip(f"{DATA} is absent")
     from basicsr.archs.swinir_arch import SwinIR
 
     images = sorted((DATA / "Set14").glob("*.png"))
@@ -202,8 +200,6 @@ def test_basicsr_train_pipeline_trains_only_units_and_resumes(tmp_path):
 def test_basicsr_train_pipeline_trains_a_distilled_prior(tmp_path):
     """BasicSR's own loop trains units + a prior student: 2 student-only iterations, then 2 joint ones;
     the teacher (SLIC) runs on the GT images only; validation and the saved delta need no prior."""
-    if not DATA.is_dir():
-        pytest.skip(f"{DATA} is absent")
     from basicsr.archs.swinir_arch import SwinIR
 
     from _distilled import assert_distilled_schedule
@@ -320,8 +316,6 @@ def test_spt_teacher_items_are_the_gt_patch_on_the_lq_grid(tmp_path):
     """spt_teacher: the teacher's map of the whole GT image gets the GT patch's crop and flips and is
     brought to the LQ grid. With a 'teacher' that returns the GT image's red channel, the map must be
     the GT patch's red channel sampled at each LQ pixel's centre; it never sees an LQ image."""
-    if not DATA.is_dir():
-        pytest.skip(f"{DATA} is absent")
     from spt_adapter.integrations.basicsr.dataset import SPTPairedImageDataset
 
     hq, lq = _write_pairs(sorted((DATA / "Set14").glob("*.png"))[:2], tmp_path / "train")

@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,7 +91,7 @@ def test_injection_before_kair_positional_load():
     units_before = {k: p.clone() for k, p in model.unit_parameters()}
     loaded = load_backbone_state(model, old_names, "by_position", source="old.pth")
     assert len(loaded) == len(old_names)
-    for (k, v), ref in zip(logical_state(model).items(), donor.state_dict().values()):
+    for (k, v), ref in zip(logical_state(model).items(), donor.state_dict().values(), strict=True):
         assert torch.equal(v, ref), k
     assert all(torch.equal(p, units_before[k]) for k, p in model.unit_parameters())
     x = torch.rand(1, 4, 16, 16)
@@ -115,7 +114,7 @@ def test_kair_claims_models_network_classes():
 
 
 KAIR_ROOT = os.environ.get("SPT_KAIR_ROOT")
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from _data import DATA  # small crops of the test sets, committed (tests/data)
 
 
 def _kair_rrdbnet():
@@ -173,7 +172,6 @@ def _kair_setup(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not KAIR_ROOT, reason="set SPT_KAIR_ROOT to a KAIR checkout to run KAIR's main_train_psnr.py")
-@pytest.mark.skipif(not (DATA / "Set14").is_dir(), reason="shared/data/Set14 is not available")
 def test_kair_main_train_psnr_trains_units(tmp_path):
     net, backbone, opt, run = _kair_setup(tmp_path)
     RRDBNet = type(net)
@@ -210,7 +208,6 @@ def test_kair_main_train_psnr_trains_units(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not KAIR_ROOT, reason="set SPT_KAIR_ROOT to a KAIR checkout to run KAIR's main_train_psnr.py")
-@pytest.mark.skipif(not (DATA / "Set14").is_dir(), reason="shared/data/Set14 is not available")
 def test_kair_main_train_psnr_trains_a_distilled_prior(tmp_path):
     """KAIR's own loop with spt.student: 2 student-only iterations, then joint ones; KAIR's test
     pass (PSNR) runs with the student's prior; the delta carries the student."""

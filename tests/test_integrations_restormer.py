@@ -9,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,21 +118,21 @@ def test_cpu_run_problems_are_named_before_train_py_runs(tmp_path):
 
 
 RESTORMER_ROOT = os.environ.get("SPT_RESTORMER_ROOT")
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from _data import DATA  # small crops of the test sets, committed (tests/data)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not RESTORMER_ROOT, reason="set SPT_RESTORMER_ROOT to a Restormer checkout")
 def test_restormer_checkout_registers_sptimagecleanmodel():
     code = (
-        "import sys; sys.path.insert(0, %r)\n"
+        f"import sys; sys.path.insert(0, {RESTORMER_ROOT!r})\n"
         "from spt_adapter.integrations.restormer.train import use_checkout_basicsr; use_checkout_basicsr(sys.path[0])\n"
         "from spt_adapter.plugins.manager import register_frameworks\n"
         "done = register_frameworks(raise_errors=True)\n"
         "assert 'restormer' in done, done\n"
         "from basicsr.models import create_model, _model_modules\n"
         "assert any(hasattr(m, 'SPTImageCleanModel') for m in _model_modules)\n"
-    ) % RESTORMER_ROOT
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=RESTORMER_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -242,7 +241,6 @@ def _restormer_run(tmp_path, spt_extra: str = ""):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not RESTORMER_ROOT, reason="set SPT_RESTORMER_ROOT to a Restormer checkout")
-@pytest.mark.skipif(not (DATA / "CBSD68").is_dir(), reason="shared/data/CBSD68 is not available")
 def test_restormer_train_py_trains_units(tmp_path):
     """Only units train, checkpoints are SPT deltas, the backbone file is untouched."""
     root, backbone, before, proc = _restormer_run(tmp_path)
@@ -279,7 +277,6 @@ def test_restormer_train_py_trains_units(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not RESTORMER_ROOT, reason="set SPT_RESTORMER_ROOT to a Restormer checkout")
-@pytest.mark.skipif(not (DATA / "CBSD68").is_dir(), reason="shared/data/CBSD68 is not available")
 def test_restormer_train_py_trains_a_distilled_prior(tmp_path):
     """spt.student under Restormer's loop (mixup and progressive crops included): 2 student-only
     iterations, then joint ones; the teacher runs on the (mixed) gt; pad_test validation runs with

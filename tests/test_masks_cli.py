@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _data import DATA  # small crops of the test sets, committed (tests/data)
 from spt_adapter.cli import main
 from spt_adapter.commands.masks import shard_of
 from spt_adapter.plugins.hookspecs import hookimpl
-from spt_adapter.training.data import PairedPriorDataset
 from spt_adapter.prior import ClassicalMaskProvider, PriorCache
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from spt_adapter.training.data import PairedPriorDataset
 
 
 @pytest.fixture()
@@ -131,7 +130,7 @@ def test_user_errors_are_one_line(folder, tmp_path, tiny_ckpt, capsys):
     err = capsys.readouterr().err
     assert "segment-anything#model-checkpoints" in err and err.count("\n") == 1
     assert main(base + ["--provider", "sam"]) == 1
-    assert "needs --checkpoint" in capsys.readouterr().err
+    assert "needs --provider-checkpoint" in capsys.readouterr().err
     assert main(base + ["--provider", "sam", "--checkpoint", str(tiny_ckpt), "--model-type", "vit_b"]) == 1
     err = capsys.readouterr().err
     assert "'vit_tiny'" in err and "'vit_b'" in err
@@ -141,11 +140,10 @@ def test_user_errors_are_one_line(folder, tmp_path, tiny_ckpt, capsys):
     assert main(base + ["--provider", "slic", "--degrade", "blur:2"]) == 1
 
 
-@pytest.mark.skipif(not (DATA / "Set5").is_dir(), reason="../shared/data not present")
 def test_console_script_on_real_images(tmp_path):
     exe = Path(sys.executable).with_name("spt-adapter")
     cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "spt_adapter.cli"]),
-           "masks", str(DATA / "Set5"), "--provider", "slic", "--cache", str(tmp_path / "c")]
+           "masks", str(DATA / "Set5"), "--provider", "slic", "--prior-cache", str(tmp_path / "c"), "--progress"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "computed 5, reused 0, failed 0" in out.stderr
     assert "img/s" in out.stderr  # tqdm progress with rate

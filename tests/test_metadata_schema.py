@@ -15,7 +15,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 import spt_adapter
 from spt_adapter.cli import main
@@ -23,7 +22,7 @@ from spt_adapter.files.format import PRIOR_KEY, prior_record, read_adapter_confi
 
 pytest.importorskip("spandrel")
 
-from test_reliability import _ckpt, _images, _swinir  # noqa: E402  (tiny SwinIR checkpoints and images)
+from test_reliability import _ckpt, _images  # noqa: E402  (tiny SwinIR checkpoints and images)
 
 SPT_BLOCK = {"prior": {"provider": "classical", "method": "slic", "settings": {"n_segments": 6}, "encoding": "boundary"}}
 

@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from _data import DATA  # small crops of the test sets, committed (tests/data)
 from spt_adapter.training import metrics
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 basicsr_metrics = pytest.importorskip("basicsr.metrics.psnr_ssim")
 basicsr_color = pytest.importorskip("basicsr.utils.color_util")
 
 
 def _load(rel: str) -> np.ndarray:
-    path = DATA / rel
-    if not path.exists():
-        pytest.skip(f"test images not found at {path}")
-    return np.asarray(Image.open(path).convert("RGB"))
+    return np.asarray(Image.open(DATA / rel).convert("RGB"))
 
 
 def _bicubic_x(hr: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,12 +50,6 @@ def test_rgb_psnr_ssim_match_basicsr_on_denoising(rel):
 
 @pytest.mark.parametrize("rel,scale", [("Set5/baby.png", 4), ("Set14/comic.png", 2), ("Set14/bridge.png", 4)])
 def test_y_channel_psnr_ssim_with_border_crop_match_basicsr(rel, scale):
-    path = DATA / rel
-    if not path.exists():
-        candidates = sorted((DATA / rel.split("/")[0]).glob("*.png")) if (DATA / rel.split("/")[0]).exists() else []
-        if not candidates:
-            pytest.skip(f"test images not found at {path}")
-        rel = f"{rel.split('/')[0]}/{candidates[0].name}"
     hr, sr = _bicubic_x(_load(rel), scale)
     ours_p = metrics.psnr(sr, hr, crop_border=scale, test_y_channel=True)
     ours_s = metrics.ssim(sr, hr, crop_border=scale, test_y_channel=True)
@@ -87,7 +76,7 @@ def test_float_and_tensor_inputs_agree_with_uint8():
 
 
 def test_rgb_to_y_is_basicsr_rgb2ycbcr():
-    img = _load("Set5/bird.png") if (DATA / "Set5/bird.png").exists() else _load("CBSD68/0002.png")
+    img = _load("Set5/bird.png")
     ours = metrics.rgb_to_y(img)[..., 0]
     ref = basicsr_color.rgb2ycbcr(img.astype(np.float32) / 255, y_only=True) * 255
     assert np.abs(ours - ref).max() < 1e-3

@@ -8,11 +8,11 @@ import torch
 import torch.nn as nn
 
 import spt_adapter
+from _archs import ARCHS
 from spt_adapter import LayoutError, PriorError, SPTConfig, TargetError
 from spt_adapter.plugins.hookspecs import hookimpl
-from spt_adapter.plugins.types import LayoutSpec
 from spt_adapter.plugins.manager import get_plugin_manager
-from _archs import ARCHS
+from spt_adapter.plugins.types import LayoutSpec
 
 
 def swinir():
@@ -114,7 +114,7 @@ def test_attribute_fall_through_dtype_and_parameter_report(capsys):
     model = spt_adapter.inject(backbone, targets)
     assert model.upscale == backbone.upscale and model.conv_first is backbone.conv_first
     with pytest.raises(AttributeError):
-        model.does_not_exist
+        _ = model.does_not_exist
     model.to(torch.float64)
     assert all(p.dtype == torch.float64 for p in model.parameters())
     out = model(x.double(), prior=label_prior())

@@ -11,8 +11,14 @@ import torch
 
 import spt_adapter
 from spt_adapter.core.config import SPTConfig
-from spt_adapter.integrations._netio import (build_units_only_ema, ema_decay_deferred, find_resume_deltas,
-                                             load_backbone_state, logical_state, resolve_backbone_path)
+from spt_adapter.integrations._netio import (
+    build_units_only_ema,
+    ema_decay_deferred,
+    find_resume_deltas,
+    load_backbone_state,
+    logical_state,
+    resolve_backbone_path,
+)
 from spt_adapter.integrations._options import SPTOptions
 
 pytest.importorskip("spandrel")

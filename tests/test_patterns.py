@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import spt_adapter
+from spt_adapter.core.targets import compile_pattern
+from spt_adapter.core.targets import inspect_targets as match_targets
 from spt_adapter.errors import TargetError
-from spt_adapter.core.targets import compile_pattern, inspect_targets as match_targets
 
 
 class Block(nn.Module):

@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 
 import spt_adapter
-from spt_adapter.plugins import manager as plugins
 from spt_adapter.errors import LayoutError, PluginError, TargetError
+from spt_adapter.plugins import manager as plugins
 from spt_adapter.plugins.hookspecs import hookimpl
 from spt_adapter.plugins.types import LayoutSpec, ModelClaim
 
@@ -221,7 +221,7 @@ def test_read_checkpoint_never_unpickles_code(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as fh:
         pickle.dump({"params": Evil()}, fh)
-    with pytest.raises(Exception):
+    with pytest.raises(PluginError, match="forbidden"):
         spt_adapter.load_backbone(path)
     assert not (tmp_path / "pwned").exists()
 
@@ -265,8 +265,8 @@ def test_third_party_distribution_installed_into_the_environment(tmp_path):
         Image.fromarray(data.astronaut()[::8, ::8]).save(images / "astronaut.png")
         Image.fromarray(data.coffee()[::8, ::8]).save(images / "coffee.png")
         masks = [sys.executable, "-m", "spt_adapter.cli", "masks", str(images), "--provider", "watershed",
-                 "--cache", str(tmp_path / "cache"), "--no-progress", "--strict"]
-        run = subprocess.run([*masks, "--set", "markers=30", "--encoding", "label"], env=env, capture_output=True,
+                 "--prior-cache", str(tmp_path / "cache"), "--no-progress", "--strict"]
+        run = subprocess.run([*masks, "--provider-set", "markers=30", "--encoding", "label"], env=env, capture_output=True,
                              text=True, timeout=300)
         assert run.returncode == 0 and "computed 2" in run.stderr, run.stderr[-3000:]
         assert {"spt_adapter_mask_providers", "WatershedProvider.generate"} <= set(trace.read_text().split())

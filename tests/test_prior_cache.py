@@ -114,7 +114,7 @@ def test_concurrent_processes_same_keys(tmp_path):
         assert prov.calls == 0
 
 
-def test_old_format_entry_is_recomputed_with_one_warning(tmp_path, shared_data):
+def test_old_format_entry_is_recomputed_with_one_warning(tmp_path):
     """A real format-1 masks entry (tests/fixtures/make_prior_v1_fixture.py, written by the code of
     commit b6774d9) put where the cache looks for this image's masks: one RuntimeWarning naming
     the format, the provider reruns, the entry is rewritten in format 2; no crash."""
@@ -128,8 +128,8 @@ def test_old_format_entry_is_recomputed_with_one_warning(tmp_path, shared_data):
     fixture = Path(__file__).resolve().parent / "fixtures" / "prior_v1"
     with np.load(fixture / "expected.npz") as z:
         meta = json.loads(z["meta"].tobytes())
-    (y0, y1), (x0, x1) = meta["crop"]
-    img = np.ascontiguousarray(np.asarray(Image.open(shared_data / meta["image"]).convert("RGB"))[y0:y1, x0:x1])
+    img = np.ascontiguousarray(np.asarray(Image.open(fixture / "image.png").convert("RGB")))  # meta["crop"] of meta["image"]
+    assert img.shape[:2] == tuple(b - a for a, b in meta["crop"])
     cache, prov = PriorCache(tmp_path), CountingSlic(**meta["settings"])
     old = (fixture / "masks.sptc").read_bytes()
     assert old.startswith(b"SPTPRIOR1\n") and FORMAT == 2

@@ -138,7 +138,7 @@ def test_same_priors_as_the_one_array_per_mask_code(encoding):
     np.testing.assert_array_equal(encode_masks(masks, encoding), expected)
 
 
-def test_same_priors_on_the_real_image(shared_data):
+def test_same_priors_on_the_real_image():
     """The whole path on the real image: today's SLIC + label-image encoder = the old priors
     (when scikit-image is the version that recorded them; SLIC itself may change between versions)."""
     import skimage
@@ -152,8 +152,9 @@ def test_same_priors_on_the_real_image(shared_data):
         old_labels = z["labels"]
     if skimage.__version__ != meta["skimage"]:
         pytest.skip(f"fixture recorded with scikit-image {meta['skimage']}, this is {skimage.__version__}")
-    (y0, y1), (x0, x1) = meta["crop"]
-    img = np.asarray(Image.open(shared_data / meta["image"]).convert("RGB"))[y0:y1, x0:x1]
+    # image.png is meta["image"] cropped to meta["crop"] (lossless), committed beside the fixture
+    img = np.asarray(Image.open(FIXTURE.with_name("image.png")).convert("RGB"))
+    assert img.shape[:2] == tuple(b - a for a, b in meta["crop"])
     masks = make_provider("slic", **meta["settings"]).generate(img)
     assert len(masks) == len(np.unique(old_labels))
     for encoding in ("label", "boundary", "onehot:8"):

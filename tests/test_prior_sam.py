@@ -11,6 +11,7 @@ pytest.importorskip("segment_anything")
 
 from segment_anything import SamAutomaticMaskGenerator  # noqa: E402
 
+from spt_adapter.errors import SPTError  # noqa: E402
 from spt_adapter.prior import (  # noqa: E402
     SAM_CHECKPOINTS_URL,
     FastMaskGenerator,
@@ -20,7 +21,6 @@ from spt_adapter.prior import (  # noqa: E402
     load_sam,
 )
 from spt_adapter.prior.tiny import make_tiny_sam_checkpoint  # noqa: E402
-from spt_adapter.errors import SPTError  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +37,7 @@ def images():
 
 def _same(a, b):
     assert len(a) == len(b)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert set(x) == set(y)
         np.testing.assert_array_equal(x["segmentation"], y["segmentation"])
         for k in x:
@@ -58,7 +58,7 @@ def test_fast_generator_identical_to_stock(tiny_ckpt, images, settings):
     expected = [stock.generate(im) for im in images]
     got = fast.generate_batch(images)
     assert sum(len(e) for e in expected) > 0 or settings.get("pred_iou_thresh", 1) != 0.0
-    for e, g in zip(expected, got):
+    for e, g in zip(expected, got, strict=True):
         _same(e, g)
 
 

@@ -32,7 +32,7 @@ def tiny2(tmp_path_factory):
             f"runpy.run_path({str(REPO / 'tools' / 'make_tiny_sam2.py')!r}, run_name='__main__')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "use --provider sam2 --checkpoint" in done.stdout
+    assert "use --provider sam2 --provider-checkpoint" in done.stdout
     return out
 
 
@@ -90,7 +90,7 @@ def test_config_from_the_checkpoint_name_or_given(tiny2, tmp_path):
     assert set(MODEL_CONFIGS) >= {"sam2.1_hiera_tiny", "sam2.1_hiera_large", "tiny_test"}
     renamed = tmp_path / "weights.pt"
     renamed.write_bytes(tiny2.read_bytes())
-    with pytest.raises(SamCheckpointError, match="cannot tell its model config from the file name; pass --model-type"):
+    with pytest.raises(SamCheckpointError, match="cannot tell its model config from the file name; pass --provider-model-type"):
         make_provider("sam2", checkpoint=renamed)
     assert make_provider("sam2", checkpoint=renamed, model_type="tiny_test").model_type == "tiny_test"
     with pytest.raises(SamCheckpointError, match="unknown SAM 2 model type 'hiera_x'"):

@@ -86,7 +86,7 @@ def test_sdpa_attention_equals_stock_attention(dtype):
     mods = attention_modules(enc)
     assert len(mods) == 2 and mods[0].use_rel_pos
     # block 0 attends in 4x4 windows, block 1 globally over the 16x16 grid
-    for m, x in zip(mods, (torch.randn(6, 4, 4, 64, dtype=dtype), torch.randn(2, 16, 16, 64, dtype=dtype))):
+    for m, x in zip(mods, (torch.randn(6, 4, 4, 64, dtype=dtype), torch.randn(2, 16, 16, 64, dtype=dtype)), strict=True):
         with torch.no_grad():
             stock = m(x)
             ours = sdpa_attention_forward(m, x)
@@ -123,7 +123,7 @@ def test_sdpa_swap_is_per_instance_and_always_restored():
         assert "forward" not in mods[0].__dict__ and mods[1].forward is own
         # an error inside the encoder itself (a wrong input size) restores too
         del mods[1].forward
-        with pytest.raises(Exception):
+        with pytest.raises(RuntimeError, match="size of tensor"):
             with sdpa_attention(enc):
                 enc(torch.randn(1, 3, 100, 100))
         assert all("forward" not in m.__dict__ for m in mods)

@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_readme_plain_pytorch_block_runs_as_written(tmp_path, monkeypatch):
     pytest.importorskip("spandrel")
-    from spandrel.architectures.SwinIR import SwinIR
     from skimage import data
+    from spandrel.architectures.SwinIR import SwinIR
 
     torch.manual_seed(0)
     net = SwinIR(img_size=16, embed_dim=12, depths=[2, 2], num_heads=[2, 2], window_size=8, mlp_ratio=2.0,

@@ -20,7 +20,7 @@ from PIL import Image
 
 import spt_adapter
 from spt_adapter.cli import main
-from spt_adapter.errors import AdapterFileError, FingerprintMismatchError, ImageError, PriorError, SPTError
+from spt_adapter.errors import AdapterFileError, FingerprintMismatchError, ImageError, PriorError
 
 pytest.importorskip("spandrel")
 
@@ -115,8 +115,9 @@ def test_1_fixture_tolerance_absorbs_another_cpus_rounding_but_not_a_change():
     """The old check (atol=1e-5 against a one-CPU recording) failed at 1.4e-5 on another CPU."""
     import importlib.util
 
-    from _tolerance import float32_atol, float64_reference
     from safetensors.torch import load_file
+
+    from _tolerance import float32_atol, float64_reference
 
     fixtures = Path(__file__).resolve().parent / "fixtures"
     spec = importlib.util.spec_from_file_location("spt_make_fixture_rel", fixtures / "make_fixture.py")
@@ -382,7 +383,7 @@ def test_5_prior_cache_that_is_a_file(env, tmp_path, capsys):
     code, _, err = _run(_train_argv(env["ckpt"], env["data"], tmp_path / "r", tmp_path / "pc"), capsys)
     assert code == 1 and "is a file" in _one_line_error(err)
     code, _, err = _run(["masks", env["data"], "--cache", tmp_path / "pc", "--provider", "slic", "--no-progress"], capsys)
-    assert code == 1 and "--cache" in _one_line_error(err)
+    assert code == 1 and "--prior-cache" in _one_line_error(err)  # the flag's name (--cache is its old alias)
 
 
 def _read_only(folder: Path, monkeypatch) -> None:

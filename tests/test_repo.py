@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,3 +170,37 @@ def test_the_import_rule_test_catches_an_upward_import(tmp_path):
     known = {"spt_adapter.core.layer", "spt_adapter.training", "spt_adapter.training.train", "spt_adapter.core.mod"}
     assert _imports("spt_adapter.core.mod", path, known) == {"spt_adapter.training.train", "spt_adapter.core.layer"}
     assert "training" not in _ALLOWED["core"]
+
+
+# ---------------------------------------------------------------------------------------------
+# self-contained tests: every test reads the images committed under tests/data
+# ---------------------------------------------------------------------------------------------
+_OUTSIDE = re.compile(r"parents\[2\] / \"shared\"|\"shared\" / \"data\"|\.\./shared/data")
+
+
+def test_no_test_reads_data_outside_the_repository():
+    """A test that reads ../shared/data skips on a bare clone; tests/data has crops of the same sets."""
+    offenders = [f"{p.name}:{n}" for p in sorted((ROOT / "tests").glob("*.py")) if p.name != "test_repo.py"
+                 for n, line in enumerate(p.read_text().splitlines(), 1) if _OUTSIDE.search(line)]
+    assert not offenders, f"tests read data outside the repository: {offenders}"
+    for sub in ("Set5", "Set14", "CBSD68", "McMaster"):
+        assert len(list((ROOT / "tests" / "data" / sub).glob("*.png"))) >= 3, sub
+    total = sum(p.stat().st_size for p in (ROOT / "tests" / "data").rglob("*") if p.is_file())
+    assert total < 600_000, f"tests/data holds {total} bytes: keep the committed test images small"
+
+
+def test_a_skip_for_missing_test_data_fails_the_run(pytester):
+    """conftest.py turns a skip whose reason says the test images are missing into a failure."""
+    pytester.makeconftest((ROOT / "tests" / "conftest.py").read_text())
+    pytester.makepyfile(test_x="""
+        import pytest
+
+        def test_data():
+            pytest.skip("test images not found at ../shared/data")
+
+        def test_gpu():
+            pytest.skip("needs a CUDA GPU")
+    """)
+    result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1, skipped=1)
+    assert "skipped for missing test data" in result.stdout.str()

@@ -9,15 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from _data import DATA  # small crops of the test sets, committed (tests/data)
 from spt_adapter.cli import main
 from spt_adapter.plugins.hookspecs import hookimpl
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def _need_data():
-    if not (DATA / "Set5").is_dir():
-        pytest.skip(f"test images not found at {DATA}")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +45,6 @@ def compact_ckpt(tmp_path_factory):
 @pytest.fixture()
 def small_data(tmp_path):
     """Three small real images (Set5 crops) as an HQ folder."""
-    _need_data()
     from PIL import Image
 
     folder = tmp_path / "hq"
@@ -109,7 +102,7 @@ def test_missing_backbone_and_sam_checkpoint(tmp_path, swinir_ckpt, small_data, 
     code, _, err = _run(["train", "--backbone", str(tmp_path / "missing.pth"), *common], capsys)
     assert code == 1 and "missing.pth does not exist" in err
     code, _, err = _run(["train", "--backbone", str(swinir_ckpt), "--provider", "sam", *common], capsys)
-    assert code == 1 and "--sam-checkpoint" in err
+    assert code == 1 and "--provider-checkpoint" in err
     code, _, err = _run(["train", "--backbone", str(swinir_ckpt), "--sam-checkpoint", str(tmp_path / "sam.pth"), *common], capsys)
     assert code == 1 and "sam.pth does not exist" in err
     code, _, err = _run(["train", "--arch", "swinir", *common], capsys)
@@ -264,8 +257,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, swinir_ckpt, sma
     from safetensors.torch import load_file
 
     import spt_adapter
-    from spt_adapter.training.builders import make_dataset
     from spt_adapter.prior import PriorCache, make_provider
+    from spt_adapter.training.builders import make_dataset
     from spt_adapter.training.train import TrainSettings, train_units
 
     provider = make_provider("slic", n_segments=8)
@@ -307,7 +300,7 @@ def test_sam_prior_is_recorded_and_required_by_eval(tmp_path, swinir_ckpt, small
     evargs = ["eval", "--backbone", str(swinir_ckpt), "--adapter", str(out), "--data", str(small_data),
               "--prior-cache", str(cache), "--out", str(tmp_path / "ev"), "--no-progress"]
     code, _, err = _run(evargs, capsys)
-    assert code == 1 and "trained with SAM priors" in err and "--sam-checkpoint" in err
+    assert code == 1 and "trained with SAM priors" in err and "--provider-checkpoint" in err
     code, stdout, err = _run(evargs + ["--sam-checkpoint", str(sam)], capsys)
     assert code == 0, err
     assert "| **mean (3)**" in stdout

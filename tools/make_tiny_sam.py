@@ -3,8 +3,8 @@
 segment-anything's own classes; see spt_adapter/prior/tiny.py.
 
     python tools/make_tiny_sam.py /tmp/sam_vit_tiny.pth
-    spt-adapter masks ../shared/data/McMaster --provider sam --model-type vit_tiny \
-        --checkpoint /tmp/sam_vit_tiny.pth --cache /tmp/c
+    spt-adapter masks ../shared/data/McMaster --provider sam --provider-model-type vit_tiny \
+        --provider-checkpoint /tmp/sam_vit_tiny.pth --prior-cache /tmp/c
 """
 
 import sys

@@ -3,8 +3,8 @@
 classes and config; see spt_adapter/prior/sam2.py. Never used for results.
 
     python tools/make_tiny_sam2.py /tmp/sam2_tiny_test.pt
-    spt-adapter masks ../shared/data/Set5 --provider sam2 --checkpoint /tmp/sam2_tiny_test.pt \
-        --set points_per_side=8 --cache /tmp/c
+    spt-adapter masks ../shared/data/Set5 --provider sam2 --provider-checkpoint /tmp/sam2_tiny_test.pt \
+        --provider-set points_per_side=8 --prior-cache /tmp/c
 """
 
 import sys

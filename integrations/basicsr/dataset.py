@@ -29,9 +29,8 @@ from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils import FileClient, imfrombytes
 from basicsr.utils.registry import DATASET_REGISTRY
 
-from spt_adapter.errors import ConfigError, PriorError
-
 from spt_adapter.core.student import teacher_at_lq_size
+from spt_adapter.errors import ConfigError, PriorError
 
 from .._options import DATASET_TEACHER_KEY, PriorSource, dataset_prior_block
 

@@ -33,14 +33,22 @@ from basicsr.utils.dist_util import get_dist_info
 from basicsr.utils.registry import MODEL_REGISTRY
 
 import spt_adapter
-from spt_adapter.errors import ConfigError
 from spt_adapter.core import keys
 from spt_adapter.core.model import SPTModel
+from spt_adapter.errors import ConfigError
 
 from .._checkpoint import read_state_dict
 from .._distill import distilled_iteration
-from .._netio import (attach_units, bare, build_units_only_ema, ema_decay_deferred, ema_units, find_resume_deltas,
-                      load_backbone_state, resolve_backbone_path)
+from .._netio import (
+    attach_units,
+    bare,
+    build_units_only_ema,
+    ema_decay_deferred,
+    ema_units,
+    find_resume_deltas,
+    load_backbone_state,
+    resolve_backbone_path,
+)
 from .._options import check_dataset_priors, parse_spt_block, task_of
 
 META_BACKBONE = "basicsr_backbone"

@@ -26,13 +26,11 @@ import re
 import torch
 
 import spt_adapter
-
 from spt_adapter.errors import ConfigError
 
 from .._checkpoint import read_state_dict
 from .._distill import distilled_iteration
-from .._netio import (attach_units, bare, check_adapter_matches, copy_units, ema_units, load_backbone_state,
-                      load_units)
+from .._netio import attach_units, bare, check_adapter_matches, copy_units, ema_units, load_backbone_state, load_units
 from .._options import task_of
 from .options import spt_options
 

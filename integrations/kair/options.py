@@ -17,7 +17,7 @@ def strip_comments(text: str) -> str:
     return "".join(line.split("//")[0] + "\n" for line in text.splitlines())
 
 
-def read_options(path: str | os.PathLike) -> "OrderedDict[str, Any]":
+def read_options(path: str | os.PathLike) -> OrderedDict[str, Any]:
     """The options dict of a KAIR JSON file (``//`` comments removed, key order kept)."""
     try:
         with open(path, encoding="utf-8") as fh:

@@ -36,7 +36,6 @@ from spt_adapter.errors import ConfigError
 
 from .._launch import fail, run_reporting_errors
 from .._options import provider_image
-
 from .options import check_gpu_ids, read_options, spt_options
 
 

@@ -49,8 +49,16 @@ def make_model_class(image_clean_model: type) -> type:
 
     from .._checkpoint import read_state_dict
     from .._distill import distilled_iteration
-    from .._netio import (attach_units, bare, build_units_only_ema, ema_decay_deferred, ema_units,
-                          find_resume_deltas, load_backbone_state, resolve_backbone_path)
+    from .._netio import (
+        attach_units,
+        bare,
+        build_units_only_ema,
+        ema_decay_deferred,
+        ema_units,
+        find_resume_deltas,
+        load_backbone_state,
+        resolve_backbone_path,
+    )
     from .._options import parse_spt_block
 
     class SPTImageCleanModel(image_clean_model):

@@ -3,6 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` of every subcommand: each option that takes a value shows its default (unless the
+    help already says it or there is none); on/off flags are off unless given."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (action.nargs == 0 or default in (None, argparse.SUPPRESS, [], "") or "default" in text
+                or not action.option_strings):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def alias(parser, *flags: str, dest: str, **kwargs) -> None:
+    """Old spellings of an option, still accepted, not shown in ``--help`` (one vocabulary across the
+    subcommands: tests/test_cli_vocabulary.py)."""
+    parser.add_argument(*flags, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
+
+
+def stderr_is_terminal() -> bool:
+    """Whether progress bars go to a terminal (the one place that decides it)."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+def add_progress_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--progress`` / ``--no-progress`` (dest ``no_progress``): bars are drawn when stderr is a terminal,
+    not into a log file or a pipe; ``--progress`` forces them, ``--no-progress`` turns them off."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="no_progress", action="store_false",
+                   help="draw progress bars even when stderr is not a terminal (default: only on a terminal)")
+    g.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")
+    parser.set_defaults(no_progress=not stderr_is_terminal())
 
 
 def _number(convert, accept, what: str):
@@ -77,23 +116,25 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--arch", metavar="PRESET", help="architecture preset to use for the weights given with --weights "
                    "(see `spt-adapter plugins`); checks the weights really are that architecture")
     g.add_argument("--weights", metavar="PATH", help="weights for --arch")
-    g.add_argument("--device", default=None, type=device_type, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    add_device_argument(g)
 
 
-def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
+def add_device_argument(parser, what: str = "") -> None:
+    parser.add_argument("--device", default=None, type=device_type,
+                        help=f"cpu, cuda, cuda:1{what} (default: cuda when available, else cpu)")
+
+
+def add_prior_arguments(parser: argparse.ArgumentParser,
+                        cache_default: str = "~/.cache/spt-adapter/priors") -> None:
     from ..prior.encode import DEFAULT_ENCODING
 
     g = parser.add_argument_group("prior")
     g.add_argument("--prior-cache", metavar="DIR", default=None,
-                   help="folder of cached priors (default: ~/.cache/spt-adapter/priors); SAM never runs twice per image")
+                   help=f"folder of cached priors (default: {cache_default}); SAM never runs twice per image")
     g.add_argument("--provider", type=provider_name, default=None, metavar="NAME",
                    help="mask provider: sam, sam2, slic, felzenszwalb or a plugin's (see `spt-adapter plugins`; "
-                        "default: sam with --sam-checkpoint, else slic)")
-    g.add_argument("--sam-checkpoint", "--provider-checkpoint", dest="sam_checkpoint", metavar="PTH",
-                   help="checkpoint of a provider that needs one (sam_vit_b_01ec64.pth, sam2.1_hiera_tiny.pt, ...)")
-    g.add_argument("--sam-model-type", "--provider-model-type", dest="sam_model_type", default="auto", metavar="TYPE",
-                   help="SAM: vit_b, vit_l, vit_h, vit_tiny; SAM 2: sam2.1_hiera_tiny, ..., tiny_test (default: auto, "
-                        "from the checkpoint)")
+                        "default: sam with --provider-checkpoint, else slic)")
+    add_provider_checkpoint_arguments(g, dest="sam_checkpoint", model_type_dest="sam_model_type")
     g.add_argument("--provider-set", action="append", default=[], metavar="KEY=VALUE",
                    help="provider setting, repeatable (e.g. n_segments=100, points_per_side=16); checked by name and "
                         "type before any image is read")
@@ -102,3 +143,16 @@ def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"prior encoding: label, onehot[:K], boundary (default: {DEFAULT_ENCODING}, label with --fusion pool; "
                         "eval and train --resume: the adapter's)")
 
+
+
+def add_provider_checkpoint_arguments(parser, *, dest: str, model_type_dest: str) -> None:
+    """``--provider-checkpoint`` and ``--provider-model-type`` (old spellings ``--sam-checkpoint``,
+    ``--checkpoint``, ``--sam-model-type``, ``--model-type`` still accepted)."""
+    parser.add_argument("--provider-checkpoint", dest=dest, metavar="PTH",
+                        help="checkpoint of a provider that needs one (SAM: sam_vit_b_01ec64.pth, SAM 2: "
+                             "sam2.1_hiera_tiny.pt, ...); with it the provider defaults to sam")
+    alias(parser, "--sam-checkpoint", "--checkpoint", dest=dest)
+    parser.add_argument("--provider-model-type", dest=model_type_dest, default="auto", metavar="TYPE",
+                        help="SAM: vit_b, vit_l, vit_h, vit_tiny (tools/make_tiny_sam.py); SAM 2: sam2.1_hiera_tiny, "
+                             "..., tiny_test (tools/make_tiny_sam2.py); auto: from the checkpoint")
+    alias(parser, "--sam-model-type", "--model-type", dest=model_type_dest)

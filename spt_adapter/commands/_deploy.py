@@ -12,10 +12,15 @@ from ..errors import SPTError
 
 
 def add_shard_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--num-shards", type=int, default=None,
-                       help="split the inputs in N shards, one per process (default: $WORLD_SIZE or 1)")
-    group.add_argument("--shard-index", type=int, default=None, help="which shard this process restores "
-                       "(default: $RANK or 0)")
+    group.add_argument(
+        "--num-shards",
+        type=int,
+        default=None,
+        help="split the inputs in N shards, one per process (default: $WORLD_SIZE or 1)",
+    )
+    group.add_argument(
+        "--shard-index", type=int, default=None, help="which shard this process restores (default: $RANK or 0)"
+    )
 
 
 def shard(paths: list[Path], targets: list[Path], args) -> tuple[list[Path], list[Path], str]:
@@ -49,8 +54,12 @@ def exported_model(args):
     from ..training.exported import load_exported, prior_source_of
 
     path = Path(args.backbone)
-    for flag, given in (("--adapter", args.adapter), ("--no-adapter", args.no_adapter), ("--half", args.half),
-                        ("--arch/--weights", args.arch or args.weights)):
+    for flag, given in (
+        ("--adapter", args.adapter),
+        ("--no-adapter", args.no_adapter),
+        ("--half", args.half),
+        ("--arch/--weights", args.arch or args.weights),
+    ):
         if given:
             raise SPTError(f"{flag} does not apply to an exported file ({path}: backbone and adapter are inside it)")
     device = args.device or "cpu"
@@ -84,11 +93,15 @@ def check_exported_tiling(args, runner) -> None:
             raise SPTError("--tile-overlap/--tile-blend need --tile N")
         return
     if args.tile < runner.minimum_tile:
-        raise SPTError(f"--tile {args.tile} is smaller than this backbone needs (its window / size multiple): "
-                       f"use --tile {runner.minimum_tile} or more")
+        raise SPTError(
+            f"--tile {args.tile} is smaller than this backbone needs (its window / size multiple): "
+            f"use --tile {runner.minimum_tile} or more"
+        )
     overlap = default_overlap(runner) if args.tile_overlap is None else args.tile_overlap
     if args.tile <= overlap:
-        raise SPTError(f"--tile {args.tile} must be larger than the tile overlap {overlap}: use --tile {overlap + 1} "
-                       "or more, or a smaller --tile-overlap")
+        raise SPTError(
+            f"--tile {args.tile} must be larger than the tile overlap {overlap}: use --tile {overlap + 1} "
+            "or more, or a smaller --tile-overlap"
+        )
     if args.tile_blend is not None and args.tile_blend > overlap:
         raise SPTError(f"--tile-blend {args.tile_blend} exceeds the tile overlap {overlap}")

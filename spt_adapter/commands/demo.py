@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..core.config import DEFAULT_FUSION, FUSIONS
 from ..errors import SPTError
-from ._args import nonneg_int, positive_int
+from ._args import add_device_argument, add_progress_arguments, alias, nonneg_int, positive_int
 
 HELP = "run the whole workflow on scikit-image's sample images: backbone, priors, SPT units, table, pictures"
 
@@ -17,15 +17,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=None, metavar="DIR",
                         help="where the demo backbone and priors are cached (default: ~/.cache/spt-adapter, "
                              "or $SPT_ADAPTER_CACHE)")
-    parser.add_argument("--sam-checkpoint", metavar="PTH", help="use SAM masks (segment-anything checkpoint) instead of SLIC")
+    parser.add_argument("--provider-checkpoint", dest="sam_checkpoint", metavar="PTH",
+                        help="a SAM checkpoint (sam_vit_b_01ec64.pth): SAM masks instead of SLIC superpixels")
+    alias(parser, "--sam-checkpoint", "--checkpoint", dest="sam_checkpoint")
     parser.add_argument("--iters", type=positive_int, default=None, help="SPT training steps (default: 150)")
     parser.add_argument("--backbone-iters", type=positive_int, default=None, help="backbone pretraining steps (default: 150)")
-    parser.add_argument("--fusion", choices=FUSIONS, default=DEFAULT_FUSION)
-    parser.add_argument("--seed", type=nonneg_int, default=0)
-    parser.add_argument("--device", default=None, help="cpu, cuda (default: cpu)")
+    parser.add_argument("--fusion", choices=FUSIONS, default=DEFAULT_FUSION, help="unit fusion")
+    parser.add_argument("--seed", type=nonneg_int, default=0, help="seed of the data, noise and initialisation")
+    add_device_argument(parser)
     parser.add_argument("--retrain-backbone", action="store_true", help="ignore the cached demo backbone")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds; for tests): the numbers mean nothing")
-    parser.add_argument("--no-progress", action="store_true")
+    add_progress_arguments(parser)
 
 
 def run(args) -> int:
@@ -51,7 +53,8 @@ def run(args) -> int:
         settings.spt_iters = args.iters
     if args.backbone_iters:
         settings.backbone_iters = args.backbone_iters
-    result = run_demo(out, args.cache_dir, settings, sam_checkpoint=args.sam_checkpoint, device=args.device,
+    device = args.device or ("cuda" if torch.cuda.is_available() else None)  # as every subcommand: cuda when present
+    result = run_demo(out, args.cache_dir, settings, sam_checkpoint=args.sam_checkpoint, device=device,
                       progress=not args.no_progress, retrain_backbone=args.retrain_backbone)
     prior = "SAM masks" if args.sam_checkpoint else "SLIC superpixels"
     print()

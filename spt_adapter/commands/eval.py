@@ -18,10 +18,24 @@ import argparse
 from pathlib import Path
 
 from ..errors import SPTError
-from ..training.builders import (build_dataset, build_provider, check_task_scale, image_folder, load_backbone_from_args,
-                                 prior_cache, prior_flags)
+from ..training.builders import (
+    build_dataset,
+    build_provider,
+    check_task_scale,
+    image_folder,
+    load_backbone_from_args,
+    prior_cache,
+    prior_flags,
+)
 from ..training.data import NOISE_PROTOCOLS
-from ._args import add_backbone_arguments, add_prior_arguments, nonneg_int, positive_int, task_type
+from ._args import (
+    add_backbone_arguments,
+    add_prior_arguments,
+    add_progress_arguments,
+    nonneg_int,
+    positive_int,
+    task_type,
+)
 
 HELP = "evaluate backbone vs backbone + SPT (PSNR/SSIM tables, comparison crops)"
 
@@ -41,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "eval_<data folder name>)")
     parser.add_argument("--save-images", action="store_true", help="also save every backbone and +SPT output")
     parser.add_argument("--crops", type=nonneg_int, default=4, help="comparison crops to write (default: 4)")
-    parser.add_argument("--crop-size", type=positive_int, default=96)
+    parser.add_argument("--crop-size", type=positive_int, default=96, help="side of each comparison crop (pixels)")
     parser.add_argument("--seed", type=nonneg_int, default=0, help="noise seed of the degradation")
     parser.add_argument("--noise", choices=NOISE_PROTOCOLS, default=None,
                         help="denoising noise protocol: spt (per image and seed, clipped to 8 bits: what training "
@@ -49,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: kair for grey backbones, spt for colour")
     parser.add_argument("--no-hash-check", action="store_true",
                         help="accept an adapter whose recorded backbone weights hash differs (architecture still checked)")
-    parser.add_argument("--no-progress", action="store_true")
+    add_progress_arguments(parser)
 
 
 def _recorded(adapter_file: Path) -> dict:

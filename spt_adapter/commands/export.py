@@ -25,19 +25,32 @@ HELP = "export backbone + adapter as one ONNX or TorchScript file (dynamic size;
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backbone_arguments(parser)
-    parser.add_argument("--adapter", metavar="FILE|DIR|HUB_ID",
-                        help="adapter file, folder holding spt_adapter.safetensors, or a Hub repo id (user/repo)")
+    parser.add_argument(
+        "--adapter",
+        metavar="FILE|DIR|HUB_ID",
+        help="adapter file, folder holding spt_adapter.safetensors, or a Hub repo id (user/repo)",
+    )
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag, commit) for a Hub id")
     parser.add_argument("--no-adapter", action="store_true", help="export the backbone alone")
-    parser.add_argument("--no-hash-check", action="store_true",
-                        help="accept an adapter whose recorded backbone weights hash differs (architecture still checked)")
-    parser.add_argument("--format", choices=("onnx", "torchscript"), default=None,
-                        help="file format (default: from --out: .onnx, else .pt/.ts for TorchScript)")
+    parser.add_argument(
+        "--no-hash-check",
+        action="store_true",
+        help="accept an adapter whose recorded backbone weights hash differs (architecture still checked)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("onnx", "torchscript"),
+        default=None,
+        help="file format (default: from --out: .onnx, else .pt/.ts for TorchScript)",
+    )
     parser.add_argument("--out", required=True, metavar="FILE", help="the file to write (atomically)")
     parser.add_argument("--half", action="store_true", help="float16 weights and inputs (traced and checked on CUDA)")
     parser.add_argument("--task", default=None, help="task to record when the adapter records none (sr:4, denoise:25)")
-    parser.add_argument("--no-check", action="store_true",
-                        help="skip running the exported file against the PyTorch model before writing it")
+    parser.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip running the exported file against the PyTorch model before writing it",
+    )
 
 
 def run(args) -> int:
@@ -65,11 +78,18 @@ def run(args) -> int:
         described += f" + adapter {adapter_file}"
     if args.device:
         model.to(args.device)
-    out = export(model, args.out, format=fmt, half=args.half, descriptor=args._descriptor, task=args.task,
-                 scale=args._scale, check=not args.no_check)
+    out = export(
+        model,
+        args.out,
+        format=fmt,
+        half=args.half,
+        descriptor=args._descriptor,
+        task=args.task,
+        scale=args._scale,
+        check=not args.no_check,
+    )
     from ..training.export import _kind
 
     inputs = "image, prior" if _kind(model) == "prior" else "image"
     print(f"export: {described} -> {out} ({fmt}, inputs: {inputs}, {out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
     return 0
-

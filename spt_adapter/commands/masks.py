@@ -7,44 +7,53 @@ import sys
 import time
 
 from ..prior.encode import DEFAULT_ENCODING
-from ._args import provider_name
+from ._args import (
+    add_progress_arguments,
+    add_provider_checkpoint_arguments,
+    alias,
+    device_type,
+    nonneg_int,
+    provider_name,
+)
 
 HELP = "precompute masks + priors for images into a cache (SAM, SAM 2, a classical segmenter or a plugin's provider)"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, or .txt lists of paths")
-    parser.add_argument("--provider", type=provider_name, default="sam", metavar="NAME",
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders (not recursive), globs (quote them; ** recurses) or .txt lists of paths")
+    parser.add_argument("--provider", type=provider_name, default=None, metavar="NAME",
                         help="mask provider: sam, sam2, slic, felzenszwalb, or one a plugin installs (`spt-adapter "
-                             "plugins` lists them; default: sam)")
-    parser.add_argument("--checkpoint", help="checkpoint of a provider that needs one: SAM .pth (sam_vit_b_01ec64.pth), "
-                                             "SAM 2 .pt (sam2.1_hiera_tiny.pt)")
-    parser.add_argument("--model-type", default="auto",
-                        help="SAM: vit_b, vit_l, vit_h, vit_tiny (tools/make_tiny_sam.py); SAM 2: sam2.1_hiera_tiny, ..., "
-                             "tiny_test (tools/make_tiny_sam2.py) or a config name; default auto: from the checkpoint")
-    parser.add_argument("--device", default=None, help="torch device for SAM / SAM 2 (default: cuda[:LOCAL_RANK] if "
-                                                       "available, else cpu)")
-    parser.add_argument("--cache", required=True, help="cache folder (PriorCache root)")
+                             "plugins` lists them; default: sam with --provider-checkpoint, else slic)")
+    add_provider_checkpoint_arguments(parser, dest="checkpoint", model_type_dest="model_type")
+    parser.add_argument("--device", default=None, type=device_type,
+                        help="torch device for SAM / SAM 2 (default: cuda[:LOCAL_RANK] when available, else cpu)")
+    cache = parser.add_mutually_exclusive_group(required=True)  # required: the spelling or its old alias
+    cache.add_argument("--prior-cache", dest="cache", metavar="DIR",
+                       help="folder of cached priors (what train/eval/restore --prior-cache read)")
+    alias(cache, "--cache", dest="cache")
     parser.add_argument("--encoding", default=DEFAULT_ENCODING,
                         help=f"label | onehot[:K] | boundary (default: {DEFAULT_ENCODING}, what `train` uses; "
                              "label for units with --fusion pool)")
     parser.add_argument("--degrade", default=None, metavar="TASK",
                         help="compute priors on the LQ image a PairedPriorDataset makes: denoise:<sigma> or sr:<scale>")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed for --degrade denoise (same as the dataset's seed)")
+    parser.add_argument("--seed", type=nonneg_int, default=0,
+                        help="noise seed for --degrade denoise (same as the dataset's seed)")
     parser.add_argument("--grey", action="store_true",
                         help="read images as grey (BT.601 luma), as train/eval/restore do for a 1-channel backbone, "
                              "so the cached priors are the ones they look up")
     parser.add_argument("--noise", choices=("spt", "kair"), default="spt",
                         help="--degrade denoise: spt (default) or kair (KAIR's draw; `eval`'s default for grey "
                              "backbones)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--provider-set", dest="set", action="append", default=[], metavar="KEY=VALUE",
                         help="provider setting, repeatable (e.g. points_per_side=16, pred_iou_thresh=0.8, n_segments=100); "
                              "checked by name and type before any image is read (`spt-adapter plugins --providers`)")
-    parser.add_argument("--batch", type=int, default=1, help="images per provider call (default 1)")
+    alias(parser, "--set", dest="set", action="append")
+    parser.add_argument("--batch", type=int, default=1, help="images per provider call")
     parser.add_argument("--num-shards", type=int, default=None, help="split the image list in N shards (default: $WORLD_SIZE or 1)")
     parser.add_argument("--shard-index", type=int, default=None, help="which shard this process does (default: $RANK or 0)")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 if any image failed")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_arguments(parser)
 
 
 def shard_of(n_items: int, num_shards: int | None, shard_index: int | None, env=None) -> tuple[int, int]:
@@ -65,11 +74,11 @@ def shard_of(n_items: int, num_shards: int | None, shard_index: int | None, env=
 def run(args) -> int:
     from tqdm import tqdm
 
+    from ..errors import ConfigError, ProviderRunError, SPTError
+    from ..prior import get_provider_spec, make_provider, parse_encoding
     from ..training.builders import open_prior_cache, parse_settings
     from ..training.data import degrade, parse_task
-    from ..errors import ConfigError, ProviderRunError, SPTError
     from ..training.images import list_images, read_image
-    from ..prior import get_provider_spec, make_provider, parse_encoding
 
     parse_encoding(args.encoding)
     task = parse_task(args.degrade) if args.degrade else None
@@ -77,11 +86,14 @@ def run(args) -> int:
         raise ConfigError("--noise kair draws denoising noise: add --degrade denoise:SIGMA")
     if args.batch < 1:
         raise ConfigError("--batch must be >= 1")
+    if args.provider is None:  # as train/eval/restore: SAM when a checkpoint is given, else SLIC
+        args.provider = "sam" if args.checkpoint else "slic"
     settings = parse_settings(args.set)
     spec = get_provider_spec(args.provider)
     spec.validate(settings)  # by name and type, before anything is loaded or read
     if args.checkpoint and not spec.needs_checkpoint:
-        raise ConfigError(f"--checkpoint was given with --provider {args.provider}, which takes no checkpoint; drop one of them")
+        raise ConfigError(f"--provider-checkpoint was given with --provider {args.provider}, which takes no checkpoint; "
+                          "drop one of them")
     device = args.device
     if spec.needs_checkpoint and device is None and "LOCAL_RANK" in os.environ:
         import torch
@@ -93,7 +105,7 @@ def run(args) -> int:
     paths = list_images(args.inputs)
     num_shards, shard_index = shard_of(len(paths), args.num_shards, args.shard_index)
     mine = paths[shard_index::num_shards]
-    cache = open_prior_cache(args.cache, "--cache")  # a file or a read-only folder: refused by name
+    cache = open_prior_cache(args.cache, "--prior-cache")  # a file or a read-only folder: refused by name
     kind = getattr(provider, "model_type", None)
     what = f"{args.provider}" + (f" {kind}" if kind else "") + f", encoding {args.encoding}"
     if args.grey:
@@ -162,8 +174,8 @@ def run(args) -> int:
     print(f"masks: computed {counts['computed']}, reused {counts['reused']}"
           + (f" ({counts['re-encoded']} encoded from cached masks)" if counts["re-encoded"] else "")
           + f", failed {counts['failed']} in {dt:.1f}s", file=sys.stderr)
-    for path, reason in failures:
-        print(f"  failed: {path}: {reason}", file=sys.stderr)
+    for failed, reason in failures:
+        print(f"  failed: {failed}: {reason}", file=sys.stderr)
     if cache.stats["corrupt"]:
         print(f"  {cache.stats['corrupt']} corrupt cache entr(y/ies) were recomputed", file=sys.stderr)
     if cache.stats["old_format"]:

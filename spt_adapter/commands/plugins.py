@@ -8,7 +8,7 @@ HELP = "list the plugins (built-in shims and third-party), what they registered,
 def add_arguments(parser) -> None:
     parser.add_argument("--hooks", action="store_true", help="also list the hooks each plugin implements")
     parser.add_argument("--presets", action="store_true", help="also list the architecture presets")
-    parser.add_argument("--providers", action="store_true", help="also list each mask provider's settings (--set NAME=VALUE)")
+    parser.add_argument("--providers", action="store_true", help="also list each mask provider's settings (--provider-set NAME=VALUE)")
     parser.add_argument("--no-register", action="store_true",
                         help="do not import the frameworks (skip the spt_adapter_register_framework hooks)")
 
@@ -41,7 +41,7 @@ def run(args) -> int:
     failed_providers = provider_failures()
     print("mask providers (--provider NAME):")
     for name, spec in sorted(specs.items()):
-        needs = ", needs --checkpoint" if spec.needs_checkpoint else ""
+        needs = ", needs --provider-checkpoint" if spec.needs_checkpoint else ""
         print(f"  {name:<14} plugin {spec.plugin}{needs}: {spec.description}")
         if getattr(args, "providers", False):
             for key, setting in sorted(spec.settings_schema.items()):

@@ -4,7 +4,7 @@
     spt-adapter restore "scans/*.tif" --backbone dncnn_25.pth --adapter me/dncnn-spt --out clean/ --tile 512
 
 Images are taken as they are (no synthetic degradation). The prior is computed on each whole image
-the way the adapter records (or as ``--provider``/``--sam-checkpoint`` say; ``--prior-cache`` keeps
+the way the adapter records (or as ``--provider``/``--provider-checkpoint`` say; ``--prior-cache`` keeps
 it), then the network runs on the whole image or on tiles that each get their crop of that prior.
 Outputs are 8-bit PNGs named after the inputs (``photo.jpg`` -> ``OUT/photo.png``; grey for grey
 backbones), written atomically; inputs are never overwritten. Everything is checked before the
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import RestoreError, SPTError
 from ..training.builders import build_provider, load_backbone_from_args, prior_cache, prior_flags
-from ._args import add_backbone_arguments, add_prior_arguments, nonneg_int, positive_int
+from ._args import add_backbone_arguments, add_prior_arguments, add_progress_arguments, nonneg_int, positive_int
 
 HELP = "restore your own images with a backbone + SPT adapter (whole or tiled; PNG outputs)"
 
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--no-adapter", action="store_true", help="restore with the backbone alone (for comparison)")
     a.add_argument("--no-hash-check", action="store_true",
                    help="accept an adapter whose recorded backbone weights hash differs (architecture still checked)")
-    add_prior_arguments(parser)
+    add_prior_arguments(parser, cache_default="not kept")
     t = parser.add_argument_group("tiling and precision")
     t.add_argument("--tile", type=positive_int, default=None, metavar="N",
                    help="run the network on N x N tiles of the input (bounds memory; default: the whole image)")
@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="allow --out to be (inside) a folder given as INPUT or the folder of an input file")
     o.add_argument("--strict", action="store_true", help="stop with exit status 1 at the first unreadable input "
                    "(default: skip it and list it at the end)")
-    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_arguments(o)
     from ._deploy import add_shard_arguments
 
     add_shard_arguments(o)
@@ -204,8 +204,8 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from .._io import atomic_write_bytes
-    from ..training.images import read_image
     from ..training.exported import exported_format, restore_exported
+    from ..training.images import read_image
     from ..training.restore import RestoreInfo, restore
 
     paths, folders = expand_inputs(args.inputs)
@@ -218,7 +218,7 @@ def run(args) -> int:
     paths, targets, shard_note = shard(paths, targets, args)
     if args.backbone and exported_format(args.backbone):  # an `spt-adapter export` file
         model, described, source, device = exported_model(args)
-        descriptor, restore = None, restore_exported
+        descriptor, restore = None, restore_exported  # type: ignore[assignment]
         check_exported_tiling(args, model)
     else:
         model, descriptor, described, source, device = _model(args)
@@ -237,7 +237,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     bar = tqdm(total=len(paths), unit="img", disable=args.no_progress, dynamic_ncols=True, file=sys.stderr)
     try:
-        for path, target in zip(paths, targets):
+        for path, target in zip(paths, targets, strict=True):
             if args.skip_existing and target.is_file():
                 skipped += 1
                 bar.update(1)

@@ -10,16 +10,33 @@ output folder will not overwrite an earlier run) before any prior is computed or
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..core.config import DEFAULT_FUSION, FUSIONS
 from ..core.planning import input_channels
 from ..errors import SPTError
-from ..training.builders import (apply_recorded_prior, build_dataset, build_provider, check_provider_args,
-                                 check_task_scale, image_folder, load_backbone_from_args, prior_cache)
-from ._args import (add_backbone_arguments, add_prior_arguments, nonneg_float, nonneg_int, positive_float, positive_int,
-                    task_type)
+from ..training.builders import (
+    apply_recorded_prior,
+    build_dataset,
+    build_provider,
+    check_provider_args,
+    check_task_scale,
+    image_folder,
+    load_backbone_from_args,
+    prior_cache,
+)
+from ._args import (
+    add_backbone_arguments,
+    add_prior_arguments,
+    add_progress_arguments,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    task_type,
+)
 
 HELP = "train SPT units on a frozen backbone (writes a safetensors delta, logs, resumable)"
 
@@ -45,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          "student network inside the adapter learns the --teacher's prior of the clean images")
     dp.add_argument("--teacher", default=None, metavar="PROVIDER",
                     help="with --prior distilled: the mask provider run on the clean training images only (slic, "
-                         "felzenszwalb, sam/sam2 with --sam-checkpoint, or a plugin provider's name; settings with "
+                         "felzenszwalb, sam/sam2 with --provider-checkpoint, or a plugin provider's name; settings with "
                          "--provider-set)")
     dp.add_argument("--distill-weight", type=nonneg_float, default=0.1,
                     help="weight of the distillation loss beside the L1 restoration loss (default: 0.1)")
@@ -54,20 +71,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dp.add_argument("--student-width", type=positive_int, default=16, help="student conv width (default: 16)")
     dp.add_argument("--student-depth", type=positive_int, default=4, help="student conv layers (default: 4)")
     t = parser.add_argument_group("training")
-    t.add_argument("--iters", type=positive_int, default=2000)
+    t.add_argument("--iters", type=positive_int, default=2000, help="training steps")
     t.add_argument("--batch", type=positive_int, default=8, help="batch per process (global = batch x processes)")
-    t.add_argument("--lr", type=positive_float, default=2e-4)
-    t.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine")
-    t.add_argument("--warmup", type=nonneg_int, default=0)
-    t.add_argument("--seed", type=nonneg_int, default=0)
+    t.add_argument("--lr", type=positive_float, default=2e-4, help="Adam learning rate (unit parameters only)")
+    t.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine", help="learning-rate schedule")
+    t.add_argument("--warmup", type=nonneg_int, default=0, help="linear warm-up steps")
+    t.add_argument("--seed", type=nonneg_int, default=0, help="seed of the crops, noise and initialisation")
     t.add_argument("--save-every", type=nonneg_int, default=500, help="steps between checkpoints (0: only at the end)")
     t.add_argument("--val-every", type=nonneg_int, default=0, help="steps between validations (0: only at the end)")
-    t.add_argument("--log-every", type=positive_int, default=10)
+    t.add_argument("--log-every", type=positive_int, default=10, help="steps between log lines")
     t.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader worker processes")
     t.add_argument("--no-amp", action="store_true", help="full precision on CUDA")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (adapter, logs, state)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_arguments(parser)
 
 
 def _check_out(args) -> Path:
@@ -145,7 +162,7 @@ def _resume_provenance_check(args, path: Path, provider) -> None:
                        f"it before that (resume with --iters {planned} or more)")
     if isinstance(planned, int) and planned != args.iters:
         args._iters_changes.append({"at_step": step, "from": planned, "to": args.iters})
-    checks = [("--task", done.get("task", (cfg.prior or {}).get("task")), args.task, str.__eq__),
+    checks: list[tuple[str, Any, Any, Callable[[Any, Any], bool]]] = [("--task", done.get("task", (cfg.prior or {}).get("task")), args.task, str.__eq__),
               ("--data", done.get("data"), str(args.data), _same_path),
               ("--lr", done.get("lr"), args.lr, float.__eq__),
               ("--schedule", done.get("schedule"), args.schedule, str.__eq__),
@@ -208,12 +225,11 @@ def _resolve_encoding(args) -> None:
 def run(args) -> int:
     import torch
 
+    from ..core.config import SPTConfig
     from ..core.model import inject
     from ..core.targets import inspect_targets
-    from ..files.format import load_adapter, read_adapter_config
-    from ..core.config import SPTConfig
+    from ..files.format import ADAPTER_FILENAME, load_adapter, read_adapter_config
     from ..training.evaluate import make_val_fn, task_scale
-    from ..files.format import ADAPTER_FILENAME
     from ..training.train import TrainSettings, init_distributed, shutdown_distributed, train_units
 
     # ---- every check before any work -------------------------------------------------------
@@ -293,6 +309,7 @@ def run(args) -> int:
             )
             torch.manual_seed(args.seed)
             spt = inject(model, config=config)
+        assert spt.active_adapter is not None  # inject / load_adapter made the new adapter active
         if info.is_main:
             print(f"backbone: {described}; {len(spt.unit_names())} SPT unit(s) on {spt.spt_config[spt.active_adapter].targets}")
             spt.print_trainable_parameters()

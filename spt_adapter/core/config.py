@@ -104,7 +104,7 @@ class SPTConfig:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SPTConfig":
+    def from_dict(cls, data: dict[str, Any]) -> SPTConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"an SPTConfig must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -123,12 +123,12 @@ class SPTConfig:
         return cls(**data)
 
     @classmethod
-    def from_json(cls, text: str) -> "SPTConfig":
+    def from_json(cls, text: str) -> SPTConfig:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"SPTConfig JSON is malformed: {exc}") from None
         return cls.from_dict(data)
 
-    def replace(self, **changes: Any) -> "SPTConfig":
+    def replace(self, **changes: Any) -> SPTConfig:
         return dataclasses.replace(self, **changes)

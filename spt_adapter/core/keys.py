@@ -16,8 +16,9 @@ constants and functions here, so the rule lives in one place.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
+import torch
 import torch.nn as nn
 
 from ..errors import TargetError
@@ -43,7 +44,11 @@ def is_wrapper(module: nn.Module) -> bool:
 
 def see_through(module: nn.Module) -> nn.Module:
     """The original module behind a wrapper (the module itself otherwise)."""
-    return module._modules[BASE_LAYER] if is_wrapper(module) else module
+    if not is_wrapper(module):
+        return module
+    base = module._modules[BASE_LAYER]
+    assert base is not None  # is_wrapper checked that it is there
+    return base
 
 
 def logical_named_modules(root: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -67,10 +72,10 @@ def find_logical_module(root: nn.Module, name: str) -> nn.Module | None:
     """The module at logical name ``name`` (through wrappers), or None."""
     module = root
     for part in name.split("."):
-        module = see_through(module)
-        module = module._modules.get(part)
-        if module is None:
+        child = see_through(module)._modules.get(part)
+        if child is None:
             return None
+        module = child
     return module
 
 
@@ -93,7 +98,7 @@ def logical_key(key: str) -> str:
     return ".".join(p for p in key.split(".") if p != BASE_LAYER)
 
 
-def logical_state(module: nn.Module, params_only: bool = False) -> Iterator[tuple[str, "object"]]:
+def logical_state(module: nn.Module, params_only: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """(logical name, tensor) of the backbone's own weights: units dropped, wrappers seen through."""
     items = module.named_parameters() if params_only else module.state_dict(keep_vars=True).items()
     for name, tensor in items:

@@ -8,12 +8,13 @@ adapters are active); :func:`apply_to_output` finds the feature map in whatever 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from ..errors import LayoutError, PriorError
+from ..errors import LayoutError, PriorError, TargetError
 from ..plugins.types import LayoutSpec
 from .keys import get_logical_module, logical_named_modules
 from .layout import describe_call, find_spatial_size, map_to_tokens, tokens_to_map
@@ -63,11 +64,11 @@ class SPTLayer(nn.Module):
     def active_unit_names(self) -> list[str]:
         """The adapters whose units run, in order (core: the one active adapter)."""
         state = self._spt_state
-        if state.disabled or state.active not in self.spt_units:
+        if state.disabled or state.active is None or state.active not in self.spt_units:
             return []
         return [state.active]
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The one layer forward: ``base_layer`` unchanged, then each active unit corrects the output."""
         out = self.base_layer(*args, **kwargs)
         active = self.active_unit_names()
@@ -78,12 +79,16 @@ class SPTLayer(nn.Module):
             raise PriorError(f"SPT layer {self.spt_target_name!r} needs a prior: {self.prior_hint}")
         for name in active:
             unit = self.spt_units[name]
-            out = apply_to_output(self.spt_target_name, self._spt_layout, out, args, kwargs,
-                                  lambda feats, unit=unit: unit(feats, prior))
+            out = apply_to_output(self.spt_target_name, self._spt_layout, out, args, kwargs, _with_prior(unit, prior))
         return out
 
     def extra_repr(self) -> str:
         return f"target={self.spt_target_name!r}"
+
+
+def _with_prior(unit: nn.Module, prior: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``unit`` as a function of the features alone (this layer's prior bound)."""
+    return lambda feats: unit(feats, prior)
 
 
 def apply_to_output(name: str, layout: LayoutSpec | None, out, args: tuple, kwargs: dict,
@@ -97,6 +102,7 @@ def apply_to_output(name: str, layout: LayoutSpec | None, out, args: tuple, kwar
                 f"({describe_call(tuple(out), {})}); a plugin must say which element to adapt "
                 "(hook spt_adapter_describe_layout, LayoutSpec.tuple_index), or target a submodule"
             )
+        assert layout is not None  # index came from it
         items = list(out)
         items[index] = apply_to_output(name, LayoutSpec(kind=layout.kind, spatial_size=layout.spatial_size),
                                        items[index], args, kwargs, fn)
@@ -107,9 +113,10 @@ def apply_to_output(name: str, layout: LayoutSpec | None, out, args: tuple, kwar
     if kind == "map" and out.dim() == 4:
         return fn(out)
     if kind == "tokens" and out.dim() == 3:
-        size = None
+        size: tuple[int, int] | None = None
         if layout is not None and layout.spatial_size is not None:
-            size = tuple(layout.spatial_size(args, kwargs, out))
+            h, w = layout.spatial_size(args, kwargs, out)
+            size = (h, w)
         if size is None:
             size = find_spatial_size(args, kwargs, out.shape[1])
         if size is None:
@@ -143,6 +150,8 @@ def wrap(root: nn.Module, name: str, state: PriorState, layout: LayoutSpec | Non
     current = parent._modules[attr]
     if isinstance(current, SPTLayer):
         return current
+    if current is None:
+        raise TargetError(f"{name!r} is an empty module slot (None): there is nothing to adapt")
     layer = SPTLayer(current, name, state, layout)
     setattr(parent, attr, layer)
     return layer
@@ -167,7 +176,7 @@ def iter_layers(root: nn.Module) -> Iterator[tuple[str, SPTLayer]]:
 def make_unit(channels: int, config, like: nn.Module) -> SPTUnit:
     """A new unit on the device and dtype of the module it adapts."""
     unit = SPTUnit(channels, config)
-    ref = next(like.parameters(), None)
+    ref: torch.Tensor | None = next(like.parameters(), None)
     if ref is None:
         ref = next(like.buffers(), None)
     if ref is not None:

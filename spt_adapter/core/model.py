@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn as nn
@@ -14,6 +17,9 @@ from .keys import get_logical_module, is_unit_key, logical_named_modules, studen
 from .layer import PriorState, SPTLayer, iter_layers, make_unit, unwrap, wrap
 from .planning import plan_injection, resolve_config
 from .student import PriorStudent
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class SPTModel(nn.Module):
@@ -60,9 +66,10 @@ class SPTModel(nn.Module):
     def adapters(self) -> list[str]:
         return list(self.spt_config)
 
-    def add_adapter(self, adapter_name: str, config: SPTConfig | None = None, *, targets=None, exclude=None,
-                    example_input=None, _channels: dict[str, int] | None = None,
-                    _names: list[str] | None = None) -> "SPTModel":
+    def add_adapter(self, adapter_name: str, config: SPTConfig | None = None, *,
+                    targets: str | Sequence[str] | None = None, exclude: str | Sequence[str] | None = None,
+                    example_input: torch.Tensor | None = None, _channels: dict[str, int] | None = None,
+                    _names: list[str] | None = None) -> SPTModel:
         """Add a named adapter (units on its own targets) and make it active."""
         if not isinstance(adapter_name, str) or not adapter_name.isidentifier():
             raise TargetError(f"adapter_name must be an identifier, got {adapter_name!r}")
@@ -117,9 +124,11 @@ class SPTModel(nn.Module):
             if self._spt_state.active is not None:
                 self.set_adapter(self._spt_state.active)
 
-    def _check_adapter(self, adapter_name: str) -> None:
-        if adapter_name not in self.spt_config:
+    def _check_adapter(self, adapter_name: str | None) -> str:
+        """``adapter_name`` if this model has that adapter; else :class:`TargetError`."""
+        if adapter_name is None or adapter_name not in self.spt_config:
             raise TargetError(f"no adapter named {adapter_name!r}; adapters: {self.adapters}")
+        return adapter_name
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
@@ -157,7 +166,7 @@ class SPTModel(nn.Module):
         adapter_name = adapter_name or self.active_adapter
         if adapter_name is None or adapter_name not in self.spt_students:
             return None
-        return self.spt_students[adapter_name]
+        return cast(PriorStudent, self.spt_students[adapter_name])  # the dict holds students only
 
     def _refuse_prior_for_student(self) -> None:
         raise student_prior_refusal(self.active_adapter)
@@ -170,14 +179,15 @@ class SPTModel(nn.Module):
                               adapter=self.active_adapter, like=like, value_range=prior_range(config))
 
     @contextlib.contextmanager
-    def use_prior(self, prior: torch.Tensor) -> Iterator["SPTModel"]:
+    def use_prior(self, prior: torch.Tensor) -> Iterator[SPTModel]:
         """Set the prior for every forward call inside the block (for trainers that call ``net(lq)``)."""
         if self.student() is not None:
             self._refuse_prior_for_student()
         with self._spt_state.using(self.check_prior(prior)):
             yield self
 
-    def forward(self, *args, prior: torch.Tensor | None = None, return_prior_logits: bool = False, **kwargs):
+    def forward(self, *args: Any, prior: torch.Tensor | np.ndarray | None = None, return_prior_logits: bool = False,
+                **kwargs: Any) -> Any:
         state = self._spt_state
         student = None if state.disabled else self.student()
         if return_prior_logits and student is None:
@@ -196,7 +206,7 @@ class SPTModel(nn.Module):
             return self.base_model(*args, **kwargs)
 
     # -- training helpers --------------------------------------------------------------------
-    def train(self, mode: bool = True) -> "SPTModel":
+    def train(self, mode: bool = True) -> SPTModel:
         """Like ``nn.Module.train`` for the units; the frozen backbone always runs in eval mode.
 
         A frozen backbone must compute the same function in training and at test time: no dropout
@@ -215,8 +225,7 @@ class SPTModel(nn.Module):
     def unit_parameters(self, adapter_name: str | None = None) -> Iterator[tuple[str, nn.Parameter]]:
         """(delta-file key, parameter) of every trainable tensor of one adapter: its units', then
         its prior student's (``spt_student.<param>``) when it has one."""
-        adapter_name = adapter_name or self.active_adapter
-        self._check_adapter(adapter_name)
+        adapter_name = self._check_adapter(adapter_name or self.active_adapter)
         for target, layer in iter_layers(self.base_model):
             unit = layer.spt_units[adapter_name] if adapter_name in layer.spt_units else None
             if unit is not None:
@@ -242,24 +251,26 @@ class SPTModel(nn.Module):
 
     def unit_names(self, adapter_name: str | None = None) -> list[str]:
         adapter_name = adapter_name or self.active_adapter
-        return list(self.spt_targets.get(adapter_name, []))
+        return list(self.spt_targets.get(adapter_name, [])) if adapter_name is not None else []
 
     # -- files --------------------------------------------------------------------------------
     # Core does not import the file layer above it: spt_adapter.files registers these operations
     # (register_file_operations) when the package is imported, which always happens first.
-    def save_adapter(self, path, adapter_name: str | None = None, **kwargs):
+    def save_adapter(self, path: str | os.PathLike, adapter_name: str | None = None, **kwargs: Any) -> Path:
         """Write this adapter as a safetensors delta (see :func:`spt_adapter.save_adapter`)."""
         return _file_operation("save_adapter")(self, path, adapter_name=adapter_name, **kwargs)
 
-    def load_adapter(self, path, adapter_name: str = "default", **kwargs) -> "SPTModel":
+    def load_adapter(self, path: str | os.PathLike, adapter_name: str = "default", **kwargs: Any) -> SPTModel:
         """Add an adapter from a delta file (see :func:`spt_adapter.load_adapter`)."""
         return _file_operation("load_adapter")(self, path, adapter_name=adapter_name, **kwargs)
 
-    def save_pretrained(self, save_directory, adapter_name: str | None = None, **kwargs):
+    def save_pretrained(self, save_directory: str | os.PathLike, adapter_name: str | None = None,
+                        **kwargs: Any) -> Path:
         """Write ``spt_adapter.safetensors`` + a model card into a folder (see :mod:`spt_adapter.files.hub`)."""
         return _file_operation("save_pretrained")(self, save_directory, adapter_name, **kwargs)
 
-    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token=None, **kwargs):
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | bool | None = None,
+                    **kwargs: Any) -> Any:
         """Upload one adapter to a Hugging Face Hub repo in one commit (see :mod:`spt_adapter.files.hub`)."""
         return _file_operation("push_to_hub")(self, repo_id, private=private, token=token, **kwargs)
 
@@ -385,7 +396,8 @@ def _backbone_modules(root: nn.Module) -> Iterator[nn.Module]:
 
 
 def inject(model: nn.Module, targets: str | Sequence[str] | None = None, exclude: str | Sequence[str] | None = None,
-           config: SPTConfig | None = None, adapter_name: str = "default", example_input=None) -> SPTModel:
+           config: SPTConfig | None = None, adapter_name: str = "default",
+           example_input: torch.Tensor | None = None) -> SPTModel:
     """Add SPT units to ``model`` and return an :class:`SPTModel` with a frozen backbone.
 
     ``targets``/``exclude`` override ``config.targets``/``config.exclude``; with neither, the plugin

@@ -97,7 +97,7 @@ class PriorStudent(nn.Module):
         self.body = nn.Sequential(*layers)
 
     @classmethod
-    def from_config(cls, student: dict[str, Any], prior_channels: int) -> "PriorStudent":
+    def from_config(cls, student: dict[str, Any], prior_channels: int) -> PriorStudent:
         settings = check_student(student)
         assert settings is not None
         return cls(prior_channels, **settings)

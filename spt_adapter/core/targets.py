@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable, Sequence
 from fnmatch import fnmatchcase
-from functools import lru_cache
-from typing import Callable, Sequence
+from functools import cache
 
 import torch.nn as nn
 
@@ -39,7 +39,7 @@ def compile_pattern(pattern: str) -> Callable[[str], bool]:
     def match(name: str) -> bool:
         parts = tuple(name.split("."))
 
-        @lru_cache(maxsize=None)
+        @cache
         def m(i: int, j: int) -> bool:
             if i == len(segments):
                 return j == len(parts)
@@ -72,6 +72,22 @@ def nearest_names(pattern: str, names: list[str], n: int = 5) -> list[str]:
     return [nm for nm in names if tail and tail in nm][:n]
 
 
+def top_level_names(names: list[str]) -> list[str]:
+    """The first segments of ``names``, in module order, once each (the model's top-level modules)."""
+    return list(dict.fromkeys(n.split(".", 1)[0] for n in names))
+
+
+def no_match_hint(pattern: str, names: list[str]) -> str:
+    """What to tell a user whose ``pattern`` matched nothing: the closest module names, or, when no
+    name is near, the model's top-level structure (never an empty list)."""
+    close = nearest_names(pattern, names)
+    if close:
+        return f"closest names: {close}"
+    top = top_level_names(names)
+    shown = ", ".join(top[:12]) + (f", ... ({len(top)} in all)" if len(top) > 12 else "")
+    return f"no module name is close; the top-level modules are: {shown or 'none'} (`spt-adapter inspect` shows the tree)"
+
+
 def inspect_targets(
     model: nn.Module, targets: str | Sequence[str], exclude: str | Sequence[str] | None = None, *,
     names: list[str] | None = None,
@@ -95,9 +111,9 @@ def inspect_targets(
     if unmatched or unmatched_ex:
         lines = []
         for p in unmatched:
-            lines.append(f"target pattern {p!r} matched no module; closest names: {nearest_names(p, names)}")
+            lines.append(f"target pattern {p!r} matched no module; {no_match_hint(p, names)}")
         for p in unmatched_ex:
-            lines.append(f"exclude pattern {p!r} matched no module; closest names: {nearest_names(p, names)}")
+            lines.append(f"exclude pattern {p!r} matched no module; {no_match_hint(p, names)}")
         raise TargetError("; ".join(lines) + f" (model {type(model).__name__} has {len(names)} modules)")
     selected = [n for n in names if any(fn(n) for _, fn in compiled) and not any(fn(n) for _, fn in compiled_ex)]
     if not selected:
@@ -113,8 +129,8 @@ def select_targets(model: nn.Module, predicate: Callable[[str], bool], described
     names = [name for name, _ in logical_named_modules(model)]
     selected = [n for n in names if predicate(n)]
     if not selected:
-        raise TargetError(f"{described_as} matched no module of {type(model).__name__}; closest names: "
-                          f"{nearest_names(described_as, names)}")
+        raise TargetError(f"{described_as} matched no module of {type(model).__name__}; "
+                          f"{no_match_hint(described_as, names)}")
     check_disjoint(selected)
     return selected
 

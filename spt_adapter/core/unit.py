@@ -105,22 +105,26 @@ class SPTUnit(nn.Module):
         self.fusion = config.fusion
         self.prior_resize = config.prior_resize
         hidden = config.hidden
+        self.encoder: nn.Module | None = None
+        self.fuse: nn.Module
         if self.fusion == "pool":
-            self.encoder = None
             # features ++ region-averaged features -> hidden -> channels
-            self.fuse = nn.Sequential(nn.Conv2d(2 * channels, hidden, 1), _act(), nn.Conv2d(hidden, channels, 1))
-            self._zero(self.fuse[-1])
+            last = nn.Conv2d(hidden, channels, 1)
+            self.fuse = nn.Sequential(nn.Conv2d(2 * channels, hidden, 1), _act(), last)
+            self._zero(last)
             return
         layers: list[nn.Module] = [nn.Conv2d(config.prior_channels, hidden, 3, padding=1), _act()]
         for _ in range(config.depth - 1):
             layers += [nn.Conv2d(hidden, hidden, 3, padding=1), _act()]
         self.encoder = nn.Sequential(*layers)
         if self.fusion == "concat":
-            self.fuse = nn.Sequential(nn.Conv2d(channels + hidden, hidden, 1), _act(), nn.Conv2d(hidden, channels, 1))
-            self._zero(self.fuse[-1])
+            last = nn.Conv2d(hidden, channels, 1)
+            self.fuse = nn.Sequential(nn.Conv2d(channels + hidden, hidden, 1), _act(), last)
+            self._zero(last)
         else:  # sft: one conv gives scale and shift
-            self.fuse = nn.Conv2d(hidden, 2 * channels, 1)
-            self._zero(self.fuse)
+            last = nn.Conv2d(hidden, 2 * channels, 1)
+            self.fuse = last
+            self._zero(last)
 
     @staticmethod
     def _zero(conv: nn.Conv2d) -> None:
@@ -129,11 +133,13 @@ class SPTUnit(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, features: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-        size = tuple(features.shape[-2:])
+        # no int(): under tracing the sizes are symbolic, and the exported graph must follow them
+        size = (features.shape[-2], features.shape[-1])
         prior = resize_prior(prior.to(dtype=features.dtype, device=features.device), size, self.prior_resize)
         if self.fusion == "pool":
             pooled = region_average(features, prior[:, 0])
             return features + self.fuse(torch.cat([features, pooled], dim=1))
+        assert self.encoder is not None  # every fusion but pool has a prior encoder
         encoded = self.encoder(prior)
         if self.fusion == "concat":
             return features + self.fuse(torch.cat([features, encoded], dim=1))

@@ -32,12 +32,19 @@ from safetensors import safe_open
 
 from .._io import atomic_write_bytes
 from ..core.config import SCHEMA_VERSION, SPTConfig
-from ..errors import AdapterFileError, BackboneHashMismatchError, ConfigError, FingerprintMismatchError
-from ..core.keys import (get_logical_module, is_adapter_file_key, logical_named_modules, logical_state, see_through,
-                         split_student_file_key, split_unit_file_key)
+from ..core.keys import (
+    get_logical_module,
+    is_adapter_file_key,
+    logical_named_modules,
+    logical_state,
+    see_through,
+    split_student_file_key,
+    split_unit_file_key,
+)
 from ..core.model import SPTModel
 from ..core.student import student_parameter_shapes
 from ..core.unit import unit_parameter_shapes, unit_tensor_count
+from ..errors import AdapterFileError, BackboneHashMismatchError, ConfigError, FingerprintMismatchError
 from ..version import __version__
 
 FORMAT_NAME = "spt-adapter"
@@ -242,12 +249,14 @@ def adapter_metadata(model: SPTModel, adapter_name: str | None = None, backbone_
     :func:`save_adapter`, the BasicSR / KAIR / Restormer shims, PEFT conversion), so every file
     has the same keys and the same prior schema (:func:`prior_record`)."""
     adapter_name = adapter_name or model.active_adapter
+    if adapter_name is None:
+        raise AdapterFileError("the model has no adapter to save: add_adapter() or inject() first")
     config = model.spt_config[adapter_name]
     config = config.replace(prior=prior_record(config.prior, task))
     targets = model.spt_targets[adapter_name]
     channels = {}
     for name in targets:
-        layer = get_logical_module(model.base_model, name)
+        layer: Any = get_logical_module(model.base_model, name)  # an SPT wrapper (core's or PEFT's layer)
         channels[name] = layer.spt_units[adapter_name].channels
     meta = {
         "format": FORMAT_NAME,
@@ -418,7 +427,9 @@ def check_units_against_header(path: str | os.PathLike, config: SPTConfig, fp: d
     for key, entry in entries.items():
         unit_key = split_unit_file_key(key)
         if unit_key is None:  # the distilled prior's student (read_adapter_header admitted only these)
-            student[split_student_file_key(key)] = entry["shape"]
+            student_key = split_student_file_key(key)
+            assert student_key is not None
+            student[student_key] = entry["shape"]
             continue
         target, param = unit_key
         if target not in per_target:
@@ -492,7 +503,7 @@ def add_adapter_with_tensors(model: nn.Module, adapter_name: str, config: SPTCon
     (file keys ``<target>.spt_unit.<param>``). Every key and shape is checked before the first copy;
     on any error ``model`` is left as it was."""
     created = not isinstance(model, SPTModel)
-    wrapped = SPTModel(model) if created else model
+    wrapped = model if isinstance(model, SPTModel) else SPTModel(model)
     added = False
     try:
         wrapped.add_adapter(adapter_name, config, example_input=example_input, _channels=channels, _names=names)

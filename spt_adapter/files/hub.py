@@ -102,8 +102,8 @@ def save_pretrained(model, save_directory: str | os.PathLike, adapter_name: str 
     ``{"data": "DF2K", "task": "sr:4", "steps": 20000}``) is recorded in the file and the card.
     Returns the folder.
     """
-    from .format import save_adapter
     from ..core.model import SPTModel
+    from .format import save_adapter
 
     if not isinstance(model, SPTModel):
         raise AdapterFileError(f"save_pretrained needs an SPTModel (from spt_adapter.inject), got {type(model).__name__}")

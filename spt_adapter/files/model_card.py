@@ -65,7 +65,9 @@ def render_model_card(path: str | os.PathLike, repo_id: str | None = None,
     f = card_facts(path)
     training = training if training is not None else f["training"]
     prior = f["prior"] or {}  # prior_record's schema: the provider's identity nested under "provider"
-    ident = prior.get("provider") if isinstance(prior.get("provider"), dict) else {}
+    ident = prior.get("provider")
+    if not isinstance(ident, dict):
+        ident = {}
     provider = " / ".join(str(ident[k]) for k in ("provider", "method", "model_type") if ident.get(k)) \
         or prior.get("name") or "not recorded"
     encoding = prior.get("encoding") or "not recorded"

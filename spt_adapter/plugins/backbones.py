@@ -20,8 +20,8 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
-from ..errors import BackboneError
 from ..core.planning import claim_model
+from ..errors import BackboneError
 from .types import ModelClaim
 
 

@@ -23,7 +23,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec(firstresult=True)
-def spt_adapter_claim_model(model: "nn.Module") -> ModelClaim | None:
+def spt_adapter_claim_model(model: nn.Module) -> ModelClaim | None:
     """Claim a backbone: return a :class:`ModelClaim` with default targets, or ``None``.
 
     The first plugin that returns a claim wins (``firstresult``).
@@ -31,7 +31,7 @@ def spt_adapter_claim_model(model: "nn.Module") -> ModelClaim | None:
 
 
 @hookspec(firstresult=True)
-def spt_adapter_describe_layout(model: "nn.Module", name: str, module: "nn.Module") -> LayoutSpec | None:
+def spt_adapter_describe_layout(model: nn.Module, name: str, module: nn.Module) -> LayoutSpec | None:
     """Describe the output layout of target ``name`` (a module of ``model``), or ``None``.
 
     Needed for targets whose outputs are tuples, or token sequences whose spatial size is not an

@@ -6,11 +6,12 @@ import os
 import threading
 from dataclasses import dataclass, field
 from importlib import metadata
+from typing import Any
 
 import pluggy
 
-from . import hookspecs
 from ..errors import PluginError
+from . import hookspecs
 
 ENTRY_POINT_GROUP = "spt_adapter"
 DISABLE_ENV = "SPT_ADAPTER_DISABLE_PLUGINS"
@@ -107,7 +108,7 @@ def register_frameworks(raise_errors: bool = False) -> dict[str, list[str]]:
     done: dict[str, list[str]] = {}
     for impl in reversed(pm.hook.spt_adapter_register_framework.get_hookimpls()):
         try:
-            result = impl.function()
+            result: Any = impl.function()  # the names it registered (hookspecs: a list of str)
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             _report.register_failed[impl.plugin_name] = message

@@ -29,12 +29,14 @@ restormer  Restormer (spandrel-extra-arches, Restormer)    ``encoder_level1..3``
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 import torch.nn as nn
 
 from ..core.keys import find_logical_module
+from ..errors import LayoutError
 from .types import ModelClaim
 
 __all__ = ["Preset", "PRESETS", "register_preset", "find_preset", "claim_with_presets", "preset_table"]
@@ -117,9 +119,17 @@ def _has(*names: str) -> Callable[[nn.Module], bool]:
     return lambda model: all(find_logical_module(model, n) is not None for n in names)
 
 
+def _module(model: nn.Module, name: str) -> Any:
+    """The module at ``name``, which the preset's detector has seen (typed ``Any``: presets read
+    architecture-specific attributes such as ``out_channels`` or iterate containers)."""
+    module = find_logical_module(model, name)
+    if module is None:
+        raise LayoutError(f"the preset expected a module {name!r} in {type(model).__name__}, which has none")
+    return module
+
+
 def _conv_out(model: nn.Module, name: str) -> int:
-    conv = find_logical_module(model, name)
-    return int(conv.out_channels)
+    return int(_module(model, name).out_channels)
 
 
 def _children(model: nn.Module, name: str) -> list[str]:
@@ -149,7 +159,7 @@ def _spandrel_rrdb_detect(model: nn.Module) -> bool:
 
 
 def _spandrel_rrdb_targets(model: nn.Module) -> list[str]:
-    sub = find_logical_module(model, "model.1.sub")
+    sub = _module(model, "model.1.sub")
     return [f"model.1.sub.{k}" for k, m in sub._modules.items() if type(m).__name__ == "RRDB"]
 
 
@@ -159,7 +169,7 @@ register_preset(Preset(
 ))
 register_preset(Preset(
     "rrdb", ("RRDBNet",), lambda m: _has("conv_first", "body", "conv_body")(m)
-    and all(type(b).__name__ == "RRDB" for b in find_logical_module(m, "body")),
+    and all(type(b).__name__ == "RRDB" for b in _module(m, "body")),
     lambda m: ["body.*"], lambda m, names: {n: _conv_out(m, "conv_first") for n in names}, naming="BasicSR body.N",
 ))
 register_preset(Preset(
@@ -172,7 +182,7 @@ register_preset(Preset(
 # -- NAFNet --------------------------------------------------------------------------------------
 def _nafnet_channels(model: nn.Module, names: list[str]) -> dict[str, int]:
     width = _conv_out(model, "intro")
-    depth = len(find_logical_module(model, "encoders"))
+    depth = len(_module(model, "encoders"))
     out = {}
     for n in names:
         if n.startswith("encoders."):
@@ -186,8 +196,8 @@ def _nafnet_channels(model: nn.Module, names: list[str]) -> dict[str, int]:
 
 register_preset(Preset(
     "nafnet", ("NAFNet", "NAFNetLocal"), _has("intro", "encoders", "middle_blks", "decoders", "ending"),
-    lambda m: (["encoders.*"] if len(find_logical_module(m, "encoders")) else []) + ["middle_blks"]
-    + (["decoders.*"] if len(find_logical_module(m, "decoders")) else []),
+    lambda m: (["encoders.*"] if len(_module(m, "encoders")) else []) + ["middle_blks"]
+    + (["decoders.*"] if len(_module(m, "decoders")) else []),
     _nafnet_channels,
 ))
 

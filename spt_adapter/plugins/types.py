@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 
 @dataclass
@@ -42,7 +43,7 @@ class LayoutSpec:
 class Setting:
     """One mask-provider setting: its type, default and the values it accepts.
 
-    type: ``int``, ``float``, ``bool`` or ``str``. Text (from ``--set name=value``) is converted;
+    type: ``int``, ``float``, ``bool`` or ``str``. Text (from ``--provider-set name=value``) is converted;
     Python values must already be of the type (an ``int`` is accepted for a ``float``). Floats
     must be finite.
     minimum / maximum: inclusive bounds; ``above``: an exclusive lower bound.
@@ -87,6 +88,7 @@ class Setting:
             if self.optional:
                 return None
             raise bad()
+        out: Any  # the setting's value as its type says: bool, int, float, str or any other declared type
         if isinstance(value, str):
             text = value.strip()
             try:
@@ -157,10 +159,10 @@ class ProviderSpec:
         changes the masks and the checkpoint's sha256) and ``generate(image) -> LabelMasks``
         (``spt_adapter.prior.masks``; a list of SAM-style mask dicts is accepted too), optionally
         ``generate_batch(images)``.
-    settings_schema: name -> :class:`Setting`; ``--set name=value`` is checked against it before
+    settings_schema: name -> :class:`Setting`; ``--provider-set name=value`` is checked against it before
         any image is read.
     description: one line for ``spt-adapter plugins``.
-    needs_checkpoint: ``--checkpoint`` is required. version: the provider's version (identity).
+    needs_checkpoint: ``--provider-checkpoint`` is required. version: the provider's version (identity).
     plugin: filled in by the registry (the plugin that offered it).
     """
 

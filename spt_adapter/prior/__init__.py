@@ -11,8 +11,6 @@ See docs/prior.md.
 """
 
 from .cache import PriorCache, compute_prior, image_key
-from .masks import LabelMasks, as_label_masks
-from .registry import describe_provider, get_provider_spec, make_provider, provider_failures, provider_names, provider_specs
 from .classical import ClassicalMaskProvider
 from .encode import (
     DEFAULT_ENCODING,
@@ -22,6 +20,15 @@ from .encode import (
     encode_masks,
     encoding_channels,
     parse_encoding,
+)
+from .masks import LabelMasks, as_label_masks
+from .registry import (
+    describe_provider,
+    get_provider_spec,
+    make_provider,
+    provider_failures,
+    provider_names,
+    provider_specs,
 )
 from .sam import (
     MODEL_TYPES,
@@ -33,7 +40,6 @@ from .sam import (
     detect_model_type,
     load_sam,
 )
-
 
 __all__ = [
     "DEFAULT_ENCODING",

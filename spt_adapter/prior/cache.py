@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write_bytes
-from ..pixels import to_rgb_uint8
 from ..errors import CorruptEntry, ProviderError, ProviderRunError, SPTError
+from ..pixels import to_rgb_uint8
 from .encode import DEFAULT_ENCODING, encode_masks, parse_encoding
 from .masks import LabelMasks, as_label_masks
 from .registry import describe_provider
@@ -204,7 +204,7 @@ class PriorCache:
         if len(out) != len(imgs):
             raise ProviderError(f"{describe_provider(provider)} returned {len(out)} results for {len(imgs)} images")
         checked = []
-        for im, masks in zip(imgs, out):
+        for im, masks in zip(imgs, out, strict=True):
             try:
                 lm = as_label_masks(masks, shape=im.shape[:2])
             except SPTError as exc:
@@ -229,7 +229,7 @@ class PriorCache:
         states = [""] * len(imgs)
         mkeys = [self.mask_key(im, provider) for im in imgs]
         todo = []
-        for i, (im, mk) in enumerate(zip(imgs, mkeys)):
+        for i, (im, mk) in enumerate(zip(imgs, mkeys, strict=True)):
             pk = self._prior_key(mk, encoding)
             prior = self.load_prior(pk)
             if prior is not None and prior.shape[1:] == im.shape[:2]:
@@ -246,7 +246,7 @@ class PriorCache:
                 todo.append(i)
         if todo:
             batch = self._generate(provider, [imgs[i] for i in todo])
-            for i, masks in zip(todo, batch):
+            for i, masks in zip(todo, batch, strict=True):
                 self._store_masks(imgs[i], mkeys[i], masks, provider)
                 out[i], states[i] = self._encode_store(masks, imgs[i], mkeys[i], encoding), "computed"
         if status is not None:

@@ -58,8 +58,9 @@ class ClassicalMaskProvider:
     def identity(self) -> dict:
         import skimage
 
+        version = skimage.__version__  # type: ignore[attr-defined]  # set by lazy_loader, not in its stubs
         return {"provider": "classical", "method": self.method, "settings": dict(sorted(self.settings.items())),
-                "skimage": skimage.__version__}
+                "skimage": version}
 
     def __repr__(self) -> str:
         return f"ClassicalMaskProvider(method={self.method!r}, {self.settings})"

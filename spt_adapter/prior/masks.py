@@ -59,12 +59,12 @@ class LabelMasks:
 
     # -- construction
     @classmethod
-    def empty(cls, shape) -> "LabelMasks":
+    def empty(cls, shape) -> LabelMasks:
         h, w = (int(v) for v in shape)
         return cls(np.zeros((h, w), np.int32), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 4)))
 
     @classmethod
-    def from_labels(cls, labels, score=None) -> "LabelMasks":
+    def from_labels(cls, labels, score=None) -> LabelMasks:
         """A segmenter's label image (any integers; every value is one region, none is background)
         -> regions numbered by increasing label value. ``score``: one value, or one per region."""
         from scipy import ndimage
@@ -85,12 +85,12 @@ class LabelMasks:
         return cls(lab, area, scores.copy(), bbox)
 
     @classmethod
-    def from_masks(cls, masks, shape=None) -> "LabelMasks":
+    def from_masks(cls, masks, shape=None) -> LabelMasks:
         """SAM-style masks (dicts with a boolean ``segmentation``, or boolean (H, W) arrays) ->
         one label image, smaller masks on top (see the module docstring). ``shape`` is needed
         only when there are no masks."""
         masks = list(masks)
-        segs = []
+        segs: list[np.ndarray] = []
         for i, m in enumerate(masks):
             seg = np.asarray(m["segmentation"] if isinstance(m, dict) else m)
             if seg.ndim != 2 or seg.dtype != bool:
@@ -108,7 +108,7 @@ class LabelMasks:
         for rank, i in enumerate(order):
             labels[segs[i]] = rank + 1
         dicts = [masks[i] if isinstance(masks[i], dict) else {} for i in order]
-        bbox = [d["bbox"] if "bbox" in d else _bbox(segs[i]) for d, i in zip(dicts, order)]
+        bbox = [d["bbox"] if "bbox" in d else _bbox(segs[i]) for d, i in zip(dicts, order, strict=True)]
         score = [float(d.get("predicted_iou", 1.0)) for d in dicts]
         extra = {}
         for name, tail in EXTRA_FIELDS.items():
@@ -116,12 +116,13 @@ class LabelMasks:
                 default = np.zeros(tail)
                 extra[name] = np.stack([np.asarray(d.get(name, default), dtype=np.float64).reshape(-1)[: int(np.prod(tail, dtype=int))]
                                         .reshape(tail) for d in dicts])
-        return cls(labels, areas[order], score, bbox, extra)
+        return cls(labels, areas[order], np.asarray(score, dtype=np.float64), np.asarray(bbox, dtype=np.float64), extra)
 
     # -- views
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(int(v) for v in self.labels.shape)
+        h, w = self.labels.shape
+        return int(h), int(w)
 
     def __len__(self) -> int:
         return len(self.area)
@@ -143,7 +144,7 @@ class LabelMasks:
             out.append(rec)
         return out
 
-    def resized(self, size) -> "LabelMasks":
+    def resized(self, size) -> LabelMasks:
         """Nearest-neighbour resampling of pixel centres (labels stay exact; records unchanged)."""
         h, w = int(size[0]), int(size[1])
         if (h, w) == self.shape:
@@ -164,7 +165,7 @@ class LabelMasks:
         return arrays
 
     @classmethod
-    def from_arrays(cls, arrays: dict) -> "LabelMasks":
+    def from_arrays(cls, arrays: dict) -> LabelMasks:
         extra = {k[len("extra."):]: v for k, v in arrays.items() if k.startswith("extra.")}
         return cls(arrays["labels"], arrays["area"], arrays["score"], arrays["bbox"], extra)
 

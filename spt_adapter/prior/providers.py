@@ -4,8 +4,8 @@ This module is a plugin: it is registered through the ``spt_adapter`` entry-poin
 (``prior = "spt_adapter.prior.providers"`` in pyproject.toml) like the built-in integrations, and
 its :func:`spt_adapter_mask_providers` returns one :class:`ProviderSpec` per provider:
 
-- ``sam``: Segment Anything's automatic masks (segment-anything, ``--checkpoint sam_vit_b_01ec64.pth``);
-- ``sam2``: SAM 2's automatic masks (``--checkpoint sam2.1_hiera_tiny.pt``, ``pip install spt-adapter[sam2]``);
+- ``sam``: Segment Anything's automatic masks (segment-anything, ``--provider-checkpoint sam_vit_b_01ec64.pth``);
+- ``sam2``: SAM 2's automatic masks (``--provider-checkpoint sam2.1_hiera_tiny.pt``, ``pip install spt-adapter[sam2]``);
 - ``slic`` and ``felzenszwalb``: scikit-image segmenters, no weights.
 
 A third-party provider is written the same way (examples/third_party_plugin).

@@ -22,7 +22,7 @@ from ..plugins.types import ProviderSpec
 
 BUILTIN_PLUGIN = "prior"  # entry-point name of spt_adapter.prior.providers
 _failures: dict[str, str] = {}
-_origin: "weakref.WeakKeyDictionary[object, ProviderSpec]" = weakref.WeakKeyDictionary()
+_origin: weakref.WeakKeyDictionary[object, ProviderSpec] = weakref.WeakKeyDictionary()
 
 
 def _manager():
@@ -96,7 +96,7 @@ def make_provider(name: str, checkpoint=None, model_type: str | None = None, dev
     spec = get_provider_spec(name)
     values = spec.validate(settings)
     if spec.needs_checkpoint and checkpoint is None:
-        raise ProviderError(f"--provider {name} needs --checkpoint PATH ({spec.description})")
+        raise ProviderError(f"--provider {name} needs --provider-checkpoint PATH ({spec.description})")
     try:
         provider = spec.factory(values, checkpoint=checkpoint, model_type=model_type, device=device)
     except SPTError:
@@ -113,7 +113,7 @@ def make_provider(name: str, checkpoint=None, model_type: str | None = None, dev
 def check_recorded_provider(identity: dict, what: str) -> str:
     """The name of the provider an adapter records (``identity``: its ``prior.provider``), checked
     to be installed and runnable without a checkpoint; else :class:`PriorError` saying what to pass
-    (``--provider`` / ``--sam-checkpoint`` on the command line, ``provider=`` from Python). Classical
+    (``--provider`` / ``--provider-checkpoint`` on the command line, ``provider=`` from Python). Classical
     providers record ``provider="classical"`` and their method."""
     from ..errors import PriorError
 
@@ -129,7 +129,7 @@ def check_recorded_provider(identity: dict, what: str) -> str:
     if specs[name].needs_checkpoint:
         label = "SAM" if name == "sam" else name
         raise PriorError(f"{what} was trained with {label} priors ({identity.get('model_type', '?')}): pass "
-                         f"--sam-checkpoint PATH{'' if name == 'sam' else f' with --provider {name}'} "
+                         f"--provider-checkpoint PATH{'' if name == 'sam' else f' with --provider {name}'} "
                          "(provider=... from Python), or another --provider")
     return name
 

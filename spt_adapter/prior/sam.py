@@ -267,7 +267,8 @@ class FastMaskGenerator:
     def _encode(self, crops: list[np.ndarray]):
         import torch
 
-        feats, sizes = [], []
+        feats: list[torch.Tensor] = []
+        sizes: list[tuple[int, ...]] = []
         for start in range(0, len(crops), self.encoder_batch):
             prepared = [self._prepare(c) for c in crops[start : start + self.encoder_batch]]
             batch = torch.cat([p[0] for p in prepared], dim=0)
@@ -284,10 +285,10 @@ class FastMaskGenerator:
         from segment_anything.utils.amg import generate_crop_boxes
 
         images = [to_rgb_uint8(im) for im in images]
-        jobs = []  # (image index, crop box, layer)
+        jobs: list[tuple[int, list[int], int]] = []  # (image index, crop box, layer)
         for i, im in enumerate(images):
             boxes, layers = generate_crop_boxes(im.shape[:2], self.settings["crop_n_layers"], self.settings["crop_overlap_ratio"])
-            jobs.extend((i, b, l) for b, l in zip(boxes, layers))
+            jobs.extend((i, b, l) for b, l in zip(boxes, layers, strict=True))
         results: list[list[dict]] = []
         per_image: dict[int, list] = {i: [] for i in range(len(images))}
         with torch.inference_mode():
@@ -295,7 +296,7 @@ class FastMaskGenerator:
                 chunk = jobs[start : start + self.encoder_batch]
                 crops = [images[i][b[1] : b[3], b[0] : b[2], :] for i, b, _ in chunk]
                 feats, sizes = self._encode(crops)
-                for (i, box, layer), feat, in_size, crop in zip(chunk, feats, sizes, crops):
+                for (i, box, layer), feat, in_size, crop in zip(chunk, feats, sizes, crops, strict=True):
                     per_image[i].append(self._process_crop(feat, in_size, crop.shape[:2], box, layer, images[i].shape[:2]))
             for i in range(len(images)):
                 results.append(self._finish(per_image[i], images[i].shape[:2]))
@@ -420,7 +421,12 @@ class FastMaskGenerator:
 
     def _process_batch(self, shared, points, input_size, crop_size, crop_box, orig_size):
         import torch
-        from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score, is_box_near_crop_edge, uncrop_masks
+        from segment_anything.utils.amg import (
+            batched_mask_to_box,
+            calculate_stability_score,
+            is_box_near_crop_edge,
+            uncrop_masks,
+        )
 
         s = self.settings
         model = self.model
@@ -627,7 +633,7 @@ class SamMaskProvider(CheckpointIdentity):
         self.settings = {**GENERATOR_SETTINGS, **generator_settings}
         self.speed = {**SPEED_SETTINGS, **speed}
         self._sha256 = None
-        self._generator = None
+        self._generator: FastMaskGenerator | None = None
 
     def identity(self) -> dict:
         import segment_anything  # noqa: F401
@@ -651,7 +657,7 @@ class SamMaskProvider(CheckpointIdentity):
 
     def generate_batch(self, images) -> list[LabelMasks]:
         images = [to_rgb_uint8(im) for im in images]
-        return [LabelMasks.from_masks(m, shape=im.shape[:2]) for m, im in zip(self.generator.generate_batch(images), images)]
+        return [LabelMasks.from_masks(m, shape=im.shape[:2]) for m, im in zip(self.generator.generate_batch(images), images, strict=True)]
 
     def __repr__(self) -> str:
         return f"SamMaskProvider({str(self.checkpoint)!r}, model_type={self.model_type!r})"

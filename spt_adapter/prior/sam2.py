@@ -1,6 +1,6 @@
 """SAM 2 mask provider over the real ``sam2`` package (``pip install spt-adapter[sam2]``).
 
-    spt-adapter masks IMAGES --provider sam2 --checkpoint sam2.1_hiera_tiny.pt --cache C
+    spt-adapter masks IMAGES --provider sam2 --provider-checkpoint sam2.1_hiera_tiny.pt --prior-cache C
 
 The model is built by SAM 2's own ``build_sam2`` from its packaged Hydra config (read offline
 from the installed package) and the checkpoint's ``model`` state dict is loaded strictly with
@@ -120,7 +120,7 @@ def config_for(checkpoint, model_type: str | None = None) -> tuple[str, str, lis
                                if k != "tiny_test" and stem.startswith(k)), None)
         if model_type is None:
             raise SamCheckpointError(
-                f"SAM 2 checkpoint {checkpoint}: cannot tell its model config from the file name; pass --model-type "
+                f"SAM 2 checkpoint {checkpoint}: cannot tell its model config from the file name; pass --provider-model-type "
                 f"(one of {', '.join(MODEL_CONFIGS)}, or a config name such as configs/sam2.1/sam2.1_hiera_t.yaml)")
     if model_type in MODEL_CONFIGS:
         return model_type, MODEL_CONFIGS[model_type], list(TINY_TEST_OVERRIDES) if model_type == "tiny_test" else []
@@ -170,7 +170,7 @@ def load_sam2(checkpoint, model_type: str | None = None, device=None):
     except RuntimeError as exc:
         first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc).splitlines()[0]
         raise SamCheckpointError(f"SAM 2 checkpoint {path} does not fit model type {model_type!r} ({config}); pass "
-                                 f"the right --model-type; first mismatch: {first.strip()}") from None
+                                 f"the right --provider-model-type; first mismatch: {first.strip()}") from None
     return model.to(device).eval()
 
 
@@ -255,8 +255,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     out = make_tiny_sam2_checkpoint(args.path, seed=args.seed)
-    hint = "" if out.name == TINY_TEST_FILE else " --model-type tiny_test"
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB); use --provider sam2 --checkpoint {out}{hint}")
+    hint = "" if out.name == TINY_TEST_FILE else " --provider-model-type tiny_test"
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB); use --provider sam2 --provider-checkpoint {out}{hint}")
     return 0
 
 

@@ -7,7 +7,7 @@ written with ``torch.save``), and load it through exactly the code path a real c
 
     python tools/make_tiny_sam.py /tmp/sam_vit_tiny.pth          # or
     python -m spt_adapter.prior.tiny /tmp/sam_vit_tiny.pth
-    spt-adapter masks IMAGES --provider sam --model-type vit_tiny --checkpoint /tmp/sam_vit_tiny.pth --cache C
+    spt-adapter masks IMAGES --provider sam --provider-model-type vit_tiny --provider-checkpoint /tmp/sam_vit_tiny.pth --prior-cache C
 
 Shape: ViT encoder with embed_dim 64, depth 2, 2 heads, window 4, global attention in block 1,
 image size 256, patch 16 (a 16x16 embedding grid); prompt/mask decoder width 32 with a 2-layer
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     out = make_tiny_sam_checkpoint(args.path, seed=args.seed)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB); use --model-type vit_tiny --checkpoint {out}")
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB); use --provider-model-type vit_tiny --provider-checkpoint {out}")
     return 0
 
 

@@ -39,7 +39,7 @@ def default_cache_root() -> Path:
 
 
 def check_provider_args(args) -> str:
-    """The provider the flags name (default: sam with --sam-checkpoint, else slic), checked before any
+    """The provider the flags name (default: sam with --provider-checkpoint, else slic), checked before any
     image is read: it is installed, its checkpoint exists if it needs one, and its settings (from
     ``args.provider_settings``, ``--provider-set`` and ``--segments``) pass its schema. Stores the
     typed settings in ``args.provider_settings``; returns the provider's name."""
@@ -50,11 +50,11 @@ def check_provider_args(args) -> str:
     spec = get_provider_spec(provider)
     if spec.needs_checkpoint:
         if not args.sam_checkpoint:
-            raise SPTError(f"--provider {provider} needs --sam-checkpoint PATH (alias --provider-checkpoint; {spec.description})")
+            raise SPTError(f"--provider {provider} needs --provider-checkpoint PATH ({spec.description})")
         if not Path(args.sam_checkpoint).is_file():
             raise SPTError(f"{provider} checkpoint {args.sam_checkpoint} does not exist")
     elif args.sam_checkpoint:
-        raise SPTError(f"--sam-checkpoint was given with --provider {provider}, which takes no checkpoint; drop one of them")
+        raise SPTError(f"--provider-checkpoint was given with --provider {provider}, which takes no checkpoint; drop one of them")
     if args.segments is not None and provider != "slic":
         raise SPTError("--segments applies to --provider slic only")
     settings = dict(getattr(args, "provider_settings", None) or {})
@@ -75,7 +75,7 @@ def parse_settings(items) -> dict[str, str]:
     for item in items:
         key, sep, val = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--provider-set expects KEY=VALUE, got {item!r}")
         out[key.strip().replace("-", "_")] = val.strip()
     return out
 
@@ -83,14 +83,14 @@ def parse_settings(items) -> dict[str, str]:
 def adapter_needs_provider(adapter_file, args) -> bool:
     """Whether running the adapter in ``adapter_file`` needs a mask provider: False for a distilled
     prior (its student makes the prior from the input; no segmenter or checkpoint), where a provider
-    flag (``--provider``, ``--sam-checkpoint``, ``--provider-set``, ``--segments``) is refused; True otherwise. `eval`
+    flag (``--provider``, ``--provider-checkpoint``, ``--provider-set``, ``--segments``) is refused; True otherwise. `eval`
     and `restore` build their provider only when this says so."""
     from ..files.format import read_adapter_config
 
     if read_adapter_config(adapter_file).student is None:
         return True
     given = [f for f, v in (("--provider", getattr(args, "provider", None)),
-                            ("--sam-checkpoint", getattr(args, "sam_checkpoint", None)),
+                            ("--provider-checkpoint", getattr(args, "sam_checkpoint", None)),
                             ("--provider-set", getattr(args, "provider_set", None)),
                             ("--segments", getattr(args, "segments", None))) if v]
     if given:
@@ -190,8 +190,8 @@ def check_task_scale(task: str, backbone_scale: int | None, described: str) -> N
 def apply_recorded_prior(args, recorded: dict, source) -> None:
     """Rebuild the prior an adapter records (``files.format.prior_record``'s schema) unless flags say
     otherwise: its provider (:func:`use_recorded_provider`) and its encoding."""
-    ident = recorded.get("provider") if isinstance(recorded.get("provider"), dict) else {}
-    use_recorded_provider(args, ident, source)
+    ident = recorded.get("provider")
+    use_recorded_provider(args, ident if isinstance(ident, dict) else {}, source)
     if args.encoding is None:
         # "label": adapters that record no encoding were made when label was the only default
         args.encoding = recorded.get("encoding", "label")
@@ -255,7 +255,6 @@ def make_dataset(folder, task: str, provider, cache, *, encoding: str | None = N
     (items hold ``teacher_prior``); ``provider=None``: items hold no prior (an adapter whose student
     makes its own)."""
     from ..prior.encode import DEFAULT_ENCODING
-
     from . import data
 
     task_ = data.parse_task(task)

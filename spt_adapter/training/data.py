@@ -46,9 +46,9 @@ import numpy as np
 
 from ..core.student import teacher_at_lq_size
 from ..errors import DataError
-from .images import imresize_bicubic, list_images, read_image
 from ..pixels import to_uint8_channels
 from ..prior.encode import DEFAULT_ENCODING
+from .images import imresize_bicubic, list_images, read_image
 
 #: how ``denoise`` noise is drawn: ``spt`` (per image and seed, clipped, 8-bit; training and default
 #: evaluation) or ``kair`` (KAIR's test protocol, :func:`kair_noisy`)

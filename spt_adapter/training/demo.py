@@ -7,7 +7,7 @@
    (``~/.cache/spt-adapter/demo``): that is the "pretrained backbone". A second run reuses it.
 3. The backbone is loaded back through :func:`spt_adapter.load_backbone` (the spandrel plugin
    claims it and proposes one unit per RSTB), priors are computed (SLIC superpixels, or SAM with
-   ``--sam-checkpoint``) through the on-disk prior cache, SPT units are injected and trained with
+   ``--provider-checkpoint``) through the on-disk prior cache, SPT units are injected and trained with
    :func:`spt_adapter.training.train.train_units`: the backbone stays frozen.
 4. Backbone vs backbone + SPT on the held-out images: a PSNR/SSIM table, a side-by-side picture
    (LQ | backbone | +SPT | GT) and the training curves.
@@ -28,12 +28,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.config import DEFAULT_FUSION
-
 import numpy as np
 import torch
 
 from .._io import atomic_write_bytes
+from ..core.config import DEFAULT_FUSION
 
 TRAIN_IMAGES = ("coffee", "rocket", "motorcycle_left", "immunohistochemistry")
 TEST_IMAGES = ("astronaut", "chelsea")
@@ -61,7 +60,7 @@ class DemoSettings:
     seed: int = 0
 
     @classmethod
-    def quick(cls) -> "DemoSettings":
+    def quick(cls) -> DemoSettings:
         return cls(image_size=64, backbone_embed=16, backbone_depths=(1, 1), backbone_iters=6, backbone_batch=4,
                    backbone_patch=32, spt_iters=4, spt_batch=4, spt_patch=32, segments=8)
 
@@ -100,7 +99,7 @@ def _resize_long_side(img: np.ndarray, size: int) -> np.ndarray:
     h, w = img.shape[:2]
     s = size / max(h, w)
     nh, nw = max(int(round(h * s)) // 8 * 8, 16), max(int(round(w * s)) // 8 * 8, 16)
-    return np.asarray(Image.fromarray(img).resize((nw, nh), Image.BICUBIC))
+    return np.asarray(Image.fromarray(img).resize((nw, nh), Image.Resampling.BICUBIC))
 
 
 def write_images(root: Path, settings: DemoSettings) -> tuple[Path, Path]:
@@ -269,14 +268,14 @@ def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = No
              sam_checkpoint: str | None = None, device: str | None = None, progress: bool = True,
              retrain_backbone: bool = False, log=print) -> DemoResult:
     """Run the demo; see the module docstring. Returns the table, means and every output path."""
+    from ..core.config import SPTConfig
     from ..core.model import inject
     from ..plugins.backbones import load_backbone
-    from .builders import default_cache_root, make_dataset
-    from ..core.config import SPTConfig
-    from .evaluate import evaluate, make_val_fn
-    from .metrics import to_uint8
     from ..prior import default_encoding, make_provider
     from ..prior.cache import PriorCache
+    from .builders import default_cache_root, make_dataset
+    from .evaluate import evaluate, make_val_fn
+    from .metrics import to_uint8
     from .train import TrainSettings, train_units
 
     t0 = time.time()
@@ -339,17 +338,19 @@ def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = No
         shutil.rmtree(out / "adapter")  # the demo starts fresh each time (the backbone is what is cached)
     result = train_units(spt, train_set, tsettings, out_dir=out / "adapter", val_fn=val_fn,
                          training_info={"task": task, "data": "scikit-image demo images", "demo": True})
+    assert result.adapter_path is not None and result.log_csv is not None  # out_dir was given
     paths["adapter"] = result.adapter_path
     paths["train_log"] = result.log_csv
 
     log("[5/5] evaluation on the held-out images")
     ev = evaluate(spt, test_samples, task, out / "eval", crops=len(test_samples), crop_size=96, progress=progress,
                   total=len(test_samples), keep_outputs=True)
+    assert ev.table_md is not None and ev.table_csv is not None  # an output folder was given
     paths["table"] = ev.table_md
     paths["table_csv"] = ev.table_csv
 
     rows = []
-    for sample, row, (base8, spt8) in zip(test_samples, ev.rows, ev.outputs):
+    for sample, row, (base8, spt8) in zip(test_samples, ev.rows, ev.outputs, strict=True):
         rows.append([("LQ (noisy, sigma 25)", to_uint8(sample["lq"])),
                      (f"backbone {row['backbone_psnr']:.2f} dB", base8),
                      (f"+SPT {row['spt_psnr']:.2f} dB", spt8),

@@ -10,19 +10,20 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import metrics
-from .data import parse_task
 from .._io import atomic_write_bytes
 from ..core.model import SPTModel
+from . import metrics
+from .data import parse_task
 from .restore import restore_tensor
 
 __all__ = ["EvalResult", "evaluate", "compare_strip", "task_scale", "make_val_fn", "markdown_table"]
@@ -66,7 +67,7 @@ def _pil(img: np.ndarray) -> Image.Image:
 def _upscale_nearest(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if img.shape[:2] == size:
         return img
-    out = np.asarray(_pil(img).resize((size[1], size[0]), Image.NEAREST))
+    out = np.asarray(_pil(img).resize((size[1], size[0]), Image.Resampling.NEAREST))
     return out[:, :, None] if out.ndim == 2 else out
 
 
@@ -209,15 +210,15 @@ def evaluate(
         space = "Y channel, border " + str(scale) if scale > 1 else ("grey" if base8.shape[2] == 1 else "RGB")
         header = f"{task}: PSNR (dB) / SSIM, {space}\n\n"
         result.table_md = atomic_write_bytes(out / "eval.md", (header + markdown_table(result)).encode())
-        buf = io.StringIO()
+        text = io.StringIO()
         fields = ["image", "backbone_psnr", "backbone_ssim"] if backbone_only else \
             ["image", "backbone_psnr", "spt_psnr", "backbone_ssim", "spt_ssim"]
-        writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+        writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for r in result.rows:
             writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
         writer.writerow({"image": "MEAN", **{k: f"{v:.6f}" for k, v in result.mean.items()}})
-        result.table_csv = atomic_write_bytes(out / "eval.csv", buf.getvalue().encode())
+        result.table_csv = atomic_write_bytes(out / "eval.csv", text.getvalue().encode())
     return result
 
 

@@ -29,7 +29,7 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -61,8 +61,10 @@ def format_of(path: str | Path, fmt: str | None = None) -> str:
         return "onnx"
     if suffix in (".pt", ".ts", ".torchscript", ".pth"):
         return "torchscript"
-    raise ExportError(f"cannot tell the export format from {Path(path).name!r}: name it .onnx or .pt, or pass "
-                      "format='onnx' / 'torchscript'")
+    raise ExportError(
+        f"cannot tell the export format from {Path(path).name!r}: name it .onnx or .pt, or pass "
+        "format='onnx' / 'torchscript'"
+    )
 
 
 class _Deployable(nn.Module):
@@ -75,7 +77,7 @@ class _Deployable(nn.Module):
         self.multiple = multiple
 
     def _net(self, x: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
-        model = self.model
+        model: Any = self.model
         if self.kind == "backbone":
             if isinstance(model, SPTModel):
                 with model.disable_adapter():
@@ -108,6 +110,11 @@ def _kind(model: nn.Module) -> str:
     return "student" if model.student() is not None else "prior"
 
 
+def _prior_channels(model: nn.Module) -> int:
+    spt = cast(SPTModel, model)
+    return spt.spt_config[str(spt.active_adapter)].prior_channels
+
+
 def _refusals(model: nn.Module, fmt: str, half: bool) -> None:
     """Refuse, by name, what cannot be exported (before any tracing)."""
     if not isinstance(model, nn.Module):
@@ -115,22 +122,29 @@ def _refusals(model: nn.Module, fmt: str, half: bool) -> None:
     if isinstance(model, SPTModel) and model.active_adapter is not None:
         cfg = model.spt_config[model.active_adapter]
         if cfg.fusion == "pool":
-            raise ExportError(f"adapter {model.active_adapter!r} uses fusion 'pool' (features averaged per prior region: "
-                              "torch.unique gives data-dependent shapes), which cannot be exported; retrain with "
-                              "fusion concat or sft")
+            raise ExportError(
+                f"adapter {model.active_adapter!r} uses fusion 'pool' (features averaged per prior region: "
+                "torch.unique gives data-dependent shapes), which cannot be exported; retrain with "
+                "fusion concat or sft"
+            )
         if cfg.prior_resize == "area" and fmt == "onnx":
-            raise ExportError(f"adapter {model.active_adapter!r} resizes its prior with prior_resize 'area' "
-                              "(adaptive pooling to a size known only at run time), which ONNX cannot express; "
-                              "export it as TorchScript")
+            raise ExportError(
+                f"adapter {model.active_adapter!r} resizes its prior with prior_resize 'area' "
+                "(adaptive pooling to a size known only at run time), which ONNX cannot express; "
+                "export it as TorchScript"
+            )
     if half:
         dev = next((t.device for t in model.parameters()), torch.device("cpu"))
         if dev.type != "cuda":
-            raise ExportError("half=True (float16) exports are traced and checked on a CUDA device: move the model "
-                              "to cuda first, or export float32")
+            raise ExportError(
+                "half=True (float16) exports are traced and checked on a CUDA device: move the model "
+                "to cuda first, or export float32"
+            )
 
 
-def export_info(model: nn.Module, *, descriptor: Any = None, task: str | None = None, half: bool = False,
-                scale: int | None = None) -> dict[str, str]:
+def export_info(
+    model: nn.Module, *, descriptor: Any = None, task: str | None = None, half: bool = False, scale: int | None = None
+) -> dict[str, str]:
     """The metadata written into an exported file (string keys and values)."""
     from ..files.format import adapter_metadata, backbone_sha256, prior_record
 
@@ -151,24 +165,33 @@ def export_info(model: nn.Module, *, descriptor: Any = None, task: str | None = 
     }
     if kind == "backbone":
         root = model.base_model if isinstance(model, SPTModel) else model
-        meta.update({"backbone_class": type(root).__name__, "backbone_sha256": backbone_sha256(root), "prior": "{}",
-                     "task": task or ""})
+        meta.update(
+            {
+                "backbone_class": type(root).__name__,
+                "backbone_sha256": backbone_sha256(root),
+                "prior": "{}",
+                "task": task or "",
+            }
+        )
         return meta
-    adapter = adapter_metadata(model, task=task)
-    cfg = model.spt_config[model.active_adapter]
+    spt = cast(SPTModel, model)
+    adapter = adapter_metadata(spt, task=task)
+    cfg = spt.spt_config[str(spt.active_adapter)]
     prior = prior_record(cfg.prior, task)
     fp = json.loads(adapter["fingerprint"])
-    meta.update({
-        "adapter_name": model.active_adapter,
-        "config": adapter["config"],
-        "fingerprint": adapter["fingerprint"],
-        "backbone_class": fp.get("backbone_class", ""),
-        "backbone_sha256": fp.get("backbone_sha256", ""),
-        "prior": json.dumps(prior, sort_keys=True),
-        "prior_channels": str(cfg.prior_channels),
-        "prior_encoding": str(prior.get("encoding") or ("" if kind == "student" else "label")),
-        "task": str(prior.get("task") or ""),
-    })
+    meta.update(
+        {
+            "adapter_name": str(spt.active_adapter),
+            "config": adapter["config"],
+            "fingerprint": adapter["fingerprint"],
+            "backbone_class": fp.get("backbone_class", ""),
+            "backbone_sha256": fp.get("backbone_sha256", ""),
+            "prior": json.dumps(prior, sort_keys=True),
+            "prior_channels": str(cfg.prior_channels),
+            "prior_encoding": str(prior.get("encoding") or ("" if kind == "student" else "label")),
+            "task": str(prior.get("task") or ""),
+        }
+    )
     return meta
 
 
@@ -189,8 +212,9 @@ def _check_sizes(h: int, w: int, multiple: int, minimum: int) -> list[tuple[int,
     return [first, second]
 
 
-def _inputs(kind: str, channels: int, prior_channels: int, size: tuple[int, int], device, dtype, seed: int = 0,
-            batch: int = 1):
+def _inputs(
+    kind: str, channels: int, prior_channels: int, size: tuple[int, int], device, dtype, seed: int = 0, batch: int = 1
+):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, channels, *size, generator=g).to(device=device, dtype=dtype)
     if kind != "prior":
@@ -211,10 +235,20 @@ def _onnx_bytes(wrapper: nn.Module, example: tuple, names: list[str], dynamic_ba
         for axes in dynamic.values():
             del axes[0]
     buf = io.BytesIO()
+    target: Any = buf  # the TorchScript-based exporter writes to a file object too
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, example, buf, dynamo=False, input_names=names, output_names=["output"],
-                          dynamic_axes=dynamic, opset_version=ONNX_OPSET, do_constant_folding=True)
+        torch.onnx.export(
+            wrapper,
+            example,
+            target,
+            dynamo=False,
+            input_names=names,
+            output_names=["output"],
+            dynamic_axes=dynamic,
+            opset_version=ONNX_OPSET,
+            do_constant_folding=True,
+        )
     return buf.getvalue()
 
 
@@ -245,8 +279,17 @@ def _first_line(exc: BaseException) -> str:
 
 
 @torch.no_grad()
-def export(model: nn.Module, path: str | Path, *, format: str | None = None, half: bool = False,
-           descriptor: Any = None, task: str | None = None, scale: int | None = None, check: bool = True) -> Path:
+def export(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    format: str | None = None,
+    half: bool = False,
+    descriptor: Any = None,
+    task: str | None = None,
+    scale: int | None = None,
+    check: bool = True,
+) -> Path:
     """Write ``model`` (a backbone, or an :class:`SPTModel` with its active adapter) to ``path`` as one
     ONNX or TorchScript file (``format``, else from the suffix) and return the path.
 
@@ -268,8 +311,10 @@ def export(model: nn.Module, path: str | Path, *, format: str | None = None, hal
         if importlib.util.find_spec("onnx") is None:
             raise ExportError("ONNX export needs the onnx package: pip install 'spt-adapter[onnx]'")
         if check and importlib.util.find_spec("onnxruntime") is None:
-            raise ExportError("checking an ONNX export runs it with onnxruntime, which is not installed: pip install "
-                              "'spt-adapter[onnx]' (or pass check=False / --no-check)")
+            raise ExportError(
+                "checking an ONNX export runs it with onnxruntime, which is not installed: pip install "
+                "'spt-adapter[onnx]' (or pass check=False / --no-check)"
+            )
     kind = _kind(model)
     was_training = model.training
     model.eval()
@@ -277,7 +322,7 @@ def export(model: nn.Module, path: str | Path, *, format: str | None = None, hal
         multiple = size_multiple(model, descriptor)
         minimum = minimum_tile(model, descriptor)
         channels = input_channels(model, descriptor)
-        prior_channels = model.spt_config[model.active_adapter].prior_channels if kind == "prior" else 0
+        prior_channels = _prior_channels(model) if kind == "prior" else 0
         device = next((t.device for t in model.parameters()), torch.device("cpu"))
         net = copy.deepcopy(model).half() if half else model
         dtype = torch.float16 if half else torch.float32
@@ -309,17 +354,21 @@ def export(model: nn.Module, path: str | Path, *, format: str | None = None, hal
             tol = PARITY_ATOL if not half else 1e-2
             worst = parity(data, fmt, model, descriptor=descriptor, sizes=sizes)
             if not worst <= tol:
-                raise ExportError(f"the {fmt} export of {what} does not reproduce the PyTorch model: max |difference| "
-                                  f"{worst:.3g} > {tol:g} at sizes other than the traced one (a shape-dependent branch "
-                                  "was frozen by tracing); nothing was written")
+                raise ExportError(
+                    f"the {fmt} export of {what} does not reproduce the PyTorch model: max |difference| "
+                    f"{worst:.3g} > {tol:g} at sizes other than the traced one (a shape-dependent branch "
+                    "was frozen by tracing); nothing was written"
+                )
             if not parity(data, fmt, model, descriptor=descriptor, sizes=sizes[:1], batch=2) <= tol:
                 # the backbone's code freezes the batch size (SwinIR's window_reverse: int(B)): the file
                 # takes one image per call and its runner feeds a batch one image at a time
                 data = build("1")
                 worst = parity(data, fmt, model, descriptor=descriptor, sizes=sizes)
                 if not worst <= tol:
-                    raise ExportError(f"the {fmt} export of {what} does not reproduce the PyTorch model (max "
-                                      f"|difference| {worst:.3g}); nothing was written")
+                    raise ExportError(
+                        f"the {fmt} export of {what} does not reproduce the PyTorch model (max "
+                        f"|difference| {worst:.3g}); nothing was written"
+                    )
     finally:
         model.train(was_training)
     try:
@@ -329,8 +378,16 @@ def export(model: nn.Module, path: str | Path, *, format: str | None = None, hal
 
 
 @torch.no_grad()
-def parity(data: bytes | str | Path, fmt: str, model: nn.Module, *, descriptor: Any = None,
-           sizes: list[tuple[int, int]], seed: int = 1, batch: int = 1) -> float:
+def parity(
+    data: bytes | str | Path,
+    fmt: str,
+    model: nn.Module,
+    *,
+    descriptor: Any = None,
+    sizes: list[tuple[int, int]],
+    seed: int = 1,
+    batch: int = 1,
+) -> float:
     """Max |exported - PyTorch| over images of ``sizes`` (outputs clamped to [0, 1], as restore
     writes them); the reference is the PyTorch forward :func:`spt_adapter.training.restore.restore`
     runs (padded to the size multiple, cropped back)."""
@@ -338,15 +395,26 @@ def parity(data: bytes | str | Path, fmt: str, model: nn.Module, *, descriptor: 
     kind = _kind(model)
     multiple = size_multiple(model, descriptor)
     channels = input_channels(model, descriptor)
-    prior_channels = model.spt_config[model.active_adapter].prior_channels if kind == "prior" else 0
+    prior_channels = _prior_channels(model) if kind == "prior" else 0
     device = next((t.device for t in model.parameters()), torch.device("cpu"))
     dtype = torch.float16 if runner.dtype == "float16" else torch.float32
     worst = 0.0
     for i, size in enumerate(sizes):
         inputs = _inputs(kind, channels, prior_channels, size, device, torch.float32, seed=seed + i, batch=batch)
         p = inputs[1] if kind == "prior" else None
-        ref = torch.cat([_run(model, inputs[0][b : b + 1], None if p is None else p[b : b + 1], multiple=multiple,
-                              backbone_only=kind == "backbone", half=False)[0] for b in range(batch)])
+        ref = torch.cat(
+            [
+                _run(
+                    model,
+                    inputs[0][b : b + 1],
+                    None if p is None else p[b : b + 1],
+                    multiple=multiple,
+                    backbone_only=kind == "backbone",
+                    half=False,
+                )[0]
+                for b in range(batch)
+            ]
+        )
         got = runner(inputs[0].to(dtype), None if p is None else p.to(dtype))
         if tuple(got.shape) != tuple(ref.shape):
             raise ExportError(f"the {fmt} export gives shape {tuple(got.shape)} at {size}, PyTorch {tuple(ref.shape)}")

@@ -69,12 +69,14 @@ class ExportedModel:
 
     def __call__(self, x: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
         if self.needs_prior and prior is None:
-            raise RestoreError(f"{self.source} reads a prior ({self.prior_channels} channel(s)) beside the image; none "
-                               "was given")
+            raise RestoreError(
+                f"{self.source} reads a prior ({self.prior_channels} channel(s)) beside the image; none was given"
+            )
         prior = prior if self.needs_prior else None
         if self.meta.get("batch") == "1" and x.shape[0] > 1:  # a file traced for one image per call
-            return torch.cat([self._call(x[i : i + 1], None if prior is None else prior[i : i + 1])
-                              for i in range(x.shape[0])])
+            return torch.cat(
+                [self._call(x[i : i + 1], None if prior is None else prior[i : i + 1]) for i in range(x.shape[0])]
+            )
         return self._call(x, prior)
 
     def __repr__(self) -> str:
@@ -85,8 +87,9 @@ def _onnx(data: bytes | str, source: str, threads: int | None, providers) -> Exp
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ExportError(f"{source} is an ONNX file: running it needs onnxruntime (pip install "
-                          "'spt-adapter[onnx]')") from None
+        raise ExportError(
+            f"{source} is an ONNX file: running it needs onnxruntime (pip install 'spt-adapter[onnx]')"
+        ) from None
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
@@ -103,6 +106,7 @@ def _onnx(data: bytes | str, source: str, threads: int | None, providers) -> Exp
     def call(x: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
         feed = {"image": x.detach().cpu().numpy().astype(np_dtype, copy=False)}
         if "prior" in names:
+            assert prior is not None  # ExportedModel.__call__ refuses a missing prior
             feed["prior"] = prior.detach().cpu().numpy().astype(np_dtype, copy=False)
         return torch.from_numpy(session.run(None, feed)[0])
 
@@ -112,10 +116,13 @@ def _onnx(data: bytes | str, source: str, threads: int | None, providers) -> Exp
 def _torchscript(data: bytes | str, source: str, device) -> ExportedModel:
     extra = {METADATA_FILE: ""}
     try:
-        module = torch.jit.load(io.BytesIO(data) if isinstance(data, bytes) else data, map_location=device,
-                                _extra_files=extra)
+        module = torch.jit.load(
+            io.BytesIO(data) if isinstance(data, bytes) else data, map_location=device, _extra_files=extra
+        )
     except Exception as exc:
-        raise ExportError(f"{source}: not a loadable TorchScript file ({str(exc).strip().splitlines()[0][:200]})") from None
+        raise ExportError(
+            f"{source}: not a loadable TorchScript file ({str(exc).strip().splitlines()[0][:200]})"
+        ) from None
     try:
         meta = json.loads(extra[METADATA_FILE] or "{}")
     except json.JSONDecodeError:
@@ -136,12 +143,20 @@ def _torchscript(data: bytes | str, source: str, device) -> ExportedModel:
 
 def _check_meta(meta: dict[str, str], source: str) -> None:
     if meta.get("format") != EXPORT_FORMAT:
-        raise ExportError(f"{source} was not written by `spt-adapter export` (no {EXPORT_FORMAT!r} metadata): restore "
-                          "reads its own exports only")
+        raise ExportError(
+            f"{source} was not written by `spt-adapter export` (no {EXPORT_FORMAT!r} metadata): restore "
+            "reads its own exports only"
+        )
 
 
-def load_exported(source: bytes | str | Path, *, fmt: str | None = None, threads: int | None = None,
-                  providers: list[str] | None = None, device: Any = None) -> ExportedModel:
+def load_exported(
+    source: bytes | str | Path,
+    *,
+    fmt: str | None = None,
+    threads: int | None = None,
+    providers: list[str] | None = None,
+    device: Any = None,
+) -> ExportedModel:
     """Load an exported file (or its bytes, with ``fmt``) as an :class:`ExportedModel`. ``threads``:
     onnxruntime's intra-op threads; ``providers``: its execution providers (CPU by default);
     ``device``: where a TorchScript export runs."""
@@ -155,7 +170,9 @@ def load_exported(source: bytes | str | Path, *, fmt: str | None = None, threads
             raise ExportError(f"exported file {source} does not exist")
         fmt = fmt or exported_format(source)
         if fmt is None:
-            raise ExportError(f"{source} is neither an .onnx file nor a TorchScript file written by `spt-adapter export`")
+            raise ExportError(
+                f"{source} is neither an .onnx file nor a TorchScript file written by `spt-adapter export`"
+            )
         data = Path(source).read_bytes()
     if fmt == "onnx":
         return _onnx(data, name, threads, providers)
@@ -173,20 +190,33 @@ def prior_source_of(runner: ExportedModel, *, provider: Any = None, encoding: st
         return PriorSource("none", described="none (backbone alone)")
     if runner.kind == "student":
         if provider is not None:
-            raise RestoreError(f"{runner.source} carries a distilled prior (its student is inside the file): drop "
-                               "the provider flags")
+            raise RestoreError(
+                f"{runner.source} carries a distilled prior (its student is inside the file): drop the provider flags"
+            )
         return PriorSource("student", described="the distilled student inside the file")
     if provider is None:
         provider = provider_from_record(dict(runner.prior.get("provider") or {}), runner.source)
     encoding = encoding or runner.meta.get("prior_encoding") or "label"
-    return PriorSource("provider", provider=provider, encoding=encoding, cache=cache,
-                       described=f"{provider!r}, encoding {encoding}")
+    return PriorSource(
+        "provider", provider=provider, encoding=encoding, cache=cache, described=f"{provider!r}, encoding {encoding}"
+    )
 
 
-def restore_exported(runner: ExportedModel, image, prior: Any = None, *, tile: int | None = None,
-                     tile_overlap: int | None = None, tile_blend: int | None = None, info=None,
-                     channels: int | None = None, half: bool = False, backbone_only: bool = False,
-                     descriptor: Any = None, **_ignored) -> np.ndarray:
+def restore_exported(
+    runner: ExportedModel,
+    image,
+    prior: Any = None,
+    *,
+    tile: int | None = None,
+    tile_overlap: int | None = None,
+    tile_blend: int | None = None,
+    info=None,
+    channels: int | None = None,
+    half: bool = False,
+    backbone_only: bool = False,
+    descriptor: Any = None,
+    **_ignored,
+) -> np.ndarray:
     """:func:`~spt_adapter.training.restore.restore` for an exported file: the same image reading,
     tiling (:func:`~spt_adapter.training.restore.restore_tensor` with the runner as the network),
     clamping and uint8 rounding. ``prior``: the whole image's prior (required when the file reads
@@ -194,8 +224,10 @@ def restore_exported(runner: ExportedModel, image, prior: Any = None, *, tile: i
     from .restore import _float_channels, restore_tensor
 
     if half:
-        raise RestoreError("--half is autocast for PyTorch models; an exported file runs in the dtype it was "
-                           "exported in (spt-adapter export --half)")
+        raise RestoreError(
+            "--half is autocast for PyTorch models; an exported file runs in the dtype it was "
+            "exported in (spt-adapter export --half)"
+        )
     if backbone_only:
         raise RestoreError("an exported file holds its adapter inside: --no-adapter needs the backbone checkpoint")
     n_in = channels or runner.channels
@@ -214,9 +246,18 @@ def restore_exported(runner: ExportedModel, image, prior: Any = None, *, tile: i
             overlap = max(DEFAULT_TILE_OVERLAP, 2 * radius + 1) if radius is not None else DEFAULT_TILE_OVERLAP
         if blend is None:
             blend = overlap // 2 if radius is None else max(0, min(overlap // 2, overlap - 2 * radius))
-    out = restore_tensor(runner, torch.from_numpy(x_np.transpose(2, 0, 1).copy()),
-                         prior if runner.needs_prior else None, multiple=runner.size_multiple, tile=tile,
-                         tile_overlap=overlap, tile_blend=blend, minimum=runner.minimum_tile, info=info)
+    network: Any = runner  # restore_tensor runs any callable (x, prior) -> output as the network
+    out = restore_tensor(
+        network,
+        torch.from_numpy(x_np.transpose(2, 0, 1).copy()),
+        prior if runner.needs_prior else None,
+        multiple=runner.size_multiple,
+        tile=tile,
+        tile_overlap=overlap,
+        tile_blend=blend,
+        minimum=runner.minimum_tile,
+        info=info,
+    )
     arr = np.empty(out.shape[1:] + out.shape[:1], dtype=np.float32 if as_float else np.uint8)
     for c in range(out.shape[0]):
         arr[:, :, c] = out[c].numpy() if as_float else out[c].mul_(255.0).round_().to(torch.uint8).numpy()

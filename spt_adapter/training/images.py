@@ -10,6 +10,7 @@ when shrinking), the convention the super-resolution literature uses to make LR 
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 
@@ -57,7 +58,8 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
 
 
 def list_images(inputs) -> list[Path]:
-    """Expand files, folders (non-recursive, sorted) and ``.txt`` file lists into image paths.
+    """Expand files, folders (non-recursive, sorted), globs (``**`` recurses; image files only) and
+    ``.txt`` file lists into image paths.
 
     A ``.txt`` input holds one path per line (relative paths are taken from the list's folder;
     blank lines and ``#`` comments are skipped). Order is kept; duplicates are dropped.
@@ -73,7 +75,14 @@ def list_images(inputs) -> list[Path]:
 
     for item in [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs:
         p = Path(item)
-        if p.is_dir():
+        if glob.has_magic(str(item)) and not p.exists():
+            matches = [Path(m) for m in sorted(glob.glob(str(item), recursive=True))]
+            images = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+            if not images:
+                raise ImageError(f"{item}: the pattern matches no image file")
+            for m in images:
+                add(m)
+        elif p.is_dir():
             for child in sorted(p.iterdir()):
                 if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES:
                     add(child)

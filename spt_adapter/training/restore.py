@@ -167,6 +167,7 @@ class PriorSource:
             return None
         from ..prior import compute_prior
 
+        assert self.encoding is not None  # a provider prior always has its encoding
         return compute_prior(image, self.provider, self.encoding, self.cache)
 
 
@@ -250,7 +251,7 @@ def _axis_weights(starts: list[int], size: int, length: int, scale: int, blend: 
     w = torch.ones(end - start, dtype=torch.float64)
     # neighbouring seams lie (s[k+2] - s[k]) / 2 apart: ramps wider than that would overlap and the
     # weights would no longer sum to one
-    gaps = [(b - a) / 2 for a, b in zip(starts, starts[2:])]
+    gaps = [(b - a) / 2 for a, b in zip(starts, starts[2:], strict=False)]
     width = min([blend] + gaps) * scale
     for other, sign in ((index - 1, 1), (index + 1, -1)):
         if not 0 <= other < len(starts):
@@ -324,7 +325,7 @@ def _prior_factor(prior: torch.Tensor, h: int, w: int) -> torch.Tensor:
 def restore_tensor(model: nn.Module, lq: torch.Tensor, prior: Any = None, *, scale: int | None = None,
                    multiple: int = 1, tile: int | None = None, tile_overlap: int | None = None,
                    tile_blend: int | None = None, backbone_only: bool = False, half: bool = False,
-                   minimum: int | None = None, info: "RestoreInfo | None" = None) -> torch.Tensor:
+                   minimum: int | None = None, info: RestoreInfo | None = None) -> torch.Tensor:
     """Run ``model`` on one image ``lq`` ((C,H,W) or (1,C,H,W) on [0,1]) and return (C', H*s, W*s) on the
     CPU, clamped to [0, 1]. ``prior``: (C_p, H_p, W_p) or (1, C_p, H_p, W_p) tensor or array for the
     whole image (None for the backbone alone or an adapter with a student). ``scale`` (optional) is
@@ -365,7 +366,7 @@ def restore_tensor(model: nn.Module, lq: torch.Tensor, prior: Any = None, *, sca
         for i, y0 in enumerate(ys):
             for j, x0 in enumerate(xs):
                 y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-                pt = None if p is None else p[..., y0 * k : y1 * k, x0 * k : x1 * k].to(device)
+                pt = None if p is None or k is None else p[..., y0 * k : y1 * k, x0 * k : x1 * k].to(device)
                 out, s = _run(model, x[..., y0:y1, x0:x1].to(device), pt, multiple=multiple,
                               backbone_only=backbone_only, half=half)
                 if result is None:
@@ -374,7 +375,9 @@ def restore_tensor(model: nn.Module, lq: torch.Tensor, prior: Any = None, *, sca
                 wx = _axis_weights(xs, tile, w, s, blend, j)
                 result[:, y0 * s : y1 * s, x0 * s : x1 * s] += out[0].cpu() * (wy[:, None] * wx[None, :])
                 tiles += 1
+        assert result is not None  # tile_starts gives at least one tile per axis
         result.clamp_(0, 1)
+    assert result is not None
     if scale is not None and result.shape[-2] != h * scale:
         raise RestoreError(f"the backbone upscales by {result.shape[-2] // h}, not by the expected {scale}")
     if info is not None:

@@ -39,9 +39,10 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,11 +50,14 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .._io import atomic_write_bytes
-from ..errors import ConfigError, SPTError
 from ..core.layer import iter_layers
 from ..core.model import SPTModel
-from ..files.format import ADAPTER_FILENAME  # the same name as save_pretrained: a run folder is shareable
-from ..files.format import TRAINING_KEY, read_adapter_header
+from ..errors import ConfigError, SPTError
+from ..files.format import (
+    ADAPTER_FILENAME,  # the same name as save_pretrained: a run folder is shareable
+    TRAINING_KEY,
+    read_adapter_header,
+)
 
 __all__ = [
     "TrainSettings",
@@ -602,6 +606,8 @@ def train_units(
         raise SPTError("the training dataset is empty")
 
     adapter = model.active_adapter
+    if adapter is None:
+        raise SPTError("the model has no adapter to train: add_adapter() or inject() first")
     distilled = model.student(adapter) is not None
     named = list(model.unit_parameters(adapter))
     keys = {id(p): k for k, p in named}

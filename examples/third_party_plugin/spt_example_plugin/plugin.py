@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 
-import torch
 import torch.nn as nn
 
 from spt_adapter.plugins.hookspecs import hookimpl

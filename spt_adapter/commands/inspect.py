@@ -1,0 +1,125 @@
+"""`spt-adapter inspect`: what a backbone is and where SPT units would go, without changing anything.
+
+    spt-adapter inspect swinir_x2.pth                              # architecture, claim, preset, tree
+    spt-adapter inspect dncnn_25.pth --targets "model.*" --depth 1  # what a pattern matches, unit cost
+
+The command-line twin of :func:`spt_adapter.inspect_targets`: the architecture spandrel detects, the
+plugin that claims it and its preset, the module tree to ``--depth``, and for the preset's targets (or
+``--targets``) every matched module with its channel count and the parameters its unit would add. A
+pattern that matches nothing prints the tree, then one error line naming the closest module names (or
+the top-level modules when none is close), exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "show a backbone's architecture, claiming plugin and preset, module tree, and what target patterns match"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..core.config import DEFAULT_FUSION, FUSIONS
+    from ._args import nonneg_int, positive_int
+
+    parser.add_argument("backbone", metavar="BACKBONE",
+                        help="backbone checkpoint (.pth/.safetensors of any architecture spandrel detects)")
+    parser.add_argument("--targets", nargs="+", metavar="PATTERN",
+                        help="target patterns to try (`*` one dotted segment, `**` any, `re:` regex; default: the "
+                             "claiming plugin's preset)")
+    parser.add_argument("--exclude", nargs="+", metavar="PATTERN", help="modules to leave out")
+    parser.add_argument("--depth", type=nonneg_int, default=2, help="levels of the module tree to show (0: none)")
+    parser.add_argument("--fusion", choices=FUSIONS, default=DEFAULT_FUSION, help="unit fusion, for the parameter count")
+    parser.add_argument("--hidden", type=positive_int, default=16, help="prior-encoder width, for the parameter count")
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def module_tree(model, depth: int, marks: dict[str, str] | None = None) -> list[str]:
+    """Lines of the logical module tree down to ``depth`` levels: name, class, parameters, and a mark
+    for the modules in ``marks`` (``{name: text}``)."""
+    from ..core.keys import logical_named_modules
+
+    marks = marks or {}
+    rows = []
+    hidden_below: dict[str, int] = {}
+    for name, module in logical_named_modules(model):
+        level = name.count(".") + 1
+        if level <= depth:
+            rows.append((name, level, module))
+        else:
+            parent = ".".join(name.split(".")[:depth])
+            hidden_below[parent] = hidden_below.get(parent, 0) + 1
+    width = max((len(n) + 2 * (lv - 1) for n, lv, _ in rows), default=0)
+    lines = []
+    for name, level, module in rows:
+        label = ("  " * (level - 1) + name).ljust(width)
+        more = f"  (+{hidden_below[name]} below)" if level == depth and name in hidden_below else ""
+        mark = f"  <- {marks[name]}" if name in marks else ""
+        lines.append(f"  {label}  {type(module).__name__:<20} {_count(module):>12,}{more}{mark}")
+    return lines
+
+
+def run(args) -> int:
+    import torch
+
+    from ..core.config import SPTConfig
+    from ..core.planning import plan_injection
+    from ..core.targets import inspect_targets
+    from ..core.unit import SPTUnit
+    from ..errors import TargetError
+    from ..training.builders import load_backbone_from_args
+
+    args.arch, args.weights = None, None
+    model, default, described = load_backbone_from_args(args, targets=args.targets, require_targets=False)
+    total = _count(model)
+    claim = args._claim
+    print(f"backbone: {described}")
+    descriptor = args._descriptor
+    print(f"  class {type(model).__name__}, {total:,} parameters, {args._channels}-channel input"
+          + (f", scale x{args._scale}" if args._scale else ""))
+    if claim[0]:
+        print(f"claimed by: plugin {claim[0]!r}, preset {claim[1]!r}; preset targets: {default}")
+    else:
+        print("claimed by: no plugin (no preset): pass --targets PATTERN to `train` "
+              "(`spt-adapter plugins --presets` lists the architectures with presets)")
+    if getattr(descriptor, "supports_half", None) is False:
+        print("  spandrel: no float16 support (restore --half is refused)")
+
+    patterns = list(args.targets) if args.targets else default
+    names: list[str] = []
+    error = None
+    if patterns:
+        try:
+            names = inspect_targets(model, patterns, args.exclude)
+        except TargetError as exc:  # shown after the tree, which is what the user needs to fix it
+            error = exc
+    marks: dict[str, str] = {}
+    rows = []
+    if names:
+        config = SPTConfig(targets=patterns, exclude=list(args.exclude or []), fusion=args.fusion, hidden=args.hidden)
+        with torch.no_grad():
+            plan = plan_injection(model, config)
+        for n in plan.names:
+            channels = plan.channels[n]
+            unit = _count(SPTUnit(channels, config))
+            rows.append((n, channels, unit))
+            marks[n] = f"unit: {channels} channels, +{unit:,} parameters"
+    if args.depth:
+        print(f"\nmodule tree (depth {args.depth}; class, parameters):")
+        for line in module_tree(model, args.depth, marks):
+            print(line)
+    if error is not None:
+        raise error
+    if not patterns:
+        return 0
+    added = sum(u for _, _, u in rows)
+    print(f"\ntargets {patterns}" + (f" minus {args.exclude}" if args.exclude else "")
+          + f" match {len(rows)} module(s):")
+    width = max(len(n) for n, _, _ in rows)
+    for n, channels, unit in rows:
+        print(f"  {n.ljust(width)}  {channels:>5} channels  +{unit:,} parameters")
+    print(f"units ({args.fusion}, hidden {args.hidden}) add {added:,} parameters = {100 * added / max(total, 1):.2f} % "
+          "of the backbone")
+    return 0

@@ -1,0 +1,143 @@
+"""Convert cszn/DnCNN's MatConvNet models (``model/*.mat``) into a safetensors DnCNN.
+
+    python tools/convert_dncnn_mat.py DnCNN/model/GD_Color_Blind.mat cdncnn_b.safetensors
+    python tools/convert_dncnn_mat.py DnCNN/model/DnCNN3.mat dncnn3.safetensors
+
+The ``.mat`` files are MATLAB v7.3, i.e. HDF5: ``h5py`` reads them as arrays (no code runs;
+``scipy.io.loadmat`` cannot read v7.3). Each holds a MatConvNet *simplenn* ``net.layers`` list of
+``conv`` and ``relu`` layers with batch normalisation already merged into the convolutions. The
+output uses KAIR's ``DnCNN(act_mode="R")`` layer names (``model.{2i}.weight``/``.bias``), which
+spandrel detects, so ``spt_adapter.load_backbone(OUT)`` loads it. Like KAIR's DnCNN, the network
+predicts the residual and returns ``input - residual`` (MatConvNet's demos do the same).
+
+Axes: MATLAB stores a conv weight as (H, W, C_in, C_out) in column-major order, so h5py returns it
+reversed, (C_out, C_in, W, H); MATLAB also drops trailing singleton axes, so a grey network's last
+weight (H, W, 64, 1) reads as (64, W, H). Both are undone here. Anything that is not such a layer
+list (other layer types, pooling, strides, dilations, a non-"same" padding, wrong shapes) is
+refused with a message naming the layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class ConversionError(ValueError):
+    """The file is not a MatConvNet simplenn DnCNN this converter understands."""
+
+
+def _text(group, key: str) -> str:
+    if key not in group:
+        raise ConversionError(f"layer has no {key!r} field")
+    data = group[key][()]
+    if data.dtype != np.uint16:
+        raise ConversionError(f"layer field {key!r} is not a MATLAB char array")
+    return "".join(map(chr, np.asarray(data).ravel()))
+
+
+def _scalar(group, key: str, default: float) -> np.ndarray:
+    return np.asarray(group[key][()], dtype=np.float64).ravel() if key in group else np.array([default])
+
+
+def read_layers(path: str | Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The conv layers of a simplenn DnCNN as (name, weight (C_out, C_in, 3, 3), bias (C_out,)), with
+    the ReLUs checked to sit between them."""
+    import h5py
+
+    path = Path(path)
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise ConversionError(f"{path} is not a MATLAB v7.3 (HDF5) file: {exc}") from None
+    with handle as f:
+        if "net" not in f or "layers" not in f["net"]:
+            raise ConversionError(f"{path} holds no net.layers (top-level keys {sorted(f.keys())})")
+        refs = f["net"]["layers"]
+        if refs.dtype != object:
+            raise ConversionError(f"{path}: net.layers is not a cell array of layers (simplenn)")
+        convs: list[tuple[str, np.ndarray, np.ndarray]] = []
+        kinds: list[str] = []
+        for index, ref in enumerate(np.asarray(refs[()]).ravel()):
+            layer = f[ref]
+            kind = _text(layer, "type")
+            name = _text(layer, "name") if "name" in layer else f"#{index}"
+            kinds.append(kind)
+            if kind == "relu":
+                if np.any(_scalar(layer, "leak", 0.0) != 0):
+                    raise ConversionError(f"{path}: layer {name} is a leaky ReLU; only plain ReLU is supported")
+                continue
+            if kind != "conv":
+                raise ConversionError(f"{path}: layer {name} has type {kind!r}; only conv and relu layers "
+                                      "(batch norm merged) are supported")
+            if np.any(_scalar(layer, "stride", 1.0) != 1) or np.any(_scalar(layer, "dilate", 1.0) != 1):
+                raise ConversionError(f"{path}: layer {name} has a stride or dilation other than 1")
+            weight_refs = np.asarray(layer["weights"][()]).ravel()
+            if len(weight_refs) != 2:
+                raise ConversionError(f"{path}: layer {name} has {len(weight_refs)} weight arrays, expected 2")
+            weight = np.asarray(f[weight_refs[0]][()], dtype=np.float32)
+            bias = np.asarray(f[weight_refs[1]][()], dtype=np.float32).ravel()
+            if weight.ndim == 3:  # MATLAB dropped the trailing C_out = 1 axis
+                weight = weight[None]
+            if weight.ndim != 4:
+                raise ConversionError(f"{path}: layer {name} weight has shape {weight.shape}")
+            weight = np.ascontiguousarray(weight.transpose(0, 1, 3, 2))  # (C_out, C_in, W, H) -> (.., H, W)
+            c_out, _, kh, kw = weight.shape
+            pad = _scalar(layer, "pad", 0.0)
+            if kh != kw or kh % 2 != 1 or np.any(pad != (kh - 1) // 2):
+                raise ConversionError(f"{path}: layer {name} is a {kh}x{kw} conv with padding {pad.tolist()}; "
+                                      "only odd square kernels with 'same' padding are supported")
+            if bias.shape != (c_out,):
+                raise ConversionError(f"{path}: layer {name} bias has {bias.size} values for {c_out} outputs")
+            convs.append((name, weight, bias))
+    expected = ["conv", "relu"] * (len(convs) - 1) + ["conv"]
+    if kinds != expected or len(convs) < 3:
+        raise ConversionError(f"{path}: layers are {kinds}; a DnCNN is conv (relu conv)* with at least 3 convs")
+    for (prev_name, prev, _), (name, weight, _) in zip(convs, convs[1:], strict=False):
+        if weight.shape[1] != prev.shape[0]:
+            raise ConversionError(f"{path}: layer {name} reads {weight.shape[1]} channels but {prev_name} "
+                                  f"writes {prev.shape[0]}")
+    if convs[0][1].shape[1] != convs[-1][1].shape[0]:
+        raise ConversionError(f"{path}: the network reads {convs[0][1].shape[1]} channels and writes "
+                              f"{convs[-1][1].shape[0]}; a residual DnCNN writes as many as it reads")
+    return convs
+
+
+def convert(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of KAIR's ``DnCNN(act_mode="R")`` for the MatConvNet model in ``path``."""
+    state: dict[str, torch.Tensor] = {}
+    for i, (_, weight, bias) in enumerate(read_layers(path)):
+        state[f"model.{2 * i}.weight"] = torch.from_numpy(weight)
+        state[f"model.{2 * i}.bias"] = torch.from_numpy(bias)
+    return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mat", type=Path, help="a cszn/DnCNN model/*.mat file (MATLAB v7.3)")
+    parser.add_argument("out", type=Path, help="the .safetensors file to write")
+    args = parser.parse_args(argv)
+    if args.out.suffix != ".safetensors":
+        parser.error(f"the output must end in .safetensors: {args.out}")
+    try:
+        state = convert(args.mat)
+    except ConversionError as exc:
+        print(f"convert_dncnn_mat: error: {exc}", file=sys.stderr)
+        return 1
+    from safetensors.torch import save
+
+    from spt_adapter._io import atomic_write_bytes
+
+    atomic_write_bytes(args.out, save(state, metadata={"source": args.mat.name,
+                                                       "converter": "tools/convert_dncnn_mat.py"}))
+    n = sum(t.numel() for t in state.values())
+    print(f"wrote {args.out}: {len(state) // 2} convs, {state['model.0.weight'].shape[1]} channels in, {n} parameters")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
