@@ -83,3 +83,14 @@ def to_uint8_channels(image, channels: int = 3, name: str = "image") -> np.ndarr
     rgb = to_rgb_uint8(arr, name=name)
     return np.ascontiguousarray(rgb[:, :, :1]) if grey_stored else rgb_to_grey_uint8(rgb)
 
+
+
+#: ITU-R BT.601 "studio swing" RGB -> Y (MATLAB ``rgb2ycbcr``), for RGB on [0, 1] and Y on 0-255
+YCBCR_Y_COEFFS = (65.481, 128.553, 24.966)
+
+
+def rgb_to_ycbcr_y(rgb: np.ndarray) -> np.ndarray:
+    """Y of YCbCr (MATLAB ``rgb2ycbcr`` on a double image) of a float RGB ``HxWx3`` image on [0, 1],
+    as float64 ``HxWx1`` on [16/255, 235/255], unrounded (the input of DnCNN-3 / VDSR for SR)."""
+    arr = np.asarray(rgb, dtype=np.float64)
+    return ((arr @ np.asarray(YCBCR_Y_COEFFS) + 16.0) / 255.0)[..., None]

@@ -26,10 +26,10 @@ import torch
 
 from _data import DATA  # small crops of the test sets, committed (tests/data)
 
-ITERS, GLOBAL_BATCH = 4, 4
+ITERS, GLOBAL_BATCH, STUDENT_STEPS = 4, 4, 2
 
 
-def _worker(out: str, batch: int) -> None:
+def _worker(out: str, batch: int, distilled: bool = False) -> None:
     torch.set_num_threads(1)
     import numpy as np
     from PIL import Image
@@ -54,13 +54,17 @@ def _worker(out: str, batch: int) -> None:
             gt = torch.from_numpy(im[y:y + 32, x:x + 32].copy()).permute(2, 0, 1).float() / 255
             lq = gt + torch.randn_like(gt) * (25 / 255)
             prior = ((gt.mean(0, keepdim=True) * 4).floor() + 1) / 5
+            if distilled:  # the quantised luma as a teacher's map in [0, 1]
+                return {"lq": lq, "gt": gt, "teacher_prior": prior, "path": str(i)}
             return {"lq": lq, "gt": gt, "prior": prior, "path": str(i)}
 
     info = init_distributed("cpu")
     torch.manual_seed(0)
     backbone = DnCNN(in_nc=3, out_nc=3, nc=16, nb=4, act_mode="R")
-    model = spt_adapter.inject(backbone, targets=["model.2", "model.4"])
-    settings = TrainSettings(iters=ITERS, batch=batch, lr=1e-3, log_every=1, progress=False, seed=7)
+    student = {"width": 8, "depth": 2} if distilled else None
+    model = spt_adapter.inject(backbone, config=spt_adapter.SPTConfig(targets=["model.2", "model.4"], student=student))
+    settings = TrainSettings(iters=ITERS, batch=batch, lr=1e-3, log_every=1, progress=False, seed=7,
+                             student_steps=STUDENT_STEPS if distilled else 0)
     train_units(model, Crops(), settings, out_dir=out, dist_info=info)
     shutdown_distributed(info)
 
@@ -71,7 +75,10 @@ def _run(cmd: list[str], env: dict) -> None:
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("distilled", [False, True], ids=["lq-prior", "distilled"])
+def test_two_gloo_processes_match_one_process(tmp_path, distilled):
+    """``distilled``: a prior student, whose student-only steps run through DDP without the backbone
+    (the units unused) before the joint steps."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun is not on PATH")
@@ -81,8 +88,9 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     env.pop("WORLD_SIZE", None)
     script = str(Path(__file__).resolve())
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    _run([sys.executable, script, str(single), str(GLOBAL_BATCH)], env)
-    _run([torchrun, "--standalone", "--nproc_per_node", "2", script, str(ddp), str(GLOBAL_BATCH // 2)], env)
+    flag = ["distilled"] if distilled else []
+    _run([sys.executable, script, str(single), str(GLOBAL_BATCH), *flag], env)
+    _run([torchrun, "--standalone", "--nproc_per_node", "2", script, str(ddp), str(GLOBAL_BATCH // 2), *flag], env)
 
     a = load_file(single / "spt_adapter.safetensors")
     b = load_file(ddp / "spt_adapter.safetensors")
@@ -100,11 +108,12 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert log_b["world_size"] == 2 and log_a["world_size"] == 1
     losses_a = [r["loss"] for r in log_a["history"]]
     losses_b = [r["loss"] for r in log_b["history"]]
-    assert len(losses_a) == ITERS == len(losses_b)
+    steps = ITERS + (STUDENT_STEPS if distilled else 0)
+    assert len(losses_a) == steps == len(losses_b)
     for x, y in zip(losses_a, losses_b, strict=True):
         assert abs(x - y) <= 1e-5 * abs(x), (losses_a, losses_b)  # same machine, summation order only
-    assert len(set(losses_a)) == ITERS  # every step saw other samples
+    assert len(set(losses_a)) == steps  # every step saw other samples
 
 
 if __name__ == "__main__":
-    _worker(sys.argv[1], int(sys.argv[2]))
+    _worker(sys.argv[1], int(sys.argv[2]), distilled=sys.argv[3:] == ["distilled"])

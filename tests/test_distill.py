@@ -237,14 +237,22 @@ def test_train_units_student_steps_then_joint(tmp_path):
     units0 = {k: p.detach().clone() for k, p in model.unit_parameters() if not k.startswith("spt_student.")}
     student0 = {k: p.detach().clone() for k, p in model.student().named_parameters()}
     s = TrainSettings(iters=6, batch=2, lr=1e-2, student_steps=3, progress=False, log_every=1, amp=False)
+    assert s.total_steps == 9  # the student-only steps come in addition to iters
+    calls = []
+    hook = model.base_model.register_forward_hook(lambda *a: calls.append(1))
     result = train_units(model, ds, s, out_dir=tmp_path / "run", stop_at=3)
+    assert calls == []  # the student-only steps never run the backbone
     units = dict(model.unit_parameters())
     assert all(torch.equal(units[k], v) for k, v in units0.items())  # student alone: units untouched
     assert any(not torch.equal(p, student0[k]) for k, p in model.student().named_parameters())
-    assert [set(r) >= {"distill_loss", "restoration_loss"} for r in result.history] == [True] * 3
+    assert [set(r) - {"step", "loss", "lr", "seconds"} for r in result.history] == [{"distill_loss"}] * 3
     assert all(r["loss"] == pytest.approx(r["distill_loss"], rel=1e-6) for r in result.history)
+    meta, _ = spt_adapter.read_adapter_header(tmp_path / "run" / "spt_adapter.safetensors")
+    assert json.loads(meta["training"])["student_steps"] == 3 and json.loads(meta["training"])["step"] == 3
     result = train_units(model, ds, s, out_dir=tmp_path / "run", resume=True)
-    assert result.step == 6
+    hook.remove()
+    assert result.step == 9 and len(calls) == 6  # 6 joint steps, each one backbone forward
+    assert [r["step"] for r in result.history] == list(range(1, 10))
     units = dict(model.unit_parameters())
     assert any(not torch.equal(units[k], v) for k, v in units0.items())  # joint: the units learn
     joint = result.history[-1]
@@ -263,7 +271,18 @@ def test_a_distilled_adapter_refuses_an_lq_prior_dataset(tmp_path):
     with pytest.raises(SPTError, match="teacher=PROVIDER"):
         train_units(_distilled(_dncnn()), ds, TrainSettings(iters=1, batch=2, progress=False))
     with pytest.raises(ConfigError, match="student_steps"):
-        TrainSettings(iters=3, student_steps=3)
+        TrainSettings(iters=3, student_steps=-1)
+
+
+def test_lr_runs_over_the_student_steps_then_afresh_over_iters():
+    from spt_adapter.training.train import TrainSettings, lr_at
+
+    s = TrainSettings(iters=10, student_steps=4, lr=1e-3, min_lr_ratio=0.0)
+    curve = [lr_at(k, s) for k in range(s.total_steps)]
+    assert curve[0] == pytest.approx(1e-3) and curve[3] < curve[1] < curve[0]  # cosine over the 4 student steps
+    assert curve[4] == pytest.approx(1e-3) and curve[13] < curve[5]  # then afresh over the 10 joint steps
+    plain = TrainSettings(iters=10, lr=1e-3, min_lr_ratio=0.0)
+    assert curve[4:] == pytest.approx([lr_at(k, plain) for k in range(10)])
 
 
 def test_tiny_sam_teacher_end_to_end(tmp_path):
@@ -342,8 +361,14 @@ def test_cli_trains_a_distilled_adapter_and_eval_needs_no_provider(tmp_path, dnc
     assert code == 1 and "distilled from teacher" in capsys.readouterr().err
     code = main(_train(dncnn_ckpt, data, out, cache, "--iters", "4", "--resume"))
     assert code == 1 and "--prior distilled" in capsys.readouterr().err
+    code = main(_train(dncnn_ckpt, data, out, cache, "--prior", "distilled", "--teacher", "slic", "--iters", "4",
+                       "--student-steps", "2", "--resume"))
+    assert code == 1 and "--student-steps 1" in capsys.readouterr().err
+    # without --student-steps a resumed run keeps its own (1), not the default 400
     assert main(_train(dncnn_ckpt, data, out, cache, "--prior", "distilled", "--teacher", "slic", "--iters", "4",
-                       "--student-steps", "1", "--resume")) == 0
+                       "--resume")) == 0
+    training = json.loads(spt_adapter.read_adapter_header(path)[0]["training"])
+    assert training["step"] == 5 and training["student_steps"] == 1 and training["iters"] == 4
 
 
 @pytest.mark.parametrize("extra,needle", [
@@ -352,7 +377,7 @@ def test_cli_trains_a_distilled_adapter_and_eval_needs_no_provider(tmp_path, dnc
     (["--prior", "distilled", "--teacher", "slic", "--provider", "slic"], "drop --provider"),
     (["--prior", "distilled", "--teacher", "sam"], "--provider-checkpoint"),
     (["--prior", "distilled", "--teacher", "no_such_provider"], "no_such_provider"),
-    (["--prior", "distilled", "--teacher", "slic", "--student-steps", "5"], "--student-steps"),
+    (["--student-steps", "5"], "--student-steps is for --prior distilled"),
 ])
 def test_cli_bad_distillation_flags_fail_before_training(tmp_path, dncnn_ckpt, capsys, extra, needle):
     data = _hq_folder(tmp_path, n=1, size=32)
@@ -398,3 +423,18 @@ def test_student_shapes_are_checked_against_the_header_before_anything_is_built(
     with pytest.raises(spt_adapter.AdapterFileError, match="spt_student"):
         spt_adapter.load_adapter(_dncnn(), bad)
     assert FORMAT_VERSION >= 2
+
+
+def test_cli_defaults_are_the_settings_the_benchmarks_validated(tmp_path):
+    """--prior distilled: 400 student-only steps (in addition to --iters), distill weight 0.1, width 16;
+    units at lr 1e-3 (benchmarks/quality.py --lr)."""
+    from spt_adapter.cli import build_parser
+    from spt_adapter.commands.train import _check_distilled_args
+
+    base = ["train", "--backbone", "b.pth", "--data", "d", "--task", "denoise:25", "--out", str(tmp_path / "r")]
+    args = build_parser().parse_args(base + ["--prior", "distilled", "--teacher", "slic"])
+    _check_distilled_args(args)
+    assert (args.student_steps, args.distill_weight, args.student_width, args.lr) == (400, 0.1, 16, 1e-3)
+    args = build_parser().parse_args(base)
+    _check_distilled_args(args)
+    assert args.student_steps == 0 and args.lr == 1e-3

@@ -33,6 +33,10 @@ def _instances():
     yield "nafnet", "spandrel", lambda: NAFNet(width=8, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1]), 16
     yield "scunet", "spandrel", lambda: SCUNet(config=[1] * 7, dim=64), 64
     yield "drunet", "spandrel", lambda: DRUNet(in_nc=4, out_nc=3, nc=[8, 16, 32, 64], nb=1), 16
+    from spandrel.architectures.DnCNN import DnCNN
+
+    yield "dncnn", "spandrel", lambda: DnCNN(in_nc=1, out_nc=1, nc=8, nb=8, act_mode="R"), 16
+    yield "dncnn", "spandrel", lambda: DnCNN(in_nc=3, out_nc=3, nc=8, nb=5, act_mode="BR"), 16  # batch norm kept
     try:
         from spandrel_extra_arches.architectures.Restormer import Restormer
 
@@ -112,3 +116,37 @@ def test_adapter_on_the_wrong_architecture_names_the_expected_preset(tmp_path):
     path = spt_adapter.inject(swinir).save_adapter(tmp_path / "swinir.safetensors")
     with pytest.raises(spt_adapter.FingerprintMismatchError, match="preset 'swinir' of integration 'spandrel'"):
         spt_adapter.load_adapter(NAFNet(width=8, enc_blk_nums=[1], dec_blk_nums=[1]), path)
+
+
+def test_dncnn_presets_every_hidden_conv_and_a_light_one(tmp_path):
+    """dncnn: a unit on every hidden conv (not the first nor the output conv); dncnn-light: three, at
+    1/4, 1/2 and the end of the depth, picked by name with --arch. The shares of the parameters they
+    train are the README's (tools/preset_shares.py prints them)."""
+    import argparse
+
+    from safetensors.torch import save_file
+    from spandrel.architectures.DnCNN import DnCNN
+
+    from spt_adapter.training.builders import load_backbone_from_args
+
+    net = DnCNN(in_nc=1, out_nc=1, nc=64, nb=20, act_mode="R")  # DnCNN-3's size
+    claim = call_hook("spt_adapter_claim_model", model=net)
+    assert claim.preset == "dncnn" and claim.targets == [f"model.{2 * i}" for i in range(1, 19)]
+    light = next(p for p in PRESETS if p.name == "dncnn-light").targets(net)
+    assert light == ["model.10", "model.20", "model.36"]
+    total = sum(p.numel() for p in net.parameters())
+    full = spt_adapter.inject(net)
+    shares = [sum(p.numel() for _, p in full.unit_parameters()) / total]
+    net = full.eject()
+    shares.append(sum(p.numel() for _, p in spt_adapter.inject(net, light).unit_parameters()) / total)
+    assert [round(100 * s, 1) for s in shares] == [13.1, 2.2]
+
+    path = tmp_path / "dncnn.safetensors"
+    save_file({k: v.contiguous() for k, v in DnCNN(in_nc=1, out_nc=1, nc=8, nb=17, act_mode="R").state_dict().items()},
+              str(path))
+    args = argparse.Namespace(backbone=None, weights=str(path), arch="dncnn-light")
+    _, targets, _ = load_backbone_from_args(args)
+    assert targets == ["model.8", "model.16", "model.30"] and args._claim == ("presets", "dncnn-light")
+    args = argparse.Namespace(backbone=str(path), weights=None, arch=None)
+    _, targets, _ = load_backbone_from_args(args)
+    assert len(targets) == 15 and args._claim == ("spandrel", "dncnn")

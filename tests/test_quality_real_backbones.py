@@ -8,6 +8,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from skimage import data as skdata
@@ -111,3 +112,37 @@ def test_distill_ladder_refuses_cdncnnb75_without_a_dncnn_checkout(tmp_path):
                            "--tasks", "tune cdncnnb75"], env={**env, "PYTHON": sys.executable},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "set DNCNN_ROOT" in proc.stderr and not out.exists()
+
+
+def test_dncnn3bd_inputs_are_the_upsampled_bd_luma_scored_with_a_border(quality, tmp_path):
+    from PIL import Image
+
+    from spt_adapter.training.images import imresize_bicubic
+    from spt_adapter.training.metrics import rgb_to_y
+
+    qd = sys.modules["_quality_data"]
+    rgb = qd.mod_crop(skdata.astronaut()[:130, :150], 4)
+    Image.fromarray(rgb).save(tmp_path / "colour.png")
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "grey.png")
+    y = qd.load_y(tmp_path / "colour.png")
+    assert y.shape == (*rgb.shape[:2], 1) and y.dtype == np.uint8
+    assert np.abs(y.astype(float) - rgb_to_y(rgb)).max() <= 0.5  # the BT.601 Y (16-235), rounded
+    assert np.array_equal(qd.load_y(tmp_path / "grey.png")[..., 0], rgb[..., 0])  # a grey file is its own Y
+    seg = qd.Segmenter.parse("felzenszwalb:scale=300,sigma=0.8,min_size=50")
+    pset = qd.build_upsampled_sr_priors([("a", y)], scale=4, seg=seg, cache=qd.LabelCache(tmp_path / "l"),
+                                        degradation="bd")
+    assert (pset.scale, pset.border) == (1, 4)
+    up = pset.noisy[0][0]
+    assert up.shape == y.shape and up.dtype == np.float32
+    expected = imresize_bicubic(qd.bd_lq(y, 4).astype(np.float64) / 255.0, size=y.shape[:2]).reshape(y.shape)
+    np.testing.assert_allclose(up, expected, atol=1e-6)
+    assert pset.lq_prior[0][0].shape == y.shape[:2] and pset.oracle_prior[0].shape == y.shape[:2]
+    # the border is left out of the PSNR: a wrong border strip does not change the score
+    out = pset.clean[0].copy()
+    out[:4] = 0
+    assert quality.psnr_rgb(out, pset.clean[0], pset.border) == float("inf")
+    assert quality.psnr_rgb(out, pset.clean[0], 0) < 40
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--task", "dncnn3bd", "--segment-input", "restored", "--dncnn-root", "/x"])
+    args = quality.parse_args(["--task", "dncnn3bd", "--dncnn-root", "/x", "--quick"])
+    assert (args.in_channels, args.nb, args.fusions) == (1, 20, ["concat"])

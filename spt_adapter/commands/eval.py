@@ -10,6 +10,12 @@ The prior is rebuilt with the provider recorded in the adapter unless flags say 
 (:func:`spt_adapter.training.restore.resolve_prior_source`). 1-channel backbones read grey images.
 ``--noise kair`` draws the noise as KAIR's ``main_test_dncnn.py`` does (the default for grey
 backbones, whose benchmarks are KAIR's); ``--noise spt`` is the training pipeline's noise.
+
+*Pre-upsampled SR*: a backbone whose recorded scale is 1 given ``--task sr:<s>`` (DnCNN-3, VDSR,
+SRCNN) is scored the way those papers do: the LR image (MATLAB-style bicubic, 8 bits) is
+bicubic-upsampled by ``s`` before the x1 network; a grey backbone reads the Y channel of YCbCr and
+is scored on it (``Demo_test_DnCNN3.m``'s protocol). Only with ``--no-adapter`` (no adapter can be
+trained for it yet); a backbone of unknown scale is taken to upscale by itself.
 """
 
 from __future__ import annotations
@@ -87,10 +93,16 @@ def run(args) -> int:
         if args.task is None:
             raise SPTError("--no-adapter needs --task denoise:<sigma> or sr:<scale>")
         model, _, described = load_backbone_from_args(args, require_targets=False)
-        check_task_scale(args.task, args._scale, described)
+        upsampled = pre_upsampled(args.task, args._scale)
+        if not upsampled:
+            check_task_scale(args.task, args._scale, described)
         provider = None
         what = "backbone alone"
+        if upsampled:
+            what += (f"; pre-upsampled SR: the LR image is bicubic-upsampled x{task_scale(args.task)} before the x1 "
+                     "network" + (", which reads the Y channel" if args._channels == 1 else ""))
     else:
+        upsampled = False
         model, provider, described, what = _with_adapter(args)  # provider None: the adapter makes its own prior
     if args.noise is None:
         args.noise = "kair" if args._channels == 1 else "spt"
@@ -101,7 +113,7 @@ def run(args) -> int:
 
         # no prior: the dataset's prior_fn is a placeholder that nothing reads
         dataset = PairedPriorDataset(args.data, args.task, prior_fn=lambda im: _no_prior(im), train=False,
-                                     seed=args.seed, channels=args._channels, noise=args.noise)
+                                     seed=args.seed, channels=args._channels, noise=args.noise, upsampled=upsampled)
     else:
         dataset = build_dataset(args, args.data, provider, prior_cache(args), train=False)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,9 +121,13 @@ def run(args) -> int:
     noise = f", noise {args.noise} seed {args.seed}" if args.task.startswith("denoise") else ""
     print(f"backbone: {described}; {what}; {len(images)} image(s), task {args.task}{grey}{noise}")
     items = (dataset[i] if provider is not None else {**dataset[i], "prior": None} for i in range(len(dataset)))
+    from ..training.restore import size_multiple
+
+    # pad only to what the backbone needs: padding a CNN's input changes its border pixels
     result = evaluate(model, items, args.task, out, save_images=args.save_images,
+                      multiple=size_multiple(model, args._descriptor),
                       crops=args.crops, crop_size=args.crop_size, progress=not args.no_progress, total=len(dataset),
-                      backbone_only=args.no_adapter)
+                      backbone_only=args.no_adapter, upsampled=upsampled)
     print(result.table_md.read_text() if result.table_md else "no images")
     print(f"table:     {result.table_md}")
     print(f"table:     {result.table_csv}")
@@ -120,6 +136,18 @@ def run(args) -> int:
     if args.save_images:
         print(f"images:    {out / 'images'} ({len(result.images)} files)")
     return 0
+
+
+def task_scale(task: str) -> int:
+    from ..training.data import parse_task
+
+    return parse_task(task).scale
+
+
+def pre_upsampled(task: str, backbone_scale: int | None) -> bool:
+    """Whether ``task`` on a backbone of ``backbone_scale`` is pre-upsampled SR: an ``sr:<s>`` task on a
+    backbone recorded as x1. A backbone of unknown scale (None) is taken to upscale by itself."""
+    return backbone_scale == 1 and task_scale(task) > 1
 
 
 def _no_prior(image):
@@ -146,6 +174,10 @@ def _with_adapter(args):
         task_type(args.task)
     provider_args = prior_flags(args, adapter_file)
     model, _, described = load_backbone_from_args(args, require_targets=False)  # targets come from the adapter
+    if pre_upsampled(args.task, args._scale):
+        raise SPTError(f"--task {args.task} on the x1 backbone {described} is pre-upsampled SR, which eval scores "
+                       "with --no-adapter only (no adapter is trained on upsampled input yet): add --no-adapter "
+                       "and drop --adapter, or use a x" f"{task_scale(args.task)} backbone")
     check_task_scale(args.task, args._scale, described)
     spt = load_adapter(model, adapter_file, check_backbone_hash=not args.no_hash_check)
     check_channels(spt, args._channels, str(adapter_file))

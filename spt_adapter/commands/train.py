@@ -39,6 +39,7 @@ from ._args import (
 )
 
 HELP = "train SPT units on a frozen backbone (writes a safetensors delta, logs, resumable)"
+DEFAULT_STUDENT_STEPS = 400  # results 11: 400 student-only steps, distill weight 0.1, width 16
 
 # ---------------------------------------------------------------------------------------------
 # the command
@@ -66,14 +67,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          "--provider-set)")
     dp.add_argument("--distill-weight", type=nonneg_float, default=0.1,
                     help="weight of the distillation loss beside the L1 restoration loss (default: 0.1)")
-    dp.add_argument("--student-steps", type=nonneg_int, default=0,
-                    help="first steps that train the student alone on the distillation loss (default: 0)")
+    dp.add_argument("--student-steps", type=nonneg_int, default=None,
+                    help="steps that first train the student alone on the distillation loss, the backbone not run; "
+                         f"they come in addition to --iters (default: {DEFAULT_STUDENT_STEPS}, the setting "
+                         "benchmarks/quality.py validated)")
     dp.add_argument("--student-width", type=positive_int, default=16, help="student conv width (default: 16)")
     dp.add_argument("--student-depth", type=positive_int, default=4, help="student conv layers (default: 4)")
     t = parser.add_argument_group("training")
-    t.add_argument("--iters", type=positive_int, default=2000, help="training steps")
+    t.add_argument("--iters", type=positive_int, default=2000,
+                   help="training steps of the units (default: 2000; a distilled prior's --student-steps come first)")
     t.add_argument("--batch", type=positive_int, default=8, help="batch per process (global = batch x processes)")
-    t.add_argument("--lr", type=positive_float, default=2e-4, help="Adam learning rate (unit parameters only)")
+    t.add_argument("--lr", type=positive_float, default=1e-3,
+                   help="peak learning rate of the unit parameters (default: 1e-3, what every benchmark trains units at)")
     t.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine", help="learning-rate schedule")
     t.add_argument("--warmup", type=nonneg_int, default=0, help="linear warm-up steps")
     t.add_argument("--seed", type=nonneg_int, default=0, help="seed of the crops, noise and initialisation")
@@ -157,9 +162,21 @@ def _resume_provenance_check(args, path: Path, provider) -> None:
     # curve is recomputed for the new length from the step reached on); it may not undo steps
     step, planned = done.get("step"), done.get("iters")
     args._iters_changes = list(done.get("iters_changes") or [])
-    if isinstance(step, int) and args.iters < step:
-        raise SPTError(f"--resume: the run in {path.parent} already did {step} steps; --iters {args.iters} would end "
-                       f"it before that (resume with --iters {planned} or more)")
+    # the step counts a distilled prior's student-only steps first; runs that record none predate
+    # that (their student-only steps were counted inside --iters) or had none
+    student_done = done.get("student_steps")
+    if student_done is None and cfg.student is not None and int((cfg.prior or {}).get("student_steps") or 0):
+        raise SPTError(f"--resume: the run in {path.parent} was made by an older spt-adapter that counted the "
+                       "student-only steps inside --iters; it cannot be continued under the new schedule: start a "
+                       "new run in another --out")
+    student_done = int(student_done or 0)
+    if student_done != args.student_steps:
+        raise SPTError(f"--resume: the run in {path.parent} was trained with --student-steps {student_done}, not "
+                       f"{args.student_steps}; resume it with --student-steps {student_done}")
+    if isinstance(step, int) and args.iters + student_done < step:
+        raise SPTError(f"--resume: the run in {path.parent} already did {step} steps ({student_done} of them "
+                       f"student-only); --iters {args.iters} would end it before that (resume with --iters "
+                       f"{planned} or more)")
     if isinstance(planned, int) and planned != args.iters:
         args._iters_changes.append({"at_step": step, "from": planned, "to": args.iters})
     checks: list[tuple[str, Any, Any, Callable[[Any, Any], bool]]] = [("--task", done.get("task", (cfg.prior or {}).get("task")), args.task, str.__eq__),
@@ -192,14 +209,36 @@ def _check_distilled_args(args) -> None:
         if args.teacher is not None:
             raise SPTError("--teacher is for --prior distilled (a student learns the teacher's prior of the clean "
                            "images); add --prior distilled or drop --teacher")
+        if args.student_steps:
+            raise SPTError("--student-steps is for --prior distilled (steps that train its student alone); add "
+                           "--prior distilled or drop --student-steps")
+        args.student_steps = 0
         return
     if args.teacher is None:
         raise SPTError("--prior distilled needs --teacher PROVIDER (slic, felzenszwalb, sam, or a plugin provider)")
     if args.provider is not None:
         raise SPTError("--prior distilled takes its provider from --teacher; drop --provider")
-    if args.student_steps >= args.iters:
-        raise SPTError(f"--student-steps {args.student_steps} must be fewer than --iters {args.iters}")
+    if args.student_steps is None:  # a resumed run keeps its own; a new one gets the validated setting
+        recorded = _recorded_student_steps(args) if args.resume else None
+        args.student_steps = DEFAULT_STUDENT_STEPS if recorded is None else recorded
     args.provider = args.teacher
+
+
+def _recorded_student_steps(args) -> int | None:
+    """The student-only steps the run in --out records (None: no readable run there, or one that
+    records none)."""
+    import json
+
+    from ..files.format import ADAPTER_FILENAME, TRAINING_KEY, read_adapter_header
+
+    path = Path(args.out) / ADAPTER_FILENAME
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(read_adapter_header(path)[0].get(TRAINING_KEY) or "{}").get("student_steps")
+    except (SPTError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and value >= 0 else None
 
 
 def _check_teacher_runs(args, provider, data_images) -> None:

@@ -187,17 +187,23 @@ class SPTModel(nn.Module):
             yield self
 
     def forward(self, *args: Any, prior: torch.Tensor | np.ndarray | None = None, return_prior_logits: bool = False,
-                **kwargs: Any) -> Any:
+                prior_logits_only: bool = False, **kwargs: Any) -> Any:
+        """The backbone with the active adapter's units. ``return_prior_logits``: also the prior
+        student's logits, ``(out, logits)``; ``prior_logits_only``: the student's logits alone, the
+        backbone not run (a distilled prior's student-only training steps, through DDP too)."""
         state = self._spt_state
         student = None if state.disabled else self.student()
-        if return_prior_logits and student is None:
-            raise PriorError("return_prior_logits=True needs an active adapter with a distilled prior (a student)")
+        if (return_prior_logits or prior_logits_only) and student is None:
+            flag = "prior_logits_only" if prior_logits_only else "return_prior_logits"
+            raise PriorError(f"{flag}=True needs an active adapter with a distilled prior (a student)")
         if state.disabled or state.active is None:
             return self.base_model(*args, **kwargs)
         if student is not None:
             if prior is not None or state.prior is not None:
                 self._refuse_prior_for_student()
             logits = student_logits(student, args, kwargs)
+            if prior_logits_only:
+                return logits
             with state.using(self.check_prior(torch.sigmoid(logits), batch_size(args, kwargs))):
                 out = self.base_model(*args, **kwargs)
             return (out, logits) if return_prior_logits else out

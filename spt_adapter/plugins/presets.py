@@ -23,7 +23,16 @@ scunet     SCUNet (spandrel, KAIR)                         ``m_down1..3``, ``m_b
 drunet     DRUNet / UNetRes (spandrel, KAIR)               ``m_down1..3``, ``m_body``, ``m_up3..1``
 restormer  Restormer (spandrel-extra-arches, Restormer)    ``encoder_level1..3``, ``latent``,
                                                            ``decoder_level3..1``, ``refinement``
+dncnn      DnCNN / FDnCNN (spandrel, KAIR; cszn/DnCNN's     every hidden conv ``model.N`` (all convs but
+           MatConvNet models converted by                  the first and the last), on its output before
+           ``tools/convert_dncnn_mat.py``)                 the activation
+dncnn-     the same                                        three hidden convs, at 1/4, 1/2 and the end of
+light                                                      the depth (where ``benchmarks/quality.py`` puts
+                                                           its units); pick it with ``--arch dncnn-light``
 =========  ==============================================  =============================================
+
+When several presets recognise a network, the first registered is the default (``dncnn`` before
+``dncnn-light``); ``--arch PRESET --weights PATH`` (``training.builders``) picks another by name.
 """
 
 from __future__ import annotations
@@ -221,3 +230,40 @@ register_preset(Preset(
     lambda m: list(_RESTORMER_STAGES),
     lambda m, names: {n: _conv_out(m, "patch_embed.proj") * _RESTORMER_WIDTH[n] for n in names},
 ))
+
+
+# -- DnCNN (a flat Sequential of convs and activations, KAIR's and spandrel's) -------------------
+_DNCNN_LAYERS = (nn.Conv2d, nn.ReLU, nn.LeakyReLU, nn.BatchNorm2d, nn.InstanceNorm2d)
+
+
+def _dncnn_convs(model: nn.Module) -> list[str]:
+    seq = find_logical_module(model, "model")
+    if not isinstance(seq, nn.Sequential):
+        return []
+    return [f"model.{k}" for k, m in seq._modules.items() if isinstance(m, nn.Conv2d)]
+
+
+def _dncnn_detect(model: nn.Module) -> bool:
+    seq = find_logical_module(model, "model")
+    return (isinstance(seq, nn.Sequential) and all(isinstance(m, _DNCNN_LAYERS) for m in seq)
+            and len(_dncnn_convs(model)) >= 3)
+
+
+def _dncnn_hidden(model: nn.Module) -> list[str]:
+    return _dncnn_convs(model)[1:-1]
+
+
+def _dncnn_light(model: nn.Module) -> list[str]:
+    hidden = _dncnn_hidden(model)
+    picks = sorted({len(hidden) // 4, len(hidden) // 2, len(hidden) - 1})
+    return [hidden[i] for i in picks]
+
+
+def _dncnn_channels(model: nn.Module, names: list[str]) -> dict[str, int]:
+    return {n: _conv_out(model, n) for n in names}
+
+
+register_preset(Preset("dncnn", ("DnCNN", "FDnCNN"), _dncnn_detect, _dncnn_hidden, _dncnn_channels,
+                       naming="every hidden conv"))
+register_preset(Preset("dncnn-light", ("DnCNN", "FDnCNN"), _dncnn_detect, _dncnn_light, _dncnn_channels,
+                       naming="three hidden convs"))

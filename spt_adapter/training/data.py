@@ -23,6 +23,14 @@ images, so their cache keys match):
 KAIR's ``n_channels=1``), so GT, LQ and the image the prior is computed on are all grey (the prior
 provider sees the grey image replicated to RGB).
 
+``upsampled=True`` (SR only): *pre-upsampled SR*, for x1 networks trained on bicubic-upsampled
+input (DnCNN-3, VDSR, SRCNN). The LR image is made as above, then upsampled by ``scale`` with the
+same MATLAB-style bicubic (in float, not rounded), so ``lq`` has the GT's size. With
+``channels=1`` a colour file is read as RGB and both ``gt`` and ``lq`` are the Y channel of YCbCr
+(MATLAB ``rgb2ycbcr``, Y in [16, 235], unrounded: ``gt`` is then not on the 8-bit grid) -- the
+protocol of DnCNN's ``Demo_test_DnCNN3.m``; a file stored grey (one channel) keeps its grey values,
+and its upsampled LR is rounded to 8 bits as MATLAB's ``imresize`` of a uint8 image is.
+
 The prior is computed on the LQ image (``oracle=True``: on the clean GT image) through the
 cache, so the provider runs once per image. ``prior_fn(image) -> (C, H, W)`` replaces provider
 and cache (e.g. a constant prior). The prior keeps the size of the image it was computed on
@@ -46,9 +54,9 @@ import numpy as np
 
 from ..core.student import teacher_at_lq_size
 from ..errors import DataError
-from ..pixels import to_uint8_channels
+from ..pixels import rgb_to_ycbcr_y, to_uint8_channels
 from ..prior.encode import DEFAULT_ENCODING
-from .images import imresize_bicubic, list_images, read_image
+from .images import imresize_bicubic, list_images, read_image, stored_grey
 
 #: how ``denoise`` noise is drawn: ``spt`` (per image and seed, clipped, 8-bit; training and default
 #: evaluation) or ``kair`` (KAIR's test protocol, :func:`kair_noisy`)
@@ -122,6 +130,11 @@ def degrade(gt, task, seed: int = 0, channels: int = 3, noise: str = "spt") -> t
     return gt, imresize_bicubic(gt, scale=1.0 / task.scale)
 
 
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A float image on [0, 1] as uint8 (round, clip)."""
+    return np.clip(np.rint(np.asarray(image) * 255.0), 0, 255).astype(np.uint8)
+
+
 def kair_noisy(gt: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
     """KAIR's ``main_test_dncnn.py`` degradation of a uint8 ``HxWxC`` image: ``float32(gt / 255.)``
     plus ``np.random.normal(0, sigma / 255., shape)`` right after ``np.random.seed(seed)`` (the same
@@ -163,7 +176,7 @@ class PairedPriorDataset:
 
     def __init__(self, root_or_paths, task, cache=None, provider=None, encoding: str = DEFAULT_ENCODING, patch_size=None,
                  train: bool = True, seed: int = 0, oracle: bool = False, prior_fn=None, teacher=None,
-                 with_prior: bool = True, channels: int = 3, noise: str = "spt") -> None:
+                 with_prior: bool = True, channels: int = 3, noise: str = "spt", upsampled: bool = False) -> None:
         from ..prior import PriorCache, parse_encoding
 
         self.paths = list_images(root_or_paths)
@@ -189,6 +202,11 @@ class PairedPriorDataset:
         if noise not in NOISE_PROTOCOLS:
             raise DataError(f"noise protocol {noise!r}: choose one of {', '.join(NOISE_PROTOCOLS)}")
         self.channels, self.noise = int(channels), noise
+        if upsampled and self.task.kind != "sr":
+            raise DataError(f"upsampled=True (pre-upsampled SR) needs an sr:<scale> task, not {self.task}")
+        if upsampled and (teacher is not None or patch_size is not None):
+            raise DataError("pre-upsampled SR (upsampled=True) scores whole images only: no patches, no teacher")
+        self.upsampled = bool(upsampled)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -196,8 +214,29 @@ class PairedPriorDataset:
     def pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Whole ``(gt, lq)`` uint8 images of item ``index`` (with ``noise="kair"``, ``lq`` is the clipped
         8-bit version of what the network sees: the image the prior is computed on)."""
+        if self.upsampled:
+            gt, lq = self._upsampled_pair(index)
+            return to_uint8(gt), to_uint8(lq)
         gt = read_image(self.paths[index], self.channels)
         return degrade(gt, self.task, self.seed, self.channels, "kair" if self._kair else "spt")
+
+    def _upsampled_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Float ``(gt, lq)`` on [0, 1], HxWxC, of pre-upsampled SR (see the module docstring)."""
+        rgb = read_image(self.paths[index], 3)
+        s = self.task.scale
+        rgb = np.ascontiguousarray(mod_crop(rgb, s))
+        if rgb.shape[0] < s or rgb.shape[1] < s:
+            raise DataError(f"image of size {rgb.shape[:2]} is smaller than the SR scale {s}")
+        if self.channels == 1 and stored_grey(self.paths[index]):  # MATLAB: imresize(imresize(HR, 1/s), s) on uint8, rounded
+            gt = rgb[..., :1]
+            lq = imresize_bicubic(imresize_bicubic(gt, scale=1.0 / s), size=gt.shape[:2])
+            return gt.astype(np.float64) / 255.0, lq.astype(np.float64) / 255.0
+        lr = imresize_bicubic(rgb, scale=1.0 / s)  # uint8, like MATLAB's imresize of a uint8 image
+        up = imresize_bicubic(lr.astype(np.float64) / 255.0, size=rgb.shape[:2])  # float, unrounded
+        gt = rgb.astype(np.float64) / 255.0
+        if self.channels == 1:
+            return rgb_to_ycbcr_y(gt), rgb_to_ycbcr_y(up)
+        return gt, up
 
     @property
     def _kair(self) -> bool:
@@ -218,9 +257,14 @@ class PairedPriorDataset:
     def __getitem__(self, index: int) -> dict:
         import torch
 
-        gt, lq = self.pair(index)
-        lq_f = kair_noisy(gt, self.task.sigma, self.seed) if self._kair else lq.astype(np.float32) / 255.0
-        scale = self.task.scale if self.task.kind == "sr" else 1
+        gt_f = None
+        if self.upsampled:  # the network reads the float upsampled image; the GT may be off the 8-bit grid
+            gt_f, lq_f = (a.astype(np.float32) for a in self._upsampled_pair(index))
+            gt, lq = to_uint8(gt_f), to_uint8(lq_f)
+        else:
+            gt, lq = self.pair(index)
+            lq_f = kair_noisy(gt, self.task.sigma, self.seed) if self._kair else lq.astype(np.float32) / 255.0
+        scale = self.task.scale if self.task.kind == "sr" and not self.upsampled else 1
         pscale = scale if self.oracle else 1
         key = "prior"
         if self.teacher is not None:  # the teacher sees the clean image only; its map is brought to LQ size
@@ -249,9 +293,12 @@ class PairedPriorDataset:
         if self.train:
             hflip, vflip, rot = (bool(v) for v in torch.rand(3) < 0.5)
         lq_f, gt, prior = augment([lq_f, gt, prior], hflip, vflip, rot)
+        if gt_f is not None:
+            gt_f = augment([gt_f], hflip, vflip, rot)[0]
         item = {
             "lq": torch.from_numpy(np.ascontiguousarray(lq_f.transpose(2, 0, 1))),
-            "gt": torch.from_numpy(gt.transpose(2, 0, 1).astype(np.float32) / 255.0),
+            "gt": torch.from_numpy(np.ascontiguousarray(gt.transpose(2, 0, 1)).astype(np.float32) / 255.0
+                                   if gt_f is None else np.ascontiguousarray(gt_f.transpose(2, 0, 1))),
             "path": str(self.paths[index]),
             "crop": (top, left, hflip, vflip, rot),
         }

@@ -138,6 +138,7 @@ def evaluate(
     total: int | None = None,
     keep_outputs: bool = False,
     backbone_only: bool = False,
+    upsampled: bool = False,
 ) -> EvalResult:
     """Score backbone (adapter disabled) and backbone + SPT on every sample (dicts with ``lq``,
     ``gt``, ``prior``, ``path``; full images). With ``out_dir``: ``eval.md``, ``eval.csv``, the
@@ -145,8 +146,12 @@ def evaluate(
     backbone's worst region) and, with ``save_images``, both outputs of every image.
     ``keep_outputs`` keeps both uint8 outputs of every image in ``result.outputs``.
     ``backbone_only``: score the backbone alone (``model`` may be a plain backbone; no prior needed);
-    tables and crops then show the backbone only."""
+    tables and crops then show the backbone only.
+    ``upsampled``: pre-upsampled SR (``data.PairedPriorDataset(upsampled=True)``): the samples' ``lq``
+    already has the GT's size and the network runs at x1; scores are still the SR task's (Y channel,
+    ``scale``-pixel border), against the float GT (a Y-channel GT is not on the 8-bit grid)."""
     scale = task_scale(task)
+    net_scale = 1 if upsampled else scale
     settings = metrics.metric_settings(task)
     out = Path(out_dir) if out_dir is not None else None
     result = EvalResult(task=task, backbone_only=backbone_only or not isinstance(model, SPTModel))
@@ -162,18 +167,21 @@ def evaluate(
         for k, sample in enumerate(iterator):
             lq, gt, prior = sample["lq"], sample["gt"], sample.get("prior")
             name = Path(str(sample.get("path", f"image_{k:03d}"))).stem
-            base = restore_tensor(model, lq, None, scale=scale, multiple=multiple, backbone_only=True)
-            spt = base if backbone_only else restore_tensor(model, lq, prior, scale=scale, multiple=multiple)
+            base = restore_tensor(model, lq, None, scale=net_scale, multiple=multiple, backbone_only=True)
+            spt = base if backbone_only else restore_tensor(model, lq, prior, scale=net_scale, multiple=multiple)
             gt8, base8, spt8 = _uint8(gt), _uint8(base), _uint8(spt)
             if gt8.shape != base8.shape:  # e.g. an HR image not divisible by the scale
                 hh, ww = min(gt8.shape[0], base8.shape[0]), min(gt8.shape[1], base8.shape[1])
                 gt8, base8, spt8 = gt8[:hh, :ww], base8[:hh, :ww], spt8[:hh, :ww]
+            ref = gt8  # outputs are scored as saved (8 bits); a float GT as it is
+            if upsampled:
+                ref = gt.detach().cpu().numpy().transpose(1, 2, 0).astype(np.float64)[: gt8.shape[0], : gt8.shape[1]]
             row = {
                 "image": name,
-                "backbone_psnr": metrics.psnr(base8, gt8, **settings),
-                "spt_psnr": metrics.psnr(spt8, gt8, **settings),
-                "backbone_ssim": metrics.ssim(base8, gt8, **settings),
-                "spt_ssim": metrics.ssim(spt8, gt8, **settings),
+                "backbone_psnr": metrics.psnr(base8, ref, **settings),
+                "spt_psnr": metrics.psnr(spt8, ref, **settings),
+                "backbone_ssim": metrics.ssim(base8, ref, **settings),
+                "spt_ssim": metrics.ssim(spt8, ref, **settings),
             }
             result.rows.append(row)
             if keep_outputs:
@@ -208,6 +216,8 @@ def evaluate(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         space = "Y channel, border " + str(scale) if scale > 1 else ("grey" if base8.shape[2] == 1 else "RGB")
+        if upsampled:
+            space += f", pre-upsampled (LR bicubic-upsampled x{scale} before the x1 network)"
         header = f"{task}: PSNR (dB) / SSIM, {space}\n\n"
         result.table_md = atomic_write_bytes(out / "eval.md", (header + markdown_table(result)).encode())
         text = io.StringIO()

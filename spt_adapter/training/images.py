@@ -57,6 +57,16 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
     return to_uint8_channels(arr, channels, name=str(path))
 
 
+def stored_grey(path: str | os.PathLike) -> bool:
+    """Whether the image file stores one grey channel (PIL modes 1, L, LA, I, I;16*): MATLAB's
+    ``imread`` then gives an HxW array, and protocols such as ``Demo_test_DnCNN3.m`` skip
+    ``rgb2ycbcr`` for it. A colour file whose channels happen to be equal is not grey here."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L")
+
+
 def list_images(inputs) -> list[Path]:
     """Expand files, folders (non-recursive, sorted), globs (``**`` recurses; image files only) and
     ``.txt`` file lists into image paths.

@@ -2,7 +2,7 @@
 
     from spt_adapter.training.train import TrainSettings, train_units
     spt = spt_adapter.inject(backbone, targets)
-    result = train_units(spt, dataset, TrainSettings(iters=2000, batch=8, lr=2e-4), out_dir="runs/x")
+    result = train_units(spt, dataset, TrainSettings(iters=2000, batch=8, lr=1e-3), out_dir="runs/x")
 
 * Adam on the active adapter's unit parameters, L1 loss, cosine / step / constant learning-rate
   schedule (computed from the step, so a resumed run continues the same curve);
@@ -10,9 +10,13 @@
   ``prior`` (``spt_adapter.training.data.PairedPriorDataset`` does);
 * a distilled prior (the adapter has a student, ``SPTConfig.student``): the dataset yields
   ``teacher_prior`` (the teacher provider's encoded map of the clean image) instead of ``prior``;
-  the student makes the prior from ``lq``. Schedule: the first ``student_steps`` steps train the
-  student alone on the distillation loss (BCE between its logits and the teacher's map; the units
-  get no gradient), then student and units train jointly on ``L1(out, gt) + distill_weight x BCE``.
+  the student makes the prior from ``lq``. Schedule: ``student_steps`` steps first train the
+  student alone on the distillation loss (BCE between its logits and the teacher's map; only the
+  student runs: no backbone forward, the units get no gradient), with their own learning-rate curve
+  over those steps; then ``iters`` steps train student and units jointly on
+  ``L1(out, gt) + distill_weight x BCE`` with fresh Adam moments (as ``benchmarks/quality.py`` does).
+  The student-only steps come in addition to ``iters``: a run takes ``student_steps + iters`` steps,
+  and its step counter (logs, checkpoints, ``stop_at``, resume) counts both.
   Without ``teacher_prior`` (``distill_weight`` 0) the student learns from the restoration loss alone;
 * the backbone runs as at inference (dropout / stochastic depth off, norm statistics fixed);
   only the units are in training mode;
@@ -85,12 +89,14 @@ class TrainSettings:
     schedule: ``cosine`` (to ``lr * min_lr_ratio`` at the end), ``step`` (x ``gamma`` at 50 % and
     75 % of the run, BasicSR's MultiStepLR habit) or ``constant``; ``warmup`` linear steps first.
     amp: mixed precision on CUDA (ignored on CPU). save_every / log_every / val_every: in steps
-    (0 = only at the end). workers: DataLoader worker processes.
+    (0 = only at the end). workers: DataLoader worker processes. distill_weight / student_steps: a
+    distilled prior's schedule (module docstring); the ``student_steps`` come before and in addition
+    to ``iters`` (``total_steps``).
     """
 
     iters: int = 1000
     batch: int = 8
-    lr: float = 2e-4
+    lr: float = 1e-3  # what every benchmark trains units at (benchmarks/quality.py --lr)
     schedule: str = "cosine"
     warmup: int = 0
     min_lr_ratio: float = 0.01
@@ -125,11 +131,13 @@ class TrainSettings:
         if not (isinstance(self.distill_weight, (int, float)) and math.isfinite(self.distill_weight)
                 and self.distill_weight >= 0):
             raise ConfigError(f"distill_weight must be a number >= 0, got {self.distill_weight!r}")
-        if self.student_steps >= self.iters:
-            raise ConfigError(f"student_steps ({self.student_steps}) must be fewer than iters ({self.iters}): "
-                              "the units train in the steps after them")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"grad_clip must be positive, got {self.grad_clip!r}")
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of the whole run: the student-only steps, then ``iters`` joint steps."""
+        return self.student_steps + self.iters
 
 
 @dataclass
@@ -144,14 +152,21 @@ class TrainResult:
 
 
 def lr_at(step: int, settings: TrainSettings) -> float:
-    """Learning rate for optimizer step ``step`` (0-based)."""
+    """Learning rate for optimizer step ``step`` (0-based, counting the student-only steps first):
+    the schedule runs over the ``student_steps`` student-only steps (no warmup), then afresh over the
+    ``iters`` joint steps."""
     base = settings.lr
-    if settings.warmup and step < settings.warmup:
-        return base * (step + 1) / settings.warmup
+    iters, warmup = settings.iters, settings.warmup
+    if step < settings.student_steps:
+        iters, warmup = settings.student_steps, 0
+    else:
+        step -= settings.student_steps
+    if warmup and step < warmup:
+        return base * (step + 1) / warmup
     if settings.schedule == "constant":
         return base
-    span = max(settings.iters - settings.warmup, 1)
-    t = min(max(step - settings.warmup, 0) / span, 1.0)
+    span = max(iters - warmup, 1)
+    t = min(max(step - warmup, 0) / span, 1.0)
     if settings.schedule == "cosine":
         low = base * settings.min_lr_ratio
         return low + 0.5 * (base - low) * (1 + math.cos(math.pi * t))
@@ -483,8 +498,8 @@ def _last_line(exc: BaseException) -> str:
 
 class _Stepper:
     """One optimisation step of the units: forward under autocast on CUDA, L1 loss, backward, Adam.
-    With a prior student: the distillation loss alone for the first ``student_steps``, then
-    ``L1 + distill_weight x distillation``."""
+    With a prior student: the distillation loss of the student alone (the backbone does not run)
+    for the first ``student_steps``, then ``L1 + distill_weight x distillation``."""
 
     def __init__(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer, params: list, settings: TrainSettings,
                  device: torch.device, distilled: bool = False) -> None:
@@ -498,6 +513,15 @@ class _Stepper:
     def __call__(self, lq: torch.Tensor, gt: torch.Tensor, prior: torch.Tensor, step: int, lr: float) -> torch.Tensor:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self.distilled and step < self.settings.student_steps:
+            if prior is None:
+                raise SPTError("student_steps train the student on the teacher's prior, but the dataset yields no "
+                               "'teacher_prior'")
+            with torch.autocast(device_type="cuda", dtype=self.amp_dtype, enabled=self.use_amp):
+                logits = self.net(lq, prior_logits_only=True)  # the student alone: no backbone forward
+            loss = distill_loss(logits, prior)
+            self.last_parts = {"distill": float(loss.detach())}
+            return self._backward(loss, step)
         with torch.autocast(device_type="cuda", dtype=self.amp_dtype, enabled=self.use_amp):
             if self.distilled:
                 pred, logits = self.net(lq, return_prior_logits=True)
@@ -506,14 +530,14 @@ class _Stepper:
         loss = torch.nn.functional.l1_loss(pred.float(), gt)
         if self.distilled:
             teacher = prior  # the teacher's map for a distilled adapter (None: restoration loss only)
-            if teacher is None and step < self.settings.student_steps:
-                raise SPTError("student_steps train the student on the teacher's prior, but the dataset yields no "
-                               "'teacher_prior'")
             distill = distill_loss(logits, teacher) if teacher is not None else None
             self.last_parts = {"restoration": float(loss.detach())}
             if distill is not None:
                 self.last_parts["distill"] = float(distill.detach())
-                loss = distill if step < self.settings.student_steps else loss + self.settings.distill_weight * distill
+                loss = loss + self.settings.distill_weight * distill
+        return self._backward(loss, step)
+
+    def _backward(self, loss: torch.Tensor, step: int) -> torch.Tensor:
         if not torch.isfinite(loss):
             raise SPTError(f"the loss became {loss.item()} at step {step}; lower --lr")
         self.optimizer.zero_grad(set_to_none=True)
@@ -553,7 +577,9 @@ class _Checkpointer:
         settings = self.settings
         train_meta = dict(self.training_info or {})
         train_meta.update({"step": step, "iters": settings.iters, "lr": settings.lr, "schedule": settings.schedule,
-                           "global_batch": settings.batch * self.info.world_size})
+                           "global_batch": settings.batch * self.info.world_size,
+                           # the step counts these first (a resumed run knows how many it did)
+                           "student_steps": settings.student_steps})
         # state first, then the delta: a crash in between leaves an older delta whose step differs,
         # which resume detects
         try:
@@ -593,7 +619,7 @@ def train_units(
     ``out_dir`` first, as `spt-adapter train --resume` does). ``val_fn(model) -> {"psnr": ..}``
     runs on the main process every ``val_every`` steps and at the end. ``training_info`` (JSON-able)
     is recorded in the adapter file with the step. ``stop_at`` ends this call after that step (the
-    schedule still runs to ``settings.iters``), as a time-sliced job would; ``resume`` continues.
+    schedule still runs to ``settings.total_steps``), as a time-sliced job would; ``resume`` continues.
     """
     if not isinstance(model, SPTModel):
         raise SPTError(f"train_units needs an SPTModel (from spt_adapter.inject), got {type(model).__name__}")
@@ -640,7 +666,7 @@ def train_units(
     if settings.progress and info.is_main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=settings.iters, initial=start, desc="train SPT units", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=settings.total_steps, initial=start, desc="train SPT units", unit="step", dynamic_ncols=True)
 
     step = start
     t0 = time.time()
@@ -648,7 +674,7 @@ def train_units(
     val: dict[str, float] | None = None
     epoch = step // per_epoch
     sampler.skip = (step % per_epoch) * settings.batch
-    end = settings.iters if stop_at is None else min(settings.iters, max(int(stop_at), step))
+    end = settings.total_steps if stop_at is None else min(settings.total_steps, max(int(stop_at), step))
     try:
         while step < end:
             sampler.set_epoch(epoch)
@@ -656,6 +682,8 @@ def train_units(
                 if step >= end:
                     break
                 lq, gt, prior = _to(batch, device, distilled)
+                if distilled and settings.student_steps and step == settings.student_steps:
+                    optimizer.state.clear()  # the joint steps start with fresh Adam moments
                 lr = lr_at(step, settings)
                 loss = stepper(lq, gt, prior, step, lr)
                 step += 1
