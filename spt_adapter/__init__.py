@@ -6,6 +6,7 @@
     spt_adapter.save_adapter(model, "swinir_spt.safetensors")
     model = spt_adapter.load_adapter(untouched_backbone, "swinir_spt.safetensors")
     restored = spt_adapter.restore(model, image_hwc_uint8, tile=256)   # prior as the adapter records
+    spt_adapter.export(model, "swinir_spt.onnx")                      # one file: backbone + units (+ student)
 """
 
 from .core.config import SCHEMA_VERSION, SPTConfig
@@ -61,6 +62,14 @@ def __getattr__(name: str):
         from .training.restore import restore
 
         return restore
+    if name == "export":
+        from .training.export import export
+
+        return export
+    if name == "load_exported":
+        from .training.exported import load_exported
+
+        return load_exported
     if name in ("from_pretrained", "push_to_hub", "save_pretrained"):
         from .files import hub
 

@@ -92,3 +92,8 @@ class CorruptEntry(SPTError):
 class RestoreError(SPTError, ValueError):
     """Restoring user images: a tile that cannot work, an adapter for another channel count, an output
     that would overwrite an input."""
+
+
+class ExportError(SPTError, ValueError):
+    """Exporting a model to ONNX / TorchScript: a part that cannot be exported (named), a missing
+    exporter, an exported file that does not reproduce the PyTorch model. Nothing is written."""

@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--strict", action="store_true", help="stop with exit status 1 at the first unreadable input "
                    "(default: skip it and list it at the end)")
     add_progress_arguments(o)
+    from ._deploy import add_shard_arguments
+
+    add_shard_arguments(o)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,11 +164,9 @@ def _model(args):
         model = load_adapter(model, adapter_file, check_backbone_hash=not args.no_hash_check)
         check_channels(model, args._channels, str(adapter_file))
         described += f" + adapter {adapter_file}"
-    device = args.device
-    if device is None:
-        import torch
+    from ._deploy import default_device
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device(args)  # cuda:$LOCAL_RANK under torchrun
     model.to(device)
     override = build_provider(args, device=device) if provider_args else None
     cache = prior_cache(args) if args.prior_cache else None
@@ -203,6 +204,7 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from .._io import atomic_write_bytes
+    from ..training.exported import exported_format, restore_exported
     from ..training.images import read_image
     from ..training.restore import RestoreInfo, restore
 
@@ -211,8 +213,16 @@ def run(args) -> int:
     if out.exists() and not out.is_dir():
         raise SPTError(f"--out {out} exists and is not a folder")
     targets = output_paths(paths, folders, out, args.allow_out_in_input)
-    model, descriptor, described, source, device = _model(args)
-    _check_tiling(args, model, descriptor, device)
+    from ._deploy import check_exported_tiling, exported_model, shard
+
+    paths, targets, shard_note = shard(paths, targets, args)
+    if args.backbone and exported_format(args.backbone):  # an `spt-adapter export` file
+        model, described, source, device = exported_model(args)
+        descriptor, restore = None, restore_exported  # type: ignore[assignment]
+        check_exported_tiling(args, model)
+    else:
+        model, descriptor, described, source, device = _model(args)
+        _check_tiling(args, model, descriptor, device)
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out, targets)
     grey = "grey" if args._channels == 1 else "RGB"
@@ -220,7 +230,7 @@ def run(args) -> int:
 
     overlap = args.tile_overlap if args.tile_overlap is not None else default_overlap(model)
     tiling = f"tiles {args.tile} (overlap {overlap})" if args.tile else "whole images"
-    print(f"restore: {len(paths)} image(s) -> {out}; {described}; prior: {source.described}; {grey}; {tiling}; "
+    print(f"restore: {len(paths)} image(s){shard_note} -> {out}; {described}; prior: {source.described}; {grey}; {tiling}; "
           f"{device}", file=sys.stderr)
     info = RestoreInfo()
     done, skipped, failed = 0, 0, []

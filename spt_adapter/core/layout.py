@@ -17,7 +17,9 @@ def find_spatial_size(args: tuple, kwargs: dict, length: int) -> tuple[int, int]
         if isinstance(value, (tuple, list, torch.Size)) and len(value) == 2:
             h, w = value
             if _is_int(h) and _is_int(w) and int(h) * int(w) == length:
-                return int(h), int(w)
+                # under torch.jit.trace (and the ONNX exporter) sizes are 0-dim tensors: keep them, so
+                # the reshape follows the input's size instead of freezing the traced one
+                return (h, w) if torch.jit.is_tracing() else (int(h), int(w))
     return None
 
 

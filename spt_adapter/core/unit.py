@@ -15,14 +15,28 @@ def _act() -> nn.Module:
 
 def resize_prior(prior: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     """Resize a (B, C_p, H_p, W_p) prior to ``size``; ``nearest`` keeps label values intact."""
-    if tuple(prior.shape[-2:]) == tuple(size):
-        return prior
+    if tuple(prior.shape[-2:]) == tuple(size) and not torch.jit.is_tracing():
+        return prior  # (a trace always records the resize: it is exact at equal sizes, and sizes vary)
     if mode == "nearest":
         # "nearest-exact" samples pixel centres, so a label map is not shifted by half a pixel.
+        if torch.jit.is_tracing():  # the ONNX exporter has no nearest-exact: the same gather, spelt out
+            return _nearest_exact_gather(prior, size)
         return F.interpolate(prior, size=size, mode="nearest-exact")
     if mode == "area":
         return F.adaptive_avg_pool2d(prior, size)
     return F.interpolate(prior, size=size, mode="bilinear", align_corners=False)
+
+
+def _nearest_exact_gather(prior: torch.Tensor, size) -> torch.Tensor:
+    """``F.interpolate(prior, size, mode="nearest-exact")`` as two index gathers (source pixel
+    ``floor((i + 0.5) * in / out)``, float32 as torch computes it), for traced / exported graphs."""
+    for dim, out in ((2, size[0]), (3, size[1])):
+        length = prior.shape[dim]
+        scale = torch.as_tensor(length, dtype=torch.float32) / torch.as_tensor(out, dtype=torch.float32)
+        index = ((torch.arange(out, dtype=torch.float32) + 0.5) * scale).floor().to(torch.int64)
+        index = torch.minimum(index, torch.as_tensor(length, dtype=torch.int64) - 1)
+        prior = prior.index_select(dim, index.to(prior.device))
+    return prior
 
 
 def region_average(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -119,7 +133,8 @@ class SPTUnit(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, features: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-        size = (int(features.shape[-2]), int(features.shape[-1]))
+        # no int(): under tracing the sizes are symbolic, and the exported graph must follow them
+        size = (features.shape[-2], features.shape[-1])
         prior = resize_prior(prior.to(dtype=features.dtype, device=features.device), size, self.prior_resize)
         if self.fusion == "pool":
             pooled = region_average(features, prior[:, 0])

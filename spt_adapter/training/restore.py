@@ -129,6 +129,8 @@ def receptive_radius(model: nn.Module) -> int | None:
     layer/group normalisation) or an SPT unit that pools over prior regions. Global statistics
     computed in a module's own forward code (``x.mean()``) cannot be seen: for such a network pass
     ``tile_blend=0`` and a wide overlap."""
+    if not isinstance(model, nn.Module):  # an exported file's runner records it
+        return getattr(model, "receptive_radius", None)
     net = _backbone(model)
     if isinstance(model, SPTModel):
         cfg = model.spt_config.get(model.active_adapter) if model.active_adapter else None
@@ -285,7 +287,9 @@ def _run(model: nn.Module, x: torch.Tensor, p: torch.Tensor | None, *, multiple:
             p = F.pad(p.float(), (0, pw * k, 0, ph * k), mode="replicate")
     autocast = torch.autocast("cuda", dtype=torch.float16) if half else _nullcontext()
     with autocast:
-        if isinstance(model, SPTModel):
+        if not isinstance(model, nn.Module):  # an exported file's runner (training/exported.py)
+            out = model(x, p)
+        elif isinstance(model, SPTModel):
             if backbone_only or model.active_adapter is None:
                 with model.disable_adapter():
                     out = model(x)
@@ -330,7 +334,8 @@ def restore_tensor(model: nn.Module, lq: torch.Tensor, prior: Any = None, *, sca
     x = lq if lq.dim() == 4 else lq[None]
     if x.shape[0] != 1:
         raise RestoreError(f"restore takes one image, got a batch of {x.shape[0]}")
-    device = next((t.device for t in model.parameters()), torch.device("cpu"))
+    device = (next((t.device for t in model.parameters()), torch.device("cpu")) if isinstance(model, nn.Module)
+              else getattr(model, "device", torch.device("cpu")))
     p = None
     if prior is not None:
         p = torch.as_tensor(np.asarray(prior)) if not torch.is_tensor(prior) else prior

@@ -1,0 +1,107 @@
+"""What `spt-adapter restore` adds for deployment: running an exported file (``--backbone
+model.onnx`` / a TorchScript export) and sharding the inputs over processes (``torchrun``'s
+RANK / WORLD_SIZE, or ``--num-shards`` / ``--shard-index`` as `masks` takes them)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..errors import SPTError
+
+
+def add_shard_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--num-shards",
+        type=int,
+        default=None,
+        help="split the inputs in N shards, one per process (default: $WORLD_SIZE or 1)",
+    )
+    group.add_argument(
+        "--shard-index", type=int, default=None, help="which shard this process restores (default: $RANK or 0)"
+    )
+
+
+def shard(paths: list[Path], targets: list[Path], args) -> tuple[list[Path], list[Path], str]:
+    """This process's inputs and outputs: every ``num_shards``-th one from ``shard_index`` (the name
+    checks ran over the whole list first, so shards never share an output). Returns a note for the
+    log line ("" for one shard)."""
+    from .masks import shard_of
+
+    num, index = shard_of(len(paths), args.num_shards, args.shard_index)
+    if num == 1:
+        return paths, targets, ""
+    return paths[index::num], targets[index::num], f" (shard {index}/{num} of {len(paths)} inputs)"
+
+
+def default_device(args) -> str:
+    """--device, else cuda:$LOCAL_RANK under torchrun, else cuda when available, else cpu."""
+    import torch
+
+    if args.device:
+        return args.device
+    if torch.cuda.is_available():
+        local = os.environ.get("LOCAL_RANK")
+        return f"cuda:{int(local) % max(torch.cuda.device_count(), 1)}" if local not in (None, "") else "cuda"
+    return "cpu"
+
+
+def exported_model(args):
+    """(runner, described, prior source, device) for ``--backbone`` naming an exported file; refuses
+    the flags that do not apply to one. Sets ``args._channels``."""
+    from ..training.builders import build_provider, check_provider_args, prior_cache, use_recorded_provider
+    from ..training.exported import load_exported, prior_source_of
+
+    path = Path(args.backbone)
+    for flag, given in (
+        ("--adapter", args.adapter),
+        ("--no-adapter", args.no_adapter),
+        ("--half", args.half),
+        ("--arch/--weights", args.arch or args.weights),
+    ):
+        if given:
+            raise SPTError(f"{flag} does not apply to an exported file ({path}: backbone and adapter are inside it)")
+    device = args.device or "cpu"
+    runner = load_exported(path, device=device, threads=_threads())
+    args._channels = runner.channels
+    override = None
+    if runner.kind == "prior":
+        use_recorded_provider(args, dict(runner.prior.get("provider") or {}), path)
+        if args.provider is not None or args.sam_checkpoint:
+            check_provider_args(args)
+            override = build_provider(args, device=None if device == "cpu" else device)
+    elif runner.kind == "student" and (args.provider is not None or args.sam_checkpoint):
+        raise SPTError(f"{path} carries a distilled prior (its student is inside the file): drop the provider flags")
+    cache = prior_cache(args) if args.prior_cache else None
+    source = prior_source_of(runner, provider=override, encoding=args.encoding, cache=cache)
+    described = f"exported {runner.format} {path} ({runner.meta.get('backbone_class', '?')}, {runner.kind})"
+    return runner, described, source, device if runner.format == "torchscript" else "cpu (onnxruntime)"
+
+
+def _threads() -> int | None:
+    n = os.environ.get("OMP_NUM_THREADS")
+    return int(n) if n and n.isdigit() and int(n) > 0 else None
+
+
+def check_exported_tiling(args, runner) -> None:
+    """The tiling flags against what the exported file records (its size multiple, its receptive field)."""
+    from ..training.restore import default_overlap
+
+    if args.tile is None:
+        if args.tile_overlap is not None or args.tile_blend is not None:
+            raise SPTError("--tile-overlap/--tile-blend need --tile N")
+        return
+    if args.tile < runner.minimum_tile:
+        raise SPTError(
+            f"--tile {args.tile} is smaller than this backbone needs (its window / size multiple): "
+            f"use --tile {runner.minimum_tile} or more"
+        )
+    overlap = default_overlap(runner) if args.tile_overlap is None else args.tile_overlap
+    if args.tile <= overlap:
+        raise SPTError(
+            f"--tile {args.tile} must be larger than the tile overlap {overlap}: use --tile {overlap + 1} "
+            "or more, or a smaller --tile-overlap"
+        )
+    if args.tile_blend is not None and args.tile_blend > overlap:
+        raise SPTError(f"--tile-blend {args.tile_blend} exceeds the tile overlap {overlap}")

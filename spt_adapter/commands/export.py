@@ -1,0 +1,95 @@
+"""`spt-adapter export`: write a backbone + SPT adapter as one ONNX or TorchScript file.
+
+    spt-adapter export --backbone swinir_x2.pth --adapter runs/swinir_x2_spt --out swinir_spt.onnx
+    spt-adapter export --backbone dncnn_25.pth --adapter me/dncnn-spt --format torchscript --out dncnn_spt.pt
+
+The file holds the backbone, the adapter's units and its prior student (a distilled adapter:
+``image -> image``); an adapter that reads a provider's prior exports as ``(image, prior) -> image``
+with the provider and encoding in its metadata. Dynamic height, width and batch; float32 unless
+``--half``. What cannot be exported is refused by name before anything is written, and the file is
+checked against the PyTorch model at two other sizes first (:func:`spt_adapter.training.export.export`).
+``spt-adapter restore --backbone FILE`` runs it (onnxruntime for ONNX).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import SPTError
+from ._args import add_backbone_arguments
+
+HELP = "export backbone + adapter as one ONNX or TorchScript file (dynamic size; restore runs it)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_backbone_arguments(parser)
+    parser.add_argument(
+        "--adapter",
+        metavar="FILE|DIR|HUB_ID",
+        help="adapter file, folder holding spt_adapter.safetensors, or a Hub repo id (user/repo)",
+    )
+    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag, commit) for a Hub id")
+    parser.add_argument("--no-adapter", action="store_true", help="export the backbone alone")
+    parser.add_argument(
+        "--no-hash-check",
+        action="store_true",
+        help="accept an adapter whose recorded backbone weights hash differs (architecture still checked)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("onnx", "torchscript"),
+        default=None,
+        help="file format (default: from --out: .onnx, else .pt/.ts for TorchScript)",
+    )
+    parser.add_argument("--out", required=True, metavar="FILE", help="the file to write (atomically)")
+    parser.add_argument("--half", action="store_true", help="float16 weights and inputs (traced and checked on CUDA)")
+    parser.add_argument("--task", default=None, help="task to record when the adapter records none (sr:4, denoise:25)")
+    parser.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip running the exported file against the PyTorch model before writing it",
+    )
+
+
+def run(args) -> int:
+    from ..files.format import load_adapter
+    from ..files.hub import resolve_adapter_file
+    from ..training.builders import load_backbone_from_args
+    from ..training.export import export, format_of
+
+    fmt = format_of(args.out, args.format)  # refuse a bad name before loading anything
+    if Path(args.out).is_dir():
+        raise SPTError(f"--out {args.out} is a folder; export writes one file")
+    if args.no_adapter and args.adapter:
+        raise SPTError("--no-adapter exports the backbone alone: drop --adapter (or --no-adapter)")
+    if not args.no_adapter and not args.adapter:
+        raise SPTError("pass --adapter FILE|DIR|HUB_ID, or --no-adapter to export the backbone alone")
+    adapter_file = None
+    if args.adapter:
+        src = str(args.adapter)
+        if Path(src).suffix in (".pth", ".pt", ".ckpt", ".bin") and Path(src).exists():
+            raise SPTError(f"--adapter {src} is a pickle checkpoint; SPT adapters are .safetensors files")
+        adapter_file = Path(resolve_adapter_file(src, args.revision))
+    model, _, described = load_backbone_from_args(args, require_targets=False)
+    if adapter_file is not None:
+        model = load_adapter(model, adapter_file, check_backbone_hash=not args.no_hash_check)
+        described += f" + adapter {adapter_file}"
+    if args.device:
+        model.to(args.device)
+    out = export(
+        model,
+        args.out,
+        format=fmt,
+        half=args.half,
+        descriptor=args._descriptor,
+        task=args.task,
+        scale=args._scale,
+        check=not args.no_check,
+    )
+    from ..training.export import _kind
+
+    inputs = "image, prior" if _kind(model) == "prior" else "image"
+    print(f"export: {described} -> {out} ({fmt}, inputs: {inputs}, {out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+    return 0

@@ -1,0 +1,264 @@
+"""Run an exported file (:mod:`spt_adapter.training.export`) the way :func:`restore` runs a model.
+
+    runner = load_exported("swinir_spt.onnx")          # onnxruntime; or a TorchScript .pt export
+    out = restore_exported(runner, read_image("photo.png"), tile=256)
+
+ONNX files run through onnxruntime: no backbone checkpoint, no adapter file and no segmenter for a
+distilled adapter (a provider-prior export still computes its prior with the provider its metadata
+records). Tiling, blending and the output rules are those of :func:`restore`: the runner is handed to
+:func:`~spt_adapter.training.restore.restore_tensor` as the network.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ExportError, RestoreError
+
+__all__ = ["EXPORT_FORMAT", "METADATA_FILE", "ExportedModel", "exported_format", "load_exported", "restore_exported"]
+
+#: the ``format`` value of an exported file's metadata
+EXPORT_FORMAT = "spt-adapter-export"
+#: the TorchScript extra file holding the metadata (the same keys as ONNX's metadata_props)
+METADATA_FILE = "spt_adapter.json"
+
+
+def exported_format(path: str | Path) -> str | None:
+    """``onnx`` / ``torchscript`` when ``path`` is a file :func:`~spt_adapter.training.export.export`
+    wrote (an ``.onnx`` file; a TorchScript archive holding ``extra/spt_adapter.json``), else None."""
+    p = Path(path)
+    if p.suffix.lower() == ".onnx":
+        return "onnx"
+    if p.is_file() and zipfile.is_zipfile(p):
+        try:
+            with zipfile.ZipFile(p) as z:
+                if any(n.endswith(f"/extra/{METADATA_FILE}") for n in z.namelist()):
+                    return "torchscript"
+        except (OSError, zipfile.BadZipFile):
+            return None
+    return None
+
+
+class ExportedModel:
+    """An exported file ready to run: ``runner(x, prior=None)`` on (B,C,H,W) float tensors returns the
+    output tensor; ``meta`` holds the file's metadata (:func:`~spt_adapter.training.export.export_info`)."""
+
+    def __init__(self, fmt: str, meta: dict[str, str], call, source: str) -> None:
+        self.format, self.meta, self._call, self.source = fmt, meta, call, source
+        self.kind = meta.get("kind", "backbone")
+        self.dtype = meta.get("dtype", "float32")
+        self.channels = int(meta.get("channels") or 3)
+        self.size_multiple = int(meta.get("size_multiple") or 1)
+        self.minimum_tile = int(meta.get("minimum_tile") or 1)
+        radius = meta.get("receptive_radius", "")
+        self.receptive_radius = int(radius) if radius not in ("", None) else None
+        self.prior = json.loads(meta.get("prior") or "{}")
+        self.prior_channels = int(meta.get("prior_channels") or 0)
+        self.device = torch.device("cpu")
+
+    @property
+    def needs_prior(self) -> bool:
+        return self.kind == "prior"
+
+    def __call__(self, x: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
+        if self.needs_prior and prior is None:
+            raise RestoreError(
+                f"{self.source} reads a prior ({self.prior_channels} channel(s)) beside the image; none was given"
+            )
+        prior = prior if self.needs_prior else None
+        if self.meta.get("batch") == "1" and x.shape[0] > 1:  # a file traced for one image per call
+            return torch.cat(
+                [self._call(x[i : i + 1], None if prior is None else prior[i : i + 1]) for i in range(x.shape[0])]
+            )
+        return self._call(x, prior)
+
+    def __repr__(self) -> str:
+        return f"ExportedModel({self.source!r}, format={self.format}, kind={self.kind})"
+
+
+def _onnx(data: bytes | str, source: str, threads: int | None, providers) -> ExportedModel:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError(
+            f"{source} is an ONNX file: running it needs onnxruntime (pip install 'spt-adapter[onnx]')"
+        ) from None
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(data, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own classes for unreadable files
+        raise ExportError(f"{source}: onnxruntime cannot load it ({str(exc).strip().splitlines()[0][:200]})") from None
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    _check_meta(meta, source)
+    names = [i.name for i in session.get_inputs()]
+    np_dtype = np.float16 if meta.get("dtype") == "float16" else np.float32
+
+    def call(x: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+        feed = {"image": x.detach().cpu().numpy().astype(np_dtype, copy=False)}
+        if "prior" in names:
+            assert prior is not None  # ExportedModel.__call__ refuses a missing prior
+            feed["prior"] = prior.detach().cpu().numpy().astype(np_dtype, copy=False)
+        return torch.from_numpy(session.run(None, feed)[0])
+
+    return ExportedModel("onnx", meta, call, source)
+
+
+def _torchscript(data: bytes | str, source: str, device) -> ExportedModel:
+    extra = {METADATA_FILE: ""}
+    try:
+        module = torch.jit.load(
+            io.BytesIO(data) if isinstance(data, bytes) else data, map_location=device, _extra_files=extra
+        )
+    except Exception as exc:
+        raise ExportError(
+            f"{source}: not a loadable TorchScript file ({str(exc).strip().splitlines()[0][:200]})"
+        ) from None
+    try:
+        meta = json.loads(extra[METADATA_FILE] or "{}")
+    except json.JSONDecodeError:
+        meta = {}
+    _check_meta(meta, source)
+    dtype = torch.float16 if meta.get("dtype") == "float16" else torch.float32
+    dev = torch.device(device or "cpu")
+
+    def call(x: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+        with torch.no_grad():
+            args = (x.to(dev, dtype),) if prior is None else (x.to(dev, dtype), prior.to(dev, dtype))
+            return module(*args)
+
+    runner = ExportedModel("torchscript", meta, call, source)
+    runner.device = dev
+    return runner
+
+
+def _check_meta(meta: dict[str, str], source: str) -> None:
+    if meta.get("format") != EXPORT_FORMAT:
+        raise ExportError(
+            f"{source} was not written by `spt-adapter export` (no {EXPORT_FORMAT!r} metadata): restore "
+            "reads its own exports only"
+        )
+
+
+def load_exported(
+    source: bytes | str | Path,
+    *,
+    fmt: str | None = None,
+    threads: int | None = None,
+    providers: list[str] | None = None,
+    device: Any = None,
+) -> ExportedModel:
+    """Load an exported file (or its bytes, with ``fmt``) as an :class:`ExportedModel`. ``threads``:
+    onnxruntime's intra-op threads; ``providers``: its execution providers (CPU by default);
+    ``device``: where a TorchScript export runs."""
+    if isinstance(source, (bytes, bytearray)):
+        if fmt is None:
+            raise ExportError("load_exported(bytes) needs fmt='onnx' or 'torchscript'")
+        name, data = "<exported bytes>", bytes(source)
+    else:
+        name = str(source)
+        if not Path(source).is_file():
+            raise ExportError(f"exported file {source} does not exist")
+        fmt = fmt or exported_format(source)
+        if fmt is None:
+            raise ExportError(
+                f"{source} is neither an .onnx file nor a TorchScript file written by `spt-adapter export`"
+            )
+        data = Path(source).read_bytes()
+    if fmt == "onnx":
+        return _onnx(data, name, threads, providers)
+    if fmt == "torchscript":
+        return _torchscript(data, name, device)
+    raise ExportError(f"unknown export format {fmt!r}")
+
+
+def prior_source_of(runner: ExportedModel, *, provider: Any = None, encoding: str | None = None, cache: Any = None):
+    """Where the prior of an exported file comes from: none (backbone or distilled student inside the
+    file), or the provider and encoding its metadata records (``provider``/``encoding`` override)."""
+    from .restore import PriorSource, provider_from_record
+
+    if runner.kind == "backbone":
+        return PriorSource("none", described="none (backbone alone)")
+    if runner.kind == "student":
+        if provider is not None:
+            raise RestoreError(
+                f"{runner.source} carries a distilled prior (its student is inside the file): drop the provider flags"
+            )
+        return PriorSource("student", described="the distilled student inside the file")
+    if provider is None:
+        provider = provider_from_record(dict(runner.prior.get("provider") or {}), runner.source)
+    encoding = encoding or runner.meta.get("prior_encoding") or "label"
+    return PriorSource(
+        "provider", provider=provider, encoding=encoding, cache=cache, described=f"{provider!r}, encoding {encoding}"
+    )
+
+
+def restore_exported(
+    runner: ExportedModel,
+    image,
+    prior: Any = None,
+    *,
+    tile: int | None = None,
+    tile_overlap: int | None = None,
+    tile_blend: int | None = None,
+    info=None,
+    channels: int | None = None,
+    half: bool = False,
+    backbone_only: bool = False,
+    descriptor: Any = None,
+    **_ignored,
+) -> np.ndarray:
+    """:func:`~spt_adapter.training.restore.restore` for an exported file: the same image reading,
+    tiling (:func:`~spt_adapter.training.restore.restore_tensor` with the runner as the network),
+    clamping and uint8 rounding. ``prior``: the whole image's prior (required when the file reads
+    one; compute it with :func:`prior_source_of`)."""
+    from .restore import _float_channels, restore_tensor
+
+    if half:
+        raise RestoreError(
+            "--half is autocast for PyTorch models; an exported file runs in the dtype it was "
+            "exported in (spt-adapter export --half)"
+        )
+    if backbone_only:
+        raise RestoreError("an exported file holds its adapter inside: --no-adapter needs the backbone checkpoint")
+    n_in = channels or runner.channels
+    if n_in != runner.channels:
+        raise RestoreError(f"{runner.source} takes {runner.channels}-channel images, not {n_in}")
+    as_float = np.asarray(image).dtype.kind == "f"
+    x_np, u8 = _float_channels(image, n_in, "image")
+    if runner.needs_prior and prior is None:
+        raise RestoreError(f"{runner.source} reads a prior: compute it with the provider its metadata records")
+    overlap, blend = tile_overlap, tile_blend
+    if tile is not None:
+        from .restore import DEFAULT_TILE_OVERLAP
+
+        radius = runner.receptive_radius
+        if overlap is None:
+            overlap = max(DEFAULT_TILE_OVERLAP, 2 * radius + 1) if radius is not None else DEFAULT_TILE_OVERLAP
+        if blend is None:
+            blend = overlap // 2 if radius is None else max(0, min(overlap // 2, overlap - 2 * radius))
+    network: Any = runner  # restore_tensor runs any callable (x, prior) -> output as the network
+    out = restore_tensor(
+        network,
+        torch.from_numpy(x_np.transpose(2, 0, 1).copy()),
+        prior if runner.needs_prior else None,
+        multiple=runner.size_multiple,
+        tile=tile,
+        tile_overlap=overlap,
+        tile_blend=blend,
+        minimum=runner.minimum_tile,
+        info=info,
+    )
+    arr = np.empty(out.shape[1:] + out.shape[:1], dtype=np.float32 if as_float else np.uint8)
+    for c in range(out.shape[0]):
+        arr[:, :, c] = out[c].numpy() if as_float else out[c].mul_(255.0).round_().to(torch.uint8).numpy()
+    return arr[:, :, 0] if arr.shape[2] == 1 else arr

@@ -1,0 +1,404 @@
+"""Exporting backbone + SPT adapter as one ONNX / TorchScript file: parity with PyTorch at sizes other
+than the traced one (DnCNN, SwinIR-light, Restormer; units reading a provider's prior and a distilled
+student), the metadata in the file, refusals before anything is written, `spt-adapter export`,
+`spt-adapter restore --backbone FILE` (onnxruntime) and restore sharded over two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import spt_adapter
+from spt_adapter.cli import main
+from spt_adapter.errors import ExportError
+from spt_adapter.training.export import PARITY_ATOL, export, parity
+
+pytest.importorskip("spandrel")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+sys.path.insert(0, str(Path(__file__).parent))
+from _archs import restormer, swinir_light  # noqa: E402
+
+
+def _save(model, path):
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def _dncnn():
+    from spandrel.architectures.DnCNN.__arch.network_dncnn import DnCNN
+
+    return DnCNN(in_nc=3, out_nc=3, nc=8, nb=8, act_mode="R")  # spandrel detects >= 8
+
+
+#: name -> (builder, targets, (h, w) x 2 parity sizes: one a multiple of the size multiple, one not)
+BACKBONES = {
+    "dncnn": (_dncnn, ["model.2", "model.4"], [(20, 28), (33, 17)]),
+    "swinir_light": (swinir_light, ["layers.*.residual_group"], [(24, 40), (21, 35)]),
+    "restormer": (restormer, ["encoder_level1", "latent", "decoder_level1"], [(32, 24), (27, 37)]),
+}
+
+
+def _adapted(tmp_path, name: str, student: bool):
+    """A random-weight backbone loaded through spt_adapter.load_backbone (its descriptor gives the size
+    multiple) with perturbed units (+ a student): the adapter changes the output."""
+    build, targets, _ = BACKBONES[name]
+    torch.manual_seed(0)
+    bb = spt_adapter.load_backbone(_save(build().eval(), tmp_path / f"{name}.safetensors"))
+    cfg = spt_adapter.SPTConfig(
+        targets=targets,
+        hidden=8,
+        student={"width": 8, "depth": 3} if student else None,
+        prior={"provider": {"provider": "classical", "method": "slic"}, "encoding": "boundary", "task": "denoise:25"},
+    )
+    model = spt_adapter.inject(bb.model.eval(), config=cfg)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for _, p in model.unit_parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    return model.eval(), bb.descriptor
+
+
+@pytest.mark.parametrize("student", [False, True], ids=["provider_prior", "student"])
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_exported_files_match_pytorch_at_other_sizes(tmp_path, name, student):
+    model, desc = _adapted(tmp_path, name, student)
+    sizes = BACKBONES[name][2]
+    # the adapter matters: without it the output differs far beyond the parity bound
+    x = torch.rand(1, 3, *sizes[1])
+    p = None if student else (torch.rand(1, 1, *sizes[1]) > 0.5).float()
+    from spt_adapter.training.restore import _run, size_multiple
+
+    m = size_multiple(model, desc)
+    with torch.no_grad():
+        adapted, _ = _run(model, x, p, multiple=m, backbone_only=False, half=False)
+        plain, _ = _run(model, x, p, multiple=m, backbone_only=True, half=False)
+    assert float((adapted - plain).abs().max()) > 20 * PARITY_ATOL
+    for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".pt")):
+        path = export(model, tmp_path / f"{name}{suffix}", descriptor=desc)
+        worst = parity(path, fmt, model, descriptor=desc, sizes=sizes)
+        assert worst <= PARITY_ATOL, f"{name} {fmt}: max |diff| {worst}"
+        from spt_adapter.training.exported import load_exported
+
+        runner = load_exported(path)
+        assert runner.kind == ("student" if student else "prior")
+        assert runner.meta["inputs"] == ("image" if student else "image,prior")
+        assert runner.meta["scale"] == str(2 if name == "swinir_light" else 1)
+        assert json.loads(runner.meta["fingerprint"])["backbone_sha256"] == spt_adapter.backbone_sha256(model)
+    # batch: dynamic, except where the backbone's own code freezes it under tracing (SwinIR's
+    # window_reverse takes int(B)): that file is exported for one image per call, and its runner
+    # feeds a batch one image at a time
+    runner = load_exported(tmp_path / f"{name}.onnx")
+    assert runner.meta["batch"] == ("1" if name == "swinir_light" else "dynamic")
+    xb = torch.rand(2, 3, *sizes[0])
+    pb = None if student else (torch.rand(2, 1, *sizes[0]) > 0.5).float()
+    out = runner(xb, pb)
+    with torch.no_grad():
+        ref = torch.cat(
+            [
+                _run(
+                    model,
+                    xb[i : i + 1],
+                    None if pb is None else pb[i : i + 1],
+                    multiple=m,
+                    backbone_only=False,
+                    half=False,
+                )[0]
+                for i in range(2)
+            ]
+        )
+    assert float((out.clamp(0, 1) - ref.clamp(0, 1)).abs().max()) <= PARITY_ATOL
+
+
+def test_onnx_metadata_props_and_torchscript_extra_files(tmp_path):
+    model, desc = _adapted(tmp_path, "dncnn", student=False)
+    path = export(model, tmp_path / "d.onnx", descriptor=desc)
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert props["format"] == "spt-adapter-export" and props["inputs"] == "image,prior"
+    assert props["prior_channels"] == "1" and props["prior_encoding"] == "boundary" and props["task"] == "denoise:25"
+    assert props["scale"] == "1" and props["channels"] == "3"
+    assert json.loads(props["prior"])["provider"]["method"] == "slic"
+    assert json.loads(props["config"])["fusion"] == "concat"
+    assert [i.name for i in onnx.load(str(path)).graph.input] == ["image", "prior"]
+    ts = export(model, tmp_path / "d.pt", descriptor=desc)
+    extra = {"spt_adapter.json": ""}
+    torch.jit.load(str(ts), _extra_files=extra)
+    assert json.loads(extra["spt_adapter.json"]) == props
+
+
+def test_refusals_name_the_cause_and_write_nothing(tmp_path):
+    build, targets, _ = BACKBONES["dncnn"]
+    torch.manual_seed(0)
+    pool = spt_adapter.inject(build().eval(), config=spt_adapter.SPTConfig(targets=targets, fusion="pool"))
+    for name in ("p.onnx", "p.pt"):
+        with pytest.raises(ExportError, match="fusion 'pool'"):
+            export(pool, tmp_path / name)
+    torch.manual_seed(0)
+    area = spt_adapter.inject(build().eval(), config=spt_adapter.SPTConfig(targets=targets, prior_resize="area"))
+    with pytest.raises(ExportError, match="prior_resize 'area'"):
+        export(area, tmp_path / "a.onnx")
+    with pytest.raises(ExportError, match="cannot tell the export format"):
+        export(area, tmp_path / "a.bin")
+    with pytest.raises(ExportError, match="half=True"):
+        export(area, tmp_path / "a.pt", half=True)  # float16 is traced and checked on CUDA only
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_frozen_shape_branch_is_caught_before_writing(tmp_path):
+    """A backbone whose forward takes a Python branch on the input size: tracing freezes it, the
+    check at other sizes sees the difference, and the file is not written."""
+
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y * 0.5 if x.shape[-1] > 30 else y
+
+    with pytest.raises(ExportError, match="does not reproduce"):
+        export(Branchy().eval(), tmp_path / "b.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# the commands
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A DnCNN checkpoint, a distilled adapter and a provider (SLIC) adapter for it, five photos."""
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    ckpt = _save(_dncnn().eval(), root / "dncnn.safetensors")
+    out = {"root": root, "ckpt": ckpt}
+    for kind, student in (("student", True), ("slic", False)):
+        model, _ = _adapted(root, "dncnn", student)
+        cfg = model.spt_config["default"]
+        cfg.prior = {
+            "provider": {"provider": "classical", "method": "slic", "settings": {"n_segments": 12}},
+            "encoding": "boundary",
+            "task": "denoise:25",
+            "channels": 3,
+        }
+        model.base_model.load_state_dict(spt_adapter.load_backbone(ckpt).model.state_dict(), strict=False)
+        out[kind] = spt_adapter.save_adapter(model, root / f"{kind}.safetensors")
+    inputs = root / "in"
+    inputs.mkdir()
+    img = data.astronaut()
+    for i, (h, w) in enumerate([(40, 48), (37, 29), (30, 30), (26, 41), (33, 35)]):
+        Image.fromarray(img[50 * i : 50 * i + h, 60 : 60 + w]).save(inputs / f"p{i}.png")
+    out["inputs"] = inputs
+    return out
+
+
+def _pngs(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))}
+
+
+@pytest.mark.parametrize("kind", ["student", "slic"])
+def test_export_command_and_restore_from_the_exported_file(files, tmp_path, kind, capsys):
+    onnx_file = tmp_path / "m.onnx"
+    assert (
+        main(["export", "--backbone", str(files["ckpt"]), "--adapter", str(files[kind]), "--out", str(onnx_file)]) == 0
+    )
+    assert "inputs: image" in capsys.readouterr().err
+    ref, got = tmp_path / "ref", tmp_path / "onnx"
+    common = ["--no-progress", "--prior-cache", str(tmp_path / "cache")]
+    assert (
+        main(
+            [
+                "restore",
+                str(files["inputs"]),
+                "--backbone",
+                str(files["ckpt"]),
+                "--adapter",
+                str(files[kind]),
+                "--out",
+                str(ref),
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert main(["restore", str(files["inputs"]), "--backbone", str(onnx_file), "--out", str(got), *common]) == 0
+    err = capsys.readouterr().err
+    assert "exported onnx" in err and "5 restored" in err
+    a, b = _pngs(ref), _pngs(got)
+    assert list(a) == list(b) and len(a) == 5
+    for name in a:  # outputs differ by float32 rounding (<= 1e-4 before 8-bit rounding): at most one level
+        assert a[name].shape == b[name].shape and np.abs(a[name].astype(int) - b[name].astype(int)).max() <= 1
+    # tiled through onnxruntime: a CNN's tiles give its whole-image output
+    assert (
+        main(
+            [
+                "restore",
+                str(files["inputs"]),
+                "--backbone",
+                str(onnx_file),
+                "--out",
+                str(tmp_path / "t"),
+                "--tile",
+                "30",
+                "--tile-overlap",
+                "20",
+                *common,
+            ]
+        )
+        == 0
+    )
+    for name, arr in _pngs(tmp_path / "t").items():
+        assert np.abs(arr.astype(int) - b[name].astype(int)).max() <= 1
+    # TorchScript runs through the same path
+    ts = tmp_path / "m.pt"
+    assert main(["export", "--backbone", str(files["ckpt"]), "--adapter", str(files[kind]), "--out", str(ts)]) == 0
+    assert main(["restore", str(files["inputs"]), "--backbone", str(ts), "--out", str(tmp_path / "ts"), *common]) == 0
+    for name, arr in _pngs(tmp_path / "ts").items():
+        assert np.abs(arr.astype(int) - a[name].astype(int)).max() <= 1
+
+
+def test_command_refusals_are_one_line(files, tmp_path, capsys):
+    def refused(argv, expect):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expect in err, err
+
+    pool_model = spt_adapter.inject(
+        spt_adapter.load_backbone(files["ckpt"]).model, config=spt_adapter.SPTConfig(targets=["model.2"], fusion="pool")
+    )
+    pool = spt_adapter.save_adapter(pool_model, tmp_path / "pool.safetensors")
+    refused(
+        ["export", "--backbone", str(files["ckpt"]), "--adapter", str(pool), "--out", str(tmp_path / "x.onnx")],
+        "fusion 'pool'",
+    )
+    refused(
+        ["export", "--backbone", str(files["ckpt"]), "--adapter", str(pool), "--out", str(tmp_path / "x.zip")],
+        "cannot tell the export format",
+    )
+    assert not (tmp_path / "x.onnx").exists()
+    onnx_file = export(
+        spt_adapter.load_adapter(spt_adapter.load_backbone(files["ckpt"]).model, files["student"]), tmp_path / "s.onnx"
+    )
+    refused(
+        [
+            "restore",
+            str(files["inputs"]),
+            "--backbone",
+            str(onnx_file),
+            "--adapter",
+            str(files["student"]),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        "--adapter does not apply to an exported file",
+    )
+    refused(
+        [
+            "restore",
+            str(files["inputs"]),
+            "--backbone",
+            str(onnx_file),
+            "--provider",
+            "slic",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        "distilled prior",
+    )
+    (tmp_path / "fake.onnx").write_bytes(b"not onnx")
+    refused(
+        ["restore", str(files["inputs"]), "--backbone", str(tmp_path / "fake.onnx"), "--out", str(tmp_path / "o")],
+        "onnxruntime cannot load it",
+    )
+    refused(
+        [
+            "restore",
+            str(files["inputs"]),
+            "--backbone",
+            str(files["ckpt"]),
+            "--adapter",
+            str(files["student"]),
+            "--out",
+            str(tmp_path / "o"),
+            "--num-shards",
+            "2",
+            "--shard-index",
+            "2",
+        ],
+        "--shard-index",
+    )
+
+
+def test_restore_sharded_over_two_processes_writes_each_output_once(files, tmp_path):
+    out = tmp_path / "sharded"
+    argv = [
+        sys.executable,
+        "-m",
+        "spt_adapter.cli",
+        "restore",
+        str(files["inputs"]),
+        "--backbone",
+        str(files["ckpt"]),
+        "--adapter",
+        str(files["student"]),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--skip-existing",
+    ]
+    env = {**os.environ, "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(argv, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stderr=subprocess.PIPE, text=True)
+        for r in range(2)
+    ]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    done = sorted(int(e.split(" restored")[0].split()[-1]) for e in errs)
+    assert done == [2, 3] and "shard 0/2" in errs[0] and "shard 1/2" in errs[1]  # 5 inputs: 3 + 2, each once
+    assert (
+        main(
+            [
+                "restore",
+                str(files["inputs"]),
+                "--backbone",
+                str(files["ckpt"]),
+                "--adapter",
+                str(files["student"]),
+                "--out",
+                str(tmp_path / "one"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    sharded, single = _pngs(out), _pngs(tmp_path / "one")
+    assert list(sharded) == list(single) == [f"p{i}.png" for i in range(5)]
+    assert sorted(p.name for p in out.iterdir()) == list(single)  # no temporaries left behind
+    for name in single:
+        assert np.array_equal(sharded[name], single[name])
+    # rerun one shard with --skip-existing: its outputs exist, nothing is rewritten
+    again = subprocess.run(argv, env={**env, "RANK": "1"}, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert again.returncode == 0 and "0 restored, 2 skipped" in again.stderr
+
+
+@pytest.mark.parametrize("src,dst", [((21, 35), (3, 5)), ((24, 40), (24, 40)), ((17, 9), (40, 23)), ((64, 48), (8, 6))])
+def test_traced_prior_resize_is_torch_nearest_exact(src, dst):
+    """Under tracing the unit resizes its prior with index gathers (the ONNX exporter has no
+    nearest-exact): the same pixels as F.interpolate(mode="nearest-exact"), up and down."""
+    from spt_adapter.core.unit import _nearest_exact_gather
+
+    prior = torch.arange(2 * src[0] * src[1], dtype=torch.float32).reshape(1, 2, *src)
+    want = torch.nn.functional.interpolate(prior, size=dst, mode="nearest-exact")
+    assert torch.equal(_nearest_exact_gather(prior, dst), want)
