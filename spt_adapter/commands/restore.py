@@ -175,7 +175,7 @@ def _model(args):
 
 
 def _check_tiling(args, model, descriptor, device) -> None:
-    from ..training.restore import default_overlap, minimum_tile
+    from ..training.restore import check_tile_stride, default_overlap, minimum_tile
 
     if args.half:
         if not str(device).startswith("cuda"):
@@ -195,6 +195,10 @@ def _check_tiling(args, model, descriptor, device) -> None:
     if args.tile <= overlap:
         raise SPTError(f"--tile {args.tile} must be larger than the tile overlap {overlap}: use --tile {overlap + 1} "
                        "or more, or a smaller --tile-overlap")
+    check_tile_stride(args.tile, overlap, "--tile")
+    if overlap == 0:
+        print("restore: warning: --tile-overlap 0 leaves visible seams where tiles meet (each tile's border "
+              "sees no context); the default overlap avoids them", file=sys.stderr)
     if args.tile_blend is not None and args.tile_blend > overlap:
         raise SPTError(f"--tile-blend {args.tile_blend} exceeds the tile overlap {overlap}")
 
