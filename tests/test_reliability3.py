@@ -68,3 +68,68 @@ def test_c15_an_overlap_leaving_a_stride_of_one_is_refused_before_any_tile_runs(
         spt_adapter.restore(swinir(), photo(40, 40), tile=40.5)
     with pytest.raises(RestoreError, match="needs a model"):
         spt_adapter.restore(None, photo(40, 40))
+
+
+# ---------------------------------------------------------------------------------------------
+# A2. BasicSR's test route on images that are not window multiples (the shipped example YAML)
+# ---------------------------------------------------------------------------------------------
+def test_a2_basicsr_test_route_runs_the_example_yaml_on_sizes_that_are_not_window_multiples(tmp_path, monkeypatch):
+    """Before: a raw window_partition traceback (SPTSRModel did not pad as BasicSR's SwinIRModel does).
+    Now the example YAML runs and every saved image is the adapter's output on the whole image."""
+    pytest.importorskip("basicsr.archs.swinir_arch")
+    monkeypatch.chdir(tmp_path)
+    import os
+    import subprocess
+
+    import yaml
+    from basicsr.archs.swinir_arch import SwinIR
+
+    from spt_adapter.integrations._netio import attach_units
+    from spt_adapter.integrations._options import PriorSource, parse_spt_block
+
+    net_opt = dict(upscale=2, in_chans=3, img_size=16, window_size=8, img_range=1.0, depths=[2], embed_dim=12,
+                   num_heads=[2], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv")
+    torch.manual_seed(0)
+    backbone = tmp_path / "swinir_x2.pth"
+    torch.save({"params": SwinIR(**net_opt).state_dict()}, backbone)
+    prior = {"cache_dir": None, "provider": "classical", "method": "slic", "settings": {"n_segments": 8}}
+    options = parse_spt_block({"fusion": "sft", "hidden": 8, "prior": prior})
+    net = SwinIR(**net_opt)
+    net.load_state_dict(torch.load(backbone)["params"])
+    model = attach_units(net, options)
+    with torch.no_grad():  # units that change the output, so a prior that is not padded right shows
+        for _, p in model.unit_parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    adapter = spt_adapter.save_adapter(model, tmp_path / "net_g_latest.safetensors")
+    rng = np.random.default_rng(0)
+    for folder in ("HQ", "LQ"):
+        (tmp_path / folder).mkdir()
+    yy, xx = np.mgrid[0:30, 0:37]  # 30x37: not multiples of the window 8
+    for i in range(2):
+        lq = np.clip((np.sin(xx / (3 + i)) + np.cos(yy / 4))[..., None] * 60 + 128 + rng.normal(0, 8, (30, 37, 3)),
+                     0, 255).astype(np.uint8)
+        Image.fromarray(lq).save(tmp_path / "LQ" / f"im{i}.png")
+        Image.fromarray(lq).resize((74, 60), Image.BICUBIC).save(tmp_path / "HQ" / f"im{i}.png")
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "basicsr" / "test_spt_swinir_x2.yml"
+    opt = yaml.safe_load(example.read_text())
+    data = opt["datasets"]["test_1"]
+    data.update(dataroot_gt=str(tmp_path / "HQ"), dataroot_lq=str(tmp_path / "LQ"),
+                spt_prior=dict(prior))
+    opt["network_g"] = {"type": "SwinIR", **net_opt}
+    opt["path"]["pretrain_network_g"] = str(backbone)
+    opt["spt"]["adapter"] = str(adapter)
+    yml = tmp_path / "test.yml"
+    yml.write_text(yaml.safe_dump(opt))
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "spt_adapter.integrations.basicsr.test", "-opt", str(yml)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    source = PriorSource(options.prior)
+    for i in range(2):
+        (found,) = (tmp_path / "results" / opt["name"] / "visualization" / "Set5").glob(f"im{i}_*.png")
+        saved = np.asarray(Image.open(found))
+        lq = np.asarray(Image.open(tmp_path / "LQ" / f"im{i}.png"))
+        ours = spt_adapter.restore(model, lq, source(lq))  # reflect-padded whole image, prior padded alike
+        assert saved.shape == ours.shape == (60, 74, 3)
+        assert np.abs(saved.astype(int) - ours).max() <= 1  # BasicSR's and our uint8 rounding

@@ -92,8 +92,12 @@ def _ints(value) -> list[int]:
 
 
 def window_size(model: nn.Module) -> int | None:
-    """The attention window of a token backbone (SwinIR, HAT, ...: its ``window_size``), or None."""
-    sizes = _ints(getattr(_backbone(model), "window_size", None))
+    """The attention window of a token backbone (SwinIR, HAT, ...: its ``window_size``, else the largest
+    ``window_size`` of its blocks: BasicSR's SwinIR keeps it only there), or None."""
+    net = _backbone(model)
+    sizes = _ints(getattr(net, "window_size", None))
+    if not sizes:
+        sizes = [v for m in net.modules() for v in _ints(getattr(m, "window_size", None))]
     return max(sizes) if sizes else None
 
 
@@ -105,7 +109,7 @@ def size_multiple(model: nn.Module, descriptor: Any = None) -> int:
     found = [1]
     req = getattr(descriptor, "size_requirements", None)
     found += _ints(getattr(req, "multiple_of", None))
-    found += _ints(getattr(net, "window_size", None))
+    found += _ints(window_size(model))
     found += _ints(getattr(net, "padder_size", None))
     return math.lcm(*[max(1, v) for v in found])
 
