@@ -133,3 +133,99 @@ def test_a2_basicsr_test_route_runs_the_example_yaml_on_sizes_that_are_not_windo
         ours = spt_adapter.restore(model, lq, source(lq))  # reflect-padded whole image, prior padded alike
         assert saved.shape == ours.shape == (60, 74, 3)
         assert np.abs(saved.astype(int) - ours).max() <= 1  # BasicSR's and our uint8 rounding
+
+
+# ---------------------------------------------------------------------------------------------
+# A3 / A8. the PEFT route makes load_adapter's checks
+# ---------------------------------------------------------------------------------------------
+def _peft_folder(tmp_path: Path) -> Path:
+    peft = pytest.importorskip("peft")
+    from _archs import tiny_esrgan
+
+    import spt_adapter.peft as spt_peft
+
+    config = spt_peft.SPTPeftConfig(target_modules=["sub.0", "sub.1"], hidden=4, example_input_shape=[1, 3, 16, 16])
+    pm = peft.get_peft_model(tiny_esrgan(), config)
+    pm.save_pretrained(tmp_path / "good")
+    return tmp_path / "good"
+
+
+def _state(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("fault", ["nan", "huge", "big", "int32", "duplicate_key"])
+def test_a3_peft_route_refuses_what_load_adapter_refuses(tmp_path, fault):
+    """Before: NaN / 3e38 / 1e4 / int32 tensors and a config with a key twice loaded through every PEFT
+    entry point (NaN output)."""
+    import shutil
+
+    peft = pytest.importorskip("peft")
+    from _archs import tiny_esrgan
+    from safetensors.torch import load_file, save_file
+
+    import spt_adapter.peft as spt_peft
+    from spt_adapter.errors import SPTError
+
+    good = _peft_folder(tmp_path)
+    bad = tmp_path / "bad"
+    shutil.copytree(good, bad)
+    tensors = load_file(str(good / "adapter_model.safetensors"))
+    first = sorted(tensors)[0]
+    if fault in ("nan", "huge", "big", "int32"):
+        t = tensors[first].clone()
+        if fault == "nan":
+            t.view(-1)[0] = float("nan")
+        elif fault == "huge":
+            t.view(-1)[0] = 3e38
+        elif fault == "big":
+            t.view(-1)[0] = 1e4
+        else:
+            t = t.to(torch.int32)
+        tensors[first] = t
+        save_file(tensors, str(bad / "adapter_model.safetensors"), metadata={"format": "pt"})
+    else:  # a second "hidden": json.loads keeps the last one silently
+        text = (good / "adapter_config.json").read_text()
+        (bad / "adapter_config.json").write_text(text.replace('"hidden": 4', '"hidden": 4, "hidden": 4096', 1))
+
+    backbone = tiny_esrgan()
+    before = _state(backbone)
+    with pytest.raises(SPTError):
+        spt_peft.load_peft_adapter(backbone, bad)
+    with pytest.raises(SPTError):
+        spt_peft.peft_to_spt(bad, backbone, tmp_path / "a.safetensors")
+    assert not (tmp_path / "a.safetensors").exists()
+    with pytest.raises(SPTError):
+        peft.PeftModel.from_pretrained(backbone, bad)
+    assert set(_state(backbone)) == set(before)
+    assert all(torch.equal(v, before[k]) for k, v in _state(backbone).items())  # the backbone is as it was
+
+
+def test_a3_spt_to_peft_refuses_a_file_load_adapter_refuses(tmp_path):
+    """Before: spt_to_peft read tensors with safe_open and no checks, so a NaN adapter became a PEFT folder."""
+    pytest.importorskip("peft")
+    import struct
+
+    from _archs import tiny_esrgan
+
+    import spt_adapter.peft as spt_peft
+    from spt_adapter.errors import AdapterFileError
+
+    model = spt_adapter.inject(tiny_esrgan(), targets="model.1.sub.*", config=spt_adapter.SPTConfig(hidden=4))
+    path = model.save_adapter(tmp_path / "a.safetensors")
+    data = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", bytes(data[:8]))
+    data[8 + n : 8 + n + 4] = struct.pack("<f", float("nan"))  # the first value of the first tensor
+    path.write_bytes(bytes(data))
+    with pytest.raises(AdapterFileError, match="NaN"):
+        spt_adapter.load_adapter(tiny_esrgan(), path)
+    with pytest.raises(AdapterFileError, match="NaN"):
+        spt_peft.spt_to_peft(path, tmp_path / "peft")
+    assert not (tmp_path / "peft").exists()
+
+
+def test_c16_a_config_with_an_absurd_hidden_size_is_one_config_error():
+    from spt_adapter.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hidden 1000000 is beyond"):
+        spt_adapter.SPTConfig(hidden=1_000_000)

@@ -297,18 +297,17 @@ def save_adapter(model: SPTModel, path: str | os.PathLike, adapter_name: str | N
 # ---------------------------------------------------------------------------------------------
 # load
 # ---------------------------------------------------------------------------------------------
-def read_adapter_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Any]]:
-    """Read and check an adapter file's header without loading tensors or executing anything.
-
-    Returns ``(metadata, tensor_entries)``. Raises :class:`AdapterFileError` naming the problem.
-    """
+def read_safetensors_header(path: str | os.PathLike, what: str = "adapter file") -> tuple[dict[str, Any], int]:
+    """Read a safetensors file's header with the checks every unit file gets (a regular file, no
+    pickle, the header length limit, strict JSON: no duplicate keys). Returns ``(header, data_size)``;
+    :class:`AdapterFileError` names the problem."""
     path = Path(path)
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise AdapterFileError(f"adapter file {path} does not exist") from None
+        raise AdapterFileError(f"{what} {path} does not exist") from None
     except OSError as exc:
-        raise AdapterFileError(f"cannot read adapter file {path}: {exc.strerror or exc}") from None
+        raise AdapterFileError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     if stat.S_ISDIR(st.st_mode):
         raise AdapterFileError(f"{path} is a folder; pass the adapter's .safetensors file")
     if not stat.S_ISREG(st.st_mode):  # a FIFO would block forever, a device never end
@@ -332,6 +331,37 @@ def read_adapter_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[s
     header = strict_json(raw, f"{path}: the safetensors header")
     if not isinstance(header, dict):
         raise AdapterFileError(f"{path}: the safetensors header is not a JSON object")
+    return header, size - 8 - header_len
+
+
+def check_tensor_entries(path: str | os.PathLike, entries: dict[str, Any], data_size: int) -> None:
+    """Every tensor entry of a unit file's header: a floating-point dtype, a valid shape, data inside
+    the file."""
+    for key, entry in entries.items():
+        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+            raise AdapterFileError(f"{path}: tensor entry {key!r} is malformed")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in _DTYPE_SIZES or not isinstance(shape, list) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+            raise AdapterFileError(f"{path}: tensor {key!r} has an invalid dtype or shape")
+        if dtype not in _FLOAT_DTYPES:
+            raise AdapterFileError(f"{path}: tensor {key!r} is stored as {dtype}, but unit parameters are floating "
+                                   f"point ({', '.join(_FLOAT_DTYPES)}); the file is corrupt or was relabelled")
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+            raise AdapterFileError(f"{path}: tensor {key!r} has invalid data offsets")
+        numel = math.prod(shape)
+        if offsets[1] - offsets[0] != numel * _DTYPE_SIZES[dtype] or offsets[0] < 0 or offsets[1] > data_size:
+            raise AdapterFileError(f"{path} is truncated or corrupt: tensor {key!r} lies outside the file's data")
+
+
+def read_adapter_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Any]]:
+    """Read and check an adapter file's header without loading tensors or executing anything.
+
+    Returns ``(metadata, tensor_entries)``. Raises :class:`AdapterFileError` naming the problem.
+    """
+    path = Path(path)
+    header, data_size = read_safetensors_header(path)
     meta = header.pop("__metadata__", None)
     if not isinstance(meta, dict):
         raise AdapterFileError(f"{path} has no metadata; it is a safetensors file but not an SPT adapter")
@@ -352,23 +382,8 @@ def read_adapter_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[s
             f"{path} uses adapter schema version {version}, written by spt-adapter {meta['library_version']}; this "
             f"spt-adapter ({__version__}) reads schema versions up to {FORMAT_VERSION}: upgrade spt-adapter"
         )
-    data_size = size - 8 - header_len
-    for key, entry in header.items():
-        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
-            raise AdapterFileError(f"{path}: tensor entry {key!r} is malformed")
-        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if not isinstance(dtype, str) or dtype not in _DTYPE_SIZES or not isinstance(shape, list) or not all(
-                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
-            raise AdapterFileError(f"{path}: tensor {key!r} has an invalid dtype or shape")
-        if dtype not in _FLOAT_DTYPES:
-            raise AdapterFileError(f"{path}: tensor {key!r} is stored as {dtype}, but unit parameters are floating "
-                                   f"point ({', '.join(_FLOAT_DTYPES)}); the file is corrupt or was relabelled")
-        if not (isinstance(offsets, list) and len(offsets) == 2
-                and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
-            raise AdapterFileError(f"{path}: tensor {key!r} has invalid data offsets")
-        numel = math.prod(shape)
-        if offsets[1] - offsets[0] != numel * _DTYPE_SIZES[dtype] or offsets[0] < 0 or offsets[1] > data_size:
-            raise AdapterFileError(f"{path} is truncated or corrupt: tensor {key!r} lies outside the file's data")
+    check_tensor_entries(path, header, data_size)
+    for key in header:
         if not is_adapter_file_key(key):
             raise AdapterFileError(f"{path}: tensor {key!r} is not an SPT unit tensor; adapter files hold only units "
                                    "(and a distilled prior's student)")
@@ -469,19 +484,34 @@ def _check_student_against_header(path, config: SPTConfig, have: dict[str, list[
                                    "the header contradicts itself")
 
 
+#: the largest magnitude a unit or student parameter may have: trained units stay far below 10; a
+#: value of 1e4 (or 3e38, finite) is a corrupt or forged file whose output would be garbage or Inf
+MAX_UNIT_ABS = 1000.0
+
+
+def check_unit_tensor_values(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Unit/student tensors are floating point, finite and of sane magnitude (:data:`MAX_UNIT_ABS`);
+    the error names the tensor. Every reader (adapter files, PEFT folders and checkpoints) calls it."""
+    for key, t in sorted(tensors.items()):
+        if not t.is_floating_point():
+            raise AdapterFileError(f"{source}: tensor {key!r} has dtype {t.dtype}; unit parameters are floating point")
+        if not bool(torch.isfinite(t).all()):
+            raise AdapterFileError(f"{source}: tensor {key!r} holds NaN or Inf values; the adapter is corrupt "
+                                   "(or was saved after training diverged)")
+        if t.numel() and float(t.detach().abs().max()) > MAX_UNIT_ABS:
+            raise AdapterFileError(f"{source}: tensor {key!r} holds values up to {float(t.detach().abs().max()):.3g}, "
+                                   f"beyond the {MAX_UNIT_ABS:g} no trained unit reaches; the adapter is corrupt")
+
+
 def read_unit_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a checked adapter file; NaN or Inf anywhere is refused, naming the tensor."""
+    """The tensors of a checked adapter file; non-float, NaN, Inf or absurd values are refused, naming the
+    tensor (:func:`check_unit_tensor_values`)."""
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # safetensors' own checks
         raise AdapterFileError(f"{path} is corrupt: {exc}") from None
-    for key, t in sorted(tensors.items()):
-        if not t.is_floating_point():
-            raise AdapterFileError(f"{path}: tensor {key!r} has dtype {t.dtype}; unit parameters are floating point")
-        if not bool(torch.isfinite(t).all()):
-            raise AdapterFileError(f"{path}: tensor {key!r} holds NaN or Inf values; the adapter is corrupt "
-                                   "(or was saved after training diverged)")
+    check_unit_tensor_values(tensors, str(path))
     return tensors
 
 
