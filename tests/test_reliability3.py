@@ -229,3 +229,24 @@ def test_c16_a_config_with_an_absurd_hidden_size_is_one_config_error():
 
     with pytest.raises(ConfigError, match="hidden 1000000 is beyond"):
         spt_adapter.SPTConfig(hidden=1_000_000)
+
+
+# ---------------------------------------------------------------------------------------------
+# A4. EXIF orientation
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_a4_an_exif_rotated_photo_is_read_as_viewers_show_it(tmp_path, suffix):
+    """Before: the stored (sideways) pixels were read; a phone photo tagged 'rotate 90' came out 40x24."""
+    from spt_adapter.training.images import read_image
+
+    stored = np.zeros((40, 24, 3), np.uint8)  # stored 24 wide, 40 high; the top row is bright
+    stored[:4] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the viewer rotates the stored image 90 degrees clockwise
+    path = tmp_path / f"phone{suffix}"
+    Image.fromarray(stored).save(path, exif=exif.tobytes(), **({"quality": 95} if suffix == ".jpg" else {}))
+    shown = read_image(path)
+    assert shown.shape == (24, 40, 3)
+    # rotated clockwise: the stored top row is now the right-hand column
+    assert shown[:, -4:].mean() > 200 and shown[:, :-8].mean() < 50
+    assert read_image(path, channels=1).shape == (24, 40, 1)

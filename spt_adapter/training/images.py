@@ -24,8 +24,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".p
 def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
     """Read an image file as ``HxWx3 uint8`` RGB, or ``HxWx1`` grey with ``channels=1`` (a colour file
     becomes its BT.601 luma, as KAIR's ``imread_uint(path, n_channels=1)``; a grey file is kept as it
-    is). 16-bit files are scaled, not truncated; alpha is dropped."""
-    from PIL import Image, UnidentifiedImageError
+    is). 16-bit files are scaled, not truncated; alpha is dropped. An EXIF orientation tag is applied
+    (the image reads as viewers show it, not sideways)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
@@ -33,8 +34,9 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: the file is empty (0 bytes)")
     try:
-        with Image.open(path) as im:
-            im.load()
+        with Image.open(path) as opened:
+            opened.load()
+            im = ImageOps.exif_transpose(opened)  # a copy, turned as the EXIF orientation says
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im).astype(np.uint16 if im.mode.startswith("I;16") else np.int64)
                 if arr.dtype != np.uint16:
