@@ -250,3 +250,22 @@ def test_a4_an_exif_rotated_photo_is_read_as_viewers_show_it(tmp_path, suffix):
     # rotated clockwise: the stored top row is now the right-hand column
     assert shown[:, -4:].mean() > 200 and shown[:, :-8].mean() < 50
     assert read_image(path, channels=1).shape == (24, 40, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# A7. a prior of another size is refused, not stretched
+# ---------------------------------------------------------------------------------------------
+def test_a7_restore_refuses_a_prior_of_another_size_or_aspect():
+    """Before: a 20x50 prior (another image's) was resized nearest onto a 40x40 image and used."""
+    from test_restore import photo, swinir
+
+    from spt_adapter.errors import PriorError
+
+    model = spt_adapter.inject(swinir(stressed=False), "layers.*.residual_group")
+    img = photo(40, 40)
+    ok = np.ones((1, 40, 40), np.float32) * 0.5
+    assert spt_adapter.restore(model, img, ok).shape == (80, 80, 3)
+    assert spt_adapter.restore(model, img, np.ones((1, 80, 80), np.float32) * 0.5).shape == (80, 80, 3)  # k = 2
+    for shape in ((1, 20, 50), (1, 40, 41), (1, 20, 20), (1, 80, 120)):
+        with pytest.raises(PriorError, match=r"the prior is \d+x\d+ but the image is 40x40"):
+            spt_adapter.restore(model, img, np.ones(shape, np.float32) * 0.5)

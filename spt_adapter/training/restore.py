@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.model import SPTModel
-from ..errors import RestoreError
+from ..errors import PriorError, RestoreError
 from ..pixels import LUMA_BT601, to_uint8_channels
 
 __all__ = [
@@ -335,11 +335,13 @@ class _nullcontext:
 
 
 def _prior_factor(prior: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """A prior whose size is an integer multiple k of the image's (k >= 1), resized nearest if not."""
+    """A prior whose size is the image's times one integer k >= 1 (both sides); any other size is
+    refused (stretching it would put every region in the wrong place)."""
     ph, pw = prior.shape[-2:]
-    if ph % h == 0 and pw % w == 0 and ph // h == pw // w:
+    if ph >= h and pw >= w and ph % h == 0 and pw % w == 0 and ph // h == pw // w:
         return prior
-    return F.interpolate(prior.float(), size=(h, w), mode="nearest-exact")
+    raise PriorError(f"the prior is {ph}x{pw} but the image is {h}x{w}: give the prior of this image (at its size, "
+                     "or an integer multiple of it on both sides), not one of another image or crop")
 
 
 @torch.no_grad()
