@@ -269,3 +269,30 @@ def test_a7_restore_refuses_a_prior_of_another_size_or_aspect():
     for shape in ((1, 20, 50), (1, 40, 41), (1, 20, 20), (1, 80, 120)):
         with pytest.raises(PriorError, match=r"the prior is \d+x\d+ but the image is 40x40"):
             spt_adapter.restore(model, img, np.ones(shape, np.float32) * 0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# A6. restore --skip-existing checks what it skips
+# ---------------------------------------------------------------------------------------------
+def test_a6_skip_existing_redoes_truncated_empty_and_wrong_size_outputs(tmp_path, capsys):
+    """Before: any existing file counted as done, so a PNG cut short by a crash stayed cut short."""
+    from test_reliability import _ckpt, _images
+
+    ckpt = _ckpt(tmp_path / "swinir_x1.safetensors")
+    data = _images(tmp_path / "in", n=4)
+    out = tmp_path / "out"
+    argv = ["restore", data, "--backbone", ckpt, "--no-adapter", "--out", out, "--no-progress"]
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
+    finished = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    assert len(finished) == 4
+    (out / "img0.png").write_bytes(finished["img0.png"][: len(finished["img0.png"]) // 2])  # truncated
+    (out / "img1.png").write_bytes(b"")  # empty
+    Image.new("RGB", (10, 10)).save(out / "img2.png")  # decodes, but not at 40x40
+    kept = (out / "img3.png").stat().st_mtime_ns
+    code, _, err = _run([*argv, "--skip-existing"], capsys)
+    assert code == 0, err
+    assert "3 restored, 1 skipped" in err and err.count("redone") == 3
+    for name in ("img0.png", "img1.png", "img2.png"):
+        assert (out / name).read_bytes() == finished[name]  # the same output as the first run
+    assert (out / "img3.png").stat().st_mtime_ns == kept  # the finished one was skipped

@@ -227,15 +227,18 @@ def run(args) -> int:
     print(f"restore: {len(paths)} image(s) -> {out}; {described}; prior: {source.described}; {grey}; {tiling}; "
           f"{device}", file=sys.stderr)
     info = RestoreInfo()
-    done, skipped, failed = 0, 0, []
+    done, skipped, failed, redone = 0, 0, [], []
     t0 = time.perf_counter()
     bar = tqdm(total=len(paths), unit="img", disable=args.no_progress, dynamic_ncols=True, file=sys.stderr)
     try:
         for path, target in zip(paths, targets):
             if args.skip_existing and target.is_file():
-                skipped += 1
-                bar.update(1)
-                continue
+                reason = _unfinished_output(target, path, getattr(descriptor, "scale", None))
+                if reason is None:
+                    skipped += 1
+                    bar.update(1)
+                    continue
+                redone.append((target, reason))
             try:
                 image = read_image(path, args._channels)
             except SPTError as exc:
@@ -256,7 +259,35 @@ def run(args) -> int:
           f"(prior {info.prior_seconds:.1f}s, network {info.network_seconds:.1f}s)", file=sys.stderr)
     for path, reason in failed:
         print(f"  unreadable: {path}: {reason}", file=sys.stderr)
+    for target, reason in redone:
+        print(f"  redone (--skip-existing found an unfinished output): {target}: {reason}", file=sys.stderr)
     return 0
+
+
+def _unfinished_output(target: Path, source: Path, scale: int | None) -> str | None:
+    """Why an existing output cannot count as finished (it does not decode, or is not the input's size
+    times ``scale`` when that is known), or None when it can be skipped."""
+    from PIL import Image
+
+    try:
+        with Image.open(target) as im:
+            im.load()
+            got = im.size
+    except Exception as exc:  # truncated, empty, not an image
+        return f"it does not decode ({type(exc).__name__}: {exc})"
+    if not scale:
+        return None
+    try:
+        with Image.open(source) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # read_image turns these by 90 degrees
+                w, h = h, w
+    except Exception:
+        return None  # the input itself is unreadable: it is reported as such when read
+    want = (w * int(scale), h * int(scale))
+    if got != want:
+        return f"it is {got[0]}x{got[1]}, not the {want[0]}x{want[1]} the input restores to"
+    return None
 
 
 def _restore_one(restore, model, image, source, args, descriptor, info):
