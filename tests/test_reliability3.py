@@ -296,3 +296,48 @@ def test_a6_skip_existing_redoes_truncated_empty_and_wrong_size_outputs(tmp_path
     for name in ("img0.png", "img1.png", "img2.png"):
         assert (out / name).read_bytes() == finished[name]  # the same output as the first run
     assert (out / "img3.png").stat().st_mtime_ns == kept  # the finished one was skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# A5. scale and channels are part of what an adapter is checked against, hash or no hash
+# ---------------------------------------------------------------------------------------------
+def _swinir_io(scale: int = 1, chans: int = 3, seed: int = 0):
+    from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
+
+    torch.manual_seed(seed)
+    return SwinIR(img_size=32, in_chans=chans, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=8,
+                  mlp_ratio=2.0, upscale=scale, upsampler="" if scale == 1 else "pixelshuffledirect",
+                  resi_connection="1conv", drop_path_rate=0.0)
+
+
+def test_a5_an_x1_colour_adapter_is_refused_on_an_x2_or_grey_backbone_even_without_the_hash_check(tmp_path):
+    """Before: the fingerprint held the targets' classes and shapes only, so with check_backbone_hash=False
+    (--no-hash-check) an x1 colour-denoising adapter loaded onto an x2 SR network and a grey one."""
+    import json
+
+    from spt_adapter.errors import FingerprintMismatchError
+    from spt_adapter.files.format import read_adapter_header
+    from test_reliability import _header, _rewrite
+
+    model = spt_adapter.inject(_swinir_io(), "layers.*.residual_group")
+    path = spt_adapter.save_adapter(model, tmp_path / "x1.safetensors", task="denoise:25")
+    meta, _ = read_adapter_header(path)
+    assert json.loads(meta["fingerprint"])["io"] == {"scale": 1, "in_channels": 3, "out_channels": 3}
+    for other, words in ((_swinir_io(scale=2), "upscales x1, this one upscales x2"),
+                         (_swinir_io(chans=1), "takes 3-channel images, this one takes 1-channel images")):
+        before = {k: v.clone() for k, v in other.state_dict().items()}
+        with pytest.raises(FingerprintMismatchError, match=words) as info:
+            spt_adapter.load_adapter(other, path, check_backbone_hash=False)
+        assert "check_backbone_hash" not in str(info.value)  # the real difference, no override offered
+        assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
+    assert spt_adapter.load_adapter(_swinir_io(seed=1), path, check_backbone_hash=False) is not None  # same kind
+
+    # an older file (no "io" in its fingerprint) still loads; its recorded task still guards the scale
+    header = _header(path)
+    fp = json.loads(header["__metadata__"]["fingerprint"])
+    del fp["io"]
+    header["__metadata__"]["fingerprint"] = json.dumps(fp, sort_keys=True)
+    old = _rewrite(path, tmp_path / "old.safetensors", header)
+    assert spt_adapter.load_adapter(_swinir_io(), old) is not None
+    with pytest.raises(FingerprintMismatchError, match="upscales x1, this one upscales x2.*denoise:25"):
+        spt_adapter.load_adapter(_swinir_io(scale=2), old, check_backbone_hash=False)
