@@ -341,3 +341,35 @@ def test_a5_an_x1_colour_adapter_is_refused_on_an_x2_or_grey_backbone_even_witho
     assert spt_adapter.load_adapter(_swinir_io(), old) is not None
     with pytest.raises(FingerprintMismatchError, match="upscales x1, this one upscales x2.*denoise:25"):
         spt_adapter.load_adapter(_swinir_io(scale=2), old, check_backbone_hash=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# A8. headers that say two things, or a task that is no task
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("edit,words", [
+    ("prior", "metadata 'prior' .* and config.prior .* disagree"),
+    ("task", "recorded task 'sr:banana' is not a task"),
+    ("sigma", "recorded task 'denoise:900' is not a task"),
+])
+def test_a8_a_header_whose_prior_records_disagree_or_whose_task_is_invalid_is_refused(tmp_path, edit, words):
+    """Before: both loaded; which prior (or task) a reader used depended on which record it read."""
+    import json
+
+    from spt_adapter.errors import AdapterFileError
+    from test_reliability import _fresh_adapter, _rewrite
+
+    from _archs import tiny_esrgan
+
+    path, header = _fresh_adapter(tmp_path, prior={"provider": "classical", "method": "slic", "encoding": "label"})
+    meta = header["__metadata__"]
+    if edit == "prior":
+        meta["prior"] = json.dumps({"provider": {"provider": "classical", "method": "felzenszwalb"}, "encoding": "label"})
+    else:
+        config = json.loads(meta["config"])
+        config["prior"]["task"] = "sr:banana" if edit == "task" else "denoise:900"
+        meta["config"] = json.dumps(config, sort_keys=True)
+        meta["prior"] = json.dumps(config["prior"], sort_keys=True)
+    bad = _rewrite(path, tmp_path / "bad.safetensors", header)
+    assert spt_adapter.load_adapter(tiny_esrgan(), path) is not None  # the file as written loads
+    with pytest.raises(AdapterFileError, match=words):
+        spt_adapter.load_adapter(tiny_esrgan(), bad)

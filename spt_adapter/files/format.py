@@ -489,12 +489,30 @@ def _parse_json(path: Path, meta: dict[str, str], key: str) -> Any:
     return strict_json(meta[key], f"{path}: metadata {key!r}")
 
 
+#: the tasks writers record (`spt-adapter train --task`, the framework shims' ``task_of``)
+_TASK_TEXT = re.compile(r"denoise:(\d+(\.\d+)?)|sr:[2-8]")
+
+
 def _config(path: str | os.PathLike, meta: dict[str, str]) -> SPTConfig:
     try:
         config = SPTConfig.from_dict(_parse_json(Path(path), meta, "config"))
     except ConfigError as exc:
         raise AdapterFileError(f"{path}: {exc}") from None
-    return config.replace(prior=prior_record(config.prior))  # older and shim-written layouts, read as one
+    config = config.replace(prior=prior_record(config.prior))  # older and shim-written layouts, read as one
+    # the prior is recorded twice (config.prior and metadata 'prior', from one config by every writer):
+    # a file whose two records disagree says two things about how its prior is made
+    if PRIOR_KEY in meta:
+        recorded = _parse_json(Path(path), meta, PRIOR_KEY)
+        if not isinstance(recorded, dict) or prior_record(recorded) != config.prior:
+            raise AdapterFileError(f"{path}: metadata 'prior' ({meta[PRIOR_KEY][:120]}) and config.prior "
+                                   f"({json.dumps(config.prior, sort_keys=True)[:120]}) disagree; the file is corrupt "
+                                   "or was edited by hand")
+    task = config.prior.get("task")
+    match = _TASK_TEXT.fullmatch(task) if isinstance(task, str) else None
+    if task is not None and (match is None or (match.group(1) is not None and float(match.group(1)) > 255)):
+        raise AdapterFileError(f"{path}: recorded task {task!r} is not a task (expected 'denoise:<sigma 0..255>' or "
+                               "'sr:<scale 2..8>'); the file is corrupt or was edited by hand")
+    return config
 
 
 def read_adapter_config(path: str | os.PathLike) -> SPTConfig:
