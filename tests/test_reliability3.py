@@ -373,3 +373,65 @@ def test_a8_a_header_whose_prior_records_disagree_or_whose_task_is_invalid_is_re
     assert spt_adapter.load_adapter(tiny_esrgan(), path) is not None  # the file as written loads
     with pytest.raises(AdapterFileError, match=words):
         spt_adapter.load_adapter(tiny_esrgan(), bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# B9. an output folder is a run only when it holds what the command wrote
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def run_env(tmp_path_factory):
+    from test_reliability import _ckpt, _images, _train_argv
+
+    root = tmp_path_factory.mktemp("rel3")
+    env = {"root": root, "data": _images(root / "hq"), "ckpt": _ckpt(root / "swinir_x1.safetensors"),
+           "cache": root / "priors", "argv": _train_argv}
+    env["run"] = root / "run"
+    assert main([str(a) for a in _train_argv(env["ckpt"], env["data"], env["run"], env["cache"])]) == 0
+    return env
+
+
+@pytest.mark.parametrize("name", ["train_log.csv", "train_log.json"])
+def test_b9_train_out_holding_only_a_users_log_is_refused_and_kept(run_env, tmp_path, capsys, name):
+    """Before: train_log.csv/json counted as a run's own files, so a user's log was replaced."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / name).write_text("my own log\n")
+    code, _, err = _run(run_env["argv"](run_env["ckpt"], run_env["data"], out, run_env["cache"]), capsys)
+    assert code == 1 and name in _one_line_error(err)
+    assert (out / name).read_text() == "my own log\n" and [p.name for p in out.iterdir()] == [name]
+
+
+def test_b9_train_resume_refuses_to_replace_a_users_readme_in_the_run(run_env, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(run_env["run"], out)
+    (out / "README.md").write_text("# my notes about this run\n")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    argv = run_env["argv"](run_env["ckpt"], run_env["data"], out, run_env["cache"], "--resume", iters=3)
+    code, _, err = _run(argv, capsys)
+    assert code == 1 and "README.md" in _one_line_error(err)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_b9_eval_out_refuses_to_replace_a_users_eval_md(run_env, tmp_path, capsys):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "eval.md").write_text("my own evaluation notes\n")
+    code, _, err = _run(["eval", "--backbone", run_env["ckpt"], "--adapter", run_env["run"], "--data", run_env["data"],
+                         "--task", "denoise:25", "--out", out, "--prior-cache", run_env["cache"]], capsys)
+    assert code == 1 and "eval.md" in _one_line_error(err)
+    assert (out / "eval.md").read_text() == "my own evaluation notes\n"
+
+
+def test_b9_restore_refuses_to_replace_an_existing_output_silently(run_env, tmp_path, capsys):
+    out = tmp_path / "restored"
+    out.mkdir()
+    Image.new("RGB", (40, 40), "red").save(out / "img1.png")  # the user's own picture of that name
+    mine = (out / "img1.png").read_bytes()
+    argv = ["restore", run_env["data"], "--backbone", run_env["ckpt"], "--no-adapter", "--out", out, "--no-progress"]
+    code, _, err = _run(argv, capsys)
+    assert code == 1 and "img1.png" in _one_line_error(err) and "--overwrite" in err
+    assert (out / "img1.png").read_bytes() == mine and [p.name for p in out.iterdir()] == ["img1.png"]
+    code, _, err = _run([*argv, "--overwrite"], capsys)
+    assert code == 0 and (out / "img1.png").read_bytes() != mine

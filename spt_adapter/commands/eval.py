@@ -58,6 +58,24 @@ def _recorded(adapter_file: Path) -> dict:
     return read_adapter_config(adapter_file).prior or {}
 
 
+def _foreign_tables(out: Path) -> list[str]:
+    """``eval.md`` / ``eval.csv`` in ``out`` that an earlier eval did not write (a user's own notes)."""
+    import re
+
+    found = []
+    for name, ours in (("eval.md", re.compile(r"(denoise|sr):\S+: PSNR \(dB\) / SSIM, ")),
+                       ("eval.csv", re.compile(r"image,backbone_psnr,"))):
+        path = out / name
+        if path.is_file():
+            try:
+                head = path.read_bytes()[:200].decode("utf-8", "replace")
+            except OSError:
+                head = ""
+            if not ours.match(head):
+                found.append(name)
+    return found
+
+
 def run(args) -> int:
     from ..training.evaluate import evaluate
 
@@ -65,6 +83,10 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path(f"eval_{Path(args.data).resolve().name}")
     if out.exists() and not out.is_dir():
         raise SPTError(f"--out {out} is a file; eval writes a folder (eval.md, eval.csv, crops): pass a folder")
+    foreign = _foreign_tables(out)
+    if foreign:
+        raise SPTError(f"--out {out} holds {', '.join(foreign)} that spt-adapter eval did not write; eval would replace "
+                       "it: choose another --out or move the file")
     if args.no_adapter and args.adapter:
         raise SPTError("--no-adapter scores the backbone alone: drop --adapter (or --no-adapter)")
     if not args.no_adapter and not args.adapter:

@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--out", required=True, metavar="DIR", help="output folder (created with its parents)")
     o.add_argument("--skip-existing", action="store_true", help="skip inputs whose output PNG exists (rerun after "
                    "an interruption)")
+    o.add_argument("--overwrite", action="store_true", help="replace outputs that already exist in --out (default: "
+                   "refuse before any work; --skip-existing keeps them)")
     o.add_argument("--allow-out-in-input", action="store_true",
                    help="allow --out to be (inside) a folder given as INPUT or the folder of an input file")
     o.add_argument("--strict", action="store_true", help="stop with exit status 1 at the first unreadable input "
@@ -215,6 +217,13 @@ def run(args) -> int:
     if out.exists() and not out.is_dir():
         raise SPTError(f"--out {out} exists and is not a folder")
     targets = output_paths(paths, folders, out, args.allow_out_in_input)
+    if args.skip_existing and args.overwrite:
+        raise SPTError("--skip-existing keeps existing outputs, --overwrite replaces them: pass one of them")
+    existing = [t.name for t in targets if t.exists()]
+    if existing and not (args.skip_existing or args.overwrite):
+        shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise SPTError(f"--out {out} already holds {len(existing)} of the outputs ({shown}); pass --skip-existing to "
+                       "keep them, --overwrite to replace them, or choose another --out")
     model, descriptor, described, source, device = _model(args)
     _check_tiling(args, model, descriptor, device)
     out.mkdir(parents=True, exist_ok=True)

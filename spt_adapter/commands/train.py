@@ -72,16 +72,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_out(args) -> Path:
     from ..files.format import ADAPTER_FILENAME
-    from ..training.train import LOG_CSV, LOG_JSON, STATE_FILE
+    from ..training.train import STATE_FILE
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise SPTError(f"--out {out} exists and is not a folder")
     has_run = (out / ADAPTER_FILENAME).exists()
     if out.is_dir() and not has_run:
-        # a run that stopped before its first checkpoint leaves only its logs and state; anything
-        # else is someone's files, which the run's files (README.md above all) would overwrite
-        ours = {STATE_FILE, LOG_CSV, LOG_JSON}
+        # a run that stopped before its first checkpoint leaves only its state (written before the
+        # adapter; the logs come after it): logs without an adapter, and anything else, are someone's
+        # files, which the run's files (README.md above all) would overwrite
+        ours = {STATE_FILE}
         foreign = sorted(p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(f".{ADAPTER_FILENAME}."))
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
@@ -91,7 +92,20 @@ def _check_out(args) -> Path:
         raise SPTError(f"--resume: {out} holds no {ADAPTER_FILENAME} to resume from")
     if has_run and not args.resume:
         raise SPTError(f"{out} already holds a trained adapter; pass --resume to continue it or choose another --out")
+    card = out / "README.md"
+    if has_run and card.is_file() and not _is_model_card(card):
+        raise SPTError(f"--resume: {card} is not this run's model card (someone's own README.md); the run would replace "
+                       "it at the end: move it out of --out first")
     return out
+
+
+def _is_model_card(path: Path) -> bool:
+    """Whether ``path`` is a model card spt-adapter wrote (its front matter names the library)."""
+    try:
+        head = path.read_bytes()[:4096].decode("utf-8", "replace")
+    except OSError:
+        return False
+    return head.startswith("---") and "library_name: spt-adapter" in head
 
 
 def _resume_config_check(args, path: Path) -> None:
