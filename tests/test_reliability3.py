@@ -435,3 +435,24 @@ def test_b9_restore_refuses_to_replace_an_existing_output_silently(run_env, tmp_
     assert (out / "img1.png").read_bytes() == mine and [p.name for p in out.iterdir()] == ["img1.png"]
     code, _, err = _run([*argv, "--overwrite"], capsys)
     assert code == 0 and (out / "img1.png").read_bytes() != mine
+
+
+# ---------------------------------------------------------------------------------------------
+# B10. the demo refuses a folder holding files it did not write
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("planted", ["adapter/my_adapter.safetensors", "data/test/holiday.png", "notes.txt",
+                                     "eval/crops"])
+def test_b10_demo_out_with_someone_elses_files_is_refused_and_untouched(tmp_path, capsys, planted):
+    """Before: the demo deleted DIR/adapter/ whatever it held and scored every image in DIR/data/test/."""
+    out = tmp_path / "demo"
+    target = out / planted
+    target.parent.mkdir(parents=True)
+    if planted == "eval/crops":  # a file where the demo keeps a folder
+        target.write_bytes(b"mine")
+    else:
+        Image.new("RGB", (8, 8)).save(target, format="PNG")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    code, _, err = _run(["demo", "--quick", "--no-progress", "--out", out, "--cache-dir", tmp_path / "cache"], capsys)
+    assert code == 1 and planted.split("/")[-1] in _one_line_error(err)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert not (tmp_path / "cache").exists()
