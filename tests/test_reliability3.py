@@ -456,3 +456,26 @@ def test_b10_demo_out_with_someone_elses_files_is_refused_and_untouched(tmp_path
     assert code == 1 and planted.split("/")[-1] in _one_line_error(err)
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
     assert not (tmp_path / "cache").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# B11. a cached demo backbone is written once
+# ---------------------------------------------------------------------------------------------
+def test_b11_a_second_demo_run_never_replaces_the_cached_backbone_under_a_finished_run(tmp_path):
+    """Before: two runs sharing a cache both trained the backbone (neither found it at their start) and
+    the later one replaced the file the earlier run's adapter was trained on."""
+    import dataclasses
+
+    from spt_adapter.training.demo import DemoSettings, backbone_path, pretrain_backbone, write_images
+
+    settings = DemoSettings.quick()
+    train_dir, _ = write_images(tmp_path / "data", settings)
+    path = backbone_path(tmp_path / "cache", settings)
+    pretrain_backbone(path, train_dir, settings, progress=False)  # the first run's backbone
+    first = path.read_bytes()
+    # the second run trained too (it started before the first one wrote); other weights, same name
+    pretrain_backbone(path, train_dir, dataclasses.replace(settings, seed=1), progress=False)
+    assert path.read_bytes() == first
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    pretrain_backbone(path, train_dir, dataclasses.replace(settings, seed=1), progress=False, replace=True)
+    assert path.read_bytes() != first  # --retrain-backbone: asked for

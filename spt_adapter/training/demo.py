@@ -33,7 +33,7 @@ from ..core.config import DEFAULT_FUSION
 import numpy as np
 import torch
 
-from .._io import atomic_write_bytes
+from .._io import atomic_write_bytes, write_once_bytes
 from ..errors import SPTError
 
 TRAIN_IMAGES = ("coffee", "rocket", "motorcycle_left", "immunohistochemistry")
@@ -149,9 +149,12 @@ def _noisy_crops(images: list[np.ndarray], batch: int, patch: int, rng: np.rando
     return gt + noise, gt
 
 
-def pretrain_backbone(path: Path, train_dir: Path, settings: DemoSettings, progress: bool = True) -> list[dict]:
+def pretrain_backbone(path: Path, train_dir: Path, settings: DemoSettings, progress: bool = True,
+                      replace: bool = False) -> list[dict]:
     """Train the small SwinIR on noisy crops of the training images (all weights) and save it as
-    a safetensors state dict at ``path`` (atomically). Returns the loss history."""
+    a safetensors state dict at ``path`` (atomically). The cached backbone is written once: when
+    another run wrote ``path`` meanwhile, its file is kept (runs that finished with it stay valid)
+    unless ``replace`` (``--retrain-backbone``). Returns the loss history."""
     from PIL import Image
     from safetensors.torch import save as st_save
 
@@ -189,7 +192,10 @@ def pretrain_backbone(path: Path, train_dir: Path, settings: DemoSettings, progr
     meta = {"spt_adapter_demo_recipe": json.dumps(settings.backbone_recipe(), sort_keys=True),
             "history": json.dumps(history)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, st_save(state, metadata=meta))
+    if replace:
+        atomic_write_bytes(path, st_save(state, metadata=meta))
+    else:
+        write_once_bytes(path, st_save(state, metadata=meta))
     return history
 
 
@@ -338,7 +344,7 @@ def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = No
         log(f"[2/5] backbone: cached {bb_path}")
     else:
         log(f"[2/5] backbone: training a small SwinIR for colour denoising (sigma {SIGMA}); cached at {bb_path}")
-        pretrain_backbone(bb_path, train_dir, settings, progress=progress)
+        pretrain_backbone(bb_path, train_dir, settings, progress=progress, replace=retrain_backbone)
     backbone_hist = _backbone_history(bb_path)
     paths["backbone"] = bb_path
     bb = load_backbone(bb_path)  # the same path a user's checkpoint takes
