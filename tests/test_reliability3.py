@@ -479,3 +479,47 @@ def test_b11_a_second_demo_run_never_replaces_the_cached_backbone_under_a_finish
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
     pretrain_backbone(path, train_dir, dataclasses.replace(settings, seed=1), progress=False, replace=True)
     assert path.read_bytes() != first  # --retrain-backbone: asked for
+
+
+# ---------------------------------------------------------------------------------------------
+# B12 / C16 / D18. masks: failures that are not the images' own, bad shard settings
+# ---------------------------------------------------------------------------------------------
+def _mask_images(folder: Path) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    return folder
+
+
+def test_b12_masks_on_a_full_disk_exits_1_with_a_count(tmp_path):
+    """Before: every image 'failed' with OSError File too large / No space left, and the exit status was 0.
+    The file-size limit (RLIMIT_FSIZE) makes the operating system refuse the cache writes, as a full disk does."""
+    import subprocess
+
+    images = _mask_images(tmp_path / "imgs")
+    code = ("import resource, signal, sys\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))\n"
+            "from spt_adapter.cli import main\n"
+            f"sys.exit(main(['masks', {str(images)!r}, '--provider', 'slic', '--cache', {str(tmp_path / 'c')!r}, "
+            "'--no-progress']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot write the prior cache" in proc.stderr and "0 computed before it" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("env,flags,words", [
+    ({"WORLD_SIZE": "abc"}, [], "WORLD_SIZE='abc' is not an integer"),
+    ({"WORLD_SIZE": "2", "RANK": "x"}, [], "RANK='x' is not an integer"),
+    ({}, ["--num-shards", "0"], "--num-shards must be at least 1"),
+])
+def test_c16_masks_shard_settings_are_one_line(tmp_path, capsys, monkeypatch, env, flags, words):
+    """Before: WORLD_SIZE=abc was a raw ValueError traceback; --num-shards 0 said 'must be in 0..-1'."""
+    images = _mask_images(tmp_path / "imgs")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    code, _, err = _run(["masks", images, "--provider", "slic", "--cache", tmp_path / "c", "--no-progress", *flags],
+                        capsys)
+    assert code == 1 and words in _one_line_error(err) and "0..-1" not in err
