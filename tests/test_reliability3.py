@@ -523,3 +523,53 @@ def test_c16_masks_shard_settings_are_one_line(tmp_path, capsys, monkeypatch, en
     code, _, err = _run(["masks", images, "--provider", "slic", "--cache", tmp_path / "c", "--no-progress", *flags],
                         capsys)
     assert code == 1 and words in _one_line_error(err) and "0..-1" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# B13. SIGTERM stops train as Ctrl-C does; the log's seconds continue across --resume
+# ---------------------------------------------------------------------------------------------
+def test_b13_sigterm_saves_the_steps_since_the_last_checkpoint(run_env, tmp_path):
+    """Before: SIGTERM (kill, a scheduler's timeout) killed the process: every step since the last
+    checkpoint was lost (here all of them: --save-every 0). The signal is real; the only hook sends it
+    to the process itself as step 4 begins."""
+    import subprocess
+
+    from spt_adapter.training.train import adapter_step
+
+    out = tmp_path / "run"
+    argv = [str(a) for a in run_env["argv"](run_env["ckpt"], run_env["data"], out, run_env["cache"], iters=50)]
+    code = ("import os, signal, sys\n"
+            "import spt_adapter.training.train as tr\n"
+            "real = tr._Stepper.__call__\n"
+            "calls = []\n"
+            "def counted(self, *a, **k):\n"
+            "    calls.append(1)\n"
+            "    if len(calls) == 4:  # at the start of step 4: steps 1-3 are done\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    return real(self, *a, **k)\n"
+            "tr._Stepper.__call__ = counted\n"
+            "from spt_adapter.cli import main\n"
+            f"sys.exit(main({argv!r}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
+    assert "interrupted" in proc.stderr and "--resume" in proc.stderr
+    assert adapter_step(out / "spt_adapter.safetensors") == 3
+
+
+def test_b13_the_log_seconds_continue_across_resume(run_env, tmp_path, capsys):
+    """Before: every resumed call restarted the `seconds` column at 0."""
+    import json
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(run_env["run"], out)
+    first = json.loads((out / "train_log.json").read_text())["history"]
+    argv = run_env["argv"](run_env["ckpt"], run_env["data"], out, run_env["cache"], "--resume", "--log-every", 1,
+                           iters=4)
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
+    history = json.loads((out / "train_log.json").read_text())["history"]
+    seconds = [r["seconds"] for r in history if "seconds" in r]
+    assert [r["step"] for r in history if "seconds" in r][-2:] == [3, 4]
+    assert seconds == sorted(seconds) and seconds[-2] >= [r["seconds"] for r in first if "seconds" in r][-1]

@@ -10,6 +10,7 @@ output folder will not overwrite an earlier run) before any prior is computed or
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +220,34 @@ def _resolve_encoding(args) -> None:
     check_encoding_for_fusion(args.encoding, fusion)
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Inside this block SIGTERM (``kill``, a scheduler's timeout, ``docker stop``) stops the run as
+    Ctrl-C does: the steps since the last checkpoint are saved and the ``--resume`` hint printed.
+    (Only the main thread can set handlers; elsewhere nothing changes.)"""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args) -> int:
+    with sigterm_as_interrupt():
+        return _run(args)
+
+
+def _run(args) -> int:
     import torch
 
     from ..core.model import inject

@@ -637,7 +637,9 @@ def train_units(
         bar = tqdm(total=settings.iters, initial=start, desc="train SPT units", unit="step", dynamic_ncols=True)
 
     step = start
-    t0 = time.time()
+    # the log's "seconds" continue across resumes (training time so far, not time since this call)
+    done = [r["seconds"] for r in history if isinstance(r.get("seconds"), (int, float))]
+    t0 = time.time() - (done[-1] if done else 0.0)
     running, count = 0.0, 0
     val: dict[str, float] | None = None
     epoch = step // per_epoch
