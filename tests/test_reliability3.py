@@ -573,3 +573,33 @@ def test_b13_the_log_seconds_continue_across_resume(run_env, tmp_path, capsys):
     seconds = [r["seconds"] for r in history if "seconds" in r]
     assert [r["step"] for r in history if "seconds" in r][-2:] == [3, 4]
     assert seconds == sorted(seconds) and seconds[-2] >= [r["seconds"] for r in first if "seconds" in r][-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# C16. every bad option of the BasicSR test route is one line
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case,words", [
+    ("missing", "no such file"),
+    ("folder", "is a folder"),
+    ("list", "must hold a mapping"),
+    ("invalid", "is not valid YAML at line"),
+    ("spt5", "'spt' must be a mapping"),
+    ("nodatasets", "no test dataset"),
+])
+def test_c16_bad_basicsr_test_options_are_one_line(tmp_path, capsys, case, words):
+    """Before: FileNotFoundError / IsADirectoryError / AttributeError ('list' object has no attribute 'get')
+    / a YAML ScannerError / 'int' object has no attribute 'get' / BasicSR's KeyError: raw tracebacks."""
+    pytest.importorskip("basicsr.test")
+    from spt_adapter.integrations.basicsr.test import main as test_main
+
+    yml = tmp_path / "test.yml"
+    text = {"list": "- a\n- b\n", "invalid": "name: x\n  model_type: [unclosed\n",
+            "spt5": "name: x\nmodel_type: SPTSRModel\nspt: 5\ndatasets: {test_1: {name: a}}\n",
+            "nodatasets": "name: x\nmodel_type: SPTSRModel\nspt: {adapter: a.safetensors}\n"}.get(case)
+    if text is not None:
+        yml.write_text(text)
+    elif case == "folder":
+        yml.mkdir()
+    code = test_main(["-opt", str(yml)])
+    err = capsys.readouterr().err
+    assert code == 2 and words in _one_line_error(err)
