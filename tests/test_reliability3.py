@@ -603,3 +603,25 @@ def test_c16_bad_basicsr_test_options_are_one_line(tmp_path, capsys, case, words
     code = test_main(["-opt", str(yml)])
     err = capsys.readouterr().err
     assert code == 2 and words in _one_line_error(err)
+
+
+def test_c16_train_with_a_patch_below_the_window_is_one_line(run_env, tmp_path, capsys):
+    """Before: --patch 4 on SwinIR was a raw 'Padding size should be less than ...' traceback at step 1."""
+    argv = [str(a) for a in run_env["argv"](run_env["ckpt"], run_env["data"], tmp_path / "out", run_env["cache"])]
+    argv[argv.index("--patch") + 1] = "4"
+    code, _, err = _run(argv, capsys)
+    assert code == 1 and "--patch 4 gives 4-pixel LQ patches" in _one_line_error(err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_c16_eval_on_a_one_pixel_high_image_is_one_line_before_anything_is_written(run_env, tmp_path, capsys):
+    """Before: a raw ValueError from SSIM after the other images were scored."""
+    data = tmp_path / "val"
+    data.mkdir()
+    Image.open(run_env["data"] / "img0.png").save(data / "a.png")
+    Image.fromarray(np.zeros((1, 40, 3), np.uint8)).save(data / "thin.png")
+    out = tmp_path / "report"
+    code, _, err = _run(["eval", "--backbone", run_env["ckpt"], "--no-adapter", "--task", "denoise:25", "--data", data,
+                         "--out", out], capsys)
+    assert code == 1 and "thin.png is 40x1 pixels: too small to score" in _one_line_error(err)
+    assert not out.exists()

@@ -58,6 +58,27 @@ def _recorded(adapter_file: Path) -> dict:
     return read_adapter_config(adapter_file).prior or {}
 
 
+def _check_scoreable(images: list[Path], task: str) -> None:
+    """Every image is large enough to be scored (SSIM's 11x11 window after the SR border crop), checked
+    from the file headers before anything is written."""
+    from PIL import Image
+
+    from ..training.metrics import metric_settings
+
+    border = metric_settings(task)["crop_border"]
+    least = 11 + 2 * border
+    for path in images:
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+        except Exception:
+            continue  # unreadable: the dataset reports it by name
+        if min(w, h) < least:
+            raise SPTError(f"{path} is {w}x{h} pixels: too small to score (SSIM needs {least}x{least} or more"
+                           + (f" for {task}, whose {border}-pixel border is cropped" if border else "")
+                           + "); remove it from --data")
+
+
 def _foreign_tables(out: Path) -> list[str]:
     """``eval.md`` / ``eval.csv`` in ``out`` that an earlier eval did not write (a user's own notes)."""
     import re
@@ -112,6 +133,7 @@ def run(args) -> int:
                                      seed=args.seed, channels=args._channels, noise=args.noise)
     else:
         dataset = build_dataset(args, args.data, provider, prior_cache(args), train=False)
+    _check_scoreable(images, args.task)
     out.mkdir(parents=True, exist_ok=True)
     grey = ", grey" if args._channels == 1 else ""
     noise = f", noise {args.noise} seed {args.seed}" if args.task.startswith("denoise") else ""

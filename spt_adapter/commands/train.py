@@ -283,6 +283,12 @@ def _run(args) -> int:
     check_provider_args(args)
     model, default_targets, described = load_backbone_from_args(args, args.targets)
     check_task_scale(args.task, args._scale, described)
+    from ..training.restore import minimum_tile
+
+    least = minimum_tile(model, getattr(args, "_descriptor", None))
+    if args.patch // scale < least:
+        raise SPTError(f"--patch {args.patch} gives {args.patch // scale}-pixel LQ patches, smaller than this backbone "
+                       f"takes (its window / size multiple: {least}): use --patch {least * scale} or more")
     targets = list(args.targets) if args.targets else default_targets
     if not args.resume:
         inspect_targets(model, targets, args.exclude)  # a bad pattern fails here, named
