@@ -625,3 +625,30 @@ def test_c16_eval_on_a_one_pixel_high_image_is_one_line_before_anything_is_writt
                          "--out", out], capsys)
     assert code == 1 and "thin.png is 40x1 pixels: too small to score" in _one_line_error(err)
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# B14. temporary files a killed masks run left are removed by the next run
+# ---------------------------------------------------------------------------------------------
+def test_b14_masks_removes_stale_temporaries_of_its_own_naming_only(tmp_path, capsys):
+    """Before: `.<key>.sptc.<random>.tmp` files left by kill -9 during a write stayed forever."""
+    import os
+    import time
+
+    images = _mask_images(tmp_path / "imgs")
+    cache = tmp_path / "c"
+    code, _, err = _run(["masks", images, "--provider", "slic", "--cache", cache, "--no-progress"], capsys)
+    assert code == 0, err
+    entry = next(cache.rglob("*.sptc"))
+    stale = entry.parent / f".{entry.name}.k9x2ab.tmp"  # what atomic_write_bytes leaves when killed
+    stale.write_bytes(b"half an entry")
+    fresh = entry.parent / f".{entry.name}.q7zz01.tmp"  # a concurrent shard's write in progress
+    fresh.write_bytes(b"being written")
+    users = entry.parent / "notes.tmp"  # not our naming: never touched
+    users.write_bytes(b"mine")
+    an_hour_ago = time.time() - 3600
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    os.utime(users, (an_hour_ago, an_hour_ago))
+    code, _, err = _run(["masks", images, "--provider", "slic", "--cache", cache, "--no-progress"], capsys)
+    assert code == 0 and "removed 1 temporary file(s)" in err
+    assert not stale.exists() and fresh.exists() and users.read_bytes() == b"mine"

@@ -106,6 +106,10 @@ def run(args) -> int:
     num_shards, shard_index = shard_of(len(paths), args.num_shards, args.shard_index)
     mine = paths[shard_index::num_shards]
     cache = open_prior_cache(args.cache, "--cache")  # a file or a read-only folder: refused by name
+    # what a run killed mid-write (kill -9) left behind; a minute's margin spares concurrent shards' writes
+    stale = cache.remove_stale_temporaries(time.time() - 60)
+    if stale:
+        print(f"masks: removed {stale} temporary file(s) left by an interrupted run", file=sys.stderr)
     kind = getattr(provider, "model_type", None)
     what = f"{args.provider}" + (f" {kind}" if kind else "") + f", encoding {args.encoding}"
     if args.grey:
