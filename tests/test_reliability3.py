@@ -652,3 +652,30 @@ def test_b14_masks_removes_stale_temporaries_of_its_own_naming_only(tmp_path, ca
     code, _, err = _run(["masks", images, "--provider", "slic", "--cache", cache, "--no-progress"], capsys)
     assert code == 0 and "removed 1 temporary file(s)" in err
     assert not stale.exists() and fresh.exists() and users.read_bytes() == b"mine"
+
+
+# ---------------------------------------------------------------------------------------------
+# D17. a mistyped relative --adapter with the Hub out of reach
+# ---------------------------------------------------------------------------------------------
+def test_d17_a_missing_relative_adapter_says_no_local_folder_and_does_not_retry_for_25_s(tmp_path, monkeypatch):
+    """Before: 'runs/x' (no runs/ here) went to the Hub, which huggingface_hub retried five times with
+    back-off (~28 s to a refused port), and the message never mentioned the local path."""
+    import socket
+    import time
+
+    from spt_adapter.errors import AdapterFileError
+    from spt_adapter.files.hub import resolve_adapter_file
+
+    with socket.socket() as s:  # a port nothing listens on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.chdir(tmp_path)
+    t0 = time.perf_counter()
+    with pytest.raises(AdapterFileError, match=r"there is no local folder or file runs/x .*cannot be reached"):
+        resolve_adapter_file("runs/x")
+    assert time.perf_counter() - t0 < 10
