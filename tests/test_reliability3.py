@@ -679,3 +679,28 @@ def test_d17_a_missing_relative_adapter_says_no_local_folder_and_does_not_retry_
     with pytest.raises(AdapterFileError, match=r"there is no local folder or file runs/x .*cannot be reached"):
         resolve_adapter_file("runs/x")
     assert time.perf_counter() - t0 < 10
+
+
+# ---------------------------------------------------------------------------------------------
+# D18. a full disk at the first checkpoint promises nothing that does not exist
+# ---------------------------------------------------------------------------------------------
+def test_d18_full_disk_at_the_first_checkpoint_does_not_promise_a_resume(run_env, tmp_path):
+    """Before: 'the previous checkpoint there is intact (... continue with --resume)' with no checkpoint
+    there at all. The file-size limit makes the system refuse the first write as a full disk does (the
+    priors come from the fixture's cache, so the checkpoint is the first thing written)."""
+    import subprocess
+
+    out = tmp_path / "run"
+    argv = [str(a) for a in run_env["argv"](run_env["ckpt"], run_env["data"], out, run_env["cache"])]
+    code = ("import resource, signal, sys\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))\n"
+            "from spt_adapter.cli import main\n"
+            f"sys.exit(main({argv!r}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    (line,) = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert "Traceback" not in proc.stderr
+    assert "cannot write the checkpoint of step 2" in line and "no earlier checkpoint exists" in line
+    assert "--resume" not in line and "intact" not in line

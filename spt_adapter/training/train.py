@@ -552,6 +552,12 @@ class _Checkpointer:
                            "global_batch": settings.batch * self.info.world_size})
         # state first, then the delta: a crash in between leaves an older delta whose step differs,
         # which resume detects
+        previous = None
+        if (self.out / ADAPTER_FILENAME).is_file():
+            try:
+                previous = adapter_step(self.out / ADAPTER_FILENAME)
+            except SPTError:
+                previous = "?"
         try:
             save_state(self.out / STATE_FILE, self.optimizer, self.keys, step, settings,
                        {"world_size": self.info.world_size})
@@ -560,8 +566,13 @@ class _Checkpointer:
                          task=train_meta.get("task"))
             _write_logs(self.out, history, self.header)
         except OSError as exc:  # disk full, folder gone or read-only: every file is written atomically
+            if previous is None:  # nothing to resume from: say so rather than promise a checkpoint
+                raise SPTError(f"cannot write the checkpoint of step {step} in {self.out}: {exc.strerror or exc}; no "
+                               "earlier checkpoint exists there, so the run cannot be resumed: free space, then "
+                               "start it again") from None
             raise SPTError(f"cannot write the checkpoint of step {step} in {self.out}: {exc.strerror or exc}; the "
-                           f"previous checkpoint there is intact (free space, then continue with --resume)") from None
+                           f"previous checkpoint there (step {previous}) is intact (free space, then continue with "
+                           "--resume)") from None
         self.saved = step
         if final:
             with contextlib.suppress(Exception):  # the card is a courtesy; the delta is what matters
