@@ -75,3 +75,22 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def why_not_a_file(path: str | os.PathLike) -> str | None:
+    """None when ``path`` is a regular file (links followed), else why not, for a message: "does not
+    exist", "is a folder", or "is not a regular file (a pipe, socket or device)"."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    return "is not a regular file (a pipe, socket or device); checkpoints are files"
+

@@ -704,3 +704,30 @@ def test_d18_full_disk_at_the_first_checkpoint_does_not_promise_a_resume(run_env
     assert "Traceback" not in proc.stderr
     assert "cannot write the checkpoint of step 2" in line and "no earlier checkpoint exists" in line
     assert "--resume" not in line and "intact" not in line
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_d18_a_fifo_device_or_folder_as_backbone_is_named_as_such(tmp_path, capsys, kind):
+    """Before: a FIFO or /dev/zero given as --backbone 'does not exist'."""
+    import os
+
+    from spt_adapter.errors import BackboneError
+
+    if kind == "fifo":
+        path = tmp_path / "backbone.pth"
+        os.mkfifo(path)
+        words = "is not a regular file (a pipe, socket or device)"
+    elif kind == "device":
+        path = Path("/dev/zero")
+        words = "is not a regular file (a pipe, socket or device)"
+    else:
+        path = tmp_path / "weights"
+        path.mkdir()
+        words = "is a folder"
+    images = _mask_images(tmp_path / "imgs")
+    code, _, err = _run(["restore", images, "--backbone", path, "--no-adapter", "--out", tmp_path / "o",
+                         "--no-progress"], capsys)
+    line = _one_line_error(err)
+    assert code == 1 and words in line and "does not exist" not in line
+    with pytest.raises(BackboneError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        spt_adapter.load_backbone(path)

@@ -65,9 +65,12 @@ def load_backbone(path: str | os.PathLike, device: str | torch.device | None = N
     """
     from .manager import call_hook
 
+    from .._io import why_not_a_file
+
     path = Path(path)
-    if not path.is_file():
-        raise BackboneError(f"backbone checkpoint {path} does not exist or is not a file")
+    why = why_not_a_file(path)
+    if why:
+        raise BackboneError(f"backbone checkpoint {path} {why}")
     try:
         from spandrel import ModelLoader, UnsupportedModelError
     except ImportError:

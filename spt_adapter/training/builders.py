@@ -211,8 +211,11 @@ def load_backbone_from_args(args, targets: list[str] | None = None, require_targ
     path = args.backbone or args.weights
     if not path:
         raise SPTError("no backbone: pass --backbone CKPT (or --arch PRESET --weights PATH)")
-    if not Path(path).is_file():
-        raise SPTError(f"backbone checkpoint {path} does not exist")
+    from .._io import why_not_a_file
+
+    why = why_not_a_file(path)
+    if why:
+        raise SPTError(f"backbone checkpoint {path} {why}")
     bb = load_backbone(path)
     model, default = bb.model, list(bb.targets)
     args._claim = (bb.integration, bb.preset)
