@@ -731,3 +731,16 @@ def test_d18_a_fifo_device_or_folder_as_backbone_is_named_as_such(tmp_path, caps
     assert code == 1 and words in line and "does not exist" not in line
     with pytest.raises(BackboneError, match=words.replace("(", r"\(").replace(")", r"\)")):
         spt_adapter.load_backbone(path)
+
+
+def test_d18_resume_with_another_hidden_is_refused(run_env, tmp_path, capsys):
+    """Before: --resume --hidden 32 on a hidden-16 run silently continued with 16."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(run_env["run"], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    argv = run_env["argv"](run_env["ckpt"], run_env["data"], out, run_env["cache"], "--resume", "--hidden", 32, iters=3)
+    code, _, err = _run(argv, capsys)
+    assert code == 1 and "was trained with --hidden 16, not 32" in _one_line_error(err)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

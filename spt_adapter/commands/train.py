@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="modules to adapt (default: the preset of the plugin that claims the backbone)")
     parser.add_argument("--exclude", nargs="+", metavar="PATTERN", help="modules to leave out")
     parser.add_argument("--fusion", choices=FUSIONS, default=None, help=f"unit fusion (default: {DEFAULT_FUSION})")
-    parser.add_argument("--hidden", type=positive_int, default=16, help="prior-encoder width (default: 16)")
+    parser.add_argument("--hidden", type=positive_int, default=None, help="prior-encoder width (default: 16; "
+                        "--resume keeps the run's)")
     d = parser.add_argument_group("data")
     d.add_argument("--data", required=True, metavar="HQ_DIR", help="folder of clean (ground-truth) images")
     d.add_argument("--task", required=True, type=task_type, help="denoise:<sigma> or sr:<scale>")
@@ -126,6 +127,9 @@ def _resume_config_check(args, path: Path) -> None:
         raise SPTError(f"--resume: {path} was trained with targets {cfg.targets}, not {args.targets}")
     if args.fusion is not None and args.fusion != cfg.fusion:
         raise SPTError(f"--resume: {path} was trained with fusion {cfg.fusion!r}, not {args.fusion!r}")
+    if args.hidden is not None and args.hidden != cfg.hidden:  # the units exist: their width cannot change
+        raise SPTError(f"--resume: {path} was trained with --hidden {cfg.hidden}, not {args.hidden}; drop --hidden "
+                       "(or start a new run)")
     # adapters that record no encoding were made when "label" was the only default
     recorded = (cfg.prior or {}).get("encoding") or "label"
     if args.encoding is not None and args.encoding != recorded:
@@ -335,7 +339,7 @@ def _run(args) -> int:
                 student = {"in_channels": input_channels(model), "width": args.student_width,
                            "depth": args.student_depth}
             config = SPTConfig(
-                targets=targets, exclude=list(args.exclude or []), fusion=args.fusion or DEFAULT_FUSION, hidden=args.hidden,
+                targets=targets, exclude=list(args.exclude or []), fusion=args.fusion or DEFAULT_FUSION, hidden=args.hidden or 16,
                 prior_channels=encoding_channels(args.encoding), prior={**prior_meta, "channels": args._channels}, student=student,
                 integration=None if args.targets else args._claim[0], preset=None if args.targets else args._claim[1],
             )
