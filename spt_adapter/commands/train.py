@@ -127,8 +127,9 @@ def _resume_config_check(args, path: Path) -> None:
         raise SPTError(f"--resume: {path} was trained with targets {cfg.targets}, not {args.targets}")
     if args.fusion is not None and args.fusion != cfg.fusion:
         raise SPTError(f"--resume: {path} was trained with fusion {cfg.fusion!r}, not {args.fusion!r}")
-    if args.hidden is not None and args.hidden != cfg.hidden:  # the units exist: their width cannot change
-        raise SPTError(f"--resume: {path} was trained with --hidden {cfg.hidden}, not {args.hidden}; drop --hidden "
+    hidden = getattr(args, "hidden", None)
+    if hidden is not None and hidden != cfg.hidden:  # the units exist: their width cannot change
+        raise SPTError(f"--resume: {path} was trained with --hidden {cfg.hidden}, not {hidden}; drop --hidden "
                        "(or start a new run)")
     # adapters that record no encoding were made when "label" was the only default
     recorded = (cfg.prior or {}).get("encoding") or "label"
