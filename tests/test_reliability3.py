@@ -744,3 +744,29 @@ def test_d18_resume_with_another_hidden_is_refused(run_env, tmp_path, capsys):
     code, _, err = _run(argv, capsys)
     assert code == 1 and "was trained with --hidden 16, not 32" in _one_line_error(err)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+# ---------------------------------------------------------------------------------------------
+# E19. files that travel keep their record and say how to restore
+# ---------------------------------------------------------------------------------------------
+def test_e19_resaving_a_loaded_adapter_keeps_its_training_record_and_the_card_names_restore(run_env, tmp_path):
+    """Before: save_pretrained / save_adapter of a loaded adapter dropped the 'training' record (task,
+    data, steps), and the card's "how to load" never mentioned spt_adapter.restore."""
+    import json
+
+    from spt_adapter.files.format import read_adapter_header
+    from test_reliability import _swinir
+
+    original, _ = read_adapter_header(run_env["run"] / "spt_adapter.safetensors")
+    assert json.loads(original["training"])["step"] == 2
+    backbone = spt_adapter.load_backbone(run_env["ckpt"]).model
+    model = spt_adapter.load_adapter(backbone, run_env["run"] / "spt_adapter.safetensors")
+    model.save_pretrained(tmp_path / "shared")
+    again, _ = read_adapter_header(tmp_path / "shared" / "spt_adapter.safetensors")
+    assert again["training"] == original["training"]
+    card = (tmp_path / "shared" / "README.md").read_text()
+    assert "spt_adapter.restore(model, image)" in card and "step: 2" in card
+    # a fresh adapter records no training it never had
+    fresh = spt_adapter.inject(_swinir(), "layers.*.residual_group")
+    fresh.save_adapter(tmp_path / "fresh.safetensors")
+    assert "training" not in read_adapter_header(tmp_path / "fresh.safetensors")[0]

@@ -346,6 +346,9 @@ def adapter_metadata(model: SPTModel, adapter_name: str | None = None, backbone_
     if config.student is not None:
         meta[STUDENT_KEY] = json.dumps({"settings": config.student, "teacher": (config.prior or {}).get("teacher")},
                                        sort_keys=True)
+    recorded = getattr(model, "_spt_training_records", {}).get(adapter_name)
+    if recorded is not None and TRAINING_KEY not in (extra or {}):
+        meta[TRAINING_KEY] = recorded  # loaded from a file: its record is kept on a re-save
     for key, value in (extra or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise AdapterFileError(f"extra metadata must map strings to strings, got {key!r}: {type(value).__name__}")
@@ -672,6 +675,11 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
         raise AdapterFileError(f"the model already has an adapter named {adapter_name!r}; pass another adapter_name")
     tensors = read_unit_tensors(path)
     wrapped = add_adapter_with_tensors(model, adapter_name, config, names, channels or None, tensors, source=str(path))
+    # the file's training record (task, data, steps) goes along when the adapter is saved again
+    records = wrapped.__dict__.setdefault("_spt_training_records", {})
+    records.pop(adapter_name, None)
+    if TRAINING_KEY in meta:
+        records[adapter_name] = meta[TRAINING_KEY]
     if device is not None:
         wrapped.to(device)
     return wrapped
