@@ -770,3 +770,15 @@ def test_e19_resaving_a_loaded_adapter_keeps_its_training_record_and_the_card_na
     fresh = spt_adapter.inject(_swinir(), "layers.*.residual_group")
     fresh.save_adapter(tmp_path / "fresh.safetensors")
     assert "training" not in read_adapter_header(tmp_path / "fresh.safetensors")[0]
+
+
+def test_c16_train_with_world_size_2_and_no_master_addr_is_one_line(run_env, tmp_path, capsys, monkeypatch):
+    """Before: torch's env:// rendezvous raised a raw ValueError ('MASTER_ADDR expected')."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    code, _, err = _run(run_env["argv"](run_env["ckpt"], run_env["data"], tmp_path / "out", run_env["cache"]), capsys)
+    line = _one_line_error(err)
+    assert code == 1 and "MASTER_ADDR and MASTER_PORT are not set" in line and "torchrun" in line
+    assert not (tmp_path / "out").exists()

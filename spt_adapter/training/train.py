@@ -213,6 +213,11 @@ def init_distributed(device: str | torch.device | None = None) -> DistInfo:
         torch.cuda.set_device(dev)
     info = DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
     if world > 1 and not dist.is_initialized():
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
+        if missing:  # torch would raise a ValueError traceback (env:// rendezvous)
+            raise SPTError(f"WORLD_SIZE={world} asks for distributed training but {' and '.join(missing)} "
+                           f"{'is' if len(missing) == 1 else 'are'} not set: launch with torchrun (which sets them), "
+                           "or unset WORLD_SIZE/RANK for one process")
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
         info.initialized_here = True
     elif dist.is_initialized():
