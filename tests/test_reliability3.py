@@ -782,3 +782,21 @@ def test_c16_train_with_world_size_2_and_no_master_addr_is_one_line(run_env, tmp
     line = _one_line_error(err)
     assert code == 1 and "MASTER_ADDR and MASTER_PORT are not set" in line and "torchrun" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_d18_a_provider_flag_with_a_distilled_adapter_names_the_flag_not_the_python_api(tmp_path, capsys):
+    """Before: restore/eval --provider with a distilled adapter failed at the first image with the Python
+    API's text ("call model(x) without prior= and without use_prior()")."""
+    from test_reliability import _ckpt, _images, _train_argv
+
+    ckpt, data = _ckpt(tmp_path / "b.safetensors"), _images(tmp_path / "hq")
+    run = tmp_path / "run"
+    argv = _train_argv(ckpt, data, run, tmp_path / "pc", "--prior", "distilled", "--teacher", "slic",
+                       "--student-steps", "1", "--student-width", "4")
+    assert main([str(a) for a in argv]) == 0
+    capsys.readouterr()
+    for cmd in (["restore", data, "--out", tmp_path / "o"], ["eval", "--data", data, "--out", tmp_path / "e"]):
+        code, _, err = _run([*cmd, "--backbone", ckpt, "--adapter", run, "--provider", "slic", "--no-progress"], capsys)
+        line = _one_line_error(err)
+        assert code == 1 and "carries a distilled prior" in line and "drop --provider" in line
+        assert "model(x)" not in line and "use_prior" not in line

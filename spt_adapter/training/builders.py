@@ -139,7 +139,13 @@ def prior_flags(args, adapter_file) -> bool:
     cfg = read_adapter_config(adapter_file)
     named = (args.provider is not None or bool(args.sam_checkpoint) or args.segments is not None
              or bool(getattr(args, "provider_set", None)))
-    if not named and getattr(cfg, "student", None) is not None:
+    if getattr(cfg, "student", None) is not None:
+        if named:  # the student makes the prior; a provider's prior would be refused at the first image
+            given = [f for f, on in (("--provider", args.provider is not None), ("--sam-checkpoint", args.sam_checkpoint),
+                                     ("--segments", args.segments is not None),
+                                     ("--set", getattr(args, "provider_set", None))) if on]
+            raise SPTError(f"{adapter_file} carries a distilled prior (its student makes the prior from each input), so "
+                           f"it takes no mask provider: drop {', '.join(given)}")
         return False
     use_recorded_provider(args, (cfg.prior or {}).get("provider") or {}, adapter_file)
     if args.provider is None and not args.sam_checkpoint and not named:
