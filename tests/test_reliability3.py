@@ -800,3 +800,25 @@ def test_d18_a_provider_flag_with_a_distilled_adapter_names_the_flag_not_the_pyt
         line = _one_line_error(err)
         assert code == 1 and "carries a distilled prior" in line and "drop --provider" in line
         assert "model(x)" not in line and "use_prior" not in line
+
+
+def test_d18_the_framework_hash_hint_names_the_yaml_key_not_a_python_argument(tmp_path):
+    """Before: BasicSR/KAIR/Restormer runs were told to 'pass check_backbone_hash=False', which no YAML
+    key sets."""
+    pytest.importorskip("basicsr.archs.swinir_arch")
+    from basicsr.archs.swinir_arch import SwinIR
+
+    from spt_adapter.errors import BackboneHashMismatchError
+    from spt_adapter.integrations._netio import attach_units
+    from spt_adapter.integrations._options import parse_spt_block
+
+    net_opt = dict(upscale=2, in_chans=3, img_size=16, window_size=8, img_range=1.0, depths=[2], embed_dim=12,
+                   num_heads=[2], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv")
+    options = parse_spt_block({"fusion": "sft", "hidden": 8,
+                               "prior": {"cache_dir": None, "provider": "classical", "method": "slic"}})
+    torch.manual_seed(0)
+    adapter = spt_adapter.save_adapter(attach_units(SwinIR(**net_opt), options), tmp_path / "a.safetensors")
+    torch.manual_seed(1)
+    with pytest.raises(BackboneHashMismatchError, match="path.pretrain_network_g") as info:
+        attach_units(SwinIR(**net_opt), options, adapter=str(adapter), training=False)
+    assert "check_backbone_hash" not in str(info.value)
