@@ -822,3 +822,17 @@ def test_d18_the_framework_hash_hint_names_the_yaml_key_not_a_python_argument(tm
     with pytest.raises(BackboneHashMismatchError, match="path.pretrain_network_g") as info:
         attach_units(SwinIR(**net_opt), options, adapter=str(adapter), training=False)
     assert "check_backbone_hash" not in str(info.value)
+
+
+def test_a8_a_32_bit_integer_tiff_is_not_scaled_as_if_65535_were_white(tmp_path):
+    """Before: a 32-bit integer TIFF holding 0..255 was scaled by 255/65535 and read as black (and one
+    holding 0..65535 as full range), whatever its own white (2**32 - 1)."""
+    tifffile = pytest.importorskip("tifffile")
+    from spt_adapter.errors import ImageError
+    from spt_adapter.training.images import read_image
+
+    tifffile.imwrite(tmp_path / "scan.tif", (np.arange(30 * 40).reshape(30, 40) % 256).astype(np.uint32))
+    with pytest.raises(ImageError, match="32-bit integer image: its white is 4294967295"):
+        read_image(tmp_path / "scan.tif")
+    tifffile.imwrite(tmp_path / "ok16.tif", np.full((30, 40), 65535, np.uint16))
+    assert read_image(tmp_path / "ok16.tif").min() == 255  # 16-bit files: white is 65535

@@ -37,7 +37,13 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
         with Image.open(path) as opened:
             opened.load()
             im = ImageOps.exif_transpose(opened)  # a copy, turned as the EXIF orientation says
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            bits = _tiff_bits(opened)  # the file's tags (exif_transpose returns a plain copy)
+            if im.mode == "I" and bits is not None and bits > 16:
+                # 32-bit integers: white is 2**32 - 1, not 65535; scaling them as 16-bit read a 32-bit scan
+                # as black (or a dark one as bright), without a word
+                raise ImageError(f"{path}: {bits}-bit integer image: its white is {2 ** bits - 1}, not the 8- or "
+                                 "16-bit white spt-adapter reads; convert it to an 8- or 16-bit image first")
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # "I": 16-bit PNGs of older Pillow
                 arr = np.asarray(im).astype(np.uint16 if im.mode.startswith("I;16") else np.int64)
                 if arr.dtype != np.uint16:
                     if arr.min() < 0 or arr.max() > 65535:
@@ -56,6 +62,17 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: cannot be read as an image ({exc})") from exc
     return to_uint8_channels(arr, channels, name=str(path))
+
+
+def _tiff_bits(im) -> int | None:
+    """A TIFF's BitsPerSample (the first sample's), or None for other formats."""
+    tags = getattr(im, "tag_v2", None)
+    if tags is None:
+        return None
+    bits = tags.get(258)
+    if isinstance(bits, tuple):
+        bits = bits[0] if bits else None
+    return int(bits) if isinstance(bits, int) else None
 
 
 def list_images(inputs) -> list[Path]:
