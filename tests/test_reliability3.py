@@ -836,3 +836,22 @@ def test_a8_a_32_bit_integer_tiff_is_not_scaled_as_if_65535_were_white(tmp_path)
         read_image(tmp_path / "scan.tif")
     tifffile.imwrite(tmp_path / "ok16.tif", np.full((30, 40), 65535, np.uint16))
     assert read_image(tmp_path / "ok16.tif").min() == 255  # 16-bit files: white is 65535
+
+
+@pytest.mark.parametrize("flag,value,words", [("--batch", 2, "global batch of 1, not 2"), ("--seed", 5, "--seed 0, not 5")])
+def test_d18_resume_with_another_batch_or_seed_is_refused(run_env, tmp_path, capsys, flag, value, words):
+    """Before: --resume --batch 2 / --seed 5 continued the run with other samples and rewrote its record."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(run_env["run"], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    argv = [str(a) for a in run_env["argv"](run_env["ckpt"], run_env["data"], out, run_env["cache"], "--resume",
+                                            iters=3)]
+    if flag in argv:
+        argv[argv.index(flag) + 1] = str(value)
+    else:
+        argv += [flag, str(value)]
+    code, _, err = _run(argv, capsys)
+    assert code == 1 and words in _one_line_error(err)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

@@ -169,7 +169,18 @@ def _resume_provenance_check(args, path: Path, provider) -> None:
               ("--data", done.get("data"), str(args.data), _same_path),
               ("--lr", done.get("lr"), args.lr, float.__eq__),
               ("--schedule", done.get("schedule"), args.schedule, str.__eq__),
-              ("--patch", done.get("patch"), args.patch, int.__eq__)]
+              ("--patch", done.get("patch"), args.patch, int.__eq__),
+              ("--seed", done.get("seed"), args.seed, int.__eq__)]
+    # the samples each step draws depend on the global batch: another --batch (or process count) would
+    # continue another run under this one's record
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    global_batch = done.get("global_batch")
+    if isinstance(global_batch, int) and global_batch != args.batch * world:
+        raise SPTError(f"--resume: the run in {path.parent} was trained with a global batch of {global_batch}, not "
+                       f"{args.batch * world} (--batch {args.batch} x {world} process(es)); resume it with --batch "
+                       f"{max(global_batch // world, 1)}, or start a new run in another --out")
     for flag, was, now, same in checks:
         if was is not None and not same(type(now)(was), now):
             raise SPTError(f"--resume: the run in {path.parent} was trained with {flag} {was}, not {now}; resume it "
@@ -352,7 +363,7 @@ def _run(args) -> int:
             what = f"distilled prior, teacher {provider!r} on the clean images" if distilled else f"prior {provider!r}"
             print(f"data: {len(train_images)} image(s) in {args.data}, task {args.task}, {what}")
         info_meta: dict[str, Any] = {"task": args.task, "data": str(args.data), "patch": args.patch,
-                                     "backbone": described, "encoding": args.encoding}
+                                     "backbone": described, "encoding": args.encoding, "seed": args.seed}
         if getattr(args, "_iters_changes", None):
             info_meta["iters_changes"] = args._iters_changes  # an extended run says so in its header
         args._interrupt_hint = (f"the steps done are saved in {out}: continue with the same command and --resume"
