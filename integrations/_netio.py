@@ -25,7 +25,7 @@ from spt_adapter.core import keys
 from spt_adapter.core.model import SPTModel
 from spt_adapter.core.planning import input_channels
 from spt_adapter.errors import BackboneError as BackboneLoadError
-from spt_adapter.errors import ConfigError
+from spt_adapter.errors import BackboneHashMismatchError, ConfigError
 
 from ._options import SPTOptions
 
@@ -96,7 +96,12 @@ def attach_units(net: nn.Module, options: SPTOptions, adapter: str | None = None
     if adapter:
         if training:
             check_adapter_matches(adapter, options)
-        return spt_adapter.load_adapter(net, adapter, adapter_name=adapter_name, check_backbone_hash=check_backbone_hash)
+        try:
+            return spt_adapter.load_adapter(net, adapter, adapter_name=adapter_name,
+                                            check_backbone_hash=check_backbone_hash)
+        except BackboneHashMismatchError as exc:  # the API's override is a Python argument no YAML key sets
+            raise exc.with_override(f"{adapter} was trained on other backbone weights: point path.pretrain_network_g "
+                                    "(or spt.backbone) at the checkpoint the adapter was trained on") from None
     config = options.config
     if config.student is not None:  # the student reads what the network reads (1 channel for a grey DnCNN)
         config = dataclasses.replace(config, student={**config.student, "in_channels": input_channels(net)})

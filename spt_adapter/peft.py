@@ -183,6 +183,16 @@ class _SPTPeftConfigMethods:
         # validates the unit fields (ConfigError); the student's settings as SPTConfig keeps them (defaults filled)
         self.student = self.to_spt_config().student
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, **kwargs):
+        """PEFT's reader, after the checks every SPT file gets: a local ``adapter_config.json`` must be
+        strict JSON (no duplicate keys) of bounded size."""
+        folder = Path(str(pretrained_model_name_or_path))
+        local = (folder / subfolder if subfolder else folder) / PEFT_CONFIG_NAME
+        if local.is_file():
+            _read_peft_config_json(local)
+        return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+
     def to_spt_config(self, targets: list[str] | None = None) -> SPTConfig:
         return SPTConfig(targets=list(targets or []), **_unit_values(self))
 
@@ -572,8 +582,19 @@ class SPTPeftModel(BaseTuner):
         """PEFT's remapping, then a check that a distilled adapter's checkpoint holds its student (PEFT
         would only warn and leave the student at random init); on failure the adapter is removed again
         (the only one: the backbone gets its modules back) before the :class:`AdapterFileError`."""
+        from .files.format import check_unit_tensor_values
+
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         tuner = next((m for m in model.modules() if isinstance(m, SPTPeftModel)), None)
+        try:  # what load_adapter refuses (int tensors, NaN, Inf, absurd values) is refused here too
+            check_unit_tensor_values(state_dict, f"the PEFT checkpoint of adapter {adapter_name!r}")
+        except AdapterFileError:
+            if tuner is not None:
+                if list(tuner.peft_config) == [adapter_name]:
+                    tuner.unload()
+                else:
+                    tuner.delete_adapter(adapter_name)
+            raise
         if tuner is None or tuner.student(adapter_name) is None:
             return remapped
         marker = f"{_PEFT_STUDENTS}{adapter_name}."
@@ -647,27 +668,47 @@ def core_key_to_peft(key: str) -> str:
     return _PEFT_KEY_PREFIX + key.replace(_CORE_UNIT, _PEFT_UNIT, 1)
 
 
+def _read_peft_config_json(path: Path) -> Any:
+    """An ``adapter_config.json``: bounded size, strict JSON (no duplicate keys, no NaN)."""
+    from .files.format import MAX_HEADER_BYTES, strict_json
+
+    if path.stat().st_size > MAX_HEADER_BYTES:
+        raise AdapterFileError(f"{path} is {path.stat().st_size} bytes, beyond the {MAX_HEADER_BYTES}-byte limit of a "
+                               "config; not a PEFT adapter config")
+    data = strict_json(path.read_bytes(), str(path))
+    if not isinstance(data, dict):
+        raise AdapterFileError(f"{path} is not a JSON object")
+    return data
+
+
 def read_peft_folder(folder: str | os.PathLike) -> tuple[SPTPeftConfig, dict[str, torch.Tensor]]:
-    """The config and unit tensors (PEFT keys) of a PEFT SPT adapter folder."""
+    """The config and unit tensors (PEFT keys) of a PEFT SPT adapter folder, with the checks
+    ``load_adapter`` makes: strict JSON, header limits, floating-point, finite, sane tensors."""
     from safetensors import safe_open
+
+    from .files.format import check_tensor_entries, check_unit_tensor_values, read_safetensors_header
 
     folder = Path(folder)
     cfg_path, weights = folder / PEFT_CONFIG_NAME, folder / PEFT_WEIGHTS_NAME
     if not cfg_path.is_file() or not weights.is_file():
         raise AdapterFileError(f"{folder} is not a PEFT adapter folder (needs {PEFT_CONFIG_NAME} and {PEFT_WEIGHTS_NAME})")
-    try:
-        data = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise AdapterFileError(f"{cfg_path} is not valid JSON ({exc})") from None
+    data = _read_peft_config_json(cfg_path)
     if data.get("peft_type") != PEFT_TYPE_NAME:
         raise AdapterFileError(f"{folder} holds a PEFT {data.get('peft_type')!r} adapter, not an SPT one")
     known = {f.name for f in dataclasses.fields(SPTPeftConfig)}
-    config = SPTPeftConfig(**{k: v for k, v in data.items() if k in known and k != "peft_type"})
+    try:
+        config = SPTPeftConfig(**{k: v for k, v in data.items() if k in known and k != "peft_type"})
+    except ConfigError as exc:
+        raise AdapterFileError(f"{cfg_path}: {exc}") from None
+    header, data_size = read_safetensors_header(weights, "PEFT weights file")
+    header.pop("__metadata__", None)
+    check_tensor_entries(weights, header, data_size)
     try:
         with safe_open(str(weights), framework="pt", device="cpu") as fh:
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:
         raise AdapterFileError(f"{weights} is corrupt: {exc}") from None
+    check_unit_tensor_values(tensors, str(weights))
     return config, tensors
 
 
@@ -690,7 +731,7 @@ def load_peft_adapter(backbone: nn.Module, folder: str | os.PathLike, adapter_na
     The units are rebuilt with the core from the recorded widths (``unit_channels``); a folder
     without them gets one probe pass. On error ``backbone`` is left as it was.
     """
-    from .files.format import add_adapter_with_tensors
+    from .files.format import add_adapter_with_tensors, check_units_against_header
 
     config, tensors = read_peft_folder(folder)
     core = {peft_key_to_core(k): v for k, v in tensors.items()}
@@ -698,7 +739,13 @@ def load_peft_adapter(backbone: nn.Module, folder: str | os.PathLike, adapter_na
     channels = {n: int(c) for n, c in (config.unit_channels or {}).items() if n in names} or None
     if channels is not None and set(channels) != set(names):
         channels = None
-    return add_adapter_with_tensors(backbone, adapter_name, config.to_spt_config(names), names, channels, core,
+    spt_config = config.to_spt_config(names)
+    if not names:
+        raise AdapterFileError(f"{folder}: the PEFT weights hold no SPT unit tensors")
+    # the tensors are exactly what the config's units have (shapes too), before anything is built
+    fp = {"targets": [{"path": n, **({"channels": channels[n]} if channels else {})} for n in names]}
+    check_units_against_header(folder, spt_config, fp, {k: {"shape": list(v.shape)} for k, v in core.items()})
+    return add_adapter_with_tensors(backbone, adapter_name, spt_config, names, channels, core,
                                     source=str(folder), example_input=example_input)
 
 
@@ -724,18 +771,26 @@ def spt_to_peft(path: str | os.PathLike, folder: str | os.PathLike) -> Path:
     Needs no backbone: targets and unit widths come from the file's fingerprint. A distilled
     adapter's student (config and tensors) goes along.
     """
-    from safetensors import safe_open
     from safetensors.torch import save as safetensors_save
 
-    from .files.format import read_adapter_config, read_adapter_header
+    from .files.format import (
+        _fingerprint_is_well_formed,
+        check_units_against_header,
+        read_adapter_config,
+        read_adapter_header,
+        read_unit_tensors,
+        strict_json,
+    )
 
-    meta, _ = read_adapter_header(path)
+    meta, entries = read_adapter_header(path)
     config = read_adapter_config(path)
-    fingerprint = json.loads(meta["fingerprint"])
+    fingerprint = strict_json(meta["fingerprint"], f"{path}: metadata 'fingerprint'")
+    if not _fingerprint_is_well_formed(fingerprint):
+        raise AdapterFileError(f"{path}: metadata 'fingerprint' is malformed")
+    check_units_against_header(path, config, fingerprint, entries)
     names = [t["path"] for t in fingerprint["targets"]]
     channels = {t["path"]: int(t["channels"]) for t in fingerprint["targets"] if "channels" in t}
-    with safe_open(str(path), framework="pt", device="cpu") as fh:
-        tensors = {core_key_to_peft(k): fh.get_tensor(k).contiguous() for k in fh.keys()}
+    tensors = {core_key_to_peft(k): v.contiguous() for k, v in read_unit_tensors(path).items()}
     peft_config = SPTPeftConfig.from_spt_config(config, names, channels if len(channels) == len(names) else None)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -221,8 +221,10 @@ def test_a_provider_raising_in_generate_is_named_and_others_still_work(folder, t
     registered("generate")
     registered("ok")
     cache = tmp_path / "c"
-    assert main(["masks", str(folder), "--provider", "test-generate", "--cache", str(cache), "--no-progress"]) == 0
+    # failing on every image is the provider's fault, not the images': exit 1 with the count (issue 19)
+    assert main(["masks", str(folder), "--provider", "test-generate", "--cache", str(cache), "--no-progress"]) == 1
     err = capsys.readouterr().err
+    assert "the provider failed on every image it ran on (3 of 3)" in err
     assert "failed 3" in err and err.count("provider 'test-generate' (plugin 'plugin-generate') failed: "
                                            "ValueError: segmenter exploded") == 3, err
     assert main(["masks", str(folder), "--provider", "test-generate", "--cache", str(cache), "--no-progress", "--strict"]) == 1

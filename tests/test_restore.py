@@ -248,7 +248,7 @@ def test_restore_skip_existing_strict_and_stale_temporaries(setup, tmp_path, cap
     assert "1 restored, 1 skipped" in capsys.readouterr().err
     assert (out / "a.png").stat().st_mtime_ns == stamp and (out / "b.png").is_file()
     assert not list(out.glob(".*.tmp"))
-    assert _restore(setup, out, "--no-adapter", "--strict") == 1
+    assert _restore(setup, out, "--no-adapter", "--strict", "--overwrite") == 1
     assert "broken.png" in capsys.readouterr().err
 
 

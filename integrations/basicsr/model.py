@@ -22,6 +22,7 @@ validation through ``basicsr.metrics`` — is BasicSR's own code):
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import OrderedDict
 from os import path as osp
@@ -150,12 +151,36 @@ class SPTSRModel(SRModel):
             self.log_dict["l_distill"] = distill
 
     def test(self):
-        if self._distilled():  # the student makes the prior from lq
-            super().test()
-            return
-        net = self.net_g_ema if hasattr(self, "net_g_ema") else bare(self.net_g)
-        with net.use_prior(self.prior):
-            super().test()
+        """SRModel.test on ``lq`` reflect-padded to the backbone's size multiple (SwinIR/HAT window), as
+        BasicSR's own SwinIRModel does, the prior padded alike (edge-replicated, as ``restore`` does);
+        the output is cropped back."""
+        from torch.nn import functional as F
+
+        from spt_adapter.training.restore import size_multiple
+
+        lq, prior = self.lq, getattr(self, "prior", None)
+        h, w = lq.shape[-2:]
+        # basicsr's SwinIR keeps its window only in the options (no window_size attribute on the net)
+        window = self.opt["network_g"].get("window_size") or 1
+        multiple = math.lcm(size_multiple(bare(self.net_g)), *(window if isinstance(window, (list, tuple)) else [window]))
+        ph, pw = (-h) % multiple, (-w) % multiple
+        if ph or pw:
+            self.lq = F.pad(lq, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+            if prior is not None and not self._distilled():
+                k = prior.shape[-2] // h
+                self.prior = F.pad(prior.float(), (0, pw * k, 0, ph * k), mode="replicate")
+        try:
+            if self._distilled():  # the student makes the prior from lq
+                super().test()
+            else:
+                net = self.net_g_ema if hasattr(self, "net_g_ema") else bare(self.net_g)
+                with net.use_prior(self.prior):
+                    super().test()
+        finally:
+            self.lq, self.prior = lq, prior
+        if ph or pw:
+            s = self.output.shape[-2] // (h + ph)
+            self.output = self.output[..., : h * s, : w * s]
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save(self, epoch, current_iter):

@@ -33,12 +33,40 @@ def test(root_path: str | None = None) -> None:
 
 
 def check_test_options(path: str) -> None:
-    """What test.py would otherwise find late or never: an SPT model without an adapter tests the
-    identity units (the frozen backbone) and says nothing."""
+    """What test.py would otherwise find late or never, or report as a raw traceback: a YAML file that is
+    missing, a folder, not YAML or not a mapping; an ``spt`` block or ``datasets`` that are not mappings;
+    no test dataset; an SPT model without an adapter (it would test the identity units, the frozen
+    backbone, and say nothing)."""
     import yaml
 
-    with open(path, encoding="utf-8") as fh:
-        opt = yaml.safe_load(fh) or {}
+    where = f"-opt {path}"
+    if not osp.exists(path):
+        raise ConfigError(f"{where}: no such file (pass BasicSR's test options YAML, e.g. "
+                          "examples/basicsr/test_spt_swinir_x2.yml)")
+    if not osp.isfile(path):
+        raise ConfigError(f"{where} is a folder, not a YAML file: pass the options file itself")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            opt = yaml.safe_load(fh)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} is not a text (YAML) file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{where} is not valid YAML{at}: {problem}") from None
+    if not isinstance(opt, dict):
+        raise ConfigError(f"{where} must hold a mapping of options (name:, model_type:, datasets:, ...), "
+                          f"got {type(opt).__name__ if opt is not None else 'an empty file'}")
+    if "spt" in opt and opt["spt"] is not None and not isinstance(opt["spt"], dict):
+        raise ConfigError(f"{where}: 'spt' must be a mapping (adapter:, ...), got {type(opt['spt']).__name__} "
+                          f"{opt['spt']!r}")
+    datasets = opt.get("datasets")
+    if not isinstance(datasets, dict) or not datasets:
+        raise ConfigError(f"{where}: no test dataset: add a 'datasets:' mapping with at least one test_<n>: entry")
+    bad = [k for k, v in datasets.items() if not isinstance(v, dict)]
+    if bad:
+        raise ConfigError(f"{where}: datasets.{bad[0]} must be a mapping (name:, type:, dataroot_gt:, ...)")
     if opt.get("model_type") == "SPTSRModel" and not (opt.get("spt") or {}).get("adapter"):
         raise ConfigError(f"{path}: testing SPTSRModel needs spt.adapter (the delta to test, e.g. "
                           "experiments/<name>/models/net_g_latest.safetensors)")

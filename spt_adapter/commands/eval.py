@@ -78,6 +78,45 @@ def _recorded(adapter_file: Path) -> dict:
     return read_adapter_config(adapter_file).prior or {}
 
 
+def _check_scoreable(images: list[Path], task: str) -> None:
+    """Every image is large enough to be scored (SSIM's 11x11 window after the SR border crop), checked
+    from the file headers before anything is written."""
+    from PIL import Image
+
+    from ..training.metrics import metric_settings
+
+    border = metric_settings(task)["crop_border"]
+    least = 11 + 2 * border
+    for path in images:
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+        except Exception:
+            continue  # unreadable: the dataset reports it by name
+        if min(w, h) < least:
+            raise SPTError(f"{path} is {w}x{h} pixels: too small to score (SSIM needs {least}x{least} or more"
+                           + (f" for {task}, whose {border}-pixel border is cropped" if border else "")
+                           + "); remove it from --data")
+
+
+def _foreign_tables(out: Path) -> list[str]:
+    """``eval.md`` / ``eval.csv`` in ``out`` that an earlier eval did not write (a user's own notes)."""
+    import re
+
+    found = []
+    for name, ours in (("eval.md", re.compile(r"(denoise|sr):\S+: PSNR \(dB\) / SSIM, ")),
+                       ("eval.csv", re.compile(r"image,backbone_psnr,"))):
+        path = out / name
+        if path.is_file():
+            try:
+                head = path.read_bytes()[:200].decode("utf-8", "replace")
+            except OSError:
+                head = ""
+            if not ours.match(head):
+                found.append(name)
+    return found
+
+
 def run(args) -> int:
     from ..training.evaluate import evaluate
 
@@ -85,6 +124,10 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path(f"eval_{Path(args.data).resolve().name}")
     if out.exists() and not out.is_dir():
         raise SPTError(f"--out {out} is a file; eval writes a folder (eval.md, eval.csv, crops): pass a folder")
+    foreign = _foreign_tables(out)
+    if foreign:
+        raise SPTError(f"--out {out} holds {', '.join(foreign)} that spt-adapter eval did not write; eval would replace "
+                       "it: choose another --out or move the file")
     if args.no_adapter and args.adapter:
         raise SPTError("--no-adapter scores the backbone alone: drop --adapter (or --no-adapter)")
     if not args.no_adapter and not args.adapter:
@@ -116,6 +159,7 @@ def run(args) -> int:
                                      seed=args.seed, channels=args._channels, noise=args.noise, upsampled=upsampled)
     else:
         dataset = build_dataset(args, args.data, provider, prior_cache(args), train=False)
+    _check_scoreable(images, args.task)
     out.mkdir(parents=True, exist_ok=True)
     grey = ", grey" if args._channels == 1 else ""
     noise = f", noise {args.noise} seed {args.seed}" if args.task.startswith("denoise") else ""

@@ -60,13 +60,25 @@ def shard_of(n_items: int, num_shards: int | None, shard_index: int | None, env=
     from ..errors import ConfigError
 
     env = os.environ if env is None else env
+
+    def from_env(name: str, default: str) -> int:
+        text = str(env.get(name, default) or default).strip()
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"the environment variable {name}={env.get(name)!r} is not an integer (a launcher sets it: "
+                              f"unset it, or pass --num-shards/--shard-index)") from None
+
     if num_shards is None:
-        num_shards = int(env.get("WORLD_SIZE", "1") or 1)
+        num_shards = from_env("WORLD_SIZE", "1")
         if shard_index is None:
-            shard_index = int(env.get("RANK", "0") or 0)
+            shard_index = from_env("RANK", "0")
     if shard_index is None:
         shard_index = 0
-    if num_shards < 1 or not (0 <= shard_index < num_shards):
+    if num_shards < 1:
+        raise ConfigError(f"--num-shards must be at least 1 (the number of shards the image list is split into), got "
+                          f"{num_shards}")
+    if not (0 <= shard_index < num_shards):
         raise ConfigError(f"--shard-index must be in 0..{num_shards - 1} for --num-shards {num_shards}, got {shard_index}")
     return num_shards, shard_index
 
@@ -106,6 +118,10 @@ def run(args) -> int:
     num_shards, shard_index = shard_of(len(paths), args.num_shards, args.shard_index)
     mine = paths[shard_index::num_shards]
     cache = open_prior_cache(args.cache, "--prior-cache")  # a file or a read-only folder: refused by name
+    # what a run killed mid-write (kill -9) left behind; a minute's margin spares concurrent shards' writes
+    stale = cache.remove_stale_temporaries(time.time() - 60)
+    if stale:
+        print(f"masks: removed {stale} temporary file(s) left by an interrupted run", file=sys.stderr)
     kind = getattr(provider, "model_type", None)
     what = f"{args.provider}" + (f" {kind}" if kind else "") + f", encoding {args.encoding}"
     if args.grey:
@@ -115,7 +131,7 @@ def run(args) -> int:
     shard = f" (shard {shard_index}/{num_shards}: {len(mine)} of {len(paths)} images)" if num_shards > 1 else ""
     print(f"masks: {len(mine)} image(s){shard}, {what} -> {cache.root}", file=sys.stderr)
 
-    counts = {"computed": 0, "reused": 0, "re-encoded": 0, "failed": 0}
+    counts = {"computed": 0, "reused": 0, "re-encoded": 0, "failed": 0, "provider": 0}
     failures: list[tuple[str, str]] = []
     t0 = time.perf_counter()
     bar = tqdm(total=len(mine), unit="img", disable=args.no_progress, dynamic_ncols=True, file=sys.stderr)
@@ -134,15 +150,20 @@ def run(args) -> int:
                     flush([one])
                 return
             counts["failed"] += 1
+            counts["provider"] += 1
             failures.append((str(batch[0][0]), str(exc)))
             bar.update(1)
             return
+        except OSError as exc:  # full disk, a cache folder gone: no image's fault, the same for every image
+            raise SPTError(f"cannot write the prior cache {cache.root}: {exc.strerror or exc} ({counts['computed']} "
+                           "computed before it are kept; free space, then rerun to continue)") from None
         except Exception as exc:  # one bad image in a batch: retry one by one to isolate it
             if len(batch) > 1:
                 for one in batch:
                     flush([one])
                 return
             counts["failed"] += 1
+            counts["provider"] += 1
             failures.append((str(batch[0][0]), f"{type(exc).__name__}: {exc}"))
             bar.update(1)
             return
@@ -180,4 +201,9 @@ def run(args) -> int:
         print(f"  {cache.stats['corrupt']} corrupt cache entr(y/ies) were recomputed", file=sys.stderr)
     if cache.stats["old_format"]:
         print(f"  {cache.stats['old_format']} cache entr(y/ies) of an older cache format were recomputed", file=sys.stderr)
+    if counts["provider"] and not (counts["computed"] or counts["reused"]):
+        # the provider failed on every image it was given: its settings or installation, not the images
+        print(f"masks: error: the provider failed on every image it ran on ({counts['provider']} of "
+              f"{counts['provider']}): its settings or installation fail, not the images (exit 1)", file=sys.stderr)
+        return 1
     return 1 if (args.strict and failures) else 0

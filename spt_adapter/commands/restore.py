@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--out", required=True, metavar="DIR", help="output folder (created with its parents)")
     o.add_argument("--skip-existing", action="store_true", help="skip inputs whose output PNG exists (rerun after "
                    "an interruption)")
+    o.add_argument("--overwrite", action="store_true", help="replace outputs that already exist in --out (default: "
+                   "refuse before any work; --skip-existing keeps them)")
     o.add_argument("--allow-out-in-input", action="store_true",
                    help="allow --out to be (inside) a folder given as INPUT or the folder of an input file")
     o.add_argument("--strict", action="store_true", help="stop with exit status 1 at the first unreadable input "
@@ -176,7 +178,7 @@ def _model(args):
 
 
 def _check_tiling(args, model, descriptor, device) -> None:
-    from ..training.restore import default_overlap, minimum_tile
+    from ..training.restore import check_tile_stride, default_overlap, minimum_tile
 
     if args.half:
         if not str(device).startswith("cuda"):
@@ -196,6 +198,10 @@ def _check_tiling(args, model, descriptor, device) -> None:
     if args.tile <= overlap:
         raise SPTError(f"--tile {args.tile} must be larger than the tile overlap {overlap}: use --tile {overlap + 1} "
                        "or more, or a smaller --tile-overlap")
+    check_tile_stride(args.tile, overlap, "--tile")
+    if overlap == 0:
+        print("restore: warning: --tile-overlap 0 leaves visible seams where tiles meet (each tile's border "
+              "sees no context); the default overlap avoids them", file=sys.stderr)
     if args.tile_blend is not None and args.tile_blend > overlap:
         raise SPTError(f"--tile-blend {args.tile_blend} exceeds the tile overlap {overlap}")
 
@@ -215,7 +221,15 @@ def run(args) -> int:
     targets = output_paths(paths, folders, out, args.allow_out_in_input)
     from ._deploy import check_exported_tiling, exported_model, shard
 
+    # this process's share first: another shard's finished outputs are not this run's to refuse
     paths, targets, shard_note = shard(paths, targets, args)
+    if args.skip_existing and args.overwrite:
+        raise SPTError("--skip-existing keeps existing outputs, --overwrite replaces them: pass one of them")
+    existing = [t.name for t in targets if t.exists()]
+    if existing and not (args.skip_existing or args.overwrite):
+        shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise SPTError(f"--out {out} already holds {len(existing)} of the outputs ({shown}); pass --skip-existing to "
+                       "keep them, --overwrite to replace them, or choose another --out")
     if args.backbone and exported_format(args.backbone):  # an `spt-adapter export` file
         model, described, source, device = exported_model(args)
         descriptor, restore = None, restore_exported  # type: ignore[assignment]
@@ -233,15 +247,18 @@ def run(args) -> int:
     print(f"restore: {len(paths)} image(s){shard_note} -> {out}; {described}; prior: {source.described}; {grey}; {tiling}; "
           f"{device}", file=sys.stderr)
     info = RestoreInfo()
-    done, skipped, failed = 0, 0, []
+    done, skipped, failed, redone = 0, 0, [], []
     t0 = time.perf_counter()
     bar = tqdm(total=len(paths), unit="img", disable=args.no_progress, dynamic_ncols=True, file=sys.stderr)
     try:
         for path, target in zip(paths, targets, strict=True):
             if args.skip_existing and target.is_file():
-                skipped += 1
-                bar.update(1)
-                continue
+                reason = _unfinished_output(target, path, getattr(descriptor, "scale", None))
+                if reason is None:
+                    skipped += 1
+                    bar.update(1)
+                    continue
+                redone.append((target, reason))
             try:
                 image = read_image(path, args._channels)
             except SPTError as exc:
@@ -262,7 +279,35 @@ def run(args) -> int:
           f"(prior {info.prior_seconds:.1f}s, network {info.network_seconds:.1f}s)", file=sys.stderr)
     for path, reason in failed:
         print(f"  unreadable: {path}: {reason}", file=sys.stderr)
+    for target, reason in redone:
+        print(f"  redone (--skip-existing found an unfinished output): {target}: {reason}", file=sys.stderr)
     return 0
+
+
+def _unfinished_output(target: Path, source: Path, scale: int | None) -> str | None:
+    """Why an existing output cannot count as finished (it does not decode, or is not the input's size
+    times ``scale`` when that is known), or None when it can be skipped."""
+    from PIL import Image
+
+    try:
+        with Image.open(target) as im:
+            im.load()
+            got = im.size
+    except Exception as exc:  # truncated, empty, not an image
+        return f"it does not decode ({type(exc).__name__}: {exc})"
+    if not scale:
+        return None
+    try:
+        with Image.open(source) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # read_image turns these by 90 degrees
+                w, h = h, w
+    except Exception:
+        return None  # the input itself is unreadable: it is reported as such when read
+    want = (w * int(scale), h * int(scale))
+    if got != want:
+        return f"it is {got[0]}x{got[1]}, not the {want[0]}x{want[1]} the input restores to"
+    return None
 
 
 def _restore_one(restore, model, image, source, args, descriptor, info):

@@ -10,6 +10,7 @@ output folder will not overwrite an earlier run) before any prior is computed or
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="modules to adapt (default: the preset of the plugin that claims the backbone)")
     parser.add_argument("--exclude", nargs="+", metavar="PATTERN", help="modules to leave out")
     parser.add_argument("--fusion", choices=FUSIONS, default=None, help=f"unit fusion (default: {DEFAULT_FUSION})")
-    parser.add_argument("--hidden", type=positive_int, default=16, help="prior-encoder width (default: 16)")
+    parser.add_argument("--hidden", type=positive_int, default=None, help="prior-encoder width (default: 16; "
+                        "--resume keeps the run's)")
     d = parser.add_argument_group("data")
     d.add_argument("--data", required=True, metavar="HQ_DIR", help="folder of clean (ground-truth) images")
     d.add_argument("--task", required=True, type=task_type, help="denoise:<sigma> or sr:<scale>")
@@ -94,16 +96,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_out(args) -> Path:
     from ..files.format import ADAPTER_FILENAME
-    from ..training.train import LOG_CSV, LOG_JSON, STATE_FILE
+    from ..training.train import STATE_FILE
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise SPTError(f"--out {out} exists and is not a folder")
     has_run = (out / ADAPTER_FILENAME).exists()
     if out.is_dir() and not has_run:
-        # a run that stopped before its first checkpoint leaves only its logs and state; anything
-        # else is someone's files, which the run's files (README.md above all) would overwrite
-        ours = {STATE_FILE, LOG_CSV, LOG_JSON}
+        # a run that stopped before its first checkpoint leaves only its state (written before the
+        # adapter; the logs come after it): logs without an adapter, and anything else, are someone's
+        # files, which the run's files (README.md above all) would overwrite
+        ours = {STATE_FILE}
         foreign = sorted(p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(f".{ADAPTER_FILENAME}."))
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
@@ -113,7 +116,20 @@ def _check_out(args) -> Path:
         raise SPTError(f"--resume: {out} holds no {ADAPTER_FILENAME} to resume from")
     if has_run and not args.resume:
         raise SPTError(f"{out} already holds a trained adapter; pass --resume to continue it or choose another --out")
+    card = out / "README.md"
+    if has_run and card.is_file() and not _is_model_card(card):
+        raise SPTError(f"--resume: {card} is not this run's model card (someone's own README.md); the run would replace "
+                       "it at the end: move it out of --out first")
     return out
+
+
+def _is_model_card(path: Path) -> bool:
+    """Whether ``path`` is a model card spt-adapter wrote (its front matter names the library)."""
+    try:
+        head = path.read_bytes()[:4096].decode("utf-8", "replace")
+    except OSError:
+        return False
+    return head.startswith("---") and "library_name: spt-adapter" in head
 
 
 def _resume_config_check(args, path: Path) -> None:
@@ -133,6 +149,10 @@ def _resume_config_check(args, path: Path) -> None:
         raise SPTError(f"--resume: {path} was trained with targets {cfg.targets}, not {args.targets}")
     if args.fusion is not None and args.fusion != cfg.fusion:
         raise SPTError(f"--resume: {path} was trained with fusion {cfg.fusion!r}, not {args.fusion!r}")
+    hidden = getattr(args, "hidden", None)
+    if hidden is not None and hidden != cfg.hidden:  # the units exist: their width cannot change
+        raise SPTError(f"--resume: {path} was trained with --hidden {cfg.hidden}, not {hidden}; drop --hidden "
+                       "(or start a new run)")
     # adapters that record no encoding were made when "label" was the only default
     recorded = (cfg.prior or {}).get("encoding") or "label"
     if args.encoding is not None and args.encoding != recorded:
@@ -183,7 +203,18 @@ def _resume_provenance_check(args, path: Path, provider) -> None:
               ("--data", done.get("data"), str(args.data), _same_path),
               ("--lr", done.get("lr"), args.lr, float.__eq__),
               ("--schedule", done.get("schedule"), args.schedule, str.__eq__),
-              ("--patch", done.get("patch"), args.patch, int.__eq__)]
+              ("--patch", done.get("patch"), args.patch, int.__eq__),
+              ("--seed", done.get("seed"), args.seed, int.__eq__)]
+    # the samples each step draws depend on the global batch: another --batch (or process count) would
+    # continue another run under this one's record
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    global_batch = done.get("global_batch")
+    if isinstance(global_batch, int) and global_batch != args.batch * world:
+        raise SPTError(f"--resume: the run in {path.parent} was trained with a global batch of {global_batch}, not "
+                       f"{args.batch * world} (--batch {args.batch} x {world} process(es)); resume it with --batch "
+                       f"{max(global_batch // world, 1)}, or start a new run in another --out")
     for flag, was, now, same in checks:
         if was is not None and not same(type(now)(was), now):
             raise SPTError(f"--resume: the run in {path.parent} was trained with {flag} {was}, not {now}; resume it "
@@ -261,7 +292,34 @@ def _resolve_encoding(args) -> None:
     check_encoding_for_fusion(args.encoding, fusion)
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Inside this block SIGTERM (``kill``, a scheduler's timeout, ``docker stop``) stops the run as
+    Ctrl-C does: the steps since the last checkpoint are saved and the ``--resume`` hint printed.
+    (Only the main thread can set handlers; elsewhere nothing changes.)"""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args) -> int:
+    with sigterm_as_interrupt():
+        return _run(args)
+
+
+def _run(args) -> int:
     import torch
 
     from ..core.config import SPTConfig
@@ -296,6 +354,12 @@ def run(args) -> int:
     check_provider_args(args)
     model, default_targets, described = load_backbone_from_args(args, args.targets)
     check_task_scale(args.task, args._scale, described)
+    from ..training.restore import minimum_tile
+
+    least = minimum_tile(model, getattr(args, "_descriptor", None))
+    if args.patch // scale < least:
+        raise SPTError(f"--patch {args.patch} gives {args.patch // scale}-pixel LQ patches, smaller than this backbone "
+                       f"takes (its window / size multiple: {least}): use --patch {least * scale} or more")
     targets = list(args.targets) if args.targets else default_targets
     if not args.resume:
         inspect_targets(model, targets, args.exclude)  # a bad pattern fails here, named
@@ -342,7 +406,7 @@ def run(args) -> int:
                 student = {"in_channels": input_channels(model), "width": args.student_width,
                            "depth": args.student_depth}
             config = SPTConfig(
-                targets=targets, exclude=list(args.exclude or []), fusion=args.fusion or DEFAULT_FUSION, hidden=args.hidden,
+                targets=targets, exclude=list(args.exclude or []), fusion=args.fusion or DEFAULT_FUSION, hidden=args.hidden or 16,
                 prior_channels=encoding_channels(args.encoding), prior={**prior_meta, "channels": args._channels}, student=student,
                 integration=None if args.targets else args._claim[0], preset=None if args.targets else args._claim[1],
             )
@@ -355,7 +419,7 @@ def run(args) -> int:
             what = f"distilled prior, teacher {provider!r} on the clean images" if distilled else f"prior {provider!r}"
             print(f"data: {len(train_images)} image(s) in {args.data}, task {args.task}, {what}")
         info_meta: dict[str, Any] = {"task": args.task, "data": str(args.data), "patch": args.patch,
-                                     "backbone": described, "encoding": args.encoding}
+                                     "backbone": described, "encoding": args.encoding, "seed": args.seed}
         if getattr(args, "_iters_changes", None):
             info_meta["iters_changes"] = args._iters_changes  # an extended run says so in its header
         args._interrupt_hint = (f"the steps done are saved in {out}: continue with the same command and --resume"

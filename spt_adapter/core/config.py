@@ -34,6 +34,11 @@ def _as_pattern_list(value: Any, name: str) -> list[str]:
     return list(value)
 
 
+#: upper bounds of the unit sizes: typical units are hidden 16-64, depth 2-4; hidden 100000 would ask
+#: for 10^10 weights per layer (an out-of-memory traceback, or hours) instead of an answer
+UNIT_LIMITS = {"hidden": 4096, "depth": 64, "prior_channels": 4096}
+
+
 @dataclass
 class SPTConfig:
     """Hyper-parameters of the SPT units of one adapter.
@@ -78,6 +83,9 @@ class SPTConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            if value > UNIT_LIMITS[name]:
+                raise ConfigError(f"{name} {value} is beyond the {UNIT_LIMITS[name]} an SPT unit can use (a unit's "
+                                  f"weights grow with its square): pick a {name} of at most {UNIT_LIMITS[name]}")
         if self.fusion == "pool" and self.prior_resize != "nearest":
             raise ConfigError("fusion='pool' reads region ids from a label map: prior_resize must be 'nearest'")
         if self.fusion == "pool" and self.prior_channels != 1:

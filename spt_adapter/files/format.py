@@ -151,6 +151,50 @@ def backbone_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def _probe_side(root: nn.Module) -> int:
+    """A small input side every backbone takes: 16, or a multiple of its window / size multiple."""
+    found = [1]
+    for m in root.modules():
+        for attr in ("window_size", "padder_size"):
+            v = getattr(m, attr, None)
+            found += [v] if isinstance(v, int) and not isinstance(v, bool) and v > 0 else []
+            found += [x for x in v if isinstance(x, int) and x > 0] if isinstance(v, (tuple, list)) else []
+    multiple = math.lcm(*found)
+    return multiple * max(1, -(-16 // multiple))
+
+
+def backbone_io(model: nn.Module) -> dict[str, int] | None:
+    """What the backbone does to an image, measured by one small forward pass of the backbone alone
+    (units disabled): ``{"scale", "in_channels", "out_channels"}``. None when it cannot be measured
+    (no convolution, a forward that needs more than an image, an output that is not an image)."""
+    root = model.base_model if isinstance(model, SPTModel) else model
+    first = next((m for m in root.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None:
+        return None
+    side = _probe_side(root)
+    if side > 256:
+        return None
+    param = next(iter(root.parameters()), None)
+    x = torch.full((1, first.in_channels, side, side), 0.5, dtype=param.dtype if param is not None else torch.float32,
+                   device=param.device if param is not None else "cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if isinstance(model, SPTModel):
+                with model.disable_adapter():
+                    out = model(x)
+            else:
+                out = model(x)
+    except Exception:  # a backbone that needs more than an image (a noise-level map, ...): not measured
+        return None
+    finally:
+        model.train(was_training)
+    if not torch.is_tensor(out) or out.dim() != 4 or out.shape[-1] % side or out.shape[-2] != out.shape[-1]:
+        return None
+    return {"scale": out.shape[-1] // side, "in_channels": int(first.in_channels), "out_channels": int(out.shape[1])}
+
+
 def fingerprint(model: nn.Module, targets: list[str], channels: dict[str, int] | None = None,
                 with_hash: bool = False) -> dict[str, Any]:
     root = model.base_model if isinstance(model, SPTModel) else model
@@ -161,9 +205,47 @@ def fingerprint(model: nn.Module, targets: list[str], channels: dict[str, int] |
             entry["channels"] = channels[name]
         entries.append(entry)
     fp: dict[str, Any] = {"targets": entries, "backbone_class": type(root).__name__}
+    io = backbone_io(model)
+    if io is not None:
+        fp["io"] = io
     if with_hash:
         fp["backbone_sha256"] = backbone_sha256(root)
     return fp
+
+
+_IO_WORDS = {"scale": "upscales x{}", "in_channels": "takes {}-channel images", "out_channels": "gives {}-channel images"}
+
+
+def _task_scale(task: Any) -> int | None:
+    if not isinstance(task, str):
+        return None
+    kind, _, arg = task.partition(":")
+    if kind == "sr":
+        return int(arg) if arg.isdigit() and int(arg) > 0 else None
+    return 1 if kind == "denoise" else None  # the tasks `spt-adapter train` and the shims record
+
+
+def check_backbone_io(model: nn.Module, recorded: dict[str, Any], config: SPTConfig) -> None:
+    """The backbone's scale and channels (measured) against the adapter's: the recorded ``io`` (files
+    from issue 19 on) and the recorded task's scale (older files too). Independent of the weights
+    hash, so ``check_backbone_hash=False`` cannot let an x1 colour adapter through an x2 or grey net."""
+    want = dict(recorded.get("io") or {}) if isinstance(recorded.get("io"), dict) else {}
+    task = (config.prior or {}).get("task")
+    task_scale = _task_scale(task)
+    if not want and task_scale is None:
+        return
+    have = backbone_io(model)
+    if have is None:
+        return
+    diffs = [(k, want[k], have[k]) for k in ("scale", "in_channels", "out_channels") if k in want and want[k] != have[k]]
+    if not diffs and task_scale is not None and "scale" not in want and have["scale"] != task_scale:
+        diffs = [("scale", task_scale, have["scale"])]
+    if diffs:
+        said = "; ".join(f"the adapter's backbone {_IO_WORDS[k].format(a)}, this one {_IO_WORDS[k].format(b)}"
+                         for k, a, b in diffs)
+        made = f" (the adapter was trained for task {task})" if task else ""
+        raise FingerprintMismatchError(f"the adapter was made for another kind of backbone: {said}{made}; use the "
+                                       "backbone it was trained on (no override loads an adapter across these)")
 
 
 def _expected_from(config: SPTConfig) -> str:
@@ -200,6 +282,7 @@ def check_fingerprint(model: nn.Module, recorded: dict[str, Any], config: SPTCon
         extra = sorted(set(have["params"]) - set(entry["params"]))
         if extra:
             raise FingerprintMismatchError(f"module {path!r} has parameter {extra[0]!r} the adapter's backbone lacked{hint}")
+    check_backbone_io(model, recorded, config)
     want = recorded.get("backbone_sha256")
     if check_hash and want:
         got = backbone_sha256(root)
@@ -272,6 +355,9 @@ def adapter_metadata(model: SPTModel, adapter_name: str | None = None, backbone_
     if config.student is not None:
         meta[STUDENT_KEY] = json.dumps({"settings": config.student, "teacher": (config.prior or {}).get("teacher")},
                                        sort_keys=True)
+    recorded = getattr(model, "_spt_training_records", {}).get(adapter_name)
+    if recorded is not None and TRAINING_KEY not in (extra or {}):
+        meta[TRAINING_KEY] = recorded  # loaded from a file: its record is kept on a re-save
     for key, value in (extra or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise AdapterFileError(f"extra metadata must map strings to strings, got {key!r}: {type(value).__name__}")
@@ -306,18 +392,17 @@ def save_adapter(model: SPTModel, path: str | os.PathLike, adapter_name: str | N
 # ---------------------------------------------------------------------------------------------
 # load
 # ---------------------------------------------------------------------------------------------
-def read_adapter_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Any]]:
-    """Read and check an adapter file's header without loading tensors or executing anything.
-
-    Returns ``(metadata, tensor_entries)``. Raises :class:`AdapterFileError` naming the problem.
-    """
+def read_safetensors_header(path: str | os.PathLike, what: str = "adapter file") -> tuple[dict[str, Any], int]:
+    """Read a safetensors file's header with the checks every unit file gets (a regular file, no
+    pickle, the header length limit, strict JSON: no duplicate keys). Returns ``(header, data_size)``;
+    :class:`AdapterFileError` names the problem."""
     path = Path(path)
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise AdapterFileError(f"adapter file {path} does not exist") from None
+        raise AdapterFileError(f"{what} {path} does not exist") from None
     except OSError as exc:
-        raise AdapterFileError(f"cannot read adapter file {path}: {exc.strerror or exc}") from None
+        raise AdapterFileError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     if stat.S_ISDIR(st.st_mode):
         raise AdapterFileError(f"{path} is a folder; pass the adapter's .safetensors file")
     if not stat.S_ISREG(st.st_mode):  # a FIFO would block forever, a device never end
@@ -341,6 +426,37 @@ def read_adapter_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[s
     header = strict_json(raw, f"{path}: the safetensors header")
     if not isinstance(header, dict):
         raise AdapterFileError(f"{path}: the safetensors header is not a JSON object")
+    return header, size - 8 - header_len
+
+
+def check_tensor_entries(path: str | os.PathLike, entries: dict[str, Any], data_size: int) -> None:
+    """Every tensor entry of a unit file's header: a floating-point dtype, a valid shape, data inside
+    the file."""
+    for key, entry in entries.items():
+        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+            raise AdapterFileError(f"{path}: tensor entry {key!r} is malformed")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in _DTYPE_SIZES or not isinstance(shape, list) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+            raise AdapterFileError(f"{path}: tensor {key!r} has an invalid dtype or shape")
+        if dtype not in _FLOAT_DTYPES:
+            raise AdapterFileError(f"{path}: tensor {key!r} is stored as {dtype}, but unit parameters are floating "
+                                   f"point ({', '.join(_FLOAT_DTYPES)}); the file is corrupt or was relabelled")
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+            raise AdapterFileError(f"{path}: tensor {key!r} has invalid data offsets")
+        numel = math.prod(shape)
+        if offsets[1] - offsets[0] != numel * _DTYPE_SIZES[dtype] or offsets[0] < 0 or offsets[1] > data_size:
+            raise AdapterFileError(f"{path} is truncated or corrupt: tensor {key!r} lies outside the file's data")
+
+
+def read_adapter_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Any]]:
+    """Read and check an adapter file's header without loading tensors or executing anything.
+
+    Returns ``(metadata, tensor_entries)``. Raises :class:`AdapterFileError` naming the problem.
+    """
+    path = Path(path)
+    header, data_size = read_safetensors_header(path)
     meta = header.pop("__metadata__", None)
     if not isinstance(meta, dict):
         raise AdapterFileError(f"{path} has no metadata; it is a safetensors file but not an SPT adapter")
@@ -361,23 +477,8 @@ def read_adapter_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[s
             f"{path} uses adapter schema version {version}, written by spt-adapter {meta['library_version']}; this "
             f"spt-adapter ({__version__}) reads schema versions up to {FORMAT_VERSION}: upgrade spt-adapter"
         )
-    data_size = size - 8 - header_len
-    for key, entry in header.items():
-        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
-            raise AdapterFileError(f"{path}: tensor entry {key!r} is malformed")
-        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if not isinstance(dtype, str) or dtype not in _DTYPE_SIZES or not isinstance(shape, list) or not all(
-                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
-            raise AdapterFileError(f"{path}: tensor {key!r} has an invalid dtype or shape")
-        if dtype not in _FLOAT_DTYPES:
-            raise AdapterFileError(f"{path}: tensor {key!r} is stored as {dtype}, but unit parameters are floating "
-                                   f"point ({', '.join(_FLOAT_DTYPES)}); the file is corrupt or was relabelled")
-        if not (isinstance(offsets, list) and len(offsets) == 2
-                and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
-            raise AdapterFileError(f"{path}: tensor {key!r} has invalid data offsets")
-        numel = math.prod(shape)
-        if offsets[1] - offsets[0] != numel * _DTYPE_SIZES[dtype] or offsets[0] < 0 or offsets[1] > data_size:
-            raise AdapterFileError(f"{path} is truncated or corrupt: tensor {key!r} lies outside the file's data")
+    check_tensor_entries(path, header, data_size)
+    for key in header:
         if not is_adapter_file_key(key):
             raise AdapterFileError(f"{path}: tensor {key!r} is not an SPT unit tensor; adapter files hold only units "
                                    "(and a distilled prior's student)")
@@ -400,12 +501,30 @@ def _parse_json(path: Path, meta: dict[str, str], key: str) -> Any:
     return strict_json(meta[key], f"{path}: metadata {key!r}")
 
 
+#: the tasks writers record (`spt-adapter train --task`, the framework shims' ``task_of``)
+_TASK_TEXT = re.compile(r"denoise:(\d+(\.\d+)?)|sr:[2-8]")
+
+
 def _config(path: str | os.PathLike, meta: dict[str, str]) -> SPTConfig:
     try:
         config = SPTConfig.from_dict(_parse_json(Path(path), meta, "config"))
     except ConfigError as exc:
         raise AdapterFileError(f"{path}: {exc}") from None
-    return config.replace(prior=prior_record(config.prior))  # older and shim-written layouts, read as one
+    config = config.replace(prior=prior_record(config.prior))  # older and shim-written layouts, read as one
+    # the prior is recorded twice (config.prior and metadata 'prior', from one config by every writer):
+    # a file whose two records disagree says two things about how its prior is made
+    if PRIOR_KEY in meta:
+        recorded = _parse_json(Path(path), meta, PRIOR_KEY)
+        if not isinstance(recorded, dict) or prior_record(recorded) != config.prior:
+            raise AdapterFileError(f"{path}: metadata 'prior' ({meta[PRIOR_KEY][:120]}) and config.prior "
+                                   f"({json.dumps(config.prior, sort_keys=True)[:120]}) disagree; the file is corrupt "
+                                   "or was edited by hand")
+    task = config.prior.get("task")
+    match = _TASK_TEXT.fullmatch(task) if isinstance(task, str) else None
+    if task is not None and (match is None or (match.group(1) is not None and float(match.group(1)) > 255)):
+        raise AdapterFileError(f"{path}: recorded task {task!r} is not a task (expected 'denoise:<sigma 0..255>' or "
+                               "'sr:<scale 2..8>'); the file is corrupt or was edited by hand")
+    return config
 
 
 def read_adapter_config(path: str | os.PathLike) -> SPTConfig:
@@ -480,19 +599,34 @@ def _check_student_against_header(path, config: SPTConfig, have: dict[str, list[
                                    "the header contradicts itself")
 
 
+#: the largest magnitude a unit or student parameter may have: trained units stay far below 10; a
+#: value of 1e4 (or 3e38, finite) is a corrupt or forged file whose output would be garbage or Inf
+MAX_UNIT_ABS = 1000.0
+
+
+def check_unit_tensor_values(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Unit/student tensors are floating point, finite and of sane magnitude (:data:`MAX_UNIT_ABS`);
+    the error names the tensor. Every reader (adapter files, PEFT folders and checkpoints) calls it."""
+    for key, t in sorted(tensors.items()):
+        if not t.is_floating_point():
+            raise AdapterFileError(f"{source}: tensor {key!r} has dtype {t.dtype}; unit parameters are floating point")
+        if not bool(torch.isfinite(t).all()):
+            raise AdapterFileError(f"{source}: tensor {key!r} holds NaN or Inf values; the adapter is corrupt "
+                                   "(or was saved after training diverged)")
+        if t.numel() and float(t.detach().abs().max()) > MAX_UNIT_ABS:
+            raise AdapterFileError(f"{source}: tensor {key!r} holds values up to {float(t.detach().abs().max()):.3g}, "
+                                   f"beyond the {MAX_UNIT_ABS:g} no trained unit reaches; the adapter is corrupt")
+
+
 def read_unit_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a checked adapter file; NaN or Inf anywhere is refused, naming the tensor."""
+    """The tensors of a checked adapter file; non-float, NaN, Inf or absurd values are refused, naming the
+    tensor (:func:`check_unit_tensor_values`)."""
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # safetensors' own checks
         raise AdapterFileError(f"{path} is corrupt: {exc}") from None
-    for key, t in sorted(tensors.items()):
-        if not t.is_floating_point():
-            raise AdapterFileError(f"{path}: tensor {key!r} has dtype {t.dtype}; unit parameters are floating point")
-        if not bool(torch.isfinite(t).all()):
-            raise AdapterFileError(f"{path}: tensor {key!r} holds NaN or Inf values; the adapter is corrupt "
-                                   "(or was saved after training diverged)")
+    check_unit_tensor_values(tensors, str(path))
     return tensors
 
 
@@ -552,6 +686,11 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
         raise AdapterFileError(f"the model already has an adapter named {adapter_name!r}; pass another adapter_name")
     tensors = read_unit_tensors(path)
     wrapped = add_adapter_with_tensors(model, adapter_name, config, names, channels or None, tensors, source=str(path))
+    # the file's training record (task, data, steps) goes along when the adapter is saved again
+    records = wrapped.__dict__.setdefault("_spt_training_records", {})
+    records.pop(adapter_name, None)
+    if TRAINING_KEY in meta:
+        records[adapter_name] = meta[TRAINING_KEY]
     if device is not None:
         wrapped.to(device)
     return wrapped

@@ -83,6 +83,28 @@ def _endpoint(endpoint: str | None) -> str | None:
     return value.rstrip("/") if value else None
 
 
+def _hub_reachable(endpoint: str | None, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub endpoint opens within ``timeout`` seconds (one try).
+    huggingface_hub retries a refused or timed-out request five times with back-off (~25 s) before
+    giving up; this answers at once. Behind a proxy (``*_PROXY`` set) the direct test says nothing,
+    so it is skipped (True)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                       "all_proxy")):
+        return True
+    url = urlsplit(endpoint or "https://huggingface.co")
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    if not host:
+        return True
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _cache_dir(cache_dir: str | os.PathLike | None) -> str | None:
     if cache_dir is not None:
         return str(cache_dir)
@@ -171,18 +193,22 @@ def resolve_adapter_file(source: str | os.PathLike, revision: str | None = None,
     except Exception as exc:  # HFValidationError
         raise AdapterFileError(f"{source!r} is neither an existing folder nor a valid Hub repo id ({exc})") from None
     offline = bool(local_files_only) or _offline()
+    unreachable = not offline and not _hub_reachable(_endpoint(endpoint))
     try:
         downloaded = hub.hf_hub_download(
             repo_id=source, filename=filename, revision=revision, cache_dir=_cache_dir(cache_dir), token=token,
-            endpoint=_endpoint(endpoint), local_files_only=offline, force_download=force_download,
+            endpoint=_endpoint(endpoint), local_files_only=offline or unreachable, force_download=force_download,
             library_name="spt-adapter",
         )
     except _hub_error("LocalEntryNotFoundError") as exc:
         where = f"revision {revision!r} of " if revision else ""
+        reached = (f"the Hub ({_endpoint(endpoint) or 'huggingface.co'}) cannot be reached" if unreachable
+                   else f"the Hub could not be reached ({type(exc).__name__})")
         raise AdapterFileError(
-            f"{filename} of {where}{source!r} is not in the Hub cache ({_cache_dir(cache_dir) or 'default cache'}) "
-            + ("and offline mode is on (HF_HUB_OFFLINE=1 / local_files_only=True): download it once online"
-               if offline else f"and the Hub could not be reached ({type(exc).__name__})")
+            f"there is no local folder or file {source} (relative to {os.getcwd()}), and {filename} of {where}Hub repo "
+            f"{source!r} is not in the Hub cache ({_cache_dir(cache_dir) or 'default cache'}): "
+            + ("offline mode is on (HF_HUB_OFFLINE=1 / local_files_only=True): download it once online"
+               if offline else reached)
         ) from None
     except _hub_error("RevisionNotFoundError"):
         raise AdapterFileError(f"repo {source!r} has no revision {revision!r}") from None

@@ -63,11 +63,13 @@ def load_backbone(path: str | os.PathLike, device: str | torch.device | None = N
     ``targets`` is empty when no plugin claims the architecture (pass your own to ``inject``).
     The model is in eval mode; its weights are exactly the file's.
     """
+    from .._io import why_not_a_file
     from .manager import call_hook
 
     path = Path(path)
-    if not path.is_file():
-        raise BackboneError(f"backbone checkpoint {path} does not exist or is not a file")
+    why = why_not_a_file(path)
+    if why:
+        raise BackboneError(f"backbone checkpoint {path} {why}")
     try:
         from spandrel import ModelLoader, UnsupportedModelError
     except ImportError:

@@ -107,6 +107,31 @@ class PriorCache:
     def __repr__(self) -> str:
         return f"PriorCache({str(self.root)!r})"
 
+    def remove_stale_temporaries(self, older_than: float) -> int:
+        """Remove temporary files of entry writes cut short (kill -9: ``.<key>.sptc.<random>.tmp``, our
+        own naming only) last modified before ``older_than`` (a time.time()); returns how many. A write in
+        progress touches its file within milliseconds, so a margin before a run's start spares those of
+        a concurrent shard."""
+        removed = 0
+        for kind in ("masks", "priors"):
+            base = self.root / kind
+            if not base.is_dir():
+                continue
+            for shard in base.iterdir():
+                if not shard.is_dir():
+                    continue
+                for entry in os.scandir(shard):
+                    name = entry.name
+                    if not (name.startswith(".") and name.endswith(".tmp") and ".sptc." in name):
+                        continue
+                    try:
+                        if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < older_than:
+                            os.unlink(entry.path)
+                            removed += 1
+                    except FileNotFoundError:
+                        pass
+        return removed
+
     # -- keys
     def _identity(self, provider) -> str:
         hit = self._ids.get(id(provider))

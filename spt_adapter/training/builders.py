@@ -139,7 +139,13 @@ def prior_flags(args, adapter_file) -> bool:
     cfg = read_adapter_config(adapter_file)
     named = (args.provider is not None or bool(args.sam_checkpoint) or args.segments is not None
              or bool(getattr(args, "provider_set", None)))
-    if not named and getattr(cfg, "student", None) is not None:
+    if getattr(cfg, "student", None) is not None:
+        if named:  # the student makes the prior; a provider's prior would be refused at the first image
+            given = [f for f, on in (("--provider", args.provider is not None), ("--sam-checkpoint", args.sam_checkpoint),
+                                     ("--segments", args.segments is not None),
+                                     ("--set", getattr(args, "provider_set", None))) if on]
+            raise SPTError(f"{adapter_file} carries a distilled prior (its student makes the prior from each input), so "
+                           f"it takes no mask provider: drop {', '.join(given)}")
         return False
     use_recorded_provider(args, (cfg.prior or {}).get("provider") or {}, adapter_file)
     if args.provider is None and not args.sam_checkpoint and not named:
@@ -211,8 +217,11 @@ def load_backbone_from_args(args, targets: list[str] | None = None, require_targ
     path = args.backbone or args.weights
     if not path:
         raise SPTError("no backbone: pass --backbone CKPT (or --arch PRESET --weights PATH)")
-    if not Path(path).is_file():
-        raise SPTError(f"backbone checkpoint {path} does not exist")
+    from .._io import why_not_a_file
+
+    why = why_not_a_file(path)
+    if why:
+        raise SPTError(f"backbone checkpoint {path} {why}")
     bb = load_backbone(path)
     model, default = bb.model, list(bb.targets)
     args._claim = (bb.integration, bb.preset)

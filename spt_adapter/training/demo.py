@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import atomic_write_bytes
+from .._io import atomic_write_bytes, write_once_bytes
 from ..core.config import DEFAULT_FUSION
+from ..errors import SPTError
 
 TRAIN_IMAGES = ("coffee", "rocket", "motorcycle_left", "immunohistochemistry")
 TEST_IMAGES = ("astronaut", "chelsea")
@@ -147,9 +148,12 @@ def _noisy_crops(images: list[np.ndarray], batch: int, patch: int, rng: np.rando
     return gt + noise, gt
 
 
-def pretrain_backbone(path: Path, train_dir: Path, settings: DemoSettings, progress: bool = True) -> list[dict]:
+def pretrain_backbone(path: Path, train_dir: Path, settings: DemoSettings, progress: bool = True,
+                      replace: bool = False) -> list[dict]:
     """Train the small SwinIR on noisy crops of the training images (all weights) and save it as
-    a safetensors state dict at ``path`` (atomically). Returns the loss history."""
+    a safetensors state dict at ``path`` (atomically). The cached backbone is written once: when
+    another run wrote ``path`` meanwhile, its file is kept (runs that finished with it stay valid)
+    unless ``replace`` (``--retrain-backbone``). Returns the loss history."""
     from PIL import Image
     from safetensors.torch import save as st_save
 
@@ -187,7 +191,10 @@ def pretrain_backbone(path: Path, train_dir: Path, settings: DemoSettings, progr
     meta = {"spt_adapter_demo_recipe": json.dumps(settings.backbone_recipe(), sort_keys=True),
             "history": json.dumps(history)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, st_save(state, metadata=meta))
+    if replace:
+        atomic_write_bytes(path, st_save(state, metadata=meta))
+    else:
+        write_once_bytes(path, st_save(state, metadata=meta))
     return history
 
 
@@ -264,6 +271,40 @@ def curve_plot(backbone_hist: list[dict], spt_hist: list[dict], base_val: float 
 # ---------------------------------------------------------------------------------------------
 # the whole demo
 # ---------------------------------------------------------------------------------------------
+def _demo_layout() -> dict[str, Any]:
+    """What the demo writes under ``--out`` (a folder maps to its own layout, a file to None)."""
+    from .train import LOG_CSV, LOG_JSON, STATE_FILE
+
+    run_files = {"spt_adapter.safetensors", STATE_FILE, LOG_CSV, LOG_JSON, "README.md"}
+    return {
+        "data": {"train": {f"{n}.png": None for n in TRAIN_IMAGES}, "test": {f"{n}.png": None for n in TEST_IMAGES}},
+        "adapter": {n: None for n in run_files},
+        "eval": {"eval.md": None, "eval.csv": None, "crops": {f"{n}.png": None for n in TEST_IMAGES}},
+        "demo_side_by_side.png": None,
+        "demo_training_curve.png": None,
+    }
+
+
+def foreign_files(out: Path, layout: dict[str, Any] | None = None, limit: int = 5) -> list[str]:
+    """Files and folders under ``out`` the demo did not write (our own temporary files aside): the demo
+    replaces its own outputs and would delete, replace or score anything else."""
+    layout = _demo_layout() if layout is None else layout
+    found: list[str] = []
+    if not out.is_dir():
+        return found
+    for child in sorted(out.iterdir()):
+        if child.name.startswith(".") and child.name.endswith(".tmp"):
+            continue  # an interrupted atomic write of ours
+        want = layout.get(child.name, "missing")
+        if want == "missing" or (want is None) == child.is_dir() or (want is not None and child.is_symlink()):
+            found.append(str(child))
+        elif isinstance(want, dict):
+            found += foreign_files(child, want, limit - len(found))
+        if len(found) >= limit:
+            break
+    return found[:limit]
+
+
 def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = None, settings: DemoSettings | None = None,
              sam_checkpoint: str | None = None, device: str | None = None, progress: bool = True,
              retrain_backbone: bool = False, log=print) -> DemoResult:
@@ -281,6 +322,12 @@ def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = No
     t0 = time.time()
     settings = settings or DemoSettings()
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SPTError(f"--out {out} is a file; the demo writes a folder")
+    foreign = foreign_files(out)
+    if foreign:
+        raise SPTError(f"--out {out} holds files the demo did not write ({', '.join(foreign)}); the demo replaces its "
+                       "own outputs and would delete or score these: choose a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
     task = f"denoise:{SIGMA}"
@@ -296,7 +343,7 @@ def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = No
         log(f"[2/5] backbone: cached {bb_path}")
     else:
         log(f"[2/5] backbone: training a small SwinIR for colour denoising (sigma {SIGMA}); cached at {bb_path}")
-        pretrain_backbone(bb_path, train_dir, settings, progress=progress)
+        pretrain_backbone(bb_path, train_dir, settings, progress=progress, replace=retrain_backbone)
     backbone_hist = _backbone_history(bb_path)
     paths["backbone"] = bb_path
     bb = load_backbone(bb_path)  # the same path a user's checkpoint takes

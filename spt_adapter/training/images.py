@@ -25,8 +25,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".p
 def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
     """Read an image file as ``HxWx3 uint8`` RGB, or ``HxWx1`` grey with ``channels=1`` (a colour file
     becomes its BT.601 luma, as KAIR's ``imread_uint(path, n_channels=1)``; a grey file is kept as it
-    is). 16-bit files are scaled, not truncated; alpha is dropped."""
-    from PIL import Image, UnidentifiedImageError
+    is). 16-bit files are scaled, not truncated; alpha is dropped. An EXIF orientation tag is applied
+    (the image reads as viewers show it, not sideways)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
@@ -34,9 +35,16 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: the file is empty (0 bytes)")
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        with Image.open(path) as opened:
+            opened.load()
+            im = ImageOps.exif_transpose(opened)  # a copy, turned as the EXIF orientation says
+            bits = _tiff_bits(opened)  # the file's tags (exif_transpose returns a plain copy)
+            if im.mode == "I" and bits is not None and bits > 16:
+                # 32-bit integers: white is 2**32 - 1, not 65535; scaling them as 16-bit read a 32-bit scan
+                # as black (or a dark one as bright), without a word
+                raise ImageError(f"{path}: {bits}-bit integer image: its white is {2 ** bits - 1}, not the 8- or "
+                                 "16-bit white spt-adapter reads; convert it to an 8- or 16-bit image first")
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # "I": 16-bit PNGs of older Pillow
                 arr = np.asarray(im).astype(np.uint16 if im.mode.startswith("I;16") else np.int64)
                 if arr.dtype != np.uint16:
                     if arr.min() < 0 or arr.max() > 65535:
@@ -65,6 +73,17 @@ def stored_grey(path: str | os.PathLike) -> bool:
 
     with Image.open(path) as im:
         return im.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L")
+
+
+def _tiff_bits(im) -> int | None:
+    """A TIFF's BitsPerSample (the first sample's), or None for other formats."""
+    tags = getattr(im, "tag_v2", None)
+    if tags is None:
+        return None
+    bits = tags.get(258)
+    if isinstance(bits, tuple):
+        bits = bits[0] if bits else None
+    return int(bits) if isinstance(bits, int) else None
 
 
 def list_images(inputs) -> list[Path]:

@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.model import SPTModel
-from ..errors import RestoreError
+from ..errors import PriorError, RestoreError
 from ..pixels import LUMA_BT601, to_uint8_channels
 
 __all__ = [
@@ -58,6 +58,7 @@ __all__ = [
     "restore",
     "restore_tensor",
     "size_multiple",
+    "check_tile_stride",
     "tile_starts",
 ]
 
@@ -91,8 +92,12 @@ def _ints(value) -> list[int]:
 
 
 def window_size(model: nn.Module) -> int | None:
-    """The attention window of a token backbone (SwinIR, HAT, ...: its ``window_size``), or None."""
-    sizes = _ints(getattr(_backbone(model), "window_size", None))
+    """The attention window of a token backbone (SwinIR, HAT, ...: its ``window_size``, else the largest
+    ``window_size`` of its blocks: BasicSR's SwinIR keeps it only there), or None."""
+    net = _backbone(model)
+    sizes = _ints(getattr(net, "window_size", None))
+    if not sizes:
+        sizes = [v for m in net.modules() for v in _ints(getattr(m, "window_size", None))]
     return max(sizes) if sizes else None
 
 
@@ -104,7 +109,7 @@ def size_multiple(model: nn.Module, descriptor: Any = None) -> int:
     found = [1]
     req = getattr(descriptor, "size_requirements", None)
     found += _ints(getattr(req, "multiple_of", None))
-    found += _ints(getattr(net, "window_size", None))
+    found += _ints(window_size(model))
     found += _ints(getattr(net, "padder_size", None))
     return math.lcm(*[max(1, v) for v in found])
 
@@ -232,15 +237,36 @@ def check_channels(model: nn.Module, channels: int, what: str = "the adapter") -
 # ---------------------------------------------------------------------------------------------
 # tiles
 # ---------------------------------------------------------------------------------------------
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
     """Start offsets of tiles of ``tile`` pixels over ``length`` with at least ``overlap`` shared pixels;
-    the last tile ends at ``length`` (no tile needs padding unless the image is smaller than a tile)."""
+    the last tile ends at ``length`` (no tile needs padding unless the image is smaller than a tile).
+    ``align``: every start is a multiple of it when ``length`` and ``tile`` are (the stride is rounded
+    down to a multiple of ``align``, at least ``align``), so a windowed backbone partitions every tile
+    on the whole image's window grid."""
     if length <= tile:
         return [0]
-    stride = tile - overlap
+    stride = max(align, (tile - overlap) // align * align)
     starts = list(range(0, length - tile, stride))
     starts.append(length - tile)
     return starts
+
+
+#: the least share of a tile that must be new from one tile to the next (tile - overlap >= tile / 8):
+#: a smaller stride multiplies the work (stride 1 runs a tile per pixel) and buys no accuracy
+MIN_STRIDE_FRACTION = 8
+
+
+def check_tile_stride(tile: int, overlap: int, flag: str = "tile") -> None:
+    """Refuse an overlap that leaves tiles advancing by less than an eighth of their size."""
+    if overlap < 0 or tile <= overlap:
+        raise RestoreError(f"{flag} {tile} must be larger than the tile overlap {overlap}: use a tile of at least "
+                           f"{overlap + 1} pixels (or a smaller overlap)")
+    least = -(-tile // MIN_STRIDE_FRACTION)
+    if tile - overlap < least:
+        raise RestoreError(f"{flag} {tile} with overlap {overlap} advances {tile - overlap} pixel(s) per tile; at least "
+                           f"{least} (an eighth of the tile) is needed, else the work grows without bound: use an "
+                           f"overlap of at most {tile - least} or a tile of at least "
+                           f"{MIN_STRIDE_FRACTION * overlap // (MIN_STRIDE_FRACTION - 1) + 1}")
 
 
 def _axis_weights(starts: list[int], size: int, length: int, scale: int, blend: int, index: int) -> torch.Tensor:
@@ -314,11 +340,13 @@ class _nullcontext:
 
 
 def _prior_factor(prior: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """A prior whose size is an integer multiple k of the image's (k >= 1), resized nearest if not."""
+    """A prior whose size is the image's times one integer k >= 1 (both sides); any other size is
+    refused (stretching it would put every region in the wrong place)."""
     ph, pw = prior.shape[-2:]
-    if ph % h == 0 and pw % w == 0 and ph // h == pw // w:
+    if ph >= h and pw >= w and ph % h == 0 and pw % w == 0 and ph // h == pw // w:
         return prior
-    return F.interpolate(prior.float(), size=(h, w), mode="nearest-exact")
+    raise PriorError(f"the prior is {ph}x{pw} but the image is {h}x{w}: give the prior of this image (at its size, "
+                     "or an integer multiple of it on both sides), not one of another image or crop")
 
 
 @torch.no_grad()
@@ -331,6 +359,12 @@ def restore_tensor(model: nn.Module, lq: torch.Tensor, prior: Any = None, *, sca
     whole image (None for the backbone alone or an adapter with a student). ``scale`` (optional) is
     checked against what the network does. Tiling as the module docstring says; ``minimum``: the
     smallest tile allowed (default: :func:`minimum_tile`)."""
+    for name, value in (("tile", tile), ("tile_overlap", tile_overlap), ("tile_blend", tile_blend)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+            raise RestoreError(f"{name} must be a whole number of pixels, got {value!r}")
+    if tile is not None and tile < 1:
+        raise RestoreError(f"tile must be at least 1 pixel, got {tile}")
+    tile = None if tile is None else int(tile)
     x = lq if lq.dim() == 4 else lq[None]
     if x.shape[0] != 1:
         raise RestoreError(f"restore takes one image, got a batch of {x.shape[0]}")
@@ -353,30 +387,37 @@ def restore_tensor(model: nn.Module, lq: torch.Tensor, prior: Any = None, *, sca
         least = minimum_tile(model) if minimum is None else minimum
         if tile < least:
             raise RestoreError(f"tile {tile} is smaller than the backbone needs: use a tile of at least {least} pixels")
-        if overlap < 0 or tile <= overlap:
-            raise RestoreError(f"tile {tile} must be larger than the tile overlap {overlap}: use a tile of at least "
-                               f"{overlap + 1} pixels (or a smaller overlap)")
+        check_tile_stride(tile, overlap)
         blend = default_blend(model, overlap) if tile_blend is None else int(tile_blend)
         if not 0 <= blend <= overlap:
             raise RestoreError(f"tile blend {blend} must lie between 0 and the overlap {overlap}")
-        ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+        # Tile the image padded exactly as the whole-image path pads it (reflection to the size
+        # multiple), with tiles a multiple in size starting on multiples: a windowed backbone (SwinIR,
+        # HAT) then sees the whole image's window grid and border padding in every tile, and the last
+        # rows/columns of an image that is not a window multiple match the whole-image output.
         k = None if p is None else p.shape[-2] // h
+        xp, ph, pw = _pad_to(x, multiple)
+        if p is not None and k is not None and (ph or pw):
+            p = F.pad(p.float(), (0, pw * k, 0, ph * k), mode="replicate")
+        hp, wp = xp.shape[-2:]
+        size = max(multiple, tile // multiple * multiple)
+        ys, xs = tile_starts(hp, size, overlap, multiple), tile_starts(wp, size, overlap, multiple)
         result = None
         tiles = 0
         for i, y0 in enumerate(ys):
             for j, x0 in enumerate(xs):
-                y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+                y1, x1 = min(y0 + size, hp), min(x0 + size, wp)
                 pt = None if p is None or k is None else p[..., y0 * k : y1 * k, x0 * k : x1 * k].to(device)
-                out, s = _run(model, x[..., y0:y1, x0:x1].to(device), pt, multiple=multiple,
+                out, s = _run(model, xp[..., y0:y1, x0:x1].to(device), pt, multiple=multiple,
                               backbone_only=backbone_only, half=half)
                 if result is None:
-                    result = torch.zeros(out.shape[1], h * s, w * s, dtype=torch.float32)
-                wy = _axis_weights(ys, tile, h, s, blend, i)
-                wx = _axis_weights(xs, tile, w, s, blend, j)
+                    result = torch.zeros(out.shape[1], hp * s, wp * s, dtype=torch.float32)
+                wy = _axis_weights(ys, size, hp, s, blend, i)
+                wx = _axis_weights(xs, size, wp, s, blend, j)
                 result[:, y0 * s : y1 * s, x0 * s : x1 * s] += out[0].cpu() * (wy[:, None] * wx[None, :])
                 tiles += 1
         assert result is not None  # tile_starts gives at least one tile per axis
-        result.clamp_(0, 1)
+        result = result[:, : h * s, : w * s].clamp_(0, 1)
     assert result is not None
     if scale is not None and result.shape[-2] != h * scale:
         raise RestoreError(f"the backbone upscales by {result.shape[-2] // h}, not by the expected {scale}")
@@ -459,6 +500,11 @@ def restore(model: nn.Module, image, prior: Any = None, *, provider: Any = None,
     integer inputs, float32 on [0, 1] for float inputs. ``info`` (a :class:`RestoreInfo`)
     accumulates seconds spent on the prior and on the network.
     """
+    if not isinstance(model, nn.Module):
+        raise RestoreError(f"restore needs a model (a torch.nn.Module: a backbone or an SPTModel), got "
+                           f"{type(model).__name__}")
+    if image is None:
+        raise RestoreError("restore needs an image (a NumPy HxW or HxWxC array), got None")
     if device is not None:
         model.to(device)
     dev = next((t.device for t in model.parameters()), torch.device("cpu"))

@@ -232,6 +232,11 @@ def init_distributed(device: str | torch.device | None = None) -> DistInfo:
         torch.cuda.set_device(dev)
     info = DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
     if world > 1 and not dist.is_initialized():
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
+        if missing:  # torch would raise a ValueError traceback (env:// rendezvous)
+            raise SPTError(f"WORLD_SIZE={world} asks for distributed training but {' and '.join(missing)} "
+                           f"{'is' if len(missing) == 1 else 'are'} not set: launch with torchrun (which sets them), "
+                           "or unset WORLD_SIZE/RANK for one process")
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
         info.initialized_here = True
     elif dist.is_initialized():
@@ -582,6 +587,12 @@ class _Checkpointer:
                            "student_steps": settings.student_steps})
         # state first, then the delta: a crash in between leaves an older delta whose step differs,
         # which resume detects
+        previous: int | str | None = None
+        if (self.out / ADAPTER_FILENAME).is_file():
+            try:
+                previous = adapter_step(self.out / ADAPTER_FILENAME)
+            except SPTError:
+                previous = "?"
         try:
             save_state(self.out / STATE_FILE, self.optimizer, self.keys, step, settings,
                        {"world_size": self.info.world_size})
@@ -590,8 +601,13 @@ class _Checkpointer:
                          task=train_meta.get("task"))
             _write_logs(self.out, history, self.header)
         except OSError as exc:  # disk full, folder gone or read-only: every file is written atomically
+            if previous is None:  # nothing to resume from: say so rather than promise a checkpoint
+                raise SPTError(f"cannot write the checkpoint of step {step} in {self.out}: {exc.strerror or exc}; no "
+                               "earlier checkpoint exists there, so the run cannot be resumed: free space, then "
+                               "start it again") from None
             raise SPTError(f"cannot write the checkpoint of step {step} in {self.out}: {exc.strerror or exc}; the "
-                           f"previous checkpoint there is intact (free space, then continue with --resume)") from None
+                           f"previous checkpoint there (step {previous}) is intact (free space, then continue with "
+                           "--resume)") from None
         self.saved = step
         if final:
             with contextlib.suppress(Exception):  # the card is a courtesy; the delta is what matters
@@ -669,7 +685,9 @@ def train_units(
         bar = tqdm(total=settings.total_steps, initial=start, desc="train SPT units", unit="step", dynamic_ncols=True)
 
     step = start
-    t0 = time.time()
+    # the log's "seconds" continue across resumes (training time so far, not time since this call)
+    done = [r["seconds"] for r in history if isinstance(r.get("seconds"), (int, float))]
+    t0 = time.time() - (done[-1] if done else 0.0)
     running, count = 0.0, 0
     val: dict[str, float] | None = None
     epoch = step // per_epoch
