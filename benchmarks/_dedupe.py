@@ -34,8 +34,9 @@ def _shrink(img: np.ndarray, factor: float) -> np.ndarray:
     from skimage.transform import resize
 
     h, w = img.shape
-    return resize(img, (max(1, round(h * factor)), max(1, round(w * factor))), anti_aliasing=True,
-                  preserve_range=True).astype(np.float32)
+    return resize(
+        img, (max(1, round(h * factor)), max(1, round(w * factor))), anti_aliasing=True, preserve_range=True
+    ).astype(np.float32)
 
 
 def similarity(train: np.ndarray, test: np.ndarray) -> float:
@@ -74,19 +75,22 @@ def _window_std(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.sqrt(np.maximum(box(img * img.astype(np.float64)) / n - mean * mean, 0.0))
 
 
-def near_duplicates(train: list[tuple[str, np.ndarray]], tests: list[tuple[str, np.ndarray]],
-                    threshold: float = THRESHOLD) -> list[tuple[str, str, float]]:
+def near_duplicates(
+    train: list[tuple[str, np.ndarray]], tests: list[tuple[str, np.ndarray]], threshold: float = THRESHOLD
+) -> list[tuple[str, str, float]]:
     """Every (train name, test name, similarity) pair at or above ``threshold``."""
-    return [(tn, sn, s) for tn, timg in train for sn, simg in tests
-            if (s := similarity(timg, simg)) >= threshold]
+    return [(tn, sn, s) for tn, timg in train for sn, simg in tests if (s := similarity(timg, simg)) >= threshold]
 
 
-def drop_near_duplicates(train: list[tuple[str, np.ndarray]], tests: list[tuple[str, np.ndarray]],
-                         log=None) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, str, float]]]:
+def drop_near_duplicates(
+    train: list[tuple[str, np.ndarray]], tests: list[tuple[str, np.ndarray]], log=None
+) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, str, float]]]:
     """``train`` without the images that are near-duplicates of a test image, and the pairs found."""
     pairs = near_duplicates(train, tests)
     dropped = {tn for tn, _, _ in pairs}
     if pairs and log is not None:
-        log("training images dropped as near-duplicates of test images: "
-            + ", ".join(f"{tn} ~ {sn} ({s:.3f})" for tn, sn, s in pairs))
+        log(
+            "training images dropped as near-duplicates of test images: "
+            + ", ".join(f"{tn} ~ {sn} ({s:.3f})" for tn, sn, s in pairs)
+        )
     return [(n, img) for n, img in train if n not in dropped], pairs

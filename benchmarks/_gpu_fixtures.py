@@ -26,11 +26,32 @@ def swinir_light_x2(quick: bool):
     from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
 
     if quick:  # a tiny model of the same family, for the CPU dry run
-        return SwinIR(upscale=2, in_chans=3, img_size=16, window_size=8, img_range=1.0, depths=[2, 2], embed_dim=24,
-                      num_heads=[2, 2], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv")
-    return SwinIR(upscale=2, in_chans=3, img_size=64, window_size=8, img_range=1.0, depths=[6, 6, 6, 6],
-                  embed_dim=60, num_heads=[6, 6, 6, 6], mlp_ratio=2, upsampler="pixelshuffledirect",
-                  resi_connection="1conv")
+        return SwinIR(
+            upscale=2,
+            in_chans=3,
+            img_size=16,
+            window_size=8,
+            img_range=1.0,
+            depths=[2, 2],
+            embed_dim=24,
+            num_heads=[2, 2],
+            mlp_ratio=2,
+            upsampler="pixelshuffledirect",
+            resi_connection="1conv",
+        )
+    return SwinIR(
+        upscale=2,
+        in_chans=3,
+        img_size=64,
+        window_size=8,
+        img_range=1.0,
+        depths=[6, 6, 6, 6],
+        embed_dim=60,
+        num_heads=[6, 6, 6, 6],
+        mlp_ratio=2,
+        upsampler="pixelshuffledirect",
+        resi_connection="1conv",
+    )
 
 
 def main(argv=None) -> int:

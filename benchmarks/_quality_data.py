@@ -100,13 +100,15 @@ def _train_val(data: Path, subsets: tuple[str, ...], load, *, val_crop: int, n_t
     return train, val
 
 
-def load_splits(data: Path, *, n_test: int = 0, test_crop: int = 160, val_crop: int = 256,
-                n_train: int = 0, train_crop: int = 0) -> Splits:
+def load_splits(
+    data: Path, *, n_test: int = 0, test_crop: int = 160, val_crop: int = 256, n_train: int = 0, train_crop: int = 0
+) -> Splits:
     """Train: Set14 + McMaster (minus the validation images); val: McMaster 15-18 centre crops;
     test: CBSD68 (first ``n_test`` images, all when 0) centre crops of ``test_crop`` (0: full)."""
     _require_shared(data)
-    train, val = _train_val(data, ("Set14", "McMaster"), load_rgb, val_crop=val_crop, n_train=n_train,
-                            train_crop=train_crop)
+    train, val = _train_val(
+        data, ("Set14", "McMaster"), load_rgb, val_crop=val_crop, n_train=n_train, train_crop=train_crop
+    )
     test_paths = _sorted_pngs(data / "CBSD68")
     if n_test:
         test_paths = test_paths[:n_test]
@@ -125,8 +127,9 @@ def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
     return np.ascontiguousarray(img[: h - h % scale, : w - w % scale])
 
 
-def load_sr_splits(data: Path, *, scale: int = 4, n_test: int = 0, test_crop: int = 0, n_train: int = 0,
-                   train_crop: int = 0) -> dict[str, list[tuple[str, np.ndarray]]]:
+def load_sr_splits(
+    data: Path, *, scale: int = 4, n_test: int = 0, test_crop: int = 0, n_train: int = 0, train_crop: int = 0
+) -> dict[str, list[tuple[str, np.ndarray]]]:
     """SR x``scale``: train on McMaster + CBSD68 (HR), test on Set5 and Set14 (the field's test sets,
     never trained or tuned on). Returns ``{"train": [...], "Set5": [...], "Set14": [...]}``; every
     image is mod-cropped to a multiple of ``scale``; ``n_test``/``test_crop`` shrink the test sets
@@ -168,8 +171,9 @@ def bd_lq(hr: np.ndarray, scale: int) -> np.ndarray:
     ax = np.arange(7, dtype=np.float64) - 3
     g = np.exp(-(ax**2) / (2 * 1.6**2))
     kernel = np.outer(g, g) / np.outer(g, g).sum()
-    blurred = np.stack([correlate(hr[..., c].astype(np.float64), kernel, mode="reflect")
-                        for c in range(hr.shape[2])], -1)
+    blurred = np.stack(
+        [correlate(hr[..., c].astype(np.float64), kernel, mode="reflect") for c in range(hr.shape[2])], -1
+    )
     return bicubic_lq(np.clip(np.round(blurred), 0, 255).astype(np.uint8), scale)
 
 
@@ -305,7 +309,9 @@ def prefetch(cache: LabelCache, ident: str, seg: Segmenter, images: list[np.ndar
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(PRIOR_WORKERS, mp_context=mp.get_context("spawn")) as pool:
-        for img, labels in zip(missing, pool.map(_label_map_job, [(img, seg) for img in missing], chunksize=4), strict=True):
+        for img, labels in zip(
+            missing, pool.map(_label_map_job, [(img, seg) for img in missing], chunksize=4), strict=True
+        ):
             cache.get(img, ident, lambda _x, labels=labels: labels)
 
 
@@ -355,32 +361,48 @@ class PriorSet:
     border: int = 0  # pixels cropped from every edge before PSNR (the SR protocol on pre-upsampled inputs)
 
 
-def build_priors(images: list[tuple[str, np.ndarray]], *, sigma: float, realisations: int, noise_base: int,
-                 seg: Segmenter, cache: LabelCache, sam=None, want_oracle: bool = True,
-                 segment_view=None, jpeg: int = 0) -> PriorSet:
+def build_priors(
+    images: list[tuple[str, np.ndarray]],
+    *,
+    sigma: float,
+    realisations: int,
+    noise_base: int,
+    seg: Segmenter,
+    cache: LabelCache,
+    sam=None,
+    want_oracle: bool = True,
+    segment_view=None,
+    jpeg: int = 0,
+) -> PriorSet:
     """Noisy realisations of ``images`` and their priors. The LQ prior segments the 8-bit noisy image,
     or ``segment_view(noisy)`` (an HxWx3 uint8 image made from the noisy one alone, e.g. the frozen
     backbone's restoration of it) when given; SAM (row f) always sees the noisy input."""
     ident = json.dumps({"segmenter": seg.label(), "code": prior_code_path()}, sort_keys=True)
     if PRIOR_WORKERS > 1 and segment_view is None:  # segment every image not yet cached, in parallel
-        todo = [to_uint8(add_noise(jpeg_compress(img, jpeg) if jpeg else img, sigma,
-                                   image_seed(name, sigma, r, noise_base) + jpeg))
-                for name, img in images for r in range(realisations)]
+        todo = [
+            to_uint8(
+                add_noise(
+                    jpeg_compress(img, jpeg) if jpeg else img, sigma, image_seed(name, sigma, r, noise_base) + jpeg
+                )
+            )
+            for name, img in images
+            for r in range(realisations)
+        ]
         prefetch(cache, ident, seg, todo + ([img for _, img in images] if want_oracle else []))
     clean, noisy, lq, oracle, sam_p = [], [], [], [], []
     for name, img in images:
         clean.append(img.astype(np.float32) / 255.0)
         reals, priors, sams = [], [], []
         for r in range(realisations):
-            n = add_noise(jpeg_compress(img, jpeg) if jpeg else img, sigma,
-                          image_seed(name, sigma, r, noise_base) + jpeg)
+            n = add_noise(
+                jpeg_compress(img, jpeg) if jpeg else img, sigma, image_seed(name, sigma, r, noise_base) + jpeg
+            )
             reals.append(n)
             u8 = to_uint8(n)
             view = u8 if segment_view is None else segment_view(n)
             priors.append(cache.get(view, ident, lambda x: label_map(x, seg)))
             if sam is not None:
-                sams.append(cache.get(u8, json.dumps(sam.identity(), sort_keys=True),
-                                      lambda x: sam_label_map(x, sam)))
+                sams.append(cache.get(u8, json.dumps(sam.identity(), sort_keys=True), lambda x: sam_label_map(x, sam)))
         noisy.append(reals)
         lq.append(priors)
         sam_p.append(sams)
@@ -410,9 +432,16 @@ def apply_encoding(pset: PriorSet, encoding: str) -> PriorSet:
     from spt_adapter.prior.encode import encoding_channels
 
     enc = lambda m: encode_label_map(m, encoding)  # noqa: E731
-    return PriorSet(pset.clean, pset.noisy, [[enc(m) for m in ms] for ms in pset.lq_prior],
-                    [enc(m) for m in pset.oracle_prior], [[enc(m) for m in ms] for ms in pset.sam_prior],
-                    scale=pset.scale, prior_channels=encoding_channels(encoding), border=pset.border)
+    return PriorSet(
+        pset.clean,
+        pset.noisy,
+        [[enc(m) for m in ms] for ms in pset.lq_prior],
+        [enc(m) for m in pset.oracle_prior],
+        [[enc(m) for m in ms] for ms in pset.sam_prior],
+        scale=pset.scale,
+        prior_channels=encoding_channels(encoding),
+        border=pset.border,
+    )
 
 
 def bicubic_upsample_psnr(pset: PriorSet) -> float:
@@ -442,8 +471,16 @@ def nearest_down(labels: np.ndarray, scale: int) -> np.ndarray:
     return np.ascontiguousarray(labels[scale // 2 :: scale, scale // 2 :: scale])
 
 
-def build_sr_priors(images: list[tuple[str, np.ndarray]], *, scale: int, seg: Segmenter, cache: LabelCache,
-                    sam=None, want_oracle: bool = True, degradation: str = "bicubic") -> PriorSet:
+def build_sr_priors(
+    images: list[tuple[str, np.ndarray]],
+    *,
+    scale: int,
+    seg: Segmenter,
+    cache: LabelCache,
+    sam=None,
+    want_oracle: bool = True,
+    degradation: str = "bicubic",
+) -> PriorSet:
     """SR x``scale``: ``noisy`` holds the one LQ image (``degradation``: bicubic downsample, or "bd"
     blur + bicubic, both deterministic);
     the LQ prior segments the LQ image; the oracle segments the HR image (:func:`hr_segmenter`) and
@@ -465,8 +502,11 @@ def build_sr_priors(images: list[tuple[str, np.ndarray]], *, scale: int, seg: Se
         out.clean.append(hr.astype(np.float32) / 255.0)
         out.noisy.append([lq.astype(np.float32) / 255.0])
         out.lq_prior.append([cache.get(lq, ident, lambda x: label_map(x, seg))])
-        out.sam_prior.append([cache.get(lq, json.dumps(sam.identity(), sort_keys=True),
-                                        lambda x: sam_label_map(x, sam))] if sam is not None else [])
+        out.sam_prior.append(
+            [cache.get(lq, json.dumps(sam.identity(), sort_keys=True), lambda x: sam_label_map(x, sam))]
+            if sam is not None
+            else []
+        )
         if want_oracle:
             out.oracle_prior.append(nearest_down(cache.get(hr, ident_hr, lambda x: label_map(x, seg_hr)), scale))
     return out
@@ -490,15 +530,17 @@ def load_grey(path: Path) -> np.ndarray:
     return np.ascontiguousarray(img[..., None])
 
 
-def load_grey_splits(data: Path, set12: Path, *, n_test: int = 0, val_crop: int = 256, n_train: int = 0,
-                     train_crop: int = 0) -> Splits:
+def load_grey_splits(
+    data: Path, set12: Path, *, n_test: int = 0, val_crop: int = 256, n_train: int = 0, train_crop: int = 0
+) -> Splits:
     """Grey splits for the KAIR DnCNN task: train on the luma of Set14 + McMaster (minus the
     validation images) + CBSD68; validation McMaster 15-18 (256 px centre crops); test Set12 (full)."""
     _require_shared(data)
     if not set12.is_dir():
         raise FileNotFoundError(f"{set12} is missing: point --kair-root at a KAIR checkout (testsets/set12)")
-    train, val = _train_val(data, ("Set14", "McMaster", "CBSD68"), load_grey, val_crop=val_crop, n_train=n_train,
-                            train_crop=train_crop)
+    train, val = _train_val(
+        data, ("Set14", "McMaster", "CBSD68"), load_grey, val_crop=val_crop, n_train=n_train, train_crop=train_crop
+    )
     test = [(f"set12/{p.name}", load_grey(p)) for p in _sorted_pngs(set12)[: n_test or None]]
     train, dropped = _without_test_images(train, test)
     return Splits(train, val, test, dropped)
@@ -541,8 +583,16 @@ def load_y(path: Path) -> np.ndarray:
     return np.clip(np.round(rgb_to_y(img)), 0, 255).astype(np.uint8)
 
 
-def load_y_sr_splits(data: Path, train400: Path | None, *, scale: int = 4, n_test: int = 0, val_crop: int = 256,
-                     n_train: int = 0, train_crop: int = 0) -> dict[str, list[tuple[str, np.ndarray]]]:
+def load_y_sr_splits(
+    data: Path,
+    train400: Path | None,
+    *,
+    scale: int = 4,
+    n_test: int = 0,
+    val_crop: int = 256,
+    n_train: int = 0,
+    train_crop: int = 0,
+) -> dict[str, list[tuple[str, np.ndarray]]]:
     """Y-channel SR splits: train on Train400 (cszn/DnCNN's 400 grey 180x180 images, when given) and the
     Y of McMaster (minus 15-18) + CBSD68; validate on McMaster 15-18 (centre crops); test Set5/Set14
     (never trained or tuned on; training images that are copies of them are dropped). Every image is
@@ -566,8 +616,15 @@ def load_y_sr_splits(data: Path, train400: Path | None, *, scale: int = 4, n_tes
     return out
 
 
-def build_upsampled_sr_priors(images: list[tuple[str, np.ndarray]], *, scale: int, seg: Segmenter,
-                              cache: LabelCache, degradation: str = "bicubic", want_oracle: bool = True) -> PriorSet:
+def build_upsampled_sr_priors(
+    images: list[tuple[str, np.ndarray]],
+    *,
+    scale: int,
+    seg: Segmenter,
+    cache: LabelCache,
+    degradation: str = "bicubic",
+    want_oracle: bool = True,
+) -> PriorSet:
     """SR x``scale`` for a network that works at the HR size (DnCNN-3): the LQ image (``degradation``
     of the HR Y, 8-bit) is bicubic-upsampled back to the HR size in floating point (MATLAB
     ``imresize``), which is the network's input; the LQ prior segments that upsampled input, the oracle

@@ -45,16 +45,27 @@ def swinir_light():
     from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
 
     # the SwinIR-light x2 configuration of the paper / model zoo
-    return SwinIR(upscale=2, in_chans=3, img_size=64, window_size=8, img_range=1.0, depths=[6, 6, 6, 6],
-                  embed_dim=60, num_heads=[6, 6, 6, 6], mlp_ratio=2, upsampler="pixelshuffledirect",
-                  resi_connection="1conv"), "layers.*.residual_group"
+    return SwinIR(
+        upscale=2,
+        in_chans=3,
+        img_size=64,
+        window_size=8,
+        img_range=1.0,
+        depths=[6, 6, 6, 6],
+        embed_dim=60,
+        num_heads=[6, 6, 6, 6],
+        mlp_ratio=2,
+        upsampler="pixelshuffledirect",
+        resi_connection="1conv",
+    ), "layers.*.residual_group"
 
 
 def restormer_small():
     from spandrel_extra_arches.architectures.Restormer.__arch.restormer_arch import Restormer
 
-    return Restormer(dim=24, num_blocks=[2, 3, 3, 4], num_refinement_blocks=2, heads=[1, 2, 4, 8],
-                     ffn_expansion_factor=2.66), ["encoder_level*", "latent", "decoder_level*", "refinement"]
+    return Restormer(
+        dim=24, num_blocks=[2, 3, 3, 4], num_refinement_blocks=2, heads=[1, 2, 4, 8], ffn_expansion_factor=2.66
+    ), ["encoder_level*", "latent", "decoder_level*", "refinement"]
 
 
 MODELS = {"swinir-light-x2": swinir_light, "restormer-small": restormer_small}
@@ -68,8 +79,10 @@ def _quality_backbones():
 
     return {
         "dncnn-colour (quality denoise)": (DnCNN(in_nc=3, out_nc=3, nc=32, nb=8, act_mode="R"), 3),
-        "srvgg-compact x4 (quality sr4)": (SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=32, num_conv=8,
-                                                           upscale=4, act_type="prelu"), 3),
+        "srvgg-compact x4 (quality sr4)": (
+            SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=32, num_conv=8, upscale=4, act_type="prelu"),
+            3,
+        ),
         "KAIR dncnn_25 grey (quality kair)": (DnCNN(in_nc=1, out_nc=1, nc=64, nb=17, act_mode="R"), 1),
         "swinir-light-x2": (swinir_light()[0], 3),
         "restormer-small": (restormer_small()[0], 3),
@@ -89,8 +102,10 @@ def student_costs(args) -> int:
     from spt_adapter.core.student import PriorStudent
     from spt_adapter.prior import ClassicalMaskProvider
 
-    print(f"# prior student width {args.student_width}, depth {args.student_depth}, 1 output channel; input "
-          f"1x{args.size}x{args.size} (LQ); device {args.device}, median of {args.repeats}")
+    print(
+        f"# prior student width {args.student_width}, depth {args.student_depth}, 1 output channel; input "
+        f"1x{args.size}x{args.size} (LQ); device {args.device}, median of {args.repeats}"
+    )
     header = ("backbone", "student / backbone FLOPs", "student / backbone forward", "student vs felzenszwalb per image")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -106,14 +121,17 @@ def student_costs(args) -> int:
         f_net, f_st = _flops(lambda net=net, x=x: net(x)), _flops(lambda student=student, x=x: student(x))
         with torch.no_grad():
             t_net = statistics.median(timed(lambda net=net, x=x: net(x), args.device) for _ in range(args.repeats))
-            t_st = statistics.median(timed(lambda student=student, x=x: student(x), args.device)
-                                     for _ in range(args.repeats))
+            t_st = statistics.median(
+                timed(lambda student=student, x=x: student(x), args.device) for _ in range(args.repeats)
+            )
         img = (rng.random((args.size, args.size, 3)) * 255).astype(np.uint8)
         t_seg = statistics.median(timed(lambda img=img: seg.generate(img), "cpu") for _ in range(3))
         ok &= f_st <= 0.10 * f_net
-        print(f"| {name} | {f_st / 1e6:.1f} / {f_net / 1e6:.1f} MFLOP = {100 * f_st / f_net:.1f} % "
-              f"| {1e3 * t_st:.2f} / {1e3 * t_net:.2f} ms = {t_st / t_net:.3f}x "
-              f"| {1e3 * t_st:.2f} ms vs {1e3 * t_seg:.1f} ms |")
+        print(
+            f"| {name} | {f_st / 1e6:.1f} / {f_net / 1e6:.1f} MFLOP = {100 * f_st / f_net:.1f} % "
+            f"| {1e3 * t_st:.2f} / {1e3 * t_net:.2f} ms = {t_st / t_net:.3f}x "
+            f"| {1e3 * t_st:.2f} ms vs {1e3 * t_seg:.1f} ms |"
+        )
     print(f"target student <= 10 % of every backbone's forward FLOPs: {'met' if ok else 'NOT met'}")
     return 0
 
@@ -291,30 +309,45 @@ def main(argv=None) -> int:
     if args.student:
         return student_costs(args)
     config = SPTConfig(fusion=args.fusion, hidden=args.hidden, depth=args.depth)
-    print(f"# spt-adapter {spt_adapter.__version__}, torch {torch.__version__}, device {args.device}, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    print(f"# unit config: fusion={config.fusion} hidden={config.hidden} depth={config.depth}; "
-          f"batch {args.batch}, input {args.size}x{args.size}, median of {args.repeats}")
+    print(
+        f"# spt-adapter {spt_adapter.__version__}, torch {torch.__version__}, device {args.device}, "
+        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
+    print(
+        f"# unit config: fusion={config.fusion} hidden={config.hidden} depth={config.depth}; "
+        f"batch {args.batch}, input {args.size}x{args.size}, median of {args.repeats}"
+    )
     rows = [measure(name, args, config) for name in args.models]
     if args.json:
         for r in rows:
             print(json.dumps(r))
         return 0
-    header = ("model", "units/backbone params", "forward +SPT / backbone", "forward FLOPs +SPT / backbone", "train step full / SPT",
-              "Adam state SPT vs full", "train memory SPT vs full")
+    header = (
+        "model",
+        "units/backbone params",
+        "forward +SPT / backbone",
+        "forward FLOPs +SPT / backbone",
+        "train step full / SPT",
+        "Adam state SPT vs full",
+        "train memory SPT vs full",
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
-        print(f"| {r['model']} | {r['unit_params']:,} / {r['backbone_params']:,} = {100 * r['param_ratio']:.2f} % "
-              f"| {r['fwd_spt_ms']:.1f} / {r['fwd_backbone_ms']:.1f} ms = {r['fwd_ratio']:.3f}x "
-              f"| {r['flops_ratio']:.4f}x "
-              f"| {r['step_full_ms']:.0f} / {r['step_spt_ms']:.0f} ms = {r['step_speedup']:.2f}x faster "
-              f"| {r['optstate_spt_mb']:.3f} vs {r['optstate_full_mb']:.2f} MB = {100 * r['optstate_saving']:.1f} % less "
-              f"| {r['peak_spt_mb']:.0f} vs {r['peak_full_mb']:.0f} MB = {100 * r['peak_saving']:.1f} % less |")
-    targets = {"params <= 3 %": all(r["param_ratio"] <= 0.03 for r in rows),
-               "forward <= +5 %": all(r["fwd_ratio"] <= 1.05 for r in rows),
-               "train step >= 1.5x": all(r["step_speedup"] >= 1.5 for r in rows),
-               "optimizer state >= 40 % less": all(r["optstate_saving"] >= 0.40 for r in rows)}
+        print(
+            f"| {r['model']} | {r['unit_params']:,} / {r['backbone_params']:,} = {100 * r['param_ratio']:.2f} % "
+            f"| {r['fwd_spt_ms']:.1f} / {r['fwd_backbone_ms']:.1f} ms = {r['fwd_ratio']:.3f}x "
+            f"| {r['flops_ratio']:.4f}x "
+            f"| {r['step_full_ms']:.0f} / {r['step_spt_ms']:.0f} ms = {r['step_speedup']:.2f}x faster "
+            f"| {r['optstate_spt_mb']:.3f} vs {r['optstate_full_mb']:.2f} MB = {100 * r['optstate_saving']:.1f} % less "
+            f"| {r['peak_spt_mb']:.0f} vs {r['peak_full_mb']:.0f} MB = {100 * r['peak_saving']:.1f} % less |"
+        )
+    targets = {
+        "params <= 3 %": all(r["param_ratio"] <= 0.03 for r in rows),
+        "forward <= +5 %": all(r["fwd_ratio"] <= 1.05 for r in rows),
+        "train step >= 1.5x": all(r["step_speedup"] >= 1.5 for r in rows),
+        "optimizer state >= 40 % less": all(r["optstate_saving"] >= 0.40 for r in rows),
+    }
     print("targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in targets.items()))
     return 0
 

@@ -85,8 +85,10 @@ def main(argv=None) -> int:
         ratio = r[enc] / r["segment"]
         worst = max(worst, ratio)
         print(f"| generate + encode `{enc}` + cache write (get_or_compute) | {r[enc] * mb:.1f} MiB | {ratio:.2f}x |")
-    print(f"| former format: one bool array per region, masks alone | {r['regions'] * h * w * mb:.1f} MiB | "
-          f"{r['regions'] * h * w / r['segment']:.0f}x |")
+    print(
+        f"| former format: one bool array per region, masks alone | {r['regions'] * h * w * mb:.1f} MiB | "
+        f"{r['regions'] * h * w / r['segment']:.0f}x |"
+    )
     print()
     print(f"target <= 2x: {'met' if worst <= 2 else 'NOT met'} (worst {worst:.2f}x)")
     return 0 if worst <= 2 else 1

@@ -77,7 +77,11 @@ def _same(a, b) -> bool:
         if set(x) != set(y) or not np.array_equal(x["segmentation"], y["segmentation"]):
             return False
         for k in x:
-            if k != "segmentation" and x[k] != y[k] and not (isinstance(x[k], float) and np.isnan(x[k]) and np.isnan(y[k])):
+            if (
+                k != "segmentation"
+                and x[k] != y[k]
+                and not (isinstance(x[k], float) and np.isnan(x[k]) and np.isnan(y[k]))
+            ):
                 return False
     return True
 
@@ -96,8 +100,9 @@ def _sam2(args, images, device, settings) -> tuple[str, list[str]]:
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.sam2_checkpoint or make_tiny_sam2_checkpoint(os.path.join(tmp, TINY_TEST_FILE))
-        provider = make_provider("sam2", checkpoint=ckpt, device=str(device), points_per_batch=args.points_per_batch,
-                                 **settings)
+        provider = make_provider(
+            "sam2", checkpoint=ckpt, device=str(device), points_per_batch=args.points_per_batch, **settings
+        )
         provider.generate(images[0])  # load the model and warm up (not timed)
         times, counts = [], []
         for im in images:
@@ -108,22 +113,51 @@ def _sam2(args, images, device, settings) -> tuple[str, list[str]]:
             times.append(time.perf_counter() - t)
             counts.append(len(masks))
             print(f"  SAM 2 image {im.shape[1]}x{im.shape[0]}: {times[-1]:.2f}s ({counts[-1]} regions)", flush=True)
-        what = f"SAM 2 {provider.model_type} " + (f"checkpoint {args.sam2_checkpoint}" if args.sam2_checkpoint
-                                                 else "random weights (tiny_test, seed 0: times the pipeline only)")
+        what = f"SAM 2 {provider.model_type} " + (
+            f"checkpoint {args.sam2_checkpoint}"
+            if args.sam2_checkpoint
+            else "random weights (tiny_test, seed 0: times the pipeline only)"
+        )
     total = sum(times)
-    rows = [f"| (c) SAM 2 automatic masks -> label image, {len(images)} image(s), total | | {total:.2f} s | |",
-            f"| (c) SAM 2 per image / images per second | | {total / len(images):.2f} s / {len(images) / total:.2f} img/s | |",
-            f"| (c) SAM 2 regions per image (mean) | | {statistics.mean(counts):.1f} | |"]
+    rows = [
+        f"| (c) SAM 2 automatic masks -> label image, {len(images)} image(s), total | | {total:.2f} s | |",
+        f"| (c) SAM 2 per image / images per second | | {total / len(images):.2f} s / {len(images) / total:.2f} img/s | |",
+        f"| (c) SAM 2 regions per image (mean) | | {statistics.mean(counts):.1f} | |",
+    ]
     return what, rows
 
 
 # ------------------------------------------------------------------ defaults per mode (--quick, --device cuda)
-CPU_DEFAULTS = {"model_type": "vit_b", "images": 2, "size": 128, "points_per_side": 16, "points_per_batch": 64,
-                "ours_points_per_batch": None, "encoder_batch": 0, "precision": "fp32", "hit_repeats": 200}
-QUICK_DEFAULTS = {**CPU_DEFAULTS, "model_type": "vit_tiny", "size": 64, "points_per_side": 4, "encoder_batch": 2,
-                  "precision": "bf16", "hit_repeats": 5}
-GPU_DEFAULTS = {**CPU_DEFAULTS, "images": 4, "size": 1024, "points_per_side": 32, "ours_points_per_batch": 256,
-                "encoder_batch": 4, "precision": "bf16", "hit_repeats": 20}
+CPU_DEFAULTS = {
+    "model_type": "vit_b",
+    "images": 2,
+    "size": 128,
+    "points_per_side": 16,
+    "points_per_batch": 64,
+    "ours_points_per_batch": None,
+    "encoder_batch": 0,
+    "precision": "fp32",
+    "hit_repeats": 200,
+}
+QUICK_DEFAULTS = {
+    **CPU_DEFAULTS,
+    "model_type": "vit_tiny",
+    "size": 64,
+    "points_per_side": 4,
+    "encoder_batch": 2,
+    "precision": "bf16",
+    "hit_repeats": 5,
+}
+GPU_DEFAULTS = {
+    **CPU_DEFAULTS,
+    "images": 4,
+    "size": 1024,
+    "points_per_side": 32,
+    "ours_points_per_batch": 256,
+    "encoder_batch": 4,
+    "precision": "bf16",
+    "hit_repeats": 20,
+}
 
 
 def _fill_defaults(args) -> dict:
@@ -162,8 +196,13 @@ def _warm_up(sam, images, settings, args, device) -> None:
     SamAutomaticMaskGenerator(sam, points_per_batch=args.points_per_batch, **small).generate(images[0])
     FastMaskGenerator(sam, points_per_batch=args.ours_points_per_batch, **small).generate(images[0])
     if args.precision == "bf16":
-        FastMaskGenerator(sam, points_per_batch=args.ours_points_per_batch, encoder_batch=max(args.encoder_batch, 1),
-                          precision="bf16", **small).generate_batch(images[: max(args.encoder_batch, 1)])
+        FastMaskGenerator(
+            sam,
+            points_per_batch=args.ours_points_per_batch,
+            encoder_batch=max(args.encoder_batch, 1),
+            precision="bf16",
+            **small,
+        ).generate_batch(images[: max(args.encoder_batch, 1)])
     _sync(device)
 
 
@@ -209,8 +248,9 @@ def bf16_row(sam, images, settings, stock_masks, args, device) -> dict:
     from spt_adapter.prior import FastMaskGenerator
 
     n_enc = max(args.encoder_batch, 1)
-    gen = FastMaskGenerator(sam, points_per_batch=args.ours_points_per_batch, encoder_batch=n_enc,
-                            precision="bf16", **settings)
+    gen = FastMaskGenerator(
+        sam, points_per_batch=args.ours_points_per_batch, encoder_batch=n_enc, precision="bf16", **settings
+    )
     _sync(device)
     t = time.perf_counter()
     got = gen.generate_batch(images)
@@ -222,21 +262,33 @@ def bf16_row(sam, images, settings, stock_masks, args, device) -> dict:
     _sync(device)
     enc_per_image = (time.perf_counter() - t) / len(images[:n_enc])
     ious = [x for a, b in zip(stock_masks, got, strict=True) for x in match_mask_iou(a, b, device)]
-    return {"seconds": seconds, "encoder_batch": n_enc, "encoder_per_image_s": enc_per_image,
-            "masks_stock": sum(len(a) for a in stock_masks), "masks_ours": sum(len(b) for b in got),
-            "mean_iou": float(np.mean(ious)) if ious else float("nan"), "min_iou": float(np.min(ious)) if ious else float("nan")}
+    return {
+        "seconds": seconds,
+        "encoder_batch": n_enc,
+        "encoder_per_image_s": enc_per_image,
+        "masks_stock": sum(len(a) for a in stock_masks),
+        "masks_ours": sum(len(b) for b in got),
+        "mean_iou": float(np.mean(ious)) if ious else float("nan"),
+        "min_iou": float(np.min(ious)) if ious else float("nan"),
+    }
 
 
 def _print_bf16_rows(r: dict, s_stock: float, dry_run: bool) -> None:
     ratio = s_stock / r["seconds"]
-    print(f"| (d) ours bf16 + SDPA, encoder batch {r['encoder_batch']}, total | {s_stock:.2f} s (fp32) | "
-          f"{r['seconds']:.2f} s | {ratio:.2f}x |")
+    print(
+        f"| (d) ours bf16 + SDPA, encoder batch {r['encoder_batch']}, total | {s_stock:.2f} s (fp32) | "
+        f"{r['seconds']:.2f} s | {ratio:.2f}x |"
+    )
     print(f"| (d) bf16: image encoder alone, per image | | {r['encoder_per_image_s']:.3f} s | |")
-    print(f"| (d) bf16: masks (stock / ours), mask IoU vs stock mean / min | {r['masks_stock']} | {r['masks_ours']} | "
-          f"{r['mean_iou']:.4f} / {r['min_iou']:.4f} |")
-    print(f"`targets (issue 11): ours bf16 >= 8x stock: {'met' if ratio >= 8 else 'NOT met'} ({ratio:.2f}x), "
-          f"mean mask IoU >= 0.95: {'met' if r['mean_iou'] >= 0.95 else 'NOT met'} ({r['mean_iou']:.4f})`"
-          + (" (--quick: a toy model on a CPU, the numbers mean nothing)" if dry_run else ""))
+    print(
+        f"| (d) bf16: masks (stock / ours), mask IoU vs stock mean / min | {r['masks_stock']} | {r['masks_ours']} | "
+        f"{r['mean_iou']:.4f} / {r['min_iou']:.4f} |"
+    )
+    print(
+        f"`targets (issue 11): ours bf16 >= 8x stock: {'met' if ratio >= 8 else 'NOT met'} ({ratio:.2f}x), "
+        f"mean mask IoU >= 0.95: {'met' if r['mean_iou'] >= 0.95 else 'NOT met'} ({r['mean_iou']:.4f})`"
+        + (" (--quick: a toy model on a CPU, the numbers mean nothing)" if dry_run else "")
+    )
 
 
 # ------------------------------------------------------------------ main
@@ -248,27 +300,51 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--quick", action="store_true", help="CPU smoke run in seconds: vit_tiny, 2 images of 64 px, 4x4 points")
+    p.add_argument(
+        "--quick", action="store_true", help="CPU smoke run in seconds: vit_tiny, 2 images of 64 px, 4x4 points"
+    )
     p.add_argument("--model-type", default=None, help="vit_b (default), vit_l, vit_h or vit_tiny")
     p.add_argument("--checkpoint", default=None, help="real checkpoint (default: random weights, seed 0)")
     p.add_argument("--images", type=int, default=None)
     p.add_argument("--size", type=int, default=None, help="long side of the test images")
     p.add_argument("--points-per-side", type=int, default=None)
-    p.add_argument("--points-per-batch", type=int, default=None, help="stock generator's prompt batch (SAM's default 64)")
-    p.add_argument("--ours-points-per-batch", type=int, default=None, help="our prompt batch (default: --points-per-batch)")
-    p.add_argument("--encoder-batch", type=int, default=None,
-                   help="N > 1: also run ours over all images with N images per image-encoder call (masks checked too); "
-                        "also the encoder batch of the bf16 row")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
-                   help="bf16: add row (c), ours in bf16 + SDPA vs stock fp32 with mask IoUs (default on cuda and --quick)")
-    p.add_argument("--pred-iou-thresh", type=float, default=0.0,
-                   help="0.0 keeps about half of a random-weight model's candidates (its IoU head is centred near 0)")
-    p.add_argument("--stability-score-thresh", type=float, default=0.0,
-                   help="0.0: a random-weight model's masks rarely reach SAM's 0.95, and an empty result proves nothing")
+    p.add_argument(
+        "--points-per-batch", type=int, default=None, help="stock generator's prompt batch (SAM's default 64)"
+    )
+    p.add_argument(
+        "--ours-points-per-batch", type=int, default=None, help="our prompt batch (default: --points-per-batch)"
+    )
+    p.add_argument(
+        "--encoder-batch",
+        type=int,
+        default=None,
+        help="N > 1: also run ours over all images with N images per image-encoder call (masks checked too); "
+        "also the encoder batch of the bf16 row",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default=None,
+        help="bf16: add row (c), ours in bf16 + SDPA vs stock fp32 with mask IoUs (default on cuda and --quick)",
+    )
+    p.add_argument(
+        "--pred-iou-thresh",
+        type=float,
+        default=0.0,
+        help="0.0 keeps about half of a random-weight model's candidates (its IoU head is centred near 0)",
+    )
+    p.add_argument(
+        "--stability-score-thresh",
+        type=float,
+        default=0.0,
+        help="0.0: a random-weight model's masks rarely reach SAM's 0.95, and an empty result proves nothing",
+    )
     p.add_argument("--hit-repeats", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the JSON line (the last line printed) to this file")
     p.add_argument("--sam2", action="store_true", help="also time SAM 2's generator through the sam2 provider (c)")
-    p.add_argument("--sam2-checkpoint", default=None, help="real SAM 2 checkpoint (default: tiny random-weight tiny_test)")
+    p.add_argument(
+        "--sam2-checkpoint", default=None, help="real SAM 2 checkpoint (default: tiny random-weight tiny_test)"
+    )
     p.add_argument("--sam2-only", action="store_true", help="only (c): skip SAM 1 (a), (b) and (d)")
     args = p.parse_args(argv)
     _fill_defaults(args)
@@ -279,12 +355,17 @@ def main(argv=None) -> int:
         args.sam2 = args.sam2 or importlib.util.find_spec("sam2") is not None
 
     device = torch.device(args.device)
-    settings = {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
-                "stability_score_thresh": args.stability_score_thresh}
+    settings = {
+        "points_per_side": args.points_per_side,
+        "pred_iou_thresh": args.pred_iou_thresh,
+        "stability_score_thresh": args.stability_score_thresh,
+    }
     images = _images(args.images, args.size)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    machine = (f"machine: {platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
-               f"{torch.get_num_threads()} threads, device {device}" + (f" ({device_name})" if device_name else ""))
+    machine = (
+        f"machine: {platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, device {device}" + (f" ({device_name})" if device_name else "")
+    )
     command = f"python benchmarks/prior_speed.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip()
     sam2_what, sam2_rows = _sam2(args, images, device, settings) if (args.sam2 or args.sam2_only) else (None, [])
     if args.sam2_only:
@@ -321,8 +402,11 @@ def main(argv=None) -> int:
         identical &= same
         stock_masks.append(a)
         rows.append((i, im.shape[:2], len(a), t_stock[-1], t_fast[-1], same))
-        print(f"  image {i} {im.shape[1]}x{im.shape[0]}: stock {t_stock[-1]:.2f}s ({len(a)} masks), "
-              f"ours {t_fast[-1]:.2f}s ({len(b)} masks), identical={same}", flush=True)
+        print(
+            f"  image {i} {im.shape[1]}x{im.shape[0]}: stock {t_stock[-1]:.2f}s ({len(a)} masks), "
+            f"ours {t_fast[-1]:.2f}s ({len(b)} masks), identical={same}",
+            flush=True,
+        )
     t_batched, identical_batched, iou_batched = None, None, []
     if args.encoder_batch > 1:
         batched = FastMaskGenerator(sam, points_per_batch=ours_ppb, encoder_batch=args.encoder_batch, **settings)
@@ -333,12 +417,18 @@ def main(argv=None) -> int:
         t_batched = time.perf_counter() - t
         identical_batched = all(_same(a, b) for a, b in zip(stock_masks, got, strict=True))
         iou_batched = [x for a, b in zip(stock_masks, got, strict=True) for x in match_mask_iou(a, b, device)]
-        print(f"  all images, encoder batch {args.encoder_batch}: ours {t_batched:.2f}s, identical={identical_batched}, "
-              f"mask IoU vs stock min {min(iou_batched, default=1.0):.4f}", flush=True)
+        print(
+            f"  all images, encoder batch {args.encoder_batch}: ours {t_batched:.2f}s, identical={identical_batched}, "
+            f"mask IoU vs stock min {min(iou_batched, default=1.0):.4f}",
+            flush=True,
+        )
     bf16 = bf16_row(sam, images, settings, stock_masks, args, device) if args.precision == "bf16" else None
     if bf16 is not None:
-        print(f"  all images, bf16 + SDPA, encoder batch {bf16['encoder_batch']}: ours {bf16['seconds']:.2f}s, "
-              f"mask IoU vs stock mean {bf16['mean_iou']:.4f} min {bf16['min_iou']:.4f}", flush=True)
+        print(
+            f"  all images, bf16 + SDPA, encoder batch {bf16['encoder_batch']}: ours {bf16['seconds']:.2f}s, "
+            f"mask IoU vs stock mean {bf16['mean_iou']:.4f} min {bf16['min_iou']:.4f}",
+            flush=True,
+        )
     # the image encoder alone (a floor both share)
     _sync(device)
     t = time.perf_counter()
@@ -349,6 +439,7 @@ def main(argv=None) -> int:
 
     # (a) cache: recompute (ours + encode + write) vs hit
     with tempfile.TemporaryDirectory() as root:
+
         class Provider:
             def identity(self):
                 return {"provider": "sam-bench", "model_type": args.model_type, "settings": settings}
@@ -374,38 +465,64 @@ def main(argv=None) -> int:
     print(machine)
     if sam2_what:
         print(f"model (c): {sam2_what}")
-    print(f"model: {args.model_type} {'checkpoint ' + args.checkpoint if args.checkpoint else 'random weights (seed 0)'}; "
-          f"settings {settings}, points_per_batch stock {args.points_per_batch} / ours {ours_ppb}; "
-          f"{len(images)} image(s), long side {args.size}")
+    print(
+        f"model: {args.model_type} {'checkpoint ' + args.checkpoint if args.checkpoint else 'random weights (seed 0)'}; "
+        f"settings {settings}, points_per_batch stock {args.points_per_batch} / ours {ours_ppb}; "
+        f"{len(images)} image(s), long side {args.size}"
+    )
     print()
     print("| measurement | stock / recompute | ours / cache hit | ratio |")
     print("| --- | ---: | ---: | ---: |")
-    print(f"| (b) SAM masks, {len(images)} image(s), total | {s_stock:.2f} s | {s_fast:.2f} s | {s_stock / s_fast:.2f}x |")
+    print(
+        f"| (b) SAM masks, {len(images)} image(s), total | {s_stock:.2f} s | {s_fast:.2f} s | {s_stock / s_fast:.2f}x |"
+    )
     print(f"| (b) per image | {s_stock / len(images):.2f} s | {s_fast / len(images):.2f} s | |")
     print(f"| (b) masks identical to stock | | {'yes' if identical else 'NO'} | |")
     if t_batched is not None:
-        print(f"| (b) ours, encoder batch {args.encoder_batch}, total | {s_stock:.2f} s | {t_batched:.2f} s | {s_stock / t_batched:.2f}x |")
-        print(f"| (b) encoder batch {args.encoder_batch}: masks identical to stock | | "
-              f"{'yes' if identical_batched else 'no (batched GEMMs: last-bit differences)'} | "
-              f"IoU min {min(iou_batched, default=1.0):.4f} |")
+        print(
+            f"| (b) ours, encoder batch {args.encoder_batch}, total | {s_stock:.2f} s | {t_batched:.2f} s | {s_stock / t_batched:.2f}x |"
+        )
+        print(
+            f"| (b) encoder batch {args.encoder_batch}: masks identical to stock | | "
+            f"{'yes' if identical_batched else 'no (batched GEMMs: last-bit differences)'} | "
+            f"IoU min {min(iou_batched, default=1.0):.4f} |"
+        )
     print(f"| image encoder alone (in both), per image | {t_enc:.2f} s | {t_enc:.2f} s | |")
-    print(f"| (b) excluding the shared encoder | {s_stock / len(images) - t_enc:.2f} s | {s_fast / len(images) - t_enc:.2f} s | "
-          f"{(s_stock / len(images) - t_enc) / max(s_fast / len(images) - t_enc, 1e-9):.2f}x |")
+    print(
+        f"| (b) excluding the shared encoder | {s_stock / len(images) - t_enc:.2f} s | {s_fast / len(images) - t_enc:.2f} s | "
+        f"{(s_stock / len(images) - t_enc) / max(s_fast / len(images) - t_enc, 1e-9):.2f}x |"
+    )
     if bf16 is not None:
         _print_bf16_rows(bf16, s_stock, args.quick)
-    print(f"| (a) prior of one image: recompute vs cache hit | {t_miss:.3f} s | {t_hit * 1e3:.2f} ms | {t_miss / t_hit:.0f}x |")
+    print(
+        f"| (a) prior of one image: recompute vs cache hit | {t_miss:.3f} s | {t_hit * 1e3:.2f} ms | {t_miss / t_hit:.0f}x |"
+    )
     if sam2_rows:
         print("\n".join(sam2_rows))
     ok = identical  # the per-image fp32 row is the exactness claim; encoder batching is reported, not required
     result = {
-        "benchmark": "prior_speed", "command": command, "device": str(device), "device_name": device_name,
-        "torch": torch.__version__, "model_type": args.model_type, "checkpoint": args.checkpoint,
-        "images": len(images), "size": args.size, "settings": settings,
+        "benchmark": "prior_speed",
+        "command": command,
+        "device": str(device),
+        "device_name": device_name,
+        "torch": torch.__version__,
+        "model_type": args.model_type,
+        "checkpoint": args.checkpoint,
+        "images": len(images),
+        "size": args.size,
+        "settings": settings,
         "points_per_batch": {"stock": args.points_per_batch, "ours": ours_ppb},
-        "stock_s": s_stock, "ours_fp32_s": s_fast, "ours_fp32_ratio": s_stock / s_fast, "identical": identical,
-        "encoder_batch": args.encoder_batch, "ours_fp32_batched_s": t_batched, "identical_batched": identical_batched,
+        "stock_s": s_stock,
+        "ours_fp32_s": s_fast,
+        "ours_fp32_ratio": s_stock / s_fast,
+        "identical": identical,
+        "encoder_batch": args.encoder_batch,
+        "ours_fp32_batched_s": t_batched,
+        "identical_batched": identical_batched,
         "batched_min_iou": min(iou_batched, default=None),
-        "encoder_per_image_s": t_enc, "cache_miss_s": t_miss, "cache_hit_s": t_hit,
+        "encoder_per_image_s": t_enc,
+        "cache_miss_s": t_miss,
+        "cache_hit_s": t_hit,
         "bf16": None if bf16 is None else {**bf16, "ratio": s_stock / bf16["seconds"]},
         "sam2": sam2_what,
         "ok": ok,

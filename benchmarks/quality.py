@@ -104,8 +104,7 @@ def build_sr_backbone(nf: int, nconv: int) -> nn.Module:
     from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
 
     # Real-ESRGAN's compact SR net: conv + PReLU body at LQ size, pixel shuffle x4, + nearest-upsampled input.
-    return SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=nf, num_conv=nconv, upscale=SR_SCALE,
-                           act_type="prelu")
+    return SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=nf, num_conv=nconv, upscale=SR_SCALE, act_type="prelu")
 
 
 def spread(hidden: list[int], n: int) -> list[int]:
@@ -180,11 +179,21 @@ def _cached_backbone(spec: dict, stem: str, cache_dir: Path, build) -> tuple[nn.
 def pretrain_sr_backbone(args, names: list[str], pset: qd.PriorSet, cache_dir: Path) -> tuple[nn.Module, dict]:
     """Train the SR backbone from scratch on aligned (bicubic LQ, HR) crops of the training images;
     cached by its settings. ``--patch`` is the LQ patch size (the HR patch is 4x it)."""
-    spec = {"arch": "SRVGGNetCompact", "nf": args.sr_feat, "nconv": args.sr_convs, "scale": SR_SCALE,
-            "steps": args.pretrain_steps, "batch": args.pretrain_batch, "patch": args.patch,
-            "lr": args.pretrain_lr, "train": names, "version": 2}
-    net, path, hit = _cached_backbone(spec, f"backbone_srvgg_x{SR_SCALE}", cache_dir,
-                                      lambda: build_sr_backbone(args.sr_feat, args.sr_convs))
+    spec = {
+        "arch": "SRVGGNetCompact",
+        "nf": args.sr_feat,
+        "nconv": args.sr_convs,
+        "scale": SR_SCALE,
+        "steps": args.pretrain_steps,
+        "batch": args.pretrain_batch,
+        "patch": args.patch,
+        "lr": args.pretrain_lr,
+        "train": names,
+        "version": 2,
+    }
+    net, path, hit = _cached_backbone(
+        spec, f"backbone_srvgg_x{SR_SCALE}", cache_dir, lambda: build_sr_backbone(args.sr_feat, args.sr_convs)
+    )
     if hit:
         return net, {"cached": True, "path": str(path), **spec}
     torch.manual_seed(1234)
@@ -200,9 +209,18 @@ def pretrain_sr_backbone(args, names: list[str], pset: qd.PriorSet, cache_dir: P
 
 def pretrain_backbone(args, train: list[tuple[str, np.ndarray]], cache_dir: Path) -> tuple[nn.Module, dict]:
     """Train the backbone from scratch on the training crops at --sigma; cached by its settings."""
-    spec = {"arch": "DnCNN", "nc": args.nc, "nb": args.nb, "sigma": args.sigma, "steps": args.pretrain_steps,
-            "batch": args.pretrain_batch, "patch": args.patch, "lr": args.pretrain_lr,
-            "train": [n for n, _ in train], "version": 1}
+    spec = {
+        "arch": "DnCNN",
+        "nc": args.nc,
+        "nb": args.nb,
+        "sigma": args.sigma,
+        "steps": args.pretrain_steps,
+        "batch": args.pretrain_batch,
+        "patch": args.patch,
+        "lr": args.pretrain_lr,
+        "train": [n for n, _ in train],
+        "version": 1,
+    }
     # (cached DnCNN backbones made before the initialisation was seeded are reused as they are)
     net, path, hit = _cached_backbone(spec, "backbone_dncnn", cache_dir, lambda: build_backbone(args.nc, args.nb))
     if hit:
@@ -234,8 +252,7 @@ def _pretrain(net: nn.Module, batch, loss_fn, args, path: Path, spec: dict) -> t
         opt.step()
         sched.step()
         if (step + 1) % max(1, args.pretrain_steps // 10) == 0:
-            log(f"backbone pretrain {step + 1}/{args.pretrain_steps} loss {loss.item():.5f} "
-                f"({time.time() - t0:.0f}s)")
+            log(f"backbone pretrain {step + 1}/{args.pretrain_steps} loss {loss.item():.5f} ({time.time() - t0:.0f}s)")
     net.eval()
     _save_cached(net, path)
     log(f"backbone: pre-trained in {time.time() - t0:.0f}s, cached at {path}")
@@ -253,8 +270,13 @@ def make_schedule(seed: int, steps: int, batch: int, patch: int, pset: qd.PriorS
         for k in range(batch):
             i = int(rng.integers(n_img))
             h, w = pset.noisy[i][0].shape[:2]  # crop positions on the LQ image (= clean for denoising)
-            sched[s, k] = (i, rng.integers(n_real), rng.integers(0, h - patch + 1), rng.integers(0, w - patch + 1),
-                           rng.integers(8))
+            sched[s, k] = (
+                i,
+                rng.integers(n_real),
+                rng.integers(0, h - patch + 1),
+                rng.integers(0, w - patch + 1),
+                rng.integers(8),
+            )
     return sched
 
 
@@ -292,6 +314,7 @@ def get_batch(sched_step: np.ndarray, patch: int, pset: qd.PriorSet, prior: str)
 def restored_view(backbone: nn.Module):
     """``noisy HxWx3 float -> HxWx3 uint8``: the frozen backbone's restoration, for segmenting a cleaner
     picture than the noisy input while using nothing but the input."""
+
     def view(noisy: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             out = backbone(torch.from_numpy(np.ascontiguousarray(noisy)).permute(2, 0, 1)[None])
@@ -310,22 +333,31 @@ def make_spt(backbone: nn.Module, fusion: str, args, seed: int, prior_channels: 
     else:
         targets = unit_targets(KAIR_NB if args.task == "kair" else args.nb, args.units)
     # the student is built after the units, so every row of a seed starts from the same units
-    cfg = SPTConfig(targets=targets, fusion=fusion, hidden=args.hidden, depth=args.depth,
-                    prior_channels=prior_channels,
-                    student={"in_channels": args.in_channels, "width": args.student_width,
-                             "depth": args.student_depth} if student else None)
+    cfg = SPTConfig(
+        targets=targets,
+        fusion=fusion,
+        hidden=args.hidden,
+        depth=args.depth,
+        prior_channels=prior_channels,
+        student={"in_channels": args.in_channels, "width": args.student_width, "depth": args.student_depth}
+        if student
+        else None,
+    )
     reads_restored = student and args.student_input == "restored"
     if reads_restored:  # the units read a given prior; the student below makes it from [LQ, restored]
-        cfg = SPTConfig(targets=targets, fusion=fusion, hidden=args.hidden, depth=args.depth,
-                        prior_channels=prior_channels)
+        cfg = SPTConfig(
+            targets=targets, fusion=fusion, hidden=args.hidden, depth=args.depth, prior_channels=prior_channels
+        )
     device = next(backbone.parameters()).device
-    model = spt_adapter.inject(copy.deepcopy(backbone), config=cfg,
-                               example_input=torch.zeros(1, args.in_channels, 32, 32, device=device)).to(args.device)
+    model = spt_adapter.inject(
+        copy.deepcopy(backbone), config=cfg, example_input=torch.zeros(1, args.in_channels, 32, 32, device=device)
+    ).to(args.device)
     if reads_restored:
         from spt_adapter.core.student import PriorStudent
 
-        student_net = PriorStudent(prior_channels, in_channels=2 * args.in_channels, width=args.student_width,
-                                   depth=args.student_depth)
+        student_net = PriorStudent(
+            prior_channels, in_channels=2 * args.in_channels, width=args.student_width, depth=args.student_depth
+        )
         model = StudentReadsRestored(model, RestoredInputStudent(student_net, backbone)).to(args.device)
     return model
 
@@ -372,8 +404,9 @@ def _restoration_loss(out: torch.Tensor, gt: torch.Tensor, pset: qd.PriorSet) ->
     return torch.mean(torch.abs(out - gt)) if pset.scale > 1 else torch.mean((out - gt) ** 2)
 
 
-def train_student_alone(model: nn.Module, sched: np.ndarray, pset: qd.PriorSet, patch: int, steps: int, lr: float,
-                        device: str = "cpu") -> None:
+def train_student_alone(
+    model: nn.Module, sched: np.ndarray, pset: qd.PriorSet, patch: int, steps: int, lr: float, device: str = "cpu"
+) -> None:
     """The distilled prior's first phase: the student alone learns the teacher's map (the oracle
     segmentation of the clean image) by BCE on ``steps`` batches of the seed's schedule; no backbone
     forward, the units untouched."""
@@ -392,9 +425,18 @@ def train_student_alone(model: nn.Module, sched: np.ndarray, pset: qd.PriorSet, 
         sched_lr.step()
 
 
-def train_model(model: nn.Module, sched: np.ndarray, pset: qd.PriorSet, prior: str, lr: float, patch: int,
-                full: bool = False, distill_weight: float | None = None, student_steps: int = 0,
-                device: str = "cpu") -> float:
+def train_model(
+    model: nn.Module,
+    sched: np.ndarray,
+    pset: qd.PriorSet,
+    prior: str,
+    lr: float,
+    patch: int,
+    full: bool = False,
+    distill_weight: float | None = None,
+    student_steps: int = 0,
+    device: str = "cpu",
+) -> float:
     """Train ``model`` on the seed's schedule. ``prior="student"``: a distilled adapter; with
     ``distill_weight`` (row g) the student first learns the teacher alone for ``student_steps``
     batches, then loss = restoration + weight x BCE(student, teacher); ``None`` (row h): the
@@ -468,8 +510,11 @@ def evaluate(model: nn.Module, pset: qd.PriorSet, prior: str, batch: int = 17) -
                 if prior == "const":
                     pr = torch.ones(len(chunk), pset.prior_channels, *lq.shape[-2:])
                 else:
-                    maps = {"lq": lambda i: pset.lq_prior[i][0], "oracle": lambda i: pset.oracle_prior[i],
-                            "sam": lambda i: pset.sam_prior[i][0]}[prior]
+                    maps = {
+                        "lq": lambda i: pset.lq_prior[i][0],
+                        "oracle": lambda i: pset.oracle_prior[i],
+                        "sam": lambda i: pset.sam_prior[i][0],
+                    }[prior]
                     arr = np.stack([maps(i) for i in chunk])
                     pr = torch.from_numpy(arr[:, None] if arr.ndim == 3 else arr.transpose(0, 3, 1, 2).copy())
                 out = model(lq, prior=pr.to(device))
@@ -497,8 +542,9 @@ def fmt(values: list[float]) -> str:
 # -------------------------------------------------------------------------------------------
 # the run
 # -------------------------------------------------------------------------------------------
-def run_one(args, backbone, train_set: qd.PriorSet, eval_sets: dict[str, qd.PriorSet], seed: int, row: str,
-            fusion: str) -> tuple[dict[str, float], float]:
+def run_one(
+    args, backbone, train_set: qd.PriorSet, eval_sets: dict[str, qd.PriorSet], seed: int, row: str, fusion: str
+) -> tuple[dict[str, float], float]:
     """Train and test one (seed, row, fusion) of the ladder: ({eval name: PSNR}, training seconds)."""
     sched = make_schedule(seed, args.steps, args.batch, args.patch, train_set)
     if row == "e":
@@ -509,9 +555,17 @@ def run_one(args, backbone, train_set: qd.PriorSet, eval_sets: dict[str, qd.Prio
     else:
         prior = ROW_PRIOR[row]
         model = make_spt(backbone, fusion, args, seed, train_set.prior_channels, student=row in "gh")
-        secs = train_model(model, sched, train_set, prior, args.lr, args.patch,
-                           distill_weight=args.distill_weight if row == "g" else None,
-                           student_steps=args.student_steps, device=args.device)
+        secs = train_model(
+            model,
+            sched,
+            train_set,
+            prior,
+            args.lr,
+            args.patch,
+            distill_weight=args.distill_weight if row == "g" else None,
+            student_steps=args.student_steps,
+            device=args.device,
+        )
     return {name: evaluate(model, es, prior) for name, es in eval_sets.items()}, secs
 
 
@@ -534,12 +588,16 @@ def _encode_sets(args, train_set, eval_sets: dict):
     """(train set, eval sets, regions per test image): the mean region count of the first eval set's
     label priors (before encoding), then every set in ``--encoding``."""
     n_regions = float(np.mean([len(np.unique(p[0])) for p in next(iter(eval_sets.values())).lq_prior]))
-    return (qd.apply_encoding(train_set, args.encoding),
-            {k: qd.apply_encoding(v, args.encoding) for k, v in eval_sets.items()}, n_regions)
+    return (
+        qd.apply_encoding(train_set, args.encoding),
+        {k: qd.apply_encoding(v, args.encoding) for k, v in eval_sets.items()},
+        n_regions,
+    )
 
 
-def run_ladder(args, backbone, train_set: qd.PriorSet, eval_sets: dict[str, qd.PriorSet], rows: list[str],
-               fusions: list[str]) -> dict[str, Any]:
+def run_ladder(
+    args, backbone, train_set: qd.PriorSet, eval_sets: dict[str, qd.PriorSet], rows: list[str], fusions: list[str]
+) -> dict[str, Any]:
     """results[row][fusion or '-'][eval_name] = list of per-seed PSNRs. With ``args.jobs`` > 1 the
     trainings run in that many processes (spawned; on one GPU with ``--device cuda``); each training
     depends only on (seed, row, fusion), so the numbers are the same as in one process."""
@@ -558,16 +616,20 @@ def run_ladder(args, backbone, train_set: qd.PriorSet, eval_sets: dict[str, qd.P
         scores_of[job] = scores
         done += 1
         eta = (time.time() - t_start) / done * (len(jobs) - done)
-        log(f"seed {job[0]} row {job[1]} fusion {job[2]}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
-            + f"  (train {secs:.0f}s; {done}/{len(jobs)}, eta {eta / 60:.1f} min)")
+        log(
+            f"seed {job[0]} row {job[1]} fusion {job[2]}: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+            + f"  (train {secs:.0f}s; {done}/{len(jobs)}, eta {eta / 60:.1f} min)"
+        )
 
     if args.jobs > 1 and len(jobs) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         context = {"args": args, "backbone": backbone.cpu(), "train_set": train_set, "eval_sets": eval_sets}
-        with ProcessPoolExecutor(min(args.jobs, len(jobs)), mp_context=mp.get_context("spawn"),
-                                 initializer=_job_init, initargs=(context,)) as pool:
+        with ProcessPoolExecutor(
+            min(args.jobs, len(jobs)), mp_context=mp.get_context("spawn"), initializer=_job_init, initargs=(context,)
+        ) as pool:
             for fut in as_completed([pool.submit(_job, j) for j in jobs]):
                 record(*fut.result())
         backbone.to(args.device)
@@ -591,8 +653,9 @@ def row_titles(args) -> dict[str, str]:
     return titles
 
 
-def render(res: dict[str, Any], eval_names: list[str], rows: list[str], fusions: list[str],
-           titles: dict[str, str] = ROW_TITLES) -> str:
+def render(
+    res: dict[str, Any], eval_names: list[str], rows: list[str], fusions: list[str], titles: dict[str, str] = ROW_TITLES
+) -> str:
     lines = []
     for name in eval_names:
         lines.append(f"\n#### {name}: PSNR (dB), mean ± std over seeds\n")
@@ -647,7 +710,8 @@ def load_dncnn_mat(dncnn_root: Path, model: tuple[str, int, int], label: str) ->
     if not mat.is_file():
         raise FileNotFoundError(f"{mat} is missing: point --dncnn-root at a cszn/DnCNN checkout")
     spec = importlib.util.spec_from_file_location(
-        "convert_dncnn_mat", Path(__file__).resolve().parents[1] / "tools" / "convert_dncnn_mat.py")
+        "convert_dncnn_mat", Path(__file__).resolve().parents[1] / "tools" / "convert_dncnn_mat.py"
+    )
     converter = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(converter)
     net = DnCNN(in_nc=channels, out_nc=channels, nc=64, nb=nb, act_mode="R")
@@ -669,8 +733,9 @@ def load_kair_dncnn(path: Path) -> nn.Module:
 
 
 @torch.no_grad()
-def kair_frozen_psnr(net: nn.Module, test: list[tuple[str, np.ndarray]], sigma: float = 25.0,
-                     device: str = "cpu") -> tuple[float, list[float]]:
+def kair_frozen_psnr(
+    net: nn.Module, test: list[tuple[str, np.ndarray]], sigma: float = 25.0, device: str = "cpu"
+) -> tuple[float, list[float]]:
     """KAIR's ``main_test_dncnn.py`` protocol: per image ``np.random.seed(0)`` noise of ``sigma`` on the
     [0, 1] image (float32, not clipped), the output clamped and rounded to uint8, PSNR with border 0."""
     scores = []
@@ -692,39 +757,68 @@ def kair_degradation(name: str) -> tuple[float, int]:
 def main_kair(args, argv, t_all, cache: qd.LabelCache) -> int:
     """KAIR's grey DnCNN (sigma 25): reproduce its frozen Set12 row, then the ladder adapting it to
     ``--kair-degradation`` (train: grey Set14 + McMaster + CBSD68; test: Set12, full images)."""
-    splits = qd.load_grey_splits(args.data, args.kair_root / "testsets" / "set12", n_test=args.n_test,
-                                 n_train=args.n_train, train_crop=args.train_crop)
+    splits = qd.load_grey_splits(
+        args.data,
+        args.kair_root / "testsets" / "set12",
+        n_test=args.n_test,
+        n_train=args.n_train,
+        train_crop=args.train_crop,
+    )
     backbone = load_kair_dncnn(args.kair_root / "model_zoo" / "dncnn_25.pth")
     for p in backbone.parameters():
         p.requires_grad_(False)
     repro, per_image = kair_frozen_psnr(backbone, splits.test, 25.0, args.device)
-    log(f"KAIR dncnn_25 frozen, Set12 sigma 25 (KAIR protocol): {repro:.3f} dB (published 30.43); per image "
-        + " ".join(f"{v:.2f}" for v in per_image))
+    log(
+        f"KAIR dncnn_25 frozen, Set12 sigma 25 (KAIR protocol): {repro:.3f} dB (published 30.43); per image "
+        + " ".join(f"{v:.2f}" for v in per_image)
+    )
     sigma, jpeg = kair_degradation(args.kair_degradation)
     seg = qd.Segmenter.parse(args.segmenter)
     if args.tune_distill:
         tune_distill(args, splits, backbone, cache, sigma=sigma, jpeg=jpeg)
         return 0
     t0 = time.time()
-    train_set = qd.build_priors(splits.train, sigma=sigma, realisations=args.realisations, noise_base=1, seg=seg,
-                                cache=cache, jpeg=jpeg)
+    train_set = qd.build_priors(
+        splits.train, sigma=sigma, realisations=args.realisations, noise_base=1, seg=seg, cache=cache, jpeg=jpeg
+    )
     tag = f"Set12 {args.kair_degradation} (grey)"
-    eval_sets = {tag: qd.build_priors(splits.test, sigma=sigma, realisations=1, noise_base=0, seg=seg, cache=cache,
-                                      jpeg=jpeg)}
+    eval_sets = {
+        tag: qd.build_priors(splits.test, sigma=sigma, realisations=1, noise_base=0, seg=seg, cache=cache, jpeg=jpeg)
+    }
     train_set, eval_sets, n_regions = _encode_sets(args, train_set, eval_sets)
-    log(f"data: {len(splits.train)} grey train images, {len(splits.test)} Set12 images; priors ready in "
-        f"{time.time() - t0:.0f}s ({seg.label()}; {n_regions:.0f} regions per test image)")
+    log(
+        f"data: {len(splits.train)} grey train images, {len(splits.test)} Set12 images; priors ready in "
+        f"{time.time() - t0:.0f}s ({seg.label()}; {n_regions:.0f} regions per test image)"
+    )
     rows = [r for r in ROWS if r in args.rows]
     res = run_ladder(args, backbone, train_set, eval_sets, rows, args.fusions)
     print(f"\nKAIR dncnn_25 frozen, Set12 σ=25, KAIR's protocol: {repro:.3f} dB (published 30.43)")
-    bb_info = {"cached": True, "path": str(args.kair_root / "model_zoo" / "dncnn_25.pth"), "arch": "KAIR DnCNN",
-               "kair_set12_sigma25": repro, "kair_set12_sigma25_per_image": per_image}
-    _report(args, argv, t_all, f"Prior ladder, KAIR DnCNN σ=25 → {args.kair_degradation} — {seg.label()}, "
-            f"{args.encoding} encoding ({n_regions:.0f} regions per test image, {args.units or 'all'} units)",
-            bb_info, res, list(eval_sets), rows,
-            {"segmenter": seg.label(), "encoding": args.encoding, "degradation": args.kair_degradation,
-             "regions_per_test_image": n_regions, "kair_frozen_sigma25": repro,
-             "dropped_near_duplicates": splits.dropped})
+    bb_info = {
+        "cached": True,
+        "path": str(args.kair_root / "model_zoo" / "dncnn_25.pth"),
+        "arch": "KAIR DnCNN",
+        "kair_set12_sigma25": repro,
+        "kair_set12_sigma25_per_image": per_image,
+    }
+    _report(
+        args,
+        argv,
+        t_all,
+        f"Prior ladder, KAIR DnCNN σ=25 → {args.kair_degradation} — {seg.label()}, "
+        f"{args.encoding} encoding ({n_regions:.0f} regions per test image, {args.units or 'all'} units)",
+        bb_info,
+        res,
+        list(eval_sets),
+        rows,
+        {
+            "segmenter": seg.label(),
+            "encoding": args.encoding,
+            "degradation": args.kair_degradation,
+            "regions_per_test_image": n_regions,
+            "kair_frozen_sigma25": repro,
+            "dropped_near_duplicates": splits.dropped,
+        },
+    )
     return 0
 
 
@@ -733,43 +827,82 @@ def main_dncnn3(args, argv, t_all, cache: qd.LabelCache) -> int:
     deblocking): its frozen bicubic x4 row on Set5/Set14 reproduced first (published 31.40 / 28.04 dB on
     Y), then the ladder adapting it to the BD degradation (blur sigma 1.6, then bicubic x4), which it
     never saw; train Train400 + the Y of McMaster (minus 15-18) + CBSD68, test Set5/Set14 (Y, crop 4)."""
-    train400 = None if args.quick else args.dncnn_root / "TrainingCodes" / "DnCNN_TrainingCodes_v1.0" / "data" / "Train400"
-    splits = qd.load_y_sr_splits(args.data, train400, scale=SR_SCALE, n_test=args.n_test, n_train=args.n_train,
-                                 train_crop=args.train_crop)
+    train400 = (
+        None if args.quick else args.dncnn_root / "TrainingCodes" / "DnCNN_TrainingCodes_v1.0" / "data" / "Train400"
+    )
+    splits = qd.load_y_sr_splits(
+        args.data, train400, scale=SR_SCALE, n_test=args.n_test, n_train=args.n_train, train_crop=args.train_crop
+    )
     backbone, bb_info = load_dncnn_mat(args.dncnn_root, DNCNN_3, "DnCNN-3")
     for p in backbone.parameters():
         p.requires_grad_(False)
     backbone = backbone.to(args.device)
     seg = qd.Segmenter.parse(args.segmenter)
-    repro = {sub: evaluate(backbone, qd.build_upsampled_sr_priors(splits[sub], scale=SR_SCALE, seg=seg, cache=cache,
-                                                                  want_oracle=False), "none")
-             for sub in qd.SR_TEST}
-    log("DnCNN-3 frozen, bicubic x4 (Y, crop 4): " + ", ".join(f"{k} {v:.3f}" for k, v in repro.items())
-        + " (published Set5 31.40, Set14 28.04)")
+    repro = {
+        sub: evaluate(
+            backbone,
+            qd.build_upsampled_sr_priors(splits[sub], scale=SR_SCALE, seg=seg, cache=cache, want_oracle=False),
+            "none",
+        )
+        for sub in qd.SR_TEST
+    }
+    log(
+        "DnCNN-3 frozen, bicubic x4 (Y, crop 4): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in repro.items())
+        + " (published Set5 31.40, Set14 28.04)"
+    )
     if args.tune_distill:
         tr = qd.build_upsampled_sr_priors(splits["train"], scale=SR_SCALE, seg=seg, cache=cache, degradation="bd")
         val = qd.build_upsampled_sr_priors(splits["val"], scale=SR_SCALE, seg=seg, cache=cache, degradation="bd")
-        tune_distill_sets(args, backbone, qd.apply_encoding(tr, args.encoding), qd.apply_encoding(val, args.encoding),
-                          "McMaster 15-18 Y, x4 BD")
+        tune_distill_sets(
+            args,
+            backbone,
+            qd.apply_encoding(tr, args.encoding),
+            qd.apply_encoding(val, args.encoding),
+            "McMaster 15-18 Y, x4 BD",
+        )
         return 0
     t0 = time.time()
     train_set = qd.build_upsampled_sr_priors(splits["train"], scale=SR_SCALE, seg=seg, cache=cache, degradation="bd")
-    eval_sets = {f"{sub} ×{SR_SCALE} BD (Y, crop {SR_SCALE})":
-                 qd.build_upsampled_sr_priors(splits[sub], scale=SR_SCALE, seg=seg, cache=cache, degradation="bd")
-                 for sub in qd.SR_TEST}
+    eval_sets = {
+        f"{sub} ×{SR_SCALE} BD (Y, crop {SR_SCALE})": qd.build_upsampled_sr_priors(
+            splits[sub], scale=SR_SCALE, seg=seg, cache=cache, degradation="bd"
+        )
+        for sub in qd.SR_TEST
+    }
     train_set, eval_sets, n_regions = _encode_sets(args, train_set, eval_sets)
-    log(f"data: {len(splits['train'])} Y train images, " + ", ".join(f"{k} {len(splits[k])}" for k in qd.SR_TEST)
+    log(
+        f"data: {len(splits['train'])} Y train images, "
+        + ", ".join(f"{k} {len(splits[k])}" for k in qd.SR_TEST)
         + f" test images; priors ready in {time.time() - t0:.0f}s ({seg.label()}; {n_regions:.0f} regions per "
-        "upsampled LQ test image)")
+        "upsampled LQ test image)"
+    )
     rows = [r for r in ROWS if r in args.rows]
     res = run_ladder(args, backbone, train_set, eval_sets, rows, args.fusions)
-    print("\nDnCNN-3 frozen, bicubic ×4 (Y, crop 4): " + ", ".join(f"{k} {v:.3f}" for k, v in repro.items())
-          + " (published Set5 31.40, Set14 28.04)")
-    _report(args, argv, t_all, f"Prior ladder, DnCNN-3 (bicubic ×{SR_SCALE} on the upsampled luma) → ×{SR_SCALE} BD — "
-            f"{seg.label()}, {args.encoding} encoding ({n_regions:.0f} regions per test image, "
-            f"{args.units or 'all'} units)", {**bb_info, "bicubic_x4_frozen": repro}, res, list(eval_sets), rows,
-            {"segmenter": seg.label(), "encoding": args.encoding, "degradation": "bd",
-             "regions_per_test_image": n_regions, "dncnn3_bicubic_x4_frozen": repro})
+    print(
+        "\nDnCNN-3 frozen, bicubic ×4 (Y, crop 4): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in repro.items())
+        + " (published Set5 31.40, Set14 28.04)"
+    )
+    _report(
+        args,
+        argv,
+        t_all,
+        f"Prior ladder, DnCNN-3 (bicubic ×{SR_SCALE} on the upsampled luma) → ×{SR_SCALE} BD — "
+        f"{seg.label()}, {args.encoding} encoding ({n_regions:.0f} regions per test image, "
+        f"{args.units or 'all'} units)",
+        {**bb_info, "bicubic_x4_frozen": repro},
+        res,
+        list(eval_sets),
+        rows,
+        {
+            "segmenter": seg.label(),
+            "encoding": args.encoding,
+            "degradation": "bd",
+            "regions_per_test_image": n_regions,
+            "dncnn3_bicubic_x4_frozen": repro,
+        },
+    )
     return 0
 
 
@@ -777,12 +910,24 @@ def tune_distill(args, splits: qd.Splits, backbone, cache: qd.LabelCache, *, sig
     """Choose the distillation settings (weight, student-only steps, student width) on the validation
     split, never on the test set: (g) − (h) and (g) − (c) per candidate and fusion, in dB."""
     seg = qd.Segmenter.parse(args.segmenter)
-    tr = qd.apply_encoding(qd.build_priors(splits.train, sigma=sigma, realisations=args.realisations, noise_base=1,
-                                           seg=seg, cache=cache, jpeg=jpeg), args.encoding)
-    val = qd.apply_encoding(qd.build_priors(splits.val, sigma=sigma, realisations=1, noise_base=2, seg=seg,
-                                            cache=cache, jpeg=jpeg), args.encoding)
-    tune_distill_sets(args, backbone, tr, val, f"McMaster 15-18; σ={sigma:g}{f', JPEG q={jpeg}' if jpeg else ''}",
-                      {"sigma": sigma, "jpeg": jpeg})
+    tr = qd.apply_encoding(
+        qd.build_priors(
+            splits.train, sigma=sigma, realisations=args.realisations, noise_base=1, seg=seg, cache=cache, jpeg=jpeg
+        ),
+        args.encoding,
+    )
+    val = qd.apply_encoding(
+        qd.build_priors(splits.val, sigma=sigma, realisations=1, noise_base=2, seg=seg, cache=cache, jpeg=jpeg),
+        args.encoding,
+    )
+    tune_distill_sets(
+        args,
+        backbone,
+        tr,
+        val,
+        f"McMaster 15-18; σ={sigma:g}{f', JPEG q={jpeg}' if jpeg else ''}",
+        {"sigma": sigma, "jpeg": jpeg},
+    )
 
 
 def tune_distill_sets(args, backbone, tr: qd.PriorSet, val: qd.PriorSet, title: str, extra: dict | None = None) -> None:
@@ -804,15 +949,31 @@ def tune_distill_sets(args, backbone, tr: qd.PriorSet, val: qd.PriorSet, title: 
                         train_model(m, sched, tr, ROW_PRIOR[row], args.lr, args.patch, device=args.device)
                         base[key] = evaluate(m, val, ROW_PRIOR[row])
                 m = make_spt(backbone, fusion, a, seed, tr.prior_channels, student=True)
-                train_model(m, sched, tr, "student", args.lr, args.patch, distill_weight=weight, student_steps=steps,
-                            device=args.device)
+                train_model(
+                    m,
+                    sched,
+                    tr,
+                    "student",
+                    args.lr,
+                    args.patch,
+                    distill_weight=weight,
+                    student_steps=steps,
+                    device=args.device,
+                )
                 g = evaluate(m, val, "student")
                 d_h.append(g - base[(seed, fusion, "h", width)])
                 d_c.append(g - base[(seed, fusion, "c", 0)])
             cells.append(f"{np.mean(d_h):+.3f} / {np.mean(d_c):+.3f}")
             worst.append(min(np.mean(d_h), np.mean(d_c)))
-        scored.append({"candidate": f"{weight:g}:{steps}:{width}", "weight": weight, "student_steps": steps,
-                       "student_width": width, "score": float(np.mean(worst))})
+        scored.append(
+            {
+                "candidate": f"{weight:g}:{steps}:{width}",
+                "weight": weight,
+                "student_steps": steps,
+                "student_width": width,
+                "score": float(np.mean(worst)),
+            }
+        )
         lines.append(f"| {weight:g} | {steps} | {width} | " + " | ".join(cells) + " |")
         log(f"tune-distill {weight:g}:{steps}:{width}: {lines[-1]}")
     print(f"\n### Distillation settings on validation ({title}): (g) − (h) / (g) − (c), dB\n")
@@ -821,13 +982,24 @@ def tune_distill_sets(args, backbone, tr: qd.PriorSet, val: qd.PriorSet, title: 
     print("\n".join(lines))
     # the choice: the candidate whose smaller margin (over h and over c), averaged over fusions, is largest
     best = max(scored, key=lambda c: c["score"])
-    print(f"\nchosen on validation: {best['candidate']} (weight:student-steps:width; min(g − h, g − c) "
-          f"{best['score']:+.3f} dB)")
+    print(
+        f"\nchosen on validation: {best['candidate']} (weight:student-steps:width; min(g − h, g − c) "
+        f"{best['score']:+.3f} dB)"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"tune_distill": scored, "best": best, **(extra or {}),
-                                         "settings": {k: (str(v) if isinstance(v, Path) else v)
-                                                      for k, v in vars(args).items()}}, indent=1, sort_keys=True))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "tune_distill": scored,
+                    "best": best,
+                    **(extra or {}),
+                    "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                },
+                indent=1,
+                sort_keys=True,
+            )
+        )
 
 
 def tune(args, splits: qd.Splits, backbone, cache: qd.LabelCache) -> None:
@@ -839,11 +1011,21 @@ def tune(args, splits: qd.Splits, backbone, cache: qd.LabelCache) -> None:
     for text in args.tune_candidates:
         seg = qd.Segmenter.parse(text)
         view = restored_view(backbone) if args.segment_input == "restored" else None
-        tr0 = qd.build_priors(splits.train, sigma=unit_sigma, realisations=args.realisations, noise_base=1,
-                              seg=seg, cache=cache, segment_view=view)
-        vals0 = {n: qd.build_priors(splits.val, sigma=s, realisations=1, noise_base=2, seg=seg, cache=cache,
-                                    segment_view=view)
-                 for n, s in zip(names, args.test_sigmas, strict=True)}
+        tr0 = qd.build_priors(
+            splits.train,
+            sigma=unit_sigma,
+            realisations=args.realisations,
+            noise_base=1,
+            seg=seg,
+            cache=cache,
+            segment_view=view,
+        )
+        vals0 = {
+            n: qd.build_priors(
+                splits.val, sigma=s, realisations=1, noise_base=2, seg=seg, cache=cache, segment_view=view
+            )
+            for n, s in zip(names, args.test_sigmas, strict=True)
+        }
         n_regions = float(np.mean([len(np.unique(p[0])) for p in vals0[names[0]].lq_prior]))
         for encoding in args.tune_encodings:
             t0 = time.time()
@@ -862,69 +1044,112 @@ def tune(args, splits: qd.Splits, backbone, cache: qd.LabelCache) -> None:
                     for k in ("lq", "oracle"):
                         for n in names:
                             d[(k, n)].append(sc[k][n] - sc["const"][n])
-                cells.append(" / ".join(f"{np.mean(d[('lq', n)]):+.3f} ({np.mean(d[('oracle', n)]):+.3f})"
-                                        for n in names))
+                cells.append(
+                    " / ".join(f"{np.mean(d[('lq', n)]):+.3f} ({np.mean(d[('oracle', n)]):+.3f})" for n in names)
+                )
             rows_out.append(f"| {seg.label()} | {encoding} | {n_regions:.0f} | " + " | ".join(cells) + " |")
             log(f"tune {seg.label()} {encoding}: {rows_out[-1]} ({time.time() - t0:.0f}s)")
-    print(f"\n### Validation (McMaster 15-18, 256 px centre crops; units trained at σ={unit_sigma:g}): "
-          "(b) − (c), in brackets the oracle's (d) − (c), in dB, " + " / ".join(names) + "\n")
+    print(
+        f"\n### Validation (McMaster 15-18, 256 px centre crops; units trained at σ={unit_sigma:g}): "
+        "(b) − (c), in brackets the oracle's (d) − (c), in dB, " + " / ".join(names) + "\n"
+    )
     print("| segmenter | encoding | regions per val crop | " + " | ".join(args.fusions) + " |")
     print("| --- | --- | --- |" + " --- |" * len(args.fusions))
     print("\n".join(rows_out))
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=("denoise", "sr4", "kair", "cdncnnb", "dncnn3bd"), default="denoise",
-                   help="denoise: colour denoising on CBSD68 (default); sr4: bicubic x4 SR on Set5/Set14; kair: "
-                        "KAIR's pretrained grey DnCNN (sigma 25) adapted to --kair-degradation, tested on Set12; "
-                        "cdncnnb: cszn/DnCNN's pretrained colour blind CDnCNN-B (sigma 0-55) in place of the "
-                        "self-trained colour DnCNN (default unit/test sigma 75, outside its range), CBSD68; "
-                        "dncnn3bd: cszn/DnCNN's DnCNN-3 (SR on the bicubic-upsampled luma) adapted to x4 BD, Set5/Set14")
-    p.add_argument("--dncnn-root", type=Path,
-                   default=Path(os.environ["SPT_DNCNN_ROOT"]) if os.environ.get("SPT_DNCNN_ROOT") else None,
-                   help="cdncnnb, dncnn3bd: a cszn/DnCNN checkout (model/*.mat, Train400); required for those "
-                        "tasks unless $SPT_DNCNN_ROOT is set")
-    p.add_argument("--kair-root", type=Path,
-                   default=Path(os.environ["SPT_KAIR_ROOT"]) if os.environ.get("SPT_KAIR_ROOT") else None,
-                   help="kair: a KAIR checkout (model_zoo/dncnn_25.pth, testsets/set12); required for --task kair "
-                        "unless $SPT_KAIR_ROOT is set")
-    p.add_argument("--kair-degradation", choices=KAIR_DEGRADATIONS, default="sigma50",
-                   help="kair: what the unit rows adapt the sigma-25 DnCNN to: sigma50 (Gaussian noise sigma 50) or "
-                        "jpeg30-sigma25 (JPEG q=30, then sigma 25 noise: a degradation it never saw)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--task",
+        choices=("denoise", "sr4", "kair", "cdncnnb", "dncnn3bd"),
+        default="denoise",
+        help="denoise: colour denoising on CBSD68 (default); sr4: bicubic x4 SR on Set5/Set14; kair: "
+        "KAIR's pretrained grey DnCNN (sigma 25) adapted to --kair-degradation, tested on Set12; "
+        "cdncnnb: cszn/DnCNN's pretrained colour blind CDnCNN-B (sigma 0-55) in place of the "
+        "self-trained colour DnCNN (default unit/test sigma 75, outside its range), CBSD68; "
+        "dncnn3bd: cszn/DnCNN's DnCNN-3 (SR on the bicubic-upsampled luma) adapted to x4 BD, Set5/Set14",
+    )
+    p.add_argument(
+        "--dncnn-root",
+        type=Path,
+        default=Path(os.environ["SPT_DNCNN_ROOT"]) if os.environ.get("SPT_DNCNN_ROOT") else None,
+        help="cdncnnb, dncnn3bd: a cszn/DnCNN checkout (model/*.mat, Train400); required for those "
+        "tasks unless $SPT_DNCNN_ROOT is set",
+    )
+    p.add_argument(
+        "--kair-root",
+        type=Path,
+        default=Path(os.environ["SPT_KAIR_ROOT"]) if os.environ.get("SPT_KAIR_ROOT") else None,
+        help="kair: a KAIR checkout (model_zoo/dncnn_25.pth, testsets/set12); required for --task kair "
+        "unless $SPT_KAIR_ROOT is set",
+    )
+    p.add_argument(
+        "--kair-degradation",
+        choices=KAIR_DEGRADATIONS,
+        default="sigma50",
+        help="kair: what the unit rows adapt the sigma-25 DnCNN to: sigma50 (Gaussian noise sigma 50) or "
+        "jpeg30-sigma25 (JPEG q=30, then sigma 25 noise: a degradation it never saw)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (trainings and tests of the ladder)")
     p.add_argument("--jobs", type=int, default=1, help="trainings run in parallel processes (on one GPU with cuda)")
-    p.add_argument("--distill-weight", type=float, default=0.1,
-                   help="row g: weight of the distillation BCE beside the restoration loss")
-    p.add_argument("--student-steps", type=int, default=0,
-                   help="row g: batches on which the student first learns the teacher alone (no backbone, units "
-                        "untouched); every row's units then train --steps steps on the same batches")
+    p.add_argument(
+        "--distill-weight",
+        type=float,
+        default=0.1,
+        help="row g: weight of the distillation BCE beside the restoration loss",
+    )
+    p.add_argument(
+        "--student-steps",
+        type=int,
+        default=0,
+        help="row g: batches on which the student first learns the teacher alone (no backbone, units "
+        "untouched); every row's units then train --steps steps on the same batches",
+    )
     p.add_argument("--student-width", type=int, default=16, help="rows g/h: student conv width")
     p.add_argument("--student-depth", type=int, default=4, help="rows g/h: student conv layers")
-    p.add_argument("--student-input", choices=("lq", "restored"), default="lq",
-                   help="rows g/h: what the student reads: the LQ input (default; the adapter's PriorStudent) or "
-                        "[LQ, the frozen backbone's restoration of it] (one more backbone forward per image)")
-    p.add_argument("--tune-distill", nargs="+", default=None, metavar="WEIGHT:STEPS:WIDTH",
-                   help="choose the distillation settings on the validation split: (g) − (h) and (g) − (c) per "
-                        "candidate, e.g. 0.1:0:16 1:200:16, and exit")
+    p.add_argument(
+        "--student-input",
+        choices=("lq", "restored"),
+        default="lq",
+        help="rows g/h: what the student reads: the LQ input (default; the adapter's PriorStudent) or "
+        "[LQ, the frozen backbone's restoration of it] (one more backbone forward per image)",
+    )
+    p.add_argument(
+        "--tune-distill",
+        nargs="+",
+        default=None,
+        metavar="WEIGHT:STEPS:WIDTH",
+        help="choose the distillation settings on the validation split: (g) − (h) and (g) − (c) per "
+        "candidate, e.g. 0.1:0:16 1:200:16, and exit",
+    )
     p.add_argument("--data", type=Path, default=qd.DATA_DEFAULT, help="folder with Set14/McMaster/CBSD68")
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "spt-adapter" / "quality")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (seconds): few steps/images, 1 seed")
     p.add_argument("--tune", action="store_true", help="compare segmenters on the validation split and exit")
     p.add_argument("--tune-candidates", nargs="+", default=list(TUNE_CANDIDATES))
-    p.add_argument("--segmenter", default=DEFAULT_SEGMENTER, help="e.g. slic:region_px=400,compactness=10 "
-                   "or felzenszwalb:scale=3000,min_size=400")
+    p.add_argument(
+        "--segmenter",
+        default=DEFAULT_SEGMENTER,
+        help="e.g. slic:region_px=400,compactness=10 or felzenszwalb:scale=3000,min_size=400",
+    )
     p.add_argument("--sam-checkpoint", type=Path, default=None, help="adds row (f): SAM masks of the LQ input")
     p.add_argument("--sam-model-type", default="vit_b")
-    p.add_argument("--fusions", nargs="+", default=None, choices=FUSIONS,
-                   help="default: all three for denoise, concat for sr4")
+    p.add_argument(
+        "--fusions", nargs="+", default=None, choices=FUSIONS, help="default: all three for denoise, concat for sr4"
+    )
     p.add_argument("--rows", default="abcde", help="subset of abcdefgh")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--sigma", type=float, default=25.0, help="training sigma (backbone and units)")
-    p.add_argument("--unit-sigma", type=float, default=None,
-                   help="sigma of the data rows (b)-(f) train on (default: --sigma); another value adapts the "
-                        "backbone to a noise level it never saw")
+    p.add_argument(
+        "--unit-sigma",
+        type=float,
+        default=None,
+        help="sigma of the data rows (b)-(f) train on (default: --sigma); another value adapts the "
+        "backbone to a noise level it never saw",
+    )
     p.add_argument("--test-sigmas", type=float, nargs="+", default=[25.0, 50.0])
     p.add_argument("--nc", type=int, default=32)
     p.add_argument("--nb", type=int, default=8)
@@ -933,30 +1158,55 @@ def parse_args(argv=None):
     p.add_argument("--pretrain-steps", type=int, default=None, help="default: 1000 (denoise), 2000 (sr4)")
     p.add_argument("--pretrain-batch", type=int, default=16)
     p.add_argument("--pretrain-lr", type=float, default=1e-3)
-    p.add_argument("--steps", type=int, default=None, help="training steps of every row (b)-(f); default: "
-                   "200 (denoise), 1500 (sr4)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps of every row (b)-(f); default: 200 (denoise), 1500 (sr4)",
+    )
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--patch", type=int, default=None, help="training patch; for sr4 the LQ patch (HR: 4x). "
-                   "Default: 48 (denoise), 32 (sr4)")
+    p.add_argument(
+        "--patch",
+        type=int,
+        default=None,
+        help="training patch; for sr4 the LQ patch (HR: 4x). Default: 48 (denoise), 32 (sr4)",
+    )
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the units")
     p.add_argument("--ft-lr", type=float, default=1e-4, help="learning rate of full fine-tuning (e)")
-    p.add_argument("--encoding", default="label",
-                   help="prior encoding of the segments: label (default), boundary, onehot:K "
-                        "(spt_adapter.prior.encode_masks); pool needs label")
-    p.add_argument("--segment-input", choices=("lq", "restored"), default="lq",
-                   help="denoise: what the LQ prior (b) segments: the noisy input (default) or the frozen "
-                        "backbone's restoration of it")
+    p.add_argument(
+        "--encoding",
+        default="label",
+        help="prior encoding of the segments: label (default), boundary, onehot:K "
+        "(spt_adapter.prior.encode_masks); pool needs label",
+    )
+    p.add_argument(
+        "--segment-input",
+        choices=("lq", "restored"),
+        default="lq",
+        help="denoise: what the LQ prior (b) segments: the noisy input (default) or the frozen "
+        "backbone's restoration of it",
+    )
     p.add_argument("--units", type=int, default=3, help="SPT units spread through the depth (0: one per hidden conv)")
-    p.add_argument("--sr-degradation", choices=qd.SR_DEGRADATIONS, default="bicubic",
-                   help="sr4: LQ of the unit rows' training and test data; the backbone is always pre-trained on "
-                        "bicubic, so 'bd' (7x7 Gaussian blur sigma 1.6, then bicubic) adapts it to an unseen blur")
-    p.add_argument("--tune-encodings", nargs="+", default=None, help="--tune: encodings to compare (default: --encoding)")
+    p.add_argument(
+        "--sr-degradation",
+        choices=qd.SR_DEGRADATIONS,
+        default="bicubic",
+        help="sr4: LQ of the unit rows' training and test data; the backbone is always pre-trained on "
+        "bicubic, so 'bd' (7x7 Gaussian blur sigma 1.6, then bicubic) adapts it to an unseen blur",
+    )
+    p.add_argument(
+        "--tune-encodings", nargs="+", default=None, help="--tune: encodings to compare (default: --encoding)"
+    )
     p.add_argument("--hidden", type=int, default=16)
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--realisations", type=int, default=3, help="fixed noise draws per training image")
     p.add_argument("--n-test", type=int, default=0, help="first N CBSD68 images (0: all 68)")
-    p.add_argument("--test-crop", type=int, default=None,
-                   help="centre crop of test images (0: full size); default: 160 (denoise), 0 (sr4)")
+    p.add_argument(
+        "--test-crop",
+        type=int,
+        default=None,
+        help="centre crop of test images (0: full size); default: 160 (denoise), 0 (sr4)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None, help="write all per-seed numbers here")
     args = p.parse_args(argv)
@@ -964,19 +1214,26 @@ def parse_args(argv=None):
     kair = args.task == "kair"
     dncnn3 = args.task == "dncnn3bd"
     if args.task in ("cdncnnb", "dncnn3bd") and args.dncnn_root is None:
-        p.error(f"--task {args.task} needs --dncnn-root PATH (a cszn/DnCNN checkout with model/*.mat) or "
-                "SPT_DNCNN_ROOT")
+        p.error(
+            f"--task {args.task} needs --dncnn-root PATH (a cszn/DnCNN checkout with model/*.mat) or SPT_DNCNN_ROOT"
+        )
     if args.task == "cdncnnb":
         if args.unit_sigma is None:
             args.unit_sigma = 75.0
         if args.test_sigmas == [25.0, 50.0]:  # the parser default: test where the units were trained
             args.test_sigmas = [args.unit_sigma]
     if kair and args.kair_root is None:
-        p.error("--task kair needs --kair-root PATH (a KAIR checkout with model_zoo/dncnn_25.pth and testsets/set12) "
-                "or SPT_KAIR_ROOT")
-    defaults = {"fusions": ["concat"] if (sr or kair or args.task in ("cdncnnb", "dncnn3bd")) else list(FUSIONS), "pretrain_steps": 2000 if sr else 1000,
-                "steps": 1500 if sr else 200, "patch": 32 if sr else 48,
-                "test_crop": 0 if (sr or kair or dncnn3) else 160}
+        p.error(
+            "--task kair needs --kair-root PATH (a KAIR checkout with model_zoo/dncnn_25.pth and testsets/set12) "
+            "or SPT_KAIR_ROOT"
+        )
+    defaults = {
+        "fusions": ["concat"] if (sr or kair or args.task in ("cdncnnb", "dncnn3bd")) else list(FUSIONS),
+        "pretrain_steps": 2000 if sr else 1000,
+        "steps": 1500 if sr else 200,
+        "patch": 32 if sr else 48,
+        "test_crop": 0 if (sr or kair or dncnn3) else 160,
+    }
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -1069,40 +1326,64 @@ def _report(args, argv, t_all, title, bb_info, res, eval_names, rows, extra) -> 
     cmd = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"\n### {title}\n")
     print(f"command: `{cmd.strip()}`  ")
-    print(f"machine: {platform.machine()} {os.cpu_count()} CPU(s), torch {torch.__version__}, "
-          f"{args.threads} threads; wall time {wall / 60:.1f} min (backbone "
-          f"{'from cache' if bb_info['cached'] else 'pre-trained in this run'})")
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} CPU(s), torch {torch.__version__}, "
+        f"{args.threads} threads; wall time {wall / 60:.1f} min (backbone "
+        f"{'from cache' if bb_info['cached'] else 'pre-trained in this run'})"
+    )
     print(render(res, eval_names, rows, args.fusions, row_titles(args)))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"command": cmd, "task": args.task, "wall_seconds": wall, "backbone": bb_info, "results": res,
-                   "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, **extra}
+        payload = {
+            "command": cmd,
+            "task": args.task,
+            "wall_seconds": wall,
+            "backbone": bb_info,
+            "results": res,
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            **extra,
+        }
         args.json.write_text(json.dumps(payload, indent=1, sort_keys=True))
 
 
 def main_sr(args, argv, t_all, cache: qd.LabelCache) -> int:
     """The prior ladder for x4 SR: train McMaster + CBSD68, test Set5 and Set14. The backbone is
     pre-trained on bicubic LQ; the unit rows train and test on ``--sr-degradation``."""
-    splits = qd.load_sr_splits(args.data, scale=SR_SCALE, n_test=args.n_test, test_crop=args.test_crop,
-                               n_train=args.n_train, train_crop=args.train_crop)
+    splits = qd.load_sr_splits(
+        args.data,
+        scale=SR_SCALE,
+        n_test=args.n_test,
+        test_crop=args.test_crop,
+        n_train=args.n_train,
+        train_crop=args.train_crop,
+    )
     seg = qd.Segmenter.parse(args.segmenter)
     sam = _make_sam(args)
     t0 = time.time()
     deg = args.sr_degradation
     train_set = qd.build_sr_priors(splits["train"], scale=SR_SCALE, seg=seg, cache=cache, sam=sam, degradation=deg)
     tag = "" if deg == "bicubic" else f" {deg.upper()}"
-    eval_sets = {f"{k} ×{SR_SCALE}{tag} (Y, crop {SR_SCALE})":
-                 qd.build_sr_priors(splits[k], scale=SR_SCALE, seg=seg, cache=cache, sam=sam, degradation=deg)
-                 for k in qd.SR_TEST}
+    eval_sets = {
+        f"{k} ×{SR_SCALE}{tag} (Y, crop {SR_SCALE})": qd.build_sr_priors(
+            splits[k], scale=SR_SCALE, seg=seg, cache=cache, sam=sam, degradation=deg
+        )
+        for k in qd.SR_TEST
+    }
     lq_priors = [p[0] for es in eval_sets.values() for p in es.lq_prior]
     n_regions = float(np.mean([len(np.unique(p)) for p in lq_priors]))
-    log(f"data: {len(splits['train'])} train images, " + ", ".join(f"{k} {len(splits[k])}" for k in qd.SR_TEST)
+    log(
+        f"data: {len(splits['train'])} train images, "
+        + ", ".join(f"{k} {len(splits[k])}" for k in qd.SR_TEST)
         + f" test images; priors ready in {time.time() - t0:.0f}s ({seg.label()}; {n_regions:.0f} regions per "
-        f"LQ test image; prior code path: {qd.prior_code_path()})")
+        f"LQ test image; prior code path: {qd.prior_code_path()})"
+    )
     bicubic = {k: qd.bicubic_upsample_psnr(es) for k, es in eval_sets.items()}
     log("bicubic upsampling (reference): " + ", ".join(f"{k} {v:.3f}" for k, v in bicubic.items()))
-    pretrain_set = train_set if deg == "bicubic" else qd.build_sr_priors(
-        splits["train"], scale=SR_SCALE, seg=seg, cache=cache, want_oracle=False)
+    pretrain_set = (
+        train_set
+        if deg == "bicubic"
+        else qd.build_sr_priors(splits["train"], scale=SR_SCALE, seg=seg, cache=cache, want_oracle=False)
+    )
     backbone, bb_info = pretrain_sr_backbone(args, [n for n, _ in splits["train"]], pretrain_set, args.cache_dir)
     train_set = qd.apply_encoding(train_set, args.encoding)
     eval_sets = {k: qd.apply_encoding(v, args.encoding) for k, v in eval_sets.items()}
@@ -1111,13 +1392,25 @@ def main_sr(args, argv, t_all, cache: qd.LabelCache) -> int:
     rows = [r for r in ROWS if r in args.rows]
     res = run_ladder(args, backbone, train_set, eval_sets, rows, args.fusions)
     print("\nbicubic upsampling (reference): " + ", ".join(f"{k} {v:.3f}" for k, v in bicubic.items()))
-    _report(args, argv, t_all, f"Prior ladder, SR ×{SR_SCALE}{tag} — {seg.label()}, {args.encoding} encoding "
-            f"({n_regions:.0f} regions per LQ test image, {args.units or 'all'} units)", bb_info, res,
-            list(eval_sets), rows,
-            {"segmenter": seg.label(), "encoding": args.encoding, "degradation": deg,
-             "regions_per_test_image": n_regions,
-             "bicubic_upsampling": bicubic,
-             "oracle": "segment HR (area settings x16), nearest-downsample the label map"})
+    _report(
+        args,
+        argv,
+        t_all,
+        f"Prior ladder, SR ×{SR_SCALE}{tag} — {seg.label()}, {args.encoding} encoding "
+        f"({n_regions:.0f} regions per LQ test image, {args.units or 'all'} units)",
+        bb_info,
+        res,
+        list(eval_sets),
+        rows,
+        {
+            "segmenter": seg.label(),
+            "encoding": args.encoding,
+            "degradation": deg,
+            "regions_per_test_image": n_regions,
+            "bicubic_upsampling": bicubic,
+            "oracle": "segment HR (area settings x16), nearest-downsample the label map",
+        },
+    )
     return 0
 
 
@@ -1133,10 +1426,13 @@ def main(argv=None) -> int:
         return main_kair(args, argv, t_all, cache)
     if args.task == "dncnn3bd":
         return main_dncnn3(args, argv, t_all, cache)
-    splits = qd.load_splits(args.data, n_test=args.n_test, test_crop=args.test_crop, n_train=args.n_train,
-                            train_crop=args.train_crop)
-    log(f"data: {len(splits.train)} train images, {len(splits.val)} val crops, {len(splits.test)} test images "
-        f"(crop {args.test_crop or 'full'}); prior code path: {qd.prior_code_path()}")
+    splits = qd.load_splits(
+        args.data, n_test=args.n_test, test_crop=args.test_crop, n_train=args.n_train, train_crop=args.train_crop
+    )
+    log(
+        f"data: {len(splits.train)} train images, {len(splits.val)} val crops, {len(splits.test)} test images "
+        f"(crop {args.test_crop or 'full'}); prior code path: {qd.prior_code_path()}"
+    )
     if args.task == "cdncnnb":
         backbone, bb_info = load_cdncnn_b(args.dncnn_root)
     else:
@@ -1156,21 +1452,47 @@ def main(argv=None) -> int:
     t0 = time.time()
     unit_sigma = args.sigma if args.unit_sigma is None else args.unit_sigma
     view = restored_view(backbone) if args.segment_input == "restored" else None
-    train_set = qd.build_priors(splits.train, sigma=unit_sigma, realisations=args.realisations, noise_base=1,
-                                seg=seg, cache=cache, sam=sam, segment_view=view)
-    eval_sets = {f"CBSD68 σ={s:g}" + ("" if s == unit_sigma else " (unseen)"):
-                 qd.build_priors(splits.test, sigma=s, realisations=1, noise_base=0, seg=seg, cache=cache, sam=sam,
-                                 segment_view=view)
-                 for s in args.test_sigmas}
+    train_set = qd.build_priors(
+        splits.train,
+        sigma=unit_sigma,
+        realisations=args.realisations,
+        noise_base=1,
+        seg=seg,
+        cache=cache,
+        sam=sam,
+        segment_view=view,
+    )
+    eval_sets = {
+        f"CBSD68 σ={s:g}" + ("" if s == unit_sigma else " (unseen)"): qd.build_priors(
+            splits.test, sigma=s, realisations=1, noise_base=0, seg=seg, cache=cache, sam=sam, segment_view=view
+        )
+        for s in args.test_sigmas
+    }
     train_set, eval_sets, n_regions = _encode_sets(args, train_set, eval_sets)
-    log(f"priors ready in {time.time() - t0:.0f}s ({seg.label()}; {n_regions:.0f} regions per test image; "
-        f"encoding {args.encoding})")
+    log(
+        f"priors ready in {time.time() - t0:.0f}s ({seg.label()}; {n_regions:.0f} regions per test image; "
+        f"encoding {args.encoding})"
+    )
     rows = [r for r in ROWS if r in args.rows]
     res = run_ladder(args, backbone, train_set, eval_sets, rows, args.fusions)
-    _report(args, argv, t_all, f"Prior ladder — {seg.label()}, {args.encoding} encoding ({n_regions:.0f} regions per "
-            f"test image, {args.units or 'all'} units)", bb_info, res, list(eval_sets), rows,
-            {"segmenter": seg.label(), "encoding": args.encoding, "segment_input": args.segment_input,
-             "regions_per_test_image": n_regions, "dropped_near_duplicates": splits.dropped})
+    _report(
+        args,
+        argv,
+        t_all,
+        f"Prior ladder — {seg.label()}, {args.encoding} encoding ({n_regions:.0f} regions per "
+        f"test image, {args.units or 'all'} units)",
+        bb_info,
+        res,
+        list(eval_sets),
+        rows,
+        {
+            "segmenter": seg.label(),
+            "encoding": args.encoding,
+            "segment_input": args.segment_input,
+            "regions_per_test_image": n_regions,
+            "dropped_near_duplicates": splits.dropped,
+        },
+    )
     return 0
 
 

@@ -61,12 +61,33 @@ def swinir_light(seed: int = 0, quick: bool = False, stressed: bool = False):
 
     torch.manual_seed(seed)
     if quick:
-        m = SwinIR(upscale=2, in_chans=3, img_size=32, window_size=8, img_range=1.0, depths=[2], embed_dim=12,
-                   num_heads=[2], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv")
+        m = SwinIR(
+            upscale=2,
+            in_chans=3,
+            img_size=32,
+            window_size=8,
+            img_range=1.0,
+            depths=[2],
+            embed_dim=12,
+            num_heads=[2],
+            mlp_ratio=2,
+            upsampler="pixelshuffledirect",
+            resi_connection="1conv",
+        )
     else:  # the SwinIR-light x2 configuration of the model zoo
-        m = SwinIR(upscale=2, in_chans=3, img_size=64, window_size=8, img_range=1.0, depths=[6, 6, 6, 6],
-                   embed_dim=60, num_heads=[6, 6, 6, 6], mlp_ratio=2, upsampler="pixelshuffledirect",
-                   resi_connection="1conv")
+        m = SwinIR(
+            upscale=2,
+            in_chans=3,
+            img_size=64,
+            window_size=8,
+            img_range=1.0,
+            depths=[6, 6, 6, 6],
+            embed_dim=60,
+            num_heads=[6, 6, 6, 6],
+            mlp_ratio=2,
+            upsampler="pixelshuffledirect",
+            resi_connection="1conv",
+        )
     if stressed:
         for mod in m.modules():
             if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)):
@@ -114,8 +135,11 @@ def one_case(spec: dict) -> dict:
     image = photo(spec["size"], 1 if spec["model"] == "dncnn" else 3)
     info = R.RestoreInfo()
     if spec["prior"]:  # the prior an adapter would need, on the whole image (the backbone itself ignores it)
-        provider = (make_provider("sam", spec["sam_checkpoint"], model_type="auto", device=spec["device"])
-                    if spec.get("sam_checkpoint") else make_provider("slic"))
+        provider = (
+            make_provider("sam", spec["sam_checkpoint"], model_type="auto", device=spec["device"])
+            if spec.get("sam_checkpoint")
+            else make_provider("slic")
+        )
         t0 = time.perf_counter()
         R.PriorSource("provider", provider=provider, encoding="boundary").compute(image)
         info.prior_seconds = time.perf_counter() - t0
@@ -138,7 +162,12 @@ def one_case(spec: dict) -> dict:
     if spec["device"].startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t1
-    result = {"prior_s": info.prior_seconds, "network_s": seconds, "tiles": str(ran["n"]), "peak_mb": _peak_mb(spec["device"])}
+    result = {
+        "prior_s": info.prior_seconds,
+        "network_s": seconds,
+        "tiles": str(ran["n"]),
+        "peak_mb": _peak_mb(spec["device"]),
+    }
     if cut:  # time per tile from the tiles that ran, times the tiles of the whole image
         total = len(R.tile_starts(spec["size"], tile, R.default_overlap(model))) ** 2
         result["extrapolated_s"] = seconds / limit * total
@@ -165,8 +194,11 @@ def agreement(args) -> list[dict]:
 
     rows = []
     size = args.agree_size
-    cases = [("DnCNN (CNN)", dncnn(quick=args.quick), 1), ("SwinIR-light x2", swinir_light(quick=args.quick), 3),
-             ("SwinIR-light x2, stressed", swinir_light(quick=args.quick, stressed=True), 3)]
+    cases = [
+        ("DnCNN (CNN)", dncnn(quick=args.quick), 1),
+        ("SwinIR-light x2", swinir_light(quick=args.quick), 3),
+        ("SwinIR-light x2, stressed", swinir_light(quick=args.quick, stressed=True), 3),
+    ]
     for name, model, channels in cases:
         model.to(args.device)
         img = photo(size, channels).astype(np.float32) / 255.0
@@ -174,10 +206,17 @@ def agreement(args) -> list[dict]:
         tile = args.agree_tile
         tiled = R.restore(model, img, tile=tile)
         mse = float(np.mean((whole.astype(np.float64) - tiled) ** 2))
-        rows.append({"model": name, "size": size, "tile": tile, "overlap": R.default_overlap(model),
-                     "blend": R.default_blend(model, R.default_overlap(model)),
-                     "max_abs": float(np.abs(whole - tiled).max()),
-                     "psnr": float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)})
+        rows.append(
+            {
+                "model": name,
+                "size": size,
+                "tile": tile,
+                "overlap": R.default_overlap(model),
+                "blend": R.default_blend(model, R.default_overlap(model)),
+                "max_abs": float(np.abs(whole - tiled).max()),
+                "psnr": float("inf") if mse == 0 else 10 * math.log10(1.0 / mse),
+            }
+        )
     return rows
 
 
@@ -187,8 +226,12 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096])
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--max-tiles", type=int, default=None, help="stop SwinIR tiled cases after N tiles (CPU)")
-    ap.add_argument("--whole-limit", type=int, default=None,
-                    help="largest size run whole through SwinIR (default: 0 on CPU, every size on CUDA)")
+    ap.add_argument(
+        "--whole-limit",
+        type=int,
+        default=None,
+        help="largest size run whole through SwinIR (default: 0 on CPU, every size on CUDA)",
+    )
     ap.add_argument("--agree-size", type=int, default=192)
     ap.add_argument("--agree-tile", type=int, default=96)
     ap.add_argument("--sam-checkpoint", default=None, help="SAM checkpoint for the prior (default: SLIC)")
@@ -204,9 +247,11 @@ def main() -> None:
         args.sizes, args.tile, args.agree_size, args.agree_tile = [96, 128], 64, 64, 48
     cuda = args.device.startswith("cuda")
     whole_limit = args.whole_limit if args.whole_limit is not None else (max(args.sizes) if cuda or args.quick else 0)
-    print(f"# restore_speed: {platform.node()} {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPU(s), torch {torch.__version__}, device {args.device}, threads {args.threads}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"# restore_speed: {platform.node()} {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPU(s), torch {torch.__version__}, device {args.device}, threads {args.threads}, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     base = {"device": args.device, "threads": args.threads, "quick": args.quick, "sam_checkpoint": args.sam_checkpoint}
     print("\n| model | size | mode | images/s | network s | prior s | prior share | peak MB | tiles |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |")
@@ -219,8 +264,14 @@ def main() -> None:
                 plans.append(("swinir", None, False))
             plans.append(("swinir", args.tile, False))
         for model, tile, with_prior in plans:
-            spec = dict(base, model=model, size=size, tile=tile, prior=with_prior,
-                        max_tiles=args.max_tiles if (model == "swinir" and tile) else None)
+            spec = dict(
+                base,
+                model=model,
+                size=size,
+                tile=tile,
+                prior=with_prior,
+                max_tiles=args.max_tiles if (model == "swinir" and tile) else None,
+            )
             r = run_case(spec)
             name = "DnCNN (grey, 17x64)" if model == "dncnn" else "SwinIR-light x2"
             mode = f"tile {tile}" if tile else "whole"
@@ -231,14 +282,20 @@ def main() -> None:
             total = net + r["prior_s"]
             share = f"{100 * r['prior_s'] / total:.0f} %" if with_prior else "-"
             est = " (extrapolated)" if "extrapolated_s" in r else ""
-            print(f"| {name} | {size} | {mode} | {1 / total:.4f}{est} | {net:.1f}{est} | "
-                  f"{r['prior_s']:.1f} | {share} | {r['peak_mb']:.0f} | {r['tiles']} |", flush=True)
+            print(
+                f"| {name} | {size} | {mode} | {1 / total:.4f}{est} | {net:.1f}{est} | "
+                f"{r['prior_s']:.1f} | {share} | {r['peak_mb']:.0f} | {r['tiles']} |",
+                flush=True,
+            )
     if "agreement" not in args.skip:
         print("\n| model | size | tile | overlap | blend | max abs diff | PSNR tiled vs whole (dB) |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in agreement(args):
-            print(f"| {r['model']} | {r['size']} | {r['tile']} | {r['overlap']} | {r['blend']} | {r['max_abs']:.2e} | "
-                  f"{r['psnr']:.1f} |", flush=True)
+            print(
+                f"| {r['model']} | {r['size']} | {r['tile']} | {r['overlap']} | {r['blend']} | {r['max_abs']:.2e} | "
+                f"{r['psnr']:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

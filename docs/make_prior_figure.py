@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Draw docs/img/prior_encodings.png: an image, its masks, and each prior encoding.
 
-    python docs/make_prior_figure.py            # uses SLIC masks (no weights needed)
+python docs/make_prior_figure.py            # uses SLIC masks (no weights needed)
 """
 
 from pathlib import Path

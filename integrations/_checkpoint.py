@@ -55,7 +55,9 @@ def load_raw(path: str | os.PathLike) -> Any:
                 "never arbitrary pickles"
             ) from None
     else:
-        raise CheckpointError(f"{path}: unknown checkpoint suffix {suffix!r} (expected .pth, .pt, .ckpt or .safetensors)")
+        raise CheckpointError(
+            f"{path}: unknown checkpoint suffix {suffix!r} (expected .pth, .pt, .ckpt or .safetensors)"
+        )
     with _cache_lock:
         _cache.clear()
         _cache.update(key=key, value=value)
@@ -63,8 +65,10 @@ def load_raw(path: str | os.PathLike) -> Any:
 
 
 def is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, dict) and len(obj) > 0 and all(
-        isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()
+    return (
+        isinstance(obj, dict)
+        and len(obj) > 0
+        and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
     )
 
 
@@ -87,9 +91,7 @@ def unwrap(obj: Any, param_key: str | None = None, path: str | os.PathLike = "")
     if param_key is not None:
         key = param_key if param_key in obj else ("params" if "params" in obj else None)
         if key is None:
-            raise CheckpointError(
-                f"checkpoint {path} has no {param_key!r} (keys: {sorted(map(str, obj))[:8]})"
-            )
+            raise CheckpointError(f"checkpoint {path} has no {param_key!r} (keys: {sorted(map(str, obj))[:8]})")
         if not is_state_dict(obj[key]):
             raise CheckpointError(f"checkpoint {path}: {key!r} is not a state dict of tensors")
         return strip_module_prefix(obj[key])

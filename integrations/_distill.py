@@ -51,8 +51,10 @@ def distilling(net: SPTModel, owner: Any, loss_attr: str, teacher: torch.Tensor,
     original = getattr(owner, loss_attr)
     if original is None:
         hook.remove()
-        raise ConfigError("a distilled prior adds its loss to the pixel loss: configure one (BasicSR/Restormer "
-                          "`pixel_opt`, KAIR `G_lossfn_type`)")
+        raise ConfigError(
+            "a distilled prior adds its loss to the pixel loss: configure one (BasicSR/Restormer "
+            "`pixel_opt`, KAIR `G_lossfn_type`)"
+        )
     parts: dict[str, torch.Tensor] = {}
 
     def with_distillation(out, gt, *args, **kwargs):
@@ -70,19 +72,30 @@ def distilling(net: SPTModel, owner: Any, loss_attr: str, teacher: torch.Tensor,
         hook.remove()
 
 
-def distilled_iteration(net: SPTModel, spec: DistillSpec, current_iter: int, lq: torch.Tensor,
-                        teacher: torch.Tensor | None, optimizer, owner: Any, loss_attr: str,
-                        framework_step: Callable[[], None], loss_scale: float = 1.0) -> tuple[bool, float | None]:
+def distilled_iteration(
+    net: SPTModel,
+    spec: DistillSpec,
+    current_iter: int,
+    lq: torch.Tensor,
+    teacher: torch.Tensor | None,
+    optimizer,
+    owner: Any,
+    loss_attr: str,
+    framework_step: Callable[[], None],
+    loss_scale: float = 1.0,
+) -> tuple[bool, float | None]:
     """One training iteration of a distilled prior (``current_iter`` counts from 1, as the
     frameworks count). Returns ``(student_only, distillation loss)``; after a student-only step the
     caller runs its EMA and sets its log itself. ``loss_scale``: a factor the framework multiplies its
     pixel loss by (KAIR's ``G_lossfn_weight``), divided out so the distillation weight is ``spec.weight``."""
     if teacher is None:
         if current_iter <= spec.student_steps or spec.weight > 0:
-            raise ConfigError(f"the batch has no 'teacher_prior': give the train dataset `{DATASET_TEACHER_KEY}:` "
-                              "(the teacher, same keys as spt.prior; it runs on the GT images only), or set "
-                              "spt.distill to {weight: 0, student_steps: 0} to train the student by the restoration "
-                              "loss alone")
+            raise ConfigError(
+                f"the batch has no 'teacher_prior': give the train dataset `{DATASET_TEACHER_KEY}:` "
+                "(the teacher, same keys as spt.prior; it runs on the GT images only), or set "
+                "spt.distill to {weight: 0, student_steps: 0} to train the student by the restoration "
+                "loss alone"
+            )
         framework_step()
         return False, None
     if current_iter <= spec.student_steps:

@@ -34,7 +34,11 @@ LOAD_MODES = ("strict", "by_name", "by_position")
 
 def bare(net: nn.Module) -> nn.Module:
     """The module inside DataParallel / DistributedDataParallel."""
-    return net.module if hasattr(net, "module") and isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else net
+    return (
+        net.module
+        if hasattr(net, "module") and isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel))
+        else net
+    )
 
 
 def logical_state(net: nn.Module) -> OrderedDict[str, torch.Tensor]:
@@ -44,8 +48,9 @@ def logical_state(net: nn.Module) -> OrderedDict[str, torch.Tensor]:
     return OrderedDict(keys.logical_state(root))
 
 
-def load_backbone_state(net: nn.Module, state: Mapping[str, torch.Tensor], mode: str = "strict",
-                        source: str = "checkpoint") -> list[str]:
+def load_backbone_state(
+    net: nn.Module, state: Mapping[str, torch.Tensor], mode: str = "strict", source: str = "checkpoint"
+) -> list[str]:
     """Copy ``state`` into the backbone of ``net`` (plain or injected). Returns the keys loaded.
 
     ``strict``: same key set and shapes (else an error naming the first differences);
@@ -76,16 +81,23 @@ def load_backbone_state(net: nn.Module, state: Mapping[str, torch.Tensor], mode:
         pairs = [(k, mine[k], v) for (k, _), v in zip(mine.items(), state.values(), strict=True)]
     for key, dst, src in pairs:
         if tuple(dst.shape) != tuple(src.shape):
-            raise BackboneLoadError(f"{source}: tensor for {key!r} has shape {tuple(src.shape)}, the backbone has {tuple(dst.shape)}")
+            raise BackboneLoadError(
+                f"{source}: tensor for {key!r} has shape {tuple(src.shape)}, the backbone has {tuple(dst.shape)}"
+            )
     with torch.no_grad():
         for _, dst, src in pairs:
             dst.copy_(src.to(dtype=dst.dtype, device=dst.device))
     return [k for k, _, _ in pairs]
 
 
-def attach_units(net: nn.Module, options: SPTOptions, adapter: str | None = None,
-                 adapter_name: str = "default", check_backbone_hash: bool = True,
-                 training: bool = True) -> SPTModel:
+def attach_units(
+    net: nn.Module,
+    options: SPTOptions,
+    adapter: str | None = None,
+    adapter_name: str = "default",
+    check_backbone_hash: bool = True,
+    training: bool = True,
+) -> SPTModel:
     """Inject SPT units into a plain backbone (``options.config``; targets from the claiming plugin
     when the block names none), or load them from an adapter file. ``training``: the adapter is to
     be trained further, so it must have the kind of prior the block asks for (for testing, the
@@ -97,11 +109,14 @@ def attach_units(net: nn.Module, options: SPTOptions, adapter: str | None = None
         if training:
             check_adapter_matches(adapter, options)
         try:
-            return spt_adapter.load_adapter(net, adapter, adapter_name=adapter_name,
-                                            check_backbone_hash=check_backbone_hash)
+            return spt_adapter.load_adapter(
+                net, adapter, adapter_name=adapter_name, check_backbone_hash=check_backbone_hash
+            )
         except BackboneHashMismatchError as exc:  # the API's override is a Python argument no YAML key sets
-            raise exc.with_override(f"{adapter} was trained on other backbone weights: point path.pretrain_network_g "
-                                    "(or spt.backbone) at the checkpoint the adapter was trained on") from None
+            raise exc.with_override(
+                f"{adapter} was trained on other backbone weights: point path.pretrain_network_g "
+                "(or spt.backbone) at the checkpoint the adapter was trained on"
+            ) from None
     config = options.config
     if config.student is not None:  # the student reads what the network reads (1 channel for a grey DnCNN)
         config = dataclasses.replace(config, student={**config.student, "in_channels": input_channels(net)})
@@ -115,12 +130,16 @@ def check_adapter_matches(adapter: str, options: SPTOptions) -> None:
     if (recorded.student is not None) != options.distilled:
         has = "a distilled prior (a student)" if recorded.student is not None else "no student (a provider prior)"
         wants = "a distilled prior (spt.student)" if options.distilled else "a provider prior (no spt.student)"
-        raise ConfigError(f"{adapter} has {has} but the spt block asks for {wants}: use a matching adapter or spt block")
+        raise ConfigError(
+            f"{adapter} has {has} but the spt block asks for {wants}: use a matching adapter or spt block"
+        )
     if options.distilled:
         theirs, mine = (recorded.prior or {}).get("teacher"), options.config.prior["teacher"]
         if theirs != mine:
-            raise ConfigError(f"{adapter} was distilled from teacher {theirs}, but spt.prior names {mine}: continue "
-                              "with the same teacher (its provider, settings and encoding), or start a new adapter")
+            raise ConfigError(
+                f"{adapter} was distilled from teacher {theirs}, but spt.prior names {mine}: continue "
+                "with the same teacher (its provider, settings and encoding), or start a new adapter"
+            )
 
 
 def copy_units(src: SPTModel, dst: SPTModel) -> None:
@@ -149,7 +168,9 @@ def load_units(net: SPTModel, path: str) -> None:
         theirs = dict(net.unit_parameters("spt_loading"))
         mine = dict(net.unit_parameters(active))
         if set(theirs) != set(mine):
-            raise BackboneLoadError(f"{path} adapts other targets than this model's units ({sorted(set(theirs) ^ set(mine))[:3]})")
+            raise BackboneLoadError(
+                f"{path} adapts other targets than this model's units ({sorted(set(theirs) ^ set(mine))[:3]})"
+            )
         with torch.no_grad():
             for key, p in mine.items():
                 p.copy_(theirs[key])
@@ -172,14 +193,15 @@ def find_resume_deltas(load_path: str | None) -> dict[str, str]:
     if not osp.exists(delta):
         return {}
     found = {"net_g": delta}
-    ema = osp.join(osp.dirname(delta), "net_g_ema_" + osp.basename(delta)[len("net_g_"):])
+    ema = osp.join(osp.dirname(delta), "net_g_ema_" + osp.basename(delta)[len("net_g_") :])
     if osp.exists(ema):
         found["net_g_ema"] = ema
     return found
 
 
-def resolve_backbone_path(configured: str | None, load_path: str | None, resume_deltas: Mapping[str, str],
-                          header_key: str) -> str | None:
+def resolve_backbone_path(
+    configured: str | None, load_path: str | None, resume_deltas: Mapping[str, str], header_key: str
+) -> str | None:
     """The backbone checkpoint: ``configured`` (``spt.backbone``) if set; else, on resume, the path
     recorded under ``header_key`` in the ``net_g`` delta's metadata; else ``load_path``."""
     if configured is not None:
@@ -202,9 +224,14 @@ def ema_decay_deferred(train_opt: MutableMapping[str, Any]) -> Iterator[float]:
         train_opt["ema_decay"] = decay
 
 
-def build_units_only_ema(make_net: Callable[[], nn.Module], load_backbone: Callable[[nn.Module], None],
-                         options: SPTOptions, resume_delta: str | None, live: nn.Module,
-                         device: torch.device | str) -> SPTModel:
+def build_units_only_ema(
+    make_net: Callable[[], nn.Module],
+    load_backbone: Callable[[nn.Module], None],
+    options: SPTOptions,
+    resume_delta: str | None,
+    live: nn.Module,
+    device: torch.device | str,
+) -> SPTModel:
     """The EMA network: a new backbone from ``make_net``, loaded by ``load_backbone``, with units
     from ``resume_delta`` if given, else copied from ``live``'s units; on ``device``, in eval mode."""
     net = make_net()

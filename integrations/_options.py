@@ -149,12 +149,19 @@ def parse_spt_block(block: Mapping[str, Any] | None, where: str = "spt") -> SPTO
         _check_keys(distill_block, _DISTILL_KEYS, f"{where}.distill")
         distill = DistillSpec(**distill_block)
         _check_distill(distill, f"{where}.distill")
-        kwargs["prior"] = {"kind": "distilled", "teacher": prior.describe(), "encoding": prior.encoding,
-                           "distill_weight": distill.weight, "student_steps": distill.student_steps}
+        kwargs["prior"] = {
+            "kind": "distilled",
+            "teacher": prior.describe(),
+            "encoding": prior.encoding,
+            "distill_weight": distill.weight,
+            "student_steps": distill.student_steps,
+        }
     else:
         if block.get("distill") is not None:
-            raise ConfigError(f"{where}.distill is for a distilled prior: add {where}.student (e.g. {{width: 16, depth: 4}}) "
-                              f"or drop {where}.distill")
+            raise ConfigError(
+                f"{where}.distill is for a distilled prior: add {where}.student (e.g. {{width: 16, depth: 4}}) "
+                f"or drop {where}.distill"
+            )
         kwargs["prior"] = prior.describe()
     if "prior_channels" not in kwargs and "student" in kwargs:
         kwargs["prior_channels"] = encoding_channels(prior.encoding)  # the student makes the teacher's channels
@@ -162,8 +169,13 @@ def parse_spt_block(block: Mapping[str, Any] | None, where: str = "spt") -> SPTO
         config = SPTConfig(**kwargs)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    return SPTOptions(config=config, backbone=_opt_path(block.get("backbone")), adapter=_opt_path(block.get("adapter")),
-                      prior=prior, distill=distill)
+    return SPTOptions(
+        config=config,
+        backbone=_opt_path(block.get("backbone")),
+        adapter=_opt_path(block.get("adapter")),
+        prior=prior,
+        distill=distill,
+    )
 
 
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:
@@ -187,7 +199,9 @@ def _check_provider(prior: PriorSpec, where: str) -> None:
     from spt_adapter.prior.registry import get_provider_spec
 
     if prior.provider == "classical" and prior.method not in CLASSICAL_METHODS:
-        raise ConfigError(f"{where}.method must be one of {CLASSICAL_METHODS} for provider 'classical', got {prior.method!r}")
+        raise ConfigError(
+            f"{where}.method must be one of {CLASSICAL_METHODS} for provider 'classical', got {prior.method!r}"
+        )
     try:
         spec = get_provider_spec(prior.provider_name)
     except ProviderError as exc:
@@ -197,8 +211,10 @@ def _check_provider(prior: PriorSpec, where: str) -> None:
     except ProviderError as exc:
         raise ConfigError(f"{where}.settings: {exc}") from None
     if spec.needs_checkpoint and not prior.checkpoint:
-        raise ConfigError(f"{where}.provider is {prior.provider!r} but {where}.checkpoint (its weights file) is not set "
-                          f"({spec.description})")
+        raise ConfigError(
+            f"{where}.provider is {prior.provider!r} but {where}.checkpoint (its weights file) is not set "
+            f"({spec.description})"
+        )
 
 
 def _check_distill(distill: DistillSpec, where: str) -> None:
@@ -236,8 +252,10 @@ def dataset_prior_block(dopt: Mapping[str, Any], where: str) -> tuple[str, Prior
     if not given:
         return None
     if len(given) == 2:
-        raise ConfigError(f"{where} has both {DATASET_PRIOR_KEY} (priors of the LQ images) and {DATASET_TEACHER_KEY} "
-                          "(a distilled prior's teacher on the GT images): keep the one the model's spt block reads")
+        raise ConfigError(
+            f"{where} has both {DATASET_PRIOR_KEY} (priors of the LQ images) and {DATASET_TEACHER_KEY} "
+            "(a distilled prior's teacher on the GT images): keep the one the model's spt block reads"
+        )
     key = given[0]
     return key, parse_spt_block({"prior": dict(_mapping(dopt[key], f"{where}.{key}"))}, f"{where}.{key}").prior
 
@@ -258,12 +276,16 @@ def check_dataset_priors(opt: Mapping[str, Any], spt: SPTOptions) -> None:
             continue
         key, made = found
         if spt.distilled and key == DATASET_PRIOR_KEY:
-            raise ConfigError(f"{where}.{DATASET_PRIOR_KEY}: the model has a distilled prior (spt.student): its student "
-                              f"makes the prior from the input. Give the train dataset `{DATASET_TEACHER_KEY}:` (the "
-                              f"teacher, run on GT images only) and the validation datasets none")
+            raise ConfigError(
+                f"{where}.{DATASET_PRIOR_KEY}: the model has a distilled prior (spt.student): its student "
+                f"makes the prior from the input. Give the train dataset `{DATASET_TEACHER_KEY}:` (the "
+                f"teacher, run on GT images only) and the validation datasets none"
+            )
         if not spt.distilled and key == DATASET_TEACHER_KEY:
-            raise ConfigError(f"{where}.{DATASET_TEACHER_KEY} is the teacher of a distilled prior, but spt has no "
-                              f"student: add spt.student, or use `{DATASET_PRIOR_KEY}:` (priors of the LQ images)")
+            raise ConfigError(
+                f"{where}.{DATASET_TEACHER_KEY} is the teacher of a distilled prior, but spt has no "
+                f"student: add spt.student, or use `{DATASET_PRIOR_KEY}:` (priors of the LQ images)"
+            )
         if made.encoding != spt.prior.encoding:
             raise ConfigError(
                 f"{where}.{key} makes {made.encoding!r} priors but the model's spt.prior reads {spt.prior.encoding!r} "
@@ -271,8 +293,10 @@ def check_dataset_priors(opt: Mapping[str, Any], spt: SPTOptions) -> None:
                 "(a YAML anchor can share one block)"
             )
         if key == DATASET_TEACHER_KEY and made.describe() != spt.prior.describe():
-            raise ConfigError(f"{where}.{DATASET_TEACHER_KEY} runs {made.describe()} but spt.prior (the teacher the "
-                              f"adapter records) is {spt.prior.describe()}: share one block (a YAML anchor)")
+            raise ConfigError(
+                f"{where}.{DATASET_TEACHER_KEY} runs {made.describe()} but spt.prior (the teacher the "
+                f"adapter records) is {spt.prior.describe()}: share one block (a YAML anchor)"
+            )
 
 
 def _plain(value: Any) -> Any:
@@ -298,11 +322,18 @@ def make_provider(spec: PriorSpec):
     if spec.checkpoint:
         checkpoint = Path(spec.checkpoint).expanduser()
         if not checkpoint.is_file():
-            raise ConfigError(f"spt.prior.checkpoint {checkpoint} does not exist (the {spec.provider} weights file, "
-                              "e.g. sam_vit_b_01ec64.pth)")
+            raise ConfigError(
+                f"spt.prior.checkpoint {checkpoint} does not exist (the {spec.provider} weights file, "
+                "e.g. sam_vit_b_01ec64.pth)"
+            )
         checkpoint = str(checkpoint)
-    return build(spec.provider_name, checkpoint=checkpoint, model_type=spec.resolved_model_type, device=spec.device,
-                 **spec.settings)
+    return build(
+        spec.provider_name,
+        checkpoint=checkpoint,
+        model_type=spec.resolved_model_type,
+        device=spec.device,
+        **spec.settings,
+    )
 
 
 def provider_image(chw):

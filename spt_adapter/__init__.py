@@ -1,12 +1,12 @@
 """spt-adapter: SAM prior tuning (SPT) units for frozen image-restoration backbones.
 
-    import spt_adapter
-    model = spt_adapter.inject(backbone, targets="layers.*.residual_group")
-    out = model(lq, prior=prior)
-    spt_adapter.save_adapter(model, "swinir_spt.safetensors")
-    model = spt_adapter.load_adapter(untouched_backbone, "swinir_spt.safetensors")
-    restored = spt_adapter.restore(model, image_hwc_uint8, tile=256)   # prior as the adapter records
-    spt_adapter.export(model, "swinir_spt.onnx")                      # one file: backbone + units (+ student)
+import spt_adapter
+model = spt_adapter.inject(backbone, targets="layers.*.residual_group")
+out = model(lq, prior=prior)
+spt_adapter.save_adapter(model, "swinir_spt.safetensors")
+model = spt_adapter.load_adapter(untouched_backbone, "swinir_spt.safetensors")
+restored = spt_adapter.restore(model, image_hwc_uint8, tile=256)   # prior as the adapter records
+spt_adapter.export(model, "swinir_spt.onnx")                      # one file: backbone + units (+ student)
 """
 
 from .core.config import SCHEMA_VERSION, SPTConfig

@@ -93,4 +93,3 @@ def why_not_a_file(path: str | os.PathLike) -> str | None:
     if stat.S_ISDIR(mode):
         return "is a folder, not a file"
     return "is not a regular file (a pipe, socket or device); checkpoints are files"
-

@@ -26,7 +26,9 @@ def _command_modules():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spt-adapter", description="SAM prior tuning units for frozen restoration backbones.")
+    parser = argparse.ArgumentParser(
+        prog="spt-adapter", description="SAM prior tuning units for frozen restoration backbones."
+    )
     parser.add_argument("--version", action="version", version=f"spt-adapter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in _command_modules():
@@ -49,8 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except BackboneHashMismatchError as exc:
-        fix = ("pass --no-hash-check to use it anyway" if hasattr(args, "no_hash_check")
-               else "pass the backbone checkpoint the adapter was trained on")
+        fix = (
+            "pass --no-hash-check to use it anyway"
+            if hasattr(args, "no_hash_check")
+            else "pass the backbone checkpoint the adapter was trained on"
+        )
         print(f"spt-adapter {args.command}: error: {exc.with_override(fix)}", file=sys.stderr)
         return EXIT_ERROR
     except SPTError as exc:

@@ -142,8 +142,11 @@ def _exact_regex(names: list[str]) -> str:
 
 
 #: SPTConfig's unit fields, mirrored by SPTPeftConfig (targets are PEFT's own; versions are recorded apart)
-_UNIT_FIELDS = tuple(f for f in dataclasses.fields(SPTConfig)
-                     if f.name not in ("targets", "exclude", "schema_version", "library_version"))
+_UNIT_FIELDS = tuple(
+    f
+    for f in dataclasses.fields(SPTConfig)
+    if f.name not in ("targets", "exclude", "schema_version", "library_version")
+)
 
 
 def _mirror(f: dataclasses.Field) -> tuple[str, Any, dataclasses.Field]:
@@ -197,13 +200,19 @@ class _SPTPeftConfigMethods:
         return SPTConfig(targets=list(targets or []), **_unit_values(self))
 
     @classmethod
-    def from_spt_config(cls, config: SPTConfig, names: list[str], channels: dict[str, int] | None = None,
-                        **kwargs) -> SPTPeftConfig:
-        return SPTPeftConfig(target_modules=_exact_regex(names), **_unit_values(config),
-                             unit_channels=dict(channels) if channels else None, **kwargs)
+    def from_spt_config(
+        cls, config: SPTConfig, names: list[str], channels: dict[str, int] | None = None, **kwargs
+    ) -> SPTPeftConfig:
+        return SPTPeftConfig(
+            target_modules=_exact_regex(names),
+            **_unit_values(config),
+            unit_channels=dict(channels) if channels else None,
+            **kwargs,
+        )
 
 
 if TYPE_CHECKING:
+
     class SPTPeftConfig(_SPTPeftConfigMethods, PeftConfig):
         """What the type checker sees of the dataclass built below: its fields (the unit fields are
         SPTConfig's, tests/test_lint.py checks that the two lists agree)."""
@@ -227,12 +236,14 @@ if TYPE_CHECKING:
 else:
     SPTPeftConfig = dataclasses.make_dataclass(
         "SPTPeftConfig",
-        [("target_modules", Optional[list[str] | str], field(default=None)),  # noqa: UP045 -- a runtime field type PEFT reads: spelt as its configs spell it
-         ("exclude_modules", Optional[list[str] | str], field(default=None)),  # noqa: UP045 -- a runtime field type PEFT reads: spelt as its configs spell it
-         *(_mirror(f) for f in _UNIT_FIELDS),
-         ("unit_channels", Optional[dict], field(default=None)),  # noqa: UP045 -- a runtime field type PEFT reads: spelt as its configs spell it
-         ("example_input_shape", Optional[list], field(default=None)),  # noqa: UP045 -- a runtime field type PEFT reads: spelt as its configs spell it
-         ("spt_schema_version", int, field(default=SCHEMA_VERSION))],
+        [
+            ("target_modules", Optional[list[str] | str], field(default=None)),  # noqa: UP045 -- a runtime field type PEFT reads: spelt as its configs spell it
+            ("exclude_modules", Optional[list[str] | str], field(default=None)),  # noqa: UP045 -- a runtime field type PEFT reads: spelt as its configs spell it
+            *(_mirror(f) for f in _UNIT_FIELDS),
+            ("unit_channels", Optional[dict], field(default=None)),  # noqa: UP045 -- a runtime field type PEFT reads: spelt as its configs spell it
+            ("example_input_shape", Optional[list], field(default=None)),  # noqa: UP045 -- a runtime field type PEFT reads: spelt as its configs spell it
+            ("spt_schema_version", int, field(default=SCHEMA_VERSION)),
+        ],
         bases=(_SPTPeftConfigMethods, PeftConfig),
         namespace={"__module__": __name__, "__doc__": _SPTPeftConfigMethods.__doc__},
     )
@@ -259,8 +270,10 @@ class SPTPeftLayer(SPTLayer, BaseTunerLayer):
         self.set_adapter(self.active_adapters)
 
     def merge(self, safe_merge: bool = False, adapter_names=None) -> None:
-        raise SPTError("SPT units are non-linear and read a prior at run time: they cannot be merged into the "
-                       "backbone's weights (use unload() to get the backbone back)")
+        raise SPTError(
+            "SPT units are non-linear and read a prior at run time: they cannot be merged into the "
+            "backbone's weights (use unload() to get the backbone back)"
+        )
 
     def unmerge(self) -> None:
         return None
@@ -340,8 +353,15 @@ class SPTPeftModel(BaseTuner):
         if config.student is None:
             return
         student = PriorStudent.from_config(config.student, config.prior_channels)
-        ref = next((p for _, layer in self._layers() if adapter_name in layer.spt_units
-                    for p in layer.spt_units[adapter_name].parameters()), None)
+        ref = next(
+            (
+                p
+                for _, layer in self._layers()
+                if adapter_name in layer.spt_units
+                for p in layer.spt_units[adapter_name].parameters()
+            ),
+            None,
+        )
         if ref is not None:
             student.to(device=ref.device, dtype=ref.dtype)
         student.requires_grad_(adapter_name in self.active_adapters and not config.inference_mode)
@@ -368,8 +388,11 @@ class SPTPeftModel(BaseTuner):
         example = None
         if config.example_input_shape:
             ref = next(model.parameters(), None)
-            example = torch.zeros(*config.example_input_shape, dtype=ref.dtype if ref is not None else torch.float32,
-                                  device=ref.device if ref is not None else "cpu")
+            example = torch.zeros(
+                *config.example_input_shape,
+                dtype=ref.dtype if ref is not None else torch.float32,
+                device=ref.device if ref is not None else "cpu",
+            )
         previous = self._spt_state.disabled
         self._spt_state.disabled = True  # existing SPT layers pass through during the probe
         try:
@@ -382,8 +405,17 @@ class SPTPeftModel(BaseTuner):
     def _prepare_adapter_config(self, peft_config, model_config):
         return peft_config
 
-    def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key=None,
-                            parameter_name: str | None = None, **kwargs) -> None:
+    def _create_and_replace(
+        self,
+        peft_config,
+        adapter_name,
+        target,
+        target_name,
+        parent,
+        current_key=None,
+        parameter_name: str | None = None,
+        **kwargs,
+    ) -> None:
         plan = self._spt_plans[adapter_name]
         key = current_key if current_key is not None else target_name
         if key not in peft_config.unit_channels:
@@ -399,8 +431,7 @@ class SPTPeftModel(BaseTuner):
     def _register_prior_hooks(self, model: nn.Module) -> None:
         if not self._spt_hooks:
             self._spt_hooks.append(model.register_forward_pre_hook(self._spt_pre_hook, with_kwargs=True))
-            self._spt_hooks.append(model.register_forward_hook(self._spt_post_hook, with_kwargs=True,
-                                                               always_call=True))
+            self._spt_hooks.append(model.register_forward_hook(self._spt_post_hook, with_kwargs=True, always_call=True))
 
     # -- the prior --------------------------------------------------------------------------
     def _active_configs(self) -> list[SPTPeftConfig]:
@@ -424,8 +455,10 @@ class SPTPeftModel(BaseTuner):
         its own student's prior, which no other adapter's units were trained on."""
         distilled = [n for n in names if self.student(n) is not None]
         if len(names) > 1 and distilled:
-            raise PriorError(f"adapter {distilled[0]!r} carries a distilled prior and runs alone, but {names} would be "
-                             f"active together: activate one, e.g. set_adapter({distilled[0]!r})")
+            raise PriorError(
+                f"adapter {distilled[0]!r} carries a distilled prior and runs alone, but {names} would be "
+                f"active together: activate one, e.g. set_adapter({distilled[0]!r})"
+            )
 
     def _active_student(self) -> tuple[str, PriorStudent] | None:
         """(name, student) of the active adapter when it is distilled and adapters are enabled, else None."""
@@ -456,8 +489,13 @@ class SPTPeftModel(BaseTuner):
                 raise student_prior_refusal(name, "peft_model(x)", "spt_prior")
             # SPTModel.forward's steps: the logits of the first tensor, their sigmoid checked as a prior
             logits = student_logits(student, args, kwargs)
-            checked = validate_prior(torch.sigmoid(logits), batch_size(args, kwargs),
-                                     self.peft_config[name].prior_channels, name="spt_prior", adapter=name)
+            checked = validate_prior(
+                torch.sigmoid(logits),
+                batch_size(args, kwargs),
+                self.peft_config[name].prior_channels,
+                name="spt_prior",
+                adapter=name,
+            )
             self._spt_stack[-1] = (self._spt_state.prior,)
             self._spt_state.set_prior(checked)
         elif prior is not None:
@@ -551,8 +589,10 @@ class SPTPeftModel(BaseTuner):
         setattr(parent, attr, layer.base_layer)
 
     def _check_merge_allowed(self):
-        raise SPTError("SPT units are non-linear and read a prior at run time: they cannot be merged into the "
-                       "backbone's weights (use unload() to get the backbone back)")
+        raise SPTError(
+            "SPT units are non-linear and read a prior at run time: they cannot be merged into the "
+            "backbone's weights (use unload() to get the backbone back)"
+        )
 
     def merge_and_unload(self, *args, **kwargs):
         self._check_merge_allowed()
@@ -577,8 +617,9 @@ class SPTPeftModel(BaseTuner):
         return key.replace(f"{_PEFT_UNIT}{adapter_name}.", _PEFT_UNIT, 1)
 
     @classmethod
-    def _remap_adapter_state_dict_for_load(cls, model: nn.Module, config, adapter_name: str,
-                                           state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """PEFT's remapping, then a check that a distilled adapter's checkpoint holds its student (PEFT
         would only warn and leave the student at random init); on failure the adapter is removed again
         (the only one: the backbone gets its modules back) before the :class:`AdapterFileError`."""
@@ -598,8 +639,11 @@ class SPTPeftModel(BaseTuner):
         if tuner is None or tuner.student(adapter_name) is None:
             return remapped
         marker = f"{_PEFT_STUDENTS}{adapter_name}."
-        missing = sorted(cls._remove_adapter_name_from_key(k, adapter_name) for k in model.state_dict()
-                         if marker in k and k not in remapped)
+        missing = sorted(
+            cls._remove_adapter_name_from_key(k, adapter_name)
+            for k in model.state_dict()
+            if marker in k and k not in remapped
+        )
         if missing:
             if list(tuner.peft_config) == [adapter_name]:
                 tuner.unload()
@@ -608,7 +652,8 @@ class SPTPeftModel(BaseTuner):
             raise AdapterFileError(
                 f"the PEFT checkpoint of adapter {adapter_name!r} lacks {len(missing)} prior-student tensor(s) (e.g. "
                 f"{missing[0]}) that its config (student={config.student}) needs: it was not written by "
-                "save_pretrained or spt_to_peft of this distilled adapter")
+                "save_pretrained or spt_to_peft of this distilled adapter"
+            )
         return remapped
 
 
@@ -616,23 +661,27 @@ def _register() -> None:
     """Fill PEFT's mapping tables for SPT (once; refuse if another 'SPT' is registered)."""
     import peft.mapping as mapping
 
-    tables = [getattr(mapping, n) for n in ("PEFT_TYPE_TO_CONFIG_MAPPING", "PEFT_TYPE_TO_TUNER_MAPPING",
-                                            "PEFT_TYPE_TO_PREFIX_MAPPING") if hasattr(mapping, n)]
+    tables = [
+        getattr(mapping, n)
+        for n in ("PEFT_TYPE_TO_CONFIG_MAPPING", "PEFT_TYPE_TO_TUNER_MAPPING", "PEFT_TYPE_TO_PREFIX_MAPPING")
+        if hasattr(mapping, n)
+    ]
     config_table = mapping.PEFT_TYPE_TO_CONFIG_MAPPING
     current = config_table.get(SPT_PEFT_TYPE)
     if current is SPTPeftConfig:
         return
     if current is not None:
-        raise SPTError(f"another PEFT method is registered as {PEFT_TYPE_NAME!r} ({current.__module__}."
-                       f"{current.__qualname__}); spt_adapter.peft cannot register SPT")
+        raise SPTError(
+            f"another PEFT method is registered as {PEFT_TYPE_NAME!r} ({current.__module__}."
+            f"{current.__qualname__}); spt_adapter.peft cannot register SPT"
+        )
     register: Callable[..., None] | None
     try:
         from peft.utils import register_peft_method as register
     except ImportError:
         register = None
     if register is not None:
-        register(name=PEFT_TYPE_NAME.lower(), config_cls=SPTPeftConfig, model_cls=SPTPeftModel,
-                             prefix=PREFIX)
+        register(name=PEFT_TYPE_NAME.lower(), config_cls=SPTPeftConfig, model_cls=SPTPeftModel, prefix=PREFIX)
     else:  # pragma: no cover - versions without the helper
         mapping.PEFT_TYPE_TO_CONFIG_MAPPING[SPT_PEFT_TYPE] = SPTPeftConfig
         mapping.PEFT_TYPE_TO_TUNER_MAPPING[SPT_PEFT_TYPE] = SPTPeftModel
@@ -651,10 +700,10 @@ def peft_key_to_core(key: str) -> str:
     """``base_model.model.<target>.spt_units.<param>`` -> ``<target>.spt_unit.<param>``;
     ``base_model.spt_students.<param>`` -> ``spt_student.<param>`` (a distilled prior's student)."""
     if key.startswith(_PEFT_STUDENT_PREFIX) and len(key) > len(_PEFT_STUDENT_PREFIX):
-        return keys.student_file_key(key[len(_PEFT_STUDENT_PREFIX):])
+        return keys.student_file_key(key[len(_PEFT_STUDENT_PREFIX) :])
     if not key.startswith(_PEFT_KEY_PREFIX) or _PEFT_UNIT not in key:
         raise AdapterFileError(f"tensor {key!r} is not an SPT unit or prior-student tensor of a PEFT adapter")
-    return key[len(_PEFT_KEY_PREFIX):].replace(_PEFT_UNIT, _CORE_UNIT, 1)
+    return key[len(_PEFT_KEY_PREFIX) :].replace(_PEFT_UNIT, _CORE_UNIT, 1)
 
 
 def core_key_to_peft(key: str) -> str:
@@ -673,8 +722,10 @@ def _read_peft_config_json(path: Path) -> Any:
     from .files.format import MAX_HEADER_BYTES, strict_json
 
     if path.stat().st_size > MAX_HEADER_BYTES:
-        raise AdapterFileError(f"{path} is {path.stat().st_size} bytes, beyond the {MAX_HEADER_BYTES}-byte limit of a "
-                               "config; not a PEFT adapter config")
+        raise AdapterFileError(
+            f"{path} is {path.stat().st_size} bytes, beyond the {MAX_HEADER_BYTES}-byte limit of a "
+            "config; not a PEFT adapter config"
+        )
     data = strict_json(path.read_bytes(), str(path))
     if not isinstance(data, dict):
         raise AdapterFileError(f"{path} is not a JSON object")
@@ -691,7 +742,9 @@ def read_peft_folder(folder: str | os.PathLike) -> tuple[SPTPeftConfig, dict[str
     folder = Path(folder)
     cfg_path, weights = folder / PEFT_CONFIG_NAME, folder / PEFT_WEIGHTS_NAME
     if not cfg_path.is_file() or not weights.is_file():
-        raise AdapterFileError(f"{folder} is not a PEFT adapter folder (needs {PEFT_CONFIG_NAME} and {PEFT_WEIGHTS_NAME})")
+        raise AdapterFileError(
+            f"{folder} is not a PEFT adapter folder (needs {PEFT_CONFIG_NAME} and {PEFT_WEIGHTS_NAME})"
+        )
     data = _read_peft_config_json(cfg_path)
     if data.get("peft_type") != PEFT_TYPE_NAME:
         raise AdapterFileError(f"{folder} holds a PEFT {data.get('peft_type')!r} adapter, not an SPT one")
@@ -724,8 +777,9 @@ def _targets_in_order(file_keys, channels: dict | None) -> list[str]:
     return found
 
 
-def load_peft_adapter(backbone: nn.Module, folder: str | os.PathLike, adapter_name: str = "default",
-                      example_input=None):
+def load_peft_adapter(
+    backbone: nn.Module, folder: str | os.PathLike, adapter_name: str = "default", example_input=None
+):
     """Load a PEFT SPT adapter folder onto ``backbone`` as an :class:`~spt_adapter.SPTModel`.
 
     The units are rebuilt with the core from the recorded widths (``unit_channels``); a folder
@@ -745,12 +799,14 @@ def load_peft_adapter(backbone: nn.Module, folder: str | os.PathLike, adapter_na
     # the tensors are exactly what the config's units have (shapes too), before anything is built
     fp = {"targets": [{"path": n, **({"channels": channels[n]} if channels else {})} for n in names]}
     check_units_against_header(folder, spt_config, fp, {k: {"shape": list(v.shape)} for k, v in core.items()})
-    return add_adapter_with_tensors(backbone, adapter_name, spt_config, names, channels, core,
-                                    source=str(folder), example_input=example_input)
+    return add_adapter_with_tensors(
+        backbone, adapter_name, spt_config, names, channels, core, source=str(folder), example_input=example_input
+    )
 
 
-def peft_to_spt(folder: str | os.PathLike, backbone: nn.Module, path: str | os.PathLike,
-                backbone_hash: bool = True) -> Path:
+def peft_to_spt(
+    folder: str | os.PathLike, backbone: nn.Module, path: str | os.PathLike, backbone_hash: bool = True
+) -> Path:
     """Convert a PEFT SPT adapter folder into an spt-adapter file (``save_adapter`` format).
 
     The file's fingerprint (and, with ``backbone_hash``, the weights' sha256) is taken from

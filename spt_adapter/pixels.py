@@ -84,7 +84,6 @@ def to_uint8_channels(image, channels: int = 3, name: str = "image") -> np.ndarr
     return np.ascontiguousarray(rgb[:, :, :1]) if grey_stored else rgb_to_grey_uint8(rgb)
 
 
-
 #: ITU-R BT.601 "studio swing" RGB -> Y (MATLAB ``rgb2ycbcr``), for RGB on [0, 1] and Y on 0-255
 YCBCR_Y_COEFFS = (65.481, 128.553, 24.966)
 

@@ -24,29 +24,60 @@ def _seeded(build):
 def swinir_classical():
     from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
 
-    return SwinIR(upscale=2, img_size=16, window_size=8, img_range=1.0, depths=[2, 2], embed_dim=24,
-                  num_heads=[2, 2], mlp_ratio=2, upsampler="pixelshuffle", resi_connection="1conv")
+    return SwinIR(
+        upscale=2,
+        img_size=16,
+        window_size=8,
+        img_range=1.0,
+        depths=[2, 2],
+        embed_dim=24,
+        num_heads=[2, 2],
+        mlp_ratio=2,
+        upsampler="pixelshuffle",
+        resi_connection="1conv",
+    )
 
 
 def swinir_light():
     from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
 
-    return SwinIR(upscale=2, img_size=16, window_size=8, img_range=1.0, depths=[2, 2], embed_dim=24,
-                  num_heads=[2, 2], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv")
+    return SwinIR(
+        upscale=2,
+        img_size=16,
+        window_size=8,
+        img_range=1.0,
+        depths=[2, 2],
+        embed_dim=24,
+        num_heads=[2, 2],
+        mlp_ratio=2,
+        upsampler="pixelshuffledirect",
+        resi_connection="1conv",
+    )
 
 
 def hat():
     from spandrel.architectures.HAT.__arch.HAT import HAT
 
-    return HAT(img_size=16, embed_dim=24, depths=(1, 1), num_heads=(2, 2), window_size=4, compress_ratio=3,
-               squeeze_factor=6, upscale=2, num_feat=16, mlp_ratio=2.0)
+    return HAT(
+        img_size=16,
+        embed_dim=24,
+        depths=(1, 1),
+        num_heads=(2, 2),
+        window_size=4,
+        compress_ratio=3,
+        squeeze_factor=6,
+        upscale=2,
+        num_feat=16,
+        mlp_ratio=2.0,
+    )
 
 
 def dat():
     from spandrel.architectures.DAT.__arch.DAT import DAT
 
-    return DAT(img_size=16, embed_dim=24, split_size=[2, 4], depth=[2, 2], num_heads=[2, 2], expansion_factor=2.0,
-               upscale=2)
+    return DAT(
+        img_size=16, embed_dim=24, split_size=[2, 4], depth=[2, 2], num_heads=[2, 2], expansion_factor=2.0, upscale=2
+    )
 
 
 def rrdb():
@@ -76,8 +107,9 @@ def drunet():
 def restormer():
     from spandrel_extra_arches.architectures.Restormer.__arch.restormer_arch import Restormer
 
-    return Restormer(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2],
-                     ffn_expansion_factor=2.0)
+    return Restormer(
+        dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2], ffn_expansion_factor=2.0
+    )
 
 
 def tiny_esrgan(seed: int = 0):
@@ -93,8 +125,17 @@ def tiny_swinir(seed: int = 0):
     from spandrel.architectures.SwinIR import SwinIR
 
     torch.manual_seed(seed)
-    return SwinIR(img_size=16, embed_dim=12, depths=[2, 2], num_heads=[2, 2], window_size=4, mlp_ratio=2.0,
-                  upscale=2, upsampler="pixelshuffledirect", in_chans=3).eval()
+    return SwinIR(
+        img_size=16,
+        embed_dim=12,
+        depths=[2, 2],
+        num_heads=[2, 2],
+        window_size=4,
+        mlp_ratio=2.0,
+        upscale=2,
+        upsampler="pixelshuffledirect",
+        in_chans=3,
+    ).eval()
 
 
 ARCHS = {

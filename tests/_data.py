@@ -19,8 +19,11 @@ def full_data(*sets: str) -> Path:
     """The folder of the full test sets named by ``SPT_FULL_DATA``, or skip (opt-in)."""
     root = os.environ.get("SPT_FULL_DATA")
     if not root:
-        pytest.skip("opt-in: set SPT_FULL_DATA to a folder holding the full " + "/".join(sets)
-                    + " to check the published number")
+        pytest.skip(
+            "opt-in: set SPT_FULL_DATA to a folder holding the full "
+            + "/".join(sets)
+            + " to check the published number"
+        )
     path = Path(root)
     missing = [s for s in sets if not (path / s).is_dir()]
     if missing:

@@ -13,8 +13,9 @@ from spt_adapter.core.keys import FILE_STUDENT_SEGMENT
 from spt_adapter.errors import PriorError
 
 
-def assert_distilled_schedule(after_student_steps, after_joint_steps, load: Callable[[object], spt_adapter.SPTModel],
-                              example: torch.Tensor) -> spt_adapter.SPTModel:
+def assert_distilled_schedule(
+    after_student_steps, after_joint_steps, load: Callable[[object], spt_adapter.SPTModel], example: torch.Tensor
+) -> spt_adapter.SPTModel:
     """``after_student_steps``: a delta saved when only student-only steps had run; ``after_joint_steps``:
     one saved later. ``load(path)`` puts a delta on the untouched backbone (sha256 checked).
 

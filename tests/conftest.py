@@ -23,5 +23,7 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.skipped and isinstance(report.longrepr, tuple) and _DATA_SKIP.search(str(report.longrepr[2])):
         report.outcome = "failed"
-        report.longrepr = (f"{item.nodeid} skipped for missing test data ({report.longrepr[2]}); read the committed "
-                           "images in tests/data (from _data import DATA) instead")
+        report.longrepr = (
+            f"{item.nodeid} skipped for missing test data ({report.longrepr[2]}); read the committed "
+            "images in tests/data (from _data import DATA) instead"
+        )

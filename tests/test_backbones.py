@@ -16,8 +16,15 @@ def _swinir():
     from spandrel.architectures.SwinIR import SwinIR
 
     torch.manual_seed(1)
-    return SwinIR(embed_dim=12, depths=[2, 2], num_heads=[2, 2], window_size=4, img_size=16, upscale=2,
-                  upsampler="pixelshuffledirect")
+    return SwinIR(
+        embed_dim=12,
+        depths=[2, 2],
+        num_heads=[2, 2],
+        window_size=4,
+        img_size=16,
+        upscale=2,
+        upsampler="pixelshuffledirect",
+    )
 
 
 @pytest.mark.parametrize("layout", ["bare", "params", "params_ema", "safetensors"])

@@ -42,8 +42,12 @@ def test_shared_flags_mean_the_same_in_every_subcommand():
             if flag not in flags:
                 continue
             a = flags[flag]
-            key = (a.type.__name__ if callable(a.type) and hasattr(a.type, "__name__") else a.type, a.nargs,
-                   type(a).__name__, None if flag in ("--prior-cache", "--encoding", "--fusion") else a.default)
+            key = (
+                a.type.__name__ if callable(a.type) and hasattr(a.type, "__name__") else a.type,
+                a.nargs,
+                type(a).__name__,
+                None if flag in ("--prior-cache", "--encoding", "--fusion") else a.default,
+            )
             if flag == "--provider-checkpoint":
                 key = key[:3]
             assert seen.setdefault(flag, key) == key, f"{name} {flag}: {key} differs from {seen[flag]}"
@@ -55,14 +59,52 @@ def test_shared_flags_mean_the_same_in_every_subcommand():
 
 def test_old_spellings_parse_to_the_same_values():
     parse = build_parser().parse_args
-    new = parse(["masks", "x.png", "--provider-checkpoint", "s.pth", "--provider-model-type", "vit_b",
-                 "--provider-set", "a=1", "--prior-cache", "c"])
+    new = parse(
+        [
+            "masks",
+            "x.png",
+            "--provider-checkpoint",
+            "s.pth",
+            "--provider-model-type",
+            "vit_b",
+            "--provider-set",
+            "a=1",
+            "--prior-cache",
+            "c",
+        ]
+    )
     old = parse(["masks", "x.png", "--checkpoint", "s.pth", "--model-type", "vit_b", "--set", "a=1", "--cache", "c"])
     assert vars(new) == vars(old)
-    new = parse(["train", "--data", "d", "--task", "sr:2", "--out", "o", "--provider-checkpoint", "s.pth",
-                 "--provider-model-type", "vit_b"])
-    old = parse(["train", "--data", "d", "--task", "sr:2", "--out", "o", "--sam-checkpoint", "s.pth",
-                 "--sam-model-type", "vit_b"])
+    new = parse(
+        [
+            "train",
+            "--data",
+            "d",
+            "--task",
+            "sr:2",
+            "--out",
+            "o",
+            "--provider-checkpoint",
+            "s.pth",
+            "--provider-model-type",
+            "vit_b",
+        ]
+    )
+    old = parse(
+        [
+            "train",
+            "--data",
+            "d",
+            "--task",
+            "sr:2",
+            "--out",
+            "o",
+            "--sam-checkpoint",
+            "s.pth",
+            "--sam-model-type",
+            "vit_b",
+        ]
+    )
     assert vars(new) == vars(old)
     assert parse(["demo", "--sam-checkpoint", "s.pth"]).sam_checkpoint == "s.pth"
 

@@ -92,8 +92,11 @@ def test_converted_network_matches_matconvnet_forward(tmp_path, channels):
     layers = matlab_dncnn(channels)
     write_simplenn(tmp_path / "net.mat", layers)
     out = tmp_path / "net.safetensors"
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_dncnn_mat.py"), str(tmp_path / "net.mat"),
-                             str(out)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "convert_dncnn_mat.py"), str(tmp_path / "net.mat"), str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     model, _ = spt_adapter.load_backbone(out)
     assert type(model).__name__ == "DnCNN"
@@ -144,8 +147,11 @@ def test_a_refused_file_writes_nothing(tmp_path):
     write_simplenn(tmp_path / "bad.mat", layers)
     out = tmp_path / "out.safetensors"
     out.write_bytes(b"kept")
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_dncnn_mat.py"), str(tmp_path / "bad.mat"),
-                             str(out)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "convert_dncnn_mat.py"), str(tmp_path / "bad.mat"), str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1 and "bn2 has type 'bnorm'" in result.stderr
     assert out.read_bytes() == b"kept"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mat", "out.safetensors"]

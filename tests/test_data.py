@@ -57,7 +57,12 @@ def test_same_augmentation_pixel_exact(folder, task):
         top, left, hf, vf, rot = item["crop"]
         seen.add((hf, vf, rot))
         s = parse_task(task).scale if task.startswith("sr") else 1
-        exp_lq, exp_gt = augment([lq_full[top:top + 8, left:left + 8], gt_full[top * s:(top + 8) * s, left * s:(left + 8) * s]], hf, vf, rot)
+        exp_lq, exp_gt = augment(
+            [lq_full[top : top + 8, left : left + 8], gt_full[top * s : (top + 8) * s, left * s : (left + 8) * s]],
+            hf,
+            vf,
+            rot,
+        )
         np.testing.assert_array_equal(item["lq"].numpy(), exp_lq.transpose(2, 0, 1) / np.float32(255))
         np.testing.assert_array_equal(item["gt"].numpy(), exp_gt.transpose(2, 0, 1) / np.float32(255))
         o = oracle[i]
@@ -77,10 +82,14 @@ def test_cache_and_validation(folder, tmp_path):
     # the prior is the one of the LQ image, not of the GT image
     gt, lq = val.pair(0)
     np.testing.assert_array_equal(a["prior"].numpy(), cache.get_or_compute(lq, prov))
-    const = PairedPriorDataset(folder, "sr:2", prior_fn=lambda im: np.ones((1,) + im.shape[:2], np.float32), train=False, patch_size=6)
+    const = PairedPriorDataset(
+        folder, "sr:2", prior_fn=lambda im: np.ones((1,) + im.shape[:2], np.float32), train=False, patch_size=6
+    )
     it = const[1]
     assert it["lq"].shape == (3, 6, 6) and it["gt"].shape == (3, 12, 12) and (it["prior"] == 1).all()
-    batch = next(iter(torch.utils.data.DataLoader(PairedPriorDataset(folder, "sr:2", cache, prov, patch_size=6), batch_size=2)))
+    batch = next(
+        iter(torch.utils.data.DataLoader(PairedPriorDataset(folder, "sr:2", cache, prov, patch_size=6), batch_size=2))
+    )
     assert batch["prior"].shape == (2, 1, 6, 6)
 
 

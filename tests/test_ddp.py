@@ -51,7 +51,7 @@ def _worker(out: str, batch: int, distilled: bool = False) -> None:
         def __getitem__(self, i):
             im = self.images[i]
             y, x = np.random.randint(0, im.shape[0] - 32), np.random.randint(0, im.shape[1] - 32)
-            gt = torch.from_numpy(im[y:y + 32, x:x + 32].copy()).permute(2, 0, 1).float() / 255
+            gt = torch.from_numpy(im[y : y + 32, x : x + 32].copy()).permute(2, 0, 1).float() / 255
             lq = gt + torch.randn_like(gt) * (25 / 255)
             prior = ((gt.mean(0, keepdim=True) * 4).floor() + 1) / 5
             if distilled:  # the quantised luma as a teacher's map in [0, 1]
@@ -63,8 +63,15 @@ def _worker(out: str, batch: int, distilled: bool = False) -> None:
     backbone = DnCNN(in_nc=3, out_nc=3, nc=16, nb=4, act_mode="R")
     student = {"width": 8, "depth": 2} if distilled else None
     model = spt_adapter.inject(backbone, config=spt_adapter.SPTConfig(targets=["model.2", "model.4"], student=student))
-    settings = TrainSettings(iters=ITERS, batch=batch, lr=1e-3, log_every=1, progress=False, seed=7,
-                             student_steps=STUDENT_STEPS if distilled else 0)
+    settings = TrainSettings(
+        iters=ITERS,
+        batch=batch,
+        lr=1e-3,
+        log_every=1,
+        progress=False,
+        seed=7,
+        student_steps=STUDENT_STEPS if distilled else 0,
+    )
     train_units(model, Crops(), settings, out_dir=out, dist_info=info)
     shutdown_distributed(info)
 

@@ -51,8 +51,11 @@ def snapshot(module):
 def unchanged(module, snap):
     state, types = snap
     now = module.state_dict()
-    return list(now) == list(state) and all(torch.equal(now[k], v) for k, v in state.items()) and \
-        [type(m) for m in module.modules()] == types
+    return (
+        list(now) == list(state)
+        and all(torch.equal(now[k], v) for k, v in state.items())
+        and [type(m) for m in module.modules()] == types
+    )
 
 
 def test_metadata_is_strings_with_sorted_config_and_fingerprint(trained):
@@ -95,8 +98,16 @@ def test_wrong_backbone_names_first_difference_and_leaves_model_as_it_was(traine
 
     from _archs import ARCHS as A
 
-    other = SwinIR(upscale=2, img_size=16, window_size=8, depths=[2, 2], embed_dim=32, num_heads=[2, 2],
-                   mlp_ratio=2, upsampler="pixelshuffledirect")  # same module names, other widths
+    other = SwinIR(
+        upscale=2,
+        img_size=16,
+        window_size=8,
+        depths=[2, 2],
+        embed_dim=32,
+        num_heads=[2, 2],
+        mlp_ratio=2,
+        upsampler="pixelshuffledirect",
+    )  # same module names, other widths
     snap = snapshot(other)
     with pytest.raises(FingerprintMismatchError) as info:
         spt_adapter.load_adapter(other, trained["path"])
@@ -137,21 +148,24 @@ def _write_header(path, header: dict, payload=b""):
     return path
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "does not exist"),
-    ("empty", "too short"),
-    ("truncated", "truncated"),
-    ("oversized", "exceeds"),
-    ("garbage_json", "not valid JSON"),
-    ("no_meta", "no metadata"),
-    ("nonstring_meta", "must be strings"),
-    ("foreign", "not an SPT adapter"),
-    ("newer", "schema version 99.*upgrade"),
-    ("non_unit_tensor", "not an SPT unit tensor"),
-    ("folder", "is a folder"),
-    ("bad_fingerprint", "fingerprint"),
-    ("fingerprint_wrong_types", "fingerprint' is malformed"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "does not exist"),
+        ("empty", "too short"),
+        ("truncated", "truncated"),
+        ("oversized", "exceeds"),
+        ("garbage_json", "not valid JSON"),
+        ("no_meta", "no metadata"),
+        ("nonstring_meta", "must be strings"),
+        ("foreign", "not an SPT adapter"),
+        ("newer", "schema version 99.*upgrade"),
+        ("non_unit_tensor", "not an SPT unit tensor"),
+        ("folder", "is a folder"),
+        ("bad_fingerprint", "fingerprint"),
+        ("fingerprint_wrong_types", "fingerprint' is malformed"),
+    ],
+)
 def test_malformed_files_are_refused_with_a_clear_message(trained, tmp_path, case, message):
     good = trained["path"].read_bytes()
     path = tmp_path / f"{case}.safetensors"
@@ -230,7 +244,9 @@ def test_file_size_is_bounded_by_unit_parameters(trained):
     assert trained["path"].stat().st_size <= 4 * n + meta_bytes + 8 * 1024
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(data=st.data())
 def test_fuzzed_adapter_files_load_or_fail_cleanly(trained, tmp_path, data):
     good = bytearray(trained["path"].read_bytes())

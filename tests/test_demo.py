@@ -23,8 +23,13 @@ def test_demo_quick_runs_twice_with_cached_backbone(tmp_path):
     assert "| **mean (2)**" in first.stdout and "astronaut" in first.stdout
     backbones = list((cache / "demo").glob("*.safetensors"))
     assert len(backbones) == 1
-    for name in ("demo_side_by_side.png", "demo_training_curve.png", "eval/eval.md", "eval/eval.csv",
-                 "adapter/spt_adapter.safetensors"):
+    for name in (
+        "demo_side_by_side.png",
+        "demo_training_curve.png",
+        "eval/eval.md",
+        "eval/eval.csv",
+        "adapter/spt_adapter.safetensors",
+    ):
         path = tmp_path / "one" / name
         assert path.is_file(), name
         assert str(path) in first.stdout  # every output path is printed
@@ -47,8 +52,9 @@ def test_demo_quick_runs_twice_with_cached_backbone(tmp_path):
     from spt_adapter.files.format import read_adapter_config
 
     assert read_adapter_config(tmp_path / "one" / "adapter" / "spt_adapter.safetensors").prior["encoding"] == "boundary"
-    pool = subprocess.run([*env_cmd, "--out", str(tmp_path / "pool"), "--fusion", "pool"], capture_output=True, text=True,
-                          timeout=300)
+    pool = subprocess.run(
+        [*env_cmd, "--out", str(tmp_path / "pool"), "--fusion", "pool"], capture_output=True, text=True, timeout=300
+    )
     assert pool.returncode == 0, pool.stderr[-3000:]
     config = read_adapter_config(tmp_path / "pool" / "adapter" / "spt_adapter.safetensors")
     assert config.fusion == "pool" and config.prior["encoding"] == "label"

@@ -28,8 +28,12 @@ def _dncnn(seed: int = 0, in_nc: int = 3, nb: int = 4) -> torch.nn.Module:
 
 
 def _distilled(backbone, **student) -> spt_adapter.SPTModel:
-    cfg = spt_adapter.SPTConfig(targets=TARGETS, hidden=8, student={"width": 8, "depth": 3, **student},
-                                prior={"kind": "distilled", "teacher": {"provider": "classical", "method": "slic"}})
+    cfg = spt_adapter.SPTConfig(
+        targets=TARGETS,
+        hidden=8,
+        student={"width": 8, "depth": 3, **student},
+        prior={"kind": "distilled", "teacher": {"provider": "classical", "method": "slic"}},
+    )
     torch.manual_seed(1)
     return spt_adapter.inject(backbone, config=cfg)
 
@@ -117,8 +121,10 @@ def test_student_round_trip_save_load_exact(tmp_path):
     assert meta["format_version"] == "2"
     students = sorted(k for k in entries if k.startswith("spt_student."))
     assert students == sorted(student_file_key(n) for n, _ in model.student().named_parameters())
-    assert json.loads(meta["student"]) == {"settings": {"depth": 3, "in_channels": 3, "width": 8},
-                                           "teacher": {"method": "slic", "provider": "classical"}}
+    assert json.loads(meta["student"]) == {
+        "settings": {"depth": 3, "in_channels": 3, "width": 8},
+        "teacher": {"method": "slic", "provider": "classical"},
+    }
     loaded = spt_adapter.load_adapter(_dncnn(), path)  # same weights, fresh modules
     with torch.no_grad():
         assert torch.equal(loaded(x), want)
@@ -293,15 +299,27 @@ def test_tiny_sam_teacher_end_to_end(tmp_path):
     from spt_adapter.training.train import TrainSettings, train_units
 
     ckpt = make_tiny_sam_checkpoint(tmp_path / "sam_vit_tiny.pth")
-    sam = make_provider("sam", ckpt, model_type="vit_tiny", device="cpu", points_per_side=4, pred_iou_thresh=0.0,
-                        stability_score_thresh=0.0)
+    sam = make_provider(
+        "sam",
+        ckpt,
+        model_type="vit_tiny",
+        device="cpu",
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+    )
     folder = _hq_folder(tmp_path, n=2, size=32)
     ds = PairedPriorDataset(folder, "denoise:25", cache=tmp_path / "pc", teacher=sam, patch_size=16)
-    cfg = spt_adapter.SPTConfig(targets=TARGETS, hidden=8, student={"width": 8, "depth": 3},
-                                prior={"kind": "distilled", "teacher": sam.identity(), "encoding": "boundary"})
+    cfg = spt_adapter.SPTConfig(
+        targets=TARGETS,
+        hidden=8,
+        student={"width": 8, "depth": 3},
+        prior={"kind": "distilled", "teacher": sam.identity(), "encoding": "boundary"},
+    )
     model = spt_adapter.inject(_dncnn(), config=cfg)
-    train_units(model, ds, TrainSettings(iters=2, batch=2, progress=False, student_steps=1, amp=False),
-                out_dir=tmp_path / "run")
+    train_units(
+        model, ds, TrainSettings(iters=2, batch=2, progress=False, student_steps=1, amp=False), out_dir=tmp_path / "run"
+    )
     path = tmp_path / "run" / "spt_adapter.safetensors"
     assert json.loads(spt_adapter.read_adapter_header(path)[0]["student"])["teacher"]["model_type"] == "vit_tiny"
     loaded = spt_adapter.load_adapter(_dncnn(), path)  # no SAM needed to run it
@@ -324,16 +342,50 @@ def dncnn_ckpt(tmp_path):
 
 
 def _train(ckpt, data, out, cache, *extra):
-    return ["train", "--backbone", str(ckpt), "--targets", *TARGETS, "--data", str(data), "--task", "denoise:25",
-            "--out", str(out), "--prior-cache", str(cache), "--patch", "16", "--batch", "2", "--no-progress",
-            "--device", "cpu", *extra]
+    return [
+        "train",
+        "--backbone",
+        str(ckpt),
+        "--targets",
+        *TARGETS,
+        "--data",
+        str(data),
+        "--task",
+        "denoise:25",
+        "--out",
+        str(out),
+        "--prior-cache",
+        str(cache),
+        "--patch",
+        "16",
+        "--batch",
+        "2",
+        "--no-progress",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def test_cli_trains_a_distilled_adapter_and_eval_needs_no_provider(tmp_path, dncnn_ckpt, capsys):
     data = _hq_folder(tmp_path, n=2, size=32)
     out, cache = tmp_path / "run", tmp_path / "pc"
-    argv = _train(dncnn_ckpt, data, out, cache, "--prior", "distilled", "--teacher", "slic", "--iters", "3",
-                  "--student-steps", "1", "--student-width", "8")
+    argv = _train(
+        dncnn_ckpt,
+        data,
+        out,
+        cache,
+        "--prior",
+        "distilled",
+        "--teacher",
+        "slic",
+        "--iters",
+        "3",
+        "--student-steps",
+        "1",
+        "--student-width",
+        "8",
+    )
     assert main(argv) == 0
     path = out / "spt_adapter.safetensors"
     meta, entries = spt_adapter.read_adapter_header(path)
@@ -343,42 +395,128 @@ def test_cli_trains_a_distilled_adapter_and_eval_needs_no_provider(tmp_path, dnc
     assert cfg.prior["kind"] == "distilled" and cfg.prior["teacher"]["method"] == "slic"
     capsys.readouterr()
     before = sorted(p.name for p in cache.rglob("*") if p.is_file())
-    assert main(["eval", "--backbone", str(dncnn_ckpt), "--adapter", str(out), "--data", str(data),
-                 "--out", str(tmp_path / "ev"), "--prior-cache", str(cache), "--no-progress", "--crops", "0"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--backbone",
+                str(dncnn_ckpt),
+                "--adapter",
+                str(out),
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "ev"),
+                "--prior-cache",
+                str(cache),
+                "--no-progress",
+                "--crops",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "ev" / "eval.md").exists()
     assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == before  # no segmenter ran
     # restore runs it the same way: no provider, no checkpoint, no segmenter
-    assert main(["restore", str(data), "--backbone", str(dncnn_ckpt), "--adapter", str(out), "--out",
-                 str(tmp_path / "restored"), "--prior-cache", str(cache), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                str(data),
+                "--backbone",
+                str(dncnn_ckpt),
+                "--adapter",
+                str(out),
+                "--out",
+                str(tmp_path / "restored"),
+                "--prior-cache",
+                str(cache),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "restored").glob("*.png")) == sorted(p.name for p in data.glob("*.png"))
     assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == before
-    code = main(["eval", "--backbone", str(dncnn_ckpt), "--adapter", str(out), "--data", str(data), "--provider",
-                 "slic", "--out", str(tmp_path / "ev2"), "--no-progress"])
+    code = main(
+        [
+            "eval",
+            "--backbone",
+            str(dncnn_ckpt),
+            "--adapter",
+            str(out),
+            "--data",
+            str(data),
+            "--provider",
+            "slic",
+            "--out",
+            str(tmp_path / "ev2"),
+            "--no-progress",
+        ]
+    )
     assert code == 1 and "distilled prior" in capsys.readouterr().err
     # resuming with another teacher is refused before any step
-    code = main(_train(dncnn_ckpt, data, out, cache, "--prior", "distilled", "--teacher", "felzenszwalb", "--iters",
-                       "4", "--resume"))
+    code = main(
+        _train(
+            dncnn_ckpt,
+            data,
+            out,
+            cache,
+            "--prior",
+            "distilled",
+            "--teacher",
+            "felzenszwalb",
+            "--iters",
+            "4",
+            "--resume",
+        )
+    )
     assert code == 1 and "distilled from teacher" in capsys.readouterr().err
     code = main(_train(dncnn_ckpt, data, out, cache, "--iters", "4", "--resume"))
     assert code == 1 and "--prior distilled" in capsys.readouterr().err
-    code = main(_train(dncnn_ckpt, data, out, cache, "--prior", "distilled", "--teacher", "slic", "--iters", "4",
-                       "--student-steps", "2", "--resume"))
+    code = main(
+        _train(
+            dncnn_ckpt,
+            data,
+            out,
+            cache,
+            "--prior",
+            "distilled",
+            "--teacher",
+            "slic",
+            "--iters",
+            "4",
+            "--student-steps",
+            "2",
+            "--resume",
+        )
+    )
     assert code == 1 and "--student-steps 1" in capsys.readouterr().err
     # without --student-steps a resumed run keeps its own (1), not the default 400
-    assert main(_train(dncnn_ckpt, data, out, cache, "--prior", "distilled", "--teacher", "slic", "--iters", "4",
-                       "--resume")) == 0
+    assert (
+        main(
+            _train(
+                dncnn_ckpt, data, out, cache, "--prior", "distilled", "--teacher", "slic", "--iters", "4", "--resume"
+            )
+        )
+        == 0
+    )
     training = json.loads(spt_adapter.read_adapter_header(path)[0]["training"])
     assert training["step"] == 5 and training["student_steps"] == 1 and training["iters"] == 4
 
 
-@pytest.mark.parametrize("extra,needle", [
-    (["--teacher", "slic"], "--teacher is for --prior distilled"),
-    (["--prior", "distilled"], "needs --teacher"),
-    (["--prior", "distilled", "--teacher", "slic", "--provider", "slic"], "drop --provider"),
-    (["--prior", "distilled", "--teacher", "sam"], "--provider-checkpoint"),
-    (["--prior", "distilled", "--teacher", "no_such_provider"], "no_such_provider"),
-    (["--student-steps", "5"], "--student-steps is for --prior distilled"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--teacher", "slic"], "--teacher is for --prior distilled"),
+        (["--prior", "distilled"], "needs --teacher"),
+        (["--prior", "distilled", "--teacher", "slic", "--provider", "slic"], "drop --provider"),
+        (["--prior", "distilled", "--teacher", "sam"], "--provider-checkpoint"),
+        (["--prior", "distilled", "--teacher", "no_such_provider"], "no_such_provider"),
+        (["--student-steps", "5"], "--student-steps is for --prior distilled"),
+    ],
+)
 def test_cli_bad_distillation_flags_fail_before_training(tmp_path, dncnn_ckpt, capsys, extra, needle):
     data = _hq_folder(tmp_path, n=1, size=32)
     out = tmp_path / "run"
@@ -390,8 +528,9 @@ def test_cli_bad_distillation_flags_fail_before_training(tmp_path, dncnn_ckpt, c
 def test_cli_teacher_without_hq_images_fails_before_training(tmp_path, dncnn_ckpt, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    code = main(_train(dncnn_ckpt, empty, tmp_path / "run", tmp_path / "pc", "--prior", "distilled", "--teacher",
-                       "slic"))
+    code = main(
+        _train(dncnn_ckpt, empty, tmp_path / "run", tmp_path / "pc", "--prior", "distilled", "--teacher", "slic")
+    )
     assert code == 1 and "holds no images" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 

@@ -99,8 +99,26 @@ def test_eval_pre_upsampled_sr_grey_backbone_reads_and_scores_the_y_channel(tmp_
     ckpt = _save(net, tmp_path / "dncnn_grey.safetensors")
     images = _photos(tmp_path / "hq")
     out = tmp_path / "ev"
-    assert main(["eval", "--no-adapter", "--backbone", str(ckpt), "--data", str(tmp_path / "hq"), "--task", "sr:3",
-                 "--out", str(out), "--no-progress", "--crops", "1"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--no-adapter",
+                "--backbone",
+                str(ckpt),
+                "--data",
+                str(tmp_path / "hq"),
+                "--task",
+                "sr:3",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--crops",
+                "1",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "pre-upsampled SR" in printed and "Y channel" in printed
     assert "pre-upsampled" in (out / "eval.md").read_text()
@@ -117,8 +135,11 @@ def test_eval_pre_upsampled_sr_grey_backbone_reads_and_scores_the_y_channel(tmp_
     a = images["a"][:45, :36]
     lr = imresize_bicubic(a, scale=1 / 3)
     coeffs = np.array([65.481, 128.553, 24.966])
-    bicubic = _psnr(np.round(imresize_bicubic(lr.astype(np.float64) / 255, size=a.shape[:2]) @ coeffs + 16),
-                    a / 255.0 @ coeffs + 16, 3)
+    bicubic = _psnr(
+        np.round(imresize_bicubic(lr.astype(np.float64) / 255, size=a.shape[:2]) @ coeffs + 16),
+        a / 255.0 @ coeffs + 16,
+        3,
+    )
     assert abs(rows["a"][0] - bicubic) > 0.05
 
 
@@ -131,8 +152,26 @@ def test_eval_pre_upsampled_sr_colour_backbone_and_the_adapter_refusal(tmp_path,
     ckpt = _save(net, tmp_path / "dncnn_rgb.safetensors")
     images = _photos(tmp_path / "hq")
     out = tmp_path / "ev"
-    assert main(["eval", "--no-adapter", "--backbone", str(ckpt), "--data", str(tmp_path / "hq"), "--task", "sr:2",
-                 "--out", str(out), "--no-progress", "--crops", "0"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--no-adapter",
+                "--backbone",
+                str(ckpt),
+                "--data",
+                str(tmp_path / "hq"),
+                "--task",
+                "sr:2",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--crops",
+                "0",
+            ]
+        )
+        == 0
+    )
     a = images["a"][:44, :38]
     up = imresize_bicubic(imresize_bicubic(a, scale=1 / 2).astype(np.float64) / 255, size=a.shape[:2])
     with torch.no_grad():
@@ -144,8 +183,25 @@ def test_eval_pre_upsampled_sr_colour_backbone_and_the_adapter_refusal(tmp_path,
     model = spt_adapter.inject(spt_adapter.load_backbone(ckpt).model, ["model.2"])
     spt_adapter.save_adapter(model, tmp_path / "a.safetensors")
     capsys.readouterr()
-    assert main(["eval", "--backbone", str(ckpt), "--adapter", str(tmp_path / "a.safetensors"), "--data",
-                 str(tmp_path / "hq"), "--task", "sr:2", "--out", str(tmp_path / "ev2"), "--no-progress"]) != 0
+    assert (
+        main(
+            [
+                "eval",
+                "--backbone",
+                str(ckpt),
+                "--adapter",
+                str(tmp_path / "a.safetensors"),
+                "--data",
+                str(tmp_path / "hq"),
+                "--task",
+                "sr:2",
+                "--out",
+                str(tmp_path / "ev2"),
+                "--no-progress",
+            ]
+        )
+        != 0
+    )
     err = capsys.readouterr().err
     assert "pre-upsampled SR" in err and "--no-adapter" in err and "Traceback" not in err
 
@@ -153,22 +209,50 @@ def test_eval_pre_upsampled_sr_colour_backbone_and_the_adapter_refusal(tmp_path,
 # ------------------------------------------------------------------------------------------------
 # opt-in: the real DnCNN models
 # ------------------------------------------------------------------------------------------------
-needs_dncnn = pytest.mark.skipif(not DNCNN_ROOT, reason="set SPT_DNCNN_ROOT to a cszn/DnCNN checkout (model/*.mat, "
-                                                        "testsets/)")
+needs_dncnn = pytest.mark.skipif(
+    not DNCNN_ROOT, reason="set SPT_DNCNN_ROOT to a cszn/DnCNN checkout (model/*.mat, testsets/)"
+)
 
 
 def _convert(name: str, tmp_path: Path) -> Path:
     pytest.importorskip("h5py")
     out = tmp_path / f"{name}.safetensors"
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_dncnn_mat.py"),
-                           str(Path(DNCNN_ROOT) / "model" / f"{name}.mat"), str(out)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools" / "convert_dncnn_mat.py"),
+            str(Path(DNCNN_ROOT) / "model" / f"{name}.mat"),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     return out
 
 
 def _mean(ckpt: Path, data: Path, task: str, out: Path, *extra: str) -> tuple[float, float]:
-    assert main(["eval", "--no-adapter", "--backbone", str(ckpt), "--data", str(data), "--task", task,
-                 "--out", str(out), "--no-progress", "--crops", "0", *extra]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--no-adapter",
+                "--backbone",
+                str(ckpt),
+                "--data",
+                str(data),
+                "--task",
+                task,
+                "--out",
+                str(out),
+                "--no-progress",
+                "--crops",
+                "0",
+                *extra,
+            ]
+        )
+        == 0
+    )
     return tuple(_rows(out)["MEAN"])
 
 

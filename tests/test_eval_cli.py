@@ -20,8 +20,19 @@ def _ckpt(path: Path, seed: int, embed: int = 16) -> Path:
     from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
 
     torch.manual_seed(seed)
-    m = SwinIR(img_size=32, in_chans=3, embed_dim=embed, depths=[1, 1], num_heads=[2, 2], window_size=8,
-               mlp_ratio=2.0, upscale=1, upsampler="", resi_connection="1conv", drop_path_rate=0.0)
+    m = SwinIR(
+        img_size=32,
+        in_chans=3,
+        embed_dim=embed,
+        depths=[1, 1],
+        num_heads=[2, 2],
+        window_size=8,
+        mlp_ratio=2.0,
+        upscale=1,
+        upsampler="",
+        resi_connection="1conv",
+        drop_path_rate=0.0,
+    )
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
     return path
 
@@ -37,16 +48,54 @@ def trained(tmp_path_factory):
         Image.open(p).convert("RGB").crop((0, 0, 80, 72)).save(data / p.name)
     ckpt = _ckpt(root / "swinir.safetensors", 0)
     out = root / "run"
-    code = main(["train", "--backbone", str(ckpt), "--data", str(data), "--task", "denoise:25", "--out", str(out),
-                 "--prior-cache", str(root / "priors"), "--patch", "32", "--batch", "2", "--iters", "3",
-                 "--lr", "1e-3", "--segments", "8", "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--backbone",
+            str(ckpt),
+            "--data",
+            str(data),
+            "--task",
+            "denoise:25",
+            "--out",
+            str(out),
+            "--prior-cache",
+            str(root / "priors"),
+            "--patch",
+            "32",
+            "--batch",
+            "2",
+            "--iters",
+            "3",
+            "--lr",
+            "1e-3",
+            "--segments",
+            "8",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     return {"root": root, "data": data, "ckpt": ckpt, "run": out, "priors": root / "priors"}
 
 
 def _eval(trained, adapter, out, *extra):
-    return main(["eval", "--backbone", str(trained["ckpt"]), "--adapter", str(adapter), "--data", str(trained["data"]),
-                 "--out", str(out), "--prior-cache", str(trained["priors"]), "--no-progress", *extra])
+    return main(
+        [
+            "eval",
+            "--backbone",
+            str(trained["ckpt"]),
+            "--adapter",
+            str(adapter),
+            "--data",
+            str(trained["data"]),
+            "--out",
+            str(out),
+            "--prior-cache",
+            str(trained["priors"]),
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def test_eval_tables_crops_and_images_agree(trained, tmp_path, capsys):
@@ -63,8 +112,13 @@ def test_eval_tables_crops_and_images_agree(trained, tmp_path, capsys):
             img = np.asarray(Image.open(out / "images" / tag / f"{r['image']}.png"))
             assert img.shape == gt.shape
             assert abs(metrics.psnr(img, gt) - float(r[col])) < 1e-4  # the table scores the saved outputs (RGB)
-        assert abs(metrics.ssim(np.asarray(Image.open(out / "images" / "spt" / f"{r['image']}.png")), gt)
-                   - float(r["spt_ssim"])) < 1e-5
+        assert (
+            abs(
+                metrics.ssim(np.asarray(Image.open(out / "images" / "spt" / f"{r['image']}.png")), gt)
+                - float(r["spt_ssim"])
+            )
+            < 1e-5
+        )
     mean = rows[-1]
     assert abs(float(mean["spt_psnr"]) - np.mean([float(r["spt_psnr"]) for r in rows[:-1]])) < 1e-5
     crops = sorted((out / "crops").glob("*.png"))
@@ -85,8 +139,20 @@ def test_adapter_file_equals_folder(trained, tmp_path, capsys):
 def test_eval_errors(trained, tmp_path, capsys):
     # an adapter trained for another backbone: refused by the fingerprint check, named
     other = _ckpt(tmp_path / "other.safetensors", 1, embed=24)
-    code = main(["eval", "--backbone", str(other), "--adapter", str(trained["run"]), "--data", str(trained["data"]),
-                 "--out", str(tmp_path / "x"), "--no-progress"])
+    code = main(
+        [
+            "eval",
+            "--backbone",
+            str(other),
+            "--adapter",
+            str(trained["run"]),
+            "--data",
+            str(trained["data"]),
+            "--out",
+            str(tmp_path / "x"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "module 'layers.0'" in err and "[24]" in err and "[16]" in err
     assert not (tmp_path / "x").exists()
@@ -95,8 +161,18 @@ def test_eval_errors(trained, tmp_path, capsys):
     assert _eval(trained, tmp_path / "adapter.pth", tmp_path / "y") == 1
     assert "pickle" in capsys.readouterr().err
     # a missing folder
-    code = main(["eval", "--backbone", str(trained["ckpt"]), "--adapter", str(trained["run"]), "--data",
-                 str(tmp_path / "none"), "--no-progress"])
+    code = main(
+        [
+            "eval",
+            "--backbone",
+            str(trained["ckpt"]),
+            "--adapter",
+            str(trained["run"]),
+            "--data",
+            str(tmp_path / "none"),
+            "--no-progress",
+        ]
+    )
     assert code == 1 and "does not exist" in capsys.readouterr().err
 
 
@@ -114,18 +190,53 @@ def test_sr_eval_scores_y_channel_with_border_crop(tmp_path, capsys):
     data.mkdir()
     Image.open(DATA / "Set5" / "baby.png").convert("RGB").crop((100, 100, 171, 165)).save(data / "baby.png")  # odd size
     torch.manual_seed(0)
-    m = SwinIR(img_size=16, in_chans=3, embed_dim=16, depths=[1], num_heads=[2], window_size=8, mlp_ratio=2.0,
-               upscale=2, upsampler="pixelshuffledirect", resi_connection="1conv", drop_path_rate=0.0)
+    m = SwinIR(
+        img_size=16,
+        in_chans=3,
+        embed_dim=16,
+        depths=[1],
+        num_heads=[2],
+        window_size=8,
+        mlp_ratio=2.0,
+        upscale=2,
+        upsampler="pixelshuffledirect",
+        resi_connection="1conv",
+        drop_path_rate=0.0,
+    )
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "sr.safetensors"))
     bb = spt_adapter.load_backbone(tmp_path / "sr.safetensors")
-    spt = spt_adapter.inject(bb.model, config=spt_adapter.SPTConfig(
-        targets=bb.targets, prior={"task": "sr:2", "provider": {"provider": "classical", "method": "slic",
-                                                                "settings": {"n_segments": 8}}}))
+    spt = spt_adapter.inject(
+        bb.model,
+        config=spt_adapter.SPTConfig(
+            targets=bb.targets,
+            prior={
+                "task": "sr:2",
+                "provider": {"provider": "classical", "method": "slic", "settings": {"n_segments": 8}},
+            },
+        ),
+    )
     spt_adapter.save_adapter(spt, tmp_path / "a.safetensors")
     out = tmp_path / "ev"
-    assert main(["eval", "--backbone", str(tmp_path / "sr.safetensors"), "--adapter", str(tmp_path / "a.safetensors"),
-                 "--data", str(data), "--out", str(out), "--prior-cache", str(tmp_path / "pc"), "--save-images",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--backbone",
+                str(tmp_path / "sr.safetensors"),
+                "--adapter",
+                str(tmp_path / "a.safetensors"),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--prior-cache",
+                str(tmp_path / "pc"),
+                "--save-images",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     row = list(csv.DictReader((out / "eval.csv").open()))[0]
     assert row["backbone_psnr"] == row["spt_psnr"]  # identity at start
     gt = np.asarray(Image.open(data / "baby.png"))[:64, :70]  # mod-cropped to a multiple of 2

@@ -43,14 +43,35 @@ def base(tmp_path_factory):
     path = model.save_adapter(tmp_path_factory.mktemp("fuzz") / "base.safetensors")
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    return {"header": json.loads(data[8:8 + n]), "body": data[8 + n:], "dir": path.parent}
+    return {"header": json.loads(data[8 : 8 + n]), "body": data[8 + n :], "dir": path.parent}
 
 
-HOSTILE_INT = st.one_of(st.integers(-3, 5), st.sampled_from([0, -1, 2**31, 2**63, 10**12, 100_000, 10**40]),
-                        st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=4), st.booleans(),
-                        st.none(), st.lists(st.integers(0, 3), max_size=3))
-CONFIG_FIELDS = st.sampled_from(["hidden", "depth", "prior_channels", "fusion", "prior_resize", "targets", "exclude",
-                                 "schema_version", "prior", "integration", "preset", "library_version", "unknown"])
+HOSTILE_INT = st.one_of(
+    st.integers(-3, 5),
+    st.sampled_from([0, -1, 2**31, 2**63, 10**12, 100_000, 10**40]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=4),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(0, 3), max_size=3),
+)
+CONFIG_FIELDS = st.sampled_from(
+    [
+        "hidden",
+        "depth",
+        "prior_channels",
+        "fusion",
+        "prior_resize",
+        "targets",
+        "exclude",
+        "schema_version",
+        "prior",
+        "integration",
+        "preset",
+        "library_version",
+        "unknown",
+    ]
+)
 DTYPES = st.sampled_from(["F32", "F16", "BF16", "F64", "I32", "I64", "BOOL", "U8", "F8_E4M3", "X", ""])
 VERSIONS = st.sampled_from(["1", "0", "-3", "2", "01", "1.0", " 1", "", "9" * 30, "１"])
 
@@ -58,8 +79,22 @@ VERSIONS = st.sampled_from(["1", "0", "-3", "2", "01", "1.0", " 1", "", "9" * 30
 @st.composite
 def mutations(draw):
     """A list of (kind, arguments) changes to apply to the base header."""
-    kinds = st.sampled_from(["config", "dtype", "shape", "offsets", "version", "dup_meta", "dup_tensor",
-                             "dup_config", "channels", "drop_tensor", "fp_params", "none"])
+    kinds = st.sampled_from(
+        [
+            "config",
+            "dtype",
+            "shape",
+            "offsets",
+            "version",
+            "dup_meta",
+            "dup_tensor",
+            "dup_config",
+            "channels",
+            "drop_tensor",
+            "fp_params",
+            "none",
+        ]
+    )
     out = []
     for _ in range(draw(st.integers(1, 3))):
         kind = draw(kinds)
@@ -124,7 +159,9 @@ def _apply(base: dict, changes: list) -> bytes:
     if dup_meta:
         text = text.replace('"format": ', '"format": "spt-adapter", "format": ', 1)
     if dup_tensor and dup_tensor in header:
-        text = text.replace(f'"{dup_tensor}": ', f'"{dup_tensor}": {json.dumps(header[dup_tensor])}, "{dup_tensor}": ', 1)
+        text = text.replace(
+            f'"{dup_tensor}": ', f'"{dup_tensor}": {json.dumps(header[dup_tensor])}, "{dup_tensor}": ', 1
+        )
     raw = text.encode()
     raw += b" " * (-len(raw) % 8)
     return struct.pack("<Q", len(raw)) + raw + base["body"]
@@ -135,8 +172,9 @@ def test_hostile_headers_load_or_raise_our_error_within_bounded_memory(base):
     start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     seen = {"loaded": 0, "refused": 0}
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
     @given(mutations())
     def check(changes):
         path.write_bytes(_apply(base, changes))

@@ -13,8 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_suite_dry_run_runs_every_step(tmp_path):
     out = tmp_path / "suite"
     env = {**os.environ, "PYTHON": sys.executable, "SPT_ADAPTER_CACHE": str(tmp_path / "cache")}
-    run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "--dry-run", "--out", str(out)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    run = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "--dry-run", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     summary = (out / "summary.md").read_text()
     for step in ("env", "overhead", "prior_speed", "train_amp", "restore"):

@@ -47,12 +47,19 @@ def _randomise_units(model, seed: int = 1) -> None:
 
 def make_adapter(kind: str = "esrgan"):
     if kind == "esrgan":
-        model = spt_adapter.inject(esrgan(), targets="model.1.sub.[01]", example_input=torch.zeros(1, 3, 16, 16),
-                                   config=spt_adapter.SPTConfig(hidden=4, prior={"provider": "classical",
-                                                                                 "encoding": "label"}))
+        model = spt_adapter.inject(
+            esrgan(),
+            targets="model.1.sub.[01]",
+            example_input=torch.zeros(1, 3, 16, 16),
+            config=spt_adapter.SPTConfig(hidden=4, prior={"provider": "classical", "encoding": "label"}),
+        )
     else:
-        model = spt_adapter.inject(swinir(), targets="layers.*.residual_group", example_input=torch.zeros(1, 3, 16, 16),
-                                   config=spt_adapter.SPTConfig(hidden=4, fusion="concat"))
+        model = spt_adapter.inject(
+            swinir(),
+            targets="layers.*.residual_group",
+            example_input=torch.zeros(1, 3, 16, 16),
+            config=spt_adapter.SPTConfig(hidden=4, fusion="concat"),
+        )
     _randomise_units(model)
     return model
 
@@ -60,7 +67,7 @@ def make_adapter(kind: str = "esrgan"):
 def inputs():
     g = torch.Generator().manual_seed(7)
     lq = torch.rand(1, 3, 16, 16, generator=g)
-    prior = (torch.randint(1, 5, (1, 1, 16, 16), generator=g).float() / 4)
+    prior = torch.randint(1, 5, (1, 1, 16, 16), generator=g).float() / 4
     return lq, prior
 
 
@@ -115,7 +122,9 @@ def _handler(state: FakeHubState):
 
         def _json(self, code: int, obj, headers: dict | None = None):
             head = self.command == "HEAD"  # a HEAD answer has headers only
-            self._send(code, json.dumps(obj).encode(), {"Content-Type": "application/json", **(headers or {})}, head=head)
+            self._send(
+                code, json.dumps(obj).encode(), {"Content-Type": "application/json", **(headers or {})}, head=head
+            )
 
         def _body(self) -> bytes:
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -131,14 +140,19 @@ def _handler(state: FakeHubState):
             body = self._body()
             if path == "/api/repos/create":
                 payload = json.loads(body)
-                repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
+                repo_id = (
+                    f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
+                )
                 host = f"http://{self.headers['Host']}"
                 with state.lock:
                     if repo_id in state.repos:  # the Hub answers 409 with the repo's url
-                        return self._json(409, {"error": "You already created this model repo",
-                                                "url": f"{host}/{repo_id}"})
-                    state.repos[repo_id] = {"private": payload.get("visibility") == "private" or bool(payload.get("private")),
-                                            "commits": []}
+                        return self._json(
+                            409, {"error": "You already created this model repo", "url": f"{host}/{repo_id}"}
+                        )
+                    state.repos[repo_id] = {
+                        "private": payload.get("visibility") == "private" or bool(payload.get("private")),
+                        "commits": [],
+                    }
                 return self._json(200, {"url": f"{host}/{repo_id}", "name": repo_id})
             if path == "/api/validate-yaml":
                 return self._json(200, {"errors": [], "warnings": []})
@@ -149,8 +163,10 @@ def _handler(state: FakeHubState):
                     return self._json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
                 if parts[5] == "preupload":
                     files = json.loads(body)["files"]
-                    return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                                                      for f in files]})
+                    return self._json(
+                        200,
+                        {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]},
+                    )
                 assert self.headers.get("Content-Type") == "application/x-ndjson"
                 lines = [json.loads(line) for line in body.splitlines() if line.strip()]
                 assert lines[0]["key"] == "header" and lines[0]["value"]["summary"]
@@ -159,12 +175,15 @@ def _handler(state: FakeHubState):
                     for item in lines[1:]:
                         assert item["key"] == "file" and item["value"]["encoding"] == "base64", item["key"]
                         previous[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
-                    sha = hashlib.sha1(json.dumps(sorted((k, hashlib.sha256(v).hexdigest()) for k, v in previous.items()))
-                                       .encode() + str(len(state.repos[repo_id]["commits"])).encode()).hexdigest()
+                    sha = hashlib.sha1(
+                        json.dumps(sorted((k, hashlib.sha256(v).hexdigest()) for k, v in previous.items())).encode()
+                        + str(len(state.repos[repo_id]["commits"])).encode()
+                    ).hexdigest()
                     state.repos[repo_id]["commits"].append((sha, previous))
                 host = f"http://{self.headers['Host']}"
-                return self._json(200, {"commitUrl": f"{host}/{repo_id}/commit/{sha}", "commitOid": sha,
-                                        "success": True})
+                return self._json(
+                    200, {"commitUrl": f"{host}/{repo_id}/commit/{sha}", "commitOid": sha, "success": True}
+                )
             return self._json(404, {"error": f"unknown endpoint {path}"})
 
         def _resolve(self, head: bool):
@@ -181,12 +200,22 @@ def _handler(state: FakeHubState):
             except KeyError:
                 return self._json(404, {"error": "Invalid rev id"}, {"X-Error-Code": "RevisionNotFound"})
             if filename not in files:
-                return self._json(404, {"error": "Entry not found"},
-                                  {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": sha})
+                return self._json(
+                    404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": sha}
+                )
             data = files[filename]
             etag = hashlib.sha256(data).hexdigest()
-            self._send(200, data, {"X-Repo-Commit": sha, "ETag": f'"{etag}"', "Content-Length": str(len(data)),
-                                   "Content-Type": "application/octet-stream"}, head=head)
+            self._send(
+                200,
+                data,
+                {
+                    "X-Repo-Commit": sha,
+                    "ETag": f'"{etag}"',
+                    "Content-Length": str(len(data)),
+                    "Content-Type": "application/octet-stream",
+                },
+                head=head,
+            )
 
         def do_HEAD(self):
             self._resolve(head=True)
@@ -240,8 +269,18 @@ def test_save_pretrained_writes_only_the_delta_and_a_card(tmp_path, reference):
     assert (folder / ADAPTER_FILENAME).stat().st_size < unit_numel * 4 + 16_000  # no backbone inside
     card = (folder / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: spt-adapter\n")
-    for fact in ("RRDBNet", "model.1.sub.0", "model.1.sub.1", f"{unit_numel:,} parameters", "prior provider: `classical`",
-                 "prior encoding: `label`", "data: DF2K", "task: sr:2", "spt_adapter.from_pretrained", "sha256"):
+    for fact in (
+        "RRDBNet",
+        "model.1.sub.0",
+        "model.1.sub.1",
+        f"{unit_numel:,} parameters",
+        "prior provider: `classical`",
+        "prior encoding: `label`",
+        "data: DF2K",
+        "task: sr:2",
+        "spt_adapter.from_pretrained",
+        "sha256",
+    ):
         assert fact in card, fact
     assert json.loads(meta["training"]) == {"data": "DF2K", "steps": 10, "task": "sr:2"}
 
@@ -278,7 +317,8 @@ def test_from_pretrained_errors_are_clear(tmp_path, reference):
         spt_adapter.from_pretrained(other, tmp_path / "ok")
     assert not any(".spt_units." in n for n, _ in other.named_parameters())
     bigger = __import__("spandrel.architectures.ESRGAN", fromlist=["ESRGAN"]).ESRGAN(
-        in_nc=3, out_nc=3, num_filters=16, num_blocks=2, scale=2)
+        in_nc=3, out_nc=3, num_filters=16, num_blocks=2, scale=2
+    )
     with pytest.raises(FingerprintMismatchError, match="model.1.sub.0"):
         spt_adapter.from_pretrained(bigger, tmp_path / "ok")
 
@@ -352,7 +392,7 @@ import torch, spt_adapter, sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_hub import esrgan, output
 m = spt_adapter.from_pretrained(esrgan(), "lab/esrgan-spt")
-assert torch.equal(output(m), torch.load({str(tmp_path / 'expected.pt')!r})["expected"])
+assert torch.equal(output(m), torch.load({str(tmp_path / "expected.pt")!r})["expected"])
 try:
     spt_adapter.from_pretrained(esrgan(), "lab/not-cached")
 except spt_adapter.AdapterFileError as e:
@@ -370,8 +410,9 @@ print("OK")
 # ---------------------------------------------------------------------------------------------
 def test_push_then_pull_through_local_hub(tmp_path, reference, hub_server):
     model, expected = reference
-    info = model.push_to_hub("lab/esrgan-spt", private=True, token="hf_test_token",
-                             training={"data": "DIV2K", "task": "sr:2"})
+    info = model.push_to_hub(
+        "lab/esrgan-spt", private=True, token="hf_test_token", training={"data": "DIV2K", "task": "sr:2"}
+    )
     repo = hub_server.repos["lab/esrgan-spt"]
     assert repo["private"] is True
     assert len(repo["commits"]) == 1  # one commit with both files
@@ -379,7 +420,11 @@ def test_push_then_pull_through_local_hub(tmp_path, reference, hub_server):
     assert info.oid == sha
     assert sorted(files) == ["README.md", ADAPTER_FILENAME]
     assert "lab/esrgan-spt" in files["README.md"].decode() and "data: DIV2K" in files["README.md"].decode()
-    pushed = [a for (m, p), a in zip(hub_server.requests, hub_server.auth, strict=True) if p.startswith(("/api/repos", "/api/models"))]
+    pushed = [
+        a
+        for (m, p), a in zip(hub_server.requests, hub_server.auth, strict=True)
+        if p.startswith(("/api/repos", "/api/models"))
+    ]
     assert len(pushed) >= 3 and all(a == "Bearer hf_test_token" for a in pushed)
     ops = [(m, p) for m, p in hub_server.requests]
     assert ("POST", "/api/repos/create") in ops and ("POST", "/api/models/lab/esrgan-spt/commit/main") in ops

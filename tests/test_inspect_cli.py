@@ -19,8 +19,18 @@ def swinir_ckpt(tmp_path_factory):
     from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
 
     torch.manual_seed(0)
-    m = SwinIR(img_size=32, in_chans=3, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=8, mlp_ratio=2.0,
-               upscale=2, upsampler="pixelshuffledirect", resi_connection="1conv")
+    m = SwinIR(
+        img_size=32,
+        in_chans=3,
+        embed_dim=16,
+        depths=[1, 1],
+        num_heads=[2, 2],
+        window_size=8,
+        mlp_ratio=2.0,
+        upscale=2,
+        upsampler="pixelshuffledirect",
+        resi_connection="1conv",
+    )
     path = tmp_path_factory.mktemp("ckpt") / "swinir_x2.safetensors"
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
     return path

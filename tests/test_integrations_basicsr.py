@@ -24,8 +24,19 @@ from PIL import Image  # noqa: E402
 import spt_adapter  # noqa: E402
 from _data import DATA  # small crops of the test sets, committed (tests/data)
 
-SWINIR = dict(upscale=2, in_chans=3, img_size=16, window_size=4, img_range=1.0, depths=[2, 2], embed_dim=12,
-              num_heads=[2, 2], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv")
+SWINIR = dict(
+    upscale=2,
+    in_chans=3,
+    img_size=16,
+    window_size=4,
+    img_range=1.0,
+    depths=[2, 2],
+    embed_dim=12,
+    num_heads=[2, 2],
+    mlp_ratio=2,
+    upsampler="pixelshuffledirect",
+    resi_connection="1conv",
+)
 
 
 def _write_pairs(images: list[Path], root: Path) -> tuple[Path, Path]:
@@ -55,8 +66,7 @@ def _sha256(path: Path) -> str:
 def _yaml(tmp: Path, backbone: Path, total_iter: int, resume_state: str | None, distilled: bool = False) -> Path:
     """BasicSR options; ``distilled``: a student in the spt block, the teacher (``spt_teacher``) in the
     train dataset, and a plain PairedImageDataset for validation (the student makes the prior)."""
-    prior = (f"{{cache_dir: {tmp / 'priors'}, provider: classical, method: slic, "
-             f"settings: {{n_segments: 8}}}}")
+    prior = f"{{cache_dir: {tmp / 'priors'}, provider: classical, method: slic, settings: {{n_segments: 8}}}}"
     train_prior = f"spt_teacher: &prior {prior}" if distilled else f"spt_prior: &prior {prior}"
     val_type, val_prior = ("PairedImageDataset", "") if distilled else ("SPTPairedImageDataset", "spt_prior: *prior")
     student = "student: {width: 4, depth: 2}\n  distill: {weight: 0.5, student_steps: 2}" if distilled else ""
@@ -71,8 +81,8 @@ datasets:
   train:
     name: set14_crops
     type: SPTPairedImageDataset
-    dataroot_gt: {tmp / 'train' / 'HQ'}
-    dataroot_lq: {tmp / 'train' / 'LQ'}
+    dataroot_gt: {tmp / "train" / "HQ"}
+    dataroot_lq: {tmp / "train" / "LQ"}
     filename_tmpl: '{{}}'
     io_backend: {{type: disk}}
     gt_size: 32
@@ -86,14 +96,14 @@ datasets:
   val:
     name: set5_crops
     type: {val_type}
-    dataroot_gt: {tmp / 'val' / 'HQ'}
-    dataroot_lq: {tmp / 'val' / 'LQ'}
+    dataroot_gt: {tmp / "val" / "HQ"}
+    dataroot_lq: {tmp / "val" / "LQ"}
     io_backend: {{type: disk}}
     {val_prior}
 
 network_g:
   type: SwinIR
-{chr(10).join(f'  {k}: {json.dumps(v)}' for k, v in SWINIR.items())}
+{chr(10).join(f"  {k}: {json.dumps(v)}" for k, v in SWINIR.items())}
 
 spt:
   fusion: sft
@@ -104,8 +114,8 @@ spt:
 path:
   pretrain_network_g: {backbone}
   strict_load_g: true
-  resume_state: {resume_state or '~'}
-  experiments_root: {tmp / 'experiments'}
+  resume_state: {resume_state or "~"}
+  experiments_root: {tmp / "experiments"}
 
 train:
   ema_decay: 0.9
@@ -133,8 +143,14 @@ logger:
 
 def _run(tmp: Path, yml: Path) -> str:
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="2")
-    proc = subprocess.run([sys.executable, "-m", "spt_adapter.integrations.basicsr.train", "-opt", str(yml)],
-                          cwd=tmp, env=env, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spt_adapter.integrations.basicsr.train", "-opt", str(yml)],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     logs = sorted((tmp / "experiments" / "spt_swinir_x2").glob("train_*.log"))
@@ -224,8 +240,9 @@ def test_basicsr_train_pipeline_trains_a_distilled_prior(tmp_path):
         fresh.load_state_dict(torch.load(backbone, weights_only=True)["params"])
         return spt_adapter.load_adapter(fresh, path)
 
-    model = assert_distilled_schedule(models / "net_g_2.safetensors", models / "net_g_4.safetensors", load,
-                                      torch.rand(1, 3, 16, 16))
+    model = assert_distilled_schedule(
+        models / "net_g_2.safetensors", models / "net_g_4.safetensors", load, torch.rand(1, 3, 16, 16)
+    )
     config = model.spt_config["default"]
     assert config.student == {"in_channels": 3, "width": 4, "depth": 2}
     assert config.prior["kind"] == "distilled" and config.prior["teacher"]["method"] == "slic"
@@ -264,12 +281,12 @@ datasets:
   test_1:
     name: set5_crops
     {dataset}
-    dataroot_gt: {tmp / 'val' / 'HQ'}
-    dataroot_lq: {tmp / 'val' / 'LQ'}
+    dataroot_gt: {tmp / "val" / "HQ"}
+    dataroot_lq: {tmp / "val" / "LQ"}
     io_backend: {{type: disk}}
 network_g:
   type: SwinIR
-{chr(10).join(f'  {k}: {json.dumps(v)}' for k, v in SWINIR.items())}
+{chr(10).join(f"  {k}: {json.dumps(v)}" for k, v in SWINIR.items())}
 path:
   pretrain_network_g: {backbone}
   strict_load_g: true
@@ -284,8 +301,14 @@ val:
     yml = tmp / "test.yml"
     yml.write_text(text)
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="2")
-    proc = subprocess.run([sys.executable, "-m", "spt_adapter.integrations.basicsr.test", "-opt", str(yml)],
-                          cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spt_adapter.integrations.basicsr.test", "-opt", str(yml)],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     logs = "".join(p.read_text() for p in (tmp / "results" / "spt_swinir_x2_test").glob("test_*.log"))
@@ -293,8 +316,11 @@ val:
     scores = []
     with torch.no_grad():
         for gt_path in sorted((tmp / "val" / "HQ").iterdir()):
-            lq = img2tensor(np.asarray(Image.open(tmp / "val" / "LQ" / gt_path.name).convert("RGB"))[..., ::-1]
-                            .astype(np.float32) / 255.0, bgr2rgb=True)[None]
+            lq = img2tensor(
+                np.asarray(Image.open(tmp / "val" / "LQ" / gt_path.name).convert("RGB"))[..., ::-1].astype(np.float32)
+                / 255.0,
+                bgr2rgb=True,
+            )[None]
             if source is None:
                 restored = tensor2img(model.eval()(lq))
             else:
@@ -307,8 +333,14 @@ val:
     assert len(saved) == len(scores)
     # the adapter is required: without it test.py would score the identity units (the bare backbone)
     yml.write_text(text.replace(f"  adapter: {adapter}", "  fusion: sft"))
-    proc = subprocess.run([sys.executable, "-m", "spt_adapter.integrations.basicsr.test", "-opt", str(yml)],
-                          cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spt_adapter.integrations.basicsr.test", "-opt", str(yml)],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "needs spt.adapter" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -319,10 +351,21 @@ def test_spt_teacher_items_are_the_gt_patch_on_the_lq_grid(tmp_path):
     from spt_adapter.integrations.basicsr.dataset import SPTPairedImageDataset
 
     hq, lq = _write_pairs(sorted((DATA / "Set14").glob("*.png"))[:2], tmp_path / "train")
+
     def options(phase):  # (BasicSR pops io_backend.type: a new dict per dataset)
-        return {"name": "t", "phase": phase, "scale": 2, "dataroot_gt": str(hq), "dataroot_lq": str(lq),
-                "io_backend": {"type": "disk"}, "gt_size": 32, "use_hflip": True, "use_rot": True, "filename_tmpl": "{}",
-                "spt_teacher": {"cache_dir": str(tmp_path / "priors"), "provider": "classical", "method": "slic"}}
+        return {
+            "name": "t",
+            "phase": phase,
+            "scale": 2,
+            "dataroot_gt": str(hq),
+            "dataroot_lq": str(lq),
+            "io_backend": {"type": "disk"},
+            "gt_size": 32,
+            "use_hflip": True,
+            "use_rot": True,
+            "filename_tmpl": "{}",
+            "spt_teacher": {"cache_dir": str(tmp_path / "priors"), "provider": "classical", "method": "slic"},
+        }
 
     ds = SPTPairedImageDataset(options("train"))
     seen = []
@@ -350,7 +393,9 @@ def test_sptsrmodel_refuses_datasets_that_do_not_fit_a_distilled_prior():
     spt = {"student": {"width": 4}, "prior": dict(teacher)}
     with pytest.raises(ConfigError, match=r"datasets\.val\.spt_prior: the model has a distilled prior.*spt_teacher"):
         SPTSRModel({"spt": spt, "path": {}, "datasets": {"val": {"spt_prior": dict(teacher)}}})
-    with pytest.raises(ConfigError, match=r"datasets\.train\.spt_teacher is the teacher of a distilled prior.*no student"):
+    with pytest.raises(
+        ConfigError, match=r"datasets\.train\.spt_teacher is the teacher of a distilled prior.*no student"
+    ):
         SPTSRModel({"spt": {"prior": dict(teacher)}, "path": {}, "datasets": {"train": {"spt_teacher": dict(teacher)}}})
     other = dict(teacher, method="felzenszwalb")
     with pytest.raises(ConfigError, match=r"datasets\.train\.spt_teacher runs .*felzenszwalb.* but spt\.prior"):
@@ -409,8 +454,11 @@ def test_sptsrmodel_refuses_a_dataset_prior_the_units_cannot_read(tmp_path):
     from spt_adapter.integrations.basicsr.model import SPTSRModel
 
     shared = {"provider": "classical", "method": "slic"}  # one block shared by spt.prior and spt_prior, no encoding
-    opt = {"spt": {"fusion": "pool", "prior": dict(shared)}, "path": {},
-           "datasets": {"train": {"type": "SPTPairedImageDataset", "spt_prior": dict(shared)}}}
+    opt = {
+        "spt": {"fusion": "pool", "prior": dict(shared)},
+        "path": {},
+        "datasets": {"train": {"type": "SPTPairedImageDataset", "spt_prior": dict(shared)}},
+    }
     # the dataset (built first, blind to the fusion) would make boundary maps; pool reads label maps
     with pytest.raises(ConfigError, match=r"datasets\.train\.spt_prior makes 'boundary' priors.*'label'.*pool"):
         SPTSRModel(opt)
@@ -419,7 +467,10 @@ def test_sptsrmodel_refuses_a_dataset_prior_the_units_cannot_read(tmp_path):
     with pytest.raises(ConfigError, match="pretrain_network_g"):
         SPTSRModel(opt)
     # the default fusion with no encoding anywhere: both sides make the default, nothing to refuse
-    opt = {"spt": {"prior": dict(shared)}, "path": {},
-           "datasets": {"val": {"type": "SPTPairedImageDataset", "spt_prior": dict(shared)}}}
+    opt = {
+        "spt": {"prior": dict(shared)},
+        "path": {},
+        "datasets": {"val": {"type": "SPTPairedImageDataset", "spt_prior": dict(shared)}},
+    }
     with pytest.raises(ConfigError, match="pretrain_network_g"):
         SPTSRModel(opt)

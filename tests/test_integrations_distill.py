@@ -16,8 +16,13 @@ from spt_adapter.training.train import distill_loss
 spandrel = pytest.importorskip("spandrel")
 from spandrel.architectures.DnCNN import DnCNN  # noqa: E402
 
-BLOCK = {"targets": ["model.2", "model.4"], "hidden": 4, "student": {"width": 4, "depth": 2},
-         "distill": {"weight": 0.5, "student_steps": 1}, "prior": {"provider": "classical", "method": "slic"}}
+BLOCK = {
+    "targets": ["model.2", "model.4"],
+    "hidden": 4,
+    "student": {"width": 4, "depth": 2},
+    "distill": {"weight": 0.5, "student_steps": 1},
+    "prior": {"provider": "classical", "method": "slic"},
+}
 
 
 def _model(in_nc=3, block=BLOCK):
@@ -50,11 +55,13 @@ def test_the_spt_block_describes_a_distilled_prior():
     # the student reads what the network reads: 1 channel for a grey DnCNN
     assert _model(in_nc=1).spt_config["default"].student["in_channels"] == 1
     assert not parse_spt_block({"prior": {"provider": "slic"}}).distilled
-    for block, message in (({"distill": {"weight": 1}}, "spt.distill is for a distilled prior"),
-                           ({"student": {"in_channels": 3}}, r"unknown key\(s\) \['in_channels'\] in 'spt.student'"),
-                           ({"student": {}, "distill": {"student_steps": -1}}, "student_steps must be an integer >= 0"),
-                           ({"student": {}, "distill": {"weight": float("nan")}}, "weight must be a finite number"),
-                           ({"student": {}, "fusion": "pool"}, "spt: a distilled prior .* pool")):
+    for block, message in (
+        ({"distill": {"weight": 1}}, "spt.distill is for a distilled prior"),
+        ({"student": {"in_channels": 3}}, r"unknown key\(s\) \['in_channels'\] in 'spt.student'"),
+        ({"student": {}, "distill": {"student_steps": -1}}, "student_steps must be an integer >= 0"),
+        ({"student": {}, "distill": {"weight": float("nan")}}, "weight must be a finite number"),
+        ({"student": {}, "fusion": "pool"}, "spt: a distilled prior .* pool"),
+    ):
         with pytest.raises(ConfigError, match=message):
             parse_spt_block(block)
 
@@ -166,8 +173,16 @@ def test_the_spt_block_builds_any_installed_provider(tmp_path, monkeypatch):
         with pytest.raises(ConfigError, match=r"spt\.prior\.settings: provider 'test-block'"):
             parse_spt_block({"prior": {"provider": "test-block", "settings": {"scale": 0}}})
         assert not built, "settings are checked before the provider is built"
-        spec = parse_spt_block({"prior": {"provider": "test-block", "settings": {"scale": 50}, "device": "cpu",
-                                          "cache_dir": str(tmp_path)}}).prior
+        spec = parse_spt_block(
+            {
+                "prior": {
+                    "provider": "test-block",
+                    "settings": {"scale": 50},
+                    "device": "cpu",
+                    "cache_dir": str(tmp_path),
+                }
+            }
+        ).prior
         image = (np.random.default_rng(0).random((24, 24, 3)) * 255).astype(np.uint8)
         prior = PriorSource(spec)(image)
         assert prior.shape == (1, 24, 24) and built == [({"scale": 50.0}, "cpu")]

@@ -139,30 +139,66 @@ def _kair_setup(tmp_path):
     for p in sorted((DATA / "Set14").glob("*.png"))[:4]:
         Image.open(p).convert("RGB").crop((0, 0, 96, 96)).save(train / p.name)
     opt = {
-        "task": "spt_rrdbnet", "model": "plain", "gpu_ids": [], "dist": False, "scale": 2, "n_channels": 3,
+        "task": "spt_rrdbnet",
+        "model": "plain",
+        "gpu_ids": [],
+        "dist": False,
+        "scale": 2,
+        "n_channels": 3,
         "path": {"root": str(tmp_path / "runs"), "pretrained_netG": None, "pretrained_netE": None},
         "datasets": {
-            "train": {"name": "t", "dataset_type": "sr", "dataroot_H": str(train), "dataroot_L": None, "H_size": 32,
-                      "dataloader_shuffle": True, "dataloader_num_workers": 0, "dataloader_batch_size": 2},
+            "train": {
+                "name": "t",
+                "dataset_type": "sr",
+                "dataroot_H": str(train),
+                "dataroot_L": None,
+                "H_size": 32,
+                "dataloader_shuffle": True,
+                "dataloader_num_workers": 0,
+                "dataloader_batch_size": 2,
+            },
             "test": {"name": "v", "dataset_type": "sr", "dataroot_H": str(train), "dataroot_L": None},
         },
         "netG": {"net_type": "rrdbnet", "in_nc": 3, "out_nc": 3, "nf": 8, "nb": 2, "gc": 4, "init_type": "default"},
-        "train": {"G_lossfn_type": "l1", "G_lossfn_weight": 1.0, "E_decay": 0.9, "G_optimizer_type": "adam",
-                  "G_optimizer_lr": 1e-3, "G_optimizer_wd": 0, "G_optimizer_clipgrad": None, "G_optimizer_betas": [0.9, 0.999],
-                  "G_optimizer_reuse": True, "G_scheduler_type": "MultiStepLR", "G_scheduler_milestones": [1000],
-                  "G_scheduler_gamma": 0.5, "G_regularizer_orthstep": None, "G_regularizer_clipstep": None,
-                  "G_param_strict": False, "E_param_strict": False, "checkpoint_test": 2, "checkpoint_save": 2,
-                  "checkpoint_print": 1, "spt_stop_after": 4},
-        "spt": {"backbone": str(backbone), "hidden": 8,
-                "prior": {"cache_dir": str(tmp_path / "priors"), "provider": "classical", "method": "slic"}},
+        "train": {
+            "G_lossfn_type": "l1",
+            "G_lossfn_weight": 1.0,
+            "E_decay": 0.9,
+            "G_optimizer_type": "adam",
+            "G_optimizer_lr": 1e-3,
+            "G_optimizer_wd": 0,
+            "G_optimizer_clipgrad": None,
+            "G_optimizer_betas": [0.9, 0.999],
+            "G_optimizer_reuse": True,
+            "G_scheduler_type": "MultiStepLR",
+            "G_scheduler_milestones": [1000],
+            "G_scheduler_gamma": 0.5,
+            "G_regularizer_orthstep": None,
+            "G_regularizer_clipstep": None,
+            "G_param_strict": False,
+            "E_param_strict": False,
+            "checkpoint_test": 2,
+            "checkpoint_save": 2,
+            "checkpoint_print": 1,
+            "spt_stop_after": 4,
+        },
+        "spt": {
+            "backbone": str(backbone),
+            "hidden": 8,
+            "prior": {"cache_dir": str(tmp_path / "priors"), "provider": "classical", "method": "slic"},
+        },
     }
     path = tmp_path / "train_spt.json"
 
     def run(stop_after):
         opt["train"]["spt_stop_after"] = stop_after
         path.write_text("// SPT on KAIR\n" + json.dumps(opt, indent=1))
-        proc = subprocess.run([sys.executable, "-m", "spt_adapter.integrations.kair.train", "--opt", str(path),
-                               "--kair-root", KAIR_ROOT], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "spt_adapter.integrations.kair.train", "--opt", str(path), "--kair-root", KAIR_ROOT],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0, out[-4000:]
         return out
@@ -179,7 +215,8 @@ def test_kair_main_train_psnr_trains_units(tmp_path):
     out = run(4)
     models = tmp_path / "runs" / "spt_rrdbnet" / "models"
     assert sorted(p.name for p in models.iterdir()) == sorted(
-        f"{i}_{k}" for i in (2, 4) for k in ("G.safetensors", "E.safetensors", "optimizerG.pth"))
+        f"{i}_{k}" for i in (2, 4) for k in ("G.safetensors", "E.safetensors", "optimizerG.pth")
+    )
     assert "Average PSNR" in out and "stopped after 4 iterations" in out
     assert backbone.read_bytes() == before
     # only units train: KAIR's define_optimizer names every frozen parameter, its Adam holds the units
@@ -232,8 +269,12 @@ def test_kair_main_train_psnr_trains_a_distilled_prior(tmp_path):
     opt["train"]["spt_stop_after"] = 6
     path = tmp_path / "train_spt.json"
     path.write_text(json.dumps(opt))
-    proc = subprocess.run([sys.executable, "-m", "spt_adapter.integrations.kair.train", "--opt", str(path),
-                           "--kair-root", KAIR_ROOT], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spt_adapter.integrations.kair.train", "--opt", str(path), "--kair-root", KAIR_ROOT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0 and "was distilled from teacher" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not (models / "6_G.safetensors").exists()

@@ -36,8 +36,16 @@ def test_restormer_defaults_identity_and_params_checkpoint(tmp_path):
     state = call_hook("spt_adapter_read_checkpoint", path=str(tmp_path / "restormer.pth"))
     assert list(state) == list(net.state_dict())
     model = spt_adapter.inject(net)
-    assert model.spt_targets["default"] == ["encoder_level1", "encoder_level2", "encoder_level3", "latent",
-                                            "decoder_level3", "decoder_level2", "decoder_level1", "refinement"]
+    assert model.spt_targets["default"] == [
+        "encoder_level1",
+        "encoder_level2",
+        "encoder_level3",
+        "latent",
+        "decoder_level3",
+        "decoder_level2",
+        "decoder_level1",
+        "refinement",
+    ]
     assert model.spt_config["default"].integration == "restormer"
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
@@ -56,12 +64,19 @@ spt:
     options = parse_spt_block(block)
     assert options.config.targets == ["latent", "refinement"]
     # no prior.encoding: the library's default for the block's fusion (boundary for concat)
-    assert options.config.prior == {"provider": "sam", "encoding": "boundary", "settings": {}, "model_type": "vit_b",
-                                    "checkpoint": "sam_vit_b_01ec64.pth"}
+    assert options.config.prior == {
+        "provider": "sam",
+        "encoding": "boundary",
+        "settings": {},
+        "model_type": "vit_b",
+        "checkpoint": "sam_vit_b_01ec64.pth",
+    }
     assert options.prior.encoding == "boundary"
     with pytest.raises(spt_adapter.ConfigError, match="checkpoint"):
         parse_spt_block({"prior": {"provider": "sam"}})
-    with pytest.raises(spt_adapter.ConfigError, match=r"spt\.prior\.provider: unknown mask provider .magic.; installed: .*sam"):
+    with pytest.raises(
+        spt_adapter.ConfigError, match=r"spt\.prior\.provider: unknown mask provider .magic.; installed: .*sam"
+    ):
         parse_spt_block({"prior": {"provider": "magic"}})
 
 
@@ -73,7 +88,9 @@ def test_spt_block_encoding_follows_the_fusion():
     assert parse_spt_block({"fusion": "sft", "prior": {"encoding": "label"}}).config.prior["encoding"] == "label"
     assert parse_spt_block({"fusion": "pool", "prior": {"encoding": "label"}}).prior.encoding == "label"
     for encoding in ("boundary", "onehot:4"):
-        with pytest.raises(spt_adapter.ConfigError, match=r"spt\.prior\.encoding: fusion 'pool'.*needs encoding 'label'"):
+        with pytest.raises(
+            spt_adapter.ConfigError, match=r"spt\.prior\.encoding: fusion 'pool'.*needs encoding 'label'"
+        ):
             parse_spt_block({"fusion": "pool", "prior": {"encoding": encoding}})
     with pytest.raises(spt_adapter.ConfigError, match=r"spt\.prior\.encoding: unknown prior encoding 'edges'"):
         parse_spt_block({"prior": {"encoding": "edges"}})
@@ -231,9 +248,16 @@ def _restormer_run(tmp_path, spt_extra: str = ""):
             Image.fromarray(gt.astype(np.uint8)).save(folder / "gt" / p.name)
             Image.fromarray(lq).save(folder / "lq" / p.name)
     options = root / "Denoising" / "Options" / "spt_tiny.yml"
-    options.write_text(TRAIN_YML.format(train=train, val=val, backbone=backbone, priors=tmp_path / "priors") + spt_extra)
-    proc = subprocess.run([sys.executable, "-m", "spt_adapter.integrations.restormer.train", "-opt", str(options)],
-                          cwd=root, capture_output=True, text=True, timeout=300)
+    options.write_text(
+        TRAIN_YML.format(train=train, val=val, backbone=backbone, priors=tmp_path / "priors") + spt_extra
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "spt_adapter.integrations.restormer.train", "-opt", str(options)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     return root, backbone, before, proc
@@ -249,7 +273,8 @@ def test_restormer_train_py_trains_units(tmp_path):
     experiment = root / "experiments" / "spt_tiny_restormer"
     models = experiment / "models"
     assert sorted(p.name for p in models.iterdir()) == sorted(
-        f"{n}_{i}.safetensors" for n in ("net_g", "net_g_ema") for i in ("2", "4", "latest"))
+        f"{n}_{i}.safetensors" for n in ("net_g", "net_g_ema") for i in ("2", "4", "latest")
+    )
     assert sorted(p.name for p in (experiment / "training_states").iterdir()) == ["2.state", "4.state"]
     assert backbone.read_bytes() == before
     assert "Model [SPTImageCleanModel] is created." in out and re.search(r"# psnr: [0-9.]+", out)
@@ -284,7 +309,8 @@ def test_restormer_train_py_trains_a_distilled_prior(tmp_path):
     from _distilled import assert_distilled_schedule
 
     root, backbone, before, proc = _restormer_run(
-        tmp_path, "  student: {width: 4, depth: 2}\n  distill: {weight: 0.5, student_steps: 2}\n")
+        tmp_path, "  student: {width: 4, depth: 2}\n  distill: {weight: 0.5, student_steps: 2}\n"
+    )
     out = proc.stdout + proc.stderr
     assert re.search(r"l_distill: [0-9.e+-]+", out) and re.search(r"# psnr: [0-9.]+", out)
     assert backbone.read_bytes() == before
@@ -295,5 +321,6 @@ def test_restormer_train_py_trains_a_distilled_prior(tmp_path):
         fresh.load_state_dict(torch.load(backbone, weights_only=True)["params"])
         return spt_adapter.load_adapter(fresh, path)
 
-    assert_distilled_schedule(models / "net_g_2.safetensors", models / "net_g_4.safetensors", load,
-                              torch.rand(1, 3, 16, 16))
+    assert_distilled_schedule(
+        models / "net_g_2.safetensors", models / "net_g_4.safetensors", load, torch.rand(1, 3, 16, 16)
+    )

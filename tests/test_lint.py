@@ -59,8 +59,24 @@ def test_ruff_check_fails_on_a_violation(tmp_path):
     _need("ruff")
     bad = tmp_path / "bad.py"
     bad.write_text("import os\n\nfns = [lambda: i for i in range(3)]\n")
-    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--select", "F,B", "--output-format",
-                           "concise", str(bad)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "check",
+            "--no-cache",
+            "--select",
+            "F,B",
+            "--output-format",
+            "concise",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1 and "F401" in proc.stdout and "B023" in proc.stdout
 
 
@@ -76,7 +92,9 @@ def test_the_typed_view_of_sptpeftconfig_lists_its_fields():
     declared = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and node.name == "SPTPeftConfig":
-            declared = {s.target.id for s in node.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
+            declared = {
+                s.target.id for s in node.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
+            }
     runtime = {f.name for f in dataclasses.fields(SPTPeftConfig)}
     from peft import PeftConfig
 

@@ -29,8 +29,11 @@ def folder(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
     out = tmp_path_factory.mktemp("samcli") / "sam_vit_tiny.pth"
-    subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "tools" / "make_tiny_sam.py"), str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parents[1] / "tools" / "make_tiny_sam.py"), str(out)],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -41,10 +44,30 @@ def test_slic_computes_then_reuses(folder, tmp_path, capsys):
     assert main(["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--no-progress"]) == 0
     assert "computed 0, reused 3, failed 0" in capsys.readouterr().err
     # the default encoding is boundary (what `train` reads by default): those priors are cached already
-    assert main(["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--encoding", "boundary", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "masks",
+                str(folder),
+                "--provider",
+                "slic",
+                "--cache",
+                str(cache),
+                "--encoding",
+                "boundary",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "computed 0, reused 3, failed 0" in err and "encoded from cached masks" not in err
-    assert main(["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--encoding", "label", "--no-progress"]) == 0
+    assert (
+        main(
+            ["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--encoding", "label", "--no-progress"]
+        )
+        == 0
+    )
     assert "reused 3 (3 encoded from cached masks)" in capsys.readouterr().err
 
 
@@ -55,7 +78,10 @@ def test_bad_images_are_reported_and_skipped(folder, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 0 and "computed 3, reused 0, failed 2" in err
     assert "zero.png" in err and "empty" in err and "junk.png" in err and "cannot be read" in err
-    assert main(["masks", str(folder), "--provider", "slic", "--cache", str(tmp_path / "c"), "--no-progress", "--strict"]) == 1
+    assert (
+        main(["masks", str(folder), "--provider", "slic", "--cache", str(tmp_path / "c"), "--no-progress", "--strict"])
+        == 1
+    )
 
 
 def test_sharding_env_and_flags(folder, tmp_path, capsys, monkeypatch):
@@ -72,14 +98,48 @@ def test_sharding_env_and_flags(folder, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("RANK")
     assert main(["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--no-progress"]) == 0
     assert "computed 0, reused 3" in capsys.readouterr().err
-    assert main(["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--num-shards", "2", "--shard-index", "2"]) == 1
+    assert (
+        main(
+            [
+                "masks",
+                str(folder),
+                "--provider",
+                "slic",
+                "--cache",
+                str(cache),
+                "--num-shards",
+                "2",
+                "--shard-index",
+                "2",
+            ]
+        )
+        == 1
+    )
     assert "--shard-index must be in 0..1" in capsys.readouterr().err
 
 
 def test_degrade_matches_dataset_keys(folder, tmp_path, capsys):
     cache = tmp_path / "c"
-    assert main(["masks", str(folder), "--provider", "slic", "--set", "n_segments=20", "--cache", str(cache),
-                 "--degrade", "denoise:25", "--seed", "3", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "masks",
+                str(folder),
+                "--provider",
+                "slic",
+                "--set",
+                "n_segments=20",
+                "--cache",
+                str(cache),
+                "--degrade",
+                "denoise:25",
+                "--seed",
+                "3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     pc = PriorCache(cache)
     ds = PairedPriorDataset(folder, "denoise:25", pc, ClassicalMaskProvider("slic", n_segments=20), seed=3, train=False)
     for i in range(len(ds)):
@@ -92,19 +152,48 @@ def test_grey_masks_are_the_ones_a_grey_backbone_looks_up(folder, tmp_path, caps
     """--grey (and --noise kair, eval's default for grey backbones): the cache keys are the grey LQ
     images a 1-channel dataset computes its priors on; colour masks of the same files are not."""
     cache = tmp_path / "c"
-    base = ["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--degrade", "denoise:25", "--no-progress"]
+    base = [
+        "masks",
+        str(folder),
+        "--provider",
+        "slic",
+        "--cache",
+        str(cache),
+        "--degrade",
+        "denoise:25",
+        "--no-progress",
+    ]
     assert main(base + ["--grey", "--noise", noise]) == 0
     assert "grey" in capsys.readouterr().err
     pc = PriorCache(cache)
-    ds = PairedPriorDataset(folder, "denoise:25", pc, ClassicalMaskProvider("slic"), train=False, channels=1, noise=noise)
+    ds = PairedPriorDataset(
+        folder, "denoise:25", pc, ClassicalMaskProvider("slic"), train=False, channels=1, noise=noise
+    )
     for i in range(len(ds)):
         assert ds[i]["lq"].shape[0] == 1
     assert pc.stats["prior_hits"] == 3 and pc.stats["computed"] == 0
     colour = PriorCache(tmp_path / "colour")
-    assert main(["masks", str(folder), "--provider", "slic", "--cache", str(tmp_path / "colour"), "--degrade",
-                 "denoise:25", "--noise", noise, "--no-progress"]) == 0
-    ds = PairedPriorDataset(folder, "denoise:25", colour, ClassicalMaskProvider("slic"), train=False, channels=1,
-                            noise=noise)
+    assert (
+        main(
+            [
+                "masks",
+                str(folder),
+                "--provider",
+                "slic",
+                "--cache",
+                str(tmp_path / "colour"),
+                "--degrade",
+                "denoise:25",
+                "--noise",
+                noise,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    ds = PairedPriorDataset(
+        folder, "denoise:25", colour, ClassicalMaskProvider("slic"), train=False, channels=1, noise=noise
+    )
     ds[0]
     assert colour.stats["prior_hits"] == 0 and colour.stats["computed"] == 1
     assert main(["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--noise", "kair"]) == 1
@@ -112,8 +201,21 @@ def test_grey_masks_are_the_ones_a_grey_backbone_looks_up(folder, tmp_path, caps
 
 
 def test_sam_tiny_checkpoint(folder, tmp_path, tiny_ckpt, capsys):
-    args = ["masks", str(folder), "--provider", "sam", "--checkpoint", str(tiny_ckpt),  # model type read from the file
-            "--set", "points_per_side=4", "--cache", str(tmp_path / "c"), "--batch", "2", "--no-progress"]
+    args = [
+        "masks",
+        str(folder),
+        "--provider",
+        "sam",
+        "--checkpoint",
+        str(tiny_ckpt),  # model type read from the file
+        "--set",
+        "points_per_side=4",
+        "--cache",
+        str(tmp_path / "c"),
+        "--batch",
+        "2",
+        "--no-progress",
+    ]
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "sam vit_tiny" in err and "computed 3, reused 0, failed 0" in err
@@ -142,8 +244,17 @@ def test_user_errors_are_one_line(folder, tmp_path, tiny_ckpt, capsys):
 
 def test_console_script_on_real_images(tmp_path):
     exe = Path(sys.executable).with_name("spt-adapter")
-    cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "spt_adapter.cli"]),
-           "masks", str(DATA / "Set5"), "--provider", "slic", "--prior-cache", str(tmp_path / "c"), "--progress"]
+    cmd = [
+        str(exe) if exe.exists() else sys.executable,
+        *([] if exe.exists() else ["-m", "spt_adapter.cli"]),
+        "masks",
+        str(DATA / "Set5"),
+        "--provider",
+        "slic",
+        "--prior-cache",
+        str(tmp_path / "c"),
+        "--progress",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "computed 5, reused 0, failed 0" in out.stderr
     assert "img/s" in out.stderr  # tqdm progress with rate
@@ -159,7 +270,10 @@ def test_bad_settings_refused_before_any_image_is_read(tmp_path, setting, capsys
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(d / "a.png")
     opened = []
     monkeypatch.setattr(images, "read_image", lambda *a, **k: opened.append(a) or pytest.fail("an image was read"))
-    assert main(["masks", str(d), "--provider", "slic", "--set", setting, "--cache", str(tmp_path / "c"), "--no-progress"]) == 1
+    assert (
+        main(["masks", str(d), "--provider", "slic", "--set", setting, "--cache", str(tmp_path / "c"), "--no-progress"])
+        == 1
+    )
     err = capsys.readouterr().err
     name = setting.split("=")[0]
     assert f"provider 'slic': setting {name}=" in err and err.count("\n") == 1, err
@@ -196,8 +310,14 @@ class _Plugin:
                 labels = self.segment(image)
                 return LabelMasks.from_labels(labels[:, :-2] if mode == "size" else labels)
 
-        return [ProviderSpec("test-" + mode, lambda s, **kw: Provider("slic", **s),
-                             {"n_segments": Setting(int, 8, minimum=2)}, "a test provider")]
+        return [
+            ProviderSpec(
+                "test-" + mode,
+                lambda s, **kw: Provider("slic", **s),
+                {"n_segments": Setting(int, 8, minimum=2)},
+                "a test provider",
+            )
+        ]
 
 
 @pytest.fixture()
@@ -225,11 +345,31 @@ def test_a_provider_raising_in_generate_is_named_and_others_still_work(folder, t
     assert main(["masks", str(folder), "--provider", "test-generate", "--cache", str(cache), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "the provider failed on every image it ran on (3 of 3)" in err
-    assert "failed 3" in err and err.count("provider 'test-generate' (plugin 'plugin-generate') failed: "
-                                           "ValueError: segmenter exploded") == 3, err
-    assert main(["masks", str(folder), "--provider", "test-generate", "--cache", str(cache), "--no-progress", "--strict"]) == 1
+    assert (
+        "failed 3" in err
+        and err.count("provider 'test-generate' (plugin 'plugin-generate') failed: ValueError: segmenter exploded") == 3
+    ), err
+    assert (
+        main(["masks", str(folder), "--provider", "test-generate", "--cache", str(cache), "--no-progress", "--strict"])
+        == 1
+    )
     assert not list(cache.rglob("*.sptc"))
-    assert main(["masks", str(folder), "--provider", "test-ok", "--set", "n_segments=6", "--cache", str(cache), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "masks",
+                str(folder),
+                "--provider",
+                "test-ok",
+                "--set",
+                "n_segments=6",
+                "--cache",
+                str(cache),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "computed 3" in capsys.readouterr().err
 
 
@@ -238,7 +378,10 @@ def test_a_plugin_raising_in_the_provider_hook_is_named_and_others_still_work(fo
     assert main(["masks", str(folder), "--provider", "slic", "--cache", str(tmp_path / "c"), "--no-progress"]) == 0
     with pytest.raises(SystemExit):
         main(["masks", str(folder), "--provider", "test-hook", "--cache", str(tmp_path / "c")])
-    assert "plugin 'plugin-hook' failed to list its providers: RuntimeError: cannot list providers" in capsys.readouterr().err
+    assert (
+        "plugin 'plugin-hook' failed to list its providers: RuntimeError: cannot list providers"
+        in capsys.readouterr().err
+    )
     assert main(["plugins", "--no-register"]) == 1
     assert "PROVIDERS FAILED in plugin plugin-hook: RuntimeError: cannot list providers" in capsys.readouterr().out
 

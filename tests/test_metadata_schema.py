@@ -24,7 +24,9 @@ pytest.importorskip("spandrel")
 
 from test_reliability import _ckpt, _images  # noqa: E402  (tiny SwinIR checkpoints and images)
 
-SPT_BLOCK = {"prior": {"provider": "classical", "method": "slic", "settings": {"n_segments": 6}, "encoding": "boundary"}}
+SPT_BLOCK = {
+    "prior": {"provider": "classical", "method": "slic", "settings": {"n_segments": 6}, "encoding": "boundary"}
+}
 
 
 def _backbone(ckpt: Path):
@@ -40,17 +42,45 @@ def _shim_net(ckpt: Path):
 
 
 def write_core(ckpt: Path, out: Path) -> Path:
-    model = spt_adapter.inject(_backbone(ckpt), config=spt_adapter.SPTConfig(
-        targets=["layers.*.residual_group"], prior={"provider": "classical", "method": "slic",
-                                                    "settings": {"n_segments": 6}, "encoding": "boundary"}))
+    model = spt_adapter.inject(
+        _backbone(ckpt),
+        config=spt_adapter.SPTConfig(
+            targets=["layers.*.residual_group"],
+            prior={"provider": "classical", "method": "slic", "settings": {"n_segments": 6}, "encoding": "boundary"},
+        ),
+    )
     return model.save_adapter(out / "core.safetensors", task="denoise:25")
 
 
 def write_cli(ckpt: Path, out: Path, data: Path) -> Path:
     run = out / "cli_run"
-    assert main(["train", "--backbone", str(ckpt), "--data", str(data), "--task", "denoise:25", "--out", str(run),
-                 "--prior-cache", str(out / "pc"), "--patch", "16", "--batch", "1", "--iters", "1",
-                 "--segments", "6", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--backbone",
+                str(ckpt),
+                "--data",
+                str(data),
+                "--task",
+                "denoise:25",
+                "--out",
+                str(run),
+                "--prior-cache",
+                str(out / "pc"),
+                "--patch",
+                "16",
+                "--batch",
+                "1",
+                "--iters",
+                "1",
+                "--segments",
+                "6",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return run / "spt_adapter.safetensors"
 
 
@@ -59,8 +89,10 @@ def write_basicsr(ckpt: Path, out: Path) -> Path:
     from spt_adapter.integrations.basicsr.model import SPTSRModel
 
     _, net = _shim_net(ckpt)
-    fake = SimpleNamespace(opt={"path": {"models": str(out / "basicsr")}, "network_g": {"type": "SwinIR"},
-                                "scale": 2}, spt_backbone=str(ckpt))
+    fake = SimpleNamespace(
+        opt={"path": {"models": str(out / "basicsr")}, "network_g": {"type": "SwinIR"}, "scale": 2},
+        spt_backbone=str(ckpt),
+    )
     return Path(SPTSRModel.save_delta(fake, net, "net_g_ema_latest.safetensors", -1))
 
 
@@ -82,9 +114,12 @@ def write_restormer(ckpt: Path, out: Path) -> Path:
     _, net = _shim_net(ckpt)
     cls = make_model_class(type("ImageCleanModel", (), {}))
     (out / "restormer").mkdir()
-    fake = SimpleNamespace(opt={"path": {"models": str(out / "restormer")}, "scale": 1,
-                                "datasets": {"train": {"sigma_range": [25, 25]}}},
-                           spt_backbone=str(ckpt), net_g=net, save_training_state=lambda *a: None)
+    fake = SimpleNamespace(
+        opt={"path": {"models": str(out / "restormer")}, "scale": 1, "datasets": {"train": {"sigma_range": [25, 25]}}},
+        spt_backbone=str(ckpt),
+        net_g=net,
+        save_training_state=lambda *a: None,
+    )
     cls.save(fake, 0, 7)
     return out / "restormer" / "net_g_7.safetensors"
 
@@ -99,8 +134,14 @@ def write_peft(ckpt: Path, out: Path) -> Path:
 
 
 WRITERS = ["core", "cli", "basicsr", "kair", "restormer", "peft"]
-TASKS = {"core": "denoise:25", "cli": "denoise:25", "basicsr": "sr:2", "kair": "denoise:25",
-         "restormer": "denoise:25", "peft": "denoise:25"}  # PEFT conversion keeps the recorded task
+TASKS = {
+    "core": "denoise:25",
+    "cli": "denoise:25",
+    "basicsr": "sr:2",
+    "kair": "denoise:25",
+    "restormer": "denoise:25",
+    "peft": "denoise:25",
+}  # PEFT conversion keeps the recorded task
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +156,13 @@ def _write(name: str, files) -> tuple[Path, Path]:
     ckpt = files["x2"] if name == "basicsr" else files["x1"]
     out = files["root"] / name
     out.mkdir(exist_ok=True)
-    fn = {"core": write_core, "basicsr": write_basicsr, "kair": write_kair, "restormer": write_restormer,
-          "peft": write_peft}.get(name)
+    fn = {
+        "core": write_core,
+        "basicsr": write_basicsr,
+        "kair": write_kair,
+        "restormer": write_restormer,
+        "peft": write_peft,
+    }.get(name)
     path = write_cli(ckpt, out, files["data"]) if name == "cli" else fn(ckpt, out)
     return path, ckpt
 
@@ -134,8 +180,17 @@ def test_every_writer_records_the_one_schema_and_every_reader_reads_it(writer, f
     assert prior_record(prior) == prior  # already in the schema
     config = read_adapter_config(path)
     assert config.prior == prior and json.loads(meta["config"])["prior"] == prior
-    assert set(meta) >= {"format", "format_version", "library_version", "config", "fingerprint", PRIOR_KEY,
-                         "integration", "preset", "adapter_name"}
+    assert set(meta) >= {
+        "format",
+        "format_version",
+        "library_version",
+        "config",
+        "fingerprint",
+        PRIOR_KEY,
+        "integration",
+        "preset",
+        "adapter_name",
+    }
 
     # readers: load_adapter / from_pretrained (a folder) / model card / spt_to_peft / eval
     backbone = _backbone(ckpt)
@@ -155,8 +210,22 @@ def test_every_writer_records_the_one_schema_and_every_reader_reads_it(writer, f
 
         spt_peft.spt_to_peft(path, tmp_path / "peft")
         assert (tmp_path / "peft" / "adapter_config.json").is_file()
-    argv = ["eval", "--backbone", str(ckpt), "--adapter", str(path), "--data", str(files["data"]), "--out",
-            str(tmp_path / "ev"), "--prior-cache", str(files["root"] / "pc"), "--crops", "0", "--no-progress"]
+    argv = [
+        "eval",
+        "--backbone",
+        str(ckpt),
+        "--adapter",
+        str(path),
+        "--data",
+        str(files["data"]),
+        "--out",
+        str(tmp_path / "ev"),
+        "--prior-cache",
+        str(files["root"] / "pc"),
+        "--crops",
+        "0",
+        "--no-progress",
+    ]
     if TASKS[writer] is None:
         argv += ["--task", "denoise:25"]
     code = main(argv)
@@ -167,8 +236,10 @@ def test_every_writer_records_the_one_schema_and_every_reader_reads_it(writer, f
 
 def test_older_flat_prior_layout_is_read_in_the_one_schema():
     flat = {"provider": "sam", "model_type": "vit_b", "checkpoint": "sam.pth", "settings": {}, "encoding": "label"}
-    assert prior_record(flat) == {"provider": {"provider": "sam", "model_type": "vit_b", "checkpoint": "sam.pth",
-                                               "settings": {}}, "encoding": "label"}
+    assert prior_record(flat) == {
+        "provider": {"provider": "sam", "model_type": "vit_b", "checkpoint": "sam.pth", "settings": {}},
+        "encoding": "label",
+    }
     assert prior_record({"note": "user text"}, task="sr:4") == {"note": "user text", "task": "sr:4"}
     assert prior_record(None) == {}
 

@@ -65,7 +65,9 @@ def test_float_and_tensor_inputs_agree_with_uint8():
     gt = _load("CBSD68/0001.png")
     out = _noisy(gt, 15, seed=3)
     ref = metrics.psnr(out, gt, crop_border=2, test_y_channel=True)
-    as_float = metrics.psnr(out.astype(np.float32) / 255, gt.astype(np.float32) / 255, crop_border=2, test_y_channel=True)
+    as_float = metrics.psnr(
+        out.astype(np.float32) / 255, gt.astype(np.float32) / 255, crop_border=2, test_y_channel=True
+    )
     t_out = torch.from_numpy(out).permute(2, 0, 1).float() / 255
     t_gt = torch.from_numpy(gt).permute(2, 0, 1).float()[None] / 255
     as_tensor = metrics.psnr(t_out, t_gt, crop_border=2, test_y_channel=True)

@@ -129,8 +129,11 @@ def test_eject_restores_requires_grad_flags():
     backbone, targets, x = swinir()
     backbone.conv_first.weight.requires_grad_(False)
     model = spt_adapter.inject(backbone, targets)
-    assert not any(p.requires_grad for p in backbone.parameters() if p is not None and
-                   all(p is not q for q in (u for _, u in model.unit_parameters())))
+    assert not any(
+        p.requires_grad
+        for p in backbone.parameters()
+        if p is not None and all(p is not q for q in (u for _, u in model.unit_parameters()))
+    )
     model.eject()
     assert backbone.conv_first.weight.requires_grad is False
     assert backbone.conv_last.weight.requires_grad is True if hasattr(backbone, "conv_last") else True
@@ -206,7 +209,10 @@ def test_layout_errors_name_the_module_and_a_plugin_resolves_them():
     net = TokenNet()
     x, prior = torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 8)
     reference = net(x)
-    with pytest.raises(LayoutError, match=r"'block' returns tokens of shape \(1, 4096, 8\).*L=4096 in the call \(Tensor\(1, 4096, 8\)\)"):
+    with pytest.raises(
+        LayoutError,
+        match=r"'block' returns tokens of shape \(1, 4096, 8\).*L=4096 in the call \(Tensor\(1, 4096, 8\)\)",
+    ):
         spt_adapter.inject(net, "block")
     with pytest.raises(LayoutError, match="'pair' returns a tuple of 2 elements"):
         spt_adapter.inject(net, "pair")

@@ -79,9 +79,11 @@ def test_errors_quote_pattern_and_nearest_names():
 
 
 def _snapshot(model):
-    return ([(n, type(m)) for n, m in model.named_modules()],
-            {k: v.clone() for k, v in model.state_dict().items()},
-            {n: p.requires_grad for n, p in model.named_parameters()})
+    return (
+        [(n, type(m)) for n, m in model.named_modules()],
+        {k: v.clone() for k, v in model.state_dict().items()},
+        {n: p.requires_grad for n, p in model.named_parameters()},
+    )
 
 
 def _same(a, b):
@@ -89,7 +91,9 @@ def _same(a, b):
     assert a[1].keys() == b[1].keys() and all(torch.equal(a[1][k], b[1][k]) for k in a[1])
 
 
-@pytest.mark.parametrize("targets", [["body.*", "nope"], ["head", "body.0", "tail.x"], ["body", "body.1.conv"], "re:(", "", "body"])
+@pytest.mark.parametrize(
+    "targets", [["body.*", "nope"], ["head", "body.0", "tail.x"], ["body", "body.1.conv"], "re:(", "", "body"]
+)
 def test_failed_inject_leaves_model_untouched(targets):
     net = Net()
     before = _snapshot(net)

@@ -75,8 +75,18 @@ def test_registered_once_in_peft_tables():
     assert spt_peft.SPTPeftConfig().peft_type is PeftType.SPT
 
 
-@pytest.mark.parametrize("version,ok", [("0.17.1", False), ("0.20.0", False), ("0.21.0", True), ("0.21.2", True),
-                                        ("0.21.3.dev0", True), ("0.22.0", False), ("1.0.0", False)])
+@pytest.mark.parametrize(
+    "version,ok",
+    [
+        ("0.17.1", False),
+        ("0.20.0", False),
+        ("0.21.0", True),
+        ("0.21.2", True),
+        ("0.21.3.dev0", True),
+        ("0.22.0", False),
+        ("1.0.0", False),
+    ],
+)
 def test_version_guard(version, ok):
     if ok:
         assert spt_peft.check_peft_version(version) == version
@@ -116,7 +126,9 @@ def test_get_peft_model_identity_then_trainable_units_only():
     lq, prior = inputs()
     with torch.no_grad():
         expected = base(lq)
-    pm = peft.get_peft_model(base, spt_peft.SPTPeftConfig(target_modules=["sub.0", "sub.1"], hidden=4, example_input_shape=SMALL))
+    pm = peft.get_peft_model(
+        base, spt_peft.SPTPeftConfig(target_modules=["sub.0", "sub.1"], hidden=4, example_input_shape=SMALL)
+    )
     assert isinstance(pm.base_model, spt_peft.SPTPeftModel)
     assert pm.peft_config["default"].unit_channels == {"model.1.sub.0": 8, "model.1.sub.1": 8}
     assert torch.equal(run(pm, lq, prior), expected)  # zero-initialised units: exact identity
@@ -171,9 +183,12 @@ def test_swinir_tokens_through_peft(tmp_path):
     lq, prior = inputs(batch=2)
     with torch.no_grad():
         expected = swinir()(lq)
-    pm = peft.get_peft_model(swinir(), spt_peft.SPTPeftConfig(target_modules=r"layers\.\d+\.residual_group",
-                                                               hidden=4, fusion="concat",
-                                                               example_input_shape=SMALL))
+    pm = peft.get_peft_model(
+        swinir(),
+        spt_peft.SPTPeftConfig(
+            target_modules=r"layers\.\d+\.residual_group", hidden=4, fusion="concat", example_input_shape=SMALL
+        ),
+    )
     assert torch.equal(run(pm, lq, prior), expected)
     randomise(unit_params(pm))
     out = run(pm, lq, prior)
@@ -226,7 +241,9 @@ def test_target_errors_leave_model_untouched():
 def test_multiple_adapters_and_unload():
     base = esrgan()
     reference = {k: v.clone() for k, v in base.state_dict().items()}
-    pm = peft.get_peft_model(base, spt_peft.SPTPeftConfig(target_modules=["sub.0", "sub.1"], hidden=4, example_input_shape=SMALL))
+    pm = peft.get_peft_model(
+        base, spt_peft.SPTPeftConfig(target_modules=["sub.0", "sub.1"], hidden=4, example_input_shape=SMALL)
+    )
     randomise(unit_params(pm), seed=1)
     first = run(pm)
     pm.add_adapter("second", spt_peft.SPTPeftConfig(target_modules=["sub.1"], hidden=4, example_input_shape=SMALL))
@@ -337,8 +354,9 @@ def peft_distilled():
 
 def distilled_file(path: Path) -> Path:
     """A distilled adapter written by the core (units and student perturbed away from their init)."""
-    model = spt_adapter.inject(esrgan(), targets="model.1.sub.*",
-                               config=spt_adapter.SPTConfig(hidden=4, student=STUDENT, prior=DISTILLED))
+    model = spt_adapter.inject(
+        esrgan(), targets="model.1.sub.*", config=spt_adapter.SPTConfig(hidden=4, student=STUDENT, prior=DISTILLED)
+    )
     randomise([p for _, p in model.unit_parameters()], seed=4)
     assert any(k.startswith("spt_student.") for k, _ in model.unit_parameters())
     return model.save_adapter(path)
@@ -350,9 +368,12 @@ def test_distilled_config_builds_a_trainable_student_on_the_tuner():
     lq, _ = inputs(batch=2)
     with torch.no_grad():
         expected = esrgan()(lq)
-    pm = peft.get_peft_model(esrgan(), spt_peft.SPTPeftConfig(target_modules=["sub.0", "sub.1"], hidden=4,
-                                                               example_input_shape=SMALL, student=STUDENT,
-                                                               prior=DISTILLED))
+    pm = peft.get_peft_model(
+        esrgan(),
+        spt_peft.SPTPeftConfig(
+            target_modules=["sub.0", "sub.1"], hidden=4, example_input_shape=SMALL, student=STUDENT, prior=DISTILLED
+        ),
+    )
     student = pm.base_model.student()
     assert isinstance(student, PriorStudent) and student is pm.base_model.spt_students["default"]
     assert pm.peft_config["default"].student == {"in_channels": 3, "width": 8, "depth": 3}  # validated, defaults
@@ -437,8 +458,11 @@ def test_distilled_save_pretrained_from_pretrained_onto_a_fresh_backbone(tmp_pat
     student = {k for k in saved if k.startswith("base_model.spt_students.")}
     assert student == {f"base_model.spt_students.{n}" for n, _ in pm.base_model.student().named_parameters()}
     assert not any(".default." in k for k in saved)  # the adapter name is not part of the file
-    assert json.loads((tmp_path / "adapter_config.json").read_text())["student"] == {"in_channels": 3, "width": 8,
-                                                                                     "depth": 3}
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["student"] == {
+        "in_channels": 3,
+        "width": 8,
+        "depth": 3,
+    }
 
     fresh = esrgan()
     loaded = peft.PeftModel.from_pretrained(fresh, tmp_path)
@@ -457,9 +481,13 @@ def test_distilled_save_pretrained_from_pretrained_onto_a_fresh_backbone(tmp_pat
     # PEFT's state-dict functions carry the student under the adapter name of the target model
     state = get_peft_model_state_dict(pm)
     assert set(state) == set(saved) and all(torch.equal(state[k], saved[k]) for k in saved)
-    target = peft.get_peft_model(esrgan(), spt_peft.SPTPeftConfig(target_modules=["sub.0", "sub.1"], hidden=4,
-                                                                   example_input_shape=SMALL, student=STUDENT,
-                                                                   prior=DISTILLED), adapter_name="mine")
+    target = peft.get_peft_model(
+        esrgan(),
+        spt_peft.SPTPeftConfig(
+            target_modules=["sub.0", "sub.1"], hidden=4, example_input_shape=SMALL, student=STUDENT, prior=DISTILLED
+        ),
+        adapter_name="mine",
+    )
     result = set_peft_model_state_dict(target, state, adapter_name="mine")
     assert not [k for k in result.missing_keys if ".spt_" in k] and not result.unexpected_keys
     with torch.no_grad():
@@ -491,13 +519,18 @@ def test_distilled_and_plain_adapters_side_by_side_delete_and_unload(tmp_path):
     reference = {k: v.clone() for k, v in base.state_dict().items()}
     modules = [(n, type(m)) for n, m in base.named_modules()]
     lq, prior = inputs()
-    pm = peft.get_peft_model(base, spt_peft.SPTPeftConfig(target_modules=["sub.0", "sub.1"], hidden=4,
-                                                          example_input_shape=SMALL))
+    pm = peft.get_peft_model(
+        base, spt_peft.SPTPeftConfig(target_modules=["sub.0", "sub.1"], hidden=4, example_input_shape=SMALL)
+    )
     randomise(unit_params(pm), seed=1)
     plain = run(pm, lq, prior)
     for name, seed in (("distilled", 2), ("d2", 5)):
-        pm.add_adapter(name, spt_peft.SPTPeftConfig(target_modules=["sub.1"], hidden=4, example_input_shape=SMALL,
-                                                    student=STUDENT, prior=DISTILLED))
+        pm.add_adapter(
+            name,
+            spt_peft.SPTPeftConfig(
+                target_modules=["sub.1"], hidden=4, example_input_shape=SMALL, student=STUDENT, prior=DISTILLED
+            ),
+        )
         randomise([p for n, p in pm.named_parameters() if f".{name}." in n], seed=seed)
     assert pm.active_adapters == ["default"] and torch.equal(run(pm, lq, prior), plain)  # adding does not switch
     assert not any(p.requires_grad for p in student_params(pm, "distilled"))  # inactive: frozen, like its units

@@ -48,7 +48,9 @@ def _fake_entry_points(monkeypatch, tmp_path, modules: dict[str, str], keep_real
 def _run_plugins_command(**kw) -> int:
     from spt_adapter.commands import plugins as command
 
-    return command.run(argparse.Namespace(hooks=True, presets=kw.get("presets", False), no_register=kw.get("no_register", True)))
+    return command.run(
+        argparse.Namespace(hooks=True, presets=kw.get("presets", False), no_register=kw.get("no_register", True))
+    )
 
 
 class Tiny(nn.Module):
@@ -95,13 +97,19 @@ def test_a_plugin_that_fails_to_import_is_reported_by_name_and_others_load(monke
 
 
 def test_check_pending_catches_a_misspelt_hookimpl(monkeypatch, tmp_path):
-    _fake_entry_points(monkeypatch, tmp_path, {"spt_typo_plugin": """
+    _fake_entry_points(
+        monkeypatch,
+        tmp_path,
+        {
+            "spt_typo_plugin": """
         from spt_adapter.plugins.hookspecs import hookimpl
 
         @hookimpl
         def spt_adapter_claim_modle(model):
             return None
-    """})
+    """
+        },
+    )
     with pytest.raises(PluginError, match="spt_adapter_claim_modle"):
         plugins.get_plugin_manager()
 
@@ -115,7 +123,9 @@ def test_a_plugin_raising_in_a_hook_names_itself():
     pm = plugins.get_plugin_manager()
     pm.register(Exploding(), name="exploding")
     try:
-        with pytest.raises(PluginError, match="plugin 'exploding' failed in hook spt_adapter_claim_model: RuntimeError: boom"):
+        with pytest.raises(
+            PluginError, match="plugin 'exploding' failed in hook spt_adapter_claim_model: RuntimeError: boom"
+        ):
             spt_adapter.inject(Tiny())
     finally:
         pm.unregister(name="exploding")
@@ -230,8 +240,12 @@ def test_read_checkpoint_never_unpickles_code(tmp_path):
 def test_third_party_distribution_installed_into_the_environment(tmp_path):
     src = REPO / "examples" / "third_party_plugin"
     pip = [sys.executable, "-m", "pip"]
-    install = subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", "-q", str(src)],
-                             capture_output=True, text=True, timeout=300)
+    install = subprocess.run(
+        [*pip, "install", "--no-deps", "--no-build-isolation", "-q", str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert install.returncode == 0, install.stderr[-3000:]
     try:
         trace = tmp_path / "trace.txt"
@@ -246,16 +260,20 @@ def test_third_party_distribution_installed_into_the_environment(tmp_path):
             model = spt_adapter.inject(net)
             assert model.spt_targets["default"] == ["blocks.0", "blocks.1"], model.spt_targets
             assert model.spt_config["default"].preset == "tinynet"
-            save_file(TinyNet().state_dict(), {str(tmp_path / 'w.tiny')!r})
-            assert set(call_hook("spt_adapter_read_checkpoint", path={str(tmp_path / 'w.tiny')!r})) == set(TinyNet().state_dict())
+            save_file(TinyNet().state_dict(), {str(tmp_path / "w.tiny")!r})
+            assert set(call_hook("spt_adapter_read_checkpoint", path={str(tmp_path / "w.tiny")!r})) == set(TinyNet().state_dict())
             assert register_frameworks()["example"] == ["example:TinyNet"]
             assert "spt-example-plugin" in plugin_report().loaded["example"]
         """)
         run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
         called = set(trace.read_text().split())
-        assert called == {"spt_adapter_claim_model", "spt_adapter_describe_layout", "spt_adapter_read_checkpoint",
-                          "spt_adapter_register_framework"}
+        assert called == {
+            "spt_adapter_claim_model",
+            "spt_adapter_describe_layout",
+            "spt_adapter_read_checkpoint",
+            "spt_adapter_register_framework",
+        }
         # its mask provider, through the real entry point and `spt-adapter masks` in another process
         images = tmp_path / "imgs"
         images.mkdir()
@@ -264,10 +282,26 @@ def test_third_party_distribution_installed_into_the_environment(tmp_path):
 
         Image.fromarray(data.astronaut()[::8, ::8]).save(images / "astronaut.png")
         Image.fromarray(data.coffee()[::8, ::8]).save(images / "coffee.png")
-        masks = [sys.executable, "-m", "spt_adapter.cli", "masks", str(images), "--provider", "watershed",
-                 "--prior-cache", str(tmp_path / "cache"), "--no-progress", "--strict"]
-        run = subprocess.run([*masks, "--provider-set", "markers=30", "--encoding", "label"], env=env, capture_output=True,
-                             text=True, timeout=300)
+        masks = [
+            sys.executable,
+            "-m",
+            "spt_adapter.cli",
+            "masks",
+            str(images),
+            "--provider",
+            "watershed",
+            "--prior-cache",
+            str(tmp_path / "cache"),
+            "--no-progress",
+            "--strict",
+        ]
+        run = subprocess.run(
+            [*masks, "--provider-set", "markers=30", "--encoding", "label"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert run.returncode == 0 and "computed 2" in run.stderr, run.stderr[-3000:]
         assert {"spt_adapter_mask_providers", "WatershedProvider.generate"} <= set(trace.read_text().split())
         from spt_adapter.prior import LabelMasks, PriorCache, encode_masks
@@ -286,11 +320,15 @@ def test_third_party_distribution_installed_into_the_environment(tmp_path):
         assert isinstance(mine.generate(img), LabelMasks) and len(np.unique(expected)) > 10
         bad = subprocess.run([*masks, "--set", "markers=abc"], env=env, capture_output=True, text=True, timeout=300)
         assert bad.returncode == 1 and "provider 'watershed': setting markers='abc' is invalid" in bad.stderr
-        failing = subprocess.run(masks, env={**env, "SPT_EXAMPLE_FAIL_GENERATE": "1"}, capture_output=True, text=True,
-                                 timeout=300)
-        assert failing.returncode == 1 and "provider 'watershed' (plugin 'example') failed: RuntimeError" in failing.stderr
-        listing = subprocess.run([sys.executable, "-m", "spt_adapter.cli", "plugins"], env=env,
-                                 capture_output=True, text=True, timeout=300)
+        failing = subprocess.run(
+            masks, env={**env, "SPT_EXAMPLE_FAIL_GENERATE": "1"}, capture_output=True, text=True, timeout=300
+        )
+        assert (
+            failing.returncode == 1 and "provider 'watershed' (plugin 'example') failed: RuntimeError" in failing.stderr
+        )
+        listing = subprocess.run(
+            [sys.executable, "-m", "spt_adapter.cli", "plugins"], env=env, capture_output=True, text=True, timeout=300
+        )
         assert listing.returncode == 0, listing.stdout + listing.stderr
         for name in BUILTIN | {"example"}:
             assert any(line.startswith(name) for line in listing.stdout.splitlines()), listing.stdout

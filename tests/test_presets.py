@@ -24,11 +24,42 @@ def _instances():
     from spandrel.architectures.SCUNet import SCUNet
     from spandrel.architectures.SwinIR import SwinIR
 
-    yield "swinir", "spandrel", lambda: SwinIR(embed_dim=12, depths=[2, 2], num_heads=[2, 2], window_size=4, img_size=16), 16
-    yield "hat", "spandrel", lambda: HAT(embed_dim=12, depths=[1, 1], num_heads=[2, 2], window_size=4, img_size=16,
-                                         upscale=2, num_feat=8, compress_ratio=3, squeeze_factor=4), 16
-    yield "dat", "spandrel", lambda: DAT(embed_dim=16, depth=[1, 1], num_heads=[2, 2], split_size=[2, 4], img_size=16,
-                                         upscale=2, expansion_factor=2.0), 16
+    yield (
+        "swinir",
+        "spandrel",
+        lambda: SwinIR(embed_dim=12, depths=[2, 2], num_heads=[2, 2], window_size=4, img_size=16),
+        16,
+    )
+    yield (
+        "hat",
+        "spandrel",
+        lambda: HAT(
+            embed_dim=12,
+            depths=[1, 1],
+            num_heads=[2, 2],
+            window_size=4,
+            img_size=16,
+            upscale=2,
+            num_feat=8,
+            compress_ratio=3,
+            squeeze_factor=4,
+        ),
+        16,
+    )
+    yield (
+        "dat",
+        "spandrel",
+        lambda: DAT(
+            embed_dim=16,
+            depth=[1, 1],
+            num_heads=[2, 2],
+            split_size=[2, 4],
+            img_size=16,
+            upscale=2,
+            expansion_factor=2.0,
+        ),
+        16,
+    )
     yield "rrdb", "spandrel", lambda: ESRGAN(num_filters=8, num_blocks=2, scale=2), 16
     yield "nafnet", "spandrel", lambda: NAFNet(width=8, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1]), 16
     yield "scunet", "spandrel", lambda: SCUNet(config=[1] * 7, dim=64), 64
@@ -40,8 +71,12 @@ def _instances():
     try:
         from spandrel_extra_arches.architectures.Restormer import Restormer
 
-        yield "restormer", "restormer", lambda: Restormer(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1,
-                                                           heads=[1, 1, 1, 1]), 16
+        yield (
+            "restormer",
+            "restormer",
+            lambda: Restormer(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1]),
+            16,
+        )
     except ImportError:  # pragma: no cover
         pass
     try:
@@ -49,8 +84,14 @@ def _instances():
         from basicsr.archs.swinir_arch import SwinIR as BasicSRSwinIR
 
         yield "rrdb", "basicsr", lambda: RRDBNet(3, 3, num_feat=8, num_block=2, num_grow_ch=4), 16
-        yield "swinir", "basicsr", lambda: BasicSRSwinIR(embed_dim=12, depths=[1, 1], num_heads=[2, 2], window_size=4,
-                                                         img_size=16, mlp_ratio=2), 16
+        yield (
+            "swinir",
+            "basicsr",
+            lambda: BasicSRSwinIR(
+                embed_dim=12, depths=[1, 1], num_heads=[2, 2], window_size=4, img_size=16, mlp_ratio=2
+            ),
+            16,
+        )
     except ImportError:  # pragma: no cover
         pass
 
@@ -68,8 +109,14 @@ def test_preset_claim_identity_and_widths(preset, integration, build, size):
     assert len(names) >= 2
     if claim.channels:  # stated widths must be the real ones
         layouts = {n: describe_layout(net, n, get_logical_module(net, n)) for n in names}
-        x = torch.rand(1, net.conv_first.in_channels if hasattr(net, "conv_first") else
-                       next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d)).in_channels, size, size)
+        x = torch.rand(
+            1,
+            net.conv_first.in_channels
+            if hasattr(net, "conv_first")
+            else next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d)).in_channels,
+            size,
+            size,
+        )
         assert probe_channels(net, names, layouts, x) == claim.channels
     x = torch.rand(1, next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d)).in_channels, size, size)
     with torch.no_grad():
@@ -93,12 +140,30 @@ def test_restormer_default_targets():
     pytest.importorskip("spandrel_extra_arches")
     from spandrel_extra_arches.architectures.Restormer import Restormer
 
-    claim = call_hook("spt_adapter_claim_model", model=Restormer(dim=8, num_blocks=[1, 1, 1, 1],
-                                                                 num_refinement_blocks=1, heads=[1, 1, 1, 1]))
-    assert claim.targets == ["encoder_level1", "encoder_level2", "encoder_level3", "latent",
-                             "decoder_level3", "decoder_level2", "decoder_level1", "refinement"]
-    assert claim.channels == {"encoder_level1": 8, "encoder_level2": 16, "encoder_level3": 32, "latent": 64,
-                              "decoder_level3": 32, "decoder_level2": 16, "decoder_level1": 16, "refinement": 16}
+    claim = call_hook(
+        "spt_adapter_claim_model",
+        model=Restormer(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1]),
+    )
+    assert claim.targets == [
+        "encoder_level1",
+        "encoder_level2",
+        "encoder_level3",
+        "latent",
+        "decoder_level3",
+        "decoder_level2",
+        "decoder_level1",
+        "refinement",
+    ]
+    assert claim.channels == {
+        "encoder_level1": 8,
+        "encoder_level2": 16,
+        "encoder_level3": 32,
+        "latent": 64,
+        "decoder_level3": 32,
+        "decoder_level2": 16,
+        "decoder_level1": 16,
+        "refinement": 16,
+    }
 
 
 def test_unknown_architecture_is_not_claimed_and_duplicates_are_rejected():
@@ -142,8 +207,10 @@ def test_dncnn_presets_every_hidden_conv_and_a_light_one(tmp_path):
     assert [round(100 * s, 1) for s in shares] == [13.1, 2.2]
 
     path = tmp_path / "dncnn.safetensors"
-    save_file({k: v.contiguous() for k, v in DnCNN(in_nc=1, out_nc=1, nc=8, nb=17, act_mode="R").state_dict().items()},
-              str(path))
+    save_file(
+        {k: v.contiguous() for k, v in DnCNN(in_nc=1, out_nc=1, nc=8, nb=17, act_mode="R").state_dict().items()},
+        str(path),
+    )
     args = argparse.Namespace(backbone=None, weights=str(path), arch="dncnn-light")
     _, targets, _ = load_backbone_from_args(args)
     assert targets == ["model.8", "model.16", "model.30"] and args._claim == ("presets", "dncnn-light")

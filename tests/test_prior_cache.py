@@ -30,7 +30,9 @@ def test_hit_miss_and_reencode(tmp_path):
     assert prov.calls == 1 and cache.stats["prior_hits"] == 1
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, encode_masks(prov.generate(img), "boundary"))  # the default: DEFAULT_ENCODING
-    assert cache.contains(img, prov) and cache.contains(img, prov, "boundary") and not cache.contains(img, prov, "label")
+    assert (
+        cache.contains(img, prov) and cache.contains(img, prov, "boundary") and not cache.contains(img, prov, "label")
+    )
     prov.calls = 0
     oh = cache.get_or_compute(img, prov, "onehot:3")  # new encoding: masks reused, SAM/SLIC not rerun
     assert oh.shape == (3, 40, 48) and prov.calls == 0 and cache.stats["mask_hits"] == 1
@@ -128,7 +130,9 @@ def test_old_format_entry_is_recomputed_with_one_warning(tmp_path):
     fixture = Path(__file__).resolve().parent / "fixtures" / "prior_v1"
     with np.load(fixture / "expected.npz") as z:
         meta = json.loads(z["meta"].tobytes())
-    img = np.ascontiguousarray(np.asarray(Image.open(fixture / "image.png").convert("RGB")))  # meta["crop"] of meta["image"]
+    img = np.ascontiguousarray(
+        np.asarray(Image.open(fixture / "image.png").convert("RGB"))
+    )  # meta["crop"] of meta["image"]
     assert img.shape[:2] == tuple(b - a for a, b in meta["crop"])
     cache, prov = PriorCache(tmp_path), CountingSlic(**meta["settings"])
     old = (fixture / "masks.sptc").read_bytes()
@@ -147,8 +151,9 @@ def test_old_format_entry_is_recomputed_with_one_warning(tmp_path):
     np.testing.assert_array_equal(prior, encode_masks(prov.generate(img), "label"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        np.testing.assert_array_equal(PriorCache(tmp_path).get_or_compute(img, prov, "boundary"),
-                                      encode_masks(prov.generate(img), "boundary"))
+        np.testing.assert_array_equal(
+            PriorCache(tmp_path).get_or_compute(img, prov, "boundary"), encode_masks(prov.generate(img), "boundary")
+        )
 
 
 class WrongSize(ClassicalMaskProvider):
@@ -184,7 +189,9 @@ def test_a_provider_raising_is_named_and_the_cache_stays_usable(tmp_path):
     from spt_adapter.errors import ProviderRunError
 
     cache = PriorCache(tmp_path)
-    with pytest.raises(ProviderRunError, match=r"provider ClassicalMaskProvider.*failed: ValueError: segmenter exploded"):
+    with pytest.raises(
+        ProviderRunError, match=r"provider ClassicalMaskProvider.*failed: ValueError: segmenter exploded"
+    ):
         cache.get_or_compute(_img(), Raising())
     assert not list(tmp_path.rglob("*.sptc"))
     assert cache.get_or_compute(_img(), ClassicalMaskProvider("slic", n_segments=8)).shape == (1, 40, 48)

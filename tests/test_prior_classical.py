@@ -31,15 +31,29 @@ def test_identity_and_errors():
         ClassicalMaskProvider("slic", scale=3)
     with pytest.raises(PriorError, match="unknown classical method"):
         ClassicalMaskProvider("watershed")
-    with pytest.raises(PriorError, match="unknown mask provider 'quickshift'; installed: felzenszwalb, sam, sam2, slic"):
+    with pytest.raises(
+        PriorError, match="unknown mask provider 'quickshift'; installed: felzenszwalb, sam, sam2, slic"
+    ):
         make_provider("quickshift")
 
 
-@pytest.mark.parametrize("setting, value", [
-    ("n_segments", "abc"), ("n_segments", -5), ("n_segments", 0), ("n_segments", "1.5"), ("n_segments", 2.5),
-    ("n_segments", True), ("compactness", "nan"), ("compactness", float("nan")), ("compactness", "inf"),
-    ("compactness", 0), ("sigma", -1.0), ("enforce_connectivity", "maybe"),
-])
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("n_segments", "abc"),
+        ("n_segments", -5),
+        ("n_segments", 0),
+        ("n_segments", "1.5"),
+        ("n_segments", 2.5),
+        ("n_segments", True),
+        ("compactness", "nan"),
+        ("compactness", float("nan")),
+        ("compactness", "inf"),
+        ("compactness", 0),
+        ("sigma", -1.0),
+        ("enforce_connectivity", "maybe"),
+    ],
+)
 def test_settings_checked_by_name_and_type(setting, value):
     from spt_adapter.errors import ProviderSettingError
 

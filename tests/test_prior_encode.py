@@ -117,8 +117,9 @@ def test_label_image_input_and_records():
     assert all(r["score"] == 1.0 for r in lm.records())
     # an integer label image is accepted by encode_masks directly, like LabelMasks and mask lists
     np.testing.assert_array_equal(encode_masks(labels, "boundary"), encode_masks(lm, "boundary"))
-    np.testing.assert_array_equal(encode_masks(lm, "label"),
-                                  encode_masks([{"segmentation": labels == v} for v in (5, 7, 9)], "label"))
+    np.testing.assert_array_equal(
+        encode_masks(lm, "label"), encode_masks([{"segmentation": labels == v} for v in (5, 7, 9)], "label")
+    )
     with pytest.raises(PriorError, match="int32"):
         LabelMasks(labels, [1, 1, 1], [1, 1, 1], np.zeros((3, 4)))
     with pytest.raises(PriorError, match="0..1"):

@@ -19,15 +19,18 @@ def test_conversions():
     assert to_rgb_uint8(np.zeros((2, 2, 2), dtype=np.uint8)).shape == (2, 2, 3)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (np.full((2, 2, 3), 2.0), r"\[0, 1\]"),
-    (np.full((2, 2, 3), np.nan), "NaN"),
-    (np.zeros((2, 2, 5), dtype=np.uint8), "5 channels"),
-    (np.zeros((0, 3, 3), dtype=np.uint8), "empty"),
-    (np.zeros((2, 2, 3), dtype=np.int32), "dtype"),
-    (np.zeros((2, 2, 3), dtype=bool), "dtype"),
-    (np.zeros((2,), dtype=np.uint8), "shape"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.full((2, 2, 3), 2.0), r"\[0, 1\]"),
+        (np.full((2, 2, 3), np.nan), "NaN"),
+        (np.zeros((2, 2, 5), dtype=np.uint8), "5 channels"),
+        (np.zeros((0, 3, 3), dtype=np.uint8), "empty"),
+        (np.zeros((2, 2, 3), dtype=np.int32), "dtype"),
+        (np.zeros((2, 2, 3), dtype=bool), "dtype"),
+        (np.zeros((2,), dtype=np.uint8), "shape"),
+    ],
+)
 def test_refusals(bad, match):
     with pytest.raises(ImageError, match=match):
         to_rgb_uint8(bad)
@@ -41,7 +44,7 @@ def test_refuses_torch_tensor():
 
 
 def test_read_files(tmp_path):
-    grey16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    grey16 = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000
     Image.fromarray(grey16).save(tmp_path / "g16.png")
     out = read_image(tmp_path / "g16.png")
     assert out.shape == (8, 8, 3) and out.dtype == np.uint8

@@ -46,11 +46,20 @@ def _same(a, b):
                 assert x[k] == y[k] or (np.isnan(x[k]) and np.isnan(y[k])), k
 
 
-@pytest.mark.parametrize("settings", [
-    {"points_per_side": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},
-    {"points_per_side": 8},
-    {"points_per_side": 4, "crop_n_layers": 1, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "min_mask_region_area": 10},
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"points_per_side": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},
+        {"points_per_side": 8},
+        {
+            "points_per_side": 4,
+            "crop_n_layers": 1,
+            "pred_iou_thresh": 0.0,
+            "stability_score_thresh": 0.0,
+            "min_mask_region_area": 10,
+        },
+    ],
+)
 def test_fast_generator_identical_to_stock(tiny_ckpt, images, settings):
     sam = load_sam(tiny_ckpt, "vit_tiny", "cpu")
     stock = SamAutomaticMaskGenerator(sam, **settings)
@@ -63,13 +72,23 @@ def test_fast_generator_identical_to_stock(tiny_ckpt, images, settings):
 
 
 def test_provider_same_path_as_real_checkpoint(tiny_ckpt, images):
-    p = SamMaskProvider(tiny_ckpt, model_type="vit_tiny", device="cpu", points_per_side=8, pred_iou_thresh=0.0,
-                        stability_score_thresh=0.0)
+    p = SamMaskProvider(
+        tiny_ckpt,
+        model_type="vit_tiny",
+        device="cpu",
+        points_per_side=8,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+    )
     masks = p.generate(images[0])
     assert len(masks) and masks.shape == images[0].shape[:2]
     # the label image is the generator's masks, smaller on top (LabelMasks.from_masks)
     raw = p.generator.generate(images[0])
-    assert sorted(masks.area.tolist(), reverse=True) == masks.area.tolist() == sorted((m["area"] for m in raw), reverse=True)
+    assert (
+        sorted(masks.area.tolist(), reverse=True)
+        == masks.area.tolist()
+        == sorted((m["area"] for m in raw), reverse=True)
+    )
     np.testing.assert_array_equal(masks.labels, LabelMasks.from_masks(raw).labels)
     assert sorted(masks.score.tolist()) == sorted(m["predicted_iou"] for m in raw)
     ident = p.identity()

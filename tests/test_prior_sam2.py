@@ -24,12 +24,14 @@ FEW = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0
 def tiny2(tmp_path_factory):
     """Written by the tool, in a process whose sockets all fail: Hydra reads SAM 2's config offline."""
     out = tmp_path_factory.mktemp("sam2") / TINY_TEST_FILE
-    code = ("import socket\n"
-            "def no_network(*a, **k):\n    raise OSError('network disabled in this test')\n"
-            "class NoNetwork(socket.socket):\n    connect = connect_ex = no_network\n"
-            "socket.socket = NoNetwork; socket.create_connection = no_network\n"
-            f"import runpy, sys; sys.argv = ['make_tiny_sam2.py', {str(out)!r}]\n"
-            f"runpy.run_path({str(REPO / 'tools' / 'make_tiny_sam2.py')!r}, run_name='__main__')\n")
+    code = (
+        "import socket\n"
+        "def no_network(*a, **k):\n    raise OSError('network disabled in this test')\n"
+        "class NoNetwork(socket.socket):\n    connect = connect_ex = no_network\n"
+        "socket.socket = NoNetwork; socket.create_connection = no_network\n"
+        f"import runpy, sys; sys.argv = ['make_tiny_sam2.py', {str(out)!r}]\n"
+        f"runpy.run_path({str(REPO / 'tools' / 'make_tiny_sam2.py')!r}, run_name='__main__')\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "use --provider sam2 --provider-checkpoint" in done.stdout
@@ -67,8 +69,21 @@ def test_masks_command_end_to_end(tiny2, images, tmp_path, capsys):
     folder.mkdir()
     for i, im in enumerate(images):
         Image.fromarray(im).save(folder / f"{i}.png")
-    argv = ["masks", str(folder), "--provider", "sam2", "--checkpoint", str(tiny2), "--device", "cpu", "--cache",
-            str(tmp_path / "c"), "--no-progress", "--strict", *[f"--set={k}={v}" for k, v in FEW.items()]]
+    argv = [
+        "masks",
+        str(folder),
+        "--provider",
+        "sam2",
+        "--checkpoint",
+        str(tiny2),
+        "--device",
+        "cpu",
+        "--cache",
+        str(tmp_path / "c"),
+        "--no-progress",
+        "--strict",
+        *[f"--set={k}={v}" for k, v in FEW.items()],
+    ]
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "sam2 tiny_test" in err and "computed 2" in err
@@ -90,7 +105,9 @@ def test_config_from_the_checkpoint_name_or_given(tiny2, tmp_path):
     assert set(MODEL_CONFIGS) >= {"sam2.1_hiera_tiny", "sam2.1_hiera_large", "tiny_test"}
     renamed = tmp_path / "weights.pt"
     renamed.write_bytes(tiny2.read_bytes())
-    with pytest.raises(SamCheckpointError, match="cannot tell its model config from the file name; pass --provider-model-type"):
+    with pytest.raises(
+        SamCheckpointError, match="cannot tell its model config from the file name; pass --provider-model-type"
+    ):
         make_provider("sam2", checkpoint=renamed)
     assert make_provider("sam2", checkpoint=renamed, model_type="tiny_test").model_type == "tiny_test"
     with pytest.raises(SamCheckpointError, match="unknown SAM 2 model type 'hiera_x'"):
@@ -109,10 +126,12 @@ def test_checkpoint_errors(tiny2, tmp_path):
 
 
 def test_sam2_missing_gives_the_extra(tiny2):
-    code = ("import sys; sys.modules['sam2'] = None\n"
-            "from spt_adapter.prior import make_provider\n"
-            "from spt_adapter.errors import SamUnavailableError\n"
-            f"try:\n    make_provider('sam2', checkpoint={str(tiny2)!r})\n"
-            "except SamUnavailableError as e:\n    print('ERR', e)\n")
+    code = (
+        "import sys; sys.modules['sam2'] = None\n"
+        "from spt_adapter.prior import make_provider\n"
+        "from spt_adapter.errors import SamUnavailableError\n"
+        f"try:\n    make_provider('sam2', checkpoint={str(tiny2)!r})\n"
+        "except SamUnavailableError as e:\n    print('ERR', e)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "ERR" in out.stdout and "pip install spt-adapter[sam2]" in out.stdout, out.stderr

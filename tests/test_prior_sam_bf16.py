@@ -86,7 +86,9 @@ def test_sdpa_attention_equals_stock_attention(dtype):
     mods = attention_modules(enc)
     assert len(mods) == 2 and mods[0].use_rel_pos
     # block 0 attends in 4x4 windows, block 1 globally over the 16x16 grid
-    for m, x in zip(mods, (torch.randn(6, 4, 4, 64, dtype=dtype), torch.randn(2, 16, 16, 64, dtype=dtype)), strict=True):
+    for m, x in zip(
+        mods, (torch.randn(6, 4, 4, 64, dtype=dtype), torch.randn(2, 16, 16, 64, dtype=dtype)), strict=True
+    ):
         with torch.no_grad():
             stock = m(x)
             ours = sdpa_attention_forward(m, x)
@@ -150,8 +152,10 @@ def test_bf16_generator_runs_and_postprocesses_in_float32(sam, image):
         assert rel < 25 * 2.0**-8, rel
         h, w = image.shape[:2]
         pe_dtypes = []  # the prompt encoder's outputs and the dense positional encoding stay float32
-        hooks = [sam.prompt_encoder.register_forward_hook(lambda mod, inp, out: pe_dtypes.append(out[0].dtype)),
-                 sam.prompt_encoder.pe_layer.register_forward_hook(lambda mod, inp, out: pe_dtypes.append(out.dtype))]
+        hooks = [
+            sam.prompt_encoder.register_forward_hook(lambda mod, inp, out: pe_dtypes.append(out[0].dtype)),
+            sam.prompt_encoder.pe_layer.register_forward_hook(lambda mod, inp, out: pe_dtypes.append(out.dtype)),
+        ]
         try:
             data = gen._process_crop(feat, in_size, (h, w), [0, 0, w, h], 0, (h, w))
         finally:

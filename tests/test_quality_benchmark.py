@@ -30,7 +30,9 @@ def _load(name: str):
 def quick_run(tmp_path_factory):
     quality = _load("quality")
     out = tmp_path_factory.mktemp("quality")
-    rc = quality.main(["--data", str(DATA), "--quick", "--cache-dir", str(out / "cache"), "--json", str(out / "r.json")])
+    rc = quality.main(
+        ["--data", str(DATA), "--quick", "--cache-dir", str(out / "cache"), "--json", str(out / "r.json")]
+    )
     assert rc == 0
     return quality, out, json.loads((out / "r.json").read_text())
 
@@ -99,10 +101,13 @@ def test_bad_arguments_are_refused(monkeypatch, capsys):
     assert quality.parse_args([]).fusions == ["concat", "sft", "pool"]
     with pytest.raises(ValueError):
         _load("_quality_data").Segmenter.parse("watershed:scale=3")
-    for bad in (["--encoding", "stripes"], ["--encoding", "boundary"],  # pool needs a label map
-                ["--encoding", "boundary", "--fusions", "sft", "--tune-encodings", "onehot:x"],
-                ["--sr-degradation", "bd"],  # a denoising run has no SR degradation
-                ["--task", "sr4", "--segment-input", "restored"]):
+    for bad in (
+        ["--encoding", "stripes"],
+        ["--encoding", "boundary"],  # pool needs a label map
+        ["--encoding", "boundary", "--fusions", "sft", "--tune-encodings", "onehot:x"],
+        ["--sr-degradation", "bd"],  # a denoising run has no SR degradation
+        ["--task", "sr4", "--segment-input", "restored"],
+    ):
         with pytest.raises(SystemExit):
             quality.parse_args(bad)
     ok = quality.parse_args(["--encoding", "onehot:4", "--fusions", "concat", "sft"])
@@ -134,16 +139,32 @@ def test_encodings_of_a_label_map_are_the_library_encodings_of_its_regions():
     assert onehot.shape == (12, 10, 4)
     assert np.array_equal(onehot[..., 0], labels == 0.0)  # the largest region first
     assert not onehot[..., 3].any()  # three regions: the fourth channel is empty
-    pset = qd.PriorSet([np.zeros((12, 10, 3), np.float32)], [[np.zeros((12, 10, 3), np.float32)]], [[labels]],
-                       [labels])
+    pset = qd.PriorSet([np.zeros((12, 10, 3), np.float32)], [[np.zeros((12, 10, 3), np.float32)]], [[labels]], [labels])
     enc = qd.apply_encoding(pset, "onehot:4")
     assert enc.prior_channels == 4 and enc.lq_prior[0][0].shape == (12, 10, 4) and pset.prior_channels == 1
 
 
 def test_multichannel_priors_reach_every_row_with_a_control_of_the_same_shape(tmp_path):
     quality = _load("quality")
-    rc = quality.main(["--data", str(DATA), "--quick", "--encoding", "onehot:3", "--fusions", "sft", "--rows", "abcd", "--units", "0",
-                       "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "r.json")])
+    rc = quality.main(
+        [
+            "--data",
+            str(DATA),
+            "--quick",
+            "--encoding",
+            "onehot:3",
+            "--fusions",
+            "sft",
+            "--rows",
+            "abcd",
+            "--units",
+            "0",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert rc == 0
     payload = json.loads((tmp_path / "r.json").read_text())
     assert payload["encoding"] == "onehot:3" and payload["settings"]["units"] == 0
@@ -152,8 +173,12 @@ def test_multichannel_priors_reach_every_row_with_a_control_of_the_same_shape(tm
     qd = sys.modules.get("_quality_data") or _load("_quality_data")
     img = qd.centre_crop(qd.load_rgb(DATA / "CBSD68" / "0003.png"), 64)
     seg = qd.Segmenter.parse("felzenszwalb:scale=300,sigma=0.8,min_size=50")
-    pset = qd.apply_encoding(qd.build_priors([("x", img)], sigma=25, realisations=1, noise_base=1, seg=seg,
-                                             cache=qd.LabelCache(tmp_path / "labels")), "onehot:3")
+    pset = qd.apply_encoding(
+        qd.build_priors(
+            [("x", img)], sigma=25, realisations=1, noise_base=1, seg=seg, cache=qd.LabelCache(tmp_path / "labels")
+        ),
+        "onehot:3",
+    )
     sched = quality.make_schedule(0, 1, 2, 32, pset)
     _, _, p_b = quality.get_batch(sched[0], 32, pset, "lq")
     _, _, p_c = quality.get_batch(sched[0], 32, pset, "const")
@@ -168,7 +193,19 @@ def test_multichannel_priors_reach_every_row_with_a_control_of_the_same_shape(tm
 def quick_sr_run(tmp_path_factory):
     quality = _load("quality")
     out = tmp_path_factory.mktemp("quality_sr")
-    rc = quality.main(["--data", str(DATA), "--task", "sr4", "--quick", "--cache-dir", str(out / "cache"), "--json", str(out / "r.json")])
+    rc = quality.main(
+        [
+            "--data",
+            str(DATA),
+            "--task",
+            "sr4",
+            "--quick",
+            "--cache-dir",
+            str(out / "cache"),
+            "--json",
+            str(out / "r.json"),
+        ]
+    )
     assert rc == 0
     return quality, out, json.loads((out / "r.json").read_text())
 
@@ -221,8 +258,9 @@ def _bicubic_baseline(data: Path) -> tuple[float, list[float]]:
 
     qd = _load("_quality_data")
     hr = [qd.mod_crop(qd.load_rgb(p), 4) for p in sorted((data / "Set5").glob("*.png"))]
-    ps = qd.PriorSet([i.astype(np.float32) / 255 for i in hr],
-                     [[qd.bicubic_lq(i, 4).astype(np.float32) / 255] for i in hr], scale=4)
+    ps = qd.PriorSet(
+        [i.astype(np.float32) / 255 for i in hr], [[qd.bicubic_lq(i, 4).astype(np.float32) / 255] for i in hr], scale=4
+    )
     by_hand = [psnr(imresize_bicubic(qd.bicubic_lq(i, 4), scale=4), i, crop_border=4, test_y_channel=True) for i in hr]
     return qd.bicubic_upsample_psnr(ps), by_hand
 
@@ -259,8 +297,7 @@ def test_sr_backbone_pretraining_is_reproducible(quick_sr_run, tmp_path):
     qd = sys.modules.get("_quality_data") or _load("_quality_data")
     splits = qd.load_sr_splits(DATA, scale=4, n_train=args.n_train, train_crop=args.train_crop, n_test=1)
     seg = qd.Segmenter.parse(args.segmenter)
-    pset = qd.build_sr_priors(splits["train"], scale=4, seg=seg, cache=qd.LabelCache(tmp_path / "p"),
-                              want_oracle=False)
+    pset = qd.build_sr_priors(splits["train"], scale=4, seg=seg, cache=qd.LabelCache(tmp_path / "p"), want_oracle=False)
     net, info = quality.pretrain_sr_backbone(args, [n for n, _ in splits["train"]], pset, tmp_path)
     assert not info["cached"]
     first = load_file(payload["backbone"]["path"])
@@ -284,14 +321,31 @@ def test_bd_degradation_blurs_before_the_bicubic_downsample():
 
 def test_sr_bd_run_adapts_a_backbone_pretrained_on_bicubic(tmp_path):
     quality = _load("quality")
-    rc = quality.main(["--data", str(DATA), "--task", "sr4", "--quick", "--sr-degradation", "bd", "--rows", "abc",
-                       "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "r.json")])
+    rc = quality.main(
+        [
+            "--data",
+            str(DATA),
+            "--task",
+            "sr4",
+            "--quick",
+            "--sr-degradation",
+            "bd",
+            "--rows",
+            "abc",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert rc == 0
     payload = json.loads((tmp_path / "r.json").read_text())
     assert payload["degradation"] == "bd"
     assert set(payload["results"]["a"]["-"]) == {"Set5 ×4 BD (Y, crop 4)", "Set14 ×4 BD (Y, crop 4)"}
     # the backbone cache key is the bicubic pre-training's: a bicubic run reuses the same file
-    rc = quality.main(["--data", str(DATA), "--task", "sr4", "--quick", "--rows", "a", "--cache-dir", str(tmp_path / "cache")])
+    rc = quality.main(
+        ["--data", str(DATA), "--task", "sr4", "--quick", "--rows", "a", "--cache-dir", str(tmp_path / "cache")]
+    )
     assert rc == 0 and len(list((tmp_path / "cache").glob("backbone_srvgg_*.safetensors"))) == 1
 
 
@@ -312,8 +366,9 @@ def test_lq_prior_can_segment_the_frozen_backbones_restoration(tmp_path):
 
     view = quality.restored_view(Smooth())
     plain = qd.build_priors([("x", img)], sigma=50, realisations=1, noise_base=1, seg=seg, cache=cache)
-    restored = qd.build_priors([("x", img)], sigma=50, realisations=1, noise_base=1, seg=seg, cache=cache,
-                               segment_view=view)
+    restored = qd.build_priors(
+        [("x", img)], sigma=50, realisations=1, noise_base=1, seg=seg, cache=cache, segment_view=view
+    )
     assert seen == [(1, 3, 64, 64)]  # the view saw the noisy image once
     assert np.array_equal(plain.noisy[0][0], restored.noisy[0][0])  # same LQ input, other prior
     assert np.array_equal(plain.oracle_prior[0], restored.oracle_prior[0])
@@ -321,18 +376,35 @@ def test_lq_prior_can_segment_the_frozen_backbones_restoration(tmp_path):
     expected = qd.label_map(view(plain.noisy[0][0]), seg)
     assert np.array_equal(restored.lq_prior[0][0], expected)
     assert not np.array_equal(restored.lq_prior[0][0], plain.lq_prior[0][0])
-    rc = quality.main(["--data", str(DATA), "--quick", "--segment-input", "restored", "--fusions", "sft", "--rows", "bc",
-                       "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "r.json")])
+    rc = quality.main(
+        [
+            "--data",
+            str(DATA),
+            "--quick",
+            "--segment-input",
+            "restored",
+            "--fusions",
+            "sft",
+            "--rows",
+            "bc",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert rc == 0 and json.loads((tmp_path / "r.json").read_text())["segment_input"] == "restored"
 
 
 def test_only_a_deployable_prior_is_marked_as_meeting_the_target():
     quality = _load("quality")
     name = "CBSD68 σ=50"
-    res = {"a": {"-": {name: [20.0]}},
-           "b": {"sft": {name: [20.10, 20.11, 20.12]}},
-           "c": {"sft": {name: [20.00, 20.01, 20.02]}},
-           "d": {"sft": {name: [20.20, 20.21, 20.22]}}}
+    res = {
+        "a": {"-": {name: [20.0]}},
+        "b": {"sft": {name: [20.10, 20.11, 20.12]}},
+        "c": {"sft": {name: [20.00, 20.01, 20.02]}},
+        "d": {"sft": {name: [20.20, 20.21, 20.22]}},
+    }
     text = quality.render(res, [name], list("abcd"), ["sft"])
     line = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if ln.startswith("| ")}
     assert "+0.100 ± 0.000 (separate: yes) **meets target**" in line["b − c (paired per seed)"]
@@ -345,8 +417,21 @@ def test_only_a_deployable_prior_is_marked_as_meeting_the_target():
 
 def test_tune_compares_encodings_with_units_sized_for_each(tmp_path, capsys):
     quality = _load("quality")
-    rc = quality.main(["--data", str(DATA), "--quick", "--tune", "--tune-encodings", "label", "onehot:3", "--fusions", "sft",
-                       "--cache-dir", str(tmp_path / "cache")])
+    rc = quality.main(
+        [
+            "--data",
+            str(DATA),
+            "--quick",
+            "--tune",
+            "--tune-encodings",
+            "label",
+            "onehot:3",
+            "--fusions",
+            "sft",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     assert rc == 0
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| slic:")]
     assert [r.split("|")[2].strip() for r in rows] == ["label", "onehot:3"]
@@ -383,8 +468,12 @@ def test_rows_g_and_h_share_units_batches_and_student_init(tmp_path):
     qd = sys.modules.get("_quality_data") or _load("_quality_data")
     img = qd.centre_crop(qd.load_rgb(DATA / "CBSD68" / "0003.png"), 64)
     seg = qd.Segmenter.parse("felzenszwalb:scale=300,sigma=0.8,min_size=50")
-    pset = qd.apply_encoding(qd.build_priors([("x", img)], sigma=50, realisations=1, noise_base=1, seg=seg,
-                                             cache=qd.LabelCache(tmp_path / "l")), "boundary")
+    pset = qd.apply_encoding(
+        qd.build_priors(
+            [("x", img)], sigma=50, realisations=1, noise_base=1, seg=seg, cache=qd.LabelCache(tmp_path / "l")
+        ),
+        "boundary",
+    )
     args = quality.parse_args(["--quick", "--fusions", "concat", "--rows", "cgh", "--encoding", "boundary"])
     backbone = quality.build_backbone(args.nc, args.nb).eval()
     sched = quality.make_schedule(0, 3, 2, 32, pset)
@@ -412,16 +501,26 @@ def test_rows_g_and_h_share_units_batches_and_student_init(tmp_path):
 def test_render_prints_g_against_h_c_and_b():
     quality = _load("quality")
     name = "Set12"
-    res = {"b": {"concat": {name: [20.02, 20.03, 20.01]}}, "c": {"concat": {name: [20.00, 20.01, 20.02]}},
-           "g": {"concat": {name: [20.10, 20.11, 20.12]}}, "h": {"concat": {name: [20.04, 20.05, 20.03]}}}
+    res = {
+        "b": {"concat": {name: [20.02, 20.03, 20.01]}},
+        "c": {"concat": {name: [20.00, 20.01, 20.02]}},
+        "g": {"concat": {name: [20.10, 20.11, 20.12]}},
+        "h": {"concat": {name: [20.04, 20.05, 20.03]}},
+    }
     text = quality.render(res, [name], list("bcgh"), ["concat"])
     line = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if ln.startswith("| ")}
     assert "+0.070 ± 0.017 (separate: yes) **meets target**" in line["g − h (paired per seed)"]
     assert "+0.100 ± 0.000 (separate: yes) **meets target**" in line["g − c (paired per seed)"]
     assert "g − b (paired per seed)" in line
-    for bad in (["--rows", "abi"], ["--rows", "g", "--fusions", "pool"], ["--student-width", "0"],
-                ["--tune-distill", "0.1:x:16"], ["--task", "sr4", "--tune-distill", "0.1:0:16"], ["--jobs", "0"],
-                ["--task", "kair", "--kair-root", "/k", "--tune"]):
+    for bad in (
+        ["--rows", "abi"],
+        ["--rows", "g", "--fusions", "pool"],
+        ["--student-width", "0"],
+        ["--tune-distill", "0.1:x:16"],
+        ["--task", "sr4", "--tune-distill", "0.1:0:16"],
+        ["--jobs", "0"],
+        ["--task", "kair", "--kair-root", "/k", "--tune"],
+    ):
         with pytest.raises(SystemExit):
             quality.parse_args(bad)
     assert quality.parse_distill_candidate("0.5:200:8") == (0.5, 200, 8)
@@ -462,12 +561,22 @@ def test_distill_ladder_script_dry_run_writes_every_table(tmp_path):
     root = _fake_kair_root(tmp_path / "KAIR")
     out = tmp_path / "out"
     bare_env = {k: v for k, v in os.environ.items() if k not in ("KAIR_ROOT", "SPT_KAIR_ROOT")}
-    refused = subprocess.run(["bash", str(ROOT / "benchmarks" / "distill_ladder.sh"), str(out), "--dry-run"],
-                             env={**bare_env, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "distill_ladder.sh"), str(out), "--dry-run"],
+        env={**bare_env, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode == 2 and "set KAIR_ROOT" in refused.stderr and not out.exists()
     env = {**bare_env, "PYTHON": sys.executable, "KAIR_ROOT": str(root), "DATA": str(DATA)}
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "distill_ladder.sh"), str(out), "--dry-run"],
-                          env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "distill_ladder.sh"), str(out), "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "distillation settings chosen on validation" in proc.stderr
     for name in ("denoise", "sr4bd", "kair50", "kairjpeg"):
@@ -479,5 +588,6 @@ def test_distill_ladder_script_dry_run_writes_every_table(tmp_path):
     best = json.loads((out / "tune.json").read_text())["best"]
     assert best["candidate"] in {"0.1:0:8", "1:4:8"}
     summary = (out / "summary.md").read_text().splitlines()[2:]
-    assert [ln.split("|")[1:3] for ln in summary] == [[f" {n} ", " 0 "] for n in
-                                                      ("tune", "denoise", "kair50", "kairjpeg", "sr4bd")]
+    assert [ln.split("|")[1:3] for ln in summary] == [
+        [f" {n} ", " 0 "] for n in ("tune", "denoise", "kair50", "kairjpeg", "sr4bd")
+    ]

@@ -56,8 +56,12 @@ def test_different_pictures_and_flat_images_are_not_duplicates(qd):
 
 def test_grey_splits_drop_a_training_copy_of_a_test_image(qd, tmp_path):
     quality_data, _ = qd
-    pics = {"astronaut": skdata.astronaut(), "coffee": skdata.coffee(), "chelsea": skdata.chelsea(),
-            "rocket": skdata.rocket()}
+    pics = {
+        "astronaut": skdata.astronaut(),
+        "coffee": skdata.coffee(),
+        "chelsea": skdata.chelsea(),
+        "rocket": skdata.rocket(),
+    }
     for sub in ("Set14", "McMaster", "CBSD68"):
         (tmp_path / "data" / sub).mkdir(parents=True)
     Image.fromarray(pics["astronaut"]).save(tmp_path / "data" / "Set14" / "astronaut.png")

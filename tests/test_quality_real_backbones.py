@@ -61,14 +61,24 @@ def _pset(tmp_path):
     qd = sys.modules["_quality_data"]
     img = qd.centre_crop(skdata.astronaut(), 64)
     seg = qd.Segmenter.parse("felzenszwalb:scale=300,sigma=0.8,min_size=50")
-    return qd.apply_encoding(qd.build_priors([("astronaut", img)], sigma=50, realisations=1, noise_base=1, seg=seg,
-                                             cache=qd.LabelCache(tmp_path / "labels")), "boundary")
+    return qd.apply_encoding(
+        qd.build_priors(
+            [("astronaut", img)],
+            sigma=50,
+            realisations=1,
+            noise_base=1,
+            seg=seg,
+            cache=qd.LabelCache(tmp_path / "labels"),
+        ),
+        "boundary",
+    )
 
 
 def test_student_reading_the_restoration_trains_only_student_and_units(quality, tmp_path):
     pset = _pset(tmp_path)
-    args = quality.parse_args(["--quick", "--rows", "cgh", "--encoding", "boundary", "--fusions", "concat",
-                               "--student-input", "restored"])
+    args = quality.parse_args(
+        ["--quick", "--rows", "cgh", "--encoding", "boundary", "--fusions", "concat", "--student-input", "restored"]
+    )
     backbone = quality.build_backbone(args.nc, args.nb).eval()
     for p in backbone.parameters():
         p.requires_grad_(False)
@@ -108,9 +118,13 @@ def test_distill_ladder_refuses_cdncnnb75_without_a_dncnn_checkout(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k not in ("DNCNN_ROOT", "SPT_DNCNN_ROOT")}
     out = tmp_path / "out"
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "distill_ladder.sh"), str(out), "--dry-run",
-                           "--tasks", "tune cdncnnb75"], env={**env, "PYTHON": sys.executable},
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "distill_ladder.sh"), str(out), "--dry-run", "--tasks", "tune cdncnnb75"],
+        env={**env, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "set DNCNN_ROOT" in proc.stderr and not out.exists()
 
 
@@ -129,8 +143,9 @@ def test_dncnn3bd_inputs_are_the_upsampled_bd_luma_scored_with_a_border(quality,
     assert np.abs(y.astype(float) - rgb_to_y(rgb)).max() <= 0.5  # the BT.601 Y (16-235), rounded
     assert np.array_equal(qd.load_y(tmp_path / "grey.png")[..., 0], rgb[..., 0])  # a grey file is its own Y
     seg = qd.Segmenter.parse("felzenszwalb:scale=300,sigma=0.8,min_size=50")
-    pset = qd.build_upsampled_sr_priors([("a", y)], scale=4, seg=seg, cache=qd.LabelCache(tmp_path / "l"),
-                                        degradation="bd")
+    pset = qd.build_upsampled_sr_priors(
+        [("a", y)], scale=4, seg=seg, cache=qd.LabelCache(tmp_path / "l"), degradation="bd"
+    )
     assert (pset.scale, pset.border) == (1, 4)
     up = pset.noisy[0][0]
     assert up.shape == y.shape and up.dtype == np.float32

@@ -32,9 +32,19 @@ def _swinir(scale: int = 1, seed: int = 0):
     from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
 
     torch.manual_seed(seed)
-    return SwinIR(img_size=32, in_chans=3, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=8,
-                  mlp_ratio=2.0, upscale=scale, upsampler="" if scale == 1 else "pixelshuffledirect",
-                  resi_connection="1conv", drop_path_rate=0.0)
+    return SwinIR(
+        img_size=32,
+        in_chans=3,
+        embed_dim=16,
+        depths=[1, 1],
+        num_heads=[2, 2],
+        window_size=8,
+        mlp_ratio=2.0,
+        upscale=scale,
+        upsampler="" if scale == 1 else "pixelshuffledirect",
+        resi_connection="1conv",
+        drop_path_rate=0.0,
+    )
 
 
 def _ckpt(path: Path, scale: int = 1, seed: int = 0) -> Path:
@@ -68,8 +78,31 @@ def _one_line_error(err: str) -> str:
 
 
 def _train_argv(ckpt, data, out, cache, *extra, task="denoise:25", iters=2):
-    return ["train", "--backbone", ckpt, "--data", data, "--task", task, "--out", out, "--prior-cache", cache,
-            "--patch", 16, "--batch", 1, "--iters", iters, "--segments", 6, "--no-progress", "--save-every", 0, *extra]
+    return [
+        "train",
+        "--backbone",
+        ckpt,
+        "--data",
+        data,
+        "--task",
+        task,
+        "--out",
+        out,
+        "--prior-cache",
+        cache,
+        "--patch",
+        16,
+        "--batch",
+        1,
+        "--iters",
+        iters,
+        "--segments",
+        6,
+        "--no-progress",
+        "--save-every",
+        0,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +129,7 @@ def _fresh_adapter(tmp_path: Path, **config) -> tuple[Path, dict]:
 def _header(path: Path) -> dict:
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8:8 + n])
+    return json.loads(data[8 : 8 + n])
 
 
 def _rewrite(src: Path, dst: Path, header: dict | None = None, raw: bytes | None = None) -> Path:
@@ -104,7 +137,7 @@ def _rewrite(src: Path, dst: Path, header: dict | None = None, raw: bytes | None
     (n,) = struct.unpack("<Q", data[:8])
     raw = raw if raw is not None else json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
-    dst.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+    dst.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
     return dst
 
 
@@ -146,6 +179,7 @@ def test_2a_failing_validation_at_the_last_step_keeps_the_run(env, tmp_path, cap
     def failing_val_fn(*a, **k):
         def val(model):
             raise ImageError("val.png: cannot be read as an image (truncated)")
+
         return val
 
     monkeypatch.setattr(evaluate, "make_val_fn", failing_val_fn)
@@ -196,11 +230,14 @@ def _copy_run(env, dst: Path) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("change,flag", [
-    (("--task", "denoise:15"), "--task"),
-    (("--iters", "1"), "--iters"),  # fewer than the 2 steps done; more extends the run (recorded)
-    (("--segments", "12"), "settings"),
-])
+@pytest.mark.parametrize(
+    "change,flag",
+    [
+        (("--task", "denoise:15"), "--task"),
+        (("--iters", "1"), "--iters"),  # fewer than the 2 steps done; more extends the run (recorded)
+        (("--segments", "12"), "settings"),
+    ],
+)
 def test_3a_resume_with_another_task_iters_or_provider_is_refused(env, tmp_path, capsys, change, flag):
     run = _copy_run(env, tmp_path / "run")
     before = (run / "spt_adapter.safetensors").read_bytes()
@@ -240,8 +277,25 @@ def test_3a_resume_with_more_iters_records_the_extension(env, tmp_path, capsys):
 
 
 def test_3b_eval_sr_task_on_a_x1_backbone_is_refused(env, tmp_path, capsys):
-    code, _, err = _run(["eval", "--backbone", env["ckpt"], "--adapter", env["run"], "--data", env["data"], "--task",
-                         "sr:2", "--out", tmp_path / "ev", "--prior-cache", env["cache"], "--no-progress"], capsys)
+    code, _, err = _run(
+        [
+            "eval",
+            "--backbone",
+            env["ckpt"],
+            "--adapter",
+            env["run"],
+            "--data",
+            env["data"],
+            "--task",
+            "sr:2",
+            "--out",
+            tmp_path / "ev",
+            "--prior-cache",
+            env["cache"],
+            "--no-progress",
+        ],
+        capsys,
+    )
     line = _one_line_error(err)
     assert code == 1 and "x1" in line and "sr:2" in line and not (tmp_path / "ev").exists()
 
@@ -278,7 +332,7 @@ def test_3c_non_finite_tensors_are_refused(tmp_path, value):
     key = sorted(k for k in header if k != "__metadata__")[0]
     start, end = header[key]["data_offsets"]
     fill = np.full((end - start) // 4, value, dtype=np.float32).tobytes()
-    data[8 + n + start:8 + n + end] = fill
+    data[8 + n + start : 8 + n + end] = fill
     bad = tmp_path / "nan.safetensors"
     bad.write_bytes(bytes(data))
     backbone = tiny_esrgan()
@@ -357,8 +411,19 @@ def test_5_bad_device_is_a_usage_error(env, tmp_path, capsys, device):
     if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 99:
         pytest.skip("a machine with 100 GPUs")
     with pytest.raises(SystemExit) as exc:
-        main(["eval", "--backbone", str(env["ckpt"]), "--adapter", str(env["run"]), "--data", str(env["data"]),
-              "--device", device])
+        main(
+            [
+                "eval",
+                "--backbone",
+                str(env["ckpt"]),
+                "--adapter",
+                str(env["run"]),
+                "--data",
+                str(env["data"]),
+                "--device",
+                device,
+            ]
+        )
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "--device" in err and "Traceback" not in err
 
@@ -366,15 +431,41 @@ def test_5_bad_device_is_a_usage_error(env, tmp_path, capsys, device):
 def test_5_device_cuda_without_a_gpu(env, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit) as exc:
-        main(["eval", "--backbone", str(env["ckpt"]), "--adapter", str(env["run"]), "--data", str(env["data"]),
-              "--device", "cuda"])
+        main(
+            [
+                "eval",
+                "--backbone",
+                str(env["ckpt"]),
+                "--adapter",
+                str(env["run"]),
+                "--data",
+                str(env["data"]),
+                "--device",
+                "cuda",
+            ]
+        )
     assert exc.value.code == 2 and "no CUDA GPU" in capsys.readouterr().err
 
 
 def test_5_eval_out_that_is_a_file(env, tmp_path, capsys):
     (tmp_path / "out").write_text("x")
-    code, _, err = _run(["eval", "--backbone", env["ckpt"], "--adapter", env["run"], "--data", env["data"],
-                         "--out", tmp_path / "out", "--prior-cache", env["cache"], "--no-progress"], capsys)
+    code, _, err = _run(
+        [
+            "eval",
+            "--backbone",
+            env["ckpt"],
+            "--adapter",
+            env["run"],
+            "--data",
+            env["data"],
+            "--out",
+            tmp_path / "out",
+            "--prior-cache",
+            env["cache"],
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 1 and "is a file" in _one_line_error(err) and (tmp_path / "out").read_text() == "x"
 
 
@@ -382,7 +473,9 @@ def test_5_prior_cache_that_is_a_file(env, tmp_path, capsys):
     (tmp_path / "pc").write_text("x")
     code, _, err = _run(_train_argv(env["ckpt"], env["data"], tmp_path / "r", tmp_path / "pc"), capsys)
     assert code == 1 and "is a file" in _one_line_error(err)
-    code, _, err = _run(["masks", env["data"], "--cache", tmp_path / "pc", "--provider", "slic", "--no-progress"], capsys)
+    code, _, err = _run(
+        ["masks", env["data"], "--cache", tmp_path / "pc", "--provider", "slic", "--no-progress"], capsys
+    )
     assert code == 1 and "--prior-cache" in _one_line_error(err)  # the flag's name (--cache is its old alias)
 
 
@@ -478,7 +571,9 @@ def _bomb(path: Path) -> Path:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -515,8 +610,23 @@ def test_6_mistyped_relative_adapter_path_never_goes_to_the_hub(tmp_path, monkey
 
 def test_6_hash_mismatch_names_the_cli_flag(env, tmp_path, capsys):
     other = _ckpt(tmp_path / "other.safetensors", seed=1)  # same architecture, other weights
-    code, _, err = _run(["eval", "--backbone", other, "--adapter", env["run"], "--data", env["data"],
-                         "--out", tmp_path / "ev", "--prior-cache", env["cache"], "--no-progress"], capsys)
+    code, _, err = _run(
+        [
+            "eval",
+            "--backbone",
+            other,
+            "--adapter",
+            env["run"],
+            "--data",
+            env["data"],
+            "--out",
+            tmp_path / "ev",
+            "--prior-cache",
+            env["cache"],
+            "--no-progress",
+        ],
+        capsys,
+    )
     line = _one_line_error(err)
     assert code == 1 and "--no-hash-check" in line and "check_backbone_hash" not in line
     with pytest.raises(FingerprintMismatchError, match="check_backbone_hash=False"):  # the API names its argument
@@ -561,8 +671,9 @@ def test_7_duplicate_json_keys_are_refused(tmp_path):
     tensor_dup = text.replace(f'"{key}": ', f'"{key}": {json.dumps(header[key])}, "{key}": ', 1)
     config = json.loads(header["__metadata__"]["config"])
     inner = dict(header)
-    inner["__metadata__"] = dict(header["__metadata__"],
-                                 config=json.dumps(config)[:-1] + f', "depth": {config["depth"]}}}')
+    inner["__metadata__"] = dict(
+        header["__metadata__"], config=json.dumps(config)[:-1] + f', "depth": {config["depth"]}}}'
+    )
     for i, raw in enumerate((meta_dup.encode(), tensor_dup.encode(), json.dumps(inner).encode())):
         bad = _rewrite(path, tmp_path / f"dup{i}.safetensors", raw=raw)
         with pytest.raises(AdapterFileError, match="twice"):

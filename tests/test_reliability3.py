@@ -86,8 +86,19 @@ def test_a2_basicsr_test_route_runs_the_example_yaml_on_sizes_that_are_not_windo
     from spt_adapter.integrations._netio import attach_units
     from spt_adapter.integrations._options import PriorSource, parse_spt_block
 
-    net_opt = dict(upscale=2, in_chans=3, img_size=16, window_size=8, img_range=1.0, depths=[2], embed_dim=12,
-                   num_heads=[2], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv")
+    net_opt = dict(
+        upscale=2,
+        in_chans=3,
+        img_size=16,
+        window_size=8,
+        img_range=1.0,
+        depths=[2],
+        embed_dim=12,
+        num_heads=[2],
+        mlp_ratio=2,
+        upsampler="pixelshuffledirect",
+        resi_connection="1conv",
+    )
     torch.manual_seed(0)
     backbone = tmp_path / "swinir_x2.pth"
     torch.save({"params": SwinIR(**net_opt).state_dict()}, backbone)
@@ -105,24 +116,30 @@ def test_a2_basicsr_test_route_runs_the_example_yaml_on_sizes_that_are_not_windo
         (tmp_path / folder).mkdir()
     yy, xx = np.mgrid[0:30, 0:37]  # 30x37: not multiples of the window 8
     for i in range(2):
-        lq = np.clip((np.sin(xx / (3 + i)) + np.cos(yy / 4))[..., None] * 60 + 128 + rng.normal(0, 8, (30, 37, 3)),
-                     0, 255).astype(np.uint8)
+        lq = np.clip(
+            (np.sin(xx / (3 + i)) + np.cos(yy / 4))[..., None] * 60 + 128 + rng.normal(0, 8, (30, 37, 3)), 0, 255
+        ).astype(np.uint8)
         Image.fromarray(lq).save(tmp_path / "LQ" / f"im{i}.png")
         Image.fromarray(lq).resize((74, 60), Image.BICUBIC).save(tmp_path / "HQ" / f"im{i}.png")
 
     example = Path(__file__).resolve().parents[1] / "examples" / "basicsr" / "test_spt_swinir_x2.yml"
     opt = yaml.safe_load(example.read_text())
     data = opt["datasets"]["test_1"]
-    data.update(dataroot_gt=str(tmp_path / "HQ"), dataroot_lq=str(tmp_path / "LQ"),
-                spt_prior=dict(prior))
+    data.update(dataroot_gt=str(tmp_path / "HQ"), dataroot_lq=str(tmp_path / "LQ"), spt_prior=dict(prior))
     opt["network_g"] = {"type": "SwinIR", **net_opt}
     opt["path"]["pretrain_network_g"] = str(backbone)
     opt["spt"]["adapter"] = str(adapter)
     yml = tmp_path / "test.yml"
     yml.write_text(yaml.safe_dump(opt))
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "spt_adapter.integrations.basicsr.test", "-opt", str(yml)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spt_adapter.integrations.basicsr.test", "-opt", str(yml)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     source = PriorSource(options.prior)
     for i in range(2):
@@ -301,9 +318,19 @@ def _swinir_io(scale: int = 1, chans: int = 3, seed: int = 0):
     from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
 
     torch.manual_seed(seed)
-    return SwinIR(img_size=32, in_chans=chans, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=8,
-                  mlp_ratio=2.0, upscale=scale, upsampler="" if scale == 1 else "pixelshuffledirect",
-                  resi_connection="1conv", drop_path_rate=0.0)
+    return SwinIR(
+        img_size=32,
+        in_chans=chans,
+        embed_dim=16,
+        depths=[1, 1],
+        num_heads=[2, 2],
+        window_size=8,
+        mlp_ratio=2.0,
+        upscale=scale,
+        upsampler="" if scale == 1 else "pixelshuffledirect",
+        resi_connection="1conv",
+        drop_path_rate=0.0,
+    )
 
 
 def test_a5_an_x1_colour_adapter_is_refused_on_an_x2_or_grey_backbone_even_without_the_hash_check(tmp_path):
@@ -319,8 +346,10 @@ def test_a5_an_x1_colour_adapter_is_refused_on_an_x2_or_grey_backbone_even_witho
     path = spt_adapter.save_adapter(model, tmp_path / "x1.safetensors", task="denoise:25")
     meta, _ = read_adapter_header(path)
     assert json.loads(meta["fingerprint"])["io"] == {"scale": 1, "in_channels": 3, "out_channels": 3}
-    for other, words in ((_swinir_io(scale=2), "upscales x1, this one upscales x2"),
-                         (_swinir_io(chans=1), "takes 3-channel images, this one takes 1-channel images")):
+    for other, words in (
+        (_swinir_io(scale=2), "upscales x1, this one upscales x2"),
+        (_swinir_io(chans=1), "takes 3-channel images, this one takes 1-channel images"),
+    ):
         before = {k: v.clone() for k, v in other.state_dict().items()}
         with pytest.raises(FingerprintMismatchError, match=words) as info:
             spt_adapter.load_adapter(other, path, check_backbone_hash=False)
@@ -342,11 +371,14 @@ def test_a5_an_x1_colour_adapter_is_refused_on_an_x2_or_grey_backbone_even_witho
 # ---------------------------------------------------------------------------------------------
 # A8. headers that say two things, or a task that is no task
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("edit,words", [
-    ("prior", "metadata 'prior' .* and config.prior .* disagree"),
-    ("task", "recorded task 'sr:banana' is not a task"),
-    ("sigma", "recorded task 'denoise:900' is not a task"),
-])
+@pytest.mark.parametrize(
+    "edit,words",
+    [
+        ("prior", "metadata 'prior' .* and config.prior .* disagree"),
+        ("task", "recorded task 'sr:banana' is not a task"),
+        ("sigma", "recorded task 'denoise:900' is not a task"),
+    ],
+)
 def test_a8_a_header_whose_prior_records_disagree_or_whose_task_is_invalid_is_refused(tmp_path, edit, words):
     """Before: both loaded; which prior (or task) a reader used depended on which record it read."""
     import json
@@ -358,7 +390,9 @@ def test_a8_a_header_whose_prior_records_disagree_or_whose_task_is_invalid_is_re
     path, header = _fresh_adapter(tmp_path, prior={"provider": "classical", "method": "slic", "encoding": "label"})
     meta = header["__metadata__"]
     if edit == "prior":
-        meta["prior"] = json.dumps({"provider": {"provider": "classical", "method": "felzenszwalb"}, "encoding": "label"})
+        meta["prior"] = json.dumps(
+            {"provider": {"provider": "classical", "method": "felzenszwalb"}, "encoding": "label"}
+        )
     else:
         config = json.loads(meta["config"])
         config["prior"]["task"] = "sr:banana" if edit == "task" else "denoise:900"
@@ -378,8 +412,13 @@ def run_env(tmp_path_factory):
     from test_reliability import _ckpt, _images, _train_argv
 
     root = tmp_path_factory.mktemp("rel3")
-    env = {"root": root, "data": _images(root / "hq"), "ckpt": _ckpt(root / "swinir_x1.safetensors"),
-           "cache": root / "priors", "argv": _train_argv}
+    env = {
+        "root": root,
+        "data": _images(root / "hq"),
+        "ckpt": _ckpt(root / "swinir_x1.safetensors"),
+        "cache": root / "priors",
+        "argv": _train_argv,
+    }
     env["run"] = root / "run"
     assert main([str(a) for a in _train_argv(env["ckpt"], env["data"], env["run"], env["cache"])]) == 0
     return env
@@ -413,8 +452,24 @@ def test_b9_eval_out_refuses_to_replace_a_users_eval_md(run_env, tmp_path, capsy
     out = tmp_path / "report"
     out.mkdir()
     (out / "eval.md").write_text("my own evaluation notes\n")
-    code, _, err = _run(["eval", "--backbone", run_env["ckpt"], "--adapter", run_env["run"], "--data", run_env["data"],
-                         "--task", "denoise:25", "--out", out, "--prior-cache", run_env["cache"]], capsys)
+    code, _, err = _run(
+        [
+            "eval",
+            "--backbone",
+            run_env["ckpt"],
+            "--adapter",
+            run_env["run"],
+            "--data",
+            run_env["data"],
+            "--task",
+            "denoise:25",
+            "--out",
+            out,
+            "--prior-cache",
+            run_env["cache"],
+        ],
+        capsys,
+    )
     assert code == 1 and "eval.md" in _one_line_error(err)
     assert (out / "eval.md").read_text() == "my own evaluation notes\n"
 
@@ -435,8 +490,9 @@ def test_b9_restore_refuses_to_replace_an_existing_output_silently(run_env, tmp_
 # ---------------------------------------------------------------------------------------------
 # B10. the demo refuses a folder holding files it did not write
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("planted", ["adapter/my_adapter.safetensors", "data/test/holiday.png", "notes.txt",
-                                     "eval/crops"])
+@pytest.mark.parametrize(
+    "planted", ["adapter/my_adapter.safetensors", "data/test/holiday.png", "notes.txt", "eval/crops"]
+)
 def test_b10_demo_out_with_someone_elses_files_is_refused_and_untouched(tmp_path, capsys, planted):
     """Before: the demo deleted DIR/adapter/ whatever it held and scored every image in DIR/data/test/."""
     out = tmp_path / "demo"
@@ -493,30 +549,36 @@ def test_b12_masks_on_a_full_disk_exits_1_with_a_count(tmp_path):
     import subprocess
 
     images = _mask_images(tmp_path / "imgs")
-    code = ("import resource, signal, sys\n"
-            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))\n"
-            "from spt_adapter.cli import main\n"
-            f"sys.exit(main(['masks', {str(images)!r}, '--provider', 'slic', '--cache', {str(tmp_path / 'c')!r}, "
-            "'--no-progress']))\n")
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))\n"
+        "from spt_adapter.cli import main\n"
+        f"sys.exit(main(['masks', {str(images)!r}, '--provider', 'slic', '--cache', {str(tmp_path / 'c')!r}, "
+        "'--no-progress']))\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr
     assert "cannot write the prior cache" in proc.stderr and "0 computed before it" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("env,flags,words", [
-    ({"WORLD_SIZE": "abc"}, [], "WORLD_SIZE='abc' is not an integer"),
-    ({"WORLD_SIZE": "2", "RANK": "x"}, [], "RANK='x' is not an integer"),
-    ({}, ["--num-shards", "0"], "--num-shards must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "env,flags,words",
+    [
+        ({"WORLD_SIZE": "abc"}, [], "WORLD_SIZE='abc' is not an integer"),
+        ({"WORLD_SIZE": "2", "RANK": "x"}, [], "RANK='x' is not an integer"),
+        ({}, ["--num-shards", "0"], "--num-shards must be at least 1"),
+    ],
+)
 def test_c16_masks_shard_settings_are_one_line(tmp_path, capsys, monkeypatch, env, flags, words):
     """Before: WORLD_SIZE=abc was a raw ValueError traceback; --num-shards 0 said 'must be in 0..-1'."""
     images = _mask_images(tmp_path / "imgs")
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    code, _, err = _run(["masks", images, "--provider", "slic", "--cache", tmp_path / "c", "--no-progress", *flags],
-                        capsys)
+    code, _, err = _run(
+        ["masks", images, "--provider", "slic", "--cache", tmp_path / "c", "--no-progress", *flags], capsys
+    )
     assert code == 1 and words in _one_line_error(err) and "0..-1" not in err
 
 
@@ -533,20 +595,27 @@ def test_b13_sigterm_saves_the_steps_since_the_last_checkpoint(run_env, tmp_path
 
     out = tmp_path / "run"
     argv = [str(a) for a in run_env["argv"](run_env["ckpt"], run_env["data"], out, run_env["cache"], iters=50)]
-    code = ("import os, signal, sys\n"
-            "import spt_adapter.training.train as tr\n"
-            "real = tr._Stepper.__call__\n"
-            "calls = []\n"
-            "def counted(self, *a, **k):\n"
-            "    calls.append(1)\n"
-            "    if len(calls) == 4:  # at the start of step 4: steps 1-3 are done\n"
-            "        os.kill(os.getpid(), signal.SIGTERM)\n"
-            "    return real(self, *a, **k)\n"
-            "tr._Stepper.__call__ = counted\n"
-            "from spt_adapter.cli import main\n"
-            f"sys.exit(main({argv!r}))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    code = (
+        "import os, signal, sys\n"
+        "import spt_adapter.training.train as tr\n"
+        "real = tr._Stepper.__call__\n"
+        "calls = []\n"
+        "def counted(self, *a, **k):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 4:  # at the start of step 4: steps 1-3 are done\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return real(self, *a, **k)\n"
+        "tr._Stepper.__call__ = counted\n"
+        "from spt_adapter.cli import main\n"
+        f"sys.exit(main({argv!r}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
     assert "interrupted" in proc.stderr and "--resume" in proc.stderr
     assert adapter_step(out / "spt_adapter.safetensors") == 3
@@ -560,8 +629,9 @@ def test_b13_the_log_seconds_continue_across_resume(run_env, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(run_env["run"], out)
     first = json.loads((out / "train_log.json").read_text())["history"]
-    argv = run_env["argv"](run_env["ckpt"], run_env["data"], out, run_env["cache"], "--resume", "--log-every", 1,
-                           iters=4)
+    argv = run_env["argv"](
+        run_env["ckpt"], run_env["data"], out, run_env["cache"], "--resume", "--log-every", 1, iters=4
+    )
     code, _, err = _run(argv, capsys)
     assert code == 0, err
     history = json.loads((out / "train_log.json").read_text())["history"]
@@ -573,14 +643,17 @@ def test_b13_the_log_seconds_continue_across_resume(run_env, tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 # C16. every bad option of the BasicSR test route is one line
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case,words", [
-    ("missing", "no such file"),
-    ("folder", "is a folder"),
-    ("list", "must hold a mapping"),
-    ("invalid", "is not valid YAML at line"),
-    ("spt5", "'spt' must be a mapping"),
-    ("nodatasets", "no test dataset"),
-])
+@pytest.mark.parametrize(
+    "case,words",
+    [
+        ("missing", "no such file"),
+        ("folder", "is a folder"),
+        ("list", "must hold a mapping"),
+        ("invalid", "is not valid YAML at line"),
+        ("spt5", "'spt' must be a mapping"),
+        ("nodatasets", "no test dataset"),
+    ],
+)
 def test_c16_bad_basicsr_test_options_are_one_line(tmp_path, capsys, case, words):
     """Before: FileNotFoundError / IsADirectoryError / AttributeError ('list' object has no attribute 'get')
     / a YAML ScannerError / 'int' object has no attribute 'get' / BasicSR's KeyError: raw tracebacks."""
@@ -588,9 +661,12 @@ def test_c16_bad_basicsr_test_options_are_one_line(tmp_path, capsys, case, words
     from spt_adapter.integrations.basicsr.test import main as test_main
 
     yml = tmp_path / "test.yml"
-    text = {"list": "- a\n- b\n", "invalid": "name: x\n  model_type: [unclosed\n",
-            "spt5": "name: x\nmodel_type: SPTSRModel\nspt: 5\ndatasets: {test_1: {name: a}}\n",
-            "nodatasets": "name: x\nmodel_type: SPTSRModel\nspt: {adapter: a.safetensors}\n"}.get(case)
+    text = {
+        "list": "- a\n- b\n",
+        "invalid": "name: x\n  model_type: [unclosed\n",
+        "spt5": "name: x\nmodel_type: SPTSRModel\nspt: 5\ndatasets: {test_1: {name: a}}\n",
+        "nodatasets": "name: x\nmodel_type: SPTSRModel\nspt: {adapter: a.safetensors}\n",
+    }.get(case)
     if text is not None:
         yml.write_text(text)
     elif case == "folder":
@@ -616,8 +692,10 @@ def test_c16_eval_on_a_one_pixel_high_image_is_one_line_before_anything_is_writt
     Image.open(run_env["data"] / "img0.png").save(data / "a.png")
     Image.fromarray(np.zeros((1, 40, 3), np.uint8)).save(data / "thin.png")
     out = tmp_path / "report"
-    code, _, err = _run(["eval", "--backbone", run_env["ckpt"], "--no-adapter", "--task", "denoise:25", "--data", data,
-                         "--out", out], capsys)
+    code, _, err = _run(
+        ["eval", "--backbone", run_env["ckpt"], "--no-adapter", "--task", "denoise:25", "--data", data, "--out", out],
+        capsys,
+    )
     assert code == 1 and "thin.png is 40x1 pixels: too small to score" in _one_line_error(err)
     assert not out.exists()
 
@@ -687,13 +765,20 @@ def test_d18_full_disk_at_the_first_checkpoint_does_not_promise_a_resume(run_env
 
     out = tmp_path / "run"
     argv = [str(a) for a in run_env["argv"](run_env["ckpt"], run_env["data"], out, run_env["cache"])]
-    code = ("import resource, signal, sys\n"
-            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))\n"
-            "from spt_adapter.cli import main\n"
-            f"sys.exit(main({argv!r}))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))\n"
+        "from spt_adapter.cli import main\n"
+        f"sys.exit(main({argv!r}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     (line,) = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
     assert "Traceback" not in proc.stderr
@@ -720,8 +805,9 @@ def test_d18_a_fifo_device_or_folder_as_backbone_is_named_as_such(tmp_path, caps
         path.mkdir()
         words = "is a folder"
     images = _mask_images(tmp_path / "imgs")
-    code, _, err = _run(["restore", images, "--backbone", path, "--no-adapter", "--out", tmp_path / "o",
-                         "--no-progress"], capsys)
+    code, _, err = _run(
+        ["restore", images, "--backbone", path, "--no-adapter", "--out", tmp_path / "o", "--no-progress"], capsys
+    )
     line = _one_line_error(err)
     assert code == 1 and words in line and "does not exist" not in line
     with pytest.raises(BackboneError, match=words.replace("(", r"\(").replace(")", r"\)")):
@@ -786,8 +872,20 @@ def test_d18_a_provider_flag_with_a_distilled_adapter_names_the_flag_not_the_pyt
 
     ckpt, data = _ckpt(tmp_path / "b.safetensors"), _images(tmp_path / "hq")
     run = tmp_path / "run"
-    argv = _train_argv(ckpt, data, run, tmp_path / "pc", "--prior", "distilled", "--teacher", "slic",
-                       "--student-steps", "1", "--student-width", "4")
+    argv = _train_argv(
+        ckpt,
+        data,
+        run,
+        tmp_path / "pc",
+        "--prior",
+        "distilled",
+        "--teacher",
+        "slic",
+        "--student-steps",
+        "1",
+        "--student-width",
+        "4",
+    )
     assert main([str(a) for a in argv]) == 0
     capsys.readouterr()
     for cmd in (["restore", data, "--out", tmp_path / "o"], ["eval", "--data", data, "--out", tmp_path / "e"]):
@@ -807,10 +905,22 @@ def test_d18_the_framework_hash_hint_names_the_yaml_key_not_a_python_argument(tm
     from spt_adapter.integrations._netio import attach_units
     from spt_adapter.integrations._options import parse_spt_block
 
-    net_opt = dict(upscale=2, in_chans=3, img_size=16, window_size=8, img_range=1.0, depths=[2], embed_dim=12,
-                   num_heads=[2], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv")
-    options = parse_spt_block({"fusion": "sft", "hidden": 8,
-                               "prior": {"cache_dir": None, "provider": "classical", "method": "slic"}})
+    net_opt = dict(
+        upscale=2,
+        in_chans=3,
+        img_size=16,
+        window_size=8,
+        img_range=1.0,
+        depths=[2],
+        embed_dim=12,
+        num_heads=[2],
+        mlp_ratio=2,
+        upsampler="pixelshuffledirect",
+        resi_connection="1conv",
+    )
+    options = parse_spt_block(
+        {"fusion": "sft", "hidden": 8, "prior": {"cache_dir": None, "provider": "classical", "method": "slic"}}
+    )
     torch.manual_seed(0)
     adapter = spt_adapter.save_adapter(attach_units(SwinIR(**net_opt), options), tmp_path / "a.safetensors")
     torch.manual_seed(1)
@@ -833,7 +943,9 @@ def test_a8_a_32_bit_integer_tiff_is_not_scaled_as_if_65535_were_white(tmp_path)
     assert read_image(tmp_path / "ok16.tif").min() == 255  # 16-bit files: white is 65535
 
 
-@pytest.mark.parametrize("flag,value,words", [("--batch", 2, "global batch of 1, not 2"), ("--seed", 5, "--seed 0, not 5")])
+@pytest.mark.parametrize(
+    "flag,value,words", [("--batch", 2, "global batch of 1, not 2"), ("--seed", 5, "--seed 0, not 5")]
+)
 def test_d18_resume_with_another_batch_or_seed_is_refused(run_env, tmp_path, capsys, flag, value, words):
     """Before: --resume --batch 2 / --seed 5 continued the run with other samples and rewrote its record."""
     import shutil
@@ -841,8 +953,9 @@ def test_d18_resume_with_another_batch_or_seed_is_refused(run_env, tmp_path, cap
     out = tmp_path / "run"
     shutil.copytree(run_env["run"], out)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    argv = [str(a) for a in run_env["argv"](run_env["ckpt"], run_env["data"], out, run_env["cache"], "--resume",
-                                            iters=3)]
+    argv = [
+        str(a) for a in run_env["argv"](run_env["ckpt"], run_env["data"], out, run_env["cache"], "--resume", iters=3)
+    ]
     if flag in argv:
         argv[argv.index(flag) + 1] = str(value)
     else:

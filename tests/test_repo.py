@@ -38,18 +38,28 @@ def test_dependencies_are_pinned_ranges_and_extras_exist():
 
 
 def test_integrations_install_under_the_package_not_top_level(tmp_path):
-    code = ("import importlib.util, spt_adapter.integrations as i; "
-            "print(importlib.util.find_spec('integrations') is None, i.__name__)")
+    code = (
+        "import importlib.util, spt_adapter.integrations as i; "
+        "print(importlib.util.find_spec('integrations') is None, i.__name__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "spt_adapter.integrations"]
 
 
 def test_core_imports_no_training_framework(tmp_path):
-    code = ("import sys, spt_adapter; import spt_adapter.core.model, spt_adapter.files.format, spt_adapter.core.planning; "
-            "bad = [m for m in ('basicsr', 'huggingface_hub', 'peft', 'spandrel', 'segment_anything') if m in sys.modules]; "
-            "print(bad)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
-                         env={"SPT_ADAPTER_DISABLE_PLUGINS": "1", "PATH": "/usr/bin:/bin"})
+    code = (
+        "import sys, spt_adapter; import spt_adapter.core.model, spt_adapter.files.format, spt_adapter.core.planning; "
+        "bad = [m for m in ('basicsr', 'huggingface_hub', 'peft', 'spandrel', 'segment_anything') if m in sys.modules]; "
+        "print(bad)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"SPT_ADAPTER_DISABLE_PLUGINS": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert out.stdout.strip() == "[]"
 
 
@@ -58,8 +68,12 @@ def test_core_imports_no_training_framework(tmp_path):
 # backbones -> core -> plugin specs, types and manager -> errors. Function-local imports count.
 # ---------------------------------------------------------------------------------------------
 _BASE = {"spt_adapter.errors", "spt_adapter.version", "spt_adapter._io", "spt_adapter.pixels"}
-_SPECS = {"spt_adapter.plugins", "spt_adapter.plugins.hookspecs", "spt_adapter.plugins.types",
-          "spt_adapter.plugins.manager"}
+_SPECS = {
+    "spt_adapter.plugins",
+    "spt_adapter.plugins.hookspecs",
+    "spt_adapter.plugins.types",
+    "spt_adapter.plugins.manager",
+}
 
 
 def _group(module: str) -> str:
@@ -67,10 +81,17 @@ def _group(module: str) -> str:
         return "base"
     if module in _SPECS:
         return "specs"
-    for prefix, group in (("spt_adapter.core", "core"), ("spt_adapter.files", "files"), ("spt_adapter.prior", "prior"),
-                          ("spt_adapter.plugins.presets", "presets"), ("spt_adapter.plugins.backbones", "presets"),
-                          ("spt_adapter.peft", "peft"), ("spt_adapter.training", "training"),
-                          ("spt_adapter.commands", "commands"), ("spt_adapter.cli", "commands")):
+    for prefix, group in (
+        ("spt_adapter.core", "core"),
+        ("spt_adapter.files", "files"),
+        ("spt_adapter.prior", "prior"),
+        ("spt_adapter.plugins.presets", "presets"),
+        ("spt_adapter.plugins.backbones", "presets"),
+        ("spt_adapter.peft", "peft"),
+        ("spt_adapter.training", "training"),
+        ("spt_adapter.commands", "commands"),
+        ("spt_adapter.cli", "commands"),
+    ):
         if module == prefix or module.startswith(prefix + "."):
             return group
     if module == "spt_adapter":
@@ -152,8 +173,11 @@ def test_imports_go_down_the_layers_only_and_form_no_cycle():
             if d == "spt_adapter" or d not in graph:
                 continue
             if state.get(d) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(d):] + [d]) if d in stack
-                                     else f"import cycle through {d}")
+                raise AssertionError(
+                    "import cycle: " + " -> ".join(stack[stack.index(d) :] + [d])
+                    if d in stack
+                    else f"import cycle through {d}"
+                )
             if not state.get(d):
                 visit(d, stack + [d])
         state[m] = 2
@@ -180,8 +204,13 @@ _OUTSIDE = re.compile(r"parents\[2\] / \"shared\"|\"shared\" / \"data\"|\.\./sha
 
 def test_no_test_reads_data_outside_the_repository():
     """A test that reads ../shared/data skips on a bare clone; tests/data has crops of the same sets."""
-    offenders = [f"{p.name}:{n}" for p in sorted((ROOT / "tests").glob("*.py")) if p.name != "test_repo.py"
-                 for n, line in enumerate(p.read_text().splitlines(), 1) if _OUTSIDE.search(line)]
+    offenders = [
+        f"{p.name}:{n}"
+        for p in sorted((ROOT / "tests").glob("*.py"))
+        if p.name != "test_repo.py"
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if _OUTSIDE.search(line)
+    ]
     assert not offenders, f"tests read data outside the repository: {offenders}"
     for sub in ("Set5", "Set14", "CBSD68", "McMaster"):
         assert len(list((ROOT / "tests" / "data" / sub).glob("*.png"))) >= 3, sub
@@ -192,7 +221,8 @@ def test_no_test_reads_data_outside_the_repository():
 def test_a_skip_for_missing_test_data_fails_the_run(pytester):
     """conftest.py turns a skip whose reason says the test images are missing into a failure."""
     pytester.makeconftest((ROOT / "tests" / "conftest.py").read_text())
-    pytester.makepyfile(test_x="""
+    pytester.makepyfile(
+        test_x="""
         import pytest
 
         def test_data():
@@ -200,7 +230,8 @@ def test_a_skip_for_missing_test_data_fails_the_run(pytester):
 
         def test_gpu():
             pytest.skip("needs a CUDA GPU")
-    """)
+    """
+    )
     result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1, skipped=1)
     assert "skipped for missing test data" in result.stdout.str()

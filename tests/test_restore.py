@@ -38,8 +38,17 @@ def swinir(seed=0, stressed=True, embed=12):
     from spandrel.architectures.SwinIR import SwinIR
 
     torch.manual_seed(seed)
-    m = SwinIR(img_size=16, embed_dim=embed, depths=[2, 2], num_heads=[2, 2], window_size=8, mlp_ratio=2.0,
-               upscale=2, upsampler="pixelshuffledirect", in_chans=3)
+    m = SwinIR(
+        img_size=16,
+        embed_dim=embed,
+        depths=[2, 2],
+        num_heads=[2, 2],
+        window_size=8,
+        mlp_ratio=2.0,
+        upscale=2,
+        upsampler="pixelshuffledirect",
+        in_chans=3,
+    )
     if stressed:
         for mod in m.modules():
             if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)):
@@ -64,8 +73,10 @@ def _perturb(model):
 # ---------------------------------------------------------------------------------------------
 # tiles
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("length,tile,overlap,blend,scale", [(100, 32, 8, 4, 1), (77, 40, 11, 0, 2), (65, 64, 16, 16, 3),
-                                                             (70, 40, 32, 16, 1), (90, 24, 13, 13, 2)])
+@pytest.mark.parametrize(
+    "length,tile,overlap,blend,scale",
+    [(100, 32, 8, 4, 1), (77, 40, 11, 0, 2), (65, 64, 16, 16, 3), (70, 40, 32, 16, 1), (90, 24, 13, 13, 2)],
+)
 def test_tile_weights_cover_every_output_pixel_exactly_once(length, tile, overlap, blend, scale):
     starts = R.tile_starts(length, tile, overlap)
     assert starts[0] == 0 and starts[-1] + min(tile, length) == length
@@ -84,8 +95,9 @@ def test_cnn_tiled_equals_whole_image_when_the_overlap_covers_the_receptive_fiel
     img = photo(70, 90, 1)
     whole = spt_adapter.restore(model, img.astype(np.float32) / 255)
     for overlap in (13, None):  # exactly the receptive field, and the default
-        tiled = spt_adapter.restore(model, img.astype(np.float32) / 255, tile=40 if overlap is None else 24,
-                                    tile_overlap=overlap)
+        tiled = spt_adapter.restore(
+            model, img.astype(np.float32) / 255, tile=40 if overlap is None else 24, tile_overlap=overlap
+        )
         # blend weights sum to 1 within float32 rounding; values are O(1): a few eps
         assert np.abs(whole - tiled).max() <= 1e-5
     assert whole.shape == (70, 90)
@@ -116,12 +128,14 @@ def test_every_tile_gets_its_crop_of_the_one_whole_image_prior():
             return super().generate(image)
 
     seen = []
-    model.register_forward_pre_hook(lambda mod, args, kwargs: seen.append((args[0].shape, kwargs.get("prior"))),
-                                    with_kwargs=True)
+    model.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append((args[0].shape, kwargs.get("prior"))), with_kwargs=True
+    )
     img = photo(40, 56)
     info = R.RestoreInfo()
-    spt_adapter.restore(model, img, provider=Counting("slic", n_segments=12), encoding="label", tile=24,
-                        tile_overlap=8, info=info)
+    spt_adapter.restore(
+        model, img, provider=Counting("slic", n_segments=12), encoding="label", tile=24, tile_overlap=8, info=info
+    )
     assert calls == [(40, 56, 3)] and info.tiles == len(seen) == 2 * 3
     full = torch.from_numpy(encode_masks(ClassicalMaskProvider("slic", n_segments=12).generate(img), kind="label"))
     ys, xs = R.tile_starts(40, 24, 8), R.tile_starts(56, 24, 8)
@@ -197,8 +211,12 @@ def setup(tmp_path_factory):
     backbone = spt_adapter.load_backbone(ckpt).model
     model = spt_adapter.inject(backbone, "layers.*.residual_group")
     cfg = model.spt_config["default"]
-    cfg.prior = {"provider": ClassicalMaskProvider("slic", n_segments=10).identity(), "encoding": "boundary",
-                 "task": "sr:2", "channels": 3}
+    cfg.prior = {
+        "provider": ClassicalMaskProvider("slic", n_segments=10).identity(),
+        "encoding": "boundary",
+        "task": "sr:2",
+        "channels": 3,
+    }
     _perturb(model)
     adapter = spt_adapter.save_adapter(model, root / "adapter.safetensors")
     inputs = root / "in"
@@ -210,8 +228,9 @@ def setup(tmp_path_factory):
 
 
 def _restore(setup, out, *extra):
-    return main(["restore", str(setup["inputs"]), "--backbone", str(setup["ckpt"]), "--out", str(out),
-                 "--no-progress", *extra])
+    return main(
+        ["restore", str(setup["inputs"]), "--backbone", str(setup["ckpt"]), "--out", str(out), "--no-progress", *extra]
+    )
 
 
 def test_restore_folder_writes_pngs_like_the_python_api(setup, tmp_path, capsys):
@@ -230,8 +249,10 @@ def test_restore_folder_writes_pngs_like_the_python_api(setup, tmp_path, capsys)
     # the backbone alone gives another picture; tiled gives nearly the same one
     assert _restore(setup, tmp_path / "plain", "--no-adapter") == 0
     assert not np.array_equal(np.asarray(Image.open(tmp_path / "plain" / "a.png")), got)
-    assert _restore(setup, tmp_path / "tiled", "--adapter", str(setup["adapter"]), "--tile", "24",
-                    "--tile-overlap", "16") == 0
+    assert (
+        _restore(setup, tmp_path / "tiled", "--adapter", str(setup["adapter"]), "--tile", "24", "--tile-overlap", "16")
+        == 0
+    )
     tiled = np.asarray(Image.open(tmp_path / "tiled" / "a.png")).astype(np.float64)
     mse = np.mean((tiled - got) ** 2)
     assert mse == 0 or 10 * math.log10(255**2 / mse) >= 40  # 8-bit outputs of the two runs
@@ -261,30 +282,82 @@ def test_restore_refusals_are_one_line(setup, tmp_path, capsys):
         assert code == 1 and expect in err and len(err.splitlines()) == 1, err
 
     base = ["--backbone", str(setup["ckpt"])]
-    refused(str(setup["inputs"]), *base, "--no-adapter", "--out", str(setup["inputs"] / "x"),
-            expect="inside the input folder")
-    refused(str(setup["inputs"] / "a.png"), *base, "--no-adapter", "--out", str(setup["inputs"]),
-            expect="--allow-out-in-input")
-    refused(str(setup["inputs"] / "a.png"), *base, "--no-adapter", "--out", str(tmp_path), "--tile", "4",
-            expect="use --tile 16")  # spandrel: SwinIR needs at least 16 pixels
-    refused(str(setup["inputs"] / "a.png"), *base, "--no-adapter", "--out", str(tmp_path), "--tile", "16",
-            "--tile-overlap", "16", expect="use --tile 17")
+    refused(
+        str(setup["inputs"]),
+        *base,
+        "--no-adapter",
+        "--out",
+        str(setup["inputs"] / "x"),
+        expect="inside the input folder",
+    )
+    refused(
+        str(setup["inputs"] / "a.png"),
+        *base,
+        "--no-adapter",
+        "--out",
+        str(setup["inputs"]),
+        expect="--allow-out-in-input",
+    )
+    refused(
+        str(setup["inputs"] / "a.png"),
+        *base,
+        "--no-adapter",
+        "--out",
+        str(tmp_path),
+        "--tile",
+        "4",
+        expect="use --tile 16",
+    )  # spandrel: SwinIR needs at least 16 pixels
+    refused(
+        str(setup["inputs"] / "a.png"),
+        *base,
+        "--no-adapter",
+        "--out",
+        str(tmp_path),
+        "--tile",
+        "16",
+        "--tile-overlap",
+        "16",
+        expect="use --tile 17",
+    )
     refused(str(tmp_path / "*.nothing"), *base, "--no-adapter", "--out", str(tmp_path), expect="matches no file")
     # an adapter for another backbone: the first differing module
     other = _save_backbone(swinir(stressed=False, embed=16), tmp_path / "other.safetensors")
-    refused(str(setup["inputs"] / "a.png"), "--backbone", str(other), "--adapter", str(setup["adapter"]),
-            "--out", str(tmp_path / "o"), expect="layers.0")
+    refused(
+        str(setup["inputs"] / "a.png"),
+        "--backbone",
+        str(other),
+        "--adapter",
+        str(setup["adapter"]),
+        "--out",
+        str(tmp_path / "o"),
+        expect="layers.0",
+    )
     # a grey adapter on a colour backbone
     model = spt_adapter.inject(spt_adapter.load_backbone(setup["ckpt"]).model, "layers.*.residual_group")
     model.spt_config["default"].prior = {"provider": ClassicalMaskProvider("slic").identity(), "channels": 1}
     grey = spt_adapter.save_adapter(model, tmp_path / "grey.safetensors")
-    refused(str(setup["inputs"] / "a.png"), *base, "--adapter", str(grey), "--out", str(tmp_path / "o"),
-            expect="grey (1-channel) backbone")
+    refused(
+        str(setup["inputs"] / "a.png"),
+        *base,
+        "--adapter",
+        str(grey),
+        "--out",
+        str(tmp_path / "o"),
+        expect="grey (1-channel) backbone",
+    )
     # SAM priors recorded: says what to pass
     model.spt_config["default"].prior = {"provider": {"provider": "sam", "model_type": "vit_b"}, "channels": 3}
     sam = spt_adapter.save_adapter(model, tmp_path / "sam.safetensors")
-    refused(str(setup["inputs"] / "a.png"), *base, "--adapter", str(sam), "--out", str(tmp_path / "o"),
-            expect="--provider-checkpoint")
+    refused(
+        str(setup["inputs"] / "a.png"),
+        *base,
+        "--adapter",
+        str(sam),
+        "--out",
+        str(tmp_path / "o"),
+        expect="--provider-checkpoint",
+    )
 
 
 def test_restore_globs_and_never_overwrites_an_input(setup, tmp_path, capsys):
@@ -292,15 +365,46 @@ def test_restore_globs_and_never_overwrites_an_input(setup, tmp_path, capsys):
     folder.mkdir()
     Image.fromarray(photo(16, 16)).save(folder / "p.jpg")
     Image.fromarray(photo(16, 16)).save(folder / "p.png")
-    code = main(["restore", str(folder / "*.jpg"), "--backbone", str(setup["ckpt"]), "--no-adapter",
-                 "--out", str(tmp_path / "g"), "--no-progress"])
+    code = main(
+        [
+            "restore",
+            str(folder / "*.jpg"),
+            "--backbone",
+            str(setup["ckpt"]),
+            "--no-adapter",
+            "--out",
+            str(tmp_path / "g"),
+            "--no-progress",
+        ]
+    )
     assert code == 0 and [p.name for p in (tmp_path / "g").iterdir()] == ["p.png"]
     capsys.readouterr()
-    code = main(["restore", str(folder / "p.png"), "--backbone", str(setup["ckpt"]), "--no-adapter",
-                 "--out", str(folder), "--allow-out-in-input", "--no-progress"])
+    code = main(
+        [
+            "restore",
+            str(folder / "p.png"),
+            "--backbone",
+            str(setup["ckpt"]),
+            "--no-adapter",
+            "--out",
+            str(folder),
+            "--allow-out-in-input",
+            "--no-progress",
+        ]
+    )
     assert code == 1 and "would overwrite the input" in capsys.readouterr().err
-    code = main(["restore", str(folder / "p.*"), "--backbone", str(setup["ckpt"]), "--no-adapter",
-                 "--out", str(tmp_path / "h"), "--no-progress"])
+    code = main(
+        [
+            "restore",
+            str(folder / "p.*"),
+            "--backbone",
+            str(setup["ckpt"]),
+            "--no-adapter",
+            "--out",
+            str(tmp_path / "h"),
+            "--no-progress",
+        ]
+    )
     assert code == 1 and "would both be written to" in capsys.readouterr().err
 
 
@@ -316,17 +420,76 @@ def test_grey_dncnn_trains_evaluates_and_restores(tmp_path, capsys):
     for p in sorted((DATA / "CBSD68").glob("*.png"))[:2]:
         Image.open(p).convert("RGB").crop((0, 0, 48, 40)).save(data / p.name)
     run = tmp_path / "run"
-    assert main(["train", "--backbone", str(ckpt), "--targets", "model.7", "model.15", "model.23", "--data", str(data),
-                 "--task", "denoise:50", "--out", str(run), "--prior-cache", str(tmp_path / "priors"), "--patch", "32",
-                 "--batch", "2", "--iters", "2", "--segments", "8", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--backbone",
+                str(ckpt),
+                "--targets",
+                "model.7",
+                "model.15",
+                "model.23",
+                "--data",
+                str(data),
+                "--task",
+                "denoise:50",
+                "--out",
+                str(run),
+                "--prior-cache",
+                str(tmp_path / "priors"),
+                "--patch",
+                "32",
+                "--batch",
+                "2",
+                "--iters",
+                "2",
+                "--segments",
+                "8",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     cfg = spt_adapter.read_adapter_config(run / "spt_adapter.safetensors")
     assert cfg.prior["channels"] == 1
     capsys.readouterr()
-    assert main(["eval", "--backbone", str(ckpt), "--adapter", str(run), "--data", str(data), "--out",
-                 str(tmp_path / "ev"), "--prior-cache", str(tmp_path / "priors"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--backbone",
+                str(ckpt),
+                "--adapter",
+                str(run),
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "ev"),
+                "--prior-cache",
+                str(tmp_path / "priors"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "grey" in (tmp_path / "ev" / "eval.md").read_text()
-    assert main(["restore", str(data), "--backbone", str(ckpt), "--adapter", str(run), "--out", str(tmp_path / "r"),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                str(data),
+                "--backbone",
+                str(ckpt),
+                "--adapter",
+                str(run),
+                "--out",
+                str(tmp_path / "r"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = Image.open(sorted((tmp_path / "r").iterdir())[0])
     assert out.mode == "L" and out.size == (48, 40)
 
@@ -337,8 +500,14 @@ def test_eval_no_adapter_kair_noise_protocol(tmp_path):
 
     gt = np.tile(np.linspace(0, 255, 20).astype(np.uint8), (24, 1))[..., None]  # from black to white
     Image.fromarray(gt[..., 0]).save(tmp_path / "g.png")
-    ds = PairedPriorDataset(tmp_path, "denoise:25", prior_fn=lambda im: np.zeros((1,) + im.shape[:2], np.float32),
-                            train=False, channels=1, noise="kair")
+    ds = PairedPriorDataset(
+        tmp_path,
+        "denoise:25",
+        prior_fn=lambda im: np.zeros((1,) + im.shape[:2], np.float32),
+        train=False,
+        channels=1,
+        noise="kair",
+    )
     item = ds[0]
     np.random.seed(0)
     expected = np.float32(gt / 255.0)
@@ -348,12 +517,33 @@ def test_eval_no_adapter_kair_noise_protocol(tmp_path):
     assert item["lq"].min() < 0 and item["lq"].max() > 1  # neither clipped nor rounded
 
 
-@pytest.mark.skipif(not KAIR_ROOT, reason="set SPT_KAIR_ROOT to a KAIR checkout (model_zoo/dncnn_25.pth, testsets/set12)")
+@pytest.mark.skipif(
+    not KAIR_ROOT, reason="set SPT_KAIR_ROOT to a KAIR checkout (model_zoo/dncnn_25.pth, testsets/set12)"
+)
 def test_kair_dncnn_25_reproduces_30_43_db_on_set12(tmp_path):
     root = Path(KAIR_ROOT)
     out = tmp_path / "ev"
-    assert main(["eval", "--no-adapter", "--backbone", str(root / "model_zoo" / "dncnn_25.pth"), "--data",
-                 str(root / "testsets" / "set12"), "--task", "denoise:25", "--seed", "0", "--out", str(out),
-                 "--no-progress", "--crops", "0"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--no-adapter",
+                "--backbone",
+                str(root / "model_zoo" / "dncnn_25.pth"),
+                "--data",
+                str(root / "testsets" / "set12"),
+                "--task",
+                "denoise:25",
+                "--seed",
+                "0",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--crops",
+                "0",
+            ]
+        )
+        == 0
+    )
     mean = [line for line in (out / "eval.csv").read_text().splitlines() if line.startswith("MEAN")][0]
     assert abs(float(mean.split(",")[1]) - 30.43) <= 0.01

@@ -104,11 +104,11 @@ def test_fixture_refuses_a_changed_backbone():
 def _rewrite_metadata(src: Path, dst: Path, **changes: str) -> None:
     data = src.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     header["__metadata__"].update(changes)
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
-    dst.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+    dst.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
 
 
 def test_newer_schema_is_refused_with_upgrade_message(tmp_path):

@@ -22,8 +22,19 @@ def swinir_ckpt(tmp_path_factory):
     from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
 
     torch.manual_seed(0)
-    m = SwinIR(img_size=32, in_chans=3, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=8,
-               mlp_ratio=2.0, upscale=1, upsampler="", resi_connection="1conv", drop_path_rate=0.0)
+    m = SwinIR(
+        img_size=32,
+        in_chans=3,
+        embed_dim=16,
+        depths=[1, 1],
+        num_heads=[2, 2],
+        window_size=8,
+        mlp_ratio=2.0,
+        upscale=1,
+        upsampler="",
+        resi_connection="1conv",
+        drop_path_rate=0.0,
+    )
     path = tmp_path_factory.mktemp("ckpt") / "swinir_tiny.safetensors"
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
     return path
@@ -65,8 +76,22 @@ def _run(argv, capsys):
 # ---------------------------------------------------------------------------------------------
 def test_missing_data_folder(tmp_path, swinir_ckpt, capsys):
     out = tmp_path / "run"
-    code, _, err = _run(["train", "--backbone", str(swinir_ckpt), "--data", str(tmp_path / "nope"), "--task",
-                         "denoise:25", "--out", str(out), "--prior-cache", str(tmp_path / "pc")], capsys)
+    code, _, err = _run(
+        [
+            "train",
+            "--backbone",
+            str(swinir_ckpt),
+            "--data",
+            str(tmp_path / "nope"),
+            "--task",
+            "denoise:25",
+            "--out",
+            str(out),
+            "--prior-cache",
+            str(tmp_path / "pc"),
+        ],
+        capsys,
+    )
     assert code == 1 and "--data folder" in err and "does not exist" in err
     assert not out.exists() and not (tmp_path / "pc").exists()
 
@@ -75,24 +100,68 @@ def test_empty_data_folder(tmp_path, swinir_ckpt, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     out = tmp_path / "run"
-    code, _, err = _run(["train", "--backbone", str(swinir_ckpt), "--data", str(tmp_path / "empty"), "--task",
-                         "denoise:25", "--out", str(out), "--prior-cache", str(tmp_path / "pc")], capsys)
+    code, _, err = _run(
+        [
+            "train",
+            "--backbone",
+            str(swinir_ckpt),
+            "--data",
+            str(tmp_path / "empty"),
+            "--task",
+            "denoise:25",
+            "--out",
+            str(out),
+            "--prior-cache",
+            str(tmp_path / "pc"),
+        ],
+        capsys,
+    )
     assert code == 1 and "holds no images" in err
     assert not out.exists() and not (tmp_path / "pc").exists()
 
 
 def test_unclaimed_backbone_needs_targets(tmp_path, compact_ckpt, small_data, capsys):
     out = tmp_path / "run"
-    code, _, err = _run(["train", "--backbone", str(compact_ckpt), "--data", str(small_data), "--task", "sr:2",
-                         "--out", str(out), "--prior-cache", str(tmp_path / "pc")], capsys)
+    code, _, err = _run(
+        [
+            "train",
+            "--backbone",
+            str(compact_ckpt),
+            "--data",
+            str(small_data),
+            "--task",
+            "sr:2",
+            "--out",
+            str(out),
+            "--prior-cache",
+            str(tmp_path / "pc"),
+        ],
+        capsys,
+    )
     assert code == 1 and "no plugin claims" in err and "--targets" in err and "SRVGGNetCompact" in err
     assert not out.exists() and not (tmp_path / "pc").exists()
 
 
 def test_bad_target_pattern_is_named(tmp_path, swinir_ckpt, small_data, capsys):
     out = tmp_path / "run"
-    code, _, err = _run(["train", "--backbone", str(swinir_ckpt), "--targets", "layerz.*", "--data", str(small_data),
-                         "--task", "denoise:25", "--out", str(out), "--prior-cache", str(tmp_path / "pc")], capsys)
+    code, _, err = _run(
+        [
+            "train",
+            "--backbone",
+            str(swinir_ckpt),
+            "--targets",
+            "layerz.*",
+            "--data",
+            str(small_data),
+            "--task",
+            "denoise:25",
+            "--out",
+            str(out),
+            "--prior-cache",
+            str(tmp_path / "pc"),
+        ],
+        capsys,
+    )
     assert code == 1 and "'layerz.*'" in err and "matched no module" in err
     assert not out.exists()
 
@@ -103,7 +172,9 @@ def test_missing_backbone_and_sam_checkpoint(tmp_path, swinir_ckpt, small_data, 
     assert code == 1 and "missing.pth does not exist" in err
     code, _, err = _run(["train", "--backbone", str(swinir_ckpt), "--provider", "sam", *common], capsys)
     assert code == 1 and "--provider-checkpoint" in err
-    code, _, err = _run(["train", "--backbone", str(swinir_ckpt), "--sam-checkpoint", str(tmp_path / "sam.pth"), *common], capsys)
+    code, _, err = _run(
+        ["train", "--backbone", str(swinir_ckpt), "--sam-checkpoint", str(tmp_path / "sam.pth"), *common], capsys
+    )
     assert code == 1 and "sam.pth does not exist" in err
     code, _, err = _run(["train", "--arch", "swinir", *common], capsys)
     assert code == 1 and "no backbone" in err
@@ -112,13 +183,31 @@ def test_missing_backbone_and_sam_checkpoint(tmp_path, swinir_ckpt, small_data, 
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("flag,value,needle", [
-    ("--task", "blur:3", "task must be"), ("--task", "sr:1", "task must be"), ("--iters", "0", "positive integer"),
-    ("--lr", "-1", "positive number"), ("--batch", "two", "positive integer"), ("--fusion", "add", "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "flag,value,needle",
+    [
+        ("--task", "blur:3", "task must be"),
+        ("--task", "sr:1", "task must be"),
+        ("--iters", "0", "positive integer"),
+        ("--lr", "-1", "positive number"),
+        ("--batch", "two", "positive integer"),
+        ("--fusion", "add", "invalid choice"),
+    ],
+)
 def test_bad_flags_are_refused_by_the_parser(tmp_path, swinir_ckpt, small_data, capsys, flag, value, needle):
-    argv = ["train", "--backbone", str(swinir_ckpt), "--data", str(small_data), "--task", "denoise:25",
-            "--out", str(tmp_path / "run"), flag, value]
+    argv = [
+        "train",
+        "--backbone",
+        str(swinir_ckpt),
+        "--data",
+        str(small_data),
+        "--task",
+        "denoise:25",
+        "--out",
+        str(tmp_path / "run"),
+        flag,
+        value,
+    ]
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
@@ -126,8 +215,22 @@ def test_bad_flags_are_refused_by_the_parser(tmp_path, swinir_ckpt, small_data, 
 
 
 def test_sr_patch_must_divide_by_scale(tmp_path, swinir_ckpt, small_data, capsys):
-    code, _, err = _run(["train", "--backbone", str(swinir_ckpt), "--data", str(small_data), "--task", "sr:4",
-                         "--patch", "30", "--out", str(tmp_path / "run")], capsys)
+    code, _, err = _run(
+        [
+            "train",
+            "--backbone",
+            str(swinir_ckpt),
+            "--data",
+            str(small_data),
+            "--task",
+            "sr:4",
+            "--patch",
+            "30",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capsys,
+    )
     assert code == 1 and "not divisible by the scale 4" in err
 
 
@@ -135,9 +238,31 @@ def test_sr_patch_must_divide_by_scale(tmp_path, swinir_ckpt, small_data, capsys
 # real runs
 # ---------------------------------------------------------------------------------------------
 def _train_argv(ckpt, data, out, cache, *extra):
-    return ["train", "--backbone", str(ckpt), "--data", str(data), "--task", "denoise:25", "--out", str(out),
-            "--prior-cache", str(cache), "--patch", "32", "--batch", "2", "--lr", "1e-3", "--segments", "8",
-            "--log-every", "1", "--no-progress", *extra]
+    return [
+        "train",
+        "--backbone",
+        str(ckpt),
+        "--data",
+        str(data),
+        "--task",
+        "denoise:25",
+        "--out",
+        str(out),
+        "--prior-cache",
+        str(cache),
+        "--patch",
+        "32",
+        "--batch",
+        "2",
+        "--lr",
+        "1e-3",
+        "--segments",
+        "8",
+        "--log-every",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_train_writes_delta_logs_and_resumes(tmp_path, swinir_ckpt, small_data, capsys):
@@ -147,7 +272,9 @@ def test_train_writes_delta_logs_and_resumes(tmp_path, swinir_ckpt, small_data, 
     from spt_adapter.files.format import read_adapter_header
 
     out, cache = tmp_path / "run", tmp_path / "priors"
-    code, stdout, err = _run(_train_argv(swinir_ckpt, small_data, out, cache, "--iters", "3", "--val", str(small_data)), capsys)
+    code, stdout, err = _run(
+        _train_argv(swinir_ckpt, small_data, out, cache, "--iters", "3", "--val", str(small_data)), capsys
+    )
     assert code == 0, err
     for name in ("spt_adapter.safetensors", "train_state.safetensors", "train_log.csv", "train_log.json", "README.md"):
         assert (out / name).is_file(), name
@@ -185,7 +312,9 @@ def test_train_writes_delta_logs_and_resumes(tmp_path, swinir_ckpt, small_data, 
     second = load_file(out / "spt_adapter.safetensors")
     assert any(not torch.equal(first[k], second[k]) for k in first)
 
-    code, _, err = _run(_train_argv(swinir_ckpt, small_data, tmp_path / "fresh", cache, "--iters", "2", "--resume"), capsys)
+    code, _, err = _run(
+        _train_argv(swinir_ckpt, small_data, tmp_path / "fresh", cache, "--iters", "2", "--resume"), capsys
+    )
     assert code == 1 and "holds no spt_adapter.safetensors" in err
 
 
@@ -207,7 +336,9 @@ def test_pool_fusion_trains_on_label_maps(tmp_path, swinir_ckpt, small_data, cap
 @pytest.mark.parametrize("encoding", ["boundary", "onehot:2"])
 def test_pool_fusion_refuses_other_encodings_before_any_work(tmp_path, swinir_ckpt, small_data, capsys, encoding):
     out, cache = tmp_path / "run", tmp_path / "priors"
-    code, _, err = _run(_train_argv(swinir_ckpt, small_data, out, cache, "--fusion", "pool", "--encoding", encoding), capsys)
+    code, _, err = _run(
+        _train_argv(swinir_ckpt, small_data, out, cache, "--fusion", "pool", "--encoding", encoding), capsys
+    )
     assert code == 1 and "fusion 'pool'" in err and "needs encoding 'label'" in err and repr(encoding) in err
     assert not out.exists() and not cache.exists()
 
@@ -220,8 +351,9 @@ def test_resume_keeps_the_recorded_encoding(tmp_path, swinir_ckpt, small_data, c
     assert code == 0, err
     before = load_file(out / "spt_adapter.safetensors")
     # an explicit, different --encoding is refused; the adapter is left as it was
-    code, _, err = _run(_train_argv(swinir_ckpt, small_data, out, cache, "--iters", "2", "--resume", "--encoding",
-                                    "boundary"), capsys)
+    code, _, err = _run(
+        _train_argv(swinir_ckpt, small_data, out, cache, "--iters", "2", "--resume", "--encoding", "boundary"), capsys
+    )
     assert code == 1 and "--resume" in err and "encoding 'label', not 'boundary'" in err
     after = load_file(out / "spt_adapter.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -241,8 +373,9 @@ def test_resume_of_an_adapter_without_a_recorded_encoding_means_label(tmp_path, 
     from spt_adapter.core.config import SPTConfig
 
     path = tmp_path / "old.safetensors"
-    model = spt_adapter.inject(spt_adapter.load_backbone(swinir_ckpt).model,
-                               config=SPTConfig(targets=["layers.*"], prior={"provider": "slic"}))
+    model = spt_adapter.inject(
+        spt_adapter.load_backbone(swinir_ckpt).model, config=SPTConfig(targets=["layers.*"], prior={"provider": "slic"})
+    )
     spt_adapter.save_adapter(model, path)
     args = SimpleNamespace(targets=None, fusion=None, encoding=None)
     _resume_config_check(args, path)
@@ -273,7 +406,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, swinir_ckpt, sma
     train_units(fresh(), dataset, settings, out_dir=tmp_path / "a")
     train_units(fresh(), dataset, settings, out_dir=tmp_path / "b", stop_at=2)
     assert json.loads((tmp_path / "b" / "train_log.json").read_text())["history"][-1]["step"] == 2
-    model = spt_adapter.load_adapter(spt_adapter.load_backbone(swinir_ckpt).model, tmp_path / "b" / "spt_adapter.safetensors")
+    model = spt_adapter.load_adapter(
+        spt_adapter.load_backbone(swinir_ckpt).model, tmp_path / "b" / "spt_adapter.safetensors"
+    )
     train_units(model, dataset, settings, out_dir=tmp_path / "b", resume=True)
     a = load_file(tmp_path / "a" / "spt_adapter.safetensors")
     b = load_file(tmp_path / "b" / "spt_adapter.safetensors")
@@ -297,8 +432,20 @@ def test_sam_prior_is_recorded_and_required_by_eval(tmp_path, swinir_ckpt, small
     assert code == 0, err
     meta, _ = read_adapter_header(out / "spt_adapter.safetensors")
     assert json.loads(meta["prior"])["provider"]["provider"] == "sam"
-    evargs = ["eval", "--backbone", str(swinir_ckpt), "--adapter", str(out), "--data", str(small_data),
-              "--prior-cache", str(cache), "--out", str(tmp_path / "ev"), "--no-progress"]
+    evargs = [
+        "eval",
+        "--backbone",
+        str(swinir_ckpt),
+        "--adapter",
+        str(out),
+        "--data",
+        str(small_data),
+        "--prior-cache",
+        str(cache),
+        "--out",
+        str(tmp_path / "ev"),
+        "--no-progress",
+    ]
     code, _, err = _run(evargs, capsys)
     assert code == 1 and "trained with SAM priors" in err and "--provider-checkpoint" in err
     code, stdout, err = _run(evargs + ["--sam-checkpoint", str(sam)], capsys)

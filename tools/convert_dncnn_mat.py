@@ -72,8 +72,10 @@ def read_layers(path: str | Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
                     raise ConversionError(f"{path}: layer {name} is a leaky ReLU; only plain ReLU is supported")
                 continue
             if kind != "conv":
-                raise ConversionError(f"{path}: layer {name} has type {kind!r}; only conv and relu layers "
-                                      "(batch norm merged) are supported")
+                raise ConversionError(
+                    f"{path}: layer {name} has type {kind!r}; only conv and relu layers "
+                    "(batch norm merged) are supported"
+                )
             if np.any(_scalar(layer, "stride", 1.0) != 1) or np.any(_scalar(layer, "dilate", 1.0) != 1):
                 raise ConversionError(f"{path}: layer {name} has a stride or dilation other than 1")
             weight_refs = np.asarray(layer["weights"][()]).ravel()
@@ -89,8 +91,10 @@ def read_layers(path: str | Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
             c_out, _, kh, kw = weight.shape
             pad = _scalar(layer, "pad", 0.0)
             if kh != kw or kh % 2 != 1 or np.any(pad != (kh - 1) // 2):
-                raise ConversionError(f"{path}: layer {name} is a {kh}x{kw} conv with padding {pad.tolist()}; "
-                                      "only odd square kernels with 'same' padding are supported")
+                raise ConversionError(
+                    f"{path}: layer {name} is a {kh}x{kw} conv with padding {pad.tolist()}; "
+                    "only odd square kernels with 'same' padding are supported"
+                )
             if bias.shape != (c_out,):
                 raise ConversionError(f"{path}: layer {name} bias has {bias.size} values for {c_out} outputs")
             convs.append((name, weight, bias))
@@ -99,11 +103,14 @@ def read_layers(path: str | Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
         raise ConversionError(f"{path}: layers are {kinds}; a DnCNN is conv (relu conv)* with at least 3 convs")
     for (prev_name, prev, _), (name, weight, _) in zip(convs, convs[1:], strict=False):
         if weight.shape[1] != prev.shape[0]:
-            raise ConversionError(f"{path}: layer {name} reads {weight.shape[1]} channels but {prev_name} "
-                                  f"writes {prev.shape[0]}")
+            raise ConversionError(
+                f"{path}: layer {name} reads {weight.shape[1]} channels but {prev_name} writes {prev.shape[0]}"
+            )
     if convs[0][1].shape[1] != convs[-1][1].shape[0]:
-        raise ConversionError(f"{path}: the network reads {convs[0][1].shape[1]} channels and writes "
-                              f"{convs[-1][1].shape[0]}; a residual DnCNN writes as many as it reads")
+        raise ConversionError(
+            f"{path}: the network reads {convs[0][1].shape[1]} channels and writes "
+            f"{convs[-1][1].shape[0]}; a residual DnCNN writes as many as it reads"
+        )
     return convs
 
 
@@ -132,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from spt_adapter._io import atomic_write_bytes
 
-    atomic_write_bytes(args.out, save(state, metadata={"source": args.mat.name,
-                                                       "converter": "tools/convert_dncnn_mat.py"}))
+    atomic_write_bytes(
+        args.out, save(state, metadata={"source": args.mat.name, "converter": "tools/convert_dncnn_mat.py"})
+    )
     n = sum(t.numel() for t in state.values())
     print(f"wrote {args.out}: {len(state) // 2} convs, {state['model.0.weight'].shape[1]} channels in, {n} parameters")
     return 0

@@ -33,8 +33,7 @@ def share(name: str, build, preset: str | None = None) -> str:
         targets = fit.targets(net)
     model = spt_adapter.inject(net, targets) if targets else spt_adapter.inject(net)
     units = sum(p.numel() for _, p in model.unit_parameters())
-    return (f"| {name} | {preset} | {len(model.unit_names())} | {total:,} | {units:,} | "
-            f"{100 * units / total:.1f} % |")
+    return f"| {name} | {preset} | {len(model.unit_names())} | {total:,} | {units:,} | {100 * units / total:.1f} % |"
 
 
 def main() -> None:
@@ -49,26 +48,72 @@ def main() -> None:
     import spt_adapter
 
     rows = []
-    kair = (lambda: spt_adapter.load_backbone(args.kair_zoo / "dncnn_25.pth").model) if args.kair_zoo else \
-        (lambda: DnCNN(in_nc=1, out_nc=1, nc=64, nb=17, act_mode="R"))
-    d3 = (lambda: spt_adapter.load_backbone(args.dncnn_weights / "DnCNN3.safetensors").model) if args.dncnn_weights \
+    kair = (
+        (lambda: spt_adapter.load_backbone(args.kair_zoo / "dncnn_25.pth").model)
+        if args.kair_zoo
+        else (lambda: DnCNN(in_nc=1, out_nc=1, nc=64, nb=17, act_mode="R"))
+    )
+    d3 = (
+        (lambda: spt_adapter.load_backbone(args.dncnn_weights / "DnCNN3.safetensors").model)
+        if args.dncnn_weights
         else (lambda: DnCNN(in_nc=1, out_nc=1, nc=64, nb=20, act_mode="R"))
+    )
     for preset in ("dncnn", "dncnn-light"):
         rows.append(share("KAIR dncnn_25 (17 convs, 64 wide)", kair, preset))
         rows.append(share("DnCNN-3 / CDnCNN-B (20 convs)", d3, preset))
-    rows.append(share("SwinIR-light x2 (60 wide, 4 RSTB)", lambda: SwinIR(
-        upscale=2, in_chans=3, img_size=64, window_size=8, img_range=1.0, depths=[6, 6, 6, 6], embed_dim=60,
-        num_heads=[6, 6, 6, 6], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv")))
-    rows.append(share("SwinIR classical x4 (180 wide, 6 RSTB)", lambda: SwinIR(
-        upscale=4, in_chans=3, img_size=48, window_size=8, img_range=1.0, depths=[6] * 6, embed_dim=180,
-        num_heads=[6] * 6, mlp_ratio=2, upsampler="pixelshuffle", resi_connection="1conv")))
+    rows.append(
+        share(
+            "SwinIR-light x2 (60 wide, 4 RSTB)",
+            lambda: SwinIR(
+                upscale=2,
+                in_chans=3,
+                img_size=64,
+                window_size=8,
+                img_range=1.0,
+                depths=[6, 6, 6, 6],
+                embed_dim=60,
+                num_heads=[6, 6, 6, 6],
+                mlp_ratio=2,
+                upsampler="pixelshuffledirect",
+                resi_connection="1conv",
+            ),
+        )
+    )
+    rows.append(
+        share(
+            "SwinIR classical x4 (180 wide, 6 RSTB)",
+            lambda: SwinIR(
+                upscale=4,
+                in_chans=3,
+                img_size=48,
+                window_size=8,
+                img_range=1.0,
+                depths=[6] * 6,
+                embed_dim=180,
+                num_heads=[6] * 6,
+                mlp_ratio=2,
+                upsampler="pixelshuffle",
+                resi_connection="1conv",
+            ),
+        )
+    )
     rows.append(share("ESRGAN x4 (RRDB, 64 wide, 23 blocks)", lambda: ESRGAN(num_filters=64, num_blocks=23, scale=4)))
     try:
         from spandrel_extra_arches.architectures.Restormer import Restormer
 
         rows.append(share("Restormer (48 wide, blocks 4-6-6-8)", lambda: Restormer()))
-        rows.append(share("Restormer-small (benchmarks/overhead.py)", lambda: Restormer(
-            dim=24, num_blocks=[2, 3, 3, 4], num_refinement_blocks=2, heads=[1, 2, 4, 8], ffn_expansion_factor=2.66)))
+        rows.append(
+            share(
+                "Restormer-small (benchmarks/overhead.py)",
+                lambda: Restormer(
+                    dim=24,
+                    num_blocks=[2, 3, 3, 4],
+                    num_refinement_blocks=2,
+                    heads=[1, 2, 4, 8],
+                    ffn_expansion_factor=2.66,
+                ),
+            )
+        )
     except ImportError:
         pass
     print("| backbone | preset | units | backbone parameters | unit parameters | share |")

@@ -63,7 +63,9 @@ class SPTPairedImageDataset(PairedImageDataset):
         rgb = np.ascontiguousarray(bgr[..., ::-1])
         prior = np.asarray(self.prior_source(rgb), dtype=np.float32)  # (C, H, W)
         if prior.ndim != 3 or prior.shape[1:] != rgb.shape[:2]:
-            raise PriorError(f"the prior of {path} has shape {prior.shape}, expected (C, {rgb.shape[0]}, {rgb.shape[1]})")
+            raise PriorError(
+                f"the prior of {path} has shape {prior.shape}, expected (C, {rgb.shape[0]}, {rgb.shape[1]})"
+            )
         return np.ascontiguousarray(prior.transpose(1, 2, 0))
 
     def __getitem__(self, index):
@@ -99,19 +101,23 @@ class SPTPairedImageDataset(PairedImageDataset):
         if self.teacher:  # (one GT image and one LQ image: BasicSR returns bare arrays)
             hwc, lq_check = paired_random_crop([gt_side], [lq_check], self.opt["gt_size"], scale, item["gt_path"])
         else:
-            _, (lq_check, hwc) = paired_random_crop([gt_side], [lq_check, hwc], self.opt["gt_size"], scale,
-                                                    item["gt_path"])
-        lq_check, hwc = augment([np.ascontiguousarray(lq_check), np.ascontiguousarray(hwc)],
-                                self.opt["use_hflip"], self.opt["use_rot"])
+            _, (lq_check, hwc) = paired_random_crop(
+                [gt_side], [lq_check, hwc], self.opt["gt_size"], scale, item["gt_path"]
+            )
+        lq_check, hwc = augment(
+            [np.ascontiguousarray(lq_check), np.ascontiguousarray(hwc)], self.opt["use_hflip"], self.opt["use_rot"]
+        )
         if hwc.ndim == 2:
             hwc = hwc[..., None]
         expect = torch.from_numpy(np.ascontiguousarray(lq_check[..., ::-1].transpose(2, 0, 1)))
-        if self.opt.get("color") != "y" and self.mean is None and self.std is None and not torch.allclose(
-            expect, item["lq"], atol=1e-6
+        if (
+            self.opt.get("color") != "y"
+            and self.mean is None
+            and self.std is None
+            and not torch.allclose(expect, item["lq"], atol=1e-6)
         ):
             raise PriorError(f"internal error: the prior of {item['lq_path']} could not be aligned with its LQ patch")
         return hwc
-
 
 
 if "SPTPairedImageDataset" not in DATASET_REGISTRY:

@@ -87,13 +87,19 @@ class SPTSRModel(SRModel):
         state = read_state_dict(self.spt_backbone, param_key)
         mode = "strict" if self.opt["path"].get("strict_load_g", True) else "by_name"
         load_backbone_state(net, state, mode, source=self.spt_backbone)
-        get_root_logger().info(f"SPT: loaded backbone {self.spt_backbone} [{param_key}] into {type(bare(net)).__name__}")
+        get_root_logger().info(
+            f"SPT: loaded backbone {self.spt_backbone} [{param_key}] into {type(bare(net)).__name__}"
+        )
 
     def load_network(self, net, load_path, strict=True, param_key="params"):
         """Called by SRModel.__init__ for net_g: load the frozen backbone, then put the units on."""
         self._load_backbone(net)
-        spt_net = attach_units(net, self.spt, adapter=self._resume_deltas.get("net_g") or self.spt.adapter,
-                               training=bool(self.opt["is_train"]))
+        spt_net = attach_units(
+            net,
+            self.spt,
+            adapter=self._resume_deltas.get("net_g") or self.spt.adapter,
+            training=bool(self.opt["is_train"]),
+        )
         self.net_g = self.model_to_device(spt_net)
 
     def init_training_settings(self):
@@ -103,9 +109,14 @@ class SPTSRModel(SRModel):
         self.ema_decay = decay
         if decay > 0:
             get_root_logger().info(f"Use Exponential Moving Average of the SPT units with decay: {decay}")
-            self.net_g_ema = build_units_only_ema(lambda: build_network(self.opt["network_g"]), self._load_backbone,
-                                                  self.spt, self._resume_deltas.get("net_g_ema"), self.net_g,
-                                                  self.device)
+            self.net_g_ema = build_units_only_ema(
+                lambda: build_network(self.opt["network_g"]),
+                self._load_backbone,
+                self.spt,
+                self._resume_deltas.get("net_g_ema"),
+                self.net_g,
+                self.device,
+            )
         trainable = [n for n, p in bare(self.net_g).named_parameters() if p.requires_grad]
         assert trainable and all(keys.is_unit_key(n) for n in trainable), "only SPT units may train"
         bare(self.net_g).print_trainable_parameters()
@@ -119,8 +130,10 @@ class SPTSRModel(SRModel):
         super().feed_data(data)
         if self._distilled():
             if "prior" in data:
-                raise ConfigError("the model has a distilled prior (spt.student) but the batch has an LQ 'prior': give the "
-                                  "train dataset `spt_teacher:` instead of `spt_prior:`, and the val datasets neither")
+                raise ConfigError(
+                    "the model has a distilled prior (spt.student) but the batch has an LQ 'prior': give the "
+                    "train dataset `spt_teacher:` instead of `spt_prior:`, and the val datasets neither"
+                )
             teacher = data.get("teacher_prior")
             self.teacher = None if teacher is None else teacher.to(self.device)
             return
@@ -141,8 +154,16 @@ class SPTSRModel(SRModel):
                 super().optimize_parameters(current_iter)
             return
         student_only, distill = distilled_iteration(
-            bare(self.net_g), self.spt.distill, current_iter, self.lq, self.teacher, self.optimizer_g, self, "cri_pix",
-            lambda: super(SPTSRModel, self).optimize_parameters(current_iter))
+            bare(self.net_g),
+            self.spt.distill,
+            current_iter,
+            self.lq,
+            self.teacher,
+            self.optimizer_g,
+            self,
+            "cri_pix",
+            lambda: super(SPTSRModel, self).optimize_parameters(current_iter),
+        )
         if student_only:
             self.log_dict = OrderedDict(l_distill=distill)
             if self.ema_decay > 0:
@@ -162,7 +183,9 @@ class SPTSRModel(SRModel):
         h, w = lq.shape[-2:]
         # basicsr's SwinIR keeps its window only in the options (no window_size attribute on the net)
         window = self.opt["network_g"].get("window_size") or 1
-        multiple = math.lcm(size_multiple(bare(self.net_g)), *(window if isinstance(window, (list, tuple)) else [window]))
+        multiple = math.lcm(
+            size_multiple(bare(self.net_g)), *(window if isinstance(window, (list, tuple)) else [window])
+        )
         ph, pw = (-h) % multiple, (-w) % multiple
         if ph or pw:
             self.lq = F.pad(lq, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")

@@ -16,7 +16,10 @@ def basicsr_importable() -> bool:
     """True for the real BasicSR package (basicsr-fixed / a BasicSR checkout), which has registries;
     Restormer's vendored fork is also called ``basicsr`` but has none."""
     try:
-        return importlib.util.find_spec("basicsr") is not None and importlib.util.find_spec("basicsr.utils.registry") is not None
+        return (
+            importlib.util.find_spec("basicsr") is not None
+            and importlib.util.find_spec("basicsr.utils.registry") is not None
+        )
     except (ImportError, ValueError):
         return False
 

@@ -41,8 +41,9 @@ def check_test_options(path: str) -> None:
 
     where = f"-opt {path}"
     if not osp.exists(path):
-        raise ConfigError(f"{where}: no such file (pass BasicSR's test options YAML, e.g. "
-                          "examples/basicsr/test_spt_swinir_x2.yml)")
+        raise ConfigError(
+            f"{where}: no such file (pass BasicSR's test options YAML, e.g. examples/basicsr/test_spt_swinir_x2.yml)"
+        )
     if not osp.isfile(path):
         raise ConfigError(f"{where} is a folder, not a YAML file: pass the options file itself")
     try:
@@ -56,11 +57,14 @@ def check_test_options(path: str) -> None:
         problem = getattr(exc, "problem", None) or type(exc).__name__
         raise ConfigError(f"{where} is not valid YAML{at}: {problem}") from None
     if not isinstance(opt, dict):
-        raise ConfigError(f"{where} must hold a mapping of options (name:, model_type:, datasets:, ...), "
-                          f"got {type(opt).__name__ if opt is not None else 'an empty file'}")
+        raise ConfigError(
+            f"{where} must hold a mapping of options (name:, model_type:, datasets:, ...), "
+            f"got {type(opt).__name__ if opt is not None else 'an empty file'}"
+        )
     if "spt" in opt and opt["spt"] is not None and not isinstance(opt["spt"], dict):
-        raise ConfigError(f"{where}: 'spt' must be a mapping (adapter:, ...), got {type(opt['spt']).__name__} "
-                          f"{opt['spt']!r}")
+        raise ConfigError(
+            f"{where}: 'spt' must be a mapping (adapter:, ...), got {type(opt['spt']).__name__} {opt['spt']!r}"
+        )
     datasets = opt.get("datasets")
     if not isinstance(datasets, dict) or not datasets:
         raise ConfigError(f"{where}: no test dataset: add a 'datasets:' mapping with at least one test_<n>: entry")
@@ -68,8 +72,10 @@ def check_test_options(path: str) -> None:
     if bad:
         raise ConfigError(f"{where}: datasets.{bad[0]} must be a mapping (name:, type:, dataroot_gt:, ...)")
     if opt.get("model_type") == "SPTSRModel" and not (opt.get("spt") or {}).get("adapter"):
-        raise ConfigError(f"{path}: testing SPTSRModel needs spt.adapter (the delta to test, e.g. "
-                          "experiments/<name>/models/net_g_latest.safetensors)")
+        raise ConfigError(
+            f"{path}: testing SPTSRModel needs spt.adapter (the delta to test, e.g. "
+            "experiments/<name>/models/net_g_latest.safetensors)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

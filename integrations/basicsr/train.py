@@ -49,7 +49,9 @@ def _load_resume_state_cpu(opt):
     if opt["auto_resume"]:
         folder = osp.join("experiments", opt["name"], "training_states")
         if osp.isdir(folder):
-            iters = [float(v.split(".state")[0]) for v in scandir(folder, suffix="state", recursive=False, full_path=False)]
+            iters = [
+                float(v.split(".state")[0]) for v in scandir(folder, suffix="state", recursive=False, full_path=False)
+            ]
             if iters:
                 state_path = osp.join(folder, f"{max(iters):.0f}.state")
                 opt["path"]["resume_state"] = state_path

@@ -64,8 +64,10 @@ def model_options(opt: dict) -> dict:
         opt = type(opt)(opt)  # NoneDict stays a NoneDict; main_train_psnr.py keeps its own dict
         opt["gpu_ids"] = None
     elif gpu_ids and not torch.cuda.is_available():  # parse() has set CUDA_VISIBLE_DEVICES by now
-        raise ConfigError(f'KAIR options ask for GPUs "gpu_ids": {list(gpu_ids)} but PyTorch sees no CUDA device; '
-                          'set "gpu_ids": [] to train on the CPU')
+        raise ConfigError(
+            f'KAIR options ask for GPUs "gpu_ids": {list(gpu_ids)} but PyTorch sees no CUDA device; '
+            'set "gpu_ids": [] to train on the CPU'
+        )
     return opt
 
 
@@ -92,7 +94,9 @@ def make_model_class(model_plain: type) -> type:
         def load(self):
             self.load_network(self.spt.backbone, self.netG, strict=self.opt_train["G_param_strict"], param_key="params")
             if self.opt_train["E_decay"] > 0:
-                self.load_network(self.spt.backbone, self.netE, strict=self.opt_train["G_param_strict"], param_key="params")
+                self.load_network(
+                    self.spt.backbone, self.netE, strict=self.opt_train["G_param_strict"], param_key="params"
+                )
             step, delta_g = last_delta(self.save_dir, "G")
             delta_g = delta_g or self.spt.adapter
             if delta_g:
@@ -114,9 +118,12 @@ def make_model_class(model_plain: type) -> type:
 
         def save_network(self, save_dir, network, network_label, iter_label):
             path = os.path.join(save_dir, f"{iter_label}_{network_label}.safetensors")
-            spt_adapter.save_adapter(bare(network), path, metadata={"kair_backbone": os.path.abspath(self.spt.backbone),
-                                                                    "kair_iter": str(iter_label)},
-                                     task=task_of(self.opt))
+            spt_adapter.save_adapter(
+                bare(network),
+                path,
+                metadata={"kair_backbone": os.path.abspath(self.spt.backbone), "kair_iter": str(iter_label)},
+                task=task_of(self.opt),
+            )
 
         # -- data and forward ----------------------------------------------------------------
         def feed_data(self, data, need_H=True):
@@ -139,9 +146,17 @@ def make_model_class(model_plain: type) -> type:
                 super().optimize_parameters(current_step)
                 return
             student_only, distill = distilled_iteration(
-                bare(self.netG), self.spt.distill, current_step, self.L, self.teacher, self.G_optimizer, self,
-                "G_lossfn", lambda: super(SPTModelPlain, self).optimize_parameters(current_step),
-                loss_scale=float(self.G_lossfn_weight))
+                bare(self.netG),
+                self.spt.distill,
+                current_step,
+                self.L,
+                self.teacher,
+                self.G_optimizer,
+                self,
+                "G_lossfn",
+                lambda: super(SPTModelPlain, self).optimize_parameters(current_step),
+                loss_scale=float(self.G_lossfn_weight),
+            )
             if student_only:  # (no G_loss: the network did not run)
                 if self.opt_train["E_decay"] > 0:
                     self.update_E(self.opt_train["E_decay"])

@@ -36,8 +36,10 @@ def check_gpu_ids(opt: dict) -> None:
     that KAIR's ``CUDA_VISIBLE_DEVICES`` still takes effect)."""
     gpu_ids = opt.get("gpu_ids")
     if not isinstance(gpu_ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in gpu_ids):
-        raise ConfigError(f'KAIR options need "gpu_ids" as a list of GPU numbers, got {gpu_ids!r}: '
-                          'e.g. [0] for GPU 0, or [] to train on the CPU')
+        raise ConfigError(
+            f'KAIR options need "gpu_ids" as a list of GPU numbers, got {gpu_ids!r}: '
+            "e.g. [0] for GPU 0, or [] to train on the CPU"
+        )
 
 
 def spt_options(opt: dict) -> SPTOptions:

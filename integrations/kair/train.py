@@ -96,7 +96,11 @@ def install(opt: dict) -> None:
     def define_Dataset(dataset_opt):  # noqa: N802
         dataset = original_dataset(dataset_opt)
         if options.distilled:  # the teacher is for training; the student makes the prior at test time
-            return PriorDataset(dataset, PriorSource(options.prior), teacher=True) if dataset_opt["phase"] == "train" else dataset
+            return (
+                PriorDataset(dataset, PriorSource(options.prior), teacher=True)
+                if dataset_opt["phase"] == "train"
+                else dataset
+            )
         return PriorDataset(dataset, PriorSource(options.prior))
 
     define_Model._spt_wrapped = True
@@ -106,7 +110,7 @@ def install(opt: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--opt", required=True, help="KAIR options JSON with an \"spt\" block")
+    parser.add_argument("--opt", required=True, help='KAIR options JSON with an "spt" block')
     parser.add_argument("--kair-root", default=os.getcwd(), help="the KAIR checkout (default: working directory)")
     parser.add_argument("--script", default="main_train_psnr.py", help="KAIR training script to run")
     args = parser.parse_args(argv)

@@ -69,19 +69,27 @@ def make_model_class(image_clean_model: type) -> type:
             self._resume = find_resume_deltas(load_path)
             backbone = resolve_backbone_path(self.spt.backbone, load_path, self._resume, "restormer_backbone")
             if not backbone or not osp.isfile(backbone):
-                raise ConfigError(f"SPTImageCleanModel needs the backbone checkpoint (path.pretrain_network_g or spt.backbone); got {backbone!r}")
+                raise ConfigError(
+                    f"SPTImageCleanModel needs the backbone checkpoint (path.pretrain_network_g or spt.backbone); got {backbone!r}"
+                )
             self.spt_backbone = osp.abspath(backbone)
             opt["path"]["pretrain_network_g"] = opt["path"].get("pretrain_network_g") or self.spt_backbone
             super().__init__(opt)
 
         def _load_backbone(self, net):
             state = read_state_dict(self.spt_backbone, self.opt["path"].get("param_key", "params"))
-            load_backbone_state(net, state, "strict" if self.opt["path"].get("strict_load_g", True) else "by_name",
-                                source=self.spt_backbone)
+            load_backbone_state(
+                net,
+                state,
+                "strict" if self.opt["path"].get("strict_load_g", True) else "by_name",
+                source=self.spt_backbone,
+            )
 
         def load_network(self, net, load_path, strict=True, param_key="params"):
             self._load_backbone(net)
-            self.net_g = self.model_to_device(attach_units(net, self.spt, adapter=self._resume.get("net_g") or self.spt.adapter))
+            self.net_g = self.model_to_device(
+                attach_units(net, self.spt, adapter=self._resume.get("net_g") or self.spt.adapter)
+            )
 
         def init_training_settings(self):
             with ema_decay_deferred(self.opt["train"]) as decay:
@@ -90,9 +98,14 @@ def make_model_class(image_clean_model: type) -> type:
             if decay > 0:
                 from basicsr.models.archs import define_network
 
-                self.net_g_ema = build_units_only_ema(lambda: define_network(dict(self.opt["network_g"])),
-                                                      self._load_backbone, self.spt, self._resume.get("net_g_ema"),
-                                                      self.net_g, self.device)
+                self.net_g_ema = build_units_only_ema(
+                    lambda: define_network(dict(self.opt["network_g"])),
+                    self._load_backbone,
+                    self.spt,
+                    self._resume.get("net_g_ema"),
+                    self.net_g,
+                    self.device,
+                )
 
         def model_ema(self, decay=0.999):
             ema_units(bare(self.net_g), self.net_g_ema, decay)
@@ -116,8 +129,16 @@ def make_model_class(image_clean_model: type) -> type:
                     super().optimize_parameters(current_iter)
                 return
             student_only, distill = distilled_iteration(
-                bare(self.net_g), self.spt.distill, current_iter, self.lq, self.teacher, self.optimizer_g, self,
-                "cri_pix", lambda: super(SPTImageCleanModel, self).optimize_parameters(current_iter))
+                bare(self.net_g),
+                self.spt.distill,
+                current_iter,
+                self.lq,
+                self.teacher,
+                self.optimizer_g,
+                self,
+                "cri_pix",
+                lambda: super(SPTImageCleanModel, self).optimize_parameters(current_iter),
+            )
             if student_only:
                 self.log_dict = {"l_distill": distill}
                 if self.ema_decay > 0:
@@ -138,11 +159,13 @@ def make_model_class(image_clean_model: type) -> type:
             models = self.opt["path"]["models"]
             meta = {"restormer_backbone": self.spt_backbone, "restormer_iter": str(current_iter)}
             task = task_of(self.opt)
-            spt_adapter.save_adapter(bare(self.net_g), osp.join(models, f"net_g_{label}.safetensors"), metadata=meta,
-                                     task=task)
+            spt_adapter.save_adapter(
+                bare(self.net_g), osp.join(models, f"net_g_{label}.safetensors"), metadata=meta, task=task
+            )
             if hasattr(self, "net_g_ema"):
-                spt_adapter.save_adapter(self.net_g_ema, osp.join(models, f"net_g_ema_{label}.safetensors"),
-                                         metadata=meta, task=task)
+                spt_adapter.save_adapter(
+                    self.net_g_ema, osp.join(models, f"net_g_ema_{label}.safetensors"), metadata=meta, task=task
+                )
             self.save_training_state(epoch, current_iter)
 
     SPTImageCleanModel.__qualname__ = "SPTImageCleanModel"

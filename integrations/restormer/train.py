@@ -66,8 +66,10 @@ def check_cpu_run(root: str, argv: list[str], cuda: bool) -> str | None:
         return f"{path}: num_gpu is {opt.get('num_gpu', 1)!r} but PyTorch sees no CUDA device; set num_gpu: 0 (Restormer's CPU mode)"
     states = os.path.join(root, "experiments", str(opt.get("name")), "training_states")
     if os.path.isdir(states) and any(f.endswith(".state") for f in os.listdir(states)):
-        return (f"Restormer's train.py would resume from {states} and loads training states onto CUDA "
-                "(torch.cuda.current_device()), which this machine lacks; give the run a new name or remove that folder")
+        return (
+            f"Restormer's train.py would resume from {states} and loads training states onto CUDA "
+            "(torch.cuda.current_device()), which this machine lacks; give the run a new name or remove that folder"
+        )
     return None
 
 

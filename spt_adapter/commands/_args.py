@@ -13,8 +13,12 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         default = action.default
-        if (action.nargs == 0 or default in (None, argparse.SUPPRESS, [], "") or "default" in text
-                or not action.option_strings):
+        if (
+            action.nargs == 0
+            or default in (None, argparse.SUPPRESS, [], "")
+            or "default" in text
+            or not action.option_strings
+        ):
             return text
         return text + " (default: %(default)s)"
 
@@ -38,8 +42,12 @@ def add_progress_arguments(parser: argparse.ArgumentParser | argparse._ArgumentG
     """``--progress`` / ``--no-progress`` (dest ``no_progress``): bars are drawn when stderr is a terminal,
     not into a log file or a pipe; ``--progress`` forces them, ``--no-progress`` turns them off."""
     g = parser.add_mutually_exclusive_group()
-    g.add_argument("--progress", dest="no_progress", action="store_false",
-                   help="draw progress bars even when stderr is not a terminal (default: only on a terminal)")
+    g.add_argument(
+        "--progress",
+        dest="no_progress",
+        action="store_false",
+        help="draw progress bars even when stderr is not a terminal (default: only on a terminal)",
+    )
     g.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")
     parser.set_defaults(no_progress=not stderr_is_terminal())
 
@@ -73,8 +81,9 @@ def task_type(text: str) -> str:
     try:
         parse_task(text)
     except DataError:
-        raise argparse.ArgumentTypeError(f"task must be denoise:<sigma 0..255> (e.g. denoise:25) or sr:<scale 2..8> "
-                                         f"(sr:2, sr:4), got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"task must be denoise:<sigma 0..255> (e.g. denoise:25) or sr:<scale 2..8> (sr:2, sr:4), got {text!r}"
+        ) from None
     return text
 
 
@@ -111,48 +120,84 @@ def device_type(text: str) -> str:
 
 def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("backbone")
-    g.add_argument("--backbone", metavar="CKPT", help="backbone checkpoint (.pth/.safetensors of any architecture "
-                   "spandrel detects: SwinIR, HAT, RRDB, NAFNet, Restormer, ...; BasicSR/KAIR files too)")
-    g.add_argument("--arch", metavar="PRESET", help="architecture preset to use for the weights given with --weights "
-                   "(see `spt-adapter plugins`); checks the weights really are that architecture")
+    g.add_argument(
+        "--backbone",
+        metavar="CKPT",
+        help="backbone checkpoint (.pth/.safetensors of any architecture "
+        "spandrel detects: SwinIR, HAT, RRDB, NAFNet, Restormer, ...; BasicSR/KAIR files too)",
+    )
+    g.add_argument(
+        "--arch",
+        metavar="PRESET",
+        help="architecture preset to use for the weights given with --weights "
+        "(see `spt-adapter plugins`); checks the weights really are that architecture",
+    )
     g.add_argument("--weights", metavar="PATH", help="weights for --arch")
     add_device_argument(g)
 
 
 def add_device_argument(parser, what: str = "") -> None:
-    parser.add_argument("--device", default=None, type=device_type,
-                        help=f"cpu, cuda, cuda:1{what} (default: cuda when available, else cpu)")
+    parser.add_argument(
+        "--device",
+        default=None,
+        type=device_type,
+        help=f"cpu, cuda, cuda:1{what} (default: cuda when available, else cpu)",
+    )
 
 
-def add_prior_arguments(parser: argparse.ArgumentParser,
-                        cache_default: str = "~/.cache/spt-adapter/priors") -> None:
+def add_prior_arguments(parser: argparse.ArgumentParser, cache_default: str = "~/.cache/spt-adapter/priors") -> None:
     from ..prior.encode import DEFAULT_ENCODING
 
     g = parser.add_argument_group("prior")
-    g.add_argument("--prior-cache", metavar="DIR", default=None,
-                   help=f"folder of cached priors (default: {cache_default}); SAM never runs twice per image")
-    g.add_argument("--provider", type=provider_name, default=None, metavar="NAME",
-                   help="mask provider: sam, sam2, slic, felzenszwalb or a plugin's (see `spt-adapter plugins`; "
-                        "default: sam with --provider-checkpoint, else slic)")
+    g.add_argument(
+        "--prior-cache",
+        metavar="DIR",
+        default=None,
+        help=f"folder of cached priors (default: {cache_default}); SAM never runs twice per image",
+    )
+    g.add_argument(
+        "--provider",
+        type=provider_name,
+        default=None,
+        metavar="NAME",
+        help="mask provider: sam, sam2, slic, felzenszwalb or a plugin's (see `spt-adapter plugins`; "
+        "default: sam with --provider-checkpoint, else slic)",
+    )
     add_provider_checkpoint_arguments(g, dest="sam_checkpoint", model_type_dest="sam_model_type")
-    g.add_argument("--provider-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="provider setting, repeatable (e.g. n_segments=100, points_per_side=16); checked by name and "
-                        "type before any image is read")
+    g.add_argument(
+        "--provider-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="provider setting, repeatable (e.g. n_segments=100, points_per_side=16); checked by name and "
+        "type before any image is read",
+    )
     g.add_argument("--segments", type=positive_int, default=None, help="SLIC: number of segments")
-    g.add_argument("--encoding", default=None,
-                   help=f"prior encoding: label, onehot[:K], boundary (default: {DEFAULT_ENCODING}, label with --fusion pool; "
-                        "eval and train --resume: the adapter's)")
-
+    g.add_argument(
+        "--encoding",
+        default=None,
+        help=f"prior encoding: label, onehot[:K], boundary (default: {DEFAULT_ENCODING}, label with --fusion pool; "
+        "eval and train --resume: the adapter's)",
+    )
 
 
 def add_provider_checkpoint_arguments(parser, *, dest: str, model_type_dest: str) -> None:
     """``--provider-checkpoint`` and ``--provider-model-type`` (old spellings ``--sam-checkpoint``,
     ``--checkpoint``, ``--sam-model-type``, ``--model-type`` still accepted)."""
-    parser.add_argument("--provider-checkpoint", dest=dest, metavar="PTH",
-                        help="checkpoint of a provider that needs one (SAM: sam_vit_b_01ec64.pth, SAM 2: "
-                             "sam2.1_hiera_tiny.pt, ...); with it the provider defaults to sam")
+    parser.add_argument(
+        "--provider-checkpoint",
+        dest=dest,
+        metavar="PTH",
+        help="checkpoint of a provider that needs one (SAM: sam_vit_b_01ec64.pth, SAM 2: "
+        "sam2.1_hiera_tiny.pt, ...); with it the provider defaults to sam",
+    )
     alias(parser, "--sam-checkpoint", "--checkpoint", dest=dest)
-    parser.add_argument("--provider-model-type", dest=model_type_dest, default="auto", metavar="TYPE",
-                        help="SAM: vit_b, vit_l, vit_h, vit_tiny (tools/make_tiny_sam.py); SAM 2: sam2.1_hiera_tiny, "
-                             "..., tiny_test (tools/make_tiny_sam2.py); auto: from the checkpoint")
+    parser.add_argument(
+        "--provider-model-type",
+        dest=model_type_dest,
+        default="auto",
+        metavar="TYPE",
+        help="SAM: vit_b, vit_l, vit_h, vit_tiny (tools/make_tiny_sam.py); SAM 2: sam2.1_hiera_tiny, "
+        "..., tiny_test (tools/make_tiny_sam2.py); auto: from the checkpoint",
+    )
     alias(parser, "--sam-model-type", "--model-type", dest=model_type_dest)

@@ -48,27 +48,46 @@ HELP = "evaluate backbone vs backbone + SPT (PSNR/SSIM tables, comparison crops)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backbone_arguments(parser)
-    parser.add_argument("--adapter", metavar="FILE|DIR|HUB_ID",
-                        help="adapter file, folder holding spt_adapter.safetensors, or a Hub repo id (user/repo)")
-    parser.add_argument("--no-adapter", action="store_true",
-                        help="score the backbone alone (no --adapter, no prior; --task needed)")
+    parser.add_argument(
+        "--adapter",
+        metavar="FILE|DIR|HUB_ID",
+        help="adapter file, folder holding spt_adapter.safetensors, or a Hub repo id (user/repo)",
+    )
+    parser.add_argument(
+        "--no-adapter", action="store_true", help="score the backbone alone (no --adapter, no prior; --task needed)"
+    )
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag, commit) for a Hub id")
     parser.add_argument("--data", required=True, metavar="HQ_DIR", help="folder of clean test images")
-    parser.add_argument("--task", default=None, type=task_type,
-                        help="denoise:<sigma> or sr:<scale> (default: the task recorded in the adapter)")
+    parser.add_argument(
+        "--task",
+        default=None,
+        type=task_type,
+        help="denoise:<sigma> or sr:<scale> (default: the task recorded in the adapter)",
+    )
     add_prior_arguments(parser)
-    parser.add_argument("--out", default=None, metavar="DIR", help="where to write eval.md/eval.csv/crops (default: "
-                        "eval_<data folder name>)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="where to write eval.md/eval.csv/crops (default: eval_<data folder name>)",
+    )
     parser.add_argument("--save-images", action="store_true", help="also save every backbone and +SPT output")
     parser.add_argument("--crops", type=nonneg_int, default=4, help="comparison crops to write (default: 4)")
     parser.add_argument("--crop-size", type=positive_int, default=96, help="side of each comparison crop (pixels)")
     parser.add_argument("--seed", type=nonneg_int, default=0, help="noise seed of the degradation")
-    parser.add_argument("--noise", choices=NOISE_PROTOCOLS, default=None,
-                        help="denoising noise protocol: spt (per image and seed, clipped to 8 bits: what training "
-                             "uses) or kair (np.random.seed(seed) per image, unclipped float: KAIR's main_test_dncnn.py); "
-                             "default: kair for grey backbones, spt for colour")
-    parser.add_argument("--no-hash-check", action="store_true",
-                        help="accept an adapter whose recorded backbone weights hash differs (architecture still checked)")
+    parser.add_argument(
+        "--noise",
+        choices=NOISE_PROTOCOLS,
+        default=None,
+        help="denoising noise protocol: spt (per image and seed, clipped to 8 bits: what training "
+        "uses) or kair (np.random.seed(seed) per image, unclipped float: KAIR's main_test_dncnn.py); "
+        "default: kair for grey backbones, spt for colour",
+    )
+    parser.add_argument(
+        "--no-hash-check",
+        action="store_true",
+        help="accept an adapter whose recorded backbone weights hash differs (architecture still checked)",
+    )
     add_progress_arguments(parser)
 
 
@@ -94,9 +113,11 @@ def _check_scoreable(images: list[Path], task: str) -> None:
         except Exception:
             continue  # unreadable: the dataset reports it by name
         if min(w, h) < least:
-            raise SPTError(f"{path} is {w}x{h} pixels: too small to score (SSIM needs {least}x{least} or more"
-                           + (f" for {task}, whose {border}-pixel border is cropped" if border else "")
-                           + "); remove it from --data")
+            raise SPTError(
+                f"{path} is {w}x{h} pixels: too small to score (SSIM needs {least}x{least} or more"
+                + (f" for {task}, whose {border}-pixel border is cropped" if border else "")
+                + "); remove it from --data"
+            )
 
 
 def _foreign_tables(out: Path) -> list[str]:
@@ -104,8 +125,10 @@ def _foreign_tables(out: Path) -> list[str]:
     import re
 
     found = []
-    for name, ours in (("eval.md", re.compile(r"(denoise|sr):\S+: PSNR \(dB\) / SSIM, ")),
-                       ("eval.csv", re.compile(r"image,backbone_psnr,"))):
+    for name, ours in (
+        ("eval.md", re.compile(r"(denoise|sr):\S+: PSNR \(dB\) / SSIM, ")),
+        ("eval.csv", re.compile(r"image,backbone_psnr,")),
+    ):
         path = out / name
         if path.is_file():
             try:
@@ -126,8 +149,10 @@ def run(args) -> int:
         raise SPTError(f"--out {out} is a file; eval writes a folder (eval.md, eval.csv, crops): pass a folder")
     foreign = _foreign_tables(out)
     if foreign:
-        raise SPTError(f"--out {out} holds {', '.join(foreign)} that spt-adapter eval did not write; eval would replace "
-                       "it: choose another --out or move the file")
+        raise SPTError(
+            f"--out {out} holds {', '.join(foreign)} that spt-adapter eval did not write; eval would replace "
+            "it: choose another --out or move the file"
+        )
     if args.no_adapter and args.adapter:
         raise SPTError("--no-adapter scores the backbone alone: drop --adapter (or --no-adapter)")
     if not args.no_adapter and not args.adapter:
@@ -142,8 +167,10 @@ def run(args) -> int:
         provider = None
         what = "backbone alone"
         if upsampled:
-            what += (f"; pre-upsampled SR: the LR image is bicubic-upsampled x{task_scale(args.task)} before the x1 "
-                     "network" + (", which reads the Y channel" if args._channels == 1 else ""))
+            what += (
+                f"; pre-upsampled SR: the LR image is bicubic-upsampled x{task_scale(args.task)} before the x1 "
+                "network" + (", which reads the Y channel" if args._channels == 1 else "")
+            )
     else:
         upsampled = False
         model, provider, described, what = _with_adapter(args)  # provider None: the adapter makes its own prior
@@ -155,8 +182,16 @@ def run(args) -> int:
         from ..training.data import PairedPriorDataset
 
         # no prior: the dataset's prior_fn is a placeholder that nothing reads
-        dataset = PairedPriorDataset(args.data, args.task, prior_fn=lambda im: _no_prior(im), train=False,
-                                     seed=args.seed, channels=args._channels, noise=args.noise, upsampled=upsampled)
+        dataset = PairedPriorDataset(
+            args.data,
+            args.task,
+            prior_fn=lambda im: _no_prior(im),
+            train=False,
+            seed=args.seed,
+            channels=args._channels,
+            noise=args.noise,
+            upsampled=upsampled,
+        )
     else:
         dataset = build_dataset(args, args.data, provider, prior_cache(args), train=False)
     _check_scoreable(images, args.task)
@@ -168,10 +203,20 @@ def run(args) -> int:
     from ..training.restore import size_multiple
 
     # pad only to what the backbone needs: padding a CNN's input changes its border pixels
-    result = evaluate(model, items, args.task, out, save_images=args.save_images,
-                      multiple=size_multiple(model, args._descriptor),
-                      crops=args.crops, crop_size=args.crop_size, progress=not args.no_progress, total=len(dataset),
-                      backbone_only=args.no_adapter, upsampled=upsampled)
+    result = evaluate(
+        model,
+        items,
+        args.task,
+        out,
+        save_images=args.save_images,
+        multiple=size_multiple(model, args._descriptor),
+        crops=args.crops,
+        crop_size=args.crop_size,
+        progress=not args.no_progress,
+        total=len(dataset),
+        backbone_only=args.no_adapter,
+        upsampled=upsampled,
+    )
     print(result.table_md.read_text() if result.table_md else "no images")
     print(f"table:     {result.table_md}")
     print(f"table:     {result.table_csv}")
@@ -219,9 +264,12 @@ def _with_adapter(args):
     provider_args = prior_flags(args, adapter_file)
     model, _, described = load_backbone_from_args(args, require_targets=False)  # targets come from the adapter
     if pre_upsampled(args.task, args._scale):
-        raise SPTError(f"--task {args.task} on the x1 backbone {described} is pre-upsampled SR, which eval scores "
-                       "with --no-adapter only (no adapter is trained on upsampled input yet): add --no-adapter "
-                       "and drop --adapter, or use a x" f"{task_scale(args.task)} backbone")
+        raise SPTError(
+            f"--task {args.task} on the x1 backbone {described} is pre-upsampled SR, which eval scores "
+            "with --no-adapter only (no adapter is trained on upsampled input yet): add --no-adapter "
+            "and drop --adapter, or use a x"
+            f"{task_scale(args.task)} backbone"
+        )
     check_task_scale(args.task, args._scale, described)
     spt = load_adapter(model, adapter_file, check_backbone_hash=not args.no_hash_check)
     check_channels(spt, args._channels, str(adapter_file))

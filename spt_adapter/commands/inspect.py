@@ -21,14 +21,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..core.config import DEFAULT_FUSION, FUSIONS
     from ._args import nonneg_int, positive_int
 
-    parser.add_argument("backbone", metavar="BACKBONE",
-                        help="backbone checkpoint (.pth/.safetensors of any architecture spandrel detects)")
-    parser.add_argument("--targets", nargs="+", metavar="PATTERN",
-                        help="target patterns to try (`*` one dotted segment, `**` any, `re:` regex; default: the "
-                             "claiming plugin's preset)")
+    parser.add_argument(
+        "backbone",
+        metavar="BACKBONE",
+        help="backbone checkpoint (.pth/.safetensors of any architecture spandrel detects)",
+    )
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        metavar="PATTERN",
+        help="target patterns to try (`*` one dotted segment, `**` any, `re:` regex; default: the "
+        "claiming plugin's preset)",
+    )
     parser.add_argument("--exclude", nargs="+", metavar="PATTERN", help="modules to leave out")
     parser.add_argument("--depth", type=nonneg_int, default=2, help="levels of the module tree to show (0: none)")
-    parser.add_argument("--fusion", choices=FUSIONS, default=DEFAULT_FUSION, help="unit fusion, for the parameter count")
+    parser.add_argument(
+        "--fusion", choices=FUSIONS, default=DEFAULT_FUSION, help="unit fusion, for the parameter count"
+    )
     parser.add_argument("--hidden", type=positive_int, default=16, help="prior-encoder width, for the parameter count")
 
 
@@ -77,13 +86,17 @@ def run(args) -> int:
     claim = args._claim
     print(f"backbone: {described}")
     descriptor = args._descriptor
-    print(f"  class {type(model).__name__}, {total:,} parameters, {args._channels}-channel input"
-          + (f", scale x{args._scale}" if args._scale else ""))
+    print(
+        f"  class {type(model).__name__}, {total:,} parameters, {args._channels}-channel input"
+        + (f", scale x{args._scale}" if args._scale else "")
+    )
     if claim[0]:
         print(f"claimed by: plugin {claim[0]!r}, preset {claim[1]!r}; preset targets: {default}")
     else:
-        print("claimed by: no plugin (no preset): pass --targets PATTERN to `train` "
-              "(`spt-adapter plugins --presets` lists the architectures with presets)")
+        print(
+            "claimed by: no plugin (no preset): pass --targets PATTERN to `train` "
+            "(`spt-adapter plugins --presets` lists the architectures with presets)"
+        )
     if getattr(descriptor, "supports_half", None) is False:
         print("  spandrel: no float16 support (restore --half is refused)")
 
@@ -115,11 +128,14 @@ def run(args) -> int:
     if not patterns:
         return 0
     added = sum(u for _, _, u in rows)
-    print(f"\ntargets {patterns}" + (f" minus {args.exclude}" if args.exclude else "")
-          + f" match {len(rows)} module(s):")
+    print(
+        f"\ntargets {patterns}" + (f" minus {args.exclude}" if args.exclude else "") + f" match {len(rows)} module(s):"
+    )
     width = max(len(n) for n, _, _ in rows)
     for n, channels, unit in rows:
         print(f"  {n.ljust(width)}  {channels:>5} channels  +{unit:,} parameters")
-    print(f"units ({args.fusion}, hidden {args.hidden}) add {added:,} parameters = {100 * added / max(total, 1):.2f} % "
-          "of the backbone")
+    print(
+        f"units ({args.fusion}, hidden {args.hidden}) add {added:,} parameters = {100 * added / max(total, 1):.2f} % "
+        "of the backbone"
+    )
     return 0

@@ -20,38 +20,79 @@ HELP = "precompute masks + priors for images into a cache (SAM, SAM 2, a classic
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="image files, folders (not recursive), globs (quote them; ** recurses) or .txt lists of paths")
-    parser.add_argument("--provider", type=provider_name, default=None, metavar="NAME",
-                        help="mask provider: sam, sam2, slic, felzenszwalb, or one a plugin installs (`spt-adapter "
-                             "plugins` lists them; default: sam with --provider-checkpoint, else slic)")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (not recursive), globs (quote them; ** recurses) or .txt lists of paths",
+    )
+    parser.add_argument(
+        "--provider",
+        type=provider_name,
+        default=None,
+        metavar="NAME",
+        help="mask provider: sam, sam2, slic, felzenszwalb, or one a plugin installs (`spt-adapter "
+        "plugins` lists them; default: sam with --provider-checkpoint, else slic)",
+    )
     add_provider_checkpoint_arguments(parser, dest="checkpoint", model_type_dest="model_type")
-    parser.add_argument("--device", default=None, type=device_type,
-                        help="torch device for SAM / SAM 2 (default: cuda[:LOCAL_RANK] when available, else cpu)")
+    parser.add_argument(
+        "--device",
+        default=None,
+        type=device_type,
+        help="torch device for SAM / SAM 2 (default: cuda[:LOCAL_RANK] when available, else cpu)",
+    )
     cache = parser.add_mutually_exclusive_group(required=True)  # required: the spelling or its old alias
-    cache.add_argument("--prior-cache", dest="cache", metavar="DIR",
-                       help="folder of cached priors (what train/eval/restore --prior-cache read)")
+    cache.add_argument(
+        "--prior-cache",
+        dest="cache",
+        metavar="DIR",
+        help="folder of cached priors (what train/eval/restore --prior-cache read)",
+    )
     alias(cache, "--cache", dest="cache")
-    parser.add_argument("--encoding", default=DEFAULT_ENCODING,
-                        help=f"label | onehot[:K] | boundary (default: {DEFAULT_ENCODING}, what `train` uses; "
-                             "label for units with --fusion pool)")
-    parser.add_argument("--degrade", default=None, metavar="TASK",
-                        help="compute priors on the LQ image a PairedPriorDataset makes: denoise:<sigma> or sr:<scale>")
-    parser.add_argument("--seed", type=nonneg_int, default=0,
-                        help="noise seed for --degrade denoise (same as the dataset's seed)")
-    parser.add_argument("--grey", action="store_true",
-                        help="read images as grey (BT.601 luma), as train/eval/restore do for a 1-channel backbone, "
-                             "so the cached priors are the ones they look up")
-    parser.add_argument("--noise", choices=("spt", "kair"), default="spt",
-                        help="--degrade denoise: spt (default) or kair (KAIR's draw; `eval`'s default for grey "
-                             "backbones)")
-    parser.add_argument("--provider-set", dest="set", action="append", default=[], metavar="KEY=VALUE",
-                        help="provider setting, repeatable (e.g. points_per_side=16, pred_iou_thresh=0.8, n_segments=100); "
-                             "checked by name and type before any image is read (`spt-adapter plugins --providers`)")
+    parser.add_argument(
+        "--encoding",
+        default=DEFAULT_ENCODING,
+        help=f"label | onehot[:K] | boundary (default: {DEFAULT_ENCODING}, what `train` uses; "
+        "label for units with --fusion pool)",
+    )
+    parser.add_argument(
+        "--degrade",
+        default=None,
+        metavar="TASK",
+        help="compute priors on the LQ image a PairedPriorDataset makes: denoise:<sigma> or sr:<scale>",
+    )
+    parser.add_argument(
+        "--seed", type=nonneg_int, default=0, help="noise seed for --degrade denoise (same as the dataset's seed)"
+    )
+    parser.add_argument(
+        "--grey",
+        action="store_true",
+        help="read images as grey (BT.601 luma), as train/eval/restore do for a 1-channel backbone, "
+        "so the cached priors are the ones they look up",
+    )
+    parser.add_argument(
+        "--noise",
+        choices=("spt", "kair"),
+        default="spt",
+        help="--degrade denoise: spt (default) or kair (KAIR's draw; `eval`'s default for grey backbones)",
+    )
+    parser.add_argument(
+        "--provider-set",
+        dest="set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="provider setting, repeatable (e.g. points_per_side=16, pred_iou_thresh=0.8, n_segments=100); "
+        "checked by name and type before any image is read (`spt-adapter plugins --providers`)",
+    )
     alias(parser, "--set", dest="set", action="append")
     parser.add_argument("--batch", type=int, default=1, help="images per provider call")
-    parser.add_argument("--num-shards", type=int, default=None, help="split the image list in N shards (default: $WORLD_SIZE or 1)")
-    parser.add_argument("--shard-index", type=int, default=None, help="which shard this process does (default: $RANK or 0)")
+    parser.add_argument(
+        "--num-shards", type=int, default=None, help="split the image list in N shards (default: $WORLD_SIZE or 1)"
+    )
+    parser.add_argument(
+        "--shard-index", type=int, default=None, help="which shard this process does (default: $RANK or 0)"
+    )
     parser.add_argument("--strict", action="store_true", help="exit with status 1 if any image failed")
     add_progress_arguments(parser)
 
@@ -66,8 +107,10 @@ def shard_of(n_items: int, num_shards: int | None, shard_index: int | None, env=
         try:
             return int(text)
         except ValueError:
-            raise ConfigError(f"the environment variable {name}={env.get(name)!r} is not an integer (a launcher sets it: "
-                              f"unset it, or pass --num-shards/--shard-index)") from None
+            raise ConfigError(
+                f"the environment variable {name}={env.get(name)!r} is not an integer (a launcher sets it: "
+                f"unset it, or pass --num-shards/--shard-index)"
+            ) from None
 
     if num_shards is None:
         num_shards = from_env("WORLD_SIZE", "1")
@@ -76,10 +119,13 @@ def shard_of(n_items: int, num_shards: int | None, shard_index: int | None, env=
     if shard_index is None:
         shard_index = 0
     if num_shards < 1:
-        raise ConfigError(f"--num-shards must be at least 1 (the number of shards the image list is split into), got "
-                          f"{num_shards}")
+        raise ConfigError(
+            f"--num-shards must be at least 1 (the number of shards the image list is split into), got {num_shards}"
+        )
     if not (0 <= shard_index < num_shards):
-        raise ConfigError(f"--shard-index must be in 0..{num_shards - 1} for --num-shards {num_shards}, got {shard_index}")
+        raise ConfigError(
+            f"--shard-index must be in 0..{num_shards - 1} for --num-shards {num_shards}, got {shard_index}"
+        )
     return num_shards, shard_index
 
 
@@ -104,8 +150,10 @@ def run(args) -> int:
     spec = get_provider_spec(args.provider)
     spec.validate(settings)  # by name and type, before anything is loaded or read
     if args.checkpoint and not spec.needs_checkpoint:
-        raise ConfigError(f"--provider-checkpoint was given with --provider {args.provider}, which takes no checkpoint; "
-                          "drop one of them")
+        raise ConfigError(
+            f"--provider-checkpoint was given with --provider {args.provider}, which takes no checkpoint; "
+            "drop one of them"
+        )
     device = args.device
     if spec.needs_checkpoint and device is None and "LOCAL_RANK" in os.environ:
         import torch
@@ -113,7 +161,9 @@ def run(args) -> int:
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     model_type = None if args.model_type in (None, "auto") else args.model_type
-    provider = make_provider(args.provider, checkpoint=args.checkpoint, model_type=model_type, device=device, **settings)
+    provider = make_provider(
+        args.provider, checkpoint=args.checkpoint, model_type=model_type, device=device, **settings
+    )
     paths = list_images(args.inputs)
     num_shards, shard_index = shard_of(len(paths), args.num_shards, args.shard_index)
     mine = paths[shard_index::num_shards]
@@ -155,8 +205,10 @@ def run(args) -> int:
             bar.update(1)
             return
         except OSError as exc:  # full disk, a cache folder gone: no image's fault, the same for every image
-            raise SPTError(f"cannot write the prior cache {cache.root}: {exc.strerror or exc} ({counts['computed']} "
-                           "computed before it are kept; free space, then rerun to continue)") from None
+            raise SPTError(
+                f"cannot write the prior cache {cache.root}: {exc.strerror or exc} ({counts['computed']} "
+                "computed before it are kept; free space, then rerun to continue)"
+            ) from None
         except Exception as exc:  # one bad image in a batch: retry one by one to isolate it
             if len(batch) > 1:
                 for one in batch:
@@ -192,18 +244,26 @@ def run(args) -> int:
     flush(pending)
     bar.close()
     dt = time.perf_counter() - t0
-    print(f"masks: computed {counts['computed']}, reused {counts['reused']}"
-          + (f" ({counts['re-encoded']} encoded from cached masks)" if counts["re-encoded"] else "")
-          + f", failed {counts['failed']} in {dt:.1f}s", file=sys.stderr)
+    print(
+        f"masks: computed {counts['computed']}, reused {counts['reused']}"
+        + (f" ({counts['re-encoded']} encoded from cached masks)" if counts["re-encoded"] else "")
+        + f", failed {counts['failed']} in {dt:.1f}s",
+        file=sys.stderr,
+    )
     for failed, reason in failures:
         print(f"  failed: {failed}: {reason}", file=sys.stderr)
     if cache.stats["corrupt"]:
         print(f"  {cache.stats['corrupt']} corrupt cache entr(y/ies) were recomputed", file=sys.stderr)
     if cache.stats["old_format"]:
-        print(f"  {cache.stats['old_format']} cache entr(y/ies) of an older cache format were recomputed", file=sys.stderr)
+        print(
+            f"  {cache.stats['old_format']} cache entr(y/ies) of an older cache format were recomputed", file=sys.stderr
+        )
     if counts["provider"] and not (counts["computed"] or counts["reused"]):
         # the provider failed on every image it was given: its settings or installation, not the images
-        print(f"masks: error: the provider failed on every image it ran on ({counts['provider']} of "
-              f"{counts['provider']}): its settings or installation fail, not the images (exit 1)", file=sys.stderr)
+        print(
+            f"masks: error: the provider failed on every image it ran on ({counts['provider']} of "
+            f"{counts['provider']}): its settings or installation fail, not the images (exit 1)",
+            file=sys.stderr,
+        )
         return 1
     return 1 if (args.strict and failures) else 0

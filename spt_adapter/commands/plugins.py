@@ -8,9 +8,14 @@ HELP = "list the plugins (built-in shims and third-party), what they registered,
 def add_arguments(parser) -> None:
     parser.add_argument("--hooks", action="store_true", help="also list the hooks each plugin implements")
     parser.add_argument("--presets", action="store_true", help="also list the architecture presets")
-    parser.add_argument("--providers", action="store_true", help="also list each mask provider's settings (--provider-set NAME=VALUE)")
-    parser.add_argument("--no-register", action="store_true",
-                        help="do not import the frameworks (skip the spt_adapter_register_framework hooks)")
+    parser.add_argument(
+        "--providers", action="store_true", help="also list each mask provider's settings (--provider-set NAME=VALUE)"
+    )
+    parser.add_argument(
+        "--no-register",
+        action="store_true",
+        help="do not import the frameworks (skip the spt_adapter_register_framework hooks)",
+    )
 
 
 def run(args) -> int:

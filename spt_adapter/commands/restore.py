@@ -28,36 +28,72 @@ HELP = "restore your own images with a backbone + SPT adapter (whole or tiled; P
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (not recursive), globs "
-                        "('photos/**/*.jpg', quoted) or .txt lists of paths")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (not recursive), globs ('photos/**/*.jpg', quoted) or .txt lists of paths",
+    )
     add_backbone_arguments(parser)
     a = parser.add_argument_group("adapter")
-    a.add_argument("--adapter", metavar="FILE|DIR|HUB_ID",
-                   help="adapter file, folder holding spt_adapter.safetensors, or a Hub repo id (user/repo)")
+    a.add_argument(
+        "--adapter",
+        metavar="FILE|DIR|HUB_ID",
+        help="adapter file, folder holding spt_adapter.safetensors, or a Hub repo id (user/repo)",
+    )
     a.add_argument("--revision", default=None, help="Hub revision (branch, tag, commit) for a Hub id")
     a.add_argument("--no-adapter", action="store_true", help="restore with the backbone alone (for comparison)")
-    a.add_argument("--no-hash-check", action="store_true",
-                   help="accept an adapter whose recorded backbone weights hash differs (architecture still checked)")
+    a.add_argument(
+        "--no-hash-check",
+        action="store_true",
+        help="accept an adapter whose recorded backbone weights hash differs (architecture still checked)",
+    )
     add_prior_arguments(parser, cache_default="not kept")
     t = parser.add_argument_group("tiling and precision")
-    t.add_argument("--tile", type=positive_int, default=None, metavar="N",
-                   help="run the network on N x N tiles of the input (bounds memory; default: the whole image)")
-    t.add_argument("--tile-overlap", type=nonneg_int, default=None, metavar="P",
-                   help="input pixels shared by neighbouring tiles (default: 32, or a CNN's receptive field when larger)")
-    t.add_argument("--tile-blend", type=nonneg_int, default=None, metavar="B",
-                   help="cross-fade width around each seam (default: as wide as exactness for CNNs allows; "
-                        "half the overlap for attention backbones)")
+    t.add_argument(
+        "--tile",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="run the network on N x N tiles of the input (bounds memory; default: the whole image)",
+    )
+    t.add_argument(
+        "--tile-overlap",
+        type=nonneg_int,
+        default=None,
+        metavar="P",
+        help="input pixels shared by neighbouring tiles (default: 32, or a CNN's receptive field when larger)",
+    )
+    t.add_argument(
+        "--tile-blend",
+        type=nonneg_int,
+        default=None,
+        metavar="B",
+        help="cross-fade width around each seam (default: as wide as exactness for CNNs allows; "
+        "half the overlap for attention backbones)",
+    )
     t.add_argument("--half", action="store_true", help="float16 autocast on CUDA (backbones that support it)")
     o = parser.add_argument_group("output")
     o.add_argument("--out", required=True, metavar="DIR", help="output folder (created with its parents)")
-    o.add_argument("--skip-existing", action="store_true", help="skip inputs whose output PNG exists (rerun after "
-                   "an interruption)")
-    o.add_argument("--overwrite", action="store_true", help="replace outputs that already exist in --out (default: "
-                   "refuse before any work; --skip-existing keeps them)")
-    o.add_argument("--allow-out-in-input", action="store_true",
-                   help="allow --out to be (inside) a folder given as INPUT or the folder of an input file")
-    o.add_argument("--strict", action="store_true", help="stop with exit status 1 at the first unreadable input "
-                   "(default: skip it and list it at the end)")
+    o.add_argument(
+        "--skip-existing", action="store_true", help="skip inputs whose output PNG exists (rerun after an interruption)"
+    )
+    o.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace outputs that already exist in --out (default: "
+        "refuse before any work; --skip-existing keeps them)",
+    )
+    o.add_argument(
+        "--allow-out-in-input",
+        action="store_true",
+        help="allow --out to be (inside) a folder given as INPUT or the folder of an input file",
+    )
+    o.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop with exit status 1 at the first unreadable input (default: skip it and list it at the end)",
+    )
     add_progress_arguments(o)
     from ._deploy import add_shard_arguments
 
@@ -106,19 +142,23 @@ def output_paths(paths: list[Path], folders: list[Path], out: Path, allow_in_inp
             fr = f.resolve()
             given = f in folders
             if out_r == fr or (given and fr in out_r.parents):
-                raise RestoreError(f"--out {out} is {'inside ' if out_r != fr else ''}the input folder {f}: its outputs "
-                                   "would mix with the inputs; choose another --out or pass --allow-out-in-input")
+                raise RestoreError(
+                    f"--out {out} is {'inside ' if out_r != fr else ''}the input folder {f}: its outputs "
+                    "would mix with the inputs; choose another --out or pass --allow-out-in-input"
+                )
     inputs = {p.resolve(): p for p in paths}
     targets: dict[Path, Path] = {}
     result = []
     for p in paths:
         target = out / f"{p.stem}.png"
         if target.resolve() in inputs:
-            raise RestoreError(f"the output {target} would overwrite the input {inputs[target.resolve()]}; "
-                               "choose another --out")
+            raise RestoreError(
+                f"the output {target} would overwrite the input {inputs[target.resolve()]}; choose another --out"
+            )
         if target in targets:
-            raise RestoreError(f"{targets[target]} and {p} would both be written to {target}; restore them into "
-                               "separate --out folders")
+            raise RestoreError(
+                f"{targets[target]} and {p} would both be written to {target}; restore them into separate --out folders"
+            )
         targets[target] = p
         result.append(target)
     return result
@@ -172,8 +212,13 @@ def _model(args):
     model.to(device)
     override = build_provider(args, device=device) if provider_args else None
     cache = prior_cache(args) if args.prior_cache else None
-    source = resolve_prior_source(model, provider=override, encoding=args.encoding, cache=cache,
-                                  what=str(adapter_file) if adapter_file else "the adapter")
+    source = resolve_prior_source(
+        model,
+        provider=override,
+        encoding=args.encoding,
+        cache=cache,
+        what=str(adapter_file) if adapter_file else "the adapter",
+    )
     return model, args._descriptor, described, source, device
 
 
@@ -192,16 +237,23 @@ def _check_tiling(args, model, descriptor, device) -> None:
         return
     least = minimum_tile(model, descriptor)
     if args.tile < least:
-        raise SPTError(f"--tile {args.tile} is smaller than this backbone needs (its window / size multiple): "
-                       f"use --tile {least} or more")
+        raise SPTError(
+            f"--tile {args.tile} is smaller than this backbone needs (its window / size multiple): "
+            f"use --tile {least} or more"
+        )
     overlap = default_overlap(model) if args.tile_overlap is None else args.tile_overlap
     if args.tile <= overlap:
-        raise SPTError(f"--tile {args.tile} must be larger than the tile overlap {overlap}: use --tile {overlap + 1} "
-                       "or more, or a smaller --tile-overlap")
+        raise SPTError(
+            f"--tile {args.tile} must be larger than the tile overlap {overlap}: use --tile {overlap + 1} "
+            "or more, or a smaller --tile-overlap"
+        )
     check_tile_stride(args.tile, overlap, "--tile")
     if overlap == 0:
-        print("restore: warning: --tile-overlap 0 leaves visible seams where tiles meet (each tile's border "
-              "sees no context); the default overlap avoids them", file=sys.stderr)
+        print(
+            "restore: warning: --tile-overlap 0 leaves visible seams where tiles meet (each tile's border "
+            "sees no context); the default overlap avoids them",
+            file=sys.stderr,
+        )
     if args.tile_blend is not None and args.tile_blend > overlap:
         raise SPTError(f"--tile-blend {args.tile_blend} exceeds the tile overlap {overlap}")
 
@@ -228,8 +280,10 @@ def run(args) -> int:
     existing = [t.name for t in targets if t.exists()]
     if existing and not (args.skip_existing or args.overwrite):
         shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
-        raise SPTError(f"--out {out} already holds {len(existing)} of the outputs ({shown}); pass --skip-existing to "
-                       "keep them, --overwrite to replace them, or choose another --out")
+        raise SPTError(
+            f"--out {out} already holds {len(existing)} of the outputs ({shown}); pass --skip-existing to "
+            "keep them, --overwrite to replace them, or choose another --out"
+        )
     if args.backbone and exported_format(args.backbone):  # an `spt-adapter export` file
         model, described, source, device = exported_model(args)
         descriptor, restore = None, restore_exported  # type: ignore[assignment]
@@ -244,8 +298,11 @@ def run(args) -> int:
 
     overlap = args.tile_overlap if args.tile_overlap is not None else default_overlap(model)
     tiling = f"tiles {args.tile} (overlap {overlap})" if args.tile else "whole images"
-    print(f"restore: {len(paths)} image(s){shard_note} -> {out}; {described}; prior: {source.described}; {grey}; {tiling}; "
-          f"{device}", file=sys.stderr)
+    print(
+        f"restore: {len(paths)} image(s){shard_note} -> {out}; {described}; prior: {source.described}; {grey}; {tiling}; "
+        f"{device}",
+        file=sys.stderr,
+    )
     info = RestoreInfo()
     done, skipped, failed, redone = 0, 0, [], []
     t0 = time.perf_counter()
@@ -275,8 +332,11 @@ def run(args) -> int:
     finally:
         bar.close()
     dt = time.perf_counter() - t0
-    print(f"restore: {done} restored, {skipped} skipped (output exists), {len(failed)} unreadable in {dt:.1f}s "
-          f"(prior {info.prior_seconds:.1f}s, network {info.network_seconds:.1f}s)", file=sys.stderr)
+    print(
+        f"restore: {done} restored, {skipped} skipped (output exists), {len(failed)} unreadable in {dt:.1f}s "
+        f"(prior {info.prior_seconds:.1f}s, network {info.network_seconds:.1f}s)",
+        file=sys.stderr,
+    )
     for path, reason in failed:
         print(f"  unreadable: {path}: {reason}", file=sys.stderr)
     for target, reason in redone:
@@ -316,6 +376,16 @@ def _restore_one(restore, model, image, source, args, descriptor, info):
     t = _time.perf_counter()
     prior = source.compute(image)
     info.prior_seconds += _time.perf_counter() - t
-    return restore(model, image, prior, tile=args.tile, tile_overlap=args.tile_overlap, tile_blend=args.tile_blend,
-                   half=args.half, backbone_only=args.no_adapter, descriptor=descriptor, info=info,
-                   channels=args._channels)
+    return restore(
+        model,
+        image,
+        prior,
+        tile=args.tile,
+        tile_overlap=args.tile_overlap,
+        tile_blend=args.tile_blend,
+        half=args.half,
+        backbone_only=args.no_adapter,
+        descriptor=descriptor,
+        info=info,
+        channels=args._channels,
+    )

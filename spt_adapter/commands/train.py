@@ -42,46 +42,80 @@ from ._args import (
 HELP = "train SPT units on a frozen backbone (writes a safetensors delta, logs, resumable)"
 DEFAULT_STUDENT_STEPS = 400  # results 11: 400 student-only steps, distill weight 0.1, width 16
 
+
 # ---------------------------------------------------------------------------------------------
 # the command
 # ---------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backbone_arguments(parser)
-    parser.add_argument("--targets", nargs="+", metavar="PATTERN",
-                        help="modules to adapt (default: the preset of the plugin that claims the backbone)")
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        metavar="PATTERN",
+        help="modules to adapt (default: the preset of the plugin that claims the backbone)",
+    )
     parser.add_argument("--exclude", nargs="+", metavar="PATTERN", help="modules to leave out")
     parser.add_argument("--fusion", choices=FUSIONS, default=None, help=f"unit fusion (default: {DEFAULT_FUSION})")
-    parser.add_argument("--hidden", type=positive_int, default=None, help="prior-encoder width (default: 16; "
-                        "--resume keeps the run's)")
+    parser.add_argument(
+        "--hidden", type=positive_int, default=None, help="prior-encoder width (default: 16; --resume keeps the run's)"
+    )
     d = parser.add_argument_group("data")
     d.add_argument("--data", required=True, metavar="HQ_DIR", help="folder of clean (ground-truth) images")
     d.add_argument("--task", required=True, type=task_type, help="denoise:<sigma> or sr:<scale>")
     d.add_argument("--val", metavar="DIR", help="folder of clean validation images (full-image PSNR/SSIM)")
-    d.add_argument("--patch", type=positive_int, default=64, help="training patch size on the ground truth (default: 64)")
+    d.add_argument(
+        "--patch", type=positive_int, default=64, help="training patch size on the ground truth (default: 64)"
+    )
     add_prior_arguments(parser)
     dp = parser.add_argument_group("distilled prior (no segmenter at inference)")
-    dp.add_argument("--prior", choices=("lq", "distilled"), default="lq",
-                    help="lq: the provider segments each LQ input (at inference too; the default); distilled: a small "
-                         "student network inside the adapter learns the --teacher's prior of the clean images")
-    dp.add_argument("--teacher", default=None, metavar="PROVIDER",
-                    help="with --prior distilled: the mask provider run on the clean training images only (slic, "
-                         "felzenszwalb, sam/sam2 with --provider-checkpoint, or a plugin provider's name; settings with "
-                         "--provider-set)")
-    dp.add_argument("--distill-weight", type=nonneg_float, default=0.1,
-                    help="weight of the distillation loss beside the L1 restoration loss (default: 0.1)")
-    dp.add_argument("--student-steps", type=nonneg_int, default=None,
-                    help="steps that first train the student alone on the distillation loss, the backbone not run; "
-                         f"they come in addition to --iters (default: {DEFAULT_STUDENT_STEPS}, the setting "
-                         "benchmarks/quality.py validated)")
+    dp.add_argument(
+        "--prior",
+        choices=("lq", "distilled"),
+        default="lq",
+        help="lq: the provider segments each LQ input (at inference too; the default); distilled: a small "
+        "student network inside the adapter learns the --teacher's prior of the clean images",
+    )
+    dp.add_argument(
+        "--teacher",
+        default=None,
+        metavar="PROVIDER",
+        help="with --prior distilled: the mask provider run on the clean training images only (slic, "
+        "felzenszwalb, sam/sam2 with --provider-checkpoint, or a plugin provider's name; settings with "
+        "--provider-set)",
+    )
+    dp.add_argument(
+        "--distill-weight",
+        type=nonneg_float,
+        default=0.1,
+        help="weight of the distillation loss beside the L1 restoration loss (default: 0.1)",
+    )
+    dp.add_argument(
+        "--student-steps",
+        type=nonneg_int,
+        default=None,
+        help="steps that first train the student alone on the distillation loss, the backbone not run; "
+        f"they come in addition to --iters (default: {DEFAULT_STUDENT_STEPS}, the setting "
+        "benchmarks/quality.py validated)",
+    )
     dp.add_argument("--student-width", type=positive_int, default=16, help="student conv width (default: 16)")
     dp.add_argument("--student-depth", type=positive_int, default=4, help="student conv layers (default: 4)")
     t = parser.add_argument_group("training")
-    t.add_argument("--iters", type=positive_int, default=2000,
-                   help="training steps of the units (default: 2000; a distilled prior's --student-steps come first)")
+    t.add_argument(
+        "--iters",
+        type=positive_int,
+        default=2000,
+        help="training steps of the units (default: 2000; a distilled prior's --student-steps come first)",
+    )
     t.add_argument("--batch", type=positive_int, default=8, help="batch per process (global = batch x processes)")
-    t.add_argument("--lr", type=positive_float, default=1e-3,
-                   help="peak learning rate of the unit parameters (default: 1e-3, what every benchmark trains units at)")
-    t.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine", help="learning-rate schedule")
+    t.add_argument(
+        "--lr",
+        type=positive_float,
+        default=1e-3,
+        help="peak learning rate of the unit parameters (default: 1e-3, what every benchmark trains units at)",
+    )
+    t.add_argument(
+        "--schedule", choices=("cosine", "step", "constant"), default="cosine", help="learning-rate schedule"
+    )
     t.add_argument("--warmup", type=nonneg_int, default=0, help="linear warm-up steps")
     t.add_argument("--seed", type=nonneg_int, default=0, help="seed of the crops, noise and initialisation")
     t.add_argument("--save-every", type=nonneg_int, default=500, help="steps between checkpoints (0: only at the end)")
@@ -107,19 +141,25 @@ def _check_out(args) -> Path:
         # adapter; the logs come after it): logs without an adapter, and anything else, are someone's
         # files, which the run's files (README.md above all) would overwrite
         ours = {STATE_FILE}
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(f".{ADAPTER_FILENAME}."))
+        foreign = sorted(
+            p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(f".{ADAPTER_FILENAME}.")
+        )
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-            raise SPTError(f"--out {out} is not empty and holds no spt-adapter run ({shown}); the run would overwrite "
-                           "files there: choose a new or empty folder")
+            raise SPTError(
+                f"--out {out} is not empty and holds no spt-adapter run ({shown}); the run would overwrite "
+                "files there: choose a new or empty folder"
+            )
     if args.resume and not has_run:
         raise SPTError(f"--resume: {out} holds no {ADAPTER_FILENAME} to resume from")
     if has_run and not args.resume:
         raise SPTError(f"{out} already holds a trained adapter; pass --resume to continue it or choose another --out")
     card = out / "README.md"
     if has_run and card.is_file() and not _is_model_card(card):
-        raise SPTError(f"--resume: {card} is not this run's model card (someone's own README.md); the run would replace "
-                       "it at the end: move it out of --out first")
+        raise SPTError(
+            f"--resume: {card} is not this run's model card (someone's own README.md); the run would replace "
+            "it at the end: move it out of --out first"
+        )
     return out
 
 
@@ -141,8 +181,10 @@ def _resume_config_check(args, path: Path) -> None:
     cfg = read_adapter_config(path)
     prior = getattr(args, "prior", "lq")
     if cfg.student is not None and prior != "distilled":
-        raise SPTError(f"--resume: {path} has a distilled prior; pass --prior distilled --teacher (its teacher: "
-                       f"{_teacher_name(cfg)})")
+        raise SPTError(
+            f"--resume: {path} has a distilled prior; pass --prior distilled --teacher (its teacher: "
+            f"{_teacher_name(cfg)})"
+        )
     if cfg.student is None and prior == "distilled":
         raise SPTError(f"--resume: {path} was trained with an LQ prior, not a distilled one; drop --prior distilled")
     if args.targets and list(args.targets) != list(cfg.targets):
@@ -151,8 +193,9 @@ def _resume_config_check(args, path: Path) -> None:
         raise SPTError(f"--resume: {path} was trained with fusion {cfg.fusion!r}, not {args.fusion!r}")
     hidden = getattr(args, "hidden", None)
     if hidden is not None and hidden != cfg.hidden:  # the units exist: their width cannot change
-        raise SPTError(f"--resume: {path} was trained with --hidden {cfg.hidden}, not {hidden}; drop --hidden "
-                       "(or start a new run)")
+        raise SPTError(
+            f"--resume: {path} was trained with --hidden {cfg.hidden}, not {hidden}; drop --hidden (or start a new run)"
+        )
     # adapters that record no encoding were made when "label" was the only default
     recorded = (cfg.prior or {}).get("encoding") or "label"
     if args.encoding is not None and args.encoding != recorded:
@@ -186,25 +229,33 @@ def _resume_provenance_check(args, path: Path, provider) -> None:
     # that (their student-only steps were counted inside --iters) or had none
     student_done = done.get("student_steps")
     if student_done is None and cfg.student is not None and int((cfg.prior or {}).get("student_steps") or 0):
-        raise SPTError(f"--resume: the run in {path.parent} was made by an older spt-adapter that counted the "
-                       "student-only steps inside --iters; it cannot be continued under the new schedule: start a "
-                       "new run in another --out")
+        raise SPTError(
+            f"--resume: the run in {path.parent} was made by an older spt-adapter that counted the "
+            "student-only steps inside --iters; it cannot be continued under the new schedule: start a "
+            "new run in another --out"
+        )
     student_done = int(student_done or 0)
     if student_done != args.student_steps:
-        raise SPTError(f"--resume: the run in {path.parent} was trained with --student-steps {student_done}, not "
-                       f"{args.student_steps}; resume it with --student-steps {student_done}")
+        raise SPTError(
+            f"--resume: the run in {path.parent} was trained with --student-steps {student_done}, not "
+            f"{args.student_steps}; resume it with --student-steps {student_done}"
+        )
     if isinstance(step, int) and args.iters + student_done < step:
-        raise SPTError(f"--resume: the run in {path.parent} already did {step} steps ({student_done} of them "
-                       f"student-only); --iters {args.iters} would end it before that (resume with --iters "
-                       f"{planned} or more)")
+        raise SPTError(
+            f"--resume: the run in {path.parent} already did {step} steps ({student_done} of them "
+            f"student-only); --iters {args.iters} would end it before that (resume with --iters "
+            f"{planned} or more)"
+        )
     if isinstance(planned, int) and planned != args.iters:
         args._iters_changes.append({"at_step": step, "from": planned, "to": args.iters})
-    checks: list[tuple[str, Any, Any, Callable[[Any, Any], bool]]] = [("--task", done.get("task", (cfg.prior or {}).get("task")), args.task, str.__eq__),
-              ("--data", done.get("data"), str(args.data), _same_path),
-              ("--lr", done.get("lr"), args.lr, float.__eq__),
-              ("--schedule", done.get("schedule"), args.schedule, str.__eq__),
-              ("--patch", done.get("patch"), args.patch, int.__eq__),
-              ("--seed", done.get("seed"), args.seed, int.__eq__)]
+    checks: list[tuple[str, Any, Any, Callable[[Any, Any], bool]]] = [
+        ("--task", done.get("task", (cfg.prior or {}).get("task")), args.task, str.__eq__),
+        ("--data", done.get("data"), str(args.data), _same_path),
+        ("--lr", done.get("lr"), args.lr, float.__eq__),
+        ("--schedule", done.get("schedule"), args.schedule, str.__eq__),
+        ("--patch", done.get("patch"), args.patch, int.__eq__),
+        ("--seed", done.get("seed"), args.seed, int.__eq__),
+    ]
     # the samples each step draws depend on the global batch: another --batch (or process count) would
     # continue another run under this one's record
     import os
@@ -212,20 +263,26 @@ def _resume_provenance_check(args, path: Path, provider) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     global_batch = done.get("global_batch")
     if isinstance(global_batch, int) and global_batch != args.batch * world:
-        raise SPTError(f"--resume: the run in {path.parent} was trained with a global batch of {global_batch}, not "
-                       f"{args.batch * world} (--batch {args.batch} x {world} process(es)); resume it with --batch "
-                       f"{max(global_batch // world, 1)}, or start a new run in another --out")
+        raise SPTError(
+            f"--resume: the run in {path.parent} was trained with a global batch of {global_batch}, not "
+            f"{args.batch * world} (--batch {args.batch} x {world} process(es)); resume it with --batch "
+            f"{max(global_batch // world, 1)}, or start a new run in another --out"
+        )
     for flag, was, now, same in checks:
         if was is not None and not same(type(now)(was), now):
-            raise SPTError(f"--resume: the run in {path.parent} was trained with {flag} {was}, not {now}; resume it "
-                           f"with {flag} {was}, or start a new run in another --out")
+            raise SPTError(
+                f"--resume: the run in {path.parent} was trained with {flag} {was}, not {now}; resume it "
+                f"with {flag} {was}, or start a new run in another --out"
+            )
     recorded = (cfg.prior or {}).get("provider")
     if isinstance(recorded, dict):
         now_id = provider.identity()
         for key in ("provider", "method", "model_type", "checkpoint_sha256", "settings"):
             if key in recorded and key in now_id and recorded[key] != now_id[key]:
-                raise SPTError(f"--resume: the run in {path.parent} made its priors with {key} {recorded[key]!r}, "
-                               f"not {now_id[key]!r}; resume it with the same prior flags, or start a new run")
+                raise SPTError(
+                    f"--resume: the run in {path.parent} made its priors with {key} {recorded[key]!r}, "
+                    f"not {now_id[key]!r}; resume it with the same prior flags, or start a new run"
+                )
 
 
 def _teacher_name(cfg) -> str:
@@ -238,11 +295,15 @@ def _check_distilled_args(args) -> None:
     the provider the dataset runs, on the clean images only."""
     if args.prior != "distilled":
         if args.teacher is not None:
-            raise SPTError("--teacher is for --prior distilled (a student learns the teacher's prior of the clean "
-                           "images); add --prior distilled or drop --teacher")
+            raise SPTError(
+                "--teacher is for --prior distilled (a student learns the teacher's prior of the clean "
+                "images); add --prior distilled or drop --teacher"
+            )
         if args.student_steps:
-            raise SPTError("--student-steps is for --prior distilled (steps that train its student alone); add "
-                           "--prior distilled or drop --student-steps")
+            raise SPTError(
+                "--student-steps is for --prior distilled (steps that train its student alone); add "
+                "--prior distilled or drop --student-steps"
+            )
         args.student_steps = 0
         return
     if args.teacher is None:
@@ -333,11 +394,22 @@ def _run(args) -> int:
     _check_distilled_args(args)
     if not args.resume:
         _resolve_encoding(args)
-    settings = TrainSettings(iters=args.iters, batch=args.batch, lr=args.lr, schedule=args.schedule,
-                             warmup=args.warmup, seed=args.seed, save_every=args.save_every,
-                             val_every=args.val_every, log_every=args.log_every, workers=args.workers,
-                             amp=not args.no_amp, progress=not args.no_progress,
-                             distill_weight=args.distill_weight, student_steps=args.student_steps)
+    settings = TrainSettings(
+        iters=args.iters,
+        batch=args.batch,
+        lr=args.lr,
+        schedule=args.schedule,
+        warmup=args.warmup,
+        seed=args.seed,
+        save_every=args.save_every,
+        val_every=args.val_every,
+        log_every=args.log_every,
+        workers=args.workers,
+        amp=not args.no_amp,
+        progress=not args.no_progress,
+        distill_weight=args.distill_weight,
+        student_steps=args.student_steps,
+    )
     scale = task_scale(args.task)
     if args.patch % scale:
         raise SPTError(f"--patch {args.patch} is not divisible by the scale {scale} of --task {args.task}")
@@ -358,8 +430,10 @@ def _run(args) -> int:
 
     least = minimum_tile(model, getattr(args, "_descriptor", None))
     if args.patch // scale < least:
-        raise SPTError(f"--patch {args.patch} gives {args.patch // scale}-pixel LQ patches, smaller than this backbone "
-                       f"takes (its window / size multiple: {least}): use --patch {least * scale} or more")
+        raise SPTError(
+            f"--patch {args.patch} gives {args.patch // scale}-pixel LQ patches, smaller than this backbone "
+            f"takes (its window / size multiple: {least}): use --patch {least * scale} or more"
+        )
     targets = list(args.targets) if args.targets else default_targets
     if not args.resume:
         inspect_targets(model, targets, args.exclude)  # a bad pattern fails here, named
@@ -373,15 +447,19 @@ def _run(args) -> int:
             if args.resume:
                 recorded = (read_adapter_config(out / ADAPTER_FILENAME).prior or {}).get("teacher")
                 if recorded != provider.identity():
-                    raise SPTError(f"--resume: {out / ADAPTER_FILENAME} was distilled from teacher {recorded}, not "
-                                   f"{provider.identity()}; resume with the same --teacher and settings")
+                    raise SPTError(
+                        f"--resume: {out / ADAPTER_FILENAME} was distilled from teacher {recorded}, not "
+                        f"{provider.identity()}; resume with the same --teacher and settings"
+                    )
         if args.resume:
             _resume_provenance_check(args, out / ADAPTER_FILENAME, provider)
         cache = prior_cache(args)
         if info.distributed and not info.is_main:
             torch.distributed.barrier()  # the main process fills the prior cache first; the others read it
         dataset = build_dataset(args, args.data, provider, cache, train=True, patch=args.patch, teacher=distilled)
-        val_set = build_dataset(args, args.val, None if distilled else provider, cache, train=False) if args.val else None
+        val_set = (
+            build_dataset(args, args.val, None if distilled else provider, cache, train=False) if args.val else None
+        )
         if info.distributed and info.is_main:
             torch.distributed.barrier()
         if len(dataset) == 0:
@@ -400,32 +478,63 @@ def _run(args) -> int:
             prior_meta = {"provider": provider.identity(), "encoding": args.encoding, "task": args.task}
             student = None
             if distilled:  # the provider is the teacher: it never runs at inference
-                prior_meta = {"kind": "distilled", "teacher": provider.identity(), "encoding": args.encoding,
-                              "task": args.task, "distill_weight": args.distill_weight,
-                              "student_steps": args.student_steps}
-                student = {"in_channels": input_channels(model), "width": args.student_width,
-                           "depth": args.student_depth}
+                prior_meta = {
+                    "kind": "distilled",
+                    "teacher": provider.identity(),
+                    "encoding": args.encoding,
+                    "task": args.task,
+                    "distill_weight": args.distill_weight,
+                    "student_steps": args.student_steps,
+                }
+                student = {
+                    "in_channels": input_channels(model),
+                    "width": args.student_width,
+                    "depth": args.student_depth,
+                }
             config = SPTConfig(
-                targets=targets, exclude=list(args.exclude or []), fusion=args.fusion or DEFAULT_FUSION, hidden=args.hidden or 16,
-                prior_channels=encoding_channels(args.encoding), prior={**prior_meta, "channels": args._channels}, student=student,
-                integration=None if args.targets else args._claim[0], preset=None if args.targets else args._claim[1],
+                targets=targets,
+                exclude=list(args.exclude or []),
+                fusion=args.fusion or DEFAULT_FUSION,
+                hidden=args.hidden or 16,
+                prior_channels=encoding_channels(args.encoding),
+                prior={**prior_meta, "channels": args._channels},
+                student=student,
+                integration=None if args.targets else args._claim[0],
+                preset=None if args.targets else args._claim[1],
             )
             torch.manual_seed(args.seed)
             spt = inject(model, config=config)
         assert spt.active_adapter is not None  # inject / load_adapter made the new adapter active
         if info.is_main:
-            print(f"backbone: {described}; {len(spt.unit_names())} SPT unit(s) on {spt.spt_config[spt.active_adapter].targets}")
+            print(
+                f"backbone: {described}; {len(spt.unit_names())} SPT unit(s) on {spt.spt_config[spt.active_adapter].targets}"
+            )
             spt.print_trainable_parameters()
             what = f"distilled prior, teacher {provider!r} on the clean images" if distilled else f"prior {provider!r}"
             print(f"data: {len(train_images)} image(s) in {args.data}, task {args.task}, {what}")
-        info_meta: dict[str, Any] = {"task": args.task, "data": str(args.data), "patch": args.patch,
-                                     "backbone": described, "encoding": args.encoding, "seed": args.seed}
+        info_meta: dict[str, Any] = {
+            "task": args.task,
+            "data": str(args.data),
+            "patch": args.patch,
+            "backbone": described,
+            "encoding": args.encoding,
+            "seed": args.seed,
+        }
         if getattr(args, "_iters_changes", None):
             info_meta["iters_changes"] = args._iters_changes  # an extended run says so in its header
-        args._interrupt_hint = (f"the steps done are saved in {out}: continue with the same command and --resume"
-                                if info.is_main else None)
-        result = train_units(spt, dataset, settings, out_dir=out, resume=args.resume, val_fn=val_fn,
-                             training_info=info_meta, dist_info=info)
+        args._interrupt_hint = (
+            f"the steps done are saved in {out}: continue with the same command and --resume" if info.is_main else None
+        )
+        result = train_units(
+            spt,
+            dataset,
+            settings,
+            out_dir=out,
+            resume=args.resume,
+            val_fn=val_fn,
+            training_info=info_meta,
+            dist_info=info,
+        )
     finally:
         shutdown_distributed(info)
     if info.is_main:

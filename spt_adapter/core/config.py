@@ -84,8 +84,10 @@ class SPTConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
             if value > UNIT_LIMITS[name]:
-                raise ConfigError(f"{name} {value} is beyond the {UNIT_LIMITS[name]} an SPT unit can use (a unit's "
-                                  f"weights grow with its square): pick a {name} of at most {UNIT_LIMITS[name]}")
+                raise ConfigError(
+                    f"{name} {value} is beyond the {UNIT_LIMITS[name]} an SPT unit can use (a unit's "
+                    f"weights grow with its square): pick a {name} of at most {UNIT_LIMITS[name]}"
+                )
         if self.fusion == "pool" and self.prior_resize != "nearest":
             raise ConfigError("fusion='pool' reads region ids from a label map: prior_resize must be 'nearest'")
         if self.fusion == "pool" and self.prior_channels != 1:
@@ -98,8 +100,10 @@ class SPTConfig:
             raise ConfigError(f"prior must be JSON-serialisable: {exc}") from None
         self.student = check_student(self.student)
         if self.student is not None and self.fusion == "pool":
-            raise ConfigError("a distilled prior (student) makes a soft map, not the label map the pool fusion reads; "
-                              "use fusion concat or sft")
+            raise ConfigError(
+                "a distilled prior (student) makes a soft map, not the label map the pool fusion reads; "
+                "use fusion concat or sft"
+            )
         if not isinstance(self.schema_version, int) or self.schema_version < 1:
             raise ConfigError(f"schema_version must be a positive integer, got {self.schema_version!r}")
 

@@ -91,8 +91,9 @@ def _with_prior(unit: nn.Module, prior: torch.Tensor) -> Callable[[torch.Tensor]
     return lambda feats: unit(feats, prior)
 
 
-def apply_to_output(name: str, layout: LayoutSpec | None, out, args: tuple, kwargs: dict,
-                    fn: Callable[[torch.Tensor], torch.Tensor]):
+def apply_to_output(
+    name: str, layout: LayoutSpec | None, out, args: tuple, kwargs: dict, fn: Callable[[torch.Tensor], torch.Tensor]
+):
     """Apply ``fn`` (on a (B,C,H,W) map) to a target's output, whatever its layout."""
     if isinstance(out, (tuple, list)):
         index = layout.tuple_index if layout is not None else None
@@ -104,12 +105,17 @@ def apply_to_output(name: str, layout: LayoutSpec | None, out, args: tuple, kwar
             )
         assert layout is not None  # index came from it
         items = list(out)
-        items[index] = apply_to_output(name, LayoutSpec(kind=layout.kind, spatial_size=layout.spatial_size),
-                                       items[index], args, kwargs, fn)
+        items[index] = apply_to_output(
+            name, LayoutSpec(kind=layout.kind, spatial_size=layout.spatial_size), items[index], args, kwargs, fn
+        )
         return type(out)(items) if isinstance(out, tuple) else items
     if not torch.is_tensor(out):
         raise LayoutError(f"target {name!r} returns {type(out).__name__}, not a tensor; cannot adapt it")
-    kind = layout.kind if layout is not None and layout.kind else ("map" if out.dim() == 4 else "tokens" if out.dim() == 3 else None)
+    kind = (
+        layout.kind
+        if layout is not None and layout.kind
+        else ("map" if out.dim() == 4 else "tokens" if out.dim() == 3 else None)
+    )
     if kind == "map" and out.dim() == 4:
         return fn(out)
     if kind == "tokens" and out.dim() == 3:

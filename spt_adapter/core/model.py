@@ -66,15 +66,24 @@ class SPTModel(nn.Module):
     def adapters(self) -> list[str]:
         return list(self.spt_config)
 
-    def add_adapter(self, adapter_name: str, config: SPTConfig | None = None, *,
-                    targets: str | Sequence[str] | None = None, exclude: str | Sequence[str] | None = None,
-                    example_input: torch.Tensor | None = None, _channels: dict[str, int] | None = None,
-                    _names: list[str] | None = None) -> SPTModel:
+    def add_adapter(
+        self,
+        adapter_name: str,
+        config: SPTConfig | None = None,
+        *,
+        targets: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        example_input: torch.Tensor | None = None,
+        _channels: dict[str, int] | None = None,
+        _names: list[str] | None = None,
+    ) -> SPTModel:
         """Add a named adapter (units on its own targets) and make it active."""
         if not isinstance(adapter_name, str) or not adapter_name.isidentifier():
             raise TargetError(f"adapter_name must be an identifier, got {adapter_name!r}")
         if adapter_name in self.spt_config:
-            raise TargetError(f"adapter {adapter_name!r} exists already; delete_adapter() it first or pick another name")
+            raise TargetError(
+                f"adapter {adapter_name!r} exists already; delete_adapter() it first or pick another name"
+            )
         config, claim = resolve_config(self.base_model, targets, exclude, config)
         with self.disable_adapter():  # the probe pass sees the plain backbone
             plan = plan_injection(self.base_model, config, claim, example_input, _channels, _names)
@@ -175,8 +184,14 @@ class SPTModel(nn.Module):
         """Validate a prior for the active adapter; raise :class:`PriorError` naming the problem.
         With ``like`` (the input), the prior is moved to its device and floating dtype."""
         config = self._config()
-        return validate_prior(prior, batch, config.prior_channels if config else None,
-                              adapter=self.active_adapter, like=like, value_range=prior_range(config))
+        return validate_prior(
+            prior,
+            batch,
+            config.prior_channels if config else None,
+            adapter=self.active_adapter,
+            like=like,
+            value_range=prior_range(config),
+        )
 
     @contextlib.contextmanager
     def use_prior(self, prior: torch.Tensor) -> Iterator[SPTModel]:
@@ -186,8 +201,14 @@ class SPTModel(nn.Module):
         with self._spt_state.using(self.check_prior(prior)):
             yield self
 
-    def forward(self, *args: Any, prior: torch.Tensor | np.ndarray | None = None, return_prior_logits: bool = False,
-                prior_logits_only: bool = False, **kwargs: Any) -> Any:
+    def forward(
+        self,
+        *args: Any,
+        prior: torch.Tensor | np.ndarray | None = None,
+        return_prior_logits: bool = False,
+        prior_logits_only: bool = False,
+        **kwargs: Any,
+    ) -> Any:
         """The backbone with the active adapter's units. ``return_prior_logits``: also the prior
         student's logits, ``(out, logits)``; ``prior_logits_only``: the student's logits alone, the
         backbone not run (a distilled prior's student-only training steps, through DDP too)."""
@@ -250,8 +271,10 @@ class SPTModel(nn.Module):
     def print_trainable_parameters(self) -> str:
         trainable, total = self.get_nb_trainable_parameters()
         backbone = total - sum(p.numel() for n, p in self.named_parameters() if is_unit_key(n))
-        line = (f"trainable params: {trainable:,} || all params: {total:,} || trainable%: "
-                f"{100 * trainable / max(total, 1):.4f} || units/backbone: {100 * trainable / max(backbone, 1):.3f}%")
+        line = (
+            f"trainable params: {trainable:,} || all params: {total:,} || trainable%: "
+            f"{100 * trainable / max(total, 1):.4f} || units/backbone: {100 * trainable / max(backbone, 1):.3f}%"
+        )
         print(line)
         return line
 
@@ -270,13 +293,15 @@ class SPTModel(nn.Module):
         """Add an adapter from a delta file (see :func:`spt_adapter.load_adapter`)."""
         return _file_operation("load_adapter")(self, path, adapter_name=adapter_name, **kwargs)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, adapter_name: str | None = None,
-                        **kwargs: Any) -> Path:
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, adapter_name: str | None = None, **kwargs: Any
+    ) -> Path:
         """Write ``spt_adapter.safetensors`` + a model card into a folder (see :mod:`spt_adapter.files.hub`)."""
         return _file_operation("save_pretrained")(self, save_directory, adapter_name, **kwargs)
 
-    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | bool | None = None,
-                    **kwargs: Any) -> Any:
+    def push_to_hub(
+        self, repo_id: str, *, private: bool | None = None, token: str | bool | None = None, **kwargs: Any
+    ) -> Any:
         """Upload one adapter to a Hugging Face Hub repo in one commit (see :mod:`spt_adapter.files.hub`)."""
         return _file_operation("push_to_hub")(self, repo_id, private=private, token=token, **kwargs)
 
@@ -312,9 +337,16 @@ def prior_range(config: SPTConfig | None) -> tuple[float, float]:
     return (-FREE_PRIOR_LIMIT, FREE_PRIOR_LIMIT)
 
 
-def validate_prior(prior: Any, batch: int | None = None, prior_channels: int | None = None, *,
-                   name: str = "prior", adapter: str | None = None, like: torch.Tensor | None = None,
-                   value_range: tuple[float, float] | None = None) -> torch.Tensor:
+def validate_prior(
+    prior: Any,
+    batch: int | None = None,
+    prior_channels: int | None = None,
+    *,
+    name: str = "prior",
+    adapter: str | None = None,
+    like: torch.Tensor | None = None,
+    value_range: tuple[float, float] | None = None,
+) -> torch.Tensor:
     """Check a prior before any compute; raise :class:`PriorError` naming the problem.
 
     Accepts a tensor or a NumPy array (what ``PriorCache.get_or_compute`` returns) of shape
@@ -331,8 +363,10 @@ def validate_prior(prior: Any, batch: int | None = None, prior_channels: int | N
         import numpy as np
 
         if not isinstance(prior, np.ndarray):
-            raise PriorError(f"the {name} must be a torch.Tensor or NumPy array of shape (B, C_p, H, W) or (C_p, H, W), "
-                             f"got {type(prior).__name__}")
+            raise PriorError(
+                f"the {name} must be a torch.Tensor or NumPy array of shape (B, C_p, H, W) or (C_p, H, W), "
+                f"got {type(prior).__name__}"
+            )
         if prior.dtype.kind not in "fiub":
             raise PriorError(f"the {name} has NumPy dtype {prior.dtype}; expected float, integer or bool")
         prior = torch.from_numpy(np.ascontiguousarray(prior))
@@ -344,8 +378,9 @@ def validate_prior(prior: Any, batch: int | None = None, prior_channels: int | N
         raise PriorError(f"the {name} has batch size {prior.shape[0]} but the input has batch size {batch}")
     if prior_channels is not None and prior.shape[1] != prior_channels:
         whose = f"adapter {adapter!r}" if adapter else "the adapter"
-        raise PriorError(f"the {name} has {prior.shape[1]} channel(s) but {whose} was built for "
-                         f"prior_channels={prior_channels}")
+        raise PriorError(
+            f"the {name} has {prior.shape[1]} channel(s) but {whose} was built for prior_channels={prior_channels}"
+        )
     if prior.shape[2] < 1 or prior.shape[3] < 1:
         raise PriorError(f"the {name} is empty: shape {tuple(prior.shape)}")
     if prior.device.type == "meta":
@@ -359,10 +394,15 @@ def validate_prior(prior: Any, batch: int | None = None, prior_channels: int | N
     if value_range is not None and prior.numel():
         lo, hi = float(prior.detach().min()), float(prior.detach().max())
         if lo < value_range[0] or hi > value_range[1]:
-            what = ("the range every spt-adapter encoding gives" if value_range == ENCODED_PRIOR_RANGE
-                    else "float16's range (larger values overflow the units)")
-            raise PriorError(f"the {name} holds values in [{lo:.4g}, {hi:.4g}], outside [{value_range[0]:g}, "
-                             f"{value_range[1]:g}], {what}")
+            what = (
+                "the range every spt-adapter encoding gives"
+                if value_range == ENCODED_PRIOR_RANGE
+                else "float16's range (larger values overflow the units)"
+            )
+            raise PriorError(
+                f"the {name} holds values in [{lo:.4g}, {hi:.4g}], outside [{value_range[0]:g}, "
+                f"{value_range[1]:g}], {what}"
+            )
     if like is not None:
         dtype = like.dtype if like.is_floating_point() else prior.dtype
         prior = prior.to(device=like.device, dtype=dtype)
@@ -371,8 +411,10 @@ def validate_prior(prior: Any, batch: int | None = None, prior_channels: int | N
 
 def student_prior_refusal(adapter: str | None, call: str = "model(x)", arg: str = "prior") -> PriorError:
     """The error for a prior given to an adapter with a distilled prior (SPTModel and the PEFT tuner)."""
-    return PriorError(f"adapter {adapter!r} carries a distilled prior (a student network makes its prior from the "
-                      f"input): call {call} without {arg}= and without use_prior()")
+    return PriorError(
+        f"adapter {adapter!r} carries a distilled prior (a student network makes its prior from the "
+        f"input): call {call} without {arg}= and without use_prior()"
+    )
 
 
 def student_logits(student: PriorStudent, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -401,9 +443,14 @@ def _backbone_modules(root: nn.Module) -> Iterator[nn.Module]:
         yield module
 
 
-def inject(model: nn.Module, targets: str | Sequence[str] | None = None, exclude: str | Sequence[str] | None = None,
-           config: SPTConfig | None = None, adapter_name: str = "default",
-           example_input: torch.Tensor | None = None) -> SPTModel:
+def inject(
+    model: nn.Module,
+    targets: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    config: SPTConfig | None = None,
+    adapter_name: str = "default",
+    example_input: torch.Tensor | None = None,
+) -> SPTModel:
     """Add SPT units to ``model`` and return an :class:`SPTModel` with a frozen backbone.
 
     ``targets``/``exclude`` override ``config.targets``/``config.exclude``; with neither, the plugin
@@ -420,5 +467,6 @@ def inject(model: nn.Module, targets: str | Sequence[str] | None = None, exclude
     resolved, claim = resolve_config(model, targets, exclude, config)
     plan = plan_injection(model, resolved, claim, example_input)  # validates before any change
     wrapped = SPTModel(model)
-    return wrapped.add_adapter(adapter_name, resolved, example_input=example_input, _channels=plan.channels,
-                               _names=plan.names)
+    return wrapped.add_adapter(
+        adapter_name, resolved, example_input=example_input, _channels=plan.channels, _names=plan.names
+    )

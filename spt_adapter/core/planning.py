@@ -63,8 +63,14 @@ def resolve_config(model: nn.Module, targets, exclude, config: SPTConfig | None)
     return config, claim
 
 
-def plan_injection(model: nn.Module, config: SPTConfig, claim: ModelClaim | None = None, example_input=None,
-                   channels: dict[str, int] | None = None, names: list[str] | None = None) -> Injection:
+def plan_injection(
+    model: nn.Module,
+    config: SPTConfig,
+    claim: ModelClaim | None = None,
+    example_input=None,
+    channels: dict[str, int] | None = None,
+    names: list[str] | None = None,
+) -> Injection:
     """Resolve targets, layouts and unit widths without changing ``model``."""
     names = list(names) if names is not None else inspect_targets(model, config.targets, config.exclude)
     layouts = {n: describe_layout(model, n, see_through(get_logical_module(model, n))) for n in names}
@@ -79,7 +85,6 @@ def plan_injection(model: nn.Module, config: SPTConfig, claim: ModelClaim | None
         probed = probe_channels(model, [n for n in names if n not in known], layouts, example_input)
         known.update(probed)
     return Injection(names=names, channels={n: known[n] for n in names}, layouts=layouts)
-
 
 
 def _first_conv(model: nn.Module) -> nn.Conv2d | None:
@@ -105,8 +110,9 @@ def default_example_input(model: nn.Module, size: int = 64) -> torch.Tensor:
     return torch.rand(1, first.in_channels, size, size, generator=g).to(device=param.device, dtype=param.dtype)
 
 
-def probe_channels(model: nn.Module, names: list[str], layouts: dict[str, LayoutSpec | None],
-                   example_input) -> dict[str, int]:
+def probe_channels(
+    model: nn.Module, names: list[str], layouts: dict[str, LayoutSpec | None], example_input
+) -> dict[str, int]:
     """Run one forward pass with hooks on ``names`` and read each target's real output width.
 
     The model runs in eval mode under ``no_grad``; modes are restored afterwards. Layout problems
@@ -161,5 +167,3 @@ def probe_channels(model: nn.Module, names: list[str], layouts: dict[str, Layout
     if missing:
         raise TargetError(f"targets {missing} did not run in the probe forward pass; they cannot be adapted")
     return found
-
-

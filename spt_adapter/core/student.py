@@ -105,8 +105,9 @@ class PriorStudent(nn.Module):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid output (B, C_p, H, W): what the distillation loss compares to the teacher."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise PriorError(f"the prior student reads (B, {self.in_channels}, H, W) inputs, got shape "
-                             f"{tuple(x.shape)}")
+            raise PriorError(
+                f"the prior student reads (B, {self.in_channels}, H, W) inputs, got shape {tuple(x.shape)}"
+            )
         return self.body(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

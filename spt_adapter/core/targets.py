@@ -85,11 +85,16 @@ def no_match_hint(pattern: str, names: list[str]) -> str:
         return f"closest names: {close}"
     top = top_level_names(names)
     shown = ", ".join(top[:12]) + (f", ... ({len(top)} in all)" if len(top) > 12 else "")
-    return f"no module name is close; the top-level modules are: {shown or 'none'} (`spt-adapter inspect` shows the tree)"
+    return (
+        f"no module name is close; the top-level modules are: {shown or 'none'} (`spt-adapter inspect` shows the tree)"
+    )
 
 
 def inspect_targets(
-    model: nn.Module, targets: str | Sequence[str], exclude: str | Sequence[str] | None = None, *,
+    model: nn.Module,
+    targets: str | Sequence[str],
+    exclude: str | Sequence[str] | None = None,
+    *,
     names: list[str] | None = None,
 ) -> list[str]:
     """Names of the modules ``inject`` would adapt: ``targets`` minus ``exclude``, in module order.
@@ -129,8 +134,9 @@ def select_targets(model: nn.Module, predicate: Callable[[str], bool], described
     names = [name for name, _ in logical_named_modules(model)]
     selected = [n for n in names if predicate(n)]
     if not selected:
-        raise TargetError(f"{described_as} matched no module of {type(model).__name__}; "
-                          f"{no_match_hint(described_as, names)}")
+        raise TargetError(
+            f"{described_as} matched no module of {type(model).__name__}; {no_match_hint(described_as, names)}"
+        )
     check_disjoint(selected)
     return selected
 

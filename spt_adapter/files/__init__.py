@@ -9,5 +9,6 @@ from ..core.model import register_file_operations
 from .format import load_adapter, save_adapter
 from .hub import push_to_hub, save_pretrained
 
-register_file_operations(save_adapter=save_adapter, load_adapter=load_adapter, save_pretrained=save_pretrained,
-                         push_to_hub=push_to_hub)
+register_file_operations(
+    save_adapter=save_adapter, load_adapter=load_adapter, save_pretrained=save_pretrained, push_to_hub=push_to_hub
+)

@@ -62,8 +62,23 @@ PRIOR_KEY = "prior"
 #: metadata key (JSON string), only for a distilled prior: student settings + teacher identity
 STUDENT_KEY = "student"
 MAX_HEADER_BYTES = 100_000_000  # the safetensors limit
-_DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+_DTYPE_SIZES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+}
 _REQUIRED_KEYS = ("format", "format_version", "library_version", "config", "fingerprint")
 #: tensor dtypes a unit's (floating-point) parameters can be filled from
 _FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
@@ -175,8 +190,12 @@ def backbone_io(model: nn.Module) -> dict[str, int] | None:
     if side > 256:
         return None
     param = next(iter(root.parameters()), None)
-    x = torch.full((1, first.in_channels, side, side), 0.5, dtype=param.dtype if param is not None else torch.float32,
-                   device=param.device if param is not None else "cpu")
+    x = torch.full(
+        (1, first.in_channels, side, side),
+        0.5,
+        dtype=param.dtype if param is not None else torch.float32,
+        device=param.device if param is not None else "cpu",
+    )
     was_training = model.training
     model.eval()
     try:
@@ -195,8 +214,9 @@ def backbone_io(model: nn.Module) -> dict[str, int] | None:
     return {"scale": out.shape[-1] // side, "in_channels": int(first.in_channels), "out_channels": int(out.shape[1])}
 
 
-def fingerprint(model: nn.Module, targets: list[str], channels: dict[str, int] | None = None,
-                with_hash: bool = False) -> dict[str, Any]:
+def fingerprint(
+    model: nn.Module, targets: list[str], channels: dict[str, int] | None = None, with_hash: bool = False
+) -> dict[str, Any]:
     root = model.base_model if isinstance(model, SPTModel) else model
     entries = []
     for name in targets:
@@ -213,7 +233,11 @@ def fingerprint(model: nn.Module, targets: list[str], channels: dict[str, int] |
     return fp
 
 
-_IO_WORDS = {"scale": "upscales x{}", "in_channels": "takes {}-channel images", "out_channels": "gives {}-channel images"}
+_IO_WORDS = {
+    "scale": "upscales x{}",
+    "in_channels": "takes {}-channel images",
+    "out_channels": "gives {}-channel images",
+}
 
 
 def _task_scale(task: Any) -> int | None:
@@ -237,15 +261,20 @@ def check_backbone_io(model: nn.Module, recorded: dict[str, Any], config: SPTCon
     have = backbone_io(model)
     if have is None:
         return
-    diffs = [(k, want[k], have[k]) for k in ("scale", "in_channels", "out_channels") if k in want and want[k] != have[k]]
+    diffs = [
+        (k, want[k], have[k]) for k in ("scale", "in_channels", "out_channels") if k in want and want[k] != have[k]
+    ]
     if not diffs and task_scale is not None and "scale" not in want and have["scale"] != task_scale:
         diffs = [("scale", task_scale, have["scale"])]
     if diffs:
-        said = "; ".join(f"the adapter's backbone {_IO_WORDS[k].format(a)}, this one {_IO_WORDS[k].format(b)}"
-                         for k, a, b in diffs)
+        said = "; ".join(
+            f"the adapter's backbone {_IO_WORDS[k].format(a)}, this one {_IO_WORDS[k].format(b)}" for k, a, b in diffs
+        )
         made = f" (the adapter was trained for task {task})" if task else ""
-        raise FingerprintMismatchError(f"the adapter was made for another kind of backbone: {said}{made}; use the "
-                                       "backbone it was trained on (no override loads an adapter across these)")
+        raise FingerprintMismatchError(
+            f"the adapter was made for another kind of backbone: {said}{made}; use the "
+            "backbone it was trained on (no override loads an adapter across these)"
+        )
 
 
 def _expected_from(config: SPTConfig) -> str:
@@ -274,14 +303,18 @@ def check_fingerprint(model: nn.Module, recorded: dict[str, Any], config: SPTCon
         for pname, shape in entry["params"].items():
             got = have["params"].get(pname)
             if got is None:
-                raise FingerprintMismatchError(f"module {path!r} has no parameter {pname!r} (adapter expects shape {shape}){hint}")
+                raise FingerprintMismatchError(
+                    f"module {path!r} has no parameter {pname!r} (adapter expects shape {shape}){hint}"
+                )
             if list(got) != list(shape):
                 raise FingerprintMismatchError(
                     f"module {path!r} parameter {pname!r} has shape {list(got)} but the adapter expects {list(shape)}{hint}"
                 )
         extra = sorted(set(have["params"]) - set(entry["params"]))
         if extra:
-            raise FingerprintMismatchError(f"module {path!r} has parameter {extra[0]!r} the adapter's backbone lacked{hint}")
+            raise FingerprintMismatchError(
+                f"module {path!r} has parameter {extra[0]!r} the adapter's backbone lacked{hint}"
+            )
     check_backbone_io(model, recorded, config)
     want = recorded.get("backbone_sha256")
     if check_hash and want:
@@ -296,9 +329,18 @@ def check_fingerprint(model: nn.Module, recorded: dict[str, Any], config: SPTCon
 # ---------------------------------------------------------------------------------------------
 # save
 # ---------------------------------------------------------------------------------------------
-_TORCH_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-                 torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-                 torch.bool: "BOOL"}
+_TORCH_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
 
 
 def serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
@@ -313,7 +355,11 @@ def serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> byt
         if t.dtype not in _TORCH_DTYPES:
             raise AdapterFileError(f"tensor {key!r} has dtype {t.dtype}, which adapter files do not store")
         data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[key] = {"dtype": _TORCH_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        header[key] = {
+            "dtype": _TORCH_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         chunks.append(data)
         offset += len(data)
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -326,8 +372,13 @@ def adapter_tensors(model: SPTModel, adapter_name: str | None = None) -> dict[st
     return {k: p.detach().to("cpu").contiguous().clone() for k, p in model.unit_parameters(adapter_name)}
 
 
-def adapter_metadata(model: SPTModel, adapter_name: str | None = None, backbone_hash: bool = True,
-                     extra: dict[str, str] | None = None, task: str | None = None) -> dict[str, str]:
+def adapter_metadata(
+    model: SPTModel,
+    adapter_name: str | None = None,
+    backbone_hash: bool = True,
+    extra: dict[str, str] | None = None,
+    task: str | None = None,
+) -> dict[str, str]:
     """The header metadata of one adapter: the one function every writer goes through (core
     :func:`save_adapter`, the BasicSR / KAIR / Restormer shims, PEFT conversion), so every file
     has the same keys and the same prior schema (:func:`prior_record`)."""
@@ -353,8 +404,9 @@ def adapter_metadata(model: SPTModel, adapter_name: str | None = None, backbone_
         "adapter_name": adapter_name,
     }
     if config.student is not None:
-        meta[STUDENT_KEY] = json.dumps({"settings": config.student, "teacher": (config.prior or {}).get("teacher")},
-                                       sort_keys=True)
+        meta[STUDENT_KEY] = json.dumps(
+            {"settings": config.student, "teacher": (config.prior or {}).get("teacher")}, sort_keys=True
+        )
     recorded = getattr(model, "_spt_training_records", {}).get(adapter_name)
     if recorded is not None and TRAINING_KEY not in (extra or {}):
         meta[TRAINING_KEY] = recorded  # loaded from a file: its record is kept on a re-save
@@ -367,8 +419,14 @@ def adapter_metadata(model: SPTModel, adapter_name: str | None = None, backbone_
     return meta
 
 
-def save_adapter(model: SPTModel, path: str | os.PathLike, adapter_name: str | None = None,
-                 backbone_hash: bool = True, metadata: dict[str, str] | None = None, task: str | None = None) -> Path:
+def save_adapter(
+    model: SPTModel,
+    path: str | os.PathLike,
+    adapter_name: str | None = None,
+    backbone_hash: bool = True,
+    metadata: dict[str, str] | None = None,
+    task: str | None = None,
+) -> Path:
     """Write one adapter's units to ``path`` as a safetensors delta, atomically.
 
     ``task`` (``"sr:4"``, ``"denoise:25"``) is recorded in the prior description, where
@@ -419,7 +477,9 @@ def read_safetensors_header(path: str | os.PathLike, what: str = "adapter file")
             raise AdapterFileError(f"{path} is too short ({size} bytes) to be a safetensors adapter file")
         (header_len,) = struct.unpack("<Q", head)
         if header_len > MAX_HEADER_BYTES:
-            raise AdapterFileError(f"{path}: header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit; not a valid adapter")
+            raise AdapterFileError(
+                f"{path}: header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit; not a valid adapter"
+            )
         if 8 + header_len > size:
             raise AdapterFileError(f"{path} is truncated: header of {header_len} bytes but the file has {size} bytes")
         raw = fh.read(header_len)
@@ -436,14 +496,23 @@ def check_tensor_entries(path: str | os.PathLike, entries: dict[str, Any], data_
         if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
             raise AdapterFileError(f"{path}: tensor entry {key!r} is malformed")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if not isinstance(dtype, str) or dtype not in _DTYPE_SIZES or not isinstance(shape, list) or not all(
-                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+        if (
+            not isinstance(dtype, str)
+            or dtype not in _DTYPE_SIZES
+            or not isinstance(shape, list)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
+        ):
             raise AdapterFileError(f"{path}: tensor {key!r} has an invalid dtype or shape")
         if dtype not in _FLOAT_DTYPES:
-            raise AdapterFileError(f"{path}: tensor {key!r} is stored as {dtype}, but unit parameters are floating "
-                                   f"point ({', '.join(_FLOAT_DTYPES)}); the file is corrupt or was relabelled")
-        if not (isinstance(offsets, list) and len(offsets) == 2
-                and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+            raise AdapterFileError(
+                f"{path}: tensor {key!r} is stored as {dtype}, but unit parameters are floating "
+                f"point ({', '.join(_FLOAT_DTYPES)}); the file is corrupt or was relabelled"
+            )
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        ):
             raise AdapterFileError(f"{path}: tensor {key!r} has invalid data offsets")
         numel = math.prod(shape)
         if offsets[1] - offsets[0] != numel * _DTYPE_SIZES[dtype] or offsets[0] < 0 or offsets[1] > data_size:
@@ -464,13 +533,17 @@ def read_adapter_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[s
     if bad:
         raise AdapterFileError(f"{path}: metadata values must be strings; {bad[0]!r} is not")
     if meta.get("format") != FORMAT_NAME:
-        raise AdapterFileError(f"{path} is not an SPT adapter (metadata format={meta.get('format')!r}, expected {FORMAT_NAME!r})")
+        raise AdapterFileError(
+            f"{path} is not an SPT adapter (metadata format={meta.get('format')!r}, expected {FORMAT_NAME!r})"
+        )
     missing = [k for k in _REQUIRED_KEYS if k not in meta]
     if missing:
         raise AdapterFileError(f"{path}: adapter metadata lacks {missing}")
     if not _VERSION_TEXT.fullmatch(meta["format_version"]):
-        raise AdapterFileError(f"{path}: format_version {meta['format_version']!r} is not a schema version "
-                               f"(a positive integer, 1 to {FORMAT_VERSION} here)")
+        raise AdapterFileError(
+            f"{path}: format_version {meta['format_version']!r} is not a schema version "
+            f"(a positive integer, 1 to {FORMAT_VERSION} here)"
+        )
     version = int(meta["format_version"])
     if version > FORMAT_VERSION:
         raise AdapterFileError(
@@ -480,8 +553,10 @@ def read_adapter_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[s
     check_tensor_entries(path, header, data_size)
     for key in header:
         if not is_adapter_file_key(key):
-            raise AdapterFileError(f"{path}: tensor {key!r} is not an SPT unit tensor; adapter files hold only units "
-                                   "(and a distilled prior's student)")
+            raise AdapterFileError(
+                f"{path}: tensor {key!r} is not an SPT unit tensor; adapter files hold only units "
+                "(and a distilled prior's student)"
+            )
     return meta, header
 
 
@@ -489,10 +564,14 @@ def _fingerprint_is_well_formed(fp: Any) -> bool:
     if not isinstance(fp, dict) or not isinstance(fp.get("targets"), list) or not fp["targets"]:
         return False
     for e in fp["targets"]:
-        if not (isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("class"), str)
-                and isinstance(e.get("params"), dict)
-                and all(isinstance(v, list) and all(isinstance(d, int) for d in v) for v in e["params"].values())
-                and (("channels" not in e) or (isinstance(e["channels"], int) and e["channels"] > 0))):
+        if not (
+            isinstance(e, dict)
+            and isinstance(e.get("path"), str)
+            and isinstance(e.get("class"), str)
+            and isinstance(e.get("params"), dict)
+            and all(isinstance(v, list) and all(isinstance(d, int) for d in v) for v in e["params"].values())
+            and (("channels" not in e) or (isinstance(e["channels"], int) and e["channels"] > 0))
+        ):
             return False
     return "backbone_sha256" not in fp or isinstance(fp["backbone_sha256"], str)
 
@@ -516,14 +595,18 @@ def _config(path: str | os.PathLike, meta: dict[str, str]) -> SPTConfig:
     if PRIOR_KEY in meta:
         recorded = _parse_json(Path(path), meta, PRIOR_KEY)
         if not isinstance(recorded, dict) or prior_record(recorded) != config.prior:
-            raise AdapterFileError(f"{path}: metadata 'prior' ({meta[PRIOR_KEY][:120]}) and config.prior "
-                                   f"({json.dumps(config.prior, sort_keys=True)[:120]}) disagree; the file is corrupt "
-                                   "or was edited by hand")
+            raise AdapterFileError(
+                f"{path}: metadata 'prior' ({meta[PRIOR_KEY][:120]}) and config.prior "
+                f"({json.dumps(config.prior, sort_keys=True)[:120]}) disagree; the file is corrupt "
+                "or was edited by hand"
+            )
     task = config.prior.get("task")
     match = _TASK_TEXT.fullmatch(task) if isinstance(task, str) else None
     if task is not None and (match is None or (match.group(1) is not None and float(match.group(1)) > 255)):
-        raise AdapterFileError(f"{path}: recorded task {task!r} is not a task (expected 'denoise:<sigma 0..255>' or "
-                               "'sr:<scale 2..8>'); the file is corrupt or was edited by hand")
+        raise AdapterFileError(
+            f"{path}: recorded task {task!r} is not a task (expected 'denoise:<sigma 0..255>' or "
+            "'sr:<scale 2..8>'); the file is corrupt or was edited by hand"
+        )
     return config
 
 
@@ -533,8 +616,9 @@ def read_adapter_config(path: str | os.PathLike) -> SPTConfig:
     return _config(path, meta)
 
 
-def check_units_against_header(path: str | os.PathLike, config: SPTConfig, fp: dict[str, Any],
-                               entries: dict[str, Any]) -> dict[str, int]:
+def check_units_against_header(
+    path: str | os.PathLike, config: SPTConfig, fp: dict[str, Any], entries: dict[str, Any]
+) -> dict[str, int]:
     """Check that the tensors listed in the header are exactly those the config's units have,
     before any module is built (so a forged ``depth`` or ``hidden`` costs nothing). Returns the
     unit width of every target (recorded, or read from the header's shapes)."""
@@ -559,8 +643,10 @@ def check_units_against_header(path: str | os.PathLike, config: SPTConfig, fp: d
     for e in fp["targets"]:
         target, have = e["path"], per_target[e["path"]]
         if len(have) != count:
-            raise AdapterFileError(f"{path}: {target!r} has {len(have)} unit tensors but a {config.fusion!r} unit of "
-                                   f"depth {config.depth} has {count}; the config does not match the tensors")
+            raise AdapterFileError(
+                f"{path}: {target!r} has {len(have)} unit tensors but a {config.fusion!r} unit of "
+                f"depth {config.depth} has {count}; the config does not match the tensors"
+            )
         width = e.get("channels")
         if width is None:  # older files: the width is the last layer's output
             last = have.get("fuse.weight" if config.fusion == "sft" else "fuse.2.weight")
@@ -574,7 +660,8 @@ def check_units_against_header(path: str | os.PathLike, config: SPTConfig, fp: d
                 raise AdapterFileError(
                     f"{path}: tensor {target}.spt_unit.{param} has shape {got} but the config (fusion {config.fusion!r}, "
                     f"hidden {config.hidden}, depth {config.depth}, prior_channels {config.prior_channels}, width "
-                    f"{width}) needs {list(shape)}; the header contradicts itself")
+                    f"{width}) needs {list(shape)}; the header contradicts itself"
+                )
         channels[target] = width
     _check_student_against_header(path, config, student)
     return channels
@@ -590,13 +677,17 @@ def _check_student_against_header(path, config: SPTConfig, have: dict[str, list[
     if set(have) != set(want):
         missing = [f"spt_student.{k}" for k in sorted(set(want) - set(have))]
         unexpected = [f"spt_student.{k}" for k in sorted(set(have) - set(want))]
-        raise AdapterFileError(f"{path}: the config's student needs {len(want)} tensors, the file has {len(have)} "
-                               f"(missing {missing[:3]}, unexpected {unexpected[:3]}); the config does not match the tensors")
+        raise AdapterFileError(
+            f"{path}: the config's student needs {len(want)} tensors, the file has {len(have)} "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); the config does not match the tensors"
+        )
     for param, shape in sorted(want.items()):
         if tuple(have[param]) != shape:
-            raise AdapterFileError(f"{path}: tensor spt_student.{param} has shape {have[param]} but the config's student "
-                                   f"({config.student}, prior_channels {config.prior_channels}) needs {list(shape)}; "
-                                   "the header contradicts itself")
+            raise AdapterFileError(
+                f"{path}: tensor spt_student.{param} has shape {have[param]} but the config's student "
+                f"({config.student}, prior_channels {config.prior_channels}) needs {list(shape)}; "
+                "the header contradicts itself"
+            )
 
 
 #: the largest magnitude a unit or student parameter may have: trained units stay far below 10; a
@@ -611,11 +702,15 @@ def check_unit_tensor_values(tensors: dict[str, torch.Tensor], source: str) -> N
         if not t.is_floating_point():
             raise AdapterFileError(f"{source}: tensor {key!r} has dtype {t.dtype}; unit parameters are floating point")
         if not bool(torch.isfinite(t).all()):
-            raise AdapterFileError(f"{source}: tensor {key!r} holds NaN or Inf values; the adapter is corrupt "
-                                   "(or was saved after training diverged)")
+            raise AdapterFileError(
+                f"{source}: tensor {key!r} holds NaN or Inf values; the adapter is corrupt "
+                "(or was saved after training diverged)"
+            )
         if t.numel() and float(t.detach().abs().max()) > MAX_UNIT_ABS:
-            raise AdapterFileError(f"{source}: tensor {key!r} holds values up to {float(t.detach().abs().max()):.3g}, "
-                                   f"beyond the {MAX_UNIT_ABS:g} no trained unit reaches; the adapter is corrupt")
+            raise AdapterFileError(
+                f"{source}: tensor {key!r} holds values up to {float(t.detach().abs().max()):.3g}, "
+                f"beyond the {MAX_UNIT_ABS:g} no trained unit reaches; the adapter is corrupt"
+            )
 
 
 def read_unit_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -630,9 +725,16 @@ def read_unit_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def add_adapter_with_tensors(model: nn.Module, adapter_name: str, config: SPTConfig, names: list[str],
-                             channels: dict[str, int] | None, tensors: dict[str, torch.Tensor], source: str,
-                             example_input=None) -> SPTModel:
+def add_adapter_with_tensors(
+    model: nn.Module,
+    adapter_name: str,
+    config: SPTConfig,
+    names: list[str],
+    channels: dict[str, int] | None,
+    tensors: dict[str, torch.Tensor],
+    source: str,
+    example_input=None,
+) -> SPTModel:
     """Build an adapter's units on ``model`` (a backbone or an SPTModel) and fill them from ``tensors``
     (file keys ``<target>.spt_unit.<param>``). Every key and shape is checked before the first copy;
     on any error ``model`` is left as it was."""
@@ -646,8 +748,9 @@ def add_adapter_with_tensors(model: nn.Module, adapter_name: str, config: SPTCon
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
         if missing or unexpected:
-            raise AdapterFileError(f"{source}: unit tensors do not match the units (missing {missing[:3]}, "
-                                   f"unexpected {unexpected[:3]})")
+            raise AdapterFileError(
+                f"{source}: unit tensors do not match the units (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
         for key, param in expected.items():
             if tuple(tensors[key].shape) != tuple(param.shape):
                 raise FingerprintMismatchError(
@@ -665,8 +768,13 @@ def add_adapter_with_tensors(model: nn.Module, adapter_name: str, config: SPTCon
     return wrapped
 
 
-def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = "default",
-                 check_backbone_hash: bool = True, device: str | torch.device | None = None) -> SPTModel:
+def load_adapter(
+    model: nn.Module,
+    path: str | os.PathLike,
+    adapter_name: str = "default",
+    check_backbone_hash: bool = True,
+    device: str | torch.device | None = None,
+) -> SPTModel:
     """Load an adapter file onto ``model`` (an untouched backbone, or an SPTModel to add to).
 
     The header is read and checked first (format, schema, fingerprint against ``model``), then the

@@ -34,9 +34,7 @@ def _hub():
     try:
         import huggingface_hub
     except ImportError:  # pragma: no cover - depends on the environment
-        raise SPTError(
-            "sharing adapters on the Hub needs huggingface_hub: pip install 'spt-adapter[hub]'"
-        ) from None
+        raise SPTError("sharing adapters on the Hub needs huggingface_hub: pip install 'spt-adapter[hub]'") from None
     return huggingface_hub
 
 
@@ -91,8 +89,9 @@ def _hub_reachable(endpoint: str | None, timeout: float = 3.0) -> bool:
     import socket
     from urllib.parse import urlsplit
 
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
-                                       "all_proxy")):
+    if any(
+        os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    ):
         return True
     url = urlsplit(endpoint or "https://huggingface.co")
     host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
@@ -114,9 +113,15 @@ def _cache_dir(cache_dir: str | os.PathLike | None) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # save
 # ---------------------------------------------------------------------------------------------
-def save_pretrained(model, save_directory: str | os.PathLike, adapter_name: str | None = None, *,
-                    backbone_hash: bool = True, training: dict[str, Any] | None = None,
-                    repo_id: str | None = None) -> Path:
+def save_pretrained(
+    model,
+    save_directory: str | os.PathLike,
+    adapter_name: str | None = None,
+    *,
+    backbone_hash: bool = True,
+    training: dict[str, Any] | None = None,
+    repo_id: str | None = None,
+) -> Path:
     """Write one adapter of ``model`` (an SPTModel) into ``save_directory``.
 
     Writes ``spt_adapter.safetensors`` (unit tensors only, checked header) and a model card
@@ -128,21 +133,26 @@ def save_pretrained(model, save_directory: str | os.PathLike, adapter_name: str 
     from .format import save_adapter
 
     if not isinstance(model, SPTModel):
-        raise AdapterFileError(f"save_pretrained needs an SPTModel (from spt_adapter.inject), got {type(model).__name__}")
+        raise AdapterFileError(
+            f"save_pretrained needs an SPTModel (from spt_adapter.inject), got {type(model).__name__}"
+        )
     folder = Path(save_directory)
     if folder.exists() and not folder.is_dir():
         raise AdapterFileError(f"{folder} exists and is not a folder; save_pretrained writes a folder")
     extra: dict[str, str] = {}
     if training is not None:
         if not isinstance(training, dict):
-            raise AdapterFileError(f"training must be a dict (e.g. {{'data': 'DF2K', 'task': 'sr:4'}}), got {type(training).__name__}")
+            raise AdapterFileError(
+                f"training must be a dict (e.g. {{'data': 'DF2K', 'task': 'sr:4'}}), got {type(training).__name__}"
+            )
         try:
             extra[TRAINING_KEY] = json.dumps(training, sort_keys=True)
         except (TypeError, ValueError) as exc:
             raise AdapterFileError(f"training must be JSON-serialisable: {exc}") from None
     folder.mkdir(parents=True, exist_ok=True)
-    save_adapter(model, folder / ADAPTER_FILENAME, adapter_name=adapter_name, backbone_hash=backbone_hash,
-                 metadata=extra or None)
+    save_adapter(
+        model, folder / ADAPTER_FILENAME, adapter_name=adapter_name, backbone_hash=backbone_hash, metadata=extra or None
+    )
     write_model_card(folder, repo_id=repo_id)
     return folder
 
@@ -165,10 +175,17 @@ def looks_local(source: str) -> bool:
     return Path(parts[0]).expanduser().is_dir()
 
 
-def resolve_adapter_file(source: str | os.PathLike, revision: str | None = None, *, filename: str = ADAPTER_FILENAME,
-                         cache_dir: str | os.PathLike | None = None, token: str | bool | None = None,
-                         endpoint: str | None = None, local_files_only: bool | None = None,
-                         force_download: bool = False) -> Path:
+def resolve_adapter_file(
+    source: str | os.PathLike,
+    revision: str | None = None,
+    *,
+    filename: str = ADAPTER_FILENAME,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    endpoint: str | None = None,
+    local_files_only: bool | None = None,
+    force_download: bool = False,
+) -> Path:
     """The local path of an adapter file: from a folder, a file, or a Hub repo (downloaded into the cache)."""
     path = Path(os.path.expanduser(str(source)))
     if path.is_dir():
@@ -178,15 +195,19 @@ def resolve_adapter_file(source: str | os.PathLike, revision: str | None = None,
         present = sorted(p.name for p in path.iterdir())
         hint = ""
         if "adapter_config.json" in present:
-            hint = (" It looks like a PEFT adapter folder: load it with peft.PeftModel.from_pretrained after "
-                    "`import spt_adapter.peft`, or convert it with spt_adapter.peft.peft_to_spt().")
+            hint = (
+                " It looks like a PEFT adapter folder: load it with peft.PeftModel.from_pretrained after "
+                "`import spt_adapter.peft`, or convert it with spt_adapter.peft.peft_to_spt()."
+            )
         raise AdapterFileError(f"folder {path} has no {filename} (it holds {present[:8]}).{hint}")
     if path.exists():
         return path  # a file, or something else that read_adapter_header refuses by name
     source = str(source)
     if looks_local(source):
-        raise AdapterFileError(f"{source} does not exist: no adapter folder or file there (a Hub id is 'namespace/name' "
-                               "whose namespace is not a local folder)")
+        raise AdapterFileError(
+            f"{source} does not exist: no adapter folder or file there (a Hub id is 'namespace/name' "
+            "whose namespace is not a local folder)"
+        )
     hub = _hub()
     try:
         _validate_repo_id(source)
@@ -196,35 +217,59 @@ def resolve_adapter_file(source: str | os.PathLike, revision: str | None = None,
     unreachable = not offline and not _hub_reachable(_endpoint(endpoint))
     try:
         downloaded = hub.hf_hub_download(
-            repo_id=source, filename=filename, revision=revision, cache_dir=_cache_dir(cache_dir), token=token,
-            endpoint=_endpoint(endpoint), local_files_only=offline or unreachable, force_download=force_download,
+            repo_id=source,
+            filename=filename,
+            revision=revision,
+            cache_dir=_cache_dir(cache_dir),
+            token=token,
+            endpoint=_endpoint(endpoint),
+            local_files_only=offline or unreachable,
+            force_download=force_download,
             library_name="spt-adapter",
         )
     except _hub_error("LocalEntryNotFoundError") as exc:
         where = f"revision {revision!r} of " if revision else ""
-        reached = (f"the Hub ({_endpoint(endpoint) or 'huggingface.co'}) cannot be reached" if unreachable
-                   else f"the Hub could not be reached ({type(exc).__name__})")
+        reached = (
+            f"the Hub ({_endpoint(endpoint) or 'huggingface.co'}) cannot be reached"
+            if unreachable
+            else f"the Hub could not be reached ({type(exc).__name__})"
+        )
         raise AdapterFileError(
             f"there is no local folder or file {source} (relative to {os.getcwd()}), and {filename} of {where}Hub repo "
             f"{source!r} is not in the Hub cache ({_cache_dir(cache_dir) or 'default cache'}): "
-            + ("offline mode is on (HF_HUB_OFFLINE=1 / local_files_only=True): download it once online"
-               if offline else reached)
+            + (
+                "offline mode is on (HF_HUB_OFFLINE=1 / local_files_only=True): download it once online"
+                if offline
+                else reached
+            )
         ) from None
     except _hub_error("RevisionNotFoundError"):
         raise AdapterFileError(f"repo {source!r} has no revision {revision!r}") from None
     except _hub_error("RepositoryNotFoundError"):
-        raise AdapterFileError(f"Hub repo {source!r} does not exist or is private (pass token=), and there is no "
-                               f"local path {source} either") from None
+        raise AdapterFileError(
+            f"Hub repo {source!r} does not exist or is private (pass token=), and there is no "
+            f"local path {source} either"
+        ) from None
     except _hub_error("EntryNotFoundError"):
         raise AdapterFileError(f"Hub repo {source!r} has no file {filename}; is it an SPT adapter repo?") from None
     return Path(downloaded)
 
 
-def from_pretrained(backbone: nn.Module, source: str | os.PathLike, revision: str | None = None,
-                    adapter_name: str = "default", *, filename: str = ADAPTER_FILENAME,
-                    cache_dir: str | os.PathLike | None = None, token: str | bool | None = None,
-                    endpoint: str | None = None, local_files_only: bool | None = None,
-                    force_download: bool = False, check_backbone_hash: bool = True, device=None):
+def from_pretrained(
+    backbone: nn.Module,
+    source: str | os.PathLike,
+    revision: str | None = None,
+    adapter_name: str = "default",
+    *,
+    filename: str = ADAPTER_FILENAME,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    endpoint: str | None = None,
+    local_files_only: bool | None = None,
+    force_download: bool = False,
+    check_backbone_hash: bool = True,
+    device=None,
+):
     """Load a shared adapter onto ``backbone`` and return the SPTModel.
 
     ``source``: a local folder (from :func:`save_pretrained`), an adapter file, or a Hub repo id
@@ -236,19 +281,39 @@ def from_pretrained(backbone: nn.Module, source: str | os.PathLike, revision: st
     """
     from .format import load_adapter
 
-    path = resolve_adapter_file(source, revision, filename=filename, cache_dir=cache_dir, token=token,
-                                endpoint=endpoint, local_files_only=local_files_only, force_download=force_download)
-    return load_adapter(backbone, path, adapter_name=adapter_name, check_backbone_hash=check_backbone_hash,
-                        device=device)
+    path = resolve_adapter_file(
+        source,
+        revision,
+        filename=filename,
+        cache_dir=cache_dir,
+        token=token,
+        endpoint=endpoint,
+        local_files_only=local_files_only,
+        force_download=force_download,
+    )
+    return load_adapter(
+        backbone, path, adapter_name=adapter_name, check_backbone_hash=check_backbone_hash, device=device
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # push
 # ---------------------------------------------------------------------------------------------
-def push_to_hub(model, repo_id: str, *, private: bool | None = None, token: str | bool | None = None,
-                adapter_name: str | None = None, commit_message: str | None = None, revision: str | None = None,
-                create_pr: bool = False, endpoint: str | None = None, backbone_hash: bool = True,
-                training: dict[str, Any] | None = None, exist_ok: bool = True):
+def push_to_hub(
+    model,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    adapter_name: str | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    endpoint: str | None = None,
+    backbone_hash: bool = True,
+    training: dict[str, Any] | None = None,
+    exist_ok: bool = True,
+):
     """Upload one adapter of ``model`` to the Hub repo ``repo_id`` in a single commit.
 
     The repo is created if needed (``private`` applies then). The commit holds
@@ -264,8 +329,9 @@ def push_to_hub(model, repo_id: str, *, private: bool | None = None, token: str 
         raise SPTError(f"{repo_id!r} is not a valid Hub repo id ({exc})") from None
     api = hub.HfApi(endpoint=_endpoint(endpoint), token=token)
     with tempfile.TemporaryDirectory(prefix="spt_push_") as tmp:
-        folder = save_pretrained(model, tmp, adapter_name, backbone_hash=backbone_hash, training=training,
-                                 repo_id=repo_id)
+        folder = save_pretrained(
+            model, tmp, adapter_name, backbone_hash=backbone_hash, training=training, repo_id=repo_id
+        )
         api.create_repo(repo_id=repo_id, private=private, exist_ok=exist_ok, repo_type="model")
         operations = [
             hub.CommitOperationAdd(path_in_repo=name, path_or_fileobj=(folder / name).read_bytes())
@@ -273,6 +339,10 @@ def push_to_hub(model, repo_id: str, *, private: bool | None = None, token: str 
         ]
         name = adapter_name or model.active_adapter
         return api.create_commit(
-            repo_id=repo_id, operations=operations, repo_type="model", revision=revision, create_pr=create_pr,
+            repo_id=repo_id,
+            operations=operations,
+            repo_type="model",
+            revision=revision,
+            create_pr=create_pr,
             commit_message=commit_message or f"Upload SPT adapter {name!r} ({type(model.base_model).__name__})",
         )

@@ -59,8 +59,9 @@ def card_facts(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def render_model_card(path: str | os.PathLike, repo_id: str | None = None,
-                      training: dict[str, Any] | None = None) -> str:
+def render_model_card(
+    path: str | os.PathLike, repo_id: str | None = None, training: dict[str, Any] | None = None
+) -> str:
     """Markdown model card (with Hub YAML front matter) for the adapter file at ``path``."""
     f = card_facts(path)
     training = training if training is not None else f["training"]
@@ -68,8 +69,11 @@ def render_model_card(path: str | os.PathLike, repo_id: str | None = None,
     ident = prior.get("provider")
     if not isinstance(ident, dict):
         ident = {}
-    provider = " / ".join(str(ident[k]) for k in ("provider", "method", "model_type") if ident.get(k)) \
-        or prior.get("name") or "not recorded"
+    provider = (
+        " / ".join(str(ident[k]) for k in ("provider", "method", "model_type") if ident.get(k))
+        or prior.get("name")
+        or "not recorded"
+    )
     encoding = prior.get("encoding") or "not recorded"
     settings = {k: v for k, v in ident.items() if k not in ("provider", "method", "model_type")}
     settings.update({k: v for k, v in prior.items() if k not in ("provider", "name", "encoding")})
@@ -96,7 +100,11 @@ def render_model_card(path: str | os.PathLike, repo_id: str | None = None,
         f"- architecture: `{f['backbone_class']}`",
         f"- integration / preset: `{f['integration'] or 'none'}` / `{f['preset'] or 'none'}`",
         "- backbone weights sha256: "
-        + (f"`{f['backbone_sha256']}` (checked on load)" if f["backbone_sha256"] else "not recorded (shapes are checked on load)"),
+        + (
+            f"`{f['backbone_sha256']}` (checked on load)"
+            if f["backbone_sha256"]
+            else "not recorded (shapes are checked on load)"
+        ),
         "",
         "## Targets",
         "",
@@ -145,8 +153,9 @@ def render_model_card(path: str | os.PathLike, repo_id: str | None = None,
     return "\n".join(lines)
 
 
-def write_model_card(folder: str | os.PathLike, repo_id: str | None = None,
-                     training: dict[str, Any] | None = None) -> Path:
+def write_model_card(
+    folder: str | os.PathLike, repo_id: str | None = None, training: dict[str, Any] | None = None
+) -> Path:
     """Render the card of ``folder/spt_adapter.safetensors`` into ``folder/README.md`` atomically."""
     from .._io import atomic_write_bytes
 

@@ -56,8 +56,7 @@ def install_extra_arches() -> bool:
     return True
 
 
-def load_backbone(path: str | os.PathLike, device: str | torch.device | None = None,
-                  claim: bool = True) -> Backbone:
+def load_backbone(path: str | os.PathLike, device: str | torch.device | None = None, claim: bool = True) -> Backbone:
     """Load the backbone in ``path`` and the default targets the claiming plugin proposes.
 
     ``targets`` is empty when no plugin claims the architecture (pass your own to ``inject``).

@@ -149,7 +149,9 @@ def _children(model: nn.Module, name: str) -> list[str]:
 # -- token-sequence transformers: one unit per residual group, width embed_dim -------------------
 def _groups_detect(model: nn.Module) -> bool:
     layers = find_logical_module(model, "layers")
-    return isinstance(layers, nn.ModuleList) and len(layers) > 0 and find_logical_module(model, "conv_first") is not None
+    return (
+        isinstance(layers, nn.ModuleList) and len(layers) > 0 and find_logical_module(model, "conv_first") is not None
+    )
 
 
 def _groups_channels(model: nn.Module, names: list[str]) -> dict[str, int]:
@@ -172,20 +174,38 @@ def _spandrel_rrdb_targets(model: nn.Module) -> list[str]:
     return [f"model.1.sub.{k}" for k, m in sub._modules.items() if type(m).__name__ == "RRDB"]
 
 
-register_preset(Preset(
-    "rrdb", ("RRDBNet",), _spandrel_rrdb_detect, _spandrel_rrdb_targets,
-    lambda m, names: {n: _conv_out(m, "model.0") for n in names}, naming="spandrel model.1.sub.N",
-))
-register_preset(Preset(
-    "rrdb", ("RRDBNet",), lambda m: _has("conv_first", "body", "conv_body")(m)
-    and all(type(b).__name__ == "RRDB" for b in _module(m, "body")),
-    lambda m: ["body.*"], lambda m, names: {n: _conv_out(m, "conv_first") for n in names}, naming="BasicSR body.N",
-))
-register_preset(Preset(
-    "rrdb", ("RRDBNet", "RRDBNet_x2"), _has("conv_first", "RRDB_trunk", "trunk_conv"),
-    lambda m: ["RRDB_trunk.*"], lambda m, names: {n: _conv_out(m, "conv_first") for n in names},
-    naming="KAIR RRDB_trunk.N",
-))
+register_preset(
+    Preset(
+        "rrdb",
+        ("RRDBNet",),
+        _spandrel_rrdb_detect,
+        _spandrel_rrdb_targets,
+        lambda m, names: {n: _conv_out(m, "model.0") for n in names},
+        naming="spandrel model.1.sub.N",
+    )
+)
+register_preset(
+    Preset(
+        "rrdb",
+        ("RRDBNet",),
+        lambda m: (
+            _has("conv_first", "body", "conv_body")(m) and all(type(b).__name__ == "RRDB" for b in _module(m, "body"))
+        ),
+        lambda m: ["body.*"],
+        lambda m, names: {n: _conv_out(m, "conv_first") for n in names},
+        naming="BasicSR body.N",
+    )
+)
+register_preset(
+    Preset(
+        "rrdb",
+        ("RRDBNet", "RRDBNet_x2"),
+        _has("conv_first", "RRDB_trunk", "trunk_conv"),
+        lambda m: ["RRDB_trunk.*"],
+        lambda m, names: {n: _conv_out(m, "conv_first") for n in names},
+        naming="KAIR RRDB_trunk.N",
+    )
+)
 
 
 # -- NAFNet --------------------------------------------------------------------------------------
@@ -197,39 +217,67 @@ def _nafnet_channels(model: nn.Module, names: list[str]) -> dict[str, int]:
         if n.startswith("encoders."):
             out[n] = width * 2 ** int(n.split(".")[1])
         elif n == "middle_blks":
-            out[n] = width * 2 ** depth
+            out[n] = width * 2**depth
         elif n.startswith("decoders."):
             out[n] = width * 2 ** (depth - 1 - int(n.split(".")[1]))
     return out
 
 
-register_preset(Preset(
-    "nafnet", ("NAFNet", "NAFNetLocal"), _has("intro", "encoders", "middle_blks", "decoders", "ending"),
-    lambda m: (["encoders.*"] if len(_module(m, "encoders")) else []) + ["middle_blks"]
-    + (["decoders.*"] if len(_module(m, "decoders")) else []),
-    _nafnet_channels,
-))
+register_preset(
+    Preset(
+        "nafnet",
+        ("NAFNet", "NAFNetLocal"),
+        _has("intro", "encoders", "middle_blks", "decoders", "ending"),
+        lambda m: (
+            (["encoders.*"] if len(_module(m, "encoders")) else [])
+            + ["middle_blks"]
+            + (["decoders.*"] if len(_module(m, "decoders")) else [])
+        ),
+        _nafnet_channels,
+    )
+)
 
 
 # -- U-shaped nets with m_down/m_body/m_up stages (KAIR's SCUNet and DRUNet/UNetRes) ----------
 _UNET_STAGES = ["m_down1", "m_down2", "m_down3", "m_body", "m_up3", "m_up2", "m_up1"]
 register_preset(Preset("scunet", ("SCUNet",), _has(*_UNET_STAGES, "m_head", "m_tail"), lambda m: list(_UNET_STAGES)))
-register_preset(Preset("drunet", ("DRUNet", "UNetRes"), _has(*_UNET_STAGES, "m_head", "m_tail"),
-                       lambda m: list(_UNET_STAGES)))
+register_preset(
+    Preset("drunet", ("DRUNet", "UNetRes"), _has(*_UNET_STAGES, "m_head", "m_tail"), lambda m: list(_UNET_STAGES))
+)
 
 
 # -- Restormer -----------------------------------------------------------------------------------
-_RESTORMER_STAGES = ["encoder_level1", "encoder_level2", "encoder_level3", "latent",
-                     "decoder_level3", "decoder_level2", "decoder_level1", "refinement"]
-_RESTORMER_WIDTH = {"encoder_level1": 1, "encoder_level2": 2, "encoder_level3": 4, "latent": 8,
-                    "decoder_level3": 4, "decoder_level2": 2, "decoder_level1": 2, "refinement": 2}
+_RESTORMER_STAGES = [
+    "encoder_level1",
+    "encoder_level2",
+    "encoder_level3",
+    "latent",
+    "decoder_level3",
+    "decoder_level2",
+    "decoder_level1",
+    "refinement",
+]
+_RESTORMER_WIDTH = {
+    "encoder_level1": 1,
+    "encoder_level2": 2,
+    "encoder_level3": 4,
+    "latent": 8,
+    "decoder_level3": 4,
+    "decoder_level2": 2,
+    "decoder_level1": 2,
+    "refinement": 2,
+}
 
 
-register_preset(Preset(
-    "restormer", ("Restormer",), _has(*_RESTORMER_STAGES, "patch_embed.proj", "output"),
-    lambda m: list(_RESTORMER_STAGES),
-    lambda m, names: {n: _conv_out(m, "patch_embed.proj") * _RESTORMER_WIDTH[n] for n in names},
-))
+register_preset(
+    Preset(
+        "restormer",
+        ("Restormer",),
+        _has(*_RESTORMER_STAGES, "patch_embed.proj", "output"),
+        lambda m: list(_RESTORMER_STAGES),
+        lambda m, names: {n: _conv_out(m, "patch_embed.proj") * _RESTORMER_WIDTH[n] for n in names},
+    )
+)
 
 
 # -- DnCNN (a flat Sequential of convs and activations, KAIR's and spandrel's) -------------------
@@ -245,8 +293,11 @@ def _dncnn_convs(model: nn.Module) -> list[str]:
 
 def _dncnn_detect(model: nn.Module) -> bool:
     seq = find_logical_module(model, "model")
-    return (isinstance(seq, nn.Sequential) and all(isinstance(m, _DNCNN_LAYERS) for m in seq)
-            and len(_dncnn_convs(model)) >= 3)
+    return (
+        isinstance(seq, nn.Sequential)
+        and all(isinstance(m, _DNCNN_LAYERS) for m in seq)
+        and len(_dncnn_convs(model)) >= 3
+    )
 
 
 def _dncnn_hidden(model: nn.Module) -> list[str]:
@@ -263,7 +314,11 @@ def _dncnn_channels(model: nn.Module, names: list[str]) -> dict[str, int]:
     return {n: _conv_out(model, n) for n in names}
 
 
-register_preset(Preset("dncnn", ("DnCNN", "FDnCNN"), _dncnn_detect, _dncnn_hidden, _dncnn_channels,
-                       naming="every hidden conv"))
-register_preset(Preset("dncnn-light", ("DnCNN", "FDnCNN"), _dncnn_detect, _dncnn_light, _dncnn_channels,
-                       naming="three hidden convs"))
+register_preset(
+    Preset("dncnn", ("DnCNN", "FDnCNN"), _dncnn_detect, _dncnn_hidden, _dncnn_channels, naming="every hidden conv")
+)
+register_preset(
+    Preset(
+        "dncnn-light", ("DnCNN", "FDnCNN"), _dncnn_detect, _dncnn_light, _dncnn_channels, naming="three hidden convs"
+    )
+)

@@ -61,7 +61,9 @@ class Setting:
 
     def rule(self) -> str:
         """The accepted values, in words (for error messages and ``spt-adapter plugins``)."""
-        what = {int: "an integer", float: "a number", bool: "true or false", str: "text"}.get(self.type, self.type.__name__)
+        what = {int: "an integer", float: "a number", bool: "true or false", str: "text"}.get(
+            self.type, self.type.__name__
+        )
         if self.choices is not None:
             what = "one of " + ", ".join(map(str, self.choices))
         parts = [what]
@@ -82,7 +84,9 @@ class Setting:
         from ..errors import ProviderSettingError
 
         def bad() -> ProviderSettingError:
-            return ProviderSettingError(f"provider {provider!r}: setting {name}={value!r} is invalid: expected {self.rule()}")
+            return ProviderSettingError(
+                f"provider {provider!r}: setting {name}={value!r} is invalid: expected {self.rule()}"
+            )
 
         if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
             if self.optional:
@@ -126,8 +130,11 @@ class Setting:
         if self.choices is not None and out not in self.choices:
             raise bad()
         if self.type in (int, float):
-            if (self.above is not None and not out > self.above) or (self.minimum is not None and out < self.minimum) \
-                    or (self.maximum is not None and out > self.maximum):
+            if (
+                (self.above is not None and not out > self.above)
+                or (self.minimum is not None and out < self.minimum)
+                or (self.maximum is not None and out > self.maximum)
+            ):
                 raise bad()
         return out
 

@@ -67,7 +67,9 @@ def _identity_json(provider) -> str:
 
 def _pack(arrays: dict, meta: dict) -> bytes:
     buf = io.BytesIO()
-    np.savez_compressed(buf, __meta__=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8), **arrays)
+    np.savez_compressed(
+        buf, __meta__=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8), **arrays
+    )
     payload = buf.getvalue()
     return MAGIC + hashlib.sha256(payload).digest() + payload
 
@@ -125,7 +127,10 @@ class PriorCache:
                     if not (name.startswith(".") and name.endswith(".tmp") and ".sptc." in name):
                         continue
                     try:
-                        if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < older_than:
+                        if (
+                            entry.is_file(follow_symlinks=False)
+                            and entry.stat(follow_symlinks=False).st_mtime < older_than
+                        ):
                             os.unlink(entry.path)
                             removed += 1
                     except FileNotFoundError:
@@ -202,9 +207,17 @@ class PriorCache:
 
     def _store_masks(self, img, key: str, masks: LabelMasks, provider) -> None:
         self.stats["computed"] += 1
-        self._write(self._path("masks", key), masks.to_arrays(),
-                    {"key": key, "kind": "masks", "format": FORMAT, "identity": json.loads(self._identity(provider)),
-                     "shape": list(img.shape)})
+        self._write(
+            self._path("masks", key),
+            masks.to_arrays(),
+            {
+                "key": key,
+                "kind": "masks",
+                "format": FORMAT,
+                "identity": json.loads(self._identity(provider)),
+                "shape": list(img.shape),
+            },
+        )
 
     def _masks_from(self, arrays: dict, path: Path, img) -> LabelMasks | None:
         try:
@@ -235,8 +248,10 @@ class PriorCache:
             except SPTError as exc:
                 raise ProviderError(f"{describe_provider(provider)} returned unusable masks: {exc}") from None
             if lm.shape != im.shape[:2]:
-                raise ProviderError(f"{describe_provider(provider)} returned {lm.shape[0]}x{lm.shape[1]} masks for a "
-                                    f"{im.shape[0]}x{im.shape[1]} image; masks must have the image's size (nothing was cached)")
+                raise ProviderError(
+                    f"{describe_provider(provider)} returned {lm.shape[0]}x{lm.shape[1]} masks for a "
+                    f"{im.shape[0]}x{im.shape[1]} image; masks must have the image's size (nothing was cached)"
+                )
             checked.append(lm)
         return checked
 
@@ -244,7 +259,9 @@ class PriorCache:
         """Encoded prior of ``image``: cached prior, else cached masks + encoding, else provider."""
         return self.get_or_compute_many([image], provider, encoding)[0]
 
-    def get_or_compute_many(self, images, provider, encoding: str = DEFAULT_ENCODING, status: list | None = None) -> list[np.ndarray]:
+    def get_or_compute_many(
+        self, images, provider, encoding: str = DEFAULT_ENCODING, status: list | None = None
+    ) -> list[np.ndarray]:
         """Like :meth:`get_or_compute` for several images; missing masks are computed with one
         ``provider.generate_batch`` call (SAM then encodes several images per encoder call).
         ``status`` (a list) receives ``"prior"``, ``"masks"`` or ``"computed"`` per image."""
@@ -281,8 +298,11 @@ class PriorCache:
     def _encode_store(self, masks, img, mask_key, encoding) -> np.ndarray:
         prior = encode_masks(masks, kind=encoding, shape=img.shape[:2]).astype(np.float32, copy=False)
         pk = self._prior_key(mask_key, encoding)
-        self._write(self._path("priors", pk), {"prior": prior},
-                    {"key": pk, "kind": "prior", "mask_key": mask_key, "encoding": encoding})
+        self._write(
+            self._path("priors", pk),
+            {"prior": prior},
+            {"key": pk, "kind": "prior", "mask_key": mask_key, "encoding": encoding},
+        )
         return prior
 
 

@@ -59,8 +59,12 @@ class ClassicalMaskProvider:
         import skimage
 
         version = skimage.__version__  # type: ignore[attr-defined]  # set by lazy_loader, not in its stubs
-        return {"provider": "classical", "method": self.method, "settings": dict(sorted(self.settings.items())),
-                "skimage": version}
+        return {
+            "provider": "classical",
+            "method": self.method,
+            "settings": dict(sorted(self.settings.items())),
+            "skimage": version,
+        }
 
     def __repr__(self) -> str:
         return f"ClassicalMaskProvider(method={self.method!r}, {self.settings})"

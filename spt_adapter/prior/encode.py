@@ -51,8 +51,10 @@ def default_encoding(fusion: str | None) -> str:
 def check_encoding_for_fusion(encoding: str, fusion: str | None) -> None:
     """Raise :class:`PriorError` if ``fusion`` is ``pool`` and ``encoding`` is not ``label``."""
     if (fusion or DEFAULT_FUSION) == "pool" and parse_encoding(encoding)[0] != "label":
-        raise PriorError(f"fusion 'pool' averages features inside the regions of a one-channel label map: it needs "
-                         f"encoding 'label', got {encoding!r} (use another fusion for {encoding!r})")
+        raise PriorError(
+            f"fusion 'pool' averages features inside the regions of a one-channel label map: it needs "
+            f"encoding 'label', got {encoding!r} (use another fusion for {encoding!r})"
+        )
 
 
 def parse_encoding(encoding: str) -> tuple[str, dict]:

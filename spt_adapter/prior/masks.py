@@ -44,7 +44,9 @@ class LabelMasks:
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels)
         if self.labels.ndim != 2 or self.labels.dtype != np.int32:
-            raise PriorError(f"LabelMasks.labels must be an (H, W) int32 array, got {self.labels.dtype} {self.labels.shape}")
+            raise PriorError(
+                f"LabelMasks.labels must be an (H, W) int32 array, got {self.labels.dtype} {self.labels.shape}"
+            )
         n = len(self.area)
         self.area = np.asarray(self.area, dtype=np.int64).reshape(n)
         self.score = np.asarray(self.score, dtype=np.float64).reshape(n)
@@ -54,8 +56,10 @@ class LabelMasks:
             if len(v) != n:
                 raise PriorError(f"LabelMasks.extra[{k!r}] has {len(v)} rows for {n} regions")
         if self.labels.size and (int(self.labels.min()) < 0 or int(self.labels.max()) > n):
-            raise PriorError(f"LabelMasks.labels must lie in 0..{n} for {n} regions, got "
-                             f"{int(self.labels.min())}..{int(self.labels.max())}")
+            raise PriorError(
+                f"LabelMasks.labels must lie in 0..{n} for {n} regions, got "
+                f"{int(self.labels.min())}..{int(self.labels.max())}"
+            )
 
     # -- construction
     @classmethod
@@ -96,7 +100,9 @@ class LabelMasks:
             if seg.ndim != 2 or seg.dtype != bool:
                 raise PriorError(f"mask {i}: segmentation must be a boolean HxW array, got {seg.dtype} {seg.shape}")
             if segs and seg.shape != segs[0].shape:
-                raise PriorError(f"mask {i} has shape {seg.shape}, mask 0 has {segs[0].shape}: all masks must share one size")
+                raise PriorError(
+                    f"mask {i} has shape {seg.shape}, mask 0 has {segs[0].shape}: all masks must share one size"
+                )
             segs.append(seg)
         if not segs:
             if shape is None:
@@ -114,8 +120,14 @@ class LabelMasks:
         for name, tail in EXTRA_FIELDS.items():
             if any(name in d for d in dicts):
                 default = np.zeros(tail)
-                extra[name] = np.stack([np.asarray(d.get(name, default), dtype=np.float64).reshape(-1)[: int(np.prod(tail, dtype=int))]
-                                        .reshape(tail) for d in dicts])
+                extra[name] = np.stack(
+                    [
+                        np.asarray(d.get(name, default), dtype=np.float64)
+                        .reshape(-1)[: int(np.prod(tail, dtype=int))]
+                        .reshape(tail)
+                        for d in dicts
+                    ]
+                )
         return cls(labels, areas[order], np.asarray(score, dtype=np.float64), np.asarray(bbox, dtype=np.float64), extra)
 
     # -- views
@@ -166,7 +178,7 @@ class LabelMasks:
 
     @classmethod
     def from_arrays(cls, arrays: dict) -> LabelMasks:
-        extra = {k[len("extra."):]: v for k, v in arrays.items() if k.startswith("extra.")}
+        extra = {k[len("extra.") :]: v for k, v in arrays.items() if k.startswith("extra.")}
         return cls(arrays["labels"], arrays["area"], arrays["score"], arrays["bbox"], extra)
 
 
@@ -188,5 +200,7 @@ def as_label_masks(masks, shape=None) -> LabelMasks:
         masks = list(masks)
     if isinstance(masks, (list, tuple)):
         return LabelMasks.from_masks(masks, shape=shape)
-    raise PriorError(f"masks must be LabelMasks, a list of SAM-style masks or an (H, W) integer label image, got "
-                     f"{type(masks).__name__}")
+    raise PriorError(
+        f"masks must be LabelMasks, a list of SAM-style masks or an (H, W) integer label image, got "
+        f"{type(masks).__name__}"
+    )

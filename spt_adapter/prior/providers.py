@@ -34,14 +34,36 @@ def _sam2(settings, *, checkpoint, model_type, device):
 
 
 SPECS = [
-    ProviderSpec("sam", _sam, sam.SCHEMA, "Segment Anything automatic masks (segment-anything; a SAM .pth checkpoint)",
-                 needs_checkpoint=True, version="segment-anything 1.0"),
-    ProviderSpec("sam2", _sam2, sam2.SCHEMA, "SAM 2 automatic masks (pip install spt-adapter[sam2]; a SAM 2 .pt checkpoint)",
-                 needs_checkpoint=True, version="sam2 1.x"),
-    ProviderSpec("slic", _classical("slic"), classical.SCHEMAS["slic"], "scikit-image SLIC superpixels (no weights)",
-                 version="skimage"),
-    ProviderSpec("felzenszwalb", _classical("felzenszwalb"), classical.SCHEMAS["felzenszwalb"],
-                 "scikit-image Felzenszwalb graph segmentation (no weights)", version="skimage"),
+    ProviderSpec(
+        "sam",
+        _sam,
+        sam.SCHEMA,
+        "Segment Anything automatic masks (segment-anything; a SAM .pth checkpoint)",
+        needs_checkpoint=True,
+        version="segment-anything 1.0",
+    ),
+    ProviderSpec(
+        "sam2",
+        _sam2,
+        sam2.SCHEMA,
+        "SAM 2 automatic masks (pip install spt-adapter[sam2]; a SAM 2 .pt checkpoint)",
+        needs_checkpoint=True,
+        version="sam2 1.x",
+    ),
+    ProviderSpec(
+        "slic",
+        _classical("slic"),
+        classical.SCHEMAS["slic"],
+        "scikit-image SLIC superpixels (no weights)",
+        version="skimage",
+    ),
+    ProviderSpec(
+        "felzenszwalb",
+        _classical("felzenszwalb"),
+        classical.SCHEMAS["felzenszwalb"],
+        "scikit-image Felzenszwalb graph segmentation (no weights)",
+        version="skimage",
+    ),
 ]
 
 

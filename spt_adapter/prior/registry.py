@@ -58,8 +58,9 @@ def provider_specs() -> dict[str, ProviderSpec]:
             continue
         for spec in offered:
             if spec.name in specs:
-                _failures[impl.plugin_name] = (f"offers provider {spec.name!r}, which plugin "
-                                               f"{specs[spec.name].plugin!r} already offers (ignored)")
+                _failures[impl.plugin_name] = (
+                    f"offers provider {spec.name!r}, which plugin {specs[spec.name].plugin!r} already offers (ignored)"
+                )
                 continue
             specs[spec.name] = dataclasses.replace(spec, plugin=impl.plugin_name)
     return specs
@@ -81,11 +82,15 @@ def get_provider_spec(name: str) -> ProviderSpec:
         return specs[name]
     from ..plugins.manager import plugin_report
 
-    failed = {**{p: f"failed to load: {why}" for p, why in plugin_report().failed.items()},
-              **{p: f"failed to list its providers: {why}" for p, why in _failures.items()}}
+    failed = {
+        **{p: f"failed to load: {why}" for p, why in plugin_report().failed.items()},
+        **{p: f"failed to list its providers: {why}" for p, why in _failures.items()},
+    }
     broken = "".join(f"; plugin {p!r} {why}" for p, why in sorted(failed.items()))
-    raise ProviderError(f"unknown mask provider {name!r}; installed: {', '.join(sorted(specs)) or 'none'}"
-                        f" (see `spt-adapter plugins`){broken}")
+    raise ProviderError(
+        f"unknown mask provider {name!r}; installed: {', '.join(sorted(specs)) or 'none'}"
+        f" (see `spt-adapter plugins`){broken}"
+    )
 
 
 def make_provider(name: str, checkpoint=None, model_type: str | None = None, device=None, **settings):
@@ -102,7 +107,9 @@ def make_provider(name: str, checkpoint=None, model_type: str | None = None, dev
     except SPTError:
         raise
     except Exception as exc:
-        raise PluginError(f"plugin {spec.plugin!r} failed to build provider {name!r}: {type(exc).__name__}: {exc}") from exc
+        raise PluginError(
+            f"plugin {spec.plugin!r} failed to build provider {name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
     try:
         _origin[provider] = spec
     except TypeError:  # not weak-referenceable: it is then described by its repr
@@ -124,13 +131,17 @@ def check_recorded_provider(identity: dict, what: str) -> str:
         raise PriorError(f"{what} records no mask provider: pass one (--provider NAME, or provider=...)")
     specs = provider_specs()
     if name not in specs:
-        raise PriorError(f"{what} was trained with priors of mask provider {name!r}, which is not installed (installed: "
-                         f"{', '.join(sorted(specs))}): install it, or pass --provider NAME (provider=...)")
+        raise PriorError(
+            f"{what} was trained with priors of mask provider {name!r}, which is not installed (installed: "
+            f"{', '.join(sorted(specs))}): install it, or pass --provider NAME (provider=...)"
+        )
     if specs[name].needs_checkpoint:
         label = "SAM" if name == "sam" else name
-        raise PriorError(f"{what} was trained with {label} priors ({identity.get('model_type', '?')}): pass "
-                         f"--provider-checkpoint PATH{'' if name == 'sam' else f' with --provider {name}'} "
-                         "(provider=... from Python), or another --provider")
+        raise PriorError(
+            f"{what} was trained with {label} priors ({identity.get('model_type', '?')}): pass "
+            f"--provider-checkpoint PATH{'' if name == 'sam' else f' with --provider {name}'} "
+            "(provider=... from Python), or another --provider"
+        )
     return name
 
 

@@ -77,8 +77,13 @@ SCHEMA = {
     "min_mask_region_area": Setting(int, 0, "remove holes/islands smaller than this (needs OpenCV)", minimum=0),
     "points_per_batch": Setting(int, 64, "prompts per decoder call (speed/memory only)", minimum=1),
     "encoder_batch": Setting(int, 1, "images per encoder call (speed/memory only)", minimum=1),
-    "precision": Setting(str, "fp32", "fp32: stock's exact masks; bf16: autocast + SDPA attention, faster on a GPU, "
-                         "masks differ slightly (part of the cache key)", choices=PRECISIONS),
+    "precision": Setting(
+        str,
+        "fp32",
+        "fp32: stock's exact masks; bf16: autocast + SDPA attention, faster on a GPU, "
+        "masks differ slightly (part of the cache key)",
+        choices=PRECISIONS,
+    ),
 }
 
 
@@ -149,14 +154,20 @@ def load_sam(checkpoint, model_type: str = "vit_b", device=None):
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise SamCheckpointError(f"SAM checkpoint {path} does not hold a state dict of tensors (got {type(state).__name__})")
+        raise SamCheckpointError(
+            f"SAM checkpoint {path} does not hold a state dict of tensors (got {type(state).__name__})"
+        )
     sam = build(checkpoint=None)
     found = _guess_model_type(state)
     try:
         sam.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc).splitlines()[0]
-        guess = f"it holds a {found!r} model (pass model_type={found!r})" if found else "its shapes match no known SAM model type"
+        guess = (
+            f"it holds a {found!r} model (pass model_type={found!r})"
+            if found
+            else "its shapes match no known SAM model type"
+        )
         raise SamCheckpointError(
             f"SAM checkpoint {path} does not fit model_type {model_type!r}: {guess}; first mismatch: {first.strip()}"
         ) from None
@@ -174,13 +185,17 @@ def detect_model_type(checkpoint) -> str:
         except RuntimeError:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise SamCheckpointError(f"SAM checkpoint {path} cannot be read as a weights-only torch file ({type(exc).__name__})") from exc
+        raise SamCheckpointError(
+            f"SAM checkpoint {path} cannot be read as a weights-only torch file ({type(exc).__name__})"
+        ) from exc
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     found = _guess_model_type(state) if isinstance(state, dict) else None
     if found is None:
-        raise SamCheckpointError(f"SAM checkpoint {path}: cannot tell its model type (no image_encoder.patch_embed of a known "
-                                 f"width); pass one of {', '.join(MODEL_TYPES)}")
+        raise SamCheckpointError(
+            f"SAM checkpoint {path}: cannot tell its model type (no image_encoder.patch_embed of a known "
+            f"width); pass one of {', '.join(MODEL_TYPES)}"
+        )
     return found
 
 
@@ -203,15 +218,18 @@ class FastMaskGenerator:
     float32 before any post-processing -- faster on a GPU, masks close to but not equal to stock's.
     """
 
-    def __init__(self, model, points_per_batch: int = 64, encoder_batch: int = 1, precision: str = "fp32",
-                 **settings) -> None:
+    def __init__(
+        self, model, points_per_batch: int = 64, encoder_batch: int = 1, precision: str = "fp32", **settings
+    ) -> None:
         require_segment_anything()
         from segment_anything.utils.amg import build_all_layer_point_grids
         from segment_anything.utils.transforms import ResizeLongestSide
 
         unknown = sorted(set(settings) - set(GENERATOR_SETTINGS))
         if unknown:
-            raise PriorError(f"unknown SAM generator setting(s) {unknown}; allowed: {sorted(GENERATOR_SETTINGS) + sorted(SPEED_SETTINGS)}")
+            raise PriorError(
+                f"unknown SAM generator setting(s) {unknown}; allowed: {sorted(GENERATOR_SETTINGS) + sorted(SPEED_SETTINGS)}"
+            )
         s = {**GENERATOR_SETTINGS, **settings}
         if s["points_per_side"] is None or int(s["points_per_side"]) < 1:
             raise PriorError("points_per_side must be a positive integer")
@@ -223,7 +241,9 @@ class FastMaskGenerator:
             try:
                 import cv2  # noqa: F401
             except ImportError as exc:
-                raise SamUnavailableError("min_mask_region_area > 0 needs OpenCV (`pip install opencv-python-headless`)") from exc
+                raise SamUnavailableError(
+                    "min_mask_region_area > 0 needs OpenCV (`pip install opencv-python-headless`)"
+                ) from exc
         self.model = model
         self.settings = s
         self.points_per_batch = int(points_per_batch)
@@ -287,7 +307,9 @@ class FastMaskGenerator:
         images = [to_rgb_uint8(im) for im in images]
         jobs: list[tuple[int, list[int], int]] = []  # (image index, crop box, layer)
         for i, im in enumerate(images):
-            boxes, layers = generate_crop_boxes(im.shape[:2], self.settings["crop_n_layers"], self.settings["crop_overlap_ratio"])
+            boxes, layers = generate_crop_boxes(
+                im.shape[:2], self.settings["crop_n_layers"], self.settings["crop_overlap_ratio"]
+            )
             jobs.extend((i, b, l) for b, l in zip(boxes, layers, strict=True))
         results: list[list[dict]] = []
         per_image: dict[int, list] = {i: [] for i in range(len(images))}
@@ -297,7 +319,9 @@ class FastMaskGenerator:
                 crops = [images[i][b[1] : b[3], b[0] : b[2], :] for i, b, _ in chunk]
                 feats, sizes = self._encode(crops)
                 for (i, box, layer), feat, in_size, crop in zip(chunk, feats, sizes, crops, strict=True):
-                    per_image[i].append(self._process_crop(feat, in_size, crop.shape[:2], box, layer, images[i].shape[:2]))
+                    per_image[i].append(
+                        self._process_crop(feat, in_size, crop.shape[:2], box, layer, images[i].shape[:2])
+                    )
             for i in range(len(images)):
                 results.append(self._finish(per_image[i], images[i].shape[:2]))
         return results
@@ -314,12 +338,18 @@ class FastMaskGenerator:
         with self._autocast():
             shared = self._shared_image_side(features)
         for b in range(0, len(points_for_image), self.points_per_batch):
-            part = self._process_batch(shared, points_for_image[b : b + self.points_per_batch], input_size, crop_size, crop_box, orig_size)
+            part = self._process_batch(
+                shared, points_for_image[b : b + self.points_per_batch], input_size, crop_size, crop_box, orig_size
+            )
             if part is not None:
                 parts.append(part)
         data = _cat(parts, orig_size, self.device)
-        keep = batched_nms(data["boxes"].float(), data["iou_preds"], torch.zeros(len(data["boxes"])),
-                           iou_threshold=self.settings["box_nms_thresh"])
+        keep = batched_nms(
+            data["boxes"].float(),
+            data["iou_preds"],
+            torch.zeros(len(data["boxes"])),
+            iou_threshold=self.settings["box_nms_thresh"],
+        )
         data = {k: v[keep.to(v.device)] for k, v in data.items()}  # points live on the CPU, like stock's
         data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
         data["points"] = uncrop_points(data["points"], crop_box)
@@ -335,7 +365,8 @@ class FastMaskGenerator:
         with torch.autocast(self.device.type, enabled=False):  # float32 Fourier features, as for the prompts
             pe = model.prompt_encoder.get_dense_pe()
         dense = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
-            1, -1, model.prompt_encoder.image_embedding_size[0], model.prompt_encoder.image_embedding_size[1])
+            1, -1, model.prompt_encoder.image_embedding_size[0], model.prompt_encoder.image_embedding_size[1]
+        )
         src = features + dense
         b, c, h, w = src.shape
         keys = src.flatten(2).permute(0, 2, 1)
@@ -352,7 +383,9 @@ class FastMaskGenerator:
         t2i_v = t2i._separate_heads(t2i.v_proj(keys), t2i.num_heads)  # (1, heads, hw, d)
         i2t_q = i2t._separate_heads(i2t.q_proj(k), i2t.num_heads)
         return {
-            "keys": keys, "key_pe": key_pe, "hw": (c, h, w),
+            "keys": keys,
+            "key_pe": key_pe,
+            "hw": (c, h, w),
             "t2i_kt": _repeat_heads(t2i_kt, ppb),
             "t2i_v": _repeat_heads(t2i_v, ppb),
             "i2t_q": _repeat_heads(i2t_q, ppb),
@@ -381,15 +414,22 @@ class FastMaskGenerator:
         queries = layer0.norm1(queries)
         q = queries + point_embedding
         t2i = layer0.cross_attn_token_to_image
-        attn_out = _attention_bmm(t2i, n, q=t2i.q_proj(q), kt_rep=shared["t2i_kt"][: n * t2i.num_heads],
-                                  v_rep=shared["t2i_v"][: n * t2i.num_heads])
+        attn_out = _attention_bmm(
+            t2i,
+            n,
+            q=t2i.q_proj(q),
+            kt_rep=shared["t2i_kt"][: n * t2i.num_heads],
+            v_rep=shared["t2i_v"][: n * t2i.num_heads],
+        )
         queries = queries + attn_out
         queries = layer0.norm2(queries)
         queries = queries + layer0.mlp(queries)
         queries = layer0.norm3(queries)
         q = queries + point_embedding
         i2t = layer0.cross_attn_image_to_token
-        attn_out = _attention_bmm(i2t, n, q_rep=shared["i2t_q"][: n * i2t.num_heads], k=i2t.k_proj(q), v=i2t.v_proj(queries))
+        attn_out = _attention_bmm(
+            i2t, n, q_rep=shared["i2t_q"][: n * i2t.num_heads], k=i2t.k_proj(q), v=i2t.v_proj(queries)
+        )
         keys = keys + attn_out
         keys = layer0.norm4(keys)
         # --- the remaining blocks exactly as segment-anything runs them
@@ -415,7 +455,9 @@ class FastMaskGenerator:
         for module in dec.output_upscaling:
             upscaled = _layer_norm_2d(module, upscaled) if isinstance(module, LayerNorm2d) else module(upscaled)
         mask_tokens_out = queries[:, 1 : (1 + dec.num_mask_tokens), :]
-        hyper_in = torch.stack([dec.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in range(dec.num_mask_tokens)], dim=1)
+        hyper_in = torch.stack(
+            [dec.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in range(dec.num_mask_tokens)], dim=1
+        )
         b, c, h, w = upscaled.shape
         return (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
 
@@ -440,7 +482,11 @@ class FastMaskGenerator:
             queries, keys, iou_all = self._decode(shared, sparse)
         iou_pred = iou_all[:, 1:].float()  # multimask output; float32 (a no-op in fp32) before any threshold
         n_masks = iou_pred.shape[1]
-        keep = iou_pred.flatten() > s["pred_iou_thresh"] if s["pred_iou_thresh"] > 0.0 else torch.ones(iou_pred.numel(), dtype=torch.bool, device=iou_pred.device)
+        keep = (
+            iou_pred.flatten() > s["pred_iou_thresh"]
+            if s["pred_iou_thresh"] > 0.0
+            else torch.ones(iou_pred.numel(), dtype=torch.bool, device=iou_pred.device)
+        )
         if not bool(keep.any()):
             return None
         prompt_needed = keep.view(-1, n_masks).any(dim=1)
@@ -479,12 +525,16 @@ class FastMaskGenerator:
         if len(crop_datas) > 1:
             scores = 1 / box_area(data["crop_boxes"])
             scores = scores.to(data["boxes"].device)
-            keep = batched_nms(data["boxes"].float(), scores, torch.zeros(len(data["boxes"])), iou_threshold=s["crop_nms_thresh"])
+            keep = batched_nms(
+                data["boxes"].float(), scores, torch.zeros(len(data["boxes"])), iou_threshold=s["crop_nms_thresh"]
+            )
             data = {k: v[keep.to(v.device)] for k, v in data.items()}
         masks = data.pop("masks")
         if s["min_mask_region_area"] > 0 and len(masks):
             md = MaskData(rles=mask_to_rle_pytorch(masks), **{k: v for k, v in data.items()})
-            md = SamAutomaticMaskGenerator.postprocess_small_regions(md, s["min_mask_region_area"], max(s["box_nms_thresh"], s["crop_nms_thresh"]))
+            md = SamAutomaticMaskGenerator.postprocess_small_regions(
+                md, s["min_mask_region_area"], max(s["box_nms_thresh"], s["crop_nms_thresh"])
+            )
             md.to_numpy()
             segs = [np.ascontiguousarray(rle_to_mask(r)) for r in md["rles"]]
             data = {k: md[k] for k in data}
@@ -493,15 +543,17 @@ class FastMaskGenerator:
             segs = list(masks.cpu().numpy())
         out = []
         for i, seg in enumerate(segs):
-            out.append({
-                "segmentation": seg,
-                "area": int(seg.sum()),
-                "bbox": box_xyxy_to_xywh(data["boxes"][i]).tolist(),
-                "predicted_iou": data["iou_preds"][i].item(),
-                "point_coords": [data["points"][i].tolist()],
-                "stability_score": data["stability_score"][i].item(),
-                "crop_box": box_xyxy_to_xywh(data["crop_boxes"][i]).tolist(),
-            })
+            out.append(
+                {
+                    "segmentation": seg,
+                    "area": int(seg.sum()),
+                    "bbox": box_xyxy_to_xywh(data["boxes"][i]).tolist(),
+                    "predicted_iou": data["iou_preds"][i].item(),
+                    "point_coords": [data["points"][i].tolist()],
+                    "stability_score": data["stability_score"][i].item(),
+                    "crop_box": box_xyxy_to_xywh(data["crop_boxes"][i]).tolist(),
+                }
+            )
         return out
 
 
@@ -582,9 +634,13 @@ def _cat(parts, orig_size, device):
 
     if not parts:
         h, w = orig_size
-        return {"masks": torch.zeros((0, h, w), dtype=torch.bool, device=device),
-                "iou_preds": torch.zeros(0, device=device), "points": torch.zeros((0, 2), dtype=torch.float64),
-                "stability_score": torch.zeros(0, device=device), "boxes": torch.zeros((0, 4), dtype=torch.long, device=device)}
+        return {
+            "masks": torch.zeros((0, h, w), dtype=torch.bool, device=device),
+            "iou_preds": torch.zeros(0, device=device),
+            "points": torch.zeros((0, 2), dtype=torch.float64),
+            "stability_score": torch.zeros(0, device=device),
+            "boxes": torch.zeros((0, 4), dtype=torch.long, device=device),
+        }
     return {k: torch.cat([p[k] for p in parts], dim=0) for k in parts[0]}
 
 
@@ -619,10 +675,14 @@ class SamMaskProvider(CheckpointIdentity):
     def __init__(self, checkpoint, model_type: str = "vit_b", device=None, **generator_settings) -> None:
         require_segment_anything()
         if model_type not in MODEL_TYPES + ("auto",):
-            raise SamCheckpointError(f"unknown SAM model_type {model_type!r}; choose one of {', '.join(MODEL_TYPES)} or auto")
+            raise SamCheckpointError(
+                f"unknown SAM model_type {model_type!r}; choose one of {', '.join(MODEL_TYPES)} or auto"
+            )
         self.checkpoint = Path(checkpoint).expanduser()
         if not self.checkpoint.is_file():
-            load_sam(self.checkpoint, "vit_b" if model_type == "auto" else model_type)  # the "where to get checkpoints" error
+            load_sam(
+                self.checkpoint, "vit_b" if model_type == "auto" else model_type
+            )  # the "where to get checkpoints" error
         if model_type == "auto":
             model_type = detect_model_type(self.checkpoint)
         self.model_type = model_type
@@ -638,8 +698,13 @@ class SamMaskProvider(CheckpointIdentity):
     def identity(self) -> dict:
         import segment_anything  # noqa: F401
 
-        ident = {"provider": "sam", "model_type": self.model_type, "checkpoint_sha256": self.checkpoint_sha256,
-                 "settings": dict(sorted(self.settings.items())), "segment_anything": "1.0"}
+        ident = {
+            "provider": "sam",
+            "model_type": self.model_type,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "settings": dict(sorted(self.settings.items())),
+            "segment_anything": "1.0",
+        }
         if self.precision != "fp32":  # bf16 changes the masks; fp32 keeps the keys of existing cache entries
             ident["precision"] = self.precision
         return ident
@@ -657,7 +722,10 @@ class SamMaskProvider(CheckpointIdentity):
 
     def generate_batch(self, images) -> list[LabelMasks]:
         images = [to_rgb_uint8(im) for im in images]
-        return [LabelMasks.from_masks(m, shape=im.shape[:2]) for m, im in zip(self.generator.generate_batch(images), images, strict=True)]
+        return [
+            LabelMasks.from_masks(m, shape=im.shape[:2])
+            for m, im in zip(self.generator.generate_batch(images), images, strict=True)
+        ]
 
     def __repr__(self) -> str:
         return f"SamMaskProvider({str(self.checkpoint)!r}, model_type={self.model_type!r})"

@@ -74,10 +74,21 @@ TINY_TEST_OVERRIDES = [
 #: SAM2AutomaticMaskGenerator's settings (its defaults), checked by name and type: SAM's automatic
 #: mask generator settings (same meaning), with SAM 2's own defaults and options.
 SCHEMA = {
-    **{name: SAM_SCHEMA[name] for name in (
-        "points_per_side", "points_per_batch", "stability_score_thresh", "stability_score_offset", "box_nms_thresh",
-        "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio", "crop_n_points_downscale_factor",
-        "min_mask_region_area")},
+    **{
+        name: SAM_SCHEMA[name]
+        for name in (
+            "points_per_side",
+            "points_per_batch",
+            "stability_score_thresh",
+            "stability_score_offset",
+            "box_nms_thresh",
+            "crop_n_layers",
+            "crop_nms_thresh",
+            "crop_overlap_ratio",
+            "crop_n_points_downscale_factor",
+            "min_mask_region_area",
+        )
+    },
     "pred_iou_thresh": Setting(float, 0.8, "keep masks whose predicted IoU exceeds this", minimum=0, maximum=1),
     "mask_threshold": Setting(float, 0.0, "logit threshold of a mask pixel"),
     "use_m2m": Setting(bool, False, "one more mask-to-mask refinement step"),
@@ -91,8 +102,10 @@ def require_sam2():
         import sam2  # noqa: F401  (initialises Hydra's config module)
         from sam2.build_sam import build_sam2  # noqa: F401
     except ImportError as exc:
-        raise SamUnavailableError(f"the sam2 provider needs the SAM 2 package ({exc}); install it with "
-                                  "`pip install spt-adapter[sam2]`, or use --provider sam / slic") from exc
+        raise SamUnavailableError(
+            f"the sam2 provider needs the SAM 2 package ({exc}); install it with "
+            "`pip install spt-adapter[sam2]`, or use --provider sam / slic"
+        ) from exc
     import sam2
 
     return sam2
@@ -116,18 +129,23 @@ def config_for(checkpoint, model_type: str | None = None) -> tuple[str, str, lis
         if stem == TINY_TEST_FILE:
             model_type = "tiny_test"
         else:
-            model_type = next((k for k in sorted(MODEL_CONFIGS, key=len, reverse=True)
-                               if k != "tiny_test" and stem.startswith(k)), None)
+            model_type = next(
+                (k for k in sorted(MODEL_CONFIGS, key=len, reverse=True) if k != "tiny_test" and stem.startswith(k)),
+                None,
+            )
         if model_type is None:
             raise SamCheckpointError(
                 f"SAM 2 checkpoint {checkpoint}: cannot tell its model config from the file name; pass --provider-model-type "
-                f"(one of {', '.join(MODEL_CONFIGS)}, or a config name such as configs/sam2.1/sam2.1_hiera_t.yaml)")
+                f"(one of {', '.join(MODEL_CONFIGS)}, or a config name such as configs/sam2.1/sam2.1_hiera_t.yaml)"
+            )
     if model_type in MODEL_CONFIGS:
         return model_type, MODEL_CONFIGS[model_type], list(TINY_TEST_OVERRIDES) if model_type == "tiny_test" else []
     if str(model_type).endswith(".yaml"):
         return str(model_type), str(model_type), []
-    raise SamCheckpointError(f"unknown SAM 2 model type {model_type!r}; choose one of {', '.join(MODEL_CONFIGS)} or a "
-                             "config name inside the sam2 package (configs/.../*.yaml)")
+    raise SamCheckpointError(
+        f"unknown SAM 2 model type {model_type!r}; choose one of {', '.join(MODEL_CONFIGS)} or a "
+        "config name inside the sam2 package (configs/.../*.yaml)"
+    )
 
 
 def build_sam2_model(config: str, overrides: list[str], device="cpu"):
@@ -139,7 +157,9 @@ def build_sam2_model(config: str, overrides: list[str], device="cpu"):
         return build_sam2(config, None, device=str(device), hydra_overrides_extra=list(overrides))
     except Exception as exc:  # hydra: config not found / does not compose
         if type(exc).__name__ in ("MissingConfigException", "ConfigCompositionException", "ConfigAttributeError"):
-            raise SamCheckpointError(f"SAM 2 config {config!r} cannot be composed: {str(exc).splitlines()[0]}") from None
+            raise SamCheckpointError(
+                f"SAM 2 config {config!r} cannot be composed: {str(exc).splitlines()[0]}"
+            ) from None
         raise
 
 
@@ -150,16 +170,21 @@ def load_sam2(checkpoint, model_type: str | None = None, device=None):
     require_sam2()
     path = Path(checkpoint).expanduser()
     if not path.is_file():
-        raise SamCheckpointError(f"SAM 2 checkpoint {path} not found. Download one (e.g. sam2.1_hiera_tiny.pt) from "
-                                 f"{SAM2_CHECKPOINTS_URL}; or write a tiny test checkpoint with "
-                                 "`python tools/make_tiny_sam2.py PATH` (model type tiny_test)")
+        raise SamCheckpointError(
+            f"SAM 2 checkpoint {path} not found. Download one (e.g. sam2.1_hiera_tiny.pt) from "
+            f"{SAM2_CHECKPOINTS_URL}; or write a tiny test checkpoint with "
+            "`python tools/make_tiny_sam2.py PATH` (model type tiny_test)"
+        )
     model_type, config, overrides = config_for(path, model_type)
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise SamCheckpointError(f"SAM 2 checkpoint {path} cannot be read as a weights-only torch file "
-                                 f"({type(exc).__name__})") from exc
+        raise SamCheckpointError(
+            f"SAM 2 checkpoint {path} cannot be read as a weights-only torch file ({type(exc).__name__})"
+        ) from exc
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -169,8 +194,10 @@ def load_sam2(checkpoint, model_type: str | None = None, device=None):
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc).splitlines()[0]
-        raise SamCheckpointError(f"SAM 2 checkpoint {path} does not fit model type {model_type!r} ({config}); pass "
-                                 f"the right --provider-model-type; first mismatch: {first.strip()}") from None
+        raise SamCheckpointError(
+            f"SAM 2 checkpoint {path} does not fit model type {model_type!r} ({config}); pass "
+            f"the right --provider-model-type; first mismatch: {first.strip()}"
+        ) from None
     return model.to(device).eval()
 
 
@@ -196,9 +223,15 @@ class Sam2MaskProvider(CheckpointIdentity):
         self._generator = None
 
     def identity(self) -> dict:
-        return {"provider": "sam2", "model_type": self.model_type, "config": self.config, "overrides": self.overrides,
-                "checkpoint_sha256": self.checkpoint_sha256, "settings": dict(sorted(self.settings.items())),
-                "sam2": sam2_version()}
+        return {
+            "provider": "sam2",
+            "model_type": self.model_type,
+            "config": self.config,
+            "overrides": self.overrides,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "settings": dict(sorted(self.settings.items())),
+            "sam2": sam2_version(),
+        }
 
     @property
     def generator(self):
@@ -206,7 +239,9 @@ class Sam2MaskProvider(CheckpointIdentity):
             from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
             model = load_sam2(self.checkpoint, self.model_type, self.device)
-            self._generator = SAM2AutomaticMaskGenerator(model, output_mode="binary_mask", **self.speed, **self.settings)
+            self._generator = SAM2AutomaticMaskGenerator(
+                model, output_mode="binary_mask", **self.speed, **self.settings
+            )
         return self._generator
 
     def generate(self, image) -> LabelMasks:

@@ -42,7 +42,9 @@ def build_sam_vit_tiny(checkpoint=None):
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     if checkpoint is not None:
-        raise ValueError("build_sam_vit_tiny builds the architecture only; load weights with spt_adapter.prior.load_sam")
+        raise ValueError(
+            "build_sam_vit_tiny builds the architecture only; load weights with spt_adapter.prior.load_sam"
+        )
     c = TINY
     grid = c["image_size"] // c["patch_size"]
     sam = Sam(
@@ -139,7 +141,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     out = make_tiny_sam_checkpoint(args.path, seed=args.seed)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB); use --provider-model-type vit_tiny --provider-checkpoint {out}")
+    print(
+        f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB); use --provider-model-type vit_tiny --provider-checkpoint {out}"
+    )
     return 0
 
 

@@ -54,7 +54,9 @@ def check_provider_args(args) -> str:
         if not Path(args.sam_checkpoint).is_file():
             raise SPTError(f"{provider} checkpoint {args.sam_checkpoint} does not exist")
     elif args.sam_checkpoint:
-        raise SPTError(f"--provider-checkpoint was given with --provider {provider}, which takes no checkpoint; drop one of them")
+        raise SPTError(
+            f"--provider-checkpoint was given with --provider {provider}, which takes no checkpoint; drop one of them"
+        )
     if args.segments is not None and provider != "slic":
         raise SPTError("--segments applies to --provider slic only")
     settings = dict(getattr(args, "provider_settings", None) or {})
@@ -89,13 +91,20 @@ def adapter_needs_provider(adapter_file, args) -> bool:
 
     if read_adapter_config(adapter_file).student is None:
         return True
-    given = [f for f, v in (("--provider", getattr(args, "provider", None)),
-                            ("--provider-checkpoint", getattr(args, "sam_checkpoint", None)),
-                            ("--provider-set", getattr(args, "provider_set", None)),
-                            ("--segments", getattr(args, "segments", None))) if v]
+    given = [
+        f
+        for f, v in (
+            ("--provider", getattr(args, "provider", None)),
+            ("--provider-checkpoint", getattr(args, "sam_checkpoint", None)),
+            ("--provider-set", getattr(args, "provider_set", None)),
+            ("--segments", getattr(args, "segments", None)),
+        )
+        if v
+    ]
     if given:
-        raise SPTError(f"{adapter_file} has a distilled prior (a student network makes it from the input): "
-                       f"drop {', '.join(given)}")
+        raise SPTError(
+            f"{adapter_file} has a distilled prior (a student network makes it from the input): drop {', '.join(given)}"
+        )
     return False
 
 
@@ -105,8 +114,9 @@ def build_provider(args, device=None):
 
     provider = check_provider_args(args)
     model_type = None if args.sam_model_type in (None, "auto") else args.sam_model_type
-    return make_provider(provider, checkpoint=args.sam_checkpoint or None, model_type=model_type, device=device,
-                         **args.provider_settings)
+    return make_provider(
+        provider, checkpoint=args.sam_checkpoint or None, model_type=model_type, device=device, **args.provider_settings
+    )
 
 
 def use_recorded_provider(args, ident: dict, where) -> None:
@@ -137,15 +147,28 @@ def prior_flags(args, adapter_file) -> bool:
     from ..files.format import read_adapter_config
 
     cfg = read_adapter_config(adapter_file)
-    named = (args.provider is not None or bool(args.sam_checkpoint) or args.segments is not None
-             or bool(getattr(args, "provider_set", None)))
+    named = (
+        args.provider is not None
+        or bool(args.sam_checkpoint)
+        or args.segments is not None
+        or bool(getattr(args, "provider_set", None))
+    )
     if getattr(cfg, "student", None) is not None:
         if named:  # the student makes the prior; a provider's prior would be refused at the first image
-            given = [f for f, on in (("--provider", args.provider is not None), ("--sam-checkpoint", args.sam_checkpoint),
-                                     ("--segments", args.segments is not None),
-                                     ("--set", getattr(args, "provider_set", None))) if on]
-            raise SPTError(f"{adapter_file} carries a distilled prior (its student makes the prior from each input), so "
-                           f"it takes no mask provider: drop {', '.join(given)}")
+            given = [
+                f
+                for f, on in (
+                    ("--provider", args.provider is not None),
+                    ("--sam-checkpoint", args.sam_checkpoint),
+                    ("--segments", args.segments is not None),
+                    ("--set", getattr(args, "provider_set", None)),
+                )
+                if on
+            ]
+            raise SPTError(
+                f"{adapter_file} carries a distilled prior (its student makes the prior from each input), so "
+                f"it takes no mask provider: drop {', '.join(given)}"
+            )
         return False
     use_recorded_provider(args, (cfg.prior or {}).get("provider") or {}, adapter_file)
     if args.provider is None and not args.sam_checkpoint and not named:
@@ -170,8 +193,10 @@ def open_prior_cache(root: str | os.PathLike, what: str = "--prior-cache"):
         with tempfile.NamedTemporaryFile(dir=root, prefix=".spt_write_check_"):
             pass
     except OSError as exc:
-        raise SPTError(f"{what} {root} cannot be written ({exc.strerror or exc}); the prior cache must be a "
-                       "writable folder: fix its permissions or pass another folder") from None
+        raise SPTError(
+            f"{what} {root} cannot be written ({exc.strerror or exc}); the prior cache must be a "
+            "writable folder: fix its permissions or pass another folder"
+        ) from None
     return PriorCache(root)
 
 
@@ -188,9 +213,10 @@ def check_task_scale(task: str, backbone_scale: int | None, described: str) -> N
     t = parse_task(task)
     want = t.scale if t.kind == "sr" else 1
     if want != backbone_scale:
-        fix = (f"use --task sr:{backbone_scale}" if backbone_scale > 1 else "use --task denoise:<sigma>")
-        raise SPTError(f"--task {task} needs a x{want} backbone but {described} is x{backbone_scale}: {fix} "
-                       "or another backbone")
+        fix = f"use --task sr:{backbone_scale}" if backbone_scale > 1 else "use --task denoise:<sigma>"
+        raise SPTError(
+            f"--task {task} needs a x{want} backbone but {described} is x{backbone_scale}: {fix} or another backbone"
+        )
 
 
 def apply_recorded_prior(args, recorded: dict, source) -> None:
@@ -228,8 +254,10 @@ def load_backbone_from_args(args, targets: list[str] | None = None, require_targ
     args._descriptor = bb.descriptor
     args._channels = input_channels(model, bb.descriptor)
     if args._channels not in (1, 3):
-        raise SPTError(f"the backbone in {path} takes {args._channels}-channel input; images are read as 1 (grey) or "
-                       "3 (RGB) channels")
+        raise SPTError(
+            f"the backbone in {path} takes {args._channels}-channel input; images are read as 1 (grey) or "
+            "3 (RGB) channels"
+        )
     scale = getattr(bb.descriptor, "scale", None)
     args._scale = int(scale) if isinstance(scale, int) and scale >= 1 else None
     arch = getattr(getattr(bb.descriptor, "architecture", None), "name", type(model).__name__)
@@ -253,8 +281,20 @@ def load_backbone_from_args(args, targets: list[str] | None = None, require_targ
     return model, default, f"{arch} from {path}"
 
 
-def make_dataset(folder, task: str, provider, cache, *, encoding: str | None = None, train: bool,
-                 patch: int | None = None, seed: int = 0, teacher: bool = False, channels: int = 3, noise: str = "spt"):
+def make_dataset(
+    folder,
+    task: str,
+    provider,
+    cache,
+    *,
+    encoding: str | None = None,
+    train: bool,
+    patch: int | None = None,
+    seed: int = 0,
+    teacher: bool = False,
+    channels: int = 3,
+    noise: str = "spt",
+):
     """``spt_adapter.training.data.PairedPriorDataset`` over ``folder``: random ``patch`` x ``patch`` GT
     patches (LQ patches of ``patch / scale``) with flips for training, whole images for evaluation.
     The degradation is fixed per image and ``seed`` (``noise``: the protocol, see ``data``); the
@@ -269,13 +309,33 @@ def make_dataset(folder, task: str, provider, cache, *, encoding: str | None = N
     task_ = data.parse_task(task)
     scale = task_.scale if task_.kind == "sr" else 1
     lq_patch = None if (patch is None or not train) else patch // scale
-    return data.PairedPriorDataset(folder, task, cache=cache, provider=None if teacher else provider,
-                                   encoding=encoding or DEFAULT_ENCODING, patch_size=lq_patch, train=train, seed=seed,
-                                   teacher=provider if teacher else None, with_prior=provider is not None,
-                                   channels=channels, noise=noise)
+    return data.PairedPriorDataset(
+        folder,
+        task,
+        cache=cache,
+        provider=None if teacher else provider,
+        encoding=encoding or DEFAULT_ENCODING,
+        patch_size=lq_patch,
+        train=train,
+        seed=seed,
+        teacher=provider if teacher else None,
+        with_prior=provider is not None,
+        channels=channels,
+        noise=noise,
+    )
 
 
 def build_dataset(args, folder, provider, cache, *, train: bool, patch: int | None = None, teacher: bool = False):
-    return make_dataset(folder, args.task, provider, cache, encoding=args.encoding, train=train, patch=patch,
-                        seed=getattr(args, "seed", 0), teacher=teacher, channels=getattr(args, "_channels", 3),
-                        noise=getattr(args, "noise", None) or "spt")
+    return make_dataset(
+        folder,
+        args.task,
+        provider,
+        cache,
+        encoding=args.encoding,
+        train=train,
+        patch=patch,
+        seed=getattr(args, "seed", 0),
+        teacher=teacher,
+        channels=getattr(args, "_channels", 3),
+        noise=getattr(args, "noise", None) or "spt",
+    )

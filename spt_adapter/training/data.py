@@ -174,9 +174,24 @@ class PairedPriorDataset:
     ``path`` and ``crop`` (top, left, hflip, vflip, rot90 in LQ pixels).
     """
 
-    def __init__(self, root_or_paths, task, cache=None, provider=None, encoding: str = DEFAULT_ENCODING, patch_size=None,
-                 train: bool = True, seed: int = 0, oracle: bool = False, prior_fn=None, teacher=None,
-                 with_prior: bool = True, channels: int = 3, noise: str = "spt", upsampled: bool = False) -> None:
+    def __init__(
+        self,
+        root_or_paths,
+        task,
+        cache=None,
+        provider=None,
+        encoding: str = DEFAULT_ENCODING,
+        patch_size=None,
+        train: bool = True,
+        seed: int = 0,
+        oracle: bool = False,
+        prior_fn=None,
+        teacher=None,
+        with_prior: bool = True,
+        channels: int = 3,
+        noise: str = "spt",
+        upsampled: bool = False,
+    ) -> None:
         from ..prior import PriorCache, parse_encoding
 
         self.paths = list_images(root_or_paths)
@@ -184,7 +199,9 @@ class PairedPriorDataset:
             raise DataError(f"no images found in {root_or_paths!r}")
         self.task = parse_task(task)
         if teacher is not None and (provider is not None or prior_fn is not None or oracle):
-            raise DataError("a distilled prior's teacher replaces the provider: give teacher= alone (it sees GT images only)")
+            raise DataError(
+                "a distilled prior's teacher replaces the provider: give teacher= alone (it sees GT images only)"
+            )
         if teacher is not None or not with_prior:
             with_prior = False
         elif prior_fn is None and provider is None:
@@ -227,7 +244,9 @@ class PairedPriorDataset:
         rgb = np.ascontiguousarray(mod_crop(rgb, s))
         if rgb.shape[0] < s or rgb.shape[1] < s:
             raise DataError(f"image of size {rgb.shape[:2]} is smaller than the SR scale {s}")
-        if self.channels == 1 and stored_grey(self.paths[index]):  # MATLAB: imresize(imresize(HR, 1/s), s) on uint8, rounded
+        if self.channels == 1 and stored_grey(
+            self.paths[index]
+        ):  # MATLAB: imresize(imresize(HR, 1/s), s) on uint8, rounded
             gt = rgb[..., :1]
             lq = imresize_bicubic(imresize_bicubic(gt, scale=1.0 / s), size=gt.shape[:2])
             return gt.astype(np.float64) / 255.0, lq.astype(np.float64) / 255.0
@@ -297,8 +316,11 @@ class PairedPriorDataset:
             gt_f = augment([gt_f], hflip, vflip, rot)[0]
         item = {
             "lq": torch.from_numpy(np.ascontiguousarray(lq_f.transpose(2, 0, 1))),
-            "gt": torch.from_numpy(np.ascontiguousarray(gt.transpose(2, 0, 1)).astype(np.float32) / 255.0
-                                   if gt_f is None else np.ascontiguousarray(gt_f.transpose(2, 0, 1))),
+            "gt": torch.from_numpy(
+                np.ascontiguousarray(gt.transpose(2, 0, 1)).astype(np.float32) / 255.0
+                if gt_f is None
+                else np.ascontiguousarray(gt_f.transpose(2, 0, 1))
+            ),
             "path": str(self.paths[index]),
             "crop": (top, left, hflip, vflip, rot),
         }

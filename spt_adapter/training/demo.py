@@ -44,7 +44,7 @@ SIGMA = 25
 class DemoSettings:
     """Sizes of the demo; :meth:`quick` is the tiny variant the test suite runs."""
 
-    image_size: int = 192          # longer side of each image after resizing
+    image_size: int = 192  # longer side of each image after resizing
     backbone_embed: int = 32
     backbone_depths: tuple[int, ...] = (2, 2)
     backbone_iters: int = 150
@@ -62,14 +62,36 @@ class DemoSettings:
 
     @classmethod
     def quick(cls) -> DemoSettings:
-        return cls(image_size=64, backbone_embed=16, backbone_depths=(1, 1), backbone_iters=6, backbone_batch=4,
-                   backbone_patch=32, spt_iters=4, spt_batch=4, spt_patch=32, segments=8)
+        return cls(
+            image_size=64,
+            backbone_embed=16,
+            backbone_depths=(1, 1),
+            backbone_iters=6,
+            backbone_batch=4,
+            backbone_patch=32,
+            spt_iters=4,
+            spt_batch=4,
+            spt_patch=32,
+            segments=8,
+        )
 
     def backbone_recipe(self) -> dict[str, Any]:
-        keys = ("image_size", "backbone_embed", "backbone_depths", "backbone_iters", "backbone_batch",
-                "backbone_patch", "backbone_lr", "seed")
-        return {"sigma": SIGMA, "images": list(TRAIN_IMAGES), "torch": torch.__version__.split("+")[0],
-                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keys}}
+        keys = (
+            "image_size",
+            "backbone_embed",
+            "backbone_depths",
+            "backbone_iters",
+            "backbone_batch",
+            "backbone_patch",
+            "backbone_lr",
+            "seed",
+        )
+        return {
+            "sigma": SIGMA,
+            "images": list(TRAIN_IMAGES),
+            "torch": torch.__version__.split("+")[0],
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keys},
+        }
 
 
 @dataclass
@@ -128,9 +150,20 @@ def build_swinir(settings: DemoSettings) -> torch.nn.Module:
     from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
 
     depths = list(settings.backbone_depths)
-    return SwinIR(img_size=settings.backbone_patch, in_chans=3, embed_dim=settings.backbone_embed, depths=depths,
-                  num_heads=[2] * len(depths), window_size=8, mlp_ratio=2.0, upscale=1, img_range=1.0,
-                  upsampler="", resi_connection="1conv", drop_path_rate=0.0)
+    return SwinIR(
+        img_size=settings.backbone_patch,
+        in_chans=3,
+        embed_dim=settings.backbone_embed,
+        depths=depths,
+        num_heads=[2] * len(depths),
+        window_size=8,
+        mlp_ratio=2.0,
+        upscale=1,
+        img_range=1.0,
+        upsampler="",
+        resi_connection="1conv",
+        drop_path_rate=0.0,
+    )
 
 
 def _noisy_crops(images: list[np.ndarray], batch: int, patch: int, rng: np.random.Generator):
@@ -139,7 +172,7 @@ def _noisy_crops(images: list[np.ndarray], batch: int, patch: int, rng: np.rando
         im = images[int(rng.integers(len(images)))]
         y = int(rng.integers(0, im.shape[0] - patch + 1))
         x = int(rng.integers(0, im.shape[1] - patch + 1))
-        crop = im[y:y + patch, x:x + patch]
+        crop = im[y : y + patch, x : x + patch]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         gts.append(np.ascontiguousarray(crop))
@@ -148,8 +181,9 @@ def _noisy_crops(images: list[np.ndarray], batch: int, patch: int, rng: np.rando
     return gt + noise, gt
 
 
-def pretrain_backbone(path: Path, train_dir: Path, settings: DemoSettings, progress: bool = True,
-                      replace: bool = False) -> list[dict]:
+def pretrain_backbone(
+    path: Path, train_dir: Path, settings: DemoSettings, progress: bool = True, replace: bool = False
+) -> list[dict]:
     """Train the small SwinIR on noisy crops of the training images (all weights) and save it as
     a safetensors state dict at ``path`` (atomically). The cached backbone is written once: when
     another run wrote ``path`` meanwhile, its file is kept (runs that finished with it stay valid)
@@ -167,7 +201,9 @@ def pretrain_backbone(path: Path, train_dir: Path, settings: DemoSettings, progr
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=settings.backbone_iters, desc="pretrain backbone (SwinIR, once)", unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=settings.backbone_iters, desc="pretrain backbone (SwinIR, once)", unit="step", dynamic_ncols=True
+        )
     running = 0.0
     for step in range(settings.backbone_iters):
         lr = settings.backbone_lr * 0.5 * (1 + math.cos(math.pi * step / settings.backbone_iters))
@@ -188,8 +224,10 @@ def pretrain_backbone(path: Path, train_dir: Path, settings: DemoSettings, progr
     if bar is not None:
         bar.close()
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    meta = {"spt_adapter_demo_recipe": json.dumps(settings.backbone_recipe(), sort_keys=True),
-            "history": json.dumps(history)}
+    meta = {
+        "spt_adapter_demo_recipe": json.dumps(settings.backbone_recipe(), sort_keys=True),
+        "history": json.dumps(history),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     if replace:
         atomic_write_bytes(path, st_save(state, metadata=meta))
@@ -253,8 +291,13 @@ def curve_plot(backbone_hist: list[dict], spt_hist: list[dict], base_val: float 
     val = [r for r in spt_hist if "val_psnr" in r]
     if val:
         ax2 = ax.twinx()
-        ax2.plot([r["step"] for r in val], [r["val_psnr"] for r in val], "o-", color="tab:orange",
-                 label="held-out PSNR, +SPT")
+        ax2.plot(
+            [r["step"] for r in val],
+            [r["val_psnr"] for r in val],
+            "o-",
+            color="tab:orange",
+            label="held-out PSNR, +SPT",
+        )
         if base_val is not None:
             ax2.axhline(base_val, color="tab:orange", linestyle="--", linewidth=1, label="held-out PSNR, backbone")
         ax2.set_ylabel("PSNR (dB)")
@@ -305,9 +348,16 @@ def foreign_files(out: Path, layout: dict[str, Any] | None = None, limit: int = 
     return found[:limit]
 
 
-def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = None, settings: DemoSettings | None = None,
-             sam_checkpoint: str | None = None, device: str | None = None, progress: bool = True,
-             retrain_backbone: bool = False, log=print) -> DemoResult:
+def run_demo(
+    out_dir: str | Path = "spt_demo",
+    cache_dir: str | Path | None = None,
+    settings: DemoSettings | None = None,
+    sam_checkpoint: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    retrain_backbone: bool = False,
+    log=print,
+) -> DemoResult:
     """Run the demo; see the module docstring. Returns the table, means and every output path."""
     from ..core.config import SPTConfig
     from ..core.model import inject
@@ -326,15 +376,19 @@ def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = No
         raise SPTError(f"--out {out} is a file; the demo writes a folder")
     foreign = foreign_files(out)
     if foreign:
-        raise SPTError(f"--out {out} holds files the demo did not write ({', '.join(foreign)}); the demo replaces its "
-                       "own outputs and would delete or score these: choose a new or empty folder")
+        raise SPTError(
+            f"--out {out} holds files the demo did not write ({', '.join(foreign)}); the demo replaces its "
+            "own outputs and would delete or score these: choose a new or empty folder"
+        )
     out.mkdir(parents=True, exist_ok=True)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
     task = f"denoise:{SIGMA}"
     paths: dict[str, Path] = {}
 
-    log(f"[1/5] images from scikit-image -> {out / 'data'} (train: {', '.join(TRAIN_IMAGES)}; "
-        f"held-out test: {', '.join(TEST_IMAGES)})")
+    log(
+        f"[1/5] images from scikit-image -> {out / 'data'} (train: {', '.join(TRAIN_IMAGES)}; "
+        f"held-out test: {', '.join(TEST_IMAGES)})"
+    )
     train_dir, test_dir = write_images(out / "data", settings)
 
     bb_path = backbone_path(cache_root, settings)
@@ -347,8 +401,10 @@ def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = No
     backbone_hist = _backbone_history(bb_path)
     paths["backbone"] = bb_path
     bb = load_backbone(bb_path)  # the same path a user's checkpoint takes
-    log(f"      {type(bb.model).__name__} claimed by plugin {bb.integration!r}, preset {bb.preset!r}: "
-        f"targets {bb.targets}")
+    log(
+        f"      {type(bb.model).__name__} claimed by plugin {bb.integration!r}, preset {bb.preset!r}: "
+        f"targets {bb.targets}"
+    )
 
     if sam_checkpoint:
         provider = make_provider("sam", sam_checkpoint, model_type="auto", device=device)
@@ -357,51 +413,85 @@ def run_demo(out_dir: str | Path = "spt_demo", cache_dir: str | Path | None = No
     cache = PriorCache(cache_root / "priors")
     log(f"[3/5] priors: {provider!r}, cached in {cache_root / 'priors'}")
     encoding = default_encoding(settings.fusion)
-    train_set = make_dataset(train_dir, task, provider, cache, encoding=encoding, train=True, patch=settings.spt_patch,
-                             seed=settings.seed)
+    train_set = make_dataset(
+        train_dir, task, provider, cache, encoding=encoding, train=True, patch=settings.spt_patch, seed=settings.seed
+    )
     test_set = make_dataset(test_dir, task, provider, cache, encoding=encoding, train=False, seed=settings.seed)
     test_samples = [test_set[i] for i in range(len(test_set))]  # computes (or reads) the test priors once
 
     torch.manual_seed(settings.seed)
-    config = SPTConfig(targets=bb.targets, fusion=settings.fusion, hidden=settings.hidden,
-                       prior={"provider": provider.identity(), "encoding": encoding, "task": task},
-                       integration=bb.integration, preset=bb.preset)
+    config = SPTConfig(
+        targets=bb.targets,
+        fusion=settings.fusion,
+        hidden=settings.hidden,
+        prior={"provider": provider.identity(), "encoding": encoding, "task": task},
+        integration=bb.integration,
+        preset=bb.preset,
+    )
     spt = inject(bb.model, config=config)
     if device:
         spt.to(device)
     trainable, total = spt.get_nb_trainable_parameters()
-    log(f"[4/5] SPT units on {len(spt.unit_names())} target(s): {trainable:,} trainable of {total:,} parameters "
-        f"({100 * trainable / total:.1f}%); the backbone is frozen")
+    log(
+        f"[4/5] SPT units on {len(spt.unit_names())} target(s): {trainable:,} trainable of {total:,} parameters "
+        f"({100 * trainable / total:.1f}%); the backbone is frozen"
+    )
     val_fn = make_val_fn(lambda: test_samples, task)
     base_val = None
     with torch.no_grad(), spt.disable_adapter():
         base_val = val_fn(spt)["psnr"]
-    tsettings = TrainSettings(iters=settings.spt_iters, batch=settings.spt_batch, lr=settings.spt_lr,
-                              schedule="cosine", seed=settings.seed, log_every=5,
-                              val_every=max(settings.spt_iters // 3, 1), progress=progress)
+    tsettings = TrainSettings(
+        iters=settings.spt_iters,
+        batch=settings.spt_batch,
+        lr=settings.spt_lr,
+        schedule="cosine",
+        seed=settings.seed,
+        log_every=5,
+        val_every=max(settings.spt_iters // 3, 1),
+        progress=progress,
+    )
     if (out / "adapter").exists():
         import shutil
 
         shutil.rmtree(out / "adapter")  # the demo starts fresh each time (the backbone is what is cached)
-    result = train_units(spt, train_set, tsettings, out_dir=out / "adapter", val_fn=val_fn,
-                         training_info={"task": task, "data": "scikit-image demo images", "demo": True})
+    result = train_units(
+        spt,
+        train_set,
+        tsettings,
+        out_dir=out / "adapter",
+        val_fn=val_fn,
+        training_info={"task": task, "data": "scikit-image demo images", "demo": True},
+    )
     assert result.adapter_path is not None and result.log_csv is not None  # out_dir was given
     paths["adapter"] = result.adapter_path
     paths["train_log"] = result.log_csv
 
     log("[5/5] evaluation on the held-out images")
-    ev = evaluate(spt, test_samples, task, out / "eval", crops=len(test_samples), crop_size=96, progress=progress,
-                  total=len(test_samples), keep_outputs=True)
+    ev = evaluate(
+        spt,
+        test_samples,
+        task,
+        out / "eval",
+        crops=len(test_samples),
+        crop_size=96,
+        progress=progress,
+        total=len(test_samples),
+        keep_outputs=True,
+    )
     assert ev.table_md is not None and ev.table_csv is not None  # an output folder was given
     paths["table"] = ev.table_md
     paths["table_csv"] = ev.table_csv
 
     rows = []
     for sample, row, (base8, spt8) in zip(test_samples, ev.rows, ev.outputs, strict=True):
-        rows.append([("LQ (noisy, sigma 25)", to_uint8(sample["lq"])),
-                     (f"backbone {row['backbone_psnr']:.2f} dB", base8),
-                     (f"+SPT {row['spt_psnr']:.2f} dB", spt8),
-                     ("GT", to_uint8(sample["gt"]))])
+        rows.append(
+            [
+                ("LQ (noisy, sigma 25)", to_uint8(sample["lq"])),
+                (f"backbone {row['backbone_psnr']:.2f} dB", base8),
+                (f"+SPT {row['spt_psnr']:.2f} dB", spt8),
+                ("GT", to_uint8(sample["gt"])),
+            ]
+        )
     paths["side_by_side"] = atomic_write_bytes(out / "demo_side_by_side.png", side_by_side(rows))
     paths["curve"] = curve_plot(backbone_hist, result.history, base_val, out / "demo_training_curve.png")
     from .evaluate import markdown_table

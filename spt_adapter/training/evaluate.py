@@ -116,11 +116,15 @@ def markdown_table(result: EvalResult, label_a: str = "backbone", label_b: str =
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in result.rows:
-        lines.append(f"| {r['image']} | {r['backbone_psnr']:.2f} | {r['spt_psnr']:.2f} | "
-                     f"{r['spt_psnr'] - r['backbone_psnr']:+.2f} | {r['backbone_ssim']:.4f} | {r['spt_ssim']:.4f} |")
+        lines.append(
+            f"| {r['image']} | {r['backbone_psnr']:.2f} | {r['spt_psnr']:.2f} | "
+            f"{r['spt_psnr'] - r['backbone_psnr']:+.2f} | {r['backbone_ssim']:.4f} | {r['spt_ssim']:.4f} |"
+        )
     m = result.mean
-    lines.append(f"| **mean ({len(result.rows)})** | **{m['backbone_psnr']:.2f}** | **{m['spt_psnr']:.2f}** | "
-                 f"**{m['spt_psnr'] - m['backbone_psnr']:+.2f}** | **{m['backbone_ssim']:.4f}** | **{m['spt_ssim']:.4f}** |")
+    lines.append(
+        f"| **mean ({len(result.rows)})** | **{m['backbone_psnr']:.2f}** | **{m['spt_psnr']:.2f}** | "
+        f"**{m['spt_psnr'] - m['backbone_psnr']:+.2f}** | **{m['backbone_ssim']:.4f}** | **{m['spt_ssim']:.4f}** |"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -221,8 +225,11 @@ def evaluate(
         header = f"{task}: PSNR (dB) / SSIM, {space}\n\n"
         result.table_md = atomic_write_bytes(out / "eval.md", (header + markdown_table(result)).encode())
         text = io.StringIO()
-        fields = ["image", "backbone_psnr", "backbone_ssim"] if backbone_only else \
-            ["image", "backbone_psnr", "spt_psnr", "backbone_ssim", "spt_ssim"]
+        fields = (
+            ["image", "backbone_psnr", "backbone_ssim"]
+            if backbone_only
+            else ["image", "backbone_psnr", "spt_psnr", "backbone_ssim", "spt_ssim"]
+        )
         writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for r in result.rows:
@@ -232,8 +239,9 @@ def evaluate(
     return result
 
 
-def make_val_fn(samples_factory: Callable[[], Iterable[dict[str, Any]]], task: str,
-                multiple: int = 16) -> Callable[[SPTModel], dict[str, float]]:
+def make_val_fn(
+    samples_factory: Callable[[], Iterable[dict[str, Any]]], task: str, multiple: int = 16
+) -> Callable[[SPTModel], dict[str, float]]:
     """A ``val_fn`` for :func:`spt_adapter.training.train.train_units`: mean PSNR/SSIM of backbone + SPT."""
     scale = task_scale(task)
     settings = metrics.metric_settings(task)

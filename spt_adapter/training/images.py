@@ -42,8 +42,10 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
             if im.mode == "I" and bits is not None and bits > 16:
                 # 32-bit integers: white is 2**32 - 1, not 65535; scaling them as 16-bit read a 32-bit scan
                 # as black (or a dark one as bright), without a word
-                raise ImageError(f"{path}: {bits}-bit integer image: its white is {2 ** bits - 1}, not the 8- or "
-                                 "16-bit white spt-adapter reads; convert it to an 8- or 16-bit image first")
+                raise ImageError(
+                    f"{path}: {bits}-bit integer image: its white is {2**bits - 1}, not the 8- or "
+                    "16-bit white spt-adapter reads; convert it to an 8- or 16-bit image first"
+                )
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # "I": 16-bit PNGs of older Pillow
                 arr = np.asarray(im).astype(np.uint16 if im.mode.startswith("I;16") else np.int64)
                 if arr.dtype != np.uint16:
@@ -132,7 +134,9 @@ def list_images(inputs) -> list[Path]:
 def _cubic(x: np.ndarray) -> np.ndarray:
     ax = np.abs(x)
     ax2, ax3 = ax * ax, ax * ax * ax
-    return (1.5 * ax3 - 2.5 * ax2 + 1.0) * (ax <= 1) + (-0.5 * ax3 + 2.5 * ax2 - 4.0 * ax + 2.0) * ((ax > 1) & (ax <= 2))
+    return (1.5 * ax3 - 2.5 * ax2 + 1.0) * (ax <= 1) + (-0.5 * ax3 + 2.5 * ax2 - 4.0 * ax + 2.0) * (
+        (ax > 1) & (ax <= 2)
+    )
 
 
 def _contributions(in_len: int, out_len: int, scale: float):

@@ -121,9 +121,27 @@ def minimum_tile(model: nn.Module, descriptor: Any = None) -> int:
     return max([1, size_multiple(model, descriptor), window_size(model) or 1] + _ints(getattr(req, "minimum", None)))
 
 
-_LOCAL = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ReLU6, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Identity,
-          nn.Dropout, nn.Dropout2d, nn.BatchNorm2d, nn.PixelShuffle, nn.PixelUnshuffle, nn.Upsample,
-          nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_LOCAL = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ReLU6,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.BatchNorm2d,
+    nn.PixelShuffle,
+    nn.PixelUnshuffle,
+    nn.Upsample,
+    nn.Sequential,
+    nn.ModuleList,
+    nn.ModuleDict,
+)
 
 
 def receptive_radius(model: nn.Module) -> int | None:
@@ -199,8 +217,15 @@ def provider_from_record(identity: dict, what: str = "the adapter"):
     return make_provider(name, **dict(identity.get("settings") or {}))
 
 
-def resolve_prior_source(model: nn.Module, *, provider: Any = None, encoding: str | None = None, cache: Any = None,
-                         backbone_only: bool = False, what: str = "the adapter") -> PriorSource:
+def resolve_prior_source(
+    model: nn.Module,
+    *,
+    provider: Any = None,
+    encoding: str | None = None,
+    cache: Any = None,
+    backbone_only: bool = False,
+    what: str = "the adapter",
+) -> PriorSource:
     """Decide where the prior comes from (the one place that does: ``restore``, ``eval`` and the
     ``restore`` command call it). In order: no adapter active or ``backbone_only`` -> none; an
     adapter with a prior student and no ``provider`` override -> student; else ``provider`` (or the
@@ -218,8 +243,9 @@ def resolve_prior_source(model: nn.Module, *, provider: Any = None, encoding: st
     from ..prior.encode import parse_encoding
 
     parse_encoding(encoding)
-    return PriorSource("provider", provider=provider, encoding=encoding, cache=cache,
-                       described=f"{provider!r}, encoding {encoding}")
+    return PriorSource(
+        "provider", provider=provider, encoding=encoding, cache=cache, described=f"{provider!r}, encoding {encoding}"
+    )
 
 
 def check_channels(model: nn.Module, channels: int, what: str = "the adapter") -> None:
@@ -229,9 +255,11 @@ def check_channels(model: nn.Module, channels: int, what: str = "the adapter") -
     recorded = (cfg.prior or {}).get("channels") if cfg is not None else None
     if recorded is not None and int(recorded) != int(channels):
         kind = {1: "grey (1-channel)", 3: "colour (3-channel)"}
-        raise RestoreError(f"{what} was trained on a {kind.get(int(recorded), f'{recorded}-channel')} backbone, but this "
-                           f"backbone takes {kind.get(int(channels), f'{channels}-channel')} images: use the backbone "
-                           "the adapter was trained on")
+        raise RestoreError(
+            f"{what} was trained on a {kind.get(int(recorded), f'{recorded}-channel')} backbone, but this "
+            f"backbone takes {kind.get(int(channels), f'{channels}-channel')} images: use the backbone "
+            "the adapter was trained on"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,14 +287,18 @@ MIN_STRIDE_FRACTION = 8
 def check_tile_stride(tile: int, overlap: int, flag: str = "tile") -> None:
     """Refuse an overlap that leaves tiles advancing by less than an eighth of their size."""
     if overlap < 0 or tile <= overlap:
-        raise RestoreError(f"{flag} {tile} must be larger than the tile overlap {overlap}: use a tile of at least "
-                           f"{overlap + 1} pixels (or a smaller overlap)")
+        raise RestoreError(
+            f"{flag} {tile} must be larger than the tile overlap {overlap}: use a tile of at least "
+            f"{overlap + 1} pixels (or a smaller overlap)"
+        )
     least = -(-tile // MIN_STRIDE_FRACTION)
     if tile - overlap < least:
-        raise RestoreError(f"{flag} {tile} with overlap {overlap} advances {tile - overlap} pixel(s) per tile; at least "
-                           f"{least} (an eighth of the tile) is needed, else the work grows without bound: use an "
-                           f"overlap of at most {tile - least} or a tile of at least "
-                           f"{MIN_STRIDE_FRACTION * overlap // (MIN_STRIDE_FRACTION - 1) + 1}")
+        raise RestoreError(
+            f"{flag} {tile} with overlap {overlap} advances {tile - overlap} pixel(s) per tile; at least "
+            f"{least} (an eighth of the tile) is needed, else the work grows without bound: use an "
+            f"overlap of at most {tile - least} or a tile of at least "
+            f"{MIN_STRIDE_FRACTION * overlap // (MIN_STRIDE_FRACTION - 1) + 1}"
+        )
 
 
 def _axis_weights(starts: list[int], size: int, length: int, scale: int, blend: int, index: int) -> torch.Tensor:
@@ -301,8 +333,9 @@ def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
     return x, ph, pw
 
 
-def _run(model: nn.Module, x: torch.Tensor, p: torch.Tensor | None, *, multiple: int, backbone_only: bool,
-         half: bool) -> tuple[torch.Tensor, int]:
+def _run(
+    model: nn.Module, x: torch.Tensor, p: torch.Tensor | None, *, multiple: int, backbone_only: bool, half: bool
+) -> tuple[torch.Tensor, int]:
     """One forward pass on (1,C,h,w) ``x`` padded to ``multiple``; returns the cropped (1,C',h*s,w*s)
     output (float32, unclamped) and the scale s."""
     h, w = x.shape[-2:]
@@ -325,8 +358,10 @@ def _run(model: nn.Module, x: torch.Tensor, p: torch.Tensor | None, *, multiple:
             out = model(x)
     s_h, s_w = out.shape[-2] / x.shape[-2], out.shape[-1] / x.shape[-1]
     if s_h != s_w or s_h < 1 or s_h != int(s_h):
-        raise RestoreError(f"the backbone maps a {x.shape[-2]}x{x.shape[-1]} input to {out.shape[-2]}x{out.shape[-1]}: "
-                           "not an integer scale")
+        raise RestoreError(
+            f"the backbone maps a {x.shape[-2]}x{x.shape[-1]} input to {out.shape[-2]}x{out.shape[-1]}: "
+            "not an integer scale"
+        )
     s = int(s_h)
     return out[..., : h * s, : w * s].float(), s
 
@@ -345,15 +380,28 @@ def _prior_factor(prior: torch.Tensor, h: int, w: int) -> torch.Tensor:
     ph, pw = prior.shape[-2:]
     if ph >= h and pw >= w and ph % h == 0 and pw % w == 0 and ph // h == pw // w:
         return prior
-    raise PriorError(f"the prior is {ph}x{pw} but the image is {h}x{w}: give the prior of this image (at its size, "
-                     "or an integer multiple of it on both sides), not one of another image or crop")
+    raise PriorError(
+        f"the prior is {ph}x{pw} but the image is {h}x{w}: give the prior of this image (at its size, "
+        "or an integer multiple of it on both sides), not one of another image or crop"
+    )
 
 
 @torch.no_grad()
-def restore_tensor(model: nn.Module, lq: torch.Tensor, prior: Any = None, *, scale: int | None = None,
-                   multiple: int = 1, tile: int | None = None, tile_overlap: int | None = None,
-                   tile_blend: int | None = None, backbone_only: bool = False, half: bool = False,
-                   minimum: int | None = None, info: RestoreInfo | None = None) -> torch.Tensor:
+def restore_tensor(
+    model: nn.Module,
+    lq: torch.Tensor,
+    prior: Any = None,
+    *,
+    scale: int | None = None,
+    multiple: int = 1,
+    tile: int | None = None,
+    tile_overlap: int | None = None,
+    tile_blend: int | None = None,
+    backbone_only: bool = False,
+    half: bool = False,
+    minimum: int | None = None,
+    info: RestoreInfo | None = None,
+) -> torch.Tensor:
     """Run ``model`` on one image ``lq`` ((C,H,W) or (1,C,H,W) on [0,1]) and return (C', H*s, W*s) on the
     CPU, clamped to [0, 1]. ``prior``: (C_p, H_p, W_p) or (1, C_p, H_p, W_p) tensor or array for the
     whole image (None for the backbone alone or an adapter with a student). ``scale`` (optional) is
@@ -368,8 +416,11 @@ def restore_tensor(model: nn.Module, lq: torch.Tensor, prior: Any = None, *, sca
     x = lq if lq.dim() == 4 else lq[None]
     if x.shape[0] != 1:
         raise RestoreError(f"restore takes one image, got a batch of {x.shape[0]}")
-    device = (next((t.device for t in model.parameters()), torch.device("cpu")) if isinstance(model, nn.Module)
-              else getattr(model, "device", torch.device("cpu")))
+    device = (
+        next((t.device for t in model.parameters()), torch.device("cpu"))
+        if isinstance(model, nn.Module)
+        else getattr(model, "device", torch.device("cpu"))
+    )
     p = None
     if prior is not None:
         p = torch.as_tensor(np.asarray(prior)) if not torch.is_tensor(prior) else prior
@@ -378,8 +429,14 @@ def restore_tensor(model: nn.Module, lq: torch.Tensor, prior: Any = None, *, sca
     h, w = x.shape[-2:]
     t0 = time.perf_counter()
     if tile is None or (tile >= h and tile >= w):
-        out, s = _run(model, x.to(device), None if p is None else p.to(device), multiple=multiple,
-                      backbone_only=backbone_only, half=half)
+        out, s = _run(
+            model,
+            x.to(device),
+            None if p is None else p.to(device),
+            multiple=multiple,
+            backbone_only=backbone_only,
+            half=half,
+        )
         result = out[0].clamp_(0, 1).cpu()
         tiles = 1
     else:
@@ -408,8 +465,14 @@ def restore_tensor(model: nn.Module, lq: torch.Tensor, prior: Any = None, *, sca
             for j, x0 in enumerate(xs):
                 y1, x1 = min(y0 + size, hp), min(x0 + size, wp)
                 pt = None if p is None or k is None else p[..., y0 * k : y1 * k, x0 * k : x1 * k].to(device)
-                out, s = _run(model, xp[..., y0:y1, x0:x1].to(device), pt, multiple=multiple,
-                              backbone_only=backbone_only, half=half)
+                out, s = _run(
+                    model,
+                    xp[..., y0:y1, x0:x1].to(device),
+                    pt,
+                    multiple=multiple,
+                    backbone_only=backbone_only,
+                    half=half,
+                )
                 if result is None:
                     result = torch.zeros(out.shape[1], hp * s, wp * s, dtype=torch.float32)
                 wy = _axis_weights(ys, size, hp, s, blend, i)
@@ -473,7 +536,9 @@ def _float_channels(image: np.ndarray, channels: int, name: str) -> tuple[np.nda
         if f.shape[2] in (2, 4):
             f = f[:, :, : f.shape[2] - 1]
         if channels == 1 and f.shape[2] == 3:
-            f = (LUMA_BT601[0] * f[:, :, :1] + LUMA_BT601[1] * f[:, :, 1:2] + LUMA_BT601[2] * f[:, :, 2:]).astype(np.float32)
+            f = (LUMA_BT601[0] * f[:, :, :1] + LUMA_BT601[1] * f[:, :, 1:2] + LUMA_BT601[2] * f[:, :, 2:]).astype(
+                np.float32
+            )
         elif channels == 3 and f.shape[2] == 1:
             f = np.repeat(f, 3, axis=2)
         return np.ascontiguousarray(f), np.rint(f * 255.0).astype(np.uint8)
@@ -481,10 +546,25 @@ def _float_channels(image: np.ndarray, channels: int, name: str) -> tuple[np.nda
     return u8.astype(np.float32) / 255.0, u8
 
 
-def restore(model: nn.Module, image, prior: Any = None, *, provider: Any = None, encoding: str | None = None,
-            cache: Any = None, tile: int | None = None, tile_overlap: int | None = None, tile_blend: int | None = None,
-            multiple: int | None = None, channels: int | None = None, device: Any = None, half: bool = False,
-            backbone_only: bool = False, info: RestoreInfo | None = None, descriptor: Any = None) -> np.ndarray:
+def restore(
+    model: nn.Module,
+    image,
+    prior: Any = None,
+    *,
+    provider: Any = None,
+    encoding: str | None = None,
+    cache: Any = None,
+    tile: int | None = None,
+    tile_overlap: int | None = None,
+    tile_blend: int | None = None,
+    multiple: int | None = None,
+    channels: int | None = None,
+    device: Any = None,
+    half: bool = False,
+    backbone_only: bool = False,
+    info: RestoreInfo | None = None,
+    descriptor: Any = None,
+) -> np.ndarray:
     """Restore one image with ``model`` (a backbone, or an SPTModel with its adapter).
 
     ``image``: a NumPy ``HxW`` / ``HxWxC`` array, uint8/uint16 or float on [0, 1], C 1-4 (alpha is
@@ -501,8 +581,9 @@ def restore(model: nn.Module, image, prior: Any = None, *, provider: Any = None,
     accumulates seconds spent on the prior and on the network.
     """
     if not isinstance(model, nn.Module):
-        raise RestoreError(f"restore needs a model (a torch.nn.Module: a backbone or an SPTModel), got "
-                           f"{type(model).__name__}")
+        raise RestoreError(
+            f"restore needs a model (a torch.nn.Module: a backbone or an SPTModel), got {type(model).__name__}"
+        )
     if image is None:
         raise RestoreError("restore needs an image (a NumPy HxW or HxWxC array), got None")
     if device is not None:
@@ -512,16 +593,19 @@ def restore(model: nn.Module, image, prior: Any = None, *, provider: Any = None,
         raise RestoreError("half precision (autocast float16) needs the model on a CUDA device")
     n_in = channels or input_channels(model, descriptor)
     if n_in not in (1, 3):
-        raise RestoreError(f"the backbone takes {n_in}-channel input; restore reads images as 1 (grey) or 3 (RGB) "
-                           "channels (a network with an extra noise-level channel needs its own wrapper)")
+        raise RestoreError(
+            f"the backbone takes {n_in}-channel input; restore reads images as 1 (grey) or 3 (RGB) "
+            "channels (a network with an extra noise-level channel needs its own wrapper)"
+        )
     check_channels(model, n_in)
     as_float = np.asarray(image).dtype.kind == "f"
     x_np, u8 = _float_channels(image, n_in, "image")
     t0 = time.perf_counter()
     source = None
     if prior is None:
-        source = resolve_prior_source(model, provider=provider, encoding=encoding, cache=cache,
-                                      backbone_only=backbone_only)
+        source = resolve_prior_source(
+            model, provider=provider, encoding=encoding, cache=cache, backbone_only=backbone_only
+        )
         prior = source.compute(u8)
     elif backbone_only:
         prior = None
@@ -532,9 +616,19 @@ def restore(model: nn.Module, image, prior: Any = None, *, provider: Any = None,
     model.eval()
     try:
         mult = multiple or size_multiple(model, descriptor)
-        out = restore_tensor(model, torch.from_numpy(x_np.transpose(2, 0, 1).copy()), prior, multiple=mult, tile=tile,
-                             tile_overlap=tile_overlap, tile_blend=tile_blend, backbone_only=backbone_only, half=half,
-                             minimum=minimum_tile(model, descriptor), info=info)
+        out = restore_tensor(
+            model,
+            torch.from_numpy(x_np.transpose(2, 0, 1).copy()),
+            prior,
+            multiple=mult,
+            tile=tile,
+            tile_overlap=tile_overlap,
+            tile_blend=tile_blend,
+            backbone_only=backbone_only,
+            half=half,
+            minimum=minimum_tile(model, descriptor),
+            info=info,
+        )
     finally:
         model.train(was_training)
     # channel by channel, in place: an 8192x8192 colour output is 805 MB as float32, and this adds only

@@ -128,8 +128,11 @@ class TrainSettings:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not 0 <= self.min_lr_ratio <= 1 or not 0 < self.gamma <= 1:
             raise ConfigError("min_lr_ratio must lie in [0, 1] and gamma in (0, 1]")
-        if not (isinstance(self.distill_weight, (int, float)) and math.isfinite(self.distill_weight)
-                and self.distill_weight >= 0):
+        if not (
+            isinstance(self.distill_weight, (int, float))
+            and math.isfinite(self.distill_weight)
+            and self.distill_weight >= 0
+        ):
             raise ConfigError(f"distill_weight must be a number >= 0, got {self.distill_weight!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"grad_clip must be positive, got {self.grad_clip!r}")
@@ -206,8 +209,10 @@ def _env_int(name: str, default: int, low: int) -> int:
     except ValueError:
         value = low - 1
     if value < low:
-        raise SPTError(f"environment variable {name}={os.environ[name]!r} is not an integer >= {low}; "
-                       "torchrun sets it (unset it for a one-process run)")
+        raise SPTError(
+            f"environment variable {name}={os.environ[name]!r} is not an integer >= {low}; "
+            "torchrun sets it (unset it for a one-process run)"
+        )
     return value
 
 
@@ -234,9 +239,11 @@ def init_distributed(device: str | torch.device | None = None) -> DistInfo:
     if world > 1 and not dist.is_initialized():
         missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
         if missing:  # torch would raise a ValueError traceback (env:// rendezvous)
-            raise SPTError(f"WORLD_SIZE={world} asks for distributed training but {' and '.join(missing)} "
-                           f"{'is' if len(missing) == 1 else 'are'} not set: launch with torchrun (which sets them), "
-                           "or unset WORLD_SIZE/RANK for one process")
+            raise SPTError(
+                f"WORLD_SIZE={world} asks for distributed training but {' and '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not set: launch with torchrun (which sets them), "
+                "or unset WORLD_SIZE/RANK for one process"
+            )
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
         info.initialized_here = True
     elif dist.is_initialized():
@@ -308,16 +315,31 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer, keys: dict[int, str]) -
     return out
 
 
-def save_state(path: Path, optimizer: torch.optim.Optimizer, keys: dict[int, str], step: int,
-               settings: TrainSettings, extra: dict[str, Any] | None = None) -> Path:
+def save_state(
+    path: Path,
+    optimizer: torch.optim.Optimizer,
+    keys: dict[int, str],
+    step: int,
+    settings: TrainSettings,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write the optimizer moments and the step as a safetensors file (no pickle), atomically."""
     from safetensors.torch import save as st_save
 
     # parameters that have taken no step yet (the units during a distilled run's student-only steps)
-    stateless = sorted(k for g in optimizer.param_groups for p in g["params"]
-                       if not optimizer.state.get(p) and (k := keys.get(id(p))) is not None)
-    meta = {"format": STATE_FORMAT, "step": str(step), "settings": json.dumps(asdict(settings), sort_keys=True),
-            "extra": json.dumps(extra or {}, sort_keys=True), "stateless": json.dumps(stateless)}
+    stateless = sorted(
+        k
+        for g in optimizer.param_groups
+        for p in g["params"]
+        if not optimizer.state.get(p) and (k := keys.get(id(p))) is not None
+    )
+    meta = {
+        "format": STATE_FORMAT,
+        "step": str(step),
+        "settings": json.dumps(asdict(settings), sort_keys=True),
+        "extra": json.dumps(extra or {}, sort_keys=True),
+        "stateless": json.dumps(stateless),
+    }
     return atomic_write_bytes(path, st_save(_optimizer_tensors(optimizer, keys), metadata=meta))
 
 
@@ -326,10 +348,15 @@ def _check_moment(path: Path, name: str, field_name: str, value: torch.Tensor, p
     as such, instead of surfacing steps later as a diverging loss."""
     fix = f"delete {path.name} to resume with fresh optimizer moments (the adapter's weights are kept)"
     if field_name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") and tuple(value.shape) != tuple(param.shape):
-        raise SPTError(f"cannot resume: {path} holds {name} of shape {tuple(value.shape)} for a parameter of "
-                       f"shape {tuple(param.shape)}; {fix}")
-    if not value.is_floating_point() or not bool(torch.isfinite(value).all()) or (
-            field_name == "exp_avg_sq" and bool((value < 0).any())):
+        raise SPTError(
+            f"cannot resume: {path} holds {name} of shape {tuple(value.shape)} for a parameter of "
+            f"shape {tuple(param.shape)}; {fix}"
+        )
+    if (
+        not value.is_floating_point()
+        or not bool(torch.isfinite(value).all())
+        or (field_name == "exp_avg_sq" and bool((value < 0).any()))
+    ):
         raise SPTError(f"cannot resume: {path} is corrupt ({name} holds NaN, Inf or impossible values); {fix}")
 
 
@@ -362,8 +389,11 @@ def load_state(path: Path, optimizer: torch.optim.Optimizer, keys: dict[int, str
         raise SPTError(f"cannot resume: {path} lacks optimizer state for {missing[:3]}")
     for pid, state in loaded.items():
         optimizer.state[params[pid]] = state
-    return {"step": int(meta.get("step", "0")), "settings": json.loads(meta.get("settings", "{}")),
-            "extra": json.loads(meta.get("extra", "{}"))}
+    return {
+        "step": int(meta.get("step", "0")),
+        "settings": json.loads(meta.get("settings", "{}")),
+        "extra": json.loads(meta.get("extra", "{}")),
+    }
 
 
 def adapter_step(path: Path) -> int | None:
@@ -400,8 +430,10 @@ def _to(batch: dict[str, Any], device: torch.device, distilled: bool = False):
     except KeyError as exc:
         raise SPTError(f"the training dataset must yield dicts with 'lq', 'gt' and 'prior'; {exc} is missing") from None
     if distilled and "prior" in batch:
-        raise SPTError("the adapter has a distilled prior (a student) but the dataset yields an LQ 'prior': build it "
-                       "with teacher=PROVIDER (PairedPriorDataset), which segments the clean images only")
+        raise SPTError(
+            "the adapter has a distilled prior (a student) but the dataset yields an LQ 'prior': build it "
+            "with teacher=PROVIDER (PairedPriorDataset), which segments the clean images only"
+        )
     nb = device.type == "cuda"
     prior = None if prior is None else prior.to(device, non_blocking=nb)
     return lq.to(device, non_blocking=nb), gt.to(device, non_blocking=nb), prior
@@ -461,9 +493,15 @@ def _make_loader(dataset: Dataset, settings: TrainSettings, info: DistInfo) -> t
     per_epoch = len(sampler) // settings.batch
     if per_epoch < 1:
         raise SPTError(f"{n} training samples give no full batch of {settings.batch} per process")
-    loader = DataLoader(samples, batch_size=settings.batch, sampler=sampler, drop_last=True,
-                        num_workers=settings.workers, pin_memory=info.device.type == "cuda",
-                        persistent_workers=False)
+    loader = DataLoader(
+        samples,
+        batch_size=settings.batch,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=settings.workers,
+        pin_memory=info.device.type == "cuda",
+        persistent_workers=False,
+    )
     return loader, sampler, per_epoch
 
 
@@ -471,8 +509,10 @@ def distill_loss(logits: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """The distillation loss: binary cross-entropy between the student's logits and the teacher's
     encoded map (every encoding lies in [0, 1]: a soft target where it is not 0/1)."""
     if tuple(logits.shape) != tuple(teacher.shape):
-        raise SPTError(f"the teacher's prior has shape {tuple(teacher.shape)} but the student makes "
-                       f"{tuple(logits.shape)}: the teacher's encoding must have the adapter's prior_channels")
+        raise SPTError(
+            f"the teacher's prior has shape {tuple(teacher.shape)} but the student makes "
+            f"{tuple(logits.shape)}: the teacher's encoding must have the adapter's prior_channels"
+        )
     return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), teacher.float())
 
 
@@ -506,8 +546,15 @@ class _Stepper:
     With a prior student: the distillation loss of the student alone (the backbone does not run)
     for the first ``student_steps``, then ``L1 + distill_weight x distillation``."""
 
-    def __init__(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer, params: list, settings: TrainSettings,
-                 device: torch.device, distilled: bool = False) -> None:
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        params: list,
+        settings: TrainSettings,
+        device: torch.device,
+        distilled: bool = False,
+    ) -> None:
         self.net, self.optimizer, self.params, self.settings = net, optimizer, params, settings
         self.distilled = distilled
         self.last_parts: dict[str, float] = {}
@@ -520,8 +567,9 @@ class _Stepper:
             group["lr"] = lr
         if self.distilled and step < self.settings.student_steps:
             if prior is None:
-                raise SPTError("student_steps train the student on the teacher's prior, but the dataset yields no "
-                               "'teacher_prior'")
+                raise SPTError(
+                    "student_steps train the student on the teacher's prior, but the dataset yields no 'teacher_prior'"
+                )
             with torch.autocast(device_type="cuda", dtype=self.amp_dtype, enabled=self.use_amp):
                 logits = self.net(lq, prior_logits_only=True)  # the student alone: no backbone forward
             loss = distill_loss(logits, prior)
@@ -559,9 +607,19 @@ class _Checkpointer:
     """Writes the optimizer state, the delta (with the training metadata), the logs and, at the
     end, the model card into ``out`` (main process only)."""
 
-    def __init__(self, out: Path | None, model: SPTModel, adapter: str, optimizer: torch.optim.Optimizer,
-                 keys: dict[int, str], settings: TrainSettings, info: DistInfo, training_info: dict[str, Any] | None,
-                 header: dict[str, Any], backbone_hash: bool) -> None:
+    def __init__(
+        self,
+        out: Path | None,
+        model: SPTModel,
+        adapter: str,
+        optimizer: torch.optim.Optimizer,
+        keys: dict[int, str],
+        settings: TrainSettings,
+        info: DistInfo,
+        training_info: dict[str, Any] | None,
+        header: dict[str, Any],
+        backbone_hash: bool,
+    ) -> None:
         self.out, self.model, self.adapter, self.optimizer, self.keys = out, model, adapter, optimizer, keys
         self.settings, self.info, self.training_info, self.header = settings, info, training_info, header
         self.backbone_hash = backbone_hash
@@ -581,10 +639,17 @@ class _Checkpointer:
 
         settings = self.settings
         train_meta = dict(self.training_info or {})
-        train_meta.update({"step": step, "iters": settings.iters, "lr": settings.lr, "schedule": settings.schedule,
-                           "global_batch": settings.batch * self.info.world_size,
-                           # the step counts these first (a resumed run knows how many it did)
-                           "student_steps": settings.student_steps})
+        train_meta.update(
+            {
+                "step": step,
+                "iters": settings.iters,
+                "lr": settings.lr,
+                "schedule": settings.schedule,
+                "global_batch": settings.batch * self.info.world_size,
+                # the step counts these first (a resumed run knows how many it did)
+                "student_steps": settings.student_steps,
+            }
+        )
         # state first, then the delta: a crash in between leaves an older delta whose step differs,
         # which resume detects
         previous: int | str | None = None
@@ -594,20 +659,30 @@ class _Checkpointer:
             except SPTError:
                 previous = "?"
         try:
-            save_state(self.out / STATE_FILE, self.optimizer, self.keys, step, settings,
-                       {"world_size": self.info.world_size})
-            save_adapter(self.model, self.out / ADAPTER_FILENAME, adapter_name=self.adapter,
-                         backbone_hash=self.backbone_hash, metadata={TRAINING_KEY: json.dumps(train_meta, sort_keys=True)},
-                         task=train_meta.get("task"))
+            save_state(
+                self.out / STATE_FILE, self.optimizer, self.keys, step, settings, {"world_size": self.info.world_size}
+            )
+            save_adapter(
+                self.model,
+                self.out / ADAPTER_FILENAME,
+                adapter_name=self.adapter,
+                backbone_hash=self.backbone_hash,
+                metadata={TRAINING_KEY: json.dumps(train_meta, sort_keys=True)},
+                task=train_meta.get("task"),
+            )
             _write_logs(self.out, history, self.header)
         except OSError as exc:  # disk full, folder gone or read-only: every file is written atomically
             if previous is None:  # nothing to resume from: say so rather than promise a checkpoint
-                raise SPTError(f"cannot write the checkpoint of step {step} in {self.out}: {exc.strerror or exc}; no "
-                               "earlier checkpoint exists there, so the run cannot be resumed: free space, then "
-                               "start it again") from None
-            raise SPTError(f"cannot write the checkpoint of step {step} in {self.out}: {exc.strerror or exc}; the "
-                           f"previous checkpoint there (step {previous}) is intact (free space, then continue with "
-                           "--resume)") from None
+                raise SPTError(
+                    f"cannot write the checkpoint of step {step} in {self.out}: {exc.strerror or exc}; no "
+                    "earlier checkpoint exists there, so the run cannot be resumed: free space, then "
+                    "start it again"
+                ) from None
+            raise SPTError(
+                f"cannot write the checkpoint of step {step} in {self.out}: {exc.strerror or exc}; the "
+                f"previous checkpoint there (step {previous}) is intact (free space, then continue with "
+                "--resume)"
+            ) from None
         self.saved = step
         if final:
             with contextlib.suppress(Exception):  # the card is a courtesy; the delta is what matters
@@ -669,13 +744,22 @@ def train_units(
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         # the student-only steps leave the units without gradients
-        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                  find_unused_parameters=distilled and settings.student_steps > 0)
+        net = DDP(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=distilled and settings.student_steps > 0,
+        )
     stepper = _Stepper(net, optimizer, params, settings, device, distilled=distilled)
-    header = {"settings": asdict(settings), "world_size": world, "adapter": adapter,
-              "training": training_info or {}, "trainable_parameters": sum(p.numel() for p in params)}
-    checkpoints = _Checkpointer(out, model, adapter, optimizer, keys, settings, info, training_info, header,
-                                backbone_hash)
+    header = {
+        "settings": asdict(settings),
+        "world_size": world,
+        "adapter": adapter,
+        "training": training_info or {},
+        "trainable_parameters": sum(p.numel() for p in params),
+    }
+    checkpoints = _Checkpointer(
+        out, model, adapter, optimizer, keys, settings, info, training_info, header, backbone_hash
+    )
     checkpoints.saved = start  # nothing new to keep before the first step of this call
 
     bar = None
@@ -717,12 +801,21 @@ def train_units(
                         t = torch.tensor([mean_loss], device=device)
                         dist.all_reduce(t)
                         mean_loss = float(t) / world
-                    history.append({"step": step, "loss": mean_loss, "lr": lr,
-                                    "seconds": round(time.time() - t0, 3),
-                                    **{f"{k}_loss": v for k, v in stepper.last_parts.items()}})
+                    history.append(
+                        {
+                            "step": step,
+                            "loss": mean_loss,
+                            "lr": lr,
+                            "seconds": round(time.time() - t0, 3),
+                            **{f"{k}_loss": v for k, v in stepper.last_parts.items()},
+                        }
+                    )
                     running, count = 0.0, 0
-                if val_fn is not None and info.is_main and (
-                        (settings.val_every and step % settings.val_every == 0) or last):
+                if (
+                    val_fn is not None
+                    and info.is_main
+                    and ((settings.val_every and step % settings.val_every == 0) or last)
+                ):
                     if last:
                         checkpoints.save(step, history)  # the run is kept even if validation fails
                     model.eval()
@@ -754,7 +847,9 @@ def train_units(
         state_path=out / STATE_FILE if out is not None else None,
         log_csv=out / LOG_CSV if out is not None else None,
         log_json=out / LOG_JSON if out is not None else None,
-        step=step, history=history, val=val,
+        step=step,
+        history=history,
+        val=val,
     )
 
 

@@ -30,7 +30,9 @@ class TinyNet(nn.Module):
     def __init__(self, width: int = 8) -> None:
         super().__init__()
         self.head = nn.Conv2d(3, width, 3, padding=1)
-        self.blocks = nn.Sequential(*[nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU()) for _ in range(2)])
+        self.blocks = nn.Sequential(
+            *[nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU()) for _ in range(2)]
+        )
         self.tail = nn.Conv2d(width, 3, 3, padding=1)
 
     def forward(self, x):
@@ -42,8 +44,12 @@ def spt_adapter_claim_model(model):
     if isinstance(model, TinyNet):
         _trace("spt_adapter_claim_model")
         width = model.head.out_channels
-        return ModelClaim(integration="example", preset="tinynet", targets=["blocks.*"],
-                          channels={"blocks.0": width, "blocks.1": width})
+        return ModelClaim(
+            integration="example",
+            preset="tinynet",
+            targets=["blocks.*"],
+            channels={"blocks.0": width, "blocks.1": width},
+        )
     return None
 
 
@@ -84,8 +90,12 @@ class WatershedProvider:
     def identity(self) -> dict:  # everything that changes the masks: the cache key
         import skimage
 
-        return {"provider": "watershed", "version": self.VERSION, "settings": dict(sorted(self.settings.items())),
-                "skimage": skimage.__version__}
+        return {
+            "provider": "watershed",
+            "version": self.VERSION,
+            "settings": dict(sorted(self.settings.items())),
+            "skimage": skimage.__version__,
+        }
 
     def generate(self, image):
         from skimage.color import rgb2gray
@@ -97,8 +107,9 @@ class WatershedProvider:
         _trace("WatershedProvider.generate")
         if os.environ.get("SPT_EXAMPLE_FAIL_GENERATE"):
             raise RuntimeError("watershed failed on purpose (SPT_EXAMPLE_FAIL_GENERATE)")
-        labels = watershed(sobel(rgb2gray(image)), markers=self.settings["markers"],
-                           compactness=self.settings["compactness"])
+        labels = watershed(
+            sobel(rgb2gray(image)), markers=self.settings["markers"], compactness=self.settings["compactness"]
+        )
         return LabelMasks.from_labels(labels)
 
     def __repr__(self) -> str:
@@ -114,10 +125,15 @@ def spt_adapter_mask_providers():
     from spt_adapter.plugins.types import ProviderSpec, Setting
 
     _trace("spt_adapter_mask_providers")
-    return [ProviderSpec(
-        "watershed", _watershed,
-        {"markers": Setting(int, 64, "number of seeds (about the number of regions)", minimum=2),
-         "compactness": Setting(float, 0.001, "higher: more regular regions", minimum=0)},
-        description="compact watershed of the Sobel gradient (example plugin, scikit-image)",
-        version=WatershedProvider.VERSION,
-    )]
+    return [
+        ProviderSpec(
+            "watershed",
+            _watershed,
+            {
+                "markers": Setting(int, 64, "number of seeds (about the number of regions)", minimum=2),
+                "compactness": Setting(float, 0.001, "higher: more regular regions", minimum=0),
+            },
+            description="compact watershed of the Sobel gradient (example plugin, scikit-image)",
+            version=WatershedProvider.VERSION,
+        )
+    ]
