@@ -1,5 +1,6 @@
 """`spt-adapter inspect`: real spandrel architectures saved to disk (a claimed SwinIR, KAIR's DnCNN
-layout that no preset claims) and what it prints about them; the no-match message of TargetError."""
+under the dncnn preset, an SRVGGNetCompact that no plugin claims) and what it prints about them; the
+no-match message of TargetError."""
 
 from __future__ import annotations
 
@@ -78,17 +79,38 @@ def test_depth_limits_the_tree_and_counts_what_is_below(swinir_ckpt, capsys):
     assert code == 0 and "module tree" not in out and "match 2 module(s)" in out
 
 
-def test_unclaimed_kair_dncnn_with_patterns(dncnn_ckpt, capsys):
+@pytest.fixture(scope="module")
+def compact_ckpt(tmp_path_factory):
+    """Real-ESRGAN's SRVGGNetCompact: an architecture no plugin claims."""
+    from safetensors.torch import save_file
+    from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
+
+    torch.manual_seed(0)
+    net = SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=16, num_conv=4, upscale=2, act_type="prelu")
+    path = tmp_path_factory.mktemp("ckpt") / "compact_x2.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    return path
+
+
+def test_kair_dncnn_is_claimed_by_the_dncnn_preset_and_takes_patterns(dncnn_ckpt, capsys):
     code, out, err = _run(["inspect", str(dncnn_ckpt), "--depth", "1"], capsys)
     assert code == 0, err
-    assert "DnCNN" in out and "1-channel input" in out and "no plugin" in out and "--targets" in out
-    assert "match" not in out  # no preset, no patterns: nothing to match
+    assert "DnCNN" in out and "1-channel input" in out and "dncnn" in out
+    # the dncnn preset: a concat unit on each of the 15 hidden convs (README's preset table: 13.1 %)
+    assert "match 15 module(s)" in out and "13.14 % of the backbone" in out
     code, out, err = _run(["inspect", str(dncnn_ckpt), "--targets", "model.7", "model.15", "--fusion", "sft"], capsys)
     assert code == 0, err
     assert "match 2 module(s)" in out and out.count("64 channels") == 4  # marked in the tree, listed below
     # sft unit: encoder (1->16 3x3, 16->16 3x3) + one 1x1 conv 16 -> 2*64
     unit = (1 * 16 * 9 + 16) + (16 * 16 * 9 + 16) + (16 * 128 + 128)
     assert f"+{unit:,} parameters" in out
+
+
+def test_an_unclaimed_backbone_says_no_plugin_and_asks_for_targets(compact_ckpt, capsys):
+    code, out, err = _run(["inspect", str(compact_ckpt), "--depth", "1"], capsys)
+    assert code == 0, err
+    assert "SRVGGNetCompact" in out and "no plugin" in out and "--targets" in out
+    assert "match" not in out  # no preset, no patterns: nothing to match
 
 
 def test_a_pattern_matching_nothing_prints_the_tree_then_one_error(dncnn_ckpt, swinir_ckpt, capsys):
