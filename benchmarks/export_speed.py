@@ -31,6 +31,9 @@ import torch
 import spt_adapter
 from spt_adapter import SPTConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overhead import restormer_small, swinir_light  # noqa: E402  the backbones overhead.py measures
+
 warnings.filterwarnings("ignore")
 
 
@@ -38,32 +41,6 @@ def dncnn():
     from spandrel.architectures.DnCNN.__arch.network_dncnn import DnCNN
 
     return DnCNN(in_nc=3, out_nc=3, nc=32, nb=8, act_mode="R"), ["model.6", "model.10", "model.14"]
-
-
-def swinir_light():
-    from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
-
-    return SwinIR(
-        upscale=2,
-        in_chans=3,
-        img_size=64,
-        window_size=8,
-        img_range=1.0,
-        depths=[6, 6, 6, 6],
-        embed_dim=60,
-        num_heads=[6, 6, 6, 6],
-        mlp_ratio=2,
-        upsampler="pixelshuffledirect",
-        resi_connection="1conv",
-    ), ["layers.*.residual_group"]
-
-
-def restormer_small():
-    from spandrel_extra_arches.architectures.Restormer.__arch.restormer_arch import Restormer
-
-    return Restormer(
-        dim=24, num_blocks=[2, 3, 3, 4], num_refinement_blocks=2, heads=[1, 2, 4, 8], ffn_expansion_factor=2.66
-    ), ["encoder_level*", "latent", "decoder_level*", "refinement"]
 
 
 MODELS = {"dncnn-colour": dncnn, "swinir-light-x2": swinir_light, "restormer-small": restormer_small}
