@@ -847,6 +847,8 @@ def test_e19_resaving_a_loaded_adapter_keeps_its_training_record_and_the_card_na
     assert again["training"] == original["training"]
     card = (tmp_path / "shared" / "README.md").read_text()
     assert "spt_adapter.restore(model, image)" in card and "step: 2" in card
+    # the card names the checkpoint the units were trained on by its file name, not only class and sha256
+    assert f"checkpoint the units were trained on: `{run_env['ckpt'].name}`" in card
     # a fresh adapter records no training it never had
     fresh = spt_adapter.inject(_swinir(), "layers.*.residual_group")
     fresh.save_adapter(tmp_path / "fresh.safetensors")

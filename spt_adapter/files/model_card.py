@@ -59,6 +59,15 @@ def card_facts(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
+def _checkpoint_name(training: dict[str, Any] | None) -> str | None:
+    """The backbone checkpoint's file name from a training record (``"backbone": "<arch> from <path>"``,
+    as ``spt-adapter train`` writes it), for the Backbone section beside the class and sha256."""
+    described = (training or {}).get("backbone")
+    if not isinstance(described, str) or not described.strip():
+        return None
+    return Path(described.rsplit(" from ", 1)[-1]).name or None
+
+
 def render_model_card(
     path: str | os.PathLike, repo_id: str | None = None, training: dict[str, Any] | None = None
 ) -> str:
@@ -105,6 +114,11 @@ def render_model_card(
             if f["backbone_sha256"]
             else "not recorded (shapes are checked on load)"
         ),
+    ]
+    trained_on = _checkpoint_name(training)
+    if trained_on:
+        lines.append(f"- checkpoint the units were trained on: `{trained_on}` (the training record's file name)")
+    lines += [
         "",
         "## Targets",
         "",
