@@ -81,14 +81,14 @@ def test_ruff_check_fails_on_a_violation(tmp_path):
 
 
 def test_the_typed_view_of_sptpeftconfig_lists_its_fields():
-    """spt_adapter/peft.py builds SPTPeftConfig with dataclasses.make_dataclass (its unit fields are
+    """spt_adapter/peft/config.py builds SPTPeftConfig with dataclasses.make_dataclass (its unit fields are
     SPTConfig's) and shows the type checker a class declaring the same fields: the two must agree."""
     pytest.importorskip("peft")
     import dataclasses
 
     from spt_adapter.peft import SPTPeftConfig
 
-    tree = ast.parse((ROOT / "spt_adapter" / "peft.py").read_text())
+    tree = ast.parse((ROOT / "spt_adapter" / "peft" / "config.py").read_text())
     declared = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and node.name == "SPTPeftConfig":
