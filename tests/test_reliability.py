@@ -519,10 +519,10 @@ def test_5_disk_full_while_writing_a_checkpoint(env, tmp_path, capsys, monkeypat
         return real(path, data)
 
     import spt_adapter.files.format as fmt
-    import spt_adapter.training.train as tr
+    import spt_adapter.training.checkpoint as ckpt
 
     monkeypatch.setattr(fmt, "atomic_write_bytes", full)
-    monkeypatch.setattr(tr, "atomic_write_bytes", full)
+    monkeypatch.setattr(ckpt, "atomic_write_bytes", full)
     code, _, err = _run(_train_argv(env["ckpt"], env["data"], out, env["cache"], "--save-every", 1, iters=3), capsys)
     line = _one_line_error(err)
     assert code == 1 and "No space left" in line and "--resume" in line
