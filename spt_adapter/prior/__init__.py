@@ -10,6 +10,7 @@
 See docs/prior.md.
 """
 
+from ..errors import SamCheckpointError, SamUnavailableError
 from .cache import PriorCache, compute_prior, image_key
 from .classical import ClassicalMaskProvider
 from .encode import (
@@ -33,13 +34,11 @@ from .registry import (
 from .sam import (
     MODEL_TYPES,
     SAM_CHECKPOINTS_URL,
-    FastMaskGenerator,
-    SamCheckpointError,
     SamMaskProvider,
-    SamUnavailableError,
     detect_model_type,
     load_sam,
 )
+from .sam_generator import FastMaskGenerator
 
 __all__ = [
     "DEFAULT_ENCODING",
