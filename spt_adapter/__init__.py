@@ -24,7 +24,8 @@ from .errors import (
     SPTError,
     TargetError,
 )
-from .files.format import backbone_sha256, load_adapter, read_adapter_config, read_adapter_header, save_adapter
+from .files.fingerprint import backbone_sha256
+from .files.format import load_adapter, read_adapter_config, read_adapter_header, save_adapter
 from .version import __version__
 
 __all__ = [

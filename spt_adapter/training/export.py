@@ -146,7 +146,8 @@ def export_info(
     model: nn.Module, *, descriptor: Any = None, task: str | None = None, half: bool = False, scale: int | None = None
 ) -> dict[str, str]:
     """The metadata written into an exported file (string keys and values)."""
-    from ..files.format import adapter_metadata, backbone_sha256, prior_record
+    from ..files.fingerprint import backbone_sha256
+    from ..files.format import adapter_metadata, prior_record
 
     kind = _kind(model)
     radius = receptive_radius(model)
