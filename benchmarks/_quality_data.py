@@ -2,6 +2,9 @@
 
 Everything here is deterministic given its arguments, so every row of the prior ladder sees the
 same noisy images, the same crops and the same segmentations.
+
+Size: every split and degradation the ladder tasks read (colour, grey, Y-channel SR, pre-upsampled
+SR), kept deterministic in one place so every row sees the same data.
 """
 
 from __future__ import annotations

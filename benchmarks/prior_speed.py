@@ -39,6 +39,9 @@ number (``--json PATH`` writes it to a file as well).
         [--sam2 [--sam2-checkpoint PT]]
     python benchmarks/prior_speed.py --device cuda            # GPU defaults, bf16 row
     python benchmarks/prior_speed.py --quick                  # CPU smoke run
+
+Size: three side-by-side measurements (cache, stock vs fast generator with a mask check, bf16)
+that share one image set and one report.
 """
 
 from __future__ import annotations

@@ -41,6 +41,9 @@ tested on Set12 (full images).
 Settings are chosen with --tune on the validation split, never on the test sets. ``--device cuda``
 and ``--jobs N`` (N trainings in parallel processes) are for GPU runs
 (``benchmarks/distill_ladder.sh``).
+
+Size: one benchmark over six tasks that share one ladder (schedules, rows, training, evaluation,
+rendering); splitting it by task is still to do (issue 20).
 """
 
 from __future__ import annotations

@@ -235,3 +235,25 @@ def test_a_skip_for_missing_test_data_fails_the_run(pytester):
     result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1, skipped=1)
     assert "skipped for missing test data" in result.stdout.str()
+
+
+#: a module longer than this says at its top why it is one module (a line "Size: ..." in its docstring)
+MODULE_LINES = 500
+
+
+def test_no_module_over_500_lines_without_a_reason_at_its_top():
+    import ast
+
+    roots = [ROOT / "spt_adapter", ROOT / "integrations", ROOT / "benchmarks", ROOT / "tools"]
+    unexplained = []
+    for path in sorted(p for root in roots for p in root.rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) <= MODULE_LINES:
+            continue
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if not any(line.startswith("Size: ") and len(line) > 20 for line in doc.splitlines()):
+            unexplained.append(f"{path.relative_to(ROOT)} ({len(text.splitlines())} lines)")
+    assert not unexplained, (
+        f"modules over {MODULE_LINES} lines with no 'Size: <reason>' line in their docstring (split them, or "
+        f"say why they are one module): {unexplained}"
+    )

@@ -5,6 +5,9 @@
 
 Every flag is checked (folders exist and hold images, the backbone loads, targets resolve, the
 output folder will not overwrite an earlier run) before any prior is computed or any step runs.
+
+Size: the command's flags, its refusals before anything is written (output folder, resume
+consistency, distillation settings) and the run's assembly; the loop is in training/train.py.
 """
 
 from __future__ import annotations

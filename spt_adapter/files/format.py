@@ -12,6 +12,10 @@ Layout of a file written by :func:`save_adapter`:
 
 Loading parses the header itself (never pickle), checks format, schema and fingerprint, and only
 then reads tensors.
+
+Size: one file format read as one contract -- file names and metadata keys, the header schema, the
+deterministic serialisation, every check a header and its tensors pass before a module is built, save
+and load; the backbone fingerprint is in fingerprint.py.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ the mask decoder under ``torch.autocast(bfloat16)`` with the encoder's attention
 dense positional encoding stay float32; the low-resolution mask
 logits and predicted IoUs are cast back to float32 before every threshold, the stability score,
 the upscaling to image size, boxes and NMS.
+
+Size: one generator whose optimisations must stay bit-identical to the stock generator together
+(the decoder helpers below are its own, not shared).
 """
 
 from __future__ import annotations

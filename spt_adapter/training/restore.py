@@ -27,6 +27,9 @@ What :func:`restore` does with one image:
    least its receptive field; for attention backbones (no finite estimate) it is half the overlap.
    The weights of every output pixel sum to one by construction (no weight map is kept: memory
    is the output image plus one tile).
+
+Size: the whole-image path and the tiling (tile placement on the padded grid, overlap, blending,
+the prior's crops) are one algorithm whose invariant -- tiled equals whole -- is kept and tested together.
 """
 
 from __future__ import annotations
