@@ -56,7 +56,7 @@ __all__ = [
 def __getattr__(name: str):
     # optional parts load lazily so that `import spt_adapter` stays light and framework-free
     if name == "load_backbone":
-        from .plugins.backbones import load_backbone
+        from .backbones.load import load_backbone
 
         return load_backbone
     if name == "restore":

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import spt_adapter
-from spt_adapter.plugins.backbones import BackboneError
+from spt_adapter.backbones.load import BackboneError
 
 pytest.importorskip("spandrel")
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import spt_adapter
+from spt_adapter.backbones.presets import PRESETS, find_preset, register_preset
 from spt_adapter.core.keys import get_logical_module
 from spt_adapter.core.planning import describe_layout, probe_channels
 from spt_adapter.plugins.manager import call_hook
-from spt_adapter.plugins.presets import PRESETS, find_preset, register_preset
 
 pytest.importorskip("spandrel")
 

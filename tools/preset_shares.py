@@ -21,13 +21,13 @@ def _count(module: torch.nn.Module) -> int:
 
 def share(name: str, build, preset: str | None = None) -> str:
     import spt_adapter
-    from spt_adapter.plugins.presets import PRESETS
+    from spt_adapter.backbones.presets import PRESETS
 
     net = build()
     total = _count(net)
     if preset is None:
         targets = None
-        preset = spt_adapter.plugins.presets.find_preset(net).name
+        preset = spt_adapter.backbones.presets.find_preset(net).name
     else:
         fit = next(p for p in PRESETS if p.name == preset and type(net).__name__ in p.classes and p.detect(net))
         targets = fit.targets(net)

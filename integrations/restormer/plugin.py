@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 
+from spt_adapter.backbones.presets import claim_with_presets
 from spt_adapter.plugins.hookspecs import hookimpl
-from spt_adapter.plugins.presets import claim_with_presets
 
 NAME = "restormer"
 

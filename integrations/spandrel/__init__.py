@@ -1,4 +1,4 @@
 """spandrel integration: load any checkpoint spandrel detects; presets for its architectures.
 
-``spt_adapter.load_backbone(path)`` uses it; see :mod:`spt_adapter.plugins.backbones`.
+``spt_adapter.load_backbone(path)`` uses it; see :mod:`spt_adapter.backbones.load`.
 """

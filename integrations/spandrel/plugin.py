@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 
-from spt_adapter.plugins.backbones import install_extra_arches
+from spt_adapter.backbones.load import install_extra_arches
+from spt_adapter.backbones.presets import claim_with_presets
 from spt_adapter.plugins.hookspecs import hookimpl
-from spt_adapter.plugins.presets import claim_with_presets
 
 NAME = "spandrel"
 _MODULES = ("spandrel.", "spandrel_extra_arches.")

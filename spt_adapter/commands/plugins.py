@@ -54,7 +54,7 @@ def run(args) -> int:
     for plugin, reason in sorted(failed_providers.items()):
         print(f"  PROVIDERS FAILED in plugin {plugin}: {reason}")
     if args.presets:
-        from ..plugins.presets import preset_table
+        from ..backbones.presets import preset_table
 
         print("presets:")
         for preset, naming, classes in preset_table():

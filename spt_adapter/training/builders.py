@@ -233,7 +233,7 @@ def load_backbone_from_args(args, targets: list[str] | None = None, require_targ
     """(model, default_targets, description) from --backbone or --arch/--weights. Also sets
     ``args._channels`` (the image channels the backbone takes: grey backbones read grey images) and
     ``args._descriptor`` (spandrel's descriptor: size requirements, half-precision support)."""
-    from ..plugins.backbones import load_backbone
+    from ..backbones.load import load_backbone
     from .restore import input_channels
 
     if args.backbone and args.weights:
@@ -262,7 +262,7 @@ def load_backbone_from_args(args, targets: list[str] | None = None, require_targ
     args._scale = int(scale) if isinstance(scale, int) and scale >= 1 else None
     arch = getattr(getattr(bb.descriptor, "architecture", None), "name", type(model).__name__)
     if args.arch:
-        from ..plugins.presets import PRESETS
+        from ..backbones.presets import PRESETS
 
         named = [p for p in PRESETS if p.name == args.arch]
         if not named:

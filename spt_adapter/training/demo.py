@@ -359,9 +359,9 @@ def run_demo(
     log=print,
 ) -> DemoResult:
     """Run the demo; see the module docstring. Returns the table, means and every output path."""
+    from ..backbones.load import load_backbone
     from ..core.config import SPTConfig
     from ..core.model import inject
-    from ..plugins.backbones import load_backbone
     from ..prior import default_encoding, make_provider
     from ..prior.cache import PriorCache
     from .builders import default_cache_root, make_dataset

@@ -46,7 +46,7 @@ import torch.nn as nn
 
 from ..core.keys import find_logical_module
 from ..errors import LayoutError
-from .types import ModelClaim
+from ..plugins.types import ModelClaim
 
 __all__ = ["Preset", "PRESETS", "register_preset", "find_preset", "claim_with_presets", "preset_table"]
 

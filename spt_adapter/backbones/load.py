@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from ..core.planning import claim_model
 from ..errors import BackboneError
-from .types import ModelClaim
+from ..plugins.types import ModelClaim
 
 
 class _BackboneFields(NamedTuple):
@@ -63,7 +63,7 @@ def load_backbone(path: str | os.PathLike, device: str | torch.device | None = N
     The model is in eval mode; its weights are exactly the file's.
     """
     from .._io import why_not_a_file
-    from .manager import call_hook
+    from ..plugins.manager import call_hook
 
     path = Path(path)
     why = why_not_a_file(path)
