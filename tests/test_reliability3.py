@@ -640,6 +640,47 @@ def test_b13_the_log_seconds_continue_across_resume(run_env, tmp_path, capsys):
     assert seconds == sorted(seconds) and seconds[-2] >= [r["seconds"] for r in first if "seconds" in r][-1]
 
 
+def test_b13_the_log_follows_the_run_before_its_first_checkpoint(run_env, tmp_path, capsys, monkeypatch):
+    """Before: train_log.csv/.json were written only with a checkpoint, so a run with --save-every
+    beyond its length showed an empty folder while it ran (and a kill -9 lost every row). Now the
+    rows are there as they come, and a folder holding only such logs (a run that stopped before its
+    first checkpoint) may be started again."""
+    import csv
+
+    import spt_adapter.training.train as tr
+
+    out = tmp_path / "run"
+    seen: list[list[int]] = []
+    real = tr._Stepper.__call__
+
+    def looking(self, *a, **k):
+        log = out / "train_log.csv"
+        seen.append([int(r["step"]) for r in csv.DictReader(log.open())] if log.is_file() else [])
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(tr._Stepper, "__call__", looking)
+    argv = run_env["argv"](
+        run_env["ckpt"], run_env["data"], out, run_env["cache"], "--save-every", 0, "--log-every", 1, iters=4
+    )
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
+    assert seen == [[], [1], [1, 2], [1, 2, 3]]  # before steps 1-4: no checkpoint yet, the log follows
+    # a run that stopped before its first checkpoint leaves only its own logs: a new run may replace them,
+    # --resume says there is nothing to resume; a user's own train_log.json is still refused
+    (out / "spt_adapter.safetensors").unlink()
+    for name in ("train_state.safetensors", "README.md"):
+        (out / name).unlink(missing_ok=True)
+    code, _, err = _run([*argv, "--resume"], capsys)
+    assert code == 1 and "stopped before the first checkpoint" in _one_line_error(err)
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "train_log.json").write_text('{"history": []}')
+    code, _, err = _run(run_env["argv"](run_env["ckpt"], run_env["data"], mine, run_env["cache"], iters=2), capsys)
+    assert code == 1 and "train_log.json" in _one_line_error(err)
+
+
 # ---------------------------------------------------------------------------------------------
 # C16. every bad option of the BasicSR test route is one line
 # ---------------------------------------------------------------------------------------------

@@ -133,6 +133,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_out(args) -> Path:
     from ..files.format import ADAPTER_FILENAME
+    from ..training.checkpoint import LOG_CSV, LOG_JSON, is_own_log
     from ..training.train import STATE_FILE
 
     out = Path(args.out)
@@ -141,9 +142,9 @@ def _check_out(args) -> Path:
     has_run = (out / ADAPTER_FILENAME).exists()
     if out.is_dir() and not has_run:
         # a run that stopped before its first checkpoint leaves only its state (written before the
-        # adapter; the logs come after it): logs without an adapter, and anything else, are someone's
-        # files, which the run's files (README.md above all) would overwrite
-        ours = {STATE_FILE}
+        # adapter) and its logs (written as they grow, marked as ours); logs that are not marked, and
+        # anything else, are someone's files, which the run's files (README.md above all) would overwrite
+        ours = {STATE_FILE} | ({LOG_CSV, LOG_JSON} if is_own_log(out) else set())
         foreign = sorted(
             p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(f".{ADAPTER_FILENAME}.")
         )
@@ -154,7 +155,10 @@ def _check_out(args) -> Path:
                 "files there: choose a new or empty folder"
             )
     if args.resume and not has_run:
-        raise SPTError(f"--resume: {out} holds no {ADAPTER_FILENAME} to resume from")
+        stopped = " (its run stopped before the first checkpoint: start it again without --resume)"
+        raise SPTError(
+            f"--resume: {out} holds no {ADAPTER_FILENAME} to resume from" + (stopped if is_own_log(out) else "")
+        )
     if has_run and not args.resume:
         raise SPTError(f"{out} already holds a trained adapter; pass --resume to continue it or choose another --out")
     card = out / "README.md"

@@ -27,6 +27,9 @@ from .settings import TrainSettings
 STATE_FILE = "train_state.safetensors"
 LOG_CSV = "train_log.csv"
 LOG_JSON = "train_log.json"
+#: what train_log.json says it was written by: a folder holding only such logs is a run that stopped
+#: before its first checkpoint (not a user's files), which a new run may replace
+LOG_WRITER = "spt-adapter train"
 STATE_FORMAT = "spt-adapter-train-state"
 
 
@@ -148,7 +151,9 @@ def _write_logs(out: Path, history: list[dict[str, Any]], header: dict[str, Any]
     for row in history:
         writer.writerow(row)
     p_csv = atomic_write_bytes(out / LOG_CSV, buf.getvalue().encode())
-    p_json = atomic_write_bytes(out / LOG_JSON, json.dumps({**header, "history": history}, indent=1).encode())
+    p_json = atomic_write_bytes(
+        out / LOG_JSON, json.dumps({"written_by": LOG_WRITER, **header, "history": history}, indent=1).encode()
+    )
     return p_csv, p_json
 
 
@@ -201,6 +206,15 @@ class _Checkpointer:
         self.settings, self.info, self.training_info, self.header = settings, info, training_info, header
         self.backbone_hash = backbone_hash
         self.saved: int | None = None
+
+    def log(self, history: list[dict[str, Any]]) -> None:
+        """Write the logs as they grow (every ``log_every`` steps), so a run's folder shows its progress
+        before the first checkpoint and a kill -9 loses at most the rows since the last log line. A
+        write that fails (disk full) is left to the next checkpoint to report."""
+        if self.out is None or not self.info.is_main:
+            return
+        with contextlib.suppress(OSError):
+            _write_logs(self.out, history, self.header)
 
     def save_on_error(self, step: int, history: list[dict[str, Any]]) -> None:
         """On an interrupt or error mid-run: keep the steps done since the last checkpoint, if any.
@@ -266,3 +280,12 @@ class _Checkpointer:
                 from ..files.model_card import write_model_card
 
                 write_model_card(self.out)
+
+
+def is_own_log(out: Path) -> bool:
+    """Whether ``out/train_log.json`` was written by ``spt-adapter train`` (:data:`LOG_WRITER`)."""
+    try:
+        data = json.loads((out / LOG_JSON).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("written_by") == LOG_WRITER

@@ -350,6 +350,7 @@ def train_units(
                         }
                     )
                     running, count = 0.0, 0
+                    checkpoints.log(history)  # the log follows the run, not only its checkpoints
                 if (
                     val_fn is not None
                     and info.is_main
