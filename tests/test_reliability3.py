@@ -20,6 +20,22 @@ pytest.importorskip("spandrel")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+#: a tiny BasicSR SwinIR x2 (window 8), as a network_g block of a YAML options file would give it
+TINY_SWINIR_X2 = dict(
+    upscale=2,
+    in_chans=3,
+    img_size=16,
+    window_size=8,
+    img_range=1.0,
+    depths=[2],
+    embed_dim=12,
+    num_heads=[2],
+    mlp_ratio=2,
+    upsampler="pixelshuffledirect",
+    resi_connection="1conv",
+)
+
+
 def _run(argv, capsys):
     code = main([str(a) for a in argv])
     captured = capsys.readouterr()
@@ -86,19 +102,7 @@ def test_a2_basicsr_test_route_runs_the_example_yaml_on_sizes_that_are_not_windo
     from spt_adapter.integrations._netio import attach_units
     from spt_adapter.integrations._options import PriorSource, parse_spt_block
 
-    net_opt = dict(
-        upscale=2,
-        in_chans=3,
-        img_size=16,
-        window_size=8,
-        img_range=1.0,
-        depths=[2],
-        embed_dim=12,
-        num_heads=[2],
-        mlp_ratio=2,
-        upsampler="pixelshuffledirect",
-        resi_connection="1conv",
-    )
+    net_opt = dict(TINY_SWINIR_X2)
     torch.manual_seed(0)
     backbone = tmp_path / "swinir_x2.pth"
     torch.save({"params": SwinIR(**net_opt).state_dict()}, backbone)
@@ -948,19 +952,7 @@ def test_d18_the_framework_hash_hint_names_the_yaml_key_not_a_python_argument(tm
     from spt_adapter.integrations._netio import attach_units
     from spt_adapter.integrations._options import parse_spt_block
 
-    net_opt = dict(
-        upscale=2,
-        in_chans=3,
-        img_size=16,
-        window_size=8,
-        img_range=1.0,
-        depths=[2],
-        embed_dim=12,
-        num_heads=[2],
-        mlp_ratio=2,
-        upsampler="pixelshuffledirect",
-        resi_connection="1conv",
-    )
+    net_opt = dict(TINY_SWINIR_X2)
     options = parse_spt_block(
         {"fusion": "sft", "hidden": 8, "prior": {"cache_dir": None, "provider": "classical", "method": "slic"}}
     )
