@@ -9,11 +9,8 @@ restored = spt_adapter.restore(model, image_hwc_uint8, tile=256)   # prior as th
 spt_adapter.export(model, "swinir_spt.onnx")                      # one file: backbone + units (+ student)
 """
 
-from .core.config import SCHEMA_VERSION, SPTConfig
-from .core.layer import SPTLayer
-from .core.model import SPTModel, inject
-from .core.targets import inspect_targets
-from .core.unit import SPTUnit
+from typing import TYPE_CHECKING
+
 from .errors import (
     AdapterFileError,
     ConfigError,
@@ -24,9 +21,16 @@ from .errors import (
     SPTError,
     TargetError,
 )
-from .files.fingerprint import backbone_sha256
-from .files.format import load_adapter, read_adapter_config, read_adapter_header, save_adapter
 from .version import __version__
+
+if TYPE_CHECKING:
+    from .core.config import SCHEMA_VERSION, SPTConfig
+    from .core.layer import SPTLayer
+    from .core.model import SPTModel, inject
+    from .core.targets import inspect_targets
+    from .core.unit import SPTUnit
+    from .files.fingerprint import backbone_sha256
+    from .files.format import load_adapter, read_adapter_config, read_adapter_header, save_adapter
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -53,8 +57,33 @@ __all__ = [
 ]
 
 
+#: the names that need PyTorch, and where they live: loaded on first use, so that `import spt_adapter`
+#: (and so the torch-free runner, spt_adapter.deploy) imports no torch
+_LAZY = {
+    "SCHEMA_VERSION": "core.config",
+    "SPTConfig": "core.config",
+    "SPTLayer": "core.layer",
+    "SPTModel": "core.model",
+    "inject": "core.model",
+    "inspect_targets": "core.targets",
+    "SPTUnit": "core.unit",
+    "backbone_sha256": "files.fingerprint",
+    "load_adapter": "files.format",
+    "read_adapter_config": "files.format",
+    "read_adapter_header": "files.format",
+    "save_adapter": "files.format",
+}
+
+
 def __getattr__(name: str):
-    # optional parts load lazily so that `import spt_adapter` stays light and framework-free
+    # everything that needs torch loads lazily so that `import spt_adapter` stays light and framework-free
+    if name in _LAZY:
+        import importlib
+
+        importlib.import_module(".files", __name__)  # gives SPTModel its file methods (register_file_operations)
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
     if name == "load_backbone":
         from .backbones.load import load_backbone
 
@@ -76,3 +105,7 @@ def __getattr__(name: str):
 
         return getattr(hub, name)
     raise AttributeError(f"module 'spt_adapter' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import pkgutil
 import sys
 import warnings
@@ -38,7 +39,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _torch_missing() -> bool:
+    try:
+        return importlib.util.find_spec("torch") is None
+    except (ImportError, ValueError):  # an import hook refusing torch, a broken install
+        return True
+
+
+def _main_without_torch(argv: list[str]) -> int:
+    """PyTorch is not installed: ``restore`` of an exported ``.onnx`` file runs through the torch-free
+    runner (:mod:`spt_adapter.deploy`); everything else says in one line what is missing."""
+    if argv[:1] == ["restore"]:
+        from .deploy.cli import main as deploy_main
+
+        return deploy_main(argv)
+    if argv[:1] == ["--version"]:
+        print(f"spt-adapter {__version__}")
+        return EXIT_OK
+    where = f"spt-adapter {argv[0]}" if argv and not argv[0].startswith("-") else "spt-adapter"
+    print(
+        f"{where}: error: PyTorch is not installed (pip install torch); without it only "
+        "`spt-adapter restore INPUT --backbone FILE.onnx --out DIR` runs (python -m spt_adapter.deploy restore)",
+        file=sys.stderr,
+    )
+    return EXIT_ERROR
+
+
 def main(argv: list[str] | None = None) -> int:
+    if _torch_missing():  # a torch-free install (README "Export and deploy")
+        return _main_without_torch(list(sys.argv[1:] if argv is None else argv))
     # third-party architecture code (basicsr, spandrel) calls torch.jit.script at import time; its
     # deprecation notice says nothing to a user of this command
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)

@@ -65,7 +65,8 @@ def test_core_imports_no_training_framework(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # import direction (DESIGN.md "Layout"): commands -> training -> files / prior / presets &
-# backbones -> core -> plugin specs, types and manager -> errors. Function-local imports count.
+# backbones -> core -> plugin specs, types and manager -> errors; deploy (the torch-free runner) sits
+# just above errors and is imported by training and commands. Function-local imports count.
 # ---------------------------------------------------------------------------------------------
 _BASE = {"spt_adapter.errors", "spt_adapter.version", "spt_adapter._io", "spt_adapter.pixels"}
 _SPECS = {
@@ -82,6 +83,7 @@ def _group(module: str) -> str:
     if module in _SPECS:
         return "specs"
     for prefix, group in (
+        ("spt_adapter.deploy", "deploy"),
         ("spt_adapter.core", "core"),
         ("spt_adapter.files", "files"),
         ("spt_adapter.prior", "prior"),
@@ -102,14 +104,15 @@ def _group(module: str) -> str:
 _ALLOWED = {
     "base": {"base"},
     "specs": {"base"},
+    "deploy": {"base"},
     "core": {"base", "specs"},
     "files": {"base", "specs", "core"},
     "prior": {"base", "specs", "core"},
     "presets": {"base", "specs", "core"},
     "peft": {"base", "specs", "core", "files"},
-    "training": {"base", "specs", "core", "files", "prior", "presets"},
-    "commands": {"base", "specs", "core", "files", "prior", "presets", "training", "peft"},
-    "facade": {"base", "specs", "core", "files", "presets", "prior", "training", "peft", "commands"},
+    "training": {"base", "specs", "deploy", "core", "files", "prior", "presets"},
+    "commands": {"base", "specs", "deploy", "core", "files", "prior", "presets", "training", "peft"},
+    "facade": {"base", "specs", "deploy", "core", "files", "presets", "prior", "training", "peft", "commands"},
 }
 
 

@@ -80,28 +80,16 @@ def exported_model(args):
 
 
 def _threads() -> int | None:
-    n = os.environ.get("OMP_NUM_THREADS")
-    return int(n) if n and n.isdigit() and int(n) > 0 else None
+    from ..deploy.onnx_restore import default_threads
+
+    return default_threads()
 
 
 def check_exported_tiling(args, runner) -> None:
-    """The tiling flags against what the exported file records (its size multiple, its receptive field)."""
-    from ..training.restore import default_overlap
+    """The tiling flags against what the exported file records (its size multiple, its receptive field):
+    :func:`spt_adapter.deploy.tiling.check_tiling`, the check the torch-free runner makes."""
+    from ..deploy.tiling import check_tiling
 
-    if args.tile is None:
-        if args.tile_overlap is not None or args.tile_blend is not None:
-            raise SPTError("--tile-overlap/--tile-blend need --tile N")
-        return
-    if args.tile < runner.minimum_tile:
-        raise SPTError(
-            f"--tile {args.tile} is smaller than this backbone needs (its window / size multiple): "
-            f"use --tile {runner.minimum_tile} or more"
-        )
-    overlap = default_overlap(runner) if args.tile_overlap is None else args.tile_overlap
-    if args.tile <= overlap:
-        raise SPTError(
-            f"--tile {args.tile} must be larger than the tile overlap {overlap}: use --tile {overlap + 1} "
-            "or more, or a smaller --tile-overlap"
-        )
-    if args.tile_blend is not None and args.tile_blend > overlap:
-        raise SPTError(f"--tile-blend {args.tile_blend} exceeds the tile overlap {overlap}")
+    check_tiling(
+        args.tile, args.tile_overlap, args.tile_blend, minimum=runner.minimum_tile, radius=runner.receptive_radius
+    )

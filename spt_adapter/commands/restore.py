@@ -14,13 +14,19 @@ first image is read. The work is :func:`spt_adapter.training.restore.restore`.
 from __future__ import annotations
 
 import argparse
-import glob
-import io
 import sys
 import time
 from pathlib import Path
 
-from ..errors import RestoreError, SPTError
+from ..deploy.outputs import (  # noqa: F401  (expand_inputs, output_paths, png_bytes: importable from here too)
+    check_existing,
+    expand_inputs,
+    output_paths,
+    png_bytes,
+    remove_stale_temporaries,
+    unfinished_output,
+)
+from ..errors import SPTError
 from ..training.builders import build_provider, load_backbone_from_args, prior_cache, prior_flags
 from ._args import add_backbone_arguments, add_prior_arguments, add_progress_arguments, nonneg_int, positive_int
 
@@ -103,83 +109,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------------------------
 # inputs and outputs
 # ---------------------------------------------------------------------------------------------
-def expand_inputs(items: list[str]) -> tuple[list[Path], list[Path]]:
-    """(image paths in order, folders given) from files, folders, globs and .txt lists."""
-    from ..training.images import list_images
-
-    paths: list[Path] = []
-    folders: list[Path] = []
-    for item in items:
-        if glob.has_magic(item) and not Path(item).exists():
-            matches = sorted(glob.glob(item, recursive=True))
-            if not matches:
-                raise RestoreError(f"INPUT {item!r} matches no file")
-            paths += [Path(m) for m in matches if Path(m).is_file()]
-            continue
-        p = Path(item)
-        if not p.exists():
-            raise RestoreError(f"INPUT {item}: no such file or folder")
-        if p.is_dir():
-            folders.append(p)
-        paths += list_images(p)
-    seen: set[Path] = set()
-    unique = []
-    for p in paths:
-        if p.resolve() not in seen:
-            seen.add(p.resolve())
-            unique.append(p)
-    if not unique:
-        raise RestoreError(f"no images in {' '.join(items)} (folders are read without subfolders)")
-    return unique, folders
-
-
-def output_paths(paths: list[Path], folders: list[Path], out: Path, allow_in_input: bool) -> list[Path]:
-    """``out/<stem>.png`` for every input; refuses two inputs with one output name, an output that
-    would replace an input, and ``out`` inside an input folder (unless ``allow_in_input``)."""
-    out_r = out.resolve()
-    if not allow_in_input:
-        for f in folders + sorted({p.parent for p in paths}):
-            fr = f.resolve()
-            given = f in folders
-            if out_r == fr or (given and fr in out_r.parents):
-                raise RestoreError(
-                    f"--out {out} is {'inside ' if out_r != fr else ''}the input folder {f}: its outputs "
-                    "would mix with the inputs; choose another --out or pass --allow-out-in-input"
-                )
-    inputs = {p.resolve(): p for p in paths}
-    targets: dict[Path, Path] = {}
-    result = []
-    for p in paths:
-        target = out / f"{p.stem}.png"
-        if target.resolve() in inputs:
-            raise RestoreError(
-                f"the output {target} would overwrite the input {inputs[target.resolve()]}; choose another --out"
-            )
-        if target in targets:
-            raise RestoreError(
-                f"{targets[target]} and {p} would both be written to {target}; restore them into separate --out folders"
-            )
-        targets[target] = p
-        result.append(target)
-    return result
-
-
-def _remove_stale_temporaries(out: Path, targets: list[Path]) -> None:
-    """Temporary files of an atomic write cut short by kill -9 (``.<name>.png.*.tmp``) are removed."""
-    names = {t.name for t in targets}
-    for tmp in out.glob(".*.png.*.tmp"):
-        if tmp.name[1:].split(".png.", 1)[0] + ".png" in names:
-            tmp.unlink(missing_ok=True)
-
-
-def png_bytes(image) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 # ---------------------------------------------------------------------------------------------
 # the command
 # ---------------------------------------------------------------------------------------------
@@ -275,15 +204,7 @@ def run(args) -> int:
 
     # this process's share first: another shard's finished outputs are not this run's to refuse
     paths, targets, shard_note = shard(paths, targets, args)
-    if args.skip_existing and args.overwrite:
-        raise SPTError("--skip-existing keeps existing outputs, --overwrite replaces them: pass one of them")
-    existing = [t.name for t in targets if t.exists()]
-    if existing and not (args.skip_existing or args.overwrite):
-        shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
-        raise SPTError(
-            f"--out {out} already holds {len(existing)} of the outputs ({shown}); pass --skip-existing to "
-            "keep them, --overwrite to replace them, or choose another --out"
-        )
+    check_existing(targets, out, args.skip_existing, args.overwrite)
     if args.backbone and exported_format(args.backbone):  # an `spt-adapter export` file
         model, described, source, device = exported_model(args)
         descriptor, restore = None, restore_exported  # type: ignore[assignment]
@@ -292,7 +213,7 @@ def run(args) -> int:
         model, descriptor, described, source, device = _model(args)
         _check_tiling(args, model, descriptor, device)
     out.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out, targets)
+    remove_stale_temporaries(out, targets)
     grey = "grey" if args._channels == 1 else "RGB"
     from ..training.restore import default_overlap
 
@@ -310,7 +231,7 @@ def run(args) -> int:
     try:
         for path, target in zip(paths, targets, strict=True):
             if args.skip_existing and target.is_file():
-                reason = _unfinished_output(target, path, getattr(descriptor, "scale", None))
+                reason = unfinished_output(target, path, getattr(descriptor, "scale", None))
                 if reason is None:
                     skipped += 1
                     bar.update(1)
@@ -342,32 +263,6 @@ def run(args) -> int:
     for target, reason in redone:
         print(f"  redone (--skip-existing found an unfinished output): {target}: {reason}", file=sys.stderr)
     return 0
-
-
-def _unfinished_output(target: Path, source: Path, scale: int | None) -> str | None:
-    """Why an existing output cannot count as finished (it does not decode, or is not the input's size
-    times ``scale`` when that is known), or None when it can be skipped."""
-    from PIL import Image
-
-    try:
-        with Image.open(target) as im:
-            im.load()
-            got = im.size
-    except Exception as exc:  # truncated, empty, not an image
-        return f"it does not decode ({type(exc).__name__}: {exc})"
-    if not scale:
-        return None
-    try:
-        with Image.open(source) as im:
-            w, h = im.size
-            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # read_image turns these by 90 degrees
-                w, h = h, w
-    except Exception:
-        return None  # the input itself is unreadable: it is reported as such when read
-    want = (w * int(scale), h * int(scale))
-    if got != want:
-        return f"it is {got[0]}x{got[1]}, not the {want[0]}x{want[1]} the input restores to"
-    return None
 
 
 def _restore_one(restore, model, image, source, args, descriptor, info):

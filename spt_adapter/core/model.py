@@ -284,7 +284,7 @@ class SPTModel(nn.Module):
 
     # -- files --------------------------------------------------------------------------------
     # Core does not import the file layer above it: spt_adapter.files registers these operations
-    # (register_file_operations) when the package is imported, which always happens first.
+    # (register_file_operations) when it is imported; the first call loads it by name if nothing has.
     def save_adapter(self, path: str | os.PathLike, adapter_name: str | None = None, **kwargs: Any) -> Path:
         """Write this adapter as a safetensors delta (see :func:`spt_adapter.save_adapter`)."""
         return _file_operation("save_adapter")(self, path, adapter_name=adapter_name, **kwargs)
@@ -316,10 +316,16 @@ def register_file_operations(**operations) -> None:
 
 
 def _file_operation(name: str):
+    if name not in _FILE_OPERATIONS:
+        # `import spt_adapter` no longer loads the file layer (it stays torch-free for spt_adapter.deploy):
+        # load it by name here, the way plugins are loaded, so core still never imports the layer above
+        import importlib
+
+        importlib.import_module("spt_adapter.files")
     try:
         return _FILE_OPERATIONS[name]
-    except KeyError:  # only reachable if spt_adapter.files was never imported
-        raise RuntimeError(f"SPTModel.{name} needs spt_adapter.files; import spt_adapter first") from None
+    except KeyError:  # spt_adapter.files registers every operation when imported
+        raise RuntimeError(f"SPTModel.{name} needs spt_adapter.files, which did not register it") from None
 
 
 #: every encoding the library makes (spt_adapter.prior.encode) lies in [0, 1]

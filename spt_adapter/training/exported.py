@@ -5,8 +5,10 @@
 
 ONNX files run through onnxruntime: no backbone checkpoint, no adapter file and no segmenter for a
 distilled adapter (a provider-prior export still computes its prior with the provider its metadata
-records). Tiling, blending and the output rules are those of :func:`restore`: the runner is handed to
-:func:`~spt_adapter.training.restore.restore_tensor` as the network.
+records). Tiling, blending and the output rules are those of :func:`restore`: an ONNX file is tiled
+by the torch-free :mod:`spt_adapter.deploy` (whose NumPy tiler reproduces
+:func:`~spt_adapter.training.restore.restore_tensor` bit for bit), a TorchScript file is handed to
+``restore_tensor`` as the network.
 """
 
 from __future__ import annotations
@@ -20,14 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..deploy.onnx_restore import EXPORT_FORMAT, METADATA_FILE, OnnxNetwork, load_onnx, restore_image
+from ..deploy.onnx_restore import check_meta as _check_meta
 from ..errors import ExportError, RestoreError
 
 __all__ = ["EXPORT_FORMAT", "METADATA_FILE", "ExportedModel", "exported_format", "load_exported", "restore_exported"]
-
-#: the ``format`` value of an exported file's metadata
-EXPORT_FORMAT = "spt-adapter-export"
-#: the TorchScript extra file holding the metadata (the same keys as ONNX's metadata_props)
-METADATA_FILE = "spt_adapter.json"
 
 
 def exported_format(path: str | Path) -> str | None:
@@ -62,6 +61,8 @@ class ExportedModel:
         self.prior = json.loads(meta.get("prior") or "{}")
         self.prior_channels = int(meta.get("prior_channels") or 0)
         self.device = torch.device("cpu")
+        #: the NumPy network of an ONNX file (:mod:`spt_adapter.deploy`): restore_exported tiles with it
+        self.network: OnnxNetwork | None = None
 
     @property
     def needs_prior(self) -> bool:
@@ -83,34 +84,16 @@ class ExportedModel:
         return f"ExportedModel({self.source!r}, format={self.format}, kind={self.kind})"
 
 
-def _onnx(data: bytes | str, source: str, threads: int | None, providers) -> ExportedModel:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ExportError(
-            f"{source} is an ONNX file: running it needs onnxruntime (pip install 'spt-adapter[onnx]')"
-        ) from None
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    try:
-        session = ort.InferenceSession(data, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own classes for unreadable files
-        raise ExportError(f"{source}: onnxruntime cannot load it ({str(exc).strip().splitlines()[0][:200]})") from None
-    meta = dict(session.get_modelmeta().custom_metadata_map)
-    _check_meta(meta, source)
-    names = [i.name for i in session.get_inputs()]
-    np_dtype = np.float16 if meta.get("dtype") == "float16" else np.float32
+def _onnx(data: bytes, source: str, threads: int | None, providers) -> ExportedModel:
+    network = load_onnx(data, threads=threads, providers=providers, name=source)
 
     def call(x: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
-        feed = {"image": x.detach().cpu().numpy().astype(np_dtype, copy=False)}
-        if "prior" in names:
-            assert prior is not None  # ExportedModel.__call__ refuses a missing prior
-            feed["prior"] = prior.detach().cpu().numpy().astype(np_dtype, copy=False)
-        return torch.from_numpy(session.run(None, feed)[0])
+        p = None if prior is None else prior.detach().cpu().numpy()
+        return torch.from_numpy(network.run(x.detach().cpu().numpy(), p))
 
-    return ExportedModel("onnx", meta, call, source)
+    runner = ExportedModel("onnx", network.meta, call, source)
+    runner.network = network
+    return runner
 
 
 def _torchscript(data: bytes | str, source: str, device) -> ExportedModel:
@@ -139,14 +122,6 @@ def _torchscript(data: bytes | str, source: str, device) -> ExportedModel:
     runner = ExportedModel("torchscript", meta, call, source)
     runner.device = dev
     return runner
-
-
-def _check_meta(meta: dict[str, str], source: str) -> None:
-    if meta.get("format") != EXPORT_FORMAT:
-        raise ExportError(
-            f"{source} was not written by `spt-adapter export` (no {EXPORT_FORMAT!r} metadata): restore "
-            "reads its own exports only"
-        )
 
 
 def load_exported(
@@ -218,9 +193,12 @@ def restore_exported(
     **_ignored,
 ) -> np.ndarray:
     """:func:`~spt_adapter.training.restore.restore` for an exported file: the same image reading,
-    tiling (:func:`~spt_adapter.training.restore.restore_tensor` with the runner as the network),
-    clamping and uint8 rounding. ``prior``: the whole image's prior (required when the file reads
-    one; compute it with :func:`prior_source_of`)."""
+    tiling, clamping and uint8 rounding. An ONNX file runs through the torch-free
+    :func:`spt_adapter.deploy.onnx_restore.restore_image` (so ``spt-adapter restore --backbone
+    FILE.onnx`` and ``python -m spt_adapter.deploy restore`` write the same bytes); a TorchScript one
+    through :func:`~spt_adapter.training.restore.restore_tensor`. ``prior``: the whole image's prior
+    (required when the file reads one; compute it with :func:`prior_source_of`)."""
+    from ..deploy.tiling import default_blend_for, default_overlap_for, to_image
     from .restore import _float_channels, restore_tensor
 
     if half:
@@ -233,19 +211,20 @@ def restore_exported(
     n_in = channels or runner.channels
     if n_in != runner.channels:
         raise RestoreError(f"{runner.source} takes {runner.channels}-channel images, not {n_in}")
-    as_float = np.asarray(image).dtype.kind == "f"
-    x_np, u8 = _float_channels(image, n_in, "image")
     if runner.needs_prior and prior is None:
         raise RestoreError(f"{runner.source} reads a prior: compute it with the provider its metadata records")
+    if runner.network is not None:
+        p = prior.detach().cpu().numpy() if torch.is_tensor(prior) else prior
+        return restore_image(
+            runner.network, image, p, tile=tile, tile_overlap=tile_overlap, tile_blend=tile_blend, info=info
+        )
+    as_float = np.asarray(image).dtype.kind == "f"
+    x_np, _ = _float_channels(image, n_in, "image")
     overlap, blend = tile_overlap, tile_blend
     if tile is not None:
-        from .restore import DEFAULT_TILE_OVERLAP
-
         radius = runner.receptive_radius
-        if overlap is None:
-            overlap = max(DEFAULT_TILE_OVERLAP, 2 * radius + 1) if radius is not None else DEFAULT_TILE_OVERLAP
-        if blend is None:
-            blend = overlap // 2 if radius is None else max(0, min(overlap // 2, overlap - 2 * radius))
+        overlap = default_overlap_for(radius) if overlap is None else overlap
+        blend = default_blend_for(radius, overlap) if blend is None else blend
     network: Any = runner  # restore_tensor runs any callable (x, prior) -> output as the network
     out = restore_tensor(
         network,
@@ -258,7 +237,4 @@ def restore_exported(
         minimum=runner.minimum_tile,
         info=info,
     )
-    arr = np.empty(out.shape[1:] + out.shape[:1], dtype=np.float32 if as_float else np.uint8)
-    for c in range(out.shape[0]):
-        arr[:, :, c] = out[c].numpy() if as_float else out[c].mul_(255.0).round_().to(torch.uint8).numpy()
-    return arr[:, :, 0] if arr.shape[2] == 1 else arr
+    return to_image(out.numpy(), as_float)

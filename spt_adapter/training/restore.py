@@ -45,8 +45,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.model import SPTModel
+from ..deploy.tiling import (  # noqa: F401  (DEFAULT_TILE_OVERLAP, MIN_STRIDE_FRACTION, tile_starts: public here too)
+    DEFAULT_TILE_OVERLAP,
+    MIN_STRIDE_FRACTION,
+    axis_weights,
+    check_tile_stride,
+    default_blend_for,
+    default_overlap_for,
+    float_channels,
+    tile_starts,
+    to_image,
+)
 from ..errors import PriorError, RestoreError
-from ..pixels import LUMA_BT601, to_uint8_channels
 
 __all__ = [
     "DEFAULT_TILE_OVERLAP",
@@ -64,9 +74,6 @@ __all__ = [
     "check_tile_stride",
     "tile_starts",
 ]
-
-#: LQ pixels shared by neighbouring tiles when ``tile_overlap`` is not given
-DEFAULT_TILE_OVERLAP = 32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,63 +275,10 @@ def check_channels(model: nn.Module, channels: int, what: str = "the adapter") -
 # ---------------------------------------------------------------------------------------------
 # tiles
 # ---------------------------------------------------------------------------------------------
-def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
-    """Start offsets of tiles of ``tile`` pixels over ``length`` with at least ``overlap`` shared pixels;
-    the last tile ends at ``length`` (no tile needs padding unless the image is smaller than a tile).
-    ``align``: every start is a multiple of it when ``length`` and ``tile`` are (the stride is rounded
-    down to a multiple of ``align``, at least ``align``), so a windowed backbone partitions every tile
-    on the whole image's window grid."""
-    if length <= tile:
-        return [0]
-    stride = max(align, (tile - overlap) // align * align)
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return starts
-
-
-#: the least share of a tile that must be new from one tile to the next (tile - overlap >= tile / 8):
-#: a smaller stride multiplies the work (stride 1 runs a tile per pixel) and buys no accuracy
-MIN_STRIDE_FRACTION = 8
-
-
-def check_tile_stride(tile: int, overlap: int, flag: str = "tile") -> None:
-    """Refuse an overlap that leaves tiles advancing by less than an eighth of their size."""
-    if overlap < 0 or tile <= overlap:
-        raise RestoreError(
-            f"{flag} {tile} must be larger than the tile overlap {overlap}: use a tile of at least "
-            f"{overlap + 1} pixels (or a smaller overlap)"
-        )
-    least = -(-tile // MIN_STRIDE_FRACTION)
-    if tile - overlap < least:
-        raise RestoreError(
-            f"{flag} {tile} with overlap {overlap} advances {tile - overlap} pixel(s) per tile; at least "
-            f"{least} (an eighth of the tile) is needed, else the work grows without bound: use an "
-            f"overlap of at most {tile - least} or a tile of at least "
-            f"{MIN_STRIDE_FRACTION * overlap // (MIN_STRIDE_FRACTION - 1) + 1}"
-        )
-
-
 def _axis_weights(starts: list[int], size: int, length: int, scale: int, blend: int, index: int) -> torch.Tensor:
-    """Weights (output pixels) of tile ``index`` along one axis: 1 inside, 0 beyond the seams with its
-    neighbours, a linear ramp of ``blend * scale`` output pixels centred on each seam."""
-    start, end = starts[index] * scale, min(starts[index] + size, length) * scale
-    pos = torch.arange(start, end, dtype=torch.float64) + 0.5
-    w = torch.ones(end - start, dtype=torch.float64)
-    # neighbouring seams lie (s[k+2] - s[k]) / 2 apart: ramps wider than that would overlap and the
-    # weights would no longer sum to one
-    gaps = [(b - a) / 2 for a, b in zip(starts, starts[2:], strict=False)]
-    width = min([blend] + gaps) * scale
-    for other, sign in ((index - 1, 1), (index + 1, -1)):
-        if not 0 <= other < len(starts):
-            continue
-        lo, hi = (starts[other], starts[index]) if sign > 0 else (starts[index], starts[other])
-        seam = (hi + min(lo + size, length)) / 2 * scale  # middle of the overlap
-        if width > 0:
-            ramp = ((pos - seam) / width + 0.5).clamp(0, 1)
-        else:
-            ramp = (pos >= seam).to(torch.float64)
-        w = w * (ramp if sign > 0 else 1 - ramp)
-    return w.to(torch.float32)
+    """Weights (output pixels) of tile ``index`` along one axis: :func:`spt_adapter.deploy.tiling.axis_weights`
+    (the torch-free runner blends with the very same numbers)."""
+    return torch.from_numpy(axis_weights(starts, size, length, scale, blend, index))
 
 
 def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
@@ -496,19 +450,14 @@ def restore_tensor(
 def default_overlap(model: nn.Module) -> int:
     """:data:`DEFAULT_TILE_OVERLAP`, or a CNN's receptive field (``2 * radius + 1``) when that is larger,
     so that tiling a CNN with the defaults gives its whole-image output."""
-    radius = receptive_radius(model)
-    return max(DEFAULT_TILE_OVERLAP, 2 * radius + 1) if radius is not None else DEFAULT_TILE_OVERLAP
+    return default_overlap_for(receptive_radius(model))
 
 
 def default_blend(model: nn.Module, overlap: int) -> int:
     """The cross-fade width used when none is given: as wide as the overlap allows while every
     contributing pixel stays at least a CNN's receptive radius from its tile's edge
     (``overlap - 2 * radius``, at most half the overlap); half the overlap for attention backbones."""
-    radius = receptive_radius(model)
-    half = overlap // 2
-    if radius is None:
-        return half
-    return max(0, min(half, overlap - 2 * radius))
+    return default_blend_for(receptive_radius(model), overlap)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,27 +475,7 @@ class RestoreInfo:
     extra: dict = field(default_factory=dict)
 
 
-def _float_channels(image: np.ndarray, channels: int, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(HxWxC float32 on [0,1] the network sees, HxWxC uint8 of it for the prior)."""
-    arr = np.asarray(image)
-    if arr.dtype.kind == "f":
-        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)):
-            raise RestoreError(f"{name}: expected an HxW or HxWxC image (C 1-4), got shape {arr.shape}")
-        if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
-            raise RestoreError(f"{name}: float images must be finite and lie in [0, 1]")
-        f = arr.astype(np.float32)
-        f = f[:, :, None] if f.ndim == 2 else f
-        if f.shape[2] in (2, 4):
-            f = f[:, :, : f.shape[2] - 1]
-        if channels == 1 and f.shape[2] == 3:
-            f = (LUMA_BT601[0] * f[:, :, :1] + LUMA_BT601[1] * f[:, :, 1:2] + LUMA_BT601[2] * f[:, :, 2:]).astype(
-                np.float32
-            )
-        elif channels == 3 and f.shape[2] == 1:
-            f = np.repeat(f, 3, axis=2)
-        return np.ascontiguousarray(f), np.rint(f * 255.0).astype(np.uint8)
-    u8 = to_uint8_channels(arr, channels, name=name)
-    return u8.astype(np.float32) / 255.0, u8
+_float_channels = float_channels  # the one conversion (deploy/tiling.py); the old name stays importable
 
 
 def restore(
@@ -634,10 +563,6 @@ def restore(
         )
     finally:
         model.train(was_training)
-    # channel by channel, in place: an 8192x8192 colour output is 805 MB as float32, and this adds only
+    # channel by channel (to_image): an 8192x8192 colour output is 805 MB as float32, and this adds only
     # the HxWxC result and one channel's temporary
-    arr = np.empty(out.shape[1:] + out.shape[:1], dtype=np.float32 if as_float else np.uint8)
-    for c in range(out.shape[0]):
-        arr[:, :, c] = out[c].numpy() if as_float else out[c].mul_(255.0).round_().to(torch.uint8).numpy()
-    del out
-    return arr[:, :, 0] if arr.shape[2] == 1 else arr
+    return to_image(out.numpy(), as_float)

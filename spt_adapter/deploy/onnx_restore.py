@@ -1,0 +1,190 @@
+"""Run a file written by `spt-adapter export` (ONNX) with onnxruntime and NumPy only: no PyTorch.
+
+    from spt_adapter.deploy.images import read_image
+    from spt_adapter.deploy.onnx_restore import load_onnx, restore_image
+    net = load_onnx("dncnn_spt.onnx")                               # backbone + units (+ student)
+    out = restore_image(net, read_image("photo.png"), tile=256)     # HxWx3 uint8 in, out
+
+The image is read, tiled, blended, clamped and rounded exactly as ``spt-adapter restore`` does
+(:mod:`spt_adapter.deploy.tiling`; ``spt-adapter restore --backbone FILE.onnx`` runs through here
+too). Files whose prior comes from a mask provider (metadata ``kind`` = ``prior``) need that
+provider, which needs the package's PyTorch code: the torch-free command refuses them
+(:func:`check_torch_free`); exports with a distilled student or the backbone alone read the image only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ExportError, RestoreError
+from .tiling import float_channels, restore_array, to_image
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "METADATA_FILE",
+    "OnnxNetwork",
+    "check_meta",
+    "check_torch_free",
+    "load_onnx",
+    "restore_image",
+]
+
+#: the ``format`` value of an exported file's metadata
+EXPORT_FORMAT = "spt-adapter-export"
+#: the TorchScript extra file holding the metadata (the same keys as ONNX's metadata_props)
+METADATA_FILE = "spt_adapter.json"
+
+
+def check_meta(meta: dict[str, str], source: str) -> None:
+    """Refuse a file that `spt-adapter export` did not write (no ``format`` metadata of ours)."""
+    if meta.get("format") != EXPORT_FORMAT:
+        raise ExportError(
+            f"{source} was not written by `spt-adapter export` (no {EXPORT_FORMAT!r} metadata): restore "
+            "reads its own exports only"
+        )
+
+
+class OnnxNetwork:
+    """An exported ONNX file in an onnxruntime session: ``net(x, prior=None)`` on (B,C,H,W) float32
+    NumPy arrays returns the output array; the metadata (:func:`~spt_adapter.training.export.export_info`)
+    gives the channels, size multiple, minimum tile and receptive radius the tiler needs."""
+
+    def __init__(self, session: Any, meta: dict[str, str], source: str) -> None:
+        self.session, self.meta, self.source = session, meta, source
+        self.format = "onnx"
+        self.kind = meta.get("kind", "backbone")
+        self.dtype = meta.get("dtype", "float32")
+        self.channels = int(meta.get("channels") or 3)
+        self.size_multiple = int(meta.get("size_multiple") or 1)
+        self.minimum_tile = int(meta.get("minimum_tile") or 1)
+        radius = meta.get("receptive_radius", "")
+        self.receptive_radius = int(radius) if radius not in ("", None) else None
+        self.prior = json.loads(meta.get("prior") or "{}")
+        self.prior_channels = int(meta.get("prior_channels") or 0)
+        self.input_names = [i.name for i in session.get_inputs()]
+        self._np_dtype = np.float16 if self.dtype == "float16" else np.float32
+
+    @property
+    def needs_prior(self) -> bool:
+        return self.kind == "prior"
+
+    def run(self, x: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
+        """One session run, as the file was traced (no batch splitting, no checks)."""
+        feed = {"image": np.asarray(x).astype(self._np_dtype, copy=False)}
+        if "prior" in self.input_names:
+            assert prior is not None  # __call__ refuses a missing prior
+            feed["prior"] = np.asarray(prior).astype(self._np_dtype, copy=False)
+        return self.session.run(None, feed)[0]
+
+    def __call__(self, x: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
+        if self.needs_prior and prior is None:
+            raise RestoreError(
+                f"{self.source} reads a prior ({self.prior_channels} channel(s)) beside the image; none was given"
+            )
+        prior = prior if self.needs_prior else None
+        if self.meta.get("batch") == "1" and x.shape[0] > 1:  # a file traced for one image per call
+            return np.concatenate(
+                [self.run(x[i : i + 1], None if prior is None else prior[i : i + 1]) for i in range(x.shape[0])]
+            )
+        return self.run(x, prior)
+
+    def __repr__(self) -> str:
+        return f"OnnxNetwork({self.source!r}, kind={self.kind})"
+
+
+def default_threads() -> int | None:
+    """onnxruntime's intra-op threads: ``$OMP_NUM_THREADS`` when it is a positive number, else its default."""
+    n = os.environ.get("OMP_NUM_THREADS")
+    return int(n) if n and n.isdigit() and int(n) > 0 else None
+
+
+def load_onnx(
+    source: bytes | str | os.PathLike,
+    *,
+    threads: int | None = None,
+    providers: list[str] | None = None,
+    name: str | None = None,
+) -> OnnxNetwork:
+    """Open an exported ONNX file (a path, or its bytes) in onnxruntime. ``threads``: intra-op threads;
+    ``providers``: execution providers (CPU by default). Refuses what onnxruntime cannot load and
+    files that `spt-adapter export` did not write, with one line naming the file."""
+    if isinstance(source, (bytes, bytearray)):
+        label, data = name or "<exported bytes>", bytes(source)
+    else:
+        label = name or str(source)
+        if not Path(source).is_file():
+            raise ExportError(f"exported file {source} does not exist")
+        data = Path(source).read_bytes()
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError(f"{label} is an ONNX file: running it needs onnxruntime (pip install onnxruntime)") from None
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(data, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own classes for unreadable files
+        raise ExportError(f"{label}: onnxruntime cannot load it ({str(exc).strip().splitlines()[0][:200]})") from None
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    check_meta(meta, label)
+    return OnnxNetwork(session, meta, label)
+
+
+def check_torch_free(net: OnnxNetwork) -> None:
+    """Refuse an export that reads a prior from a mask provider: computing it needs the provider and
+    the package's PyTorch code, which this runner does without."""
+    if net.needs_prior:
+        provider = dict(net.prior.get("provider") or {})
+        what = provider.get("provider") or "a mask provider"
+        if provider.get("method"):
+            what = f"{what} ({provider['method']})"
+        raise RestoreError(
+            f"{net.source} reads a prior computed by {what} (export kind 'prior'); the torch-free runner "
+            "restores only exports with a distilled prior or none: run `spt-adapter restore --backbone "
+            f"{net.source}` with PyTorch installed, or export an adapter trained with a prior student"
+        )
+
+
+def restore_image(
+    net: OnnxNetwork,
+    image: Any,
+    prior: Any = None,
+    *,
+    tile: int | None = None,
+    tile_overlap: int | None = None,
+    tile_blend: int | None = None,
+    channels: int | None = None,
+    info: Any = None,
+) -> np.ndarray:
+    """Restore one image (NumPy ``HxW``/``HxWxC``, uint8/uint16 or float on [0, 1]) with an exported
+    file: ``HxWx3`` (``HxW`` for grey files) uint8 for integer inputs, float32 on [0, 1] for float
+    ones. ``prior``: the whole image's prior, for a file that reads one (None otherwise). Tiling as
+    :func:`~spt_adapter.deploy.tiling.restore_array` with the file's size multiple, minimum tile
+    and receptive radius."""
+    n_in = channels or net.channels
+    if n_in != net.channels:
+        raise RestoreError(f"{net.source} takes {net.channels}-channel images, not {n_in}")
+    if net.needs_prior and prior is None:
+        raise RestoreError(f"{net.source} reads a prior: compute it with the provider its metadata records")
+    as_float = np.asarray(image).dtype.kind == "f"
+    x_np, _ = float_channels(image, n_in, "image")
+    out = restore_array(
+        net,
+        x_np.transpose(2, 0, 1),
+        prior if net.needs_prior else None,
+        multiple=net.size_multiple,
+        tile=tile,
+        tile_overlap=tile_overlap,
+        tile_blend=tile_blend,
+        minimum=net.minimum_tile,
+        radius=net.receptive_radius,
+        info=info,
+    )
+    return to_image(out, as_float)
