@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..deploy.outputs import (  # noqa: F401  (expand_inputs, output_paths, png_bytes: importable from here too)
+from ..deploy.outputs import (
     check_existing,
     expand_inputs,
     output_paths,
