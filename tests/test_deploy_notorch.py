@@ -199,6 +199,10 @@ def test_existing_outputs_are_kept_unless_overwrite(exported, tmp_path, capsys):
     assert deploy_main([*argv, "--skip-existing"]) == 0  # kept; the other two written
     assert mine.read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["grey.png", "odd.png", "rgba.png"]
     assert "2 restored, 1 skipped" in capsys.readouterr().err
+    (out / "grey.png").write_bytes(b"cut short")  # an interrupted output does not count as done
+    assert deploy_main([*argv, "--skip-existing"]) == 0
+    assert "1 restored, 2 skipped" in capsys.readouterr().err and mine.read_bytes() == before
+    assert np.asarray(Image.open(out / "grey.png")).shape == (37, 53, 3)
     assert deploy_main([*argv, "--overwrite"]) == 0
     assert np.asarray(Image.open(mine)).shape == (45, 67, 3)
 

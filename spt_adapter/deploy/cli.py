@@ -124,12 +124,15 @@ def restore(args: argparse.Namespace) -> int:
     say = (lambda *a: None) if args.quiet else (lambda text: print(text, file=sys.stderr))
     tiling = f"tiles {args.tile}" if args.tile else "whole images"
     say(f"restore: {len(paths)} image(s) -> {out}; exported onnx {args.backbone} ({net.kind}); {tiling}")
-    done, skipped, failed = 0, 0, []
+    done, skipped, failed, redone = 0, 0, [], []
     t0 = time.perf_counter()
     for path, target in zip(paths, targets, strict=True):
-        if args.skip_existing and target.is_file() and unfinished_output(target, path, None) is None:
-            skipped += 1
-            continue
+        if args.skip_existing and target.is_file():
+            reason = unfinished_output(target, path, None)
+            if reason is None:
+                skipped += 1
+                continue
+            redone.append((target, reason))
         try:
             image = read_image(path, net.channels)
         except SPTError as exc:
@@ -146,6 +149,8 @@ def restore(args: argparse.Namespace) -> int:
     )
     for path, reason in failed:
         say(f"  unreadable: {path}: {reason}")
+    for target, reason in redone:
+        say(f"  redone (--skip-existing found an unfinished output): {target}: {reason}")
     return EXIT_OK
 
 
