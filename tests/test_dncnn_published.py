@@ -110,6 +110,7 @@ def test_eval_pre_upsampled_sr_grey_backbone_reads_and_scores_the_y_channel(tmp_
                 str(tmp_path / "hq"),
                 "--task",
                 "sr:3",
+                "--pre-upsampled",
                 "--out",
                 str(out),
                 "--no-progress",
@@ -163,6 +164,7 @@ def test_eval_pre_upsampled_sr_colour_backbone_and_the_adapter_refusal(tmp_path,
                 str(tmp_path / "hq"),
                 "--task",
                 "sr:2",
+                "--pre-upsampled",
                 "--out",
                 str(out),
                 "--no-progress",
@@ -204,6 +206,35 @@ def test_eval_pre_upsampled_sr_colour_backbone_and_the_adapter_refusal(tmp_path,
     )
     err = capsys.readouterr().err
     assert "pre-upsampled SR" in err and "--no-adapter" in err and "Traceback" not in err
+
+
+def test_eval_pre_upsampled_sr_is_asked_for_by_name(tmp_path, capsys):
+    """A x1 backbone given sr:<s> without --pre-upsampled is refused (naming the flag), not silently
+    scored on upsampled input; the flag on a denoising task, on a x2 backbone, or with an adapter
+    is refused too. Nothing is written in any of these cases."""
+    net = _dncnn(3)
+    ckpt = _save(net, tmp_path / "dncnn_rgb.safetensors")
+    _photos(tmp_path / "hq")
+    base = ["eval", "--backbone", str(ckpt), "--data", str(tmp_path / "hq"), "--no-progress", "--crops", "0"]
+    cases = [
+        (["--no-adapter", "--task", "sr:2"], "add --pre-upsampled"),
+        (["--no-adapter", "--task", "denoise:25", "--pre-upsampled"], "is for --task sr:<scale>"),
+        (["--adapter", str(tmp_path / "none.safetensors"), "--task", "sr:2", "--pre-upsampled"], "--no-adapter"),
+    ]
+    for i, (extra, says) in enumerate(cases):
+        out = tmp_path / f"ev{i}"
+        capsys.readouterr()
+        assert main([*base, *extra, "--out", str(out)]) != 0, extra
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()
+    from spt_adapter.commands.eval import check_pre_upsampled
+    from spt_adapter.errors import SPTError
+
+    for scale in (2, None):  # a backbone that upscales by itself (or may) gets no upsampled input
+        with pytest.raises(SPTError, match="drop --pre-upsampled"):
+            check_pre_upsampled("sr:2", scale, "net")
+    check_pre_upsampled("sr:2", 1, "net")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -261,7 +292,7 @@ def _mean(ckpt: Path, data: Path, task: str, out: Path, *extra: str) -> tuple[fl
 @pytest.mark.parametrize("testset, published", [("Set5", (31.40, 0.8845)), ("Set14", (28.04, 0.7672))])
 def test_dncnn3_sr_x4_reproduces_the_published_psnr(tmp_path, testset, published):
     ckpt = _convert("DnCNN3", tmp_path)
-    psnr, ssim = _mean(ckpt, Path(DNCNN_ROOT) / "testsets" / testset, "sr:4", tmp_path / "ev")
+    psnr, ssim = _mean(ckpt, Path(DNCNN_ROOT) / "testsets" / testset, "sr:4", tmp_path / "ev", "--pre-upsampled")
     assert abs(psnr - published[0]) <= 0.05 and abs(ssim - published[1]) <= 0.002, (psnr, ssim)
 
 

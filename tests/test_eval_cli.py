@@ -246,3 +246,33 @@ def test_sr_eval_scores_y_channel_with_border_crop(tmp_path, capsys):
     assert abs(float(row["spt_psnr"]) - expected) < 1e-4
     assert abs(metrics.psnr(sr, gt) - expected) > 1e-3  # not the RGB number
     assert "Y channel, border 2" in (out / "eval.md").read_text()
+
+
+def test_validation_during_training_pads_as_eval_does():
+    """make_val_fn pads the input only to what the backbone needs (a CNN: nothing), as ``eval`` does:
+    padding a CNN's input to 16 changes its border pixels, so training's validation scored other
+    numbers than ``eval`` on the same images."""
+    import spt_adapter
+    from spt_adapter.training.evaluate import make_val_fn
+    from spt_adapter.training.restore import restore_tensor
+
+    torch.manual_seed(0)
+    convs = [torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU()]
+    convs += [torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 3, 3, padding=1)]
+    model = spt_adapter.inject(torch.nn.Sequential(*convs), ["2"])
+    rng = np.random.default_rng(0)
+    gt = torch.from_numpy(rng.random((3, 37, 29), dtype=np.float32))
+    lq = (gt + 0.1 * torch.from_numpy(rng.standard_normal((3, 37, 29)).astype(np.float32))).clamp(0, 1)
+    sample = {"lq": lq, "gt": gt, "prior": torch.zeros(1, 37, 29)}
+    got = make_val_fn(lambda: [sample], "denoise:25")(model)["psnr"]
+
+    def psnr_at(multiple: int) -> float:
+        with torch.no_grad():
+            out = restore_tensor(model, lq, sample["prior"], multiple=multiple)
+        out8 = (out.clamp(0, 1) * 255).round().permute(1, 2, 0).numpy().astype(np.uint8)
+        gt8 = (gt * 255).round().permute(1, 2, 0).numpy().astype(np.uint8)
+        return metrics.psnr(out8, gt8, **metrics.metric_settings("denoise:25"))
+
+    assert got == pytest.approx(psnr_at(1), abs=1e-9)
+    assert abs(psnr_at(16) - psnr_at(1)) > 1e-4  # the old padding scored other numbers
+    assert make_val_fn(lambda: [sample], "denoise:25", multiple=16)(model)["psnr"] == pytest.approx(psnr_at(16))

@@ -402,3 +402,36 @@ def test_traced_prior_resize_is_torch_nearest_exact(src, dst):
     prior = torch.arange(2 * src[0] * src[1], dtype=torch.float32).reshape(1, 2, *src)
     want = torch.nn.functional.interpolate(prior, size=dst, mode="nearest-exact")
     assert torch.equal(_nearest_exact_gather(prior, dst), want)
+
+
+def test_hat_exports_to_both_formats_and_dat_onnx_is_refused_by_name(tmp_path):
+    """HAT (spandrel) with units and a student exports to ONNX and TorchScript and matches PyTorch at
+    other sizes; DAT exports to TorchScript, but onnxruntime cannot run its exported position bias
+    (a LayerNormalization over a zero-size axis once the window size is dynamic): one ExportError
+    naming the cause and the other format, nothing written -- not the runtime's own error."""
+    from _archs import dat, hat
+
+    for name, build, targets in (("hat", hat, ["layers.*.residual_group"]), ("dat", dat, ["layers.*"])):
+        torch.manual_seed(0)
+        if name == "hat":
+            bb = spt_adapter.load_backbone(_save(build().eval(), tmp_path / f"{name}.safetensors"))
+            net, descriptor = bb.model, bb.descriptor
+        else:  # spandrel does not detect a DAT this small from its weights: the module itself
+            net, descriptor = build(), None
+        cfg = spt_adapter.SPTConfig(targets=targets, hidden=8, student={"width": 8, "depth": 3})
+        model = spt_adapter.inject(net.eval(), config=cfg).eval()
+        g = torch.Generator().manual_seed(7)
+        with torch.no_grad():
+            for _, p in model.unit_parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.5)
+        formats = ("onnx", "pt") if name == "hat" else ("pt",)
+        for suffix in formats:
+            out = tmp_path / f"{name}.{suffix}"
+            export(model, out, descriptor=descriptor)
+            fmt = "onnx" if suffix == "onnx" else "torchscript"
+            assert parity(out, fmt, model, descriptor=descriptor, sizes=[(24, 20), (19, 29)]) <= PARITY_ATOL
+        if name == "dat":
+            with pytest.raises(ExportError, match="does not run at .*try the other format: torchscript") as err:
+                export(model, tmp_path / "dat.onnx", descriptor=descriptor)
+            assert "\n" not in str(err.value)
+            assert not (tmp_path / "dat.onnx").exists()

@@ -11,11 +11,13 @@ The prior is rebuilt with the provider recorded in the adapter unless flags say 
 ``--noise kair`` draws the noise as KAIR's ``main_test_dncnn.py`` does (the default for grey
 backbones, whose benchmarks are KAIR's); ``--noise spt`` is the training pipeline's noise.
 
-*Pre-upsampled SR*: a backbone whose recorded scale is 1 given ``--task sr:<s>`` (DnCNN-3, VDSR,
-SRCNN) is scored the way those papers do: the LR image (MATLAB-style bicubic, 8 bits) is
-bicubic-upsampled by ``s`` before the x1 network; a grey backbone reads the Y channel of YCbCr and
+*Pre-upsampled SR* (``--pre-upsampled``, asked for by name): a x1 backbone given ``--task sr:<s>``
+(DnCNN-3, VDSR, SRCNN) is scored the way those papers do: the LR image (MATLAB-style bicubic, 8 bits)
+is bicubic-upsampled by ``s`` before the x1 network; a grey backbone reads the Y channel of YCbCr and
 is scored on it (``Demo_test_DnCNN3.m``'s protocol). Only with ``--no-adapter`` (no adapter can be
-trained for it yet); a backbone of unknown scale is taken to upscale by itself.
+trained for it yet). Without the flag a x1 backbone given ``sr:<s>`` is refused (a denoiser given the
+wrong task is not silently scored as an upsampler); a backbone of unknown scale is taken to upscale
+by itself.
 """
 
 from __future__ import annotations
@@ -63,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         type=task_type,
         help="denoise:<sigma> or sr:<scale> (default: the task recorded in the adapter)",
+    )
+    parser.add_argument(
+        "--pre-upsampled",
+        action="store_true",
+        help="with --task sr:<s> and a x1 backbone (DnCNN-3, VDSR, SRCNN): bicubic-upsample the LR image "
+        "by s before the network, Y channel for a grey backbone (their papers' protocol; --no-adapter only)",
     )
     add_prior_arguments(parser)
     parser.add_argument(
@@ -161,9 +169,11 @@ def run(args) -> int:
         if args.task is None:
             raise SPTError("--no-adapter needs --task denoise:<sigma> or sr:<scale>")
         model, _, described = load_backbone_from_args(args, require_targets=False)
-        upsampled = pre_upsampled(args.task, args._scale)
-        if not upsampled:
-            check_task_scale(args.task, args._scale, described)
+        upsampled = args.pre_upsampled
+        if upsampled:
+            check_pre_upsampled(args.task, args._scale, described)
+        else:
+            check_task_scale_or_hint(args.task, args._scale, described)
         provider = None
         what = "backbone alone"
         if upsampled:
@@ -172,6 +182,11 @@ def run(args) -> int:
                 "network" + (", which reads the Y channel" if args._channels == 1 else "")
             )
     else:
+        if args.pre_upsampled:
+            raise SPTError(
+                "--pre-upsampled scores a x1 backbone on upsampled input with --no-adapter only (no adapter "
+                "is trained on upsampled input yet): add --no-adapter and drop --adapter"
+            )
         upsampled = False
         model, provider, described, what = _with_adapter(args)  # provider None: the adapter makes its own prior
     if args.noise is None:
@@ -234,9 +249,31 @@ def task_scale(task: str) -> int:
 
 
 def pre_upsampled(task: str, backbone_scale: int | None) -> bool:
-    """Whether ``task`` on a backbone of ``backbone_scale`` is pre-upsampled SR: an ``sr:<s>`` task on a
-    backbone recorded as x1. A backbone of unknown scale (None) is taken to upscale by itself."""
+    """Whether ``task`` on a backbone of ``backbone_scale`` can be pre-upsampled SR: an ``sr:<s>`` task
+    on a backbone recorded as x1. A backbone of unknown scale (None) is taken to upscale by itself."""
     return backbone_scale == 1 and task_scale(task) > 1
+
+
+def check_pre_upsampled(task: str, backbone_scale: int | None, described: str) -> None:
+    """``--pre-upsampled`` needs an ``sr:<s>`` task and a backbone recorded as x1."""
+    if not task.startswith("sr:"):
+        raise SPTError(f"--pre-upsampled is for --task sr:<scale>, not {task}: drop --pre-upsampled")
+    if not pre_upsampled(task, backbone_scale):
+        scale = "of unknown scale" if backbone_scale is None else f"x{backbone_scale}"
+        raise SPTError(
+            f"--pre-upsampled feeds upsampled input to a x1 backbone, but {described} is {scale}: drop "
+            "--pre-upsampled (the backbone upscales by itself)"
+        )
+
+
+def check_task_scale_or_hint(task: str, backbone_scale: int | None, described: str) -> None:
+    """:func:`check_task_scale`, naming ``--pre-upsampled`` when a x1 backbone is given ``sr:<s>``."""
+    if pre_upsampled(task, backbone_scale):
+        raise SPTError(
+            f"--task {task} needs a x{task_scale(task)} backbone but {described} is x1: add --pre-upsampled "
+            "to score it on bicubic-upsampled input (DnCNN-3, VDSR, SRCNN), or use --task denoise:<sigma>"
+        )
+    check_task_scale(task, backbone_scale, described)
 
 
 def _no_prior(image):
@@ -265,9 +302,9 @@ def _with_adapter(args):
     model, _, described = load_backbone_from_args(args, require_targets=False)  # targets come from the adapter
     if pre_upsampled(args.task, args._scale):
         raise SPTError(
-            f"--task {args.task} on the x1 backbone {described} is pre-upsampled SR, which eval scores "
-            "with --no-adapter only (no adapter is trained on upsampled input yet): add --no-adapter "
-            "and drop --adapter, or use a x"
+            f"--task {args.task} needs a x{task_scale(args.task)} backbone but {described} is x1; "
+            "pre-upsampled SR of a x1 backbone is scored with --no-adapter --pre-upsampled only (no "
+            "adapter is trained on upsampled input yet): drop --adapter, or use a x"
             f"{task_scale(args.task)} backbone"
         )
     check_task_scale(args.task, args._scale, described)

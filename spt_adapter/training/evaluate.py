@@ -24,7 +24,7 @@ from .._io import atomic_write_bytes
 from ..core.model import SPTModel
 from . import metrics
 from .data import parse_task
-from .restore import restore_tensor
+from .restore import restore_tensor, size_multiple
 
 __all__ = ["EvalResult", "evaluate", "compare_strip", "task_scale", "make_val_fn", "markdown_table"]
 
@@ -240,16 +240,20 @@ def evaluate(
 
 
 def make_val_fn(
-    samples_factory: Callable[[], Iterable[dict[str, Any]]], task: str, multiple: int = 16
+    samples_factory: Callable[[], Iterable[dict[str, Any]]], task: str, multiple: int | None = None
 ) -> Callable[[SPTModel], dict[str, float]]:
-    """A ``val_fn`` for :func:`spt_adapter.training.train.train_units`: mean PSNR/SSIM of backbone + SPT."""
+    """A ``val_fn`` for :func:`spt_adapter.training.train.train_units`: mean PSNR/SSIM of backbone + SPT.
+    ``multiple``: what the input is padded to; default: only what the backbone needs
+    (:func:`~spt_adapter.training.restore.size_multiple`), as ``eval`` pads -- padding a CNN's input
+    changes its border pixels, so validation during training scores what ``eval`` scores."""
     scale = task_scale(task)
     settings = metrics.metric_settings(task)
 
     def val(model: SPTModel) -> dict[str, float]:
         ps, ss = [], []
+        pad = size_multiple(model) if multiple is None else multiple
         for sample in samples_factory():
-            out8 = _uint8(restore_tensor(model, sample["lq"], sample.get("prior"), scale=scale, multiple=multiple))
+            out8 = _uint8(restore_tensor(model, sample["lq"], sample.get("prior"), scale=scale, multiple=pad))
             gt8 = _uint8(sample["gt"])[: out8.shape[0], : out8.shape[1]]
             ps.append(metrics.psnr(out8[: gt8.shape[0], : gt8.shape[1]], gt8, **settings))
             ss.append(metrics.ssim(out8[: gt8.shape[0], : gt8.shape[1]], gt8, **settings))

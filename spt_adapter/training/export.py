@@ -416,7 +416,14 @@ def parity(
                 for b in range(batch)
             ]
         )
-        got = runner(inputs[0].to(dtype), None if p is None else p.to(dtype))
+        try:
+            got = runner(inputs[0].to(dtype), None if p is None else p.to(dtype))
+        except Exception as exc:  # the runtime refuses the exported graph (DAT's position bias in onnxruntime)
+            other = " (try the other format: torchscript)" if fmt == "onnx" else ""
+            raise ExportError(
+                f"the exported {fmt} file does not run at {size[0]}x{size[1]}: {_first_line(exc)}{other}; "
+                "nothing was written"
+            ) from None
         if tuple(got.shape) != tuple(ref.shape):
             raise ExportError(f"the {fmt} export gives shape {tuple(got.shape)} at {size}, PyTorch {tuple(ref.shape)}")
         worst = max(worst, float((got.detach().float().cpu().clamp(0, 1) - ref.cpu().clamp(0, 1)).abs().max()))
