@@ -10,8 +10,12 @@
 #   prior_speed  benchmarks/prior_speed.py --device cuda  (our SAM mask generator vs stock, fp32 and bf16)
 #   train_amp    `spt-adapter train` on CUDA with mixed precision (bf16 autocast), random-weight SwinIR-light x2
 #   restore      `spt-adapter restore` whole and tiled on a large photo, plus benchmarks/restore_speed.py
+#   export_half  `spt-adapter export --half` (float16, traced and parity-checked on CUDA) of the trained
+#                SwinIR-light adapter to ONNX and TorchScript (each export checks its parity), then
+#                `restore` through the TorchScript file on the device; the dry
+#                run exports float32 on the CPU (--half needs CUDA)
 # --dry-run runs the same steps on the CPU at tiny sizes (CI runs it, so the suite cannot rot);
-# its numbers mean nothing. Budget on one H200: under 8 minutes.
+# its numbers mean nothing. Budget on one H200: under 9 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=gpu_suite_out
@@ -104,6 +108,30 @@ restore_step() {
   if [ "$DRY" = 1 ]; then "$PY" benchmarks/restore_speed.py --device "$DEV" --quick; else "$PY" benchmarks/restore_speed.py --device "$DEV" --sizes 2048; fi
 }
 
+export_half() {
+  local half=(--half)
+  if [ "$DRY" = 1 ]; then half=(); fi
+  echo "| format | dtype | export s (incl. parity check) | restore s (TorchScript on the device) | file MB |"
+  echo "| --- | --- | --- | --- | --- |"
+  for fmt in onnx torchscript; do
+    local ext=onnx; [ "$fmt" = torchscript ] && ext=pt
+    local file="$OUT/swinir_spt_half.$ext"
+    rm -f "$file"; rm -rf "$OUT/restored_$fmt"
+    local t0=$SECONDS
+    "${CLI[@]}" export --backbone "$FIX/swinir_light_x2.safetensors" --adapter "$OUT/train_run" \
+        --format "$fmt" --out "$file" --device "$DEV" "${half[@]}" >&2 || return $?
+    local t1=$SECONDS
+    local took="-"
+    if [ "$fmt" = torchscript ]; then  # onnxruntime here is the CPU build: its parity check ran inside export
+      "${CLI[@]}" restore "$FIX/photo" --backbone "$file" --out "$OUT/restored_$fmt" --device "$DEV" \
+          --prior-cache "$OUT/priors" --no-progress >&2 || return $?
+      took=$((SECONDS - t1))
+    fi
+    local dtype=float32; [ ${#half[@]} -gt 0 ] && dtype=float16
+    echo "| $fmt | $dtype | $((t1 - t0)) | $took | $(du -m "$file" | cut -f1) |"
+  done
+}
+
 step env env_report
 if [ "$DRY" = 1 ]; then
   "$PY" benchmarks/_gpu_fixtures.py "$FIX" --quick > "$OUT/fixtures.log" 2>&1 || { echo "fixtures failed" >&2; cat "$OUT/fixtures.log" >&2; exit 1; }
@@ -116,5 +144,6 @@ else
 fi
 step train_amp train_amp
 step restore restore_step
+step export_half export_half
 cat "$OUT/summary.md"
 exit $FAILED
