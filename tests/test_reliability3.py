@@ -592,7 +592,8 @@ def test_c16_masks_shard_settings_are_one_line(tmp_path, capsys, monkeypatch, en
 def test_b13_sigterm_saves_the_steps_since_the_last_checkpoint(run_env, tmp_path):
     """Before: SIGTERM (kill, a scheduler's timeout) killed the process: every step since the last
     checkpoint was lost (here all of them: --save-every 0). The signal is real; the only hook sends it
-    to the process itself as step 4 begins."""
+    to the process itself as step 4 begins: step 4 finishes (a signal never splits an update from its
+    count), then the run stops with 4 steps saved."""
     import subprocess
 
     from spt_adapter.training.train import adapter_step
@@ -622,7 +623,7 @@ def test_b13_sigterm_saves_the_steps_since_the_last_checkpoint(run_env, tmp_path
     )
     assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
     assert "interrupted" in proc.stderr and "--resume" in proc.stderr
-    assert adapter_step(out / "spt_adapter.safetensors") == 3
+    assert adapter_step(out / "spt_adapter.safetensors") == 4
 
 
 def test_b13_the_log_seconds_continue_across_resume(run_env, tmp_path, capsys):
@@ -998,3 +999,53 @@ def test_d18_resume_with_another_batch_or_seed_is_refused(run_env, tmp_path, cap
     code, _, err = _run(argv, capsys)
     assert code == 1 and words in _one_line_error(err)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_an_interrupt_during_the_update_is_taken_after_the_step_is_counted(run_env, tmp_path):
+    """Before: Ctrl-C (or SIGTERM) landing right after the optimizer's update, before the step counter
+    moved, saved an adapter that said step N but held N+1 updates. The signal is real, sent by the
+    process to itself inside the 3rd update; the saved step must equal the updates applied, and the
+    units must equal those of an uninterrupted run's step 3."""
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    from spt_adapter.training.train import adapter_step
+
+    def run(out, stop: bool, iters: int):
+        argv = run_env["argv"](
+            run_env["ckpt"], run_env["data"], out, run_env["cache"], "--schedule", "constant", iters=iters
+        )
+        argv = [str(a) for a in argv]  # a constant learning rate: the first 3 steps do not depend on --iters
+        code = (
+            "import os, signal, sys, torch\n"
+            "real = torch.optim.Adam.step\n"
+            "calls = []\n"
+            "def counted(self, *a, **k):\n"
+            "    out = real(self, *a, **k)\n"
+            "    calls.append(1)\n"
+            f"    if {stop} and len(calls) == 3:  # the update is applied; the counter has not moved yet\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "    return out\n"
+            "torch.optim.Adam.step = counted\n"
+            "from spt_adapter.cli import main\n"
+            "try:\n"
+            f"    code = main({argv!r})\n"
+            "finally:\n"
+            "    print('UPDATES', len(calls), file=sys.stderr)\n"
+            "sys.exit(code)\n"
+        )
+        env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+
+    proc = run(tmp_path / "stopped", True, 50)
+    assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
+    assert "UPDATES 3" in proc.stderr
+    assert adapter_step(tmp_path / "stopped" / "spt_adapter.safetensors") == 3
+    ref = run(tmp_path / "three", False, 3)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    got = load_file(str(tmp_path / "stopped" / "spt_adapter.safetensors"))
+    want = load_file(str(tmp_path / "three" / "spt_adapter.safetensors"))
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k

@@ -35,8 +35,11 @@ a 2-process run with ``batch=b`` sees exactly the samples of a 1-process run wit
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -230,6 +233,32 @@ class _Stepper:
         return loss.detach()
 
 
+@contextlib.contextmanager
+def _interrupts_after_the_step() -> Iterator[None]:
+    """Ctrl-C or SIGTERM inside the block takes effect when it ends: a signal landing between the
+    optimizer's update and the step counter would leave a checkpoint that says step N but holds N+1
+    updates. A second signal inside the block interrupts at once (a step that does not end). Only the
+    main thread can set handlers; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum, frame):
+        if pending:  # asked twice: do not wait for the step
+            raise KeyboardInterrupt(f"signal {signum}")
+        pending.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if pending:
+            signal.raise_signal(pending[0])  # delivered to the handler the caller had (KeyboardInterrupt)
+
+
 def train_units(
     model: SPTModel,
     dataset: Dataset,
@@ -326,8 +355,9 @@ def train_units(
                 if distilled and settings.student_steps and step == settings.student_steps:
                     optimizer.state.clear()  # the joint steps start with fresh Adam moments
                 lr = lr_at(step, settings)
-                loss = stepper(lq, gt, prior, step, lr)
-                step += 1
+                with _interrupts_after_the_step():  # an update is never applied without being counted
+                    loss = stepper(lq, gt, prior, step, lr)
+                    step += 1
                 running += float(loss)
                 count += 1
                 if bar is not None:
