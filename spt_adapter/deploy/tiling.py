@@ -125,6 +125,23 @@ def check_tiling(
         raise RestoreError(f"{prefix}tile-blend {blend} exceeds the tile overlap {used}")
 
 
+def tile_grid(
+    hp: int, wp: int, *, tile: int, overlap: int, blend: int, minimum: int, multiple: int
+) -> tuple[int, list[int], list[int]]:
+    """The tiles of an image already padded to ``multiple`` (``hp x wp``): ``(size, row starts,
+    column starts)``, tiles a multiple in size starting on multiples, so that a windowed backbone sees
+    the whole image's window grid in every tile. Refuses a tile below ``minimum``, an overlap the tile
+    cannot advance past and a blend outside [0, overlap]. Both tilers (PyTorch's ``restore_tensor``
+    and :func:`restore_array`) place their tiles with it."""
+    if tile < minimum:
+        raise RestoreError(f"tile {tile} is smaller than the backbone needs: use a tile of at least {minimum} pixels")
+    check_tile_stride(tile, overlap)
+    if not 0 <= blend <= overlap:
+        raise RestoreError(f"tile blend {blend} must lie between 0 and the overlap {overlap}")
+    size = max(multiple, tile // multiple * multiple)
+    return size, tile_starts(hp, size, overlap, multiple), tile_starts(wp, size, overlap, multiple)
+
+
 def axis_weights(starts: list[int], size: int, length: int, scale: int, blend: int, index: int) -> np.ndarray:
     """Weights (output pixels, float32) of tile ``index`` along one axis: 1 inside, 0 beyond the seams
     with its neighbours, a linear ramp of ``blend * scale`` output pixels centred on each seam
@@ -257,23 +274,15 @@ def restore_array(
         tiles = 1
     else:
         overlap = default_overlap_for(radius) if tile_overlap is None else int(tile_overlap)
-        if tile < minimum:
-            raise RestoreError(
-                f"tile {tile} is smaller than the backbone needs: use a tile of at least {minimum} pixels"
-            )
-        check_tile_stride(tile, overlap)
         blend = default_blend_for(radius, overlap) if tile_blend is None else int(tile_blend)
-        if not 0 <= blend <= overlap:
-            raise RestoreError(f"tile blend {blend} must lie between 0 and the overlap {overlap}")
-        # the padded image is tiled (tiles a multiple in size, starting on multiples): every tile sees
-        # the whole image's window grid and border padding, as in restore_tensor
+        # the padded image is tiled: every tile sees the whole image's window grid and border padding,
+        # as in restore_tensor (the same loop in PyTorch: keep the two alike)
         k = None if p is None else p.shape[-2] // h
         xp, ph, pw = pad_to(xb, multiple)
         if p is not None and k is not None and (ph or pw):
             p = np.pad(p.astype(np.float32), [(0, 0), (0, 0), (0, ph * k), (0, pw * k)], mode="edge")
         hp, wp = xp.shape[-2:]
-        size = max(multiple, tile // multiple * multiple)
-        ys, xs = tile_starts(hp, size, overlap, multiple), tile_starts(wp, size, overlap, multiple)
+        size, ys, xs = tile_grid(hp, wp, tile=tile, overlap=overlap, blend=blend, minimum=minimum, multiple=multiple)
         acc: np.ndarray | None = None
         tiles = 0
         for i, y0 in enumerate(ys):

@@ -53,6 +53,7 @@ from ..deploy.tiling import (  # noqa: F401  (DEFAULT_TILE_OVERLAP, MIN_STRIDE_F
     default_blend_for,
     default_overlap_for,
     float_channels,
+    tile_grid,
     tile_starts,
     to_image,
 )
@@ -399,12 +400,7 @@ def restore_tensor(
     else:
         overlap = default_overlap(model) if tile_overlap is None else int(tile_overlap)
         least = minimum_tile(model) if minimum is None else minimum
-        if tile < least:
-            raise RestoreError(f"tile {tile} is smaller than the backbone needs: use a tile of at least {least} pixels")
-        check_tile_stride(tile, overlap)
         blend = default_blend(model, overlap) if tile_blend is None else int(tile_blend)
-        if not 0 <= blend <= overlap:
-            raise RestoreError(f"tile blend {blend} must lie between 0 and the overlap {overlap}")
         # Tile the image padded exactly as the whole-image path pads it (reflection to the size
         # multiple), with tiles a multiple in size starting on multiples: a windowed backbone (SwinIR,
         # HAT) then sees the whole image's window grid and border padding in every tile, and the last
@@ -414,8 +410,8 @@ def restore_tensor(
         if p is not None and k is not None and (ph or pw):
             p = F.pad(p.float(), (0, pw * k, 0, ph * k), mode="replicate")
         hp, wp = xp.shape[-2:]
-        size = max(multiple, tile // multiple * multiple)
-        ys, xs = tile_starts(hp, size, overlap, multiple), tile_starts(wp, size, overlap, multiple)
+        # the same placement as the NumPy tiler (deploy.tiling.restore_array): keep the two loops alike
+        size, ys, xs = tile_grid(hp, wp, tile=tile, overlap=overlap, blend=blend, minimum=least, multiple=multiple)
         result = None
         tiles = 0
         for i, y0 in enumerate(ys):
