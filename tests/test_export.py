@@ -149,9 +149,37 @@ def test_refusals_name_the_cause_and_write_nothing(tmp_path):
         export(area, tmp_path / "a.onnx")
     with pytest.raises(ExportError, match="cannot tell the export format"):
         export(area, tmp_path / "a.bin")
-    with pytest.raises(ExportError, match="half=True"):
-        export(area, tmp_path / "a.pt", half=True)  # float16 is traced and checked on CUDA only
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", ["onnx", "pt"])
+def test_float16_export_on_the_cpu_matches_pytorch_and_swinir_is_refused(tmp_path, suffix):
+    """half=True traces and checks float16 on the model's device, here the CPU (it was refused off
+    CUDA, so the float16 path had never run): a DnCNN with units and a student reproduces the float32
+    PyTorch model within 1e-2 at other sizes, and its file says float16. SwinIR, whose code makes its
+    attention mask in float32 at run time, cannot be traced in float16: one line naming float16, and
+    nothing written."""
+    from spt_adapter.training.exported import load_exported
+
+    model, descriptor = _adapted(tmp_path, "dncnn", True)
+    out = tmp_path / f"half.{suffix}"
+    export(model, out, descriptor=descriptor, half=True)
+    runner = load_exported(out)
+    assert runner.dtype == "float16" and runner.meta["dtype"] == "float16"
+    fmt = "onnx" if suffix == "onnx" else "torchscript"
+    worst = parity(out, fmt, model, descriptor=descriptor, sizes=BACKBONES["dncnn"][2])
+    assert 0 < worst <= 1e-2  # float16 differs from float32, within the export's tolerance
+    from spt_adapter.training.exported import restore_exported
+    from spt_adapter.training.restore import restore
+
+    image = (np.random.default_rng(0).random((45, 67, 3)) * 255).astype(np.uint8)
+    reference = restore(model, image, descriptor=descriptor).astype(int)
+    for tile in (None, 48):  # restore through the float16 file, whole and tiled: within one 8-bit level
+        assert np.abs(restore_exported(runner, image, tile=tile).astype(int) - reference).max() <= 1, tile
+    swinir, swin_descriptor = _adapted(tmp_path, "swinir_light", True)
+    with pytest.raises(ExportError, match="in float16: .*export float32") as err:
+        export(swinir, tmp_path / f"swin.{suffix}", descriptor=swin_descriptor, half=True)
+    assert "\n" not in str(err.value) and not (tmp_path / f"swin.{suffix}").exists()
 
 
 def test_a_frozen_shape_branch_is_caught_before_writing(tmp_path):

@@ -44,7 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="file format (default: from --out: .onnx, else .pt/.ts for TorchScript)",
     )
     parser.add_argument("--out", required=True, metavar="FILE", help="the file to write (atomically)")
-    parser.add_argument("--half", action="store_true", help="float16 weights and inputs (traced and checked on CUDA)")
+    parser.add_argument(
+        "--half",
+        action="store_true",
+        help="float16 weights and inputs, traced and checked (within 1e-2 of float32) on the model's device, CPU or CUDA",
+    )
     parser.add_argument("--task", default=None, help="task to record when the adapter records none (sr:4, denoise:25)")
     parser.add_argument(
         "--no-check",

@@ -115,7 +115,7 @@ def _prior_channels(model: nn.Module) -> int:
     return spt.spt_config[str(spt.active_adapter)].prior_channels
 
 
-def _refusals(model: nn.Module, fmt: str, half: bool) -> None:
+def _refusals(model: nn.Module, fmt: str) -> None:
     """Refuse, by name, what cannot be exported (before any tracing)."""
     if not isinstance(model, nn.Module):
         raise ExportError(f"export needs a torch.nn.Module (a backbone or an SPTModel), got {type(model).__name__}")
@@ -132,13 +132,6 @@ def _refusals(model: nn.Module, fmt: str, half: bool) -> None:
                 f"adapter {model.active_adapter!r} resizes its prior with prior_resize 'area' "
                 "(adaptive pooling to a size known only at run time), which ONNX cannot express; "
                 "export it as TorchScript"
-            )
-    if half:
-        dev = next((t.device for t in model.parameters()), torch.device("cpu"))
-        if dev.type != "cuda":
-            raise ExportError(
-                "half=True (float16) exports are traced and checked on a CUDA device: move the model "
-                "to cuda first, or export float32"
             )
 
 
@@ -301,7 +294,7 @@ def export(
     """
     path = Path(path)
     fmt = format_of(path, format)
-    _refusals(model, fmt, half)
+    _refusals(model, fmt)
     if path.is_dir():
         raise ExportError(f"{path} is a folder; export writes one file")
     if not path.parent.is_dir() and str(path.parent):
@@ -349,6 +342,10 @@ def export(
             raise
         except Exception as exc:  # the exporter's own error, named
             hint = "" if descriptor is not None else " (pass descriptor= so its size requirements are known)"
+            if half and "dtype" in str(exc):
+                hint = (
+                    " (in float16: its code mixes float32 tensors it makes at run time into the graph; export float32)"
+                )
             raise ExportError(f"{what} cannot be exported to {fmt}: {_first_line(exc)}{hint}") from None
         if check:
             sizes = _check_sizes(*size, multiple, minimum)
