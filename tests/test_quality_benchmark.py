@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -13,17 +12,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 from _data import DATA, full_data  # small crops of the test sets, committed (tests/data)
+from _scripts import load_script
 
-
-def _load(name: str):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+_load = load_script
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ file written the way MATLAB writes one."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -13,18 +12,12 @@ import pytest
 import torch
 from skimage import data as skdata
 
+from _scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str, folder: str = "benchmarks"):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+_load = load_script
 
 
 @pytest.fixture(scope="module")
