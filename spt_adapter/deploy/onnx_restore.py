@@ -25,6 +25,7 @@ from ..errors import ExportError, RestoreError
 from .tiling import float_channels, restore_array, to_image
 
 __all__ = [
+    "ExportedFile",
     "EXPORT_FORMAT",
     "METADATA_FILE",
     "OnnxNetwork",
@@ -49,14 +50,17 @@ def check_meta(meta: dict[str, str], source: str) -> None:
         )
 
 
-class OnnxNetwork:
-    """An exported ONNX file in an onnxruntime session: ``net(x, prior=None)`` on (B,C,H,W) float32
-    NumPy arrays returns the output array; the metadata (:func:`~spt_adapter.training.export.export_info`)
-    gives the channels, size multiple, minimum tile and receptive radius the tiler needs."""
+class ExportedFile:
+    """What every runner of an `spt-adapter export` file shares, whatever its runtime: the metadata
+    (:func:`~spt_adapter.training.export.export_info`) read into the fields the tiler needs, and the
+    call rules -- a file that reads a prior refuses a call without one, a file traced for one image per
+    call (``batch: 1``) is fed a batch one image at a time. A runtime supplies :meth:`run` (one call as
+    traced) and :meth:`concat` (its arrays joined on the batch axis)."""
 
-    def __init__(self, session: Any, meta: dict[str, str], source: str) -> None:
-        self.session, self.meta, self.source = session, meta, source
-        self.format = "onnx"
+    format = ""
+
+    def __init__(self, meta: dict[str, str], source: str) -> None:
+        self.meta, self.source = meta, source
         self.kind = meta.get("kind", "backbone")
         self.dtype = meta.get("dtype", "float32")
         self.channels = int(meta.get("channels") or 3)
@@ -66,12 +70,41 @@ class OnnxNetwork:
         self.receptive_radius = int(radius) if radius not in ("", None) else None
         self.prior = json.loads(meta.get("prior") or "{}")
         self.prior_channels = int(meta.get("prior_channels") or 0)
-        self.input_names = [i.name for i in session.get_inputs()]
-        self._np_dtype = np.float16 if self.dtype == "float16" else np.float32
 
     @property
     def needs_prior(self) -> bool:
         return self.kind == "prior"
+
+    def run(self, x: Any, prior: Any = None) -> Any:
+        raise NotImplementedError
+
+    def concat(self, parts: list[Any]) -> Any:
+        raise NotImplementedError
+
+    def __call__(self, x: Any, prior: Any = None) -> Any:
+        if self.needs_prior and prior is None:
+            raise RestoreError(
+                f"{self.source} reads a prior ({self.prior_channels} channel(s)) beside the image; none was given"
+            )
+        prior = prior if self.needs_prior else None
+        if self.meta.get("batch") == "1" and x.shape[0] > 1:  # a file traced for one image per call
+            return self.concat(
+                [self.run(x[i : i + 1], None if prior is None else prior[i : i + 1]) for i in range(x.shape[0])]
+            )
+        return self.run(x, prior)
+
+
+class OnnxNetwork(ExportedFile):
+    """An exported ONNX file in an onnxruntime session: ``net(x, prior=None)`` on (B,C,H,W) float32
+    NumPy arrays returns the output array (:class:`ExportedFile`'s fields and call rules)."""
+
+    format = "onnx"
+
+    def __init__(self, session: Any, meta: dict[str, str], source: str) -> None:
+        super().__init__(meta, source)
+        self.session = session
+        self.input_names = [i.name for i in session.get_inputs()]
+        self._np_dtype = np.float16 if self.dtype == "float16" else np.float32
 
     def run(self, x: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
         """One session run, as the file was traced (no batch splitting, no checks)."""
@@ -81,17 +114,8 @@ class OnnxNetwork:
             feed["prior"] = np.asarray(prior).astype(self._np_dtype, copy=False)
         return self.session.run(None, feed)[0]
 
-    def __call__(self, x: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
-        if self.needs_prior and prior is None:
-            raise RestoreError(
-                f"{self.source} reads a prior ({self.prior_channels} channel(s)) beside the image; none was given"
-            )
-        prior = prior if self.needs_prior else None
-        if self.meta.get("batch") == "1" and x.shape[0] > 1:  # a file traced for one image per call
-            return np.concatenate(
-                [self.run(x[i : i + 1], None if prior is None else prior[i : i + 1]) for i in range(x.shape[0])]
-            )
-        return self.run(x, prior)
+    def concat(self, parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts)
 
     def __repr__(self) -> str:
         return f"OnnxNetwork({self.source!r}, kind={self.kind})"

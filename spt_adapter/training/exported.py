@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..deploy.onnx_restore import EXPORT_FORMAT, METADATA_FILE, OnnxNetwork, load_onnx, restore_image
+from ..deploy.onnx_restore import EXPORT_FORMAT, METADATA_FILE, ExportedFile, OnnxNetwork, load_onnx, restore_image
 from ..deploy.onnx_restore import check_meta as _check_meta
 from ..errors import ExportError, RestoreError
 
@@ -45,40 +45,23 @@ def exported_format(path: str | Path) -> str | None:
     return None
 
 
-class ExportedModel:
+class ExportedModel(ExportedFile):
     """An exported file ready to run: ``runner(x, prior=None)`` on (B,C,H,W) float tensors returns the
-    output tensor; ``meta`` holds the file's metadata (:func:`~spt_adapter.training.export.export_info`)."""
+    output tensor; ``meta`` holds the file's metadata (:func:`~spt_adapter.training.export.export_info`);
+    the fields and call rules are :class:`~spt_adapter.deploy.onnx_restore.ExportedFile`'s."""
 
     def __init__(self, fmt: str, meta: dict[str, str], call, source: str) -> None:
-        self.format, self.meta, self._call, self.source = fmt, meta, call, source
-        self.kind = meta.get("kind", "backbone")
-        self.dtype = meta.get("dtype", "float32")
-        self.channels = int(meta.get("channels") or 3)
-        self.size_multiple = int(meta.get("size_multiple") or 1)
-        self.minimum_tile = int(meta.get("minimum_tile") or 1)
-        radius = meta.get("receptive_radius", "")
-        self.receptive_radius = int(radius) if radius not in ("", None) else None
-        self.prior = json.loads(meta.get("prior") or "{}")
-        self.prior_channels = int(meta.get("prior_channels") or 0)
+        super().__init__(meta, source)
+        self.format, self._call = fmt, call
         self.device = torch.device("cpu")
         #: the NumPy network of an ONNX file (:mod:`spt_adapter.deploy`): restore_exported tiles with it
         self.network: OnnxNetwork | None = None
 
-    @property
-    def needs_prior(self) -> bool:
-        return self.kind == "prior"
-
-    def __call__(self, x: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
-        if self.needs_prior and prior is None:
-            raise RestoreError(
-                f"{self.source} reads a prior ({self.prior_channels} channel(s)) beside the image; none was given"
-            )
-        prior = prior if self.needs_prior else None
-        if self.meta.get("batch") == "1" and x.shape[0] > 1:  # a file traced for one image per call
-            return torch.cat(
-                [self._call(x[i : i + 1], None if prior is None else prior[i : i + 1]) for i in range(x.shape[0])]
-            )
+    def run(self, x: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
         return self._call(x, prior)
+
+    def concat(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts)
 
     def __repr__(self) -> str:
         return f"ExportedModel({self.source!r}, format={self.format}, kind={self.kind})"
