@@ -280,12 +280,17 @@ def psnr_sr_y(out: np.ndarray, gt: np.ndarray, scale: int) -> float:
     return float(psnr(to_uint8(out), to_uint8(gt), **metric_settings(f"sr:{scale}")))
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, pset: qd.PriorSet, prior: str, batch: int = 17) -> float:
     """Mean PSNR over the images of ``pset`` (first noise realisation)."""
+    return float(np.mean(evaluate_images(model, pset, prior, batch)))
+
+
+@torch.no_grad()
+def evaluate_images(model: nn.Module, pset: qd.PriorSet, prior: str, batch: int = 17) -> list[float]:
+    """The PSNR of each image of ``pset`` (first noise realisation), in the set's order."""
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    scores = []
+    scores: dict[int, float] = {}
     groups: dict[tuple[int, int], list[int]] = {}
     for i, c in enumerate(pset.clean):
         groups.setdefault(c.shape[:2], []).append(i)
@@ -308,11 +313,13 @@ def evaluate(model: nn.Module, pset: qd.PriorSet, prior: str, batch: int = 17) -
                     pr = torch.from_numpy(arr[:, None] if arr.ndim == 3 else arr.transpose(0, 3, 1, 2).copy())
                 out = model(lq, prior=pr.to(device))
             out = out.float().cpu().permute(0, 2, 3, 1).numpy()
-            if pset.scale > 1:
-                scores += [psnr_sr_y(o, pset.clean[i], pset.scale) for o, i in zip(out, chunk, strict=True)]
-            else:
-                scores += [psnr_rgb(o, pset.clean[i], pset.border) for o, i in zip(out, chunk, strict=True)]
-    return float(np.mean(scores))
+            for o, i in zip(out, chunk, strict=True):
+                scores[i] = (
+                    psnr_sr_y(o, pset.clean[i], pset.scale)
+                    if pset.scale > 1
+                    else psnr_rgb(o, pset.clean[i], pset.border)
+                )
+    return [scores[i] for i in range(len(pset.clean))]
 
 
 ROW_PRIOR = {"b": "lq", "c": "const", "d": "oracle", "f": "sam", "g": "student", "h": "student"}
@@ -320,8 +327,9 @@ ROW_PRIOR = {"b": "lq", "c": "const", "d": "oracle", "f": "sam", "g": "student",
 
 def run_one(
     args, backbone, train_set: qd.PriorSet, eval_sets: dict[str, qd.PriorSet], seed: int, row: str, fusion: str
-) -> tuple[dict[str, float], float]:
-    """Train and test one (seed, row, fusion) of the ladder: ({eval name: PSNR}, training seconds)."""
+) -> tuple[dict[str, list[float]], float]:
+    """Train and test one (seed, row, fusion) of the ladder: ({eval name: per-image PSNRs}, training
+    seconds)."""
     sched = make_schedule(seed, args.steps, args.batch, args.patch, train_set)
     if row == "e":
         torch.manual_seed(seed)
@@ -342,7 +350,7 @@ def run_one(
             student_steps=args.student_steps,
             device=args.device,
         )
-    return {name: evaluate(model, es, prior) for name, es in eval_sets.items()}, secs
+    return {name: evaluate_images(model, es, prior) for name, es in eval_sets.items()}, secs
 
 
 _JOB_CONTEXT: dict[str, Any] = {}
@@ -354,7 +362,7 @@ def _job_init(context: dict[str, Any]) -> None:
     torch.set_num_threads(context["args"].threads)
 
 
-def _job(job: tuple[int, str, str]) -> tuple[tuple[int, str, str], dict[str, float], float]:
+def _job(job: tuple[int, str, str]) -> tuple[tuple[int, str, str], dict[str, list[float]], float]:
     c = _JOB_CONTEXT
     scores, secs = run_one(c["args"], c["backbone"], c["train_set"], c["eval_sets"], *job)
     return job, scores, secs
@@ -373,19 +381,24 @@ def _encode_sets(args, train_set, eval_sets: dict):
 
 def run_ladder(
     args, backbone, train_set: qd.PriorSet, eval_sets: dict[str, qd.PriorSet], rows: list[str], fusions: list[str]
-) -> dict[str, Any]:
-    """results[row][fusion or '-'][eval_name] = list of per-seed PSNRs. With ``args.jobs`` > 1 the
-    trainings run in that many processes (spawned; on one GPU with ``--device cuda``); each training
-    depends only on (seed, row, fusion), so the numbers are the same as in one process."""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(results, per_image): results[row][fusion or '-'][eval_name] = list of per-seed mean PSNRs;
+    per_image = {"images": {eval_name: file names}, "psnr": the same nesting with one list of
+    per-image PSNRs per seed} (which pictures a prior helps). With ``args.jobs`` > 1 the trainings run
+    in that many processes (spawned; on one GPU with ``--device cuda``); each training depends only on
+    (seed, row, fusion), so the numbers are the same as in one process."""
     res: dict[str, Any] = {}
+    per_image: dict[str, Any] = {"images": {name: es.names for name, es in eval_sets.items()}, "psnr": {}}
     backbone = backbone.to(args.device)
     for name, es in eval_sets.items():
-        res.setdefault("a", {}).setdefault("-", {})[name] = [evaluate(backbone, es, "none")]
+        frozen = evaluate_images(backbone, es, "none")
+        res.setdefault("a", {}).setdefault("-", {})[name] = [float(np.mean(frozen))]
+        per_image["psnr"].setdefault("a", {}).setdefault("-", {})[name] = [frozen]
     log("(a) frozen: " + ", ".join(f"{k} {v[0]:.3f}" for k, v in res["a"]["-"].items()))
     jobs = [(seed, r, f) for seed in args.seeds for f in fusions for r in rows if r in ROW_PRIOR]
     jobs += [(seed, "e", "-") for seed in args.seeds if "e" in rows]
     done, t_start = 0, time.time()
-    scores_of: dict[tuple[int, str, str], dict[str, float]] = {}
+    scores_of: dict[tuple[int, str, str], dict[str, list[float]]] = {}
 
     def record(job, scores, secs):
         nonlocal done
@@ -394,7 +407,7 @@ def run_ladder(
         eta = (time.time() - t_start) / done * (len(jobs) - done)
         log(
             f"seed {job[0]} row {job[1]} fusion {job[2]}: "
-            + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+            + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in scores.items())
             + f"  (train {secs:.0f}s; {done}/{len(jobs)}, eta {eta / 60:.1f} min)"
         )
 
@@ -415,8 +428,9 @@ def run_ladder(
     for job in jobs:  # in the order of the seeds, whatever order they finished in
         seed, row, fusion = job
         for name, v in scores_of[job].items():
-            res.setdefault(row, {}).setdefault(fusion, {}).setdefault(name, []).append(v)
-    return res
+            res.setdefault(row, {}).setdefault(fusion, {}).setdefault(name, []).append(float(np.mean(v)))
+            per_image["psnr"].setdefault(row, {}).setdefault(fusion, {}).setdefault(name, []).append(v)
+    return res, per_image
 
 
 def _make_sam(args):

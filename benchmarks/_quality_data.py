@@ -362,6 +362,7 @@ class PriorSet:
     scale: int = 1  # super-resolution factor: ``clean`` is ``scale`` times the size of ``noisy``
     prior_channels: int = 1  # maps are HxW while 1, HxWxC after :func:`apply_encoding` with C > 1
     border: int = 0  # pixels cropped from every edge before PSNR (the SR protocol on pre-upsampled inputs)
+    names: list[str] = field(default_factory=list)  # [image] the file names, for per-image scores
 
 
 def build_priors(
@@ -411,7 +412,7 @@ def build_priors(
         sam_p.append(sams)
         if want_oracle:
             oracle.append(cache.get(img, ident, lambda x: label_map(x, seg)))
-    return PriorSet(clean, noisy, lq, oracle, sam_p)
+    return PriorSet(clean, noisy, lq, oracle, sam_p, names=[name for name, _ in images])
 
 
 def encode_label_map(labels: np.ndarray, encoding: str) -> np.ndarray:
@@ -444,6 +445,7 @@ def apply_encoding(pset: PriorSet, encoding: str) -> PriorSet:
         scale=pset.scale,
         prior_channels=encoding_channels(encoding),
         border=pset.border,
+        names=pset.names,
     )
 
 
@@ -492,7 +494,7 @@ def build_sr_priors(
     ident = json.dumps({"segmenter": seg.label(), "code": prior_code_path()}, sort_keys=True)
     seg_hr = hr_segmenter(seg, scale)
     ident_hr = json.dumps({"segmenter": seg_hr.label(), "code": prior_code_path()}, sort_keys=True)
-    out = PriorSet([], [], [], [], [], scale=scale)
+    out = PriorSet([], [], [], [], [], scale=scale, names=[name for name, _ in images])
     if PRIOR_WORKERS > 1 and cache is not None:
         ok = [hr for _, hr in images if not (hr.shape[0] % scale or hr.shape[1] % scale)]
         prefetch(cache, ident, seg, [sr_lq(hr, scale, degradation) for hr in ok])
@@ -635,7 +637,7 @@ def build_upsampled_sr_priors(
     from spt_adapter.training.images import imresize_bicubic
 
     ident = json.dumps({"segmenter": seg.label(), "code": prior_code_path()}, sort_keys=True)
-    out = PriorSet([], [], [], [], [], scale=1, border=scale)
+    out = PriorSet([], [], [], [], [], scale=1, border=scale, names=[name for name, _ in images])
     for _, hr in images:
         if hr.shape[0] % scale or hr.shape[1] % scale:
             raise ValueError(f"HR image {hr.shape[:2]} is not a multiple of the scale {scale}: mod-crop it first")

@@ -71,7 +71,9 @@ def render(
     return "\n".join(lines)
 
 
-def _report(args, argv, t_all, title, bb_info, res, eval_names, rows, extra) -> None:
+def _report(args, argv, t_all, title, bb_info, res, eval_names, rows, extra, per_image=None) -> None:
+    """Print the ladder's tables and write ``--json``: the command, the per-seed means (``results``),
+    the per-image PSNRs of :func:`_ladder.run_ladder` (``per_image``), the settings and ``extra``."""
     wall = time.time() - t_all
     cmd = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"\n### {title}\n")
@@ -90,6 +92,7 @@ def _report(args, argv, t_all, title, bb_info, res, eval_names, rows, extra) -> 
             "wall_seconds": wall,
             "backbone": bb_info,
             "results": res,
+            **({"per_image": per_image} if per_image is not None else {}),
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             **extra,
         }

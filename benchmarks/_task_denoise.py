@@ -78,7 +78,7 @@ def main_denoise(args, argv, t_all, cache: qd.LabelCache) -> int:
         f"encoding {args.encoding})"
     )
     rows = [r for r in ROWS if r in args.rows]
-    res = run_ladder(args, backbone, train_set, eval_sets, rows, args.fusions)
+    res, per_image = run_ladder(args, backbone, train_set, eval_sets, rows, args.fusions)
     _report(
         args,
         argv,
@@ -96,6 +96,7 @@ def main_denoise(args, argv, t_all, cache: qd.LabelCache) -> int:
             "regions_per_test_image": n_regions,
             "dropped_near_duplicates": splits.dropped,
         },
+        per_image=per_image,
     )
     return 0
 

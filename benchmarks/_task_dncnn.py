@@ -71,7 +71,7 @@ def main_dncnn3(args, argv, t_all, cache: qd.LabelCache) -> int:
         "upsampled LQ test image)"
     )
     rows = [r for r in ROWS if r in args.rows]
-    res = run_ladder(args, backbone, train_set, eval_sets, rows, args.fusions)
+    res, per_image = run_ladder(args, backbone, train_set, eval_sets, rows, args.fusions)
     print(
         "\nDnCNN-3 frozen, bicubic ×4 (Y, crop 4): "
         + ", ".join(f"{k} {v:.3f}" for k, v in repro.items())
@@ -95,5 +95,6 @@ def main_dncnn3(args, argv, t_all, cache: qd.LabelCache) -> int:
             "regions_per_test_image": n_regions,
             "dncnn3_bicubic_x4_frozen": repro,
         },
+        per_image=per_image,
     )
     return 0

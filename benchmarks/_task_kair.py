@@ -52,7 +52,7 @@ def main_kair(args, argv, t_all, cache: qd.LabelCache) -> int:
         f"{time.time() - t0:.0f}s ({seg.label()}; {n_regions:.0f} regions per test image)"
     )
     rows = [r for r in ROWS if r in args.rows]
-    res = run_ladder(args, backbone, train_set, eval_sets, rows, args.fusions)
+    res, per_image = run_ladder(args, backbone, train_set, eval_sets, rows, args.fusions)
     print(f"\nKAIR dncnn_25 frozen, Set12 σ=25, KAIR's protocol: {repro:.3f} dB (published 30.43)")
     bb_info = {
         "cached": True,
@@ -79,5 +79,6 @@ def main_kair(args, argv, t_all, cache: qd.LabelCache) -> int:
             "kair_frozen_sigma25": repro,
             "dropped_near_duplicates": splits.dropped,
         },
+        per_image=per_image,
     )
     return 0

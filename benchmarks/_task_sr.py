@@ -62,7 +62,7 @@ def main_sr(args, argv, t_all, cache: qd.LabelCache) -> int:
     for p in backbone.parameters():
         p.requires_grad_(False)
     rows = [r for r in ROWS if r in args.rows]
-    res = run_ladder(args, backbone, train_set, eval_sets, rows, args.fusions)
+    res, per_image = run_ladder(args, backbone, train_set, eval_sets, rows, args.fusions)
     print("\nbicubic upsampling (reference): " + ", ".join(f"{k} {v:.3f}" for k, v in bicubic.items()))
     _report(
         args,
@@ -82,6 +82,7 @@ def main_sr(args, argv, t_all, cache: qd.LabelCache) -> int:
             "bicubic_upsampling": bicubic,
             "oracle": "segment HR (area settings x16), nearest-downsample the label map",
         },
+        per_image=per_image,
     )
     return 0
 

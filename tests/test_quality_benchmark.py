@@ -47,6 +47,26 @@ def test_quick_run_fills_every_row_of_the_ladder(quick_run):
     assert payload["regions_per_test_image"] > 1
 
 
+def test_json_keeps_each_test_images_psnr_and_names(quick_run):
+    """``per_image`` holds one PSNR per test image per seed, named by file, whose mean is the row's
+    reported number: which pictures a prior helps can be read from the JSON."""
+    _, _, payload = quick_run
+    per = payload["per_image"]
+    names = per["images"]["CBSD68 σ=25"]
+    assert names and all(n.startswith("CBSD68/") and n.endswith(".png") for n in names)
+    assert len(set(names)) == len(names)
+    for row in "abcde":
+        for fusion, by_eval in payload["results"][row].items():
+            for name, means in by_eval.items():
+                seeds = per["psnr"][row][fusion][name]
+                assert len(seeds) == len(means)
+                for imgs, mean in zip(seeds, means, strict=True):
+                    assert len(imgs) == len(per["images"][name])
+                    assert np.mean(imgs) == pytest.approx(mean, abs=1e-9)
+    # per image, not one number repeated: the test pictures differ
+    assert len(set(per["psnr"]["a"]["-"]["CBSD68 σ=25"][0])) == len(names)
+
+
 def test_rows_of_a_seed_share_batches_and_differ_only_in_the_prior(quick_run):
     quality, _, _ = quick_run
     qd = sys.modules.get("_quality_data") or _load("_quality_data")
