@@ -1012,20 +1012,24 @@ def test_an_interrupt_during_the_update_is_taken_after_the_step_is_counted(run_e
 
     from spt_adapter.training.train import adapter_step
 
-    def run(out, stop: bool, iters: int):
+    def run(out, stop: bool, iters: int, ignored: bool = False, signals: int = 1):
         argv = run_env["argv"](
             run_env["ckpt"], run_env["data"], out, run_env["cache"], "--schedule", "constant", iters=iters
         )
         argv = [str(a) for a in argv]  # a constant learning rate: the first 3 steps do not depend on --iters
         code = (
             "import os, signal, sys, torch\n"
+            # Ctrl-C as a terminal delivers it, or ignored as nohup / a background job of a script sets it
+            # (a test run started in the background inherits SIG_IGN; do not depend on how pytest was started)
+            f"signal.signal(signal.SIGINT, {'signal.SIG_IGN' if ignored else 'signal.default_int_handler'})\n"
             "real = torch.optim.Adam.step\n"
             "calls = []\n"
             "def counted(self, *a, **k):\n"
             "    out = real(self, *a, **k)\n"
             "    calls.append(1)\n"
             f"    if {stop} and len(calls) == 3:  # the update is applied; the counter has not moved yet\n"
-            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            f"        for _ in range({signals}):\n"
+            "            os.kill(os.getpid(), signal.SIGINT)\n"
             "    return out\n"
             "torch.optim.Adam.step = counted\n"
             "from spt_adapter.cli import main\n"
@@ -1049,3 +1053,8 @@ def test_an_interrupt_during_the_update_is_taken_after_the_step_is_counted(run_e
     assert got.keys() == want.keys()
     for k in want:
         assert torch.equal(got[k], want[k]), k
+    # a process started with SIGINT ignored keeps ignoring it, even twice inside one step (the second
+    # signal would otherwise interrupt at once): the run ends normally with every update
+    ign = run(tmp_path / "ignored", True, 5, ignored=True, signals=2)
+    assert ign.returncode == 0, ign.stderr[-2000:]
+    assert "UPDATES 5" in ign.stderr and adapter_step(tmp_path / "ignored" / "spt_adapter.safetensors") == 5

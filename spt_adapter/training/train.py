@@ -237,8 +237,9 @@ class _Stepper:
 def _interrupts_after_the_step() -> Iterator[None]:
     """Ctrl-C or SIGTERM inside the block takes effect when it ends: a signal landing between the
     optimizer's update and the step counter would leave a checkpoint that says step N but holds N+1
-    updates. A second signal inside the block interrupts at once (a step that does not end). Only the
-    main thread can set handlers; elsewhere nothing changes."""
+    updates. A second signal inside the block interrupts at once (a step that does not end). A signal
+    the process was started to ignore (``nohup``, a background job of a non-interactive shell) stays
+    ignored. Only the main thread can set handlers; elsewhere nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -249,7 +250,11 @@ def _interrupts_after_the_step() -> Iterator[None]:
             raise KeyboardInterrupt(f"signal {signum}")
         pending.append(signum)
 
-    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        sig: signal.signal(sig, hold)
+        for sig in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:
