@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_script(name: str, folder: str = "benchmarks"):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    where = str(ROOT / folder)
+    sys.path.insert(0, where)
     try:
         spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
         assert spec is not None and spec.loader is not None, name
@@ -19,4 +20,4 @@ def load_script(name: str, folder: str = "benchmarks"):
         spec.loader.exec_module(mod)
         return mod
     finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+        sys.path.remove(where)
