@@ -27,6 +27,8 @@ import copy
 import io
 import json
 import math
+import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any, cast
@@ -35,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._io import atomic_write_bytes
+from .._io import atomic_write_bytes, remove_stale_temporaries_of, write_once_bytes
 from ..core.model import SPTModel
 from ..errors import ExportError
 from ..version import __version__
@@ -283,6 +285,7 @@ def export(
     task: str | None = None,
     scale: int | None = None,
     check: bool = True,
+    overwrite: bool = True,
 ) -> Path:
     """Write ``model`` (a backbone, or an :class:`SPTModel` with its active adapter) to ``path`` as one
     ONNX or TorchScript file (``format``, else from the suffix) and return the path.
@@ -291,6 +294,9 @@ def export(
     records none. With ``check`` (the default) the exported program is run at two sizes other than
     the traced one and must match the PyTorch model within :data:`PARITY_ATOL` (float32) before the
     file is written atomically; :class:`ExportError` names whatever fails, and nothing is written.
+    ``overwrite=False`` refuses a ``path`` that exists, also one made while the export ran (`spt-adapter
+    export` passes it unless ``--overwrite``). Temporary files of an earlier export to ``path`` cut short
+    by kill -9 are removed.
     """
     path = Path(path)
     fmt = format_of(path, format)
@@ -309,6 +315,9 @@ def export(
                 "checking an ONNX export runs it with onnxruntime, which is not installed: pip install "
                 "'spt-adapter[onnx]' (or pass check=False / --no-check)"
             )
+    if not overwrite and os.path.lexists(path):
+        raise ExportError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+    remove_stale_temporaries_of(path, older_than=time.time() - 60)
     kind = _kind(model)
     was_training = model.training
     model.eval()
@@ -370,7 +379,11 @@ def export(
     finally:
         model.train(was_training)
     try:
-        return atomic_write_bytes(path, data)
+        if overwrite:
+            return atomic_write_bytes(path, data)
+        if not write_once_bytes(path, data):
+            raise ExportError(f"{path} was created while the export ran; it is kept and nothing was written")
+        return path
     except OSError as exc:
         raise ExportError(f"cannot write {path}: {exc.strerror or exc} (nothing was changed there)") from None
 

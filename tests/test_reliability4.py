@@ -1,0 +1,167 @@
+"""Bad input and faults, round 4 (issue 26): export, exported files, the DnCNN converter and shards
+never lose a file or restore garbage; 16-bit images keep their bits. Each test names the class it
+guards (lost files, silent wrong results, hangs, tracebacks, accepted nonsense) and fails without its
+fix."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from spt_adapter.cli import main
+
+pytest.importorskip("spandrel")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def _run(argv, capsys):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _one_line_error(err: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def _dncnn(channels: int = 3, seed: int = 0):
+    from spandrel.architectures.DnCNN.__arch.network_dncnn import DnCNN
+
+    torch.manual_seed(seed)
+    return DnCNN(in_nc=channels, out_nc=channels, nc=8, nb=8, act_mode="R").eval()  # spandrel detects >= 8
+
+
+@pytest.fixture
+def dncnn_pth(tmp_path) -> Path:
+    path = tmp_path / "dn.pth"
+    torch.save(_dncnn().state_dict(), path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# lost files
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["same", "symlink", "hardlink"])
+def test_lost_export_never_writes_over_the_backbone_it_reads_even_with_overwrite(tmp_path, capsys, dncnn_pth, how):
+    before = dncnn_pth.read_bytes()
+    out = dncnn_pth
+    if how == "symlink":
+        out = tmp_path / "link.pt"
+        out.symlink_to(dncnn_pth)
+    elif how == "hardlink":
+        out = tmp_path / "hard.pt"
+        os.link(dncnn_pth, out)
+    argv = ["export", "--backbone", dncnn_pth, "--no-adapter", "--format", "torchscript", "--out", out, "--overwrite"]
+    code, _, err = _run(argv, capsys)
+    assert code == 1 and "is the --backbone file" in _one_line_error(err)
+    assert dncnn_pth.read_bytes() == before
+
+
+def test_lost_export_refuses_an_existing_out_unless_overwrite(tmp_path, capsys, dncnn_pth):
+    out = tmp_path / "mine.pt"
+    out.write_bytes(b"a user's file")
+    argv = ["export", "--backbone", dncnn_pth, "--no-adapter", "--out", out, "--no-check"]
+    code, _, err = _run(argv, capsys)
+    assert code == 1 and "already exists; pass --overwrite" in _one_line_error(err)
+    assert out.read_bytes() == b"a user's file"
+    code, _, err = _run([*argv, "--overwrite"], capsys)
+    assert code == 0, err
+    assert out.read_bytes()[:2] == b"PK"  # a TorchScript archive now
+
+
+def test_lost_the_api_refuses_a_path_made_while_it_exported_when_overwrite_is_false(tmp_path, monkeypatch):
+    from spt_adapter.errors import ExportError
+    from spt_adapter.training import export as export_module
+
+    out = tmp_path / "x.pt"
+    real = export_module._torchscript_bytes
+
+    def racing(*a, **k):  # another process writes --out while this one traces
+        out.write_bytes(b"theirs")
+        return real(*a, **k)
+
+    monkeypatch.setattr(export_module, "_torchscript_bytes", racing)
+    with pytest.raises(ExportError, match="created while the export ran"):
+        export_module.export(_dncnn(), out, check=False, overwrite=False)
+    assert out.read_bytes() == b"theirs"
+
+
+KILLED_EXPORT = """
+import os, signal, sys, torch
+import spt_adapter._io as io_
+from spandrel.architectures.DnCNN.__arch.network_dncnn import DnCNN
+real = os.fsync
+def die(fd):  # kill -9 in the middle of the atomic write: the temporary file is written, not renamed
+    os.kill(os.getpid(), signal.SIGKILL)
+io_.os.fsync = die
+from spt_adapter.training.export import export
+export(DnCNN(in_nc=3, out_nc=3, nc=8, nb=8, act_mode="R").eval(), sys.argv[1], check=False)
+"""
+
+
+def test_lost_kill_9_inside_exports_write_leaves_a_temporary_the_next_export_removes(tmp_path):
+    out = tmp_path / "net.pt"
+    result = subprocess.run([sys.executable, "-c", KILLED_EXPORT, str(out)], capture_output=True, text=True)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    stray = [p for p in tmp_path.iterdir() if p.name.startswith(".net.pt.") and p.name.endswith(".tmp")]
+    assert len(stray) == 1 and not out.exists()
+    (tmp_path / ".net.pt.notours.tmp").write_bytes(b"a user's hidden file")  # another naming: kept
+    old = stray[0].stat().st_mtime - 120  # a write in progress touches its file; this one was killed
+    os.utime(stray[0], (old, old))
+    from spt_adapter.training.export import export
+
+    export(_dncnn(), out, check=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".net.pt.notours.tmp", "net.pt"]
+
+
+def _load_converter():
+    spec = importlib.util.spec_from_file_location("convert_dncnn_mat", ROOT / "tools" / "convert_dncnn_mat.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _mat(path: Path, channels: int = 1) -> Path:
+    pytest.importorskip("h5py")
+    from test_convert_dncnn_mat import matlab_dncnn, write_simplenn
+
+    write_simplenn(path, matlab_dncnn(channels))
+    return path
+
+
+def _convert(*argv) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "convert_dncnn_mat.py"), *map(str, argv)], capture_output=True, text=True
+    )
+
+
+def test_lost_the_converter_refuses_an_existing_output_unless_overwrite_and_its_input_always(tmp_path):
+    mat = _mat(tmp_path / "net.mat")
+    out = tmp_path / "net.safetensors"
+    out.write_bytes(b"an earlier conversion")
+    result = _convert(mat, out)
+    assert result.returncode == 1 and "already exists; pass --overwrite" in _one_line_error(result.stderr)
+    assert out.read_bytes() == b"an earlier conversion"
+    assert _convert(mat, out, "--overwrite").returncode == 0 and out.read_bytes() != b"an earlier conversion"
+    link = tmp_path / "same.safetensors"
+    os.link(mat, link)  # the input under an output's name
+    before = mat.read_bytes()
+    result = _convert(mat, link, "--overwrite")
+    assert result.returncode == 1 and "is the input" in _one_line_error(result.stderr)
+    assert mat.read_bytes() == before
+
+
+def test_lost_the_converter_names_a_missing_output_folder_before_converting(tmp_path):
+    mat = _mat(tmp_path / "net.mat")
+    result = _convert(mat, tmp_path / "nowhere" / "net.safetensors")
+    assert result.returncode == 1 and "folder" in _one_line_error(result.stderr) and "does not exist" in result.stderr
