@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -165,3 +166,136 @@ def test_lost_the_converter_names_a_missing_output_folder_before_converting(tmp_
     mat = _mat(tmp_path / "net.mat")
     result = _convert(mat, tmp_path / "nowhere" / "net.safetensors")
     assert result.returncode == 1 and "folder" in _one_line_error(result.stderr) and "does not exist" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# silent wrong results
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, Path]:
+    """A x1 colour DnCNN exported as ONNX (backbone alone) and a folder of three small photos."""
+    from PIL import Image
+
+    from spt_adapter.training.export import export
+
+    root = tmp_path_factory.mktemp("exported")
+    onnx_file = export(_dncnn(), root / "dn.onnx", check=False)
+    inputs = root / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(20, 24), (17, 31), (26, 19)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(inputs / f"p{i}.png")
+    return {"onnx": onnx_file, "inputs": inputs}
+
+
+def _deploy(*argv, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "spt_adapter.deploy", "restore", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("runner", ["spt-adapter", "deploy"])
+def test_wrong_skip_existing_checks_an_exported_files_outputs_against_its_recorded_scale(
+    exported, tmp_path, capsys, runner
+):
+    from PIL import Image
+
+    out = tmp_path / "out"
+    out.mkdir()
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(out / "p0.png")  # p0 is 20x24: a x2-sized leftover
+    argv = [exported["inputs"], "--backbone", exported["onnx"], "--out", out, "--skip-existing"]
+    if runner == "deploy":
+        result = _deploy(*argv)
+        code, err = result.returncode, result.stderr
+    else:
+        code, _, err = _run(["restore", *argv, "--no-progress"], capsys)
+    assert code == 0, err
+    assert "3 restored, 0 skipped" in err and "redone" in err and "not the 24x20" in err
+    assert Image.open(out / "p0.png").size == (24, 20)
+
+
+def test_wrong_a_backbone_with_nan_weights_is_refused_on_load_by_every_command(tmp_path, capsys, exported):
+    state = _dncnn().state_dict()
+    state["model.2.weight"][0, 0, 0, 0] = float("nan")
+    bad = tmp_path / "nan.pth"
+    torch.save(state, bad)
+    for argv in (
+        ["restore", exported["inputs"], "--backbone", bad, "--no-adapter", "--out", tmp_path / "o", "--no-progress"],
+        ["export", "--backbone", bad, "--no-adapter", "--out", tmp_path / "x.pt"],
+        ["inspect", bad],
+    ):
+        code, _, err = _run(argv, capsys)
+        line = _one_line_error(err)
+        assert code == 1 and "'model.2.weight' holds 1 NaN or Inf" in line, (argv[0], line)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "x.pt").exists()
+
+
+class _Blows(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x) / 0.0  # a network that overflows on this input
+
+
+def test_wrong_a_non_finite_output_is_never_returned_or_written(tmp_path):
+    import spt_adapter
+    from spt_adapter.deploy.tiling import restore_array
+    from spt_adapter.errors import RestoreError
+
+    image = np.full((12, 14, 3), 128, np.uint8)
+    with pytest.raises(RestoreError, match="NaN or Inf"):
+        spt_adapter.restore(_Blows().eval(), image, backbone_only=True)
+    with pytest.raises(RestoreError, match="NaN or Inf"):  # the torch-free tiler: whole and tiled
+        restore_array(lambda x, p: x / 0.0, np.ones((3, 12, 14), np.float32), tile=8, tile_overlap=2)
+
+
+def test_wrong_an_input_added_between_two_shard_runs_moves_no_other_image_to_another_shard(tmp_path, capsys, exported):
+    import shutil
+
+    inputs = tmp_path / "in"
+    shutil.copytree(exported["inputs"], inputs)
+    for i in range(3, 7):
+        shutil.copy(inputs / "p0.png", inputs / f"p{i}.png")
+    out = tmp_path / "out"
+    base = ["restore", inputs, "--backbone", exported["onnx"], "--out", out, "--no-progress", "--num-shards", "2"]
+    assert _run([*base, "--shard-index", "0"], capsys)[0] == 0
+    shutil.copy(inputs / "p0.png", inputs / "a_new.png")  # sorts first: a split by position shifts every image
+    assert _run([*base, "--shard-index", "1"], capsys)[0] == 0
+    names = sorted(p.name for p in out.iterdir())
+    missing = {f"p{i}.png" for i in range(7)} - set(names)
+    assert not missing, f"restored by no shard: {missing}"
+
+
+def test_wrong_world_size_without_rank_is_refused_by_both_runners(tmp_path, capsys, exported, monkeypatch):
+    argv = [exported["inputs"], "--backbone", exported["onnx"], "--out", tmp_path / "o"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    code, _, err = _run(["restore", *argv, "--no-progress"], capsys)
+    assert code == 1 and "RANK (this process's index) is not set" in _one_line_error(err)
+    result = _deploy(*argv)
+    assert result.returncode == 1 and "RANK (this process's index) is not set" in _one_line_error(result.stderr)
+    monkeypatch.setenv("WORLD_SIZE", "0")
+    code, _, err = _run(["restore", *argv, "--no-progress"], capsys)
+    line = _one_line_error(err)
+    assert code == 1 and "WORLD_SIZE=0" in line and "--num-shards" not in line.split(":")[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_wrong_the_torch_free_runner_honours_world_size_and_rank(tmp_path, exported):
+    out = tmp_path / "o"
+    done = []
+    for rank in ("0", "1"):
+        result = _deploy(
+            exported["inputs"], "--backbone", exported["onnx"], "--out", out, env={"WORLD_SIZE": "2", "RANK": rank}
+        )
+        assert result.returncode == 0, result.stderr
+        assert f"shard {rank}/2" in result.stderr
+        done.append(int(result.stderr.split(" restored")[0].split()[-1]))
+    assert sum(done) == 3 and 0 not in done  # each image once, both shards worked
+    assert sorted(p.name for p in out.iterdir()) == ["p0.png", "p1.png", "p2.png"]

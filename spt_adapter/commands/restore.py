@@ -209,9 +209,11 @@ def run(args) -> int:
         model, described, source, device = exported_model(args)
         descriptor, restore = None, restore_exported  # type: ignore[assignment]
         check_exported_tiling(args, model)
+        scale = model.scale  # the export's recorded scale: --skip-existing checks sizes with it
     else:
         model, descriptor, described, source, device = _model(args)
         _check_tiling(args, model, descriptor, device)
+        scale = getattr(descriptor, "scale", None)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out, targets)
     grey = "grey" if args._channels == 1 else "RGB"
@@ -231,7 +233,7 @@ def run(args) -> int:
     try:
         for path, target in zip(paths, targets, strict=True):
             if args.skip_existing and target.is_file():
-                reason = unfinished_output(target, path, getattr(descriptor, "scale", None))
+                reason = unfinished_output(target, path, scale)
                 if reason is None:
                     skipped += 1
                     bar.update(1)

@@ -70,6 +70,8 @@ class ExportedFile:
         self.receptive_radius = int(radius) if radius not in ("", None) else None
         self.prior = json.loads(meta.get("prior") or "{}")
         self.prior_channels = int(meta.get("prior_channels") or 0)
+        #: the output size over the input size the export recorded (None: not recorded)
+        self.scale: int | None = int(meta.get("scale") or 0) or None
 
     @property
     def needs_prior(self) -> bool:

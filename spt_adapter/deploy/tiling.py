@@ -230,7 +230,18 @@ def _run(net: Network, x: np.ndarray, p: np.ndarray | None, multiple: int) -> tu
             "not an integer scale"
         )
     s = int(s_h)
-    return out[..., : h * s, : w * s].astype(np.float32, copy=False), s
+    out = out[..., : h * s, : w * s].astype(np.float32, copy=False)
+    check_finite_output(bool(np.isfinite(out).all()))
+    return out, s
+
+
+def check_finite_output(finite: bool) -> None:
+    """Refuse a network output holding NaN or Inf (it would be written as black or white pixels)."""
+    if not finite:
+        raise RestoreError(
+            "the network's output holds NaN or Inf values (its weights or this input drive it out of range); "
+            "nothing was written for this image"
+        )
 
 
 def restore_array(

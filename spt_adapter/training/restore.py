@@ -49,6 +49,7 @@ from ..deploy.tiling import (  # noqa: F401  (DEFAULT_TILE_OVERLAP, MIN_STRIDE_F
     DEFAULT_TILE_OVERLAP,
     MIN_STRIDE_FRACTION,
     axis_weights,
+    check_finite_output,
     check_tile_stride,
     default_blend_for,
     default_overlap_for,
@@ -321,7 +322,9 @@ def _run(
             "not an integer scale"
         )
     s = int(s_h)
-    return out[..., : h * s, : w * s].float(), s
+    out = out[..., : h * s, : w * s].float()
+    check_finite_output(bool(torch.isfinite(out).all()))
+    return out, s
 
 
 class _nullcontext:
