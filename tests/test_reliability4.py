@@ -299,3 +299,86 @@ def test_wrong_the_torch_free_runner_honours_world_size_and_rank(tmp_path, expor
         done.append(int(result.stderr.split(" restored")[0].split()[-1]))
     assert sum(done) == 3 and 0 not in done  # each image once, both shards worked
     assert sorted(p.name for p in out.iterdir()) == ["p0.png", "p1.png", "p2.png"]
+
+
+def _tampered_onnx(path: Path, out: Path, *, times: float = 10.0) -> Path:
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    init = max(proto.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * times, init.name))
+    out.write_bytes(proto.SerializeToString())
+    return out
+
+
+def test_wrong_a_tampered_or_foreign_onnx_export_is_refused_before_the_first_image(exported, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    import onnx
+
+    from spt_adapter.training.export import export
+
+    bad = _tampered_onnx(exported["onnx"], tmp_path / "tampered.onnx")
+    foreign = tmp_path / "foreign.onnx"  # another network given a copy of ours' metadata, checksum included
+    other = onnx.load(str(export(_dncnn(seed=5), tmp_path / "other.onnx", check=False)))
+    del other.metadata_props[:]
+    other.metadata_props.extend(onnx.load(str(exported["onnx"])).metadata_props)
+    foreign.write_bytes(other.SerializeToString())
+    for path in (bad, foreign):
+        code, _, err = _run(["restore", exported["inputs"], "--backbone", path, "--out", tmp_path / "o"], capsys)
+        assert code == 1 and "not the ones exported" in _one_line_error(err)
+        result = _deploy(exported["inputs"], "--backbone", path, "--out", tmp_path / "o")
+        assert result.returncode == 1 and "not the ones exported" in _one_line_error(result.stderr)
+    assert not (tmp_path / "o").exists()
+
+
+def test_wrong_a_tampered_torchscript_export_is_refused(tmp_path):
+    import io
+    import zipfile
+
+    from spt_adapter.errors import ExportError
+    from spt_adapter.training.export import export
+    from spt_adapter.training.exported import load_exported
+
+    path = export(_dncnn(), tmp_path / "dn.pt", check=False)
+    load_exported(path)  # the file as written loads
+    src = zipfile.ZipFile(io.BytesIO(path.read_bytes()))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("data/2"):  # a conv weight: every value x10
+                data = (np.frombuffer(data, np.float32) * 10).astype(np.float32).tobytes()
+            dst.writestr(info, data)
+    (tmp_path / "bad.pt").write_bytes(buf.getvalue())
+    with pytest.raises(ExportError, match="not the ones exported"):
+        load_exported(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("k", [1, 2], ids=["prior_at_image_size", "prior_at_twice_the_size"])
+def test_wrong_a_swinir_prior_lands_on_its_pixels_through_the_api_as_through_restore(k):
+    """SwinIR pads its input to a window multiple itself (check_image_size); the unit resized the
+    unpadded prior over the padded grid, so model(x, prior=p) differed from restore() by up to 145
+    levels with these perturbed units (3 with trained ones)."""
+    import spt_adapter
+    from _archs import swinir_light
+
+    torch.manual_seed(0)
+    cfg = spt_adapter.SPTConfig(targets=["layers.*.residual_group"], hidden=8)
+    model = spt_adapter.inject(swinir_light().eval(), config=cfg).eval()
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for _, p in model.unit_parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    h, w = 21, 27  # not multiples of the window (8)
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    prior = np.zeros((1, h * k, w * k), np.float32)
+    prior[:, :, : w * k // 2] = 1
+    prior[:, : h * k // 3] = 1 - prior[:, : h * k // 3]
+    reference = spt_adapter.restore(model, image, prior)
+    x = torch.from_numpy(image.transpose(2, 0, 1)[None].astype(np.float32) / 255)
+    with torch.no_grad():
+        out = model(x, prior=torch.from_numpy(prior)[None])
+    api = np.round(out[0].clamp(0, 1).numpy().transpose(1, 2, 0) * 255).astype(int)
+    assert api.shape == reference.shape and np.abs(api - reference.astype(int)).max() <= 1
+    assert "check_image_size" not in vars(model.base_model)  # the method is the backbone's own again

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError, RestoreError
+from .checksum import verify
 from .tiling import float_channels, restore_array, to_image
 
 __all__ = [
@@ -160,6 +161,7 @@ def load_onnx(
         raise ExportError(f"{label}: onnxruntime cannot load it ({str(exc).strip().splitlines()[0][:200]})") from None
     meta = dict(session.get_modelmeta().custom_metadata_map)
     check_meta(meta, label)
+    verify(meta, data, "onnx", label)
     return OnnxNetwork(session, meta, label)
 
 

@@ -7,7 +7,9 @@ The file holds the backbone, the active adapter's units and, for a distilled ada
 student: ``image -> image``. An adapter that reads a provider's prior exports as
 ``(image, prior) -> image``; the prior's channels, provider and encoding are in the file's metadata
 (ONNX ``metadata_props``; TorchScript ``_extra_files["spt_adapter.json"]``), with the scale, the
-image channels, the task and the backbone fingerprint. Height, width and batch are dynamic: the
+image channels, the task, the backbone fingerprint and ``content_sha256``, the checksum of the file's
+own graph and weights that both runners verify before the first image
+(:mod:`spt_adapter.deploy.checksum`). Height, width and batch are dynamic: the
 graph pads its input to the size multiple the backbone needs (reflect; the prior: replicate, as
 :func:`spt_adapter.training.restore.restore` does) and crops the output back, so any size from
 that multiple up runs. float32 by default; ``half=True`` exports float16 weights and inputs.
@@ -39,6 +41,7 @@ import torch.nn.functional as F
 
 from .._io import atomic_write_bytes, remove_stale_temporaries_of, write_once_bytes
 from ..core.model import SPTModel
+from ..deploy.checksum import CHECKSUM_KEY, onnx_content_sha256, onnx_with_entry, torchscript_content_sha256
 from ..errors import ExportError
 from ..version import __version__
 from .exported import EXPORT_FORMAT, METADATA_FILE, load_exported
@@ -261,12 +264,27 @@ def _with_onnx_metadata(data: bytes, meta: dict[str, str]) -> bytes:
 
 
 def _torchscript_bytes(wrapper: nn.Module, example: tuple, meta: dict[str, str]) -> bytes:
+    """The traced archive with ``meta`` and the checksum of its own content (saved twice: the
+    checksum covers every entry but the metadata, and must not change when the metadata does)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(wrapper, example, check_trace=False)
-    buf = io.BytesIO()
-    torch.jit.save(traced, buf, _extra_files={METADATA_FILE: json.dumps(meta, sort_keys=True)})
-    return buf.getvalue()
+
+        def save(meta: dict[str, str]) -> bytes:
+            buf = io.BytesIO()
+            torch.jit.save(traced, buf, _extra_files={METADATA_FILE: json.dumps(meta, sort_keys=True)})
+            return buf.getvalue()
+
+        digest = torchscript_content_sha256(save(meta))
+        data = save({**meta, CHECKSUM_KEY: digest})
+    if torchscript_content_sha256(data) != digest:
+        raise ExportError("torch.jit.save wrote a different archive for the same program twice; nothing was written")
+    return data
+
+
+def _with_onnx_checksum(data: bytes) -> bytes:
+    """The ONNX file with the checksum of its graph appended to its metadata (:mod:`spt_adapter.deploy.checksum`)."""
+    return onnx_with_entry(data, CHECKSUM_KEY, onnx_content_sha256(data))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -343,7 +361,9 @@ def export(
             def build(batch: str) -> bytes:
                 meta["batch"] = batch
                 if fmt == "onnx":
-                    return _with_onnx_metadata(_onnx_bytes(wrapper, example, names, batch == "dynamic"), meta)
+                    return _with_onnx_checksum(
+                        _with_onnx_metadata(_onnx_bytes(wrapper, example, names, batch == "dynamic"), meta)
+                    )
                 return _torchscript_bytes(wrapper, example, meta)
 
             data = build("dynamic")

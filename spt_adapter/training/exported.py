@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..deploy.checksum import verify
 from ..deploy.onnx_restore import EXPORT_FORMAT, METADATA_FILE, ExportedFile, OnnxNetwork, load_onnx, restore_image
 from ..deploy.onnx_restore import check_meta as _check_meta
 from ..errors import ExportError, RestoreError
@@ -94,6 +95,7 @@ def _torchscript(data: bytes | str, source: str, device) -> ExportedModel:
     except json.JSONDecodeError:
         meta = {}
     _check_meta(meta, source)
+    verify(meta, data if isinstance(data, bytes) else Path(data).read_bytes(), "torchscript", source)
     dtype = torch.float16 if meta.get("dtype") == "float16" else torch.float32
     dev = torch.device(device or "cpu")
 
