@@ -382,3 +382,66 @@ def test_wrong_a_swinir_prior_lands_on_its_pixels_through_the_api_as_through_res
     api = np.round(out[0].clamp(0, 1).numpy().transpose(1, 2, 0) * 255).astype(int)
     assert api.shape == reference.shape and np.abs(api - reference.astype(int)).max() <= 1
     assert "check_image_size" not in vars(model.base_model)  # the method is the backbone's own again
+
+
+def _photo16(h: int = 18, w: int = 22, channels: int = 3) -> np.ndarray:
+    """A 16-bit image whose values are not 8-bit levels scaled up (x257): its low byte carries data."""
+    rng = np.random.default_rng(3)
+    shape = (h, w, channels) if channels == 3 else (h, w)
+    return rng.integers(1000, 64000, shape, dtype=np.uint16)
+
+
+def _read16(path: Path) -> np.ndarray:
+    cv2 = pytest.importorskip("cv2")
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    return arr[:, :, ::-1] if arr.ndim == 3 else arr
+
+
+@pytest.mark.parametrize("kind", ["rgb_png", "grey_tiff"])
+def test_wrong_a_16_bit_input_comes_back_16_bit_from_restore(tmp_path, capsys, dncnn_pth, kind):
+    pytest.importorskip("cv2")
+    import spt_adapter
+    from spt_adapter.deploy.outputs import png16_bytes
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    if kind == "rgb_png":
+        image = _photo16()
+        (folder / "photo.png").write_bytes(png16_bytes(image))
+    else:
+        tifffile = pytest.importorskip("tifffile")
+        image = _photo16(channels=1)
+        tifffile.imwrite(folder / "photo.tif", image)
+    argv = ["restore", folder, "--backbone", dncnn_pth, "--no-adapter", "--out", tmp_path / "o", "--no-progress"]
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
+    got = _read16(tmp_path / "o" / "photo.png")
+    assert got.dtype == np.uint16 and got.shape[:2] == image.shape[:2]
+    model = spt_adapter.load_backbone(dncnn_pth).model
+    want = spt_adapter.restore(model, image)  # the API: uint16 in, uint16 out, all 16 bits in the network
+    assert want.dtype == np.uint16
+    np.testing.assert_array_equal(got, want)
+    assert np.any(got % 257 != 0)  # real 16-bit values, not 8-bit levels scaled up
+
+
+def test_wrong_the_torch_free_runner_keeps_16_bits_and_says_when_it_cannot(tmp_path, exported):
+    pytest.importorskip("cv2")
+    from spt_adapter.deploy.outputs import png16_bytes
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "photo.png").write_bytes(png16_bytes(_photo16()))
+    result = _deploy(folder, "--backbone", exported["onnx"], "--out", tmp_path / "o")
+    assert result.returncode == 0, result.stderr
+    got = _read16(tmp_path / "o" / "photo.png")
+    assert got.dtype == np.uint16 and np.any(got % 257 != 0) and "8 bits" not in result.stderr
+    # without OpenCV (Pillow reads 16-bit colour PNGs as 8 bits): one line says so
+    blocker = tmp_path / "nocv2"
+    blocker.mkdir()
+    (blocker / "cv2.py").write_text("raise ImportError('blocked for this test')\n")
+    env = {"PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = _deploy(folder, "--backbone", exported["onnx"], "--out", tmp_path / "o8", env=env)
+    assert result.returncode == 0, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if "written at 8 bits" in ln]
+    assert len(lines) == 1 and "photo.png" in lines[0] and "opencv" in lines[0]
+    assert _read16(tmp_path / "o8" / "photo.png").dtype == np.uint8

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def restore(args: argparse.Namespace) -> int:
-    from .images import read_image
+    from .images import read_image_full_depth
     from .onnx_restore import check_torch_free, default_threads, load_onnx, restore_image
     from .outputs import (
         check_existing,
@@ -147,6 +147,7 @@ def restore(args: argparse.Namespace) -> int:
     tiling = f"tiles {args.tile}" if args.tile else "whole images"
     say(f"restore: {len(paths)} image(s){shard_note} -> {out}; exported onnx {args.backbone} ({net.kind}); {tiling}")
     done, skipped, failed, redone = 0, 0, [], []
+    reduced: list[tuple[Path, str]] = []
     t0 = time.perf_counter()
     for path, target in zip(paths, targets, strict=True):
         if args.skip_existing and target.is_file():
@@ -156,12 +157,14 @@ def restore(args: argparse.Namespace) -> int:
                 continue
             redone.append((target, reason))
         try:
-            image = read_image(path, net.channels)
+            image, note = read_image_full_depth(path, net.channels)
         except SPTError as exc:
             if args.strict:
                 raise SPTError(f"{exc} (--strict stops at the first unreadable input)") from None
             failed.append((path, str(exc)))
             continue
+        if note:
+            reduced.append((path, note))
         restored = restore_image(net, image, tile=args.tile, tile_overlap=args.tile_overlap, tile_blend=args.tile_blend)
         atomic_write_bytes(target, png_bytes(restored))
         done += 1
@@ -173,6 +176,8 @@ def restore(args: argparse.Namespace) -> int:
         say(f"  unreadable: {path}: {reason}")
     for target, reason in redone:
         say(f"  redone (--skip-existing found an unfinished output): {target}: {reason}")
+    for path, note in reduced:
+        say(f"  written at 8 bits: {path}: {note}")
     return EXIT_OK
 
 

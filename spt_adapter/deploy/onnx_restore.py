@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ExportError, RestoreError
 from .checksum import verify
-from .tiling import float_channels, restore_array, to_image
+from .tiling import float_channels, output_kind, restore_array, to_image
 
 __all__ = [
     "ExportedFile",
@@ -192,8 +192,8 @@ def restore_image(
     info: Any = None,
 ) -> np.ndarray:
     """Restore one image (NumPy ``HxW``/``HxWxC``, uint8/uint16 or float on [0, 1]) with an exported
-    file: ``HxWx3`` (``HxW`` for grey files) uint8 for integer inputs, float32 on [0, 1] for float
-    ones. ``prior``: the whole image's prior, for a file that reads one (None otherwise). Tiling as
+    file: ``HxWx3`` (``HxW`` for grey files) uint8 for 8-bit inputs, uint16 for 16-bit ones, float32
+    on [0, 1] for float ones. ``prior``: the whole image's prior, for a file that reads one (None otherwise). Tiling as
     :func:`~spt_adapter.deploy.tiling.restore_array` with the file's size multiple, minimum tile
     and receptive radius."""
     n_in = channels or net.channels
@@ -201,7 +201,7 @@ def restore_image(
         raise RestoreError(f"{net.source} takes {net.channels}-channel images, not {n_in}")
     if net.needs_prior and prior is None:
         raise RestoreError(f"{net.source} reads a prior: compute it with the provider its metadata records")
-    as_float = np.asarray(image).dtype.kind == "f"
+    as_float = output_kind(image)
     x_np, _ = float_channels(image, n_in, "image")
     out = restore_array(
         net,

@@ -183,7 +183,7 @@ def restore_exported(
     FILE.onnx`` and ``python -m spt_adapter.deploy restore`` write the same bytes); a TorchScript one
     through :func:`~spt_adapter.training.restore.restore_tensor`. ``prior``: the whole image's prior
     (required when the file reads one; compute it with :func:`prior_source_of`)."""
-    from ..deploy.tiling import default_blend_for, default_overlap_for, to_image
+    from ..deploy.tiling import default_blend_for, default_overlap_for, output_kind, to_image
     from .restore import _float_channels, restore_tensor
 
     if half:
@@ -203,7 +203,7 @@ def restore_exported(
         return restore_image(
             runner.network, image, p, tile=tile, tile_overlap=tile_overlap, tile_blend=tile_blend, info=info
         )
-    as_float = np.asarray(image).dtype.kind == "f"
+    as_float = output_kind(image)
     x_np, _ = _float_channels(image, n_in, "image")
     overlap, blend = tile_overlap, tile_blend
     if tile is not None:
