@@ -445,3 +445,103 @@ def test_wrong_the_torch_free_runner_keeps_16_bits_and_says_when_it_cannot(tmp_p
     lines = [ln for ln in result.stderr.splitlines() if "written at 8 bits" in ln]
     assert len(lines) == 1 and "photo.png" in lines[0] and "opencv" in lines[0]
     assert _read16(tmp_path / "o8" / "photo.png").dtype == np.uint8
+
+
+# ---------------------------------------------------------------------------------------------
+# hangs
+# ---------------------------------------------------------------------------------------------
+def test_hang_a_float16_torchscript_export_runs_in_float32_on_the_cpu(tmp_path):
+    from spt_adapter.training.export import export
+    from spt_adapter.training.exported import load_exported
+
+    model = _dncnn()
+    path = export(model, tmp_path / "half.pt", half=True, check=False)
+    runner = load_exported(path)
+    assert runner.meta["dtype"] == "float16" and "float32 on the CPU" in runner.note
+    x = torch.rand(1, 3, 20, 24)
+    out = runner(x)
+    assert out.dtype == torch.float32  # float16 on a CPU ran ~70x slower than float32
+    with torch.no_grad():
+        assert float((out - model(x)).abs().max()) < 1e-2  # float16 weights, float32 arithmetic
+
+
+def _train_setup(tmp_path):
+    from test_reliability import _ckpt, _images, _train_argv
+
+    return [
+        str(a)
+        for a in _train_argv(
+            _ckpt(tmp_path / "sw.safetensors"), _images(tmp_path / "hq"), tmp_path / "run", tmp_path / "cache"
+        )
+    ]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_alone(tmp_path, timeout: str) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "WORLD_SIZE": "2",
+        "RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "SPT_DIST_TIMEOUT": timeout,
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "spt_adapter.cli", *_train_setup(tmp_path), "--no-progress"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_hang_train_without_its_peer_says_it_waits_and_gives_up_after_the_timeout(tmp_path):
+    proc = _train_alone(tmp_path, "3")
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 1, err
+    assert "waits at 127.0.0.1" in err and "for the other 1 process(es)" in err
+    last = err.strip().splitlines()[-1]
+    assert "did not join" in last and "within 3 s" in last and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_hang_sigterm_while_train_waits_for_its_peer_stops_it_at_once(tmp_path):
+    import time
+
+    proc = _train_alone(tmp_path, "600")
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 200
+    seen = ""
+    while "waits at" not in seen and time.monotonic() < deadline:
+        seen += proc.stderr.readline()
+    assert "waits at" in seen, seen
+    time.sleep(1)  # inside torch's rendezvous now
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("SIGTERM was swallowed while train waited for its peer")
+    assert proc.returncode == -signal.SIGTERM
+
+
+def test_nonsense_train_started_with_sigterm_ignored_keeps_ignoring_it():
+    from spt_adapter.commands.train import sigterm_as_interrupt
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with sigterm_as_interrupt():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        with pytest.raises(KeyboardInterrupt):  # a run that does not ignore it still stops
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            with sigterm_as_interrupt():
+                signal.raise_signal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

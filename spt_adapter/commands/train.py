@@ -375,6 +375,9 @@ def sigterm_as_interrupt():
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:  # started to ignore it (nohup-like): keep ignoring
+        yield
+        return
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield

@@ -57,6 +57,8 @@ class ExportedModel(ExportedFile):
         self.device = torch.device("cpu")
         #: the NumPy network of an ONNX file (:mod:`spt_adapter.deploy`): restore_exported tiles with it
         self.network: OnnxNetwork | None = None
+        #: what the runner does differently from the file (a float16 file run in float32 on the CPU), or ""
+        self.note = ""
 
     def run(self, x: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
         return self._call(x, prior)
@@ -98,14 +100,33 @@ def _torchscript(data: bytes | str, source: str, device) -> ExportedModel:
     verify(meta, data if isinstance(data, bytes) else Path(data).read_bytes(), "torchscript", source)
     dtype = torch.float16 if meta.get("dtype") == "float16" else torch.float32
     dev = torch.device(device or "cpu")
+    note = ""
+    if dtype == torch.float16 and dev.type == "cpu":
+        # float16 arithmetic on a CPU is emulated: a photo took hours (~70x float32); its float16 weights
+        # are exact in float32, so the file runs in float32 there
+        module.float()
+        dtype, note = torch.float32, "float16 file run in float32 on the CPU (float16 on a CPU is ~70x slower)"
 
     def call(x: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
         with torch.no_grad():
             args = (x.to(dev, dtype),) if prior is None else (x.to(dev, dtype), prior.to(dev, dtype))
             return module(*args)
 
-    runner = ExportedModel("torchscript", meta, call, source)
+    def call_checked(x: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+        try:
+            return call(x, prior)
+        except RuntimeError as exc:
+            if note and "dtype" in str(exc).lower():
+                raise RestoreError(
+                    f"{source} is a float16 export, too slow on the CPU, and its program does not run in "
+                    "float32 (it makes float16 tensors itself): run it on a CUDA device (--device cuda), "
+                    "or export it without --half for the CPU"
+                ) from None
+            raise
+
+    runner = ExportedModel("torchscript", meta, call_checked, source)
     runner.device = dev
+    runner.note = note
     return runner
 
 
