@@ -545,3 +545,138 @@ def test_nonsense_train_started_with_sigterm_ignored_keeps_ignoring_it():
                 signal.raise_signal(signal.SIGTERM)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------------------------------------------
+# tracebacks and misleading messages
+# ---------------------------------------------------------------------------------------------
+def _with_meta(src: Path, dst: Path, edits: dict[str, str]) -> Path:
+    """``src`` (an ONNX export) with metadata fields edited; its graph bytes, and so its checksum, kept."""
+    import onnx
+
+    proto = onnx.load(str(src))
+    props = {p.key: p.value for p in proto.metadata_props}
+    props.update(edits)
+    del proto.metadata_props[:]
+    for key in sorted(props):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, props[key]
+    dst.write_bytes(proto.SerializeToString())
+    return dst
+
+
+@pytest.mark.parametrize(
+    "edits,words",
+    [
+        ({"size_multiple": "0"}, "size_multiple='0' is not a whole number"),
+        ({"channels": "abc"}, "channels='abc' is not a whole number"),
+        ({"channels": "1"}, "says 1, but the graph reads 3-channel images"),
+        ({"dtype": "float16"}, "says float16, but the graph takes tensor(float)"),
+        ({"scale": "3"}, "says x3, but the graph gives x1"),
+        ({"minimum_tile": "-7"}, "minimum_tile='-7' is not a whole number"),
+        ({"prior": "{"}, "prior='{' is not a JSON object"),
+        ({"kind": "prior", "inputs": "image,prior", "prior_channels": "1"}, "does not match the graph"),
+        ({"kind": "student", "inputs": "image,prior"}, "contradicts kind 'student'"),
+    ],
+    ids=["multiple0", "channels_abc", "channels1", "dtype", "scale", "min_tile", "prior_json", "kind", "inputs"],
+)
+def test_trace_exported_metadata_is_checked_against_the_graph_on_load(exported, tmp_path, capsys, edits, words):
+    pytest.importorskip("onnx")
+    bad = _with_meta(exported["onnx"], tmp_path / "bad.onnx", edits)
+    code, _, err = _run(["restore", exported["inputs"], "--backbone", bad, "--out", tmp_path / "o"], capsys)
+    assert code == 1 and words in _one_line_error(err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_trace_the_torch_free_runner_checks_metadata_too(exported, tmp_path):
+    pytest.importorskip("onnx")
+    bad = _with_meta(exported["onnx"], tmp_path / "bad.onnx", {"size_multiple": "0"})
+    result = _deploy(exported["inputs"], "--backbone", bad, "--out", tmp_path / "o")
+    assert result.returncode == 1 and "size_multiple='0'" in _one_line_error(result.stderr)
+
+
+def test_trace_torchscript_metadata_is_checked_against_the_module(tmp_path):
+    import io
+    import json
+    import zipfile
+
+    from spt_adapter.errors import ExportError
+    from spt_adapter.training.export import export
+    from spt_adapter.training.exported import load_exported
+
+    path = export(_dncnn(), tmp_path / "dn.pt", check=False)
+    src = zipfile.ZipFile(io.BytesIO(path.read_bytes()))
+    for edits, words in (
+        ({"kind": "prior", "inputs": "image,prior", "prior_channels": "1"}, "does not match the graph"),
+        ({"channels": "1"}, "does not run as its metadata describes it"),
+        ({"scale": "2"}, "says x2, but the graph gives x1"),
+    ):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as dst:
+            for info in src.infolist():
+                data = src.read(info)
+                if info.filename.endswith("extra/spt_adapter.json"):
+                    data = json.dumps({**json.loads(data), **edits}).encode()
+                dst.writestr(zipfile.ZipInfo(info.filename), data)
+        (tmp_path / "bad.pt").write_bytes(buf.getvalue())
+        with pytest.raises(ExportError, match=words):
+            load_exported(tmp_path / "bad.pt")
+
+
+def test_trace_onnxruntime_running_out_of_memory_says_to_tile(exported):
+    """An allocation failure (here raised by the session as onnxruntime raises it: its own
+    RuntimeException class, 'Failed to allocate memory') becomes one line naming --tile."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+
+    from spt_adapter.deploy.onnx_restore import load_onnx, restore_image
+    from spt_adapter.errors import RestoreError
+
+    net = load_onnx(exported["onnx"])
+
+    class Exhausted:
+        def run(self, *_a, **_k):
+            raise RuntimeException("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for 1 GB")
+
+    net.session = Exhausted()
+    with pytest.raises(RestoreError, match=r"not enough memory to run a 30x40 input whole.*--tile 512"):
+        restore_image(net, np.zeros((30, 40, 3), np.uint8))
+
+
+def test_trace_a_checkpoint_whose_tensors_do_not_fit_the_sized_network_is_one_line(tmp_path, capsys):
+    state = _dncnn().state_dict()
+    state["model.4.weight"] = torch.zeros(8, 5, 3, 3)  # spandrel sizes DnCNN from model.0: this one cannot load
+    bad = tmp_path / "odd.pth"
+    torch.save(state, bad)
+    for argv in (["inspect", bad], ["export", "--backbone", bad, "--no-adapter", "--out", tmp_path / "x.pt"]):
+        code, _, err = _run(argv, capsys)
+        line = _one_line_error(err)
+        assert code == 1 and "do not fit the network spandrel sized from it" in line and "model.4.weight" in line
+
+
+def test_trace_a_prior_with_negative_strides_is_taken_as_it_reads():
+    import spt_adapter
+
+    model = spt_adapter.inject(_dncnn(), config=spt_adapter.SPTConfig(targets=["model.2"], hidden=4)).eval()
+    image = np.random.default_rng(0).integers(0, 256, (12, 14, 3), dtype=np.uint8)
+    prior = np.zeros((1, 12, 14), np.float32)
+    prior[:, :, :5] = 1
+    flipped = prior[:, :, ::-1]  # a view with a negative stride
+    out = spt_adapter.restore(model, image, flipped)
+    np.testing.assert_array_equal(out, spt_adapter.restore(model, image, flipped.copy()))
+
+
+def test_trace_an_onehot_encoding_for_an_export_read_with_another_is_one_line(tmp_path, capsys, exported):
+    import spt_adapter
+    from spt_adapter.training.export import export
+
+    cfg = spt_adapter.SPTConfig(
+        targets=["model.2"],
+        hidden=4,
+        prior={"provider": {"provider": "classical", "method": "slic"}, "encoding": "boundary", "task": "denoise:25"},
+    )
+    model = spt_adapter.inject(_dncnn(), config=cfg).eval()
+    onnx_file = export(model, tmp_path / "prior.onnx", check=False)
+    argv = ["restore", exported["inputs"], "--backbone", onnx_file, "--out", tmp_path / "o", "--encoding", "onehot"]
+    code, _, err = _run(argv, capsys)
+    line = _one_line_error(err)
+    assert code == 1 and "--encoding onehot gives 8 prior channel(s)" in line and "exported for 1 (boundary)" in line

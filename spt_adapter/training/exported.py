@@ -96,6 +96,8 @@ def _torchscript(data: bytes | str, source: str, device) -> ExportedModel:
         meta = json.loads(extra[METADATA_FILE] or "{}")
     except json.JSONDecodeError:
         meta = {}
+    if not isinstance(meta, dict):
+        meta = {}
     _check_meta(meta, source)
     verify(meta, data if isinstance(data, bytes) else Path(data).read_bytes(), "torchscript", source)
     dtype = torch.float16 if meta.get("dtype") == "float16" else torch.float32
@@ -127,6 +129,11 @@ def _torchscript(data: bytes | str, source: str, device) -> ExportedModel:
     runner = ExportedModel("torchscript", meta, call_checked, source)
     runner.device = dev
     runner.note = note
+    names = [v.debugName().split(".")[0] for v in list(module.graph.inputs())[1:]]  # [0] is self
+    param = next((t for t in module.parameters() if t.is_floating_point()), None)
+    elem = "" if param is None or note else str(param.dtype).replace("torch.", "")
+    runner.check_graph({n: ([], elem if n == "image" else "") for n in names})
+    runner.probe(lambda shape: torch.zeros(shape))
     return runner
 
 
@@ -177,7 +184,17 @@ def prior_source_of(runner: ExportedModel, *, provider: Any = None, encoding: st
         return PriorSource("student", described="the distilled student inside the file")
     if provider is None:
         provider = provider_from_record(dict(runner.prior.get("provider") or {}), runner.source)
-    encoding = encoding or runner.meta.get("prior_encoding") or "label"
+    recorded = runner.meta.get("prior_encoding") or "label"
+    if encoding and encoding != recorded:
+        from ..prior.encode import encoding_channels
+
+        if encoding_channels(encoding) != runner.prior_channels:
+            raise RestoreError(
+                f"--encoding {encoding} gives {encoding_channels(encoding)} prior channel(s), but "
+                f"{runner.source} was exported for {runner.prior_channels} ({recorded}): drop --encoding, "
+                f"or pass --encoding {recorded}"
+            )
+    encoding = encoding or recorded
     return PriorSource(
         "provider", provider=provider, encoding=encoding, cache=cache, described=f"{provider!r}, encoding {encoding}"
     )
