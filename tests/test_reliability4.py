@@ -680,3 +680,33 @@ def test_trace_an_onehot_encoding_for_an_export_read_with_another_is_one_line(tm
     code, _, err = _run(argv, capsys)
     line = _one_line_error(err)
     assert code == 1 and "--encoding onehot gives 8 prior channel(s)" in line and "exported for 1 (boundary)" in line
+
+
+def test_trace_the_converter_names_a_dagnn_file_a_layer_without_weights_and_a_huge_declared_array(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    from test_convert_dncnn_mat import matlab_dncnn, write_simplenn
+
+    dag = tmp_path / "dag.mat"  # MatConvNet DagNN: net.layers is a struct of fields, net.params the weights
+    with h5py.File(dag, "w") as f:
+        layers = f.create_group("net/layers")
+        for key in ("block", "inputs", "name", "outputs", "params", "type"):
+            layers[key] = np.zeros((1, 1))
+        f.create_group("net/params")
+    layers = matlab_dncnn(1)
+    del layers[2]["weights"]
+    write_simplenn(tmp_path / "noweights.mat", layers)
+    huge = tmp_path / "huge.mat"
+    write_simplenn(huge, matlab_dncnn(1))
+    with h5py.File(huge, "r+") as f:  # the first conv's weight declares 10^10 values in a file of a few kB
+        ref = f[f["net"]["layers"][0, 0]]["weights"][0, 0]
+        name = f[ref].name
+        del f[name]
+        f.create_dataset(name, shape=(100000, 100000), dtype="f4", chunks=(64, 64))
+    assert huge.stat().st_size < 1_000_000
+    for mat, words in (
+        (dag, "a MatConvNet DagNN network"),
+        (tmp_path / "noweights.mat", "has no weights"),
+        (huge, "declares shape (100000, 100000)"),
+    ):
+        result = _convert(mat, tmp_path / f"{mat.stem}.safetensors")
+        assert result.returncode == 1 and words in _one_line_error(result.stderr), result.stderr
