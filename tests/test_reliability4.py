@@ -710,3 +710,40 @@ def test_trace_the_converter_names_a_dagnn_file_a_layer_without_weights_and_a_hu
     ):
         result = _convert(mat, tmp_path / f"{mat.stem}.safetensors")
         assert result.returncode == 1 and words in _one_line_error(result.stderr), result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# accepted nonsense
+# ---------------------------------------------------------------------------------------------
+def test_nonsense_export_refuses_a_task_that_is_none_or_not_the_backbones(tmp_path, capsys, dncnn_pth):
+    base = ["export", "--backbone", dncnn_pth, "--no-adapter", "--no-check"]
+    with pytest.raises(SystemExit) as usage:  # argparse: exit 2, one line naming --task
+        main([str(a) for a in [*base, "--out", tmp_path / "a.pt", "--task", "blur:3"]])
+    assert usage.value.code == 2 and "blur:3" in capsys.readouterr().err
+    code, _, err = _run([*base, "--out", tmp_path / "b.pt", "--task", "sr:4"], capsys)
+    assert code == 1 and "--task sr:4 needs a x4 backbone" in _one_line_error(err)
+    assert not (tmp_path / "a.pt").exists() and not (tmp_path / "b.pt").exists()
+
+
+def test_nonsense_restore_and_export_check_the_adapters_recorded_task_against_the_backbone(
+    tmp_path, capsys, dncnn_pth, exported
+):
+    import spt_adapter
+
+    cfg = spt_adapter.SPTConfig(
+        targets=["model.2"],
+        hidden=4,
+        student={"width": 4, "depth": 2},
+        prior={"teacher": {"provider": "classical", "method": "slic"}, "encoding": "boundary", "task": "sr:3"},
+    )
+    model = spt_adapter.inject(spt_adapter.load_backbone(dncnn_pth).model, config=cfg)
+    adapter = tmp_path / "sr3.safetensors"
+    model.save_adapter(adapter)
+    for argv in (
+        ["restore", exported["inputs"], "--backbone", dncnn_pth, "--adapter", adapter, "--out", tmp_path / "o"],
+        ["export", "--backbone", dncnn_pth, "--adapter", adapter, "--out", tmp_path / "x.pt"],
+    ):
+        code, _, err = _run(argv, capsys)
+        line = _one_line_error(err)
+        assert code == 1 and "was trained for sr:3" in line and "needs a x3 backbone" in line, line
+    assert not (tmp_path / "o").exists() and not (tmp_path / "x.pt").exists()

@@ -422,7 +422,7 @@ def parity(
     """Max |exported - PyTorch| over images of ``sizes`` (outputs clamped to [0, 1], as restore
     writes them); the reference is the PyTorch forward :func:`spt_adapter.training.restore.restore`
     runs (padded to the size multiple, cropped back)."""
-    runner = load_exported(data, fmt=fmt)
+    runner = load_exported(data, fmt=fmt, slow_half_ok=True)  # small sizes: float16 on a CPU is fine here
     kind = _kind(model)
     multiple = size_multiple(model, descriptor)
     channels = input_channels(model, descriptor)
