@@ -747,3 +747,42 @@ def test_nonsense_restore_and_export_check_the_adapters_recorded_task_against_th
         line = _one_line_error(err)
         assert code == 1 and "was trained for sr:3" in line and "needs a x3 backbone" in line, line
     assert not (tmp_path / "o").exists() and not (tmp_path / "x.pt").exists()
+
+
+def test_trace_a_header_whose_encoding_contradicts_its_prior_channels_blames_the_file(tmp_path):
+    """Before: it loaded, and the first image failed with a message blaming the prior."""
+    import json
+
+    import spt_adapter
+    from _archs import tiny_esrgan
+    from spt_adapter.errors import AdapterFileError
+    from test_reliability import _fresh_adapter, _rewrite
+
+    path, header = _fresh_adapter(tmp_path, prior={"provider": "classical", "method": "slic", "encoding": "label"})
+    meta = header["__metadata__"]
+    config = json.loads(meta["config"])
+    config["prior"]["encoding"] = "onehot:4"  # 4 channels; the units read 1
+    meta["config"] = json.dumps(config, sort_keys=True)
+    meta["prior"] = json.dumps(config["prior"], sort_keys=True)
+    bad = _rewrite(path, tmp_path / "bad.safetensors", header)
+    assert spt_adapter.load_adapter(tiny_esrgan(), path) is not None
+    with pytest.raises(AdapterFileError, match=r"encoding 'onehot:4' makes 4 channel\(s\), but .* prior_channels 1"):
+        spt_adapter.load_adapter(tiny_esrgan(), bad)
+
+
+def test_trace_misleading_messages_name_the_real_cause(tmp_path):
+    from spt_adapter.deploy.images import read_image_full_depth
+    from spt_adapter.deploy.tiling import check_tile_stride
+    from spt_adapter.errors import AdapterFileError, ImageError, RestoreError
+    from spt_adapter.files.format import read_adapter_header
+
+    with pytest.raises(RestoreError, match="the tile overlap must be 0 or more pixels, got -8"):
+        check_tile_stride(64, -8)  # was: "use a tile of at least -7 pixels"
+    fifo = tmp_path / "photo.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match="is not a regular file .a pipe, socket or device.; images are files"):
+        read_image_full_depth(fifo)  # was: "no such image file"
+    short = tmp_path / "short.safetensors"
+    short.write_bytes((100).to_bytes(8, "little") + b"{" * 96)  # 104 bytes; the header needs 108
+    with pytest.raises(AdapterFileError, match="announces a 100-byte header, but the file holds 104 bytes"):
+        read_adapter_header(short)

@@ -303,7 +303,10 @@ def read_safetensors_header(path: str | os.PathLike, what: str = "adapter file")
                 f"{path}: header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit; not a valid adapter"
             )
         if 8 + header_len > size:
-            raise AdapterFileError(f"{path} is truncated: header of {header_len} bytes but the file has {size} bytes")
+            raise AdapterFileError(
+                f"{path} is truncated: its 8-byte length prefix announces a {header_len}-byte header, but the "
+                f"file holds {size} bytes in all (at least {8 + header_len} needed)"
+            )
         raw = fh.read(header_len)
     header = strict_json(raw, f"{path}: the safetensors header")
     if not isinstance(header, dict):
@@ -429,6 +432,22 @@ def _config(path: str | os.PathLike, meta: dict[str, str]) -> SPTConfig:
             f"{path}: recorded task {task!r} is not a task (expected 'denoise:<sigma 0..255>' or "
             "'sr:<scale 2..8>'); the file is corrupt or was edited by hand"
         )
+    encoding = config.prior.get("encoding")
+    if isinstance(encoding, str) and encoding:
+        # the units read as many prior channels as the recorded encoding makes: a file saying otherwise
+        # would fail at the first image with a message blaming the prior, not the file
+        from ..errors import PriorError
+        from ..prior.encode import encoding_channels
+
+        try:
+            channels = encoding_channels(encoding)
+        except PriorError as exc:
+            raise AdapterFileError(f"{path}: recorded prior encoding: {exc}; the file is corrupt") from None
+        if channels != config.prior_channels:
+            raise AdapterFileError(
+                f"{path}: the recorded prior encoding {encoding!r} makes {channels} channel(s), but the config's "
+                f"units read prior_channels {config.prior_channels}; the file is corrupt or was edited by hand"
+            )
     return config
 
 
