@@ -786,3 +786,21 @@ def test_trace_misleading_messages_name_the_real_cause(tmp_path):
     short.write_bytes((100).to_bytes(8, "little") + b"{" * 96)  # 104 bytes; the header needs 108
     with pytest.raises(AdapterFileError, match="announces a 100-byte header, but the file holds 104 bytes"):
         read_adapter_header(short)
+
+
+def test_nonsense_train_says_the_length_of_a_run_with_student_steps_before_step_1(tmp_path, capsys):
+    """--student-steps come on top of --iters: `--student-steps 100000 --iters 3` silently ran 100,003
+    steps; the total is now the line before the first step."""
+    argv = [
+        *_train_setup(tmp_path),
+        "--prior",
+        "distilled",
+        "--teacher",
+        "slic",
+        "--student-steps",
+        "3",
+        "--no-progress",
+    ]
+    code, out, err = _run(argv, capsys)
+    assert code == 0, err
+    assert "steps: 5 in all: 3 that train the student alone (--student-steps), then 2 with the units (--iters)" in out

@@ -522,6 +522,11 @@ def _run(args) -> int:
             spt.print_trainable_parameters()
             what = f"distilled prior, teacher {provider!r} on the clean images" if distilled else f"prior {provider!r}"
             print(f"data: {len(train_images)} image(s) in {args.data}, task {args.task}, {what}")
+            if distilled and args.student_steps:  # they come on top of --iters: the run's length, said before step 1
+                print(
+                    f"steps: {args.student_steps + args.iters} in all: {args.student_steps} that train the student "
+                    f"alone (--student-steps), then {args.iters} with the units (--iters)"
+                )
         info_meta: dict[str, Any] = {
             "task": args.task,
             "data": str(args.data),
