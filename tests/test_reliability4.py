@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -804,3 +805,38 @@ def test_nonsense_train_says_the_length_of_a_run_with_student_steps_before_step_
     code, out, err = _run(argv, capsys)
     assert code == 0, err
     assert "steps: 5 in all: 3 that train the student alone (--student-steps), then 2 with the units (--iters)" in out
+
+
+@pytest.mark.parametrize("fault", ["missing", "extra"])
+def test_nonsense_the_peft_route_refuses_missing_or_extra_tensors(tmp_path, fault):
+    """Before: PeftModel.from_pretrained loaded them with PEFT's generic warning, a unit left at its
+    initial value."""
+    import shutil
+
+    peft = pytest.importorskip("peft")
+    from safetensors.torch import load_file, save_file
+
+    import spt_adapter.peft as spt_peft
+    from _archs import tiny_esrgan
+    from spt_adapter.errors import SPTError
+    from test_reliability3 import _peft_folder, _state
+
+    good = _peft_folder(tmp_path)
+    bad = tmp_path / "bad"
+    shutil.copytree(good, bad)
+    tensors = load_file(str(good / "adapter_model.safetensors"))
+    if fault == "missing":
+        del tensors[sorted(tensors)[0]]
+    else:
+        name = sorted(tensors)[0]
+        tensors[name.replace("sub.0", "sub.9")] = tensors[name].clone()  # a unit on a module that has none
+    save_file(tensors, str(bad / "adapter_model.safetensors"), metadata={"format": "pt"})
+    backbone = tiny_esrgan()
+    before = _state(backbone)
+    words = "lacks 1 unit tensor" if fault == "missing" else "holds 1 tensor(s) no unit of this backbone has"
+    with pytest.raises(SPTError, match="unit tensors"):  # spt_adapter's own reader counted them already
+        spt_peft.load_peft_adapter(backbone, bad)
+    with pytest.raises(SPTError, match=re.escape(words)):  # PEFT's own entry point
+        peft.PeftModel.from_pretrained(backbone, bad)
+    assert set(_state(backbone)) == set(before)
+    assert spt_peft.load_peft_adapter(tiny_esrgan(), good) is not None  # the folder as written loads
