@@ -840,3 +840,19 @@ def test_nonsense_the_peft_route_refuses_missing_or_extra_tensors(tmp_path, faul
         peft.PeftModel.from_pretrained(backbone, bad)
     assert set(_state(backbone)) == set(before)
     assert spt_peft.load_peft_adapter(tiny_esrgan(), good) is not None  # the folder as written loads
+
+
+def test_wrong_eval_says_on_one_line_that_16_bit_ground_truth_is_scored_at_8_bits(tmp_path, capsys, dncnn_pth):
+    from PIL import Image
+
+    from spt_adapter.deploy.outputs import png16_bytes
+
+    data = tmp_path / "gt"
+    data.mkdir()
+    (data / "deep.png").write_bytes(png16_bytes(_photo16(24, 28)))
+    Image.fromarray(np.full((24, 28, 3), 90, np.uint8)).save(data / "flat.png")
+    argv = ["eval", "--no-adapter", "--backbone", dncnn_pth, "--data", data, "--task", "denoise:25"]
+    code, _, err = _run([*argv, "--out", tmp_path / "ev", "--no-progress"], capsys)
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if "16-bit" in ln]
+    assert len(lines) == 1 and "1 ground-truth image(s) are 16-bit (deep.png)" in lines[0] and "8 bits" in lines[0]
