@@ -28,7 +28,7 @@ from PIL import Image
 
 from _data import full_data
 from spt_adapter.cli import main
-from spt_adapter.training.images import imresize_bicubic
+from spt_adapter.data.images import imresize_bicubic
 
 pytest.importorskip("spandrel")
 

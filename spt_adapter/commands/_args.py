@@ -74,9 +74,9 @@ nonneg_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
 def task_type(text: str) -> str:
-    """An argparse type for ``--task``: parsed by :func:`spt_adapter.training.data.parse_task`."""
+    """An argparse type for ``--task``: parsed by :func:`spt_adapter.data.datasets.parse_task`."""
+    from ..data.datasets import parse_task
     from ..errors import DataError
-    from ..training.data import parse_task
 
     try:
         parse_task(text)

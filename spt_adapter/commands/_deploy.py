@@ -50,8 +50,8 @@ def default_device(args) -> str:
 def exported_model(args):
     """(runner, described, prior source, device) for ``--backbone`` naming an exported file; refuses
     the flags that do not apply to one. Sets ``args._channels``."""
-    from ..training.builders import build_provider, check_provider_args, prior_cache, use_recorded_provider
-    from ..training.exported import load_exported, prior_source_of
+    from ..inference.exported import load_exported, prior_source_of
+    from .builders import build_provider, check_provider_args, prior_cache, use_recorded_provider
 
     path = Path(args.backbone)
     for flag, given in (

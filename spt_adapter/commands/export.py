@@ -7,7 +7,7 @@ The file holds the backbone, the adapter's units and its prior student (a distil
 ``image -> image``); an adapter that reads a provider's prior exports as ``(image, prior) -> image``
 with the provider and encoding in its metadata. Dynamic height, width and batch; float32 unless
 ``--half``. What cannot be exported is refused by name before anything is written, and the file is
-checked against the PyTorch model at two other sizes first (:func:`spt_adapter.training.export.export`).
+checked against the PyTorch model at two other sizes first (:func:`spt_adapter.inference.export.export`).
 ``spt-adapter restore --backbone FILE`` runs it (onnxruntime for ONNX).
 """
 
@@ -60,8 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from ..files.format import load_adapter
     from ..files.hub import resolve_adapter_file
-    from ..training.builders import load_backbone_from_args
-    from ..training.export import export, format_of
+    from ..inference.export import export, format_of
+    from .builders import load_backbone_from_args
 
     fmt = format_of(args.out, args.format)  # refuse a bad name before loading anything
     if Path(args.out).is_dir():
@@ -92,7 +92,7 @@ def run(args) -> int:
         scale=args._scale,
         check=not args.no_check,
     )
-    from ..training.export import _kind
+    from ..inference.export import _kind
 
     inputs = "image, prior" if _kind(model) == "prior" else "image"
     print(f"export: {described} -> {out} ({fmt}, inputs: {inputs}, {out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)

@@ -78,7 +78,7 @@ def run(args) -> int:
     from ..core.targets import inspect_targets
     from ..core.unit import SPTUnit
     from ..errors import TargetError
-    from ..training.builders import load_backbone_from_args
+    from .builders import load_backbone_from_args
 
     args.arch, args.weights = None, None
     model, default, described = load_backbone_from_args(args, targets=args.targets, require_targets=False)

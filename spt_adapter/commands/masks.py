@@ -132,11 +132,11 @@ def shard_of(n_items: int, num_shards: int | None, shard_index: int | None, env=
 def run(args) -> int:
     from tqdm import tqdm
 
+    from ..data.datasets import degrade, parse_task
+    from ..data.images import list_images, read_image
     from ..errors import ConfigError, ProviderRunError, SPTError
     from ..prior import get_provider_spec, make_provider, parse_encoding
-    from ..training.builders import open_prior_cache, parse_settings
-    from ..training.data import degrade, parse_task
-    from ..training.images import list_images, read_image
+    from .builders import open_prior_cache, parse_settings
 
     parse_encoding(args.encoding)
     task = parse_task(args.degrade) if args.degrade else None

@@ -8,7 +8,7 @@ the way the adapter records (or as ``--provider``/``--provider-checkpoint`` say;
 it), then the network runs on the whole image or on tiles that each get their crop of that prior.
 Outputs are 8-bit PNGs named after the inputs (``photo.jpg`` -> ``OUT/photo.png``; grey for grey
 backbones), written atomically; inputs are never overwritten. Everything is checked before the
-first image is read. The work is :func:`spt_adapter.training.restore.restore`.
+first image is read. The work is :func:`spt_adapter.inference.restore.restore`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from ..deploy.outputs import (
     unfinished_output,
 )
 from ..errors import SPTError
-from ..training.builders import build_provider, load_backbone_from_args, prior_cache, prior_flags
 from ._args import add_backbone_arguments, add_prior_arguments, add_progress_arguments, nonneg_int, positive_int
+from .builders import build_provider, load_backbone_from_args, prior_cache, prior_flags
 
 HELP = "restore your own images with a backbone + SPT adapter (whole or tiled; PNG outputs)"
 
@@ -116,7 +116,7 @@ def _model(args):
     """(model, descriptor, described, prior source) from the flags."""
     from ..files.format import load_adapter
     from ..files.hub import resolve_adapter_file
-    from ..training.restore import check_channels, resolve_prior_source
+    from ..inference.restore import check_channels, resolve_prior_source
 
     if args.no_adapter and args.adapter:
         raise SPTError("--no-adapter restores with the backbone alone: drop --adapter (or --no-adapter)")
@@ -152,7 +152,7 @@ def _model(args):
 
 
 def _check_tiling(args, model, descriptor, device) -> None:
-    from ..training.restore import check_tile_stride, default_overlap, minimum_tile
+    from ..inference.restore import check_tile_stride, default_overlap, minimum_tile
 
     if args.half:
         if not str(device).startswith("cuda"):
@@ -191,9 +191,9 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from .._io import atomic_write_bytes
-    from ..training.exported import exported_format, restore_exported
-    from ..training.images import read_image
-    from ..training.restore import RestoreInfo, restore
+    from ..data.images import read_image
+    from ..inference.exported import exported_format, restore_exported
+    from ..inference.restore import RestoreInfo, restore
 
     paths, folders = expand_inputs(args.inputs)
     out = Path(args.out)
@@ -215,7 +215,7 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out, targets)
     grey = "grey" if args._channels == 1 else "RGB"
-    from ..training.restore import default_overlap
+    from ..inference.restore import default_overlap
 
     overlap = args.tile_overlap if args.tile_overlap is not None else default_overlap(model)
     tiling = f"tiles {args.tile} (overlap {overlap})" if args.tile else "whole images"

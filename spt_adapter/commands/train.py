@@ -21,16 +21,6 @@ from typing import Any
 from ..core.config import DEFAULT_FUSION, FUSIONS
 from ..core.planning import input_channels
 from ..errors import SPTError
-from ..training.builders import (
-    apply_recorded_prior,
-    build_dataset,
-    build_provider,
-    check_provider_args,
-    check_task_scale,
-    image_folder,
-    load_backbone_from_args,
-    prior_cache,
-)
 from ._args import (
     add_backbone_arguments,
     add_prior_arguments,
@@ -40,6 +30,16 @@ from ._args import (
     positive_float,
     positive_int,
     task_type,
+)
+from .builders import (
+    apply_recorded_prior,
+    build_dataset,
+    build_provider,
+    check_provider_args,
+    check_task_scale,
+    image_folder,
+    load_backbone_from_args,
+    prior_cache,
 )
 
 HELP = "train SPT units on a frozen backbone (writes a safetensors delta, logs, resumable)"
@@ -343,7 +343,7 @@ def _recorded_student_steps(args) -> int | None:
 def _check_teacher_runs(args, provider, data_images) -> None:
     """Run the teacher once on a 64 px corner of the first clean training image: a teacher that
     cannot run (a missing package, a broken plugin, a bad checkpoint) fails here, before any step."""
-    from ..training.images import read_image, to_rgb_uint8
+    from ..data.images import read_image, to_rgb_uint8
 
     try:
         provider.generate(to_rgb_uint8(read_image(data_images[0]))[:64, :64])
@@ -394,7 +394,7 @@ def _run(args) -> int:
     from ..core.model import inject
     from ..core.targets import inspect_targets
     from ..files.format import ADAPTER_FILENAME, load_adapter, read_adapter_config
-    from ..training.evaluate import make_val_fn, task_scale
+    from ..inference.evaluate import make_val_fn, task_scale
     from ..training.train import TrainSettings, init_distributed, shutdown_distributed, train_units
 
     # ---- every check before any work -------------------------------------------------------
@@ -433,7 +433,7 @@ def _run(args) -> int:
     check_provider_args(args)
     model, default_targets, described = load_backbone_from_args(args, args.targets)
     check_task_scale(args.task, args._scale, described)
-    from ..training.restore import minimum_tile
+    from ..inference.restore import minimum_tile
 
     least = minimum_tile(model, getattr(args, "_descriptor", None))
     if args.patch // scale < least:

@@ -52,7 +52,7 @@ def check_meta(meta: dict[str, str], source: str) -> None:
 
 class ExportedFile:
     """What every runner of an `spt-adapter export` file shares, whatever its runtime: the metadata
-    (:func:`~spt_adapter.training.export.export_info`) read into the fields the tiler needs, and the
+    (:func:`~spt_adapter.inference.export.export_info`) read into the fields the tiler needs, and the
     call rules -- a file that reads a prior refuses a call without one, a file traced for one image per
     call (``batch: 1``) is fed a batch one image at a time. A runtime supplies :meth:`run` (one call as
     traced) and :meth:`concat` (its arrays joined on the batch axis)."""

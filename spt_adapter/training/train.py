@@ -7,7 +7,7 @@
 * Adam on the active adapter's unit parameters, L1 loss, cosine / step / constant learning-rate
   schedule (computed from the step, so a resumed run continues the same curve);
 * priors are fed with ``model(lq, prior=p)``; the dataset yields dicts with ``lq``, ``gt``,
-  ``prior`` (``spt_adapter.training.data.PairedPriorDataset`` does);
+  ``prior`` (``spt_adapter.data.datasets.PairedPriorDataset`` does);
 * a distilled prior (the adapter has a student, ``SPTConfig.student``): the dataset yields
   ``teacher_prior`` (the teacher provider's encoded map of the clean image) instead of ``prior``;
   the student makes the prior from ``lq``. Schedule: ``student_steps`` steps first train the

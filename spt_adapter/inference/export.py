@@ -9,7 +9,7 @@ student: ``image -> image``. An adapter that reads a provider's prior exports as
 (ONNX ``metadata_props``; TorchScript ``_extra_files["spt_adapter.json"]``), with the scale, the
 image channels, the task and the backbone fingerprint. Height, width and batch are dynamic: the
 graph pads its input to the size multiple the backbone needs (reflect; the prior: replicate, as
-:func:`spt_adapter.training.restore.restore` does) and crops the output back, so any size from
+:func:`spt_adapter.inference.restore.restore` does) and crops the output back, so any size from
 that multiple up runs. float32 by default; ``half=True`` exports float16 weights and inputs.
 
 Everything that cannot be exported is refused by name before anything is written (the ``pool``
@@ -18,7 +18,7 @@ a dynamic size). The exported program is then run at two sizes that differ from 
 compared with the PyTorch model; a file that does not reproduce it is refused, not written. A
 backbone whose code freezes the batch size when traced (SwinIR's ``window_reverse`` takes
 ``int(B)``) is exported for one image per call (metadata ``batch: 1``, a fixed batch axis in ONNX);
-its runner (:mod:`spt_adapter.training.exported`) feeds a batch one image at a time.
+its runner (:mod:`spt_adapter.inference.exported`) feeds a batch one image at a time.
 """
 
 from __future__ import annotations
@@ -387,7 +387,7 @@ def parity(
     batch: int = 1,
 ) -> float:
     """Max |exported - PyTorch| over images of ``sizes`` (outputs clamped to [0, 1], as restore
-    writes them); the reference is the PyTorch forward :func:`spt_adapter.training.restore.restore`
+    writes them); the reference is the PyTorch forward :func:`spt_adapter.inference.restore.restore`
     runs (padded to the size multiple, cropped back)."""
     runner = load_exported(data, fmt=fmt)
     kind = _kind(model)

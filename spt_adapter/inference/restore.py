@@ -1,7 +1,7 @@
 """Restore a user's own images: whole or tiled, with the prior the adapter was trained on.
 
     import spt_adapter
-    from spt_adapter.training.images import read_image
+    from spt_adapter.data.images import read_image
     model = spt_adapter.from_pretrained(backbone, "runs/swinir_x2_spt")   # or load_adapter(...)
     out = spt_adapter.restore(model, read_image("photo.png"), tile=256)     # HxWx3 uint8 in, out
 
@@ -304,7 +304,7 @@ def _run(
             p = F.pad(p.float(), (0, pw * k, 0, ph * k), mode="replicate")
     autocast = torch.autocast("cuda", dtype=torch.float16) if half else _nullcontext()
     with autocast:
-        if not isinstance(model, nn.Module):  # an exported file's runner (training/exported.py)
+        if not isinstance(model, nn.Module):  # an exported file's runner (inference/exported.py)
             out = model(x, p)
         elif isinstance(model, SPTModel):
             if backbone_only or model.active_adapter is None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..data.images import IMAGE_SUFFIXES, list_images
 from ..errors import SPTError
-from .images import IMAGE_SUFFIXES, list_images
 
 
 def image_folder(folder: str | os.PathLike, what: str) -> list[Path]:
@@ -142,7 +142,7 @@ def prior_flags(args, adapter_file) -> bool:
     """`eval` / `restore` with an adapter: unless flags name a provider (or the adapter carries a
     distilled prior student, which needs none), take the provider the adapter records
     (:func:`use_recorded_provider`); check the result. True when a provider is to be built from the
-    flags (:func:`build_provider`), False when :func:`spt_adapter.training.restore.resolve_prior_source`
+    flags (:func:`build_provider`), False when :func:`spt_adapter.inference.restore.resolve_prior_source`
     decides alone (a student; nothing recorded)."""
     from ..files.format import read_adapter_config
 
@@ -206,7 +206,7 @@ def prior_cache(args):
 
 def check_task_scale(task: str, backbone_scale: int | None, described: str) -> None:
     """Refuse a task whose scale is not the backbone's (``sr:2`` on a x1 denoiser scored a crop)."""
-    from .data import parse_task
+    from ..data.datasets import parse_task
 
     if backbone_scale is None:
         return
@@ -234,7 +234,7 @@ def load_backbone_from_args(args, targets: list[str] | None = None, require_targ
     ``args._channels`` (the image channels the backbone takes: grey backbones read grey images) and
     ``args._descriptor`` (spandrel's descriptor: size requirements, half-precision support)."""
     from ..backbones.load import load_backbone
-    from .restore import input_channels
+    from ..inference.restore import input_channels
 
     if args.backbone and args.weights:
         raise SPTError("give either --backbone CKPT or --arch PRESET --weights PATH, not both")
@@ -295,7 +295,7 @@ def make_dataset(
     channels: int = 3,
     noise: str = "spt",
 ):
-    """``spt_adapter.training.data.PairedPriorDataset`` over ``folder``: random ``patch`` x ``patch`` GT
+    """``spt_adapter.data.datasets.PairedPriorDataset`` over ``folder``: random ``patch`` x ``patch`` GT
     patches (LQ patches of ``patch / scale``) with flips for training, whole images for evaluation.
     The degradation is fixed per image and ``seed`` (``noise``: the protocol, see ``data``); the
     prior is computed on the LQ image once, through ``cache``, with ``encoding`` (default:
@@ -303,8 +303,8 @@ def make_dataset(
     ``teacher=True``: ``provider`` is a distilled prior's teacher and segments the clean images only
     (items hold ``teacher_prior``); ``provider=None``: items hold no prior (an adapter whose student
     makes its own)."""
+    from ..data import datasets as data
     from ..prior.encode import DEFAULT_ENCODING
-    from . import data
 
     task_ = data.parse_task(task)
     scale = task_.scale if task_.kind == "sr" else 1
