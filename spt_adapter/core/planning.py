@@ -41,7 +41,30 @@ def describe_layout(model: nn.Module, name: str, module: nn.Module) -> LayoutSpe
     return call_hook("spt_adapter_describe_layout", model=model, name=name, module=module)
 
 
-def resolve_config(model: nn.Module, targets, exclude, config: SPTConfig | None) -> tuple[SPTConfig, ModelClaim | None]:
+def pick_preset(claim: ModelClaim | None, preset: str | None, what: str) -> ModelClaim | None:
+    """The claim of preset ``preset`` among those ``claim`` offers (None: the claim itself, the
+    default); :class:`TargetError` naming the presets that do recognise ``what`` when none is called
+    ``preset``, or when nothing claims it."""
+    if preset is None:
+        return claim
+    if claim is None:
+        raise TargetError(
+            f"preset {preset!r} was asked for, but no preset recognises {what}: pass targets= instead "
+            "(`spt-adapter plugins --presets` lists the architectures with presets)"
+        )
+    picked = claim.pick(preset)
+    if picked is None:
+        raise TargetError(
+            f"preset {preset!r} does not recognise {what}; the presets that do: {', '.join(claim.presets)}"
+        )
+    return picked
+
+
+def resolve_config(
+    model: nn.Module, targets, exclude, config: SPTConfig | None, preset: str | None = None
+) -> tuple[SPTConfig, ModelClaim | None]:
+    """The config to inject: ``targets``/``exclude`` replace the config's; with no targets at all, the
+    claiming plugin's preset proposes them (``preset``: that preset by name, e.g. ``"dncnn-light"``)."""
     config = config if config is not None else SPTConfig()
     changes: dict[str, Any] = {}
     if targets is not None:
@@ -51,9 +74,13 @@ def resolve_config(model: nn.Module, targets, exclude, config: SPTConfig | None)
     if changes:
         config = config.replace(**changes)
         config.__post_init__()
+    if preset is not None and config.targets:
+        raise TargetError(
+            f"preset {preset!r} proposes the targets, and targets {config.targets} were given too: pass one of them"
+        )
     claim = None
     if not config.targets:
-        claim = claim_model(model)
+        claim = pick_preset(claim_model(model), preset, f"a {type(model).__name__}")
         if claim is None:
             raise TargetError(
                 f"no targets given and no plugin claims a {type(model).__name__}; pass targets= "
