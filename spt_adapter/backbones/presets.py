@@ -46,7 +46,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from ..core.keys import find_logical_module
+from ..core.keys import find_logical_module, see_through
 from ..errors import LayoutError
 from ..plugins.types import ModelClaim
 
@@ -159,7 +159,7 @@ def _module(model: nn.Module, name: str) -> Any:
     module = find_logical_module(model, name)
     if module is None:
         raise LayoutError(f"the preset expected a module {name!r} in {type(model).__name__}, which has none")
-    return module
+    return see_through(module)  # a target that already has units: the module it wraps
 
 
 def _conv_out(model: nn.Module, name: str) -> int:
@@ -313,14 +313,15 @@ def _dncnn_convs(model: nn.Module) -> list[str]:
     seq = find_logical_module(model, "model")
     if not isinstance(seq, nn.Sequential):
         return []
-    return [f"model.{k}" for k, m in seq._modules.items() if isinstance(m, nn.Conv2d)]
+    # see_through: a model that already carries units (a second adapter) is recognised the same way
+    return [f"model.{k}" for k, m in seq._modules.items() if m is not None and isinstance(see_through(m), nn.Conv2d)]
 
 
 def _dncnn_detect(model: nn.Module) -> bool:
     seq = find_logical_module(model, "model")
     return (
         isinstance(seq, nn.Sequential)
-        and all(isinstance(m, _DNCNN_LAYERS) for m in seq)
+        and all(isinstance(see_through(m), _DNCNN_LAYERS) for m in seq)
         and len(_dncnn_convs(model)) >= 3
     )
 

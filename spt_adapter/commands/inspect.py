@@ -50,13 +50,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="prior-encoder layers (train's --depth; --depth here is the tree's), for the parameter count",
     )
     parser.add_argument(
-        "--prior",
-        choices=("none", "lq"),
-        default="none",
-        help="the units' prior, for the parameter count of the matched modules: none (no prior encoder; "
-        "train's default) or lq (a one-channel prior through the encoder; --prior distilled adds its student)",
-    )
-    parser.add_argument(
         "--preset",
         metavar="PRESET",
         default=None,
@@ -134,11 +127,13 @@ def run(args) -> int:
             error = exc
     marks: dict[str, str] = {}
     rows = []
+    without = 0
     if names:
-        config = _config(args, patterns, args.prior == "lq")
-        args.prior = "lq" if config.reads_prior else "none"
+        config = _config(args, patterns, True)  # what inject adds by default: units that read a prior
+        free = _config(args, patterns, False)
         with torch.no_grad():
             plan = plan_injection(model, config)
+        without = sum(unit_parameter_count(plan.channels[n], free) for n in plan.names)
         for n in plan.names:
             channels = plan.channels[n]
             unit = unit_parameter_count(channels, config)
@@ -159,10 +154,13 @@ def run(args) -> int:
     width = max(len(n) for n, _, _ in rows)
     for n, channels, unit in rows:
         print(f"  {n.ljust(width)}  {channels:>5} channels  +{unit:,} parameters")
+    pct = 100 / max(total, 1)
     print(
-        f"units ({_describe(args, args.prior == 'lq')}) add {added:,} parameters = "
-        f"{100 * added / max(total, 1):.2f} % of the backbone"
+        f"units ({args.fusion}, hidden {args.hidden}, depth {args.unit_depth}, a 1-channel prior) add {added:,} "
+        f"parameters = {added * pct:.2f} % of the backbone"
     )
+    if args.fusion != "pool":
+        print(f"without a prior (train's default --prior none: no encoder): {without:,} = {without * pct:.2f} %")
     return 0
 
 
@@ -184,12 +182,6 @@ def _config(args, targets: list[str], with_prior: bool):
         depth=args.unit_depth,
         prior_channels=1 if with_prior or args.fusion == "pool" else 0,  # pool reads regions: always a prior
     )
-
-
-def _describe(args, with_prior: bool) -> str:
-    if with_prior:
-        return f"{args.fusion}, hidden {args.hidden}, depth {args.unit_depth}, a 1-channel prior"
-    return f"{args.fusion}, hidden {args.hidden}, no prior"
 
 
 def preset_counts(model, claim, config_for) -> list[tuple[str, int, int, int]]:
