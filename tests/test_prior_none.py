@@ -320,3 +320,29 @@ def test_cli_provider_flags_mean_an_lq_prior_and_prior_none_refuses_them(tmp_pat
     other = tmp_path / "run2"
     assert main(_train(dncnn_ckpt, data, other, "--prior", "none", "--provider", "slic")) == 1
     assert "--prior none" in capsys.readouterr().err and not other.exists()
+
+
+def test_peft_tuner_runs_a_no_prior_adapter_without_spt_prior(tmp_path):
+    peft = pytest.importorskip("peft")
+    spt_peft = pytest.importorskip("spt_adapter.peft")
+    from _archs import tiny_esrgan
+
+    config = spt_peft.SPTPeftConfig(
+        target_modules=["sub.0", "sub.1"], hidden=4, example_input_shape=[1, 3, 16, 16], prior_channels=0
+    )
+    pm = peft.get_peft_model(tiny_esrgan(), config)
+    assert not any(".encoder." in n for n, _ in pm.named_parameters())
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        base = pm(x)
+        for n, p in pm.named_parameters():
+            if ".spt_units." in n:
+                p.normal_(std=0.1)
+        out = pm(x)  # no spt_prior
+    assert not torch.equal(out, base)
+    with pytest.raises(PriorError, match="prior_channels=0"):
+        pm(x, spt_prior=torch.ones(1, 1, 16, 16))
+    pm.save_pretrained(tmp_path / "p")
+    again = peft.PeftModel.from_pretrained(tiny_esrgan(), tmp_path / "p")
+    with torch.no_grad():
+        assert torch.equal(again(x), out)
