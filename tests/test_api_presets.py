@@ -240,3 +240,31 @@ def test_inspect_lists_each_presets_parameter_count(tmp_path, dncnn_ckpt, capsys
     free = 3 * _expected_unit_params(16, 16, 3, 0)
     assert "match 3 module(s)" in text and f"add {3 * unit:,} parameters" in text
     assert f"without a prior (train's default --prior none: no encoder): {free:,} = {100 * free / total:.2f} %" in text
+
+
+def test_budget_picks_the_widest_units_that_fit():
+    net = _dncnn()
+    total = sum(p.numel() for p in net.parameters())
+    names = _hidden_convs(net)
+
+    def count(hidden: int, prior_channels: int = 1) -> int:
+        return len(names) * _expected_unit_params(16, hidden, 2, prior_channels)
+
+    budget = count(7) + 5  # room for hidden 7, not for 8
+    spt = spt_adapter.inject(_dncnn(), budget=budget)
+    assert spt.spt_config["default"].hidden == 7 and spt.get_nb_trainable_parameters()[0] == count(7)
+    assert count(8) > budget
+    # a share of the backbone, without a prior, on another preset
+    share = spt_adapter.inject(_dncnn(), preset="dncnn-light", prior="none", budget=0.05)
+    hidden = share.spt_config["default"].hidden
+    fits = 3 * _expected_unit_params(16, hidden, 2, 0)
+    assert fits <= 0.05 * total < 3 * _expected_unit_params(16, hidden + 1, 2, 0)
+    assert share.get_nb_trainable_parameters()[0] == fits
+    # refusals, before anything changes
+    with pytest.raises(ConfigError, match=r"below the smallest units .* \(hidden=1: "):
+        spt_adapter.inject(net, budget=10)
+    with pytest.raises(ConfigError, match="pass one of them"):
+        spt_adapter.inject(net, budget=1000, hidden=4)
+    with pytest.raises(ConfigError, match="0 < budget < 1"):
+        spt_adapter.inject(net, budget=1.5)
+    assert not any(type(m).__name__ == "SPTLayer" for m in net.modules())

@@ -19,7 +19,7 @@ from ..errors import ConfigError, PriorError, TargetError
 from .config import NO_PRIOR, SPTConfig
 from .keys import get_logical_module, is_unit_key, logical_named_modules, student_file_key, unit_file_key
 from .layer import PriorState, SPTLayer, iter_layers, make_unit, unwrap, wrap
-from .planning import plan_injection, resolve_config
+from .planning import budget_parameters, hidden_for_budget, plan_injection, resolve_config
 from .student import PriorStudent
 
 if TYPE_CHECKING:
@@ -87,19 +87,25 @@ class SPTModel(nn.Module):
         hidden: int | None = None,
         depth: int | None = None,
         prior: str | None = None,
+        budget: int | float | None = None,
     ) -> SPTModel:
         """Add a named adapter (units on its own targets) and make it active; ``preset``, ``hidden``,
-        ``depth`` and ``prior`` as for :func:`inject`."""
+        ``depth``, ``prior`` and ``budget`` as for :func:`inject`."""
         if not isinstance(adapter_name, str) or not adapter_name.isidentifier():
             raise TargetError(f"adapter_name must be an identifier, got {adapter_name!r}")
         if adapter_name in self.spt_config:
             raise TargetError(
                 f"adapter {adapter_name!r} exists already; delete_adapter() it first or pick another name"
             )
+        if budget is not None and hidden is not None:
+            raise ConfigError("budget= chooses hidden: pass one of them")
         config = unit_options(config, hidden=hidden, depth=depth, prior=prior)
         config, claim = resolve_config(self.base_model, targets, exclude, config, preset)
         with self.disable_adapter():  # the probe pass sees the plain backbone
             plan = plan_injection(self.base_model, config, claim, example_input, _channels, _names)
+        if budget is not None:
+            wanted = budget_parameters(budget, self.base_model)
+            config = config.replace(hidden=hidden_for_budget(plan.channels, config, wanted))
         units = {n: make_unit(plan.channels[n], config, get_logical_module(self.base_model, n)) for n in plan.names}
         student = None
         if config.student is not None:
@@ -520,6 +526,7 @@ def inject(
     hidden: int | None = None,
     depth: int | None = None,
     prior: str | None = None,
+    budget: int | float | None = None,
 ) -> SPTModel:
     """Add SPT units to ``model`` and return an :class:`SPTModel` with a frozen backbone.
 
@@ -528,7 +535,9 @@ def inject(
     (``inject(dncnn, preset="dncnn-light")``; a preset that does not recognise the model is refused,
     naming those that do; ``spt-adapter inspect BACKBONE`` lists them with their parameter counts).
     ``hidden`` (the units' width; ``SPTConfig.hidden``) and ``depth`` (prior-encoder layers) size the
-    units, as ``r`` sizes a LoRA; they override the config's. ``prior="none"``: units that read no
+    units, as ``r`` sizes a LoRA; they override the config's. ``budget`` instead of ``hidden``: the
+    widest units that fit a parameter count (an int) or a share of the backbone's parameters (a float,
+    ``0.02`` for 2 %), for matching another method's size. ``prior="none"``: units that read no
     prior (no encoder, ``model(x)`` with no ``prior=``; recorded in saved files, so ``eval``,
     ``restore`` and ``export`` compute none). Every check (patterns, layouts, unit widths via one
     probe forward pass) runs before the first module is replaced: when inject raises, ``model`` is
@@ -545,6 +554,7 @@ def inject(
             hidden=hidden,
             depth=depth,
             prior=prior,
+            budget=budget,
         )
     if not isinstance(model, nn.Module):
         raise TargetError(f"inject needs a torch.nn.Module, got {type(model).__name__}")
@@ -553,6 +563,10 @@ def inject(
     config = unit_options(config, hidden=hidden, depth=depth, prior=prior)
     resolved, claim = resolve_config(model, targets, exclude, config, preset)
     plan = plan_injection(model, resolved, claim, example_input)  # validates before any change
+    if budget is not None and hidden is not None:
+        raise ConfigError("budget= chooses hidden: pass one of them")
+    if budget is not None:  # checked before the model changes
+        resolved = resolved.replace(hidden=hidden_for_budget(plan.channels, resolved, budget_parameters(budget, model)))
     wrapped = SPTModel(model)
     return wrapped.add_adapter(
         adapter_name, resolved, example_input=example_input, _channels=plan.channels, _names=plan.names

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import LayoutError, PriorError, TargetError
+from ..errors import ConfigError, LayoutError, PriorError, TargetError
 from ..plugins.manager import call_hook
 from ..plugins.types import LayoutSpec, ModelClaim
 from .config import SPTConfig
@@ -88,6 +88,64 @@ def resolve_config(
             )
         config = config.replace(targets=list(claim.targets), integration=claim.integration, preset=claim.preset)
     return config, claim
+
+
+def units_parameter_count(channels: dict[str, int], config: SPTConfig) -> int:
+    """Trainable parameters of an adapter of ``config`` with units of the given widths (``{target: C}``),
+    its prior student included; from the shapes alone (nothing is built)."""
+    from .student import student_parameter_shapes
+    from .unit import unit_parameter_shapes
+
+    def numel(shapes: dict[str, tuple[int, ...]]) -> int:
+        total = 0
+        for shape in shapes.values():
+            n = 1
+            for d in shape:
+                n *= d
+            total += n
+        return total
+
+    count = sum(numel(unit_parameter_shapes(c, config)) for c in channels.values())
+    if config.student is not None:
+        count += numel(student_parameter_shapes(config.student, config.prior_channels))
+    return count
+
+
+def hidden_for_budget(channels: dict[str, int], config: SPTConfig, budget: int) -> int:
+    """The largest ``hidden`` whose units (widths ``channels``) hold at most ``budget`` parameters;
+    :class:`ConfigError` when even ``hidden=1`` holds more (the message gives that count)."""
+    from .config import UNIT_LIMITS
+
+    def count(h: int) -> int:
+        return units_parameter_count(channels, config.replace(hidden=h))
+
+    if count(1) > budget:
+        raise ConfigError(
+            f"a budget of {budget:,} parameters is below the smallest units on these {len(channels)} target(s) "
+            f"(hidden=1: {count(1):,}); raise the budget or pick fewer targets (a lighter preset)"
+        )
+    lo, hi = 1, UNIT_LIMITS["hidden"]
+    while lo < hi:  # the count grows with hidden
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if count(mid) <= budget else (lo, mid - 1)
+    return lo
+
+
+def budget_parameters(budget: int | float, backbone: nn.Module) -> int:
+    """A budget as a parameter count: an int is one; a float in (0, 1) is a share of ``backbone``'s
+    parameters (``0.02``: 2 %)."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        raise ConfigError(
+            f"budget must be a parameter count (int) or a share of the backbone (0 < float < 1), got {budget!r}"
+        )
+    if isinstance(budget, float):
+        if not 0 < budget < 1:
+            raise ConfigError(f"a float budget is a share of the backbone's parameters, 0 < budget < 1; got {budget!r}")
+        total = sum(p.numel() for n, p in backbone.named_parameters() if ".spt_units." not in n)
+        return int(budget * total)
+    if budget < 1:
+        raise ConfigError(f"budget must be a positive parameter count, got {budget!r}")
+    return budget
 
 
 def plan_injection(
