@@ -213,7 +213,7 @@ def test_dncnn_presets_every_hidden_conv_and_a_light_one(tmp_path):
     )
     args = argparse.Namespace(backbone=None, weights=str(path), arch="dncnn-light")
     _, targets, _ = load_backbone_from_args(args)
-    assert targets == ["model.8", "model.16", "model.30"] and args._claim == ("presets", "dncnn-light")
+    assert targets == ["model.8", "model.16", "model.30"] and args._claim == ("spandrel", "dncnn-light")
     args = argparse.Namespace(backbone=str(path), weights=None, arch=None)
     _, targets, _ = load_backbone_from_args(args)
     assert len(targets) == 15 and args._claim == ("spandrel", "dncnn")

@@ -73,6 +73,8 @@ def exported_model(args):
             override = build_provider(args, device=None if device == "cpu" else device)
     elif runner.kind == "student" and (args.provider is not None or args.sam_checkpoint):
         raise SPTError(f"{path} carries a distilled prior (its student is inside the file): drop the provider flags")
+    elif runner.kind == "no-prior" and (args.provider is not None or args.sam_checkpoint):
+        raise SPTError(f"{path} reads no prior (its adapter was trained with prior 'none'): drop the provider flags")
     cache = prior_cache(args) if args.prior_cache else None
     source = prior_source_of(runner, provider=override, encoding=args.encoding, cache=cache)
     described = f"exported {runner.format} {path} ({runner.meta.get('backbone_class', '?')}, {runner.kind})"

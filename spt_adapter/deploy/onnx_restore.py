@@ -9,7 +9,8 @@ The image is read, tiled, blended, clamped and rounded exactly as ``spt-adapter 
 (:mod:`spt_adapter.deploy.tiling`; ``spt-adapter restore --backbone FILE.onnx`` runs through here
 too). Files whose prior comes from a mask provider (metadata ``kind`` = ``prior``) need that
 provider, which needs the package's PyTorch code: the torch-free command refuses them
-(:func:`check_torch_free`); exports with a distilled student or the backbone alone read the image only.
+(:func:`check_torch_free`); exports with a distilled student, with an adapter that reads no prior
+(kind ``no-prior``) or of the backbone alone read the image only.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
     spt_adapter.export(model, "swinir_spt.onnx")              # or "swinir_spt.pt" (TorchScript)
 
 The file holds the backbone, the active adapter's units and, for a distilled adapter, its prior
-student: ``image -> image``. An adapter that reads a provider's prior exports as
+student: ``image -> image`` (so does an adapter whose units read no prior, kind ``no-prior``). An
+adapter that reads a provider's prior exports as
 ``(image, prior) -> image``; the prior's channels, provider and encoding are in the file's metadata
 (ONNX ``metadata_props``; TorchScript ``_extra_files["spt_adapter.json"]``), with the scale, the
 image channels, the task and the backbone fingerprint. Height, width and batch are dynamic: the
@@ -73,7 +74,7 @@ class _Deployable(nn.Module):
     def __init__(self, model: nn.Module, kind: str, multiple: int) -> None:
         super().__init__()
         self.model = model
-        self.kind = kind  # "backbone", "student" or "prior"
+        self.kind = kind  # "backbone", "student", "no-prior" or "prior"
         self.multiple = multiple
 
     def _net(self, x: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
@@ -107,6 +108,8 @@ class _Deployable(nn.Module):
 def _kind(model: nn.Module) -> str:
     if not isinstance(model, SPTModel) or model.active_adapter is None:
         return "backbone"
+    if not model.spt_config[model.active_adapter].reads_prior:
+        return "no-prior"  # units that read no prior: image -> image, nothing to compute beside it
     return "student" if model.student() is not None else "prior"
 
 
@@ -182,7 +185,7 @@ def export_info(
             "backbone_sha256": fp.get("backbone_sha256", ""),
             "prior": json.dumps(prior, sort_keys=True),
             "prior_channels": str(cfg.prior_channels),
-            "prior_encoding": str(prior.get("encoding") or ("" if kind == "student" else "label")),
+            "prior_encoding": str(prior.get("encoding") or ("label" if kind == "prior" else "")),
             "task": str(prior.get("task") or ""),
         }
     )

@@ -140,12 +140,18 @@ def load_exported(
 
 
 def prior_source_of(runner: ExportedModel, *, provider: Any = None, encoding: str | None = None, cache: Any = None):
-    """Where the prior of an exported file comes from: none (backbone or distilled student inside the
-    file), or the provider and encoding its metadata records (``provider``/``encoding`` override)."""
+    """Where the prior of an exported file comes from: none (backbone, an adapter that reads no prior,
+    or a distilled student inside the file), or the provider and encoding its metadata records (``provider``/``encoding`` override)."""
     from .restore import PriorSource, provider_from_record
 
     if runner.kind == "backbone":
         return PriorSource("none", described="none (backbone alone)")
+    if runner.kind == "no-prior":
+        if provider is not None:
+            raise RestoreError(
+                f"{runner.source} reads no prior (it was trained with prior 'none'): drop the provider flags"
+            )
+        return PriorSource("no-prior", described="none (the adapter inside the file reads no prior)")
     if runner.kind == "student":
         if provider is not None:
             raise RestoreError(
