@@ -130,7 +130,7 @@ def tiny_swinir(seed: int = 0, window_size: int = 4, embed_dim: int = 12, mlp_ra
     ).eval()
 
 
-def small_swinir(seed: int = 0, scale: int = 1, embed_dim: int = 16):
+def small_swinir(scale: int = 1, seed: int = 0, embed_dim: int = 16, channels: int = 3):
     """A small SwinIR (32-px images, 8-px windows, one block a stage) as the CLI tests save it: x1 with no
     upsampler, or x``scale`` by pixel-shuffle."""
     from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
@@ -138,7 +138,7 @@ def small_swinir(seed: int = 0, scale: int = 1, embed_dim: int = 16):
     torch.manual_seed(seed)
     return SwinIR(
         img_size=32,
-        in_chans=3,
+        in_chans=channels,
         embed_dim=embed_dim,
         depths=[1, 1],
         num_heads=[2, 2],

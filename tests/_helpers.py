@@ -1,7 +1,8 @@
 """What the test files share besides networks (those are in tests/_archs.py): the command line as one
 call (an argument list from keywords, a run that returns the exit code and both streams), a module's
-weights saved as a checkpoint, small folders of the committed test images, and `python -m` runs of the
-integration scripts. A test imports them as ``from _helpers import cli, run_cli`` (tests/ is on sys.path)."""
+weights saved as a checkpoint, small folders of the committed test images, and child Python processes
+(the integration scripts, code under a signal or a limit). A test imports them as
+``from _helpers import cli, run_cli`` (tests/conftest.py puts tests/ on sys.path)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from PIL import Image
 DATA = Path(__file__).resolve().parent / "data"
 
 
-def cli(command: str, *args: object, **flags: object) -> list[str]:
-    """The argument list of ``spt-adapter COMMAND``: ``args`` as given (positionals, or flags already
-    spelled), then each keyword as its flag, ``prior_cache=p`` -> ``--prior-cache p``: ``True`` gives the
-    bare flag, ``None`` or ``False`` leaves it out, a list or tuple gives the flag then each item."""
-    argv = [command, *(str(a) for a in args)]
+def cli(*args: object, **flags: object) -> list[str]:
+    """A command-line argument list: ``args`` as given (the command, positionals, flags already spelled),
+    then each keyword as its flag, ``prior_cache=p`` -> ``--prior-cache p``: ``True`` gives the bare flag,
+    ``None`` or ``False`` leaves it out, a list or tuple gives the flag then each item. Lists add up:
+    ``cli("train", backbone=p) + cli(iters=3)``."""
+    argv = [str(a) for a in args]
     for name, value in flags.items():
         flag = "--" + name.replace("_", "-")
         if value is None or value is False:
@@ -67,9 +69,16 @@ def image_folder(test_set: str, folder: Path, n: int, box: tuple[int, int, int, 
     return folder
 
 
-def run_module(module: str, *args: str, cwd: Path, timeout: int, threads: int = 2) -> subprocess.CompletedProcess:
-    """``python -m MODULE ARGS`` on the CPU (no GPU visible, ``threads`` OpenMP threads), output captured."""
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS=str(threads))
+def run_python(
+    *args: str, timeout: int, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` (``-m MODULE ...`` or ``-c CODE``) in a child process, output captured as text; ``env``
+    adds to (or overrides) this process's environment."""
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

@@ -134,7 +134,7 @@ def test_sr_patch_must_divide_by_scale(tmp_path, swinir_ckpt, small_data, capsys
 # ---------------------------------------------------------------------------------------------
 def _train_argv(ckpt, data, out, cache, *extra):
     argv = cli("train", backbone=ckpt, data=data, task="denoise:25", out=out, prior_cache=cache, patch=32, batch=2)
-    return [*argv, "--lr", "1e-3", "--segments", "8", "--log-every", "1", "--no-progress", *extra]
+    return argv + cli(lr="1e-3", segments=8, log_every=1, no_progress=True) + list(extra)
 
 
 def test_train_writes_delta_logs_and_resumes(tmp_path, swinir_ckpt, small_data, capsys):
