@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import spt_adapter
+from _archs import RESTORMER_TARGETS
 from spt_adapter.backbones.presets import PRESETS, find_preset, register_preset
 from spt_adapter.core.keys import get_logical_module
 from spt_adapter.core.planning import describe_layout, probe_channels
@@ -144,16 +145,7 @@ def test_restormer_default_targets():
         "spt_adapter_claim_model",
         model=Restormer(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1]),
     )
-    assert claim.targets == [
-        "encoder_level1",
-        "encoder_level2",
-        "encoder_level3",
-        "latent",
-        "decoder_level3",
-        "decoder_level2",
-        "decoder_level1",
-        "refinement",
-    ]
+    assert claim.targets == RESTORMER_TARGETS
     assert claim.channels == {
         "encoder_level1": 8,
         "encoder_level2": 16,
