@@ -18,7 +18,7 @@ import torch.nn as nn
 from ..errors import ConfigError, PriorError, SPTError, TargetError
 from .config import NO_PRIOR, SPTConfig
 from .keys import get_logical_module, is_unit_key, logical_named_modules, student_file_key, unit_file_key
-from .layer import PriorState, SPTLayer, iter_layers, make_unit, unwrap, wrap
+from .layer import PriorState, SPTLayer, iter_layers, make_unit, prior_follows_padding, unwrap, wrap
 from .planning import budget_parameters, hidden_for_budget, plan_injection, resolve_config
 from .student import PriorStudent
 
@@ -257,7 +257,8 @@ class SPTModel(nn.Module):
             if prior_logits_only:
                 return logits
             with state.using(self.check_prior(torch.sigmoid(logits), batch_size(args, kwargs))):
-                out = self.base_model(*args, **kwargs)
+                with prior_follows_padding(self.base_model, state):
+                    out = self.base_model(*args, **kwargs)
             return (out, logits) if return_prior_logits else out
         if self._reads_no_prior():
             if prior is not None or state.prior is not None:
@@ -265,7 +266,8 @@ class SPTModel(nn.Module):
             return self.base_model(*args, **kwargs)
         given = prior if prior is not None else state.prior
         with state.using(self.check_prior(given, batch_size(args, kwargs), first_tensor(args, kwargs))):
-            return self.base_model(*args, **kwargs)
+            with prior_follows_padding(self.base_model, state):
+                return self.base_model(*args, **kwargs)
 
     # -- training helpers --------------------------------------------------------------------
     def train(self, mode: bool = True) -> SPTModel:

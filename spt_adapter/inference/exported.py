@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..deploy.checksum import verify
 from ..deploy.onnx_restore import EXPORT_FORMAT, METADATA_FILE, ExportedFile, OnnxNetwork, load_onnx, restore_image
 from ..deploy.onnx_restore import check_meta as _check_meta
 from ..errors import ExportError, RestoreError
@@ -94,6 +95,7 @@ def _torchscript(data: bytes | str, source: str, device) -> ExportedModel:
     except json.JSONDecodeError:
         meta = {}
     _check_meta(meta, source)
+    verify(meta, data if isinstance(data, bytes) else Path(data).read_bytes(), "torchscript", source)
     dtype = torch.float16 if meta.get("dtype") == "float16" else torch.float32
     dev = torch.device(device or "cpu")
 
@@ -187,7 +189,7 @@ def restore_exported(
     FILE.onnx`` and ``python -m spt_adapter.deploy restore`` write the same bytes); a TorchScript one
     through :func:`~spt_adapter.inference.restore.restore_tensor`. ``prior``: the whole image's prior
     (required when the file reads one; compute it with :func:`prior_source_of`)."""
-    from ..deploy.tiling import default_blend_for, default_overlap_for, to_image
+    from ..deploy.tiling import default_blend_for, default_overlap_for, output_kind, to_image
     from .restore import _float_channels, restore_tensor
 
     if half:
@@ -207,7 +209,7 @@ def restore_exported(
         return restore_image(
             runner.network, image, p, tile=tile, tile_overlap=tile_overlap, tile_blend=tile_blend, info=info
         )
-    as_float = np.asarray(image).dtype.kind == "f"
+    as_float = output_kind(image)
     x_np, _ = _float_channels(image, n_in, "image")
     overlap, blend = tile_overlap, tile_blend
     if tile is not None:
