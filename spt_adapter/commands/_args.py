@@ -201,3 +201,34 @@ def add_provider_checkpoint_arguments(parser, *, dest: str, model_type_dest: str
         "..., tiny_test (tools/make_tiny_sam2.py); auto: from the checkpoint",
     )
     alias(parser, "--sam-model-type", "--model-type", dest=model_type_dest)
+
+
+def add_pair_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, val: bool = False) -> None:
+    """``--lq`` and the rules that pair its files with ``--data``'s (:mod:`spt_adapter.data.pairs`);
+    ``val=True`` adds ``--val-lq`` (train's validation pairs, matched by the same rules)."""
+    parser.add_argument(
+        "--lq",
+        metavar="LQ_DIR",
+        default=None,
+        help="folder of degraded images paired by name with --data's clean ones (real noise, your own "
+        "degradation): no --task; the scale comes from the sizes",
+    )
+    parser.add_argument(
+        "--hq-suffix", default="", metavar="TEXT", help="--data files' names end with this before the extension"
+    )
+    parser.add_argument(
+        "--lq-suffix",
+        default="",
+        metavar="TEXT",
+        help="--lq files' names end with this before the extension (_real, x4 for DIV2K's 0001x4.png)",
+    )
+    parser.add_argument(
+        "--pairs",
+        metavar="FILE",
+        default=None,
+        help="a list of pairs instead of name matching: one 'HQ LQ' line each, relative to --data / --lq",
+    )
+    if val:
+        parser.add_argument(
+            "--val-lq", metavar="DIR", default=None, help="degraded partners of --val's images (same suffixes)"
+        )

@@ -26,6 +26,8 @@ from ..training.builders import (
     build_dataset,
     build_provider,
     check_provider_args,
+    paired_task,
+    resolve_pairs,
     check_task_scale,
     image_folder,
     load_backbone_from_args,
@@ -33,6 +35,7 @@ from ..training.builders import (
 )
 from ._args import (
     add_backbone_arguments,
+    add_pair_arguments,
     add_prior_arguments,
     add_progress_arguments,
     nonneg_float,
@@ -64,7 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     d = parser.add_argument_group("data")
     d.add_argument("--data", required=True, metavar="HQ_DIR", help="folder of clean (ground-truth) images")
-    d.add_argument("--task", required=True, type=task_type, help="denoise:<sigma> or sr:<scale>")
+    d.add_argument(
+        "--task",
+        default=None,
+        type=task_type,
+        help="the synthetic degradation: denoise:<sigma> or sr:<scale> (not with --lq, whose files are the degraded images)",
+    )
+    add_pair_arguments(d, val=True)
     d.add_argument("--val", metavar="DIR", help="folder of clean validation images (full-image PSNR/SSIM)")
     d.add_argument(
         "--patch", type=positive_int, default=64, help="training patch size on the ground truth (default: 64)"
@@ -129,6 +138,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (adapter, logs, state)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     add_progress_arguments(parser)
+
+
+def _check_pair_flags(args) -> None:
+    """``--task`` xor ``--lq``; the pairing flags only with ``--lq``; ``--val-lq`` with ``--val``."""
+    if not args.lq:
+        given = [f for f, v in (("--hq-suffix", args.hq_suffix), ("--lq-suffix", args.lq_suffix),
+                                ("--pairs", args.pairs), ("--val-lq", args.val_lq)) if v]
+        if given:
+            raise SPTError(f"{', '.join(given)} pair(s) clean images with degraded ones: add --lq LQ_DIR")
+        if args.task is None:
+            raise SPTError("pass --task denoise:<sigma> | sr:<scale>, or --lq LQ_DIR with the degraded partners")
+        return
+    if args.val and not args.val_lq:
+        raise SPTError(
+            "--lq trains on paired files, so --val needs its degraded partners too: add --val-lq DIR"
+        )
+    if args.val_lq and not args.val:
+        raise SPTError("--val-lq gives the degraded partners of --val's images: add --val DIR")
 
 
 def _check_out(args) -> Path:
@@ -417,12 +444,23 @@ def _run(args) -> int:
         distill_weight=args.distill_weight,
         student_steps=args.student_steps,
     )
+    pairs = val_pairs = None
+    _check_pair_flags(args)
+    if args.lq:
+        pairs = resolve_pairs(args, args.data, args.lq)
+        train_images = pairs.hq
+        if args.val:
+            val_pairs = resolve_pairs(args, args.val, args.val_lq, "--val/--val-lq")
+            if val_pairs.scale != pairs.scale:
+                raise SPTError(f"--val pairs are x{val_pairs.scale} but --data pairs are x{pairs.scale}")
+        args.task = paired_task(args, pairs, None, "")
+    else:
+        train_images = image_folder(args.data, "--data")
+        if args.val:
+            image_folder(args.val, "--val")
     scale = task_scale(args.task)
     if args.patch % scale:
         raise SPTError(f"--patch {args.patch} is not divisible by the scale {scale} of --task {args.task}")
-    train_images = image_folder(args.data, "--data")
-    if args.val:
-        image_folder(args.val, "--val")
     out = _check_out(args)
     if args.resume:
         _resume_config_check(args, out / ADAPTER_FILENAME)
@@ -432,7 +470,10 @@ def _run(args) -> int:
         apply_recorded_prior(args, read_adapter_config(out / ADAPTER_FILENAME).prior or {}, out / ADAPTER_FILENAME)
     check_provider_args(args)
     model, default_targets, described = load_backbone_from_args(args, args.targets)
-    check_task_scale(args.task, args._scale, described)
+    if pairs is not None:
+        paired_task(args, pairs, args._scale, described)
+    else:
+        check_task_scale(args.task, args._scale, described)
     from ..training.restore import minimum_tile
 
     least = minimum_tile(model, getattr(args, "_descriptor", None))
@@ -463,9 +504,13 @@ def _run(args) -> int:
         cache = prior_cache(args)
         if info.distributed and not info.is_main:
             torch.distributed.barrier()  # the main process fills the prior cache first; the others read it
-        dataset = build_dataset(args, args.data, provider, cache, train=True, patch=args.patch, teacher=distilled)
+        dataset = build_dataset(
+            args, args.data, provider, cache, train=True, patch=args.patch, teacher=distilled, pairs=pairs
+        )
         val_set = (
-            build_dataset(args, args.val, None if distilled else provider, cache, train=False) if args.val else None
+            build_dataset(args, args.val, None if distilled else provider, cache, train=False, pairs=val_pairs)
+            if args.val
+            else None
         )
         if info.distributed and info.is_main:
             torch.distributed.barrier()
@@ -518,10 +563,12 @@ def _run(args) -> int:
             )
             spt.print_trainable_parameters()
             what = f"distilled prior, teacher {provider!r} on the clean images" if distilled else f"prior {provider!r}"
-            print(f"data: {len(train_images)} image(s) in {args.data}, task {args.task}, {what}")
+            lq = f" paired with {args.lq} ({pairs.alignment})" if pairs is not None else ""
+            print(f"data: {len(train_images)} image(s) in {args.data}{lq}, task {args.task}, {what}")
         info_meta: dict[str, Any] = {
             "task": args.task,
             "data": str(args.data),
+            **({"lq": str(args.lq)} if args.lq else {}),
             "patch": args.patch,
             "backbone": described,
             "encoding": args.encoding,

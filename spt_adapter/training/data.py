@@ -65,20 +65,28 @@ NOISE_PROTOCOLS = ("spt", "kair")
 
 @dataclass(frozen=True)
 class Task:
-    kind: str  # "denoise" | "sr"
+    kind: str  # "denoise" | "sr" | "paired"
     sigma: float = 0.0
     scale: int = 1
 
     def __str__(self) -> str:
-        return f"denoise:{self.sigma:g}" if self.kind == "denoise" else f"sr:{self.scale}"
+        if self.kind == "denoise":
+            return f"denoise:{self.sigma:g}"
+        return f"{self.kind}:{self.scale}"
 
 
 def parse_task(task) -> Task:
-    """``"denoise:25"`` -> Task("denoise", sigma=25); ``"sr:4"`` -> Task("sr", scale=4)."""
+    """``"denoise:25"`` -> Task("denoise", sigma=25); ``"sr:4"`` -> Task("sr", scale=4);
+    ``"paired:4"`` -> Task("paired", scale=4): the LQ images are files (``--lq``), HQ = 4 x LQ."""
     if isinstance(task, Task):
         return task
     kind, _, arg = str(task).partition(":")
     try:
+        if kind == "paired":
+            scale = int(arg)
+            if scale < 1 or scale > 8:
+                raise ValueError
+            return Task("paired", scale=scale)
         if kind == "denoise":
             sigma = float(arg)
             if not (0 <= sigma <= 255):
@@ -115,6 +123,8 @@ def degrade(gt, task, seed: int = 0, channels: int = 3, noise: str = "spt") -> t
     ``lq`` is its clipped 8-bit version -- the image a prior is computed on (the network reads the
     unclipped float)."""
     task = parse_task(task)
+    if task.kind == "paired":
+        raise DataError(f"task {task}: paired data reads its degraded images from files; there is nothing to degrade")
     if noise not in NOISES:
         raise DataError(f"noise must be one of {NOISES}, got {noise!r}")
     gt = to_uint8_channels(gt, channels)
@@ -191,6 +201,7 @@ class PairedPriorDataset:
         channels: int = 3,
         noise: str = "spt",
         upsampled: bool = False,
+        lq_paths=None,
     ) -> None:
         from ..prior import PriorCache, parse_encoding
 
@@ -198,6 +209,15 @@ class PairedPriorDataset:
         if not self.paths:
             raise DataError(f"no images found in {root_or_paths!r}")
         self.task = parse_task(task)
+        self.lq_paths = None if lq_paths is None else [Path(p) for p in lq_paths]
+        if (self.lq_paths is None) != (self.task.kind != "paired"):
+            raise DataError(
+                f"task {self.task}: "
+                + ("paired data needs lq_paths (the degraded files)" if self.lq_paths is None else
+                   "lq_paths (degraded files) go with a paired:<scale> task")
+            )
+        if self.lq_paths is not None and len(self.lq_paths) != len(self.paths):
+            raise DataError(f"{len(self.paths)} clean image(s) but {len(self.lq_paths)} degraded one(s)")
         if teacher is not None and (provider is not None or prior_fn is not None or oracle):
             raise DataError(
                 "a distilled prior's teacher replaces the provider: give teacher= alone (it sees GT images only)"
@@ -234,8 +254,25 @@ class PairedPriorDataset:
         if self.upsampled:
             gt, lq = self._upsampled_pair(index)
             return to_uint8(gt), to_uint8(lq)
+        if self.lq_paths is not None:
+            return self._file_pair(index)
         gt = read_image(self.paths[index], self.channels)
         return degrade(gt, self.task, self.seed, self.channels, "kair" if self._kair else "spt")
+
+    def _file_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(gt, lq)`` of paired files: HQ mod-cropped to ``scale`` x the LQ size (the sizes were
+        checked by :func:`spt_adapter.data.pairs.check_sizes`; checked again here for the API)."""
+        gt = read_image(self.paths[index], self.channels)
+        lq = read_image(self.lq_paths[index], self.channels)  # type: ignore[index]
+        s = self.task.scale
+        h, w = lq.shape[:2]
+        if gt.shape[0] // s != h or gt.shape[1] // s != w:
+            raise DataError(
+                f"{self.lq_paths[index]} is {w}x{h} pixels but its clean partner {self.paths[index]} is "  # type: ignore[index]
+                f"{gt.shape[1]}x{gt.shape[0]}: at scale {s} the degraded image must be "
+                f"{gt.shape[1] // s}x{gt.shape[0] // s}"
+            )
+        return np.ascontiguousarray(gt[: h * s, : w * s]), lq
 
     def _upsampled_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Float ``(gt, lq)`` on [0, 1], HxWxC, of pre-upsampled SR (see the module docstring)."""
@@ -283,7 +320,7 @@ class PairedPriorDataset:
         else:
             gt, lq = self.pair(index)
             lq_f = kair_noisy(gt, self.task.sigma, self.seed) if self._kair else lq.astype(np.float32) / 255.0
-        scale = self.task.scale if self.task.kind == "sr" and not self.upsampled else 1
+        scale = self.task.scale if not self.upsampled else 1
         pscale = scale if self.oracle else 1
         key = "prior"
         if self.teacher is not None:  # the teacher sees the clean image only; its map is brought to LQ size
