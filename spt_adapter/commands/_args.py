@@ -79,11 +79,11 @@ def task_type(text: str) -> str:
     from ..training.data import parse_task
 
     try:
-        parse_task(text)
-    except DataError:
-        raise argparse.ArgumentTypeError(
-            f"task must be denoise:<sigma 0..255> (e.g. denoise:25) or sr:<scale 2..8> (sr:2, sr:4), got {text!r}"
-        ) from None
+        task = parse_task(text)
+    except DataError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if task.kind == "paired":
+        raise argparse.ArgumentTypeError(f"{text}: paired data is given with --lq LQ_DIR, not --task")
     return text
 
 
@@ -232,3 +232,23 @@ def add_pair_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         parser.add_argument(
             "--val-lq", metavar="DIR", default=None, help="degraded partners of --val's images (same suffixes)"
         )
+
+
+def add_clip_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--clip`` / ``--no-clip`` (dest ``clip``): whether synthetic noise is clipped to [0, 1] and
+    rounded to 8 bits before the network reads it."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument(
+        "--clip",
+        dest="clip",
+        action="store_true",
+        help="clip synthetic noise to [0, 1] and round it to 8 bits, as a saved image (the default)",
+    )
+    g.add_argument(
+        "--no-clip",
+        dest="clip",
+        action="store_false",
+        help="the network reads unclipped float noise (how CDnCNN-B and KAIR's DnCNN were trained); "
+        "priors still see the clipped 8-bit image",
+    )
+    parser.set_defaults(clip=True)

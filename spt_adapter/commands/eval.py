@@ -30,16 +30,17 @@ from ..training.builders import (
     build_dataset,
     build_provider,
     check_task_scale,
-    paired_task,
-    resolve_pairs,
     image_folder,
     load_backbone_from_args,
+    paired_task,
     prior_cache,
     prior_flags,
+    resolve_pairs,
 )
 from ..training.data import NOISE_PROTOCOLS
 from ._args import (
     add_backbone_arguments,
+    add_clip_arguments,
     add_pair_arguments,
     add_prior_arguments,
     add_progress_arguments,
@@ -70,6 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="denoise:<sigma> or sr:<scale> (default: the task recorded in the adapter; none with --lq)",
     )
     add_pair_arguments(parser)
+    add_clip_arguments(parser)
     parser.add_argument(
         "--pre-upsampled",
         action="store_true",
@@ -161,7 +163,11 @@ def run(args) -> int:
         images = pairs.hq
         args.task = paired_task(args, pairs, None, "")
     else:
-        given = [f for f, v in (("--hq-suffix", args.hq_suffix), ("--lq-suffix", args.lq_suffix), ("--pairs", args.pairs)) if v]
+        given = [
+            f
+            for f, v in (("--hq-suffix", args.hq_suffix), ("--lq-suffix", args.lq_suffix), ("--pairs", args.pairs))
+            if v
+        ]
         if given:
             raise SPTError(f"{', '.join(given)} pair(s) clean images with degraded ones: add --lq LQ_DIR")
         images = image_folder(args.data, "--data")
@@ -224,6 +230,7 @@ def run(args) -> int:
             channels=args._channels,
             noise=args.noise,
             upsampled=upsampled,
+            clip=args.clip,
         )
     else:
         dataset = build_dataset(args, args.data, provider, prior_cache(args), train=False, pairs=pairs)
@@ -233,8 +240,10 @@ def run(args) -> int:
     noise = f", noise {args.noise} seed {args.seed}" if args.task.startswith("denoise") else ""
     print(f"backbone: {described}; {what}; {len(images)} image(s), task {args.task}{grey}{noise}")
     if pairs is not None:
-        how = f"--pairs {args.pairs}" if args.pairs else "by name" + (
-            f" ({args.hq_suffix or 'no suffix'} / {args.lq_suffix or 'no suffix'})"
+        how = (
+            f"--pairs {args.pairs}"
+            if args.pairs
+            else "by name" + (f" ({args.hq_suffix or 'no suffix'} / {args.lq_suffix or 'no suffix'})")
         )
         print(f"pairs: {args.data} with {args.lq} matched {how}; sizes: {pairs.alignment}")
     items = (dataset[i] if provider is not None else {**dataset[i], "prior": None} for i in range(len(dataset)))

@@ -26,15 +26,16 @@ from ..training.builders import (
     build_dataset,
     build_provider,
     check_provider_args,
-    paired_task,
-    resolve_pairs,
     check_task_scale,
     image_folder,
     load_backbone_from_args,
+    paired_task,
     prior_cache,
+    resolve_pairs,
 )
 from ._args import (
     add_backbone_arguments,
+    add_clip_arguments,
     add_pair_arguments,
     add_prior_arguments,
     add_progress_arguments,
@@ -71,8 +72,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--task",
         default=None,
         type=task_type,
-        help="the synthetic degradation: denoise:<sigma> or sr:<scale> (not with --lq, whose files are the degraded images)",
+        help="the synthetic degradation: denoise:<sigma>, sr:<scale>[:bd], jpeg:<q>, blur:gauss:<std>, "
+        "poisson-gauss:<a>:<b>, or steps joined by '+' (docs/cli.md); not with --lq, whose files are the degraded images",
     )
+    d.add_argument(
+        "--degrade-per",
+        choices=("step", "image"),
+        default="step",
+        help="step: a new synthetic degradation for every crop at every step, deterministic in (seed, step), "
+        "its prior computed on the fly (as KAIR/BasicSR draw); image: one per image and --seed, priors cached "
+        "(what train did before; SAM then runs once per image)",
+    )
+    add_clip_arguments(d)
     add_pair_arguments(d, val=True)
     d.add_argument("--val", metavar="DIR", help="folder of clean validation images (full-image PSNR/SSIM)")
     d.add_argument(
@@ -143,17 +154,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_pair_flags(args) -> None:
     """``--task`` xor ``--lq``; the pairing flags only with ``--lq``; ``--val-lq`` with ``--val``."""
     if not args.lq:
-        given = [f for f, v in (("--hq-suffix", args.hq_suffix), ("--lq-suffix", args.lq_suffix),
-                                ("--pairs", args.pairs), ("--val-lq", args.val_lq)) if v]
+        given = [
+            f
+            for f, v in (
+                ("--hq-suffix", args.hq_suffix),
+                ("--lq-suffix", args.lq_suffix),
+                ("--pairs", args.pairs),
+                ("--val-lq", args.val_lq),
+            )
+            if v
+        ]
         if given:
             raise SPTError(f"{', '.join(given)} pair(s) clean images with degraded ones: add --lq LQ_DIR")
         if args.task is None:
             raise SPTError("pass --task denoise:<sigma> | sr:<scale>, or --lq LQ_DIR with the degraded partners")
         return
     if args.val and not args.val_lq:
-        raise SPTError(
-            "--lq trains on paired files, so --val needs its degraded partners too: add --val-lq DIR"
-        )
+        raise SPTError("--lq trains on paired files, so --val needs its degraded partners too: add --val-lq DIR")
     if args.val_lq and not args.val:
         raise SPTError("--val-lq gives the degraded partners of --val's images: add --val DIR")
 
@@ -574,6 +591,8 @@ def _run(args) -> int:
             "encoding": args.encoding,
             "seed": args.seed,
         }
+        if not args.lq:  # how the synthetic degradation was drawn
+            info_meta.update({"degrade_per": args.degrade_per, "clip": args.clip})
         if getattr(args, "_iters_changes", None):
             info_meta["iters_changes"] = args._iters_changes  # an extended run says so in its header
         args._interrupt_hint = (

@@ -153,7 +153,7 @@ def read_pairs_file(path, hq_dir=None, lq_dir=None) -> list[ImagePair]:
         where = f"--pairs {path} line {number}"
         if len(fields) != 2:
             raise DataError(f"{where}: expected two names (HQ LQ), got {len(fields)}: {raw.strip()!r}")
-        hq, lq = (b / f if not os.path.isabs(f) else Path(f) for b, f in zip((hq_base, lq_base), fields))
+        hq, lq = (b / f if not os.path.isabs(f) else Path(f) for b, f in zip((hq_base, lq_base), fields, strict=True))
         for p, side in ((hq, "HQ"), (lq, "LQ")):
             if not p.is_file():
                 raise DataError(f"{where}: the {side} image {p} does not exist")

@@ -295,6 +295,8 @@ def make_dataset(
     channels: int = 3,
     noise: str = "spt",
     lq_paths=None,
+    clip: bool = True,
+    fresh: bool = False,
 ):
     """``spt_adapter.training.data.PairedPriorDataset`` over ``folder``: random ``patch`` x ``patch`` GT
     patches (LQ patches of ``patch / scale``) with flips for training, whole images for evaluation.
@@ -304,7 +306,9 @@ def make_dataset(
     ``teacher=True``: ``provider`` is a distilled prior's teacher and segments the clean images only
     (items hold ``teacher_prior``); ``provider=None``: items hold no prior (an adapter whose student
     makes its own). ``lq_paths``: the degraded partners of the images in ``folder`` (a list of
-    paths, same order; task ``paired:<scale>``), read instead of degrading."""
+    paths, same order; task ``paired:<scale>``), read instead of degrading. ``clip=False``: the
+    network reads unclipped noise (the prior still sees the clipped 8-bit image). ``fresh=True``
+    (training): a new degradation is drawn for every item, deterministic in (seed, step)."""
     from ..prior.encode import DEFAULT_ENCODING
     from . import data
 
@@ -325,6 +329,8 @@ def make_dataset(
         channels=channels,
         noise=noise,
         lq_paths=lq_paths,
+        clip=clip,
+        fresh=fresh and train,
     )
 
 
@@ -385,4 +391,6 @@ def build_dataset(
         channels=getattr(args, "_channels", 3),
         noise=getattr(args, "noise", None) or "spt",
         lq_paths=pairs.lq if pairs is not None else None,
+        clip=getattr(args, "clip", True),
+        fresh=train and pairs is None and getattr(args, "degrade_per", "image") == "step",
     )

@@ -65,22 +65,33 @@ NOISE_PROTOCOLS = ("spt", "kair")
 
 @dataclass(frozen=True)
 class Task:
-    kind: str  # "denoise" | "sr" | "paired"
+    kind: str  # "denoise" | "sr" | "paired" | "chain"
     sigma: float = 0.0
     scale: int = 1
+    steps: tuple = ()  # kind "chain": spt_adapter.data.degradations.Step
 
     def __str__(self) -> str:
         if self.kind == "denoise":
             return f"denoise:{self.sigma:g}"
+        if self.kind == "chain":
+            return "+".join(step.text for step in self.steps)
         return f"{self.kind}:{self.scale}"
 
 
 def parse_task(task) -> Task:
     """``"denoise:25"`` -> Task("denoise", sigma=25); ``"sr:4"`` -> Task("sr", scale=4);
-    ``"paired:4"`` -> Task("paired", scale=4): the LQ images are files (``--lq``), HQ = 4 x LQ."""
+    ``"paired:4"`` -> Task("paired", scale=4): the LQ images are files (``--lq``), HQ = 4 x LQ;
+    any other degradation of :mod:`spt_adapter.data.degradations` (``jpeg:30``, ``sr:4:bd``,
+    ``blur:gauss:1.2+sr:4+jpeg:60``) -> Task("chain", scale=its total scale, steps=...)."""
     if isinstance(task, Task):
         return task
-    kind, _, arg = str(task).partition(":")
+    text = str(task)
+    kind, _, arg = text.partition(":")
+    if kind not in ("denoise", "sr", "paired") or (":" in arg or "+" in arg):
+        from ..data.degradations import degradation_scale, parse_degradation
+
+        steps = parse_degradation(text)
+        return Task("chain", scale=degradation_scale(steps), steps=steps)
     try:
         if kind == "paired":
             scale = int(arg)
@@ -99,7 +110,9 @@ def parse_task(task) -> Task:
             return Task("sr", scale=scale)
     except ValueError:
         pass
-    raise DataError(f"task {task!r}: expected 'denoise:<sigma in 0..255>' or 'sr:<scale 2..8>'")
+    from ..data.degradations import GRAMMAR
+
+    raise DataError(f"task {task!r}: expected {GRAMMAR}")
 
 
 def noise_seed(gt: np.ndarray, seed: int) -> int:
@@ -128,6 +141,8 @@ def degrade(gt, task, seed: int = 0, channels: int = 3, noise: str = "spt") -> t
     if noise not in NOISES:
         raise DataError(f"noise must be one of {NOISES}, got {noise!r}")
     gt = to_uint8_channels(gt, channels)
+    if task.kind == "chain":
+        return degrade_float(gt, task, seed, gt.shape[2])[::2]
     if task.kind == "denoise" and noise == "kair":
         return gt, np.uint8((kair_noisy(gt, task.sigma, seed).clip(0, 1) * 255.0).round())
     if task.kind == "denoise":
@@ -138,6 +153,28 @@ def degrade(gt, task, seed: int = 0, channels: int = 3, noise: str = "spt") -> t
     if gt.shape[0] < task.scale or gt.shape[1] < task.scale:
         raise DataError(f"image of size {gt.shape[:2]} is smaller than the SR scale {task.scale}")
     return gt, imresize_bicubic(gt, scale=1.0 / task.scale)
+
+
+def degrade_float(gt, task, seed: int = 0, channels: int = 3, clip: bool = True):
+    """``(gt, lq_float, lq_uint8)`` of a synthetic task: ``lq_float`` (float32 on [0, 1]) is what the
+    network reads -- unclipped noise with ``clip=False`` -- and ``lq_uint8`` its clipped 8-bit
+    version, the image a prior is computed on. ``denoise:<sigma>`` and ``sr:<scale>`` draw as
+    :func:`degrade` does; other tasks run :func:`spt_adapter.data.degradations.apply_degradation`
+    with the seed ``noise_seed(gt, seed)`` (a function of the image and ``seed``)."""
+    from ..data.degradations import apply_degradation
+
+    task = parse_task(task)
+    gt = to_uint8_channels(gt, channels)
+    if task.kind == "denoise" and not clip:
+        rng = np.random.default_rng(noise_seed(gt, seed))
+        noisy = (gt.astype(np.float64) / 255.0 + rng.normal(0.0, task.sigma / 255.0, gt.shape)).astype(np.float32)
+        return gt, noisy, to_uint8(noisy)
+    if task.kind != "chain":
+        gt, lq = degrade(gt, task, seed, channels)
+        return gt, lq.astype(np.float32) / 255.0, lq
+    gt = np.ascontiguousarray(mod_crop(gt, task.scale))
+    lq_f = apply_degradation(gt, task.steps, noise_seed(gt, seed), clip=clip)
+    return gt, lq_f, to_uint8(lq_f)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -202,6 +239,8 @@ class PairedPriorDataset:
         noise: str = "spt",
         upsampled: bool = False,
         lq_paths=None,
+        clip: bool = True,
+        fresh: bool = False,
     ) -> None:
         from ..prior import PriorCache, parse_encoding
 
@@ -213,8 +252,11 @@ class PairedPriorDataset:
         if (self.lq_paths is None) != (self.task.kind != "paired"):
             raise DataError(
                 f"task {self.task}: "
-                + ("paired data needs lq_paths (the degraded files)" if self.lq_paths is None else
-                   "lq_paths (degraded files) go with a paired:<scale> task")
+                + (
+                    "paired data needs lq_paths (the degraded files)"
+                    if self.lq_paths is None
+                    else "lq_paths (degraded files) go with a paired:<scale> task"
+                )
             )
         if self.lq_paths is not None and len(self.lq_paths) != len(self.paths):
             raise DataError(f"{len(self.paths)} clean image(s) but {len(self.lq_paths)} degraded one(s)")
@@ -244,6 +286,10 @@ class PairedPriorDataset:
         if upsampled and (teacher is not None or patch_size is not None):
             raise DataError("pre-upsampled SR (upsampled=True) scores whole images only: no patches, no teacher")
         self.upsampled = bool(upsampled)
+        self.clip = bool(clip)
+        if fresh and (self.task.kind == "paired" or upsampled or self._kair):
+            raise DataError(f"fresh=True draws a new synthetic degradation per item; task {self.task} has none to draw")
+        self.fresh = bool(fresh) and bool(train)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -298,14 +344,14 @@ class PairedPriorDataset:
     def _kair(self) -> bool:
         return self.noise == "kair" and self.task.kind == "denoise"
 
-    def prior_of(self, image: np.ndarray, provider=None) -> np.ndarray:
+    def prior_of(self, image: np.ndarray, provider=None, cached: bool = True) -> np.ndarray:
         provider = provider or self.provider
         if self.prior_fn is not None and provider is self.provider:
             prior = np.asarray(self.prior_fn(image), dtype=np.float32)
         else:
             from ..prior import compute_prior
 
-            prior = compute_prior(image, provider, self.encoding, self.cache)
+            prior = compute_prior(image, provider, self.encoding, self.cache if cached else None)
         if prior.ndim != 3 or prior.shape[1:] != image.shape[:2]:
             raise DataError(f"the prior has shape {prior.shape}, expected (C, {image.shape[0]}, {image.shape[1]})")
         return prior
@@ -317,9 +363,14 @@ class PairedPriorDataset:
         if self.upsampled:  # the network reads the float upsampled image; the GT may be off the 8-bit grid
             gt_f, lq_f = (a.astype(np.float32) for a in self._upsampled_pair(index))
             gt, lq = to_uint8(gt_f), to_uint8(lq_f)
-        else:
+        elif self._kair or self.task.kind == "paired":
             gt, lq = self.pair(index)
             lq_f = kair_noisy(gt, self.task.sigma, self.seed) if self._kair else lq.astype(np.float32) / 255.0
+        else:  # synthetic: per image and seed, or drawn afresh for this item (fresh: torch's generator, seeded per sample)
+            seed = int(torch.randint(0, 2**62, (1,)).item()) if self.fresh else self.seed
+            gt, lq_f, lq = degrade_float(
+                read_image(self.paths[index], self.channels), self.task, seed, self.channels, self.clip
+            )
         scale = self.task.scale if not self.upsampled else 1
         pscale = scale if self.oracle else 1
         key = "prior"
@@ -328,7 +379,8 @@ class PairedPriorDataset:
             prior = teacher_at_lq_size(self.prior_of(gt, self.teacher), scale, lq.shape[:2])
             prior = np.ascontiguousarray(prior).transpose(1, 2, 0)
         elif self.with_prior:
-            prior = self.prior_of(gt if self.oracle else lq).transpose(1, 2, 0)  # HxWxC on its image's grid
+            # a fresh draw is seen once: its prior is computed, not cached (the clean image's is cached)
+            prior = self.prior_of(gt if self.oracle else lq, cached=self.oracle or not self.fresh).transpose(1, 2, 0)
         else:
             prior = np.zeros(lq.shape[:2] + (0,), np.float32)
         top = left = 0
