@@ -140,7 +140,7 @@ def _foreign_tables(out: Path) -> list[str]:
 
     found = []
     for name, ours in (
-        ("eval.md", re.compile(r"(denoise|sr|paired):\S+: PSNR \(dB\) / SSIM, ")),
+        ("eval.md", re.compile(r"[a-z][a-z-]*:\S+: PSNR \(dB\) / SSIM, ")),
         ("eval.csv", re.compile(r"image,backbone_psnr,")),
     ):
         path = out / name

@@ -425,11 +425,26 @@ def _config(path: str | os.PathLike, meta: dict[str, str]) -> SPTConfig:
     task = config.prior.get("task")
     match = _TASK_TEXT.fullmatch(task) if isinstance(task, str) else None
     if task is not None and (match is None or (match.group(1) is not None and float(match.group(1)) > 255)):
-        raise AdapterFileError(
-            f"{path}: recorded task {task!r} is not a task (expected 'denoise:<sigma 0..255>' or "
-            "'sr:<scale 2..8>'); the file is corrupt or was edited by hand"
-        )
+        if not _other_task(task):
+            raise AdapterFileError(
+                f"{path}: recorded task {task!r} is not a task (expected 'denoise:<sigma 0..255>', "
+                "'sr:<scale 2..8>', paired:<scale> or a degradation of docs/cli.md); the file is corrupt or "
+                "was edited by hand"
+            )
     return config
+
+
+def _other_task(task) -> bool:
+    """Whether ``task`` is a task of the newer grammar (``paired:<s>``, ``jpeg:30``, ``a+b``, ...)."""
+    from ..errors import DataError
+    from ..training.data import parse_task
+
+    if not isinstance(task, str) or not task.isprintable() or len(task) > 500:
+        return False
+    try:
+        return parse_task(task).kind in ("paired", "chain")
+    except DataError:
+        return False
 
 
 def read_adapter_config(path: str | os.PathLike) -> SPTConfig:
