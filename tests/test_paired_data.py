@@ -281,3 +281,21 @@ def test_pair_flags_need_lq(tmp_path, swinir, capsys):
             ["train", "--backbone", str(swinir), "--data", str(hq), "--task", "paired:1", "--out", str(tmp_path / "o")]
         )
     assert "paired data is given with --lq LQ_DIR, not --task" in capsys.readouterr().err
+
+
+def test_masks_caches_the_priors_train_reads(tmp_path, swinir, capsys):
+    hq, lq = _folders(tmp_path, n=2)
+    cache = tmp_path / "priors"
+    argv = ["masks", "--data", str(hq), "--lq", str(lq), "--hq-suffix", "_mean", "--lq-suffix", "_real",
+            "--prior-cache", str(cache), "--provider-set", "n_segments=8", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert "masks: computed 2, reused 0, failed 0" in capsys.readouterr().err
+    assert _train(swinir, hq, lq, tmp_path / "run", "--hq-suffix", "_mean", "--lq-suffix", "_real") == 0
+    capsys.readouterr()
+    assert main(argv) == 0  # train looked up (and found) the very same entries
+    assert "masks: computed 0, reused 2" in capsys.readouterr().err
+    assert main(["masks", "--lq", str(lq), "--prior-cache", str(cache)]) == 1
+    assert "--lq needs --data HQ_DIR" in capsys.readouterr().err
+    assert main(["masks", "--data", str(hq), "--lq", str(lq), "--lq-suffix", "_real", "--hq-suffix", "_mean",
+                 "--degrade", "jpeg:30", "--prior-cache", str(cache)]) == 1  # fmt: skip
+    assert "--lq files are the degraded images already: drop --degrade" in capsys.readouterr().err
