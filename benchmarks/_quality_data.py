@@ -168,16 +168,11 @@ SR_DEGRADATIONS = ("bicubic", "bd")
 def bd_lq(hr: np.ndarray, scale: int) -> np.ndarray:
     """The "BD" degradation of the SR literature (RDN, RCAN): blur the HR image with a 7x7 Gaussian
     kernel of sigma 1.6, then bicubic-downsample by ``scale``; 8-bit. A backbone trained on plain
-    bicubic LQ never saw this blur."""
-    from scipy.ndimage import correlate
+    bicubic LQ never saw this blur. The product's ``--task sr:<scale>:bd``
+    (:func:`spt_adapter.data.degradations.bd_downsample`), so both degrade images the same way."""
+    from spt_adapter.data.degradations import bd_downsample
 
-    ax = np.arange(7, dtype=np.float64) - 3
-    g = np.exp(-(ax**2) / (2 * 1.6**2))
-    kernel = np.outer(g, g) / np.outer(g, g).sum()
-    blurred = np.stack(
-        [correlate(hr[..., c].astype(np.float64), kernel, mode="reflect") for c in range(hr.shape[2])], -1
-    )
-    return bicubic_lq(np.clip(np.round(blurred), 0, 255).astype(np.uint8), scale)
+    return bd_downsample(hr, scale)
 
 
 def sr_lq(hr: np.ndarray, scale: int, degradation: str = "bicubic") -> np.ndarray:
@@ -553,16 +548,11 @@ def load_grey_splits(
 
 def jpeg_compress(img: np.ndarray, quality: int) -> np.ndarray:
     """``img`` (HxWxC uint8, C = 1 or 3) through a JPEG encoder at ``quality`` and back (PIL/libjpeg,
-    4:2:0 chroma for colour), uint8 of the same shape."""
-    import io
+    4:2:0 chroma for colour), uint8 of the same shape: the product's ``--task jpeg:<quality>``
+    (:func:`spt_adapter.data.degradations.jpeg`)."""
+    from spt_adapter.data.degradations import jpeg
 
-    from PIL import Image
-
-    grey = img.shape[2] == 1
-    buf = io.BytesIO()
-    Image.fromarray(img[..., 0] if grey else img).save(buf, format="JPEG", quality=int(quality))
-    out = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
-    return np.ascontiguousarray(out[..., None] if grey else out)
+    return jpeg(img, quality)
 
 
 def kair_noise(img: np.ndarray, sigma: float) -> np.ndarray:

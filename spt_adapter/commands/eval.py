@@ -29,6 +29,8 @@ from ..data.datasets import NOISE_PROTOCOLS
 from ..errors import SPTError
 from ._args import (
     add_backbone_arguments,
+    add_clip_arguments,
+    add_pair_arguments,
     add_prior_arguments,
     add_progress_arguments,
     nonneg_int,
@@ -41,8 +43,10 @@ from .builders import (
     check_task_scale,
     image_folder,
     load_backbone_from_args,
+    paired_task,
     prior_cache,
     prior_flags,
+    resolve_pairs,
 )
 
 HELP = "evaluate backbone vs backbone + SPT (PSNR/SSIM tables, comparison crops)"
@@ -64,8 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--task",
         default=None,
         type=task_type,
-        help="denoise:<sigma> or sr:<scale> (default: the task recorded in the adapter)",
+        help="denoise:<sigma> or sr:<scale> (default: the task recorded in the adapter; none with --lq)",
     )
+    add_pair_arguments(parser)
+    add_clip_arguments(parser)
     parser.add_argument(
         "--pre-upsampled",
         action="store_true",
@@ -134,7 +140,7 @@ def _foreign_tables(out: Path) -> list[str]:
 
     found = []
     for name, ours in (
-        ("eval.md", re.compile(r"(denoise|sr):\S+: PSNR \(dB\) / SSIM, ")),
+        ("eval.md", re.compile(r"[a-z][a-z-]*:\S+: PSNR \(dB\) / SSIM, ")),
         ("eval.csv", re.compile(r"image,backbone_psnr,")),
     ):
         path = out / name
@@ -151,7 +157,20 @@ def _foreign_tables(out: Path) -> list[str]:
 def run(args) -> int:
     from ..inference.evaluate import evaluate
 
-    images = image_folder(args.data, "--data")
+    pairs = None
+    if args.lq:
+        pairs = resolve_pairs(args, args.data, args.lq)
+        images = pairs.hq
+        args.task = paired_task(args, pairs, None, "")
+    else:
+        given = [
+            f
+            for f, v in (("--hq-suffix", args.hq_suffix), ("--lq-suffix", args.lq_suffix), ("--pairs", args.pairs))
+            if v
+        ]
+        if given:
+            raise SPTError(f"{', '.join(given)} pair(s) clean images with degraded ones: add --lq LQ_DIR")
+        images = image_folder(args.data, "--data")
     out = Path(args.out) if args.out else Path(f"eval_{Path(args.data).resolve().name}")
     if out.exists() and not out.is_dir():
         raise SPTError(f"--out {out} is a file; eval writes a folder (eval.md, eval.csv, crops): pass a folder")
@@ -170,8 +189,12 @@ def run(args) -> int:
             raise SPTError("--no-adapter needs --task denoise:<sigma> or sr:<scale>")
         model, _, described = load_backbone_from_args(args, require_targets=False)
         upsampled = args.pre_upsampled
+        if upsampled and pairs is not None:
+            raise SPTError("--pre-upsampled makes its own LR images: drop --lq (or --pre-upsampled)")
         if upsampled:
             check_pre_upsampled(args.task, args._scale, described)
+        elif pairs is not None:
+            paired_task(args, pairs, args._scale, described)
         else:
             check_task_scale_or_hint(args.task, args._scale, described)
         provider = None
@@ -198,22 +221,31 @@ def run(args) -> int:
 
         # no prior: the dataset's prior_fn is a placeholder that nothing reads
         dataset = PairedPriorDataset(
-            args.data,
+            pairs.hq if pairs is not None else args.data,
             args.task,
+            lq_paths=pairs.lq if pairs is not None else None,
             prior_fn=lambda im: _no_prior(im),
             train=False,
             seed=args.seed,
             channels=args._channels,
             noise=args.noise,
             upsampled=upsampled,
+            clip=args.clip,
         )
     else:
-        dataset = build_dataset(args, args.data, provider, prior_cache(args), train=False)
+        dataset = build_dataset(args, args.data, provider, prior_cache(args), train=False, pairs=pairs)
     _check_scoreable(images, args.task)
     out.mkdir(parents=True, exist_ok=True)
     grey = ", grey" if args._channels == 1 else ""
     noise = f", noise {args.noise} seed {args.seed}" if args.task.startswith("denoise") else ""
     print(f"backbone: {described}; {what}; {len(images)} image(s), task {args.task}{grey}{noise}")
+    if pairs is not None:
+        how = (
+            f"--pairs {args.pairs}"
+            if args.pairs
+            else "by name" + (f" ({args.hq_suffix or 'no suffix'} / {args.lq_suffix or 'no suffix'})")
+        )
+        print(f"pairs: {args.data} with {args.lq} matched {how}; sizes: {pairs.alignment}")
     items = (dataset[i] if provider is not None else {**dataset[i], "prior": None} for i in range(len(dataset)))
     from ..inference.restore import size_multiple
 
@@ -293,6 +325,11 @@ def _with_adapter(args):
         raise SPTError(f"--adapter {src} is a pickle checkpoint; SPT adapters are .safetensors files")
     adapter_file = Path(resolve_adapter_file(src, args.revision))
     recorded = _recorded(adapter_file)
+    if args.task is None and str(recorded.get("task") or "").startswith("paired:"):
+        raise SPTError(
+            f"{adapter_file} was trained on paired files (task {recorded['task']}): pass --lq LQ_DIR with the "
+            "degraded partners of --data's images, or --task denoise:<sigma> | sr:<scale> for a synthetic one"
+        )
     if args.task is None:
         args.task = recorded.get("task")
         if not args.task:

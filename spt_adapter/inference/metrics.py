@@ -36,7 +36,7 @@ def metric_settings(task: str) -> dict:
     from ..data.datasets import parse_task
 
     parsed = parse_task(task)
-    if parsed.kind == "sr":
+    if parsed.scale > 1:  # sr:<s>, paired:<s>
         return {"crop_border": parsed.scale, "test_y_channel": True}
     return {"crop_border": 0, "test_y_channel": False}
 
