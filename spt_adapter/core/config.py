@@ -15,7 +15,7 @@ from .student import check_student
 #: 2: ``student`` (a distilled prior: the student's settings; its tensors in the delta).
 SCHEMA_VERSION = 2
 
-FUSIONS = ("concat", "sft", "pool")
+FUSIONS = ("concat", "sft", "pool", "lowrank")
 #: The default fusion is the one benchmarks/quality.py supports (docs/results.md): on unseen-noise
 #: adaptation `concat` scored ~0.1 dB above `sft` with the same prior margin; `pool` added nothing.
 DEFAULT_FUSION = "concat"
@@ -46,8 +46,11 @@ class SPTConfig:
     targets / exclude: pattern(s) over full dotted module names (see :mod:`spt_adapter.core.targets`).
     fusion: ``concat`` (features ++ encoded prior -> conv -> residual; the default), ``sft`` (per-pixel
         scale and shift from the prior) or ``pool`` (features averaged inside each prior region, then a
-        residual conv; needs a label-map prior).
-    hidden: width of the prior encoder; depth: number of conv layers in it.
+        residual conv; needs a label-map prior) or ``lowrank`` (no prior read: the features through a
+        3x3 conv to ``hidden`` channels, then a zero-initialised 1x1 conv back, added to them; the
+        narrow unit of issue 28, result 16 of docs/results.md).
+    hidden: width of the prior encoder (``lowrank``: the rank); depth: number of conv layers in it
+        (``lowrank``: of 3x3 convs before the 1x1 one).
     prior_channels: C_p of the prior tensor the units read.
     prior_resize: how a prior is resized to each feature map (``nearest`` for label maps).
     prior: free-form description of how priors are made (provider, encoding, settings); recorded
@@ -99,6 +102,8 @@ class SPTConfig:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"prior must be JSON-serialisable: {exc}") from None
         self.student = check_student(self.student)
+        if self.student is not None and self.fusion == "lowrank":
+            raise ConfigError("fusion='lowrank' reads no prior: a distilled prior (student) would go unused")
         if self.student is not None and self.fusion == "pool":
             raise ConfigError(
                 "a distilled prior (student) makes a soft map, not the label map the pool fusion reads; "

@@ -60,6 +60,8 @@ def unit_tensor_count(config: SPTConfig) -> int:
     """How many tensors (weights and biases) one :class:`SPTUnit` of ``config`` holds."""
     if config.fusion == "pool":
         return 4
+    if config.fusion == "lowrank":
+        return 2 * config.depth + 2
     return 2 * config.depth + (4 if config.fusion == "concat" else 2)
 
 
@@ -78,6 +80,12 @@ def unit_parameter_shapes(channels: int, config: SPTConfig) -> dict[str, tuple[i
         conv("fuse.0", h, 2 * c, 1)
         conv("fuse.2", c, h, 1)
         return shapes
+    if config.fusion == "lowrank":
+        conv("fuse.0", h, c, 3)
+        for i in range(1, config.depth):
+            conv(f"fuse.{2 * i}", h, h, 3)
+        conv(f"fuse.{2 * config.depth}", c, h, 1)
+        return shapes
     conv("encoder.0", h, config.prior_channels, 3)
     for i in range(1, config.depth):
         conv(f"encoder.{2 * i}", h, h, 3)
@@ -95,6 +103,12 @@ class SPTUnit(nn.Module):
     ``forward(features, prior)`` takes features (B, C, H, W) and a prior (B, C_p, H_p, W_p) at any
     resolution, and returns corrected features of the same shape. The layer that writes into the
     features is zero-initialised, so a fresh unit returns its input exactly.
+
+    ``fusion="lowrank"`` is the narrow feature unit of issue 28: ``features + up(act(down(features)))``
+    with ``down`` a 3x3 conv to ``hidden`` channels (the rank; ``depth - 1`` more 3x3 convs after it)
+    and ``up`` a zero-initialised 1x1 conv back. It has no prior encoder and ignores the prior: on
+    every real backbone measured (docs/results.md, results 13-16) the segment prior added nothing,
+    while spatial context in the unit's own path did (result 16).
     """
 
     def __init__(self, channels: int, config: SPTConfig) -> None:
@@ -111,6 +125,15 @@ class SPTUnit(nn.Module):
             # features ++ region-averaged features -> hidden -> channels
             last = nn.Conv2d(hidden, channels, 1)
             self.fuse = nn.Sequential(nn.Conv2d(2 * channels, hidden, 1), _act(), last)
+            self._zero(last)
+            return
+        if self.fusion == "lowrank":
+            # features -> 3x3 conv to `hidden` (the rank) -> [3x3 hidden -> hidden] x (depth - 1) -> 1x1 back
+            down: list[nn.Module] = [nn.Conv2d(channels, hidden, 3, padding=1), _act()]
+            for _ in range(config.depth - 1):
+                down += [nn.Conv2d(hidden, hidden, 3, padding=1), _act()]
+            last = nn.Conv2d(hidden, channels, 1)
+            self.fuse = nn.Sequential(*down, last)
             self._zero(last)
             return
         layers: list[nn.Module] = [nn.Conv2d(config.prior_channels, hidden, 3, padding=1), _act()]
@@ -133,6 +156,8 @@ class SPTUnit(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, features: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        if self.fusion == "lowrank":  # reads the features alone: the prior is not used
+            return features + self.fuse(features)
         # no int(): under tracing the sizes are symbolic, and the exported graph must follow them
         size = (features.shape[-2], features.shape[-1])
         prior = resize_prior(prior.to(dtype=features.dtype, device=features.device), size, self.prior_resize)
