@@ -168,7 +168,9 @@ def load_task(args) -> Task:
         train = degraded_set(sp.train, sigma=sigma, realisations=args.realisations, noise_base=1, jpeg=jpeg)
         part = sp.val if val else sp.test
         tag = "McMaster 15-18 (val)" if val else "Set12"
-        evals = {f"{tag} {args.task}": degraded_set(part, sigma=sigma, realisations=1, noise_base=2 if val else 0, jpeg=jpeg)}
+        evals = {
+            f"{tag} {args.task}": degraded_set(part, sigma=sigma, realisations=1, noise_base=2 if val else 0, jpeg=jpeg)
+        }
         return Task(args.task, backbone, train, evals, 1, info)
     if args.task == "dncnn3bd":
         train400 = args.dncnn_root / "TrainingCodes" / "DnCNN_TrainingCodes_v1.0" / "data" / "Train400"
@@ -299,7 +301,9 @@ def lora_model(net: nn.Module, opts: dict[str, str], match: int | None):
 
     layers = hidden_convs(net) if opts.get("layers", "hidden") == "hidden" else preset_targets(net, "dncnn-light")
     mods = dict(net.named_modules())
-    per_rank = {n: mods[n].in_channels * mods[n].kernel_size[0] * mods[n].kernel_size[1] + mods[n].out_channels for n in layers}
+    per_rank = {
+        n: mods[n].in_channels * mods[n].kernel_size[0] * mods[n].kernel_size[1] + mods[n].out_channels for n in layers
+    }
     if "rank" in opts:
         ranks = {n: int(opts["rank"]) for n in layers}
     else:
@@ -441,7 +445,10 @@ def run(args) -> dict[str, Any]:
     task = load_task(args)
     backbone = task.backbone
     total = sum(p.numel() for p in backbone.parameters())
-    log(f"{args.task} ({args.split}): {len(task.train.clean)} training images; " + ", ".join(f"{k} {len(v.clean)}" for k, v in task.evals.items()))
+    log(
+        f"{args.task} ({args.split}): {len(task.train.clean)} training images; "
+        + ", ".join(f"{k} {len(v.clean)}" for k, v in task.evals.items())
+    )
     budgets = resolve_budgets(args.rows, backbone, task.channels)
     x_fwd = torch.rand(1, task.channels, args.forward_size, args.forward_size)
     t_frozen = forward_seconds(backbone, x_fwd, "none", args.forward_repeats)
@@ -458,7 +465,9 @@ def run(args) -> dict[str, Any]:
             if family != "frozen":
                 from _ladder import get_batch
 
-                mem = training_memory(model, get_batch(sched[0], args.patch, task.train, prior), prior, family == "full")
+                mem = training_memory(
+                    model, get_batch(sched[0], args.patch, task.train, prior), prior, family == "full"
+                )
                 secs = train_model(model, sched, task.train, prior, lr, args.patch, full=family == "full")
             scores = {name: evaluate_rows(model, es, prior) for name, es in task.evals.items()}
             rec = rows_out.setdefault(text, {"family": family, "opts": opts, "trainable": n_train, "seeds": []})
@@ -515,7 +524,10 @@ def equal_time(args, task: Task, budgets: dict[str, int], rows_out: dict[str, An
             train_model(model, sched, task.train, prior, lr, args.patch)
             scores = {name: evaluate_rows(model, es, prior)[0] for name, es in task.evals.items()}
             rec["seeds"][seed_i]["equal_time"] = {"steps": steps, "psnr": scores}
-            log(f"seed {seed} {text} equal time ({steps} steps): " + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in scores.items()))
+            log(
+                f"seed {seed} {text} equal time ({steps} steps): "
+                + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in scores.items())
+            )
 
 
 def _write(args, task: Task, total: int, t_frozen: float, rows_out: dict[str, Any]) -> dict[str, Any]:
@@ -591,7 +603,9 @@ def render(doc: dict[str, Any]) -> str:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--task", choices=TASKS, required=True)
     p.add_argument("--split", choices=("val", "test"), default="val", help="val: choose; test: report")
     p.add_argument("--rows", nargs="+", required=True, help="row specs (module docstring)")

@@ -14,9 +14,9 @@ from PIL import Image
 
 from _data import DATA  # small crops of the test sets, committed (tests/data)
 from spt_adapter.cli import main
+from spt_adapter.data.datasets import PairedPriorDataset
 from spt_adapter.data.pairs import check_sizes, load_pairs, match_pairs, read_pairs_file
 from spt_adapter.errors import DataError
-from spt_adapter.data.datasets import PairedPriorDataset
 
 
 def _clean(n: int, size=(48, 48)) -> np.ndarray:
