@@ -275,7 +275,8 @@ def build_row(backbone: nn.Module, family: str, opts: dict[str, str], seed: int,
 
         cfg = spt_config(backbone, family, opts)
         model = spt_adapter.inject(net, config=cfg, example_input=torch.zeros(1, in_channels, 32, 32))
-        return model, "const", {"config": json.loads(cfg.to_json())}
+        (built,) = model.spt_config.values()  # a unit that reads no prior (lowrank, prior_channels 0) gets none
+        return model, "const" if built.reads_prior else "none", {"config": json.loads(built.to_json())}
     return lora_model(net, opts, match)
 
 
