@@ -24,7 +24,7 @@ from .errors import (
 )
 from .version import __version__
 
-_moved.install()  # old import paths (spt_adapter.training.restore, ...) keep working for one release
+_moved.install()  # the old import paths of moved modules keep working for one release
 
 if TYPE_CHECKING:
     from .core.config import SCHEMA_VERSION, SPTConfig
