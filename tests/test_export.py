@@ -19,7 +19,7 @@ from PIL import Image
 import spt_adapter
 from spt_adapter.cli import main
 from spt_adapter.errors import ExportError
-from spt_adapter.training.export import PARITY_ATOL, export, parity
+from spt_adapter.inference.export import PARITY_ATOL, export, parity
 
 pytest.importorskip("spandrel")
 onnx = pytest.importorskip("onnx")
@@ -77,7 +77,7 @@ def test_exported_files_match_pytorch_at_other_sizes(tmp_path, name, student):
     # the adapter matters: without it the output differs far beyond the parity bound
     x = torch.rand(1, 3, *sizes[1])
     p = None if student else (torch.rand(1, 1, *sizes[1]) > 0.5).float()
-    from spt_adapter.training.restore import _run, size_multiple
+    from spt_adapter.inference.restore import _run, size_multiple
 
     m = size_multiple(model, desc)
     with torch.no_grad():
@@ -88,7 +88,7 @@ def test_exported_files_match_pytorch_at_other_sizes(tmp_path, name, student):
         path = export(model, tmp_path / f"{name}{suffix}", descriptor=desc)
         worst = parity(path, fmt, model, descriptor=desc, sizes=sizes)
         assert worst <= PARITY_ATOL, f"{name} {fmt}: max |diff| {worst}"
-        from spt_adapter.training.exported import load_exported
+        from spt_adapter.inference.exported import load_exported
 
         runner = load_exported(path)
         assert runner.kind == ("student" if student else "prior")
@@ -161,7 +161,7 @@ def test_float16_export_on_the_cpu_matches_pytorch_and_swinir_is_refused(tmp_pat
     PyTorch model within 1e-2 at other sizes, and its file says float16. SwinIR, whose code makes its
     attention mask in float32 at run time, cannot be traced in float16: one line naming float16, and
     nothing written."""
-    from spt_adapter.training.exported import load_exported
+    from spt_adapter.inference.exported import load_exported
 
     model, descriptor = _adapted(tmp_path, "dncnn", True)
     out = tmp_path / f"half.{suffix}"
@@ -171,8 +171,8 @@ def test_float16_export_on_the_cpu_matches_pytorch_and_swinir_is_refused(tmp_pat
     fmt = "onnx" if suffix == "onnx" else "torchscript"
     worst = parity(out, fmt, model, descriptor=descriptor, sizes=BACKBONES["dncnn"][2])
     assert 0 < worst <= 1e-2  # float16 differs from float32, within the export's tolerance
-    from spt_adapter.training.exported import restore_exported
-    from spt_adapter.training.restore import restore
+    from spt_adapter.inference.exported import restore_exported
+    from spt_adapter.inference.restore import restore
 
     image = (np.random.default_rng(0).random((45, 67, 3)) * 255).astype(np.uint8)
     reference = restore(model, image, descriptor=descriptor).astype(int)

@@ -83,7 +83,7 @@ def test_lost_export_refuses_an_existing_out_unless_overwrite(tmp_path, capsys, 
 
 def test_lost_the_api_refuses_a_path_made_while_it_exported_when_overwrite_is_false(tmp_path, monkeypatch):
     from spt_adapter.errors import ExportError
-    from spt_adapter.training import export as export_module
+    from spt_adapter.inference import export as export_module
 
     out = tmp_path / "x.pt"
     real = export_module._torchscript_bytes
@@ -106,7 +106,7 @@ real = os.fsync
 def die(fd):  # kill -9 in the middle of the atomic write: the temporary file is written, not renamed
     os.kill(os.getpid(), signal.SIGKILL)
 io_.os.fsync = die
-from spt_adapter.training.export import export
+from spt_adapter.inference.export import export
 export(DnCNN(in_nc=3, out_nc=3, nc=8, nb=8, act_mode="R").eval(), sys.argv[1], check=False)
 """
 
@@ -120,7 +120,7 @@ def test_lost_kill_9_inside_exports_write_leaves_a_temporary_the_next_export_rem
     (tmp_path / ".net.pt.notours.tmp").write_bytes(b"a user's hidden file")  # another naming: kept
     old = stray[0].stat().st_mtime - 120  # a write in progress touches its file; this one was killed
     os.utime(stray[0], (old, old))
-    from spt_adapter.training.export import export
+    from spt_adapter.inference.export import export
 
     export(_dncnn(), out, check=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".net.pt.notours.tmp", "net.pt"]
@@ -177,7 +177,7 @@ def exported(tmp_path_factory) -> dict[str, Path]:
     """A x1 colour DnCNN exported as ONNX (backbone alone) and a folder of three small photos."""
     from PIL import Image
 
-    from spt_adapter.training.export import export
+    from spt_adapter.inference.export import export
 
     root = tmp_path_factory.mktemp("exported")
     onnx_file = export(_dncnn(), root / "dn.onnx", check=False)
@@ -317,7 +317,7 @@ def test_wrong_a_tampered_or_foreign_onnx_export_is_refused_before_the_first_ima
     pytest.importorskip("onnx")
     import onnx
 
-    from spt_adapter.training.export import export
+    from spt_adapter.inference.export import export
 
     bad = _tampered_onnx(exported["onnx"], tmp_path / "tampered.onnx")
     foreign = tmp_path / "foreign.onnx"  # another network given a copy of ours' metadata, checksum included
@@ -338,8 +338,8 @@ def test_wrong_a_tampered_torchscript_export_is_refused(tmp_path):
     import zipfile
 
     from spt_adapter.errors import ExportError
-    from spt_adapter.training.export import export
-    from spt_adapter.training.exported import load_exported
+    from spt_adapter.inference.export import export
+    from spt_adapter.inference.exported import load_exported
 
     path = export(_dncnn(), tmp_path / "dn.pt", check=False)
     load_exported(path)  # the file as written loads
@@ -452,8 +452,8 @@ def test_wrong_the_torch_free_runner_keeps_16_bits_and_says_when_it_cannot(tmp_p
 # hangs
 # ---------------------------------------------------------------------------------------------
 def test_hang_a_float16_torchscript_export_runs_in_float32_on_the_cpu(tmp_path):
-    from spt_adapter.training.export import export
-    from spt_adapter.training.exported import load_exported
+    from spt_adapter.inference.export import export
+    from spt_adapter.inference.exported import load_exported
 
     model = _dncnn()
     path = export(model, tmp_path / "half.pt", half=True, check=False)
@@ -602,8 +602,8 @@ def test_trace_torchscript_metadata_is_checked_against_the_module(tmp_path):
     import zipfile
 
     from spt_adapter.errors import ExportError
-    from spt_adapter.training.export import export
-    from spt_adapter.training.exported import load_exported
+    from spt_adapter.inference.export import export
+    from spt_adapter.inference.exported import load_exported
 
     path = export(_dncnn(), tmp_path / "dn.pt", check=False)
     src = zipfile.ZipFile(io.BytesIO(path.read_bytes()))
@@ -668,7 +668,7 @@ def test_trace_a_prior_with_negative_strides_is_taken_as_it_reads():
 
 def test_trace_an_onehot_encoding_for_an_export_read_with_another_is_one_line(tmp_path, capsys, exported):
     import spt_adapter
-    from spt_adapter.training.export import export
+    from spt_adapter.inference.export import export
 
     cfg = spt_adapter.SPTConfig(
         targets=["model.2"],

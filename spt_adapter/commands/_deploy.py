@@ -52,8 +52,8 @@ def default_device(args) -> str:
 def exported_model(args):
     """(runner, described, prior source, device) for ``--backbone`` naming an exported file; refuses
     the flags that do not apply to one. Sets ``args._channels``."""
-    from ..training.builders import build_provider, check_provider_args, prior_cache, use_recorded_provider
-    from ..training.exported import load_exported, prior_source_of
+    from ..inference.exported import load_exported, prior_source_of
+    from .builders import build_provider, check_provider_args, prior_cache, use_recorded_provider
 
     path = Path(args.backbone)
     for flag, given in (
@@ -75,6 +75,8 @@ def exported_model(args):
             override = build_provider(args, device=None if device == "cpu" else device)
     elif runner.kind == "student" and (args.provider is not None or args.sam_checkpoint):
         raise SPTError(f"{path} carries a distilled prior (its student is inside the file): drop the provider flags")
+    elif runner.kind == "no-prior" and (args.provider is not None or args.sam_checkpoint):
+        raise SPTError(f"{path} reads no prior (its adapter was trained with prior 'none'): drop the provider flags")
     cache = prior_cache(args) if args.prior_cache else None
     source = prior_source_of(runner, provider=override, encoding=args.encoding, cache=cache)
     described = f"exported {runner.format} {path} ({runner.meta.get('backbone_class', '?')}, {runner.kind})"

@@ -7,7 +7,7 @@ The file holds the backbone, the adapter's units and its prior student (a distil
 ``image -> image``); an adapter that reads a provider's prior exports as ``(image, prior) -> image``
 with the provider and encoding in its metadata. Dynamic height, width and batch; float32 unless
 ``--half``. What cannot be exported is refused by name before anything is written, and the file is
-checked against the PyTorch model at two other sizes first (:func:`spt_adapter.training.export.export`).
+checked against the PyTorch model at two other sizes first (:func:`spt_adapter.inference.export.export`).
 ``spt-adapter restore --backbone FILE`` runs it (onnxruntime for ONNX).
 """
 
@@ -92,8 +92,8 @@ def check_out(args, adapter_file: Path | None = None) -> None:
 def run(args) -> int:
     from ..files.format import load_adapter
     from ..files.hub import resolve_adapter_file
-    from ..training.builders import load_backbone_from_args
-    from ..training.export import export, format_of
+    from ..inference.export import export, format_of
+    from .builders import load_backbone_from_args
 
     fmt = format_of(args.out, args.format)  # refuse a bad name before loading anything
     check_out(args)
@@ -110,7 +110,7 @@ def run(args) -> int:
         check_out(args, adapter_file)
     model, _, described = load_backbone_from_args(args, require_targets=False)
     if args.task:
-        from ..training.builders import check_task_scale
+        from .builders import check_task_scale
 
         check_task_scale(args.task, args._scale, described)
     if adapter_file is not None:
@@ -132,7 +132,7 @@ def run(args) -> int:
         check=not args.no_check,
         overwrite=args.overwrite,
     )
-    from ..training.export import _kind
+    from ..inference.export import _kind
 
     inputs = "image, prior" if _kind(model) == "prior" else "image"
     print(f"export: {described} -> {out} ({fmt}, inputs: {inputs}, {out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)

@@ -8,7 +8,7 @@ the way the adapter records (or as ``--provider``/``--provider-checkpoint`` say;
 it), then the network runs on the whole image or on tiles that each get their crop of that prior.
 Outputs are PNGs named after the inputs (``photo.jpg`` -> ``OUT/photo.png``; grey for grey
 backbones) at the input's depth (a 16-bit PNG/TIFF gives a 16-bit PNG), written atomically; inputs are never overwritten. Everything is checked before the
-first image is read. The work is :func:`spt_adapter.training.restore.restore`.
+first image is read. The work is :func:`spt_adapter.inference.restore.restore`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from ..deploy.outputs import (
     unfinished_output,
 )
 from ..errors import SPTError
-from ..training.builders import build_provider, load_backbone_from_args, prior_cache, prior_flags
 from ._args import add_backbone_arguments, add_prior_arguments, add_progress_arguments, nonneg_int, positive_int
+from .builders import build_provider, load_backbone_from_args, prior_cache, prior_flags
 
 HELP = "restore your own images with a backbone + SPT adapter (whole or tiled; PNG outputs)"
 
@@ -116,7 +116,7 @@ def _model(args):
     """(model, descriptor, described, prior source) from the flags."""
     from ..files.format import load_adapter
     from ..files.hub import resolve_adapter_file
-    from ..training.restore import check_channels, resolve_prior_source
+    from ..inference.restore import check_channels, resolve_prior_source
 
     if args.no_adapter and args.adapter:
         raise SPTError("--no-adapter restores with the backbone alone: drop --adapter (or --no-adapter)")
@@ -156,7 +156,7 @@ def check_adapter_task(adapter_file: Path, backbone_scale: int | None, described
     """The task the adapter records (its fingerprint's prior record) against the backbone's scale, as
     `eval` checks it: an ``sr:3`` adapter on a x1 backbone is refused before any image is read."""
     from ..files.format import read_adapter_config
-    from ..training.builders import check_task_scale
+    from .builders import check_task_scale
 
     task = (read_adapter_config(adapter_file).prior or {}).get("task")
     if not task:
@@ -168,7 +168,7 @@ def check_adapter_task(adapter_file: Path, backbone_scale: int | None, described
 
 
 def _check_tiling(args, model, descriptor, device) -> None:
-    from ..training.restore import check_tile_stride, default_overlap, minimum_tile
+    from ..inference.restore import check_tile_stride, default_overlap, minimum_tile
 
     if args.half:
         if not str(device).startswith("cuda"):
@@ -208,8 +208,8 @@ def run(args) -> int:
 
     from .._io import atomic_write_bytes
     from ..deploy.images import read_image_full_depth
-    from ..training.exported import exported_format, restore_exported
-    from ..training.restore import RestoreInfo, restore
+    from ..inference.exported import exported_format, restore_exported
+    from ..inference.restore import RestoreInfo, restore
 
     paths, folders = expand_inputs(args.inputs)
     out = Path(args.out)
@@ -233,7 +233,7 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out, targets)
     grey = "grey" if args._channels == 1 else "RGB"
-    from ..training.restore import default_overlap
+    from ..inference.restore import default_overlap
 
     overlap = args.tile_overlap if args.tile_overlap is not None else default_overlap(model)
     tiling = f"tiles {args.tile} (overlap {overlap})" if args.tile else "whole images"

@@ -110,10 +110,10 @@ class SPTLayer(nn.Module):
         if not active:
             return out
         prior = self._spt_state.prior
-        if prior is None:
-            raise PriorError(f"SPT layer {self.spt_target_name!r} needs a prior: {self.prior_hint}")
         for name in active:
             unit = self.spt_units[name]
+            if prior is None and getattr(unit, "reads_prior", True):
+                raise PriorError(f"SPT layer {self.spt_target_name!r} needs a prior: {self.prior_hint}")
             out = apply_to_output(self.spt_target_name, self._spt_layout, out, args, kwargs, _with_prior(unit, prior))
         return out
 
@@ -121,7 +121,7 @@ class SPTLayer(nn.Module):
         return f"target={self.spt_target_name!r}"
 
 
-def _with_prior(unit: nn.Module, prior: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+def _with_prior(unit: nn.Module, prior: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """``unit`` as a function of the features alone (this layer's prior bound)."""
     return lambda feats: unit(feats, prior)
 

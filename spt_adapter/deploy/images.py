@@ -3,7 +3,7 @@
 :func:`read_image` gives ``HxWx3 uint8`` RGB or ``HxWx1`` grey (EXIF orientation applied, 16-bit
 files scaled, 32-bit integer TIFFs and float files refused with a message naming them, alpha
 dropped); :func:`read_image_full_depth` keeps a 16-bit file's 16 bits (uint16) for restoring it; :func:`list_images` expands files, folders (non-recursive, image suffixes only: other
-files are skipped), globs and ``.txt`` lists. :mod:`spt_adapter.training.images` re-exports them
+files are skipped), globs and ``.txt`` lists. :mod:`spt_adapter.data.images` re-exports them
 for the datasets; they live here so that :mod:`spt_adapter.deploy` can read images without torch.
 """
 

@@ -9,7 +9,8 @@ The image is read, tiled, blended, clamped and rounded exactly as ``spt-adapter 
 (:mod:`spt_adapter.deploy.tiling`; ``spt-adapter restore --backbone FILE.onnx`` runs through here
 too). Files whose prior comes from a mask provider (metadata ``kind`` = ``prior``) need that
 provider, which needs the package's PyTorch code: the torch-free command refuses them
-(:func:`check_torch_free`); exports with a distilled student or the backbone alone read the image only.
+(:func:`check_torch_free`); exports with a distilled student, with an adapter that reads no prior
+(kind ``no-prior``) or of the backbone alone read the image only.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class _MetaFields:
 
 class ExportedFile:
     """What every runner of an `spt-adapter export` file shares, whatever its runtime: the metadata
-    (:func:`~spt_adapter.training.export.export_info`) read into the fields the tiler needs, and the
+    (:func:`~spt_adapter.inference.export.export_info`) read into the fields the tiler needs, and the
     call rules -- a file that reads a prior refuses a call without one, a file traced for one image per
     call (``batch: 1``) is fed a batch one image at a time. A runtime supplies :meth:`run` (one call as
     traced) and :meth:`concat` (its arrays joined on the batch axis)."""
@@ -103,7 +104,7 @@ class ExportedFile:
     def __init__(self, meta: dict[str, str], source: str) -> None:
         self.meta, self.source = meta, source
         field = _MetaFields(meta, source)
-        self.kind = field.choice("kind", ("backbone", "student", "prior"), "backbone")
+        self.kind = field.choice("kind", ("backbone", "student", "no-prior", "prior"), "backbone")
         self.dtype = field.choice("dtype", ("float32", "float16"), "float32")
         field.choice("batch", ("dynamic", "1", ""), "")
         self.channels = field.integer("channels", 1, 4, 3)

@@ -2,8 +2,8 @@
 PyTorch.
 
 :func:`restore_array` runs any network given as a NumPy callable ``(x, prior) -> y`` on (1,C,H,W)
-float32 arrays, whole or in tiles, exactly as :func:`spt_adapter.training.restore.restore_tensor`
-runs a PyTorch model (the module docstring of :mod:`spt_adapter.training.restore` says what the
+float32 arrays, whole or in tiles, exactly as :func:`spt_adapter.inference.restore.restore_tensor`
+runs a PyTorch model (the module docstring of :mod:`spt_adapter.inference.restore` says what the
 tiling does and why): the same tile placement on the padded grid (:func:`tile_starts`), the same
 reflect/replicate padding to the size multiple, the same weights (:func:`axis_weights`, which the
 torch path uses too), float32 accumulation in the same order, clamping to [0, 1] and

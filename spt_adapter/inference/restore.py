@@ -1,7 +1,7 @@
 """Restore a user's own images: whole or tiled, with the prior the adapter was trained on.
 
     import spt_adapter
-    from spt_adapter.training.images import read_image
+    from spt_adapter.data.images import read_image
     model = spt_adapter.from_pretrained(backbone, "runs/swinir_x2_spt")   # or load_adapter(...)
     out = spt_adapter.restore(model, read_image("photo.png"), tile=256)     # HxWx3 uint8 in, out
 
@@ -190,7 +190,8 @@ def receptive_radius(model: nn.Module) -> int | None:
 @dataclass
 class PriorSource:
     """Where :func:`restore` gets a prior from. ``kind``: ``none`` (backbone alone), ``student`` (the
-    adapter makes its own prior from the input), ``provider`` (masks of the LQ image, encoded)."""
+    adapter makes its own prior from the input), ``no-prior`` (the adapter's units read none: nothing
+    is computed), ``provider`` (masks of the LQ image, encoded)."""
 
     kind: str
     provider: Any = None
@@ -223,6 +224,12 @@ def makes_own_prior(model: nn.Module) -> bool:
     return cfg is not None and getattr(cfg, "student", None) is not None
 
 
+def reads_prior(model: nn.Module) -> bool:
+    """Whether the active adapter's units read a prior (False for one made with prior ``none``)."""
+    cfg = _active_config(model)
+    return cfg is None or getattr(cfg, "prior_channels", 1) > 0
+
+
 def provider_from_record(identity: dict, what: str = "the adapter"):
     """The mask provider an adapter's recorded ``identity`` describes, when it can run here without
     anything the user must supply; else :class:`PriorError` saying what to pass (a checkpoint, or
@@ -245,12 +252,16 @@ def resolve_prior_source(
 ) -> PriorSource:
     """Decide where the prior comes from (the one place that does: ``restore``, ``eval`` and the
     ``restore`` command call it). In order: no adapter active or ``backbone_only`` -> none; an
-    adapter with a prior student and no ``provider`` override -> student; else ``provider`` (or the
+    adapter that reads no prior -> no-prior (a ``provider`` is refused); an adapter with a prior student and no ``provider`` override -> student; else ``provider`` (or the
     one the adapter records) with ``encoding`` (or the recorded one; adapters that record none were
     made when ``label`` was the only encoding), through ``cache`` when given."""
     cfg = _active_config(model)
     if cfg is None or backbone_only:
         return PriorSource("none", described="none (backbone alone)")
+    if not reads_prior(model):  # recorded as prior "none": no provider is built, nothing computed
+        if provider is not None:
+            raise PriorError(f"{what} reads no prior (it was trained with prior 'none'): drop the provider")
+        return PriorSource("no-prior", described="none (the adapter reads no prior)")
     if provider is None and makes_own_prior(model):
         return PriorSource("student", described="the adapter's distilled student")
     recorded = dict(cfg.prior or {})
@@ -310,7 +321,7 @@ def _run(
             p = F.pad(p.float(), (0, pw * k, 0, ph * k), mode="replicate")
     autocast = torch.autocast("cuda", dtype=torch.float16) if half else _nullcontext()
     with autocast:
-        if not isinstance(model, nn.Module):  # an exported file's runner (training/exported.py)
+        if not isinstance(model, nn.Module):  # an exported file's runner (inference/exported.py)
             out = model(x, p)
         elif isinstance(model, SPTModel):
             if backbone_only or model.active_adapter is None:

@@ -4,14 +4,15 @@
     spt_adapter.export(model, "swinir_spt.onnx")              # or "swinir_spt.pt" (TorchScript)
 
 The file holds the backbone, the active adapter's units and, for a distilled adapter, its prior
-student: ``image -> image``. An adapter that reads a provider's prior exports as
+student: ``image -> image`` (so does an adapter whose units read no prior, kind ``no-prior``). An
+adapter that reads a provider's prior exports as
 ``(image, prior) -> image``; the prior's channels, provider and encoding are in the file's metadata
 (ONNX ``metadata_props``; TorchScript ``_extra_files["spt_adapter.json"]``), with the scale, the
 image channels, the task, the backbone fingerprint and ``content_sha256``, the checksum of the file's
 own graph and weights that both runners verify before the first image
 (:mod:`spt_adapter.deploy.checksum`). Height, width and batch are dynamic: the
 graph pads its input to the size multiple the backbone needs (reflect; the prior: replicate, as
-:func:`spt_adapter.training.restore.restore` does) and crops the output back, so any size from
+:func:`spt_adapter.inference.restore.restore` does) and crops the output back, so any size from
 that multiple up runs. float32 by default; ``half=True`` exports float16 weights and inputs.
 
 Everything that cannot be exported is refused by name before anything is written (the ``pool``
@@ -20,7 +21,7 @@ a dynamic size). The exported program is then run at two sizes that differ from 
 compared with the PyTorch model; a file that does not reproduce it is refused, not written. A
 backbone whose code freezes the batch size when traced (SwinIR's ``window_reverse`` takes
 ``int(B)``) is exported for one image per call (metadata ``batch: 1``, a fixed batch axis in ONNX);
-its runner (:mod:`spt_adapter.training.exported`) feeds a batch one image at a time.
+its runner (:mod:`spt_adapter.inference.exported`) feeds a batch one image at a time.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class _Deployable(nn.Module):
     def __init__(self, model: nn.Module, kind: str, multiple: int) -> None:
         super().__init__()
         self.model = model
-        self.kind = kind  # "backbone", "student" or "prior"
+        self.kind = kind  # "backbone", "student", "no-prior" or "prior"
         self.multiple = multiple
 
     def _net(self, x: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
@@ -112,6 +113,8 @@ class _Deployable(nn.Module):
 def _kind(model: nn.Module) -> str:
     if not isinstance(model, SPTModel) or model.active_adapter is None:
         return "backbone"
+    if not model.spt_config[model.active_adapter].reads_prior:
+        return "no-prior"  # units that read no prior: image -> image, nothing to compute beside it
     return "student" if model.student() is not None else "prior"
 
 
@@ -187,7 +190,7 @@ def export_info(
             "backbone_sha256": fp.get("backbone_sha256", ""),
             "prior": json.dumps(prior, sort_keys=True),
             "prior_channels": str(cfg.prior_channels),
-            "prior_encoding": str(prior.get("encoding") or ("" if kind == "student" else "label")),
+            "prior_encoding": str(prior.get("encoding") or ("label" if kind == "prior" else "")),
             "task": str(prior.get("task") or ""),
         }
     )
@@ -420,7 +423,7 @@ def parity(
     batch: int = 1,
 ) -> float:
     """Max |exported - PyTorch| over images of ``sizes`` (outputs clamped to [0, 1], as restore
-    writes them); the reference is the PyTorch forward :func:`spt_adapter.training.restore.restore`
+    writes them); the reference is the PyTorch forward :func:`spt_adapter.inference.restore.restore`
     runs (padded to the size multiple, cropped back)."""
     runner = load_exported(data, fmt=fmt, slow_half_ok=True)  # small sizes: float16 on a CPU is fine here
     kind = _kind(model)
