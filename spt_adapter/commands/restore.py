@@ -161,6 +161,12 @@ def check_adapter_task(adapter_file: Path, backbone_scale: int | None, described
     task = (read_adapter_config(adapter_file).prior or {}).get("task")
     if not task:
         return
+    from ..data.datasets import parse_task
+
+    try:
+        parse_task(str(task))
+    except SPTError:  # a task of a grammar this version cannot parse: restore does not use it
+        return
     try:
         check_task_scale(str(task), backbone_scale, described)
     except SPTError as exc:
