@@ -609,7 +609,7 @@ def test_trace_torchscript_metadata_is_checked_against_the_module(tmp_path):
     src = zipfile.ZipFile(io.BytesIO(path.read_bytes()))
     for edits, words in (
         ({"kind": "prior", "inputs": "image,prior", "prior_channels": "1"}, "does not match the graph"),
-        ({"channels": "1"}, "does not run as its metadata describes it"),
+        ({"channels": "1"}, "does not run at 1x1 as its metadata describes it"),
         ({"scale": "2"}, "says x2, but the graph gives x1"),
     ):
         buf = io.BytesIO()

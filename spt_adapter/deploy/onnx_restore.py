@@ -152,7 +152,7 @@ class ExportedFile:
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             raise ExportError(
-                f"{self.source} does not run as its metadata describes it ({self.channels} channel(s), kind "
+                f"{self.source} does not run at {m}x{m} as its metadata describes it ({self.channels} channel(s), kind "
                 f"{self.kind}, {self.dtype}, size multiple {self.size_multiple}): {type(exc).__name__}: {first}"
             ) from None
         shape = tuple(out.shape)
