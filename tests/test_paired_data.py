@@ -211,6 +211,7 @@ def test_train_and_eval_on_paired_folders(tmp_path, swinir, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "paired with" in text and "task paired:1" in text and "validation: " in text
+    assert "note: an epoch is the full batches of 2 only; the 1 sample(s) left over change" in text
     ev = tmp_path / "ev"
     argv = ["eval", "--backbone", str(swinir), "--adapter", str(out), "--data", str(hq), "--lq", str(lq),
             "--hq-suffix", "_mean", "--lq-suffix", "_real", "--out", str(ev), "--prior-cache",
@@ -299,3 +300,14 @@ def test_masks_caches_the_priors_train_reads(tmp_path, swinir, capsys):
     assert main(["masks", "--data", str(hq), "--lq", str(lq), "--lq-suffix", "_real", "--hq-suffix", "_mean",
                  "--degrade", "jpeg:30", "--prior-cache", str(cache)]) == 1  # fmt: skip
     assert "--lq files are the degraded images already: drop --degrade" in capsys.readouterr().err
+
+
+def test_the_epoch_leftover_note_counts_what_the_loader_drops():
+    from spt_adapter.commands.train import _epoch_leftover
+    from spt_adapter.training.distributed import DistInfo
+    from spt_adapter.training.train import TrainSettings, _make_loader
+
+    for n, batch in ((53, 8), (3, 2), (16, 8), (5, 8)):
+        info = DistInfo()
+        _, sampler, per_epoch = _make_loader(list(range(n)), TrainSettings(batch=batch), info)
+        assert _epoch_leftover(n, batch) == len(sampler) - per_epoch * batch

@@ -151,6 +151,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_progress_arguments(parser)
 
 
+def _epoch_leftover(n: int, global_batch: int) -> int:
+    """Samples an epoch of ``n`` images leaves out (training/train.py's loader drops the last partial
+    batch; its shuffle changes which ones every epoch)."""
+    import math
+
+    total = n * max(1, math.ceil(global_batch / n))
+    return total % global_batch
+
+
 def _check_pair_flags(args) -> None:
     """``--task`` xor ``--lq``; the pairing flags only with ``--lq``; ``--val-lq`` with ``--val``."""
     if not args.lq:
@@ -582,6 +591,12 @@ def _run(args) -> int:
             what = f"distilled prior, teacher {provider!r} on the clean images" if distilled else f"prior {provider!r}"
             lq = f" paired with {args.lq} ({pairs.alignment})" if pairs is not None else ""
             print(f"data: {len(train_images)} image(s) in {args.data}{lq}, task {args.task}, {what}")
+            leftover = _epoch_leftover(len(dataset), args.batch * info.world_size)
+            if leftover:
+                print(
+                    f"note: an epoch is the full batches of {args.batch * info.world_size} only; the {leftover} "
+                    "sample(s) left over change from epoch to epoch with its shuffle (none is left out for good)"
+                )
         info_meta: dict[str, Any] = {
             "task": args.task,
             "data": str(args.data),
