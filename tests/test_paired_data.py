@@ -311,3 +311,41 @@ def test_the_epoch_leftover_note_counts_what_the_loader_drops():
         info = DistInfo()
         _, sampler, per_epoch = _make_loader(list(range(n)), TrainSettings(batch=batch), info)
         assert _epoch_leftover(n, batch) == len(sampler) - per_epoch * batch
+
+
+def test_polyu_split_tool_lays_out_the_camera_split(tmp_path):
+    from _scripts import load_script
+
+    tool = load_script("polyu_split", "tools")
+    src = tmp_path / "CroppedImages"
+    src.mkdir()
+    scenes = {
+        "Canon5D2_5_160_3200_chair": 3,
+        "Canon5D2_5_200_3200_toy": 3,  # last Canon5D2 scene with >= 3 crops: validation
+        "Canon5D2_5_200_3200_zebra": 2,  # last by name, but too few crops to hold back
+        "NikonD800_5_100_4000_flower": 3,  # the only NikonD800 scene with >= 3 crops: validation
+        "NikonD800_8_125_6400_photo": 1,
+        "Canon80D_8_8_3200_ball": 2,  # test
+        "Sony_4_200_3200_door": 1,  # unused
+    }
+    tiny = Image.fromarray(np.zeros((4, 4, 3), np.uint8))
+    for scene, n in scenes.items():
+        for k in range(n):
+            for half in ("real", "mean"):
+                tiny.save(src / f"{scene}_{k + 1}_{half}.JPG")
+    out = tmp_path / "split"
+    assert tool.main([str(src), str(out)]) == 0
+    names = {part: sorted(p.name for p in (out / part / "lq").iterdir()) for part in ("train", "val", "test")}
+    assert names["test"] == ["Canon80D_8_8_3200_ball_1_real.JPG", "Canon80D_8_8_3200_ball_2_real.JPG"]
+    assert [n.rsplit("_", 2)[0] for n in names["val"]] == ["Canon5D2_5_200_3200_toy"] * 3 + [
+        "NikonD800_5_100_4000_flower"
+    ] * 3
+    assert len(names["train"]) == 3 + 2 + 1 and not any("Sony" in n for ns in names.values() for n in ns)
+    assert (out / "val" / "hq" / "Canon5D2_5_200_3200_toy_1_mean.JPG").is_symlink()
+    ps = load_pairs(out / "train" / "hq", out / "train" / "lq", hq_suffix="_mean", lq_suffix="_real")
+    assert len(ps.pairs) == 6
+    with pytest.raises(SystemExit, match="exists and is not an empty folder"):
+        tool.main([str(src), str(out)])
+    (src / "Canon80D_8_8_3200_ball_2_mean.JPG").unlink()
+    with pytest.raises(SystemExit, match="ball_2_real.JPG has no _mean partner"):
+        tool.main([str(src), str(tmp_path / "again")])
