@@ -346,6 +346,13 @@ def test_polyu_split_tool_lays_out_the_camera_split(tmp_path):
     assert len(ps.pairs) == 6
     with pytest.raises(SystemExit, match="exists and is not an empty folder"):
         tool.main([str(src), str(out)])
+    cropped = tmp_path / "cropped"
+    assert tool.main([str(src), str(cropped), "--crop", "2"]) == 0  # val/test as centre crops, train whole
+    assert Image.open(cropped / "test" / "lq" / "Canon80D_8_8_3200_ball_1_real.png").size == (2, 2)
+    assert Image.open(cropped / "train" / "hq" / "Canon5D2_5_160_3200_chair_1_mean.JPG").size == (4, 4)
+    assert (
+        len(load_pairs(cropped / "val" / "hq", cropped / "val" / "lq", hq_suffix="_mean", lq_suffix="_real").pairs) == 6
+    )
     (src / "Canon80D_8_8_3200_ball_2_mean.JPG").unlink()
     with pytest.raises(SystemExit, match="ball_2_real.JPG has no _mean partner"):
         tool.main([str(src), str(tmp_path / "again")])
