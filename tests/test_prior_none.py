@@ -175,7 +175,7 @@ def test_an_old_file_still_reads_its_prior(tmp_path):
     prior: nothing about 'none' applies to files that record a provider."""
     from pathlib import Path
 
-    from spt_adapter.training.restore import resolve_prior_source
+    from spt_adapter.inference.restore import resolve_prior_source
 
     fixture = Path(__file__).resolve().parent / "fixtures" / "adapter_v1.safetensors"
     cfg = spt_adapter.read_adapter_config(fixture)
@@ -202,7 +202,7 @@ def _image(size=24) -> np.ndarray:
 
 def test_restore_and_export_compute_no_prior(tmp_path, no_segmenter):
     from spt_adapter.deploy.onnx_restore import load_onnx, restore_image
-    from spt_adapter.training.restore import resolve_prior_source
+    from spt_adapter.inference.restore import resolve_prior_source
 
     spt = _trained(spt_adapter.inject(_dncnn(), prior="none", hidden=4))
     spt.save_adapter(tmp_path / "a.safetensors", task="denoise:25")

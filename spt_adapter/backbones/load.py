@@ -96,6 +96,7 @@ def load_backbone(
             f"{list(state)[:3]}); build the model yourself and pass it to spt_adapter.inject"
         ) from None
     model = descriptor.model
+    check_finite_weights(model, str(path))
     if device is not None:
         model = model.to(device)
     model.eval()
@@ -109,6 +110,18 @@ def load_backbone(
     result.claim = found
     result.descriptor = descriptor
     return result
+
+
+def check_finite_weights(model: nn.Module, source: str) -> None:
+    """Refuse a backbone with NaN or Inf in its weights (a damaged checkpoint, a conversion gone wrong):
+    it would restore every image to black without an error. The message names the first such tensor."""
+    for name, param in model.named_parameters():
+        if param.is_floating_point() and not bool(torch.isfinite(param).all()):
+            bad = int((~torch.isfinite(param)).sum())
+            raise BackboneError(
+                f"backbone checkpoint {source}: weight {name!r} holds {bad} NaN or Inf value(s); the "
+                "checkpoint is damaged (or was saved after training diverged)"
+            )
 
 
 def _claim(model: nn.Module) -> ModelClaim | None:

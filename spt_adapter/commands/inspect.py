@@ -92,7 +92,7 @@ def run(args) -> int:
     from ..core.planning import plan_injection
     from ..core.targets import inspect_targets
     from ..errors import SPTError, TargetError
-    from ..training.builders import load_backbone_from_args
+    from .builders import load_backbone_from_args
 
     if args.preset and args.targets:
         raise SPTError(f"--preset {args.preset} proposes the targets and --targets names them too: pass one of them")

@@ -21,18 +21,10 @@ from typing import Any
 from ..core.config import DEFAULT_FUSION, FUSIONS
 from ..core.planning import input_channels
 from ..errors import SPTError
-from ..training.builders import (
-    apply_recorded_prior,
-    build_dataset,
-    build_provider,
-    check_provider_args,
-    check_task_scale,
-    image_folder,
-    load_backbone_from_args,
-    prior_cache,
-)
 from ._args import (
     add_backbone_arguments,
+    add_clip_arguments,
+    add_pair_arguments,
     add_prior_arguments,
     add_progress_arguments,
     nonneg_float,
@@ -40,6 +32,18 @@ from ._args import (
     positive_float,
     positive_int,
     task_type,
+)
+from .builders import (
+    apply_recorded_prior,
+    build_dataset,
+    build_provider,
+    check_provider_args,
+    check_task_scale,
+    image_folder,
+    load_backbone_from_args,
+    paired_task,
+    prior_cache,
+    resolve_pairs,
 )
 
 HELP = "train SPT units on a frozen backbone (writes a safetensors delta, logs, resumable)"
@@ -76,7 +80,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     d = parser.add_argument_group("data")
     d.add_argument("--data", required=True, metavar="HQ_DIR", help="folder of clean (ground-truth) images")
-    d.add_argument("--task", required=True, type=task_type, help="denoise:<sigma> or sr:<scale>")
+    d.add_argument(
+        "--task",
+        default=None,
+        type=task_type,
+        help="the synthetic degradation: denoise:<sigma>, sr:<scale>[:bd], jpeg:<q>, blur:gauss:<std>, "
+        "poisson-gauss:<a>:<b>, or steps joined by '+' (docs/cli.md); not with --lq, whose files are the degraded images",
+    )
+    d.add_argument(
+        "--degrade-per",
+        choices=("step", "image"),
+        default="step",
+        help="step: a new synthetic degradation for every crop at every step, deterministic in (seed, step), "
+        "its prior computed on the fly (as KAIR/BasicSR draw); image: one per image and --seed, priors cached "
+        "(what train did before; SAM then runs once per image)",
+    )
+    add_clip_arguments(d)
+    add_pair_arguments(d, val=True)
     d.add_argument("--val", metavar="DIR", help="folder of clean validation images (full-image PSNR/SSIM)")
     d.add_argument(
         "--patch", type=positive_int, default=64, help="training patch size on the ground truth (default: 64)"
@@ -145,6 +165,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (adapter, logs, state)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     add_progress_arguments(parser)
+
+
+def _check_pair_flags(args) -> None:
+    """``--task`` xor ``--lq``; the pairing flags only with ``--lq``; ``--val-lq`` with ``--val``."""
+    if not args.lq:
+        given = [
+            f
+            for f, v in (
+                ("--hq-suffix", args.hq_suffix),
+                ("--lq-suffix", args.lq_suffix),
+                ("--pairs", args.pairs),
+                ("--val-lq", args.val_lq),
+            )
+            if v
+        ]
+        if given:
+            raise SPTError(f"{', '.join(given)} pair(s) clean images with degraded ones: add --lq LQ_DIR")
+        if args.task is None:
+            raise SPTError("pass --task denoise:<sigma> | sr:<scale>, or --lq LQ_DIR with the degraded partners")
+        return
+    if args.val and not args.val_lq:
+        raise SPTError("--lq trains on paired files, so --val needs its degraded partners too: add --val-lq DIR")
+    if args.val_lq and not args.val:
+        raise SPTError("--val-lq gives the degraded partners of --val's images: add --val DIR")
 
 
 def _check_out(args) -> Path:
@@ -408,7 +452,7 @@ def _recorded_student_steps(args) -> int | None:
 def _check_teacher_runs(args, provider, data_images) -> None:
     """Run the teacher once on a 64 px corner of the first clean training image: a teacher that
     cannot run (a missing package, a broken plugin, a bad checkpoint) fails here, before any step."""
-    from ..training.images import read_image, to_rgb_uint8
+    from ..data.images import read_image, to_rgb_uint8
 
     try:
         provider.generate(to_rgb_uint8(read_image(data_images[0]))[:64, :64])
@@ -459,7 +503,7 @@ def _run(args) -> int:
     from ..core.model import inject
     from ..core.targets import inspect_targets
     from ..files.format import ADAPTER_FILENAME, load_adapter, read_adapter_config
-    from ..training.evaluate import make_val_fn, task_scale
+    from ..inference.evaluate import make_val_fn, task_scale
     from ..training.train import TrainSettings, init_distributed, shutdown_distributed, train_units
 
     # ---- every check before any work -------------------------------------------------------
@@ -486,12 +530,23 @@ def _run(args) -> int:
         distill_weight=args.distill_weight,
         student_steps=args.student_steps,
     )
+    pairs = val_pairs = None
+    _check_pair_flags(args)
+    if args.lq:
+        pairs = resolve_pairs(args, args.data, args.lq)
+        train_images = pairs.hq
+        if args.val:
+            val_pairs = resolve_pairs(args, args.val, args.val_lq, "--val/--val-lq")
+            if val_pairs.scale != pairs.scale:
+                raise SPTError(f"--val pairs are x{val_pairs.scale} but --data pairs are x{pairs.scale}")
+        args.task = paired_task(args, pairs, None, "")
+    else:
+        train_images = image_folder(args.data, "--data")
+        if args.val:
+            image_folder(args.val, "--val")
     scale = task_scale(args.task)
     if args.patch % scale:
         raise SPTError(f"--patch {args.patch} is not divisible by the scale {scale} of --task {args.task}")
-    train_images = image_folder(args.data, "--data")
-    if args.val:
-        image_folder(args.val, "--val")
     out = _check_out(args)
     if args.resume:
         _resume_config_check(args, out / ADAPTER_FILENAME)
@@ -503,8 +558,11 @@ def _run(args) -> int:
     if not no_prior:
         check_provider_args(args)
     model, default_targets, described = load_backbone_from_args(args, args.targets)
-    check_task_scale(args.task, args._scale, described)
-    from ..training.restore import minimum_tile
+    if pairs is not None:
+        paired_task(args, pairs, args._scale, described)
+    else:
+        check_task_scale(args.task, args._scale, described)
+    from ..inference.restore import minimum_tile
 
     least = minimum_tile(model, getattr(args, "_descriptor", None))
     if args.patch // scale < least:
@@ -536,9 +594,13 @@ def _run(args) -> int:
         cache = None if no_prior else prior_cache(args)
         if info.distributed and not info.is_main:
             torch.distributed.barrier()  # the main process fills the prior cache first; the others read it
-        dataset = build_dataset(args, args.data, provider, cache, train=True, patch=args.patch, teacher=distilled)
+        dataset = build_dataset(
+            args, args.data, provider, cache, train=True, patch=args.patch, teacher=distilled, pairs=pairs
+        )
         val_set = (
-            build_dataset(args, args.val, None if distilled else provider, cache, train=False) if args.val else None
+            build_dataset(args, args.val, None if distilled else provider, cache, train=False, pairs=val_pairs)
+            if args.val
+            else None
         )
         if info.distributed and info.is_main:
             torch.distributed.barrier()
@@ -601,15 +663,19 @@ def _run(args) -> int:
                 if distilled
                 else f"prior {provider!r}"
             )
-            print(f"data: {len(train_images)} image(s) in {args.data}, task {args.task}, {what}")
+            lq = f" paired with {args.lq} ({pairs.alignment})" if pairs is not None else ""
+            print(f"data: {len(train_images)} image(s) in {args.data}{lq}, task {args.task}, {what}")
         info_meta: dict[str, Any] = {
             "task": args.task,
             "data": str(args.data),
+            **({"lq": str(args.lq)} if args.lq else {}),
             "patch": args.patch,
             "backbone": described,
             "encoding": args.encoding,
             "seed": args.seed,
         }
+        if not args.lq:  # how the synthetic degradation was drawn
+            info_meta.update({"degrade_per": args.degrade_per, "clip": args.clip})
         if getattr(args, "_iters_changes", None):
             info_meta["iters_changes"] = args._iters_changes  # an extended run says so in its header
         args._interrupt_hint = (

@@ -16,7 +16,7 @@ from .student import check_student
 #: 3: ``prior_channels`` 0 (units that read no prior: no prior encoder; ``prior`` records ``kind: none``).
 SCHEMA_VERSION = 3
 
-FUSIONS = ("concat", "sft", "pool")
+FUSIONS = ("concat", "sft", "pool", "lowrank")
 #: The default fusion is the one benchmarks/quality.py supports (docs/results.md): on unseen-noise
 #: adaptation `concat` scored ~0.1 dB above `sft` with the same prior margin; `pool` added nothing.
 DEFAULT_FUSION = "concat"
@@ -51,8 +51,11 @@ class SPTConfig:
     targets / exclude: pattern(s) over full dotted module names (see :mod:`spt_adapter.core.targets`).
     fusion: ``concat`` (features ++ encoded prior -> conv -> residual; the default), ``sft`` (per-pixel
         scale and shift from the prior) or ``pool`` (features averaged inside each prior region, then a
-        residual conv; needs a label-map prior).
-    hidden: width of the prior encoder; depth: number of conv layers in it.
+        residual conv; needs a label-map prior) or ``lowrank`` (no prior read: the features through a
+        3x3 conv to ``hidden`` channels, then a zero-initialised 1x1 conv back, added to them; the
+        narrow unit of issue 28, result 16 of docs/results.md; always ``prior_channels`` 0).
+    hidden: width of the prior encoder (``lowrank``: the rank); depth: number of conv layers in it
+        (``lowrank``: of 3x3 convs before the 1x1 one).
     prior_channels: C_p of the prior tensor the units read; 0: the units read no prior (no prior
         encoder: ``model(x)`` takes no ``prior=``, and files record ``prior: {"kind": "none"}``).
     prior_resize: how a prior is resized to each feature map (``nearest`` for label maps).
@@ -105,6 +108,15 @@ class SPTConfig:
             json.dumps(self.prior, sort_keys=True)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"prior must be JSON-serialisable: {exc}") from None
+        if self.fusion == "lowrank":
+            if self.student is not None:
+                raise ConfigError("fusion='lowrank' reads no prior: a distilled prior (student) would go unused")
+            if self.prior_channels not in (0, 1) or self.prior.get("provider"):
+                raise ConfigError(
+                    "fusion='lowrank' reads no prior: leave prior_channels at 0 and record no provider "
+                    f"(got prior_channels={self.prior_channels}, prior={json.dumps(self.prior, sort_keys=True)[:80]})"
+                )
+            self.prior_channels = 0  # 1 is the field's default: lowrank units always read no prior
         self._check_no_prior()
         self.student = check_student(self.student)
         if self.student is not None and self.fusion == "pool":

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError, PriorError, TargetError
+from ..errors import ConfigError, PriorError, SPTError, TargetError
 from .config import NO_PRIOR, SPTConfig
 from .keys import get_logical_module, is_unit_key, logical_named_modules, student_file_key, unit_file_key
-from .layer import PriorState, SPTLayer, iter_layers, make_unit, unwrap, wrap
+from .layer import PriorState, SPTLayer, iter_layers, make_unit, prior_follows_padding, unwrap, wrap
 from .planning import budget_parameters, hidden_for_budget, plan_injection, resolve_config
 from .student import PriorStudent
 
@@ -257,7 +257,8 @@ class SPTModel(nn.Module):
             if prior_logits_only:
                 return logits
             with state.using(self.check_prior(torch.sigmoid(logits), batch_size(args, kwargs))):
-                out = self.base_model(*args, **kwargs)
+                with prior_follows_padding(self.base_model, state):
+                    out = self.base_model(*args, **kwargs)
             return (out, logits) if return_prior_logits else out
         if self._reads_no_prior():
             if prior is not None or state.prior is not None:
@@ -265,7 +266,8 @@ class SPTModel(nn.Module):
             return self.base_model(*args, **kwargs)
         given = prior if prior is not None else state.prior
         with state.using(self.check_prior(given, batch_size(args, kwargs), first_tensor(args, kwargs))):
-            return self.base_model(*args, **kwargs)
+            with prior_follows_padding(self.base_model, state):
+                return self.base_model(*args, **kwargs)
 
     # -- training helpers --------------------------------------------------------------------
     def train(self, mode: bool = True) -> SPTModel:
@@ -319,7 +321,8 @@ class SPTModel(nn.Module):
 
     # -- files --------------------------------------------------------------------------------
     # Core does not import the file layer above it: spt_adapter.files registers these operations
-    # (register_file_operations) when it is imported; the first call loads it by name if nothing has.
+    # (register_file_operations) when it is imported, and `import spt_adapter` imports it before any
+    # SPTModel can be made through the facade.
     def save_adapter(self, path: str | os.PathLike, adapter_name: str | None = None, **kwargs: Any) -> Path:
         """Write this adapter as a safetensors delta (see :func:`spt_adapter.save_adapter`)."""
         return _file_operation("save_adapter")(self, path, adapter_name=adapter_name, **kwargs)
@@ -341,26 +344,28 @@ class SPTModel(nn.Module):
         return _file_operation("push_to_hub")(self, repo_id, private=private, token=token, **kwargs)
 
 
+#: the file operations SPTModel declares and the file layer provides (dependency inversion: core names
+#: the interface, :mod:`spt_adapter.files` fills it when it is imported; core never imports the layer above)
+FILE_OPERATIONS = ("save_adapter", "load_adapter", "save_pretrained", "push_to_hub")
 _FILE_OPERATIONS: dict[str, Any] = {}
 
 
 def register_file_operations(**operations) -> None:
-    """Called by :mod:`spt_adapter.files` to provide SPTModel's file methods (dependency inversion:
-    core declares the operations, the layer above implements them)."""
+    """Called by :mod:`spt_adapter.files` to provide SPTModel's file methods (:data:`FILE_OPERATIONS`)."""
+    unknown = sorted(set(operations) - set(FILE_OPERATIONS))
+    if unknown:
+        raise TypeError(f"register_file_operations: {unknown} are not SPTModel file operations {FILE_OPERATIONS}")
     _FILE_OPERATIONS.update(operations)
 
 
 def _file_operation(name: str):
-    if name not in _FILE_OPERATIONS:
-        # `import spt_adapter` no longer loads the file layer (it stays torch-free for spt_adapter.deploy):
-        # load it by name here, the way plugins are loaded, so core still never imports the layer above
-        import importlib
-
-        importlib.import_module("spt_adapter.files")
     try:
         return _FILE_OPERATIONS[name]
-    except KeyError:  # spt_adapter.files registers every operation when imported
-        raise RuntimeError(f"SPTModel.{name} needs spt_adapter.files, which did not register it") from None
+    except KeyError:
+        raise SPTError(
+            f"SPTModel.{name} is provided by spt_adapter.files, which is not imported yet: `import spt_adapter` "
+            "(the package facade loads it), or `import spt_adapter.files`"
+        ) from None
 
 
 #: every encoding the library makes (spt_adapter.prior.encode) lies in [0, 1]

@@ -208,7 +208,7 @@ def probe_channels(
     handles = []
 
     def make_hook(name: str):
-        def hook(module, args, kwargs, out):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
             def record(feats: torch.Tensor) -> torch.Tensor:
                 found[name] = int(feats.shape[1])
                 return feats

@@ -60,6 +60,8 @@ def unit_tensor_count(config: SPTConfig) -> int:
     """How many tensors (weights and biases) one :class:`SPTUnit` of ``config`` holds."""
     if config.fusion == "pool":
         return 4
+    if config.fusion == "lowrank":
+        return 2 * config.depth + 2
     if not config.reads_prior:  # no encoder: concat keeps its two fuse convs, sft a scale and a shift
         return 4 if config.fusion == "concat" else 2
     return 2 * config.depth + (4 if config.fusion == "concat" else 2)
@@ -79,6 +81,12 @@ def unit_parameter_shapes(channels: int, config: SPTConfig) -> dict[str, tuple[i
     if config.fusion == "pool":
         conv("fuse.0", h, 2 * c, 1)
         conv("fuse.2", c, h, 1)
+        return shapes
+    if config.fusion == "lowrank":
+        conv("fuse.0", h, c, 3)
+        for i in range(1, config.depth):
+            conv(f"fuse.{2 * i}", h, h, 3)
+        conv(f"fuse.{2 * config.depth}", c, h, 1)
         return shapes
     if not config.reads_prior:  # see SPTUnit: the encoder of a constant prior folded into biases
         if config.fusion == "concat":
@@ -124,6 +132,12 @@ class SPTUnit(nn.Module):
     the zero padding at the borders), so it is folded into the fusion's own biases instead of being
     carried as dead weights -- ``concat`` becomes ``features + conv(act(conv(features)))`` (1x1,
     ``channels -> hidden -> channels``), ``sft`` a per-channel scale and shift (:class:`ChannelAffine`).
+
+    ``fusion="lowrank"`` is the narrow feature unit of issue 28: ``features + up(act(down(features)))``
+    with ``down`` a 3x3 conv to ``hidden`` channels (the rank; ``depth - 1`` more 3x3 convs after it)
+    and ``up`` a zero-initialised 1x1 conv back. It has no prior encoder and reads no prior (its config
+    has ``prior_channels`` 0): on every real backbone measured (docs/results.md, results 13-16) the
+    segment prior added nothing, while spatial context in the unit's own path did (result 16).
     """
 
     def __init__(self, channels: int, config: SPTConfig) -> None:
@@ -137,6 +151,15 @@ class SPTUnit(nn.Module):
         self.encoder: nn.Module | None = None
         self.fuse: nn.Module
         self.reads_prior = config.reads_prior
+        if self.fusion == "lowrank":
+            # features -> 3x3 conv to `hidden` (the rank) -> [3x3 hidden -> hidden] x (depth - 1) -> 1x1 back
+            down: list[nn.Module] = [nn.Conv2d(channels, hidden, 3, padding=1), _act()]
+            for _ in range(config.depth - 1):
+                down += [nn.Conv2d(hidden, hidden, 3, padding=1), _act()]
+            last = nn.Conv2d(hidden, channels, 1)
+            self.fuse = nn.Sequential(*down, last)
+            self._zero(last)
+            return
         if not self.reads_prior:
             if self.fusion == "concat":
                 last = nn.Conv2d(hidden, channels, 1)
@@ -172,7 +195,7 @@ class SPTUnit(nn.Module):
 
     def forward(self, features: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
         if not self.reads_prior:
-            if self.fusion == "concat":
+            if self.fusion in ("concat", "lowrank"):
                 return features + self.fuse(features)
             return self.fuse(features)
         assert prior is not None  # the layer refuses a missing prior before calling a unit that reads one

@@ -7,7 +7,7 @@
 * Adam on the active adapter's unit parameters, L1 loss, cosine / step / constant learning-rate
   schedule (computed from the step, so a resumed run continues the same curve);
 * priors are fed with ``model(lq, prior=p)``; the dataset yields dicts with ``lq``, ``gt``,
-  ``prior`` (``spt_adapter.training.data.PairedPriorDataset`` does);
+  ``prior`` (``spt_adapter.data.datasets.PairedPriorDataset`` does);
 * an adapter that reads no prior (``SPTConfig.prior_channels`` 0): the dataset yields no ``prior``
   (``PairedPriorDataset(with_prior=False)``) and ``model(lq)`` runs;
 * a distilled prior (the adapter has a student, ``SPTConfig.student``): the dataset yields

@@ -1,7 +1,7 @@
 """Restore a user's own images: whole or tiled, with the prior the adapter was trained on.
 
     import spt_adapter
-    from spt_adapter.training.images import read_image
+    from spt_adapter.data.images import read_image
     model = spt_adapter.from_pretrained(backbone, "runs/swinir_x2_spt")   # or load_adapter(...)
     out = spt_adapter.restore(model, read_image("photo.png"), tile=256)     # HxWx3 uint8 in, out
 
@@ -49,15 +49,18 @@ from ..deploy.tiling import (  # noqa: F401  (DEFAULT_TILE_OVERLAP, MIN_STRIDE_F
     DEFAULT_TILE_OVERLAP,
     MIN_STRIDE_FRACTION,
     axis_weights,
+    check_finite_output,
     check_tile_stride,
     default_blend_for,
     default_overlap_for,
     float_channels,
+    output_kind,
     tile_grid,
     tile_starts,
     to_image,
 )
 from ..errors import PriorError, RestoreError
+from ..pixels import to_uint8_channels
 
 __all__ = [
     "DEFAULT_TILE_OVERLAP",
@@ -197,13 +200,16 @@ class PriorSource:
     described: str = ""
 
     def compute(self, image: np.ndarray) -> np.ndarray | None:
-        """The prior of ``image`` (HxWxC uint8, the image the backbone sees): (C_p, H, W) float32."""
+        """The prior of ``image`` (HxWxC uint8 or uint16, the image the backbone sees): (C_p, H, W) float32."""
         if self.kind != "provider":
             return None
         from ..prior import compute_prior
 
         assert self.encoding is not None  # a provider prior always has its encoding
-        return compute_prior(image, self.provider, self.encoding, self.cache)
+        arr = np.asarray(image)
+        if arr.dtype == np.uint16:  # a 16-bit image: its prior is that of its 8-bit version, as restore() computes it
+            arr = to_uint8_channels(arr, 1 if arr.ndim == 2 or arr.shape[2] in (1, 2) else 3)
+        return compute_prior(arr, self.provider, self.encoding, self.cache)
 
 
 def _active_config(model: nn.Module):
@@ -315,7 +321,7 @@ def _run(
             p = F.pad(p.float(), (0, pw * k, 0, ph * k), mode="replicate")
     autocast = torch.autocast("cuda", dtype=torch.float16) if half else _nullcontext()
     with autocast:
-        if not isinstance(model, nn.Module):  # an exported file's runner (training/exported.py)
+        if not isinstance(model, nn.Module):  # an exported file's runner (inference/exported.py)
             out = model(x, p)
         elif isinstance(model, SPTModel):
             if backbone_only or model.active_adapter is None:
@@ -332,7 +338,9 @@ def _run(
             "not an integer scale"
         )
     s = int(s_h)
-    return out[..., : h * s, : w * s].float(), s
+    out = out[..., : h * s, : w * s].float()
+    check_finite_output(bool(torch.isfinite(out).all()))
+    return out, s
 
 
 class _nullcontext:
@@ -516,7 +524,8 @@ def restore(
     autocast (CUDA only). ``backbone_only``: the backbone without the adapter.
 
     Returns the restored image: ``HxWx3`` for colour backbones, ``HxW`` for grey ones; uint8 for
-    integer inputs, float32 on [0, 1] for float inputs. ``info`` (a :class:`RestoreInfo`)
+    8-bit inputs, uint16 for 16-bit ones (all 16 bits reach the network), float32 on [0, 1] for float
+    inputs. ``info`` (a :class:`RestoreInfo`)
     accumulates seconds spent on the prior and on the network.
     """
     if not isinstance(model, nn.Module):
@@ -537,7 +546,7 @@ def restore(
             "channels (a network with an extra noise-level channel needs its own wrapper)"
         )
     check_channels(model, n_in)
-    as_float = np.asarray(image).dtype.kind == "f"
+    as_float = output_kind(image)
     x_np, u8 = _float_channels(image, n_in, "image")
     t0 = time.perf_counter()
     source = None
