@@ -156,8 +156,8 @@ def load_sr_splits(
 
 def bicubic_lq(hr: np.ndarray, scale: int) -> np.ndarray:
     """The LQ input of bicubic SR: MATLAB ``imresize(HR, 1/scale, 'bicubic')`` rounded to 8 bits,
-    as the Set5/Set14 LR files are made (``spt_adapter.training.images.imresize_bicubic``)."""
-    from spt_adapter.training.images import imresize_bicubic
+    as the Set5/Set14 LR files are made (``spt_adapter.data.images.imresize_bicubic``)."""
+    from spt_adapter.data.images import imresize_bicubic
 
     return imresize_bicubic(hr, scale=1.0 / scale)
 
@@ -447,8 +447,8 @@ def apply_encoding(pset: PriorSet, encoding: str) -> PriorSet:
 def bicubic_upsample_psnr(pset: PriorSet) -> float:
     """Mean Y-channel PSNR of plain bicubic upsampling of the LQ images (MATLAB ``imresize`` x scale):
     the field's reference row (Set5 x4: 28.42 dB), a check that LQ and metric follow the protocol."""
-    from spt_adapter.training.images import imresize_bicubic
-    from spt_adapter.training.metrics import metric_settings, psnr
+    from spt_adapter.data.images import imresize_bicubic
+    from spt_adapter.inference.metrics import metric_settings, psnr
 
     kw = metric_settings(f"sr:{pset.scale}")
     scores = []
@@ -570,7 +570,7 @@ def kair_noise(img: np.ndarray, sigma: float) -> np.ndarray:
 def load_y(path: Path) -> np.ndarray:
     """An image as HxWx1 uint8 Y (BT.601, MATLAB ``rgb2ycbcr``, 16-235), the channel the SR literature
     scores; a grey file is its own Y (DnCNN-3's demo scores Set5/Set14 the same way)."""
-    from spt_adapter.training.metrics import rgb_to_y
+    from spt_adapter.inference.metrics import rgb_to_y
 
     img = load_rgb(path)
     if np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2]):
@@ -624,7 +624,7 @@ def build_upsampled_sr_priors(
     of the HR Y, 8-bit) is bicubic-upsampled back to the HR size in floating point (MATLAB
     ``imresize``), which is the network's input; the LQ prior segments that upsampled input, the oracle
     the HR image. The set has scale 1 and a ``scale``-pixel border left out of the PSNR."""
-    from spt_adapter.training.images import imresize_bicubic
+    from spt_adapter.data.images import imresize_bicubic
 
     ident = json.dumps({"segmenter": seg.label(), "code": prior_code_path()}, sort_keys=True)
     out = PriorSet([], [], [], [], [], scale=1, border=scale, names=[name for name, _ in images])

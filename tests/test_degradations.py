@@ -14,9 +14,9 @@ from PIL import Image
 from _data import DATA  # small crops of the test sets, committed (tests/data)
 from spt_adapter.cli import main
 from spt_adapter.data import degradations as dg
+from spt_adapter.data.datasets import PairedPriorDataset, degrade, degrade_float, parse_task
+from spt_adapter.data.images import imresize_bicubic
 from spt_adapter.errors import DataError
-from spt_adapter.training.data import PairedPriorDataset, degrade, degrade_float, parse_task
-from spt_adapter.training.images import imresize_bicubic
 
 
 def _img(n: int = 0, size: tuple[int, int] = (64, 64)) -> np.ndarray:

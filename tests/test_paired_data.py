@@ -14,9 +14,9 @@ from PIL import Image
 
 from _data import DATA  # small crops of the test sets, committed (tests/data)
 from spt_adapter.cli import main
+from spt_adapter.data.datasets import PairedPriorDataset
 from spt_adapter.data.pairs import check_sizes, load_pairs, match_pairs, read_pairs_file
 from spt_adapter.errors import DataError
-from spt_adapter.training.data import PairedPriorDataset
 
 
 def _clean(n: int, size=(48, 48)) -> np.ndarray:
@@ -223,7 +223,7 @@ def test_train_and_eval_on_paired_folders(tmp_path, swinir, capsys):
     assert [r["image"] for r in rows[:3]] == ["shot0_mean", "shot1_mean", "shot2_mean"]
     # the table scores the LQ files: the backbone's PSNR is that of its output on each noisy file
     from spt_adapter.backbones.load import load_backbone
-    from spt_adapter.training import metrics
+    from spt_adapter.inference import metrics
 
     model = load_backbone(swinir).model.eval()
     noisy = np.asarray(Image.open(lq / "shot1_real.png"), np.float32) / 255

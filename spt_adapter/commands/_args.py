@@ -74,9 +74,9 @@ nonneg_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
 def task_type(text: str) -> str:
-    """An argparse type for ``--task``: parsed by :func:`spt_adapter.training.data.parse_task`."""
+    """An argparse type for ``--task``: parsed by :func:`spt_adapter.data.datasets.parse_task`."""
+    from ..data.datasets import parse_task
     from ..errors import DataError
-    from ..training.data import parse_task
 
     try:
         task = parse_task(text)
@@ -127,12 +127,15 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
         "spandrel detects: SwinIR, HAT, RRDB, NAFNet, Restormer, ...; BasicSR/KAIR files too)",
     )
     g.add_argument(
-        "--arch",
+        "--preset",
+        dest="arch",
         metavar="PRESET",
-        help="architecture preset to use for the weights given with --weights "
-        "(see `spt-adapter plugins`); checks the weights really are that architecture",
+        help="architecture preset whose targets get units (default: the first preset that recognises the "
+        "backbone; `spt-adapter inspect CKPT` lists those that do, with their parameter counts); refused "
+        "when it does not recognise the backbone",
     )
-    g.add_argument("--weights", metavar="PATH", help="weights for --arch")
+    alias(g, "--arch", dest="arch", metavar="PRESET")  # its first name, kept: --arch PRESET --weights PATH
+    g.add_argument("--weights", metavar="PATH", help="the backbone checkpoint, with --preset (as --backbone)")
     add_device_argument(g)
 
 

@@ -7,7 +7,7 @@ PSNR/SSIM as the field reports them (RGB for denoising; Y channel with a ``scale
 for SR), per image and mean, written as ``eval.md`` and ``eval.csv`` with comparison crops; the
 adapter may be a file, a folder (``spt_adapter.safetensors`` inside) or a Hugging Face Hub id.
 The prior is rebuilt with the provider recorded in the adapter unless flags say otherwise
-(:func:`spt_adapter.training.restore.resolve_prior_source`). 1-channel backbones read grey images.
+(:func:`spt_adapter.inference.restore.resolve_prior_source`). 1-channel backbones read grey images.
 ``--noise kair`` draws the noise as KAIR's ``main_test_dncnn.py`` does (the default for grey
 backbones, whose benchmarks are KAIR's); ``--noise spt`` is the training pipeline's noise.
 
@@ -25,19 +25,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..data.datasets import NOISE_PROTOCOLS
 from ..errors import SPTError
-from ..training.builders import (
-    build_dataset,
-    build_provider,
-    check_task_scale,
-    image_folder,
-    load_backbone_from_args,
-    paired_task,
-    prior_cache,
-    prior_flags,
-    resolve_pairs,
-)
-from ..training.data import NOISE_PROTOCOLS
 from ._args import (
     add_backbone_arguments,
     add_clip_arguments,
@@ -47,6 +36,17 @@ from ._args import (
     nonneg_int,
     positive_int,
     task_type,
+)
+from .builders import (
+    build_dataset,
+    build_provider,
+    check_task_scale,
+    image_folder,
+    load_backbone_from_args,
+    paired_task,
+    prior_cache,
+    prior_flags,
+    resolve_pairs,
 )
 
 HELP = "evaluate backbone vs backbone + SPT (PSNR/SSIM tables, comparison crops)"
@@ -116,7 +116,7 @@ def _check_scoreable(images: list[Path], task: str) -> None:
     from the file headers before anything is written."""
     from PIL import Image
 
-    from ..training.metrics import metric_settings
+    from ..inference.metrics import metric_settings
 
     border = metric_settings(task)["crop_border"]
     least = 11 + 2 * border
@@ -155,7 +155,7 @@ def _foreign_tables(out: Path) -> list[str]:
 
 
 def run(args) -> int:
-    from ..training.evaluate import evaluate
+    from ..inference.evaluate import evaluate
 
     pairs = None
     if args.lq:
@@ -217,7 +217,7 @@ def run(args) -> int:
     if args.device:
         model.to(args.device)
     if provider is None:
-        from ..training.data import PairedPriorDataset
+        from ..data.datasets import PairedPriorDataset
 
         # no prior: the dataset's prior_fn is a placeholder that nothing reads
         dataset = PairedPriorDataset(
@@ -247,7 +247,7 @@ def run(args) -> int:
         )
         print(f"pairs: {args.data} with {args.lq} matched {how}; sizes: {pairs.alignment}")
     items = (dataset[i] if provider is not None else {**dataset[i], "prior": None} for i in range(len(dataset)))
-    from ..training.restore import size_multiple
+    from ..inference.restore import size_multiple
 
     # pad only to what the backbone needs: padding a CNN's input changes its border pixels
     result = evaluate(
@@ -275,7 +275,7 @@ def run(args) -> int:
 
 
 def task_scale(task: str) -> int:
-    from ..training.data import parse_task
+    from ..data.datasets import parse_task
 
     return parse_task(task).scale
 
@@ -318,7 +318,7 @@ def _with_adapter(args):
     """Backbone + adapter, the mask provider (the adapter's recorded one unless flags say otherwise)."""
     from ..files.format import load_adapter
     from ..files.hub import resolve_adapter_file
-    from ..training.restore import check_channels, resolve_prior_source
+    from ..inference.restore import check_channels, resolve_prior_source
 
     src = str(args.adapter)
     if Path(src).suffix in (".pth", ".pt", ".ckpt", ".bin") and Path(src).exists():

@@ -113,42 +113,17 @@ def add_arguments(parser) -> None:
 
 
 def shard_of(n_items: int, num_shards: int | None, shard_index: int | None, env=None) -> tuple[int, int]:
-    from ..errors import ConfigError
+    """(number of shards, this process's index): :func:`spt_adapter.deploy.shards.shard_settings`."""
+    from ..deploy.shards import shard_settings
 
-    env = os.environ if env is None else env
-
-    def from_env(name: str, default: str) -> int:
-        text = str(env.get(name, default) or default).strip()
-        try:
-            return int(text)
-        except ValueError:
-            raise ConfigError(
-                f"the environment variable {name}={env.get(name)!r} is not an integer (a launcher sets it: "
-                f"unset it, or pass --num-shards/--shard-index)"
-            ) from None
-
-    if num_shards is None:
-        num_shards = from_env("WORLD_SIZE", "1")
-        if shard_index is None:
-            shard_index = from_env("RANK", "0")
-    if shard_index is None:
-        shard_index = 0
-    if num_shards < 1:
-        raise ConfigError(
-            f"--num-shards must be at least 1 (the number of shards the image list is split into), got {num_shards}"
-        )
-    if not (0 <= shard_index < num_shards):
-        raise ConfigError(
-            f"--shard-index must be in 0..{num_shards - 1} for --num-shards {num_shards}, got {shard_index}"
-        )
-    return num_shards, shard_index
+    return shard_settings(num_shards, shard_index, env)
 
 
 def _paired_inputs(args):
     """The LQ files of ``--data``/``--lq`` (checked pairs), or None without ``--lq``; the pairing
     flags and inputs that do not go together are refused."""
     from ..errors import ConfigError
-    from ..training.builders import resolve_pairs
+    from .builders import resolve_pairs
 
     if args.lq is None:
         given = [
@@ -174,11 +149,11 @@ def _paired_inputs(args):
 def run(args) -> int:
     from tqdm import tqdm
 
+    from ..data.datasets import degrade, parse_task
+    from ..data.images import list_images, read_image
     from ..errors import ConfigError, ProviderRunError, SPTError
     from ..prior import get_provider_spec, make_provider, parse_encoding
-    from ..training.builders import open_prior_cache, parse_settings
-    from ..training.data import degrade, parse_task
-    from ..training.images import list_images, read_image
+    from .builders import open_prior_cache, parse_settings
 
     parse_encoding(args.encoding)
     lq_paths = _paired_inputs(args)

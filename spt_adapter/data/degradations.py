@@ -207,7 +207,7 @@ def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
 def bd_downsample(img: np.ndarray, scale: int) -> np.ndarray:
     """The BD protocol: :func:`gaussian_blur` with a 7x7 kernel of std 1.6, rounded to 8 bits, then
     MATLAB-style bicubic downsampling by ``scale``; uint8."""
-    from ..training.images import imresize_bicubic
+    from .images import imresize_bicubic
 
     return imresize_bicubic(_u8(gaussian_blur(img, BD_SIGMA, BD_SIZE)), scale=1.0 / scale)
 
@@ -216,7 +216,7 @@ def apply_degradation(gt, steps, seed: int = 0, clip: bool = True) -> np.ndarray
     """``gt`` (HxWxC uint8) degraded by ``steps`` (a :func:`parse_degradation` result or its text):
     float32 HxWxC on the [0, 1] scale (on the 8-bit grid unless the last noise step was left
     unclipped, ``clip=False``). Step ``i`` draws from ``default_rng((seed, i))``."""
-    from ..training.images import imresize_bicubic
+    from .images import imresize_bicubic
 
     if isinstance(steps, str):
         steps = parse_degradation(steps)

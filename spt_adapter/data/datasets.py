@@ -1,6 +1,6 @@
 """Paired (LQ, GT, prior) datasets for denoising and bicubic super-resolution.
 
-    from spt_adapter.training.data import PairedPriorDataset
+    from spt_adapter.data.datasets import PairedPriorDataset
     from spt_adapter.prior import ClassicalMaskProvider, PriorCache
     ds = PairedPriorDataset("../shared/data/CBSD68", "denoise:25", PriorCache("priors"),
                             ClassicalMaskProvider("slic"), patch_size=64, train=True)
