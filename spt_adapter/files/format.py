@@ -453,15 +453,24 @@ def _config(path: str | os.PathLike, meta: dict[str, str]) -> SPTConfig:
     return config
 
 
-#: a task of the newer grammar as text (``paired:<s>``, ``jpeg:30``, ``blur:gauss:1.6+sr:4+jpeg:60``, ...):
-#: checked here by its shape only — the file layer sits below the data layer that parses tasks, and a
-#: command that uses the task (``eval``) parses it and names any fault
-_TASK_GRAMMAR = re.compile(r"[a-z][a-z-]*(:[0-9A-Za-z.\-]+)*(\+[a-z][a-z-]*(:[0-9A-Za-z.\-]+)*)*")
+#: one step of the newer task grammar as text (docs/cli.md, "Degradations"): numbers where numbers go and
+#: the few words the grammar has; ``denoise:<sigma>`` and ``sr:<scale>`` alone are :data:`_TASK_TEXT`'s
+_NUM, _INT = r"\d+(\.\d+)?", r"\d+"
+_TASK_STEP = (
+    rf"(denoise:{_NUM}|sr:[2-8](:bd)?|jpeg:{_INT}|blur:gauss:{_NUM}(:{_INT})?|poisson-gauss:{_NUM}:{_NUM}|paired:[1-8])"
+)
+#: a task of the newer grammar (``paired:<s>``, ``jpeg:30``, ``sr:4:bd``, ``blur:gauss:1.6+sr:4+jpeg:60``):
+#: checked here by its shape — the file layer sits below the data layer that parses tasks, and a command
+#: that uses the task (``eval``, ``restore``) parses it and names any value out of range
+_TASK_GRAMMAR = re.compile(rf"{_TASK_STEP}(\+{_TASK_STEP})*")
 
 
 def _other_task(task) -> bool:
-    """Whether ``task`` reads as a task of the newer grammar (``paired:<s>``, ``jpeg:30``, ``a+b``, ...)."""
-    return isinstance(task, str) and len(task) <= 500 and _TASK_GRAMMAR.fullmatch(task) is not None
+    """Whether ``task`` reads as a task of the newer grammar; a lone ``denoise:S`` or ``sr:S`` is not one
+    (:data:`_TASK_TEXT` alone decides those, so ``denoise:900`` and ``sr:banana`` stay refused)."""
+    if not isinstance(task, str) or len(task) > 500 or _TASK_GRAMMAR.fullmatch(task) is None:
+        return False
+    return "+" in task or not re.fullmatch(r"denoise:.*|sr:[^:]*", task)
 
 
 def read_adapter_config(path: str | os.PathLike) -> SPTConfig:
