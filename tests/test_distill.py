@@ -201,7 +201,7 @@ def _hq_folder(tmp_path, n=2, size=48):
 
 @pytest.mark.parametrize("task", ["denoise:25", "sr:4"])
 def test_the_teacher_only_ever_sees_hq_images(tmp_path, task):
-    from spt_adapter.training.data import PairedPriorDataset
+    from spt_adapter.data.datasets import PairedPriorDataset
 
     folder = _hq_folder(tmp_path)
     teacher = Recording()
@@ -219,8 +219,8 @@ def test_the_teacher_only_ever_sees_hq_images(tmp_path, task):
 
 
 def test_sr_teacher_map_is_the_gt_map_nearest_downsampled(tmp_path):
+    from spt_adapter.data.datasets import PairedPriorDataset
     from spt_adapter.prior import encode_masks
-    from spt_adapter.training.data import PairedPriorDataset
 
     folder = _hq_folder(tmp_path, n=1)
     teacher = Recording()
@@ -235,7 +235,7 @@ def test_sr_teacher_map_is_the_gt_map_nearest_downsampled(tmp_path):
 
 
 def test_train_units_student_steps_then_joint(tmp_path):
-    from spt_adapter.training.data import PairedPriorDataset
+    from spt_adapter.data.datasets import PairedPriorDataset
     from spt_adapter.training.train import TrainSettings, train_units
 
     folder = _hq_folder(tmp_path, n=2, size=32)
@@ -270,8 +270,8 @@ def test_train_units_student_steps_then_joint(tmp_path):
 
 
 def test_a_distilled_adapter_refuses_an_lq_prior_dataset(tmp_path):
+    from spt_adapter.data.datasets import PairedPriorDataset
     from spt_adapter.prior import ClassicalMaskProvider
-    from spt_adapter.training.data import PairedPriorDataset
     from spt_adapter.training.train import TrainSettings, train_units
 
     folder = _hq_folder(tmp_path, n=2, size=32)
@@ -295,9 +295,9 @@ def test_lr_runs_over_the_student_steps_then_afresh_over_iters():
 
 def test_tiny_sam_teacher_end_to_end(tmp_path):
     pytest.importorskip("segment_anything")
+    from spt_adapter.data.datasets import PairedPriorDataset
     from spt_adapter.prior import make_provider
     from spt_adapter.prior.tiny import make_tiny_sam_checkpoint
-    from spt_adapter.training.data import PairedPriorDataset
     from spt_adapter.training.train import TrainSettings, train_units
 
     ckpt = make_tiny_sam_checkpoint(tmp_path / "sam_vit_tiny.pth")

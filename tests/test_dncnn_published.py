@@ -29,7 +29,7 @@ from PIL import Image
 from _data import full_data
 from _helpers import cli, save_safetensors
 from spt_adapter.cli import main
-from spt_adapter.training.images import imresize_bicubic
+from spt_adapter.data.images import imresize_bicubic
 
 pytest.importorskip("spandrel")
 

@@ -14,7 +14,7 @@ from _archs import small_swinir
 from _data import DATA  # small crops of the test sets, committed (tests/data)
 from _helpers import cli, image_folder, save_safetensors
 from spt_adapter.cli import main
-from spt_adapter.training import metrics
+from spt_adapter.inference import metrics
 
 
 def _ckpt(path: Path, seed: int, embed: int = 16) -> Path:
@@ -154,8 +154,8 @@ def test_validation_during_training_pads_as_eval_does():
     padding a CNN's input to 16 changes its border pixels, so training's validation scored other
     numbers than ``eval`` on the same images."""
     import spt_adapter
-    from spt_adapter.training.evaluate import make_val_fn
-    from spt_adapter.training.restore import restore_tensor
+    from spt_adapter.inference.evaluate import make_val_fn
+    from spt_adapter.inference.restore import restore_tensor
 
     torch.manual_seed(0)
     convs = [torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU()]

@@ -12,9 +12,9 @@ from _data import DATA  # small crops of the test sets, committed (tests/data)
 from _helpers import cli
 from spt_adapter.cli import main
 from spt_adapter.commands.masks import shard_of
+from spt_adapter.data.datasets import PairedPriorDataset
 from spt_adapter.plugins.hookspecs import hookimpl
 from spt_adapter.prior import ClassicalMaskProvider, PriorCache
-from spt_adapter.training.data import PairedPriorDataset
 
 
 @pytest.fixture()
@@ -195,7 +195,7 @@ def test_console_script_on_real_images(tmp_path):
 @pytest.mark.parametrize("setting", ["n_segments=abc", "n_segments=-5", "n_segments=0", "compactness=nan"])
 def test_bad_settings_refused_before_any_image_is_read(tmp_path, setting, capsys, monkeypatch):
     """One line naming the setting, exit 1, and no image opened (read_image is never called)."""
-    import spt_adapter.training.images as images
+    import spt_adapter.data.images as images
 
     d = tmp_path / "imgs"
     d.mkdir()

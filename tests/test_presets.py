@@ -184,7 +184,7 @@ def test_dncnn_presets_every_hidden_conv_and_a_light_one(tmp_path):
     from safetensors.torch import save_file
     from spandrel.architectures.DnCNN import DnCNN
 
-    from spt_adapter.training.builders import load_backbone_from_args
+    from spt_adapter.commands.builders import load_backbone_from_args
 
     net = DnCNN(in_nc=1, out_nc=1, nc=64, nb=20, act_mode="R")  # DnCNN-3's size
     claim = call_hook("spt_adapter_claim_model", model=net)
@@ -205,7 +205,7 @@ def test_dncnn_presets_every_hidden_conv_and_a_light_one(tmp_path):
     )
     args = argparse.Namespace(backbone=None, weights=str(path), arch="dncnn-light")
     _, targets, _ = load_backbone_from_args(args)
-    assert targets == ["model.8", "model.16", "model.30"] and args._claim == ("presets", "dncnn-light")
+    assert targets == ["model.8", "model.16", "model.30"] and args._claim == ("spandrel", "dncnn-light")
     args = argparse.Namespace(backbone=str(path), weights=None, arch=None)
     _, targets, _ = load_backbone_from_args(args)
     assert len(targets) == 15 and args._claim == ("spandrel", "dncnn")

@@ -125,7 +125,7 @@ def test_1_fixture_tolerance_absorbs_another_cpus_rounding_but_not_a_change():
 # 2. lost work
 # ---------------------------------------------------------------------------------------------
 def test_2a_failing_validation_at_the_last_step_keeps_the_run(env, tmp_path, capsys, monkeypatch):
-    from spt_adapter.training import evaluate
+    from spt_adapter.inference import evaluate
 
     real = evaluate.make_val_fn
 
@@ -473,7 +473,7 @@ def _bomb(path: Path) -> Path:
 
 
 def test_5_decompression_bomb_is_an_image_error_and_masks_skips_it(env, tmp_path, capsys):
-    from spt_adapter.training.images import read_image
+    from spt_adapter.data.images import read_image
 
     data = _images(tmp_path / "hq", n=1)
     bomb = _bomb(data / "bomb.png")
@@ -581,7 +581,7 @@ def test_7_ctrl_c_prints_a_resume_hint_and_keeps_the_steps(env, tmp_path, capsys
 
 
 def test_7_ppm_is_accepted_by_train_and_masks_alike(env, tmp_path, capsys):
-    from spt_adapter.training.builders import image_folder
+    from spt_adapter.commands.builders import image_folder
 
     data = _images(tmp_path / "hq", n=2, suffix=".ppm")
     assert [p.suffix for p in image_folder(data, "--data")] == [".ppm", ".ppm"]

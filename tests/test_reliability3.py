@@ -52,7 +52,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 def test_a1_swinir_tiled_equals_whole_on_sizes_that_are_not_window_multiples(h, w, tile):
     """Before: border tiles ended at the image edge unpadded while the whole image was reflect-padded to
     the window, so the last rows/columns differed (17 dB in the border strip, 25 dB overall)."""
-    from spt_adapter.training import restore as R
+    from spt_adapter.inference import restore as R
     from test_restore import photo, swinir
 
     model = swinir()  # x2, window 8, attention weights at PyTorch's default scale
@@ -240,7 +240,7 @@ def test_c16_a_config_with_an_absurd_hidden_size_is_one_config_error():
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
 def test_a4_an_exif_rotated_photo_is_read_as_viewers_show_it(tmp_path, suffix):
     """Before: the stored (sideways) pixels were read; a phone photo tagged 'rotate 90' came out 40x24."""
-    from spt_adapter.training.images import read_image
+    from spt_adapter.data.images import read_image
 
     stored = np.zeros((40, 24, 3), np.uint8)  # stored 24 wide, 40 high; the top row is bright
     stored[:4] = 255
@@ -487,7 +487,7 @@ def test_b11_a_second_demo_run_never_replaces_the_cached_backbone_under_a_finish
     the later one replaced the file the earlier run's adapter was trained on."""
     import dataclasses
 
-    from spt_adapter.training.demo import DemoSettings, backbone_path, pretrain_backbone, write_images
+    from spt_adapter.demo import DemoSettings, backbone_path, pretrain_backbone, write_images
 
     settings = DemoSettings.quick()
     train_dir, _ = write_images(tmp_path / "data", settings)
@@ -921,8 +921,8 @@ def test_a8_a_32_bit_integer_tiff_is_not_scaled_as_if_65535_were_white(tmp_path)
     """Before: a 32-bit integer TIFF holding 0..255 was scaled by 255/65535 and read as black (and one
     holding 0..65535 as full range), whatever its own white (2**32 - 1)."""
     tifffile = pytest.importorskip("tifffile")
+    from spt_adapter.data.images import read_image
     from spt_adapter.errors import ImageError
-    from spt_adapter.training.images import read_image
 
     tifffile.imwrite(tmp_path / "scan.tif", (np.arange(30 * 40).reshape(30, 40) % 256).astype(np.uint32))
     with pytest.raises(ImageError, match="32-bit integer image: its white is 4294967295"):

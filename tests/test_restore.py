@@ -18,8 +18,8 @@ from _archs import dncnn, tiny_swinir
 from _helpers import cli, save_safetensors
 from spt_adapter.cli import main
 from spt_adapter.errors import RestoreError
+from spt_adapter.inference import restore as R
 from spt_adapter.pixels import rgb_to_grey_uint8, to_uint8_channels
-from spt_adapter.training import restore as R
 
 pytest.importorskip("spandrel")
 from _data import DATA  # small crops of the test sets, committed (tests/data)
@@ -163,7 +163,7 @@ def test_grey_and_colour_conversion():
 
 
 def test_grey_image_files_are_read_as_luma(tmp_path):
-    from spt_adapter.training.images import read_image
+    from spt_adapter.data.images import read_image
 
     Image.fromarray(photo(10, 12)).save(tmp_path / "c.png")
     Image.fromarray(photo(10, 12)).convert("LA").save(tmp_path / "la.png")
@@ -209,7 +209,7 @@ def _restore(setup, out, *extra):
 
 
 def test_restore_folder_writes_pngs_like_the_python_api(setup, tmp_path, capsys):
-    from spt_adapter.training.images import read_image
+    from spt_adapter.data.images import read_image
 
     out = tmp_path / "deep" / "er" / "out"  # a missing parent is created
     assert _restore(setup, out, "--adapter", str(setup["adapter"])) == 0
@@ -372,7 +372,7 @@ def test_grey_dncnn_trains_evaluates_and_restores(tmp_path, capsys):
 
 def test_eval_no_adapter_kair_noise_protocol(tmp_path):
     """``--noise kair``: np.random.seed(seed) per image, noise added to float32 [0,1] grey, unclipped."""
-    from spt_adapter.training.data import PairedPriorDataset, kair_noisy
+    from spt_adapter.data.datasets import PairedPriorDataset, kair_noisy
 
     gt = np.tile(np.linspace(0, 255, 20).astype(np.uint8), (24, 1))[..., None]  # from black to white
     Image.fromarray(gt[..., 0]).save(tmp_path / "g.png")

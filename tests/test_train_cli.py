@@ -264,8 +264,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, swinir_ckpt, sma
     from safetensors.torch import load_file
 
     import spt_adapter
+    from spt_adapter.commands.builders import make_dataset
     from spt_adapter.prior import PriorCache, make_provider
-    from spt_adapter.training.builders import make_dataset
     from spt_adapter.training.train import TrainSettings, train_units
 
     provider = make_provider("slic", n_segments=8)
