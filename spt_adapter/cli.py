@@ -1,5 +1,5 @@
 """The `spt-adapter` command. Each subcommand lives in ``spt_adapter/commands/<name>.py``, is listed in
-:data:`COMMANDS`, and exposes ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``
+:func:`commands`, and exposes ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``
 (``commands/builders.py`` and the ``_``-modules are shared helpers, not subcommands)."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import sys
 import warnings
 from types import ModuleType
 
-from .commands import demo, eval, export, inspect, masks, plugins, restore, train
 from .commands._args import HelpFormatter
 from .errors import BackboneHashMismatchError, SPTError
 from .version import __version__
@@ -20,17 +19,21 @@ from .version import __version__
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-#: every subcommand, in the order `spt-adapter --help` lists them
-COMMANDS: dict[str, ModuleType] = {
-    "demo": demo,
-    "eval": eval,
-    "export": export,
-    "inspect": inspect,
-    "masks": masks,
-    "plugins": plugins,
-    "restore": restore,
-    "train": train,
-}
+def commands() -> dict[str, ModuleType]:
+    """Every subcommand, in the order `spt-adapter --help` lists them. Imported here, not at the top:
+    some need torch, and `spt-adapter restore x.onnx` must run without it (:func:`_main_without_torch`)."""
+    from .commands import demo, eval, export, inspect, masks, plugins, restore, train
+
+    return {
+        "demo": demo,
+        "eval": eval,
+        "export": export,
+        "inspect": inspect,
+        "masks": masks,
+        "plugins": plugins,
+        "restore": restore,
+        "train": train,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"spt-adapter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in COMMANDS.items():
+    for name, module in commands().items():
         p = sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=HelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

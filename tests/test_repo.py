@@ -349,7 +349,7 @@ def test_moved_modules_import_by_their_old_names_with_a_warning():
 
 
 def test_every_subcommand_module_is_listed_by_the_cli():
-    """cli.COMMANDS is the explicit list of subcommands (no discovery by name): every commands/ module that
+    """cli.commands() is the explicit list of subcommands (no discovery by name): every commands/ module that
     defines run() and HELP is in it, and nothing else is."""
     import importlib
 
@@ -362,4 +362,4 @@ def test_every_subcommand_module_is_listed_by_the_cli():
         module = importlib.import_module(f"spt_adapter.commands.{path.stem}")
         if hasattr(module, "run") and hasattr(module, "HELP"):
             found.add(path.stem)
-    assert set(cli.COMMANDS) == found
+    assert set(cli.commands()) == found

@@ -392,6 +392,10 @@ def _resolve_prior_choice(args) -> None:
     from ..files.format import ADAPTER_FILENAME, read_adapter_config
 
     given = _provider_flags_given(args)
+    if args.fusion == "lowrank":  # units that read no prior whatever the flags say
+        if args.prior not in (None, "none"):
+            raise SPTError(f"--fusion lowrank units read no prior: drop --prior {args.prior}")
+        args.prior = "none"
     if args.prior is None:
         path = Path(args.out) / ADAPTER_FILENAME
         if args.resume and path.is_file():
@@ -400,9 +404,10 @@ def _resolve_prior_choice(args) -> None:
         else:
             args.prior = "lq" if given else "none"
     if args.prior == "none" and given:
+        why = "--fusion lowrank" if args.fusion == "lowrank" else "--prior none"
         raise SPTError(
-            f"--prior none: the units read no prior, so {', '.join(given)} would make one nobody reads; "
-            "drop them, or pass --prior lq"
+            f"{why}: the units read no prior, so {', '.join(given)} would make one nobody reads; drop them"
+            + ("" if args.fusion == "lowrank" else ", or pass --prior lq")
         )
 
 
