@@ -17,23 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from spt_adapter.cli import main
+from _helpers import one_line_error as _one_line_error
+from _helpers import run_cli as _run
 
 pytest.importorskip("spandrel")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-
-
-def _run(argv, capsys):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _one_line_error(err: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def _dncnn(channels: int = 3, seed: int = 0):
