@@ -706,6 +706,8 @@ def test_trace_the_converter_names_a_dagnn_file_a_layer_without_weights_and_a_hu
 # accepted nonsense
 # ---------------------------------------------------------------------------------------------
 def test_nonsense_export_refuses_a_task_that_is_none_or_not_the_backbones(tmp_path, capsys, dncnn_pth):
+    from spt_adapter.cli import main
+
     base = ["export", "--backbone", dncnn_pth, "--no-adapter", "--no-check"]
     with pytest.raises(SystemExit) as usage:  # argparse: exit 2, one line naming --task
         main([str(a) for a in [*base, "--out", tmp_path / "a.pt", "--task", "blur:3"]])
