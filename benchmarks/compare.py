@@ -168,7 +168,9 @@ def load_task(args) -> Task:
         train = degraded_set(sp.train, sigma=sigma, realisations=args.realisations, noise_base=1, jpeg=jpeg)
         part = sp.val if val else sp.test
         tag = "McMaster 15-18 (val)" if val else "Set12"
-        evals = {f"{tag} {args.task}": degraded_set(part, sigma=sigma, realisations=1, noise_base=2 if val else 0, jpeg=jpeg)}
+        evals = {
+            f"{tag} {args.task}": degraded_set(part, sigma=sigma, realisations=1, noise_base=2 if val else 0, jpeg=jpeg)
+        }
         return Task(args.task, backbone, train, evals, 1, info)
     if args.task == "dncnn3bd":
         train400 = args.dncnn_root / "TrainingCodes" / "DnCNN_TrainingCodes_v1.0" / "data" / "Train400"
@@ -299,7 +301,9 @@ def lora_model(net: nn.Module, opts: dict[str, str], match: int | None):
 
     layers = hidden_convs(net) if opts.get("layers", "hidden") == "hidden" else preset_targets(net, "dncnn-light")
     mods = dict(net.named_modules())
-    per_rank = {n: mods[n].in_channels * mods[n].kernel_size[0] * mods[n].kernel_size[1] + mods[n].out_channels for n in layers}
+    per_rank = {
+        n: mods[n].in_channels * mods[n].kernel_size[0] * mods[n].kernel_size[1] + mods[n].out_channels for n in layers
+    }
     if "rank" in opts:
         ranks = {n: int(opts["rank"]) for n in layers}
     else:
@@ -441,10 +445,14 @@ def run(args) -> dict[str, Any]:
     task = load_task(args)
     backbone = task.backbone
     total = sum(p.numel() for p in backbone.parameters())
-    log(f"{args.task} ({args.split}): {len(task.train.clean)} training images; " + ", ".join(f"{k} {len(v.clean)}" for k, v in task.evals.items()))
+    log(
+        f"{args.task} ({args.split}): {len(task.train.clean)} training images; "
+        + ", ".join(f"{k} {len(v.clean)}" for k, v in task.evals.items())
+    )
     budgets = resolve_budgets(args.rows, backbone, task.channels)
     x_fwd = torch.rand(1, task.channels, args.forward_size, args.forward_size)
-    t_frozen = forward_seconds(backbone, x_fwd, "none", args.forward_repeats)
+    timed = args.forward_size > 0  # --forward-size 0: no forward timing (validation runs)
+    t_frozen = forward_seconds(backbone, x_fwd, "none", args.forward_repeats) if timed else 0.0
     rows_out: dict[str, Any] = {}
     for seed in args.seeds:
         sched = make_schedule(seed, args.steps, args.batch, args.patch, task.train)
@@ -458,7 +466,9 @@ def run(args) -> dict[str, Any]:
             if family != "frozen":
                 from _ladder import get_batch
 
-                mem = training_memory(model, get_batch(sched[0], args.patch, task.train, prior), prior, family == "full")
+                mem = training_memory(
+                    model, get_batch(sched[0], args.patch, task.train, prior), prior, family == "full"
+                )
                 secs = train_model(model, sched, task.train, prior, lr, args.patch, full=family == "full")
             scores = {name: evaluate_rows(model, es, prior) for name, es in task.evals.items()}
             rec = rows_out.setdefault(text, {"family": family, "opts": opts, "trainable": n_train, "seeds": []})
@@ -471,7 +481,7 @@ def run(args) -> dict[str, Any]:
                 "ssim": {k: v[1] for k, v in scores.items()},
                 **extra,
             }
-            if seed == args.seeds[0]:
+            if seed == args.seeds[0] and timed:
                 entry["forward_seconds"] = forward_seconds(model, x_fwd, prior, args.forward_repeats)
                 if family == "lora":
                     merged = model.merge_and_unload()
@@ -479,6 +489,8 @@ def run(args) -> dict[str, Any]:
                     rec["file_bytes"] = None  # the model was merged: measured below on a fresh LoRA row
                 else:
                     rec["file_bytes"] = adapter_bytes(model, family)
+            elif seed == args.seeds[0]:
+                rec["file_bytes"] = adapter_bytes(model, family)
             rec["seeds"].append(entry)
             if family == "lora" and rec.get("file_bytes") is None:
                 fresh, _, _ = build_row(backbone, family, opts, seed, task.channels, lora_budget(opts, budgets))
@@ -515,7 +527,10 @@ def equal_time(args, task: Task, budgets: dict[str, int], rows_out: dict[str, An
             train_model(model, sched, task.train, prior, lr, args.patch)
             scores = {name: evaluate_rows(model, es, prior)[0] for name, es in task.evals.items()}
             rec["seeds"][seed_i]["equal_time"] = {"steps": steps, "psnr": scores}
-            log(f"seed {seed} {text} equal time ({steps} steps): " + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in scores.items()))
+            log(
+                f"seed {seed} {text} equal time ({steps} steps): "
+                + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in scores.items())
+            )
 
 
 def _write(args, task: Task, total: int, t_frozen: float, rows_out: dict[str, Any]) -> dict[str, Any]:
@@ -570,11 +585,16 @@ def render(doc: dict[str, Any]) -> str:
             step = np.mean([s["step_seconds"] for s in r["seeds"]])
             step_cell = f"{step / full_step:.2f}×" if full_step and r["family"] != "frozen" else "—"
             s0 = r["seeds"][0]
-            fwd = s0.get("forward_seconds", 0) / doc["forward_seconds_frozen"]
-            fwd_cell = f"{fwd:.2f}×" + (
-                f" ({s0['forward_seconds_merged'] / doc['forward_seconds_frozen']:.2f}× merged)"
-                if "forward_seconds_merged" in s0
-                else ""
+            fwd = s0.get("forward_seconds", 0) / (doc["forward_seconds_frozen"] or 1)
+            fwd_cell = (
+                "—"
+                if not doc["forward_seconds_frozen"]
+                else f"{fwd:.2f}×"
+                + (
+                    f" ({s0['forward_seconds_merged'] / doc['forward_seconds_frozen']:.2f}× merged)"
+                    if "forward_seconds_merged" in s0
+                    else ""
+                )
             )
             eq = [s["equal_time"] for s in r["seeds"] if "equal_time" in s]
             eq_cell = (
@@ -591,7 +611,9 @@ def render(doc: dict[str, Any]) -> str:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--task", choices=TASKS, required=True)
     p.add_argument("--split", choices=("val", "test"), default="val", help="val: choose; test: report")
     p.add_argument("--rows", nargs="+", required=True, help="row specs (module docstring)")
@@ -606,7 +628,7 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--n-test", type=int, default=24, help="first N test images (0: all)")
     p.add_argument("--test-crop", type=int, default=160, help="centre crop of colour test/val images (0: full)")
-    p.add_argument("--forward-size", type=int, default=256)
+    p.add_argument("--forward-size", type=int, default=256, help="side of the timed forward input (0: no timing)")
     p.add_argument("--forward-repeats", type=int, default=5)
     p.add_argument("--equal-time", action="store_true")
     p.add_argument("--threads", type=int, default=1)
