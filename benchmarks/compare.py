@@ -25,6 +25,7 @@ With ``--equal-time`` each row is also trained for the steps it can take in full
     python benchmarks/compare.py --task cdncnnb75 --dncnn-root <cszn/DnCNN> --split val --seeds 0 \\
         --rows frozen full:lr=1e-4 full:lr=3e-5 lora:params=@spt:dncnn-light,lr=1e-3 --threads 1
     python benchmarks/compare.py --task polyu --polyu-root /path/to/PolyU/CroppedImages ...
+    python benchmarks/compare.py --render seed0.json seed1.json seed2.json   # one table over runs per seed
 
 Tasks: ``cdncnnb75`` (CDnCNN-B to sigma 75, CBSD68), ``dncnn3bd`` (DnCNN-3 to x4 BD, Set5 + Set14),
 ``kair50`` / ``kairjpeg`` (KAIR's DnCNN to sigma 50 / JPEG q30 + sigma 25, Set12), ``polyu`` (CDnCNN-B to
@@ -230,6 +231,20 @@ def hidden_convs(backbone: nn.Module) -> list[str]:
     return _dncnn_hidden(backbone)
 
 
+def relu_inputs(backbone: nn.Module) -> list[str]:
+    """The activations whose outputs the hidden convs read (``targets=inputs``): a unit there reads a
+    hidden conv's input and corrects it, as LoRA reads the input of the conv it adapts."""
+    mods = dict(backbone.named_modules())
+    out = []
+    for name in hidden_convs(backbone):
+        parent, _, idx = name.rpartition(".")
+        before = f"{parent}.{int(idx) - 1}"
+        if not isinstance(mods.get(before), nn.ReLU):
+            raise ValueError(f"{name} is not preceded by a ReLU ({before}): targets=inputs is for DnCNNs")
+        out.append(before)
+    return out
+
+
 def preset_targets(backbone: nn.Module, name: str) -> list[str]:
     from spt_adapter.backbones.presets import PRESETS
 
@@ -250,7 +265,11 @@ def spt_config(backbone: nn.Module, family: str, opts: dict[str, str]):
             continue
         if key == "targets":
             fields["targets"] = (
-                hidden_convs(backbone) if value == "hidden" else preset_targets(backbone, value.replace("preset-", ""))
+                hidden_convs(backbone)
+                if value == "hidden"
+                else relu_inputs(backbone)
+                if value == "inputs"
+                else preset_targets(backbone, value.replace("preset-", ""))
             )
         elif key in ("hidden", "depth", "prior_channels"):
             fields[key] = int(value)
@@ -633,7 +652,6 @@ def parse_args(argv=None):
     p.add_argument("--equal-time", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--render", type=Path, default=None, help="print the table of a JSON written earlier and exit")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     for text in args.rows:
@@ -644,10 +662,27 @@ def parse_args(argv=None):
     return args
 
 
+def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run's JSON from runs of the same rows on other seeds (``--seeds`` split over processes): each row's
+    per-seed entries concatenated in seed order; the forward timings and file sizes are the first run's."""
+    out = json.loads(json.dumps(docs[0]))
+    for doc in docs[1:]:
+        if doc["task"] != out["task"] or doc["split"] != out["split"] or doc["steps"] != out["steps"]:
+            raise ValueError("--render merges runs of one task, split and step count")
+        for text, rec in doc["rows"].items():
+            out["rows"][text]["seeds"] += rec["seeds"]
+        out["seeds"] += doc["seeds"]
+    for rec in out["rows"].values():
+        rec["seeds"].sort(key=lambda s: s["seed"])
+    out["seeds"] = sorted(out["seeds"])
+    return out
+
+
 def main(argv=None) -> int:
-    if argv is None and "--render" in sys.argv:
-        path = Path(sys.argv[sys.argv.index("--render") + 1])
-        print(render(json.loads(path.read_text())))
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--render":  # --render A.json [B.json ...]: the table of runs written earlier
+        doc = merge([json.loads(Path(p).read_text()) for p in argv[1:]])
+        print(render(doc))
         return 0
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
