@@ -446,7 +446,15 @@ def resolve_budgets(rows: list[str], backbone: nn.Module, in_channels: int) -> d
         if family in ("spt", "unit", "bitfit", "full"):
             model, _, _ = build_row(backbone, family, opts, 0, in_channels)
             out[text] = trainable(model, family)
+            out.setdefault(without_lr(text), out[text])  # params=@ROW may leave out the row's lr=
     return out
+
+
+def without_lr(text: str) -> str:
+    """A row spec without its ``lr=`` (the learning rate does not change the parameter count)."""
+    family, _, rest = text.partition(":")
+    kept = [item for item in rest.split(",") if not item.startswith("lr=")]
+    return family + (":" + ",".join(kept) if rest else "")
 
 
 def lora_budget(opts: dict[str, str], budgets: dict[str, int]) -> int | None:
