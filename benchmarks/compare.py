@@ -527,8 +527,8 @@ def run(args) -> dict[str, Any]:
                 + ", ".join(f"{k} {np.mean(v[0]):.3f} dB / {np.mean(v[1]):.4f}" for k, v in scores.items())
                 + f"  ({n_train} trainable, train {secs:.0f}s)"
             )
-        if args.json:
-            _write(args, task, total, t_frozen, rows_out)
+            if args.json:  # after every row: a run stopped early keeps what it measured
+                _write(args, task, total, t_frozen, rows_out)
     if args.equal_time:
         equal_time(args, task, budgets, rows_out)
     return _write(args, task, total, t_frozen, rows_out)

@@ -34,6 +34,9 @@ def test_parse_row_keeps_a_referenced_row_whole():
     assert family == "lora" and opts == {"params": "@unit:fusion=lowrank,hidden=1", "lr": "1e-3", "alpha": "2"}
     with pytest.raises(ValueError, match="family"):
         compare.parse_row("adapter:x=1")
+    # params=@ROW finds a row whatever its learning rate
+    assert compare.without_lr("unit:fusion=lowrank,lr=1e-3,hidden=1") == "unit:fusion=lowrank,hidden=1"
+    assert compare.without_lr("full") == "full"
 
 
 @pytest.mark.parametrize("budget", [700, 2_000, 5_555, 14_592, 87_552])
