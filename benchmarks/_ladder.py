@@ -265,17 +265,17 @@ def train_model(
 
 def psnr_rgb(out: np.ndarray, gt: np.ndarray, border: int = 0) -> float:
     """PSNR in dB on every channel (RGB, or the one grey/Y channel), the denoising convention of the
-    field: the output rounded to 8 bits as a saved image would be (``spt_adapter.training.metrics``,
+    field: the output rounded to 8 bits as a saved image would be (``spt_adapter.inference.metrics``,
     cross-checked against BasicSR), ``border`` pixels left out at every edge."""
-    from spt_adapter.training.metrics import psnr, to_uint8
+    from spt_adapter.inference.metrics import psnr, to_uint8
 
     return float(psnr(to_uint8(out), to_uint8(gt), crop_border=border))
 
 
 def psnr_sr_y(out: np.ndarray, gt: np.ndarray, scale: int) -> float:
     """PSNR in dB for SR x``scale``: the Y channel (BT.601) with ``scale`` pixels cropped from every
-    edge, on the 8-bit output (``spt_adapter.training.metrics.metric_settings("sr:<scale>")``)."""
-    from spt_adapter.training.metrics import metric_settings, psnr, to_uint8
+    edge, on the 8-bit output (``spt_adapter.inference.metrics.metric_settings("sr:<scale>")``)."""
+    from spt_adapter.inference.metrics import metric_settings, psnr, to_uint8
 
     return float(psnr(to_uint8(out), to_uint8(gt), **metric_settings(f"sr:{scale}")))
 

@@ -156,8 +156,8 @@ def load_sr_splits(
 
 def bicubic_lq(hr: np.ndarray, scale: int) -> np.ndarray:
     """The LQ input of bicubic SR: MATLAB ``imresize(HR, 1/scale, 'bicubic')`` rounded to 8 bits,
-    as the Set5/Set14 LR files are made (``spt_adapter.training.images.imresize_bicubic``)."""
-    from spt_adapter.training.images import imresize_bicubic
+    as the Set5/Set14 LR files are made (``spt_adapter.data.images.imresize_bicubic``)."""
+    from spt_adapter.data.images import imresize_bicubic
 
     return imresize_bicubic(hr, scale=1.0 / scale)
 
@@ -168,16 +168,11 @@ SR_DEGRADATIONS = ("bicubic", "bd")
 def bd_lq(hr: np.ndarray, scale: int) -> np.ndarray:
     """The "BD" degradation of the SR literature (RDN, RCAN): blur the HR image with a 7x7 Gaussian
     kernel of sigma 1.6, then bicubic-downsample by ``scale``; 8-bit. A backbone trained on plain
-    bicubic LQ never saw this blur."""
-    from scipy.ndimage import correlate
+    bicubic LQ never saw this blur. The product's ``--task sr:<scale>:bd``
+    (:func:`spt_adapter.data.degradations.bd_downsample`), so both degrade images the same way."""
+    from spt_adapter.data.degradations import bd_downsample
 
-    ax = np.arange(7, dtype=np.float64) - 3
-    g = np.exp(-(ax**2) / (2 * 1.6**2))
-    kernel = np.outer(g, g) / np.outer(g, g).sum()
-    blurred = np.stack(
-        [correlate(hr[..., c].astype(np.float64), kernel, mode="reflect") for c in range(hr.shape[2])], -1
-    )
-    return bicubic_lq(np.clip(np.round(blurred), 0, 255).astype(np.uint8), scale)
+    return bd_downsample(hr, scale)
 
 
 def sr_lq(hr: np.ndarray, scale: int, degradation: str = "bicubic") -> np.ndarray:
@@ -452,8 +447,8 @@ def apply_encoding(pset: PriorSet, encoding: str) -> PriorSet:
 def bicubic_upsample_psnr(pset: PriorSet) -> float:
     """Mean Y-channel PSNR of plain bicubic upsampling of the LQ images (MATLAB ``imresize`` x scale):
     the field's reference row (Set5 x4: 28.42 dB), a check that LQ and metric follow the protocol."""
-    from spt_adapter.training.images import imresize_bicubic
-    from spt_adapter.training.metrics import metric_settings, psnr
+    from spt_adapter.data.images import imresize_bicubic
+    from spt_adapter.inference.metrics import metric_settings, psnr
 
     kw = metric_settings(f"sr:{pset.scale}")
     scores = []
@@ -553,16 +548,11 @@ def load_grey_splits(
 
 def jpeg_compress(img: np.ndarray, quality: int) -> np.ndarray:
     """``img`` (HxWxC uint8, C = 1 or 3) through a JPEG encoder at ``quality`` and back (PIL/libjpeg,
-    4:2:0 chroma for colour), uint8 of the same shape."""
-    import io
+    4:2:0 chroma for colour), uint8 of the same shape: the product's ``--task jpeg:<quality>``
+    (:func:`spt_adapter.data.degradations.jpeg`)."""
+    from spt_adapter.data.degradations import jpeg
 
-    from PIL import Image
-
-    grey = img.shape[2] == 1
-    buf = io.BytesIO()
-    Image.fromarray(img[..., 0] if grey else img).save(buf, format="JPEG", quality=int(quality))
-    out = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
-    return np.ascontiguousarray(out[..., None] if grey else out)
+    return jpeg(img, quality)
 
 
 def kair_noise(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -580,7 +570,7 @@ def kair_noise(img: np.ndarray, sigma: float) -> np.ndarray:
 def load_y(path: Path) -> np.ndarray:
     """An image as HxWx1 uint8 Y (BT.601, MATLAB ``rgb2ycbcr``, 16-235), the channel the SR literature
     scores; a grey file is its own Y (DnCNN-3's demo scores Set5/Set14 the same way)."""
-    from spt_adapter.training.metrics import rgb_to_y
+    from spt_adapter.inference.metrics import rgb_to_y
 
     img = load_rgb(path)
     if np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2]):
@@ -634,7 +624,7 @@ def build_upsampled_sr_priors(
     of the HR Y, 8-bit) is bicubic-upsampled back to the HR size in floating point (MATLAB
     ``imresize``), which is the network's input; the LQ prior segments that upsampled input, the oracle
     the HR image. The set has scale 1 and a ``scale``-pixel border left out of the PSNR."""
-    from spt_adapter.training.images import imresize_bicubic
+    from spt_adapter.data.images import imresize_bicubic
 
     ident = json.dumps({"segmenter": seg.label(), "code": prior_code_path()}, sort_keys=True)
     out = PriorSet([], [], [], [], [], scale=1, border=scale, names=[name for name, _ in images])

@@ -82,7 +82,7 @@ def degraded_set(images, *, sigma: float, realisations: int, noise_base: int, jp
 def upsampled_sr_set(images, scale: int = SR_SCALE) -> qd.PriorSet:
     """DnCNN-3's x4 BD input (``qd.sr_lq`` then MATLAB bicubic back to the HR size), no priors; PSNR on Y
     with a ``scale``-pixel border, as ``qd.build_upsampled_sr_priors``."""
-    from spt_adapter.training.images import imresize_bicubic
+    from spt_adapter.data.images import imresize_bicubic
 
     out = qd.PriorSet([], [], scale=1, border=scale, names=[n for n, _ in images])
     for _, hr in images:
@@ -294,7 +294,8 @@ def build_row(backbone: nn.Module, family: str, opts: dict[str, str], seed: int,
 
         cfg = spt_config(backbone, family, opts)
         model = spt_adapter.inject(net, config=cfg, example_input=torch.zeros(1, in_channels, 32, 32))
-        return model, "const", {"config": json.loads(cfg.to_json())}
+        (built,) = model.spt_config.values()  # a unit that reads no prior (lowrank, prior_channels 0) gets none
+        return model, "const" if built.reads_prior else "none", {"config": json.loads(built.to_json())}
     return lora_model(net, opts, match)
 
 
@@ -422,7 +423,7 @@ def forward_seconds(model: nn.Module, x: torch.Tensor, prior: str, repeats: int)
 @torch.no_grad()
 def evaluate_rows(model: nn.Module, pset: qd.PriorSet, prior: str) -> tuple[list[float], list[float]]:
     """Per-image PSNR and SSIM (8-bit output, ``pset.border`` pixels left out; Y for one channel)."""
-    from spt_adapter.training.metrics import psnr, ssim, to_uint8
+    from spt_adapter.inference.metrics import psnr, ssim, to_uint8
 
     model.eval()
     ps, ss = [], []

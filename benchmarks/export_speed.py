@@ -78,9 +78,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     import onnxruntime
 
-    from spt_adapter.training.export import export, parity
-    from spt_adapter.training.exported import load_exported
-    from spt_adapter.training.restore import _run, size_multiple
+    from spt_adapter.inference.export import export, parity
+    from spt_adapter.inference.exported import load_exported
+    from spt_adapter.inference.restore import _run, size_multiple
 
     print(
         f"# export_speed: torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {platform.processor() or platform.machine()}, "

@@ -26,7 +26,7 @@ import numpy as np
 def image(size: int) -> np.ndarray:
     from skimage import data
 
-    from spt_adapter.training.images import imresize_bicubic
+    from spt_adapter.data.images import imresize_bicubic
 
     img = data.astronaut()  # 512x512 RGB
     return img if size == img.shape[0] else imresize_bicubic(img, scale=size / img.shape[0])

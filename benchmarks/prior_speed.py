@@ -61,7 +61,7 @@ import numpy as np
 def _images(n: int, size: int):
     from skimage import data
 
-    from spt_adapter.training.images import imresize_bicubic
+    from spt_adapter.data.images import imresize_bicubic
 
     srcs = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
     out = []

@@ -97,7 +97,7 @@ def swinir_light(seed: int = 0, quick: bool = False, stressed: bool = False):
 
 def photo(size: int, channels: int) -> np.ndarray:
     """A real photo (CBSD68's first image, else scikit-image's astronaut) tiled by reflection to size^2."""
-    from spt_adapter.training.images import read_image
+    from spt_adapter.data.images import read_image
 
     files = sorted((DATA / "CBSD68").glob("*.png")) if (DATA / "CBSD68").is_dir() else []
     if files:
@@ -125,8 +125,8 @@ def _peak_mb(device: str) -> float:
 
 def one_case(spec: dict) -> dict:
     """Restore one image as ``spec`` says; returns timings and peak memory (run in a child process)."""
+    from spt_adapter.inference import restore as R
     from spt_adapter.prior import make_provider
-    from spt_adapter.training import restore as R
 
     torch.set_num_threads(spec["threads"])
     quick = spec["quick"]
@@ -190,7 +190,7 @@ def run_case(spec: dict) -> dict:
 # agreement (in this process; small images)
 # ---------------------------------------------------------------------------------------------
 def agreement(args) -> list[dict]:
-    from spt_adapter.training import restore as R
+    from spt_adapter.inference import restore as R
 
     rows = []
     size = args.agree_size

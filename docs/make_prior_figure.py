@@ -13,8 +13,8 @@ from PIL import Image, ImageDraw
 def main() -> None:
     from skimage import data
 
+    from spt_adapter.data.images import imresize_bicubic
     from spt_adapter.prior import ClassicalMaskProvider, encode_masks
-    from spt_adapter.training.images import imresize_bicubic
 
     img = imresize_bicubic(data.astronaut(), scale=0.375)  # 192 x 192
     masks = ClassicalMaskProvider("felzenszwalb", scale=300, min_size=200).generate(img)

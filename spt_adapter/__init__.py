@@ -11,6 +11,7 @@ spt_adapter.export(model, "swinir_spt.onnx")                      # one file: ba
 
 from typing import TYPE_CHECKING
 
+from . import _moved
 from .errors import (
     AdapterFileError,
     ConfigError,
@@ -22,6 +23,8 @@ from .errors import (
     TargetError,
 )
 from .version import __version__
+
+_moved.install()  # the old import paths of moved modules keep working for one release
 
 if TYPE_CHECKING:
     from .core.config import SCHEMA_VERSION, SPTConfig
@@ -57,47 +60,72 @@ __all__ = [
 ]
 
 
-#: the names that need PyTorch, and where they live: loaded on first use, so that `import spt_adapter`
+#: the names that need PyTorch: loaded on first use (:func:`_torch_api`), so that `import spt_adapter`
 #: (and so the torch-free runner, spt_adapter.deploy) imports no torch
-_LAZY = {
-    "SCHEMA_VERSION": "core.config",
-    "SPTConfig": "core.config",
-    "SPTLayer": "core.layer",
-    "SPTModel": "core.model",
-    "inject": "core.model",
-    "inspect_targets": "core.targets",
-    "SPTUnit": "core.unit",
-    "backbone_sha256": "files.fingerprint",
-    "load_adapter": "files.format",
-    "read_adapter_config": "files.format",
-    "read_adapter_header": "files.format",
-    "save_adapter": "files.format",
-}
+_LAZY = (
+    "SCHEMA_VERSION",
+    "SPTConfig",
+    "SPTLayer",
+    "SPTModel",
+    "inject",
+    "inspect_targets",
+    "SPTUnit",
+    "backbone_sha256",
+    "load_adapter",
+    "read_adapter_config",
+    "read_adapter_header",
+    "save_adapter",
+)
+
+
+def _torch_api() -> dict:
+    from . import files  # noqa: F401  (gives SPTModel its file methods: core.model.register_file_operations)
+    from .core.config import SCHEMA_VERSION, SPTConfig
+    from .core.layer import SPTLayer
+    from .core.model import SPTModel, inject
+    from .core.targets import inspect_targets
+    from .core.unit import SPTUnit
+    from .files.fingerprint import backbone_sha256
+    from .files.format import load_adapter, read_adapter_config, read_adapter_header, save_adapter
+
+    api = {
+        "SCHEMA_VERSION": SCHEMA_VERSION,
+        "SPTConfig": SPTConfig,
+        "SPTLayer": SPTLayer,
+        "SPTModel": SPTModel,
+        "inject": inject,
+        "inspect_targets": inspect_targets,
+        "SPTUnit": SPTUnit,
+        "backbone_sha256": backbone_sha256,
+        "load_adapter": load_adapter,
+        "read_adapter_config": read_adapter_config,
+        "read_adapter_header": read_adapter_header,
+        "save_adapter": save_adapter,
+    }
+    assert set(api) == set(_LAZY)
+    return api
 
 
 def __getattr__(name: str):
     # everything that needs torch loads lazily so that `import spt_adapter` stays light and framework-free
     if name in _LAZY:
-        import importlib
-
-        importlib.import_module(".files", __name__)  # gives SPTModel its file methods (register_file_operations)
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
+        api = _torch_api()
+        globals().update(api)
+        return api[name]
     if name == "load_backbone":
         from .backbones.load import load_backbone
 
         return load_backbone
     if name == "restore":
-        from .training.restore import restore
+        from .inference.restore import restore
 
         return restore
     if name == "export":
-        from .training.export import export
+        from .inference.export import export
 
         return export
     if name == "load_exported":
-        from .training.exported import load_exported
+        from .inference.exported import load_exported
 
         return load_exported
     if name in ("from_pretrained", "push_to_hub", "save_pretrained"):

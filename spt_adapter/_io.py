@@ -71,6 +71,50 @@ def write_once_bytes(path: str | os.PathLike, data: bytes) -> bool:
             pass
 
 
+#: the random middle of a temporary name from :func:`tempfile.mkstemp` (8 characters)
+_TEMP_MIDDLE = r"[a-z0-9_]{8}"
+
+
+def temporaries_of(path: str | os.PathLike) -> list[Path]:
+    """The temporary files an atomic write of ``path`` (:func:`atomic_write_bytes`,
+    :func:`write_once_bytes`) leaves when it is cut short by kill -9: ``.<name>.<8 random>.tmp`` in its
+    folder, this naming only (a user's own hidden files never match)."""
+    import re
+
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{_TEMP_MIDDLE}\.tmp")
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return []
+    return [Path(e.path) for e in entries if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
+
+
+def remove_stale_temporaries_of(path: str | os.PathLike, older_than: float | None = None) -> int:
+    """Remove the temporaries of atomic writes of ``path`` cut short (:func:`temporaries_of`) last
+    modified before ``older_than`` (a time.time(); None: all of them); returns how many. A write in
+    progress touches its file within milliseconds, so a margin spares a concurrent writer's."""
+    removed = 0
+    for tmp in temporaries_of(path):
+        try:
+            if older_than is None or tmp.stat().st_mtime < older_than:
+                tmp.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when ``a`` and ``b`` both exist and are one file: the same path, a symlink to it or a hard
+    link of it (same device and inode)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

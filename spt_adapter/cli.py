@@ -1,16 +1,15 @@
-"""The `spt-adapter` command. Each subcommand lives in ``spt_adapter/commands/<name>.py`` and
-exposes ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``."""
+"""The `spt-adapter` command. Each subcommand lives in ``spt_adapter/commands/<name>.py``, is listed in
+:func:`commands`, and exposes ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``
+(``commands/builders.py`` and the ``_``-modules are shared helpers, not subcommands)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
-import pkgutil
 import sys
 import warnings
+from types import ModuleType
 
-from . import commands
 from .commands._args import HelpFormatter
 from .errors import BackboneHashMismatchError, SPTError
 from .version import __version__
@@ -20,10 +19,21 @@ from .version import __version__
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def _command_modules():
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
-        if not info.name.startswith("_"):
-            yield info.name.replace("_", "-"), importlib.import_module(f"{commands.__name__}.{info.name}")
+def commands() -> dict[str, ModuleType]:
+    """Every subcommand, in the order `spt-adapter --help` lists them. Imported here, not at the top:
+    some need torch, and `spt-adapter restore x.onnx` must run without it (:func:`_main_without_torch`)."""
+    from .commands import demo, eval, export, inspect, masks, plugins, restore, train
+
+    return {
+        "demo": demo,
+        "eval": eval,
+        "export": export,
+        "inspect": inspect,
+        "masks": masks,
+        "plugins": plugins,
+        "restore": restore,
+        "train": train,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"spt-adapter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in _command_modules():
+    for name, module in commands().items():
         p = sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=HelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

@@ -21,7 +21,7 @@ def _seeded(build):
     return make
 
 
-def swinir_classical():
+def _swinir_24(upsampler: str):
     from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
 
     return SwinIR(
@@ -33,26 +33,17 @@ def swinir_classical():
         embed_dim=24,
         num_heads=[2, 2],
         mlp_ratio=2,
-        upsampler="pixelshuffle",
+        upsampler=upsampler,
         resi_connection="1conv",
     )
+
+
+def swinir_classical():
+    return _swinir_24("pixelshuffle")
 
 
 def swinir_light():
-    from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
-
-    return SwinIR(
-        upscale=2,
-        img_size=16,
-        window_size=8,
-        img_range=1.0,
-        depths=[2, 2],
-        embed_dim=24,
-        num_heads=[2, 2],
-        mlp_ratio=2,
-        upsampler="pixelshuffledirect",
-        resi_connection="1conv",
-    )
+    return _swinir_24("pixelshuffledirect")
 
 
 def hat():
@@ -120,22 +111,65 @@ def tiny_esrgan(seed: int = 0):
     return ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=2, scale=2).eval()
 
 
-def tiny_swinir(seed: int = 0):
-    """A very small SwinIR (4-px windows) through spandrel's public class (hub/PEFT tests)."""
+def tiny_swinir(seed: int = 0, window_size: int = 4, embed_dim: int = 12, mlp_ratio: float = 2.0):
+    """A very small SwinIR x2 (16-px images, two stages of two blocks) through spandrel's public class
+    (hub/PEFT/restore tests; 4-px windows unless told)."""
     from spandrel.architectures.SwinIR import SwinIR
 
     torch.manual_seed(seed)
     return SwinIR(
         img_size=16,
-        embed_dim=12,
+        embed_dim=embed_dim,
         depths=[2, 2],
         num_heads=[2, 2],
-        window_size=4,
-        mlp_ratio=2.0,
+        window_size=window_size,
+        mlp_ratio=mlp_ratio,
         upscale=2,
         upsampler="pixelshuffledirect",
         in_chans=3,
     ).eval()
+
+
+def small_swinir(scale: int = 1, seed: int = 0, embed_dim: int = 16, channels: int = 3):
+    """A small SwinIR (32-px images, 8-px windows, one block a stage) as the CLI tests save it: x1 with no
+    upsampler, or x``scale`` by pixel-shuffle."""
+    from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
+
+    torch.manual_seed(seed)
+    return SwinIR(
+        img_size=32,
+        in_chans=channels,
+        embed_dim=embed_dim,
+        depths=[1, 1],
+        num_heads=[2, 2],
+        window_size=8,
+        mlp_ratio=2.0,
+        upscale=scale,
+        upsampler="" if scale == 1 else "pixelshuffledirect",
+        resi_connection="1conv",
+        drop_path_rate=0.0,
+    )
+
+
+def dncnn(seed: int = 0, channels: int = 1, nc: int = 8, nb: int = 5):
+    """A DnCNN (spandrel's class; spandrel detects one from its weights from 8 convolutions, ``nb``)."""
+    from spandrel.architectures.DnCNN import DnCNN
+
+    torch.manual_seed(seed)
+    return DnCNN(in_nc=channels, out_nc=channels, nc=nc, nb=nb, act_mode="R").eval()
+
+
+#: the modules the Restormer preset targets, in order
+RESTORMER_TARGETS = [
+    "encoder_level1",
+    "encoder_level2",
+    "encoder_level3",
+    "latent",
+    "decoder_level3",
+    "decoder_level2",
+    "decoder_level1",
+    "refinement",
+]
 
 
 ARCHS = {

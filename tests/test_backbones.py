@@ -7,24 +7,14 @@ import pytest
 import torch
 
 import spt_adapter
+from _archs import tiny_swinir
 from spt_adapter.backbones.load import BackboneError
 
 pytest.importorskip("spandrel")
 
 
 def _swinir():
-    from spandrel.architectures.SwinIR import SwinIR
-
-    torch.manual_seed(1)
-    return SwinIR(
-        embed_dim=12,
-        depths=[2, 2],
-        num_heads=[2, 2],
-        window_size=4,
-        img_size=16,
-        upscale=2,
-        upsampler="pixelshuffledirect",
-    )
+    return tiny_swinir(seed=1, mlp_ratio=4.0)
 
 
 @pytest.mark.parametrize("layout", ["bare", "params", "params_ema", "safetensors"])

@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
+from spt_adapter.data.datasets import DataError, PairedPriorDataset, augment, degrade, parse_task
+from spt_adapter.data.images import imresize_bicubic
 from spt_adapter.prior import ClassicalMaskProvider, PriorCache
-from spt_adapter.training.data import DataError, PairedPriorDataset, augment, degrade, parse_task
-from spt_adapter.training.images import imresize_bicubic
 
 
 @pytest.fixture()

@@ -36,7 +36,7 @@ def test_demo_quick_runs_twice_with_cached_backbone(tmp_path):
     side = Image.open(tmp_path / "one" / "demo_side_by_side.png")
     assert side.width > 3 * 64 and side.height > 2 * 40  # 4 panels x 2 held-out images
     assert any((cache / "priors").rglob("*.sptc"))
-    from spt_adapter.training.demo import foreign_files
+    from spt_adapter.demo import foreign_files
 
     assert foreign_files(tmp_path / "one") == []  # everything there is the demo's own: a rerun may replace it
 

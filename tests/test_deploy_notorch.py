@@ -23,9 +23,9 @@ from spt_adapter.deploy.cli import main as deploy_main  # noqa: E402
 from spt_adapter.deploy.images import read_image  # noqa: E402
 from spt_adapter.deploy.onnx_restore import load_onnx, restore_image  # noqa: E402
 from spt_adapter.deploy.tiling import tile_starts  # noqa: E402
-from spt_adapter.training.export import export  # noqa: E402
-from spt_adapter.training.exported import load_exported  # noqa: E402
-from spt_adapter.training.restore import restore_tensor  # noqa: E402
+from spt_adapter.inference.export import export  # noqa: E402
+from spt_adapter.inference.exported import load_exported  # noqa: E402
+from spt_adapter.inference.restore import restore_tensor  # noqa: E402
 from test_export import _adapted  # noqa: E402  (the small adapted backbones test_export exports)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,6 +11,7 @@ import torch
 
 import spt_adapter
 from _data import DATA  # small crops of the test sets, committed (tests/data)
+from _helpers import cli, save_safetensors
 from spt_adapter.cli import main
 from spt_adapter.core.keys import FILE_STUDENT_SEGMENT, is_adapter_file_key, split_student_file_key, student_file_key
 from spt_adapter.core.student import PriorStudent, check_student
@@ -200,7 +201,7 @@ def _hq_folder(tmp_path, n=2, size=48):
 
 @pytest.mark.parametrize("task", ["denoise:25", "sr:4"])
 def test_the_teacher_only_ever_sees_hq_images(tmp_path, task):
-    from spt_adapter.training.data import PairedPriorDataset
+    from spt_adapter.data.datasets import PairedPriorDataset
 
     folder = _hq_folder(tmp_path)
     teacher = Recording()
@@ -218,8 +219,8 @@ def test_the_teacher_only_ever_sees_hq_images(tmp_path, task):
 
 
 def test_sr_teacher_map_is_the_gt_map_nearest_downsampled(tmp_path):
+    from spt_adapter.data.datasets import PairedPriorDataset
     from spt_adapter.prior import encode_masks
-    from spt_adapter.training.data import PairedPriorDataset
 
     folder = _hq_folder(tmp_path, n=1)
     teacher = Recording()
@@ -234,7 +235,7 @@ def test_sr_teacher_map_is_the_gt_map_nearest_downsampled(tmp_path):
 
 
 def test_train_units_student_steps_then_joint(tmp_path):
-    from spt_adapter.training.data import PairedPriorDataset
+    from spt_adapter.data.datasets import PairedPriorDataset
     from spt_adapter.training.train import TrainSettings, train_units
 
     folder = _hq_folder(tmp_path, n=2, size=32)
@@ -269,8 +270,8 @@ def test_train_units_student_steps_then_joint(tmp_path):
 
 
 def test_a_distilled_adapter_refuses_an_lq_prior_dataset(tmp_path):
+    from spt_adapter.data.datasets import PairedPriorDataset
     from spt_adapter.prior import ClassicalMaskProvider
-    from spt_adapter.training.data import PairedPriorDataset
     from spt_adapter.training.train import TrainSettings, train_units
 
     folder = _hq_folder(tmp_path, n=2, size=32)
@@ -294,9 +295,9 @@ def test_lr_runs_over_the_student_steps_then_afresh_over_iters():
 
 def test_tiny_sam_teacher_end_to_end(tmp_path):
     pytest.importorskip("segment_anything")
+    from spt_adapter.data.datasets import PairedPriorDataset
     from spt_adapter.prior import make_provider
     from spt_adapter.prior.tiny import make_tiny_sam_checkpoint
-    from spt_adapter.training.data import PairedPriorDataset
     from spt_adapter.training.train import TrainSettings, train_units
 
     ckpt = make_tiny_sam_checkpoint(tmp_path / "sam_vit_tiny.pth")
@@ -334,58 +335,22 @@ def test_tiny_sam_teacher_end_to_end(tmp_path):
 
 @pytest.fixture()
 def dncnn_ckpt(tmp_path):
-    from safetensors.torch import save_file
-
-    path = tmp_path / "dncnn.safetensors"
     # spandrel detects a DnCNN with 8 or more convs
-    save_file({k: v.contiguous() for k, v in _dncnn(nb=8).state_dict().items()}, str(path))
-    return path
+    return save_safetensors(_dncnn(nb=8), tmp_path / "dncnn.safetensors")
 
 
-def _train(ckpt, data, out, cache, *extra):
-    return [
-        "train",
-        "--backbone",
-        str(ckpt),
-        "--targets",
-        *TARGETS,
-        "--data",
-        str(data),
-        "--task",
-        "denoise:25",
-        "--out",
-        str(out),
-        "--prior-cache",
-        str(cache),
-        "--patch",
-        "16",
-        "--batch",
-        "2",
-        "--no-progress",
-        "--device",
-        "cpu",
-        *extra,
-    ]
+def _train(ckpt, data, out, cache, *extra, **flags):
+    """``train`` of the DnCNN's two target convs on ``data`` (denoise:25, 16-px patches, batch 2, CPU), then
+    ``flags`` (as ``cli`` spells them) and ``extra``."""
+    argv = cli("train", backbone=ckpt, targets=TARGETS, data=data, task="denoise:25", out=out, prior_cache=cache)
+    return argv + cli(patch=16, batch=2, no_progress=True, device="cpu", **flags) + list(extra)
 
 
 def test_cli_trains_a_distilled_adapter_and_eval_needs_no_provider(tmp_path, dncnn_ckpt, capsys):
     data = _hq_folder(tmp_path, n=2, size=32)
     out, cache = tmp_path / "run", tmp_path / "pc"
     argv = _train(
-        dncnn_ckpt,
-        data,
-        out,
-        cache,
-        "--prior",
-        "distilled",
-        "--teacher",
-        "slic",
-        "--iters",
-        "3",
-        "--student-steps",
-        "1",
-        "--student-width",
-        "8",
+        dncnn_ckpt, data, out, cache, prior="distilled", teacher="slic", iters=3, student_steps=1, student_width=8
     )
     assert main(argv) == 0
     path = out / "spt_adapter.safetensors"
@@ -396,113 +361,31 @@ def test_cli_trains_a_distilled_adapter_and_eval_needs_no_provider(tmp_path, dnc
     assert cfg.prior["kind"] == "distilled" and cfg.prior["teacher"]["method"] == "slic"
     capsys.readouterr()
     before = sorted(p.name for p in cache.rglob("*") if p.is_file())
-    assert (
-        main(
-            [
-                "eval",
-                "--backbone",
-                str(dncnn_ckpt),
-                "--adapter",
-                str(out),
-                "--data",
-                str(data),
-                "--out",
-                str(tmp_path / "ev"),
-                "--prior-cache",
-                str(cache),
-                "--no-progress",
-                "--crops",
-                "0",
-            ]
-        )
-        == 0
-    )
+    argv = cli("eval", backbone=dncnn_ckpt, adapter=out, data=data, out=tmp_path / "ev", prior_cache=cache)
+    assert main(argv + cli(no_progress=True, crops=0)) == 0
     assert (tmp_path / "ev" / "eval.md").exists()
     assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == before  # no segmenter ran
     # restore runs it the same way: no provider, no checkpoint, no segmenter
-    assert (
-        main(
-            [
-                "restore",
-                str(data),
-                "--backbone",
-                str(dncnn_ckpt),
-                "--adapter",
-                str(out),
-                "--out",
-                str(tmp_path / "restored"),
-                "--prior-cache",
-                str(cache),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    argv = cli("restore", data, backbone=dncnn_ckpt, adapter=out, out=tmp_path / "restored", prior_cache=cache)
+    assert main(argv + ["--no-progress"]) == 0
     assert sorted(p.name for p in (tmp_path / "restored").glob("*.png")) == sorted(p.name for p in data.glob("*.png"))
     assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == before
     code = main(
-        [
-            "eval",
-            "--backbone",
-            str(dncnn_ckpt),
-            "--adapter",
-            str(out),
-            "--data",
-            str(data),
-            "--provider",
-            "slic",
-            "--out",
-            str(tmp_path / "ev2"),
-            "--no-progress",
-        ]
+        cli(
+            "eval", backbone=dncnn_ckpt, adapter=out, data=data, provider="slic", out=tmp_path / "ev2", no_progress=True
+        )
     )
     assert code == 1 and "distilled prior" in capsys.readouterr().err
     # resuming with another teacher is refused before any step
-    code = main(
-        _train(
-            dncnn_ckpt,
-            data,
-            out,
-            cache,
-            "--prior",
-            "distilled",
-            "--teacher",
-            "felzenszwalb",
-            "--iters",
-            "4",
-            "--resume",
-        )
-    )
+    code = main(_train(dncnn_ckpt, data, out, cache, prior="distilled", teacher="felzenszwalb", iters=4, resume=True))
     assert code == 1 and "distilled from teacher" in capsys.readouterr().err
     code = main(_train(dncnn_ckpt, data, out, cache, "--iters", "4", "--resume"))
     assert code == 1 and "--prior distilled" in capsys.readouterr().err
-    code = main(
-        _train(
-            dncnn_ckpt,
-            data,
-            out,
-            cache,
-            "--prior",
-            "distilled",
-            "--teacher",
-            "slic",
-            "--iters",
-            "4",
-            "--student-steps",
-            "2",
-            "--resume",
-        )
-    )
+    distilled = {"prior": "distilled", "teacher": "slic", "iters": 4}
+    code = main(_train(dncnn_ckpt, data, out, cache, **distilled, student_steps=2, resume=True))
     assert code == 1 and "--student-steps 1" in capsys.readouterr().err
     # without --student-steps a resumed run keeps its own (1), not the default 400
-    assert (
-        main(
-            _train(
-                dncnn_ckpt, data, out, cache, "--prior", "distilled", "--teacher", "slic", "--iters", "4", "--resume"
-            )
-        )
-        == 0
-    )
+    assert main(_train(dncnn_ckpt, data, out, cache, **distilled, resume=True)) == 0
     training = json.loads(spt_adapter.read_adapter_header(path)[0]["training"])
     assert training["step"] == 5 and training["student_steps"] == 1 and training["iters"] == 4
 

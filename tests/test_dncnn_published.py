@@ -27,8 +27,9 @@ import torch
 from PIL import Image
 
 from _data import full_data
+from _helpers import cli, save_safetensors
 from spt_adapter.cli import main
-from spt_adapter.training.images import imresize_bicubic
+from spt_adapter.data.images import imresize_bicubic
 
 pytest.importorskip("spandrel")
 
@@ -47,11 +48,9 @@ def _dncnn(channels: int, seed: int = 0):
     return net
 
 
-def _save(net, path: Path) -> Path:
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
-    return path
+def _no_adapter_eval(ckpt: Path, data: Path, task: str, out: Path, *extra: str) -> list[str]:
+    """``eval --no-adapter``: the backbone alone on ``data``."""
+    return cli("eval", no_adapter=True, backbone=ckpt, data=data, task=task, out=out, no_progress=True) + list(extra)
 
 
 def _rows(out: Path) -> dict[str, list[float]]:
@@ -96,30 +95,10 @@ def _photos(folder: Path) -> dict[str, np.ndarray]:
 
 def test_eval_pre_upsampled_sr_grey_backbone_reads_and_scores_the_y_channel(tmp_path, capsys):
     net = _dncnn(1)
-    ckpt = _save(net, tmp_path / "dncnn_grey.safetensors")
+    ckpt = save_safetensors(net, tmp_path / "dncnn_grey.safetensors")
     images = _photos(tmp_path / "hq")
     out = tmp_path / "ev"
-    assert (
-        main(
-            [
-                "eval",
-                "--no-adapter",
-                "--backbone",
-                str(ckpt),
-                "--data",
-                str(tmp_path / "hq"),
-                "--task",
-                "sr:3",
-                "--pre-upsampled",
-                "--out",
-                str(out),
-                "--no-progress",
-                "--crops",
-                "1",
-            ]
-        )
-        == 0
-    )
+    assert main(_no_adapter_eval(ckpt, tmp_path / "hq", "sr:3", out, "--pre-upsampled", "--crops", "1")) == 0
     printed = capsys.readouterr().out
     assert "pre-upsampled SR" in printed and "Y channel" in printed
     assert "pre-upsampled" in (out / "eval.md").read_text()
@@ -150,30 +129,10 @@ def test_eval_pre_upsampled_sr_colour_backbone_and_the_adapter_refusal(tmp_path,
     import spt_adapter
 
     net = _dncnn(3)
-    ckpt = _save(net, tmp_path / "dncnn_rgb.safetensors")
+    ckpt = save_safetensors(net, tmp_path / "dncnn_rgb.safetensors")
     images = _photos(tmp_path / "hq")
     out = tmp_path / "ev"
-    assert (
-        main(
-            [
-                "eval",
-                "--no-adapter",
-                "--backbone",
-                str(ckpt),
-                "--data",
-                str(tmp_path / "hq"),
-                "--task",
-                "sr:2",
-                "--pre-upsampled",
-                "--out",
-                str(out),
-                "--no-progress",
-                "--crops",
-                "0",
-            ]
-        )
-        == 0
-    )
+    assert main(_no_adapter_eval(ckpt, tmp_path / "hq", "sr:2", out, "--pre-upsampled", "--crops", "0")) == 0
     a = images["a"][:44, :38]
     up = imresize_bicubic(imresize_bicubic(a, scale=1 / 2).astype(np.float64) / 255, size=a.shape[:2])
     with torch.no_grad():
@@ -187,20 +146,15 @@ def test_eval_pre_upsampled_sr_colour_backbone_and_the_adapter_refusal(tmp_path,
     capsys.readouterr()
     assert (
         main(
-            [
+            cli(
                 "eval",
-                "--backbone",
-                str(ckpt),
-                "--adapter",
-                str(tmp_path / "a.safetensors"),
-                "--data",
-                str(tmp_path / "hq"),
-                "--task",
-                "sr:2",
-                "--out",
-                str(tmp_path / "ev2"),
-                "--no-progress",
-            ]
+                backbone=ckpt,
+                adapter=tmp_path / "a.safetensors",
+                data=tmp_path / "hq",
+                task="sr:2",
+                out=tmp_path / "ev2",
+                no_progress=True,
+            )
         )
         != 0
     )
@@ -213,7 +167,7 @@ def test_eval_pre_upsampled_sr_is_asked_for_by_name(tmp_path, capsys):
     scored on upsampled input; the flag on a denoising task, on a x2 backbone, or with an adapter
     is refused too. Nothing is written in any of these cases."""
     net = _dncnn(3)
-    ckpt = _save(net, tmp_path / "dncnn_rgb.safetensors")
+    ckpt = save_safetensors(net, tmp_path / "dncnn_rgb.safetensors")
     _photos(tmp_path / "hq")
     base = ["eval", "--backbone", str(ckpt), "--data", str(tmp_path / "hq"), "--no-progress", "--crops", "0"]
     cases = [
@@ -263,27 +217,7 @@ def _convert(name: str, tmp_path: Path) -> Path:
 
 
 def _mean(ckpt: Path, data: Path, task: str, out: Path, *extra: str) -> tuple[float, float]:
-    assert (
-        main(
-            [
-                "eval",
-                "--no-adapter",
-                "--backbone",
-                str(ckpt),
-                "--data",
-                str(data),
-                "--task",
-                task,
-                "--out",
-                str(out),
-                "--no-progress",
-                "--crops",
-                "0",
-                *extra,
-            ]
-        )
-        == 0
-    )
+    assert main(_no_adapter_eval(ckpt, data, task, out, "--crops", "0", *extra)) == 0
     return tuple(_rows(out)["MEAN"])
 
 

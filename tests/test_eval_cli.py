@@ -10,31 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
+from _archs import small_swinir
 from _data import DATA  # small crops of the test sets, committed (tests/data)
+from _helpers import cli, image_folder, save_safetensors
 from spt_adapter.cli import main
-from spt_adapter.training import metrics
+from spt_adapter.inference import metrics
 
 
 def _ckpt(path: Path, seed: int, embed: int = 16) -> Path:
-    from safetensors.torch import save_file
-    from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
-
-    torch.manual_seed(seed)
-    m = SwinIR(
-        img_size=32,
-        in_chans=3,
-        embed_dim=embed,
-        depths=[1, 1],
-        num_heads=[2, 2],
-        window_size=8,
-        mlp_ratio=2.0,
-        upscale=1,
-        upsampler="",
-        resi_connection="1conv",
-        drop_path_rate=0.0,
-    )
-    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
-    return path
+    return save_safetensors(small_swinir(seed=seed, embed_dim=embed), path)
 
 
 @pytest.fixture(scope="module")
@@ -42,60 +26,18 @@ def trained(tmp_path_factory):
     """A tiny SwinIR checkpoint, three real test images, and an adapter trained on them by the CLI."""
     pytest.importorskip("spandrel")
     root = tmp_path_factory.mktemp("eval")
-    data = root / "hq"
-    data.mkdir()
-    for p in sorted((DATA / "CBSD68").glob("*.png"))[:3]:
-        Image.open(p).convert("RGB").crop((0, 0, 80, 72)).save(data / p.name)
+    data = image_folder("CBSD68", root / "hq", 3, (0, 0, 80, 72))
     ckpt = _ckpt(root / "swinir.safetensors", 0)
     out = root / "run"
-    code = main(
-        [
-            "train",
-            "--backbone",
-            str(ckpt),
-            "--data",
-            str(data),
-            "--task",
-            "denoise:25",
-            "--out",
-            str(out),
-            "--prior-cache",
-            str(root / "priors"),
-            "--patch",
-            "32",
-            "--batch",
-            "2",
-            "--iters",
-            "3",
-            "--lr",
-            "1e-3",
-            "--segments",
-            "8",
-            "--no-progress",
-        ]
-    )
+    argv = cli("train", backbone=ckpt, data=data, task="denoise:25", out=out, prior_cache=root / "priors", patch=32)
+    code = main(argv + cli(batch=2, iters=3, lr="1e-3", segments=8, no_progress=True))
     assert code == 0
     return {"root": root, "data": data, "ckpt": ckpt, "run": out, "priors": root / "priors"}
 
 
 def _eval(trained, adapter, out, *extra):
-    return main(
-        [
-            "eval",
-            "--backbone",
-            str(trained["ckpt"]),
-            "--adapter",
-            str(adapter),
-            "--data",
-            str(trained["data"]),
-            "--out",
-            str(out),
-            "--prior-cache",
-            str(trained["priors"]),
-            "--no-progress",
-            *extra,
-        ]
-    )
+    argv = cli("eval", backbone=trained["ckpt"], adapter=adapter, data=trained["data"], out=out)
+    return main(argv + cli(prior_cache=trained["priors"], no_progress=True) + list(extra))
 
 
 def test_eval_tables_crops_and_images_agree(trained, tmp_path, capsys):
@@ -140,18 +82,7 @@ def test_eval_errors(trained, tmp_path, capsys):
     # an adapter trained for another backbone: refused by the fingerprint check, named
     other = _ckpt(tmp_path / "other.safetensors", 1, embed=24)
     code = main(
-        [
-            "eval",
-            "--backbone",
-            str(other),
-            "--adapter",
-            str(trained["run"]),
-            "--data",
-            str(trained["data"]),
-            "--out",
-            str(tmp_path / "x"),
-            "--no-progress",
-        ]
+        cli("eval", backbone=other, adapter=trained["run"], data=trained["data"], out=tmp_path / "x", no_progress=True)
     )
     err = capsys.readouterr().err
     assert code == 1 and "module 'layers.0'" in err and "[24]" in err and "[16]" in err
@@ -161,18 +92,7 @@ def test_eval_errors(trained, tmp_path, capsys):
     assert _eval(trained, tmp_path / "adapter.pth", tmp_path / "y") == 1
     assert "pickle" in capsys.readouterr().err
     # a missing folder
-    code = main(
-        [
-            "eval",
-            "--backbone",
-            str(trained["ckpt"]),
-            "--adapter",
-            str(trained["run"]),
-            "--data",
-            str(tmp_path / "none"),
-            "--no-progress",
-        ]
-    )
+    code = main(cli("eval", backbone=trained["ckpt"], adapter=trained["run"], data=tmp_path / "none", no_progress=True))
     assert code == 1 and "does not exist" in capsys.readouterr().err
 
 
@@ -181,7 +101,6 @@ def test_sr_eval_scores_y_channel_with_border_crop(tmp_path, capsys):
     table's PSNR is the Y-channel, 2-pixel-border PSNR of the saved output against the
     mod-cropped ground truth."""
     pytest.importorskip("spandrel")
-    from safetensors.torch import save_file
     from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
 
     import spt_adapter
@@ -203,7 +122,7 @@ def test_sr_eval_scores_y_channel_with_border_crop(tmp_path, capsys):
         resi_connection="1conv",
         drop_path_rate=0.0,
     )
-    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "sr.safetensors"))
+    save_safetensors(m, tmp_path / "sr.safetensors")
     bb = spt_adapter.load_backbone(tmp_path / "sr.safetensors")
     spt = spt_adapter.inject(
         bb.model,
@@ -217,26 +136,8 @@ def test_sr_eval_scores_y_channel_with_border_crop(tmp_path, capsys):
     )
     spt_adapter.save_adapter(spt, tmp_path / "a.safetensors")
     out = tmp_path / "ev"
-    assert (
-        main(
-            [
-                "eval",
-                "--backbone",
-                str(tmp_path / "sr.safetensors"),
-                "--adapter",
-                str(tmp_path / "a.safetensors"),
-                "--data",
-                str(data),
-                "--out",
-                str(out),
-                "--prior-cache",
-                str(tmp_path / "pc"),
-                "--save-images",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    argv = cli("eval", backbone=tmp_path / "sr.safetensors", adapter=tmp_path / "a.safetensors", data=data, out=out)
+    assert main(argv + cli(prior_cache=tmp_path / "pc", save_images=True, no_progress=True)) == 0
     row = list(csv.DictReader((out / "eval.csv").open()))[0]
     assert row["backbone_psnr"] == row["spt_psnr"]  # identity at start
     gt = np.asarray(Image.open(data / "baby.png"))[:64, :70]  # mod-cropped to a multiple of 2
@@ -253,8 +154,8 @@ def test_validation_during_training_pads_as_eval_does():
     padding a CNN's input to 16 changes its border pixels, so training's validation scored other
     numbers than ``eval`` on the same images."""
     import spt_adapter
-    from spt_adapter.training.evaluate import make_val_fn
-    from spt_adapter.training.restore import restore_tensor
+    from spt_adapter.inference.evaluate import make_val_fn
+    from spt_adapter.inference.restore import restore_tensor
 
     torch.manual_seed(0)
     convs = [torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU()]

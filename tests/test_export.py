@@ -19,7 +19,7 @@ from PIL import Image
 import spt_adapter
 from spt_adapter.cli import main
 from spt_adapter.errors import ExportError
-from spt_adapter.training.export import PARITY_ATOL, export, parity
+from spt_adapter.inference.export import PARITY_ATOL, export, parity
 
 pytest.importorskip("spandrel")
 onnx = pytest.importorskip("onnx")
@@ -77,7 +77,7 @@ def test_exported_files_match_pytorch_at_other_sizes(tmp_path, name, student):
     # the adapter matters: without it the output differs far beyond the parity bound
     x = torch.rand(1, 3, *sizes[1])
     p = None if student else (torch.rand(1, 1, *sizes[1]) > 0.5).float()
-    from spt_adapter.training.restore import _run, size_multiple
+    from spt_adapter.inference.restore import _run, size_multiple
 
     m = size_multiple(model, desc)
     with torch.no_grad():
@@ -88,7 +88,7 @@ def test_exported_files_match_pytorch_at_other_sizes(tmp_path, name, student):
         path = export(model, tmp_path / f"{name}{suffix}", descriptor=desc)
         worst = parity(path, fmt, model, descriptor=desc, sizes=sizes)
         assert worst <= PARITY_ATOL, f"{name} {fmt}: max |diff| {worst}"
-        from spt_adapter.training.exported import load_exported
+        from spt_adapter.inference.exported import load_exported
 
         runner = load_exported(path)
         assert runner.kind == ("student" if student else "prior")
@@ -133,7 +133,9 @@ def test_onnx_metadata_props_and_torchscript_extra_files(tmp_path):
     ts = export(model, tmp_path / "d.pt", descriptor=desc)
     extra = {"spt_adapter.json": ""}
     torch.jit.load(str(ts), _extra_files=extra)
-    assert json.loads(extra["spt_adapter.json"]) == props
+    ts_meta = json.loads(extra["spt_adapter.json"])
+    # the same metadata but the checksum, which is of each file's own content
+    assert ts_meta.pop("content_sha256") != props.pop("content_sha256") and ts_meta == props
 
 
 def test_refusals_name_the_cause_and_write_nothing(tmp_path):
@@ -159,7 +161,7 @@ def test_float16_export_on_the_cpu_matches_pytorch_and_swinir_is_refused(tmp_pat
     PyTorch model within 1e-2 at other sizes, and its file says float16. SwinIR, whose code makes its
     attention mask in float32 at run time, cannot be traced in float16: one line naming float16, and
     nothing written."""
-    from spt_adapter.training.exported import load_exported
+    from spt_adapter.inference.exported import load_exported
 
     model, descriptor = _adapted(tmp_path, "dncnn", True)
     out = tmp_path / f"half.{suffix}"
@@ -169,8 +171,8 @@ def test_float16_export_on_the_cpu_matches_pytorch_and_swinir_is_refused(tmp_pat
     fmt = "onnx" if suffix == "onnx" else "torchscript"
     worst = parity(out, fmt, model, descriptor=descriptor, sizes=BACKBONES["dncnn"][2])
     assert 0 < worst <= 1e-2  # float16 differs from float32, within the export's tolerance
-    from spt_adapter.training.exported import restore_exported
-    from spt_adapter.training.restore import restore
+    from spt_adapter.inference.exported import restore_exported
+    from spt_adapter.inference.restore import restore
 
     image = (np.random.default_rng(0).random((45, 67, 3)) * 255).astype(np.uint8)
     reference = restore(model, image, descriptor=descriptor).astype(int)
@@ -394,7 +396,8 @@ def test_restore_sharded_over_two_processes_writes_each_output_once(files, tmp_p
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs
     done = sorted(int(e.split(" restored")[0].split()[-1]) for e in errs)
-    assert done == [2, 3] and "shard 0/2" in errs[0] and "shard 1/2" in errs[1]  # 5 inputs: 3 + 2, each once
+    # 5 inputs split by a hash of their output names (p0, p1 -> shard 0; p2-p4 -> shard 1), each once
+    assert done == [2, 3] and "shard 0/2" in errs[0] and "shard 1/2" in errs[1]
     assert (
         main(
             [
@@ -418,7 +421,7 @@ def test_restore_sharded_over_two_processes_writes_each_output_once(files, tmp_p
         assert np.array_equal(sharded[name], single[name])
     # rerun one shard with --skip-existing: its outputs exist, nothing is rewritten
     again = subprocess.run(argv, env={**env, "RANK": "1"}, stderr=subprocess.PIPE, text=True, timeout=300)
-    assert again.returncode == 0 and "0 restored, 2 skipped" in again.stderr
+    assert again.returncode == 0 and "0 restored, 3 skipped" in again.stderr
 
 
 @pytest.mark.parametrize("src,dst", [((21, 35), (3, 5)), ((24, 40), (24, 40)), ((17, 9), (40, 23)), ((64, 48), (8, 6))])

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import spt_adapter
-from spt_adapter.cli import main
+from _archs import dncnn, small_swinir
+from _helpers import run_cli, save_safetensors
 from spt_adapter.errors import TargetError
 
 spandrel = pytest.importorskip("spandrel")
@@ -16,46 +17,19 @@ spandrel = pytest.importorskip("spandrel")
 
 @pytest.fixture(scope="module")
 def swinir_ckpt(tmp_path_factory):
-    from safetensors.torch import save_file
-    from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
-
-    torch.manual_seed(0)
-    m = SwinIR(
-        img_size=32,
-        in_chans=3,
-        embed_dim=16,
-        depths=[1, 1],
-        num_heads=[2, 2],
-        window_size=8,
-        mlp_ratio=2.0,
-        upscale=2,
-        upsampler="pixelshuffledirect",
-        resi_connection="1conv",
-    )
-    path = tmp_path_factory.mktemp("ckpt") / "swinir_x2.safetensors"
-    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
-    return path
+    return save_safetensors(small_swinir(scale=2), tmp_path_factory.mktemp("ckpt") / "swinir_x2.safetensors")
 
 
 @pytest.fixture(scope="module")
 def dncnn_ckpt(tmp_path_factory):
     """KAIR's dncnn_25.pth layout (grey, 17 convs, 64 channels; a plain state dict), random weights."""
-    from spandrel.architectures.DnCNN import DnCNN
-
-    torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "dncnn_25.pth"
-    torch.save(DnCNN(in_nc=1, out_nc=1, nc=64, nb=17, act_mode="R").state_dict(), path)
+    torch.save(dncnn(channels=1, nc=64, nb=17).state_dict(), path)
     return path
 
 
-def _run(argv, capsys):
-    code = main(argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_claimed_backbone_shows_preset_tree_and_unit_cost(swinir_ckpt, capsys):
-    code, out, err = _run(["inspect", str(swinir_ckpt)], capsys)
+    code, out, err = run_cli(["inspect", str(swinir_ckpt)], capsys)
     assert code == 0, err
     assert "SwinIR" in out and "scale x2" in out and "3-channel input" in out
     assert "plugin 'spandrel', preset 'swinir'" in out
@@ -70,12 +44,12 @@ def test_claimed_backbone_shows_preset_tree_and_unit_cost(swinir_ckpt, capsys):
 
 
 def test_depth_limits_the_tree_and_counts_what_is_below(swinir_ckpt, capsys):
-    code, out, _ = _run(["inspect", str(swinir_ckpt), "--depth", "1"], capsys)
+    code, out, _ = run_cli(["inspect", str(swinir_ckpt), "--depth", "1"], capsys)
     assert code == 0
     tree = out.split("module tree")[1].split("\ntargets ")[0]
     assert "layers.0" not in tree and "  layers  " in tree
     assert "(+42 below)" in out  # everything under `layers` that depth 1 hides
-    code, out, _ = _run(["inspect", str(swinir_ckpt), "--depth", "0"], capsys)
+    code, out, _ = run_cli(["inspect", str(swinir_ckpt), "--depth", "0"], capsys)
     assert code == 0 and "module tree" not in out and "match 2 module(s)" in out
 
 
@@ -93,12 +67,14 @@ def compact_ckpt(tmp_path_factory):
 
 
 def test_kair_dncnn_is_claimed_by_the_dncnn_preset_and_takes_patterns(dncnn_ckpt, capsys):
-    code, out, err = _run(["inspect", str(dncnn_ckpt), "--depth", "1"], capsys)
+    code, out, err = run_cli(["inspect", str(dncnn_ckpt), "--depth", "1"], capsys)
     assert code == 0, err
     assert "DnCNN" in out and "1-channel input" in out and "dncnn" in out
     # the dncnn preset: a concat unit on each of the 15 hidden convs (README's preset table: 13.1 %)
     assert "match 15 module(s)" in out and "13.14 % of the backbone" in out
-    code, out, err = _run(["inspect", str(dncnn_ckpt), "--targets", "model.7", "model.15", "--fusion", "sft"], capsys)
+    code, out, err = run_cli(
+        ["inspect", str(dncnn_ckpt), "--targets", "model.7", "model.15", "--fusion", "sft"], capsys
+    )
     assert code == 0, err
     assert "match 2 module(s)" in out and out.count("64 channels") == 4  # marked in the tree, listed below
     # sft unit: encoder (1->16 3x3, 16->16 3x3) + one 1x1 conv 16 -> 2*64
@@ -107,17 +83,17 @@ def test_kair_dncnn_is_claimed_by_the_dncnn_preset_and_takes_patterns(dncnn_ckpt
 
 
 def test_an_unclaimed_backbone_says_no_plugin_and_asks_for_targets(compact_ckpt, capsys):
-    code, out, err = _run(["inspect", str(compact_ckpt), "--depth", "1"], capsys)
+    code, out, err = run_cli(["inspect", str(compact_ckpt), "--depth", "1"], capsys)
     assert code == 0, err
     assert "SRVGGNetCompact" in out and "no plugin" in out and "--targets" in out
     assert "match" not in out  # no preset, no patterns: nothing to match
 
 
 def test_a_pattern_matching_nothing_prints_the_tree_then_one_error(dncnn_ckpt, swinir_ckpt, capsys):
-    code, out, err = _run(["inspect", str(dncnn_ckpt), "--targets", "modl.7", "--depth", "1"], capsys)
+    code, out, err = run_cli(["inspect", str(dncnn_ckpt), "--targets", "modl.7", "--depth", "1"], capsys)
     assert code == 1 and "module tree" in out
     assert err.count("\n") == 1 and "'modl.7' matched no module; closest names: ['model.7'" in err
-    code, out, err = _run(["inspect", str(swinir_ckpt), "--targets", "zzz.*"], capsys)
+    code, out, err = run_cli(["inspect", str(swinir_ckpt), "--targets", "zzz.*"], capsys)
     assert code == 1 and "closest names" not in err
     assert "top-level modules are: conv_first, patch_embed, patch_unembed, pos_drop, layers, norm" in err
 
@@ -135,5 +111,5 @@ def test_target_error_without_a_close_name_lists_the_top_level_modules():
 
 
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):
-    code, out, err = _run(["inspect", str(tmp_path / "nope.pth")], capsys)
+    code, out, err = run_cli(["inspect", str(tmp_path / "nope.pth")], capsys)
     assert code == 1 and err.count("\n") == 1 and "does not exist" in err

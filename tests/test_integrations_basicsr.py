@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +20,10 @@ from PIL import Image  # noqa: E402
 
 import spt_adapter  # noqa: E402
 from _data import DATA  # small crops of the test sets, committed (tests/data)
+from _helpers import run_python
+
+#: the scripts run on the CPU with two threads
+CPU = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2"}
 
 SWINIR = dict(
     upscale=2,
@@ -142,15 +143,7 @@ logger:
 
 
 def _run(tmp: Path, yml: Path) -> str:
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="2")
-    proc = subprocess.run(
-        [sys.executable, "-m", "spt_adapter.integrations.basicsr.train", "-opt", str(yml)],
-        cwd=tmp,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    proc = run_python("-m", "spt_adapter.integrations.basicsr.train", "-opt", str(yml), cwd=tmp, timeout=400, env=CPU)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     logs = sorted((tmp / "experiments" / "spt_swinir_x2").glob("train_*.log"))
@@ -300,15 +293,7 @@ val:
 """
     yml = tmp / "test.yml"
     yml.write_text(text)
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="2")
-    proc = subprocess.run(
-        [sys.executable, "-m", "spt_adapter.integrations.basicsr.test", "-opt", str(yml)],
-        cwd=tmp,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_python("-m", "spt_adapter.integrations.basicsr.test", "-opt", str(yml), cwd=tmp, timeout=300, env=CPU)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     logs = "".join(p.read_text() for p in (tmp / "results" / "spt_swinir_x2_test").glob("test_*.log"))
@@ -333,14 +318,7 @@ val:
     assert len(saved) == len(scores)
     # the adapter is required: without it test.py would score the identity units (the bare backbone)
     yml.write_text(text.replace(f"  adapter: {adapter}", "  fusion: sft"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "spt_adapter.integrations.basicsr.test", "-opt", str(yml)],
-        cwd=tmp,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_python("-m", "spt_adapter.integrations.basicsr.test", "-opt", str(yml), cwd=tmp, timeout=300, env=CPU)
     assert proc.returncode == 2 and "needs spt.adapter" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -17,6 +17,8 @@ import torch
 yaml = pytest.importorskip("yaml")
 
 import spt_adapter
+from _archs import RESTORMER_TARGETS
+from _helpers import run_python
 from spt_adapter.integrations._options import parse_spt_block
 from spt_adapter.integrations.restormer.model import pad_prior_like, priors_for
 from spt_adapter.plugins.manager import call_hook
@@ -36,16 +38,7 @@ def test_restormer_defaults_identity_and_params_checkpoint(tmp_path):
     state = call_hook("spt_adapter_read_checkpoint", path=str(tmp_path / "restormer.pth"))
     assert list(state) == list(net.state_dict())
     model = spt_adapter.inject(net)
-    assert model.spt_targets["default"] == [
-        "encoder_level1",
-        "encoder_level2",
-        "encoder_level3",
-        "latent",
-        "decoder_level3",
-        "decoder_level2",
-        "decoder_level1",
-        "refinement",
-    ]
+    assert model.spt_targets["default"] == RESTORMER_TARGETS
     assert model.spt_config["default"].integration == "restormer"
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
@@ -251,13 +244,7 @@ def _restormer_run(tmp_path, spt_extra: str = ""):
     options.write_text(
         TRAIN_YML.format(train=train, val=val, backbone=backbone, priors=tmp_path / "priors") + spt_extra
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "spt_adapter.integrations.restormer.train", "-opt", str(options)],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_python("-m", "spt_adapter.integrations.restormer.train", "-opt", str(options), cwd=root, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     return root, backbone, before, proc

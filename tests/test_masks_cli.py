@@ -9,11 +9,12 @@ import pytest
 from PIL import Image
 
 from _data import DATA  # small crops of the test sets, committed (tests/data)
+from _helpers import cli
 from spt_adapter.cli import main
 from spt_adapter.commands.masks import shard_of
+from spt_adapter.data.datasets import PairedPriorDataset
 from spt_adapter.plugins.hookspecs import hookimpl
 from spt_adapter.prior import ClassicalMaskProvider, PriorCache
-from spt_adapter.training.data import PairedPriorDataset
 
 
 @pytest.fixture()
@@ -44,22 +45,7 @@ def test_slic_computes_then_reuses(folder, tmp_path, capsys):
     assert main(["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--no-progress"]) == 0
     assert "computed 0, reused 3, failed 0" in capsys.readouterr().err
     # the default encoding is boundary (what `train` reads by default): those priors are cached already
-    assert (
-        main(
-            [
-                "masks",
-                str(folder),
-                "--provider",
-                "slic",
-                "--cache",
-                str(cache),
-                "--encoding",
-                "boundary",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(cli("masks", folder, provider="slic", cache=cache, encoding="boundary", no_progress=True)) == 0
     err = capsys.readouterr().err
     assert "computed 0, reused 3, failed 0" in err and "encoded from cached masks" not in err
     assert (
@@ -98,48 +84,23 @@ def test_sharding_env_and_flags(folder, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("RANK")
     assert main(["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--no-progress"]) == 0
     assert "computed 0, reused 3" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "masks",
-                str(folder),
-                "--provider",
-                "slic",
-                "--cache",
-                str(cache),
-                "--num-shards",
-                "2",
-                "--shard-index",
-                "2",
-            ]
-        )
-        == 1
-    )
+    assert main(cli("masks", folder, provider="slic", cache=cache, num_shards="2", shard_index="2")) == 1
     assert "--shard-index must be in 0..1" in capsys.readouterr().err
 
 
 def test_degrade_matches_dataset_keys(folder, tmp_path, capsys):
     cache = tmp_path / "c"
-    assert (
-        main(
-            [
-                "masks",
-                str(folder),
-                "--provider",
-                "slic",
-                "--set",
-                "n_segments=20",
-                "--cache",
-                str(cache),
-                "--degrade",
-                "denoise:25",
-                "--seed",
-                "3",
-                "--no-progress",
-            ]
-        )
-        == 0
+    argv = cli(
+        "masks",
+        folder,
+        provider="slic",
+        set="n_segments=20",
+        cache=cache,
+        degrade="denoise:25",
+        seed="3",
+        no_progress=True,
     )
+    assert main(argv) == 0
     pc = PriorCache(cache)
     ds = PairedPriorDataset(folder, "denoise:25", pc, ClassicalMaskProvider("slic", n_segments=20), seed=3, train=False)
     for i in range(len(ds)):
@@ -152,17 +113,7 @@ def test_grey_masks_are_the_ones_a_grey_backbone_looks_up(folder, tmp_path, caps
     """--grey (and --noise kair, eval's default for grey backbones): the cache keys are the grey LQ
     images a 1-channel dataset computes its priors on; colour masks of the same files are not."""
     cache = tmp_path / "c"
-    base = [
-        "masks",
-        str(folder),
-        "--provider",
-        "slic",
-        "--cache",
-        str(cache),
-        "--degrade",
-        "denoise:25",
-        "--no-progress",
-    ]
+    base = cli("masks", folder, provider="slic", cache=cache, degrade="denoise:25", no_progress=True)
     assert main(base + ["--grey", "--noise", noise]) == 0
     assert "grey" in capsys.readouterr().err
     pc = PriorCache(cache)
@@ -173,24 +124,10 @@ def test_grey_masks_are_the_ones_a_grey_backbone_looks_up(folder, tmp_path, caps
         assert ds[i]["lq"].shape[0] == 1
     assert pc.stats["prior_hits"] == 3 and pc.stats["computed"] == 0
     colour = PriorCache(tmp_path / "colour")
-    assert (
-        main(
-            [
-                "masks",
-                str(folder),
-                "--provider",
-                "slic",
-                "--cache",
-                str(tmp_path / "colour"),
-                "--degrade",
-                "denoise:25",
-                "--noise",
-                noise,
-                "--no-progress",
-            ]
-        )
-        == 0
+    argv = cli(
+        "masks", folder, provider="slic", cache=tmp_path / "colour", degrade="denoise:25", noise=noise, no_progress=True
     )
+    assert main(argv) == 0
     ds = PairedPriorDataset(
         folder, "denoise:25", colour, ClassicalMaskProvider("slic"), train=False, channels=1, noise=noise
     )
@@ -201,21 +138,16 @@ def test_grey_masks_are_the_ones_a_grey_backbone_looks_up(folder, tmp_path, caps
 
 
 def test_sam_tiny_checkpoint(folder, tmp_path, tiny_ckpt, capsys):
-    args = [
+    args = cli(
         "masks",
-        str(folder),
-        "--provider",
-        "sam",
-        "--checkpoint",
-        str(tiny_ckpt),  # model type read from the file
-        "--set",
-        "points_per_side=4",
-        "--cache",
-        str(tmp_path / "c"),
-        "--batch",
-        "2",
-        "--no-progress",
-    ]
+        folder,
+        provider="sam",
+        checkpoint=tiny_ckpt,
+        set="points_per_side=4",
+        cache=tmp_path / "c",
+        batch="2",
+        no_progress=True,
+    )
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "sam vit_tiny" in err and "computed 3, reused 0, failed 0" in err
@@ -263,7 +195,7 @@ def test_console_script_on_real_images(tmp_path):
 @pytest.mark.parametrize("setting", ["n_segments=abc", "n_segments=-5", "n_segments=0", "compactness=nan"])
 def test_bad_settings_refused_before_any_image_is_read(tmp_path, setting, capsys, monkeypatch):
     """One line naming the setting, exit 1, and no image opened (read_image is never called)."""
-    import spt_adapter.training.images as images
+    import spt_adapter.data.images as images
 
     d = tmp_path / "imgs"
     d.mkdir()
@@ -354,22 +286,7 @@ def test_a_provider_raising_in_generate_is_named_and_others_still_work(folder, t
         == 1
     )
     assert not list(cache.rglob("*.sptc"))
-    assert (
-        main(
-            [
-                "masks",
-                str(folder),
-                "--provider",
-                "test-ok",
-                "--set",
-                "n_segments=6",
-                "--cache",
-                str(cache),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(cli("masks", folder, provider="test-ok", set="n_segments=6", cache=cache, no_progress=True)) == 0
     assert "computed 3" in capsys.readouterr().err
 
 

@@ -1,4 +1,4 @@
-"""spt_adapter.training.metrics against BasicSR's own metric functions on real images."""
+"""spt_adapter.inference.metrics against BasicSR's own metric functions on real images."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from _data import DATA  # small crops of the test sets, committed (tests/data)
-from spt_adapter.training import metrics
+from spt_adapter.inference import metrics
 
 basicsr_metrics = pytest.importorskip("basicsr.metrics.psnr_ssim")
 basicsr_color = pytest.importorskip("basicsr.utils.color_util")

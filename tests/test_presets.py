@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import spt_adapter
+from _archs import RESTORMER_TARGETS
 from spt_adapter.backbones.presets import PRESETS, find_preset, register_preset
 from spt_adapter.core.keys import get_logical_module
 from spt_adapter.core.planning import describe_layout, probe_channels
@@ -144,16 +145,7 @@ def test_restormer_default_targets():
         "spt_adapter_claim_model",
         model=Restormer(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1]),
     )
-    assert claim.targets == [
-        "encoder_level1",
-        "encoder_level2",
-        "encoder_level3",
-        "latent",
-        "decoder_level3",
-        "decoder_level2",
-        "decoder_level1",
-        "refinement",
-    ]
+    assert claim.targets == RESTORMER_TARGETS
     assert claim.channels == {
         "encoder_level1": 8,
         "encoder_level2": 16,
@@ -192,7 +184,7 @@ def test_dncnn_presets_every_hidden_conv_and_a_light_one(tmp_path):
     from safetensors.torch import save_file
     from spandrel.architectures.DnCNN import DnCNN
 
-    from spt_adapter.training.builders import load_backbone_from_args
+    from spt_adapter.commands.builders import load_backbone_from_args
 
     net = DnCNN(in_nc=1, out_nc=1, nc=64, nb=20, act_mode="R")  # DnCNN-3's size
     claim = call_hook("spt_adapter_claim_model", model=net)
@@ -213,7 +205,7 @@ def test_dncnn_presets_every_hidden_conv_and_a_light_one(tmp_path):
     )
     args = argparse.Namespace(backbone=None, weights=str(path), arch="dncnn-light")
     _, targets, _ = load_backbone_from_args(args)
-    assert targets == ["model.8", "model.16", "model.30"] and args._claim == ("presets", "dncnn-light")
+    assert targets == ["model.8", "model.16", "model.30"] and args._claim == ("spandrel", "dncnn-light")
     args = argparse.Namespace(backbone=str(path), weights=None, arch=None)
     _, targets, _ = load_backbone_from_args(args)
     assert len(targets) == 15 and args._claim == ("spandrel", "dncnn")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spt_adapter.training.images import ImageError, imresize_bicubic, list_images, read_image, to_rgb_uint8
+from spt_adapter.data.images import ImageError, imresize_bicubic, list_images, read_image, to_rgb_uint8
 
 
 def test_conversions():

@@ -253,7 +253,7 @@ def test_sr_batches_pair_lq_crops_with_the_hr_crops_they_came_from(quick_sr_run)
     lq, gt, pr = quality.get_batch(sched[0], 8, pset, "lq")
     assert lq.shape == (2, 3, 8, 8) and gt.shape == (2, 3, 32, 32) and pr.shape == (2, 1, 8, 8)
     # each LQ crop is the bicubic downsample of its HR crop (up to the image-border support of the kernel)
-    from spt_adapter.training.images import imresize_bicubic
+    from spt_adapter.data.images import imresize_bicubic
 
     for k in range(2):
         hr_c = qd.to_uint8(gt[k].permute(1, 2, 0).numpy())
@@ -264,8 +264,8 @@ def test_sr_batches_pair_lq_crops_with_the_hr_crops_they_came_from(quick_sr_run)
 
 def _bicubic_baseline(data: Path) -> tuple[float, list[float]]:
     """(the benchmark's bicubic x4 PSNR on ``data``/Set5, the same by hand with the library's metric)."""
-    from spt_adapter.training.images import imresize_bicubic
-    from spt_adapter.training.metrics import psnr
+    from spt_adapter.data.images import imresize_bicubic
+    from spt_adapter.inference.metrics import psnr
 
     qd = _load("_quality_data")
     hr = [qd.mod_crop(qd.load_rgb(p), 4) for p in sorted((data / "Set5").glob("*.png"))]

@@ -124,8 +124,8 @@ def test_distill_ladder_refuses_cdncnnb75_without_a_dncnn_checkout(tmp_path):
 def test_dncnn3bd_inputs_are_the_upsampled_bd_luma_scored_with_a_border(quality, tmp_path):
     from PIL import Image
 
-    from spt_adapter.training.images import imresize_bicubic
-    from spt_adapter.training.metrics import rgb_to_y
+    from spt_adapter.data.images import imresize_bicubic
+    from spt_adapter.inference.metrics import rgb_to_y
 
     qd = sys.modules["_quality_data"]
     rgb = qd.mod_crop(skdata.astronaut()[:130, :150], 4)

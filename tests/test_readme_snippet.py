@@ -10,26 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
+from _archs import tiny_swinir
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_readme_plain_pytorch_block_runs_as_written(tmp_path, monkeypatch):
     pytest.importorskip("spandrel")
     from skimage import data
-    from spandrel.architectures.SwinIR import SwinIR
 
-    torch.manual_seed(0)
-    net = SwinIR(
-        img_size=16,
-        embed_dim=12,
-        depths=[2, 2],
-        num_heads=[2, 2],
-        window_size=8,
-        mlp_ratio=2.0,
-        upscale=2,
-        upsampler="pixelshuffledirect",
-        in_chans=3,
-    )
+    net = tiny_swinir(window_size=8)
     torch.save(net.state_dict(), tmp_path / "swinir_x2.pth")
     Image.fromarray(data.astronaut()[100:156, 150:222]).save(tmp_path / "photo.png")
     block = re.search(r"## Plain PyTorch\n.*?```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)

@@ -19,6 +19,10 @@ import torch
 from PIL import Image
 
 import spt_adapter
+from _archs import small_swinir as _swinir  # test_reliability3 imports it from here
+from _helpers import cli, save_safetensors
+from _helpers import one_line_error as _one_line_error
+from _helpers import run_cli as _run
 from spt_adapter.cli import main
 from spt_adapter.errors import AdapterFileError, FingerprintMismatchError, ImageError, PriorError
 
@@ -28,30 +32,8 @@ pytest.importorskip("spandrel")
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def _swinir(scale: int = 1, seed: int = 0):
-    from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
-
-    torch.manual_seed(seed)
-    return SwinIR(
-        img_size=32,
-        in_chans=3,
-        embed_dim=16,
-        depths=[1, 1],
-        num_heads=[2, 2],
-        window_size=8,
-        mlp_ratio=2.0,
-        upscale=scale,
-        upsampler="" if scale == 1 else "pixelshuffledirect",
-        resi_connection="1conv",
-        drop_path_rate=0.0,
-    )
-
-
 def _ckpt(path: Path, scale: int = 1, seed: int = 0) -> Path:
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in _swinir(scale, seed).state_dict().items()}, str(path))
-    return path
+    return save_safetensors(_swinir(scale, seed), path)
 
 
 def _images(folder: Path, n: int = 3, size: int = 40, suffix: str = ".png") -> Path:
@@ -65,44 +47,15 @@ def _images(folder: Path, n: int = 3, size: int = 40, suffix: str = ".png") -> P
     return folder
 
 
-def _run(argv, capsys):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _one_line_error(err: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
 def _train_argv(ckpt, data, out, cache, *extra, task="denoise:25", iters=2):
-    return [
-        "train",
-        "--backbone",
-        ckpt,
-        "--data",
-        data,
-        "--task",
-        task,
-        "--out",
-        out,
-        "--prior-cache",
-        cache,
-        "--patch",
-        16,
-        "--batch",
-        1,
-        "--iters",
-        iters,
-        "--segments",
-        6,
-        "--no-progress",
-        "--save-every",
-        0,
-        *extra,
-    ]
+    argv = cli("train", backbone=ckpt, data=data, task=task, out=out, prior_cache=cache, patch=16, batch=1)
+    return argv + cli(iters=iters, segments=6, no_progress=True, save_every=0) + list(extra)
+
+
+def _eval_argv(env, out, *extra, backbone=None):
+    """``eval`` of the env's finished run on its images, reading its prior cache."""
+    argv = cli("eval", backbone=backbone or env["ckpt"], adapter=env["run"], data=env["data"], out=out)
+    return argv + cli(prior_cache=env["cache"], no_progress=True) + list(extra)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +125,7 @@ def test_1_fixture_tolerance_absorbs_another_cpus_rounding_but_not_a_change():
 # 2. lost work
 # ---------------------------------------------------------------------------------------------
 def test_2a_failing_validation_at_the_last_step_keeps_the_run(env, tmp_path, capsys, monkeypatch):
-    from spt_adapter.training import evaluate
+    from spt_adapter.inference import evaluate
 
     real = evaluate.make_val_fn
 
@@ -277,25 +230,7 @@ def test_3a_resume_with_more_iters_records_the_extension(env, tmp_path, capsys):
 
 
 def test_3b_eval_sr_task_on_a_x1_backbone_is_refused(env, tmp_path, capsys):
-    code, _, err = _run(
-        [
-            "eval",
-            "--backbone",
-            env["ckpt"],
-            "--adapter",
-            env["run"],
-            "--data",
-            env["data"],
-            "--task",
-            "sr:2",
-            "--out",
-            tmp_path / "ev",
-            "--prior-cache",
-            env["cache"],
-            "--no-progress",
-        ],
-        capsys,
-    )
+    code, _, err = _run(_eval_argv(env, tmp_path / "ev", "--task", "sr:2"), capsys)
     line = _one_line_error(err)
     assert code == 1 and "x1" in line and "sr:2" in line and not (tmp_path / "ev").exists()
 
@@ -411,19 +346,7 @@ def test_5_bad_device_is_a_usage_error(env, tmp_path, capsys, device):
     if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 99:
         pytest.skip("a machine with 100 GPUs")
     with pytest.raises(SystemExit) as exc:
-        main(
-            [
-                "eval",
-                "--backbone",
-                str(env["ckpt"]),
-                "--adapter",
-                str(env["run"]),
-                "--data",
-                str(env["data"]),
-                "--device",
-                device,
-            ]
-        )
+        main(cli("eval", backbone=env["ckpt"], adapter=env["run"], data=env["data"], device=device))
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "--device" in err and "Traceback" not in err
 
@@ -431,41 +354,13 @@ def test_5_bad_device_is_a_usage_error(env, tmp_path, capsys, device):
 def test_5_device_cuda_without_a_gpu(env, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit) as exc:
-        main(
-            [
-                "eval",
-                "--backbone",
-                str(env["ckpt"]),
-                "--adapter",
-                str(env["run"]),
-                "--data",
-                str(env["data"]),
-                "--device",
-                "cuda",
-            ]
-        )
+        main(cli("eval", backbone=env["ckpt"], adapter=env["run"], data=env["data"], device="cuda"))
     assert exc.value.code == 2 and "no CUDA GPU" in capsys.readouterr().err
 
 
 def test_5_eval_out_that_is_a_file(env, tmp_path, capsys):
     (tmp_path / "out").write_text("x")
-    code, _, err = _run(
-        [
-            "eval",
-            "--backbone",
-            env["ckpt"],
-            "--adapter",
-            env["run"],
-            "--data",
-            env["data"],
-            "--out",
-            tmp_path / "out",
-            "--prior-cache",
-            env["cache"],
-            "--no-progress",
-        ],
-        capsys,
-    )
+    code, _, err = _run(_eval_argv(env, tmp_path / "out"), capsys)
     assert code == 1 and "is a file" in _one_line_error(err) and (tmp_path / "out").read_text() == "x"
 
 
@@ -578,7 +473,7 @@ def _bomb(path: Path) -> Path:
 
 
 def test_5_decompression_bomb_is_an_image_error_and_masks_skips_it(env, tmp_path, capsys):
-    from spt_adapter.training.images import read_image
+    from spt_adapter.data.images import read_image
 
     data = _images(tmp_path / "hq", n=1)
     bomb = _bomb(data / "bomb.png")
@@ -610,23 +505,7 @@ def test_6_mistyped_relative_adapter_path_never_goes_to_the_hub(tmp_path, monkey
 
 def test_6_hash_mismatch_names_the_cli_flag(env, tmp_path, capsys):
     other = _ckpt(tmp_path / "other.safetensors", seed=1)  # same architecture, other weights
-    code, _, err = _run(
-        [
-            "eval",
-            "--backbone",
-            other,
-            "--adapter",
-            env["run"],
-            "--data",
-            env["data"],
-            "--out",
-            tmp_path / "ev",
-            "--prior-cache",
-            env["cache"],
-            "--no-progress",
-        ],
-        capsys,
-    )
+    code, _, err = _run(_eval_argv(env, tmp_path / "ev", backbone=other), capsys)
     line = _one_line_error(err)
     assert code == 1 and "--no-hash-check" in line and "check_backbone_hash" not in line
     with pytest.raises(FingerprintMismatchError, match="check_backbone_hash=False"):  # the API names its argument
@@ -702,7 +581,7 @@ def test_7_ctrl_c_prints_a_resume_hint_and_keeps_the_steps(env, tmp_path, capsys
 
 
 def test_7_ppm_is_accepted_by_train_and_masks_alike(env, tmp_path, capsys):
-    from spt_adapter.training.builders import image_folder
+    from spt_adapter.commands.builders import image_folder
 
     data = _images(tmp_path / "hq", n=2, suffix=".ppm")
     assert [p.suffix for p in image_folder(data, "--data")] == [".ppm", ".ppm"]

@@ -13,6 +13,10 @@ import torch
 from PIL import Image
 
 import spt_adapter
+from _archs import small_swinir
+from _helpers import one_line_error as _one_line_error
+from _helpers import run_cli as _run
+from _helpers import run_python
 from spt_adapter.cli import main
 from spt_adapter.errors import RestoreError
 
@@ -36,18 +40,6 @@ TINY_SWINIR_X2 = dict(
 )
 
 
-def _run(argv, capsys):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _one_line_error(err: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return 10 * math.log10(1 / mse) if mse > 0 else math.inf
@@ -60,7 +52,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 def test_a1_swinir_tiled_equals_whole_on_sizes_that_are_not_window_multiples(h, w, tile):
     """Before: border tiles ended at the image edge unpadded while the whole image was reflect-padded to
     the window, so the last rows/columns differed (17 dB in the border strip, 25 dB overall)."""
-    from spt_adapter.training import restore as R
+    from spt_adapter.inference import restore as R
     from test_restore import photo, swinir
 
     model = swinir()  # x2, window 8, attention weights at PyTorch's default scale
@@ -93,8 +85,6 @@ def test_a2_basicsr_test_route_runs_the_example_yaml_on_sizes_that_are_not_windo
     Now the example YAML runs and every saved image is the adapter's output on the whole image."""
     pytest.importorskip("basicsr.archs.swinir_arch")
     monkeypatch.chdir(tmp_path)
-    import os
-    import subprocess
 
     import yaml
     from basicsr.archs.swinir_arch import SwinIR
@@ -135,14 +125,9 @@ def test_a2_basicsr_test_route_runs_the_example_yaml_on_sizes_that_are_not_windo
     opt["spt"]["adapter"] = str(adapter)
     yml = tmp_path / "test.yml"
     yml.write_text(yaml.safe_dump(opt))
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "spt_adapter.integrations.basicsr.test", "-opt", str(yml)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    cpu = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = run_python(
+        "-m", "spt_adapter.integrations.basicsr.test", "-opt", str(yml), cwd=tmp_path, timeout=300, env=cpu
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     source = PriorSource(options.prior)
@@ -255,7 +240,7 @@ def test_c16_a_config_with_an_absurd_hidden_size_is_one_config_error():
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
 def test_a4_an_exif_rotated_photo_is_read_as_viewers_show_it(tmp_path, suffix):
     """Before: the stored (sideways) pixels were read; a phone photo tagged 'rotate 90' came out 40x24."""
-    from spt_adapter.training.images import read_image
+    from spt_adapter.data.images import read_image
 
     stored = np.zeros((40, 24, 3), np.uint8)  # stored 24 wide, 40 high; the top row is bright
     stored[:4] = 255
@@ -318,25 +303,6 @@ def test_a6_skip_existing_redoes_truncated_empty_and_wrong_size_outputs(tmp_path
 # ---------------------------------------------------------------------------------------------
 # A5. scale and channels are part of what an adapter is checked against, hash or no hash
 # ---------------------------------------------------------------------------------------------
-def _swinir_io(scale: int = 1, chans: int = 3, seed: int = 0):
-    from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
-
-    torch.manual_seed(seed)
-    return SwinIR(
-        img_size=32,
-        in_chans=chans,
-        embed_dim=16,
-        depths=[1, 1],
-        num_heads=[2, 2],
-        window_size=8,
-        mlp_ratio=2.0,
-        upscale=scale,
-        upsampler="" if scale == 1 else "pixelshuffledirect",
-        resi_connection="1conv",
-        drop_path_rate=0.0,
-    )
-
-
 def test_a5_an_x1_colour_adapter_is_refused_on_an_x2_or_grey_backbone_even_without_the_hash_check(tmp_path):
     """Before: the fingerprint held the targets' classes and shapes only, so with check_backbone_hash=False
     (--no-hash-check) an x1 colour-denoising adapter loaded onto an x2 SR network and a grey one."""
@@ -346,20 +312,20 @@ def test_a5_an_x1_colour_adapter_is_refused_on_an_x2_or_grey_backbone_even_witho
     from spt_adapter.files.format import read_adapter_header
     from test_reliability import _header, _rewrite
 
-    model = spt_adapter.inject(_swinir_io(), "layers.*.residual_group")
+    model = spt_adapter.inject(small_swinir(), "layers.*.residual_group")
     path = spt_adapter.save_adapter(model, tmp_path / "x1.safetensors", task="denoise:25")
     meta, _ = read_adapter_header(path)
     assert json.loads(meta["fingerprint"])["io"] == {"scale": 1, "in_channels": 3, "out_channels": 3}
     for other, words in (
-        (_swinir_io(scale=2), "upscales x1, this one upscales x2"),
-        (_swinir_io(chans=1), "takes 3-channel images, this one takes 1-channel images"),
+        (small_swinir(scale=2), "upscales x1, this one upscales x2"),
+        (small_swinir(channels=1), "takes 3-channel images, this one takes 1-channel images"),
     ):
         before = {k: v.clone() for k, v in other.state_dict().items()}
         with pytest.raises(FingerprintMismatchError, match=words) as info:
             spt_adapter.load_adapter(other, path, check_backbone_hash=False)
         assert "check_backbone_hash" not in str(info.value)  # the real difference, no override offered
         assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
-    assert spt_adapter.load_adapter(_swinir_io(seed=1), path, check_backbone_hash=False) is not None  # same kind
+    assert spt_adapter.load_adapter(small_swinir(seed=1), path, check_backbone_hash=False) is not None  # same kind
 
     # an older file (no "io" in its fingerprint) still loads; its recorded task still guards the scale
     header = _header(path)
@@ -367,9 +333,9 @@ def test_a5_an_x1_colour_adapter_is_refused_on_an_x2_or_grey_backbone_even_witho
     del fp["io"]
     header["__metadata__"]["fingerprint"] = json.dumps(fp, sort_keys=True)
     old = _rewrite(path, tmp_path / "old.safetensors", header)
-    assert spt_adapter.load_adapter(_swinir_io(), old) is not None
+    assert spt_adapter.load_adapter(small_swinir(), old) is not None
     with pytest.raises(FingerprintMismatchError, match="upscales x1, this one upscales x2.*denoise:25"):
-        spt_adapter.load_adapter(_swinir_io(scale=2), old, check_backbone_hash=False)
+        spt_adapter.load_adapter(small_swinir(scale=2), old, check_backbone_hash=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,7 +487,7 @@ def test_b11_a_second_demo_run_never_replaces_the_cached_backbone_under_a_finish
     the later one replaced the file the earlier run's adapter was trained on."""
     import dataclasses
 
-    from spt_adapter.training.demo import DemoSettings, backbone_path, pretrain_backbone, write_images
+    from spt_adapter.demo import DemoSettings, backbone_path, pretrain_backbone, write_images
 
     settings = DemoSettings.quick()
     train_dir, _ = write_images(tmp_path / "data", settings)
@@ -594,7 +560,6 @@ def test_b13_sigterm_saves_the_steps_since_the_last_checkpoint(run_env, tmp_path
     checkpoint was lost (here all of them: --save-every 0). The signal is real; the only hook sends it
     to the process itself as step 4 begins: step 4 finishes (a signal never splits an update from its
     count), then the run stops with 4 steps saved."""
-    import subprocess
 
     from spt_adapter.training.train import adapter_step
 
@@ -614,13 +579,7 @@ def test_b13_sigterm_saves_the_steps_since_the_last_checkpoint(run_env, tmp_path
         "from spt_adapter.cli import main\n"
         f"sys.exit(main({argv!r}))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = run_python("-c", code, timeout=300, env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
     assert "interrupted" in proc.stderr and "--resume" in proc.stderr
     assert adapter_step(out / "spt_adapter.safetensors") == 4
@@ -807,7 +766,6 @@ def test_d18_full_disk_at_the_first_checkpoint_does_not_promise_a_resume(run_env
     """Before: 'the previous checkpoint there is intact (... continue with --resume)' with no checkpoint
     there at all. The file-size limit makes the system refuse the first write as a full disk does (the
     priors come from the fixture's cache, so the checkpoint is the first thing written)."""
-    import subprocess
 
     out = tmp_path / "run"
     argv = [str(a) for a in run_env["argv"](run_env["ckpt"], run_env["data"], out, run_env["cache"])]
@@ -818,13 +776,7 @@ def test_d18_full_disk_at_the_first_checkpoint_does_not_promise_a_resume(run_env
         "from spt_adapter.cli import main\n"
         f"sys.exit(main({argv!r}))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = run_python("-c", code, timeout=300, env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 1, proc.stderr[-2000:]
     (line,) = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
     assert "Traceback" not in proc.stderr
@@ -969,8 +921,8 @@ def test_a8_a_32_bit_integer_tiff_is_not_scaled_as_if_65535_were_white(tmp_path)
     """Before: a 32-bit integer TIFF holding 0..255 was scaled by 255/65535 and read as black (and one
     holding 0..65535 as full range), whatever its own white (2**32 - 1)."""
     tifffile = pytest.importorskip("tifffile")
+    from spt_adapter.data.images import read_image
     from spt_adapter.errors import ImageError
-    from spt_adapter.training.images import read_image
 
     tifffile.imwrite(tmp_path / "scan.tif", (np.arange(30 * 40).reshape(30, 40) % 256).astype(np.uint32))
     with pytest.raises(ImageError, match="32-bit integer image: its white is 4294967295"):
@@ -1006,7 +958,6 @@ def test_an_interrupt_during_the_update_is_taken_after_the_step_is_counted(run_e
     moved, saved an adapter that said step N but held N+1 updates. The signal is real, sent by the
     process to itself inside the 3rd update; the saved step must equal the updates applied, and the
     units must equal those of an uninterrupted run's step 3."""
-    import subprocess
 
     from safetensors.torch import load_file
 
@@ -1039,8 +990,7 @@ def test_an_interrupt_during_the_update_is_taken_after_the_step_is_counted(run_e
             "    print('UPDATES', len(calls), file=sys.stderr)\n"
             "sys.exit(code)\n"
         )
-        env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+        return run_python("-c", code, timeout=300, env={"OMP_NUM_THREADS": "1"})
 
     proc = run(tmp_path / "stopped", True, 50)
     assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])

@@ -64,9 +64,10 @@ def test_core_imports_no_training_framework(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# import direction (DESIGN.md "Layout"): commands -> training -> files / prior / presets &
-# backbones -> core -> plugin specs, types and manager -> errors; deploy (the torch-free runner) sits
-# just above errors and is imported by training and commands. Function-local imports count.
+# import direction (DESIGN.md "Layout"): commands -> training / inference (siblings that never import
+# each other) -> data -> files / prior / presets & backbones -> core -> plugin specs, types and manager ->
+# errors; deploy (the torch-free runner) sits just above errors. Function-local imports count, and no
+# module of ours is imported by a name in a string (test below).
 # ---------------------------------------------------------------------------------------------
 _BASE = {"spt_adapter.errors", "spt_adapter.version", "spt_adapter._io", "spt_adapter.pixels"}
 _SPECS = {
@@ -89,13 +90,16 @@ def _group(module: str) -> str:
         ("spt_adapter.prior", "prior"),
         ("spt_adapter.backbones", "presets"),
         ("spt_adapter.peft", "peft"),
+        ("spt_adapter.data", "data"),
         ("spt_adapter.training", "training"),
+        ("spt_adapter.inference", "inference"),
         ("spt_adapter.commands", "commands"),
         ("spt_adapter.cli", "commands"),
+        ("spt_adapter.demo", "commands"),
     ):
         if module == prefix or module.startswith(prefix + "."):
             return group
-    if module == "spt_adapter":
+    if module in ("spt_adapter", "spt_adapter._moved"):
         return "facade"
     raise AssertionError(f"module {module} belongs to no layer: add it to DESIGN.md and to this test")
 
@@ -110,9 +114,36 @@ _ALLOWED = {
     "prior": {"base", "specs", "core"},
     "presets": {"base", "specs", "core"},
     "peft": {"base", "specs", "core", "files"},
-    "training": {"base", "specs", "deploy", "core", "files", "prior", "presets"},
-    "commands": {"base", "specs", "deploy", "core", "files", "prior", "presets", "training", "peft"},
-    "facade": {"base", "specs", "deploy", "core", "files", "presets", "prior", "training", "peft", "commands"},
+    "data": {"base", "specs", "deploy", "core", "prior"},
+    "training": {"base", "specs", "deploy", "core", "files", "prior", "presets", "data"},
+    "inference": {"base", "specs", "deploy", "core", "files", "prior", "presets", "data"},
+    "commands": {
+        "base",
+        "specs",
+        "deploy",
+        "core",
+        "files",
+        "prior",
+        "presets",
+        "data",
+        "training",
+        "inference",
+        "peft",
+    },
+    "facade": {
+        "base",
+        "specs",
+        "deploy",
+        "core",
+        "files",
+        "presets",
+        "prior",
+        "data",
+        "training",
+        "inference",
+        "peft",
+        "commands",
+    },
 }
 
 
@@ -272,3 +303,63 @@ def test_every_folder_of_the_package_sits_in_one_layer():
         layers.setdefault(folder, set()).add(_group(module))
     mixed = {folder: sorted(groups) for folder, groups in layers.items() if len(groups) > 1}
     assert not mixed, f"folders mixing layers: {mixed}"
+
+
+def test_no_module_of_ours_is_imported_by_a_name_in_a_string():
+    """Every edge between our modules is an import statement the layer test above sees: no
+    ``importlib.import_module("spt_adapter...")``, relative ``import_module(".x", ...)`` or ``__import__``
+    (the one exception is the alias table of moved modules, spt_adapter/_moved.py, which only maps old
+    names onto modules that are imported normally elsewhere)."""
+    import ast
+
+    offenders = []
+    for module, path in sorted(_package_modules().items()):
+        if module == "spt_adapter._moved":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name not in ("import_module", "__import__"):
+                continue
+            first = node.args[0] if node.args else None
+            text = ast.unparse(first) if first is not None else ""
+            if "spt_adapter" in text or text.startswith(("'.", '".', "f'.", 'f".')) or "__name__" in text:
+                offenders.append(f"{module}:{node.lineno}: {ast.unparse(node)}")
+    assert not offenders, "imports through a string:\n" + "\n".join(offenders)
+
+
+def test_moved_modules_import_by_their_old_names_with_a_warning():
+    """spt_adapter.training held restore, evaluate, export, images, data, builders and the demo; the old
+    names give the very same module objects for one release, with a DeprecationWarning naming the new."""
+    import importlib
+    import warnings
+
+    from spt_adapter._moved import MOVED
+
+    for old, new in MOVED.items():
+        assert (ROOT / (new.replace(".", "/") + ".py")).is_file(), new
+        assert not (ROOT / (old.replace(".", "/") + ".py")).exists(), f"{old} exists as a file and as an alias"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            aliased = importlib.import_module(old)
+        assert aliased is importlib.import_module(new)
+        assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught), old
+
+
+def test_every_subcommand_module_is_listed_by_the_cli():
+    """cli.commands() is the explicit list of subcommands (no discovery by name): every commands/ module that
+    defines run() and HELP is in it, and nothing else is."""
+    import importlib
+
+    from spt_adapter import cli
+
+    found = set()
+    for path in (ROOT / "spt_adapter" / "commands").glob("*.py"):
+        if path.stem.startswith("_"):
+            continue
+        module = importlib.import_module(f"spt_adapter.commands.{path.stem}")
+        if hasattr(module, "run") and hasattr(module, "HELP"):
+            found.add(path.stem)
+    assert set(cli.commands()) == found

@@ -14,10 +14,12 @@ import torch
 from PIL import Image
 
 import spt_adapter
+from _archs import dncnn, tiny_swinir
+from _helpers import cli, save_safetensors
 from spt_adapter.cli import main
 from spt_adapter.errors import RestoreError
+from spt_adapter.inference import restore as R
 from spt_adapter.pixels import rgb_to_grey_uint8, to_uint8_channels
-from spt_adapter.training import restore as R
 
 pytest.importorskip("spandrel")
 from _data import DATA  # small crops of the test sets, committed (tests/data)
@@ -25,35 +27,15 @@ from _data import DATA  # small crops of the test sets, committed (tests/data)
 KAIR_ROOT = os.environ.get("SPT_KAIR_ROOT")
 
 
-def dncnn(seed=0, nc=8, nb=5, channels=1):
-    from spandrel.architectures.DnCNN import DnCNN
-
-    torch.manual_seed(seed)
-    return DnCNN(in_nc=channels, out_nc=channels, nc=nc, nb=nb, act_mode="R").eval()
-
-
 def swinir(seed=0, stressed=True, embed=12):
     """A small SwinIR x2 (window 8). ``stressed``: every linear/conv weight redrawn at PyTorch's default
     scale, so the attention paths matter (spandrel's 0.02 init leaves them nearly silent)."""
-    from spandrel.architectures.SwinIR import SwinIR
-
-    torch.manual_seed(seed)
-    m = SwinIR(
-        img_size=16,
-        embed_dim=embed,
-        depths=[2, 2],
-        num_heads=[2, 2],
-        window_size=8,
-        mlp_ratio=2.0,
-        upscale=2,
-        upsampler="pixelshuffledirect",
-        in_chans=3,
-    )
+    m = tiny_swinir(seed, window_size=8, embed_dim=embed)
     if stressed:
         for mod in m.modules():
             if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)):
                 torch.nn.init.kaiming_uniform_(mod.weight, a=math.sqrt(5))
-    return m.eval()
+    return m
 
 
 def photo(h, w, channels=3):
@@ -181,7 +163,7 @@ def test_grey_and_colour_conversion():
 
 
 def test_grey_image_files_are_read_as_luma(tmp_path):
-    from spt_adapter.training.images import read_image
+    from spt_adapter.data.images import read_image
 
     Image.fromarray(photo(10, 12)).save(tmp_path / "c.png")
     Image.fromarray(photo(10, 12)).convert("LA").save(tmp_path / "la.png")
@@ -193,13 +175,6 @@ def test_grey_image_files_are_read_as_luma(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # the command
 # ---------------------------------------------------------------------------------------------
-def _save_backbone(model, path):
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A tiny SwinIR checkpoint, an adapter for it that records SLIC priors, and three input files
@@ -207,7 +182,7 @@ def setup(tmp_path_factory):
     from spt_adapter.prior import ClassicalMaskProvider
 
     root = tmp_path_factory.mktemp("restore")
-    ckpt = _save_backbone(swinir(stressed=False), root / "swinir.safetensors")
+    ckpt = save_safetensors(swinir(stressed=False), root / "swinir.safetensors")
     backbone = spt_adapter.load_backbone(ckpt).model
     model = spt_adapter.inject(backbone, "layers.*.residual_group")
     cfg = model.spt_config["default"]
@@ -234,7 +209,7 @@ def _restore(setup, out, *extra):
 
 
 def test_restore_folder_writes_pngs_like_the_python_api(setup, tmp_path, capsys):
-    from spt_adapter.training.images import read_image
+    from spt_adapter.data.images import read_image
 
     out = tmp_path / "deep" / "er" / "out"  # a missing parent is created
     assert _restore(setup, out, "--adapter", str(setup["adapter"])) == 0
@@ -276,88 +251,29 @@ def test_restore_skip_existing_strict_and_stale_temporaries(setup, tmp_path, cap
 def test_restore_refusals_are_one_line(setup, tmp_path, capsys):
     from spt_adapter.prior import ClassicalMaskProvider
 
-    def refused(*argv, expect):
-        code = main(["restore", *argv, "--no-progress"])
+    def refused(source, expect, backbone=setup["ckpt"], **flags):
+        code = main(cli("restore", source, backbone=backbone, **flags, no_progress=True))
         err = capsys.readouterr().err.strip()
         assert code == 1 and expect in err and len(err.splitlines()) == 1, err
 
-    base = ["--backbone", str(setup["ckpt"])]
-    refused(
-        str(setup["inputs"]),
-        *base,
-        "--no-adapter",
-        "--out",
-        str(setup["inputs"] / "x"),
-        expect="inside the input folder",
-    )
-    refused(
-        str(setup["inputs"] / "a.png"),
-        *base,
-        "--no-adapter",
-        "--out",
-        str(setup["inputs"]),
-        expect="--allow-out-in-input",
-    )
-    refused(
-        str(setup["inputs"] / "a.png"),
-        *base,
-        "--no-adapter",
-        "--out",
-        str(tmp_path),
-        "--tile",
-        "4",
-        expect="use --tile 16",
-    )  # spandrel: SwinIR needs at least 16 pixels
-    refused(
-        str(setup["inputs"] / "a.png"),
-        *base,
-        "--no-adapter",
-        "--out",
-        str(tmp_path),
-        "--tile",
-        "16",
-        "--tile-overlap",
-        "16",
-        expect="use --tile 17",
-    )
-    refused(str(tmp_path / "*.nothing"), *base, "--no-adapter", "--out", str(tmp_path), expect="matches no file")
+    a_png = setup["inputs"] / "a.png"
+    refused(setup["inputs"], "inside the input folder", no_adapter=True, out=setup["inputs"] / "x")
+    refused(a_png, "--allow-out-in-input", no_adapter=True, out=setup["inputs"])
+    refused(a_png, "use --tile 16", no_adapter=True, out=tmp_path, tile=4)  # spandrel: SwinIR needs at least 16 pixels
+    refused(a_png, "use --tile 17", no_adapter=True, out=tmp_path, tile=16, tile_overlap=16)
+    refused(tmp_path / "*.nothing", "matches no file", no_adapter=True, out=tmp_path)
     # an adapter for another backbone: the first differing module
-    other = _save_backbone(swinir(stressed=False, embed=16), tmp_path / "other.safetensors")
-    refused(
-        str(setup["inputs"] / "a.png"),
-        "--backbone",
-        str(other),
-        "--adapter",
-        str(setup["adapter"]),
-        "--out",
-        str(tmp_path / "o"),
-        expect="layers.0",
-    )
+    other = save_safetensors(swinir(stressed=False, embed=16), tmp_path / "other.safetensors")
+    refused(a_png, "layers.0", backbone=other, adapter=setup["adapter"], out=tmp_path / "o")
     # a grey adapter on a colour backbone
     model = spt_adapter.inject(spt_adapter.load_backbone(setup["ckpt"]).model, "layers.*.residual_group")
     model.spt_config["default"].prior = {"provider": ClassicalMaskProvider("slic").identity(), "channels": 1}
     grey = spt_adapter.save_adapter(model, tmp_path / "grey.safetensors")
-    refused(
-        str(setup["inputs"] / "a.png"),
-        *base,
-        "--adapter",
-        str(grey),
-        "--out",
-        str(tmp_path / "o"),
-        expect="grey (1-channel) backbone",
-    )
+    refused(a_png, "grey (1-channel) backbone", adapter=grey, out=tmp_path / "o")
     # SAM priors recorded: says what to pass
     model.spt_config["default"].prior = {"provider": {"provider": "sam", "model_type": "vit_b"}, "channels": 3}
     sam = spt_adapter.save_adapter(model, tmp_path / "sam.safetensors")
-    refused(
-        str(setup["inputs"] / "a.png"),
-        *base,
-        "--adapter",
-        str(sam),
-        "--out",
-        str(tmp_path / "o"),
-        expect="--provider-checkpoint",
-    )
+    refused(a_png, "--provider-checkpoint", adapter=sam, out=tmp_path / "o")
 
 
 def test_restore_globs_and_never_overwrites_an_input(setup, tmp_path, capsys):
@@ -366,44 +282,24 @@ def test_restore_globs_and_never_overwrites_an_input(setup, tmp_path, capsys):
     Image.fromarray(photo(16, 16)).save(folder / "p.jpg")
     Image.fromarray(photo(16, 16)).save(folder / "p.png")
     code = main(
-        [
-            "restore",
-            str(folder / "*.jpg"),
-            "--backbone",
-            str(setup["ckpt"]),
-            "--no-adapter",
-            "--out",
-            str(tmp_path / "g"),
-            "--no-progress",
-        ]
+        cli("restore", folder / "*.jpg", backbone=setup["ckpt"], no_adapter=True, out=tmp_path / "g", no_progress=True)
     )
     assert code == 0 and [p.name for p in (tmp_path / "g").iterdir()] == ["p.png"]
     capsys.readouterr()
     code = main(
-        [
+        cli(
             "restore",
-            str(folder / "p.png"),
-            "--backbone",
-            str(setup["ckpt"]),
-            "--no-adapter",
-            "--out",
-            str(folder),
-            "--allow-out-in-input",
-            "--no-progress",
-        ]
+            folder / "p.png",
+            backbone=setup["ckpt"],
+            no_adapter=True,
+            out=folder,
+            allow_out_in_input=True,
+            no_progress=True,
+        )
     )
     assert code == 1 and "would overwrite the input" in capsys.readouterr().err
     code = main(
-        [
-            "restore",
-            str(folder / "p.*"),
-            "--backbone",
-            str(setup["ckpt"]),
-            "--no-adapter",
-            "--out",
-            str(tmp_path / "h"),
-            "--no-progress",
-        ]
+        cli("restore", folder / "p.*", backbone=setup["ckpt"], no_adapter=True, out=tmp_path / "h", no_progress=True)
     )
     assert code == 1 and "would both be written to" in capsys.readouterr().err
 
@@ -414,7 +310,7 @@ def test_restore_globs_and_never_overwrites_an_input(setup, tmp_path, capsys):
 def test_grey_dncnn_trains_evaluates_and_restores(tmp_path, capsys):
     """KAIR's dncnn_25 shape (17 layers, 64 channels, grey; random weights): `train --targets model.7
     model.15 model.23` on colour PNGs used to die with "expected input to have 1 channels"."""
-    ckpt = _save_backbone(dncnn(nc=64, nb=17), tmp_path / "dncnn_25.safetensors")
+    ckpt = save_safetensors(dncnn(nc=64, nb=17), tmp_path / "dncnn_25.safetensors")
     data = tmp_path / "hq"
     data.mkdir()
     for p in sorted((DATA / "CBSD68").glob("*.png"))[:2]:
@@ -456,47 +352,27 @@ def test_grey_dncnn_trains_evaluates_and_restores(tmp_path, capsys):
     capsys.readouterr()
     assert (
         main(
-            [
+            cli(
                 "eval",
-                "--backbone",
-                str(ckpt),
-                "--adapter",
-                str(run),
-                "--data",
-                str(data),
-                "--out",
-                str(tmp_path / "ev"),
-                "--prior-cache",
-                str(tmp_path / "priors"),
-                "--no-progress",
-            ]
+                backbone=ckpt,
+                adapter=run,
+                data=data,
+                out=tmp_path / "ev",
+                prior_cache=tmp_path / "priors",
+                no_progress=True,
+            )
         )
         == 0
     )
     assert "grey" in (tmp_path / "ev" / "eval.md").read_text()
-    assert (
-        main(
-            [
-                "restore",
-                str(data),
-                "--backbone",
-                str(ckpt),
-                "--adapter",
-                str(run),
-                "--out",
-                str(tmp_path / "r"),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(cli("restore", data, backbone=ckpt, adapter=run, out=tmp_path / "r", no_progress=True)) == 0
     out = Image.open(sorted((tmp_path / "r").iterdir())[0])
     assert out.mode == "L" and out.size == (48, 40)
 
 
 def test_eval_no_adapter_kair_noise_protocol(tmp_path):
     """``--noise kair``: np.random.seed(seed) per image, noise added to float32 [0,1] grey, unclipped."""
-    from spt_adapter.training.data import PairedPriorDataset, kair_noisy
+    from spt_adapter.data.datasets import PairedPriorDataset, kair_noisy
 
     gt = np.tile(np.linspace(0, 255, 20).astype(np.uint8), (24, 1))[..., None]  # from black to white
     Image.fromarray(gt[..., 0]).save(tmp_path / "g.png")
@@ -525,23 +401,17 @@ def test_kair_dncnn_25_reproduces_30_43_db_on_set12(tmp_path):
     out = tmp_path / "ev"
     assert (
         main(
-            [
+            cli(
                 "eval",
-                "--no-adapter",
-                "--backbone",
-                str(root / "model_zoo" / "dncnn_25.pth"),
-                "--data",
-                str(root / "testsets" / "set12"),
-                "--task",
-                "denoise:25",
-                "--seed",
-                "0",
-                "--out",
-                str(out),
-                "--no-progress",
-                "--crops",
-                "0",
-            ]
+                no_adapter=True,
+                backbone=root / "model_zoo" / "dncnn_25.pth",
+                data=root / "testsets" / "set12",
+                task="denoise:25",
+                seed="0",
+                out=out,
+                no_progress=True,
+                crops="0",
+            )
         )
         == 0
     )

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from _data import DATA  # small crops of the test sets, committed (tests/data)
+from _archs import small_swinir
+from _helpers import cli, image_folder, run_cli, save_safetensors
 from spt_adapter.cli import main
 from spt_adapter.plugins.hookspecs import hookimpl
 
@@ -18,57 +19,23 @@ from spt_adapter.plugins.hookspecs import hookimpl
 def swinir_ckpt(tmp_path_factory):
     """A tiny real SwinIR (spandrel's class) saved as a safetensors checkpoint (claimed: preset swinir)."""
     pytest.importorskip("spandrel")
-    from safetensors.torch import save_file
-    from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
-
-    torch.manual_seed(0)
-    m = SwinIR(
-        img_size=32,
-        in_chans=3,
-        embed_dim=16,
-        depths=[1, 1],
-        num_heads=[2, 2],
-        window_size=8,
-        mlp_ratio=2.0,
-        upscale=1,
-        upsampler="",
-        resi_connection="1conv",
-        drop_path_rate=0.0,
-    )
-    path = tmp_path_factory.mktemp("ckpt") / "swinir_tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
-    return path
+    return save_safetensors(small_swinir(), tmp_path_factory.mktemp("ckpt") / "swinir_tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
 def compact_ckpt(tmp_path_factory):
     """A real SRVGGNetCompact (Real-ESRGAN's small net): spandrel loads it, but no preset claims it."""
     pytest.importorskip("spandrel")
-    from safetensors.torch import save_file
     from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
 
     m = SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=16, num_conv=4, upscale=2)
-    path = tmp_path_factory.mktemp("ckpt") / "compact_tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
-    return path
+    return save_safetensors(m, tmp_path_factory.mktemp("ckpt") / "compact_tiny.safetensors")
 
 
 @pytest.fixture()
 def small_data(tmp_path):
     """Three small real images (Set5 crops) as an HQ folder."""
-    from PIL import Image
-
-    folder = tmp_path / "hq"
-    folder.mkdir()
-    for p in sorted((DATA / "Set5").glob("*.png"))[:3]:
-        Image.open(p).convert("RGB").crop((0, 0, 64, 64)).save(folder / p.name)
-    return folder
-
-
-def _run(argv, capsys):
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return image_folder("Set5", tmp_path / "hq", 3, (0, 0, 64, 64))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,22 +43,10 @@ def _run(argv, capsys):
 # ---------------------------------------------------------------------------------------------
 def test_missing_data_folder(tmp_path, swinir_ckpt, capsys):
     out = tmp_path / "run"
-    code, _, err = _run(
-        [
-            "train",
-            "--backbone",
-            str(swinir_ckpt),
-            "--data",
-            str(tmp_path / "nope"),
-            "--task",
-            "denoise:25",
-            "--out",
-            str(out),
-            "--prior-cache",
-            str(tmp_path / "pc"),
-        ],
-        capsys,
+    argv = cli(
+        "train", backbone=swinir_ckpt, data=tmp_path / "nope", task="denoise:25", out=out, prior_cache=tmp_path / "pc"
     )
+    code, _, err = run_cli(argv, capsys)
     assert code == 1 and "--data folder" in err and "does not exist" in err
     assert not out.exists() and not (tmp_path / "pc").exists()
 
@@ -100,85 +55,51 @@ def test_empty_data_folder(tmp_path, swinir_ckpt, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     out = tmp_path / "run"
-    code, _, err = _run(
-        [
-            "train",
-            "--backbone",
-            str(swinir_ckpt),
-            "--data",
-            str(tmp_path / "empty"),
-            "--task",
-            "denoise:25",
-            "--out",
-            str(out),
-            "--prior-cache",
-            str(tmp_path / "pc"),
-        ],
-        capsys,
+    argv = cli(
+        "train", backbone=swinir_ckpt, data=tmp_path / "empty", task="denoise:25", out=out, prior_cache=tmp_path / "pc"
     )
+    code, _, err = run_cli(argv, capsys)
     assert code == 1 and "holds no images" in err
     assert not out.exists() and not (tmp_path / "pc").exists()
 
 
 def test_unclaimed_backbone_needs_targets(tmp_path, compact_ckpt, small_data, capsys):
     out = tmp_path / "run"
-    code, _, err = _run(
-        [
-            "train",
-            "--backbone",
-            str(compact_ckpt),
-            "--data",
-            str(small_data),
-            "--task",
-            "sr:2",
-            "--out",
-            str(out),
-            "--prior-cache",
-            str(tmp_path / "pc"),
-        ],
-        capsys,
-    )
+    argv = cli("train", backbone=compact_ckpt, data=small_data, task="sr:2", out=out, prior_cache=tmp_path / "pc")
+    code, _, err = run_cli(argv, capsys)
     assert code == 1 and "no plugin claims" in err and "--targets" in err and "SRVGGNetCompact" in err
     assert not out.exists() and not (tmp_path / "pc").exists()
 
 
 def test_bad_target_pattern_is_named(tmp_path, swinir_ckpt, small_data, capsys):
     out = tmp_path / "run"
-    code, _, err = _run(
-        [
-            "train",
-            "--backbone",
-            str(swinir_ckpt),
-            "--targets",
-            "layerz.*",
-            "--data",
-            str(small_data),
-            "--task",
-            "denoise:25",
-            "--out",
-            str(out),
-            "--prior-cache",
-            str(tmp_path / "pc"),
-        ],
-        capsys,
+    argv = cli(
+        "train",
+        backbone=swinir_ckpt,
+        targets="layerz.*",
+        data=small_data,
+        task="denoise:25",
+        out=out,
+        prior_cache=tmp_path / "pc",
     )
+    code, _, err = run_cli(argv, capsys)
     assert code == 1 and "'layerz.*'" in err and "matched no module" in err
     assert not out.exists()
 
 
 def test_missing_backbone_and_sam_checkpoint(tmp_path, swinir_ckpt, small_data, capsys):
     common = ["--data", str(small_data), "--task", "denoise:25", "--out", str(tmp_path / "run")]
-    code, _, err = _run(["train", "--backbone", str(tmp_path / "missing.pth"), *common], capsys)
+    code, _, err = run_cli(["train", "--backbone", str(tmp_path / "missing.pth"), *common], capsys)
     assert code == 1 and "missing.pth does not exist" in err
-    code, _, err = _run(["train", "--backbone", str(swinir_ckpt), "--provider", "sam", *common], capsys)
+    code, _, err = run_cli(["train", "--backbone", str(swinir_ckpt), "--provider", "sam", *common], capsys)
     assert code == 1 and "--provider-checkpoint" in err
-    code, _, err = _run(
+    code, _, err = run_cli(
         ["train", "--backbone", str(swinir_ckpt), "--sam-checkpoint", str(tmp_path / "sam.pth"), *common], capsys
     )
     assert code == 1 and "sam.pth does not exist" in err
-    code, _, err = _run(["train", "--arch", "swinir", *common], capsys)
+    code, _, err = run_cli(["train", "--arch", "swinir", *common], capsys)
     assert code == 1 and "no backbone" in err
-    code, _, err = _run(["train", "--arch", "rrdb", "--weights", str(swinir_ckpt), *common], capsys)
+    code, _, err = run_cli(["train", "--arch", "rrdb", "--weights", str(swinir_ckpt), *common], capsys)
     assert code == 1 and "not a 'rrdb'" in err
     assert not (tmp_path / "run").exists()
 
@@ -195,19 +116,7 @@ def test_missing_backbone_and_sam_checkpoint(tmp_path, swinir_ckpt, small_data, 
     ],
 )
 def test_bad_flags_are_refused_by_the_parser(tmp_path, swinir_ckpt, small_data, capsys, flag, value, needle):
-    argv = [
-        "train",
-        "--backbone",
-        str(swinir_ckpt),
-        "--data",
-        str(small_data),
-        "--task",
-        "denoise:25",
-        "--out",
-        str(tmp_path / "run"),
-        flag,
-        value,
-    ]
+    argv = [*cli("train", backbone=swinir_ckpt, data=small_data, task="denoise:25", out=tmp_path / "run"), flag, value]
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
@@ -215,22 +124,8 @@ def test_bad_flags_are_refused_by_the_parser(tmp_path, swinir_ckpt, small_data, 
 
 
 def test_sr_patch_must_divide_by_scale(tmp_path, swinir_ckpt, small_data, capsys):
-    code, _, err = _run(
-        [
-            "train",
-            "--backbone",
-            str(swinir_ckpt),
-            "--data",
-            str(small_data),
-            "--task",
-            "sr:4",
-            "--patch",
-            "30",
-            "--out",
-            str(tmp_path / "run"),
-        ],
-        capsys,
-    )
+    argv = cli("train", backbone=swinir_ckpt, data=small_data, task="sr:4", patch=30, out=tmp_path / "run")
+    code, _, err = run_cli(argv, capsys)
     assert code == 1 and "not divisible by the scale 4" in err
 
 
@@ -238,31 +133,8 @@ def test_sr_patch_must_divide_by_scale(tmp_path, swinir_ckpt, small_data, capsys
 # real runs
 # ---------------------------------------------------------------------------------------------
 def _train_argv(ckpt, data, out, cache, *extra):
-    return [
-        "train",
-        "--backbone",
-        str(ckpt),
-        "--data",
-        str(data),
-        "--task",
-        "denoise:25",
-        "--out",
-        str(out),
-        "--prior-cache",
-        str(cache),
-        "--patch",
-        "32",
-        "--batch",
-        "2",
-        "--lr",
-        "1e-3",
-        "--segments",
-        "8",
-        "--log-every",
-        "1",
-        "--no-progress",
-        *extra,
-    ]
+    argv = cli("train", backbone=ckpt, data=data, task="denoise:25", out=out, prior_cache=cache, patch=32, batch=2)
+    return argv + cli(lr="1e-3", segments=8, log_every=1, no_progress=True) + list(extra)
 
 
 def test_train_writes_delta_logs_and_resumes(tmp_path, swinir_ckpt, small_data, capsys):
@@ -272,7 +144,7 @@ def test_train_writes_delta_logs_and_resumes(tmp_path, swinir_ckpt, small_data, 
     from spt_adapter.files.format import read_adapter_header
 
     out, cache = tmp_path / "run", tmp_path / "priors"
-    code, stdout, err = _run(
+    code, stdout, err = run_cli(
         _train_argv(swinir_ckpt, small_data, out, cache, "--iters", "3", "--val", str(small_data)), capsys
     )
     assert code == 0, err
@@ -299,11 +171,11 @@ def test_train_writes_delta_logs_and_resumes(tmp_path, swinir_ckpt, small_data, 
     spt_adapter.load_adapter(bb.model, out / "spt_adapter.safetensors")
 
     # a second run into the same folder is refused, nothing overwritten
-    code, _, err = _run(_train_argv(swinir_ckpt, small_data, out, cache, "--iters", "5"), capsys)
+    code, _, err = run_cli(_train_argv(swinir_ckpt, small_data, out, cache, "--iters", "5"), capsys)
     assert code == 1 and "--resume" in err
     assert load_file(out / "spt_adapter.safetensors").keys() == first.keys()
 
-    code, _, err = _run(_train_argv(swinir_ckpt, small_data, out, cache, "--iters", "5", "--resume"), capsys)
+    code, _, err = run_cli(_train_argv(swinir_ckpt, small_data, out, cache, "--iters", "5", "--resume"), capsys)
     assert code == 0, err
     meta, _ = read_adapter_header(out / "spt_adapter.safetensors")
     assert json.loads(meta["training"])["step"] == 5
@@ -312,7 +184,7 @@ def test_train_writes_delta_logs_and_resumes(tmp_path, swinir_ckpt, small_data, 
     second = load_file(out / "spt_adapter.safetensors")
     assert any(not torch.equal(first[k], second[k]) for k in first)
 
-    code, _, err = _run(
+    code, _, err = run_cli(
         _train_argv(swinir_ckpt, small_data, tmp_path / "fresh", cache, "--iters", "2", "--resume"), capsys
     )
     assert code == 1 and "holds no spt_adapter.safetensors" in err
@@ -328,7 +200,7 @@ def _recorded_encodings(adapter: Path) -> tuple[str, str]:
 
 def test_pool_fusion_trains_on_label_maps(tmp_path, swinir_ckpt, small_data, capsys):
     out, cache = tmp_path / "run", tmp_path / "priors"
-    code, _, err = _run(_train_argv(swinir_ckpt, small_data, out, cache, "--iters", "1", "--fusion", "pool"), capsys)
+    code, _, err = run_cli(_train_argv(swinir_ckpt, small_data, out, cache, "--iters", "1", "--fusion", "pool"), capsys)
     assert code == 0, err
     assert _recorded_encodings(out / "spt_adapter.safetensors") == ("label", "label")
 
@@ -336,7 +208,7 @@ def test_pool_fusion_trains_on_label_maps(tmp_path, swinir_ckpt, small_data, cap
 @pytest.mark.parametrize("encoding", ["boundary", "onehot:2"])
 def test_pool_fusion_refuses_other_encodings_before_any_work(tmp_path, swinir_ckpt, small_data, capsys, encoding):
     out, cache = tmp_path / "run", tmp_path / "priors"
-    code, _, err = _run(
+    code, _, err = run_cli(
         _train_argv(swinir_ckpt, small_data, out, cache, "--fusion", "pool", "--encoding", encoding), capsys
     )
     assert code == 1 and "fusion 'pool'" in err and "needs encoding 'label'" in err and repr(encoding) in err
@@ -347,18 +219,20 @@ def test_resume_keeps_the_recorded_encoding(tmp_path, swinir_ckpt, small_data, c
     from safetensors.torch import load_file
 
     out, cache = tmp_path / "run", tmp_path / "priors"
-    code, _, err = _run(_train_argv(swinir_ckpt, small_data, out, cache, "--iters", "1", "--encoding", "label"), capsys)
+    code, _, err = run_cli(
+        _train_argv(swinir_ckpt, small_data, out, cache, "--iters", "1", "--encoding", "label"), capsys
+    )
     assert code == 0, err
     before = load_file(out / "spt_adapter.safetensors")
     # an explicit, different --encoding is refused; the adapter is left as it was
-    code, _, err = _run(
+    code, _, err = run_cli(
         _train_argv(swinir_ckpt, small_data, out, cache, "--iters", "2", "--resume", "--encoding", "boundary"), capsys
     )
     assert code == 1 and "--resume" in err and "encoding 'label', not 'boundary'" in err
     after = load_file(out / "spt_adapter.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
     # no --encoding: the adapter's own (label), not the library default (boundary)
-    code, _, err = _run(_train_argv(swinir_ckpt, small_data, out, cache, "--iters", "2", "--resume"), capsys)
+    code, _, err = run_cli(_train_argv(swinir_ckpt, small_data, out, cache, "--iters", "2", "--resume"), capsys)
     assert code == 0, err
     assert _recorded_encodings(out / "spt_adapter.safetensors") == ("label", "label")
     assert json.loads((out / "train_log.json").read_text())["history"][-1]["step"] == 2
@@ -390,8 +264,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, swinir_ckpt, sma
     from safetensors.torch import load_file
 
     import spt_adapter
+    from spt_adapter.commands.builders import make_dataset
     from spt_adapter.prior import PriorCache, make_provider
-    from spt_adapter.training.builders import make_dataset
     from spt_adapter.training.train import TrainSettings, train_units
 
     provider = make_provider("slic", n_segments=8)
@@ -428,27 +302,22 @@ def test_sam_prior_is_recorded_and_required_by_eval(tmp_path, swinir_ckpt, small
     out, cache = tmp_path / "run", tmp_path / "priors"
     argv = _train_argv(swinir_ckpt, small_data, out, cache, "--iters", "2")
     argv = [a for a in argv if a not in ("--segments", "8")] + ["--sam-checkpoint", str(sam)]
-    code, _, err = _run(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     assert code == 0, err
     meta, _ = read_adapter_header(out / "spt_adapter.safetensors")
     assert json.loads(meta["prior"])["provider"]["provider"] == "sam"
-    evargs = [
+    evargs = cli(
         "eval",
-        "--backbone",
-        str(swinir_ckpt),
-        "--adapter",
-        str(out),
-        "--data",
-        str(small_data),
-        "--prior-cache",
-        str(cache),
-        "--out",
-        str(tmp_path / "ev"),
-        "--no-progress",
-    ]
-    code, _, err = _run(evargs, capsys)
+        backbone=swinir_ckpt,
+        adapter=out,
+        data=small_data,
+        prior_cache=cache,
+        out=tmp_path / "ev",
+        no_progress=True,
+    )
+    code, _, err = run_cli(evargs, capsys)
     assert code == 1 and "trained with SAM priors" in err and "--provider-checkpoint" in err
-    code, stdout, err = _run(evargs + ["--sam-checkpoint", str(sam)], capsys)
+    code, stdout, err = run_cli(evargs + ["--sam-checkpoint", str(sam)], capsys)
     assert code == 0, err
     assert "| **mean (3)**" in stdout
 
@@ -481,7 +350,7 @@ def test_every_provider_is_built_for_the_training_device(tmp_path, swinir_ckpt, 
         out, cache = tmp_path / "run", tmp_path / "priors"
         argv = _train_argv(swinir_ckpt, small_data, out, cache, "--iters", "1")
         argv = [a for a in argv if a not in ("--segments", "8")] + ["--provider", "test-device"]
-        code, _, err = _run(argv, capsys)
+        code, _, err = run_cli(argv, capsys)
     finally:
         get_plugin_manager().unregister(name="test-device-plugin")
     assert code == 0, err

@@ -9,7 +9,7 @@ import torch
 
 import spt_adapter
 from spt_adapter.core.unit import SPTUnit, unit_parameter_shapes, unit_tensor_count
-from spt_adapter.errors import ConfigError
+from spt_adapter.errors import ConfigError, PriorError
 
 pytest.importorskip("spandrel")
 
@@ -50,19 +50,22 @@ def test_shapes_and_tensor_count_match_the_built_unit(depth):
         assert sum(p.numel() for p in unit.parameters()) == 9 * 8 * 3 + 3 + 3 * 8 + 8
 
 
-def test_fresh_units_are_an_exact_identity_and_ignore_the_prior():
+def test_fresh_units_are_an_exact_identity_and_read_no_prior():
     backbone = _dncnn()
     x, prior = _inputs()
     with torch.no_grad():
         ref = backbone(x)
     model = spt_adapter.inject(_dncnn(), config=_config())
+    (config,) = model.spt_config.values()
+    assert config.prior_channels == 0 and config.prior == {"kind": "none"}  # a no-prior adapter, recorded so
     with torch.no_grad():
-        assert torch.equal(model(x, prior=prior), ref)
+        assert torch.equal(model(x), ref)
     _perturb(model)
     with torch.no_grad():
-        out = model(x, prior=prior)
+        out = model(x)
         assert not torch.allclose(out, ref, atol=1e-3)  # the units do change the output once trained
-        assert torch.equal(out, model(x, prior=torch.ones_like(prior)))  # the prior is not read
+    with pytest.raises(PriorError, match="reads no prior"):  # a prior given anyway is refused, not ignored
+        model(x, prior=prior)
 
 
 def test_only_the_units_train_and_save_load_on_a_fresh_backbone_gives_equal_outputs(tmp_path):
@@ -75,15 +78,16 @@ def test_only_the_units_train_and_save_load_on_a_fresh_backbone_gives_equal_outp
     loaded = spt_adapter.load_adapter(_dncnn(), path)
     (config,) = loaded.spt_config.values()
     assert config.fusion == "lowrank" and config.hidden == 2
-    x, prior = _inputs()
+    assert config.prior == {"kind": "none"}
+    x, _ = _inputs()
     with torch.no_grad():
-        assert torch.equal(loaded(x, prior=prior), model(x, prior=prior))
+        assert torch.equal(loaded(x), model(x))
 
 
 def test_onnx_export_matches_pytorch(tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from spt_adapter.training.export import PARITY_ATOL, export, parity
+    from spt_adapter.inference.export import PARITY_ATOL, export, parity
 
     model = spt_adapter.inject(_dncnn(), config=_config()).eval()
     _perturb(model)
@@ -100,9 +104,9 @@ def test_peft_glue_builds_the_lowrank_unit():
     pm = peft.get_peft_model(_dncnn(), cfg)
     names = [n for n, p in pm.named_parameters() if p.requires_grad]
     assert names and all("fuse.0" in n or "fuse.1" in n for n in names)
-    x, prior = _inputs()
+    x, _ = _inputs()
     with torch.no_grad():
-        assert torch.equal(pm(x, spt_prior=prior), _dncnn()(x))
+        assert torch.equal(pm(x), _dncnn()(x))
 
 
 def test_a_student_with_the_lowrank_unit_is_refused():

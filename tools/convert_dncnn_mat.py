@@ -20,7 +20,9 @@ refused with a message naming the layer.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,25 +125,56 @@ def convert(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def check_out(mat: Path, out: Path, overwrite: bool) -> None:
+    """Refuse, before reading anything, an output that would lose a file or cannot be written: the
+    ``.mat`` input itself (also through a link: always), an existing file unless ``overwrite``, a
+    folder, a missing or read-only folder."""
+    from spt_adapter._io import same_file
+
+    if same_file(mat, out):
+        raise ConversionError(f"the output {out} is the input {mat} (the same file); write it elsewhere")
+    if out.is_dir():
+        raise ConversionError(f"the output {out} is a folder; name the .safetensors file to write")
+    if os.path.lexists(out) and not overwrite:
+        raise ConversionError(f"the output {out} already exists; pass --overwrite to replace it")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise ConversionError(f"cannot write {out}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConversionError(f"cannot write {out}: the folder {folder} is not writable")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mat", type=Path, help="a cszn/DnCNN model/*.mat file (MATLAB v7.3)")
-    parser.add_argument("out", type=Path, help="the .safetensors file to write")
+    parser.add_argument("out", type=Path, help="the .safetensors file to write (an existing one: see --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT when it exists (default: refuse)")
     args = parser.parse_args(argv)
     if args.out.suffix != ".safetensors":
         parser.error(f"the output must end in .safetensors: {args.out}")
     try:
+        check_out(args.mat, args.out, args.overwrite)
         state = convert(args.mat)
     except ConversionError as exc:
         print(f"convert_dncnn_mat: error: {exc}", file=sys.stderr)
         return 1
     from safetensors.torch import save
 
-    from spt_adapter._io import atomic_write_bytes
+    from spt_adapter._io import atomic_write_bytes, remove_stale_temporaries_of, write_once_bytes
 
-    atomic_write_bytes(
-        args.out, save(state, metadata={"source": args.mat.name, "converter": "tools/convert_dncnn_mat.py"})
-    )
+    remove_stale_temporaries_of(args.out, older_than=time.time() - 60)  # of a conversion killed while writing
+    data = save(state, metadata={"source": args.mat.name, "converter": "tools/convert_dncnn_mat.py"})
+    try:
+        if args.overwrite:
+            atomic_write_bytes(args.out, data)
+        elif not write_once_bytes(args.out, data):
+            raise ConversionError(f"{args.out} was created while converting; it is kept and nothing was written")
+    except ConversionError as exc:
+        print(f"convert_dncnn_mat: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"convert_dncnn_mat: error: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     n = sum(t.numel() for t in state.values())
     print(f"wrote {args.out}: {len(state) // 2} convs, {state['model.0.weight'].shape[1]} channels in, {n} parameters")
     return 0

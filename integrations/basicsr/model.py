@@ -177,7 +177,7 @@ class SPTSRModel(SRModel):
         the output is cropped back."""
         from torch.nn import functional as F
 
-        from spt_adapter.training.restore import size_multiple
+        from spt_adapter.inference.restore import size_multiple
 
         lq, prior = self.lq, getattr(self, "prior", None)
         h, w = lq.shape[-2:]

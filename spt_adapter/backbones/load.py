@@ -8,6 +8,7 @@ the default targets.
 
     model, targets = spt_adapter.load_backbone("001_classicalSR_DF2K_s64w8_SwinIR-M_x2.pth")
     spt = spt_adapter.inject(model, targets)
+    model, targets = load_backbone("dncnn_25.pth", preset="dncnn-light")   # another preset by name
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
-from ..core.planning import claim_model
-from ..errors import BackboneError
+from ..core.planning import claim_model, pick_preset
+from ..errors import BackboneError, TargetError
 from ..plugins.types import ModelClaim
 
 
@@ -56,12 +57,22 @@ def install_extra_arches() -> bool:
     return True
 
 
-def load_backbone(path: str | os.PathLike, device: str | torch.device | None = None, claim: bool = True) -> Backbone:
+def load_backbone(
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    claim: bool = True,
+    *,
+    preset: str | None = None,
+) -> Backbone:
     """Load the backbone in ``path`` and the default targets the claiming plugin proposes.
 
-    ``targets`` is empty when no plugin claims the architecture (pass your own to ``inject``).
-    The model is in eval mode; its weights are exactly the file's.
+    ``preset``: the targets of that preset instead of the default one (``"dncnn-light"`` for a DnCNN;
+    a preset that does not recognise the network is refused, naming those that do). ``targets`` is
+    empty when no plugin claims the architecture (pass your own to ``inject``). The model is in eval
+    mode; its weights are exactly the file's.
     """
+    if preset is not None and not claim:
+        raise BackboneError(f"preset={preset!r} picks the targets of a claim: it needs claim=True")
     from .._io import why_not_a_file
     from ..plugins.manager import call_hook
 
@@ -85,14 +96,32 @@ def load_backbone(path: str | os.PathLike, device: str | torch.device | None = N
             f"{list(state)[:3]}); build the model yourself and pass it to spt_adapter.inject"
         ) from None
     model = descriptor.model
+    check_finite_weights(model, str(path))
     if device is not None:
         model = model.to(device)
     model.eval()
     found = _claim(model) if claim else None
+    if preset is not None:
+        try:
+            found = pick_preset(found, preset, f"the {type(model).__name__} in {path}")
+        except TargetError as exc:
+            raise BackboneError(str(exc)) from None
     result = Backbone(model, list(found.targets) if found else [])
     result.claim = found
     result.descriptor = descriptor
     return result
+
+
+def check_finite_weights(model: nn.Module, source: str) -> None:
+    """Refuse a backbone with NaN or Inf in its weights (a damaged checkpoint, a conversion gone wrong):
+    it would restore every image to black without an error. The message names the first such tensor."""
+    for name, param in model.named_parameters():
+        if param.is_floating_point() and not bool(torch.isfinite(param).all()):
+            bad = int((~torch.isfinite(param)).sum())
+            raise BackboneError(
+                f"backbone checkpoint {source}: weight {name!r} holds {bad} NaN or Inf value(s); the "
+                "checkpoint is damaged (or was saved after training diverged)"
+            )
 
 
 def _claim(model: nn.Module) -> ModelClaim | None:

@@ -28,11 +28,13 @@ dncnn      DnCNN / FDnCNN (spandrel, KAIR; cszn/DnCNN's     every hidden conv ``
            ``tools/convert_dncnn_mat.py``)                 the activation
 dncnn-     the same                                        three hidden convs, at 1/4, 1/2 and the end of
 light                                                      the depth (where ``benchmarks/quality.py`` puts
-                                                           its units); pick it with ``--arch dncnn-light``
+                                                           its units); pick it with ``--preset dncnn-light``
 =========  ==============================================  =============================================
 
 When several presets recognise a network, the first registered is the default (``dncnn`` before
-``dncnn-light``); ``--arch PRESET --weights PATH`` (``training.builders``) picks another by name.
+``dncnn-light``); the others ride along in the claim (``ModelClaim.alternatives``), and
+``spt_adapter.inject(model, preset="dncnn-light")``, ``load_backbone(path, preset=...)`` and
+``spt-adapter train --preset NAME`` pick one by name.
 """
 
 from __future__ import annotations
@@ -44,11 +46,19 @@ from typing import Any
 
 import torch.nn as nn
 
-from ..core.keys import find_logical_module
+from ..core.keys import find_logical_module, see_through
 from ..errors import LayoutError
 from ..plugins.types import ModelClaim
 
-__all__ = ["Preset", "PRESETS", "register_preset", "find_preset", "claim_with_presets", "preset_table"]
+__all__ = [
+    "Preset",
+    "PRESETS",
+    "register_preset",
+    "find_preset",
+    "find_presets",
+    "claim_with_presets",
+    "preset_table",
+]
 
 
 @dataclass(frozen=True)
@@ -87,18 +97,22 @@ def register_preset(preset: Preset) -> Preset:
 
 def find_preset(model: nn.Module) -> Preset | None:
     """The first preset that recognises ``model``, or ``None``."""
+    found = find_presets(model)
+    return found[0] if found else None
+
+
+def find_presets(model: nn.Module) -> list[Preset]:
+    """Every preset that recognises ``model``, in registration order (the first is the default); one
+    entry per name."""
     cls = type(model).__name__
+    out: list[Preset] = []
     for preset in list(PRESETS):
-        if cls in preset.classes and preset.detect(model):
-            return preset
-    return None
+        if preset.name not in {p.name for p in out} and cls in preset.classes and preset.detect(model):
+            out.append(preset)
+    return out
 
 
-def claim_with_presets(model: nn.Module, integration: str) -> ModelClaim | None:
-    """A :class:`ModelClaim` for ``model`` from the preset table, or ``None``."""
-    preset = find_preset(model)
-    if preset is None:
-        return None
+def _claim(model: nn.Module, preset: Preset, integration: str) -> ModelClaim:
     targets = preset.targets(model)
     names = _expand(model, targets)
     channels = {}
@@ -108,6 +122,17 @@ def claim_with_presets(model: nn.Module, integration: str) -> ModelClaim | None:
         except (AttributeError, IndexError, KeyError, TypeError):
             channels = {}  # an unusual variant: let the core probe
     return ModelClaim(integration=integration, preset=preset.name, targets=targets, channels=channels)
+
+
+def claim_with_presets(model: nn.Module, integration: str) -> ModelClaim | None:
+    """A :class:`ModelClaim` for ``model`` from the preset table, or ``None``: the first preset that
+    recognises it, with every other one that does in ``alternatives`` (``inject(model, preset=NAME)``)."""
+    found = find_presets(model)
+    if not found:
+        return None
+    claim = _claim(model, found[0], integration)
+    claim.alternatives = {p.name: _claim(model, p, integration) for p in found[1:]}
+    return claim
 
 
 def preset_table() -> list[tuple[str, str, str]]:
@@ -134,7 +159,7 @@ def _module(model: nn.Module, name: str) -> Any:
     module = find_logical_module(model, name)
     if module is None:
         raise LayoutError(f"the preset expected a module {name!r} in {type(model).__name__}, which has none")
-    return module
+    return see_through(module)  # a target that already has units: the module it wraps
 
 
 def _conv_out(model: nn.Module, name: str) -> int:
@@ -288,14 +313,15 @@ def _dncnn_convs(model: nn.Module) -> list[str]:
     seq = find_logical_module(model, "model")
     if not isinstance(seq, nn.Sequential):
         return []
-    return [f"model.{k}" for k, m in seq._modules.items() if isinstance(m, nn.Conv2d)]
+    # see_through: a model that already carries units (a second adapter) is recognised the same way
+    return [f"model.{k}" for k, m in seq._modules.items() if m is not None and isinstance(see_through(m), nn.Conv2d)]
 
 
 def _dncnn_detect(model: nn.Module) -> bool:
     seq = find_logical_module(model, "model")
     return (
         isinstance(seq, nn.Sequential)
-        and all(isinstance(m, _DNCNN_LAYERS) for m in seq)
+        and all(isinstance(see_through(m), _DNCNN_LAYERS) for m in seq)
         and len(_dncnn_convs(model)) >= 3
     )
 

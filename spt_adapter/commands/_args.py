@@ -74,16 +74,16 @@ nonneg_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
 def task_type(text: str) -> str:
-    """An argparse type for ``--task``: parsed by :func:`spt_adapter.training.data.parse_task`."""
+    """An argparse type for ``--task``: parsed by :func:`spt_adapter.data.datasets.parse_task`."""
+    from ..data.datasets import parse_task
     from ..errors import DataError
-    from ..training.data import parse_task
 
     try:
-        parse_task(text)
-    except DataError:
-        raise argparse.ArgumentTypeError(
-            f"task must be denoise:<sigma 0..255> (e.g. denoise:25) or sr:<scale 2..8> (sr:2, sr:4), got {text!r}"
-        ) from None
+        task = parse_task(text)
+    except DataError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if task.kind == "paired":
+        raise argparse.ArgumentTypeError(f"{text}: paired data is given with --lq LQ_DIR, not --task")
     return text
 
 
@@ -127,12 +127,15 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
         "spandrel detects: SwinIR, HAT, RRDB, NAFNet, Restormer, ...; BasicSR/KAIR files too)",
     )
     g.add_argument(
-        "--arch",
+        "--preset",
+        dest="arch",
         metavar="PRESET",
-        help="architecture preset to use for the weights given with --weights "
-        "(see `spt-adapter plugins`); checks the weights really are that architecture",
+        help="architecture preset whose targets get units (default: the first preset that recognises the "
+        "backbone; `spt-adapter inspect CKPT` lists those that do, with their parameter counts); refused "
+        "when it does not recognise the backbone",
     )
-    g.add_argument("--weights", metavar="PATH", help="weights for --arch")
+    alias(g, "--arch", dest="arch", metavar="PRESET")  # its first name, kept: --arch PRESET --weights PATH
+    g.add_argument("--weights", metavar="PATH", help="the backbone checkpoint, with --preset (as --backbone)")
     add_device_argument(g)
 
 
@@ -201,3 +204,54 @@ def add_provider_checkpoint_arguments(parser, *, dest: str, model_type_dest: str
         "..., tiny_test (tools/make_tiny_sam2.py); auto: from the checkpoint",
     )
     alias(parser, "--sam-model-type", "--model-type", dest=model_type_dest)
+
+
+def add_pair_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, val: bool = False) -> None:
+    """``--lq`` and the rules that pair its files with ``--data``'s (:mod:`spt_adapter.data.pairs`);
+    ``val=True`` adds ``--val-lq`` (train's validation pairs, matched by the same rules)."""
+    parser.add_argument(
+        "--lq",
+        metavar="LQ_DIR",
+        default=None,
+        help="folder of degraded images paired by name with --data's clean ones (real noise, your own "
+        "degradation): no --task; the scale comes from the sizes",
+    )
+    parser.add_argument(
+        "--hq-suffix", default="", metavar="TEXT", help="--data files' names end with this before the extension"
+    )
+    parser.add_argument(
+        "--lq-suffix",
+        default="",
+        metavar="TEXT",
+        help="--lq files' names end with this before the extension (_real, x4 for DIV2K's 0001x4.png)",
+    )
+    parser.add_argument(
+        "--pairs",
+        metavar="FILE",
+        default=None,
+        help="a list of pairs instead of name matching: one 'HQ LQ' line each, relative to --data / --lq",
+    )
+    if val:
+        parser.add_argument(
+            "--val-lq", metavar="DIR", default=None, help="degraded partners of --val's images (same suffixes)"
+        )
+
+
+def add_clip_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--clip`` / ``--no-clip`` (dest ``clip``): whether synthetic noise is clipped to [0, 1] and
+    rounded to 8 bits before the network reads it."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument(
+        "--clip",
+        dest="clip",
+        action="store_true",
+        help="clip synthetic noise to [0, 1] and round it to 8 bits, as a saved image (the default)",
+    )
+    g.add_argument(
+        "--no-clip",
+        dest="clip",
+        action="store_false",
+        help="the network reads unclipped float noise (how CDnCNN-B and KAIR's DnCNN were trained); "
+        "priors still see the clipped 8-bit image",
+    )
+    parser.set_defaults(clip=True)

@@ -16,7 +16,8 @@ def add_shard_arguments(group: argparse._ArgumentGroup) -> None:
         "--num-shards",
         type=int,
         default=None,
-        help="split the inputs in N shards, one per process (default: $WORLD_SIZE or 1)",
+        help="split the inputs in N shards, one per process, by a hash of each output's name "
+        "(default: $WORLD_SIZE or 1)",
     )
     group.add_argument(
         "--shard-index", type=int, default=None, help="which shard this process restores (default: $RANK or 0)"
@@ -24,15 +25,16 @@ def add_shard_arguments(group: argparse._ArgumentGroup) -> None:
 
 
 def shard(paths: list[Path], targets: list[Path], args) -> tuple[list[Path], list[Path], str]:
-    """This process's inputs and outputs: every ``num_shards``-th one from ``shard_index`` (the name
-    checks ran over the whole list first, so shards never share an output). Returns a note for the
-    log line ("" for one shard)."""
-    from .masks import shard_of
+    """This process's inputs and outputs: those whose output name hashes to its shard
+    (:mod:`spt_adapter.deploy.shards`; the name checks ran over the whole list first, so shards never
+    share an output). Returns a note for the log line ("" for one shard)."""
+    from ..deploy.shards import shard_settings, split_by_key
 
-    num, index = shard_of(len(paths), args.num_shards, args.shard_index)
+    num, index = shard_settings(args.num_shards, args.shard_index)
     if num == 1:
         return paths, targets, ""
-    return paths[index::num], targets[index::num], f" (shard {index}/{num} of {len(paths)} inputs)"
+    mine, mine_targets = split_by_key(paths, targets, num, index)
+    return mine, mine_targets, f" (shard {index}/{num}: {len(mine)} of {len(paths)} inputs, by output name)"
 
 
 def default_device(args) -> str:
@@ -50,8 +52,8 @@ def default_device(args) -> str:
 def exported_model(args):
     """(runner, described, prior source, device) for ``--backbone`` naming an exported file; refuses
     the flags that do not apply to one. Sets ``args._channels``."""
-    from ..training.builders import build_provider, check_provider_args, prior_cache, use_recorded_provider
-    from ..training.exported import load_exported, prior_source_of
+    from ..inference.exported import load_exported, prior_source_of
+    from .builders import build_provider, check_provider_args, prior_cache, use_recorded_provider
 
     path = Path(args.backbone)
     for flag, given in (
@@ -73,6 +75,8 @@ def exported_model(args):
             override = build_provider(args, device=None if device == "cpu" else device)
     elif runner.kind == "student" and (args.provider is not None or args.sam_checkpoint):
         raise SPTError(f"{path} carries a distilled prior (its student is inside the file): drop the provider flags")
+    elif runner.kind == "no-prior" and (args.provider is not None or args.sam_checkpoint):
+        raise SPTError(f"{path} reads no prior (its adapter was trained with prior 'none'): drop the provider flags")
     cache = prior_cache(args) if args.prior_cache else None
     source = prior_source_of(runner, provider=override, encoding=args.encoding, cache=cache)
     described = f"exported {runner.format} {path} ({runner.meta.get('backbone_class', '?')}, {runner.kind})"

@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import torch
 
-    from ..training.demo import DemoSettings, run_demo
+    from ..demo import DemoSettings, run_demo
 
     if args.sam_checkpoint and not Path(args.sam_checkpoint).is_file():
         raise SPTError(f"SAM checkpoint {args.sam_checkpoint} does not exist")

@@ -7,7 +7,7 @@ PSNR/SSIM as the field reports them (RGB for denoising; Y channel with a ``scale
 for SR), per image and mean, written as ``eval.md`` and ``eval.csv`` with comparison crops; the
 adapter may be a file, a folder (``spt_adapter.safetensors`` inside) or a Hugging Face Hub id.
 The prior is rebuilt with the provider recorded in the adapter unless flags say otherwise
-(:func:`spt_adapter.training.restore.resolve_prior_source`). 1-channel backbones read grey images.
+(:func:`spt_adapter.inference.restore.resolve_prior_source`). 1-channel backbones read grey images.
 ``--noise kair`` draws the noise as KAIR's ``main_test_dncnn.py`` does (the default for grey
 backbones, whose benchmarks are KAIR's); ``--noise spt`` is the training pipeline's noise.
 
@@ -25,24 +25,28 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..data.datasets import NOISE_PROTOCOLS
 from ..errors import SPTError
-from ..training.builders import (
-    build_dataset,
-    build_provider,
-    check_task_scale,
-    image_folder,
-    load_backbone_from_args,
-    prior_cache,
-    prior_flags,
-)
-from ..training.data import NOISE_PROTOCOLS
 from ._args import (
     add_backbone_arguments,
+    add_clip_arguments,
+    add_pair_arguments,
     add_prior_arguments,
     add_progress_arguments,
     nonneg_int,
     positive_int,
     task_type,
+)
+from .builders import (
+    build_dataset,
+    build_provider,
+    check_task_scale,
+    image_folder,
+    load_backbone_from_args,
+    paired_task,
+    prior_cache,
+    prior_flags,
+    resolve_pairs,
 )
 
 HELP = "evaluate backbone vs backbone + SPT (PSNR/SSIM tables, comparison crops)"
@@ -64,8 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--task",
         default=None,
         type=task_type,
-        help="denoise:<sigma> or sr:<scale> (default: the task recorded in the adapter)",
+        help="denoise:<sigma> or sr:<scale> (default: the task recorded in the adapter; none with --lq)",
     )
+    add_pair_arguments(parser)
+    add_clip_arguments(parser)
     parser.add_argument(
         "--pre-upsampled",
         action="store_true",
@@ -110,7 +116,7 @@ def _check_scoreable(images: list[Path], task: str) -> None:
     from the file headers before anything is written."""
     from PIL import Image
 
-    from ..training.metrics import metric_settings
+    from ..inference.metrics import metric_settings
 
     border = metric_settings(task)["crop_border"]
     least = 11 + 2 * border
@@ -134,7 +140,7 @@ def _foreign_tables(out: Path) -> list[str]:
 
     found = []
     for name, ours in (
-        ("eval.md", re.compile(r"(denoise|sr):\S+: PSNR \(dB\) / SSIM, ")),
+        ("eval.md", re.compile(r"[a-z][a-z-]*:\S+: PSNR \(dB\) / SSIM, ")),
         ("eval.csv", re.compile(r"image,backbone_psnr,")),
     ):
         path = out / name
@@ -149,9 +155,22 @@ def _foreign_tables(out: Path) -> list[str]:
 
 
 def run(args) -> int:
-    from ..training.evaluate import evaluate
+    from ..inference.evaluate import evaluate
 
-    images = image_folder(args.data, "--data")
+    pairs = None
+    if args.lq:
+        pairs = resolve_pairs(args, args.data, args.lq)
+        images = pairs.hq
+        args.task = paired_task(args, pairs, None, "")
+    else:
+        given = [
+            f
+            for f, v in (("--hq-suffix", args.hq_suffix), ("--lq-suffix", args.lq_suffix), ("--pairs", args.pairs))
+            if v
+        ]
+        if given:
+            raise SPTError(f"{', '.join(given)} pair(s) clean images with degraded ones: add --lq LQ_DIR")
+        images = image_folder(args.data, "--data")
     out = Path(args.out) if args.out else Path(f"eval_{Path(args.data).resolve().name}")
     if out.exists() and not out.is_dir():
         raise SPTError(f"--out {out} is a file; eval writes a folder (eval.md, eval.csv, crops): pass a folder")
@@ -170,8 +189,12 @@ def run(args) -> int:
             raise SPTError("--no-adapter needs --task denoise:<sigma> or sr:<scale>")
         model, _, described = load_backbone_from_args(args, require_targets=False)
         upsampled = args.pre_upsampled
+        if upsampled and pairs is not None:
+            raise SPTError("--pre-upsampled makes its own LR images: drop --lq (or --pre-upsampled)")
         if upsampled:
             check_pre_upsampled(args.task, args._scale, described)
+        elif pairs is not None:
+            paired_task(args, pairs, args._scale, described)
         else:
             check_task_scale_or_hint(args.task, args._scale, described)
         provider = None
@@ -194,28 +217,37 @@ def run(args) -> int:
     if args.device:
         model.to(args.device)
     if provider is None:
-        from ..training.data import PairedPriorDataset
+        from ..data.datasets import PairedPriorDataset
 
         # no prior: the dataset's prior_fn is a placeholder that nothing reads
         dataset = PairedPriorDataset(
-            args.data,
+            pairs.hq if pairs is not None else args.data,
             args.task,
+            lq_paths=pairs.lq if pairs is not None else None,
             prior_fn=lambda im: _no_prior(im),
             train=False,
             seed=args.seed,
             channels=args._channels,
             noise=args.noise,
             upsampled=upsampled,
+            clip=args.clip,
         )
     else:
-        dataset = build_dataset(args, args.data, provider, prior_cache(args), train=False)
+        dataset = build_dataset(args, args.data, provider, prior_cache(args), train=False, pairs=pairs)
     _check_scoreable(images, args.task)
     out.mkdir(parents=True, exist_ok=True)
     grey = ", grey" if args._channels == 1 else ""
     noise = f", noise {args.noise} seed {args.seed}" if args.task.startswith("denoise") else ""
     print(f"backbone: {described}; {what}; {len(images)} image(s), task {args.task}{grey}{noise}")
+    if pairs is not None:
+        how = (
+            f"--pairs {args.pairs}"
+            if args.pairs
+            else "by name" + (f" ({args.hq_suffix or 'no suffix'} / {args.lq_suffix or 'no suffix'})")
+        )
+        print(f"pairs: {args.data} with {args.lq} matched {how}; sizes: {pairs.alignment}")
     items = (dataset[i] if provider is not None else {**dataset[i], "prior": None} for i in range(len(dataset)))
-    from ..training.restore import size_multiple
+    from ..inference.restore import size_multiple
 
     # pad only to what the backbone needs: padding a CNN's input changes its border pixels
     result = evaluate(
@@ -243,7 +275,7 @@ def run(args) -> int:
 
 
 def task_scale(task: str) -> int:
-    from ..training.data import parse_task
+    from ..data.datasets import parse_task
 
     return parse_task(task).scale
 
@@ -286,13 +318,18 @@ def _with_adapter(args):
     """Backbone + adapter, the mask provider (the adapter's recorded one unless flags say otherwise)."""
     from ..files.format import load_adapter
     from ..files.hub import resolve_adapter_file
-    from ..training.restore import check_channels, resolve_prior_source
+    from ..inference.restore import check_channels, resolve_prior_source
 
     src = str(args.adapter)
     if Path(src).suffix in (".pth", ".pt", ".ckpt", ".bin") and Path(src).exists():
         raise SPTError(f"--adapter {src} is a pickle checkpoint; SPT adapters are .safetensors files")
     adapter_file = Path(resolve_adapter_file(src, args.revision))
     recorded = _recorded(adapter_file)
+    if args.task is None and str(recorded.get("task") or "").startswith("paired:"):
+        raise SPTError(
+            f"{adapter_file} was trained on paired files (task {recorded['task']}): pass --lq LQ_DIR with the "
+            "degraded partners of --data's images, or --task denoise:<sigma> | sr:<scale> for a synthetic one"
+        )
     if args.task is None:
         args.task = recorded.get("task")
         if not args.task:

@@ -7,13 +7,14 @@ The file holds the backbone, the adapter's units and its prior student (a distil
 ``image -> image``); an adapter that reads a provider's prior exports as ``(image, prior) -> image``
 with the provider and encoding in its metadata. Dynamic height, width and batch; float32 unless
 ``--half``. What cannot be exported is refused by name before anything is written, and the file is
-checked against the PyTorch model at two other sizes first (:func:`spt_adapter.training.export.export`).
+checked against the PyTorch model at two other sizes first (:func:`spt_adapter.inference.export.export`).
 ``spt-adapter restore --backbone FILE`` runs it (onnxruntime for ONNX).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -43,7 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="file format (default: from --out: .onnx, else .pt/.ts for TorchScript)",
     )
-    parser.add_argument("--out", required=True, metavar="FILE", help="the file to write (atomically)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="the file to write (atomically); an existing file is refused unless --overwrite, and the "
+        "--backbone/--weights/--adapter file always",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace --out when it exists (default: refuse)")
     parser.add_argument(
         "--half",
         action="store_true",
@@ -57,15 +65,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_out(args, adapter_file: Path | None = None) -> None:
+    """Refuse ``--out`` before anything is loaded: a folder; an input of this export (the
+    ``--backbone``/``--weights``/``--adapter`` file, also through a symlink or a hard link: always);
+    an existing file unless ``--overwrite``."""
+    from .._io import same_file
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise SPTError(f"--out {out} is a folder; export writes one file")
+    for flag, given in (("--backbone", args.backbone), ("--weights", args.weights), ("--adapter", adapter_file)):
+        if given and same_file(out, given):
+            raise SPTError(
+                f"--out {out} is the {flag} file {given} this export reads (the same file"
+                f"{'' if Path(given).resolve() == out.resolve() else ', through a link'}); write the export elsewhere"
+            )
+    if os.path.lexists(out) and not args.overwrite:
+        raise SPTError(f"--out {out} already exists; pass --overwrite to replace it, or choose another --out")
+
+
 def run(args) -> int:
     from ..files.format import load_adapter
     from ..files.hub import resolve_adapter_file
-    from ..training.builders import load_backbone_from_args
-    from ..training.export import export, format_of
+    from ..inference.export import export, format_of
+    from .builders import load_backbone_from_args
 
     fmt = format_of(args.out, args.format)  # refuse a bad name before loading anything
-    if Path(args.out).is_dir():
-        raise SPTError(f"--out {args.out} is a folder; export writes one file")
+    check_out(args)
     if args.no_adapter and args.adapter:
         raise SPTError("--no-adapter exports the backbone alone: drop --adapter (or --no-adapter)")
     if not args.no_adapter and not args.adapter:
@@ -76,6 +102,7 @@ def run(args) -> int:
         if Path(src).suffix in (".pth", ".pt", ".ckpt", ".bin") and Path(src).exists():
             raise SPTError(f"--adapter {src} is a pickle checkpoint; SPT adapters are .safetensors files")
         adapter_file = Path(resolve_adapter_file(src, args.revision))
+        check_out(args, adapter_file)
     model, _, described = load_backbone_from_args(args, require_targets=False)
     if adapter_file is not None:
         model = load_adapter(model, adapter_file, check_backbone_hash=not args.no_hash_check)
@@ -91,8 +118,9 @@ def run(args) -> int:
         task=args.task,
         scale=args._scale,
         check=not args.no_check,
+        overwrite=args.overwrite,
     )
-    from ..training.export import _kind
+    from ..inference.export import _kind
 
     inputs = "image, prior" if _kind(model) == "prior" else "image"
     print(f"export: {described} -> {out} ({fmt}, inputs: {inputs}, {out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)

@@ -2,10 +2,13 @@
 
     spt-adapter inspect swinir_x2.pth                              # architecture, claim, preset, tree
     spt-adapter inspect dncnn_25.pth --targets "model.*" --depth 1  # what a pattern matches, unit cost
+    spt-adapter inspect dncnn_25.pth --preset dncnn-light --hidden 8   # another preset, another width
 
 The command-line twin of :func:`spt_adapter.inspect_targets`: the architecture spandrel detects, the
-plugin that claims it and its preset, the module tree to ``--depth``, and for the preset's targets (or
-``--targets``) every matched module with its channel count and the parameters its unit would add. A
+plugin that claims it, every preset that recognises it with the parameters its units would add (with
+and without a prior, at ``--hidden`` / ``--unit-depth``), the module tree to ``--depth``, and for the
+default preset's targets (or ``--preset``'s, or ``--targets``) every matched module with its channel
+count and the parameters its unit would add. A
 pattern that matches nothing prints the tree, then one error line naming the closest module names (or
 the top-level modules when none is close), exit status 1.
 """
@@ -13,6 +16,7 @@ the top-level modules when none is close), exit status 1.
 from __future__ import annotations
 
 import argparse
+import math
 
 HELP = "show a backbone's architecture, claiming plugin and preset, module tree, and what target patterns match"
 
@@ -38,7 +42,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fusion", choices=FUSIONS, default=DEFAULT_FUSION, help="unit fusion, for the parameter count"
     )
-    parser.add_argument("--hidden", type=positive_int, default=16, help="prior-encoder width, for the parameter count")
+    parser.add_argument("--hidden", type=positive_int, default=16, help="unit width, for the parameter count")
+    parser.add_argument(
+        "--unit-depth",
+        type=positive_int,
+        default=2,
+        help="prior-encoder layers (train's --depth; --depth here is the tree's), for the parameter count",
+    )
+    parser.add_argument(
+        "--preset",
+        metavar="PRESET",
+        default=None,
+        help="the preset whose targets to show (default: the first that recognises the backbone)",
+    )
 
 
 def _count(module) -> int:
@@ -73,14 +89,14 @@ def module_tree(model, depth: int, marks: dict[str, str] | None = None) -> list[
 def run(args) -> int:
     import torch
 
-    from ..core.config import SPTConfig
     from ..core.planning import plan_injection
     from ..core.targets import inspect_targets
-    from ..core.unit import SPTUnit
-    from ..errors import TargetError
-    from ..training.builders import load_backbone_from_args
+    from ..errors import SPTError, TargetError
+    from .builders import load_backbone_from_args
 
-    args.arch, args.weights = None, None
+    if args.preset and args.targets:
+        raise SPTError(f"--preset {args.preset} proposes the targets and --targets names them too: pass one of them")
+    args.arch, args.weights = args.preset, None
     model, default, described = load_backbone_from_args(args, targets=args.targets, require_targets=False)
     total = _count(model)
     claim = args._claim
@@ -92,6 +108,7 @@ def run(args) -> int:
     )
     if claim[0]:
         print(f"claimed by: plugin {claim[0]!r}, preset {claim[1]!r}; preset targets: {default}")
+        _print_presets(model, total, args)
     else:
         print(
             "claimed by: no plugin (no preset): pass --targets PATTERN to `train` "
@@ -110,13 +127,16 @@ def run(args) -> int:
             error = exc
     marks: dict[str, str] = {}
     rows = []
+    without = 0
     if names:
-        config = SPTConfig(targets=patterns, exclude=list(args.exclude or []), fusion=args.fusion, hidden=args.hidden)
+        config = _config(args, patterns, True)  # what inject adds by default: units that read a prior
+        free = _config(args, patterns, False)
         with torch.no_grad():
             plan = plan_injection(model, config)
+        without = sum(unit_parameter_count(plan.channels[n], free) for n in plan.names)
         for n in plan.names:
             channels = plan.channels[n]
-            unit = _count(SPTUnit(channels, config))
+            unit = unit_parameter_count(channels, config)
             rows.append((n, channels, unit))
             marks[n] = f"unit: {channels} channels, +{unit:,} parameters"
     if args.depth:
@@ -134,8 +154,69 @@ def run(args) -> int:
     width = max(len(n) for n, _, _ in rows)
     for n, channels, unit in rows:
         print(f"  {n.ljust(width)}  {channels:>5} channels  +{unit:,} parameters")
+    pct = 100 / max(total, 1)
     print(
-        f"units ({args.fusion}, hidden {args.hidden}) add {added:,} parameters = {100 * added / max(total, 1):.2f} % "
-        "of the backbone"
+        f"units ({args.fusion}, hidden {args.hidden}, depth {args.unit_depth}, a 1-channel prior) add {added:,} "
+        f"parameters = {added * pct:.2f} % of the backbone"
     )
+    if args.fusion != "pool":
+        print(f"without a prior (train's default --prior none: no encoder): {without:,} = {without * pct:.2f} %")
     return 0
+
+
+def unit_parameter_count(channels: int, config) -> int:
+    """Parameters of one unit of ``config`` on a ``channels``-wide target (from the shapes; nothing built)."""
+    from ..core.unit import unit_parameter_shapes
+
+    return sum(math.prod(shape) for shape in unit_parameter_shapes(channels, config).values())
+
+
+def _config(args, targets: list[str], with_prior: bool):
+    from ..core.config import SPTConfig
+
+    return SPTConfig(
+        targets=targets,
+        exclude=list(args.exclude or []),
+        fusion=args.fusion,
+        hidden=args.hidden,
+        depth=args.unit_depth,
+        prior_channels=1 if with_prior or args.fusion == "pool" else 0,  # pool reads regions: always a prior
+    )
+
+
+def preset_counts(model, claim, config_for) -> list[tuple[str, int, int, int]]:
+    """(preset, units, parameters with a prior, parameters without) for every preset ``claim`` offers."""
+    import torch
+
+    from ..core.planning import plan_injection
+
+    rows = []
+    for name in claim.presets:
+        picked = claim.pick(name)
+        counts = []
+        for with_prior in (True, False):
+            config = config_for(list(picked.targets), with_prior)
+            with torch.no_grad():
+                plan = plan_injection(model, config, picked)
+            counts.append(sum(unit_parameter_count(plan.channels[n], config) for n in plan.names))
+        rows.append((name, len(plan.names), counts[0], counts[1]))
+    return rows
+
+
+def _print_presets(model, total: int, args) -> None:
+    """The presets that recognise ``model`` and what each costs (``--preset`` picks one in train/inject)."""
+    from ..core.planning import claim_model
+
+    claim = claim_model(model)
+    if claim is None:
+        return
+    rows = preset_counts(model, claim, lambda targets, with_prior: _config(args, targets, with_prior))
+    print(f"presets that recognise it (--preset NAME; units {args.fusion}, hidden {args.hidden}):")
+    width = max(len(n) for n, *_ in rows)
+    for name, units, with_prior, without in rows:
+        pct = 100 / max(total, 1)
+        line = f"  {name.ljust(width)}  {units:>3} unit(s)"
+        if args.fusion != "pool":
+            line += f"  no prior: +{without:,} ({without * pct:.2f} %)"
+        line += f"  with a prior (depth {args.unit_depth}): +{with_prior:,} ({with_prior * pct:.2f} %)"
+        print(line + ("  <- default" if name == claim.preset else ""))

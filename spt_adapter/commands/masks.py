@@ -1,4 +1,12 @@
-"""`spt-adapter masks`: compute and cache the prior of every image (resumable, shardable)."""
+"""`spt-adapter masks`: compute and cache the prior of every image (resumable, shardable).
+
+    spt-adapter masks photos/ --prior-cache priors                      # priors of the images themselves
+    spt-adapter masks --data HQ --lq LQ --lq-suffix _real --prior-cache priors   # of paired LQ files
+
+With ``--data``/``--lq`` the images are the degraded files the pairs rules match (the ones `train`
+and `eval --lq` compute their priors on); ``--degrade`` makes the LQ images of a synthetic task
+instead (one per image and ``--seed``: what ``train --degrade-per image`` and ``eval`` look up).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ import time
 
 from ..prior.encode import DEFAULT_ENCODING
 from ._args import (
+    add_pair_arguments,
     add_progress_arguments,
     add_provider_checkpoint_arguments,
     alias,
@@ -22,10 +31,15 @@ HELP = "precompute masks + priors for images into a cache (SAM, SAM 2, a classic
 def add_arguments(parser) -> None:
     parser.add_argument(
         "inputs",
-        nargs="+",
+        nargs="*",
         metavar="INPUT",
-        help="image files, folders (not recursive), globs (quote them; ** recurses) or .txt lists of paths",
+        help="image files, folders (not recursive), globs (quote them; ** recurses) or .txt lists of paths "
+        "(or --data/--lq paired folders)",
     )
+    parser.add_argument(
+        "--data", metavar="HQ_DIR", default=None, help="with --lq: the clean folder the degraded files pair with"
+    )
+    add_pair_arguments(parser)
     parser.add_argument(
         "--provider",
         type=provider_name,
@@ -59,7 +73,8 @@ def add_arguments(parser) -> None:
         "--degrade",
         default=None,
         metavar="TASK",
-        help="compute priors on the LQ image a PairedPriorDataset makes: denoise:<sigma> or sr:<scale>",
+        help="compute priors on the LQ image a PairedPriorDataset makes (one per image and --seed): "
+        "denoise:<sigma>, sr:<scale> or any --task of docs/cli.md",
     )
     parser.add_argument(
         "--seed", type=nonneg_int, default=0, help="noise seed for --degrade denoise (same as the dataset's seed)"
@@ -98,47 +113,50 @@ def add_arguments(parser) -> None:
 
 
 def shard_of(n_items: int, num_shards: int | None, shard_index: int | None, env=None) -> tuple[int, int]:
+    """(number of shards, this process's index): :func:`spt_adapter.deploy.shards.shard_settings`."""
+    from ..deploy.shards import shard_settings
+
+    return shard_settings(num_shards, shard_index, env)
+
+
+def _paired_inputs(args):
+    """The LQ files of ``--data``/``--lq`` (checked pairs), or None without ``--lq``; the pairing
+    flags and inputs that do not go together are refused."""
     from ..errors import ConfigError
+    from .builders import resolve_pairs
 
-    env = os.environ if env is None else env
-
-    def from_env(name: str, default: str) -> int:
-        text = str(env.get(name, default) or default).strip()
-        try:
-            return int(text)
-        except ValueError:
-            raise ConfigError(
-                f"the environment variable {name}={env.get(name)!r} is not an integer (a launcher sets it: "
-                f"unset it, or pass --num-shards/--shard-index)"
-            ) from None
-
-    if num_shards is None:
-        num_shards = from_env("WORLD_SIZE", "1")
-        if shard_index is None:
-            shard_index = from_env("RANK", "0")
-    if shard_index is None:
-        shard_index = 0
-    if num_shards < 1:
-        raise ConfigError(
-            f"--num-shards must be at least 1 (the number of shards the image list is split into), got {num_shards}"
-        )
-    if not (0 <= shard_index < num_shards):
-        raise ConfigError(
-            f"--shard-index must be in 0..{num_shards - 1} for --num-shards {num_shards}, got {shard_index}"
-        )
-    return num_shards, shard_index
+    if args.lq is None:
+        given = [
+            f
+            for f, v in (("--data", args.data), ("--hq-suffix", args.hq_suffix), ("--lq-suffix", args.lq_suffix),
+                         ("--pairs", args.pairs))
+            if v
+        ]  # fmt: skip
+        if given:
+            raise ConfigError(f"{', '.join(given)} pair(s) clean images with degraded ones: add --lq LQ_DIR")
+        if not args.inputs:
+            raise ConfigError("give the images (files, folders, globs, .txt lists), or --data HQ_DIR --lq LQ_DIR")
+        return None
+    if args.data is None:
+        raise ConfigError("--lq needs --data HQ_DIR (the clean partners its files are matched with)")
+    if args.inputs:
+        raise ConfigError("--data/--lq name the images: drop the INPUT arguments (or --data/--lq)")
+    if args.degrade:
+        raise ConfigError("--lq files are the degraded images already: drop --degrade")
+    return resolve_pairs(args, args.data, args.lq).lq
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
+    from ..data.datasets import degrade, parse_task
+    from ..data.images import list_images, read_image
     from ..errors import ConfigError, ProviderRunError, SPTError
     from ..prior import get_provider_spec, make_provider, parse_encoding
-    from ..training.builders import open_prior_cache, parse_settings
-    from ..training.data import degrade, parse_task
-    from ..training.images import list_images, read_image
+    from .builders import open_prior_cache, parse_settings
 
     parse_encoding(args.encoding)
+    lq_paths = _paired_inputs(args)
     task = parse_task(args.degrade) if args.degrade else None
     if args.noise == "kair" and (task is None or task.kind != "denoise"):
         raise ConfigError("--noise kair draws denoising noise: add --degrade denoise:SIGMA")
@@ -164,7 +182,7 @@ def run(args) -> int:
     provider = make_provider(
         args.provider, checkpoint=args.checkpoint, model_type=model_type, device=device, **settings
     )
-    paths = list_images(args.inputs)
+    paths = lq_paths if lq_paths is not None else list_images(args.inputs)
     num_shards, shard_index = shard_of(len(paths), args.num_shards, args.shard_index)
     mine = paths[shard_index::num_shards]
     cache = open_prior_cache(args.cache, "--prior-cache")  # a file or a read-only folder: refused by name

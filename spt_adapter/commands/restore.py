@@ -6,9 +6,9 @@
 Images are taken as they are (no synthetic degradation). The prior is computed on each whole image
 the way the adapter records (or as ``--provider``/``--provider-checkpoint`` say; ``--prior-cache`` keeps
 it), then the network runs on the whole image or on tiles that each get their crop of that prior.
-Outputs are 8-bit PNGs named after the inputs (``photo.jpg`` -> ``OUT/photo.png``; grey for grey
-backbones), written atomically; inputs are never overwritten. Everything is checked before the
-first image is read. The work is :func:`spt_adapter.training.restore.restore`.
+Outputs are PNGs named after the inputs (``photo.jpg`` -> ``OUT/photo.png``; grey for grey
+backbones) at the input's depth (a 16-bit PNG/TIFF gives a 16-bit PNG), written atomically; inputs are never overwritten. Everything is checked before the
+first image is read. The work is :func:`spt_adapter.inference.restore.restore`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from ..deploy.outputs import (
     unfinished_output,
 )
 from ..errors import SPTError
-from ..training.builders import build_provider, load_backbone_from_args, prior_cache, prior_flags
 from ._args import add_backbone_arguments, add_prior_arguments, add_progress_arguments, nonneg_int, positive_int
+from .builders import build_provider, load_backbone_from_args, prior_cache, prior_flags
 
 HELP = "restore your own images with a backbone + SPT adapter (whole or tiled; PNG outputs)"
 
@@ -116,7 +116,7 @@ def _model(args):
     """(model, descriptor, described, prior source) from the flags."""
     from ..files.format import load_adapter
     from ..files.hub import resolve_adapter_file
-    from ..training.restore import check_channels, resolve_prior_source
+    from ..inference.restore import check_channels, resolve_prior_source
 
     if args.no_adapter and args.adapter:
         raise SPTError("--no-adapter restores with the backbone alone: drop --adapter (or --no-adapter)")
@@ -152,7 +152,7 @@ def _model(args):
 
 
 def _check_tiling(args, model, descriptor, device) -> None:
-    from ..training.restore import check_tile_stride, default_overlap, minimum_tile
+    from ..inference.restore import check_tile_stride, default_overlap, minimum_tile
 
     if args.half:
         if not str(device).startswith("cuda"):
@@ -191,9 +191,9 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from .._io import atomic_write_bytes
-    from ..training.exported import exported_format, restore_exported
-    from ..training.images import read_image
-    from ..training.restore import RestoreInfo, restore
+    from ..deploy.images import read_image_full_depth
+    from ..inference.exported import exported_format, restore_exported
+    from ..inference.restore import RestoreInfo, restore
 
     paths, folders = expand_inputs(args.inputs)
     out = Path(args.out)
@@ -209,13 +209,15 @@ def run(args) -> int:
         model, described, source, device = exported_model(args)
         descriptor, restore = None, restore_exported  # type: ignore[assignment]
         check_exported_tiling(args, model)
+        scale = model.scale  # the export's recorded scale: --skip-existing checks sizes with it
     else:
         model, descriptor, described, source, device = _model(args)
         _check_tiling(args, model, descriptor, device)
+        scale = getattr(descriptor, "scale", None)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out, targets)
     grey = "grey" if args._channels == 1 else "RGB"
-    from ..training.restore import default_overlap
+    from ..inference.restore import default_overlap
 
     overlap = args.tile_overlap if args.tile_overlap is not None else default_overlap(model)
     tiling = f"tiles {args.tile} (overlap {overlap})" if args.tile else "whole images"
@@ -226,25 +228,28 @@ def run(args) -> int:
     )
     info = RestoreInfo()
     done, skipped, failed, redone = 0, 0, [], []
+    reduced: list[tuple[Path, str]] = []
     t0 = time.perf_counter()
     bar = tqdm(total=len(paths), unit="img", disable=args.no_progress, dynamic_ncols=True, file=sys.stderr)
     try:
         for path, target in zip(paths, targets, strict=True):
             if args.skip_existing and target.is_file():
-                reason = unfinished_output(target, path, getattr(descriptor, "scale", None))
+                reason = unfinished_output(target, path, scale)
                 if reason is None:
                     skipped += 1
                     bar.update(1)
                     continue
                 redone.append((target, reason))
             try:
-                image = read_image(path, args._channels)
+                image, note = read_image_full_depth(path, args._channels)
             except SPTError as exc:
                 if args.strict:
                     raise SPTError(f"{exc} (--strict stops at the first unreadable input)") from None
                 failed.append((path, str(exc)))
                 bar.update(1)
                 continue
+            if note:
+                reduced.append((path, note))
             restored = _restore_one(restore, model, image, source, args, descriptor, info)
             atomic_write_bytes(target, png_bytes(restored))
             done += 1
@@ -262,6 +267,8 @@ def run(args) -> int:
         print(f"  unreadable: {path}: {reason}", file=sys.stderr)
     for target, reason in redone:
         print(f"  redone (--skip-existing found an unfinished output): {target}: {reason}", file=sys.stderr)
+    for path, note in reduced:
+        print(f"  written at 8 bits: {path}: {note}", file=sys.stderr)
     return 0
 
 

@@ -21,18 +21,10 @@ from typing import Any
 from ..core.config import DEFAULT_FUSION, FUSIONS
 from ..core.planning import input_channels
 from ..errors import SPTError
-from ..training.builders import (
-    apply_recorded_prior,
-    build_dataset,
-    build_provider,
-    check_provider_args,
-    check_task_scale,
-    image_folder,
-    load_backbone_from_args,
-    prior_cache,
-)
 from ._args import (
     add_backbone_arguments,
+    add_clip_arguments,
+    add_pair_arguments,
     add_prior_arguments,
     add_progress_arguments,
     nonneg_float,
@@ -41,8 +33,21 @@ from ._args import (
     positive_int,
     task_type,
 )
+from .builders import (
+    apply_recorded_prior,
+    build_dataset,
+    build_provider,
+    check_provider_args,
+    check_task_scale,
+    image_folder,
+    load_backbone_from_args,
+    paired_task,
+    prior_cache,
+    resolve_pairs,
+)
 
 HELP = "train SPT units on a frozen backbone (writes a safetensors delta, logs, resumable)"
+PRIOR_CHOICES = ("none", "lq", "distilled")
 DEFAULT_STUDENT_STEPS = 400  # results 11: 400 student-only steps, distill weight 0.1, width 16
 
 
@@ -60,23 +65,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude", nargs="+", metavar="PATTERN", help="modules to leave out")
     parser.add_argument("--fusion", choices=FUSIONS, default=None, help=f"unit fusion (default: {DEFAULT_FUSION})")
     parser.add_argument(
-        "--hidden", type=positive_int, default=None, help="prior-encoder width (default: 16; --resume keeps the run's)"
+        "--hidden",
+        type=positive_int,
+        default=None,
+        help="unit width: the prior encoder's and the fusion's hidden channels, the size knob that LoRA calls r "
+        "(default: 16; `spt-adapter inspect CKPT --hidden N` shows the parameters it gives; --resume keeps the run's)",
+    )
+    parser.add_argument(
+        "--depth",
+        type=positive_int,
+        default=None,
+        help="conv layers of each unit's prior encoder (default: 2; units with --prior none have no encoder; "
+        "--resume keeps the run's)",
     )
     d = parser.add_argument_group("data")
     d.add_argument("--data", required=True, metavar="HQ_DIR", help="folder of clean (ground-truth) images")
-    d.add_argument("--task", required=True, type=task_type, help="denoise:<sigma> or sr:<scale>")
+    d.add_argument(
+        "--task",
+        default=None,
+        type=task_type,
+        help="the synthetic degradation: denoise:<sigma>, sr:<scale>[:bd], jpeg:<q>, blur:gauss:<std>, "
+        "poisson-gauss:<a>:<b>, or steps joined by '+' (docs/cli.md); not with --lq, whose files are the degraded images",
+    )
+    d.add_argument(
+        "--degrade-per",
+        choices=("step", "image"),
+        default="step",
+        help="step: a new synthetic degradation for every crop at every step, deterministic in (seed, step), "
+        "its prior computed on the fly (as KAIR/BasicSR draw); image: one per image and --seed, priors cached "
+        "(what train did before; SAM then runs once per image)",
+    )
+    add_clip_arguments(d)
+    add_pair_arguments(d, val=True)
     d.add_argument("--val", metavar="DIR", help="folder of clean validation images (full-image PSNR/SSIM)")
     d.add_argument(
         "--patch", type=positive_int, default=64, help="training patch size on the ground truth (default: 64)"
     )
     add_prior_arguments(parser)
-    dp = parser.add_argument_group("distilled prior (no segmenter at inference)")
+    dp = parser.add_argument_group("which prior the units read (distilled: no segmenter at inference)")
     dp.add_argument(
         "--prior",
-        choices=("lq", "distilled"),
-        default="lq",
-        help="lq: the provider segments each LQ input (at inference too; the default); distilled: a small "
-        "student network inside the adapter learns the --teacher's prior of the clean images",
+        choices=PRIOR_CHOICES,
+        default=None,
+        help="none: the units read no prior (no segmenter at training or inference; recorded in the adapter); "
+        "lq: the provider segments each LQ input, at inference too; distilled: a small student network inside "
+        "the adapter learns the --teacher's prior of the clean images. Default: none, or lq when a provider "
+        "flag (--provider, --provider-checkpoint, --provider-set, --segments, --encoding) is given -- on every "
+        "real network measured the LQ segment prior added nothing (docs/results.md, results 13-14); --resume: "
+        "the run's own",
     )
     dp.add_argument(
         "--teacher",
@@ -129,6 +165,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (adapter, logs, state)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     add_progress_arguments(parser)
+
+
+def _check_pair_flags(args) -> None:
+    """``--task`` xor ``--lq``; the pairing flags only with ``--lq``; ``--val-lq`` with ``--val``."""
+    if not args.lq:
+        given = [
+            f
+            for f, v in (
+                ("--hq-suffix", args.hq_suffix),
+                ("--lq-suffix", args.lq_suffix),
+                ("--pairs", args.pairs),
+                ("--val-lq", args.val_lq),
+            )
+            if v
+        ]
+        if given:
+            raise SPTError(f"{', '.join(given)} pair(s) clean images with degraded ones: add --lq LQ_DIR")
+        if args.task is None:
+            raise SPTError("pass --task denoise:<sigma> | sr:<scale>, or --lq LQ_DIR with the degraded partners")
+        return
+    if args.val and not args.val_lq:
+        raise SPTError("--lq trains on paired files, so --val needs its degraded partners too: add --val-lq DIR")
+    if args.val_lq and not args.val:
+        raise SPTError("--val-lq gives the degraded partners of --val's images: add --val DIR")
 
 
 def _check_out(args) -> Path:
@@ -186,7 +246,13 @@ def _resume_config_check(args, path: Path) -> None:
     from ..prior.encode import check_encoding_for_fusion
 
     cfg = read_adapter_config(path)
-    prior = getattr(args, "prior", "lq")
+    prior = getattr(args, "prior", None) or "lq"
+    if not cfg.reads_prior and prior != "none":
+        raise SPTError(
+            f"--resume: {path} was trained with --prior none (its units read no prior); drop --prior {prior}"
+        )
+    if cfg.reads_prior and prior == "none":
+        raise SPTError(f"--resume: {path} was trained with a prior (its units read one); drop --prior none")
     if cfg.student is not None and prior != "distilled":
         raise SPTError(
             f"--resume: {path} has a distilled prior; pass --prior distilled --teacher (its teacher: "
@@ -194,6 +260,14 @@ def _resume_config_check(args, path: Path) -> None:
         )
     if cfg.student is None and prior == "distilled":
         raise SPTError(f"--resume: {path} was trained with an LQ prior, not a distilled one; drop --prior distilled")
+    depth = getattr(args, "depth", None)
+    if depth is not None and depth != cfg.depth:  # the units exist: their encoder cannot change
+        raise SPTError(
+            f"--resume: {path} was trained with --depth {cfg.depth}, not {depth}; drop --depth (or start a new run)"
+        )
+    if not cfg.reads_prior:
+        args.encoding = None  # no prior, no encoding
+        return
     if args.targets and list(args.targets) != list(cfg.targets):
         raise SPTError(f"--resume: {path} was trained with targets {cfg.targets}, not {args.targets}")
     if args.fusion is not None and args.fusion != cfg.fusion:
@@ -282,7 +356,7 @@ def _resume_provenance_check(args, path: Path, provider) -> None:
                 f"with {flag} {was}, or start a new run in another --out"
             )
     recorded = (cfg.prior or {}).get("provider")
-    if isinstance(recorded, dict):
+    if isinstance(recorded, dict) and provider is not None:
         now_id = provider.identity()
         for key in ("provider", "method", "model_type", "checkpoint_sha256", "settings"):
             if key in recorded and key in now_id and recorded[key] != now_id[key]:
@@ -295,6 +369,41 @@ def _resume_provenance_check(args, path: Path, provider) -> None:
 def _teacher_name(cfg) -> str:
     teacher = (cfg.prior or {}).get("teacher") or {}
     return str(teacher.get("method") or teacher.get("provider") or "unknown")
+
+
+#: the flags that say how an LQ prior is made: given without --prior, they mean --prior lq
+_PROVIDER_FLAGS = (
+    ("--provider", "provider"),
+    ("--provider-checkpoint", "sam_checkpoint"),
+    ("--provider-set", "provider_set"),
+    ("--segments", "segments"),
+    ("--encoding", "encoding"),
+)
+
+
+def _provider_flags_given(args) -> list[str]:
+    return [flag for flag, dest in _PROVIDER_FLAGS if getattr(args, dest, None) not in (None, [], "")]
+
+
+def _resolve_prior_choice(args) -> None:
+    """``--prior`` when it is not given: a resumed run's own (none, lq or distilled, from its adapter);
+    else lq when a provider flag says how to make one, else none (the evidence: docs/prior.md). With
+    ``--prior none``, a provider flag is refused (nothing would read its prior)."""
+    from ..files.format import ADAPTER_FILENAME, read_adapter_config
+
+    given = _provider_flags_given(args)
+    if args.prior is None:
+        path = Path(args.out) / ADAPTER_FILENAME
+        if args.resume and path.is_file():
+            cfg = read_adapter_config(path)
+            args.prior = "none" if not cfg.reads_prior else "distilled" if cfg.student is not None else "lq"
+        else:
+            args.prior = "lq" if given else "none"
+    if args.prior == "none" and given:
+        raise SPTError(
+            f"--prior none: the units read no prior, so {', '.join(given)} would make one nobody reads; "
+            "drop them, or pass --prior lq"
+        )
 
 
 def _check_distilled_args(args) -> None:
@@ -343,7 +452,7 @@ def _recorded_student_steps(args) -> int | None:
 def _check_teacher_runs(args, provider, data_images) -> None:
     """Run the teacher once on a 64 px corner of the first clean training image: a teacher that
     cannot run (a missing package, a broken plugin, a bad checkpoint) fails here, before any step."""
-    from ..training.images import read_image, to_rgb_uint8
+    from ..data.images import read_image, to_rgb_uint8
 
     try:
         provider.generate(to_rgb_uint8(read_image(data_images[0]))[:64, :64])
@@ -394,12 +503,16 @@ def _run(args) -> int:
     from ..core.model import inject
     from ..core.targets import inspect_targets
     from ..files.format import ADAPTER_FILENAME, load_adapter, read_adapter_config
-    from ..training.evaluate import make_val_fn, task_scale
+    from ..inference.evaluate import make_val_fn, task_scale
     from ..training.train import TrainSettings, init_distributed, shutdown_distributed, train_units
 
     # ---- every check before any work -------------------------------------------------------
+    _resolve_prior_choice(args)
     _check_distilled_args(args)
-    if not args.resume:
+    no_prior = args.prior == "none"
+    if args.arch and args.targets:
+        raise SPTError(f"--preset {args.arch} proposes the targets and --targets names them too: pass one of them")
+    if not args.resume and not no_prior:
         _resolve_encoding(args)
     settings = TrainSettings(
         iters=args.iters,
@@ -417,23 +530,39 @@ def _run(args) -> int:
         distill_weight=args.distill_weight,
         student_steps=args.student_steps,
     )
+    pairs = val_pairs = None
+    _check_pair_flags(args)
+    if args.lq:
+        pairs = resolve_pairs(args, args.data, args.lq)
+        train_images = pairs.hq
+        if args.val:
+            val_pairs = resolve_pairs(args, args.val, args.val_lq, "--val/--val-lq")
+            if val_pairs.scale != pairs.scale:
+                raise SPTError(f"--val pairs are x{val_pairs.scale} but --data pairs are x{pairs.scale}")
+        args.task = paired_task(args, pairs, None, "")
+    else:
+        train_images = image_folder(args.data, "--data")
+        if args.val:
+            image_folder(args.val, "--val")
     scale = task_scale(args.task)
     if args.patch % scale:
         raise SPTError(f"--patch {args.patch} is not divisible by the scale {scale} of --task {args.task}")
-    train_images = image_folder(args.data, "--data")
-    if args.val:
-        image_folder(args.val, "--val")
     out = _check_out(args)
     if args.resume:
         _resume_config_check(args, out / ADAPTER_FILENAME)
         from ..files.format import read_adapter_config
 
         # the run's own prior recipe unless flags say otherwise (then the provenance check names it)
-        apply_recorded_prior(args, read_adapter_config(out / ADAPTER_FILENAME).prior or {}, out / ADAPTER_FILENAME)
-    check_provider_args(args)
+        if not no_prior:
+            apply_recorded_prior(args, read_adapter_config(out / ADAPTER_FILENAME).prior or {}, out / ADAPTER_FILENAME)
+    if not no_prior:
+        check_provider_args(args)
     model, default_targets, described = load_backbone_from_args(args, args.targets)
-    check_task_scale(args.task, args._scale, described)
-    from ..training.restore import minimum_tile
+    if pairs is not None:
+        paired_task(args, pairs, args._scale, described)
+    else:
+        check_task_scale(args.task, args._scale, described)
+    from ..inference.restore import minimum_tile
 
     least = minimum_tile(model, getattr(args, "_descriptor", None))
     if args.patch // scale < least:
@@ -447,9 +576,11 @@ def _run(args) -> int:
 
     info = init_distributed(args.device)
     try:
-        provider = build_provider(args, device=info.device)  # every provider runs where training runs
+        # every provider runs where training runs; --prior none builds none (no segmenter at all)
+        provider = None if no_prior else build_provider(args, device=info.device)
         distilled = args.prior == "distilled"
         if distilled:
+            assert provider is not None  # the teacher (--prior distilled is never --prior none)
             _check_teacher_runs(args, provider, train_images)
             if args.resume:
                 recorded = (read_adapter_config(out / ADAPTER_FILENAME).prior or {}).get("teacher")
@@ -460,12 +591,16 @@ def _run(args) -> int:
                     )
         if args.resume:
             _resume_provenance_check(args, out / ADAPTER_FILENAME, provider)
-        cache = prior_cache(args)
+        cache = None if no_prior else prior_cache(args)
         if info.distributed and not info.is_main:
             torch.distributed.barrier()  # the main process fills the prior cache first; the others read it
-        dataset = build_dataset(args, args.data, provider, cache, train=True, patch=args.patch, teacher=distilled)
+        dataset = build_dataset(
+            args, args.data, provider, cache, train=True, patch=args.patch, teacher=distilled, pairs=pairs
+        )
         val_set = (
-            build_dataset(args, args.val, None if distilled else provider, cache, train=False) if args.val else None
+            build_dataset(args, args.val, None if distilled else provider, cache, train=False, pairs=val_pairs)
+            if args.val
+            else None
         )
         if info.distributed and info.is_main:
             torch.distributed.barrier()
@@ -482,9 +617,12 @@ def _run(args) -> int:
         if args.resume:
             spt = load_adapter(model, out / ADAPTER_FILENAME)
         else:
-            prior_meta = {"provider": provider.identity(), "encoding": args.encoding, "task": args.task}
+            prior_meta: dict[str, Any] = {"kind": "none", "task": args.task}
+            if provider is not None:
+                prior_meta = {"provider": provider.identity(), "encoding": args.encoding, "task": args.task}
             student = None
             if distilled:  # the provider is the teacher: it never runs at inference
+                assert provider is not None
                 prior_meta = {
                     "kind": "distilled",
                     "teacher": provider.identity(),
@@ -503,7 +641,8 @@ def _run(args) -> int:
                 exclude=list(args.exclude or []),
                 fusion=args.fusion or DEFAULT_FUSION,
                 hidden=args.hidden or 16,
-                prior_channels=encoding_channels(args.encoding),
+                depth=args.depth or 2,
+                prior_channels=0 if no_prior else encoding_channels(args.encoding),
                 prior={**prior_meta, "channels": args._channels},
                 student=student,
                 integration=None if args.targets else args._claim[0],
@@ -517,16 +656,26 @@ def _run(args) -> int:
                 f"backbone: {described}; {len(spt.unit_names())} SPT unit(s) on {spt.spt_config[spt.active_adapter].targets}"
             )
             spt.print_trainable_parameters()
-            what = f"distilled prior, teacher {provider!r} on the clean images" if distilled else f"prior {provider!r}"
-            print(f"data: {len(train_images)} image(s) in {args.data}, task {args.task}, {what}")
+            what = (
+                "no prior (--prior none)"
+                if no_prior
+                else f"distilled prior, teacher {provider!r} on the clean images"
+                if distilled
+                else f"prior {provider!r}"
+            )
+            lq = f" paired with {args.lq} ({pairs.alignment})" if pairs is not None else ""
+            print(f"data: {len(train_images)} image(s) in {args.data}{lq}, task {args.task}, {what}")
         info_meta: dict[str, Any] = {
             "task": args.task,
             "data": str(args.data),
+            **({"lq": str(args.lq)} if args.lq else {}),
             "patch": args.patch,
             "backbone": described,
             "encoding": args.encoding,
             "seed": args.seed,
         }
+        if not args.lq:  # how the synthetic degradation was drawn
+            info_meta.update({"degrade_per": args.degrade_per, "clip": args.clip})
         if getattr(args, "_iters_changes", None):
             info_meta["iters_changes"] = args._iters_changes  # an extended run says so in its header
         args._interrupt_hint = (

@@ -13,7 +13,8 @@ from .student import check_student
 
 #: Version of the config/adapter-file schema. Bump when a saved field changes meaning.
 #: 2: ``student`` (a distilled prior: the student's settings; its tensors in the delta).
-SCHEMA_VERSION = 2
+#: 3: ``prior_channels`` 0 (units that read no prior: no prior encoder; ``prior`` records ``kind: none``).
+SCHEMA_VERSION = 3
 
 FUSIONS = ("concat", "sft", "pool", "lowrank")
 #: The default fusion is the one benchmarks/quality.py supports (docs/results.md): on unseen-noise
@@ -37,6 +38,10 @@ def _as_pattern_list(value: Any, name: str) -> list[str]:
 #: upper bounds of the unit sizes: typical units are hidden 16-64, depth 2-4; hidden 100000 would ask
 #: for 10^10 weights per layer (an out-of-memory traceback, or hours) instead of an answer
 UNIT_LIMITS = {"hidden": 4096, "depth": 64, "prior_channels": 4096}
+#: the least value of each size: ``prior_channels`` 0 is the "no prior" choice (:data:`NO_PRIOR`)
+UNIT_MINIMA = {"hidden": 1, "depth": 1, "prior_channels": 0}
+#: ``SPTConfig.prior["kind"]`` of an adapter whose units read no prior (``prior_channels`` 0)
+NO_PRIOR = "none"
 
 
 @dataclass
@@ -48,10 +53,11 @@ class SPTConfig:
         scale and shift from the prior) or ``pool`` (features averaged inside each prior region, then a
         residual conv; needs a label-map prior) or ``lowrank`` (no prior read: the features through a
         3x3 conv to ``hidden`` channels, then a zero-initialised 1x1 conv back, added to them, linear at
-        ``depth`` 1; the narrow unit of issue 28, result 16 of docs/results.md).
+        ``depth`` 1; the narrow unit of issue 28, result 16 of docs/results.md; always ``prior_channels`` 0).
     hidden: width of the prior encoder (``lowrank``: the rank); depth: number of conv layers in it
         (``lowrank``: of 3x3 convs before the 1x1 one, a LeakyReLU between two of them).
-    prior_channels: C_p of the prior tensor the units read.
+    prior_channels: C_p of the prior tensor the units read; 0: the units read no prior (no prior
+        encoder: ``model(x)`` takes no ``prior=``, and files record ``prior: {"kind": "none"}``).
     prior_resize: how a prior is resized to each feature map (``nearest`` for label maps).
     prior: free-form description of how priors are made (provider, encoding, settings); recorded
         in adapter files so that users can rebuild the same prior.
@@ -84,8 +90,9 @@ class SPTConfig:
             raise ConfigError(f"prior_resize must be one of {PRIOR_RESIZE}, got {self.prior_resize!r}")
         for name in ("hidden", "depth", "prior_channels"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < UNIT_MINIMA[name]:
+                what = "a positive integer" if UNIT_MINIMA[name] else "an integer >= 0 (0: no prior)"
+                raise ConfigError(f"{name} must be {what}, got {value!r}")
             if value > UNIT_LIMITS[name]:
                 raise ConfigError(
                     f"{name} {value} is beyond the {UNIT_LIMITS[name]} an SPT unit can use (a unit's "
@@ -101,9 +108,17 @@ class SPTConfig:
             json.dumps(self.prior, sort_keys=True)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"prior must be JSON-serialisable: {exc}") from None
+        if self.fusion == "lowrank":
+            if self.student is not None:
+                raise ConfigError("fusion='lowrank' reads no prior: a distilled prior (student) would go unused")
+            if self.prior_channels not in (0, 1) or self.prior.get("provider"):
+                raise ConfigError(
+                    "fusion='lowrank' reads no prior: leave prior_channels at 0 and record no provider "
+                    f"(got prior_channels={self.prior_channels}, prior={json.dumps(self.prior, sort_keys=True)[:80]})"
+                )
+            self.prior_channels = 0  # 1 is the field's default: lowrank units always read no prior
+        self._check_no_prior()
         self.student = check_student(self.student)
-        if self.student is not None and self.fusion == "lowrank":
-            raise ConfigError("fusion='lowrank' reads no prior: a distilled prior (student) would go unused")
         if self.student is not None and self.fusion == "pool":
             raise ConfigError(
                 "a distilled prior (student) makes a soft map, not the label map the pool fusion reads; "
@@ -111,6 +126,34 @@ class SPTConfig:
             )
         if not isinstance(self.schema_version, int) or self.schema_version < 1:
             raise ConfigError(f"schema_version must be a positive integer, got {self.schema_version!r}")
+
+    # -- "no prior" (schema 3) ------------------------------------------------------------------
+    @property
+    def reads_prior(self) -> bool:
+        """Whether the units read a prior (False: ``prior_channels`` 0, the "no prior" choice)."""
+        return self.prior_channels > 0
+
+    def _check_no_prior(self) -> None:
+        """``prior_channels`` 0 and ``prior["kind"] == "none"`` go together (the record is filled in
+        when absent); a no-prior adapter records no provider and has no student (nor the pool fusion, refused above)."""
+        if not isinstance(self.prior, dict):
+            return  # refused above
+        recorded_none = self.prior.get("kind") == NO_PRIOR
+        if self.reads_prior:
+            if recorded_none:
+                raise ConfigError(
+                    f"prior records kind {NO_PRIOR!r} (no prior) but prior_channels is {self.prior_channels}: "
+                    "units that read no prior have prior_channels=0"
+                )
+            return
+        if self.prior.get("provider") or self.prior.get("kind") not in (None, NO_PRIOR):
+            raise ConfigError(
+                f"prior_channels=0 means the units read no prior, but prior records how one is made "
+                f"({json.dumps(self.prior, sort_keys=True)[:120]}); drop one of them"
+            )
+        if self.student is not None:
+            raise ConfigError("a distilled prior (student) makes a prior: it needs prior_channels >= 1")
+        self.prior = {**self.prior, "kind": NO_PRIOR}
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import LayoutError, PriorError, TargetError
 from ..plugins.types import LayoutSpec
@@ -46,6 +47,40 @@ class PriorState:
             self.set_prior(previous)
 
 
+@contextlib.contextmanager
+def prior_follows_padding(net: nn.Module, state: PriorState) -> Iterator[None]:
+    """While ``net`` runs, pad the prior as ``net`` pads its input. A backbone that pads an input to
+    its window or size multiple itself (``check_image_size``: spandrel's SwinIR, HAT, Swin2SR,
+    SRFormer, NAFNet, SCUNet, ...) runs its layers on the padded grid; a prior of the unpadded image
+    resized onto that grid would be stretched over the padding, every region off the pixels it
+    describes (up to 3 8-bit levels on a SwinIR at 21x27). The prior is padded at the bottom and right
+    by the same amount (edge values, as :func:`spt_adapter.restore` pads it), so ``model(x, prior=p)``
+    puts it where ``restore``, ``eval`` and an export do."""
+    original = getattr(net, "check_image_size", None)
+    if not callable(original) or "check_image_size" in vars(net):
+        yield
+        return
+
+    def check_image_size(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        y = original(x, *args, **kwargs)
+        prior = state.prior
+        if prior is None or not torch.is_tensor(y) or y.dim() != 4 or x.dim() != 4:
+            return y
+        (h, w), (hp, wp) = x.shape[-2:], y.shape[-2:]
+        if (hp, wp) != (h, w) and hp >= h and wp >= w:
+            ph = round((hp - h) * prior.shape[-2] / h)
+            pw = round((wp - w) * prior.shape[-1] / w)
+            state.set_prior(F.pad(prior, (0, pw, 0, ph), mode="replicate"))
+        return y
+
+    # an instance attribute shadows the method (object.__setattr__: nn.Module's would treat it as a module)
+    object.__setattr__(net, "check_image_size", check_image_size)
+    try:
+        yield
+    finally:
+        object.__delattr__(net, "check_image_size")
+
+
 class SPTLayer(nn.Module):
     """Wraps one target module: ``base_layer`` runs unchanged, then the active SPT unit corrects
     its output."""
@@ -75,10 +110,10 @@ class SPTLayer(nn.Module):
         if not active:
             return out
         prior = self._spt_state.prior
-        if prior is None:
-            raise PriorError(f"SPT layer {self.spt_target_name!r} needs a prior: {self.prior_hint}")
         for name in active:
             unit = self.spt_units[name]
+            if prior is None and getattr(unit, "reads_prior", True):
+                raise PriorError(f"SPT layer {self.spt_target_name!r} needs a prior: {self.prior_hint}")
             out = apply_to_output(self.spt_target_name, self._spt_layout, out, args, kwargs, _with_prior(unit, prior))
         return out
 
@@ -86,7 +121,7 @@ class SPTLayer(nn.Module):
         return f"target={self.spt_target_name!r}"
 
 
-def _with_prior(unit: nn.Module, prior: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+def _with_prior(unit: nn.Module, prior: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """``unit`` as a function of the features alone (this layer's prior bound)."""
     return lambda feats: unit(feats, prior)
 

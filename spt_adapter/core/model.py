@@ -1,4 +1,8 @@
-"""SPTModel: a backbone with SPT units, the prior plumbing, and named adapters."""
+"""SPTModel: a backbone with SPT units, the prior plumbing, and named adapters.
+
+Size: the model class, the checks every prior passes before any compute (shared with the PEFT tuner) and
+``inject`` with its keywords belong together: they are the one place that says what a forward call takes.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,11 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 import torch.nn as nn
 
-from ..errors import PriorError, TargetError
-from .config import SPTConfig
+from ..errors import ConfigError, PriorError, SPTError, TargetError
+from .config import NO_PRIOR, SPTConfig
 from .keys import get_logical_module, is_unit_key, logical_named_modules, student_file_key, unit_file_key
-from .layer import PriorState, SPTLayer, iter_layers, make_unit, unwrap, wrap
-from .planning import plan_injection, resolve_config
+from .layer import PriorState, SPTLayer, iter_layers, make_unit, prior_follows_padding, unwrap, wrap
+from .planning import budget_parameters, hidden_for_budget, plan_injection, resolve_config
 from .student import PriorStudent
 
 if TYPE_CHECKING:
@@ -27,6 +31,9 @@ class SPTModel(nn.Module):
 
     Use :func:`spt_adapter.inject` to make one. ``model(x, prior=p)`` runs the backbone with the
     active adapter's units reading ``p``; attribute access falls through to the backbone.
+
+    An adapter whose units read no prior (``SPTConfig.prior_channels`` 0, ``inject(..., prior="none")``)
+    runs as ``model(x)``; passing it a prior is a :class:`PriorError` (nothing would read it).
 
     An adapter whose config has a ``student`` (a distilled prior) carries a
     :class:`~spt_adapter.core.student.PriorStudent` that makes the prior from the input: ``model(x)``
@@ -76,17 +83,29 @@ class SPTModel(nn.Module):
         example_input: torch.Tensor | None = None,
         _channels: dict[str, int] | None = None,
         _names: list[str] | None = None,
+        preset: str | None = None,
+        hidden: int | None = None,
+        depth: int | None = None,
+        prior: str | None = None,
+        budget: int | float | None = None,
     ) -> SPTModel:
-        """Add a named adapter (units on its own targets) and make it active."""
+        """Add a named adapter (units on its own targets) and make it active; ``preset``, ``hidden``,
+        ``depth``, ``prior`` and ``budget`` as for :func:`inject`."""
         if not isinstance(adapter_name, str) or not adapter_name.isidentifier():
             raise TargetError(f"adapter_name must be an identifier, got {adapter_name!r}")
         if adapter_name in self.spt_config:
             raise TargetError(
                 f"adapter {adapter_name!r} exists already; delete_adapter() it first or pick another name"
             )
-        config, claim = resolve_config(self.base_model, targets, exclude, config)
+        if budget is not None and hidden is not None:
+            raise ConfigError("budget= chooses hidden: pass one of them")
+        config = unit_options(config, hidden=hidden, depth=depth, prior=prior)
+        config, claim = resolve_config(self.base_model, targets, exclude, config, preset)
         with self.disable_adapter():  # the probe pass sees the plain backbone
             plan = plan_injection(self.base_model, config, claim, example_input, _channels, _names)
+        if budget is not None:
+            wanted = budget_parameters(budget, self.base_model)
+            config = config.replace(hidden=hidden_for_budget(plan.channels, config, wanted))
         units = {n: make_unit(plan.channels[n], config, get_logical_module(self.base_model, n)) for n in plan.names}
         student = None
         if config.student is not None:
@@ -193,11 +212,23 @@ class SPTModel(nn.Module):
             value_range=prior_range(config),
         )
 
+    def _refuse_prior_for_no_prior(self) -> None:
+        raise PriorError(
+            f"adapter {self.active_adapter!r} reads no prior (it was made with prior='none'): call model(x) "
+            "without prior= and without use_prior()"
+        )
+
+    def _reads_no_prior(self) -> bool:
+        config = self._config()
+        return config is not None and not config.reads_prior
+
     @contextlib.contextmanager
     def use_prior(self, prior: torch.Tensor) -> Iterator[SPTModel]:
         """Set the prior for every forward call inside the block (for trainers that call ``net(lq)``)."""
         if self.student() is not None:
             self._refuse_prior_for_student()
+        if self._reads_no_prior():
+            self._refuse_prior_for_no_prior()
         with self._spt_state.using(self.check_prior(prior)):
             yield self
 
@@ -226,11 +257,17 @@ class SPTModel(nn.Module):
             if prior_logits_only:
                 return logits
             with state.using(self.check_prior(torch.sigmoid(logits), batch_size(args, kwargs))):
-                out = self.base_model(*args, **kwargs)
+                with prior_follows_padding(self.base_model, state):
+                    out = self.base_model(*args, **kwargs)
             return (out, logits) if return_prior_logits else out
+        if self._reads_no_prior():
+            if prior is not None or state.prior is not None:
+                self._refuse_prior_for_no_prior()
+            return self.base_model(*args, **kwargs)
         given = prior if prior is not None else state.prior
         with state.using(self.check_prior(given, batch_size(args, kwargs), first_tensor(args, kwargs))):
-            return self.base_model(*args, **kwargs)
+            with prior_follows_padding(self.base_model, state):
+                return self.base_model(*args, **kwargs)
 
     # -- training helpers --------------------------------------------------------------------
     def train(self, mode: bool = True) -> SPTModel:
@@ -284,7 +321,8 @@ class SPTModel(nn.Module):
 
     # -- files --------------------------------------------------------------------------------
     # Core does not import the file layer above it: spt_adapter.files registers these operations
-    # (register_file_operations) when it is imported; the first call loads it by name if nothing has.
+    # (register_file_operations) when it is imported, and `import spt_adapter` imports it before any
+    # SPTModel can be made through the facade.
     def save_adapter(self, path: str | os.PathLike, adapter_name: str | None = None, **kwargs: Any) -> Path:
         """Write this adapter as a safetensors delta (see :func:`spt_adapter.save_adapter`)."""
         return _file_operation("save_adapter")(self, path, adapter_name=adapter_name, **kwargs)
@@ -306,26 +344,28 @@ class SPTModel(nn.Module):
         return _file_operation("push_to_hub")(self, repo_id, private=private, token=token, **kwargs)
 
 
+#: the file operations SPTModel declares and the file layer provides (dependency inversion: core names
+#: the interface, :mod:`spt_adapter.files` fills it when it is imported; core never imports the layer above)
+FILE_OPERATIONS = ("save_adapter", "load_adapter", "save_pretrained", "push_to_hub")
 _FILE_OPERATIONS: dict[str, Any] = {}
 
 
 def register_file_operations(**operations) -> None:
-    """Called by :mod:`spt_adapter.files` to provide SPTModel's file methods (dependency inversion:
-    core declares the operations, the layer above implements them)."""
+    """Called by :mod:`spt_adapter.files` to provide SPTModel's file methods (:data:`FILE_OPERATIONS`)."""
+    unknown = sorted(set(operations) - set(FILE_OPERATIONS))
+    if unknown:
+        raise TypeError(f"register_file_operations: {unknown} are not SPTModel file operations {FILE_OPERATIONS}")
     _FILE_OPERATIONS.update(operations)
 
 
 def _file_operation(name: str):
-    if name not in _FILE_OPERATIONS:
-        # `import spt_adapter` no longer loads the file layer (it stays torch-free for spt_adapter.deploy):
-        # load it by name here, the way plugins are loaded, so core still never imports the layer above
-        import importlib
-
-        importlib.import_module("spt_adapter.files")
     try:
         return _FILE_OPERATIONS[name]
-    except KeyError:  # spt_adapter.files registers every operation when imported
-        raise RuntimeError(f"SPTModel.{name} needs spt_adapter.files, which did not register it") from None
+    except KeyError:
+        raise SPTError(
+            f"SPTModel.{name} is provided by spt_adapter.files, which is not imported yet: `import spt_adapter` "
+            "(the package facade loads it), or `import spt_adapter.files`"
+        ) from None
 
 
 #: every encoding the library makes (spt_adapter.prior.encode) lies in [0, 1]
@@ -449,6 +489,36 @@ def _backbone_modules(root: nn.Module) -> Iterator[nn.Module]:
         yield module
 
 
+#: the values of ``inject(..., prior=)``: ``"none"``, units that read no prior (``prior_channels`` 0)
+PRIOR_CHOICES = (NO_PRIOR,)
+
+
+def unit_options(
+    config: SPTConfig | None, *, hidden: int | None = None, depth: int | None = None, prior: str | None = None
+) -> SPTConfig | None:
+    """``config`` (or the default one) with the unit-size and prior keywords of :func:`inject` applied
+    and checked; ``config`` itself when none is given."""
+    changes: dict[str, Any] = {}
+    if hidden is not None:
+        changes["hidden"] = hidden
+    if depth is not None:
+        changes["depth"] = depth
+    if prior is not None:
+        if prior not in PRIOR_CHOICES:
+            raise ConfigError(
+                f"prior={prior!r}: inject takes prior='none' (units that read no prior); a segmenter's prior "
+                "is passed to each call (model(x, prior=p)), its channels set with SPTConfig(prior_channels=C)"
+            )
+        changes["prior_channels"] = 0
+        base = config.prior if config is not None else {}
+        changes["prior"] = {k: v for k, v in base.items() if k not in ("provider", "kind", "encoding")}
+    if not changes:
+        return config
+    updated = (config if config is not None else SPTConfig()).replace(**changes)
+    updated.__post_init__()
+    return updated
+
+
 def inject(
     model: nn.Module,
     targets: str | Sequence[str] | None = None,
@@ -456,22 +526,52 @@ def inject(
     config: SPTConfig | None = None,
     adapter_name: str = "default",
     example_input: torch.Tensor | None = None,
+    *,
+    preset: str | None = None,
+    hidden: int | None = None,
+    depth: int | None = None,
+    prior: str | None = None,
+    budget: int | float | None = None,
 ) -> SPTModel:
     """Add SPT units to ``model`` and return an :class:`SPTModel` with a frozen backbone.
 
     ``targets``/``exclude`` override ``config.targets``/``config.exclude``; with neither, the plugin
-    that claims the model proposes targets. Every check (patterns, layouts, unit widths via one
+    that claims the model proposes targets: its default preset, or the one named by ``preset``
+    (``inject(dncnn, preset="dncnn-light")``; a preset that does not recognise the model is refused,
+    naming those that do; ``spt-adapter inspect BACKBONE`` lists them with their parameter counts).
+    ``hidden`` (the units' width; ``SPTConfig.hidden``) and ``depth`` (prior-encoder layers) size the
+    units, as ``r`` sizes a LoRA; they override the config's. ``budget`` instead of ``hidden``: the
+    widest units that fit a parameter count (an int) or a share of the backbone's parameters (a float,
+    ``0.02`` for 2 %), for matching another method's size. ``prior="none"``: units that read no
+    prior (no encoder, ``model(x)`` with no ``prior=``; recorded in saved files, so ``eval``,
+    ``restore`` and ``export`` compute none). Every check (patterns, layouts, unit widths via one
     probe forward pass) runs before the first module is replaced: when inject raises, ``model`` is
     exactly as it was. Injecting into an SPTModel adds a named adapter.
     """
     if isinstance(model, SPTModel):
-        return model.add_adapter(adapter_name, config, targets=targets, exclude=exclude, example_input=example_input)
+        return model.add_adapter(
+            adapter_name,
+            config,
+            targets=targets,
+            exclude=exclude,
+            example_input=example_input,
+            preset=preset,
+            hidden=hidden,
+            depth=depth,
+            prior=prior,
+            budget=budget,
+        )
     if not isinstance(model, nn.Module):
         raise TargetError(f"inject needs a torch.nn.Module, got {type(model).__name__}")
     if any(isinstance(m, SPTLayer) for m in model.modules()):
         raise TargetError("this model already carries SPT layers; pass its SPTModel to add an adapter")
-    resolved, claim = resolve_config(model, targets, exclude, config)
+    config = unit_options(config, hidden=hidden, depth=depth, prior=prior)
+    resolved, claim = resolve_config(model, targets, exclude, config, preset)
     plan = plan_injection(model, resolved, claim, example_input)  # validates before any change
+    if budget is not None and hidden is not None:
+        raise ConfigError("budget= chooses hidden: pass one of them")
+    if budget is not None:  # checked before the model changes
+        resolved = resolved.replace(hidden=hidden_for_budget(plan.channels, resolved, budget_parameters(budget, model)))
     wrapped = SPTModel(model)
     return wrapped.add_adapter(
         adapter_name, resolved, example_input=example_input, _channels=plan.channels, _names=plan.names

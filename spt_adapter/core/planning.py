@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import LayoutError, PriorError, TargetError
+from ..errors import ConfigError, LayoutError, PriorError, TargetError
 from ..plugins.manager import call_hook
 from ..plugins.types import LayoutSpec, ModelClaim
 from .config import SPTConfig
@@ -41,7 +41,30 @@ def describe_layout(model: nn.Module, name: str, module: nn.Module) -> LayoutSpe
     return call_hook("spt_adapter_describe_layout", model=model, name=name, module=module)
 
 
-def resolve_config(model: nn.Module, targets, exclude, config: SPTConfig | None) -> tuple[SPTConfig, ModelClaim | None]:
+def pick_preset(claim: ModelClaim | None, preset: str | None, what: str) -> ModelClaim | None:
+    """The claim of preset ``preset`` among those ``claim`` offers (None: the claim itself, the
+    default); :class:`TargetError` naming the presets that do recognise ``what`` when none is called
+    ``preset``, or when nothing claims it."""
+    if preset is None:
+        return claim
+    if claim is None:
+        raise TargetError(
+            f"preset {preset!r} was asked for, but no preset recognises {what}: pass targets= instead "
+            "(`spt-adapter plugins --presets` lists the architectures with presets)"
+        )
+    picked = claim.pick(preset)
+    if picked is None:
+        raise TargetError(
+            f"preset {preset!r} does not recognise {what}; the presets that do: {', '.join(claim.presets)}"
+        )
+    return picked
+
+
+def resolve_config(
+    model: nn.Module, targets, exclude, config: SPTConfig | None, preset: str | None = None
+) -> tuple[SPTConfig, ModelClaim | None]:
+    """The config to inject: ``targets``/``exclude`` replace the config's; with no targets at all, the
+    claiming plugin's preset proposes them (``preset``: that preset by name, e.g. ``"dncnn-light"``)."""
     config = config if config is not None else SPTConfig()
     changes: dict[str, Any] = {}
     if targets is not None:
@@ -51,9 +74,13 @@ def resolve_config(model: nn.Module, targets, exclude, config: SPTConfig | None)
     if changes:
         config = config.replace(**changes)
         config.__post_init__()
+    if preset is not None and config.targets:
+        raise TargetError(
+            f"preset {preset!r} proposes the targets, and targets {config.targets} were given too: pass one of them"
+        )
     claim = None
     if not config.targets:
-        claim = claim_model(model)
+        claim = pick_preset(claim_model(model), preset, f"a {type(model).__name__}")
         if claim is None:
             raise TargetError(
                 f"no targets given and no plugin claims a {type(model).__name__}; pass targets= "
@@ -61,6 +88,64 @@ def resolve_config(model: nn.Module, targets, exclude, config: SPTConfig | None)
             )
         config = config.replace(targets=list(claim.targets), integration=claim.integration, preset=claim.preset)
     return config, claim
+
+
+def units_parameter_count(channels: dict[str, int], config: SPTConfig) -> int:
+    """Trainable parameters of an adapter of ``config`` with units of the given widths (``{target: C}``),
+    its prior student included; from the shapes alone (nothing is built)."""
+    from .student import student_parameter_shapes
+    from .unit import unit_parameter_shapes
+
+    def numel(shapes: dict[str, tuple[int, ...]]) -> int:
+        total = 0
+        for shape in shapes.values():
+            n = 1
+            for d in shape:
+                n *= d
+            total += n
+        return total
+
+    count = sum(numel(unit_parameter_shapes(c, config)) for c in channels.values())
+    if config.student is not None:
+        count += numel(student_parameter_shapes(config.student, config.prior_channels))
+    return count
+
+
+def hidden_for_budget(channels: dict[str, int], config: SPTConfig, budget: int) -> int:
+    """The largest ``hidden`` whose units (widths ``channels``) hold at most ``budget`` parameters;
+    :class:`ConfigError` when even ``hidden=1`` holds more (the message gives that count)."""
+    from .config import UNIT_LIMITS
+
+    def count(h: int) -> int:
+        return units_parameter_count(channels, config.replace(hidden=h))
+
+    if count(1) > budget:
+        raise ConfigError(
+            f"a budget of {budget:,} parameters is below the smallest units on these {len(channels)} target(s) "
+            f"(hidden=1: {count(1):,}); raise the budget or pick fewer targets (a lighter preset)"
+        )
+    lo, hi = 1, UNIT_LIMITS["hidden"]
+    while lo < hi:  # the count grows with hidden
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if count(mid) <= budget else (lo, mid - 1)
+    return lo
+
+
+def budget_parameters(budget: int | float, backbone: nn.Module) -> int:
+    """A budget as a parameter count: an int is one; a float in (0, 1) is a share of ``backbone``'s
+    parameters (``0.02``: 2 %)."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        raise ConfigError(
+            f"budget must be a parameter count (int) or a share of the backbone (0 < float < 1), got {budget!r}"
+        )
+    if isinstance(budget, float):
+        if not 0 < budget < 1:
+            raise ConfigError(f"a float budget is a share of the backbone's parameters, 0 < budget < 1; got {budget!r}")
+        total = sum(p.numel() for n, p in backbone.named_parameters() if ".spt_units." not in n)
+        return int(budget * total)
+    if budget < 1:
+        raise ConfigError(f"budget must be a positive parameter count, got {budget!r}")
+    return budget
 
 
 def plan_injection(
@@ -123,7 +208,7 @@ def probe_channels(
     handles = []
 
     def make_hook(name: str):
-        def hook(module, args, kwargs, out):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
             def record(feats: torch.Tensor) -> torch.Tensor:
                 found[name] = int(feats.shape[1])
                 return feats

@@ -62,6 +62,8 @@ def unit_tensor_count(config: SPTConfig) -> int:
         return 4
     if config.fusion == "lowrank":
         return 2 * config.depth + 2
+    if not config.reads_prior:  # no encoder: concat keeps its two fuse convs, sft a scale and a shift
+        return 4 if config.fusion == "concat" else 2
     return 2 * config.depth + (4 if config.fusion == "concat" else 2)
 
 
@@ -86,6 +88,14 @@ def unit_parameter_shapes(channels: int, config: SPTConfig) -> dict[str, tuple[i
             conv(f"fuse.{2 * i}", h, h, 3)
         conv(f"fuse.{2 * config.depth - 1}", c, h, 1)
         return shapes
+    if not config.reads_prior:  # see SPTUnit: the encoder of a constant prior folded into biases
+        if config.fusion == "concat":
+            conv("fuse.0", h, c, 1)
+            conv("fuse.2", c, h, 1)
+        else:
+            shapes["fuse.scale"] = (c,)
+            shapes["fuse.shift"] = (c,)
+        return shapes
     conv("encoder.0", h, config.prior_channels, 3)
     for i in range(1, config.depth):
         conv(f"encoder.{2 * i}", h, h, 3)
@@ -97,6 +107,19 @@ def unit_parameter_shapes(channels: int, config: SPTConfig) -> dict[str, tuple[i
     return shapes
 
 
+class ChannelAffine(nn.Module):
+    """``features * (1 + scale) + shift`` with one (scale, shift) per channel, both starting at zero:
+    what the ``sft`` fusion computes from a constant prior (its encoder's output is then one vector)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.zeros(channels))
+        self.shift = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features * (1 + self.scale.view(1, -1, 1, 1)) + self.shift.view(1, -1, 1, 1)
+
+
 class SPTUnit(nn.Module):
     """One SAM-prior tuning unit for a feature map of ``channels`` channels.
 
@@ -104,11 +127,17 @@ class SPTUnit(nn.Module):
     resolution, and returns corrected features of the same shape. The layer that writes into the
     features is zero-initialised, so a fresh unit returns its input exactly.
 
+    With ``config.prior_channels == 0`` (no prior) the unit has no prior encoder and ``prior`` is
+    ``None``: a constant prior through the encoder is only a learned bias (one vector per unit, up to
+    the zero padding at the borders), so it is folded into the fusion's own biases instead of being
+    carried as dead weights -- ``concat`` becomes ``features + conv(act(conv(features)))`` (1x1,
+    ``channels -> hidden -> channels``), ``sft`` a per-channel scale and shift (:class:`ChannelAffine`).
+
     ``fusion="lowrank"`` is the narrow feature unit of issue 28: ``features + up(down(features))``
     with ``down`` a 3x3 conv to ``hidden`` channels (the rank; with ``depth`` > 1, ``depth - 1`` more
-    3x3 convs after it, each behind a LeakyReLU) and ``up`` a zero-initialised 1x1 conv back. It has no prior encoder and ignores the prior: on
-    every real backbone measured (docs/results.md, results 13-16) the segment prior added nothing,
-    while spatial context in the unit's own path did (result 16).
+    3x3 convs after it, each behind a LeakyReLU) and ``up`` a zero-initialised 1x1 conv back. It has no prior encoder and reads no prior (its config
+    has ``prior_channels`` 0): on every real backbone measured (docs/results.md, results 13-16) the
+    segment prior added nothing, while spatial context in the unit's own path did (result 16).
     """
 
     def __init__(self, channels: int, config: SPTConfig) -> None:
@@ -121,12 +150,7 @@ class SPTUnit(nn.Module):
         hidden = config.hidden
         self.encoder: nn.Module | None = None
         self.fuse: nn.Module
-        if self.fusion == "pool":
-            # features ++ region-averaged features -> hidden -> channels
-            last = nn.Conv2d(hidden, channels, 1)
-            self.fuse = nn.Sequential(nn.Conv2d(2 * channels, hidden, 1), _act(), last)
-            self._zero(last)
-            return
+        self.reads_prior = config.reads_prior
         if self.fusion == "lowrank":
             # features -> 3x3 conv to `hidden` (the rank) -> [act, 3x3 hidden -> hidden] x (depth - 1) -> 1x1 back:
             # linear at depth 1 (a rank-`hidden` residual with 3x3 context, as LoRA's update is linear)
@@ -135,6 +159,20 @@ class SPTUnit(nn.Module):
                 down += [_act(), nn.Conv2d(hidden, hidden, 3, padding=1)]
             last = nn.Conv2d(hidden, channels, 1)
             self.fuse = nn.Sequential(*down, last)
+            self._zero(last)
+            return
+        if not self.reads_prior:
+            if self.fusion == "concat":
+                last = nn.Conv2d(hidden, channels, 1)
+                self.fuse = nn.Sequential(nn.Conv2d(channels, hidden, 1), _act(), last)
+                self._zero(last)
+            else:  # sft (pool needs a prior: SPTConfig refuses it)
+                self.fuse = ChannelAffine(channels)
+            return
+        if self.fusion == "pool":
+            # features ++ region-averaged features -> hidden -> channels
+            last = nn.Conv2d(hidden, channels, 1)
+            self.fuse = nn.Sequential(nn.Conv2d(2 * channels, hidden, 1), _act(), last)
             self._zero(last)
             return
         layers: list[nn.Module] = [nn.Conv2d(config.prior_channels, hidden, 3, padding=1), _act()]
@@ -156,9 +194,12 @@ class SPTUnit(nn.Module):
         if conv.bias is not None:
             nn.init.zeros_(conv.bias)
 
-    def forward(self, features: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-        if self.fusion == "lowrank":  # reads the features alone: the prior is not used
-            return features + self.fuse(features)
+    def forward(self, features: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+        if not self.reads_prior:
+            if self.fusion in ("concat", "lowrank"):
+                return features + self.fuse(features)
+            return self.fuse(features)
+        assert prior is not None  # the layer refuses a missing prior before calling a unit that reads one
         # no int(): under tracing the sizes are symbolic, and the exported graph must follow them
         size = (features.shape[-2], features.shape[-1])
         prior = resize_prior(prior.to(dtype=features.dtype, device=features.device), size, self.prior_resize)
@@ -173,4 +214,5 @@ class SPTUnit(nn.Module):
         return features * (1 + scale) + shift
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, fusion={self.fusion!r}, prior_resize={self.prior_resize!r}"
+        prior = f"prior_resize={self.prior_resize!r}" if self.reads_prior else "no prior"
+        return f"channels={self.channels}, fusion={self.fusion!r}, {prior}"

@@ -72,6 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="B",
         help="cross-fade width around each seam (default as `spt-adapter restore`)",
     )
+    p.add_argument(
+        "--num-shards",
+        type=_count("a positive number", 1),
+        default=None,
+        metavar="N",
+        help="split the inputs in N shards by a hash of each output's name (default: $WORLD_SIZE or 1)",
+    )
+    p.add_argument(
+        "--shard-index",
+        type=_count("0 or more", 0),
+        default=None,
+        metavar="I",
+        help="which shard this process restores (default: $RANK or 0)",
+    )
     p.add_argument("--threads", type=_count("a positive number", 1), default=None, help="onnxruntime threads")
     p.add_argument("--skip-existing", action="store_true", help="keep outputs that exist (redo unfinished ones)")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: refuse)")
@@ -90,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def restore(args: argparse.Namespace) -> int:
-    from .images import read_image
+    from .images import read_image_full_depth
     from .onnx_restore import check_torch_free, default_threads, load_onnx, restore_image
     from .outputs import (
         check_existing,
@@ -100,6 +114,7 @@ def restore(args: argparse.Namespace) -> int:
         remove_stale_temporaries,
         unfinished_output,
     )
+    from .shards import shard_settings, split_by_key
     from .tiling import check_tiling
 
     items = list(args.inputs) + list(args.input)
@@ -115,6 +130,13 @@ def restore(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise SPTError(f"--out {out} exists and is not a folder")
     targets = output_paths(paths, folders, out, args.allow_out_in_input)
+    # this process's share first: another shard's finished outputs are not this run's to refuse
+    num, index = shard_settings(args.num_shards, args.shard_index)
+    shard_note = ""
+    if num > 1:
+        total = len(paths)
+        paths, targets = split_by_key(paths, targets, num, index)
+        shard_note = f" (shard {index}/{num}: {len(paths)} of {total} inputs, by output name)"
     check_existing(targets, out, args.skip_existing, args.overwrite)
     net = load_onnx(args.backbone, threads=args.threads or default_threads())
     check_torch_free(net)
@@ -123,23 +145,26 @@ def restore(args: argparse.Namespace) -> int:
     remove_stale_temporaries(out, targets)
     say = (lambda *a: None) if args.quiet else (lambda text: print(text, file=sys.stderr))
     tiling = f"tiles {args.tile}" if args.tile else "whole images"
-    say(f"restore: {len(paths)} image(s) -> {out}; exported onnx {args.backbone} ({net.kind}); {tiling}")
+    say(f"restore: {len(paths)} image(s){shard_note} -> {out}; exported onnx {args.backbone} ({net.kind}); {tiling}")
     done, skipped, failed, redone = 0, 0, [], []
+    reduced: list[tuple[Path, str]] = []
     t0 = time.perf_counter()
     for path, target in zip(paths, targets, strict=True):
         if args.skip_existing and target.is_file():
-            reason = unfinished_output(target, path, None)
+            reason = unfinished_output(target, path, net.scale)
             if reason is None:
                 skipped += 1
                 continue
             redone.append((target, reason))
         try:
-            image = read_image(path, net.channels)
+            image, note = read_image_full_depth(path, net.channels)
         except SPTError as exc:
             if args.strict:
                 raise SPTError(f"{exc} (--strict stops at the first unreadable input)") from None
             failed.append((path, str(exc)))
             continue
+        if note:
+            reduced.append((path, note))
         restored = restore_image(net, image, tile=args.tile, tile_overlap=args.tile_overlap, tile_blend=args.tile_blend)
         atomic_write_bytes(target, png_bytes(restored))
         done += 1
@@ -151,6 +176,8 @@ def restore(args: argparse.Namespace) -> int:
         say(f"  unreadable: {path}: {reason}")
     for target, reason in redone:
         say(f"  redone (--skip-existing found an unfinished output): {target}: {reason}")
+    for path, note in reduced:
+        say(f"  written at 8 bits: {path}: {note}")
     return EXIT_OK
 
 

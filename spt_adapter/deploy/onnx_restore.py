@@ -9,7 +9,8 @@ The image is read, tiled, blended, clamped and rounded exactly as ``spt-adapter 
 (:mod:`spt_adapter.deploy.tiling`; ``spt-adapter restore --backbone FILE.onnx`` runs through here
 too). Files whose prior comes from a mask provider (metadata ``kind`` = ``prior``) need that
 provider, which needs the package's PyTorch code: the torch-free command refuses them
-(:func:`check_torch_free`); exports with a distilled student or the backbone alone read the image only.
+(:func:`check_torch_free`); exports with a distilled student, with an adapter that reads no prior
+(kind ``no-prior``) or of the backbone alone read the image only.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError, RestoreError
-from .tiling import float_channels, restore_array, to_image
+from .checksum import verify
+from .tiling import float_channels, output_kind, restore_array, to_image
 
 __all__ = [
     "ExportedFile",
@@ -52,7 +54,7 @@ def check_meta(meta: dict[str, str], source: str) -> None:
 
 class ExportedFile:
     """What every runner of an `spt-adapter export` file shares, whatever its runtime: the metadata
-    (:func:`~spt_adapter.training.export.export_info`) read into the fields the tiler needs, and the
+    (:func:`~spt_adapter.inference.export.export_info`) read into the fields the tiler needs, and the
     call rules -- a file that reads a prior refuses a call without one, a file traced for one image per
     call (``batch: 1``) is fed a batch one image at a time. A runtime supplies :meth:`run` (one call as
     traced) and :meth:`concat` (its arrays joined on the batch axis)."""
@@ -70,6 +72,8 @@ class ExportedFile:
         self.receptive_radius = int(radius) if radius not in ("", None) else None
         self.prior = json.loads(meta.get("prior") or "{}")
         self.prior_channels = int(meta.get("prior_channels") or 0)
+        #: the output size over the input size the export recorded (None: not recorded)
+        self.scale: int | None = int(meta.get("scale") or 0) or None
 
     @property
     def needs_prior(self) -> bool:
@@ -158,6 +162,7 @@ def load_onnx(
         raise ExportError(f"{label}: onnxruntime cannot load it ({str(exc).strip().splitlines()[0][:200]})") from None
     meta = dict(session.get_modelmeta().custom_metadata_map)
     check_meta(meta, label)
+    verify(meta, data, "onnx", label)
     return OnnxNetwork(session, meta, label)
 
 
@@ -188,8 +193,8 @@ def restore_image(
     info: Any = None,
 ) -> np.ndarray:
     """Restore one image (NumPy ``HxW``/``HxWxC``, uint8/uint16 or float on [0, 1]) with an exported
-    file: ``HxWx3`` (``HxW`` for grey files) uint8 for integer inputs, float32 on [0, 1] for float
-    ones. ``prior``: the whole image's prior, for a file that reads one (None otherwise). Tiling as
+    file: ``HxWx3`` (``HxW`` for grey files) uint8 for 8-bit inputs, uint16 for 16-bit ones, float32
+    on [0, 1] for float ones. ``prior``: the whole image's prior, for a file that reads one (None otherwise). Tiling as
     :func:`~spt_adapter.deploy.tiling.restore_array` with the file's size multiple, minimum tile
     and receptive radius."""
     n_in = channels or net.channels
@@ -197,7 +202,7 @@ def restore_image(
         raise RestoreError(f"{net.source} takes {net.channels}-channel images, not {n_in}")
     if net.needs_prior and prior is None:
         raise RestoreError(f"{net.source} reads a prior: compute it with the provider its metadata records")
-    as_float = np.asarray(image).dtype.kind == "f"
+    as_float = output_kind(image)
     x_np, _ = float_channels(image, n_in, "image")
     out = restore_array(
         net,

@@ -2,8 +2,9 @@
 torch-free runner (:mod:`spt_adapter.deploy`).
 
 Inputs are files, folders (not recursive; files that are not images are skipped), globs and
-``.txt`` lists; every input is written to ``OUT/<stem>.png`` (8-bit PNG, atomically: a temporary
-file in ``OUT``, then a rename). Outputs that exist are refused before any work unless
+``.txt`` lists; every input is written to ``OUT/<stem>.png`` (atomically: a temporary file in
+``OUT``, then a rename), at the input's depth: 8-bit PNG for 8-bit inputs, 16-bit PNG for 16-bit
+PNG/TIFF inputs. Outputs that exist are refused before any work unless
 ``--skip-existing`` (keep them; an unfinished one is redone) or ``--overwrite`` (replace them);
 inputs are never overwritten, and ``OUT`` inside an input folder is refused.
 """
@@ -12,7 +13,11 @@ from __future__ import annotations
 
 import glob
 import io
+import struct
+import zlib
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import RestoreError, SPTError
 from .images import list_images
@@ -95,11 +100,36 @@ def remove_stale_temporaries(out: Path, targets: list[Path]) -> None:
 
 
 def png_bytes(image) -> bytes:
+    """A PNG of ``image``: ``HxW`` / ``HxWx3`` uint8 (Pillow), or uint16, written as a 16-bit PNG (grey
+    or RGB: Pillow writes no 16-bit colour PNG, so the file is encoded here)."""
     from PIL import Image
 
+    arr = np.asarray(image)
+    if arr.dtype == np.uint16:
+        return png16_bytes(arr)
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
+    Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def png16_bytes(image: np.ndarray) -> bytes:
+    """A 16-bit PNG (grey or RGB) of a uint16 ``HxW`` / ``HxWx1`` / ``HxWx3`` array, with the "Up"
+    filter on every row (vectorised; any PNG reader decodes it)."""
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    h, w = arr.shape[:2]
+    colour = 0 if arr.ndim == 2 else 2
+    rows = np.ascontiguousarray(arr, dtype=">u2").view(np.uint8).reshape(h, -1)
+    up = rows.copy()
+    up[1:] -= rows[:-1]  # uint8 arithmetic wraps modulo 256, as the filter is defined
+    raw = np.concatenate([np.full((h, 1), 2, np.uint8), up], axis=1).tobytes()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
 
 
 def unfinished_output(target: Path, source: Path, scale: int | None) -> str | None:

@@ -2,8 +2,8 @@
 PyTorch.
 
 :func:`restore_array` runs any network given as a NumPy callable ``(x, prior) -> y`` on (1,C,H,W)
-float32 arrays, whole or in tiles, exactly as :func:`spt_adapter.training.restore.restore_tensor`
-runs a PyTorch model (the module docstring of :mod:`spt_adapter.training.restore` says what the
+float32 arrays, whole or in tiles, exactly as :func:`spt_adapter.inference.restore.restore_tensor`
+runs a PyTorch model (the module docstring of :mod:`spt_adapter.inference.restore` says what the
 tiling does and why): the same tile placement on the padded grid (:func:`tile_starts`), the same
 reflect/replicate padding to the size multiple, the same weights (:func:`axis_weights`, which the
 torch path uses too), float32 accumulation in the same order, clamping to [0, 1] and
@@ -193,6 +193,13 @@ def prior_factor(prior: np.ndarray, h: int, w: int) -> int:
 def float_channels(image: Any, channels: int, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(HxWxC float32 on [0,1] the network sees, HxWxC uint8 of it for the prior)."""
     arr = np.asarray(image)
+    if arr.dtype == np.uint16 and arr.ndim in (2, 3):  # 16-bit: the network sees all 16 bits
+        if arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4):
+            raise RestoreError(f"{name}: expected an HxW or HxWxC image (C 1-4), got shape {arr.shape}")
+        from .images import to_uint16_channels
+
+        f16 = to_uint16_channels(arr, channels)
+        return f16.astype(np.float32) / np.float32(65535.0), to_uint8_channels(arr, channels, name=name)
     if arr.dtype.kind == "f":
         if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)):
             raise RestoreError(f"{name}: expected an HxW or HxWxC image (C 1-4), got shape {arr.shape}")
@@ -230,7 +237,18 @@ def _run(net: Network, x: np.ndarray, p: np.ndarray | None, multiple: int) -> tu
             "not an integer scale"
         )
     s = int(s_h)
-    return out[..., : h * s, : w * s].astype(np.float32, copy=False), s
+    out = out[..., : h * s, : w * s].astype(np.float32, copy=False)
+    check_finite_output(bool(np.isfinite(out).all()))
+    return out, s
+
+
+def check_finite_output(finite: bool) -> None:
+    """Refuse a network output holding NaN or Inf (it would be written as black or white pixels)."""
+    if not finite:
+        raise RestoreError(
+            "the network's output holds NaN or Inf values (its weights or this input drive it out of range); "
+            "nothing was written for this image"
+        )
 
 
 def restore_array(
@@ -304,12 +322,23 @@ def restore_array(
     return result
 
 
-def to_image(out: np.ndarray, as_float: bool = False) -> np.ndarray:
+def output_kind(image: Any) -> str:
+    """What :func:`to_image` returns for an input ``image``: ``float`` (float32 on [0, 1]) for float
+    inputs, ``uint16`` for 16-bit ones, else ``uint8``: the depth in is the depth out."""
+    dtype = np.asarray(image).dtype
+    return "float" if dtype.kind == "f" else "uint16" if dtype == np.uint16 else "uint8"
+
+
+def to_image(out: np.ndarray, as_float: bool | str = False) -> np.ndarray:
     """(C,H,W) float32 on [0,1] -> ``HxWxC`` (``HxW`` for one channel): float32 as it is with
-    ``as_float``, else uint8 of ``round(255 * v)`` (half to even, as torch's ``round``), channel by
-    channel (an 8192x8192 colour output adds one channel's temporary, not a second image)."""
+    ``as_float`` (or ``"float"``), uint16 of ``round(65535 * v)`` for ``"uint16"``, else uint8 of
+    ``round(255 * v)`` (half to even, as torch's ``round``), channel by channel (an 8192x8192 colour
+    output adds one channel's temporary, not a second image)."""
+    kind = as_float if isinstance(as_float, str) else "float" if as_float else "uint8"
     c_out, h, w = out.shape
-    arr = np.empty((h, w, c_out), dtype=np.float32 if as_float else np.uint8)
+    dtype = {"float": np.float32, "uint16": np.uint16, "uint8": np.uint8}[kind]
+    white = np.float32(65535.0 if kind == "uint16" else 255.0)
+    arr = np.empty((h, w, c_out), dtype=dtype)
     for c in range(c_out):
-        arr[:, :, c] = out[c] if as_float else np.round(out[c] * np.float32(255.0))
+        arr[:, :, c] = out[c] if kind == "float" else np.round(out[c] * white)
     return arr[:, :, 0] if c_out == 1 else arr

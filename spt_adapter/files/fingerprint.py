@@ -120,7 +120,7 @@ def _task_scale(task: Any) -> int | None:
     if not isinstance(task, str):
         return None
     kind, _, arg = task.partition(":")
-    if kind == "sr":
+    if kind in ("sr", "paired"):
         return int(arg) if arg.isdigit() and int(arg) > 0 else None
     return 1 if kind == "denoise" else None  # the tasks `spt-adapter train` and the shims record
 

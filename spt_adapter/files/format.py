@@ -425,11 +425,24 @@ def _config(path: str | os.PathLike, meta: dict[str, str]) -> SPTConfig:
     task = config.prior.get("task")
     match = _TASK_TEXT.fullmatch(task) if isinstance(task, str) else None
     if task is not None and (match is None or (match.group(1) is not None and float(match.group(1)) > 255)):
-        raise AdapterFileError(
-            f"{path}: recorded task {task!r} is not a task (expected 'denoise:<sigma 0..255>' or "
-            "'sr:<scale 2..8>'); the file is corrupt or was edited by hand"
-        )
+        if not _other_task(task):
+            raise AdapterFileError(
+                f"{path}: recorded task {task!r} is not a task (expected 'denoise:<sigma 0..255>', "
+                "'sr:<scale 2..8>', paired:<scale> or a degradation of docs/cli.md); the file is corrupt or "
+                "was edited by hand"
+            )
     return config
+
+
+#: a task of the newer grammar as text (``paired:<s>``, ``jpeg:30``, ``blur:gauss:1.6+sr:4+jpeg:60``, ...):
+#: checked here by its shape only — the file layer sits below the data layer that parses tasks, and a
+#: command that uses the task (``eval``) parses it and names any fault
+_TASK_GRAMMAR = re.compile(r"[a-z][a-z-]*(:[0-9A-Za-z.\-]+)*(\+[a-z][a-z-]*(:[0-9A-Za-z.\-]+)*)*")
+
+
+def _other_task(task) -> bool:
+    """Whether ``task`` reads as a task of the newer grammar (``paired:<s>``, ``jpeg:30``, ``a+b``, ...)."""
+    return isinstance(task, str) and len(task) <= 500 and _TASK_GRAMMAR.fullmatch(task) is not None
 
 
 def read_adapter_config(path: str | os.PathLike) -> SPTConfig:

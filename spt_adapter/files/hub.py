@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch.nn as nn
@@ -30,7 +31,7 @@ __all__ = ["ADAPTER_FILENAME", "from_pretrained", "push_to_hub", "save_pretraine
 _TRUE = {"1", "on", "yes", "true"}
 
 
-def _hub():
+def _hub() -> ModuleType:
     try:
         import huggingface_hub
     except ImportError:  # pragma: no cover - depends on the environment

@@ -133,12 +133,20 @@ def render_model_card(
         "",
         "## Units and prior",
         "",
-        f"- fusion: `{f['fusion']}`, encoder width {f['hidden']}, depth {f['depth']}",
-        f"- prior: {f['prior_channels']} channel(s), resized with `{f['prior_resize']}`",
-        f"- prior provider: `{provider}`",
-        f"- prior encoding: `{encoding}`",
     ]
-    if settings:
+    if f["prior_channels"] == 0:  # prior "none": no encoder, nothing to compute beside the image
+        lines += [
+            f"- fusion: `{f['fusion']}`, width {f['hidden']}, no prior encoder",
+            "- prior: none (the units read no prior; no segmenter at inference)",
+        ]
+    else:
+        lines += [
+            f"- fusion: `{f['fusion']}`, encoder width {f['hidden']}, depth {f['depth']}",
+            f"- prior: {f['prior_channels']} channel(s), resized with `{f['prior_resize']}`",
+            f"- prior provider: `{provider}`",
+            f"- prior encoding: `{encoding}`",
+        ]
+    if settings and f["prior_channels"] != 0:
         lines.append(f"- prior settings: `{json.dumps(settings, sort_keys=True)}`")
     lines += ["", "## Training", ""]
     if training:
@@ -155,7 +163,9 @@ def render_model_card(
         "backbone = ...  # the original, untouched backbone with its pretrained weights",
         f"model = spt_adapter.from_pretrained(backbone, {_yaml_str(source)})",
         "restored = spt_adapter.restore(model, image)  # HxWx3 uint8 in and out; the prior made as recorded",
-        "out = model(lq, prior=prior)  # or the tensors: prior (B, C_p, H, W), made as described above",
+        "out = model(lq)  # the units read no prior"
+        if f["prior_channels"] == 0
+        else "out = model(lq, prior=prior)  # or the tensors: prior (B, C_p, H, W), made as described above",
         "```",
         "",
         "On the command line: `spt-adapter restore photos/ --backbone BACKBONE --adapter "

@@ -16,6 +16,8 @@ class ModelClaim:
     targets: default target patterns for the backbone.
     channels: optional known output width per matched module name (skips the probe pass).
     example_input: optional callable returning a small input for the probe forward pass.
+    alternatives: other presets that recognise the same backbone, by name, each as its own claim
+        (``inject(model, preset=NAME)`` picks one; the claim itself is the default preset).
     """
 
     integration: str
@@ -23,6 +25,18 @@ class ModelClaim:
     targets: list[str]
     channels: dict[str, int] = field(default_factory=dict)
     example_input: Callable[[], Any] | None = None
+    alternatives: dict[str, ModelClaim] = field(default_factory=dict)
+
+    @property
+    def presets(self) -> list[str]:
+        """The names of every preset this claim offers: its own first, then the alternatives."""
+        return [self.preset] + [n for n in self.alternatives if n != self.preset]
+
+    def pick(self, preset: str | None) -> ModelClaim | None:
+        """The claim of preset ``preset`` (None: this one, the default), or None when it offers none of that name."""
+        if preset is None or preset == self.preset:
+            return self
+        return self.alternatives.get(preset)
 
 
 @dataclass

@@ -7,7 +7,9 @@
 * Adam on the active adapter's unit parameters, L1 loss, cosine / step / constant learning-rate
   schedule (computed from the step, so a resumed run continues the same curve);
 * priors are fed with ``model(lq, prior=p)``; the dataset yields dicts with ``lq``, ``gt``,
-  ``prior`` (``spt_adapter.training.data.PairedPriorDataset`` does);
+  ``prior`` (``spt_adapter.data.datasets.PairedPriorDataset`` does);
+* an adapter that reads no prior (``SPTConfig.prior_channels`` 0): the dataset yields no ``prior``
+  (``PairedPriorDataset(with_prior=False)``) and ``model(lq)`` runs;
 * a distilled prior (the adapter has a student, ``SPTConfig.student``): the dataset yields
   ``teacher_prior`` (the teacher provider's encoded map of the clean image) instead of ``prior``;
   the student makes the prior from ``lq``. Schedule: ``student_steps`` steps first train the
@@ -94,15 +96,21 @@ def _train_mode(model: SPTModel) -> None:
     model.spt_students.train()
 
 
-def _to(batch: dict[str, Any], device: torch.device, distilled: bool = False):
+def _to(batch: dict[str, Any], device: torch.device, distilled: bool = False, reads_prior: bool = True):
     """(lq, gt, prior or the teacher's map) on ``device``. A distilled adapter reads
-    ``teacher_prior`` (None if the dataset has none: restoration loss only), the others ``prior``."""
+    ``teacher_prior`` (None if the dataset has none: restoration loss only), one that reads no prior
+    (``reads_prior`` False) nothing (a ``prior`` the dataset yields is refused), the others ``prior``."""
     key = "teacher_prior" if distilled else "prior"
     try:
         lq, gt = batch["lq"], batch["gt"]
-        prior = batch[key] if not distilled else batch.get(key)
+        prior = batch[key] if (not distilled and reads_prior) else batch.get(key)
     except KeyError as exc:
         raise SPTError(f"the training dataset must yield dicts with 'lq', 'gt' and 'prior'; {exc} is missing") from None
+    if not reads_prior and prior is not None:
+        raise SPTError(
+            "the adapter reads no prior (prior 'none') but the dataset yields a 'prior': build it with "
+            "with_prior=False (PairedPriorDataset), which computes none"
+        )
     if distilled and "prior" in batch:
         raise SPTError(
             "the adapter has a distilled prior (a student) but the dataset yields an LQ 'prior': build it "
@@ -299,6 +307,7 @@ def train_units(
     if adapter is None:
         raise SPTError("the model has no adapter to train: add_adapter() or inject() first")
     distilled = model.student(adapter) is not None
+    reads_prior = model.spt_config[adapter].reads_prior
     named = list(model.unit_parameters(adapter))
     keys = {id(p): k for k, p in named}
     params = [p for _, p in named]
@@ -356,7 +365,7 @@ def train_units(
             for batch in _batches(loader):
                 if step >= end:
                     break
-                lq, gt, prior = _to(batch, device, distilled)
+                lq, gt, prior = _to(batch, device, distilled, reads_prior)
                 if distilled and settings.student_steps and step == settings.student_steps:
                     optimizer.state.clear()  # the joint steps start with fresh Adam moments
                 lr = lr_at(step, settings)

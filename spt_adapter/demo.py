@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import atomic_write_bytes, write_once_bytes
-from ..core.config import DEFAULT_FUSION
-from ..errors import SPTError
+from ._io import atomic_write_bytes, write_once_bytes
+from .core.config import DEFAULT_FUSION
+from .errors import SPTError
 
 TRAIN_IMAGES = ("coffee", "rocket", "motorcycle_left", "immunohistochemistry")
 TEST_IMAGES = ("astronaut", "chelsea")
@@ -255,7 +255,7 @@ def side_by_side(rows: list[list[tuple[str, np.ndarray]]]) -> bytes:
     """Rows of (caption, image) panels, stacked vertically, as PNG bytes."""
     from PIL import Image
 
-    from .evaluate import compare_strip
+    from .inference.evaluate import compare_strip
 
     strips = [compare_strip(r) for r in rows]
     w = max(s.width for s in strips)
@@ -316,7 +316,7 @@ def curve_plot(backbone_hist: list[dict], spt_hist: list[dict], base_val: float 
 # ---------------------------------------------------------------------------------------------
 def _demo_layout() -> dict[str, Any]:
     """What the demo writes under ``--out`` (a folder maps to its own layout, a file to None)."""
-    from .train import LOG_CSV, LOG_JSON, STATE_FILE
+    from .training.train import LOG_CSV, LOG_JSON, STATE_FILE
 
     run_files = {"spt_adapter.safetensors", STATE_FILE, LOG_CSV, LOG_JSON, "README.md"}
     return {
@@ -359,15 +359,15 @@ def run_demo(
     log=print,
 ) -> DemoResult:
     """Run the demo; see the module docstring. Returns the table, means and every output path."""
-    from ..backbones.load import load_backbone
-    from ..core.config import SPTConfig
-    from ..core.model import inject
-    from ..prior import default_encoding, make_provider
-    from ..prior.cache import PriorCache
-    from .builders import default_cache_root, make_dataset
-    from .evaluate import evaluate, make_val_fn
-    from .metrics import to_uint8
-    from .train import TrainSettings, train_units
+    from .backbones.load import load_backbone
+    from .commands.builders import default_cache_root, make_dataset
+    from .core.config import SPTConfig
+    from .core.model import inject
+    from .inference.evaluate import evaluate, make_val_fn
+    from .inference.metrics import to_uint8
+    from .prior import default_encoding, make_provider
+    from .prior.cache import PriorCache
+    from .training.train import TrainSettings, train_units
 
     t0 = time.time()
     settings = settings or DemoSettings()
@@ -494,7 +494,7 @@ def run_demo(
         )
     paths["side_by_side"] = atomic_write_bytes(out / "demo_side_by_side.png", side_by_side(rows))
     paths["curve"] = curve_plot(backbone_hist, result.history, base_val, out / "demo_training_curve.png")
-    from .evaluate import markdown_table
+    from .inference.evaluate import markdown_table
 
     table = markdown_table(ev)
     return DemoResult(table=table, mean=ev.mean, paths=paths, backbone_cached=cached, seconds=time.time() - t0)

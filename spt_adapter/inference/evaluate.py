@@ -2,7 +2,7 @@
 
 Used by ``spt-adapter eval``, the demo and the trainer's validation. Outputs are rounded to 8 bits
 before scoring (what a user saves and what papers score); PSNR/SSIM follow
-:mod:`spt_adapter.training.metrics` (RGB for denoising, Y channel with a ``scale``-pixel border crop for SR).
+:mod:`spt_adapter.inference.metrics` (RGB for denoising, Y channel with a ``scale``-pixel border crop for SR).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from PIL import Image
 
 from .._io import atomic_write_bytes
 from ..core.model import SPTModel
+from ..data.datasets import parse_task
 from . import metrics
-from .data import parse_task
 from .restore import restore_tensor, size_multiple
 
 __all__ = ["EvalResult", "evaluate", "compare_strip", "task_scale", "make_val_fn", "markdown_table"]
@@ -244,7 +244,7 @@ def make_val_fn(
 ) -> Callable[[SPTModel], dict[str, float]]:
     """A ``val_fn`` for :func:`spt_adapter.training.train.train_units`: mean PSNR/SSIM of backbone + SPT.
     ``multiple``: what the input is padded to; default: only what the backbone needs
-    (:func:`~spt_adapter.training.restore.size_multiple`), as ``eval`` pads -- padding a CNN's input
+    (:func:`~spt_adapter.inference.restore.size_multiple`), as ``eval`` pads -- padding a CNN's input
     changes its border pixels, so validation during training scores what ``eval`` scores."""
     scale = task_scale(task)
     settings = metrics.metric_settings(task)

@@ -4,12 +4,15 @@
     spt_adapter.export(model, "swinir_spt.onnx")              # or "swinir_spt.pt" (TorchScript)
 
 The file holds the backbone, the active adapter's units and, for a distilled adapter, its prior
-student: ``image -> image``. An adapter that reads a provider's prior exports as
+student: ``image -> image`` (so does an adapter whose units read no prior, kind ``no-prior``). An
+adapter that reads a provider's prior exports as
 ``(image, prior) -> image``; the prior's channels, provider and encoding are in the file's metadata
 (ONNX ``metadata_props``; TorchScript ``_extra_files["spt_adapter.json"]``), with the scale, the
-image channels, the task and the backbone fingerprint. Height, width and batch are dynamic: the
+image channels, the task, the backbone fingerprint and ``content_sha256``, the checksum of the file's
+own graph and weights that both runners verify before the first image
+(:mod:`spt_adapter.deploy.checksum`). Height, width and batch are dynamic: the
 graph pads its input to the size multiple the backbone needs (reflect; the prior: replicate, as
-:func:`spt_adapter.training.restore.restore` does) and crops the output back, so any size from
+:func:`spt_adapter.inference.restore.restore` does) and crops the output back, so any size from
 that multiple up runs. float32 by default; ``half=True`` exports float16 weights and inputs.
 
 Everything that cannot be exported is refused by name before anything is written (the ``pool``
@@ -18,7 +21,7 @@ a dynamic size). The exported program is then run at two sizes that differ from 
 compared with the PyTorch model; a file that does not reproduce it is refused, not written. A
 backbone whose code freezes the batch size when traced (SwinIR's ``window_reverse`` takes
 ``int(B)``) is exported for one image per call (metadata ``batch: 1``, a fixed batch axis in ONNX);
-its runner (:mod:`spt_adapter.training.exported`) feeds a batch one image at a time.
+its runner (:mod:`spt_adapter.inference.exported`) feeds a batch one image at a time.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import copy
 import io
 import json
 import math
+import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any, cast
@@ -35,8 +40,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._io import atomic_write_bytes
+from .._io import atomic_write_bytes, remove_stale_temporaries_of, write_once_bytes
 from ..core.model import SPTModel
+from ..deploy.checksum import CHECKSUM_KEY, onnx_content_sha256, onnx_with_entry, torchscript_content_sha256
 from ..errors import ExportError
 from ..version import __version__
 from .exported import EXPORT_FORMAT, METADATA_FILE, load_exported
@@ -73,7 +79,7 @@ class _Deployable(nn.Module):
     def __init__(self, model: nn.Module, kind: str, multiple: int) -> None:
         super().__init__()
         self.model = model
-        self.kind = kind  # "backbone", "student" or "prior"
+        self.kind = kind  # "backbone", "student", "no-prior" or "prior"
         self.multiple = multiple
 
     def _net(self, x: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
@@ -107,6 +113,8 @@ class _Deployable(nn.Module):
 def _kind(model: nn.Module) -> str:
     if not isinstance(model, SPTModel) or model.active_adapter is None:
         return "backbone"
+    if not model.spt_config[model.active_adapter].reads_prior:
+        return "no-prior"  # units that read no prior: image -> image, nothing to compute beside it
     return "student" if model.student() is not None else "prior"
 
 
@@ -182,7 +190,7 @@ def export_info(
             "backbone_sha256": fp.get("backbone_sha256", ""),
             "prior": json.dumps(prior, sort_keys=True),
             "prior_channels": str(cfg.prior_channels),
-            "prior_encoding": str(prior.get("encoding") or ("" if kind == "student" else "label")),
+            "prior_encoding": str(prior.get("encoding") or ("label" if kind == "prior" else "")),
             "task": str(prior.get("task") or ""),
         }
     )
@@ -259,12 +267,27 @@ def _with_onnx_metadata(data: bytes, meta: dict[str, str]) -> bytes:
 
 
 def _torchscript_bytes(wrapper: nn.Module, example: tuple, meta: dict[str, str]) -> bytes:
+    """The traced archive with ``meta`` and the checksum of its own content (saved twice: the
+    checksum covers every entry but the metadata, and must not change when the metadata does)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(wrapper, example, check_trace=False)
-    buf = io.BytesIO()
-    torch.jit.save(traced, buf, _extra_files={METADATA_FILE: json.dumps(meta, sort_keys=True)})
-    return buf.getvalue()
+
+        def save(meta: dict[str, str]) -> bytes:
+            buf = io.BytesIO()
+            torch.jit.save(traced, buf, _extra_files={METADATA_FILE: json.dumps(meta, sort_keys=True)})
+            return buf.getvalue()
+
+        digest = torchscript_content_sha256(save(meta))
+        data = save({**meta, CHECKSUM_KEY: digest})
+    if torchscript_content_sha256(data) != digest:
+        raise ExportError("torch.jit.save wrote a different archive for the same program twice; nothing was written")
+    return data
+
+
+def _with_onnx_checksum(data: bytes) -> bytes:
+    """The ONNX file with the checksum of its graph appended to its metadata (:mod:`spt_adapter.deploy.checksum`)."""
+    return onnx_with_entry(data, CHECKSUM_KEY, onnx_content_sha256(data))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -283,6 +306,7 @@ def export(
     task: str | None = None,
     scale: int | None = None,
     check: bool = True,
+    overwrite: bool = True,
 ) -> Path:
     """Write ``model`` (a backbone, or an :class:`SPTModel` with its active adapter) to ``path`` as one
     ONNX or TorchScript file (``format``, else from the suffix) and return the path.
@@ -291,6 +315,9 @@ def export(
     records none. With ``check`` (the default) the exported program is run at two sizes other than
     the traced one and must match the PyTorch model within :data:`PARITY_ATOL` (float32) before the
     file is written atomically; :class:`ExportError` names whatever fails, and nothing is written.
+    ``overwrite=False`` refuses a ``path`` that exists, also one made while the export ran (`spt-adapter
+    export` passes it unless ``--overwrite``). Temporary files of an earlier export to ``path`` cut short
+    by kill -9 are removed.
     """
     path = Path(path)
     fmt = format_of(path, format)
@@ -309,6 +336,9 @@ def export(
                 "checking an ONNX export runs it with onnxruntime, which is not installed: pip install "
                 "'spt-adapter[onnx]' (or pass check=False / --no-check)"
             )
+    if not overwrite and os.path.lexists(path):
+        raise ExportError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+    remove_stale_temporaries_of(path, older_than=time.time() - 60)
     kind = _kind(model)
     was_training = model.training
     model.eval()
@@ -334,7 +364,9 @@ def export(
             def build(batch: str) -> bytes:
                 meta["batch"] = batch
                 if fmt == "onnx":
-                    return _with_onnx_metadata(_onnx_bytes(wrapper, example, names, batch == "dynamic"), meta)
+                    return _with_onnx_checksum(
+                        _with_onnx_metadata(_onnx_bytes(wrapper, example, names, batch == "dynamic"), meta)
+                    )
                 return _torchscript_bytes(wrapper, example, meta)
 
             data = build("dynamic")
@@ -370,7 +402,11 @@ def export(
     finally:
         model.train(was_training)
     try:
-        return atomic_write_bytes(path, data)
+        if overwrite:
+            return atomic_write_bytes(path, data)
+        if not write_once_bytes(path, data):
+            raise ExportError(f"{path} was created while the export ran; it is kept and nothing was written")
+        return path
     except OSError as exc:
         raise ExportError(f"cannot write {path}: {exc.strerror or exc} (nothing was changed there)") from None
 
@@ -387,7 +423,7 @@ def parity(
     batch: int = 1,
 ) -> float:
     """Max |exported - PyTorch| over images of ``sizes`` (outputs clamped to [0, 1], as restore
-    writes them); the reference is the PyTorch forward :func:`spt_adapter.training.restore.restore`
+    writes them); the reference is the PyTorch forward :func:`spt_adapter.inference.restore.restore`
     runs (padded to the size multiple, cropped back)."""
     runner = load_exported(data, fmt=fmt)
     kind = _kind(model)

@@ -1,4 +1,4 @@
-"""Run an exported file (:mod:`spt_adapter.training.export`) the way :func:`restore` runs a model.
+"""Run an exported file (:mod:`spt_adapter.inference.export`) the way :func:`restore` runs a model.
 
     runner = load_exported("swinir_spt.onnx")          # onnxruntime; or a TorchScript .pt export
     out = restore_exported(runner, read_image("photo.png"), tile=256)
@@ -7,7 +7,7 @@ ONNX files run through onnxruntime: no backbone checkpoint, no adapter file and 
 distilled adapter (a provider-prior export still computes its prior with the provider its metadata
 records). Tiling, blending and the output rules are those of :func:`restore`: an ONNX file is tiled
 by the torch-free :mod:`spt_adapter.deploy` (whose NumPy tiler reproduces
-:func:`~spt_adapter.training.restore.restore_tensor` bit for bit), a TorchScript file is handed to
+:func:`~spt_adapter.inference.restore.restore_tensor` bit for bit), a TorchScript file is handed to
 ``restore_tensor`` as the network.
 """
 
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..deploy.checksum import verify
 from ..deploy.onnx_restore import EXPORT_FORMAT, METADATA_FILE, ExportedFile, OnnxNetwork, load_onnx, restore_image
 from ..deploy.onnx_restore import check_meta as _check_meta
 from ..errors import ExportError, RestoreError
@@ -30,7 +31,7 @@ __all__ = ["EXPORT_FORMAT", "METADATA_FILE", "ExportedModel", "exported_format",
 
 
 def exported_format(path: str | Path) -> str | None:
-    """``onnx`` / ``torchscript`` when ``path`` is a file :func:`~spt_adapter.training.export.export`
+    """``onnx`` / ``torchscript`` when ``path`` is a file :func:`~spt_adapter.inference.export.export`
     wrote (an ``.onnx`` file; a TorchScript archive holding ``extra/spt_adapter.json``), else None."""
     p = Path(path)
     if p.suffix.lower() == ".onnx":
@@ -47,7 +48,7 @@ def exported_format(path: str | Path) -> str | None:
 
 class ExportedModel(ExportedFile):
     """An exported file ready to run: ``runner(x, prior=None)`` on (B,C,H,W) float tensors returns the
-    output tensor; ``meta`` holds the file's metadata (:func:`~spt_adapter.training.export.export_info`);
+    output tensor; ``meta`` holds the file's metadata (:func:`~spt_adapter.inference.export.export_info`);
     the fields and call rules are :class:`~spt_adapter.deploy.onnx_restore.ExportedFile`'s."""
 
     def __init__(self, fmt: str, meta: dict[str, str], call, source: str) -> None:
@@ -94,6 +95,7 @@ def _torchscript(data: bytes | str, source: str, device) -> ExportedModel:
     except json.JSONDecodeError:
         meta = {}
     _check_meta(meta, source)
+    verify(meta, data if isinstance(data, bytes) else Path(data).read_bytes(), "torchscript", source)
     dtype = torch.float16 if meta.get("dtype") == "float16" else torch.float32
     dev = torch.device(device or "cpu")
 
@@ -140,12 +142,18 @@ def load_exported(
 
 
 def prior_source_of(runner: ExportedModel, *, provider: Any = None, encoding: str | None = None, cache: Any = None):
-    """Where the prior of an exported file comes from: none (backbone or distilled student inside the
-    file), or the provider and encoding its metadata records (``provider``/``encoding`` override)."""
+    """Where the prior of an exported file comes from: none (backbone, an adapter that reads no prior,
+    or a distilled student inside the file), or the provider and encoding its metadata records (``provider``/``encoding`` override)."""
     from .restore import PriorSource, provider_from_record
 
     if runner.kind == "backbone":
         return PriorSource("none", described="none (backbone alone)")
+    if runner.kind == "no-prior":
+        if provider is not None:
+            raise RestoreError(
+                f"{runner.source} reads no prior (it was trained with prior 'none'): drop the provider flags"
+            )
+        return PriorSource("no-prior", described="none (the adapter inside the file reads no prior)")
     if runner.kind == "student":
         if provider is not None:
             raise RestoreError(
@@ -175,13 +183,13 @@ def restore_exported(
     descriptor: Any = None,
     **_ignored,
 ) -> np.ndarray:
-    """:func:`~spt_adapter.training.restore.restore` for an exported file: the same image reading,
+    """:func:`~spt_adapter.inference.restore.restore` for an exported file: the same image reading,
     tiling, clamping and uint8 rounding. An ONNX file runs through the torch-free
     :func:`spt_adapter.deploy.onnx_restore.restore_image` (so ``spt-adapter restore --backbone
     FILE.onnx`` and ``python -m spt_adapter.deploy restore`` write the same bytes); a TorchScript one
-    through :func:`~spt_adapter.training.restore.restore_tensor`. ``prior``: the whole image's prior
+    through :func:`~spt_adapter.inference.restore.restore_tensor`. ``prior``: the whole image's prior
     (required when the file reads one; compute it with :func:`prior_source_of`)."""
-    from ..deploy.tiling import default_blend_for, default_overlap_for, to_image
+    from ..deploy.tiling import default_blend_for, default_overlap_for, output_kind, to_image
     from .restore import _float_channels, restore_tensor
 
     if half:
@@ -201,7 +209,7 @@ def restore_exported(
         return restore_image(
             runner.network, image, p, tile=tile, tile_overlap=tile_overlap, tile_blend=tile_blend, info=info
         )
-    as_float = np.asarray(image).dtype.kind == "f"
+    as_float = output_kind(image)
     x_np, _ = _float_channels(image, n_in, "image")
     overlap, blend = tile_overlap, tile_blend
     if tile is not None:

@@ -1,6 +1,6 @@
 """Paired (LQ, GT, prior) datasets for denoising and bicubic super-resolution.
 
-    from spt_adapter.training.data import PairedPriorDataset
+    from spt_adapter.data.datasets import PairedPriorDataset
     from spt_adapter.prior import ClassicalMaskProvider, PriorCache
     ds = PairedPriorDataset("../shared/data/CBSD68", "denoise:25", PriorCache("priors"),
                             ClassicalMaskProvider("slic"), patch_size=64, train=True)
@@ -65,20 +65,39 @@ NOISE_PROTOCOLS = ("spt", "kair")
 
 @dataclass(frozen=True)
 class Task:
-    kind: str  # "denoise" | "sr"
+    kind: str  # "denoise" | "sr" | "paired" | "chain"
     sigma: float = 0.0
     scale: int = 1
+    steps: tuple = ()  # kind "chain": spt_adapter.data.degradations.Step
 
     def __str__(self) -> str:
-        return f"denoise:{self.sigma:g}" if self.kind == "denoise" else f"sr:{self.scale}"
+        if self.kind == "denoise":
+            return f"denoise:{self.sigma:g}"
+        if self.kind == "chain":
+            return "+".join(step.text for step in self.steps)
+        return f"{self.kind}:{self.scale}"
 
 
 def parse_task(task) -> Task:
-    """``"denoise:25"`` -> Task("denoise", sigma=25); ``"sr:4"`` -> Task("sr", scale=4)."""
+    """``"denoise:25"`` -> Task("denoise", sigma=25); ``"sr:4"`` -> Task("sr", scale=4);
+    ``"paired:4"`` -> Task("paired", scale=4): the LQ images are files (``--lq``), HQ = 4 x LQ;
+    any other degradation of :mod:`spt_adapter.data.degradations` (``jpeg:30``, ``sr:4:bd``,
+    ``blur:gauss:1.2+sr:4+jpeg:60``) -> Task("chain", scale=its total scale, steps=...)."""
     if isinstance(task, Task):
         return task
-    kind, _, arg = str(task).partition(":")
+    text = str(task)
+    kind, _, arg = text.partition(":")
+    if kind not in ("denoise", "sr", "paired") or (":" in arg or "+" in arg):
+        from ..data.degradations import degradation_scale, parse_degradation
+
+        steps = parse_degradation(text)
+        return Task("chain", scale=degradation_scale(steps), steps=steps)
     try:
+        if kind == "paired":
+            scale = int(arg)
+            if scale < 1 or scale > 8:
+                raise ValueError
+            return Task("paired", scale=scale)
         if kind == "denoise":
             sigma = float(arg)
             if not (0 <= sigma <= 255):
@@ -91,7 +110,9 @@ def parse_task(task) -> Task:
             return Task("sr", scale=scale)
     except ValueError:
         pass
-    raise DataError(f"task {task!r}: expected 'denoise:<sigma in 0..255>' or 'sr:<scale 2..8>'")
+    from ..data.degradations import GRAMMAR
+
+    raise DataError(f"task {task!r}: expected {GRAMMAR}")
 
 
 def noise_seed(gt: np.ndarray, seed: int) -> int:
@@ -115,9 +136,13 @@ def degrade(gt, task, seed: int = 0, channels: int = 3, noise: str = "spt") -> t
     ``lq`` is its clipped 8-bit version -- the image a prior is computed on (the network reads the
     unclipped float)."""
     task = parse_task(task)
+    if task.kind == "paired":
+        raise DataError(f"task {task}: paired data reads its degraded images from files; there is nothing to degrade")
     if noise not in NOISES:
         raise DataError(f"noise must be one of {NOISES}, got {noise!r}")
     gt = to_uint8_channels(gt, channels)
+    if task.kind == "chain":
+        return degrade_float(gt, task, seed, gt.shape[2])[::2]
     if task.kind == "denoise" and noise == "kair":
         return gt, np.uint8((kair_noisy(gt, task.sigma, seed).clip(0, 1) * 255.0).round())
     if task.kind == "denoise":
@@ -128,6 +153,28 @@ def degrade(gt, task, seed: int = 0, channels: int = 3, noise: str = "spt") -> t
     if gt.shape[0] < task.scale or gt.shape[1] < task.scale:
         raise DataError(f"image of size {gt.shape[:2]} is smaller than the SR scale {task.scale}")
     return gt, imresize_bicubic(gt, scale=1.0 / task.scale)
+
+
+def degrade_float(gt, task, seed: int = 0, channels: int = 3, clip: bool = True):
+    """``(gt, lq_float, lq_uint8)`` of a synthetic task: ``lq_float`` (float32 on [0, 1]) is what the
+    network reads -- unclipped noise with ``clip=False`` -- and ``lq_uint8`` its clipped 8-bit
+    version, the image a prior is computed on. ``denoise:<sigma>`` and ``sr:<scale>`` draw as
+    :func:`degrade` does; other tasks run :func:`spt_adapter.data.degradations.apply_degradation`
+    with the seed ``noise_seed(gt, seed)`` (a function of the image and ``seed``)."""
+    from ..data.degradations import apply_degradation
+
+    task = parse_task(task)
+    gt = to_uint8_channels(gt, channels)
+    if task.kind == "denoise" and not clip:
+        rng = np.random.default_rng(noise_seed(gt, seed))
+        noisy = (gt.astype(np.float64) / 255.0 + rng.normal(0.0, task.sigma / 255.0, gt.shape)).astype(np.float32)
+        return gt, noisy, to_uint8(noisy)
+    if task.kind != "chain":
+        gt, lq = degrade(gt, task, seed, channels)
+        return gt, lq.astype(np.float32) / 255.0, lq
+    gt = np.ascontiguousarray(mod_crop(gt, task.scale))
+    lq_f = apply_degradation(gt, task.steps, noise_seed(gt, seed), clip=clip)
+    return gt, lq_f, to_uint8(lq_f)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -191,6 +238,9 @@ class PairedPriorDataset:
         channels: int = 3,
         noise: str = "spt",
         upsampled: bool = False,
+        lq_paths=None,
+        clip: bool = True,
+        fresh: bool = False,
     ) -> None:
         from ..prior import PriorCache, parse_encoding
 
@@ -198,6 +248,18 @@ class PairedPriorDataset:
         if not self.paths:
             raise DataError(f"no images found in {root_or_paths!r}")
         self.task = parse_task(task)
+        self.lq_paths = None if lq_paths is None else [Path(p) for p in lq_paths]
+        if (self.lq_paths is None) != (self.task.kind != "paired"):
+            raise DataError(
+                f"task {self.task}: "
+                + (
+                    "paired data needs lq_paths (the degraded files)"
+                    if self.lq_paths is None
+                    else "lq_paths (degraded files) go with a paired:<scale> task"
+                )
+            )
+        if self.lq_paths is not None and len(self.lq_paths) != len(self.paths):
+            raise DataError(f"{len(self.paths)} clean image(s) but {len(self.lq_paths)} degraded one(s)")
         if teacher is not None and (provider is not None or prior_fn is not None or oracle):
             raise DataError(
                 "a distilled prior's teacher replaces the provider: give teacher= alone (it sees GT images only)"
@@ -224,6 +286,10 @@ class PairedPriorDataset:
         if upsampled and (teacher is not None or patch_size is not None):
             raise DataError("pre-upsampled SR (upsampled=True) scores whole images only: no patches, no teacher")
         self.upsampled = bool(upsampled)
+        self.clip = bool(clip)
+        if fresh and (self.task.kind == "paired" or upsampled or self._kair):
+            raise DataError(f"fresh=True draws a new synthetic degradation per item; task {self.task} has none to draw")
+        self.fresh = bool(fresh) and bool(train)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -234,8 +300,25 @@ class PairedPriorDataset:
         if self.upsampled:
             gt, lq = self._upsampled_pair(index)
             return to_uint8(gt), to_uint8(lq)
+        if self.lq_paths is not None:
+            return self._file_pair(index)
         gt = read_image(self.paths[index], self.channels)
         return degrade(gt, self.task, self.seed, self.channels, "kair" if self._kair else "spt")
+
+    def _file_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(gt, lq)`` of paired files: HQ mod-cropped to ``scale`` x the LQ size (the sizes were
+        checked by :func:`spt_adapter.data.pairs.check_sizes`; checked again here for the API)."""
+        gt = read_image(self.paths[index], self.channels)
+        lq = read_image(self.lq_paths[index], self.channels)  # type: ignore[index]
+        s = self.task.scale
+        h, w = lq.shape[:2]
+        if gt.shape[0] // s != h or gt.shape[1] // s != w:
+            raise DataError(
+                f"{self.lq_paths[index]} is {w}x{h} pixels but its clean partner {self.paths[index]} is "  # type: ignore[index]
+                f"{gt.shape[1]}x{gt.shape[0]}: at scale {s} the degraded image must be "
+                f"{gt.shape[1] // s}x{gt.shape[0] // s}"
+            )
+        return np.ascontiguousarray(gt[: h * s, : w * s]), lq
 
     def _upsampled_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Float ``(gt, lq)`` on [0, 1], HxWxC, of pre-upsampled SR (see the module docstring)."""
@@ -261,14 +344,14 @@ class PairedPriorDataset:
     def _kair(self) -> bool:
         return self.noise == "kair" and self.task.kind == "denoise"
 
-    def prior_of(self, image: np.ndarray, provider=None) -> np.ndarray:
+    def prior_of(self, image: np.ndarray, provider=None, cached: bool = True) -> np.ndarray:
         provider = provider or self.provider
         if self.prior_fn is not None and provider is self.provider:
             prior = np.asarray(self.prior_fn(image), dtype=np.float32)
         else:
             from ..prior import compute_prior
 
-            prior = compute_prior(image, provider, self.encoding, self.cache)
+            prior = compute_prior(image, provider, self.encoding, self.cache if cached else None)
         if prior.ndim != 3 or prior.shape[1:] != image.shape[:2]:
             raise DataError(f"the prior has shape {prior.shape}, expected (C, {image.shape[0]}, {image.shape[1]})")
         return prior
@@ -280,10 +363,15 @@ class PairedPriorDataset:
         if self.upsampled:  # the network reads the float upsampled image; the GT may be off the 8-bit grid
             gt_f, lq_f = (a.astype(np.float32) for a in self._upsampled_pair(index))
             gt, lq = to_uint8(gt_f), to_uint8(lq_f)
-        else:
+        elif self._kair or self.task.kind == "paired":
             gt, lq = self.pair(index)
             lq_f = kair_noisy(gt, self.task.sigma, self.seed) if self._kair else lq.astype(np.float32) / 255.0
-        scale = self.task.scale if self.task.kind == "sr" and not self.upsampled else 1
+        else:  # synthetic: per image and seed, or drawn afresh for this item (fresh: torch's generator, seeded per sample)
+            seed = int(torch.randint(0, 2**62, (1,)).item()) if self.fresh else self.seed
+            gt, lq_f, lq = degrade_float(
+                read_image(self.paths[index], self.channels), self.task, seed, self.channels, self.clip
+            )
+        scale = self.task.scale if not self.upsampled else 1
         pscale = scale if self.oracle else 1
         key = "prior"
         if self.teacher is not None:  # the teacher sees the clean image only; its map is brought to LQ size
@@ -291,7 +379,8 @@ class PairedPriorDataset:
             prior = teacher_at_lq_size(self.prior_of(gt, self.teacher), scale, lq.shape[:2])
             prior = np.ascontiguousarray(prior).transpose(1, 2, 0)
         elif self.with_prior:
-            prior = self.prior_of(gt if self.oracle else lq).transpose(1, 2, 0)  # HxWxC on its image's grid
+            # a fresh draw is seen once: its prior is computed, not cached (the clean image's is cached)
+            prior = self.prior_of(gt if self.oracle else lq, cached=self.oracle or not self.fresh).transpose(1, 2, 0)
         else:
             prior = np.zeros(lq.shape[:2] + (0,), np.float32)
         top = left = 0

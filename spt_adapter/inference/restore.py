@@ -1,7 +1,7 @@
 """Restore a user's own images: whole or tiled, with the prior the adapter was trained on.
 
     import spt_adapter
-    from spt_adapter.training.images import read_image
+    from spt_adapter.data.images import read_image
     model = spt_adapter.from_pretrained(backbone, "runs/swinir_x2_spt")   # or load_adapter(...)
     out = spt_adapter.restore(model, read_image("photo.png"), tile=256)     # HxWx3 uint8 in, out
 
@@ -49,15 +49,18 @@ from ..deploy.tiling import (  # noqa: F401  (DEFAULT_TILE_OVERLAP, MIN_STRIDE_F
     DEFAULT_TILE_OVERLAP,
     MIN_STRIDE_FRACTION,
     axis_weights,
+    check_finite_output,
     check_tile_stride,
     default_blend_for,
     default_overlap_for,
     float_channels,
+    output_kind,
     tile_grid,
     tile_starts,
     to_image,
 )
 from ..errors import PriorError, RestoreError
+from ..pixels import to_uint8_channels
 
 __all__ = [
     "DEFAULT_TILE_OVERLAP",
@@ -187,7 +190,8 @@ def receptive_radius(model: nn.Module) -> int | None:
 @dataclass
 class PriorSource:
     """Where :func:`restore` gets a prior from. ``kind``: ``none`` (backbone alone), ``student`` (the
-    adapter makes its own prior from the input), ``provider`` (masks of the LQ image, encoded)."""
+    adapter makes its own prior from the input), ``no-prior`` (the adapter's units read none: nothing
+    is computed), ``provider`` (masks of the LQ image, encoded)."""
 
     kind: str
     provider: Any = None
@@ -196,13 +200,16 @@ class PriorSource:
     described: str = ""
 
     def compute(self, image: np.ndarray) -> np.ndarray | None:
-        """The prior of ``image`` (HxWxC uint8, the image the backbone sees): (C_p, H, W) float32."""
+        """The prior of ``image`` (HxWxC uint8 or uint16, the image the backbone sees): (C_p, H, W) float32."""
         if self.kind != "provider":
             return None
         from ..prior import compute_prior
 
         assert self.encoding is not None  # a provider prior always has its encoding
-        return compute_prior(image, self.provider, self.encoding, self.cache)
+        arr = np.asarray(image)
+        if arr.dtype == np.uint16:  # a 16-bit image: its prior is that of its 8-bit version, as restore() computes it
+            arr = to_uint8_channels(arr, 1 if arr.ndim == 2 or arr.shape[2] in (1, 2) else 3)
+        return compute_prior(arr, self.provider, self.encoding, self.cache)
 
 
 def _active_config(model: nn.Module):
@@ -215,6 +222,12 @@ def makes_own_prior(model: nn.Module) -> bool:
     """Whether the active adapter carries a distilled prior student (``model(x)`` needs no prior)."""
     cfg = _active_config(model)
     return cfg is not None and getattr(cfg, "student", None) is not None
+
+
+def reads_prior(model: nn.Module) -> bool:
+    """Whether the active adapter's units read a prior (False for one made with prior ``none``)."""
+    cfg = _active_config(model)
+    return cfg is None or getattr(cfg, "prior_channels", 1) > 0
 
 
 def provider_from_record(identity: dict, what: str = "the adapter"):
@@ -239,12 +252,16 @@ def resolve_prior_source(
 ) -> PriorSource:
     """Decide where the prior comes from (the one place that does: ``restore``, ``eval`` and the
     ``restore`` command call it). In order: no adapter active or ``backbone_only`` -> none; an
-    adapter with a prior student and no ``provider`` override -> student; else ``provider`` (or the
+    adapter that reads no prior -> no-prior (a ``provider`` is refused); an adapter with a prior student and no ``provider`` override -> student; else ``provider`` (or the
     one the adapter records) with ``encoding`` (or the recorded one; adapters that record none were
     made when ``label`` was the only encoding), through ``cache`` when given."""
     cfg = _active_config(model)
     if cfg is None or backbone_only:
         return PriorSource("none", described="none (backbone alone)")
+    if not reads_prior(model):  # recorded as prior "none": no provider is built, nothing computed
+        if provider is not None:
+            raise PriorError(f"{what} reads no prior (it was trained with prior 'none'): drop the provider")
+        return PriorSource("no-prior", described="none (the adapter reads no prior)")
     if provider is None and makes_own_prior(model):
         return PriorSource("student", described="the adapter's distilled student")
     recorded = dict(cfg.prior or {})
@@ -304,7 +321,7 @@ def _run(
             p = F.pad(p.float(), (0, pw * k, 0, ph * k), mode="replicate")
     autocast = torch.autocast("cuda", dtype=torch.float16) if half else _nullcontext()
     with autocast:
-        if not isinstance(model, nn.Module):  # an exported file's runner (training/exported.py)
+        if not isinstance(model, nn.Module):  # an exported file's runner (inference/exported.py)
             out = model(x, p)
         elif isinstance(model, SPTModel):
             if backbone_only or model.active_adapter is None:
@@ -321,7 +338,9 @@ def _run(
             "not an integer scale"
         )
     s = int(s_h)
-    return out[..., : h * s, : w * s].float(), s
+    out = out[..., : h * s, : w * s].float()
+    check_finite_output(bool(torch.isfinite(out).all()))
+    return out, s
 
 
 class _nullcontext:
@@ -505,7 +524,8 @@ def restore(
     autocast (CUDA only). ``backbone_only``: the backbone without the adapter.
 
     Returns the restored image: ``HxWx3`` for colour backbones, ``HxW`` for grey ones; uint8 for
-    integer inputs, float32 on [0, 1] for float inputs. ``info`` (a :class:`RestoreInfo`)
+    8-bit inputs, uint16 for 16-bit ones (all 16 bits reach the network), float32 on [0, 1] for float
+    inputs. ``info`` (a :class:`RestoreInfo`)
     accumulates seconds spent on the prior and on the network.
     """
     if not isinstance(model, nn.Module):
@@ -526,7 +546,7 @@ def restore(
             "channels (a network with an extra noise-level channel needs its own wrapper)"
         )
     check_channels(model, n_in)
-    as_float = np.asarray(image).dtype.kind == "f"
+    as_float = output_kind(image)
     x_np, u8 = _float_channels(image, n_in, "image")
     t0 = time.perf_counter()
     source = None

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..data.images import IMAGE_SUFFIXES, list_images
 from ..errors import SPTError
-from .images import IMAGE_SUFFIXES, list_images
 
 
 def image_folder(folder: str | os.PathLike, what: str) -> list[Path]:
@@ -82,15 +82,22 @@ def parse_settings(items) -> dict[str, str]:
     return out
 
 
+#: how the commands say that an adapter reads no prior (trained with prior "none")
+_NO_PRIOR = "reads no prior (it was trained with prior 'none'; nothing is computed beside the image)"
+
+
 def adapter_needs_provider(adapter_file, args) -> bool:
     """Whether running the adapter in ``adapter_file`` needs a mask provider: False for a distilled
-    prior (its student makes the prior from the input; no segmenter or checkpoint), where a provider
+    prior (its student makes the prior from the input; no segmenter or checkpoint) and for an adapter
+    that reads no prior, where a provider
     flag (``--provider``, ``--provider-checkpoint``, ``--provider-set``, ``--segments``) is refused; True otherwise. `eval`
     and `restore` build their provider only when this says so."""
     from ..files.format import read_adapter_config
 
-    if read_adapter_config(adapter_file).student is None:
+    cfg = read_adapter_config(adapter_file)
+    if cfg.student is None and cfg.reads_prior:
         return True
+    what = "has a distilled prior (a student network makes it from the input)" if cfg.reads_prior else _NO_PRIOR
     given = [
         f
         for f, v in (
@@ -102,9 +109,7 @@ def adapter_needs_provider(adapter_file, args) -> bool:
         if v
     ]
     if given:
-        raise SPTError(
-            f"{adapter_file} has a distilled prior (a student network makes it from the input): drop {', '.join(given)}"
-        )
+        raise SPTError(f"{adapter_file} {what}: drop {', '.join(given)}")
     return False
 
 
@@ -140,10 +145,10 @@ def use_recorded_provider(args, ident: dict, where) -> None:
 
 def prior_flags(args, adapter_file) -> bool:
     """`eval` / `restore` with an adapter: unless flags name a provider (or the adapter carries a
-    distilled prior student, which needs none), take the provider the adapter records
+    distilled prior student, or reads no prior: neither needs one), take the provider the adapter records
     (:func:`use_recorded_provider`); check the result. True when a provider is to be built from the
-    flags (:func:`build_provider`), False when :func:`spt_adapter.training.restore.resolve_prior_source`
-    decides alone (a student; nothing recorded)."""
+    flags (:func:`build_provider`), False when :func:`spt_adapter.inference.restore.resolve_prior_source`
+    decides alone (a student; no prior; nothing recorded)."""
     from ..files.format import read_adapter_config
 
     cfg = read_adapter_config(adapter_file)
@@ -153,7 +158,9 @@ def prior_flags(args, adapter_file) -> bool:
         or args.segments is not None
         or bool(getattr(args, "provider_set", None))
     )
-    if getattr(cfg, "student", None) is not None:
+    if getattr(cfg, "student", None) is not None or not cfg.reads_prior:
+        if named and not cfg.reads_prior:
+            raise SPTError(f"{adapter_file} {_NO_PRIOR}: drop the provider flags")
         if named:  # the student makes the prior; a provider's prior would be refused at the first image
             given = [
                 f
@@ -206,12 +213,12 @@ def prior_cache(args):
 
 def check_task_scale(task: str, backbone_scale: int | None, described: str) -> None:
     """Refuse a task whose scale is not the backbone's (``sr:2`` on a x1 denoiser scored a crop)."""
-    from .data import parse_task
+    from ..data.datasets import parse_task
 
     if backbone_scale is None:
         return
     t = parse_task(task)
-    want = t.scale if t.kind == "sr" else 1
+    want = t.scale
     if want != backbone_scale:
         fix = f"use --task sr:{backbone_scale}" if backbone_scale > 1 else "use --task denoise:<sigma>"
         raise SPTError(
@@ -230,26 +237,42 @@ def apply_recorded_prior(args, recorded: dict, source) -> None:
 
 
 def load_backbone_from_args(args, targets: list[str] | None = None, require_targets: bool = True):
-    """(model, default_targets, description) from --backbone or --arch/--weights. Also sets
+    """(model, default_targets, description) from --backbone (or --weights) and --preset (the targets of
+    that preset instead of the default one; a preset that does not recognise the backbone is refused,
+    naming those that do). Also sets
     ``args._channels`` (the image channels the backbone takes: grey backbones read grey images) and
     ``args._descriptor`` (spandrel's descriptor: size requirements, half-precision support)."""
     from ..backbones.load import load_backbone
-    from .restore import input_channels
+    from ..backbones.presets import PRESETS
+    from ..inference.restore import input_channels
 
     if args.backbone and args.weights:
-        raise SPTError("give either --backbone CKPT or --arch PRESET --weights PATH, not both")
+        raise SPTError("give either --backbone CKPT or --preset PRESET --weights PATH, not both")
     if args.weights and not args.arch:
-        raise SPTError("--weights needs --arch PRESET (or pass the checkpoint as --backbone)")
+        raise SPTError("--weights needs --preset PRESET (or pass the checkpoint as --backbone)")
     path = args.backbone or args.weights
     if not path:
-        raise SPTError("no backbone: pass --backbone CKPT (or --arch PRESET --weights PATH)")
+        raise SPTError("no backbone: pass --backbone CKPT (optionally with --preset PRESET)")
+    if args.arch and args.arch not in {p.name for p in PRESETS}:
+        raise SPTError(f"unknown --preset {args.arch!r}; presets: {', '.join(sorted({p.name for p in PRESETS}))}")
     from .._io import why_not_a_file
 
     why = why_not_a_file(path)
     if why:
         raise SPTError(f"backbone checkpoint {path} {why}")
     bb = load_backbone(path)
-    model, default = bb.model, list(bb.targets)
+    if args.arch:  # the preset asked for, among those that recognise the network
+        picked = bb.claim.pick(args.arch) if bb.claim is not None else None
+        if picked is None:
+            arch = getattr(getattr(bb.descriptor, "architecture", None), "name", type(bb.model).__name__)
+            fits = bb.claim.presets if bb.claim is not None else []
+            raise SPTError(
+                f"--preset {args.arch!r}: {path} holds a {arch} ({type(bb.model).__name__}), not a {args.arch!r} "
+                "network; "
+                + (f"the presets that recognise it: {', '.join(fits)}" if fits else "no preset does: pass --targets")
+            )
+        bb.claim = picked
+    model, default = bb.model, list(bb.claim.targets) if bb.claim is not None else []
     args._claim = (bb.integration, bb.preset)
     args._descriptor = bb.descriptor
     args._channels = input_channels(model, bb.descriptor)
@@ -261,18 +284,6 @@ def load_backbone_from_args(args, targets: list[str] | None = None, require_targ
     scale = getattr(bb.descriptor, "scale", None)
     args._scale = int(scale) if isinstance(scale, int) and scale >= 1 else None
     arch = getattr(getattr(bb.descriptor, "architecture", None), "name", type(model).__name__)
-    if args.arch:
-        from ..backbones.presets import PRESETS
-
-        named = [p for p in PRESETS if p.name == args.arch]
-        if not named:
-            raise SPTError(f"unknown --arch {args.arch!r}; presets: {sorted({p.name for p in PRESETS})}")
-        if bb.preset != args.arch:
-            fit = next((p for p in named if type(model).__name__ in p.classes and p.detect(model)), None)
-            if fit is None:
-                raise SPTError(f"--weights {path} hold a {arch} ({type(model).__name__}), not a {args.arch!r} network")
-            default = list(fit.targets(model))
-            args._claim = ("presets", fit.name)
     if require_targets and not targets and not default:
         raise SPTError(
             f"no plugin claims the {arch} backbone in {path} ({type(model).__name__}), so there are no default "
@@ -294,20 +305,26 @@ def make_dataset(
     teacher: bool = False,
     channels: int = 3,
     noise: str = "spt",
+    lq_paths=None,
+    clip: bool = True,
+    fresh: bool = False,
 ):
-    """``spt_adapter.training.data.PairedPriorDataset`` over ``folder``: random ``patch`` x ``patch`` GT
+    """``spt_adapter.data.datasets.PairedPriorDataset`` over ``folder``: random ``patch`` x ``patch`` GT
     patches (LQ patches of ``patch / scale``) with flips for training, whole images for evaluation.
     The degradation is fixed per image and ``seed`` (``noise``: the protocol, see ``data``); the
     prior is computed on the LQ image once, through ``cache``, with ``encoding`` (default:
     ``spt_adapter.prior.DEFAULT_ENCODING``). ``channels=1`` reads grey images (1-channel backbones).
     ``teacher=True``: ``provider`` is a distilled prior's teacher and segments the clean images only
     (items hold ``teacher_prior``); ``provider=None``: items hold no prior (an adapter whose student
-    makes its own)."""
+    makes its own). ``lq_paths``: the degraded partners of the images in ``folder`` (a list of
+    paths, same order; task ``paired:<scale>``), read instead of degrading. ``clip=False``: the
+    network reads unclipped noise (the prior still sees the clipped 8-bit image). ``fresh=True``
+    (training): a new degradation is drawn for every item, deterministic in (seed, step)."""
+    from ..data import datasets as data
     from ..prior.encode import DEFAULT_ENCODING
-    from . import data
 
     task_ = data.parse_task(task)
-    scale = task_.scale if task_.kind == "sr" else 1
+    scale = task_.scale
     lq_patch = None if (patch is None or not train) else patch // scale
     return data.PairedPriorDataset(
         folder,
@@ -322,12 +339,58 @@ def make_dataset(
         with_prior=provider is not None,
         channels=channels,
         noise=noise,
+        lq_paths=lq_paths,
+        clip=clip,
+        fresh=fresh and train,
     )
 
 
-def build_dataset(args, folder, provider, cache, *, train: bool, patch: int | None = None, teacher: bool = False):
+def resolve_pairs(args, hq, lq, what: str = "--data"):
+    """The checked pairs of ``hq`` / ``lq`` under the flags' rules (``--hq-suffix``, ``--lq-suffix``,
+    ``--pairs``): a :class:`spt_adapter.data.pairs.PairSet`; every error names the file, before any
+    pixel is read. ``what`` names the pair of flags in messages."""
+    from ..data.pairs import load_pairs
+
+    pairs_file = getattr(args, "pairs", None) if what == "--data" else None
+    try:
+        return load_pairs(
+            hq,
+            lq,
+            hq_suffix=getattr(args, "hq_suffix", "") or "",
+            lq_suffix=getattr(args, "lq_suffix", "") or "",
+            pairs_file=pairs_file,
+        )
+    except SPTError as exc:
+        raise SPTError(f"{what}: {exc}" if what != "--data" else str(exc)) from None
+
+
+def paired_task(args, pairset, backbone_scale: int | None, described: str) -> str:
+    """``paired:<scale>`` for checked pairs, refused when the backbone's scale is another one (or
+    when ``--task`` names a different task)."""
+    task = f"paired:{pairset.scale}"
+    given = getattr(args, "task", None)
+    if given is not None and given != task:
+        raise SPTError(
+            f"--lq gives the degraded images themselves (HQ = {pairset.scale} x LQ here, task {task}): "
+            f"drop --task {given}"
+        )
+    if backbone_scale is not None and backbone_scale != pairset.scale:
+        first = pairset.pairs[0]
+        raise SPTError(
+            f"the pairs are x{pairset.scale} (e.g. {first.lq.name} -> {first.hq.name}) but {described} is "
+            f"x{backbone_scale}: use pairs whose clean image is {backbone_scale} x the degraded one, or another "
+            "backbone"
+        )
+    return task
+
+
+def build_dataset(
+    args, folder, provider, cache, *, train: bool, patch: int | None = None, teacher: bool = False, pairs=None
+):
+    """The dataset the flags describe; ``pairs`` (a checked PairSet) reads its LQ files instead of
+    degrading ``folder``'s images."""
     return make_dataset(
-        folder,
+        pairs.hq if pairs is not None else folder,
         args.task,
         provider,
         cache,
@@ -338,4 +401,7 @@ def build_dataset(args, folder, provider, cache, *, train: bool, patch: int | No
         teacher=teacher,
         channels=getattr(args, "_channels", 3),
         noise=getattr(args, "noise", None) or "spt",
+        lq_paths=pairs.lq if pairs is not None else None,
+        clip=getattr(args, "clip", True),
+        fresh=train and pairs is None and getattr(args, "degrade_per", "image") == "step",
     )

@@ -33,10 +33,10 @@ _Y_COEFFS = np.array([65.481, 128.553, 24.966], dtype=np.float64)
 
 def metric_settings(task: str) -> dict:
     """Keyword arguments for :func:`psnr`/:func:`ssim` for a task string (``denoise:25``, ``sr:4``)."""
-    from .data import parse_task
+    from ..data.datasets import parse_task
 
     parsed = parse_task(task)
-    if parsed.kind == "sr":
+    if parsed.scale > 1:  # sr:<s>, paired:<s>
         return {"crop_border": parsed.scale, "test_y_channel": True}
     return {"crop_border": 0, "test_y_channel": False}
 

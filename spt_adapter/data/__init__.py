@@ -1,0 +1,1 @@
+"""Images in and out, degradations, paired folders and the datasets that training and inference read."""

@@ -1,0 +1,1 @@
+"""Using a trained adapter: restore, evaluate, export, the exported-file runner, metrics."""
