@@ -142,6 +142,19 @@ class Task:
     info: dict[str, Any]
 
 
+def load_task_backbone(args) -> tuple[nn.Module, int]:
+    """The task's frozen backbone and its image channels, without its data (for ``--timing-rounds``)."""
+    if args.task in ("cdncnnb75", "polyu"):
+        net = load_dncnn_mat(args.dncnn_root, CDNCNN_B, "CDnCNN-B")[0]
+    elif args.task == "dncnn3bd":
+        net = load_dncnn_mat(args.dncnn_root, DNCNN_3, "DnCNN-3")[0]
+    else:
+        net = load_kair_dncnn(args.kair_root / "model_zoo" / "dncnn_25.pth")
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net, 3 if args.task in ("cdncnnb75", "polyu") else 1
+
+
 def load_task(args) -> Task:
     """The backbone, the training set and the evaluation sets (``--split val``: validation; ``test``)."""
     val = args.split == "val"
@@ -659,6 +672,13 @@ def parse_args(argv=None):
     p.add_argument("--forward-size", type=int, default=256, help="side of the timed forward input (0: no timing)")
     p.add_argument("--forward-repeats", type=int, default=5)
     p.add_argument("--equal-time", action="store_true")
+    p.add_argument(
+        "--timing-rounds",
+        type=int,
+        default=0,
+        help="only time the rows (untrained), round-robin over N rounds, and exit: forward and step time "
+        "measured side by side, fair on a machine whose load drifts",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -669,6 +689,76 @@ def parse_args(argv=None):
         except ValueError as exc:
             p.error(str(exc))
     return args
+
+
+def interleaved_timing(args, backbone: nn.Module, channels: int, rows: list[str], rounds: int) -> dict[str, Any]:
+    """Forward and training-step seconds of every row, measured round-robin (one forward and one step of each
+    row per round, ``rounds`` rounds, medians), so that a machine whose load drifts during the run slows every
+    row alike. Untrained rows: the cost of a forward pass does not depend on the weights."""
+    from _ladder import _restoration_loss
+
+    budgets = resolve_budgets(rows, backbone, channels)
+    built = {}
+    for text in ["frozen", *rows]:
+        family, opts = parse_row(text)
+        model, prior, _ = build_row(backbone, family, opts, 0, channels, lora_budget(opts, budgets))
+        if family == "full":
+            for p in model.parameters():
+                p.requires_grad_(True)
+        params = [p for p in model.parameters() if p.requires_grad]
+        built[text] = (family, model, prior, torch.optim.Adam(params, lr=1e-9) if params else None)
+        if family == "lora":
+            merged = copy.deepcopy(model).merge_and_unload()
+            built[text + " (merged)"] = ("frozen", merged, "none", None)
+    x = torch.rand(1, channels, args.forward_size, args.forward_size)
+    lq, gt = (
+        torch.rand(args.batch, channels, args.patch, args.patch),
+        torch.rand(args.batch, channels, args.patch, args.patch),
+    )
+    fwd: dict[str, list[float]] = {k: [] for k in built}
+    step: dict[str, list[float]] = {k: [] for k, v in built.items() if v[3] is not None}
+    pset = qd.PriorSet([], [])
+    for r in range(rounds + 1):  # round 0 warms up
+        for text, (_family, model, prior, opt) in built.items():
+            t = forward_seconds(model, x, prior, 1)
+            if r:
+                fwd[text].append(t)
+            if opt is None:
+                continue
+            model.train()
+            t0 = time.perf_counter()
+            out = model(lq) if prior == "none" else model(lq, prior=torch.ones(lq.shape[0], 1, *lq.shape[-2:]))
+            loss = _restoration_loss(out, gt, pset)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if r:
+                step[text].append(time.perf_counter() - t0)
+            model.eval()
+    return {
+        "forward_seconds": {k: statistics.median(v) for k, v in fwd.items()},
+        "step_seconds": {k: statistics.median(v) for k, v in step.items()},
+        "rounds": rounds,
+        "forward_size": args.forward_size,
+        "batch": args.batch,
+        "patch": args.patch,
+    }
+
+
+def render_timing(doc: dict[str, Any]) -> str:
+    f, s = doc["forward_seconds"], doc["step_seconds"]
+    full = next((v for k, v in s.items() if k.startswith("full")), None)
+    lines = [
+        f"\n#### Interleaved timing: forward {doc['forward_size']}² (median of {doc['rounds']} rounds), "
+        f"training step batch {doc['batch']} × {doc['patch']}²\n",
+        "| row | forward vs frozen | step time vs full FT |",
+        "| --- | --- | --- |",
+    ]
+    for k in f:
+        lines.append(
+            f"| {k} | {f[k] / f['frozen']:.2f}× | " + (f"{s[k] / full:.2f}×" if k in s and full else "—") + " |"
+        )
+    return "\n".join(lines)
 
 
 def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -696,6 +786,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.time()
+    if args.timing_rounds:
+        task_backbone = load_task_backbone(args)
+        doc = interleaved_timing(args, task_backbone[0], task_backbone[1], args.rows, args.timing_rounds)
+        doc["command"] = "python benchmarks/compare.py " + " ".join(args.argv)
+        if args.json:
+            from spt_adapter._io import atomic_write_bytes
+
+            atomic_write_bytes(args.json, json.dumps(doc, indent=1).encode())
+        print(render_timing(doc))
+        return 0
     doc = run(args)
     print(render(doc))
     log(f"total wall time {time.time() - t0:.0f}s")

@@ -53,7 +53,7 @@ def test_lora_ranks_meet_the_budget_within_ten_percent(budget):
 def test_the_lora_row_goes_through_peft_and_matches_the_unit_row():
     net = _dncnn()
     unit, prior, _ = compare.build_row(net, "unit", {"fusion": "lowrank", "hidden": "2", "depth": "1"}, 0, 3)
-    assert prior == "const"
+    assert prior == "none"  # a lowrank unit reads no prior
     budget = compare.trainable(unit, "unit")
     lora, prior, extra = compare.build_row(net, "lora", {"params": str(budget)}, 0, 3, match=budget)
     from peft import PeftModel
