@@ -119,3 +119,15 @@ def test_every_row_trains_on_the_same_batches_and_the_table_renders(monkeypatch,
     table = compare.render(doc)
     assert table.count("\n| ") == 1 + 1 + len(rows)  # header, rule, one line per row
     assert (tmp_path / "r.json").is_file()
+
+
+def test_interleaved_timing_times_every_row_and_the_merged_lora(monkeypatch, capsys):
+    net = _dncnn(5)
+    monkeypatch.setattr(compare, "load_task_backbone", lambda args: (net, 3))
+    unit = "unit:fusion=lowrank,hidden=1,depth=1"
+    argv = ["--task", "cdncnnb75", "--rows", unit, f"lora:params=@{unit}", "full", "--timing-rounds", "1"]
+    assert compare.main(argv + ["--forward-size", "16", "--batch", "2", "--patch", "12"]) == 0
+    out = capsys.readouterr().out
+    for row in ("frozen", unit, f"lora:params=@{unit} (merged)", "full"):
+        assert f"| {row} |" in out
+    assert not any(p.requires_grad for p in net.parameters())  # timing trains copies, never the backbone
