@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 import spt_adapter
 from _data import DATA
+from _helpers import cli
 from spt_adapter.cli import main
 from spt_adapter.core.unit import SPTUnit
 from spt_adapter.errors import BackboneError, ConfigError, TargetError
@@ -152,27 +153,8 @@ def _hq(tmp_path):
 
 
 def _train(ckpt, data, out, *extra):
-    return [
-        "train",
-        "--backbone",
-        str(ckpt),
-        "--data",
-        str(data),
-        "--task",
-        "denoise:25",
-        "--out",
-        str(out),
-        "--patch",
-        "16",
-        "--batch",
-        "2",
-        "--iters",
-        "2",
-        "--no-progress",
-        "--device",
-        "cpu",
-        *extra,
-    ]
+    argv = cli("train", backbone=ckpt, data=data, task="denoise:25", out=out, patch=16, batch=2, iters=2)
+    return argv + cli(no_progress=True, device="cpu") + list(extra)
 
 
 def test_train_takes_preset_hidden_and_depth(tmp_path, dncnn_ckpt, capsys):
@@ -268,3 +250,31 @@ def test_budget_picks_the_widest_units_that_fit():
     with pytest.raises(ConfigError, match="0 < budget < 1"):
         spt_adapter.inject(net, budget=1.5)
     assert not any(type(m).__name__ == "SPTLayer" for m in net.modules())
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--fusion", "lowrank", "--segments", "8"], "--fusion lowrank: the units read no prior, so --segments"),
+        (["--fusion", "lowrank", "--prior", "lq"], "drop --prior lq"),
+    ],
+)
+def test_train_refuses_a_prior_for_units_that_read_none(tmp_path, dncnn_ckpt, capsys, extra, needle):
+    out = tmp_path / "run"
+    assert main(_train(dncnn_ckpt, _hq(tmp_path), out, *extra)) == 1
+    assert needle in capsys.readouterr().err and not out.exists()
+
+
+def test_inspect_shows_one_count_for_a_unit_kind_without_a_prior(dncnn_ckpt, capsys):
+    from spt_adapter.core.planning import units_parameter_count
+
+    assert main(["inspect", str(dncnn_ckpt), "--depth", "0", "--fusion", "lowrank", "--hidden", "4"]) == 0
+    text = capsys.readouterr().out
+    light = spt_adapter.load_backbone(dncnn_ckpt, preset="dncnn-light")
+    cfg = spt_adapter.SPTConfig(fusion="lowrank", hidden=4)
+    want = units_parameter_count({n: 16 for n in light.targets}, cfg)
+    assert want == sum(
+        p.numel() for _, p in spt_adapter.inject(light.model, light.targets, config=cfg).unit_parameters()
+    )
+    row = next(ln for ln in text.splitlines() if ln.startswith("  dncnn-light"))
+    assert f"+{want:,} (" in row and "with a prior" not in row and "no prior:" not in row

@@ -75,36 +75,9 @@ def test_old_spellings_parse_to_the_same_values():
     )
     old = parse(["masks", "x.png", "--checkpoint", "s.pth", "--model-type", "vit_b", "--set", "a=1", "--cache", "c"])
     assert vars(new) == vars(old)
-    new = parse(
-        [
-            "train",
-            "--data",
-            "d",
-            "--task",
-            "sr:2",
-            "--out",
-            "o",
-            "--provider-checkpoint",
-            "s.pth",
-            "--provider-model-type",
-            "vit_b",
-        ]
-    )
-    old = parse(
-        [
-            "train",
-            "--data",
-            "d",
-            "--task",
-            "sr:2",
-            "--out",
-            "o",
-            "--sam-checkpoint",
-            "s.pth",
-            "--sam-model-type",
-            "vit_b",
-        ]
-    )
+    train = ["train", "--data", "d", "--task", "sr:2", "--out", "o"]
+    new = parse([*train, "--provider-checkpoint", "s.pth", "--provider-model-type", "vit_b"])
+    old = parse([*train, "--sam-checkpoint", "s.pth", "--sam-model-type", "vit_b"])
     assert vars(new) == vars(old)
     assert parse(["demo", "--sam-checkpoint", "s.pth"]).sam_checkpoint == "s.pth"
 

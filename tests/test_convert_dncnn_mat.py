@@ -147,8 +147,14 @@ def test_a_refused_file_writes_nothing(tmp_path):
     write_simplenn(tmp_path / "bad.mat", layers)
     out = tmp_path / "out.safetensors"
     out.write_bytes(b"kept")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "convert_dncnn_mat.py"), str(tmp_path / "bad.mat"), str(out)],
+    result = subprocess.run(  # --overwrite: an existing output is refused first without it
+        [
+            sys.executable,
+            str(ROOT / "tools" / "convert_dncnn_mat.py"),
+            str(tmp_path / "bad.mat"),
+            str(out),
+            "--overwrite",
+        ],
         capture_output=True,
         text=True,
     )

@@ -188,7 +188,8 @@ def test_existing_outputs_are_kept_unless_overwrite(exported, tmp_path, capsys):
     path, inputs, out = exported["dncnn_student"], exported["inputs"], tmp_path / "out"
     out.mkdir()
     mine = out / "odd.png"
-    Image.fromarray(np.zeros((3, 3), np.uint8)).save(mine)
+    # a finished output's size (odd.png is 67x45, the export x1): --skip-existing keeps only those
+    Image.fromarray(np.zeros((45, 67), np.uint8)).save(mine)
     before = mine.read_bytes()
     argv = ["restore", str(inputs), "--backbone", str(path), "--out", str(out)]
     assert deploy_main(argv) == 1

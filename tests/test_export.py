@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 import spt_adapter
+from _helpers import cli, save_safetensors
 from spt_adapter.cli import main
 from spt_adapter.errors import ExportError
 from spt_adapter.inference.export import PARITY_ATOL, export, parity
@@ -26,13 +27,6 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 sys.path.insert(0, str(Path(__file__).parent))
 from _archs import restormer, swinir_light  # noqa: E402
-
-
-def _save(model, path):
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
 
 
 def _dncnn():
@@ -54,7 +48,7 @@ def _adapted(tmp_path, name: str, student: bool):
     multiple) with perturbed units (+ a student): the adapter changes the output."""
     build, targets, _ = BACKBONES[name]
     torch.manual_seed(0)
-    bb = spt_adapter.load_backbone(_save(build().eval(), tmp_path / f"{name}.safetensors"))
+    bb = spt_adapter.load_backbone(save_safetensors(build().eval(), tmp_path / f"{name}.safetensors"))
     cfg = spt_adapter.SPTConfig(
         targets=targets,
         hidden=8,
@@ -212,7 +206,7 @@ def files(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
-    ckpt = _save(_dncnn().eval(), root / "dncnn.safetensors")
+    ckpt = save_safetensors(_dncnn().eval(), root / "dncnn.safetensors")
     out = {"root": root, "ckpt": ckpt}
     for kind, student in (("student", True), ("slic", False)):
         model, _ = _adapted(root, "dncnn", student)
@@ -247,22 +241,7 @@ def test_export_command_and_restore_from_the_exported_file(files, tmp_path, kind
     assert "inputs: image" in capsys.readouterr().err
     ref, got = tmp_path / "ref", tmp_path / "onnx"
     common = ["--no-progress", "--prior-cache", str(tmp_path / "cache")]
-    assert (
-        main(
-            [
-                "restore",
-                str(files["inputs"]),
-                "--backbone",
-                str(files["ckpt"]),
-                "--adapter",
-                str(files[kind]),
-                "--out",
-                str(ref),
-                *common,
-            ]
-        )
-        == 0
-    )
+    assert main([*cli("restore", files["inputs"], backbone=files["ckpt"], adapter=files[kind], out=ref), *common]) == 0
     assert main(["restore", str(files["inputs"]), "--backbone", str(onnx_file), "--out", str(got), *common]) == 0
     err = capsys.readouterr().err
     assert "exported onnx" in err and "5 restored" in err
@@ -274,16 +253,7 @@ def test_export_command_and_restore_from_the_exported_file(files, tmp_path, kind
     assert (
         main(
             [
-                "restore",
-                str(files["inputs"]),
-                "--backbone",
-                str(onnx_file),
-                "--out",
-                str(tmp_path / "t"),
-                "--tile",
-                "30",
-                "--tile-overlap",
-                "20",
+                *cli("restore", files["inputs"], backbone=onnx_file, out=tmp_path / "t", tile="30", tile_overlap="20"),
                 *common,
             ]
         )
@@ -322,29 +292,11 @@ def test_command_refusals_are_one_line(files, tmp_path, capsys):
         spt_adapter.load_adapter(spt_adapter.load_backbone(files["ckpt"]).model, files["student"]), tmp_path / "s.onnx"
     )
     refused(
-        [
-            "restore",
-            str(files["inputs"]),
-            "--backbone",
-            str(onnx_file),
-            "--adapter",
-            str(files["student"]),
-            "--out",
-            str(tmp_path / "o"),
-        ],
+        cli("restore", files["inputs"], backbone=onnx_file, adapter=files["student"], out=tmp_path / "o"),
         "--adapter does not apply to an exported file",
     )
     refused(
-        [
-            "restore",
-            str(files["inputs"]),
-            "--backbone",
-            str(onnx_file),
-            "--provider",
-            "slic",
-            "--out",
-            str(tmp_path / "o"),
-        ],
+        cli("restore", files["inputs"], backbone=onnx_file, provider="slic", out=tmp_path / "o"),
         "distilled prior",
     )
     (tmp_path / "fake.onnx").write_bytes(b"not onnx")
@@ -352,42 +304,14 @@ def test_command_refusals_are_one_line(files, tmp_path, capsys):
         ["restore", str(files["inputs"]), "--backbone", str(tmp_path / "fake.onnx"), "--out", str(tmp_path / "o")],
         "onnxruntime cannot load it",
     )
-    refused(
-        [
-            "restore",
-            str(files["inputs"]),
-            "--backbone",
-            str(files["ckpt"]),
-            "--adapter",
-            str(files["student"]),
-            "--out",
-            str(tmp_path / "o"),
-            "--num-shards",
-            "2",
-            "--shard-index",
-            "2",
-        ],
-        "--shard-index",
-    )
+    restore = cli("restore", files["inputs"], backbone=files["ckpt"], adapter=files["student"], out=tmp_path / "o")
+    refused(restore + cli(num_shards=2, shard_index=2), "--shard-index")
 
 
 def test_restore_sharded_over_two_processes_writes_each_output_once(files, tmp_path):
     out = tmp_path / "sharded"
-    argv = [
-        sys.executable,
-        "-m",
-        "spt_adapter.cli",
-        "restore",
-        str(files["inputs"]),
-        "--backbone",
-        str(files["ckpt"]),
-        "--adapter",
-        str(files["student"]),
-        "--out",
-        str(out),
-        "--no-progress",
-        "--skip-existing",
-    ]
+    restore = cli("restore", files["inputs"], backbone=files["ckpt"], adapter=files["student"])
+    argv = [sys.executable, "-m", "spt_adapter.cli", *restore, *cli(out=out, no_progress=True, skip_existing=True)]
     env = {**os.environ, "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(argv, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stderr=subprocess.PIPE, text=True)
@@ -398,22 +322,7 @@ def test_restore_sharded_over_two_processes_writes_each_output_once(files, tmp_p
     done = sorted(int(e.split(" restored")[0].split()[-1]) for e in errs)
     # 5 inputs split by a hash of their output names (p0, p1 -> shard 0; p2-p4 -> shard 1), each once
     assert done == [2, 3] and "shard 0/2" in errs[0] and "shard 1/2" in errs[1]
-    assert (
-        main(
-            [
-                "restore",
-                str(files["inputs"]),
-                "--backbone",
-                str(files["ckpt"]),
-                "--adapter",
-                str(files["student"]),
-                "--out",
-                str(tmp_path / "one"),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(restore + cli(out=tmp_path / "one", no_progress=True)) == 0
     sharded, single = _pngs(out), _pngs(tmp_path / "one")
     assert list(sharded) == list(single) == [f"p{i}.png" for i in range(5)]
     assert sorted(p.name for p in out.iterdir()) == list(single)  # no temporaries left behind
@@ -445,7 +354,7 @@ def test_hat_exports_to_both_formats_and_dat_onnx_is_refused_by_name(tmp_path):
     for name, build, targets in (("hat", hat, ["layers.*.residual_group"]), ("dat", dat, ["layers.*"])):
         torch.manual_seed(0)
         if name == "hat":
-            bb = spt_adapter.load_backbone(_save(build().eval(), tmp_path / f"{name}.safetensors"))
+            bb = spt_adapter.load_backbone(save_safetensors(build().eval(), tmp_path / f"{name}.safetensors"))
             net, descriptor = bb.model, bb.descriptor
         else:  # spandrel does not detect a DAT this small from its weights: the module itself
             net, descriptor = build(), None

@@ -211,6 +211,7 @@ def test_train_and_eval_on_paired_folders(tmp_path, swinir, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "paired with" in text and "task paired:1" in text and "validation: " in text
+    assert "note: an epoch is the full batches of 2 only; the 1 sample(s) left over change" in text
     ev = tmp_path / "ev"
     argv = ["eval", "--backbone", str(swinir), "--adapter", str(out), "--data", str(hq), "--lq", str(lq),
             "--hq-suffix", "_mean", "--lq-suffix", "_real", "--out", str(ev), "--prior-cache",
@@ -299,3 +300,59 @@ def test_masks_caches_the_priors_train_reads(tmp_path, swinir, capsys):
     assert main(["masks", "--data", str(hq), "--lq", str(lq), "--lq-suffix", "_real", "--hq-suffix", "_mean",
                  "--degrade", "jpeg:30", "--prior-cache", str(cache)]) == 1  # fmt: skip
     assert "--lq files are the degraded images already: drop --degrade" in capsys.readouterr().err
+
+
+def test_the_epoch_leftover_note_counts_what_the_loader_drops():
+    from spt_adapter.commands.train import _epoch_leftover
+    from spt_adapter.training.distributed import DistInfo
+    from spt_adapter.training.train import TrainSettings, _make_loader
+
+    for n, batch in ((53, 8), (3, 2), (16, 8), (5, 8)):
+        info = DistInfo()
+        _, sampler, per_epoch = _make_loader(list(range(n)), TrainSettings(batch=batch), info)
+        assert _epoch_leftover(n, batch) == len(sampler) - per_epoch * batch
+
+
+def test_polyu_split_tool_lays_out_the_camera_split(tmp_path):
+    from _scripts import load_script
+
+    tool = load_script("polyu_split", "tools")
+    src = tmp_path / "CroppedImages"
+    src.mkdir()
+    scenes = {
+        "Canon5D2_5_160_3200_chair": 3,
+        "Canon5D2_5_200_3200_toy": 3,  # last Canon5D2 scene with >= 3 crops: validation
+        "Canon5D2_5_200_3200_zebra": 2,  # last by name, but too few crops to hold back
+        "NikonD800_5_100_4000_flower": 3,  # the only NikonD800 scene with >= 3 crops: validation
+        "NikonD800_8_125_6400_photo": 1,
+        "Canon80D_8_8_3200_ball": 2,  # test
+        "Sony_4_200_3200_door": 1,  # unused
+    }
+    tiny = Image.fromarray(np.zeros((4, 4, 3), np.uint8))
+    for scene, n in scenes.items():
+        for k in range(n):
+            for half in ("real", "mean"):
+                tiny.save(src / f"{scene}_{k + 1}_{half}.JPG")
+    out = tmp_path / "split"
+    assert tool.main([str(src), str(out)]) == 0
+    names = {part: sorted(p.name for p in (out / part / "lq").iterdir()) for part in ("train", "val", "test")}
+    assert names["test"] == ["Canon80D_8_8_3200_ball_1_real.JPG", "Canon80D_8_8_3200_ball_2_real.JPG"]
+    assert [n.rsplit("_", 2)[0] for n in names["val"]] == ["Canon5D2_5_200_3200_toy"] * 3 + [
+        "NikonD800_5_100_4000_flower"
+    ] * 3
+    assert len(names["train"]) == 3 + 2 + 1 and not any("Sony" in n for ns in names.values() for n in ns)
+    assert (out / "val" / "hq" / "Canon5D2_5_200_3200_toy_1_mean.JPG").is_symlink()
+    ps = load_pairs(out / "train" / "hq", out / "train" / "lq", hq_suffix="_mean", lq_suffix="_real")
+    assert len(ps.pairs) == 6
+    with pytest.raises(SystemExit, match="exists and is not an empty folder"):
+        tool.main([str(src), str(out)])
+    cropped = tmp_path / "cropped"
+    assert tool.main([str(src), str(cropped), "--crop", "2"]) == 0  # val/test as centre crops, train whole
+    assert Image.open(cropped / "test" / "lq" / "Canon80D_8_8_3200_ball_1_real.png").size == (2, 2)
+    assert Image.open(cropped / "train" / "hq" / "Canon5D2_5_160_3200_chair_1_mean.JPG").size == (4, 4)
+    assert (
+        len(load_pairs(cropped / "val" / "hq", cropped / "val" / "lq", hq_suffix="_mean", lq_suffix="_real").pairs) == 6
+    )
+    (src / "Canon80D_8_8_3200_ball_2_mean.JPG").unlink()
+    with pytest.raises(SystemExit, match="ball_2_real.JPG has no _mean partner"):
+        tool.main([str(src), str(tmp_path / "again")])

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 import spt_adapter
 from _data import DATA
+from _helpers import cli
 from spt_adapter.cli import main
 from spt_adapter.core.config import SCHEMA_VERSION, SPTConfig
 from spt_adapter.core.unit import SPTUnit, unit_parameter_shapes, unit_tensor_count
@@ -236,27 +237,8 @@ def _hq(tmp_path, n=2, size=32):
 
 
 def _train(ckpt, data, out, *extra):
-    return [
-        "train",
-        "--backbone",
-        str(ckpt),
-        "--data",
-        str(data),
-        "--task",
-        "denoise:25",
-        "--out",
-        str(out),
-        "--patch",
-        "16",
-        "--batch",
-        "2",
-        "--iters",
-        "2",
-        "--no-progress",
-        "--device",
-        "cpu",
-        *extra,
-    ]
+    argv = cli("train", backbone=ckpt, data=data, task="denoise:25", out=out, patch=16, batch=2, iters=2)
+    return argv + cli(no_progress=True, device="cpu") + list(extra)
 
 
 @pytest.fixture()

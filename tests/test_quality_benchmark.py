@@ -12,18 +12,23 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 from _data import DATA, full_data  # small crops of the test sets, committed (tests/data)
+from _helpers import cli
 from _scripts import load_script
 
 _load = load_script
+
+
+def _quick(out: Path, write_json: bool = True, **flags) -> list[str]:
+    """Arguments of the benchmark's --quick run on the committed images: ``flags`` as ``cli`` spells them,
+    the caches under ``out``/cache, the results in ``out``/r.json (unless ``write_json`` is false)."""
+    return cli(data=DATA, quick=True, **flags, cache_dir=out / "cache", json=out / "r.json" if write_json else None)
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     quality = _load("quality")
     out = tmp_path_factory.mktemp("quality")
-    rc = quality.main(
-        ["--data", str(DATA), "--quick", "--cache-dir", str(out / "cache"), "--json", str(out / "r.json")]
-    )
+    rc = quality.main(_quick(out))
     assert rc == 0
     return quality, out, json.loads((out / "r.json").read_text())
 
@@ -157,25 +162,7 @@ def test_encodings_of_a_label_map_are_the_library_encodings_of_its_regions():
 
 def test_multichannel_priors_reach_every_row_with_a_control_of_the_same_shape(tmp_path):
     quality = _load("quality")
-    rc = quality.main(
-        [
-            "--data",
-            str(DATA),
-            "--quick",
-            "--encoding",
-            "onehot:3",
-            "--fusions",
-            "sft",
-            "--rows",
-            "abcd",
-            "--units",
-            "0",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            "--json",
-            str(tmp_path / "r.json"),
-        ]
-    )
+    rc = quality.main(_quick(tmp_path, encoding="onehot:3", fusions="sft", rows="abcd", units="0"))
     assert rc == 0
     payload = json.loads((tmp_path / "r.json").read_text())
     assert payload["encoding"] == "onehot:3" and payload["settings"]["units"] == 0
@@ -204,19 +191,7 @@ def test_multichannel_priors_reach_every_row_with_a_control_of_the_same_shape(tm
 def quick_sr_run(tmp_path_factory):
     quality = _load("quality")
     out = tmp_path_factory.mktemp("quality_sr")
-    rc = quality.main(
-        [
-            "--data",
-            str(DATA),
-            "--task",
-            "sr4",
-            "--quick",
-            "--cache-dir",
-            str(out / "cache"),
-            "--json",
-            str(out / "r.json"),
-        ]
-    )
+    rc = quality.main(_quick(out, task="sr4"))
     assert rc == 0
     return quality, out, json.loads((out / "r.json").read_text())
 
@@ -332,31 +307,13 @@ def test_bd_degradation_blurs_before_the_bicubic_downsample():
 
 def test_sr_bd_run_adapts_a_backbone_pretrained_on_bicubic(tmp_path):
     quality = _load("quality")
-    rc = quality.main(
-        [
-            "--data",
-            str(DATA),
-            "--task",
-            "sr4",
-            "--quick",
-            "--sr-degradation",
-            "bd",
-            "--rows",
-            "abc",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            "--json",
-            str(tmp_path / "r.json"),
-        ]
-    )
+    rc = quality.main(_quick(tmp_path, task="sr4", sr_degradation="bd", rows="abc"))
     assert rc == 0
     payload = json.loads((tmp_path / "r.json").read_text())
     assert payload["degradation"] == "bd"
     assert set(payload["results"]["a"]["-"]) == {"Set5 ×4 BD (Y, crop 4)", "Set14 ×4 BD (Y, crop 4)"}
     # the backbone cache key is the bicubic pre-training's: a bicubic run reuses the same file
-    rc = quality.main(
-        ["--data", str(DATA), "--task", "sr4", "--quick", "--rows", "a", "--cache-dir", str(tmp_path / "cache")]
-    )
+    rc = quality.main(_quick(tmp_path, write_json=False, task="sr4", rows="a"))
     assert rc == 0 and len(list((tmp_path / "cache").glob("backbone_srvgg_*.safetensors"))) == 1
 
 
@@ -387,23 +344,7 @@ def test_lq_prior_can_segment_the_frozen_backbones_restoration(tmp_path):
     expected = qd.label_map(view(plain.noisy[0][0]), seg)
     assert np.array_equal(restored.lq_prior[0][0], expected)
     assert not np.array_equal(restored.lq_prior[0][0], plain.lq_prior[0][0])
-    rc = quality.main(
-        [
-            "--data",
-            str(DATA),
-            "--quick",
-            "--segment-input",
-            "restored",
-            "--fusions",
-            "sft",
-            "--rows",
-            "bc",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            "--json",
-            str(tmp_path / "r.json"),
-        ]
-    )
+    rc = quality.main(_quick(tmp_path, segment_input="restored", fusions="sft", rows="bc"))
     assert rc == 0 and json.loads((tmp_path / "r.json").read_text())["segment_input"] == "restored"
 
 
@@ -429,19 +370,7 @@ def test_only_a_deployable_prior_is_marked_as_meeting_the_target():
 def test_tune_compares_encodings_with_units_sized_for_each(tmp_path, capsys):
     quality = _load("quality")
     rc = quality.main(
-        [
-            "--data",
-            str(DATA),
-            "--quick",
-            "--tune",
-            "--tune-encodings",
-            "label",
-            "onehot:3",
-            "--fusions",
-            "sft",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        ]
+        _quick(tmp_path, write_json=False, tune=True, tune_encodings=["label", "onehot:3"], fusions="sft")
     )
     assert rc == 0
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| slic:")]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,23 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from spt_adapter.cli import main
+from _helpers import one_line_error as _one_line_error
+from _helpers import run_cli as _run
 
 pytest.importorskip("spandrel")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-
-
-def _run(argv, capsys):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _one_line_error(err: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def _dncnn(channels: int = 3, seed: int = 0):
@@ -445,3 +435,413 @@ def test_wrong_the_torch_free_runner_keeps_16_bits_and_says_when_it_cannot(tmp_p
     lines = [ln for ln in result.stderr.splitlines() if "written at 8 bits" in ln]
     assert len(lines) == 1 and "photo.png" in lines[0] and "opencv" in lines[0]
     assert _read16(tmp_path / "o8" / "photo.png").dtype == np.uint8
+
+
+# ---------------------------------------------------------------------------------------------
+# hangs
+# ---------------------------------------------------------------------------------------------
+def test_hang_a_float16_torchscript_export_runs_in_float32_on_the_cpu(tmp_path):
+    from spt_adapter.inference.export import export
+    from spt_adapter.inference.exported import load_exported
+
+    model = _dncnn()
+    path = export(model, tmp_path / "half.pt", half=True, check=False)
+    runner = load_exported(path)
+    assert runner.meta["dtype"] == "float16" and "float32 on the CPU" in runner.note
+    x = torch.rand(1, 3, 20, 24)
+    out = runner(x)
+    assert out.dtype == torch.float32  # float16 on a CPU ran ~70x slower than float32
+    with torch.no_grad():
+        assert float((out - model(x)).abs().max()) < 1e-2  # float16 weights, float32 arithmetic
+
+
+def _train_setup(tmp_path):
+    from test_reliability import _ckpt, _images, _train_argv
+
+    return [
+        str(a)
+        for a in _train_argv(
+            _ckpt(tmp_path / "sw.safetensors"), _images(tmp_path / "hq"), tmp_path / "run", tmp_path / "cache"
+        )
+    ]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_alone(tmp_path, timeout: str) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "WORLD_SIZE": "2",
+        "RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "SPT_DIST_TIMEOUT": timeout,
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "spt_adapter.cli", *_train_setup(tmp_path), "--no-progress"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_hang_train_without_its_peer_says_it_waits_and_gives_up_after_the_timeout(tmp_path):
+    proc = _train_alone(tmp_path, "3")
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 1, err
+    assert "waits at 127.0.0.1" in err and "for the other 1 process(es)" in err
+    last = err.strip().splitlines()[-1]
+    assert "did not join" in last and "within 3 s" in last and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_hang_sigterm_while_train_waits_for_its_peer_stops_it_at_once(tmp_path):
+    import time
+
+    proc = _train_alone(tmp_path, "600")
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 200
+    seen = ""
+    while "waits at" not in seen and time.monotonic() < deadline:
+        seen += proc.stderr.readline()
+    assert "waits at" in seen, seen
+    time.sleep(1)  # inside torch's rendezvous now
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("SIGTERM was swallowed while train waited for its peer")
+    assert proc.returncode == -signal.SIGTERM
+
+
+def test_nonsense_train_started_with_sigterm_ignored_keeps_ignoring_it():
+    from spt_adapter.commands.train import sigterm_as_interrupt
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with sigterm_as_interrupt():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        with pytest.raises(KeyboardInterrupt):  # a run that does not ignore it still stops
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            with sigterm_as_interrupt():
+                signal.raise_signal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------------------------------------------
+# tracebacks and misleading messages
+# ---------------------------------------------------------------------------------------------
+def _with_meta(src: Path, dst: Path, edits: dict[str, str]) -> Path:
+    """``src`` (an ONNX export) with metadata fields edited; its graph bytes, and so its checksum, kept."""
+    import onnx
+
+    proto = onnx.load(str(src))
+    props = {p.key: p.value for p in proto.metadata_props}
+    props.update(edits)
+    del proto.metadata_props[:]
+    for key in sorted(props):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, props[key]
+    dst.write_bytes(proto.SerializeToString())
+    return dst
+
+
+@pytest.mark.parametrize(
+    "edits,words",
+    [
+        ({"size_multiple": "0"}, "size_multiple='0' is not a whole number"),
+        ({"channels": "abc"}, "channels='abc' is not a whole number"),
+        ({"channels": "1"}, "says 1, but the graph reads 3-channel images"),
+        ({"dtype": "float16"}, "says float16, but the graph takes tensor(float)"),
+        ({"scale": "3"}, "says x3, but the graph gives x1"),
+        ({"minimum_tile": "-7"}, "minimum_tile='-7' is not a whole number"),
+        ({"prior": "{"}, "prior='{' is not a JSON object"),
+        ({"kind": "prior", "inputs": "image,prior", "prior_channels": "1"}, "does not match the graph"),
+        ({"kind": "student", "inputs": "image,prior"}, "contradicts kind 'student'"),
+    ],
+    ids=["multiple0", "channels_abc", "channels1", "dtype", "scale", "min_tile", "prior_json", "kind", "inputs"],
+)
+def test_trace_exported_metadata_is_checked_against_the_graph_on_load(exported, tmp_path, capsys, edits, words):
+    pytest.importorskip("onnx")
+    bad = _with_meta(exported["onnx"], tmp_path / "bad.onnx", edits)
+    code, _, err = _run(["restore", exported["inputs"], "--backbone", bad, "--out", tmp_path / "o"], capsys)
+    assert code == 1 and words in _one_line_error(err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_trace_the_torch_free_runner_checks_metadata_too(exported, tmp_path):
+    pytest.importorskip("onnx")
+    bad = _with_meta(exported["onnx"], tmp_path / "bad.onnx", {"size_multiple": "0"})
+    result = _deploy(exported["inputs"], "--backbone", bad, "--out", tmp_path / "o")
+    assert result.returncode == 1 and "size_multiple='0'" in _one_line_error(result.stderr)
+
+
+def test_trace_torchscript_metadata_is_checked_against_the_module(tmp_path):
+    import io
+    import json
+    import zipfile
+
+    from spt_adapter.errors import ExportError
+    from spt_adapter.inference.export import export
+    from spt_adapter.inference.exported import load_exported
+
+    path = export(_dncnn(), tmp_path / "dn.pt", check=False)
+    src = zipfile.ZipFile(io.BytesIO(path.read_bytes()))
+    for edits, words in (
+        ({"kind": "prior", "inputs": "image,prior", "prior_channels": "1"}, "does not match the graph"),
+        ({"channels": "1"}, "does not run at 1x1 as its metadata describes it"),
+        ({"scale": "2"}, "says x2, but the graph gives x1"),
+    ):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as dst:
+            for info in src.infolist():
+                data = src.read(info)
+                if info.filename.endswith("extra/spt_adapter.json"):
+                    data = json.dumps({**json.loads(data), **edits}).encode()
+                dst.writestr(zipfile.ZipInfo(info.filename), data)
+        (tmp_path / "bad.pt").write_bytes(buf.getvalue())
+        with pytest.raises(ExportError, match=words):
+            load_exported(tmp_path / "bad.pt")
+
+
+def test_trace_onnxruntime_running_out_of_memory_says_to_tile(exported):
+    """An allocation failure (here raised by the session as onnxruntime raises it: its own
+    RuntimeException class, 'Failed to allocate memory') becomes one line naming --tile."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+
+    from spt_adapter.deploy.onnx_restore import load_onnx, restore_image
+    from spt_adapter.errors import RestoreError
+
+    net = load_onnx(exported["onnx"])
+
+    class Exhausted:
+        def run(self, *_a, **_k):
+            raise RuntimeException("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for 1 GB")
+
+    net.session = Exhausted()
+    with pytest.raises(RestoreError, match=r"not enough memory to run a 30x40 input whole.*--tile 512"):
+        restore_image(net, np.zeros((30, 40, 3), np.uint8))
+
+
+def test_trace_a_checkpoint_whose_tensors_do_not_fit_the_sized_network_is_one_line(tmp_path, capsys):
+    state = _dncnn().state_dict()
+    state["model.4.weight"] = torch.zeros(8, 5, 3, 3)  # spandrel sizes DnCNN from model.0: this one cannot load
+    bad = tmp_path / "odd.pth"
+    torch.save(state, bad)
+    for argv in (["inspect", bad], ["export", "--backbone", bad, "--no-adapter", "--out", tmp_path / "x.pt"]):
+        code, _, err = _run(argv, capsys)
+        line = _one_line_error(err)
+        assert code == 1 and "do not fit the network spandrel sized from it" in line and "model.4.weight" in line
+
+
+def test_trace_a_prior_with_negative_strides_is_taken_as_it_reads():
+    import spt_adapter
+
+    model = spt_adapter.inject(_dncnn(), config=spt_adapter.SPTConfig(targets=["model.2"], hidden=4)).eval()
+    image = np.random.default_rng(0).integers(0, 256, (12, 14, 3), dtype=np.uint8)
+    prior = np.zeros((1, 12, 14), np.float32)
+    prior[:, :, :5] = 1
+    flipped = prior[:, :, ::-1]  # a view with a negative stride
+    out = spt_adapter.restore(model, image, flipped)
+    np.testing.assert_array_equal(out, spt_adapter.restore(model, image, flipped.copy()))
+
+
+def test_trace_an_onehot_encoding_for_an_export_read_with_another_is_one_line(tmp_path, capsys, exported):
+    import spt_adapter
+    from spt_adapter.inference.export import export
+
+    cfg = spt_adapter.SPTConfig(
+        targets=["model.2"],
+        hidden=4,
+        prior={"provider": {"provider": "classical", "method": "slic"}, "encoding": "boundary", "task": "denoise:25"},
+    )
+    model = spt_adapter.inject(_dncnn(), config=cfg).eval()
+    onnx_file = export(model, tmp_path / "prior.onnx", check=False)
+    argv = ["restore", exported["inputs"], "--backbone", onnx_file, "--out", tmp_path / "o", "--encoding", "onehot"]
+    code, _, err = _run(argv, capsys)
+    line = _one_line_error(err)
+    assert code == 1 and "--encoding onehot gives 8 prior channel(s)" in line and "exported for 1 (boundary)" in line
+
+
+def test_trace_the_converter_names_a_dagnn_file_a_layer_without_weights_and_a_huge_declared_array(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    from test_convert_dncnn_mat import matlab_dncnn, write_simplenn
+
+    dag = tmp_path / "dag.mat"  # MatConvNet DagNN: net.layers is a struct of fields, net.params the weights
+    with h5py.File(dag, "w") as f:
+        layers = f.create_group("net/layers")
+        for key in ("block", "inputs", "name", "outputs", "params", "type"):
+            layers[key] = np.zeros((1, 1))
+        f.create_group("net/params")
+    layers = matlab_dncnn(1)
+    del layers[2]["weights"]
+    write_simplenn(tmp_path / "noweights.mat", layers)
+    huge = tmp_path / "huge.mat"
+    write_simplenn(huge, matlab_dncnn(1))
+    with h5py.File(huge, "r+") as f:  # the first conv's weight declares 10^10 values in a file of a few kB
+        ref = f[f["net"]["layers"][0, 0]]["weights"][0, 0]
+        name = f[ref].name
+        del f[name]
+        f.create_dataset(name, shape=(100000, 100000), dtype="f4", chunks=(64, 64))
+    assert huge.stat().st_size < 1_000_000
+    for mat, words in (
+        (dag, "a MatConvNet DagNN network"),
+        (tmp_path / "noweights.mat", "has no weights"),
+        (huge, "declares shape (100000, 100000)"),
+    ):
+        result = _convert(mat, tmp_path / f"{mat.stem}.safetensors")
+        assert result.returncode == 1 and words in _one_line_error(result.stderr), result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# accepted nonsense
+# ---------------------------------------------------------------------------------------------
+def test_nonsense_export_refuses_a_task_that_is_none_or_not_the_backbones(tmp_path, capsys, dncnn_pth):
+    base = ["export", "--backbone", dncnn_pth, "--no-adapter", "--no-check"]
+    with pytest.raises(SystemExit) as usage:  # argparse: exit 2, one line naming --task
+        main([str(a) for a in [*base, "--out", tmp_path / "a.pt", "--task", "blur:3"]])
+    assert usage.value.code == 2 and "blur:3" in capsys.readouterr().err
+    code, _, err = _run([*base, "--out", tmp_path / "b.pt", "--task", "sr:4"], capsys)
+    assert code == 1 and "--task sr:4 needs a x4 backbone" in _one_line_error(err)
+    assert not (tmp_path / "a.pt").exists() and not (tmp_path / "b.pt").exists()
+
+
+def test_nonsense_restore_and_export_check_the_adapters_recorded_task_against_the_backbone(
+    tmp_path, capsys, dncnn_pth, exported
+):
+    import spt_adapter
+
+    cfg = spt_adapter.SPTConfig(
+        targets=["model.2"],
+        hidden=4,
+        student={"width": 4, "depth": 2},
+        prior={"teacher": {"provider": "classical", "method": "slic"}, "encoding": "boundary", "task": "sr:3"},
+    )
+    model = spt_adapter.inject(spt_adapter.load_backbone(dncnn_pth).model, config=cfg)
+    adapter = tmp_path / "sr3.safetensors"
+    model.save_adapter(adapter)
+    for argv in (
+        ["restore", exported["inputs"], "--backbone", dncnn_pth, "--adapter", adapter, "--out", tmp_path / "o"],
+        ["export", "--backbone", dncnn_pth, "--adapter", adapter, "--out", tmp_path / "x.pt"],
+    ):
+        code, _, err = _run(argv, capsys)
+        line = _one_line_error(err)
+        assert code == 1 and "was trained for sr:3" in line and "needs a x3 backbone" in line, line
+    assert not (tmp_path / "o").exists() and not (tmp_path / "x.pt").exists()
+
+
+def test_trace_a_header_whose_encoding_contradicts_its_prior_channels_blames_the_file(tmp_path):
+    """Before: it loaded, and the first image failed with a message blaming the prior."""
+    import json
+
+    import spt_adapter
+    from _archs import tiny_esrgan
+    from spt_adapter.errors import AdapterFileError
+    from test_reliability import _fresh_adapter, _rewrite
+
+    path, header = _fresh_adapter(tmp_path, prior={"provider": "classical", "method": "slic", "encoding": "label"})
+    meta = header["__metadata__"]
+    config = json.loads(meta["config"])
+    config["prior"]["encoding"] = "onehot:4"  # 4 channels; the units read 1
+    meta["config"] = json.dumps(config, sort_keys=True)
+    meta["prior"] = json.dumps(config["prior"], sort_keys=True)
+    bad = _rewrite(path, tmp_path / "bad.safetensors", header)
+    assert spt_adapter.load_adapter(tiny_esrgan(), path) is not None
+    with pytest.raises(AdapterFileError, match=r"encoding 'onehot:4' makes 4 channel\(s\), but .* prior_channels 1"):
+        spt_adapter.load_adapter(tiny_esrgan(), bad)
+
+
+def test_trace_misleading_messages_name_the_real_cause(tmp_path):
+    from spt_adapter.deploy.images import read_image_full_depth
+    from spt_adapter.deploy.tiling import check_tile_stride
+    from spt_adapter.errors import AdapterFileError, ImageError, RestoreError
+    from spt_adapter.files.format import read_adapter_header
+
+    with pytest.raises(RestoreError, match="the tile overlap must be 0 or more pixels, got -8"):
+        check_tile_stride(64, -8)  # was: "use a tile of at least -7 pixels"
+    fifo = tmp_path / "photo.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match="is not a regular file .a pipe, socket or device.; images are files"):
+        read_image_full_depth(fifo)  # was: "no such image file"
+    short = tmp_path / "short.safetensors"
+    short.write_bytes((100).to_bytes(8, "little") + b"{" * 96)  # 104 bytes; the header needs 108
+    with pytest.raises(AdapterFileError, match="announces a 100-byte header, but the file holds 104 bytes"):
+        read_adapter_header(short)
+
+
+def test_nonsense_train_says_the_length_of_a_run_with_student_steps_before_step_1(tmp_path, capsys):
+    """--student-steps come on top of --iters: `--student-steps 100000 --iters 3` silently ran 100,003
+    steps; the total is now the line before the first step."""
+    argv = [
+        *_train_setup(tmp_path),
+        "--prior",
+        "distilled",
+        "--teacher",
+        "slic",
+        "--student-steps",
+        "3",
+        "--no-progress",
+    ]
+    code, out, err = _run(argv, capsys)
+    assert code == 0, err
+    assert "steps: 5 in all: 3 that train the student alone (--student-steps), then 2 with the units (--iters)" in out
+
+
+@pytest.mark.parametrize("fault", ["missing", "extra"])
+def test_nonsense_the_peft_route_refuses_missing_or_extra_tensors(tmp_path, fault):
+    """Before: PeftModel.from_pretrained loaded them with PEFT's generic warning, a unit left at its
+    initial value."""
+    import shutil
+
+    peft = pytest.importorskip("peft")
+    from safetensors.torch import load_file, save_file
+
+    import spt_adapter.peft as spt_peft
+    from _archs import tiny_esrgan
+    from spt_adapter.errors import SPTError
+    from test_reliability3 import _peft_folder, _state
+
+    good = _peft_folder(tmp_path)
+    bad = tmp_path / "bad"
+    shutil.copytree(good, bad)
+    tensors = load_file(str(good / "adapter_model.safetensors"))
+    if fault == "missing":
+        del tensors[sorted(tensors)[0]]
+    else:
+        name = sorted(tensors)[0]
+        tensors[name.replace("sub.0", "sub.9")] = tensors[name].clone()  # a unit on a module that has none
+    save_file(tensors, str(bad / "adapter_model.safetensors"), metadata={"format": "pt"})
+    backbone = tiny_esrgan()
+    before = _state(backbone)
+    words = "lacks 1 unit tensor" if fault == "missing" else "holds 1 tensor(s) no unit of this backbone has"
+    with pytest.raises(SPTError, match="unit tensors"):  # spt_adapter's own reader counted them already
+        spt_peft.load_peft_adapter(backbone, bad)
+    with pytest.raises(SPTError, match=re.escape(words)):  # PEFT's own entry point
+        peft.PeftModel.from_pretrained(backbone, bad)
+    assert set(_state(backbone)) == set(before)
+    assert spt_peft.load_peft_adapter(tiny_esrgan(), good) is not None  # the folder as written loads
+
+
+def test_wrong_eval_says_on_one_line_that_16_bit_ground_truth_is_scored_at_8_bits(tmp_path, capsys, dncnn_pth):
+    from PIL import Image
+
+    from spt_adapter.deploy.outputs import png16_bytes
+
+    data = tmp_path / "gt"
+    data.mkdir()
+    (data / "deep.png").write_bytes(png16_bytes(_photo16(24, 28)))
+    Image.fromarray(np.full((24, 28, 3), 90, np.uint8)).save(data / "flat.png")
+    argv = ["eval", "--no-adapter", "--backbone", dncnn_pth, "--data", data, "--task", "denoise:25"]
+    code, _, err = _run([*argv, "--out", tmp_path / "ev", "--no-progress"], capsys)
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if "16-bit" in ln]
+    assert len(lines) == 1 and "1 ground-truth image(s) are 16-bit (deep.png)" in lines[0] and "8 bits" in lines[0]

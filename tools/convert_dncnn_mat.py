@@ -33,10 +33,34 @@ class ConversionError(ValueError):
     """The file is not a MatConvNet simplenn DnCNN this converter understands."""
 
 
+#: the most values one array of a DnCNN may hold (its largest conv, 64x64x3x3, holds 36,864): a larger
+#: declared shape is a damaged or hostile file, refused before it is read (a 2.7 MB file declared 6.4 GB)
+MAX_ARRAY_VALUES = 1 << 24
+
+
+def _dataset(f, ref, what: str):
+    """The HDF5 dataset ``ref`` points to, its declared shape checked before anything is read."""
+    try:
+        ds = f[ref]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ConversionError(f"{what} points to nothing readable ({exc})") from None
+    if not hasattr(ds, "shape") or not hasattr(ds, "dtype"):
+        raise ConversionError(f"{what} is not an array")
+    if ds.size > MAX_ARRAY_VALUES:
+        raise ConversionError(
+            f"{what} declares shape {tuple(ds.shape)} ({ds.size:,} values), far beyond any DnCNN layer; "
+            "the file is damaged"
+        )
+    return ds
+
+
 def _text(group, key: str) -> str:
     if key not in group:
         raise ConversionError(f"layer has no {key!r} field")
-    data = group[key][()]
+    ds = group[key]
+    if not hasattr(ds, "shape") or ds.size > 4096:
+        raise ConversionError(f"layer field {key!r} is not a short MATLAB char array")
+    data = ds[()]
     if data.dtype != np.uint16:
         raise ConversionError(f"layer field {key!r} is not a MATLAB char array")
     return "".join(map(chr, np.asarray(data).ravel()))
@@ -60,12 +84,26 @@ def read_layers(path: str | Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
         if "net" not in f or "layers" not in f["net"]:
             raise ConversionError(f"{path} holds no net.layers (top-level keys {sorted(f.keys())})")
         refs = f["net"]["layers"]
+        if not hasattr(refs, "dtype"):  # a struct array: MatConvNet's DagNN saves its layer table so
+            fields = sorted(refs.keys()) if hasattr(refs, "keys") else []
+            raise ConversionError(
+                f"{path}: net.layers is a struct of {fields}, a MatConvNet DagNN network (net.params holds "
+                "its weights); this converter reads simplenn models (cszn/DnCNN's model/*.mat): convert it "
+                "in MATLAB with dagnn.DagNN.loadobj and save a simplenn net, or use those files"
+            )
         if refs.dtype != object:
             raise ConversionError(f"{path}: net.layers is not a cell array of layers (simplenn)")
+        if refs.size > 1000:
+            raise ConversionError(f"{path}: net.layers declares {refs.size} layers; a DnCNN has about 40")
         convs: list[tuple[str, np.ndarray, np.ndarray]] = []
         kinds: list[str] = []
         for index, ref in enumerate(np.asarray(refs[()]).ravel()):
-            layer = f[ref]
+            try:
+                layer = f[ref]
+            except (KeyError, ValueError, TypeError) as exc:
+                raise ConversionError(f"{path}: layer #{index} points to nothing readable ({exc})") from None
+            if not hasattr(layer, "keys"):
+                raise ConversionError(f"{path}: layer #{index} is not a struct")
             kind = _text(layer, "type")
             name = _text(layer, "name") if "name" in layer else f"#{index}"
             kinds.append(kind)
@@ -80,11 +118,16 @@ def read_layers(path: str | Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
                 )
             if np.any(_scalar(layer, "stride", 1.0) != 1) or np.any(_scalar(layer, "dilate", 1.0) != 1):
                 raise ConversionError(f"{path}: layer {name} has a stride or dilation other than 1")
-            weight_refs = np.asarray(layer["weights"][()]).ravel()
+            if "weights" not in layer:
+                raise ConversionError(f"{path}: conv layer {name} has no weights")
+            weights = layer["weights"]
+            if not hasattr(weights, "dtype") or weights.dtype != object or weights.size > 16:
+                raise ConversionError(f"{path}: conv layer {name}: its weights are not a cell of 2 arrays")
+            weight_refs = np.asarray(weights[()]).ravel()
             if len(weight_refs) != 2:
                 raise ConversionError(f"{path}: layer {name} has {len(weight_refs)} weight arrays, expected 2")
-            weight = np.asarray(f[weight_refs[0]][()], dtype=np.float32)
-            bias = np.asarray(f[weight_refs[1]][()], dtype=np.float32).ravel()
+            weight = np.asarray(_dataset(f, weight_refs[0], f"{path}: layer {name} weight")[()], dtype=np.float32)
+            bias = np.asarray(_dataset(f, weight_refs[1], f"{path}: layer {name} bias")[()], dtype=np.float32).ravel()
             if weight.ndim == 3:  # MATLAB dropped the trailing C_out = 1 axis
                 weight = weight[None]
             if weight.ndim != 4:
@@ -157,6 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         state = convert(args.mat)
     except ConversionError as exc:
         print(f"convert_dncnn_mat: error: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, KeyError, TypeError, ValueError) as exc:  # h5py on a file no check foresaw: still one line
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        print(
+            f"convert_dncnn_mat: error: {args.mat}: cannot be read as a DnCNN ({type(exc).__name__}: {first})",
+            file=sys.stderr,
+        )
         return 1
     from safetensors.torch import save
 

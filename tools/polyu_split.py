@@ -19,6 +19,11 @@ clean). The split, so that the test camera's scenes are never seen in training:
 Each part becomes ``OUT/<part>/hq`` (the ``_mean`` files) and ``OUT/<part>/lq`` (the ``_real``
 files), under their original names: symbolic links by default, copies with ``--copy``. ``OUT`` must
 not exist yet or be empty; a listing of the split is written to ``OUT/split.txt``.
+
+``--crop N`` writes the val and test images as their centre N x N crops instead (PNG, lossless, the
+same names with ``.png``): full 512x512 images cost a CPU minutes per pass, and
+``benchmarks/compare.py --task polyu`` scores the same centre crops (its ``--test-crop``, default 256).
+Training images stay whole.
 """
 
 from __future__ import annotations
@@ -81,11 +86,23 @@ def split(pairs: dict[str, tuple[str, str, Path, Path]]) -> dict[str, list[str]]
     return parts
 
 
+def _centre_crop(src: Path, dst: Path, size: int) -> None:
+    from PIL import Image
+
+    with Image.open(src) as im:
+        w, h = im.size
+        if size > min(w, h):
+            raise SystemExit(f"--crop {size} is larger than {src} ({w}x{h})")
+        left, top = (w - size) // 2, (h - size) // 2
+        im.convert("RGB").crop((left, top, left + size, top + size)).save(dst)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("polyu", type=Path, help="PolyU's CroppedImages folder")
     ap.add_argument("out", type=Path, help="folder to create (train/ val/ test/, each with hq/ and lq/)")
     ap.add_argument("--copy", action="store_true", help="copy the files instead of linking them")
+    ap.add_argument("--crop", type=int, default=0, metavar="N", help="val/test as centre N x N crops (PNG)")
     args = ap.parse_args(argv)
     if not args.polyu.is_dir():
         raise SystemExit(f"{args.polyu} is not a folder")
@@ -101,7 +118,9 @@ def main(argv=None) -> int:
             _, _, mean, real = pairs[key]
             for side, src in (("hq", mean), ("lq", real)):
                 dst = args.out / part / side / src.name
-                if args.copy:
+                if args.crop and part != "train":
+                    _centre_crop(src, dst.with_suffix(".png"), args.crop)
+                elif args.copy:
                     shutil.copy2(src, dst)
                 else:
                     dst.symlink_to(src.resolve())

@@ -95,6 +95,17 @@ def load_backbone(
             f"spandrel does not recognise the architecture in {path} ({len(state)} tensors, first keys "
             f"{list(state)[:3]}); build the model yourself and pass it to spt_adapter.inject"
         ) from None
+    except RuntimeError as exc:  # spandrel sized the network from some tensors; others do not fit it
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        if not any("state_dict" in ln for ln in lines[:1]):
+            raise
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        raise BackboneError(
+            f"backbone checkpoint {path}: its tensors do not fit the network spandrel sized from it: "
+            f"{detail[:240]}{more}; the checkpoint is damaged, or an architecture variant spandrel cannot "
+            "size: build the model yourself and pass it to spt_adapter.inject"
+        ) from None
     model = descriptor.model
     check_finite_weights(model, str(path))
     if device is not None:

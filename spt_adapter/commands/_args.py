@@ -81,7 +81,9 @@ def task_type(text: str) -> str:
     try:
         task = parse_task(text)
     except DataError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise argparse.ArgumentTypeError(
+            f"task must be a degradation of docs/cli.md (denoise:25, sr:4, jpeg:30, ...): {exc}"
+        ) from None
     if task.kind == "paired":
         raise argparse.ArgumentTypeError(f"{text}: paired data is given with --lq LQ_DIR, not --task")
     return text

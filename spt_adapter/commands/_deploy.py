@@ -80,6 +80,8 @@ def exported_model(args):
     cache = prior_cache(args) if args.prior_cache else None
     source = prior_source_of(runner, provider=override, encoding=args.encoding, cache=cache)
     described = f"exported {runner.format} {path} ({runner.meta.get('backbone_class', '?')}, {runner.kind})"
+    if runner.note:
+        described += f"; {runner.note}"
     return runner, described, source, device if runner.format == "torchscript" else "cpu (onnxruntime)"
 
 

@@ -23,6 +23,7 @@ by itself.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..data.datasets import NOISE_PROTOCOLS
@@ -235,6 +236,16 @@ def run(args) -> int:
     else:
         dataset = build_dataset(args, args.data, provider, prior_cache(args), train=False, pairs=pairs)
     _check_scoreable(images, args.task)
+    from ..deploy.images import sixteen_bit
+
+    deep = [p.name for p in images if sixteen_bit(p)]
+    if deep:  # the datasets read 8 bits: what is reduced is said, once
+        shown = ", ".join(deep[:3]) + (f" and {len(deep) - 3} more" if len(deep) > 3 else "")
+        print(
+            f"eval: {len(deep)} ground-truth image(s) are 16-bit ({shown}); they are read, degraded and "
+            "scored at 8 bits",
+            file=sys.stderr,
+        )
     out.mkdir(parents=True, exist_ok=True)
     grey = ", grey" if args._channels == 1 else ""
     noise = f", noise {args.noise} seed {args.seed}" if args.task.startswith("denoise") else ""

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from ..errors import SPTError
-from ._args import add_backbone_arguments
+from ._args import add_backbone_arguments, task_type
 
 HELP = "export backbone + adapter as one ONNX or TorchScript file (dynamic size; restore runs it)"
 
@@ -57,7 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="float16 weights and inputs, traced and checked (within 1e-2 of float32) on the model's device, CPU or CUDA",
     )
-    parser.add_argument("--task", default=None, help="task to record when the adapter records none (sr:4, denoise:25)")
+    parser.add_argument(
+        "--task",
+        default=None,
+        type=task_type,
+        help="task to record when the adapter records none (sr:4, denoise:25); checked against the backbone's scale",
+    )
     parser.add_argument(
         "--no-check",
         action="store_true",
@@ -104,7 +109,14 @@ def run(args) -> int:
         adapter_file = Path(resolve_adapter_file(src, args.revision))
         check_out(args, adapter_file)
     model, _, described = load_backbone_from_args(args, require_targets=False)
+    if args.task:
+        from .builders import check_task_scale
+
+        check_task_scale(args.task, args._scale, described)
     if adapter_file is not None:
+        from .restore import check_adapter_task
+
+        check_adapter_task(adapter_file, args._scale, described)
         model = load_adapter(model, adapter_file, check_backbone_hash=not args.no_hash_check)
         described += f" + adapter {adapter_file}"
     if args.device:

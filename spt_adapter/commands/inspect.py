@@ -155,11 +155,12 @@ def run(args) -> int:
     for n, channels, unit in rows:
         print(f"  {n.ljust(width)}  {channels:>5} channels  +{unit:,} parameters")
     pct = 100 / max(total, 1)
+    reads = _config(args, [], True).reads_prior
+    what = f"depth {args.unit_depth}, a 1-channel prior" if reads else "no prior"
     print(
-        f"units ({args.fusion}, hidden {args.hidden}, depth {args.unit_depth}, a 1-channel prior) add {added:,} "
-        f"parameters = {added * pct:.2f} % of the backbone"
+        f"units ({args.fusion}, hidden {args.hidden}, {what}) add {added:,} parameters = {added * pct:.2f} % of the backbone"
     )
-    if args.fusion != "pool":
+    if reads and args.fusion != "pool":
         print(f"without a prior (train's default --prior none: no encoder): {without:,} = {without * pct:.2f} %")
     return 0
 
@@ -216,7 +217,10 @@ def _print_presets(model, total: int, args) -> None:
     for name, units, with_prior, without in rows:
         pct = 100 / max(total, 1)
         line = f"  {name.ljust(width)}  {units:>3} unit(s)"
-        if args.fusion != "pool":
-            line += f"  no prior: +{without:,} ({without * pct:.2f} %)"
-        line += f"  with a prior (depth {args.unit_depth}): +{with_prior:,} ({with_prior * pct:.2f} %)"
+        if not _config(args, [], True).reads_prior:  # a unit kind that never reads a prior
+            line += f"  +{without:,} ({without * pct:.2f} %)"
+        else:
+            if args.fusion != "pool":
+                line += f"  no prior: +{without:,} ({without * pct:.2f} %)"
+            line += f"  with a prior (depth {args.unit_depth}): +{with_prior:,} ({with_prior * pct:.2f} %)"
         print(line + ("  <- default" if name == claim.preset else ""))

@@ -132,6 +132,7 @@ def _model(args):
         provider_args = prior_flags(args, adapter_file)  # the recorded provider unless flags name one
     model, _, described = load_backbone_from_args(args, require_targets=False)
     if adapter_file is not None:
+        check_adapter_task(adapter_file, args._scale, described)
         model = load_adapter(model, adapter_file, check_backbone_hash=not args.no_hash_check)
         check_channels(model, args._channels, str(adapter_file))
         described += f" + adapter {adapter_file}"
@@ -149,6 +150,27 @@ def _model(args):
         what=str(adapter_file) if adapter_file else "the adapter",
     )
     return model, args._descriptor, described, source, device
+
+
+def check_adapter_task(adapter_file: Path, backbone_scale: int | None, described: str) -> None:
+    """The task the adapter records (its fingerprint's prior record) against the backbone's scale, as
+    `eval` checks it: an ``sr:3`` adapter on a x1 backbone is refused before any image is read."""
+    from ..files.format import read_adapter_config
+    from .builders import check_task_scale
+
+    task = (read_adapter_config(adapter_file).prior or {}).get("task")
+    if not task:
+        return
+    from ..data.datasets import parse_task
+
+    try:
+        parse_task(str(task))
+    except SPTError:  # a task of a grammar this version cannot parse: restore does not use it
+        return
+    try:
+        check_task_scale(str(task), backbone_scale, described)
+    except SPTError as exc:
+        raise SPTError(f"{adapter_file} was trained for {task}: {exc}") from None
 
 
 def _check_tiling(args, model, descriptor, device) -> None:

@@ -167,6 +167,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_progress_arguments(parser)
 
 
+def _epoch_leftover(n: int, global_batch: int) -> int:
+    """Samples an epoch of ``n`` images leaves out (training/train.py's loader drops the last partial
+    batch; its shuffle changes which ones every epoch)."""
+    import math
+
+    total = n * max(1, math.ceil(global_batch / n))
+    return total % global_batch
+
+
 def _check_pair_flags(args) -> None:
     """``--task`` xor ``--lq``; the pairing flags only with ``--lq``; ``--val-lq`` with ``--val``."""
     if not args.lq:
@@ -392,6 +401,10 @@ def _resolve_prior_choice(args) -> None:
     from ..files.format import ADAPTER_FILENAME, read_adapter_config
 
     given = _provider_flags_given(args)
+    if args.fusion == "lowrank":  # units that read no prior whatever the flags say
+        if args.prior not in (None, "none"):
+            raise SPTError(f"--fusion lowrank units read no prior: drop --prior {args.prior}")
+        args.prior = "none"
     if args.prior is None:
         path = Path(args.out) / ADAPTER_FILENAME
         if args.resume and path.is_file():
@@ -400,9 +413,10 @@ def _resolve_prior_choice(args) -> None:
         else:
             args.prior = "lq" if given else "none"
     if args.prior == "none" and given:
+        why = "--fusion lowrank" if args.fusion == "lowrank" else "--prior none"
         raise SPTError(
-            f"--prior none: the units read no prior, so {', '.join(given)} would make one nobody reads; "
-            "drop them, or pass --prior lq"
+            f"{why}: the units read no prior, so {', '.join(given)} would make one nobody reads; drop them"
+            + ("" if args.fusion == "lowrank" else ", or pass --prior lq")
         )
 
 
@@ -484,6 +498,9 @@ def sigterm_as_interrupt():
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:  # started to ignore it (nohup-like): keep ignoring
+        yield
+        return
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
@@ -665,6 +682,17 @@ def _run(args) -> int:
             )
             lq = f" paired with {args.lq} ({pairs.alignment})" if pairs is not None else ""
             print(f"data: {len(train_images)} image(s) in {args.data}{lq}, task {args.task}, {what}")
+            if distilled and args.student_steps:  # they come on top of --iters: the run's length, said before step 1
+                print(
+                    f"steps: {args.student_steps + args.iters} in all: {args.student_steps} that train the student "
+                    f"alone (--student-steps), then {args.iters} with the units (--iters)"
+                )
+            leftover = _epoch_leftover(len(dataset), args.batch * info.world_size)
+            if leftover:
+                print(
+                    f"note: an epoch is the full batches of {args.batch * info.world_size} only; the {leftover} "
+                    "sample(s) left over change from epoch to epoch with its shuffle (none is left out for good)"
+                )
         info_meta: dict[str, Any] = {
             "task": args.task,
             "data": str(args.data),

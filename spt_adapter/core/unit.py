@@ -202,7 +202,7 @@ class SPTUnit(nn.Module):
         assert prior is not None  # the layer refuses a missing prior before calling a unit that reads one
         # no int(): under tracing the sizes are symbolic, and the exported graph must follow them
         size = (features.shape[-2], features.shape[-1])
-        prior = resize_prior(prior.to(dtype=features.dtype, device=features.device), size, self.prior_resize)
+        prior = resize_prior(prior.type_as(features), size, self.prior_resize)
         if self.fusion == "pool":
             pooled = region_average(features, prior[:, 0])
             return features + self.fuse(torch.cat([features, pooled], dim=1))

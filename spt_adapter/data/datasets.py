@@ -15,6 +15,14 @@ images, so their cache keys match):
   mean a new SAM run; use several seeds for several realisations.
 - ``sr:<scale>``: GT is cropped to a multiple of ``scale``; ``LQ = imresize_bicubic(GT, 1/scale)``
   (MATLAB-style, uint8).
+- any other task of :mod:`spt_adapter.data.degradations` (``jpeg:30``, ``sr:4:bd``,
+  ``blur:gauss:1.2+sr:4+jpeg:60``; :func:`degrade_float`): GT mod-cropped to the task's total scale,
+  degraded with the seed ``noise_seed(gt, seed)``; ``clip=False`` leaves noise unclipped (the prior
+  sees the clipped 8-bit image). ``fresh=True`` (training): a new seed for every item, drawn from
+  torch's generator (seeded per sample from (seed, step) by the trainer), the prior computed on
+  that draw and not cached.
+- ``paired:<scale>`` with ``lq_paths``: the LQ images are files (:mod:`spt_adapter.data.pairs`);
+  the GT is cropped at the bottom/right to ``scale`` x the LQ size.
 - ``noise="kair"`` (evaluation protocol of KAIR's ``main_test_dncnn.py``, :func:`kair_noisy`): the
   network sees ``float32(GT / 255) + N(0, sigma/255)`` drawn by ``np.random.seed(seed)`` afresh for
   every image, neither clipped nor quantised; the prior is computed on its clipped 8-bit version.

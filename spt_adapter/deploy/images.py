@@ -58,6 +58,18 @@ def to_uint16_channels(arr: np.ndarray, channels: int) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.uint16)
 
 
+def sixteen_bit(path: str | os.PathLike) -> bool:
+    """Whether an image file stores 16 bits per sample (a 16-bit PNG or TIFF, grey or colour), read
+    from its header; False for anything unreadable (its reader says why)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.mode.startswith("I;16") or _file_bits(Path(path), im) == 16
+    except Exception:
+        return False
+
+
 def _file_bits(path: Path, im) -> int | None:
     """The bits per sample a PNG (its IHDR) or TIFF (BitsPerSample) declares, else None."""
     bits = _tiff_bits(im)

@@ -52,6 +52,46 @@ def check_meta(meta: dict[str, str], source: str) -> None:
         )
 
 
+class _MetaFields:
+    """Reads an exported file's metadata fields, refusing a malformed one by name."""
+
+    def __init__(self, meta: dict[str, str], source: str) -> None:
+        self.meta, self.source = meta, source
+
+    def bad(self, key: str, why: str) -> None:
+        raise ExportError(
+            f"{self.source}: metadata field {key}={self.meta.get(key)!r} {why}; the file was not written by "
+            "`spt-adapter export` as it is (export it again)"
+        )
+
+    def choice(self, key: str, allowed: tuple[str, ...], default: str) -> str:
+        value = self.meta.get(key, default)
+        if value not in allowed:
+            self.bad(key, f"is not one of {', '.join(repr(a) for a in allowed)}")
+        return value
+
+    def integer(self, key: str, low: int, high: int, default):
+        text = str(self.meta.get(key, "") or "").strip()
+        if not text:
+            return default
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            self.bad(key, f"is not a whole number in {low}..{high}")
+        return value
+
+    def json_object(self, key: str) -> dict:
+        try:
+            value = json.loads(self.meta.get(key) or "{}")
+        except (json.JSONDecodeError, RecursionError):
+            value = None
+        if not isinstance(value, dict):
+            self.bad(key, "is not a JSON object")
+        return value
+
+
 class ExportedFile:
     """What every runner of an `spt-adapter export` file shares, whatever its runtime: the metadata
     (:func:`~spt_adapter.inference.export.export_info`) read into the fields the tiler needs, and the
@@ -63,17 +103,65 @@ class ExportedFile:
 
     def __init__(self, meta: dict[str, str], source: str) -> None:
         self.meta, self.source = meta, source
-        self.kind = meta.get("kind", "backbone")
-        self.dtype = meta.get("dtype", "float32")
-        self.channels = int(meta.get("channels") or 3)
-        self.size_multiple = int(meta.get("size_multiple") or 1)
-        self.minimum_tile = int(meta.get("minimum_tile") or 1)
-        radius = meta.get("receptive_radius", "")
-        self.receptive_radius = int(radius) if radius not in ("", None) else None
-        self.prior = json.loads(meta.get("prior") or "{}")
-        self.prior_channels = int(meta.get("prior_channels") or 0)
+        field = _MetaFields(meta, source)
+        self.kind = field.choice("kind", ("backbone", "student", "no-prior", "prior"), "backbone")
+        self.dtype = field.choice("dtype", ("float32", "float16"), "float32")
+        field.choice("batch", ("dynamic", "1", ""), "")
+        self.channels = field.integer("channels", 1, 4, 3)
+        self.size_multiple = field.integer("size_multiple", 1, 4096, 1)
+        self.minimum_tile = field.integer("minimum_tile", 1, 1 << 16, 1)
+        self.receptive_radius = field.integer("receptive_radius", 0, 1 << 20, None)
+        self.prior = field.json_object("prior")
+        self.prior_channels = field.integer("prior_channels", 0, 4096, 0)
         #: the output size over the input size the export recorded (None: not recorded)
-        self.scale: int | None = int(meta.get("scale") or 0) or None
+        self.scale: int | None = field.integer("scale", 1, 16, None)
+        inputs = "image,prior" if self.kind == "prior" else "image"
+        if meta.get("inputs", inputs) != inputs:
+            field.bad("inputs", f"contradicts kind {self.kind!r} (which takes {inputs})")
+        if self.kind == "prior" and self.prior_channels < 1:
+            field.bad("prior_channels", "must be at least 1 for kind 'prior'")
+
+    def check_graph(self, inputs: dict[str, tuple[list, str]]) -> None:
+        """The metadata against the graph's own inputs (name -> (shape, element type); a dimension
+        is an int when the graph fixes it): the inputs it takes, the image and prior channels, the
+        dtype. A file whose metadata lies about them is refused by name, not run into a traceback."""
+        field = _MetaFields(self.meta, self.source)
+        if "image" not in inputs:
+            raise ExportError(f"{self.source}: the graph has no 'image' input (inputs: {sorted(inputs)})")
+        if ("prior" in inputs) != (self.kind == "prior"):
+            field.bad("kind", f"{self.kind!r} does not match the graph, whose inputs are {sorted(inputs)}")
+        shape, elem = inputs["image"]
+        if len(shape) >= 2 and isinstance(shape[1], int) and shape[1] != self.channels:
+            field.bad("channels", f"says {self.channels}, but the graph reads {shape[1]}-channel images")
+        if elem and ("16" in elem) != (self.dtype == "float16"):
+            field.bad("dtype", f"says {self.dtype}, but the graph takes {elem}")
+        if "prior" in inputs:
+            pshape = inputs["prior"][0]
+            if len(pshape) >= 2 and isinstance(pshape[1], int) and pshape[1] != self.prior_channels:
+                field.bad("prior_channels", f"says {self.prior_channels}, but the graph reads {pshape[1]}")
+
+    def probe(self, zeros) -> None:
+        """Run the file once on a minimum-size input of zeros (``zeros(shape)`` makes the runtime's
+        array): it must run as the metadata describes it and give the recorded scale."""
+        m = max(self.minimum_tile, self.size_multiple)
+        m = -(-m // self.size_multiple) * self.size_multiple
+        x = zeros((1, self.channels, m, m))
+        p = zeros((1, self.prior_channels, m, m)) if self.needs_prior else None
+        try:
+            out = self.run(x, p)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise ExportError(
+                f"{self.source} does not run at {m}x{m} as its metadata describes it ({self.channels} channel(s), kind "
+                f"{self.kind}, {self.dtype}, size multiple {self.size_multiple}): {type(exc).__name__}: {first}"
+            ) from None
+        shape = tuple(out.shape)
+        if len(shape) != 4 or shape[-2] % m or shape[-1] % m or shape[-2] // m != shape[-1] // m:
+            raise ExportError(f"{self.source}: the graph maps a {m}x{m} input to shape {shape}, not an image")
+        if self.scale is not None and shape[-2] // m != self.scale:
+            _MetaFields(self.meta, self.source).bad(
+                "scale", f"says x{self.scale}, but the graph gives x{shape[-2] // m}"
+            )
 
     @property
     def needs_prior(self) -> bool:
@@ -116,13 +204,27 @@ class OnnxNetwork(ExportedFile):
         if "prior" in self.input_names:
             assert prior is not None  # __call__ refuses a missing prior
             feed["prior"] = np.asarray(prior).astype(self._np_dtype, copy=False)
-        return self.session.run(None, feed)[0]
+        try:
+            return self.session.run(None, feed)[0]
+        except MemoryError:
+            raise RestoreError(out_of_memory(self.source, feed["image"].shape)) from None
+        except Exception as exc:  # onnxruntime's own classes; an allocation failure is named by its text
+            text = str(exc).lower()
+            if "alloc" in text or "out of memory" in text:
+                raise RestoreError(out_of_memory(self.source, feed["image"].shape)) from None
+            raise
 
     def concat(self, parts: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(parts)
 
     def __repr__(self) -> str:
         return f"OnnxNetwork({self.source!r}, kind={self.kind})"
+
+
+def out_of_memory(source: str, shape: tuple[int, ...]) -> str:
+    """The message for an allocation failure running ``source`` on an input of ``shape``."""
+    h, w = shape[-2], shape[-1]
+    return f"{source}: not enough memory to run a {h}x{w} input whole; restore in tiles: pass --tile 512 (or smaller)"
 
 
 def default_threads() -> int | None:
@@ -163,7 +265,10 @@ def load_onnx(
     meta = dict(session.get_modelmeta().custom_metadata_map)
     check_meta(meta, label)
     verify(meta, data, "onnx", label)
-    return OnnxNetwork(session, meta, label)
+    net = OnnxNetwork(session, meta, label)
+    net.check_graph({i.name: (list(i.shape), str(i.type)) for i in session.get_inputs()})
+    net.probe(lambda shape: np.zeros(shape, np.float32))
+    return net
 
 
 def check_torch_free(net: OnnxNetwork) -> None:

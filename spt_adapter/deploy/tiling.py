@@ -64,7 +64,9 @@ def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[in
 
 def check_tile_stride(tile: int, overlap: int, flag: str = "tile") -> None:
     """Refuse an overlap that leaves tiles advancing by less than an eighth of their size."""
-    if overlap < 0 or tile <= overlap:
+    if overlap < 0:
+        raise RestoreError(f"the tile overlap must be 0 or more pixels, got {overlap}")
+    if tile <= overlap:
         raise RestoreError(
             f"{flag} {tile} must be larger than the tile overlap {overlap}: use a tile of at least "
             f"{overlap + 1} pixels (or a smaller overlap)"

@@ -303,7 +303,10 @@ def read_safetensors_header(path: str | os.PathLike, what: str = "adapter file")
                 f"{path}: header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit; not a valid adapter"
             )
         if 8 + header_len > size:
-            raise AdapterFileError(f"{path} is truncated: header of {header_len} bytes but the file has {size} bytes")
+            raise AdapterFileError(
+                f"{path} is truncated: its 8-byte length prefix announces a {header_len}-byte header, but the "
+                f"file holds {size} bytes in all (at least {8 + header_len} needed)"
+            )
         raw = fh.read(header_len)
     header = strict_json(raw, f"{path}: the safetensors header")
     if not isinstance(header, dict):
@@ -431,18 +434,43 @@ def _config(path: str | os.PathLike, meta: dict[str, str]) -> SPTConfig:
                 "'sr:<scale 2..8>', paired:<scale> or a degradation of docs/cli.md); the file is corrupt or "
                 "was edited by hand"
             )
+    encoding = config.prior.get("encoding")
+    if isinstance(encoding, str) and encoding and config.prior_channels:
+        # the units read as many prior channels as the recorded encoding makes: a file saying otherwise
+        # would fail at the first image with a message blaming the prior, not the file
+        from ..errors import PriorError
+        from ..prior.encode import encoding_channels
+
+        try:
+            channels = encoding_channels(encoding)
+        except PriorError as exc:
+            raise AdapterFileError(f"{path}: recorded prior encoding: {exc}; the file is corrupt") from None
+        if channels != config.prior_channels:
+            raise AdapterFileError(
+                f"{path}: the recorded prior encoding {encoding!r} makes {channels} channel(s), but the config's "
+                f"units read prior_channels {config.prior_channels}; the file is corrupt or was edited by hand"
+            )
     return config
 
 
-#: a task of the newer grammar as text (``paired:<s>``, ``jpeg:30``, ``blur:gauss:1.6+sr:4+jpeg:60``, ...):
-#: checked here by its shape only — the file layer sits below the data layer that parses tasks, and a
-#: command that uses the task (``eval``) parses it and names any fault
-_TASK_GRAMMAR = re.compile(r"[a-z][a-z-]*(:[0-9A-Za-z.\-]+)*(\+[a-z][a-z-]*(:[0-9A-Za-z.\-]+)*)*")
+#: one step of the newer task grammar as text (docs/cli.md, "Degradations"): numbers where numbers go and
+#: the few words the grammar has; ``denoise:<sigma>`` and ``sr:<scale>`` alone are :data:`_TASK_TEXT`'s
+_NUM, _INT = r"\d+(\.\d+)?", r"\d+"
+_TASK_STEP = (
+    rf"(denoise:{_NUM}|sr:[2-8](:bd)?|jpeg:{_INT}|blur:gauss:{_NUM}(:{_INT})?|poisson-gauss:{_NUM}:{_NUM}|paired:[1-8])"
+)
+#: a task of the newer grammar (``paired:<s>``, ``jpeg:30``, ``sr:4:bd``, ``blur:gauss:1.6+sr:4+jpeg:60``):
+#: checked here by its shape — the file layer sits below the data layer that parses tasks, and a command
+#: that uses the task (``eval``, ``restore``) parses it and names any value out of range
+_TASK_GRAMMAR = re.compile(rf"{_TASK_STEP}(\+{_TASK_STEP})*")
 
 
 def _other_task(task) -> bool:
-    """Whether ``task`` reads as a task of the newer grammar (``paired:<s>``, ``jpeg:30``, ``a+b``, ...)."""
-    return isinstance(task, str) and len(task) <= 500 and _TASK_GRAMMAR.fullmatch(task) is not None
+    """Whether ``task`` reads as a task of the newer grammar; a lone ``denoise:S`` or ``sr:S`` is not one
+    (:data:`_TASK_TEXT` alone decides those, so ``denoise:900`` and ``sr:banana`` stay refused)."""
+    if not isinstance(task, str) or len(task) > 500 or _TASK_GRAMMAR.fullmatch(task) is None:
+        return False
+    return "+" in task or not re.fullmatch(r"denoise:.*|sr:[^:]*", task)
 
 
 def read_adapter_config(path: str | os.PathLike) -> SPTConfig:

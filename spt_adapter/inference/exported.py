@@ -57,6 +57,8 @@ class ExportedModel(ExportedFile):
         self.device = torch.device("cpu")
         #: the NumPy network of an ONNX file (:mod:`spt_adapter.deploy`): restore_exported tiles with it
         self.network: OnnxNetwork | None = None
+        #: what the runner does differently from the file (a float16 file run in float32 on the CPU), or ""
+        self.note = ""
 
     def run(self, x: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
         return self._call(x, prior)
@@ -80,24 +82,54 @@ def _onnx(data: bytes, source: str, threads: int | None, providers) -> ExportedM
     return runner
 
 
-def _torchscript(data: bytes | str, source: str, device) -> ExportedModel:
+def _torchscript(data: bytes | str, source: str, device, slow_half_ok: bool = False) -> ExportedModel:
+    raw = data if isinstance(data, bytes) else Path(data).read_bytes()
+
+    def load(extra: dict[str, str]):
+        try:
+            return torch.jit.load(io.BytesIO(raw), map_location=device, _extra_files=extra)
+        except Exception as exc:
+            raise ExportError(
+                f"{source}: not a loadable TorchScript file ({str(exc).strip().splitlines()[0][:200]})"
+            ) from None
+
     extra = {METADATA_FILE: ""}
-    try:
-        module = torch.jit.load(
-            io.BytesIO(data) if isinstance(data, bytes) else data, map_location=device, _extra_files=extra
-        )
-    except Exception as exc:
-        raise ExportError(
-            f"{source}: not a loadable TorchScript file ({str(exc).strip().splitlines()[0][:200]})"
-        ) from None
+    module = load(extra)
     try:
         meta = json.loads(extra[METADATA_FILE] or "{}")
     except json.JSONDecodeError:
         meta = {}
+    if not isinstance(meta, dict):
+        meta = {}
     _check_meta(meta, source)
-    verify(meta, data if isinstance(data, bytes) else Path(data).read_bytes(), "torchscript", source)
-    dtype = torch.float16 if meta.get("dtype") == "float16" else torch.float32
+    verify(meta, raw, "torchscript", source)
     dev = torch.device(device or "cpu")
+    if meta.get("dtype") == "float16" and dev.type == "cpu":
+        # float16 arithmetic on a CPU is emulated: a photo took hours (~70x float32). Its float16 weights
+        # are exact in float32, so the file runs in float32 there -- when its program allows: a traced
+        # program that casts to float16 itself cannot, and is refused with the reason (the export's own
+        # check, on small sizes, runs it in float16: slow_half_ok)
+        runner = _torchscript_runner(module.float(), meta, source, dev, torch.float32)
+        runner.note = "float16 file run in float32 on the CPU (float16 on a CPU is ~70x slower)"
+        try:
+            runner.probe(lambda shape: torch.zeros(shape))
+            return runner
+        except ExportError:
+            if not slow_half_ok:
+                raise ExportError(
+                    f"{source} is a float16 export: on the CPU float16 runs ~70x slower than float32, and "
+                    "this file's program does not run in float32 (it casts to float16 itself): run it on "
+                    "a CUDA device (--device cuda), or export it without --half for the CPU"
+                ) from None
+        module = load({METADATA_FILE: ""})
+    dtype = torch.float16 if meta.get("dtype") == "float16" else torch.float32
+    runner = _torchscript_runner(module, meta, source, dev, dtype)
+    runner.probe(lambda shape: torch.zeros(shape))
+    return runner
+
+
+def _torchscript_runner(module, meta: dict[str, str], source: str, dev: torch.device, dtype) -> ExportedModel:
+    """The runner of a loaded TorchScript export, its metadata checked against the module's inputs."""
 
     def call(x: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
         with torch.no_grad():
@@ -106,6 +138,12 @@ def _torchscript(data: bytes | str, source: str, device) -> ExportedModel:
 
     runner = ExportedModel("torchscript", meta, call, source)
     runner.device = dev
+    names = [v.debugName().split(".")[0] for v in list(module.graph.inputs())[1:]]  # [0] is self
+    param = next((t for t in module.parameters() if t.is_floating_point()), None)
+    elem = "" if param is None else str(param.dtype).replace("torch.", "")
+    if dtype != torch.float16 and meta.get("dtype") == "float16":
+        elem = ""  # converted to float32 here; the file's own dtype was float16
+    runner.check_graph({n: ([], elem if n == "image" else "") for n in names})
     return runner
 
 
@@ -116,10 +154,12 @@ def load_exported(
     threads: int | None = None,
     providers: list[str] | None = None,
     device: Any = None,
+    slow_half_ok: bool = False,
 ) -> ExportedModel:
     """Load an exported file (or its bytes, with ``fmt``) as an :class:`ExportedModel`. ``threads``:
     onnxruntime's intra-op threads; ``providers``: its execution providers (CPU by default);
-    ``device``: where a TorchScript export runs."""
+    ``device``: where a TorchScript export runs. A float16 TorchScript file on the CPU runs in
+    float32, or is refused when its program cannot (``slow_half_ok``: run it in float16 then)."""
     if isinstance(source, (bytes, bytearray)):
         if fmt is None:
             raise ExportError("load_exported(bytes) needs fmt='onnx' or 'torchscript'")
@@ -137,7 +177,7 @@ def load_exported(
     if fmt == "onnx":
         return _onnx(data, name, threads, providers)
     if fmt == "torchscript":
-        return _torchscript(data, name, device)
+        return _torchscript(data, name, device, slow_half_ok)
     raise ExportError(f"unknown export format {fmt!r}")
 
 
@@ -162,7 +202,17 @@ def prior_source_of(runner: ExportedModel, *, provider: Any = None, encoding: st
         return PriorSource("student", described="the distilled student inside the file")
     if provider is None:
         provider = provider_from_record(dict(runner.prior.get("provider") or {}), runner.source)
-    encoding = encoding or runner.meta.get("prior_encoding") or "label"
+    recorded = runner.meta.get("prior_encoding") or "label"
+    if encoding and encoding != recorded:
+        from ..prior.encode import encoding_channels
+
+        if encoding_channels(encoding) != runner.prior_channels:
+            raise RestoreError(
+                f"--encoding {encoding} gives {encoding_channels(encoding)} prior channel(s), but "
+                f"{runner.source} was exported for {runner.prior_channels} ({recorded}): drop --encoding, "
+                f"or pass --encoding {recorded}"
+            )
+    encoding = encoding or recorded
     return PriorSource(
         "provider", provider=provider, encoding=encoding, cache=cache, described=f"{provider!r}, encoding {encoding}"
     )

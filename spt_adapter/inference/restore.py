@@ -400,7 +400,8 @@ def restore_tensor(
     )
     p = None
     if prior is not None:
-        p = torch.as_tensor(np.asarray(prior)) if not torch.is_tensor(prior) else prior
+        # a flipped or sliced view (prior[:, ::-1]) has negative strides, which torch cannot wrap
+        p = torch.as_tensor(np.ascontiguousarray(prior)) if not torch.is_tensor(prior) else prior
         p = p if p.dim() == 4 else p[None]
         p = _prior_factor(p, *x.shape[-2:])
     h, w = x.shape[-2:]

@@ -369,6 +369,27 @@ class SPTPeftModel(BaseTuner):
                 else:
                     tuner.delete_adapter(adapter_name)
             raise
+        if tuner is not None:
+            # PEFT only warns about a checkpoint that lacks a unit's tensor (left at its initial value) or
+            # holds tensors no unit has: a file for another config or another backbone, refused here
+            unit_marker = f"{_PEFT_UNIT}{adapter_name}."
+            own = model.state_dict()
+            lacking = sorted(k for k in own if unit_marker in k and k not in remapped)
+            extra = sorted(k for k in remapped if k not in own)
+            if lacking or extra:
+                if list(tuner.peft_config) == [adapter_name]:
+                    tuner.unload()
+                else:
+                    tuner.delete_adapter(adapter_name)
+                what = []
+                if lacking:
+                    what.append(f"lacks {len(lacking)} unit tensor(s) its config needs (e.g. {lacking[0]})")
+                if extra:
+                    what.append(f"holds {len(extra)} tensor(s) no unit of this backbone has (e.g. {extra[0]})")
+                raise AdapterFileError(
+                    f"the PEFT checkpoint of adapter {adapter_name!r} {' and '.join(what)}: it was written for "
+                    "another config or another backbone"
+                )
         if tuner is None or tuner.student(adapter_name) is None:
             return remapped
         marker = f"{_PEFT_STUDENTS}{adapter_name}."

@@ -81,11 +81,66 @@ def init_distributed(device: str | torch.device | None = None) -> DistInfo:
                 f"{'is' if len(missing) == 1 else 'are'} not set: launch with torchrun (which sets them), "
                 "or unset WORLD_SIZE/RANK for one process"
             )
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        _join_process_group(dev, rank, world)
         info.initialized_here = True
     elif dist.is_initialized():
         info.rank, info.world_size = dist.get_rank(), dist.get_world_size()
     return info
+
+
+#: seconds a process waits for the others of its WORLD_SIZE to join (torch's own default is 30 minutes)
+DEFAULT_JOIN_TIMEOUT = 300.0
+
+
+def join_timeout() -> float:
+    """``$SPT_DIST_TIMEOUT`` (seconds, > 0), else :data:`DEFAULT_JOIN_TIMEOUT`."""
+    text = os.environ.get("SPT_DIST_TIMEOUT", "").strip()
+    if not text:
+        return DEFAULT_JOIN_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise SPTError(f"environment variable SPT_DIST_TIMEOUT={text!r} is not a positive number of seconds")
+    return value
+
+
+def _join_process_group(dev: torch.device, rank: int, world: int) -> None:
+    """``init_process_group`` with a bounded wait, said on one line. While the processes meet, torch
+    waits inside C++ where a Python signal handler never runs: SIGTERM and SIGINT get their default
+    action (stop the process at once: nothing is trained yet, nothing is lost) unless the process was
+    started to ignore them, and the handlers are put back once the group is formed."""
+    import signal
+    import sys
+    import threading
+    from datetime import timedelta
+
+    timeout = join_timeout()
+    where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+    print(
+        f"train: process {rank} of {world} waits at {where} for the other {world - 1} process(es) to join "
+        f"(at most {timeout:g} s; SPT_DIST_TIMEOUT sets it)",
+        file=sys.stderr,
+        flush=True,
+    )
+    saved = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                saved[sig] = signal.signal(sig, signal.SIG_DFL)
+    try:
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout))
+    except Exception as exc:  # torch's DistStoreError / RuntimeError after the timeout
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise SPTError(
+            f"the other {world - 1} process(es) of WORLD_SIZE={world} did not join at {where} within "
+            f"{timeout:g} s ({type(exc).__name__}: {first}); start them all (torchrun does), or raise "
+            "SPT_DIST_TIMEOUT"
+        ) from None
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 # ---------------------------------------------------------------------------------------------
