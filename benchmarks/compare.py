@@ -31,6 +31,9 @@ Tasks: ``cdncnnb75`` (CDnCNN-B to sigma 75, CBSD68), ``dncnn3bd`` (DnCNN-3 to x4
 ``kair50`` / ``kairjpeg`` (KAIR's DnCNN to sigma 50 / JPEG q30 + sigma 25, Set12), ``polyu`` (CDnCNN-B to
 the real camera noise of PolyU: train Canon5D2 + NikonD800, validation held-back scenes of those, test
 Canon80D; see :func:`polyu_split`).
+
+Size: one benchmark — its task loaders, row builders (SPT, peft LoRA, full, BitFit), the measurements and the
+table — kept together so that every row is built, trained and measured by the same code on the same batches.
 """
 
 from __future__ import annotations
