@@ -25,11 +25,15 @@ With ``--equal-time`` each row is also trained for the steps it can take in full
     python benchmarks/compare.py --task cdncnnb75 --dncnn-root <cszn/DnCNN> --split val --seeds 0 \\
         --rows frozen full:lr=1e-4 full:lr=3e-5 lora:params=@spt:dncnn-light,lr=1e-3 --threads 1
     python benchmarks/compare.py --task polyu --polyu-root /path/to/PolyU/CroppedImages ...
+    python benchmarks/compare.py --render seed0.json seed1.json seed2.json   # one table over runs per seed
 
 Tasks: ``cdncnnb75`` (CDnCNN-B to sigma 75, CBSD68), ``dncnn3bd`` (DnCNN-3 to x4 BD, Set5 + Set14),
 ``kair50`` / ``kairjpeg`` (KAIR's DnCNN to sigma 50 / JPEG q30 + sigma 25, Set12), ``polyu`` (CDnCNN-B to
 the real camera noise of PolyU: train Canon5D2 + NikonD800, validation held-back scenes of those, test
 Canon80D; see :func:`polyu_split`).
+
+Size: one benchmark — its task loaders, row builders (SPT, peft LoRA, full, BitFit), the measurements and the
+table — kept together so that every row is built, trained and measured by the same code on the same batches.
 """
 
 from __future__ import annotations
@@ -141,6 +145,19 @@ class Task:
     info: dict[str, Any]
 
 
+def load_task_backbone(args) -> tuple[nn.Module, int]:
+    """The task's frozen backbone and its image channels, without its data (for ``--timing-rounds``)."""
+    if args.task in ("cdncnnb75", "polyu"):
+        net = load_dncnn_mat(args.dncnn_root, CDNCNN_B, "CDnCNN-B")[0]
+    elif args.task == "dncnn3bd":
+        net = load_dncnn_mat(args.dncnn_root, DNCNN_3, "DnCNN-3")[0]
+    else:
+        net = load_kair_dncnn(args.kair_root / "model_zoo" / "dncnn_25.pth")
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net, 3 if args.task in ("cdncnnb75", "polyu") else 1
+
+
 def load_task(args) -> Task:
     """The backbone, the training set and the evaluation sets (``--split val``: validation; ``test``)."""
     val = args.split == "val"
@@ -230,6 +247,20 @@ def hidden_convs(backbone: nn.Module) -> list[str]:
     return _dncnn_hidden(backbone)
 
 
+def relu_inputs(backbone: nn.Module) -> list[str]:
+    """The activations whose outputs the hidden convs read (``targets=inputs``): a unit there reads a
+    hidden conv's input and corrects it, as LoRA reads the input of the conv it adapts."""
+    mods = dict(backbone.named_modules())
+    out = []
+    for name in hidden_convs(backbone):
+        parent, _, idx = name.rpartition(".")
+        before = f"{parent}.{int(idx) - 1}"
+        if not isinstance(mods.get(before), nn.ReLU):
+            raise ValueError(f"{name} is not preceded by a ReLU ({before}): targets=inputs is for DnCNNs")
+        out.append(before)
+    return out
+
+
 def preset_targets(backbone: nn.Module, name: str) -> list[str]:
     from spt_adapter.backbones.presets import PRESETS
 
@@ -250,7 +281,11 @@ def spt_config(backbone: nn.Module, family: str, opts: dict[str, str]):
             continue
         if key == "targets":
             fields["targets"] = (
-                hidden_convs(backbone) if value == "hidden" else preset_targets(backbone, value.replace("preset-", ""))
+                hidden_convs(backbone)
+                if value == "hidden"
+                else relu_inputs(backbone)
+                if value == "inputs"
+                else preset_targets(backbone, value.replace("preset-", ""))
             )
         elif key in ("hidden", "depth", "prior_channels"):
             fields[key] = int(value)
@@ -428,7 +463,15 @@ def resolve_budgets(rows: list[str], backbone: nn.Module, in_channels: int) -> d
         if family in ("spt", "unit", "bitfit", "full"):
             model, _, _ = build_row(backbone, family, opts, 0, in_channels)
             out[text] = trainable(model, family)
+            out.setdefault(without_lr(text), out[text])  # params=@ROW may leave out the row's lr=
     return out
+
+
+def without_lr(text: str) -> str:
+    """A row spec without its ``lr=`` (the learning rate does not change the parameter count)."""
+    family, _, rest = text.partition(":")
+    kept = [item for item in rest.split(",") if not item.startswith("lr=")]
+    return family + (":" + ",".join(kept) if rest else "")
 
 
 def lora_budget(opts: dict[str, str], budgets: dict[str, int]) -> int | None:
@@ -452,7 +495,8 @@ def run(args) -> dict[str, Any]:
     )
     budgets = resolve_budgets(args.rows, backbone, task.channels)
     x_fwd = torch.rand(1, task.channels, args.forward_size, args.forward_size)
-    t_frozen = forward_seconds(backbone, x_fwd, "none", args.forward_repeats)
+    timed = args.forward_size > 0  # --forward-size 0: no forward timing (validation runs)
+    t_frozen = forward_seconds(backbone, x_fwd, "none", args.forward_repeats) if timed else 0.0
     rows_out: dict[str, Any] = {}
     for seed in args.seeds:
         sched = make_schedule(seed, args.steps, args.batch, args.patch, task.train)
@@ -481,7 +525,7 @@ def run(args) -> dict[str, Any]:
                 "ssim": {k: v[1] for k, v in scores.items()},
                 **extra,
             }
-            if seed == args.seeds[0]:
+            if seed == args.seeds[0] and timed:
                 entry["forward_seconds"] = forward_seconds(model, x_fwd, prior, args.forward_repeats)
                 if family == "lora":
                     merged = model.merge_and_unload()
@@ -489,6 +533,8 @@ def run(args) -> dict[str, Any]:
                     rec["file_bytes"] = None  # the model was merged: measured below on a fresh LoRA row
                 else:
                     rec["file_bytes"] = adapter_bytes(model, family)
+            elif seed == args.seeds[0]:
+                rec["file_bytes"] = adapter_bytes(model, family)
             rec["seeds"].append(entry)
             if family == "lora" and rec.get("file_bytes") is None:
                 fresh, _, _ = build_row(backbone, family, opts, seed, task.channels, lora_budget(opts, budgets))
@@ -498,8 +544,8 @@ def run(args) -> dict[str, Any]:
                 + ", ".join(f"{k} {np.mean(v[0]):.3f} dB / {np.mean(v[1]):.4f}" for k, v in scores.items())
                 + f"  ({n_train} trainable, train {secs:.0f}s)"
             )
-        if args.json:
-            _write(args, task, total, t_frozen, rows_out)
+            if args.json:  # after every row: a run stopped early keeps what it measured
+                _write(args, task, total, t_frozen, rows_out)
     if args.equal_time:
         equal_time(args, task, budgets, rows_out)
     return _write(args, task, total, t_frozen, rows_out)
@@ -583,11 +629,16 @@ def render(doc: dict[str, Any]) -> str:
             step = np.mean([s["step_seconds"] for s in r["seeds"]])
             step_cell = f"{step / full_step:.2f}×" if full_step and r["family"] != "frozen" else "—"
             s0 = r["seeds"][0]
-            fwd = s0.get("forward_seconds", 0) / doc["forward_seconds_frozen"]
-            fwd_cell = f"{fwd:.2f}×" + (
-                f" ({s0['forward_seconds_merged'] / doc['forward_seconds_frozen']:.2f}× merged)"
-                if "forward_seconds_merged" in s0
-                else ""
+            fwd = s0.get("forward_seconds", 0) / (doc["forward_seconds_frozen"] or 1)
+            fwd_cell = (
+                "—"
+                if not doc["forward_seconds_frozen"]
+                else f"{fwd:.2f}×"
+                + (
+                    f" ({s0['forward_seconds_merged'] / doc['forward_seconds_frozen']:.2f}× merged)"
+                    if "forward_seconds_merged" in s0
+                    else ""
+                )
             )
             eq = [s["equal_time"] for s in r["seeds"] if "equal_time" in s]
             eq_cell = (
@@ -621,12 +672,18 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--n-test", type=int, default=24, help="first N test images (0: all)")
     p.add_argument("--test-crop", type=int, default=160, help="centre crop of colour test/val images (0: full)")
-    p.add_argument("--forward-size", type=int, default=256)
+    p.add_argument("--forward-size", type=int, default=256, help="side of the timed forward input (0: no timing)")
     p.add_argument("--forward-repeats", type=int, default=5)
     p.add_argument("--equal-time", action="store_true")
+    p.add_argument(
+        "--timing-rounds",
+        type=int,
+        default=0,
+        help="only time the rows (untrained), round-robin over N rounds, and exit: forward and step time "
+        "measured side by side, fair on a machine whose load drifts",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--render", type=Path, default=None, help="print the table of a JSON written earlier and exit")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     for text in args.rows:
@@ -637,14 +694,111 @@ def parse_args(argv=None):
     return args
 
 
+def interleaved_timing(args, backbone: nn.Module, channels: int, rows: list[str], rounds: int) -> dict[str, Any]:
+    """Forward and training-step seconds of every row, measured round-robin (one forward and one step of each
+    row per round, ``rounds`` rounds, medians), so that a machine whose load drifts during the run slows every
+    row alike. Untrained rows: the cost of a forward pass does not depend on the weights."""
+    from _ladder import _restoration_loss
+
+    budgets = resolve_budgets(rows, backbone, channels)
+    built = {}
+    for text in ["frozen", *rows]:
+        family, opts = parse_row(text)
+        model, prior, _ = build_row(backbone, family, opts, 0, channels, lora_budget(opts, budgets))
+        if family == "full":
+            for p in model.parameters():
+                p.requires_grad_(True)
+        params = [p for p in model.parameters() if p.requires_grad]
+        built[text] = (family, model, prior, torch.optim.Adam(params, lr=1e-9) if params else None)
+        if family == "lora":
+            merged = copy.deepcopy(model).merge_and_unload()
+            built[text + " (merged)"] = ("frozen", merged, "none", None)
+    x = torch.rand(1, channels, args.forward_size, args.forward_size)
+    lq, gt = (
+        torch.rand(args.batch, channels, args.patch, args.patch),
+        torch.rand(args.batch, channels, args.patch, args.patch),
+    )
+    fwd: dict[str, list[float]] = {k: [] for k in built}
+    step: dict[str, list[float]] = {k: [] for k, v in built.items() if v[3] is not None}
+    pset = qd.PriorSet([], [])
+    for r in range(rounds + 1):  # round 0 warms up
+        for text, (_family, model, prior, opt) in built.items():
+            t = forward_seconds(model, x, prior, 1)
+            if r:
+                fwd[text].append(t)
+            if opt is None:
+                continue
+            model.train()
+            t0 = time.perf_counter()
+            out = model(lq) if prior == "none" else model(lq, prior=torch.ones(lq.shape[0], 1, *lq.shape[-2:]))
+            loss = _restoration_loss(out, gt, pset)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if r:
+                step[text].append(time.perf_counter() - t0)
+            model.eval()
+    return {
+        "forward_seconds": {k: statistics.median(v) for k, v in fwd.items()},
+        "step_seconds": {k: statistics.median(v) for k, v in step.items()},
+        "rounds": rounds,
+        "forward_size": args.forward_size,
+        "batch": args.batch,
+        "patch": args.patch,
+    }
+
+
+def render_timing(doc: dict[str, Any]) -> str:
+    f, s = doc["forward_seconds"], doc["step_seconds"]
+    full = next((v for k, v in s.items() if k.startswith("full")), None)
+    lines = [
+        f"\n#### Interleaved timing: forward {doc['forward_size']}² (median of {doc['rounds']} rounds), "
+        f"training step batch {doc['batch']} × {doc['patch']}²\n",
+        "| row | forward vs frozen | step time vs full FT |",
+        "| --- | --- | --- |",
+    ]
+    for k in f:
+        lines.append(
+            f"| {k} | {f[k] / f['frozen']:.2f}× | " + (f"{s[k] / full:.2f}×" if k in s and full else "—") + " |"
+        )
+    return "\n".join(lines)
+
+
+def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run's JSON from runs of the same rows on other seeds (``--seeds`` split over processes): each row's
+    per-seed entries concatenated in seed order; the forward timings and file sizes are the first run's."""
+    out = json.loads(json.dumps(docs[0]))
+    for doc in docs[1:]:
+        if doc["task"] != out["task"] or doc["split"] != out["split"] or doc["steps"] != out["steps"]:
+            raise ValueError("--render merges runs of one task, split and step count")
+        for text, rec in doc["rows"].items():
+            out["rows"][text]["seeds"] += rec["seeds"]
+        out["seeds"] += doc["seeds"]
+    for rec in out["rows"].values():
+        rec["seeds"].sort(key=lambda s: s["seed"])
+    out["seeds"] = sorted(out["seeds"])
+    return out
+
+
 def main(argv=None) -> int:
-    if argv is None and "--render" in sys.argv:
-        path = Path(sys.argv[sys.argv.index("--render") + 1])
-        print(render(json.loads(path.read_text())))
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--render":  # --render A.json [B.json ...]: the table of runs written earlier
+        doc = merge([json.loads(Path(p).read_text()) for p in argv[1:]])
+        print(render(doc))
         return 0
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.time()
+    if args.timing_rounds:
+        task_backbone = load_task_backbone(args)
+        doc = interleaved_timing(args, task_backbone[0], task_backbone[1], args.rows, args.timing_rounds)
+        doc["command"] = "python benchmarks/compare.py " + " ".join(args.argv)
+        if args.json:
+            from spt_adapter._io import atomic_write_bytes
+
+            atomic_write_bytes(args.json, json.dumps(doc, indent=1).encode())
+        print(render_timing(doc))
+        return 0
     doc = run(args)
     print(render(doc))
     log(f"total wall time {time.time() - t0:.0f}s")

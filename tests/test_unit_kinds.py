@@ -1,5 +1,5 @@
 """The ``lowrank`` unit (issue 28): a narrow feature unit (3x3 down-projection to a rank, 1x1 zero-initialised
-up-projection) that reads no prior. Exact identity at start, shapes the file format predicts, save -> load on
+up-projection; linear at depth 1, LeakyReLU between 3x3 convs beyond) that reads no prior. Exact identity at start, shapes the file format predicts, save -> load on
 a fresh backbone, ONNX export parity, the PEFT glue, and the refusals."""
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def test_peft_glue_builds_the_lowrank_unit():
     )
     pm = peft.get_peft_model(_dncnn(), cfg)
     names = [n for n, p in pm.named_parameters() if p.requires_grad]
-    assert names and all("fuse.0" in n or "fuse.2" in n for n in names)
+    assert names and all("fuse.0" in n or "fuse.1" in n for n in names)
     x, _ = _inputs()
     with torch.no_grad():
         assert torch.equal(pm(x), _dncnn()(x))
@@ -112,3 +112,19 @@ def test_peft_glue_builds_the_lowrank_unit():
 def test_a_student_with_the_lowrank_unit_is_refused():
     with pytest.raises(ConfigError, match="lowrank"):
         _config(student={"width": 8, "depth": 2})
+
+
+def test_depth_one_is_an_affine_residual_and_depth_two_is_not():
+    f1, f2 = torch.rand(1, 8, 6, 6), torch.rand(1, 8, 6, 6)
+    for depth, affine in ((1, True), (2, False)):
+        torch.manual_seed(0)
+        unit = SPTUnit(8, _config().replace(depth=depth))
+        with torch.no_grad():
+            for p in unit.parameters():
+                p.copy_(torch.randn(p.shape))
+
+            def delta(f, unit=unit):
+                return unit(f, None) - f
+
+            off = delta(f1 + f2) - delta(f1) - delta(f2) + delta(torch.zeros_like(f1))
+        assert bool(torch.allclose(off, torch.zeros_like(off), atol=1e-4)) is affine

@@ -52,10 +52,10 @@ class SPTConfig:
     fusion: ``concat`` (features ++ encoded prior -> conv -> residual; the default), ``sft`` (per-pixel
         scale and shift from the prior) or ``pool`` (features averaged inside each prior region, then a
         residual conv; needs a label-map prior) or ``lowrank`` (no prior read: the features through a
-        3x3 conv to ``hidden`` channels, then a zero-initialised 1x1 conv back, added to them; the
-        narrow unit of issue 28, result 16 of docs/results.md; always ``prior_channels`` 0).
+        3x3 conv to ``hidden`` channels, then a zero-initialised 1x1 conv back, added to them, linear at
+        ``depth`` 1; the narrow unit of issue 28, result 16 of docs/results.md; always ``prior_channels`` 0).
     hidden: width of the prior encoder (``lowrank``: the rank); depth: number of conv layers in it
-        (``lowrank``: of 3x3 convs before the 1x1 one).
+        (``lowrank``: of 3x3 convs before the 1x1 one, a LeakyReLU between two of them).
     prior_channels: C_p of the prior tensor the units read; 0: the units read no prior (no prior
         encoder: ``model(x)`` takes no ``prior=``, and files record ``prior: {"kind": "none"}``).
     prior_resize: how a prior is resized to each feature map (``nearest`` for label maps).

@@ -86,7 +86,7 @@ def unit_parameter_shapes(channels: int, config: SPTConfig) -> dict[str, tuple[i
         conv("fuse.0", h, c, 3)
         for i in range(1, config.depth):
             conv(f"fuse.{2 * i}", h, h, 3)
-        conv(f"fuse.{2 * config.depth}", c, h, 1)
+        conv(f"fuse.{2 * config.depth - 1}", c, h, 1)
         return shapes
     if not config.reads_prior:  # see SPTUnit: the encoder of a constant prior folded into biases
         if config.fusion == "concat":
@@ -133,9 +133,9 @@ class SPTUnit(nn.Module):
     carried as dead weights -- ``concat`` becomes ``features + conv(act(conv(features)))`` (1x1,
     ``channels -> hidden -> channels``), ``sft`` a per-channel scale and shift (:class:`ChannelAffine`).
 
-    ``fusion="lowrank"`` is the narrow feature unit of issue 28: ``features + up(act(down(features)))``
-    with ``down`` a 3x3 conv to ``hidden`` channels (the rank; ``depth - 1`` more 3x3 convs after it)
-    and ``up`` a zero-initialised 1x1 conv back. It has no prior encoder and reads no prior (its config
+    ``fusion="lowrank"`` is the narrow feature unit of issue 28: ``features + up(down(features))``
+    with ``down`` a 3x3 conv to ``hidden`` channels (the rank; with ``depth`` > 1, ``depth - 1`` more
+    3x3 convs after it, each behind a LeakyReLU) and ``up`` a zero-initialised 1x1 conv back. It has no prior encoder and reads no prior (its config
     has ``prior_channels`` 0): on every real backbone measured (docs/results.md, results 13-16) the
     segment prior added nothing, while spatial context in the unit's own path did (result 16).
     """
@@ -152,10 +152,11 @@ class SPTUnit(nn.Module):
         self.fuse: nn.Module
         self.reads_prior = config.reads_prior
         if self.fusion == "lowrank":
-            # features -> 3x3 conv to `hidden` (the rank) -> [3x3 hidden -> hidden] x (depth - 1) -> 1x1 back
-            down: list[nn.Module] = [nn.Conv2d(channels, hidden, 3, padding=1), _act()]
+            # features -> 3x3 conv to `hidden` (the rank) -> [act, 3x3 hidden -> hidden] x (depth - 1) -> 1x1 back:
+            # linear at depth 1 (a rank-`hidden` residual with 3x3 context, as LoRA's update is linear)
+            down: list[nn.Module] = [nn.Conv2d(channels, hidden, 3, padding=1)]
             for _ in range(config.depth - 1):
-                down += [nn.Conv2d(hidden, hidden, 3, padding=1), _act()]
+                down += [_act(), nn.Conv2d(hidden, hidden, 3, padding=1)]
             last = nn.Conv2d(hidden, channels, 1)
             self.fuse = nn.Sequential(*down, last)
             self._zero(last)
