@@ -438,8 +438,8 @@ def _config(path: str | os.PathLike, meta: dict[str, str]) -> SPTConfig:
     if isinstance(encoding, str) and encoding and config.prior_channels:
         # the units read as many prior channels as the recorded encoding makes: a file saying otherwise
         # would fail at the first image with a message blaming the prior, not the file
+        from ..core.encodings import encoding_channels
         from ..errors import PriorError
-        from ..prior.encode import encoding_channels
 
         try:
             channels = encoding_channels(encoding)

@@ -33,10 +33,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.config import DEFAULT_FUSION
+from ..core.encodings import ENCODINGS as ENCODINGS
+from ..core.encodings import encoding_channels as encoding_channels
+from ..core.encodings import parse_encoding as parse_encoding
 from ..errors import PriorError
 from .masks import as_label_masks
 
-ENCODINGS = ("label", "onehot", "boundary")
 #: An explicit edge map beat one value per region on validation; onehot was worse than no prior (docs/results.md, results 6-7).
 DEFAULT_ENCODING = "boundary"
 
@@ -55,29 +57,6 @@ def check_encoding_for_fusion(encoding: str, fusion: str | None) -> None:
             f"fusion 'pool' averages features inside the regions of a one-channel label map: it needs "
             f"encoding 'label', got {encoding!r} (use another fusion for {encoding!r})"
         )
-
-
-def parse_encoding(encoding: str) -> tuple[str, dict]:
-    """``"label"``, ``"boundary"``, ``"onehot"`` or ``"onehot:K"`` -> (kind, kwargs)."""
-    kind, _, arg = str(encoding).partition(":")
-    if kind not in ENCODINGS:
-        raise PriorError(f"unknown prior encoding {encoding!r}; choose one of label, onehot[:K], boundary")
-    if arg:
-        if kind != "onehot":
-            raise PriorError(f"encoding {kind!r} takes no argument (got {encoding!r})")
-        try:
-            k = int(arg)
-        except ValueError:
-            raise PriorError(f"onehot:K needs an integer K, got {encoding!r}") from None
-        if k < 1:
-            raise PriorError(f"onehot:K needs K >= 1, got {encoding!r}")
-        return kind, {"k": k}
-    return kind, {}
-
-
-def encoding_channels(encoding: str) -> int:
-    kind, kw = parse_encoding(encoding)
-    return kw.get("k", 8) if kind == "onehot" else 1
 
 
 def encode_masks(masks, kind: str = "label", size=None, shape=None, k: int = 8) -> np.ndarray:
