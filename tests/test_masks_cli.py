@@ -1,5 +1,6 @@
 """`spt-adapter masks` end to end, through the real entry point and real files."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ from _helpers import cli
 from spt_adapter.cli import main
 from spt_adapter.commands.masks import shard_of
 from spt_adapter.data.datasets import PairedPriorDataset
+from spt_adapter.data.images import list_images
+from spt_adapter.deploy.shards import shard_key
 from spt_adapter.plugins.hookspecs import hookimpl
 from spt_adapter.prior import ClassicalMaskProvider, PriorCache
 
@@ -79,13 +82,35 @@ def test_sharding_env_and_flags(folder, tmp_path, capsys, monkeypatch):
         monkeypatch.setenv("RANK", rank)
         assert main(["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert "shard 0/2: 2 of 3 images" in err and "shard 1/2: 1 of 3 images" in err
+    counts = [sum(shard_key(p.name, 2) == r for p in list_images(folder)) for r in (0, 1)]
+    assert f"shard 0/2: {counts[0]} of 3 images" in err and f"shard 1/2: {counts[1]} of 3 images" in err
     monkeypatch.delenv("WORLD_SIZE")
     monkeypatch.delenv("RANK")
     assert main(["masks", str(folder), "--provider", "slic", "--cache", str(cache), "--no-progress"]) == 0
     assert "computed 0, reused 3" in capsys.readouterr().err
     assert main(cli("masks", folder, provider="slic", cache=cache, num_shards="2", shard_index="2")) == 1
     assert "--shard-index must be in 0..1" in capsys.readouterr().err
+
+
+def test_shards_pick_images_by_name_so_a_file_added_between_runs_moves_no_other(folder, tmp_path, capsys):
+    """Shard 0 runs, a picture is added to the folder, shard 1 runs: every picture of the first listing is
+    still cached by one shard (by position, the new file shifted the others and some were never done)."""
+    import shutil
+
+    work = tmp_path / "in"
+    shutil.copytree(folder, work)
+    before = list_images(work)
+    # a name that sorts first and lands in shard 1: by position it would have pushed shard 0's files over
+    added = next(f"a{i}_new.png" for i in range(1000) if shard_key(f"a{i}_new.png", 2) == 1)
+    cache = tmp_path / "c"
+    assert main(cli("masks", work, provider="slic", cache=cache, num_shards="2", shard_index="0")) == 0
+    rng = np.random.default_rng(0)  # content of its own: the cache is keyed by content, not by name
+    Image.fromarray(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)).save(work / added)
+    assert main(cli("masks", work, provider="slic", cache=cache, num_shards="2", shard_index="1")) == 0
+    capsys.readouterr()
+    os.remove(work / added)  # what is left to compute for the first listing: nothing
+    assert main(cli("masks", work, provider="slic", cache=cache)) == 0
+    assert f"computed 0, reused {len(before)}" in capsys.readouterr().err
 
 
 def test_degrade_matches_dataset_keys(folder, tmp_path, capsys):

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 
+from ..deploy.shards import shard_key
 from ..prior.encode import DEFAULT_ENCODING
 from ._args import (
     add_pair_arguments,
@@ -184,7 +185,9 @@ def run(args) -> int:
     )
     paths = lq_paths if lq_paths is not None else list_images(args.inputs)
     num_shards, shard_index = shard_of(len(paths), args.num_shards, args.shard_index)
-    mine = paths[shard_index::num_shards]
+    # by a hash of each file's name, not its position: a file added between two shard runs moves no other
+    # image to another shard (restore shards its outputs the same way)
+    mine = [p for p in paths if shard_key(p.name, num_shards) == shard_index]
     cache = open_prior_cache(args.cache, "--prior-cache")  # a file or a read-only folder: refused by name
     # what a run killed mid-write (kill -9) left behind; a minute's margin spares concurrent shards' writes
     stale = cache.remove_stale_temporaries(time.time() - 60)
