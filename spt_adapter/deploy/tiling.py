@@ -222,6 +222,18 @@ def float_channels(image: Any, channels: int, name: str) -> tuple[np.ndarray, np
     return u8.astype(np.float32) / 255.0, u8
 
 
+def integer_scale(in_shape, out_shape) -> int:
+    """The scale of a network that mapped an input of ``in_shape`` (..., H, W) to ``out_shape``: a whole
+    number >= 1, the same on both axes, else a RestoreError naming both sizes (both runners check so)."""
+    s_h, s_w = out_shape[-2] / in_shape[-2], out_shape[-1] / in_shape[-1]
+    if s_h != s_w or s_h < 1 or s_h != int(s_h):
+        raise RestoreError(
+            f"the backbone maps a {in_shape[-2]}x{in_shape[-1]} input to {out_shape[-2]}x{out_shape[-1]}: "
+            "not an integer scale"
+        )
+    return int(s_h)
+
+
 def _run(net: Network, x: np.ndarray, p: np.ndarray | None, multiple: int) -> tuple[np.ndarray, int]:
     """One forward pass on (1,C,h,w) ``x`` padded to ``multiple``; returns the cropped (1,C',h*s,w*s)
     float32 output (unclamped) and the scale s."""
@@ -232,13 +244,7 @@ def _run(net: Network, x: np.ndarray, p: np.ndarray | None, multiple: int) -> tu
         if ph or pw:
             p = np.pad(p.astype(np.float32), [(0, 0), (0, 0), (0, ph * k), (0, pw * k)], mode="edge")
     out = np.asarray(net(np.ascontiguousarray(x), None if p is None else np.ascontiguousarray(p)))
-    s_h, s_w = out.shape[-2] / x.shape[-2], out.shape[-1] / x.shape[-1]
-    if s_h != s_w or s_h < 1 or s_h != int(s_h):
-        raise RestoreError(
-            f"the backbone maps a {x.shape[-2]}x{x.shape[-1]} input to {out.shape[-2]}x{out.shape[-1]}: "
-            "not an integer scale"
-        )
-    s = int(s_h)
+    s = integer_scale(x.shape, out.shape)
     out = out[..., : h * s, : w * s].astype(np.float32, copy=False)
     check_finite_output(bool(np.isfinite(out).all()))
     return out, s

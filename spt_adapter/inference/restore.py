@@ -54,6 +54,7 @@ from ..deploy.tiling import (  # noqa: F401  (DEFAULT_TILE_OVERLAP, MIN_STRIDE_F
     default_blend_for,
     default_overlap_for,
     float_channels,
+    integer_scale,
     output_kind,
     tile_grid,
     tile_starts,
@@ -331,13 +332,7 @@ def _run(
                 out = model(x) if p is None else model(x, prior=p)
         else:
             out = model(x)
-    s_h, s_w = out.shape[-2] / x.shape[-2], out.shape[-1] / x.shape[-1]
-    if s_h != s_w or s_h < 1 or s_h != int(s_h):
-        raise RestoreError(
-            f"the backbone maps a {x.shape[-2]}x{x.shape[-1]} input to {out.shape[-2]}x{out.shape[-1]}: "
-            "not an integer scale"
-        )
-    s = int(s_h)
+    s = integer_scale(x.shape, out.shape)
     out = out[..., : h * s, : w * s].float()
     check_finite_output(bool(torch.isfinite(out).all()))
     return out, s
