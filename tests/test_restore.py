@@ -417,3 +417,18 @@ def test_kair_dncnn_25_reproduces_30_43_db_on_set12(tmp_path):
     )
     mean = [line for line in (out / "eval.csv").read_text().splitlines() if line.startswith("MEAN")][0]
     assert abs(float(mean.split(",")[1]) - 30.43) <= 0.01
+
+
+def test_a_network_whose_output_is_no_whole_multiple_of_its_input_is_named_by_both_runners():
+    """restore_tensor (PyTorch) and the NumPy tiler share one scale check: 1.5x, or 2x on one axis only,
+    is one RestoreError naming both sizes."""
+    from spt_adapter.deploy.tiling import integer_scale
+
+    assert integer_scale((1, 3, 10, 12), (1, 3, 20, 24)) == 2
+    with pytest.raises(RestoreError, match="10x12 input to 15x18: not an integer scale"):
+        integer_scale((1, 3, 10, 12), (1, 3, 15, 18))
+    with pytest.raises(RestoreError, match="not an integer scale"):
+        integer_scale((1, 3, 10, 12), (1, 3, 20, 36))
+    net = torch.nn.Upsample(scale_factor=1.5, mode="nearest")
+    with pytest.raises(RestoreError, match="16x16 input to 24x24: not an integer scale"):
+        R.restore_tensor(net, torch.rand(3, 16, 16), None, multiple=1)
