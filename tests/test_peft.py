@@ -602,3 +602,29 @@ def test_student_key_conversion():
             spt_peft.peft_key_to_core(bad)
     with pytest.raises(spt_adapter.AdapterFileError, match="not an SPT unit or prior-student tensor"):
         spt_peft.core_key_to_peft("spt_student.")
+
+
+def test_from_pretrained_onto_other_weights_is_refused_as_a_delta_file_is(tmp_path):
+    """The config records the sha256 of the backbone the units were made on; PeftModel.from_pretrained onto
+    the same architecture with other weights is one BackboneHashMismatchError, the model untouched. A folder
+    written before the field existed (no backbone_sha256) loads unchecked."""
+    from spt_adapter.errors import BackboneHashMismatchError
+    from spt_adapter.files.fingerprint import backbone_sha256
+
+    pm = peft_esrgan(prior={"provider": "classical", "encoding": "label"})
+    out = run(pm)
+    pm.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["backbone_sha256"] == backbone_sha256(esrgan())
+    other = esrgan()
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(BackboneHashMismatchError, match="weights differ from those it was trained on"):
+        peft.PeftModel.from_pretrained(other, tmp_path)
+    assert other.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
+    config["backbone_sha256"] = None  # an older folder
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    peft.PeftModel.from_pretrained(esrgan(), tmp_path)
+    assert torch.equal(run(peft.PeftModel.from_pretrained(esrgan(), tmp_path)), out)

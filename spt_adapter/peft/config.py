@@ -126,6 +126,9 @@ class _SPTPeftConfigMethods:
     unit_channels: each target's unit width; filled at injection (probe pass) and saved, so
         loading needs no probe. example_input_shape: the probe input's shape (default: a 64x64
         input built from the model's first convolution).
+    backbone_sha256: the sha256 of the backbone's weights the units were made on (as a delta file's
+        fingerprint records it); filled at the first injection and saved, so ``PeftModel.from_pretrained``
+        onto other weights is refused (``None`` in folders written before it: not checked).
     """
 
     def __post_init__(self):
@@ -185,6 +188,7 @@ if TYPE_CHECKING:
         student: dict[str, int] | None
         unit_channels: dict | None
         example_input_shape: list | None
+        backbone_sha256: str | None
         spt_schema_version: int
 
         def __init__(self, **fields: Any) -> None: ...
@@ -197,6 +201,7 @@ else:
             *(_mirror(f) for f in _UNIT_FIELDS),
             ("unit_channels", Optional[dict], field(default=None)),  # noqa: UP045 -- a runtime field type PEFT reads: spelt as its configs spell it
             ("example_input_shape", Optional[list], field(default=None)),  # noqa: UP045 -- a runtime field type PEFT reads: spelt as its configs spell it
+            ("backbone_sha256", Optional[str], field(default=None)),  # noqa: UP045 -- a runtime field type PEFT reads: spelt as its configs spell it
             ("spt_schema_version", int, field(default=SCHEMA_VERSION)),
         ],
         bases=(_SPTPeftConfigMethods, PeftConfig),

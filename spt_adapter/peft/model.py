@@ -18,7 +18,7 @@ from ..core.model import batch_size, student_logits, student_prior_refusal, vali
 from ..core.planning import claim_model, plan_injection
 from ..core.student import PriorStudent
 from ..core.targets import inspect_targets, select_targets
-from ..errors import AdapterFileError, ConfigError, PriorError, SPTError, TargetError
+from ..errors import AdapterFileError, BackboneHashMismatchError, ConfigError, PriorError, SPTError, TargetError
 from .config import _PEFT_STUDENTS, _PEFT_UNIT, PEFT_TYPE_NAME, PREFIX, SPT_PEFT_TYPE, SPTPeftConfig, _exact_regex
 from .layer import SPTPeftLayer
 
@@ -133,7 +133,26 @@ class SPTPeftModel(BaseTuner):
         finally:
             self._spt_state.disabled = previous
         config.unit_channels = dict(plan.channels)
+        self._check_backbone(model, config, adapter_name)
         self._spt_plans[adapter_name] = {"names": plan.names, "layouts": plan.layouts, "config": spt_config}
+
+    @staticmethod
+    def _check_backbone(model: nn.Module, config: SPTPeftConfig, adapter_name: str) -> None:
+        """Record the backbone's weights (a fresh adapter) or refuse other weights (a loaded one), as a
+        delta file's fingerprint does; a config written before the field existed is not checked."""
+        from ..files.fingerprint import backbone_sha256
+
+        got = backbone_sha256(model)
+        want = config.backbone_sha256
+        if want is None:
+            config.backbone_sha256 = got
+        elif got != want:
+            raise BackboneHashMismatchError(
+                f"PEFT adapter {adapter_name!r}: the backbone's weights differ from those it was trained on "
+                f"(sha256 {got[:12]}... != {want[:12]}...)",
+                override="load it onto the backbone it was trained on, or set backbone_sha256=None in its "
+                "adapter_config.json to load it anyway",
+            )
 
     def _prepare_adapter_config(self, peft_config, model_config):
         return peft_config
