@@ -130,18 +130,20 @@ def tiny_swinir(seed: int = 0, window_size: int = 4, embed_dim: int = 12, mlp_ra
     ).eval()
 
 
-def small_swinir(scale: int = 1, seed: int = 0, embed_dim: int = 16, channels: int = 3):
-    """A small SwinIR (32-px images, 8-px windows, one block a stage) as the CLI tests save it: x1 with no
-    upsampler, or x``scale`` by pixel-shuffle."""
+def small_swinir(
+    scale: int = 1, seed: int = 0, embed_dim: int = 16, channels: int = 3, depths=(1, 1), img_size: int = 32
+):
+    """A small SwinIR (32-px images, 8-px windows, one block a stage, two stages unless told) as the CLI
+    tests save it: x1 with no upsampler, or x``scale`` by pixel-shuffle."""
     from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
 
     torch.manual_seed(seed)
     return SwinIR(
-        img_size=32,
+        img_size=img_size,
         in_chans=channels,
         embed_dim=embed_dim,
-        depths=[1, 1],
-        num_heads=[2, 2],
+        depths=list(depths),
+        num_heads=[2] * len(depths),
         window_size=8,
         mlp_ratio=2.0,
         upscale=scale,

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from _archs import small_swinir
 from _data import DATA  # small crops of the test sets, committed (tests/data)
 from spt_adapter.cli import main
 from spt_adapter.data import degradations as dg
@@ -246,23 +247,9 @@ def test_dataset_draws_afresh_per_item_when_asked(tmp_path):
 def tiny(tmp_path_factory):
     pytest.importorskip("spandrel")
     from safetensors.torch import save_file
-    from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
 
     root = tmp_path_factory.mktemp("chain")
-    torch.manual_seed(0)
-    m = SwinIR(
-        img_size=32,
-        in_chans=3,
-        embed_dim=16,
-        depths=[1],
-        num_heads=[2],
-        window_size=8,
-        mlp_ratio=2.0,
-        upscale=1,
-        upsampler="",
-        resi_connection="1conv",
-        drop_path_rate=0.0,
-    )
+    m = small_swinir(depths=(1,))
     ckpt = root / "swinir.safetensors"
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(ckpt))
     data = root / "hq"

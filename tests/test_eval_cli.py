@@ -101,27 +101,13 @@ def test_sr_eval_scores_y_channel_with_border_crop(tmp_path, capsys):
     table's PSNR is the Y-channel, 2-pixel-border PSNR of the saved output against the
     mod-cropped ground truth."""
     pytest.importorskip("spandrel")
-    from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
 
     import spt_adapter
 
     data = tmp_path / "hq"
     data.mkdir()
     Image.open(DATA / "Set5" / "baby.png").convert("RGB").crop((100, 100, 171, 165)).save(data / "baby.png")  # odd size
-    torch.manual_seed(0)
-    m = SwinIR(
-        img_size=16,
-        in_chans=3,
-        embed_dim=16,
-        depths=[1],
-        num_heads=[2],
-        window_size=8,
-        mlp_ratio=2.0,
-        upscale=2,
-        upsampler="pixelshuffledirect",
-        resi_connection="1conv",
-        drop_path_rate=0.0,
-    )
+    m = small_swinir(scale=2, depths=(1,), img_size=16)
     save_safetensors(m, tmp_path / "sr.safetensors")
     bb = spt_adapter.load_backbone(tmp_path / "sr.safetensors")
     spt = spt_adapter.inject(
