@@ -20,6 +20,9 @@ from .student import check_student
 SCHEMA_VERSION = 4
 
 FUSIONS = ("concat", "sft", "pool", "lowrank", "lora")
+#: the rank of ``fusion="lora"`` when none is given (`spt-adapter train --fusion lora`): rank 1 on every hidden
+#: conv of CDnCNN-B is 1.9 % of the network, the size at which LoRA matched or beat every unit (result 16)
+DEFAULT_LORA_RANK = 1
 #: the fusions whose units read no prior, whatever ``prior_channels`` says (their configs record 0)
 PRIORLESS_FUSIONS = ("lowrank", "lora")
 #: The default fusion is the one benchmarks/quality.py supports (docs/results.md): on unseen-noise
