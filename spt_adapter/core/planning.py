@@ -187,6 +187,8 @@ def plan_injection(
         require_peft()
     layouts = {n: describe_layout(model, n, see_through(get_logical_module(model, n))) for n in names}
     known = {n: int(c) for n, c in (channels or {}).items() if n in names}
+    if config.fusion == "lora":  # a LoRA unit takes the call and sizes itself from the weight: no probe pass
+        known.update({n: shape[0] for n, shape in target_weight_shapes(model, names).items() if n not in known})
     if claim is not None:
         known.update({n: c for n, c in claim.channels.items() if n in names and n not in known})
     if any(n not in known for n in names):
