@@ -20,7 +20,7 @@ import spt_adapter
 from _data import DATA
 from _helpers import cli
 from spt_adapter.cli import main
-from spt_adapter.core.config import SCHEMA_VERSION, SPTConfig
+from spt_adapter.core.config import DEFAULT_FUSION, SCHEMA_VERSION, SPTConfig
 from spt_adapter.core.lora import LoraUnit, lora_parameter_shapes
 from spt_adapter.errors import AdapterFileError, ConfigError, FingerprintMismatchError, PriorError, TargetError
 
@@ -419,7 +419,7 @@ def test_cli_default_is_unchanged_and_the_lora_flags_are_checked(tmp_path, dncnn
     data = _hq(tmp_path)
     assert main(_train(dncnn_ckpt, data, tmp_path / "d", "--iters", "1")) == 0
     cfg = spt_adapter.read_adapter_config(tmp_path / "d" / "spt_adapter.safetensors")
-    assert cfg.fusion == "concat" and cfg.hidden == 16 and cfg.lora_alpha is None
+    assert cfg.fusion == DEFAULT_FUSION == "concat" and cfg.hidden == 16 and cfg.lora_alpha is None
     capsys.readouterr()
     assert main(_train(dncnn_ckpt, data, tmp_path / "e", "--lora-alpha", "2")) == 1
     assert "--lora-alpha is LoRA's scale: it needs --fusion lora" in capsys.readouterr().err
@@ -429,11 +429,18 @@ def test_cli_default_is_unchanged_and_the_lora_flags_are_checked(tmp_path, dncnn
     assert "target 'model.3' is a ReLU" in capsys.readouterr().err
 
 
-def test_cli_lora_rank_defaults_to_one(tmp_path, dncnn_ckpt, capsys):
+def test_cli_lora_rank_defaults_to_one_and_the_default_kind_is_one_constant(tmp_path, dncnn_ckpt, monkeypatch):
     data = _hq(tmp_path)
     assert main(_train(dncnn_ckpt, data, tmp_path / "r", "--fusion", "lora", "--iters", "1")) == 0
     cfg = spt_adapter.read_adapter_config(tmp_path / "r" / "spt_adapter.safetensors")
-    assert (cfg.hidden, cfg.lora_alpha) == (1, 1.0)
+    assert (cfg.fusion, cfg.hidden, cfg.lora_alpha) == ("lora", 1, 1.0)
+    # core.config.DEFAULT_FUSION is the one place the default lives: `train` with no unit flags follows it
+    from spt_adapter.commands import train as train_command
+
+    monkeypatch.setattr(train_command, "DEFAULT_FUSION", "lora")
+    assert main(_train(dncnn_ckpt, data, tmp_path / "s", "--iters", "1")) == 0
+    cfg = spt_adapter.read_adapter_config(tmp_path / "s" / "spt_adapter.safetensors")
+    assert (cfg.fusion, cfg.hidden, cfg.targets) == ("lora", 1, HIDDEN)
 
 
 def test_inspect_counts_lora_from_the_targets_weights(dncnn_ckpt, capsys):

@@ -407,6 +407,14 @@ def _provider_flags_given(args) -> list[str]:
     return [flag for flag, dest in _PROVIDER_FLAGS if getattr(args, dest, None) not in (None, [], "")]
 
 
+def unit_fusion(args) -> str | None:
+    """The unit kind a run trains: ``--fusion``, else :data:`~spt_adapter.core.config.DEFAULT_FUSION` (the one
+    place the default lives) for a fresh run; None for ``--resume`` without ``--fusion`` (the run's own)."""
+    if args.fusion is not None:
+        return args.fusion
+    return None if getattr(args, "resume", False) else DEFAULT_FUSION
+
+
 def _resolve_prior_choice(args) -> None:
     """``--prior`` when it is not given: a resumed run's own (none, lq or distilled, from its adapter);
     else lq when a provider flag says how to make one, else none (the evidence: docs/prior.md). With
@@ -414,12 +422,13 @@ def _resolve_prior_choice(args) -> None:
     from ..files.format import ADAPTER_FILENAME, read_adapter_config
 
     given = _provider_flags_given(args)
-    if args.fusion in PRIORLESS_FUSIONS:  # units that read no prior whatever the flags say
+    fusion = unit_fusion(args)
+    if fusion in PRIORLESS_FUSIONS:  # units that read no prior whatever the flags say
         if args.prior not in (None, "none"):
-            raise SPTError(f"--fusion {args.fusion} units read no prior: drop --prior {args.prior}")
+            raise SPTError(f"--fusion {fusion} units read no prior: drop --prior {args.prior}")
         args.prior = "none"
-    if args.lora_alpha is not None and args.fusion != "lora":
-        raise SPTError(f"--lora-alpha is LoRA's scale: it needs --fusion lora (got --fusion {args.fusion})")
+    if args.lora_alpha is not None and fusion != "lora":
+        raise SPTError(f"--lora-alpha is LoRA's scale: it needs --fusion lora (got --fusion {fusion})")
     if args.prior is None:
         path = Path(args.out) / ADAPTER_FILENAME
         if args.resume and path.is_file():
@@ -428,8 +437,8 @@ def _resolve_prior_choice(args) -> None:
         else:
             args.prior = "lq" if given else "none"
     if args.prior == "none" and given:
-        priorless = args.fusion in PRIORLESS_FUSIONS
-        why = f"--fusion {args.fusion}" if priorless else "--prior none"
+        priorless = fusion in PRIORLESS_FUSIONS
+        why = f"--fusion {fusion}" if priorless else "--prior none"
         raise SPTError(
             f"{why}: the units read no prior, so {', '.join(given)} would make one nobody reads; drop them"
             + ("" if priorless else ", or pass --prior lq")
@@ -672,8 +681,8 @@ def _run(args) -> int:
             config = SPTConfig(
                 targets=targets,
                 exclude=list(args.exclude or []),
-                fusion=args.fusion or DEFAULT_FUSION,
-                hidden=args.hidden or (DEFAULT_LORA_RANK if args.fusion == "lora" else 16),
+                fusion=args.fusion or DEFAULT_FUSION,  # a fresh run: unit_fusion(args)
+                hidden=args.hidden or (DEFAULT_LORA_RANK if (args.fusion or DEFAULT_FUSION) == "lora" else 16),
                 depth=args.depth or 2,
                 lora_alpha=args.lora_alpha,
                 prior_channels=0 if no_prior else encoding_channels(args.encoding),
