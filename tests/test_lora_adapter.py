@@ -362,6 +362,11 @@ def test_the_peft_glue_trains_and_reloads_a_lora_adapter(tmp_path):
         assert torch.equal(again(x), pm(x)) and not torch.equal(pm(x), ref)
         with pm.disable_adapter():
             assert torch.equal(pm(x), ref)
+        want = again(x)
+    plain = again.merge_and_unload()  # peft's own call: LoRA merges into the weights, the wrappers go
+    assert type(plain) is DnCNN and not any(isinstance(m, LoraUnit) for m in plain.modules())
+    with torch.no_grad():
+        assert torch.allclose(plain(x), want, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
