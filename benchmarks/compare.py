@@ -791,15 +791,24 @@ def render_timing(doc: dict[str, Any]) -> str:
 
 
 def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One run's JSON from runs of the same rows on other seeds (``--seeds`` split over processes): each row's
-    per-seed entries concatenated in seed order; the forward timings and file sizes are the first run's."""
+    """One run's JSON from several runs of one task, split and step count: runs of the same rows on other
+    seeds (``--seeds`` split over processes) and runs of further rows on the same seeds (rows added later)
+    both merge. Each row's per-seed entries are concatenated in seed order (a row measured twice on one seed
+    is refused); a row's forward timing and file size are those of the first run that has it."""
     out = json.loads(json.dumps(docs[0]))
     for doc in docs[1:]:
         if doc["task"] != out["task"] or doc["split"] != out["split"] or doc["steps"] != out["steps"]:
             raise ValueError("--render merges runs of one task, split and step count")
         for text, rec in doc["rows"].items():
+            if text not in out["rows"]:
+                out["rows"][text] = json.loads(json.dumps(rec))
+                continue
+            seen = {s["seed"] for s in out["rows"][text]["seeds"]}
+            twice = sorted(seen & {s["seed"] for s in rec["seeds"]})
+            if twice:
+                raise ValueError(f"--render: row {text!r} is in two runs of seed(s) {twice}")
             out["rows"][text]["seeds"] += rec["seeds"]
-        out["seeds"] += doc["seeds"]
+        out["seeds"] = sorted(set(out["seeds"]) | set(doc["seeds"]))
     for rec in out["rows"].values():
         rec["seeds"].sort(key=lambda s: s["seed"])
     out["seeds"] = sorted(out["seeds"])
