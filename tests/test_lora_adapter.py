@@ -420,32 +420,60 @@ def test_cli_trains_a_lora_file_that_loads_restores_evaluates_and_exports(tmp_pa
     assert spt_adapter.read_adapter_config(adapter).fusion == "lora"
 
 
-def test_cli_default_is_unchanged_and_the_lora_flags_are_checked(tmp_path, dncnn_ckpt, capsys):
+def test_cli_default_on_a_dncnn_is_its_presets_lora_and_the_lora_flags_are_checked(tmp_path, dncnn_ckpt, capsys):
     data = _hq(tmp_path)
     assert main(_train(dncnn_ckpt, data, tmp_path / "d", "--iters", "1")) == 0
+    assert "unit: lora (hidden 1), the dncnn preset's default" in capsys.readouterr().err
     cfg = spt_adapter.read_adapter_config(tmp_path / "d" / "spt_adapter.safetensors")
-    assert cfg.fusion == DEFAULT_FUSION == "concat" and cfg.hidden == 16 and cfg.lora_alpha is None
+    assert (cfg.fusion, cfg.hidden, cfg.targets, cfg.preset) == ("lora", 1, HIDDEN, "dncnn")
+    assert main(_train(dncnn_ckpt, data, tmp_path / "e", "--iters", "1", "--lora-alpha", "2")) == 0
+    assert spt_adapter.read_adapter_config(tmp_path / "e" / "spt_adapter.safetensors").lora_alpha == 2.0
     capsys.readouterr()
-    assert main(_train(dncnn_ckpt, data, tmp_path / "e", "--lora-alpha", "2")) == 1
-    assert "--lora-alpha is LoRA's scale: it needs --fusion lora" in capsys.readouterr().err
+    assert main(_train(dncnn_ckpt, data, tmp_path / "e2", "--lora-alpha", "2", "--prior", "lq")) == 1
+    assert "--lora-alpha is LoRA's scale: it needs --fusion lora (got --fusion concat)" in capsys.readouterr().err
     assert main(_train(dncnn_ckpt, data, tmp_path / "f", "--fusion", "lora", "--prior", "lq")) == 1
     assert "--fusion lora units read no prior" in capsys.readouterr().err
     assert main(_train(dncnn_ckpt, data, tmp_path / "g", "--fusion", "lora", "--targets", "model.3")) == 1
     assert "target 'model.3' is a ReLU" in capsys.readouterr().err
 
 
-def test_cli_lora_rank_defaults_to_one_and_the_default_kind_is_one_constant(tmp_path, dncnn_ckpt, monkeypatch):
+def test_cli_default_follows_the_preset_only_without_unit_flags_targets_or_a_prior(tmp_path, dncnn_ckpt):
+    data = _hq(tmp_path)
+
+    def trained(name, *flags):
+        assert main(_train(dncnn_ckpt, data, tmp_path / name, "--iters", "1", *flags)) == 0
+        return spt_adapter.read_adapter_config(tmp_path / name / "spt_adapter.safetensors")
+
+    sized = trained("h", "--hidden", "2")
+    assert (sized.fusion, sized.hidden) == ("lora", 2)
+    assert trained("l", "--preset", "dncnn-light").fusion == "lora"
+    # a unit flag, named targets or a prior: the package default (the concat unit), as before
+    concat = trained("p", "--fusion", "concat")
+    assert (concat.fusion, concat.hidden) == (DEFAULT_FUSION, 16)
+    assert trained("q", "--depth", "2").fusion == DEFAULT_FUSION
+    assert trained("t", "--targets", "model.2").fusion == DEFAULT_FUSION
+    assert trained("s", "--prior", "lq").fusion == DEFAULT_FUSION
+    # --resume keeps the run's own kind whatever the preset says
+    assert main(_train(dncnn_ckpt, data, tmp_path / "p", "--iters", "2", "--resume")) == 0
+    assert spt_adapter.read_adapter_config(tmp_path / "p" / "spt_adapter.safetensors").fusion == DEFAULT_FUSION
+
+
+def test_the_preset_table_names_each_presets_default_unit():
+    from spt_adapter.backbones.presets import PRESETS, preset_default_unit
+
+    assert preset_default_unit("dncnn") == preset_default_unit("dncnn-light") == {"fusion": "lora", "hidden": 1}
+    assert preset_default_unit("swinir") is None and preset_default_unit(None) is None
+    assert all(p.default_unit is None or p.default_unit["fusion"] in ("lora", "lowrank", "concat") for p in PRESETS)
+    unit = preset_default_unit("dncnn")
+    unit["hidden"] = 99  # a copy: the table is not changed through it
+    assert preset_default_unit("dncnn")["hidden"] == 1
+
+
+def test_cli_lora_rank_defaults_to_one(tmp_path, dncnn_ckpt):
     data = _hq(tmp_path)
     assert main(_train(dncnn_ckpt, data, tmp_path / "r", "--fusion", "lora", "--iters", "1")) == 0
     cfg = spt_adapter.read_adapter_config(tmp_path / "r" / "spt_adapter.safetensors")
     assert (cfg.fusion, cfg.hidden, cfg.lora_alpha) == ("lora", 1, 1.0)
-    # core.config.DEFAULT_FUSION is the one place the default lives: `train` with no unit flags follows it
-    from spt_adapter.commands import train as train_command
-
-    monkeypatch.setattr(train_command, "DEFAULT_FUSION", "lora")
-    assert main(_train(dncnn_ckpt, data, tmp_path / "s", "--iters", "1")) == 0
-    cfg = spt_adapter.read_adapter_config(tmp_path / "s" / "spt_adapter.safetensors")
-    assert (cfg.fusion, cfg.hidden, cfg.targets) == ("lora", 1, HIDDEN)
 
 
 def test_inspect_counts_lora_from_the_targets_weights(dncnn_ckpt, capsys):

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch.nn as nn
@@ -56,6 +56,7 @@ __all__ = [
     "register_preset",
     "find_preset",
     "find_presets",
+    "preset_default_unit",
     "claim_with_presets",
     "preset_table",
 ]
@@ -71,6 +72,9 @@ class Preset:
     targets: ``model -> list[str]``, the default target patterns for this instance.
     channels: optional ``(model, names) -> {name: width}`` when widths are known without a probe.
     naming: which naming convention this entry covers (documentation only).
+    default_unit: the unit ``spt-adapter train`` builds on this preset's targets when no unit flag and no
+        prior is given (``{"fusion": "lora", "hidden": 1}``: what won on validation, docs/results.md result 17);
+        ``None``: the package default (:data:`~spt_adapter.core.config.DEFAULT_FUSION`).
     """
 
     name: str
@@ -79,6 +83,7 @@ class Preset:
     targets: Callable[[nn.Module], list[str]]
     channels: Callable[[nn.Module, list[str]], dict[str, int]] | None = None
     naming: str = ""
+    default_unit: dict[str, Any] | None = field(default=None, compare=False)
 
 
 _lock = threading.Lock()
@@ -340,11 +345,37 @@ def _dncnn_channels(model: nn.Module, names: list[str]) -> dict[str, int]:
     return {n: _conv_out(model, n) for n in names}
 
 
+#: LoRA (peft's layer, rank 1) on the hidden convs: at <= 3 % of a real DnCNN's parameters it beat the best SPT
+#: unit on 3 of 5 tasks' validation sets and costs nothing at inference once merged (docs/results.md, result 17)
+DNCNN_DEFAULT_UNIT = {"fusion": "lora", "hidden": 1}
 register_preset(
-    Preset("dncnn", ("DnCNN", "FDnCNN"), _dncnn_detect, _dncnn_hidden, _dncnn_channels, naming="every hidden conv")
+    Preset(
+        "dncnn",
+        ("DnCNN", "FDnCNN"),
+        _dncnn_detect,
+        _dncnn_hidden,
+        _dncnn_channels,
+        naming="every hidden conv",
+        default_unit=DNCNN_DEFAULT_UNIT,
+    )
 )
 register_preset(
     Preset(
-        "dncnn-light", ("DnCNN", "FDnCNN"), _dncnn_detect, _dncnn_light, _dncnn_channels, naming="three hidden convs"
+        "dncnn-light",
+        ("DnCNN", "FDnCNN"),
+        _dncnn_detect,
+        _dncnn_light,
+        _dncnn_channels,
+        naming="three hidden convs",
+        default_unit=DNCNN_DEFAULT_UNIT,
     )
 )
+
+
+def preset_default_unit(name: str | None) -> dict[str, Any] | None:
+    """The unit ``spt-adapter train`` builds on preset ``name``'s targets when given no unit flag and no
+    prior (``Preset.default_unit``), or ``None``."""
+    for preset in list(PRESETS):
+        if preset.name == name and preset.default_unit is not None:
+            return dict(preset.default_unit)
+    return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -415,6 +416,29 @@ def unit_fusion(args) -> str | None:
     return None if getattr(args, "resume", False) else DEFAULT_FUSION
 
 
+def _apply_preset_default_unit(args, no_prior: bool) -> None:
+    """A fresh run given no ``--fusion`` / ``--depth``, no ``--targets`` and no prior trains the unit its
+    preset names (``Preset.default_unit``: LoRA rank 1 on a DnCNN, what won on validation, docs/results.md
+    result 17); ``--hidden`` still sizes it. Other presets keep :data:`DEFAULT_FUSION`."""
+    from ..backbones.presets import preset_default_unit
+
+    claim = getattr(args, "_claim", None) or (None, None)
+    if not args.resume and args.fusion is None and args.depth is None and no_prior and not args.targets:
+        unit = preset_default_unit(claim[1])
+        if unit is not None:
+            args.fusion = unit["fusion"]
+            args.hidden = args.hidden or unit.get("hidden")
+            print(
+                f"unit: {args.fusion} (hidden {args.hidden}), the {claim[1]} preset's default "
+                "(docs/results.md result 17); --fusion picks another",
+                file=sys.stderr,
+            )
+    if args.lora_alpha is not None and (args.fusion or DEFAULT_FUSION) != "lora":
+        raise SPTError(
+            f"--lora-alpha is LoRA's scale: it needs --fusion lora (got --fusion {args.fusion or DEFAULT_FUSION})"
+        )
+
+
 def _resolve_prior_choice(args) -> None:
     """``--prior`` when it is not given: a resumed run's own (none, lq or distilled, from its adapter);
     else lq when a provider flag says how to make one, else none (the evidence: docs/prior.md). With
@@ -427,8 +451,8 @@ def _resolve_prior_choice(args) -> None:
         if args.prior not in (None, "none"):
             raise SPTError(f"--fusion {fusion} units read no prior: drop --prior {args.prior}")
         args.prior = "none"
-    if args.lora_alpha is not None and fusion != "lora":
-        raise SPTError(f"--lora-alpha is LoRA's scale: it needs --fusion lora (got --fusion {fusion})")
+    if args.lora_alpha is not None and args.fusion is not None and args.fusion != "lora":
+        raise SPTError(f"--lora-alpha is LoRA's scale: it needs --fusion lora (got --fusion {args.fusion})")
     if args.prior is None:
         path = Path(args.out) / ADAPTER_FILENAME
         if args.resume and path.is_file():
@@ -600,6 +624,7 @@ def _run(args) -> int:
     if not no_prior:
         check_provider_args(args)
     model, default_targets, described = load_backbone_from_args(args, args.targets)
+    _apply_preset_default_unit(args, no_prior)
     if pairs is not None:
         paired_task(args, pairs, args._scale, described)
     else:
