@@ -790,6 +790,29 @@ def render_timing(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def paired(doc: dict[str, Any], a: str, b: str) -> dict[str, tuple[float, float, int]]:
+    """Row ``a`` minus row ``b``, seed by seed (both trained on the same batches of a seed), per evaluation set:
+    (mean, std over seeds, how many seeds ``a`` is above ``b``). "Separate" in docs/results.md means every seed
+    has the same sign."""
+    rows = doc["rows"]
+    for name in (a, b):
+        if name not in rows:
+            raise ValueError(f"--paired: no row {name!r} in the runs (rows: {sorted(rows)})")
+    by_seed = {s["seed"]: s for s in rows[b]["seeds"]}
+    out = {}
+    for ev in doc["eval_sets"]:
+        diffs = [
+            float(np.mean(s["psnr"][ev])) - float(np.mean(by_seed[s["seed"]]["psnr"][ev]))
+            for s in rows[a]["seeds"]
+            if s["seed"] in by_seed
+        ]
+        if not diffs:
+            raise ValueError(f"--paired: rows {a!r} and {b!r} share no seed")
+        m, sd = stats(diffs)
+        out[ev] = (m, sd, sum(d > 0 for d in diffs))
+    return out
+
+
 def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
     """One run's JSON from several runs of one task, split and step count: runs of the same rows on other
     seeds (``--seeds`` split over processes) and runs of further rows on the same seeds (rows added later)
@@ -817,9 +840,20 @@ def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "--render":  # --render A.json [B.json ...]: the table of runs written earlier
-        doc = merge([json.loads(Path(p).read_text()) for p in argv[1:]])
+    if argv and argv[0] == "--render":  # --render A.json [B.json ...] [--paired ROW_A ROW_B ...]: earlier runs
+        files, pairs = argv[1:], []
+        if "--paired" in files:
+            at = files.index("--paired")
+            files, names = files[:at], files[at + 1 :]
+            if not names or len(names) % 2:
+                raise SystemExit("--paired takes pairs of rows: --paired ROW_A ROW_B [ROW_C ROW_D ...]")
+            pairs = list(zip(names[::2], names[1::2], strict=True))
+        doc = merge([json.loads(Path(p).read_text()) for p in files])
         print(render(doc))
+        for a, b in pairs:
+            for ev, (m, sd, above) in paired(doc, a, b).items():
+                n = len(doc["rows"][a]["seeds"])
+                print(f"{ev}: {a} − {b} = {m:+.3f} ± {sd:.3f} dB (above on {above} of {n} seeds)")
         return 0
     args = parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -152,3 +152,18 @@ def test_render_merges_runs_of_other_seeds_and_of_rows_added_later():
         compare.merge([doc([0], ["a"]), doc([0], ["a"])])
     with pytest.raises(ValueError, match="one task"):
         compare.merge([doc([0], ["a"]), {**doc([1], ["a"]), "task": "polyu"}])
+
+
+def test_paired_differences_are_taken_seed_by_seed(capsys, tmp_path):
+    rows = {
+        "a": {"family": "unit", "seeds": [{"seed": s, "psnr": {"t": [20.0 + s, 22.0 + s]}} for s in (0, 1, 2)]},
+        "b": {"family": "lora", "seeds": [{"seed": s, "psnr": {"t": [20.5, 21.0 + 3 * s]}} for s in (0, 1, 2)]},
+    }
+    doc = {"eval_sets": {"t": []}, "rows": rows}
+    m, sd, above = compare.paired(doc, "a", "b")["t"]
+    diffs = [(20 + s + 22 + s) / 2 - (20.5 + 21 + 3 * s) / 2 for s in (0, 1, 2)]  # 0.25, -0.25, -0.75
+    assert m == pytest.approx(np.mean(diffs)) and sd == pytest.approx(np.std(diffs, ddof=1)) and above == 1
+    with pytest.raises(ValueError, match="no row 'c'"):
+        compare.paired(doc, "a", "c")
+    with pytest.raises(SystemExit, match="pairs of rows"):
+        compare.main(["--render", str(tmp_path / "x.json"), "--paired", "a"])
