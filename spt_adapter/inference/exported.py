@@ -66,6 +66,9 @@ class ExportedModel(ExportedFile):
     def concat(self, parts: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(parts)
 
+    def to_numpy(self, out: Any) -> np.ndarray:
+        return out.detach().to("cpu", torch.float64).numpy() if torch.is_tensor(out) else super().to_numpy(out)
+
     def __repr__(self) -> str:
         return f"ExportedModel({self.source!r}, format={self.format}, kind={self.kind})"
 
@@ -112,8 +115,7 @@ def _torchscript(data: bytes | str, source: str, device, slow_half_ok: bool = Fa
         runner = _torchscript_runner(module.float(), meta, source, dev, torch.float32)
         runner.note = "float16 file run in float32 on the CPU (float16 on a CPU is ~70x slower)"
         try:
-            runner.probe(lambda shape: torch.zeros(shape))
-            return runner
+            runner.probe_run(torch.from_numpy)
         except ExportError:
             if not slow_half_ok:
                 raise ExportError(
@@ -121,10 +123,13 @@ def _torchscript(data: bytes | str, source: str, device, slow_half_ok: bool = Fa
                     "this file's program does not run in float32 (it casts to float16 itself): run it on "
                     "a CUDA device (--device cuda), or export it without --half for the CPU"
                 ) from None
+        else:
+            runner.probe_radius(torch.from_numpy)
+            return runner
         module = load({METADATA_FILE: ""})
     dtype = torch.float16 if meta.get("dtype") == "float16" else torch.float32
     runner = _torchscript_runner(module, meta, source, dev, dtype)
-    runner.probe(lambda shape: torch.zeros(shape))
+    runner.probe(torch.from_numpy)
     return runner
 
 
