@@ -36,7 +36,6 @@ import warnings
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -46,7 +45,7 @@ from ..core.model import SPTModel
 from ..deploy.checksum import CHECKSUM_KEY, onnx_content_sha256, onnx_with_entry, torchscript_content_sha256
 from ..errors import ExportError
 from ..version import __version__
-from .exported import EXPORT_FORMAT, METADATA_FILE, load_exported
+from .exported import EXPORT_FORMAT, METADATA_FILE, load_exported, measured_radius
 from .restore import _run, input_channels, minimum_tile, receptive_radius, size_multiple, window_size
 
 __all__ = ["EXPORT_FORMAT", "FORMATS", "METADATA_FILE", "export", "export_info", "format_of"]
@@ -196,38 +195,6 @@ def export_info(
         }
     )
     return meta
-
-
-def _measured_radius(model: nn.Module, kind: str, multiple: int, minimum: int, meta: dict, device) -> str:
-    """The receptive radius to record: :func:`receptive_radius`'s (the sum over the convolutions), or ""
-    (no finite field: the whole image, as for window attention) when one changed pixel moves the
-    float32 model's output farther than that -- attention computed in a module's own code (Restormer's
-    channel attention) is invisible to the sum. Measured as every runner measures the file on load
-    (:func:`spt_adapter.deploy.onnx_restore.measure_reach`), so what is recorded passes that probe."""
-    from ..deploy.onnx_restore import measure_reach
-
-    recorded = meta.get("receptive_radius") or ""
-    if not recorded:
-        return ""
-    wrapper = _Deployable(model, kind, multiple).eval()
-
-    def call(x: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
-        p = None if prior is None else torch.from_numpy(prior).to(device)
-        with torch.no_grad():
-            return wrapper(torch.from_numpy(x).to(device), p).detach().to("cpu", torch.float64).numpy()
-
-    try:
-        got = measure_reach(
-            call,
-            radius=int(recorded),
-            channels=int(meta["channels"]),
-            prior_channels=int(meta.get("prior_channels") or 0) if kind == "prior" else 0,
-            multiple=multiple,
-            minimum=minimum,
-        )
-    except Exception:  # the model does not run at the probe's size: the export's own checks say why
-        return recorded
-    return "" if got is not None and got[0] > int(recorded) else recorded
 
 
 def _example_size(multiple: int, minimum: int) -> tuple[int, int]:
@@ -393,7 +360,8 @@ def export(
                 out = wrapper(*example)
                 scale = int(out.shape[-2] // size[0])
             meta = export_info(model, descriptor=descriptor, task=task, half=half, scale=scale)
-            meta["receptive_radius"] = _measured_radius(model, kind, multiple, minimum, meta, device)
+            # "" when one changed pixel moves the output farther than the convolutions' sum (Restormer)
+            meta["receptive_radius"] = measured_radius(_Deployable(model, kind, multiple).eval(), meta, minimum, device)
 
             def build(batch: str) -> bytes:
                 meta["batch"] = batch
