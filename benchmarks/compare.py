@@ -9,6 +9,9 @@ for the same steps, with the same loss and cosine schedule (``_ladder.train_mode
   unit:KEY=V,...         SPT units of any configuration (``fusion=lowrank,hidden=2,targets=hidden``)
   lora:params=N,...      LoRA through ``peft.LoraConfig`` on the hidden convs, its ranks spread so the
                          trainable parameters match N (+-10 %); ``params=@ROW`` matches another row
+  spt-lora:rank=R,...    LoRA as users get it from this package: ``spt_adapter.inject(fusion="lora")`` (peft's
+                         layers; one rank on every target, ``alpha=`` default the rank), saved as a delta file
+                         and exported merged (``layers=hidden|light``)
   full                   full fine-tuning
   bitfit                 the biases only
 
@@ -62,8 +65,10 @@ from _ladder import make_schedule, train_model  # noqa: E402
 from _report import stats  # noqa: E402
 
 TASKS = ("cdncnnb75", "dncnn3bd", "kair50", "kairjpeg", "polyu")
-FAMILIES = ("frozen", "spt", "unit", "lora", "full", "bitfit")
-DEFAULT_LR = {"spt": 1e-3, "unit": 1e-3, "lora": 1e-3, "full": 1e-4, "bitfit": 1e-3}
+FAMILIES = ("frozen", "spt", "unit", "lora", "spt-lora", "full", "bitfit")
+DEFAULT_LR = {"spt": 1e-3, "unit": 1e-3, "lora": 1e-3, "spt-lora": 1e-3, "full": 1e-4, "bitfit": 1e-3}
+#: the rows saved as the package's delta files (``spt_adapter.save_adapter``)
+PACKAGE_FAMILIES = ("spt", "unit", "spt-lora")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,6 +294,8 @@ def spt_config(backbone: nn.Module, family: str, opts: dict[str, str]):
             )
         elif key in ("hidden", "depth", "prior_channels"):
             fields[key] = int(value)
+        elif key == "lora_alpha":
+            fields[key] = float(value)
         else:
             fields[key] = value
     fields.setdefault("targets", hidden_convs(backbone))
@@ -312,7 +319,32 @@ def build_row(backbone: nn.Module, family: str, opts: dict[str, str], seed: int,
         model = spt_adapter.inject(net, config=cfg, example_input=torch.zeros(1, in_channels, 32, 32))
         (built,) = model.spt_config.values()  # a unit that reads no prior (lowrank, prior_channels 0) gets none
         return model, "const" if built.reads_prior else "none", {"config": json.loads(built.to_json())}
+    if family == "spt-lora":
+        return package_lora_model(net, opts, in_channels)
     return lora_model(net, opts, match)
+
+
+def package_lora_model(net: nn.Module, opts: dict[str, str], in_channels: int):
+    """LoRA through the package (``inject(fusion="lora")``) on the same layers as the ``lora`` row: what a
+    user of spt-adapter trains, saves and exports."""
+    import spt_adapter
+
+    layers = hidden_convs(net) if opts.get("layers", "hidden") == "hidden" else preset_targets(net, "dncnn-light")
+    rank = int(opts.get("rank", "1"))
+    cfg = spt_adapter.SPTConfig(targets=layers, fusion="lora", hidden=rank, lora_alpha=float(opts.get("alpha", rank)))
+    model = spt_adapter.inject(net, config=cfg, example_input=torch.zeros(1, in_channels, 32, 32))
+    (built,) = model.spt_config.values()
+    return model, "none", {"config": json.loads(built.to_json())}
+
+
+def merged(model: nn.Module, family: str) -> nn.Module:
+    """A LoRA row merged into its backbone's weights, the way each route does it (peft's
+    ``merge_and_unload``; the package's export merge); ``model`` itself is not changed."""
+    if family == "lora":
+        return copy.deepcopy(model).merge_and_unload()
+    from spt_adapter.inference.export import merged_lora_backbone
+
+    return merged_lora_backbone(model)
 
 
 def lora_ranks(layers: list[str], per_rank: dict[str, int], budget: int) -> dict[str, int]:
@@ -378,7 +410,7 @@ def adapter_bytes(model: nn.Module, family: str) -> int:
     from safetensors.torch import save_file
 
     with tempfile.TemporaryDirectory() as tmp:
-        if family in ("spt", "unit"):
+        if family in PACKAGE_FAMILIES:
             import spt_adapter
 
             path = Path(tmp) / "a.safetensors"
@@ -460,7 +492,7 @@ def resolve_budgets(rows: list[str], backbone: nn.Module, in_channels: int) -> d
     out = {}
     for text in rows:
         family, opts = parse_row(text)
-        if family in ("spt", "unit", "bitfit", "full"):
+        if family in ("spt", "unit", "spt-lora", "bitfit", "full"):
             model, _, _ = build_row(backbone, family, opts, 0, in_channels)
             out[text] = trainable(model, family)
             out.setdefault(without_lr(text), out[text])  # params=@ROW may leave out the row's lr=
@@ -527,18 +559,13 @@ def run(args) -> dict[str, Any]:
             }
             if seed == args.seeds[0] and timed:
                 entry["forward_seconds"] = forward_seconds(model, x_fwd, prior, args.forward_repeats)
-                if family == "lora":
-                    merged = model.merge_and_unload()
-                    entry["forward_seconds_merged"] = forward_seconds(merged, x_fwd, "none", args.forward_repeats)
-                    rec["file_bytes"] = None  # the model was merged: measured below on a fresh LoRA row
-                else:
-                    rec["file_bytes"] = adapter_bytes(model, family)
+                if family in ("lora", "spt-lora"):
+                    plain = merged(model, family)
+                    entry["forward_seconds_merged"] = forward_seconds(plain, x_fwd, "none", args.forward_repeats)
+                rec["file_bytes"] = adapter_bytes(model, family)
             elif seed == args.seeds[0]:
                 rec["file_bytes"] = adapter_bytes(model, family)
             rec["seeds"].append(entry)
-            if family == "lora" and rec.get("file_bytes") is None:
-                fresh, _, _ = build_row(backbone, family, opts, seed, task.channels, lora_budget(opts, budgets))
-                rec["file_bytes"] = adapter_bytes(fresh, family)
             log(
                 f"seed {seed} {text}: "
                 + ", ".join(f"{k} {np.mean(v[0]):.3f} dB / {np.mean(v[1]):.4f}" for k, v in scores.items())
@@ -710,9 +737,8 @@ def interleaved_timing(args, backbone: nn.Module, channels: int, rows: list[str]
                 p.requires_grad_(True)
         params = [p for p in model.parameters() if p.requires_grad]
         built[text] = (family, model, prior, torch.optim.Adam(params, lr=1e-9) if params else None)
-        if family == "lora":
-            merged = copy.deepcopy(model).merge_and_unload()
-            built[text + " (merged)"] = ("frozen", merged, "none", None)
+        if family in ("lora", "spt-lora"):
+            built[text + " (merged)"] = ("frozen", merged(model, family), "none", None)
     x = torch.rand(1, channels, args.forward_size, args.forward_size)
     lq, gt = (
         torch.rand(args.batch, channels, args.patch, args.patch),
@@ -765,15 +791,24 @@ def render_timing(doc: dict[str, Any]) -> str:
 
 
 def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One run's JSON from runs of the same rows on other seeds (``--seeds`` split over processes): each row's
-    per-seed entries concatenated in seed order; the forward timings and file sizes are the first run's."""
+    """One run's JSON from several runs of one task, split and step count: runs of the same rows on other
+    seeds (``--seeds`` split over processes) and runs of further rows on the same seeds (rows added later)
+    both merge. Each row's per-seed entries are concatenated in seed order (a row measured twice on one seed
+    is refused); a row's forward timing and file size are those of the first run that has it."""
     out = json.loads(json.dumps(docs[0]))
     for doc in docs[1:]:
         if doc["task"] != out["task"] or doc["split"] != out["split"] or doc["steps"] != out["steps"]:
             raise ValueError("--render merges runs of one task, split and step count")
         for text, rec in doc["rows"].items():
+            if text not in out["rows"]:
+                out["rows"][text] = json.loads(json.dumps(rec))
+                continue
+            seen = {s["seed"] for s in out["rows"][text]["seeds"]}
+            twice = sorted(seen & {s["seed"] for s in rec["seeds"]})
+            if twice:
+                raise ValueError(f"--render: row {text!r} is in two runs of seed(s) {twice}")
             out["rows"][text]["seeds"] += rec["seeds"]
-        out["seeds"] += doc["seeds"]
+        out["seeds"] = sorted(set(out["seeds"]) | set(doc["seeds"]))
     for rec in out["rows"].values():
         rec["seeds"].sort(key=lambda s: s["seed"])
     out["seeds"] = sorted(out["seeds"])

@@ -17,7 +17,14 @@ def load_script(name: str, folder: str = "benchmarks"):
         spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
         assert spec is not None and spec.loader is not None, name
         mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
+        # registered before it runs, as importlib's recipe does: a dataclass under `from __future__ import
+        # annotations` looks its module up in sys.modules (without this, loading _quality_data alone failed)
+        sys.modules[name] = mod
+        try:
+            spec.loader.exec_module(mod)
+        except BaseException:
+            del sys.modules[name]
+            raise
         return mod
     finally:
         sys.path.remove(where)

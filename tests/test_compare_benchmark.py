@@ -131,3 +131,24 @@ def test_interleaved_timing_times_every_row_and_the_merged_lora(monkeypatch, cap
     for row in ("frozen", unit, f"lora:params=@{unit} (merged)", "full"):
         assert f"| {row} |" in out
     assert not any(p.requires_grad for p in net.parameters())  # timing trains copies, never the backbone
+
+
+def test_render_merges_runs_of_other_seeds_and_of_rows_added_later():
+    def doc(seeds, rows):
+        entry = lambda s: {"seed": s, "psnr": {"t": 20.0 + s}, "ssim": {"t": 0.5}}  # noqa: E731
+        return {
+            "task": "cdncnnb75",
+            "split": "test",
+            "steps": 100,
+            "seeds": seeds,
+            "rows": {r: {"family": "unit", "seeds": [entry(s) for s in seeds]} for r in rows},
+        }
+
+    merged = compare.merge([doc([0], ["a", "b"]), doc([1, 2], ["a", "b"]), doc([0, 1, 2], ["c"])])
+    assert merged["seeds"] == [0, 1, 2]
+    assert [s["seed"] for s in merged["rows"]["a"]["seeds"]] == [0, 1, 2]
+    assert [s["seed"] for s in merged["rows"]["c"]["seeds"]] == [0, 1, 2]
+    with pytest.raises(ValueError, match="row 'a' is in two runs of seed"):
+        compare.merge([doc([0], ["a"]), doc([0], ["a"])])
+    with pytest.raises(ValueError, match="one task"):
+        compare.merge([doc([0], ["a"]), {**doc([1], ["a"]), "task": "polyu"}])

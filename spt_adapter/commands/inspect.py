@@ -16,7 +16,6 @@ the top-level modules when none is close), exit status 1.
 from __future__ import annotations
 
 import argparse
-import math
 
 HELP = "show a backbone's architecture, claiming plugin and preset, module tree, and what target patterns match"
 
@@ -89,7 +88,7 @@ def module_tree(model, depth: int, marks: dict[str, str] | None = None) -> list[
 def run(args) -> int:
     import torch
 
-    from ..core.planning import plan_injection
+    from ..core.planning import plan_injection, target_weight_shapes
     from ..core.targets import inspect_targets
     from ..errors import SPTError, TargetError
     from .builders import load_backbone_from_args
@@ -133,10 +132,11 @@ def run(args) -> int:
         free = _config(args, patterns, False)
         with torch.no_grad():
             plan = plan_injection(model, config)
-        without = sum(unit_parameter_count(plan.channels[n], free) for n in plan.names)
+        weights = target_weight_shapes(model, plan.names)
+        without = sum(unit_parameter_count(plan.channels[n], free, weights.get(n)) for n in plan.names)
         for n in plan.names:
             channels = plan.channels[n]
-            unit = unit_parameter_count(channels, config)
+            unit = unit_parameter_count(channels, config, weights.get(n))
             rows.append((n, channels, unit))
             marks[n] = f"unit: {channels} channels, +{unit:,} parameters"
     if args.depth:
@@ -165,11 +165,13 @@ def run(args) -> int:
     return 0
 
 
-def unit_parameter_count(channels: int, config) -> int:
-    """Parameters of one unit of ``config`` on a ``channels``-wide target (from the shapes; nothing built)."""
-    from ..core.unit import unit_parameter_shapes
+def unit_parameter_count(channels: int, config, weight_shape: tuple[int, ...] | None = None) -> int:
+    """Parameters of one unit of ``config`` on a ``channels``-wide target (from the shapes; nothing built);
+    ``fusion="lora"`` counts from the target's ``weight_shape``."""
+    from ..core.planning import units_parameter_count
 
-    return sum(math.prod(shape) for shape in unit_parameter_shapes(channels, config).values())
+    weights = {"t": weight_shape} if weight_shape is not None else None
+    return units_parameter_count({"t": channels}, config, weights)
 
 
 def _config(args, targets: list[str], with_prior: bool):
@@ -189,7 +191,7 @@ def preset_counts(model, claim, config_for) -> list[tuple[str, int, int, int]]:
     """(preset, units, parameters with a prior, parameters without) for every preset ``claim`` offers."""
     import torch
 
-    from ..core.planning import plan_injection
+    from ..core.planning import plan_injection, target_weight_shapes
 
     rows = []
     for name in claim.presets:
@@ -199,7 +201,8 @@ def preset_counts(model, claim, config_for) -> list[tuple[str, int, int, int]]:
             config = config_for(list(picked.targets), with_prior)
             with torch.no_grad():
                 plan = plan_injection(model, config, picked)
-            counts.append(sum(unit_parameter_count(plan.channels[n], config) for n in plan.names))
+            weights = target_weight_shapes(model, plan.names)
+            counts.append(sum(unit_parameter_count(plan.channels[n], config, weights.get(n)) for n in plan.names))
         rows.append((name, len(plan.names), counts[0], counts[1]))
     return rows
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..core.config import DEFAULT_FUSION, FUSIONS
+from ..core.config import DEFAULT_FUSION, DEFAULT_LORA_RANK, FUSIONS, PRIORLESS_FUSIONS
 from ..core.planning import input_channels
 from ..errors import SPTError
 from ._args import (
@@ -63,13 +63,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="modules to adapt (default: the preset of the plugin that claims the backbone)",
     )
     parser.add_argument("--exclude", nargs="+", metavar="PATTERN", help="modules to leave out")
-    parser.add_argument("--fusion", choices=FUSIONS, default=None, help=f"unit fusion (default: {DEFAULT_FUSION})")
+    parser.add_argument(
+        "--fusion",
+        choices=FUSIONS,
+        default=None,
+        help=f"unit kind (default: {DEFAULT_FUSION}); lora: peft's LoRA on each target (Conv2d / Linear), "
+        "--hidden its rank, merged into the weights on export",
+    )
     parser.add_argument(
         "--hidden",
         type=positive_int,
         default=None,
         help="unit width: the prior encoder's and the fusion's hidden channels, the size knob that LoRA calls r "
-        "(default: 16; `spt-adapter inspect CKPT --hidden N` shows the parameters it gives; --resume keeps the run's)",
+        f"(default: 16, with --fusion lora the rank {DEFAULT_LORA_RANK}; `spt-adapter inspect CKPT --hidden N` "
+        "shows the parameters it gives; --resume keeps the run's)",
+    )
+    parser.add_argument(
+        "--lora-alpha",
+        type=positive_float,
+        default=None,
+        help="--fusion lora only: LoRA's alpha, the update scaled by alpha / rank (default: the rank, scale 1)",
     )
     parser.add_argument(
         "--depth",
@@ -394,6 +407,14 @@ def _provider_flags_given(args) -> list[str]:
     return [flag for flag, dest in _PROVIDER_FLAGS if getattr(args, dest, None) not in (None, [], "")]
 
 
+def unit_fusion(args) -> str | None:
+    """The unit kind a run trains: ``--fusion``, else :data:`~spt_adapter.core.config.DEFAULT_FUSION` (the one
+    place the default lives) for a fresh run; None for ``--resume`` without ``--fusion`` (the run's own)."""
+    if args.fusion is not None:
+        return args.fusion
+    return None if getattr(args, "resume", False) else DEFAULT_FUSION
+
+
 def _resolve_prior_choice(args) -> None:
     """``--prior`` when it is not given: a resumed run's own (none, lq or distilled, from its adapter);
     else lq when a provider flag says how to make one, else none (the evidence: docs/prior.md). With
@@ -401,10 +422,13 @@ def _resolve_prior_choice(args) -> None:
     from ..files.format import ADAPTER_FILENAME, read_adapter_config
 
     given = _provider_flags_given(args)
-    if args.fusion == "lowrank":  # units that read no prior whatever the flags say
+    fusion = unit_fusion(args)
+    if fusion in PRIORLESS_FUSIONS:  # units that read no prior whatever the flags say
         if args.prior not in (None, "none"):
-            raise SPTError(f"--fusion lowrank units read no prior: drop --prior {args.prior}")
+            raise SPTError(f"--fusion {fusion} units read no prior: drop --prior {args.prior}")
         args.prior = "none"
+    if args.lora_alpha is not None and fusion != "lora":
+        raise SPTError(f"--lora-alpha is LoRA's scale: it needs --fusion lora (got --fusion {fusion})")
     if args.prior is None:
         path = Path(args.out) / ADAPTER_FILENAME
         if args.resume and path.is_file():
@@ -413,10 +437,11 @@ def _resolve_prior_choice(args) -> None:
         else:
             args.prior = "lq" if given else "none"
     if args.prior == "none" and given:
-        why = "--fusion lowrank" if args.fusion == "lowrank" else "--prior none"
+        priorless = fusion in PRIORLESS_FUSIONS
+        why = f"--fusion {fusion}" if priorless else "--prior none"
         raise SPTError(
             f"{why}: the units read no prior, so {', '.join(given)} would make one nobody reads; drop them"
-            + ("" if args.fusion == "lowrank" else ", or pass --prior lq")
+            + ("" if priorless else ", or pass --prior lq")
         )
 
 
@@ -656,9 +681,10 @@ def _run(args) -> int:
             config = SPTConfig(
                 targets=targets,
                 exclude=list(args.exclude or []),
-                fusion=args.fusion or DEFAULT_FUSION,
-                hidden=args.hidden or 16,
+                fusion=args.fusion or DEFAULT_FUSION,  # a fresh run: unit_fusion(args)
+                hidden=args.hidden or (DEFAULT_LORA_RANK if (args.fusion or DEFAULT_FUSION) == "lora" else 16),
                 depth=args.depth or 2,
+                lora_alpha=args.lora_alpha,
                 prior_channels=0 if no_prior else encoding_channels(args.encoding),
                 prior={**prior_meta, "channels": args._channels},
                 student=student,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,9 +15,16 @@ from .student import check_student
 #: Version of the config/adapter-file schema. Bump when a saved field changes meaning.
 #: 2: ``student`` (a distilled prior: the student's settings; its tensors in the delta).
 #: 3: ``prior_channels`` 0 (units that read no prior: no prior encoder; ``prior`` records ``kind: none``).
-SCHEMA_VERSION = 3
+#: 4: ``fusion="lora"`` and ``lora_alpha`` (peft's LoRA layers on Conv2d / Linear targets, ``hidden`` the rank;
+#:    the delta holds ``lora_A`` / ``lora_B`` per target). A reader of schema 3 refuses the new field ("upgrade").
+SCHEMA_VERSION = 4
 
-FUSIONS = ("concat", "sft", "pool", "lowrank")
+FUSIONS = ("concat", "sft", "pool", "lowrank", "lora")
+#: the rank of ``fusion="lora"`` when none is given (`spt-adapter train --fusion lora`): rank 1 on every hidden
+#: conv of CDnCNN-B is 1.9 % of the network, the size at which LoRA matched or beat every unit (result 16)
+DEFAULT_LORA_RANK = 1
+#: the fusions whose units read no prior, whatever ``prior_channels`` says (their configs record 0)
+PRIORLESS_FUSIONS = ("lowrank", "lora")
 #: The default fusion is the one benchmarks/quality.py supports (docs/results.md): on unseen-noise
 #: adaptation `concat` scored ~0.1 dB above `sft` with the same prior margin; `pool` added nothing.
 DEFAULT_FUSION = "concat"
@@ -53,9 +61,14 @@ class SPTConfig:
         scale and shift from the prior) or ``pool`` (features averaged inside each prior region, then a
         residual conv; needs a label-map prior) or ``lowrank`` (no prior read: the features through a
         3x3 conv to ``hidden`` channels, then a zero-initialised 1x1 conv back, added to them, linear at
-        ``depth`` 1; the narrow unit of issue 28, result 16 of docs/results.md; always ``prior_channels`` 0).
-    hidden: width of the prior encoder (``lowrank``: the rank); depth: number of conv layers in it
-        (``lowrank``: of 3x3 convs before the 1x1 one, a LeakyReLU between two of them).
+        ``depth`` 1; the narrow unit of issue 28, result 16 of docs/results.md; always ``prior_channels`` 0)
+        or ``lora`` (LoRA through peft's own layers, :mod:`spt_adapter.core.lora`: each target, a Conv2d or
+        Linear, gets ``W x + (alpha / r) B A x`` with ``B`` zero at start; no prior; merged into the weights
+        on export, so the exported network costs what the backbone does).
+    hidden: width of the prior encoder (``lowrank`` and ``lora``: the rank); depth: number of conv layers in it
+        (``lowrank``: of 3x3 convs before the 1x1 one, a LeakyReLU between two of them; ``lora``: always 1).
+    lora_alpha: ``lora`` only: LoRA's alpha (the update is scaled by ``lora_alpha / hidden``); ``inject``
+        records ``hidden`` when none is given (scale 1, as the benchmarks of docs/results.md train it).
     prior_channels: C_p of the prior tensor the units read; 0: the units read no prior (no prior
         encoder: ``model(x)`` takes no ``prior=``, and files record ``prior: {"kind": "none"}``).
     prior_resize: how a prior is resized to each feature map (``nearest`` for label maps).
@@ -78,6 +91,7 @@ class SPTConfig:
     integration: str | None = None
     preset: str | None = None
     student: dict[str, int] | None = None
+    lora_alpha: float | None = None
     schema_version: int = SCHEMA_VERSION
     library_version: str = __version__
 
@@ -108,15 +122,16 @@ class SPTConfig:
             json.dumps(self.prior, sort_keys=True)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"prior must be JSON-serialisable: {exc}") from None
-        if self.fusion == "lowrank":
+        if self.fusion in PRIORLESS_FUSIONS:
             if self.student is not None:
-                raise ConfigError("fusion='lowrank' reads no prior: a distilled prior (student) would go unused")
+                raise ConfigError(f"fusion={self.fusion!r} reads no prior: a distilled prior (student) would go unused")
             if self.prior_channels not in (0, 1) or self.prior.get("provider"):
                 raise ConfigError(
-                    "fusion='lowrank' reads no prior: leave prior_channels at 0 and record no provider "
+                    f"fusion={self.fusion!r} reads no prior: leave prior_channels at 0 and record no provider "
                     f"(got prior_channels={self.prior_channels}, prior={json.dumps(self.prior, sort_keys=True)[:80]})"
                 )
-            self.prior_channels = 0  # 1 is the field's default: lowrank units always read no prior
+            self.prior_channels = 0  # 1 is the field's default: these units always read no prior
+        self._check_lora()
         self._check_no_prior()
         self.student = check_student(self.student)
         if self.student is not None and self.fusion == "pool":
@@ -126,6 +141,28 @@ class SPTConfig:
             )
         if not isinstance(self.schema_version, int) or self.schema_version < 1:
             raise ConfigError(f"schema_version must be a positive integer, got {self.schema_version!r}")
+
+    # -- LoRA (schema 4) --------------------------------------------------------------------------
+    def _check_lora(self) -> None:
+        """``lora_alpha`` belongs to ``fusion="lora"`` (a positive finite number); a LoRA unit has no depth
+        (``depth`` 1; the field's default 2 is taken as 1)."""
+        if self.fusion != "lora":
+            if self.lora_alpha is not None:
+                raise ConfigError(f"lora_alpha is LoRA's scale: it needs fusion='lora', not {self.fusion!r}")
+            return
+        if self.depth not in (1, 2):
+            raise ConfigError(
+                f"fusion='lora' has no depth (one low-rank update per target; hidden is its rank), got depth={self.depth}"
+            )
+        self.depth = 1
+        alpha = self.lora_alpha
+        if alpha is None:
+            return
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+            raise ConfigError(
+                f"lora_alpha must be a positive number (the update is scaled by alpha / rank), got {alpha!r}"
+            )
+        self.lora_alpha = float(alpha)
 
     # -- "no prior" (schema 3) ------------------------------------------------------------------
     @property

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import LayoutError, PriorError, TargetError
 from ..plugins.types import LayoutSpec
-from .keys import get_logical_module, logical_named_modules
+from .keys import get_logical_module, logical_named_modules, see_through
 from .layout import describe_call, find_spatial_size, map_to_tokens, tokens_to_map
 from .unit import SPTUnit
 
@@ -104,13 +104,23 @@ class SPTLayer(nn.Module):
         return [state.active]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """The one layer forward: ``base_layer`` unchanged, then each active unit corrects the output."""
-        out = self.base_layer(*args, **kwargs)
+        """The one layer forward: ``base_layer`` unchanged, then each active unit corrects the output.
+        A unit that takes the call (a LoRA unit, :mod:`spt_adapter.core.lora`) runs ``base_layer`` itself
+        and adds its update; at most one such unit may be active on a layer."""
         active = self.active_unit_names()
         if not active:
-            return out
+            return self.base_layer(*args, **kwargs)
+        callers = [n for n in active if getattr(self.spt_units[n], "takes_call", False)]
+        if len(callers) > 1:
+            raise TargetError(
+                f"SPT layer {self.spt_target_name!r}: LoRA adapters {callers} are active together; each one "
+                "replaces the layer's call, so activate one of them"
+            )
+        out = self.spt_units[callers[0]](*args, **kwargs) if callers else self.base_layer(*args, **kwargs)
         prior = self._spt_state.prior
         for name in active:
+            if name in callers:
+                continue
             unit = self.spt_units[name]
             if prior is None and getattr(unit, "reads_prior", True):
                 raise PriorError(f"SPT layer {self.spt_target_name!r} needs a prior: {self.prior_hint}")
@@ -214,9 +224,16 @@ def iter_layers(root: nn.Module) -> Iterator[tuple[str, SPTLayer]]:
             yield name, module
 
 
-def make_unit(channels: int, config, like: nn.Module) -> SPTUnit:
-    """A new unit on the device and dtype of the module it adapts."""
-    unit = SPTUnit(channels, config)
+def make_unit(channels: int, config, like: nn.Module, name: str = "?") -> nn.Module:
+    """A new unit on the device and dtype of the module it adapts (``name``: the target, for messages);
+    ``fusion="lora"``: peft's LoRA layer around that module (:class:`~spt_adapter.core.lora.LoraUnit`)."""
+    unit: nn.Module
+    if config.fusion == "lora":
+        from .lora import LoraUnit
+
+        unit = LoraUnit(see_through(like), config, name)
+    else:
+        unit = SPTUnit(channels, config)
     ref: torch.Tensor | None = next(like.parameters(), None)
     if ref is None:
         ref = next(like.buffers(), None)

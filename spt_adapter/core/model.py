@@ -19,7 +19,7 @@ from ..errors import ConfigError, PriorError, SPTError, TargetError
 from .config import NO_PRIOR, SPTConfig
 from .keys import get_logical_module, is_unit_key, logical_named_modules, student_file_key, unit_file_key
 from .layer import PriorState, SPTLayer, iter_layers, make_unit, prior_follows_padding, unwrap, wrap
-from .planning import budget_parameters, hidden_for_budget, plan_injection, resolve_config
+from .planning import budget_parameters, hidden_for_budget, plan_injection, resolve_config, target_weight_shapes
 from .student import PriorStudent
 
 if TYPE_CHECKING:
@@ -88,9 +88,10 @@ class SPTModel(nn.Module):
         depth: int | None = None,
         prior: str | None = None,
         budget: int | float | None = None,
+        fusion: str | None = None,
     ) -> SPTModel:
         """Add a named adapter (units on its own targets) and make it active; ``preset``, ``hidden``,
-        ``depth``, ``prior`` and ``budget`` as for :func:`inject`."""
+        ``depth``, ``prior``, ``budget`` and ``fusion`` as for :func:`inject`."""
         if not isinstance(adapter_name, str) or not adapter_name.isidentifier():
             raise TargetError(f"adapter_name must be an identifier, got {adapter_name!r}")
         if adapter_name in self.spt_config:
@@ -99,14 +100,17 @@ class SPTModel(nn.Module):
             )
         if budget is not None and hidden is not None:
             raise ConfigError("budget= chooses hidden: pass one of them")
-        config = unit_options(config, hidden=hidden, depth=depth, prior=prior)
+        config = unit_options(config, hidden=hidden, depth=depth, prior=prior, fusion=fusion)
         config, claim = resolve_config(self.base_model, targets, exclude, config, preset)
         with self.disable_adapter():  # the probe pass sees the plain backbone
             plan = plan_injection(self.base_model, config, claim, example_input, _channels, _names)
         if budget is not None:
             wanted = budget_parameters(budget, self.base_model)
-            config = config.replace(hidden=hidden_for_budget(plan.channels, config, wanted))
-        units = {n: make_unit(plan.channels[n], config, get_logical_module(self.base_model, n)) for n in plan.names}
+            weights = target_weight_shapes(self.base_model, plan.names)
+            config = config.replace(hidden=hidden_for_budget(plan.channels, config, wanted, weights))
+        if config.fusion == "lora" and config.lora_alpha is None:
+            config = config.replace(lora_alpha=float(config.hidden))  # recorded: scale 1 at this rank
+        units = {n: make_unit(plan.channels[n], config, get_logical_module(self.base_model, n), n) for n in plan.names}
         student = None
         if config.student is not None:
             student = PriorStudent.from_config(config.student, config.prior_channels)
@@ -494,11 +498,18 @@ PRIOR_CHOICES = (NO_PRIOR,)
 
 
 def unit_options(
-    config: SPTConfig | None, *, hidden: int | None = None, depth: int | None = None, prior: str | None = None
+    config: SPTConfig | None,
+    *,
+    hidden: int | None = None,
+    depth: int | None = None,
+    prior: str | None = None,
+    fusion: str | None = None,
 ) -> SPTConfig | None:
-    """``config`` (or the default one) with the unit-size and prior keywords of :func:`inject` applied
-    and checked; ``config`` itself when none is given."""
+    """``config`` (or the default one) with the unit-kind, unit-size and prior keywords of :func:`inject`
+    applied and checked; ``config`` itself when none is given."""
     changes: dict[str, Any] = {}
+    if fusion is not None:
+        changes["fusion"] = fusion
     if hidden is not None:
         changes["hidden"] = hidden
     if depth is not None:
@@ -532,6 +543,7 @@ def inject(
     depth: int | None = None,
     prior: str | None = None,
     budget: int | float | None = None,
+    fusion: str | None = None,
 ) -> SPTModel:
     """Add SPT units to ``model`` and return an :class:`SPTModel` with a frozen backbone.
 
@@ -544,7 +556,9 @@ def inject(
     widest units that fit a parameter count (an int) or a share of the backbone's parameters (a float,
     ``0.02`` for 2 %), for matching another method's size. ``prior="none"``: units that read no
     prior (no encoder, ``model(x)`` with no ``prior=``; recorded in saved files, so ``eval``,
-    ``restore`` and ``export`` compute none). Every check (patterns, layouts, unit widths via one
+    ``restore`` and ``export`` compute none). ``fusion`` picks the unit kind (``SPTConfig.fusion``);
+    ``fusion="lora"`` puts peft's LoRA layer on each target (Conv2d or Linear), ``hidden`` its rank, ``budget``
+    the largest rank that fits, merged into the weights on export (:mod:`spt_adapter.core.lora`). Every check (patterns, layouts, unit widths via one
     probe forward pass) runs before the first module is replaced: when inject raises, ``model`` is
     exactly as it was. Injecting into an SPTModel adds a named adapter.
     """
@@ -560,18 +574,21 @@ def inject(
             depth=depth,
             prior=prior,
             budget=budget,
+            fusion=fusion,
         )
     if not isinstance(model, nn.Module):
         raise TargetError(f"inject needs a torch.nn.Module, got {type(model).__name__}")
     if any(isinstance(m, SPTLayer) for m in model.modules()):
         raise TargetError("this model already carries SPT layers; pass its SPTModel to add an adapter")
-    config = unit_options(config, hidden=hidden, depth=depth, prior=prior)
+    config = unit_options(config, hidden=hidden, depth=depth, prior=prior, fusion=fusion)
     resolved, claim = resolve_config(model, targets, exclude, config, preset)
     plan = plan_injection(model, resolved, claim, example_input)  # validates before any change
     if budget is not None and hidden is not None:
         raise ConfigError("budget= chooses hidden: pass one of them")
     if budget is not None:  # checked before the model changes
-        resolved = resolved.replace(hidden=hidden_for_budget(plan.channels, resolved, budget_parameters(budget, model)))
+        weights = target_weight_shapes(model, plan.names)
+        wanted = budget_parameters(budget, model)
+        resolved = resolved.replace(hidden=hidden_for_budget(plan.channels, resolved, wanted, weights))
     wrapped = SPTModel(model)
     return wrapped.add_adapter(
         adapter_name, resolved, example_input=example_input, _channels=plan.channels, _names=plan.names

@@ -90,9 +90,22 @@ def resolve_config(
     return config, claim
 
 
-def units_parameter_count(channels: dict[str, int], config: SPTConfig) -> int:
+def target_weight_shapes(model: nn.Module, names: list[str]) -> dict[str, tuple[int, ...]]:
+    """The ``weight`` shape of each target (what a LoRA unit's size follows), through wrappers."""
+    shapes = {}
+    for n in names:
+        weight = getattr(see_through(get_logical_module(model, n)), "weight", None)
+        if torch.is_tensor(weight):
+            shapes[n] = tuple(weight.shape)
+    return shapes
+
+
+def units_parameter_count(
+    channels: dict[str, int], config: SPTConfig, weights: dict[str, tuple[int, ...]] | None = None
+) -> int:
     """Trainable parameters of an adapter of ``config`` with units of the given widths (``{target: C}``),
-    its prior student included; from the shapes alone (nothing is built)."""
+    its prior student included; from the shapes alone (nothing is built). ``fusion="lora"`` needs
+    ``weights``, each target's weight shape (:func:`target_weight_shapes`)."""
     from .student import student_parameter_shapes
     from .unit import unit_parameter_shapes
 
@@ -105,19 +118,27 @@ def units_parameter_count(channels: dict[str, int], config: SPTConfig) -> int:
             total += n
         return total
 
+    if config.fusion == "lora":
+        from .lora import lora_parameter_shapes
+
+        if weights is None or any(n not in weights for n in channels):
+            raise ConfigError("counting LoRA parameters needs each target's weight shape")
+        return sum(numel(lora_parameter_shapes(weights[n], config.hidden)) for n in channels)
     count = sum(numel(unit_parameter_shapes(c, config)) for c in channels.values())
     if config.student is not None:
         count += numel(student_parameter_shapes(config.student, config.prior_channels))
     return count
 
 
-def hidden_for_budget(channels: dict[str, int], config: SPTConfig, budget: int) -> int:
-    """The largest ``hidden`` whose units (widths ``channels``) hold at most ``budget`` parameters;
-    :class:`ConfigError` when even ``hidden=1`` holds more (the message gives that count)."""
+def hidden_for_budget(
+    channels: dict[str, int], config: SPTConfig, budget: int, weights: dict[str, tuple[int, ...]] | None = None
+) -> int:
+    """The largest ``hidden`` whose units (widths ``channels``; LoRA: target ``weights``) hold at most
+    ``budget`` parameters; :class:`ConfigError` when even ``hidden=1`` holds more (the message gives that count)."""
     from .config import UNIT_LIMITS
 
     def count(h: int) -> int:
-        return units_parameter_count(channels, config.replace(hidden=h))
+        return units_parameter_count(channels, config.replace(hidden=h), weights)
 
     if count(1) > budget:
         raise ConfigError(
@@ -158,8 +179,16 @@ def plan_injection(
 ) -> Injection:
     """Resolve targets, layouts and unit widths without changing ``model``."""
     names = list(names) if names is not None else inspect_targets(model, config.targets, config.exclude)
+    if config.fusion == "lora":  # refused before anything changes, naming the target and its type
+        from .lora import check_lora_target, require_peft
+
+        for n in names:
+            check_lora_target(n, see_through(get_logical_module(model, n)))
+        require_peft()
     layouts = {n: describe_layout(model, n, see_through(get_logical_module(model, n))) for n in names}
     known = {n: int(c) for n, c in (channels or {}).items() if n in names}
+    if config.fusion == "lora":  # a LoRA unit takes the call and sizes itself from the weight: no probe pass
+        known.update({n: shape[0] for n, shape in target_weight_shapes(model, names).items() if n not in known})
     if claim is not None:
         known.update({n: c for n, c in claim.channels.items() if n in names and n not in known})
     if any(n not in known for n in names):

@@ -41,6 +41,7 @@ from ..core.keys import (
     split_student_file_key,
     split_unit_file_key,
 )
+from ..core.lora import lora_parameter_shapes
 from ..core.model import SPTModel
 from ..core.student import student_parameter_shapes
 from ..core.unit import unit_parameter_shapes, unit_tensor_count
@@ -501,10 +502,13 @@ def check_units_against_header(
         if target not in per_target:
             raise AdapterFileError(f"{path}: tensor {key!r} belongs to {target!r}, which the fingerprint does not list")
         per_target[target][param] = entry["shape"]
-    count = unit_tensor_count(config)
+    count = 2 if config.fusion == "lora" else unit_tensor_count(config)
     channels: dict[str, int] = {}
     for e in fp["targets"]:
         target, have = e["path"], per_target[e["path"]]
+        if config.fusion == "lora":
+            channels[target] = _check_lora_against_header(path, config, e, have)
+            continue
         if len(have) != count:
             raise AdapterFileError(
                 f"{path}: {target!r} has {len(have)} unit tensors but a {config.fusion!r} unit of "
@@ -528,6 +532,32 @@ def check_units_against_header(
         channels[target] = width
     _check_student_against_header(path, config, student)
     return channels
+
+
+def _check_lora_against_header(path, config: SPTConfig, entry: dict[str, Any], have: dict[str, list[int]]) -> int:
+    """A LoRA target's tensors are exactly ``lora_A`` / ``lora_B`` of the rank the config records, on the
+    target's weight shape as the fingerprint records it; returns the target's output width."""
+    target = entry["path"]
+    weight = entry.get("params", {}).get("weight")
+    if entry.get("class") not in ("Conv2d", "Linear") or not isinstance(weight, list) or len(weight) not in (2, 4):
+        raise AdapterFileError(
+            f"{path}: LoRA target {target!r} is recorded as a {entry.get('class')!r} with weight {weight}; a LoRA "
+            "adapter adapts Conv2d and Linear layers; the file is corrupt or was edited by hand"
+        )
+    want = lora_parameter_shapes(weight, config.hidden)
+    if set(have) != set(want):
+        raise AdapterFileError(
+            f"{path}: {target!r} has unit tensors {sorted(have)[:3]} but a LoRA unit has {sorted(want)}; "
+            "the config does not match the tensors"
+        )
+    for param, shape in sorted(want.items()):
+        if tuple(have[param]) != shape:
+            raise AdapterFileError(
+                f"{path}: tensor {target}.spt_unit.{param} has shape {have[param]} but LoRA of rank "
+                f"{config.hidden} on a {entry['class']} of weight {weight} needs {list(shape)}; the header "
+                "contradicts itself"
+            )
+    return int(entry.get("channels") or weight[0])
 
 
 def _check_student_against_header(path, config: SPTConfig, have: dict[str, list[int]]) -> None:

@@ -4,7 +4,9 @@
     spt_adapter.export(model, "swinir_spt.onnx")              # or "swinir_spt.pt" (TorchScript)
 
 The file holds the backbone, the active adapter's units and, for a distilled adapter, its prior
-student: ``image -> image`` (so does an adapter whose units read no prior, kind ``no-prior``). An
+student: ``image -> image`` (so does an adapter whose units read no prior, kind ``no-prior``). A LoRA
+adapter (``fusion="lora"``) is merged into a copy of the backbone's weights first: the file is the plain
+network, as fast as the frozen one, and matches the unmerged model within the parity tolerance. An
 adapter that reads a provider's prior exports as
 ``(image, prior) -> image``; the prior's channels, provider and encoding are in the file's metadata
 (ONNX ``metadata_props``; TorchScript ``_extra_files["spt_adapter.json"]``), with the scale, the
@@ -41,6 +43,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._io import atomic_write_bytes, remove_stale_temporaries_of, write_once_bytes
+from ..core.layer import iter_layers
+from ..core.lora import LoraUnit
 from ..core.model import SPTModel
 from ..deploy.checksum import CHECKSUM_KEY, onnx_content_sha256, onnx_with_entry, torchscript_content_sha256
 from ..errors import ExportError
@@ -116,6 +120,25 @@ def _kind(model: nn.Module) -> str:
     if not model.spt_config[model.active_adapter].reads_prior:
         return "no-prior"  # units that read no prior: image -> image, nothing to compute beside it
     return "student" if model.student() is not None else "prior"
+
+
+def _is_lora(model: nn.Module) -> bool:
+    """Whether ``model``'s active adapter is LoRA (``fusion="lora"``): exported merged into the weights."""
+    if not isinstance(model, SPTModel) or model.active_adapter is None:
+        return False
+    return model.spt_config[model.active_adapter].fusion == "lora"
+
+
+def merged_lora_backbone(model: SPTModel) -> nn.Module:
+    """A copy of ``model``'s backbone with its active LoRA adapter merged into the weights (peft's
+    ``merge``: ``W + alpha / r * B A`` per target) and the wrappers gone: the plain network, which runs in
+    the frozen network's time. ``model`` itself is not changed."""
+    twin = copy.deepcopy(model)
+    active = str(twin.active_adapter)
+    for _, layer in iter_layers(twin.base_model):
+        if active in layer.spt_units:
+            cast(LoraUnit, layer.spt_units[active]).merge_into_target()
+    return twin.eject().eval()
 
 
 def _prior_channels(model: nn.Module) -> int:
@@ -348,9 +371,12 @@ def export(
         channels = input_channels(model, descriptor)
         prior_channels = _prior_channels(model) if kind == "prior" else 0
         device = next((t.device for t in model.parameters()), torch.device("cpu"))
-        net = copy.deepcopy(model).half() if half else model
+        merged = _is_lora(model)
+        net: nn.Module = merged_lora_backbone(cast(SPTModel, model)) if merged else model
+        if half:
+            net = (net if merged else copy.deepcopy(model)).half()
         dtype = torch.float16 if half else torch.float32
-        wrapper = _Deployable(net, kind, multiple).eval()
+        wrapper = _Deployable(net, "backbone" if merged else kind, multiple).eval()
         size = _example_size(multiple, minimum)
         example = _inputs(kind, channels, prior_channels, size, device, dtype)
         names = ["image", "prior"] if kind == "prior" else ["image"]

@@ -14,6 +14,7 @@ from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
 
 from ..core import keys
 from ..core.layer import PriorState
+from ..core.lora import LoraUnit
 from ..core.model import batch_size, student_logits, student_prior_refusal, validate_prior
 from ..core.planning import claim_model, plan_injection
 from ..core.student import PriorStudent
@@ -343,11 +344,20 @@ class SPTPeftModel(BaseTuner):
     def _check_merge_allowed(self):
         raise SPTError(
             "SPT units are non-linear and read a prior at run time: they cannot be merged into the "
-            "backbone's weights (use unload() to get the backbone back)"
+            "backbone's weights (use unload() to get the backbone back; LoRA adapters, fusion='lora', merge)"
         )
 
-    def merge_and_unload(self, *args, **kwargs):
-        self._check_merge_allowed()
+    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False, adapter_names=None) -> nn.Module:
+        """LoRA adapters (``fusion="lora"``) only: add each active LoRA update to its target's weights (peft's
+        own ``merge``) and return the plain backbone, changed in place as peft's ``merge_and_unload`` changes
+        it. SPT units cannot be merged: refused before anything changes."""
+        names = list(adapter_names) if adapter_names is not None else list(self.active_adapters)
+        units = [layer.spt_units[n] for _, layer in self._layers() for n in names if n in layer.spt_units]
+        if not units or not all(getattr(u, "takes_call", False) for u in units):
+            self._check_merge_allowed()
+        for unit in units:
+            cast(LoraUnit, unit).merge_into_target()
+        return self.unload()
 
     def unload(self) -> nn.Module:
         """Remove every SPT layer, prior student and the prior hooks; return the original backbone."""
