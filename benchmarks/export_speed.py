@@ -13,6 +13,11 @@ with default SPT units reading a provider's prior, or with a distilled student (
 
     python benchmarks/export_speed.py --threads 1 --repeats 2          # what docs/performance.md records
     python benchmarks/export_speed.py --only dncnn --size 256
+    python benchmarks/export_speed.py --onnx-half --threads 1 --size 256   # float16 vs float32 ONNX, CPU
+
+``--onnx-half``: instead, each backbone's float32 ONNX export against its float16 twin (``export(...,
+half=True)``, what ``spt-adapter export --half`` writes) through onnxruntime on the CPU, interleaved,
+with the largest difference between their outputs.
 """
 
 from __future__ import annotations
@@ -74,8 +79,11 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads")
     parser.add_argument("--student", action="store_true", help="distilled adapters (image -> image)")
     parser.add_argument("--only", nargs="*", default=None, help=f"backbones among {list(MODELS)}")
+    parser.add_argument("--onnx-half", action="store_true", help="float16 vs float32 ONNX files on the CPU")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.onnx_half:
+        return onnx_half(args)
     import onnxruntime
 
     from spt_adapter.inference.export import export, parity
@@ -139,6 +147,56 @@ def main(argv=None) -> int:
                 f"| {name} | {med['pytorch']:.2f} | {med['torchscript']:.2f} | {med['onnx']:.2f} | "
                 f"{med['onnx'] / med['pytorch']:.2f}x | {p_small['onnx']:.1e} / {p_big['onnx']:.1e} | "
                 f"{p_small['torchscript']:.1e} / {p_big['torchscript']:.1e} | {t_onnx:.1f}, {t_ts:.1f} |",
+                flush=True,
+            )
+    return 0
+
+
+def onnx_half(args) -> int:
+    """float32 and float16 ONNX exports of each backbone through onnxruntime (CPU), timed side by side."""
+    import numpy as np
+    import onnxruntime
+
+    from spt_adapter.deploy.onnx_restore import load_onnx
+    from spt_adapter.errors import ExportError
+    from spt_adapter.inference.export import export
+
+    print(
+        f"# export_speed --onnx-half: onnxruntime {onnxruntime.__version__}, {platform.processor() or platform.machine()}, "
+        f"threads {args.threads}, {args.size}x{args.size} input, median of {args.repeats} after 1 warm-up, "
+        f"{'distilled student' if args.student else 'provider prior'}"
+    )
+    print("| backbone | float32 s | float16 s | float16 / float32 | max abs diff |")
+    print("| --- | --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for name in args.only or list(MODELS):
+            model, desc = build(name, args.student, tmp)
+            try:
+                files = {
+                    "float32": export(model, tmp / f"{name}.onnx", descriptor=desc, check=False),
+                    "float16": export(model, tmp / f"{name}.half.onnx", descriptor=desc, half=True, check=False),
+                }
+            except ExportError as exc:  # some backbones cannot be traced in float16 on the CPU
+                print(f"| {name} | - | - | not exported: {str(exc)[:90]} | - |", flush=True)
+                continue
+            nets = {k: load_onnx(f, threads=args.threads) for k, f in files.items()}
+            rng = np.random.default_rng(0)
+            x = rng.random((1, 3, args.size, args.size), dtype=np.float32)
+            prior = None if args.student else (rng.random((1, 1, args.size, args.size)) > 0.5).astype(np.float32)
+            times: dict[str, list[float]] = {k: [] for k in nets}
+            outs = {}
+            for rep in range(args.repeats + 1):
+                for k, net in nets.items():
+                    t = time.perf_counter()
+                    outs[k] = np.asarray(net(x, prior), dtype=np.float32)
+                    if rep:
+                        times[k].append(time.perf_counter() - t)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            diff = float(np.abs(np.clip(outs["float16"], 0, 1) - np.clip(outs["float32"], 0, 1)).max())
+            print(
+                f"| {name} | {med['float32']:.3f} | {med['float16']:.3f} | {med['float16'] / med['float32']:.2f}x "
+                f"| {diff:.1e} |",
                 flush=True,
             )
     return 0

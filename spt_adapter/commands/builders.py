@@ -308,6 +308,7 @@ def make_dataset(
     lq_paths=None,
     clip: bool = True,
     fresh: bool = False,
+    full_depth: bool = False,
 ):
     """``spt_adapter.data.datasets.PairedPriorDataset`` over ``folder``: random ``patch`` x ``patch`` GT
     patches (LQ patches of ``patch / scale``) with flips for training, whole images for evaluation.
@@ -319,7 +320,8 @@ def make_dataset(
     makes its own). ``lq_paths``: the degraded partners of the images in ``folder`` (a list of
     paths, same order; task ``paired:<scale>``), read instead of degrading. ``clip=False``: the
     network reads unclipped noise (the prior still sees the clipped 8-bit image). ``fresh=True``
-    (training): a new degradation is drawn for every item, deterministic in (seed, step)."""
+    (training): a new degradation is drawn for every item, deterministic in (seed, step).
+    ``full_depth``: 16-bit files are read at 16 bits (the dataset's ``full_depth``)."""
     from ..data import datasets as data
     from ..prior.encode import DEFAULT_ENCODING
 
@@ -342,6 +344,7 @@ def make_dataset(
         lq_paths=lq_paths,
         clip=clip,
         fresh=fresh and train,
+        full_depth=full_depth,
     )
 
 
@@ -385,10 +388,20 @@ def paired_task(args, pairset, backbone_scale: int | None, described: str) -> st
 
 
 def build_dataset(
-    args, folder, provider, cache, *, train: bool, patch: int | None = None, teacher: bool = False, pairs=None
+    args,
+    folder,
+    provider,
+    cache,
+    *,
+    train: bool,
+    patch: int | None = None,
+    teacher: bool = False,
+    pairs=None,
+    full_depth: bool | None = None,
 ):
     """The dataset the flags describe; ``pairs`` (a checked PairSet) reads its LQ files instead of
-    degrading ``folder``'s images."""
+    degrading ``folder``'s images. ``full_depth`` (default: with ``pairs``): 16-bit files are read
+    at 16 bits -- paired training learns float targets of all 16 bits."""
     return make_dataset(
         pairs.hq if pairs is not None else folder,
         args.task,
@@ -404,4 +417,5 @@ def build_dataset(
         lq_paths=pairs.lq if pairs is not None else None,
         clip=getattr(args, "clip", True),
         fresh=train and pairs is None and getattr(args, "degrade_per", "image") == "step",
+        full_depth=pairs is not None if full_depth is None else full_depth,
     )

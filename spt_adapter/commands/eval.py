@@ -232,20 +232,12 @@ def run(args) -> int:
             noise=args.noise,
             upsampled=upsampled,
             clip=args.clip,
+            full_depth=True,
         )
     else:
-        dataset = build_dataset(args, args.data, provider, prior_cache(args), train=False, pairs=pairs)
+        dataset = build_dataset(args, args.data, provider, prior_cache(args), train=False, pairs=pairs, full_depth=True)
     _check_scoreable(images, args.task)
-    from ..deploy.images import sixteen_bit
-
-    deep = [p.name for p in images if sixteen_bit(p)]
-    if deep:  # the datasets read 8 bits: what is reduced is said, once
-        shown = ", ".join(deep[:3]) + (f" and {len(deep) - 3} more" if len(deep) > 3 else "")
-        print(
-            f"eval: {len(deep)} ground-truth image(s) are 16-bit ({shown}); they are read, degraded and "
-            "scored at 8 bits",
-            file=sys.stderr,
-        )
+    depth_lines(images, pairs is not None)
     out.mkdir(parents=True, exist_ok=True)
     grey = ", grey" if args._channels == 1 else ""
     noise = f", noise {args.noise} seed {args.seed}" if args.task.startswith("denoise") else ""
@@ -283,6 +275,44 @@ def run(args) -> int:
     if args.save_images:
         print(f"images:    {out / 'images'} ({len(result.images)} files)")
     return 0
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def depth_lines(images: list[Path], paired: bool) -> None:
+    """Say, one line per depth, at which depth the ground truth is scored (only when a 16-bit one is
+    among them: an 8-bit folder is scored as it always was, without a word)."""
+    from ..deploy.images import read_image_full_depth, sixteen_bit
+
+    deep = [p for p in images if sixteen_bit(p)]
+    if not deep:
+        return
+    whole: list[tuple[str, str | None]] = []
+    reduced: list[tuple[str, str | None]] = []
+    for p in deep:
+        try:
+            arr, note = read_image_full_depth(p)
+        except SPTError:
+            continue  # unreadable: the dataset names it
+        (whole if arr.dtype.itemsize == 2 else reduced).append((p.name, note))
+    made = "the LQ files, read at their own depth" if paired else "degraded from their 8-bit version, as before"
+    if whole:
+        print(
+            f"eval: {len(whole)} 16-bit ground-truth image(s) ({_shown([n for n, _ in whole])}) scored at 16 bits: "
+            f"outputs rounded to 65535 levels against the full-depth GT (inputs {made})",
+            file=sys.stderr,
+        )
+    if reduced:
+        print(
+            f"eval: {len(reduced)} 16-bit ground-truth image(s) ({_shown([n for n, _ in reduced])}) scored at 8 "
+            f"bits: {reduced[0][1]}",
+            file=sys.stderr,
+        )
+    rest = len(images) - len(deep)
+    if rest:
+        print(f"eval: {rest} 8-bit ground-truth image(s) scored at 8 bits", file=sys.stderr)
 
 
 def task_scale(task: str) -> int:

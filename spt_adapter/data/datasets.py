@@ -50,6 +50,13 @@ through the same cache, and the item holds ``teacher_prior`` (at LQ size: for SR
 is nearest-downsampled, each LQ pixel taking the GT pixel nearest its centre) and no ``prior``:
 the LQ image is never segmented. ``with_prior=False`` yields items without any prior (evaluating
 an adapter whose student makes its own).
+
+``full_depth=True`` (``eval``; ``train`` on paired files): a 16-bit PNG/TIFF ground truth keeps its 16
+bits: ``gt`` is the file / 65535 (same crop and flips), and the item's ``bits`` says 16 (8 for every
+other file, with ``depth_note`` when a 16-bit colour file could only be read at 8 bits:
+:func:`~spt_adapter.deploy.images.read_image_full_depth`). The LQ image of a synthetic task is still
+made from the 8-bit image (the images ``masks --degrade`` makes, the same cache keys); a 16-bit LQ
+*file* of a paired task is read whole as what the network reads (its prior from its 8-bit version).
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.student import teacher_at_lq_size
+from ..deploy.images import read_image_full_depth, sixteen_bit
 from ..errors import DataError
 from ..pixels import rgb_to_ycbcr_y, to_uint8_channels
 from ..prior.encode import DEFAULT_ENCODING
@@ -249,6 +257,7 @@ class PairedPriorDataset:
         lq_paths=None,
         clip: bool = True,
         fresh: bool = False,
+        full_depth: bool = False,
     ) -> None:
         from ..prior import PriorCache, parse_encoding
 
@@ -298,6 +307,17 @@ class PairedPriorDataset:
         if fresh and (self.task.kind == "paired" or upsampled or self._kair):
             raise DataError(f"fresh=True draws a new synthetic degradation per item; task {self.task} has none to draw")
         self.fresh = bool(fresh) and bool(train)
+        self.full_depth = bool(full_depth)
+
+    def _deep(self, path: Path) -> tuple[np.ndarray | None, str | None]:
+        """With ``full_depth``: a 16-bit file as float32 on [0, 1] (its 65535 levels kept), or None for
+        an 8-bit one; the note says why a 16-bit file was read at 8 bits."""
+        if not self.full_depth or not sixteen_bit(path):
+            return None, None
+        arr, note = read_image_full_depth(path, self.channels)
+        if arr.dtype != np.uint16:
+            return None, note
+        return arr.astype(np.float32) / 65535.0, None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -335,15 +355,22 @@ class PairedPriorDataset:
         rgb = np.ascontiguousarray(mod_crop(rgb, s))
         if rgb.shape[0] < s or rgb.shape[1] < s:
             raise DataError(f"image of size {rgb.shape[:2]} is smaller than the SR scale {s}")
+        deep = None
+        if self.full_depth and sixteen_bit(self.paths[index]):  # the GT at 16 bits; the LR made as always
+            arr, _ = read_image_full_depth(self.paths[index], 3)
+            if arr.dtype == np.uint16:
+                deep = arr[: rgb.shape[0], : rgb.shape[1]].astype(np.float64) / 65535.0
+                if self.channels == 1 and stored_grey(self.paths[index]):
+                    deep = deep[..., :1]
         if self.channels == 1 and stored_grey(
             self.paths[index]
         ):  # MATLAB: imresize(imresize(HR, 1/s), s) on uint8, rounded
             gt = rgb[..., :1]
             lq = imresize_bicubic(imresize_bicubic(gt, scale=1.0 / s), size=gt.shape[:2])
-            return gt.astype(np.float64) / 255.0, lq.astype(np.float64) / 255.0
+            return (gt.astype(np.float64) / 255.0 if deep is None else deep), lq.astype(np.float64) / 255.0
         lr = imresize_bicubic(rgb, scale=1.0 / s)  # uint8, like MATLAB's imresize of a uint8 image
         up = imresize_bicubic(lr.astype(np.float64) / 255.0, size=rgb.shape[:2])  # float, unrounded
-        gt = rgb.astype(np.float64) / 255.0
+        gt = rgb.astype(np.float64) / 255.0 if deep is None else deep
         if self.channels == 1:
             return rgb_to_ycbcr_y(gt), rgb_to_ycbcr_y(up)
         return gt, up
@@ -368,17 +395,28 @@ class PairedPriorDataset:
         import torch
 
         gt_f = None
+        bits, note = 8, None
         if self.upsampled:  # the network reads the float upsampled image; the GT may be off the 8-bit grid
             gt_f, lq_f = (a.astype(np.float32) for a in self._upsampled_pair(index))
             gt, lq = to_uint8(gt_f), to_uint8(lq_f)
+            deep, note = self._deep(self.paths[index])  # _upsampled_pair read the same 16 bits
+            bits = 8 if deep is None else 16
         elif self._kair or self.task.kind == "paired":
             gt, lq = self.pair(index)
             lq_f = kair_noisy(gt, self.task.sigma, self.seed) if self._kair else lq.astype(np.float32) / 255.0
+            if self.lq_paths is not None:
+                lq_deep, _ = self._deep(self.lq_paths[index])
+                if lq_deep is not None:  # a 16-bit LQ file: the network reads all of it
+                    lq_f = lq_deep
         else:  # synthetic: per image and seed, or drawn afresh for this item (fresh: torch's generator, seeded per sample)
             seed = int(torch.randint(0, 2**62, (1,)).item()) if self.fresh else self.seed
             gt, lq_f, lq = degrade_float(
                 read_image(self.paths[index], self.channels), self.task, seed, self.channels, self.clip
             )
+        if self.full_depth and not self.upsampled:
+            deep, note = self._deep(self.paths[index])
+            if deep is not None:  # every crop above keeps the top-left corner
+                gt_f, bits = np.ascontiguousarray(deep[: gt.shape[0], : gt.shape[1]]), 16
         scale = self.task.scale if not self.upsampled else 1
         pscale = scale if self.oracle else 1
         key = "prior"
@@ -405,6 +443,8 @@ class PairedPriorDataset:
                 top, left = (h - p) // 2, (w - p) // 2
             lq_f = lq_f[top : top + p, left : left + p]
             gt = gt[top * scale : (top + p) * scale, left * scale : (left + p) * scale]
+            if gt_f is not None:
+                gt_f = gt_f[top * scale : (top + p) * scale, left * scale : (left + p) * scale]
             prior = prior[top * pscale : (top + p) * pscale, left * pscale : (left + p) * pscale]
         if self.train:
             hflip, vflip, rot = (bool(v) for v in torch.rand(3) < 0.5)
@@ -421,6 +461,10 @@ class PairedPriorDataset:
             "path": str(self.paths[index]),
             "crop": (top, left, hflip, vflip, rot),
         }
+        if self.full_depth:
+            item["bits"] = bits
+            if note is not None:
+                item["depth_note"] = note
         if self.teacher is not None or self.with_prior:
             item[key] = torch.from_numpy(np.ascontiguousarray(prior.transpose(2, 0, 1)).astype(np.float32))
         return item

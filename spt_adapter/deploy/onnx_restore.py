@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,13 @@ __all__ = [
 EXPORT_FORMAT = "spt-adapter-export"
 #: the TorchScript extra file holding the metadata (the same keys as ONNX's metadata_props)
 METADATA_FILE = "spt_adapter.json"
+#: the largest recorded receptive radius the load-time probe verifies (its input is 2 * (radius + 1) + 1
+#: pixels wide); a larger recording only makes tiles overlap more (>= 2 * 64 + 1 pixels) and is kept
+RADIUS_PROBE_LIMIT = 64
+#: a change of a float32 output (on [0, 1]) below this does not count as the probe's pixel being seen:
+#: under half a 16-bit level, and above the rounding noise of convolution algorithms (Winograd) that
+#: mix a few neighbouring pixels into every output; float16 files get 64x it
+RADIUS_TOLERANCE = 5e-6
 
 
 def check_meta(meta: dict[str, str], source: str) -> None:
@@ -103,6 +111,8 @@ class ExportedFile:
 
     def __init__(self, meta: dict[str, str], source: str) -> None:
         self.meta, self.source = meta, source
+        #: while True (the load-time probe), a runtime keeps its own error log quiet
+        self.quiet = False
         field = _MetaFields(meta, source)
         self.kind = field.choice("kind", ("backbone", "student", "no-prior", "prior"), "backbone")
         self.dtype = field.choice("dtype", ("float32", "float16"), "float32")
@@ -140,20 +150,39 @@ class ExportedFile:
             if len(pshape) >= 2 and isinstance(pshape[1], int) and pshape[1] != self.prior_channels:
                 field.bad("prior_channels", f"says {self.prior_channels}, but the graph reads {pshape[1]}")
 
-    def probe(self, zeros) -> None:
-        """Run the file once on a minimum-size input of zeros (``zeros(shape)`` makes the runtime's
-        array): it must run as the metadata describes it and give the recorded scale."""
+    def probe(self, array: Callable[[np.ndarray], Any]) -> None:
+        """Check on load that the graph is what its metadata says (``array`` turns a float32 NumPy
+        array into the runtime's): it runs at the recorded minimum tile (:meth:`probe_run`) and an
+        output pixel sees no farther than the recorded receptive radius (:meth:`probe_radius`)."""
+        self.probe_run(array)
+        self.probe_radius(array)
+
+    def probe_run(self, array: Callable[[np.ndarray], Any]) -> None:
+        """Run the file once on a minimum-size input of zeros: it must run as the metadata describes it
+        and give the recorded scale. When it fails there but runs on a larger input, the recorded
+        minimum tile (or size multiple) is what is wrong, and the message says so."""
         m = max(self.minimum_tile, self.size_multiple)
         m = -(-m // self.size_multiple) * self.size_multiple
-        x = zeros((1, self.channels, m, m))
-        p = zeros((1, self.prior_channels, m, m)) if self.needs_prior else None
         try:
-            out = self.run(x, p)
+            out = self._zeros_run(array, m)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            first = _first_line(exc)
+            larger = -(-max(4 * m, 32) // self.size_multiple) * self.size_multiple
+            try:
+                self._zeros_run(array, larger)
+            except Exception:
+                larger = 0
+            if larger:  # runs larger: the recorded minimum is the lie
+                field = "minimum_tile" if self.minimum_tile >= self.size_multiple else "size_multiple"
+                raise ExportError(
+                    f"{self.source}: metadata field {field}={self.meta.get(field)!r} lets tiles of {m}x{m} pixels "
+                    f"through, but the graph does not run at {m}x{m} (it runs at {larger}x{larger}; "
+                    f"{first}): tiles that small would fail mid-run; the metadata is "
+                    "wrong (edited after export, or a smallest input export could not see)"
+                ) from None
             raise ExportError(
                 f"{self.source} does not run at {m}x{m} as its metadata describes it ({self.channels} channel(s), kind "
-                f"{self.kind}, {self.dtype}, size multiple {self.size_multiple}): {type(exc).__name__}: {first}"
+                f"{self.kind}, {self.dtype}, size multiple {self.size_multiple}): {first}"
             ) from None
         shape = tuple(out.shape)
         if len(shape) != 4 or shape[-2] % m or shape[-1] % m or shape[-2] // m != shape[-1] // m:
@@ -162,6 +191,54 @@ class ExportedFile:
             _MetaFields(self.meta, self.source).bad(
                 "scale", f"says x{self.scale}, but the graph gives x{shape[-2] // m}"
             )
+
+    def _zeros_run(self, array: Callable[[np.ndarray], Any], m: int) -> Any:
+        x = array(np.zeros((1, self.channels, m, m), np.float32))
+        p = array(np.zeros((1, self.prior_channels, m, m), np.float32)) if self.needs_prior else None
+        self.quiet = True  # a failure here is reported in one line: the runtime logs nothing of its own
+        try:
+            return self.run(x, p)
+        finally:
+            self.quiet = False
+
+    def probe_radius(self, array: Callable[[np.ndarray], Any]) -> int | None:
+        """The farthest (in input pixels, Chebyshev) an output pixel moves when one input pixel
+        changes, measured on a ``2 * (radius + 1) + 1`` pixel input (two images, one forward; the prior,
+        if any, is zeros in both); a recorded ``receptive_radius`` below it is refused: tiles would be
+        cross-faded where they still differ, and the output would have seams. A larger recorded
+        radius only makes tiles overlap more, and is kept. Nothing is measured for a file that records
+        no radius (attention backbones: their field is the whole image, tiling uses the default
+        overlap) or one above :data:`RADIUS_PROBE_LIMIT`. Changes below :data:`RADIUS_TOLERANCE` (on
+        [0, 1] outputs; a float16 file's rounding is larger) do not count: a change too small to move a
+        16-bit output leaves no seam. Returns the measured distance, or None when nothing was measured."""
+        radius = self.receptive_radius
+        try:
+            got = measure_reach(
+                lambda x, p: self.to_numpy(self(array(x), None if p is None else array(p))),
+                radius=radius,
+                channels=self.channels,
+                prior_channels=self.prior_channels if self.needs_prior else 0,
+                multiple=self.size_multiple,
+                minimum=self.minimum_tile,
+                tolerance=RADIUS_TOLERANCE * (64 if self.dtype == "float16" else 1),
+            )
+        except Exception as exc:
+            raise ExportError(f"{self.source} does not run as its metadata describes it: {_first_line(exc)}") from None
+        if got is None:
+            return None
+        far, side = got
+        if radius is not None and far > radius:
+            _MetaFields(self.meta, self.source).bad(
+                "receptive_radius",
+                f"says an output pixel sees {radius} input pixel(s) around it, but changing one input pixel "
+                f"moves outputs {far} pixel(s) away (measured on a {side}x{side} input): tiles would be blended "
+                "where they still differ (seams)",
+            )
+        return far
+
+    def to_numpy(self, out: Any) -> np.ndarray:
+        """An output of :meth:`run` as a float64 NumPy array."""
+        return np.asarray(out, dtype=np.float64)
 
     @property
     def needs_prior(self) -> bool:
@@ -204,8 +281,14 @@ class OnnxNetwork(ExportedFile):
         if "prior" in self.input_names:
             assert prior is not None  # __call__ refuses a missing prior
             feed["prior"] = np.asarray(prior).astype(self._np_dtype, copy=False)
+        options = None
+        if self.quiet:
+            import onnxruntime as ort
+
+            options = ort.RunOptions()
+            options.log_severity_level = 4  # fatal only: the probe's own message names the failure
         try:
-            return self.session.run(None, feed)[0]
+            return self.session.run(None, feed, options)[0]
         except MemoryError:
             raise RestoreError(out_of_memory(self.source, feed["image"].shape)) from None
         except Exception as exc:  # onnxruntime's own classes; an allocation failure is named by its text
@@ -219,6 +302,49 @@ class OnnxNetwork(ExportedFile):
 
     def __repr__(self) -> str:
         return f"OnnxNetwork({self.source!r}, kind={self.kind})"
+
+
+def measure_reach(
+    call: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
+    *,
+    radius: int | None,
+    channels: int,
+    prior_channels: int,
+    multiple: int,
+    minimum: int,
+    tolerance: float = RADIUS_TOLERANCE,
+) -> tuple[int, int] | None:
+    """How far a network's output moves from one changed input pixel: ``(distance, side)``, the
+    farthest output pixel (in input pixels, Chebyshev) that changed by more than ``tolerance`` on a
+    ``side`` x ``side`` input of ``2 * (radius + 1) + 1`` pixels (rounded up to ``multiple``, at least
+    ``minimum``) whose middle pixel alone differs. ``call(x, prior)`` runs (2,C,side,side) float32
+    images (the prior zeros, when ``prior_channels``) and returns the outputs as NumPy. None, without a
+    run, for ``radius`` None or above :data:`RADIUS_PROBE_LIMIT`. One forward: the probe of every
+    exported file on load and the check of the radius `spt-adapter export` records."""
+    if radius is None or radius + 1 > RADIUS_PROBE_LIMIT:
+        return None
+    side = max(2 * (radius + 1) + 1, minimum)
+    side = -(-side // multiple) * multiple
+    c = side // 2
+    base = np.random.default_rng(0).random((1, channels, side, side), dtype=np.float32)
+    moved = base.copy()
+    moved[0, :, c, c] = (moved[0, :, c, c] + 0.5) % 1.0  # one pixel changed by half the range
+    prior = np.zeros((2, prior_channels, side, side), np.float32) if prior_channels else None
+    out = np.asarray(call(np.concatenate([base, moved]), prior), dtype=np.float64)
+    scale = max(1, out.shape[-1] // side)
+    ys, xs = np.nonzero(np.abs(out[1] - out[0]).max(axis=0) > tolerance)
+    if ys.size == 0:
+        return 0, side
+    return int(max(np.abs(ys // scale - c).max(), np.abs(xs // scale - c).max())), side
+
+
+def _first_line(exc: BaseException) -> str:
+    """A runtime's exception in one short line: its class and first line (onnxruntime's own status
+    message only, without the node and error-code preamble)."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    if "Status Message: " in text:
+        text = text.split("Status Message: ", 1)[1]
+    return f"{type(exc).__name__}: {text[:200]}"
 
 
 def out_of_memory(source: str, shape: tuple[int, ...]) -> str:
@@ -267,7 +393,7 @@ def load_onnx(
     verify(meta, data, "onnx", label)
     net = OnnxNetwork(session, meta, label)
     net.check_graph({i.name: (list(i.shape), str(i.type)) for i in session.get_inputs()})
-    net.probe(lambda shape: np.zeros(shape, np.float32))
+    net.probe(lambda a: a)
     return net
 
 

@@ -1,7 +1,8 @@
 """Evaluate a backbone against backbone + SPT on full images: PSNR/SSIM tables and comparison crops.
 
 Used by ``spt-adapter eval``, the demo and the trainer's validation. Outputs are rounded to 8 bits
-before scoring (what a user saves and what papers score); PSNR/SSIM follow
+before scoring (what a user saves and what papers score) -- to 16 bits (65535 levels) against a
+sample whose ``bits`` is 16 (a 16-bit ground truth, scored at its own depth); PSNR/SSIM follow
 :mod:`spt_adapter.inference.metrics` (RGB for denoising, Y channel with a ``scale``-pixel border crop for SR).
 """
 
@@ -53,6 +54,28 @@ class EvalResult:
 
 def _uint8(t: torch.Tensor) -> np.ndarray:
     return metrics.to_uint8(t)
+
+
+def _at_depth(t: torch.Tensor, bits: int) -> np.ndarray:
+    """A float output ``(C,H,W)`` as it is saved at ``bits`` (8: uint8 as :func:`metrics.to_uint8`; 16:
+    clamped, rounded to 65535 levels, as float64 ``(H, W, C)`` on [0, 1] for the metrics)."""
+    if bits == 8:
+        return _uint8(t)
+    levels = float((1 << bits) - 1)
+    arr = t.detach().cpu().to(torch.float64).permute(1, 2, 0).numpy()
+    return np.round(np.clip(arr, 0.0, 1.0) * levels) / levels
+
+
+def _deep_gt(gt: torch.Tensor) -> np.ndarray:
+    """A ground truth kept at full depth: float64 ``(H, W, C)`` on [0, 1], as read."""
+    return gt.detach().cpu().to(torch.float64).permute(1, 2, 0).numpy()
+
+
+def _saved(img: np.ndarray) -> np.ndarray:
+    """An output at its scored depth as an array to write: uint8 as it is, 16-bit ones as uint16."""
+    if img.dtype == np.uint8:
+        return img
+    return np.round(img * 65535.0).astype(np.uint16)
 
 
 def _rgb(img: np.ndarray) -> np.ndarray:
@@ -148,7 +171,11 @@ def evaluate(
     ``gt``, ``prior``, ``path``; full images). With ``out_dir``: ``eval.md``, ``eval.csv``, the
     first ``crops`` comparison crops (``crops/<image>.png``: LQ | backbone | +SPT | GT, at the
     backbone's worst region) and, with ``save_images``, both outputs of every image.
-    ``keep_outputs`` keeps both uint8 outputs of every image in ``result.outputs``.
+    ``keep_outputs`` keeps both outputs of every image in ``result.outputs`` (uint8; uint16 for a
+    16-bit sample). A sample whose ``bits`` is 16 (``PairedPriorDataset(full_depth=True)`` with a
+    16-bit ground truth) is scored at 16 bits: both outputs rounded to 65535 levels against the
+    float GT; its row's ``bits`` says so, as do ``eval.md``'s header and an extra ``bits`` column of
+    ``eval.csv`` (8-bit-only tables are written as before).
     ``backbone_only``: score the backbone alone (``model`` may be a plain backbone; no prior needed);
     tables and crops then show the backbone only.
     ``upsampled``: pre-upsampled SR (``data.PairedPriorDataset(upsampled=True)``): the samples' ``lq``
@@ -173,23 +200,30 @@ def evaluate(
             name = Path(str(sample.get("path", f"image_{k:03d}"))).stem
             base = restore_tensor(model, lq, None, scale=net_scale, multiple=multiple, backbone_only=True)
             spt = base if backbone_only else restore_tensor(model, lq, prior, scale=net_scale, multiple=multiple)
+            bits = int(sample.get("bits", 8))
             gt8, base8, spt8 = _uint8(gt), _uint8(base), _uint8(spt)
             if gt8.shape != base8.shape:  # e.g. an HR image not divisible by the scale
                 hh, ww = min(gt8.shape[0], base8.shape[0]), min(gt8.shape[1], base8.shape[1])
                 gt8, base8, spt8 = gt8[:hh, :ww], base8[:hh, :ww], spt8[:hh, :ww]
+            hh, ww = gt8.shape[:2]
             ref = gt8  # outputs are scored as saved (8 bits); a float GT as it is
-            if upsampled:
-                ref = gt.detach().cpu().numpy().transpose(1, 2, 0).astype(np.float64)[: gt8.shape[0], : gt8.shape[1]]
+            if upsampled or bits != 8:
+                ref = _deep_gt(gt)[:hh, :ww]
+            base_s, spt_s = base8, spt8  # the outputs at the scored depth
+            if bits != 8:  # a 16-bit GT: the outputs as a 16-bit file saves them
+                base_s = _at_depth(base, bits)[:hh, :ww]
+                spt_s = base_s if spt is base else _at_depth(spt, bits)[:hh, :ww]
             row = {
                 "image": name,
-                "backbone_psnr": metrics.psnr(base8, ref, **settings),
-                "spt_psnr": metrics.psnr(spt8, ref, **settings),
-                "backbone_ssim": metrics.ssim(base8, ref, **settings),
-                "spt_ssim": metrics.ssim(spt8, ref, **settings),
+                "backbone_psnr": metrics.psnr(base_s, ref, **settings),
+                "spt_psnr": metrics.psnr(spt_s, ref, **settings),
+                "backbone_ssim": metrics.ssim(base_s, ref, **settings),
+                "spt_ssim": metrics.ssim(spt_s, ref, **settings),
+                "bits": bits,
             }
             result.rows.append(row)
             if keep_outputs:
-                result.outputs.append((base8, spt8))
+                result.outputs.append((_saved(base_s), _saved(spt_s)))
             if out is not None:
                 if k < crops:
                     err = np.abs(base8.astype(np.float32) - gt8.astype(np.float32)).mean(axis=2)  # HxWxC, C 1 or 3
@@ -206,11 +240,17 @@ def evaluate(
                     strip.save(buf, format="PNG")
                     result.crops.append(atomic_write_bytes(out / "crops" / f"{name}.png", buf.getvalue()))
                 if save_images:
-                    for tag, img in (("backbone", base8), ("spt", spt8))[: 1 if backbone_only else 2]:
+                    for tag, img in (("backbone", base_s), ("spt", spt_s))[: 1 if backbone_only else 2]:
                         (out / "images" / tag).mkdir(parents=True, exist_ok=True)
-                        buf = io.BytesIO()
-                        _pil(img).save(buf, format="PNG")
-                        result.images.append(atomic_write_bytes(out / "images" / tag / f"{name}.png", buf.getvalue()))
+                        if img.dtype == np.uint8:
+                            buf = io.BytesIO()
+                            _pil(img).save(buf, format="PNG")
+                            data = buf.getvalue()
+                        else:  # scored at 16 bits: saved at 16 bits
+                            from ..deploy.outputs import png16_bytes
+
+                            data = png16_bytes(_saved(img))
+                        result.images.append(atomic_write_bytes(out / "images" / tag / f"{name}.png", data))
     finally:
         model.train(was_training)
     if not result.rows:
@@ -222,6 +262,13 @@ def evaluate(
         space = "Y channel, border " + str(scale) if scale > 1 else ("grey" if base8.shape[2] == 1 else "RGB")
         if upsampled:
             space += f", pre-upsampled (LR bicubic-upsampled x{scale} before the x1 network)"
+        deep = sum(1 for r in result.rows if r["bits"] != 8)
+        if deep:  # the depth each image was scored at
+            space += (
+                ", scored at 16 bits (outputs rounded to 65535 levels)"
+                if deep == len(result.rows)
+                else f", {deep} image(s) scored at 16 bits, {len(result.rows) - deep} at 8 (eval.csv: bits)"
+            )
         header = f"{task}: PSNR (dB) / SSIM, {space}\n\n"
         result.table_md = atomic_write_bytes(out / "eval.md", (header + markdown_table(result)).encode())
         text = io.StringIO()
@@ -229,7 +276,7 @@ def evaluate(
             ["image", "backbone_psnr", "backbone_ssim"]
             if backbone_only
             else ["image", "backbone_psnr", "spt_psnr", "backbone_ssim", "spt_ssim"]
-        )
+        ) + (["bits"] if deep else [])
         writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for r in result.rows:
@@ -253,8 +300,10 @@ def make_val_fn(
         ps, ss = [], []
         pad = size_multiple(model) if multiple is None else multiple
         for sample in samples_factory():
-            out8 = _uint8(restore_tensor(model, sample["lq"], sample.get("prior"), scale=scale, multiple=pad))
-            gt8 = _uint8(sample["gt"])[: out8.shape[0], : out8.shape[1]]
+            bits = int(sample.get("bits", 8))
+            out = restore_tensor(model, sample["lq"], sample.get("prior"), scale=scale, multiple=pad)
+            out8 = _at_depth(out, bits)
+            gt8 = (_uint8(sample["gt"]) if bits == 8 else _deep_gt(sample["gt"]))[: out8.shape[0], : out8.shape[1]]
             ps.append(metrics.psnr(out8[: gt8.shape[0], : gt8.shape[1]], gt8, **settings))
             ss.append(metrics.ssim(out8[: gt8.shape[0], : gt8.shape[1]], gt8, **settings))
         return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss))}

@@ -49,7 +49,7 @@ from ..core.model import SPTModel
 from ..deploy.checksum import CHECKSUM_KEY, onnx_content_sha256, onnx_with_entry, torchscript_content_sha256
 from ..errors import ExportError
 from ..version import __version__
-from .exported import EXPORT_FORMAT, METADATA_FILE, load_exported
+from .exported import EXPORT_FORMAT, METADATA_FILE, load_exported, measured_radius
 from .restore import _run, input_channels, minimum_tile, receptive_radius, size_multiple, window_size
 
 __all__ = ["EXPORT_FORMAT", "FORMATS", "METADATA_FILE", "export", "export_info", "format_of"]
@@ -386,6 +386,8 @@ def export(
                 out = wrapper(*example)
                 scale = int(out.shape[-2] // size[0])
             meta = export_info(model, descriptor=descriptor, task=task, half=half, scale=scale)
+            # "" when one changed pixel moves the output farther than the convolutions' sum (Restormer)
+            meta["receptive_radius"] = measured_radius(_Deployable(model, kind, multiple).eval(), meta, minimum, device)
 
             def build(batch: str) -> bytes:
                 meta["batch"] = batch

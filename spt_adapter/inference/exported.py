@@ -27,7 +27,15 @@ from ..deploy.onnx_restore import EXPORT_FORMAT, METADATA_FILE, ExportedFile, On
 from ..deploy.onnx_restore import check_meta as _check_meta
 from ..errors import ExportError, RestoreError
 
-__all__ = ["EXPORT_FORMAT", "METADATA_FILE", "ExportedModel", "exported_format", "load_exported", "restore_exported"]
+__all__ = [
+    "EXPORT_FORMAT",
+    "METADATA_FILE",
+    "ExportedModel",
+    "exported_format",
+    "load_exported",
+    "measured_radius",
+    "restore_exported",
+]
 
 
 def exported_format(path: str | Path) -> str | None:
@@ -65,6 +73,9 @@ class ExportedModel(ExportedFile):
 
     def concat(self, parts: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(parts)
+
+    def to_numpy(self, out: Any) -> np.ndarray:
+        return out.detach().to("cpu", torch.float64).numpy() if torch.is_tensor(out) else super().to_numpy(out)
 
     def __repr__(self) -> str:
         return f"ExportedModel({self.source!r}, format={self.format}, kind={self.kind})"
@@ -112,8 +123,7 @@ def _torchscript(data: bytes | str, source: str, device, slow_half_ok: bool = Fa
         runner = _torchscript_runner(module.float(), meta, source, dev, torch.float32)
         runner.note = "float16 file run in float32 on the CPU (float16 on a CPU is ~70x slower)"
         try:
-            runner.probe(lambda shape: torch.zeros(shape))
-            return runner
+            runner.probe_run(torch.from_numpy)
         except ExportError:
             if not slow_half_ok:
                 raise ExportError(
@@ -121,10 +131,13 @@ def _torchscript(data: bytes | str, source: str, device, slow_half_ok: bool = Fa
                     "this file's program does not run in float32 (it casts to float16 itself): run it on "
                     "a CUDA device (--device cuda), or export it without --half for the CPU"
                 ) from None
+        else:
+            runner.probe_radius(torch.from_numpy)
+            return runner
         module = load({METADATA_FILE: ""})
     dtype = torch.float16 if meta.get("dtype") == "float16" else torch.float32
     runner = _torchscript_runner(module, meta, source, dev, dtype)
-    runner.probe(lambda shape: torch.zeros(shape))
+    runner.probe(torch.from_numpy)
     return runner
 
 
@@ -145,6 +158,38 @@ def _torchscript_runner(module, meta: dict[str, str], source: str, dev: torch.de
         elem = ""  # converted to float32 here; the file's own dtype was float16
     runner.check_graph({n: ([], elem if n == "image" else "") for n in names})
     return runner
+
+
+def measured_radius(forward: Any, meta: dict[str, str], minimum: int, device: Any = None) -> str:
+    """The receptive radius `spt-adapter export` records: ``meta``'s (the sum over the model's
+    convolutions), or "" (the whole image, as for window attention) when one changed pixel moves the
+    output of ``forward(image, prior)`` (the float32 model as exported) farther -- attention computed in
+    a module's own code (Restormer's channel attention) is invisible to the sum. Measured as every
+    runner probes the file on load (:func:`spt_adapter.deploy.onnx_restore.measure_reach`), so what
+    is recorded passes that probe."""
+    from ..deploy.onnx_restore import measure_reach
+
+    recorded = meta.get("receptive_radius") or ""
+    if not recorded:
+        return ""
+
+    def call(x: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
+        p = None if prior is None else torch.from_numpy(prior).to(device)
+        with torch.no_grad():
+            return forward(torch.from_numpy(x).to(device), p).detach().to("cpu", torch.float64).numpy()
+
+    try:
+        got = measure_reach(
+            call,
+            radius=int(recorded),
+            channels=int(meta["channels"]),
+            prior_channels=int(meta.get("prior_channels") or 0) if meta.get("kind") == "prior" else 0,
+            multiple=int(meta.get("size_multiple") or 1),
+            minimum=minimum,
+        )
+    except Exception:  # the model does not run at the probe's size: the export's own checks say why
+        return recorded
+    return "" if got is not None and got[0] > int(recorded) else recorded
 
 
 def load_exported(

@@ -166,14 +166,28 @@ def receptive_radius(model: nn.Module) -> int | None:
     the network has a torch layer that is not local (attention, linear layers, global pooling,
     layer/group normalisation) or an SPT unit that pools over prior regions. Global statistics
     computed in a module's own forward code (``x.mean()``) cannot be seen: for such a network pass
-    ``tile_blend=0`` and a wide overlap."""
+    ``tile_blend=0`` and a wide overlap. A distilled student's prior reaches the units from the
+    student's own radius farther: the two are added."""
     if not isinstance(model, nn.Module):  # an exported file's runner records it
         return getattr(model, "receptive_radius", None)
     net = _backbone(model)
+    extra = 0
     if isinstance(model, SPTModel):
         cfg = model.spt_config.get(model.active_adapter) if model.active_adapter else None
         if cfg is not None and cfg.fusion == "pool":
             return None
+        student = model.student() if model.active_adapter else None
+        if student is not None:  # the prior at a pixel sees the student's field around it
+            reach = _conv_radius(student)
+            if reach is None:
+                return None
+            extra = reach
+    total = _conv_radius(net)
+    return None if total is None else total + extra
+
+
+def _conv_radius(net: nn.Module) -> int | None:
+    """:func:`receptive_radius` of one module tree (its convolutions only), None when not local."""
     total, stride = 0.0, 1
     for m in net.modules():
         if isinstance(m, nn.Conv2d):
