@@ -127,6 +127,12 @@ def check_adapter_matches(adapter: str, options: SPTOptions) -> None:
     """An adapter file the shim starts from (``spt.adapter``, or a resume delta) has the kind of prior
     the ``spt`` block asks for: a distilled prior from the same teacher, or no student at all."""
     recorded = spt_adapter.read_adapter_config(adapter)
+    if recorded.reads_prior != options.reads_prior:
+        has = "units that read a prior" if recorded.reads_prior else f"units that read no prior ({recorded.fusion})"
+        wants = "a prior (spt.prior)" if options.reads_prior else "no prior (prior: none, fusion lora / lowrank)"
+        raise ConfigError(
+            f"{adapter} has {has} but the spt block asks for {wants}: use a matching adapter or spt block"
+        )
     if (recorded.student is not None) != options.distilled:
         has = "a distilled prior (a student)" if recorded.student is not None else "no student (a provider prior)"
         wants = "a distilled prior (spt.student)" if options.distilled else "a provider prior (no spt.student)"

@@ -3,8 +3,8 @@
     spt:
       targets: "layers.*"          # optional: default = the claiming plugin's preset
       exclude: []                   # optional
-      fusion: sft                   # SPTConfig fields: fusion, hidden, depth, prior_channels, prior_resize
-      hidden: 16
+      fusion: sft                   # SPTConfig fields: fusion, hidden, depth, prior_channels, prior_resize,
+      hidden: 16                    # lora_alpha (fusion: lora only)
       backbone: ~                   # optional: backbone file (default: the framework's pretrained path)
       adapter: ~                    # optional: start from this SPT adapter (.safetensors)
       student: ~                    # optional: {width: 16, depth: 4} makes a DISTILLED prior (see below)
@@ -21,6 +21,23 @@
                                     # the only encoding pool takes -- write it out so that a shared spt_prior
                                     # block, which does not see the fusion, agrees)
         settings: {}                # passed to the provider (checked against its settings when the block is read)
+
+An adapter that reads no prior -- ``fusion: lora`` (peft's LoRA on Conv2d / Linear targets, ``hidden`` its
+rank, 1 when not given, as ``spt-adapter train --fusion lora``; ``lora_alpha`` its scale, ``hidden`` when not
+given), ``fusion: lowrank``, or any other fusion with ``prior: none`` -- is spelled by the ``prior`` key:
+
+    spt:
+      fusion: lora                  # lora / lowrank: no prior is the only choice, ``prior`` may be left out
+      hidden: 4
+      lora_alpha: 4
+      targets: "layers.*.residual_group.blocks.*.attn.qkv"
+      prior: none                   # the one spelling of "no prior" (optional for lora / lowrank)
+
+No provider is built or recorded (the adapter records ``prior: {"kind": "none"}``), the shims' datasets and
+models compute and pass no prior, and a dataset's ``spt_prior`` / ``spt_teacher`` block is refused (one line:
+nothing would read it; a BasicSR train / val dataset is then a plain ``PairedImageDataset``).
+``prior_channels: 0`` is accepted only beside ``prior: none`` (it says the same); alone it is refused with
+the spelling to use, so that one block never means two things.
 
 A distilled prior (``student``): the adapter carries a small student network that makes the prior
 from the network's input, so nothing segments at inference. The ``prior`` block then names the
@@ -39,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spt_adapter.core.config import SPTConfig
+from spt_adapter.core.config import DEFAULT_LORA_RANK, PRIORLESS_FUSIONS, SPTConfig
 from spt_adapter.errors import ConfigError, PriorError
 from spt_adapter.prior.encode import (
     DEFAULT_ENCODING,
@@ -49,12 +66,14 @@ from spt_adapter.prior.encode import (
     parse_encoding,
 )
 
-_CONFIG_KEYS = ("targets", "exclude", "fusion", "hidden", "depth", "prior_channels", "prior_resize")
+_CONFIG_KEYS = ("targets", "exclude", "fusion", "hidden", "depth", "prior_channels", "prior_resize", "lora_alpha")
 _OWN_KEYS = ("backbone", "adapter", "prior", "student", "distill")
 _PRIOR_KEYS = ("cache_dir", "provider", "method", "checkpoint", "model_type", "encoding", "settings", "device")
 _STUDENT_KEYS = ("width", "depth")  # in_channels: the network's (filled in by attach_units)
 _DISTILL_KEYS = ("weight", "student_steps")
 CLASSICAL_METHODS = ("slic", "felzenszwalb")
+#: the value of ``spt.prior`` for an adapter that reads no prior (``SPTConfig.prior_channels`` 0)
+NO_PRIOR_VALUE = "none"
 #: the dataset keys of a prior block: ``spt_prior`` (LQ images) for a provider prior,
 #: ``spt_teacher`` (GT images) for a distilled one
 DATASET_PRIOR_KEY, DATASET_TEACHER_KEY = "spt_prior", "spt_teacher"
@@ -109,12 +128,25 @@ class SPTOptions:
     config: SPTConfig
     backbone: str | None = None
     adapter: str | None = None
-    prior: PriorSpec = field(default_factory=PriorSpec)  # with a student: the teacher (GT images only)
+    #: with a student: the teacher (GT images only); None: the units read no prior (nothing is computed)
+    prior: PriorSpec | None = field(default_factory=PriorSpec)
     distill: DistillSpec | None = None  # set iff config.student is set
 
     @property
     def distilled(self) -> bool:
         return self.config.student is not None
+
+    @property
+    def reads_prior(self) -> bool:
+        """Whether the units read a prior (False: ``prior: none``, ``fusion: lora`` / ``lowrank``)."""
+        return self.config.reads_prior
+
+    @property
+    def prior_spec(self) -> PriorSpec:
+        """The prior block of an adapter that reads one (a provider's, or a distilled prior's teacher)."""
+        if self.prior is None:
+            raise ConfigError("internal error: a prior was asked of an spt block that reads none (prior: none)")
+        return self.prior
 
 
 def parse_spt_block(block: Mapping[str, Any] | None, where: str = "spt") -> SPTOptions:
@@ -125,6 +157,8 @@ def parse_spt_block(block: Mapping[str, Any] | None, where: str = "spt") -> SPTO
     if not isinstance(block, Mapping):
         raise ConfigError(f"{where!r} must be a mapping, got {type(block).__name__}")
     _check_keys(block, _CONFIG_KEYS + _OWN_KEYS, where)
+    if _no_prior(block, where):
+        return _parse_no_prior(block, where)
     prior_block = _mapping(block.get("prior"), f"{where}.prior")
     _check_keys(prior_block, _PRIOR_KEYS, f"{where}.prior")
     prior = PriorSpec(**{k: (dict(v) if k == "settings" and v is not None else v) for k, v in prior_block.items()})
@@ -175,6 +209,58 @@ def parse_spt_block(block: Mapping[str, Any] | None, where: str = "spt") -> SPTO
         adapter=_opt_path(block.get("adapter")),
         prior=prior,
         distill=distill,
+    )
+
+
+def _no_prior(block: Mapping[str, Any], where: str) -> bool:
+    """Whether an ``spt`` block asks for units that read no prior (``prior: none``, or a fusion that reads
+    none); a prior block beside such a fusion, and ``prior_channels: 0`` beside a prior, are refused."""
+    prior, fusion = block.get("prior"), block.get("fusion")
+    if isinstance(prior, str) and prior != NO_PRIOR_VALUE:
+        raise ConfigError(
+            f"{where}.prior must be a mapping (provider:, method:, ...) or {NO_PRIOR_VALUE!r} (no prior), got {prior!r}"
+        )
+    if fusion in PRIORLESS_FUSIONS and prior is not None and prior != NO_PRIOR_VALUE:
+        raise ConfigError(
+            f"{where}: fusion {fusion!r} reads no prior, but {where}.prior describes one: drop {where}.prior "
+            f"(or write `prior: {NO_PRIOR_VALUE}`)"
+        )
+    none = prior == NO_PRIOR_VALUE or fusion in PRIORLESS_FUSIONS
+    if not none and block.get("prior_channels") == 0:
+        raise ConfigError(
+            f"{where}.prior_channels: 0 means no prior, which an spt block spells `prior: {NO_PRIOR_VALUE}`: add it "
+            f"(or drop prior_channels to read the prior {where}.prior describes)"
+        )
+    return none
+
+
+def _parse_no_prior(block: Mapping[str, Any], where: str) -> SPTOptions:
+    """An ``spt`` block whose units read no prior: no provider is checked, built or recorded."""
+    fusion = block.get("fusion")
+    why = f"fusion {fusion!r}" if fusion in PRIORLESS_FUSIONS else f"`prior: {NO_PRIOR_VALUE}`"
+    for key in ("student", "distill"):
+        if block.get(key) is not None:
+            raise ConfigError(
+                f"{where}.{key} is for a distilled prior, but the units read no prior ({why}): drop {where}.{key}"
+            )
+    kwargs = {k: _plain(block[k]) for k in _CONFIG_KEYS if k in block and block[k] is not None}
+    channels = kwargs.setdefault("prior_channels", 0)
+    if channels != 0:
+        raise ConfigError(
+            f"{where}.prior_channels is {channels!r} but the units read no prior ({why}): they have no prior "
+            "channels (drop prior_channels)"
+        )
+    if kwargs.get("fusion") == "lora":
+        kwargs.setdefault("hidden", DEFAULT_LORA_RANK)  # the rank `spt-adapter train --fusion lora` takes
+    try:
+        config = SPTConfig(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return SPTOptions(
+        config=config,
+        backbone=_opt_path(block.get("backbone")),
+        adapter=_opt_path(block.get("adapter")),
+        prior=None,
     )
 
 
@@ -257,7 +343,7 @@ def dataset_prior_block(dopt: Mapping[str, Any], where: str) -> tuple[str, Prior
             "(a distilled prior's teacher on the GT images): keep the one the model's spt block reads"
         )
     key = given[0]
-    return key, parse_spt_block({"prior": dict(_mapping(dopt[key], f"{where}.{key}"))}, f"{where}.{key}").prior
+    return key, parse_spt_block({"prior": dict(_mapping(dopt[key], f"{where}.{key}"))}, f"{where}.{key}").prior_spec
 
 
 def check_dataset_priors(opt: Mapping[str, Any], spt: SPTOptions) -> None:
@@ -275,6 +361,13 @@ def check_dataset_priors(opt: Mapping[str, Any], spt: SPTOptions) -> None:
         if found is None:
             continue
         key, made = found
+        if not spt.reads_prior:
+            raise ConfigError(
+                f"{where}.{key}: the adapter reads no prior (spt fusion {spt.config.fusion!r}"
+                f"{'' if spt.config.fusion in PRIORLESS_FUSIONS else ', prior: ' + NO_PRIOR_VALUE}), so nothing "
+                f"would read this one: drop {key}"
+                + (" and use `type: PairedImageDataset`" if dopt.get("type") == "SPTPairedImageDataset" else "")
+            )
         if spt.distilled and key == DATASET_PRIOR_KEY:
             raise ConfigError(
                 f"{where}.{DATASET_PRIOR_KEY}: the model has a distilled prior (spt.student): its student "
@@ -286,16 +379,17 @@ def check_dataset_priors(opt: Mapping[str, Any], spt: SPTOptions) -> None:
                 f"{where}.{DATASET_TEACHER_KEY} is the teacher of a distilled prior, but spt has no "
                 f"student: add spt.student, or use `{DATASET_PRIOR_KEY}:` (priors of the LQ images)"
             )
-        if made.encoding != spt.prior.encoding:
+        mine = spt.prior_spec
+        if made.encoding != mine.encoding:
             raise ConfigError(
-                f"{where}.{key} makes {made.encoding!r} priors but the model's spt.prior reads {spt.prior.encoding!r} "
-                f"(fusion {spt.config.fusion!r}); set `encoding: {spt.prior.encoding}` in both blocks "
+                f"{where}.{key} makes {made.encoding!r} priors but the model's spt.prior reads {mine.encoding!r} "
+                f"(fusion {spt.config.fusion!r}); set `encoding: {mine.encoding}` in both blocks "
                 "(a YAML anchor can share one block)"
             )
-        if key == DATASET_TEACHER_KEY and made.describe() != spt.prior.describe():
+        if key == DATASET_TEACHER_KEY and made.describe() != mine.describe():
             raise ConfigError(
                 f"{where}.{DATASET_TEACHER_KEY} runs {made.describe()} but spt.prior (the teacher the "
-                f"adapter records) is {spt.prior.describe()}: share one block (a YAML anchor)"
+                f"adapter records) is {mine.describe()}: share one block (a YAML anchor)"
             )
 
 

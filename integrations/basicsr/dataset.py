@@ -15,7 +15,9 @@ same keys). The teacher runs on the whole **GT** image only (cached like every p
 the GT patch's crop and flips, is brought to the LQ patch's grid (each LQ pixel takes the GT pixel
 nearest its centre, :func:`spt_adapter.core.student.teacher_at_lq_size`) and is returned as
 ``teacher_prior``; the LQ image is never segmented. Validation datasets need neither block (the
-student makes the prior): a plain ``PairedImageDataset`` will do.
+student makes the prior): a plain ``PairedImageDataset`` will do. Units that read no prior (``spt.prior:
+none``, ``fusion: lora`` / ``lowrank``) need no prior anywhere: every dataset is a plain
+``PairedImageDataset`` (the model refuses an ``spt_prior`` block before training starts).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class SPTPairedImageDataset(PairedImageDataset):
             raise ConfigError(
                 f"dataset {opt.get('name')!r} of type SPTPairedImageDataset needs the prior settings: add "
                 f"`spt_prior:` (same keys as spt.prior; a YAML anchor can share the block), or `{DATASET_TEACHER_KEY}:` "
-                "for a distilled prior's teacher"
+                "for a distilled prior's teacher; an adapter that reads no prior (spt.prior: none, fusion lora / "
+                "lowrank) trains on a plain `type: PairedImageDataset`"
             )
         key, self.prior_spec = found
         self.teacher = key == DATASET_TEACHER_KEY

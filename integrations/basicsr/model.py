@@ -8,6 +8,9 @@ validation through ``basicsr.metrics`` — is BasicSR's own code):
   unit parameters only, so the frozen backbone stays bit-exact;
 * ``feed_data`` takes ``data["prior"]`` (from ``SPTPairedImageDataset``) and every forward runs
   inside ``net.use_prior(prior)``;
+* units that read no prior (``spt.prior: none``, ``fusion: lora`` / ``lowrank``): batches carry none
+  (plain ``PairedImageDataset``s; a dataset ``spt_prior`` is refused before training) and every step and
+  test is SRModel's own, with no prior computed or passed;
 * a distilled prior (``spt.student``): the adapter's student makes the prior from ``lq``; training
   batches carry ``teacher_prior`` (``spt_teacher`` in the train dataset: the teacher on GT images
   only) and the step is BasicSR's own with the distillation loss added to ``cri_pix``, after
@@ -128,6 +131,14 @@ class SPTSRModel(SRModel):
     # -- data and forward ------------------------------------------------------------------------
     def feed_data(self, data):
         super().feed_data(data)
+        if not self._reads_prior():
+            if "prior" in data:
+                raise ConfigError(
+                    "the adapter reads no prior but the batch has a 'prior': give its dataset no spt_prior "
+                    "(`type: PairedImageDataset`)"
+                )
+            self.prior = None
+            return
         if self._distilled():
             if "prior" in data:
                 raise ConfigError(
@@ -148,7 +159,16 @@ class SPTSRModel(SRModel):
         """Whether the units' prior comes from a student: the spt block's, or for testing the adapter's."""
         return self.spt.distilled or bare(self.net_g).student() is not None
 
+    def _reads_prior(self) -> bool:
+        """Whether the units read a prior: the active adapter's config decides (when testing, the adapter
+        file's, which may differ from the spt block)."""
+        config = bare(self.net_g).spt_config.get(bare(self.net_g).active_adapter)
+        return config is None or config.reads_prior
+
     def optimize_parameters(self, current_iter):
+        if not self._reads_prior():
+            super().optimize_parameters(current_iter)
+            return
         if not self.spt.distilled:
             with bare(self.net_g).use_prior(self.prior):
                 super().optimize_parameters(current_iter)
@@ -189,11 +209,11 @@ class SPTSRModel(SRModel):
         ph, pw = (-h) % multiple, (-w) % multiple
         if ph or pw:
             self.lq = F.pad(lq, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
-            if prior is not None and not self._distilled():
+            if prior is not None and not self._distilled() and self._reads_prior():
                 k = prior.shape[-2] // h
                 self.prior = F.pad(prior.float(), (0, pw * k, 0, ph * k), mode="replicate")
         try:
-            if self._distilled():  # the student makes the prior from lq
+            if self._distilled() or not self._reads_prior():  # the student makes the prior from lq, or none
                 super().test()
             else:
                 net = self.net_g_ema if hasattr(self, "net_g_ema") else bare(self.net_g)

@@ -4,7 +4,9 @@
 * ``load_network`` loads the backbone (``spt.backbone``) onto the logical backbone, so KAIR's
   non-strict load (``G_param_strict: false``: tensors paired *by position*) pairs checkpoint tensors
   with backbone tensors only — never with unit tensors;
-* ``feed_data`` takes ``data["prior"]``; ``netG_forward`` runs inside ``netG.use_prior``;
+* ``feed_data`` takes ``data["prior"]``; ``netG_forward`` runs inside ``netG.use_prior``; units that read
+  no prior (``spt.prior: "none"``, ``"fusion": "lora"`` / ``"lowrank"``) get none: the datasets compute
+  nothing and every step is ModelPlain's own;
 * a distilled prior (``spt.student``): the student makes the prior from ``L``; training items carry
   ``teacher_prior`` (the teacher on the item's ``H`` only, see ``train.PriorDataset``) and the step is
   KAIR's own with the distillation loss added to ``G_lossfn`` (divided by ``G_lossfn_weight``, so that
@@ -128,6 +130,9 @@ def make_model_class(model_plain: type) -> type:
         # -- data and forward ----------------------------------------------------------------
         def feed_data(self, data, need_H=True):
             super().feed_data(data, need_H)
+            if not self.spt.reads_prior:
+                self.prior = None
+                return
             if self.spt.distilled:
                 teacher = data.get("teacher_prior")
                 self.teacher = None if teacher is None else teacher.to(self.device)
@@ -135,7 +140,7 @@ def make_model_class(model_plain: type) -> type:
             self.prior = data["prior"].to(self.device)
 
         def netG_forward(self):
-            if self.spt.distilled:  # the student makes the prior from L
+            if self.spt.distilled or not self.spt.reads_prior:  # the student makes the prior from L, or none
                 super().netG_forward()
                 return
             with bare(self.netG).use_prior(self.prior):

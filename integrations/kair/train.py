@@ -13,7 +13,8 @@ then wraps two KAIR factories before running ``main_train_psnr.py`` unchanged (`
   crops), so the prior always matches the network's input. With a distilled prior (``spt.student``)
   the train dataset's items get ``teacher_prior`` instead: the teacher runs on the item's clean ``H``
   patch only and its map is brought to ``L``'s grid; test datasets get nothing (the student makes
-  the prior).
+  the prior). Units that read no prior (``"prior": "none"``, ``"fusion": "lora"`` / ``"lowrank"``): the
+  datasets are KAIR's own, unwrapped, and nothing segments.
 
 ``"gpu_ids": []`` trains on the CPU (KAIR's ModelBase would pick CUDA for any list; the model is
 given ``gpu_ids = None``, KAIR's own CPU branch -- see :func:`.model.model_options`).
@@ -95,13 +96,15 @@ def install(opt: dict) -> None:
 
     def define_Dataset(dataset_opt):  # noqa: N802
         dataset = original_dataset(dataset_opt)
+        if not options.reads_prior:  # no prior (prior: "none", fusion lora / lowrank): KAIR's dataset as it is
+            return dataset
         if options.distilled:  # the teacher is for training; the student makes the prior at test time
             return (
-                PriorDataset(dataset, PriorSource(options.prior), teacher=True)
+                PriorDataset(dataset, PriorSource(options.prior_spec), teacher=True)
                 if dataset_opt["phase"] == "train"
                 else dataset
             )
-        return PriorDataset(dataset, PriorSource(options.prior))
+        return PriorDataset(dataset, PriorSource(options.prior_spec))
 
     define_Model._spt_wrapped = True
     select_model.define_Model = define_Model

@@ -6,6 +6,8 @@ receives (after mixup), per image, through the prior cache. A distilled prior (`
 the teacher runs on the ``gt`` the model receives (after mixup: the clean side of the same mix) and
 the step is the fork's own with the distillation loss added to ``cri_pix``, after
 ``spt.distill.student_steps`` student-only steps; validation needs no prior (the student makes it).
+Units that read no prior (``spt.prior: none``, ``fusion: lora`` / ``lowrank``): nothing is computed, every
+step and test is the fork's own.
 Checkpoints are SPT deltas
 ``models/net_g_<iter>.safetensors`` (+ ``net_g_ema_<iter>``); resume loads them like the BasicSR
 shim. Importing this module needs a Restormer checkout on ``sys.path``.
@@ -64,7 +66,7 @@ def make_model_class(image_clean_model: type) -> type:
     class SPTImageCleanModel(image_clean_model):
         def __init__(self, opt):
             self.spt = parse_spt_block(opt.get("spt"), "spt")
-            self.spt_prior = PriorSource(self.spt.prior)
+            self.spt_prior = PriorSource(self.spt.prior_spec) if self.spt.reads_prior else None
             load_path = opt["path"].get("pretrain_network_g")
             self._resume = find_resume_deltas(load_path)
             backbone = resolve_backbone_path(self.spt.backbone, load_path, self._resume, "restormer_backbone")
@@ -110,20 +112,30 @@ def make_model_class(image_clean_model: type) -> type:
         def model_ema(self, decay=0.999):
             ema_units(bare(self.net_g), self.net_g_ema, decay)
 
+        def _priors(self) -> PriorSource:
+            if self.spt_prior is None:
+                raise ConfigError("internal error: a prior was asked for units that read none")
+            return self.spt_prior
+
         def feed_train_data(self, data):
             super().feed_train_data(data)
+            if not self.spt.reads_prior:
+                return
             if self.spt.distilled:  # the teacher sees the (mixed) clean gt only
                 scale = max(1, self.gt.shape[-1] // self.lq.shape[-1])
-                self.teacher = teacher_at_lq_size(priors_for(self.gt, self.spt_prior), scale, tuple(self.lq.shape[-2:]))
+                self.teacher = teacher_at_lq_size(priors_for(self.gt, self._priors()), scale, tuple(self.lq.shape[-2:]))
                 return
-            self.prior = priors_for(self.lq, self.spt_prior)
+            self.prior = priors_for(self.lq, self._priors())
 
         def feed_data(self, data):
             super().feed_data(data)
-            if not self.spt.distilled:
-                self.prior = priors_for(self.lq, self.spt_prior)
+            if self.spt.reads_prior and not self.spt.distilled:
+                self.prior = priors_for(self.lq, self._priors())
 
         def optimize_parameters(self, current_iter):
+            if not self.spt.reads_prior:
+                super().optimize_parameters(current_iter)
+                return
             if not self.spt.distilled:
                 with bare(self.net_g).use_prior(self.prior):
                     super().optimize_parameters(current_iter)
@@ -147,7 +159,7 @@ def make_model_class(image_clean_model: type) -> type:
                 self.log_dict["l_distill"] = distill
 
         def nonpad_test(self, img=None):
-            if self.spt.distilled:  # the student makes the prior from the (padded) input
+            if self.spt.distilled or not self.spt.reads_prior:  # the student makes the prior, or none is read
                 super().nonpad_test(img)
                 return
             net = self.net_g_ema if hasattr(self, "net_g_ema") else bare(self.net_g)
