@@ -313,7 +313,7 @@ def _run_without_segmenter(module: str, args: list[str], cwd: Path) -> str:
     return out
 
 
-def _basicsr_yaml(tmp: Path, backbone: Path) -> Path:
+def _basicsr_yaml(tmp: Path, backbone: Path, total_iter: int = 4, resume_state: str | None = None) -> Path:
     pair = "io_backend: {type: disk}\n    filename_tmpl: '{}'"
     text = f"""
 name: spt_swinir_lora
@@ -352,13 +352,13 @@ spt:
 path:
   pretrain_network_g: {backbone}
   strict_load_g: true
-  resume_state: ~
+  resume_state: {resume_state or "~"}
   experiments_root: {tmp / "experiments"}
 train:
   ema_decay: 0.9
   optim_g: {{type: Adam, lr: !!float 1e-2, weight_decay: 0, betas: [0.9, 0.99]}}
   scheduler: {{type: MultiStepLR, milestones: [100], gamma: 0.5}}
-  total_iter: 4
+  total_iter: {total_iter}
   warmup_iter: -1
   pixel_opt: {{type: L1Loss, loss_weight: 1.0, reduction: mean}}
 val:
@@ -371,7 +371,7 @@ logger:
   save_checkpoint_freq: 2
   use_tb_logger: false
 """
-    path = tmp / "train_lora.yml"
+    path = tmp / f"train_lora_{total_iter}.yml"
     path.write_text(text)
     return path
 
@@ -380,8 +380,8 @@ logger:
 def test_basicsr_train_pipeline_trains_lora_on_swinir_with_no_prior(tmp_path):
     """BasicSR's own train_pipeline trains LoRA (rank 2 on Conv2d and Linear targets of a SwinIR) from an spt
     block with no prior key, on plain PairedImageDatasets, with every segmenter made to fail; the delta holds
-    LoRA tensors alone, records no prior, loads onto the untouched backbone, and BasicSR's own test pipeline
-    writes the images the loaded adapter makes."""
+    LoRA tensors alone, records no prior, loads onto the untouched backbone, a run resumes from it, and
+    BasicSR's own test pipeline writes the images the loaded adapter makes."""
     from basicsr.utils import img2tensor, tensor2img
     from PIL import Image
 
@@ -418,6 +418,17 @@ def test_basicsr_train_pipeline_trains_lora_on_swinir_with_no_prior(tmp_path):
     ema = spt_adapter.load_adapter(_swinir(backbone), models / "net_g_ema_4.safetensors")
     g = dict(model.unit_parameters())
     assert any(not torch.equal(p, g[k]) for k, p in ema.unit_parameters()), "net_g_ema has its own (EMA) units"
+
+    # resume from the state saved at iteration 4 (the deltas beside it: LoRA, no prior) and continue to 6
+    state = tmp_path / "experiments" / "spt_swinir_lora" / "training_states" / "4.state"
+    yml = _basicsr_yaml(tmp_path, backbone, total_iter=6, resume_state=str(state))
+    out = _run_without_segmenter("spt_adapter.integrations.basicsr.train", ["-opt", str(yml)], tmp_path)
+    assert "Resuming training from epoch" in out + "".join(
+        p.read_text() for p in (tmp_path / "experiments" / "spt_swinir_lora").glob("train_*.log")
+    )
+    six = dict(spt_adapter.load_adapter(_swinir(backbone), models / "net_g_6.safetensors").unit_parameters())
+    assert any(not torch.equal(p, six[k]) for k, p in g.items()), "training went on from iteration 4"
+    assert _sha256(backbone) == digest
 
     # BasicSR's own test pipeline, on the delta alone (the spt block names only the file)
     test_yml = tmp_path / "test_lora.yml"
