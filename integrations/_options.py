@@ -199,6 +199,13 @@ def parse_spt_block(block: Mapping[str, Any] | None, where: str = "spt") -> SPTO
         kwargs["prior"] = prior.describe()
     if "prior_channels" not in kwargs and "student" in kwargs:
         kwargs["prior_channels"] = encoding_channels(prior.encoding)  # the student makes the teacher's channels
+    return _block_options(block, where, kwargs, prior, distill)
+
+
+def _block_options(
+    block: Mapping[str, Any], where: str, kwargs: dict[str, Any], prior: Any, distill: Any = None
+) -> SPTOptions:
+    """The parsed block: its SPTConfig (a refusal names the block) with its backbone / adapter paths."""
     try:
         config = SPTConfig(**kwargs)
     except ConfigError as exc:
@@ -252,16 +259,7 @@ def _parse_no_prior(block: Mapping[str, Any], where: str) -> SPTOptions:
         )
     if kwargs.get("fusion") == "lora":
         kwargs.setdefault("hidden", DEFAULT_LORA_RANK)  # the rank `spt-adapter train --fusion lora` takes
-    try:
-        config = SPTConfig(**kwargs)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    return SPTOptions(
-        config=config,
-        backbone=_opt_path(block.get("backbone")),
-        adapter=_opt_path(block.get("adapter")),
-        prior=None,
-    )
+    return _block_options(block, where, kwargs, None)
 
 
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:

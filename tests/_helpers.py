@@ -69,6 +69,13 @@ def image_folder(test_set: str, folder: Path, n: int, box: tuple[int, int, int, 
     return folder
 
 
+def small_train_argv(ckpt, data, out, *extra: str, iters: int = 3) -> list[str]:
+    """``spt-adapter train`` of a test: ``ckpt`` on the images in ``data`` at sigma 25, 16-px patches, batch 2,
+    ``iters`` steps on the CPU, into ``out``; ``extra`` flags last (argparse takes the last of a repeated flag)."""
+    argv = cli("train", backbone=ckpt, data=data, task="denoise:25", out=out, patch=16, batch=2, iters=iters)
+    return argv + cli(no_progress=True, device="cpu") + list(extra)
+
+
 def run_python(
     *args: str, timeout: int, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

@@ -17,8 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import spt_adapter
-from _data import DATA
-from _helpers import cli
+from _helpers import image_folder, small_train_argv
 from spt_adapter.cli import main
 from spt_adapter.core.config import DEFAULT_FUSION, SCHEMA_VERSION, SPTConfig
 from spt_adapter.core.lora import LoraUnit, lora_parameter_shapes
@@ -380,18 +379,11 @@ def dncnn_ckpt(tmp_path):
 
 
 def _hq(tmp_path, n=2, size=32):
-    from PIL import Image
-
-    folder = tmp_path / "hq"
-    folder.mkdir()
-    for p in sorted((DATA / "Set5").glob("*.png"))[:n]:
-        Image.open(p).convert("RGB").crop((0, 0, size, size)).save(folder / p.name)
-    return folder
+    return image_folder("Set5", tmp_path / "hq", n, (0, 0, size, size))
 
 
 def _train(ckpt, data, out, *extra):
-    argv = cli("train", backbone=ckpt, data=data, task="denoise:25", out=out, patch=16, batch=2, iters=3)
-    return argv + cli(no_progress=True, device="cpu") + list(extra)
+    return small_train_argv(ckpt, data, out, *extra, iters=3)
 
 
 def test_cli_trains_a_lora_file_that_loads_restores_evaluates_and_exports(tmp_path, dncnn_ckpt, capsys):

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 import spt_adapter
 from _data import DATA
-from _helpers import cli
+from _helpers import image_folder, small_train_argv
 from spt_adapter.cli import main
 from spt_adapter.core.config import SCHEMA_VERSION, SPTConfig
 from spt_adapter.core.unit import SPTUnit, unit_parameter_shapes, unit_tensor_count
@@ -228,18 +228,11 @@ def test_restore_and_export_compute_no_prior(tmp_path, no_segmenter):
 
 
 def _hq(tmp_path, n=2, size=32):
-    from PIL import Image
-
-    folder = tmp_path / "hq"
-    folder.mkdir()
-    for p in sorted((DATA / "Set5").glob("*.png"))[:n]:
-        Image.open(p).convert("RGB").crop((0, 0, size, size)).save(folder / p.name)
-    return folder
+    return image_folder("Set5", tmp_path / "hq", n, (0, 0, size, size))
 
 
 def _train(ckpt, data, out, *extra):
-    argv = cli("train", backbone=ckpt, data=data, task="denoise:25", out=out, patch=16, batch=2, iters=2)
-    return argv + cli(no_progress=True, device="cpu") + list(extra)
+    return small_train_argv(ckpt, data, out, *extra, iters=2)
 
 
 @pytest.fixture()
