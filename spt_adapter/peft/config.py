@@ -180,6 +180,7 @@ if TYPE_CHECKING:
         fusion: str
         hidden: int
         depth: int
+        lora_alpha: float | None
         prior_channels: int
         prior_resize: str
         prior: dict[str, Any]
