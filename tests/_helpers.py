@@ -69,6 +69,19 @@ def image_folder(test_set: str, folder: Path, n: int, box: tuple[int, int, int, 
     return folder
 
 
+def randomise(params, seed: int = 1, scale: float = 0.1) -> None:
+    """Give ``params`` seeded normal values times ``scale``, as training would (a fresh unit, and LoRA's B,
+    start at zero: an exact identity that many checks could not tell from no adapter)."""
+    randomise_with(torch.Generator().manual_seed(seed), params, scale)
+
+
+def randomise_with(g: torch.Generator, params, scale: float = 0.1) -> None:
+    """:func:`randomise` drawing from ``g`` (a test that draws more from the same generator afterwards)."""
+    with torch.no_grad():
+        for p in params:
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
 def small_train_argv(ckpt, data, out, *extra: str, iters: int = 3) -> list[str]:
     """``spt-adapter train`` of a test: ``ckpt`` on the images in ``data`` at sigma 25, 16-px patches, batch 2,
     ``iters`` steps on the CPU, into ``out``; ``extra`` flags last (argparse takes the last of a repeated flag)."""

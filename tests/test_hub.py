@@ -36,13 +36,11 @@ SERVER_LIFETIME_S = 90  # the server stops itself after this, whatever happens t
 # ---------------------------------------------------------------------------------------------
 from _archs import tiny_esrgan as esrgan  # noqa: E402
 from _archs import tiny_swinir as swinir
+from _helpers import randomise
 
 
 def _randomise_units(model, seed: int = 1) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in model.unit_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    randomise((p for _, p in model.unit_parameters()), seed)
 
 
 def make_adapter(kind: str = "esrgan"):

@@ -23,7 +23,7 @@ import torch
 
 import spt_adapter
 from _data import DATA  # small crops of the test sets, committed (tests/data)
-from _helpers import run_python
+from _helpers import randomise_with, run_python
 from spt_adapter.core.config import DEFAULT_LORA_RANK
 from spt_adapter.errors import ConfigError
 from spt_adapter.integrations._options import check_dataset_priors, parse_spt_block
@@ -264,10 +264,8 @@ def test_sptsrmodel_feeds_and_tests_a_lora_adapter_without_a_prior(tmp_path):
     trained = spt_adapter.inject(
         _swinir(backbone), config=SPTConfig(fusion="lora", hidden=2, lora_alpha=4, targets=SWINIR_LORA_TARGETS)
     )
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for _, p in trained.unit_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    g = torch.Generator().manual_seed(1)  # also draws the test input below
+    randomise_with(g, (p for _, p in trained.unit_parameters()))
     adapter = tmp_path / "lora.safetensors"
     trained.save_adapter(adapter)
     model = SPTSRModel(_test_options(backbone, adapter, {}))

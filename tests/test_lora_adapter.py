@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import spt_adapter
-from _helpers import image_folder, small_train_argv
+from _helpers import image_folder, randomise, small_train_argv
 from spt_adapter.cli import main
 from spt_adapter.core.config import DEFAULT_FUSION, SCHEMA_VERSION, SPTConfig
 from spt_adapter.core.lora import LoraUnit, lora_parameter_shapes
@@ -42,10 +42,7 @@ def _x(seed: int = 1, size: tuple[int, int] = (20, 24)) -> torch.Tensor:
 
 def _trained(model: spt_adapter.SPTModel, seed: int = 3) -> spt_adapter.SPTModel:
     """LoRA's B is zero at start; give both factors values, as training would."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in model.unit_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    randomise((p for _, p in model.unit_parameters()), seed, scale=0.2)
     return model
 
 

@@ -22,6 +22,7 @@ SMALL = [1, 3, 16, 16]  # probe input: keeps the width probe pass cheap
 
 from _archs import tiny_esrgan as esrgan  # noqa: E402
 from _archs import tiny_swinir as swinir
+from _helpers import randomise
 from _tolerance import float32_atol, float64_reference  # noqa: E402
 
 
@@ -30,13 +31,6 @@ def inputs(batch: int = 1):
     lq = torch.rand(batch, 3, 16, 16, generator=g)
     prior = torch.randint(1, 5, (batch, 1, 16, 16), generator=g).float() / 4
     return lq, prior
-
-
-def randomise(params, seed: int = 1) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in params:
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
 
 
 def unit_params(pm):

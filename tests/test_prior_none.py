@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 import spt_adapter
 from _data import DATA
-from _helpers import image_folder, small_train_argv
+from _helpers import image_folder, randomise, small_train_argv
 from spt_adapter.cli import main
 from spt_adapter.core.config import SCHEMA_VERSION, SPTConfig
 from spt_adapter.core.unit import SPTUnit, unit_parameter_shapes, unit_tensor_count
@@ -31,10 +31,7 @@ def _dncnn(seed: int = 0, in_nc: int = 3) -> torch.nn.Module:
 
 def _trained(spt: spt_adapter.SPTModel, seed: int = 1) -> spt_adapter.SPTModel:
     """Give the units non-zero weights, as training would (a fresh unit is an exact identity)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in spt.unit_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    randomise((p for _, p in spt.unit_parameters()), seed)
     return spt
 
 
