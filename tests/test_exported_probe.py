@@ -23,23 +23,13 @@ from _helpers import run_cli as _run
 pytest.importorskip("spandrel")
 pytest.importorskip("onnx")
 sys.path.insert(0, str(Path(__file__).parent))
-from test_reliability4 import _deploy, _dncnn, _with_meta  # noqa: E402  the reliability tests' own helpers
+from test_reliability4 import _deploy, _dncnn, _export_with_photos, _with_meta  # noqa: E402  the reliability tests' own helpers
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, Path]:
     """A x1 colour DnCNN (8 convolutions: radius 8) exported as ONNX, and a 70x64 photo."""
-    from PIL import Image
-
-    from spt_adapter.inference.export import export
-
-    root = tmp_path_factory.mktemp("probe")
-    onnx_file = export(_dncnn(), root / "dn.onnx", check=False)
-    inputs = root / "in"
-    inputs.mkdir()
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (70, 64, 3), dtype=np.uint8)).save(inputs / "p.png")
-    return {"onnx": onnx_file, "inputs": inputs}
+    return _export_with_photos(tmp_path_factory.mktemp("probe"), [(70, 64)], ["p"])
 
 
 def _read(path: Path) -> np.ndarray:

@@ -161,21 +161,26 @@ def test_lost_the_converter_names_a_missing_output_folder_before_converting(tmp_
 # ---------------------------------------------------------------------------------------------
 # silent wrong results
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> dict[str, Path]:
-    """A x1 colour DnCNN exported as ONNX (backbone alone) and a folder of three small photos."""
+def _export_with_photos(root: Path, sizes: list[tuple[int, int]], names: list[str]) -> dict[str, Path]:
+    """``_dncnn()`` exported as ONNX (backbone alone) into ``root``, and random photos of ``sizes`` named
+    ``names`` (PNG) in ``root / "in"``."""
     from PIL import Image
 
     from spt_adapter.inference.export import export
 
-    root = tmp_path_factory.mktemp("exported")
     onnx_file = export(_dncnn(), root / "dn.onnx", check=False)
     inputs = root / "in"
     inputs.mkdir()
     rng = np.random.default_rng(0)
-    for i, (h, w) in enumerate([(20, 24), (17, 31), (26, 19)]):
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(inputs / f"p{i}.png")
+    for name, (h, w) in zip(names, sizes, strict=True):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(inputs / f"{name}.png")
     return {"onnx": onnx_file, "inputs": inputs}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, Path]:
+    """A x1 colour DnCNN exported as ONNX (backbone alone) and a folder of three small photos."""
+    return _export_with_photos(tmp_path_factory.mktemp("exported"), [(20, 24), (17, 31), (26, 19)], ["p0", "p1", "p2"])
 
 
 def _deploy(*argv, env=None) -> subprocess.CompletedProcess:
